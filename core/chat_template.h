@@ -1,0 +1,29 @@
+/* chat_template.h - renders a Hugging Face Jinja chat_template.
+ *
+ * A Jinja subset interpreter written for the real templates (Qwen2.5, Qwen3,
+ * Llama-3.x, SmolLM2/ChatML, Mistral, Phi-3, Gemma, DeepSeek-R1-Distill).
+ * Rendering uses trim_blocks and lstrip_blocks, as transformers does. An
+ * unsupported construct is a compile error with line and column;
+ * raise_exception() is a render error carrying the template's message. */
+#pragma once
+
+#include <stddef.h>
+
+#include <cjson/cJSON.h>
+
+#include "error.h"
+
+typedef struct chat_template chat_template;
+
+/* The ChatML template used for models that ship none. */
+extern const char chat_template_chatml[];
+
+int chat_template_compile(const char *source, size_t len, chat_template **ret, ifd_error *err);
+void chat_template_destroy(chat_template *t); /* accepts NULL */
+
+/* Renders with `context` as the template's global variables: messages, tools,
+ * add_generation_prompt, bos_token, eos_token, and any kwargs
+ * (enable_thinking, date_string ...). *ret_text is malloc'd, caller frees.
+ * Returns -EINVAL with the message in err when the template raises. */
+int chat_template_render(const chat_template *t, const cJSON *context, char **ret_text,
+                         size_t *ret_len, ifd_error *err);
