@@ -1,0 +1,26 @@
+/* kernels.h - CPU kernels of the forward pass.
+ *
+ * SIMD with runtime dispatch (AVX-512, AVX2+FMA, scalar fallback), weights
+ * widened from their stored dtype inside the kernel. Matrix products split
+ * their rows over the thread pool. Activations are f32. */
+#pragma once
+
+#include <stdint.h>
+
+#include "model.h"
+
+struct thread_pool;
+
+/* Picks the SIMD level once (AVX-512 > AVX2+FMA > scalar). Idempotent. */
+void kern_init(void);
+/* "avx512", "avx2" or "scalar". */
+const char *kern_simd_name(void);
+
+/* y[t, r] = sum_c W[r, c] * x[t, c] for t in [0, n_tokens), r in [0, rows):
+ * x is [n_tokens, cols], y is [n_tokens, rows]. One pass over W serves every
+ * token (matrix-vector for one token, matrix-matrix for a batch). Quantized
+ * weights (w->bits != 0) go to quant_matmul_rows() (quant.h). */
+void kern_matmul(struct thread_pool *pool, const struct ifd_weight *w, const float *x, int n_tokens, float *y);
+
+/* Row `row` of an embedding-like weight, widened (or dequantized) to f32 [cols]. */
+void kern_weight_row(const struct ifd_weight *w, int64_t row, float *out);

@@ -1,0 +1,31 @@
+/* quant.h - MLX affine quantization: packing, quantizing, and the fused
+ * dequantize-and-multiply kernels. Packed weights are never expanded: every
+ * product dequantizes in registers.
+ *
+ * Format: a weight [rows, cols] with `bits` per value is stored as U32 words
+ * [rows, cols * bits / 32], values packed low bits first (a value may straddle
+ * two words for bits 3 and 6); scales and biases [rows, cols / group_size];
+ * w = scale * q + bias. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "model.h"
+
+/* True if bits/group_size are a layout the kernels handle. */
+bool quant_layout_supported(int bits, int group_size);
+
+/* y[t, r] for r in [row_begin, row_end): the slice of kern_matmul's work for a
+ * quantized weight (w->bits != 0). x is [n_tokens, cols], y is [n_tokens, rows]. */
+void quant_matmul_rows(const struct ifd_weight *w, const float *x, int n_tokens, float *y,
+                       int64_t row_begin, int64_t row_end);
+
+/* Dequantizes one row to f32 [cols] (embedding lookup). */
+void quant_dequant_row(const struct ifd_weight *w, int64_t row, float *out);
+
+/* Quantizes one f32 row [cols] like MLX's affine_quantize, writing packed words
+ * [cols * bits / 32] and per-group scales/biases (as f32; the caller narrows). */
+void quant_quantize_row(const float *row, int64_t cols, int bits, int group_size,
+                        uint32_t *ret_words, float *ret_scales, float *ret_biases);
