@@ -29,3 +29,9 @@ void quant_dequant_row(const struct ifd_weight *w, int64_t row, float *out);
  * [cols * bits / 32] and per-group scales/biases (as f32; the caller narrows). */
 void quant_quantize_row(const float *row, int64_t cols, int bits, int group_size,
                         uint32_t *ret_words, float *ret_scales, float *ret_biases);
+
+/* Quantizes a float weight (F32/F16/BF16) into newly allocated packed storage
+ * (quantize on load). *ret describes it; every buffer lives in one allocation
+ * returned in *ret_owned, which the caller frees with free(). */
+int quant_weight_quantize(const struct ifd_weight *src, int bits, int group_size,
+                          struct ifd_weight *ret, void **ret_owned, ifd_error *err);
