@@ -61,6 +61,10 @@ const char *st_metadata(const st_model *m, const char *key);
 int st_file_count(const st_model *m);
 const char *st_file_path(const st_model *m, int file_index);
 
+/* The writers hand data to the sink in pieces of at most this many bytes, so a
+ * sink (a socket, a compressor) never needs a buffer sized by a tensor. */
+#define ST_WRITE_CHUNK_BYTES (1u << 20)
+
 /* A byte sink for the streaming writers: returns 0 or a negative errno. */
 typedef int (*st_write_fn)(void *ctx, const void *buf, size_t len);
 
@@ -68,6 +72,9 @@ typedef int (*st_write_fn)(void *ctx, const void *buf, size_t len);
  * (stored under their canonical names, aliases resolved), streaming: memory is
  * bounded by the header, never by the checkpoint; data is copied from the
  * mapping straight to `write`. Unknown names are an error naming the tensor.
+ * A name asked for through an alias is also recorded in the subset's
+ * __metadata__ (alias -> canonical), so st_find() on the receiver resolves the
+ * name it asked for; a tensor asked for twice is written once.
  * If ret_size is non-NULL it receives the total bytes written. */
 int st_write_subset(const st_model *m, const char *const *names, size_t n_names,
                     st_write_fn write, void *ctx, uint64_t *ret_size, ifd_error *err);
