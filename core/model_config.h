@@ -13,7 +13,7 @@
 #include "error.h"
 
 #define MODEL_MAX_EOS_IDS 8
-#define MODEL_MAX_QUANT_OVERRIDES 64
+#define MODEL_MAX_QUANT_OVERRIDES 4096 /* mlx_lm mixed recipes write one entry per linear */
 
 enum model_arch {
     MODEL_ARCH_LLAMA = 0,
