@@ -335,12 +335,22 @@ static int parse_file(st_model *m, int fi, ifd_error *err)
     const char *hdr = (const char *)f->base + 8;
     uint64_t data_size = f->len - 8 - hlen;
 
-    cJSON *root = cJSON_ParseWithLength(hdr, (size_t)hlen);
+    /* The parse end is returned per call (cJSON_GetErrorPtr is a global). */
+    const char *json_end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(hdr, (size_t)hlen, &json_end, false);
     if (!root)
         return ifd_error_set(err, -EINVAL, "%s: header is not valid JSON (near byte %td)", f->path,
-                             cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() - hdr + 8 : (ptrdiff_t)0);
+                             json_end ? json_end - hdr + 8 : (ptrdiff_t)8);
     int r = 0;
     struct range *ranges = NULL;
+    /* Only padding may follow the object (the reference pads with spaces). */
+    for (const char *p = json_end; p < hdr + hlen; p++) {
+        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
+            r = ifd_error_set(err, -EINVAL, "%s: header has trailing bytes after the JSON (byte %td)",
+                              f->path, p - hdr + 8);
+            goto out;
+        }
+    }
     if (!cJSON_IsObject(root)) {
         r = ifd_error_set(err, -EINVAL, "%s: header is not a JSON object", f->path);
         goto out;
