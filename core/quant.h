@@ -14,13 +14,31 @@
 #include "error.h"
 #include "model.h"
 
-/* True if bits/group_size are a layout the kernels handle. */
+#define QUANT_DEFAULT_GROUP_SIZE 64
+#define QUANT_MAX_GROUP_SIZE 1024
+
+/* True if bits/group_size are a layout the kernels handle: bits 2, 3, 4, 6
+ * or 8, group_size a multiple of 32 up to QUANT_MAX_GROUP_SIZE. */
 bool quant_layout_supported(int bits, int group_size);
 
 /* y[t, r] for r in [row_begin, row_end): the slice of kern_matmul's work for a
  * quantized weight (w->bits != 0). x is [n_tokens, cols], y is [n_tokens, rows]. */
 void quant_matmul_rows(const struct ifd_weight *w, const float *x, int n_tokens, float *y,
                        int64_t row_begin, int64_t row_end);
+
+/* Which implementation of quant_matmul_rows to run (tests compare them). */
+enum quant_isa {
+    QUANT_ISA_AUTO = 0,  /* the best the CPU has (what quant_matmul_rows uses) */
+    QUANT_ISA_SCALAR,    /* portable scalar bit-stream path: every layout */
+    QUANT_ISA_AVX2,
+    QUANT_ISA_AVX512,
+};
+
+/* quant_matmul_rows through a chosen implementation. Layouts the vector
+ * kernels do not cover (bits 3 and 6, bits 2 with group size 32) always take
+ * the scalar path. Returns 0, or -ENOTSUP if this CPU lacks the ISA. */
+int quant_matmul_rows_isa(enum quant_isa isa, const struct ifd_weight *w, const float *x,
+                          int n_tokens, float *y, int64_t row_begin, int64_t row_end);
 
 /* Dequantizes one row to f32 [cols] (embedding lookup). */
 void quant_dequant_row(const struct ifd_weight *w, int64_t row, float *out);
@@ -31,7 +49,8 @@ void quant_quantize_row(const float *row, int64_t cols, int bits, int group_size
                         uint32_t *ret_words, float *ret_scales, float *ret_biases);
 
 /* Quantizes a float weight (F32/F16/BF16) into newly allocated packed storage
- * (quantize on load). *ret describes it; every buffer lives in one allocation
+ * (quantize on load); group_size 0 means QUANT_DEFAULT_GROUP_SIZE. Scales and
+ * biases keep the source dtype, as MLX does. *ret describes it; every buffer lives in one allocation
  * returned in *ret_owned, which the caller frees with free(). */
 int quant_weight_quantize(const struct ifd_weight *src, int bits, int group_size,
                           struct ifd_weight *ret, void **ret_owned, ifd_error *err);

@@ -1,0 +1,86 @@
+/* bench_quant.c - single-thread throughput of the quantized products.
+ *
+ * For Qwen2.5-0.5B-shaped matrices, times quant_matmul_rows_isa over the whole
+ * matrix for one token (decode: reported as GB/s of packed weight read and as
+ * weights per ns) and for a batch (prefill: GFLOP/s). A benchmark, not a test:
+ * figures depend on the machine and on what else runs on it.
+ * usage: bench_quant [bits] [group] [n_batch] [isa: auto|avx512|avx2|scalar] */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dtype.h"
+#include "quant.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int main(int argc, char **argv)
+{
+    int bits = argc > 1 ? atoi(argv[1]) : 4;
+    int gs = argc > 2 ? atoi(argv[2]) : 64;
+    int nb = argc > 3 ? atoi(argv[3]) : 64;
+    const char *isa_name = argc > 4 ? argv[4] : "auto";
+    enum quant_isa isa = QUANT_ISA_AUTO;
+    if (!strcmp(isa_name, "avx512")) isa = QUANT_ISA_AVX512;
+    else if (!strcmp(isa_name, "avx2")) isa = QUANT_ISA_AVX2;
+    else if (!strcmp(isa_name, "scalar")) isa = QUANT_ISA_SCALAR;
+    ifd_dtype_init();
+    const int64_t shapes[][2] = {{4864, 896}, {896, 4864}, {151936, 896}};
+    for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++) {
+        int64_t rows = shapes[si][0], cols = shapes[si][1];
+        float *wf = malloc((size_t)(rows * cols) * sizeof(float));
+        srand(1);
+        for (int64_t i = 0; i < rows * cols; i++)
+            wf[i] = (float)rand() / RAND_MAX - 0.5f;
+        struct ifd_weight src = {.dtype = IFD_DTYPE_F32, .data = wf, .rows = rows, .cols = cols};
+        struct ifd_weight q;
+        void *owned;
+        ifd_error err;
+        if (quant_weight_quantize(&src, bits, gs, &q, &owned, &err) < 0) {
+            fprintf(stderr, "%s\n", err.msg);
+            return 1;
+        }
+        /* bf16 scales, as the checkpoints we serve */
+        free(wf);
+        int64_t ng = cols / gs;
+        uint16_t *sb = malloc((size_t)(rows * ng) * 4);
+        for (int64_t i = 0; i < rows * ng; i++) {
+            sb[i] = ifd_f32_to_bf16(((const float *)q.scales)[i]);
+            sb[rows * ng + i] = ifd_f32_to_bf16(((const float *)q.biases)[i]);
+        }
+        q.qparam_dtype = IFD_DTYPE_BF16;
+        q.scales = sb;
+        q.biases = sb + rows * ng;
+        float *x = malloc((size_t)(nb * cols) * sizeof(float));
+        float *y = malloc((size_t)(nb * rows) * sizeof(float));
+        for (int64_t i = 0; i < nb * cols; i++)
+            x[i] = (float)rand() / RAND_MAX - 0.5f;
+        double bytes = (double)rows * cols * bits / 8 + (double)rows * ng * 4;
+        int reps = (int)(2e9 / bytes / 8) + 1;
+        if (reps > 200) reps = 200;
+        quant_matmul_rows_isa(isa, &q, x, 1, y, 0, rows);
+        double t0 = now();
+        for (int i = 0; i < reps; i++)
+            quant_matmul_rows_isa(isa, &q, x, 1, y, 0, rows);
+        double dt = (now() - t0) / reps;
+        double t1 = now();
+        int preps = reps / 8 + 1;
+        for (int i = 0; i < preps; i++)
+            quant_matmul_rows_isa(isa, &q, x, nb, y, 0, rows);
+        double pt = (now() - t1) / preps;
+        printf("[%lld x %lld] %d-bit g%d %s: decode %.3f ms (%.1f GB/s, %.2f Gw/s)  batch %d: %.3f ms (%.1f GFLOP/s)\n",
+               (long long)rows, (long long)cols, bits, gs, isa_name, dt * 1e3, bytes / dt / 1e9,
+               rows * cols / dt / 1e9, nb, pt * 1e3, 2.0 * rows * cols * nb / pt / 1e9);
+        free(x);
+        free(y);
+        free(sb);
+        free(owned);
+    }
+    return 0;
+}
