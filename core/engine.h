@@ -19,6 +19,9 @@ struct engine_config {
     int n_ctx;         /* positions per slot (context length) */
     int n_batch_max;   /* most tokens in one engine_decode() call */
     int n_threads;     /* CPU threads for embedding/head and cpu stages; 0 = all cores */
+    int n_logits_max;  /* most tokens with want_logits in one call; 0 = n_seq_max
+                        * (capped at n_batch_max). The logits buffer is
+                        * [n_logits_max, vocab]: 600 KiB a row for a 150k vocab. */
 };
 
 struct engine_batch {

@@ -24,3 +24,15 @@ void kern_matmul(struct thread_pool *pool, const struct ifd_weight *w, const flo
 
 /* Row `row` of an embedding-like weight, widened (or dequantized) to f32 [cols]. */
 void kern_weight_row(const struct ifd_weight *w, int64_t row, float *out);
+
+/* Forces an instruction set ("scalar", "avx2", "avx512"), for tests that
+ * compare them. 0, -ENOTSUP if this CPU lacks it, -EINVAL if unknown. */
+int kern_set_simd(const char *name);
+
+/* Element-wise pieces of the forward pass, f32 throughout. */
+float kern_dot(const float *a, const float *b, int n);              /* sum a[i] * b[i] */
+void kern_axpy(float *y, float a, const float *x, int n);            /* y += a * x */
+/* out = x / sqrt(mean(x^2) + eps) * weight; out may alias x. [n] each. */
+void kern_rmsnorm(float *out, const float *x, const float *weight, int n, float eps);
+void kern_silu_mul(float *gate, const float *up, int n);             /* gate = silu(gate) * up */
+void kern_softmax(float *x, int n);                                  /* in place, max-subtracted */

@@ -1,0 +1,249 @@
+/* kernels.c - dispatch of the CPU kernels and their portable versions.
+ *
+ * kern_init() picks the best instruction set once; kern_matmul() splits the
+ * rows of a weight over the thread pool and hands each slice to that set's
+ * matmul_rows (float weights) or to quant_matmul_rows (MLX-quantized ones).
+ * The element-wise operations of the forward pass live here too: they are a
+ * small share of the time and plain C that the compiler vectorizes. */
+#include "kernels.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <string.h>
+
+#include "kernels-internal.h"
+#include "quant.h"
+#include "thread_pool.h"
+
+/* ---- portable fallback ------------------------------------------------- */
+
+static inline float scalar_w(const void *base, int64_t i, enum ifd_dtype dt)
+{
+    if (dt == IFD_DTYPE_F32)
+        return ((const float *)base)[i];
+    if (dt == IFD_DTYPE_F16)
+        return ifd_f16_to_f32(((const uint16_t *)base)[i]);
+    return ifd_bf16_to_f32(((const uint16_t *)base)[i]);
+}
+
+static void scalar_matmul_rows(const struct ifd_weight *w, const float *x, int n_tokens, float *y,
+                               int64_t row_begin, int64_t row_end)
+{
+    const int64_t cols = w->cols;
+    const size_t esz = ifd_dtype_size(w->dtype);
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const void *wr = (const uint8_t *)w->data + (size_t)r * (size_t)cols * esz;
+        for (int t = 0; t < n_tokens; t++) {
+            const float *xt = x + (size_t)t * (size_t)cols;
+            /* four partial sums: independent chains, and the same pairing
+             * idea as the SIMD versions */
+            float s[4] = {0, 0, 0, 0};
+            int64_t c = 0;
+            for (; c + 4 <= cols; c += 4)
+                for (int k = 0; k < 4; k++)
+                    s[k] += scalar_w(wr, c + k, w->dtype) * xt[c + k];
+            for (; c < cols; c++)
+                s[0] += scalar_w(wr, c, w->dtype) * xt[c];
+            y[(size_t)t * (size_t)w->rows + (size_t)r] = (s[0] + s[1]) + (s[2] + s[3]);
+        }
+    }
+}
+
+static float scalar_dot(const float *a, const float *b, int n)
+{
+    float s = 0;
+    for (int i = 0; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+static void scalar_axpy(float *y, float a, const float *x, int n)
+{
+    for (int i = 0; i < n; i++)
+        y[i] += a * x[i];
+}
+
+const struct kern_isa kern_isa_scalar = {
+    .name = "scalar",
+    .matmul_rows = scalar_matmul_rows,
+    .dot = scalar_dot,
+    .axpy = scalar_axpy,
+};
+
+/* ---- dispatch ------------------------------------------------------------ */
+
+/* The selected table: written once by kern_init() (or by kern_set_simd() in
+ * tests), read by every kernel call. */
+static const struct kern_isa *kern_isa = &kern_isa_scalar;
+
+static void kern_pick(void)
+{
+    ifd_dtype_init();
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        kern_isa = &kern_isa_avx512;
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c"))
+        kern_isa = &kern_isa_avx2;
+#endif
+}
+
+void kern_init(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, kern_pick);
+}
+
+const char *kern_simd_name(void)
+{
+    return kern_isa->name;
+}
+
+int kern_set_simd(const char *name)
+{
+    kern_init();
+    if (strcmp(name, "scalar") == 0) {
+        kern_isa = &kern_isa_scalar;
+        return 0;
+    }
+#if defined(__x86_64__)
+    if (strcmp(name, "avx2") == 0) {
+        if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+              __builtin_cpu_supports("f16c")))
+            return -ENOTSUP;
+        kern_isa = &kern_isa_avx2;
+        return 0;
+    }
+    if (strcmp(name, "avx512") == 0) {
+        if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")))
+            return -ENOTSUP;
+        kern_isa = &kern_isa_avx512;
+        return 0;
+    }
+#endif
+    return -EINVAL;
+}
+
+/* ---- matrix product -------------------------------------------------------- */
+
+struct mm_job {
+    const struct ifd_weight *w;
+    const float *x;          /* [n_tokens, cols] */
+    float *y;                /* [n_tokens, rows] */
+    int n_tokens;
+    int64_t rows_per_task;   /* multiple of 4, so tiles never straddle tasks */
+};
+
+static void mm_task(void *ctx, int task, int n_tasks)
+{
+    const struct mm_job *j = ctx;
+    int64_t r0 = (int64_t)task * j->rows_per_task;
+    int64_t r1 = r0 + j->rows_per_task;
+    if (r1 > j->w->rows)
+        r1 = j->w->rows;
+    if (r0 >= r1)
+        return;
+    if (j->w->bits)
+        quant_matmul_rows(j->w, j->x, j->n_tokens, j->y, r0, r1);
+    else
+        kern_isa->matmul_rows(j->w, j->x, j->n_tokens, j->y, r0, r1);
+}
+
+/* Below this many multiply-adds a product is not worth waking the pool. */
+#define MM_PARALLEL_MIN_MACS (64 * 1024)
+
+void kern_matmul(struct thread_pool *pool, const struct ifd_weight *w, const float *x, int n_tokens,
+                 float *y)
+{
+    struct mm_job j = {.w = w, .x = x, .y = y, .n_tokens = n_tokens};
+    int n_threads = thread_pool_size(pool);
+    if (n_tokens <= 0 || w->rows <= 0)
+        return;
+    if (n_threads <= 1 || (double)w->rows * (double)w->cols * n_tokens < MM_PARALLEL_MIN_MACS) {
+        j.rows_per_task = w->rows;
+        mm_task(&j, 0, 1);
+        return;
+    }
+    /* Several tasks per thread: dynamic scheduling evens out a core that is
+     * busy with something else. */
+    int64_t n_tasks = (int64_t)n_threads * 4;
+    int64_t per = (w->rows + n_tasks - 1) / n_tasks;
+    per = (per + 3) / 4 * 4;
+    j.rows_per_task = per;
+    thread_pool_run(pool, mm_task, &j, (int)((w->rows + per - 1) / per));
+}
+
+void kern_weight_row(const struct ifd_weight *w, int64_t row, float *out)
+{
+    if (w->bits) {
+        quant_dequant_row(w, row, out);
+        return;
+    }
+    const int64_t cols = w->cols;
+    const size_t esz = ifd_dtype_size(w->dtype);
+    const void *src = (const uint8_t *)w->data + (size_t)row * (size_t)cols * esz;
+    switch (w->dtype) {
+    case IFD_DTYPE_F32:
+        memcpy(out, src, (size_t)cols * sizeof(float));
+        break;
+    case IFD_DTYPE_F16:
+        for (int64_t c = 0; c < cols; c++)
+            out[c] = ifd_f16_to_f32(((const uint16_t *)src)[c]);
+        break;
+    default:
+        for (int64_t c = 0; c < cols; c++)
+            out[c] = ifd_bf16_to_f32(((const uint16_t *)src)[c]);
+        break;
+    }
+}
+
+/* ---- element-wise ---------------------------------------------------------- */
+
+float kern_dot(const float *a, const float *b, int n)
+{
+    return kern_isa->dot(a, b, n);
+}
+
+void kern_axpy(float *y, float a, const float *x, int n)
+{
+    kern_isa->axpy(y, a, x, n);
+}
+
+void kern_rmsnorm(float *out, const float *x, const float *weight, int n, float eps)
+{
+    /* mean of squares accumulated in double: one reduction per row, and it
+     * keeps long rows (hidden 4096+) as exact as the reference's f32 sum */
+    double ss = 0;
+    for (int i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
+    float inv = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int i = 0; i < n; i++)
+        out[i] = x[i] * inv * weight[i];
+}
+
+void kern_silu_mul(float *gate, const float *up, int n)
+{
+    for (int i = 0; i < n; i++) {
+        float g = gate[i];
+        gate[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+void kern_softmax(float *x, int n)
+{
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++)
+        mx = x[i] > mx ? x[i] : mx;
+    float sum = 0;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - mx);
+        sum += x[i];
+    }
+    float inv = 1.0f / sum;
+    for (int i = 0; i < n; i++)
+        x[i] *= inv;
+}

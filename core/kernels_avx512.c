@@ -1,0 +1,171 @@
+/* kernels_avx512.c - AVX-512 kernels (Zen4, Sapphire Rapids and later).
+ *
+ * Every function here is compiled for AVX-512 through the target pragma, so
+ * the file links into a baseline x86-64 build; kernels.c calls it only when
+ * __builtin_cpu_supports() says the CPU has the instructions.
+ *
+ * The matrix product is register-blocked: a tile of up to 4 weight rows x 6
+ * tokens keeps 24 accumulators in zmm registers; each 16-wide chunk of a
+ * weight row is widened once (F16 by vcvtph2ps, exact; BF16 by a 16-bit shift)
+ * and multiplied into every token of the tile. Decode (1 token) is the same
+ * loop with a 4 x 1 tile: four rows streamed side by side. */
+#if defined(__x86_64__)
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")
+
+#include <immintrin.h>
+
+#include "kernels-internal.h"
+
+#define AI static inline __attribute__((always_inline))
+
+enum { TILE_ROWS = 4, TILE_TOKENS = 6 };
+
+/* 16 weights from element index i, widened to f32. */
+AI __m512 w_load(const void *base, int64_t i, enum ifd_dtype dt)
+{
+    if (dt == IFD_DTYPE_F32)
+        return _mm512_loadu_ps((const float *)base + i);
+    __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)base + i));
+    if (dt == IFD_DTYPE_F16)
+        return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* The first popcount(m) of 16 weights (a row's tail), the rest zero. */
+AI __m512 w_load_mask(const void *base, int64_t i, enum ifd_dtype dt, __mmask16 m)
+{
+    if (dt == IFD_DTYPE_F32)
+        return _mm512_maskz_loadu_ps(m, (const float *)base + i);
+    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)base + i);
+    if (dt == IFD_DTYPE_F16)
+        return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* y[t, r] for a tile of NR rows starting at row r0 and NT tokens starting at
+ * token t0. NR and NT are constants after inlining, so acc[][] lives in
+ * registers. */
+AI void mm_tile(const struct ifd_weight *w, const float *x, float *y, int64_t r0, int t0,
+                const int NR, const int NT, enum ifd_dtype dt)
+{
+    const int64_t cols = w->cols, rows = w->rows;
+    const size_t esz = dt == IFD_DTYPE_F32 ? 4 : 2;
+    const void *wr[TILE_ROWS];
+    const float *xt[TILE_TOKENS];
+    __m512 acc[TILE_ROWS][TILE_TOKENS];
+
+    for (int r = 0; r < NR; r++)
+        wr[r] = (const uint8_t *)w->data + (size_t)(r0 + r) * (size_t)cols * esz;
+    for (int t = 0; t < NT; t++)
+        xt[t] = x + (size_t)(t0 + t) * (size_t)cols;
+    for (int r = 0; r < NR; r++)
+        for (int t = 0; t < NT; t++)
+            acc[r][t] = _mm512_setzero_ps();
+
+    int64_t c = 0;
+    for (; c + 16 <= cols; c += 16) {
+        __m512 wv[TILE_ROWS];
+        for (int r = 0; r < NR; r++)
+            wv[r] = w_load(wr[r], c, dt);
+        for (int t = 0; t < NT; t++) {
+            __m512 xv = _mm512_loadu_ps(xt[t] + c);
+            for (int r = 0; r < NR; r++)
+                acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+        }
+    }
+    if (c < cols) {
+        __mmask16 m = (__mmask16)((1u << (cols - c)) - 1);
+        __m512 wv[TILE_ROWS];
+        for (int r = 0; r < NR; r++)
+            wv[r] = w_load_mask(wr[r], c, dt, m);
+        for (int t = 0; t < NT; t++) {
+            __m512 xv = _mm512_maskz_loadu_ps(m, xt[t] + c);
+            for (int r = 0; r < NR; r++)
+                acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+        }
+    }
+    for (int t = 0; t < NT; t++)
+        for (int r = 0; r < NR; r++)
+            y[(size_t)(t0 + t) * (size_t)rows + (size_t)(r0 + r)] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+/* Runtime token count (capped at TILE_TOKENS) -> compile-time tile width. */
+AI void mm_tile_nt(const struct ifd_weight *w, const float *x, float *y, int64_t r0, int t0,
+                   const int NR, int nt, enum ifd_dtype dt)
+{
+    switch (nt < TILE_TOKENS ? nt : TILE_TOKENS) {
+    case 6: mm_tile(w, x, y, r0, t0, NR, 6, dt); break;
+    case 5: mm_tile(w, x, y, r0, t0, NR, 5, dt); break;
+    case 4: mm_tile(w, x, y, r0, t0, NR, 4, dt); break;
+    case 3: mm_tile(w, x, y, r0, t0, NR, 3, dt); break;
+    case 2: mm_tile(w, x, y, r0, t0, NR, 2, dt); break;
+    default: mm_tile(w, x, y, r0, t0, NR, 1, dt); break;
+    }
+}
+
+AI void mm_rows(const struct ifd_weight *w, const float *x, int n_tokens, float *y,
+                int64_t row_begin, int64_t row_end, enum ifd_dtype dt)
+{
+    /* Tokens are taken in blocks whose activations fit in L2, so the rows of
+     * this task are streamed once per block rather than once per tile. */
+    int block = (int)(KERN_TOKEN_BLOCK_BYTES / ((size_t)w->cols * sizeof(float)));
+    block = block < TILE_TOKENS ? TILE_TOKENS : block / TILE_TOKENS * TILE_TOKENS;
+    for (int tb = 0; tb < n_tokens; tb += block) {
+        int te = n_tokens - tb < block ? n_tokens : tb + block;
+        int64_t r = row_begin;
+        for (; r + TILE_ROWS <= row_end; r += TILE_ROWS)
+            for (int t = tb; t < te; t += TILE_TOKENS)
+                mm_tile_nt(w, x, y, r, t, TILE_ROWS, te - t, dt);
+        for (; r < row_end; r++)
+            for (int t = tb; t < te; t += TILE_TOKENS)
+                mm_tile_nt(w, x, y, r, t, 1, te - t, dt);
+    }
+}
+
+static void avx512_matmul_rows(const struct ifd_weight *w, const float *x, int n_tokens, float *y,
+                               int64_t row_begin, int64_t row_end)
+{
+    switch (w->dtype) {
+    case IFD_DTYPE_F32: mm_rows(w, x, n_tokens, y, row_begin, row_end, IFD_DTYPE_F32); break;
+    case IFD_DTYPE_F16: mm_rows(w, x, n_tokens, y, row_begin, row_end, IFD_DTYPE_F16); break;
+    default: mm_rows(w, x, n_tokens, y, row_begin, row_end, IFD_DTYPE_BF16); break;
+    }
+}
+
+static float avx512_dot(const float *a, const float *b, int n)
+{
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+static void avx512_axpy(float *y, float a, const float *x, int n)
+{
+    __m512 av = _mm512_set1_ps(a);
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512 yv = _mm512_maskz_loadu_ps(m, y + i);
+        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, x + i), yv));
+    }
+}
+
+const struct kern_isa kern_isa_avx512 = {
+    .name = "avx512",
+    .matmul_rows = avx512_matmul_rows,
+    .dot = avx512_dot,
+    .axpy = avx512_axpy,
+};
+
+#pragma GCC pop_options
+
+#endif /* __x86_64__ */

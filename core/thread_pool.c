@@ -1,0 +1,177 @@
+/* thread_pool.c - fixed worker threads for data-parallel kernels.
+ *
+ * One job at a time: the caller publishes (fn, ctx, n_tasks) and bumps a
+ * generation counter; workers and the caller then take task indices from a
+ * shared atomic counter (dynamic scheduling, so a core stolen by another
+ * process slows the job down instead of stalling it). Waiting is a short spin
+ * (dispatches in the decode loop come microseconds apart) followed by a futex
+ * sleep, so idle workers cost nothing. Nothing is allocated per call. */
+#include "thread_pool.h"
+
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* Pause iterations before sleeping: long enough to bridge the gap between two
+ * matrix products of one token, short enough not to burn a shared core. */
+#define POOL_SPIN 4000
+
+struct thread_pool {
+    int n_threads;                 /* including the caller's thread */
+    pthread_t *threads;            /* [n_threads - 1] workers */
+    int n_started;
+
+    /* the current job, written by the caller before bumping `generation` */
+    thread_pool_fn fn;
+    void *ctx;
+    int n_tasks;
+
+    _Atomic uint32_t generation;   /* bumped per job; futex word for workers */
+    _Atomic uint32_t sleepers;     /* workers inside futex wait on generation */
+    _Atomic int next_task;
+    _Atomic uint32_t active;       /* workers still on the current job; futex word for the caller */
+    _Atomic uint32_t caller_sleeping;
+    _Atomic int stop;
+};
+
+static void futex_wait(_Atomic uint32_t *addr, uint32_t val)
+{
+    syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0);
+}
+
+static void futex_wake(_Atomic uint32_t *addr)
+{
+    syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static void pool_do_tasks(struct thread_pool *p)
+{
+    int t;
+    while ((t = atomic_fetch_add_explicit(&p->next_task, 1, memory_order_relaxed)) < p->n_tasks)
+        p->fn(p->ctx, t, p->n_tasks);
+}
+
+static void *pool_worker(void *arg)
+{
+    struct thread_pool *p = arg;
+    uint32_t seen = 0;
+    for (;;) {
+        uint32_t g;
+        int spins = 0;
+        while ((g = atomic_load_explicit(&p->generation, memory_order_acquire)) == seen) {
+            if (spins++ < POOL_SPIN) {
+                cpu_relax();
+                continue;
+            }
+            atomic_fetch_add(&p->sleepers, 1);
+            /* seq_cst pairs with the caller's store to generation then load
+             * of sleepers: one of the two sees the other. */
+            if (atomic_load(&p->generation) == seen)
+                futex_wait(&p->generation, seen);
+            atomic_fetch_sub(&p->sleepers, 1);
+        }
+        seen = g;
+        if (atomic_load_explicit(&p->stop, memory_order_acquire))
+            return NULL;
+        pool_do_tasks(p);
+        if (atomic_fetch_sub(&p->active, 1) == 1 && atomic_load(&p->caller_sleeping))
+            futex_wake(&p->active);
+    }
+}
+
+static void pool_publish(struct thread_pool *p)
+{
+    atomic_fetch_add(&p->generation, 1);
+    if (atomic_load(&p->sleepers))
+        futex_wake(&p->generation);
+}
+
+struct thread_pool *thread_pool_create(int n_threads)
+{
+    if (n_threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = n > 0 ? (int)n : 1;
+    }
+    if (n_threads > 1024)
+        n_threads = 1024;
+    struct thread_pool *p = calloc(1, sizeof(*p));
+    if (!p)
+        return NULL;
+    p->n_threads = n_threads;
+    if (n_threads > 1) {
+        p->threads = calloc((size_t)n_threads - 1, sizeof(*p->threads));
+        if (!p->threads) {
+            free(p);
+            return NULL;
+        }
+    }
+    for (int i = 0; i < n_threads - 1; i++) {
+        if (pthread_create(&p->threads[i], NULL, pool_worker, p) != 0) {
+            thread_pool_destroy(p);
+            return NULL;
+        }
+        p->n_started++;
+    }
+    return p;
+}
+
+void thread_pool_destroy(struct thread_pool *p)
+{
+    if (!p)
+        return;
+    atomic_store(&p->stop, 1);
+    pool_publish(p);
+    for (int i = 0; i < p->n_started; i++)
+        pthread_join(p->threads[i], NULL);
+    free(p->threads);
+    free(p);
+}
+
+int thread_pool_size(const struct thread_pool *p)
+{
+    return p ? p->n_threads : 1;
+}
+
+void thread_pool_run(struct thread_pool *p, thread_pool_fn fn, void *ctx, int n_tasks)
+{
+    if (n_tasks <= 0)
+        return;
+    if (!p || p->n_started == 0 || n_tasks == 1) {
+        for (int t = 0; t < n_tasks; t++)
+            fn(ctx, t, n_tasks);
+        return;
+    }
+    p->fn = fn;
+    p->ctx = ctx;
+    p->n_tasks = n_tasks;
+    atomic_store_explicit(&p->next_task, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->active, (uint32_t)p->n_started, memory_order_relaxed);
+    pool_publish(p);
+    pool_do_tasks(p);
+
+    int spins = 0;
+    uint32_t a;
+    while ((a = atomic_load_explicit(&p->active, memory_order_acquire)) != 0) {
+        if (spins++ < POOL_SPIN) {
+            cpu_relax();
+            continue;
+        }
+        atomic_store(&p->caller_sleeping, 1);
+        a = atomic_load(&p->active);
+        if (a != 0)
+            futex_wait(&p->active, a);
+        atomic_store(&p->caller_sleeping, 0);
+    }
+}
