@@ -194,19 +194,10 @@ ParameterizedTestParameters(golden, models)
     return cr_make_param_array(int, idx, (size_t)n, free_params);
 }
 
-/* MLX-quantized checkpoints are the quantization issue's: until its kernels
- * land, their golden lines are skipped here, by name and visibly. */
-static bool golden_skip_mlx(const struct golden *g)
-{
-    return strstr(g->model, "mlx") != NULL;
-}
-
 ParameterizedTest(int *line, golden, models, .timeout = 600)
 {
     struct golden g;
     cr_assert(golden_line(*line, &g), "models.jsonl has no line %d", *line + 1);
-    if (golden_skip_mlx(&g))
-        cr_skip_test("line %d (%s): MLX-quantized models belong to the quantization issue", *line + 1, g.model);
 
     struct model *m = load(g.model);
     int vocab = m->cfg.vocab_size;
