@@ -1,0 +1,336 @@
+/* ctl_run.c - `inferctl run MODEL_DIR`: generate locally, without a daemon.
+ *
+ * Loads the checkpoint, prefills the prompt in batches of up to --batch
+ * tokens, then samples one token at a time until an eos id or -n tokens.
+ * With --json it prints one object with the ids and timings (for scripts and
+ * benchmarks); otherwise the ids and a one-line speed summary on stderr. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ctl.h"
+#include "engine.h"
+#include "kernels.h"
+#include "model.h"
+#include "sampler.h"
+
+/* Bounds on what the command line may ask for. */
+#define RUN_MAX_PROMPT 65536
+#define RUN_MAX_NEW 1000000
+#define RUN_DEFAULT_BATCH 512
+
+struct run_opts {
+    const char *model_dir;
+    int32_t *prompt;      /* [n_prompt], owned */
+    int n_prompt;
+    int n_new;
+    int n_threads;
+    int n_ctx;            /* 0: prompt + n_new, capped by max_position_embeddings */
+    int n_batch;
+    bool json;
+    struct sampler_params sp;
+};
+
+static void run_usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: inferctl run MODEL_DIR --ids ID,ID,... [options]\n"
+            "\n"
+            "Generates from a prompt of token ids with the model in MODEL_DIR\n"
+            "(Hugging Face layout), locally and without a daemon.\n"
+            "\n"
+            "  --ids LIST              prompt token ids, comma-separated\n"
+            "  -n, --max-tokens N      tokens to generate at most (default 64)\n"
+            "  --temperature F         0 = greedy (default 0)\n"
+            "  --top-k N               keep the N most likely (0 = off)\n"
+            "  --top-p F               nucleus sampling (1 = off)\n"
+            "  --min-p F               drop tokens below F x the best (0 = off)\n"
+            "  --repetition-penalty F  HF/CTRL penalty on seen tokens (1 = off)\n"
+            "  --presence-penalty F    OpenAI presence penalty (0 = off)\n"
+            "  --frequency-penalty F   OpenAI frequency penalty (0 = off)\n"
+            "  --seed N                RNG seed (default 0)\n"
+            "  --backend cpu           where the layers run (cpu)\n"
+            "  --threads N             CPU threads (0 = all cores, default)\n"
+            "  --ctx N                 context length (default prompt + n)\n"
+            "  --batch N               prefill batch size (default 512)\n"
+            "  --json                  print {\"prompt_ids\", \"generated_ids\", \"finish_reason\", \"timings\"}\n");
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static int parse_int(const char *opt, const char *s, long lo, long hi, int *ret)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) {
+        fprintf(stderr, "inferctl run: %s '%s': want an integer in [%ld, %ld]\n", opt, s, lo, hi);
+        return -EINVAL;
+    }
+    *ret = (int)v;
+    return 0;
+}
+
+static int parse_float(const char *opt, const char *s, double lo, double hi, float *ret)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "inferctl run: %s '%s': want a number in [%g, %g]\n", opt, s, lo, hi);
+        return -EINVAL;
+    }
+    *ret = (float)v;
+    return 0;
+}
+
+static int parse_ids(const char *s, struct run_opts *o)
+{
+    size_t cap = 1;
+    for (const char *p = s; *p; p++)
+        cap += *p == ',';
+    if (cap > RUN_MAX_PROMPT) {
+        fprintf(stderr, "inferctl run: --ids: more than %d ids\n", RUN_MAX_PROMPT);
+        return -E2BIG;
+    }
+    free(o->prompt);
+    o->prompt = calloc(cap, sizeof(*o->prompt));
+    if (!o->prompt)
+        return -ENOMEM;
+    o->n_prompt = 0;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (errno || end == p || v < 0 || v > INT32_MAX || (*end && *end != ',')) {
+            fprintf(stderr, "inferctl run: --ids: '%s' is not a list of token ids (at '%.16s')\n", s, p);
+            return -EINVAL;
+        }
+        o->prompt[o->n_prompt++] = (int32_t)v;
+        p = *end ? end + 1 : end;
+    }
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, struct run_opts *o)
+{
+    enum { O_IDS = 256, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REP, O_PRES, O_FREQ, O_SEED, O_BACKEND, O_THREADS,
+           O_CTX, O_BATCH, O_JSON };
+    static const struct option longopts[] = {
+        {"ids", required_argument, NULL, O_IDS},
+        {"max-tokens", required_argument, NULL, 'n'},
+        {"temperature", required_argument, NULL, O_TEMP},
+        {"top-k", required_argument, NULL, O_TOPK},
+        {"top-p", required_argument, NULL, O_TOPP},
+        {"min-p", required_argument, NULL, O_MINP},
+        {"repetition-penalty", required_argument, NULL, O_REP},
+        {"presence-penalty", required_argument, NULL, O_PRES},
+        {"frequency-penalty", required_argument, NULL, O_FREQ},
+        {"seed", required_argument, NULL, O_SEED},
+        {"backend", required_argument, NULL, O_BACKEND},
+        {"threads", required_argument, NULL, O_THREADS},
+        {"ctx", required_argument, NULL, O_CTX},
+        {"batch", required_argument, NULL, O_BATCH},
+        {"json", no_argument, NULL, O_JSON},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int c, r = 0;
+    optind = 1;
+    while (r == 0 && (c = getopt_long(argc, argv, "n:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case O_IDS: r = parse_ids(optarg, o); break;
+        case 'n': r = parse_int("-n", optarg, 0, RUN_MAX_NEW, &o->n_new); break;
+        case O_TEMP: r = parse_float("--temperature", optarg, 0, 100, &o->sp.temperature); break;
+        case O_TOPK: r = parse_int("--top-k", optarg, 0, INT_MAX, &o->sp.top_k); break;
+        case O_TOPP: r = parse_float("--top-p", optarg, 0, 1, &o->sp.top_p); break;
+        case O_MINP: r = parse_float("--min-p", optarg, 0, 1, &o->sp.min_p); break;
+        case O_REP: r = parse_float("--repetition-penalty", optarg, 0.01, 100, &o->sp.repetition_penalty); break;
+        case O_PRES: r = parse_float("--presence-penalty", optarg, -2, 2, &o->sp.presence_penalty); break;
+        case O_FREQ: r = parse_float("--frequency-penalty", optarg, -2, 2, &o->sp.frequency_penalty); break;
+        case O_SEED: {
+            char *end;
+            errno = 0;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (errno || end == optarg || *end) {
+                fprintf(stderr, "inferctl run: --seed '%s': want a non-negative integer\n", optarg);
+                r = -EINVAL;
+            }
+            o->sp.seed = v;
+            break;
+        }
+        case O_BACKEND:
+            if (strcmp(optarg, "cpu") != 0) {
+                fprintf(stderr, "inferctl run: --backend '%s': only 'cpu' is available here\n", optarg);
+                r = -ENOTSUP;
+            }
+            break;
+        case O_THREADS: r = parse_int("--threads", optarg, 0, 1024, &o->n_threads); break;
+        case O_CTX: r = parse_int("--ctx", optarg, 1, 1 << 20, &o->n_ctx); break;
+        case O_BATCH: r = parse_int("--batch", optarg, 1, 65536, &o->n_batch); break;
+        case O_JSON: o->json = true; break;
+        case 'h': run_usage(stdout); exit(0);
+        default: run_usage(stderr); return -EINVAL;
+        }
+    }
+    if (r < 0)
+        return r;
+    if (optind != argc - 1) {
+        fprintf(stderr, "inferctl run: %s\n\n", optind >= argc ? "missing MODEL_DIR" : "one MODEL_DIR, and the prompt as --ids");
+        run_usage(stderr);
+        return -EINVAL;
+    }
+    o->model_dir = argv[optind];
+    if (o->n_prompt == 0) {
+        fprintf(stderr, "inferctl run: give the prompt with --ids (text prompts need the tokenizer)\n");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static void print_ids(FILE *f, const int32_t *ids, int n)
+{
+    for (int i = 0; i < n; i++)
+        fprintf(f, "%s%d", i ? "," : "", ids[i]);
+}
+
+int ctl_run_main(int argc, char **argv)
+{
+    struct run_opts o = {.n_new = 64, .n_batch = RUN_DEFAULT_BATCH, .sp = sampler_params_default()};
+    struct model *m = NULL;
+    engine *e = NULL;
+    sampler *smp = NULL;
+    int32_t *out = NULL, *seq = NULL, *pos = NULL;
+    bool *want = NULL;
+    ifd_error err = {{0}};
+    int status = 1;
+
+    if (parse_args(argc, argv, &o) < 0)
+        goto done;
+    struct model_load_opts lo = model_load_opts_default();
+    if (model_load(o.model_dir, &lo, &m, &err) < 0) {
+        fprintf(stderr, "inferctl run: %s\n", err.msg);
+        goto done;
+    }
+    const struct model_config *c = &m->cfg;
+    for (int i = 0; i < o.n_prompt; i++) {
+        if (o.prompt[i] >= c->vocab_size) {
+            fprintf(stderr, "inferctl run: --ids: token %d is outside the vocabulary of %d\n", o.prompt[i],
+                    c->vocab_size);
+            goto done;
+        }
+    }
+    int n_ctx = o.n_ctx ? o.n_ctx : o.n_prompt + o.n_new;
+    if (!o.n_ctx && c->max_position_embeddings > 0 && n_ctx > c->max_position_embeddings)
+        n_ctx = c->max_position_embeddings;
+    if (o.n_prompt >= n_ctx + (o.n_new == 0)) {
+        fprintf(stderr, "inferctl run: the prompt of %d tokens does not fit a context of %d\n", o.n_prompt, n_ctx);
+        goto done;
+    }
+    int n_batch = o.n_batch < o.n_prompt ? o.n_batch : o.n_prompt;
+    struct engine_config ec = {.n_seq_max = 1, .n_ctx = n_ctx, .n_batch_max = n_batch, .n_threads = o.n_threads};
+    if (engine_create_cpu(m, NULL, 0, &ec, &e, &err) < 0) {
+        fprintf(stderr, "inferctl run: %s\n", err.msg);
+        goto done;
+    }
+    smp = sampler_create(&o.sp, c->vocab_size);
+    out = calloc((size_t)o.n_new + 1, sizeof(*out));
+    seq = calloc((size_t)n_batch, sizeof(*seq));
+    pos = calloc((size_t)n_batch, sizeof(*pos));
+    want = calloc((size_t)n_batch, sizeof(*want));
+    float *logits = malloc(sizeof(float) * (size_t)c->vocab_size);
+    if (!smp || !out || !seq || !pos || !want || !logits) {
+        free(logits);
+        fprintf(stderr, "inferctl run: out of memory\n");
+        goto done;
+    }
+    for (int i = 0; i < o.n_prompt; i++)
+        sampler_accept(smp, o.prompt[i], false);
+
+    /* prefill, in chunks of n_batch; logits of the last prompt token only */
+    double t0 = now_ms();
+    for (int start = 0; start < o.n_prompt; start += n_batch) {
+        int n = o.n_prompt - start < n_batch ? o.n_prompt - start : n_batch;
+        for (int i = 0; i < n; i++) {
+            pos[i] = start + i;
+            want[i] = start + i == o.n_prompt - 1;
+        }
+        struct engine_batch b = {.n_tokens = n, .tokens = o.prompt + start, .seq_ids = seq, .positions = pos,
+                                 .want_logits = want};
+        if (engine_decode(e, &b, &err) < 0) {
+            fprintf(stderr, "inferctl run: prefill: %s\n", err.msg);
+            free(logits);
+            goto done;
+        }
+    }
+    double t1 = now_ms();
+
+    int n_out = 0;
+    const char *finish = "length";
+    while (n_out < o.n_new) {
+        memcpy(logits, engine_logits(e), sizeof(float) * (size_t)c->vocab_size);
+        int32_t t = sampler_sample(smp, logits);
+        sampler_accept(smp, t, true);
+        out[n_out++] = t;
+        if (model_config_is_eos(c, t)) {
+            finish = "stop";
+            break;
+        }
+        if (n_out == o.n_new)
+            break;
+        int32_t p = o.n_prompt + n_out - 1;
+        if (p >= n_ctx)
+            break; /* context full: a length stop */
+        bool w = true;
+        struct engine_batch b = {.n_tokens = 1, .tokens = &t, .seq_ids = seq, .positions = &p, .want_logits = &w};
+        if (engine_decode(e, &b, &err) < 0) {
+            fprintf(stderr, "inferctl run: decode: %s\n", err.msg);
+            free(logits);
+            goto done;
+        }
+    }
+    double t2 = now_ms();
+    free(logits);
+
+    if (o.json) {
+        printf("{\"prompt_ids\":[");
+        print_ids(stdout, o.prompt, o.n_prompt);
+        printf("],\"generated_ids\":[");
+        print_ids(stdout, out, n_out);
+        printf("],\"finish_reason\":\"%s\",\"timings\":{\"prompt_tokens\":%d,\"prompt_ms\":%.3f,"
+               "\"generated_tokens\":%d,\"generated_ms\":%.3f}}\n",
+               finish, o.n_prompt, t1 - t0, n_out, t2 - t1);
+    } else {
+        print_ids(stdout, out, n_out);
+        printf("\n");
+        fflush(stdout);
+        /* the first generated token comes from the prefill's logits, so the
+         * decode rate counts the n_out - 1 forward passes after it */
+        fprintf(stderr, "prompt %d tokens in %.1f ms (%.1f tok/s), generated %d tokens in %.1f ms (%.1f tok/s), %s, %d threads, %s\n",
+                o.n_prompt, t1 - t0, o.n_prompt / ((t1 - t0) / 1e3), n_out, t2 - t1,
+                n_out > 1 ? (n_out - 1) / ((t2 - t1) / 1e3) : 0.0, finish,
+                o.n_threads ? o.n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN), kern_simd_name());
+    }
+    status = 0;
+done:
+    sampler_destroy(smp);
+    engine_destroy(e);
+    model_destroy(m);
+    free(o.prompt);
+    free(out);
+    free(seq);
+    free(pos);
+    free(want);
+    return status;
+}
