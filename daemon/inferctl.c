@@ -17,6 +17,7 @@ struct ctl_command {
 
 static const struct ctl_command commands[] = {
     /* Entries are added here as their subcommand files land. */
+    {"model", ctl_model_main, "generate or quantize checkpoints"},
     {"run", ctl_run_main, "generate locally, without a daemon"},
     {NULL, NULL, NULL},
 };
