@@ -239,6 +239,7 @@ int net_assign_decode(const uint8_t *p, size_t len, struct net_assign *ret, ifd_
     /* One allocation: tensor descs, then name, config and tensor names, each
      * NUL-terminated. Its size is bounded by the (already bounded) payload. */
     size_t need = (size_t)a.n_tensors * sizeof(struct net_tensor_desc) + len + a.n_tensors + 2;
+    int r;
     uint8_t *mem = calloc(1, need);
     if (!mem)
         return ifd_error_set(err, -ENOMEM, "ASSIGN: out of memory");
@@ -257,8 +258,8 @@ int net_assign_decode(const uint8_t *p, size_t len, struct net_assign *ret, ifd_
     for (uint32_t i = 0; i < a.n_tensors; i++) {
         struct net_tensor_wire tw;
         if (len - off < sizeof(tw)) {
-            free(mem);
-            return ifd_error_set(err, -EBADMSG, "ASSIGN: tensor %u truncated", i);
+            r = ifd_error_set(err, -EBADMSG, "ASSIGN: tensor %u truncated", i);
+            goto bad;
         }
         memcpy(&tw, p + off, sizeof(tw));
         off += sizeof(tw);
@@ -270,9 +271,9 @@ int net_assign_decode(const uint8_t *p, size_t len, struct net_assign *ret, ifd_
         uint32_t tn = le16toh(tw.name_len);
         if (tw.dtype >= IFD_DTYPE_COUNT || tw.n_dims > NET_MAX_DIMS || tn == 0 || tn > NET_MAX_NAME ||
             len - off < (size_t)tw.n_dims * 8 + tn) {
-            free(mem);
-            return ifd_error_set(err, -EBADMSG, "ASSIGN: tensor %u: bad dtype %u, dims %u or name length %u",
+            r = ifd_error_set(err, -EBADMSG, "ASSIGN: tensor %u: bad dtype %u, dims %u or name length %u",
                                  i, tw.dtype, tw.n_dims, tn);
+            goto bad;
         }
         uint64_t elems = 1;
         for (int d = 0; d < t->n_dims; d++) {
@@ -281,35 +282,38 @@ int net_assign_decode(const uint8_t *p, size_t len, struct net_assign *ret, ifd_
             off += 8;
             s = le64toh(s);
             if (s > (1ull << 40) || (s && elems > UINT64_MAX / s)) {
-                free(mem);
-                return ifd_error_set(err, -EBADMSG, "ASSIGN: tensor %u: dimension %d of %llu too large",
+                r = ifd_error_set(err, -EBADMSG, "ASSIGN: tensor %u: dimension %d of %llu too large",
                                      i, d, (unsigned long long)s);
+                goto bad;
             }
             t->shape[d] = (int64_t)s;
             elems *= s;
         }
         if (elems > UINT64_MAX / 8 || elems * ifd_dtype_size(t->dtype) != t->nbytes) {
-            free(mem);
-            return ifd_error_set(err, -EBADMSG, "ASSIGN: tensor %u: %llu bytes do not match its shape",
+            r = ifd_error_set(err, -EBADMSG, "ASSIGN: tensor %u: %llu bytes do not match its shape",
                                  i, (unsigned long long)t->nbytes);
+            goto bad;
         }
         memcpy(strings, p + off, tn);
         strings[tn] = '\0';
         if (memchr(strings, '\0', tn)) {
-            free(mem);
-            return ifd_error_set(err, -EBADMSG, "ASSIGN: tensor %u: name contains NUL", i);
+            r = ifd_error_set(err, -EBADMSG, "ASSIGN: tensor %u: name contains NUL", i);
+            goto bad;
         }
         t->name = strings;
         strings += tn + 1;
         off += tn;
     }
     if (off != len) {
-        free(mem);
-        return ifd_error_set(err, -EBADMSG, "ASSIGN: %zu trailing bytes", len - off);
+        r = ifd_error_set(err, -EBADMSG, "ASSIGN: %zu trailing bytes", len - off);
+        goto bad;
     }
     a.owned = mem;
     *ret = a;
     return 0;
+bad:
+    free(mem);
+    return r;
 }
 
 void net_assign_finish(struct net_assign *m)
