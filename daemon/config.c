@@ -1,0 +1,827 @@
+/* config.c - see config.h. */
+#include "config.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <ini.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+
+int inferd_config_init(struct inferd_config *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->listen = strdup(INFERD_DEFAULT_LISTEN);
+    c->cache_dir = strdup(INFERD_DEFAULT_CACHE_DIR);
+    if (!c->listen || !c->cache_dir) {
+        inferd_config_finish(c);
+        return -ENOMEM;
+    }
+    c->max_body_bytes = 4u << 20;
+    c->queue_depth = 64;
+    c->max_seqs = 8;
+    c->ctx_len = 0;
+    c->prefill_chunk = 128;
+    c->drain_timeout_s = 30;
+    c->log_level = LOG_LEVEL_INFO;
+    c->role = INFERD_ROLE_MASTER;
+    c->backend = INFERD_BACKEND_AUTO;
+    c->threads = 0;
+    return 0;
+}
+
+static void workers_free(struct inferd_worker_cfg *w, int n)
+{
+    for (int i = 0; i < n; i++) {
+        free(w[i].name);
+        free(w[i].address);
+    }
+    free(w);
+}
+
+void inferd_config_finish(struct inferd_config *c)
+{
+    if (!c)
+        return;
+    free(c->config_path);
+    free(c->listen);
+    for (int i = 0; i < c->n_api_keys; i++) {
+        /* Keys are secrets: do not leave them in freed heap memory. */
+        explicit_bzero(c->api_keys[i], strlen(c->api_keys[i]));
+        free(c->api_keys[i]);
+    }
+    free(c->api_keys);
+    free(c->api_key_file);
+    free(c->served_model_name);
+    free(c->model_path);
+    free(c->chat_template_path);
+    free(c->worker_listen);
+    free(c->cache_dir);
+    free(c->cluster_key_file);
+    workers_free(c->workers, c->n_workers);
+    memset(c, 0, sizeof(*c));
+}
+
+/* ---- value parsers: each names `what` (key or flag) in its message ---- */
+
+static int set_str(char **dst, const char *v, const char *what, ifd_error *err)
+{
+    char *s = strdup(v);
+    if (!s)
+        return ifd_error_set(err, -ENOMEM, "%s: out of memory", what);
+    free(*dst);
+    *dst = s;
+    return 0;
+}
+
+static int parse_int(const char *v, long lo, long hi, const char *what, int *ret, ifd_error *err)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || end == v || *end != '\0')
+        return ifd_error_set(err, -EINVAL, "%s: '%s' is not an integer", what, v);
+    if (x < lo || x > hi)
+        return ifd_error_set(err, -ERANGE, "%s: %ld is out of range [%ld, %ld]", what, x, lo, hi);
+    *ret = (int)x;
+    return 0;
+}
+
+/* Sizes accept K/M/G suffixes (powers of 1024). */
+static int parse_size(const char *v, size_t lo, size_t hi, const char *what, size_t *ret, ifd_error *err)
+{
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (errno || end == v || v[0] == '-')
+        return ifd_error_set(err, -EINVAL, "%s: '%s' is not a size", what, v);
+    unsigned long long mul = 1;
+    if (*end) {
+        switch (*end) {
+        case 'k': case 'K': mul = 1ull << 10; break;
+        case 'm': case 'M': mul = 1ull << 20; break;
+        case 'g': case 'G': mul = 1ull << 30; break;
+        default:
+            return ifd_error_set(err, -EINVAL, "%s: '%s' is not a size (use K, M or G)", what, v);
+        }
+        if (end[1] != '\0' && !(end[1] == 'B' && end[2] == '\0') && !(end[1] == 'i' && end[2] == 'B' && end[3] == '\0'))
+            return ifd_error_set(err, -EINVAL, "%s: '%s' is not a size", what, v);
+    }
+    if (x > (unsigned long long)SIZE_MAX / mul)
+        return ifd_error_set(err, -ERANGE, "%s: '%s' is too large", what, v);
+    x *= mul;
+    if (x < lo || x > hi)
+        return ifd_error_set(err, -ERANGE, "%s: %llu bytes is out of range [%zu, %zu]", what, x, lo, hi);
+    *ret = (size_t)x;
+    return 0;
+}
+
+static int parse_bool(const char *v, const char *what, bool *ret, ifd_error *err)
+{
+    static const char *yes[] = {"1", "yes", "true", "on"};
+    static const char *no[] = {"0", "no", "false", "off"};
+    for (int i = 0; i < 4; i++) {
+        if (strcasecmp(v, yes[i]) == 0) {
+            *ret = true;
+            return 0;
+        }
+        if (strcasecmp(v, no[i]) == 0) {
+            *ret = false;
+            return 0;
+        }
+    }
+    return ifd_error_set(err, -EINVAL, "%s: '%s' is not a boolean (true/false)", what, v);
+}
+
+static int parse_role(const char *v, const char *what, enum inferd_role *ret, ifd_error *err)
+{
+    if (strcmp(v, "master") == 0)
+        *ret = INFERD_ROLE_MASTER;
+    else if (strcmp(v, "worker") == 0)
+        *ret = INFERD_ROLE_WORKER;
+    else
+        return ifd_error_set(err, -EINVAL, "%s: '%s' is not a role (master or worker)", what, v);
+    return 0;
+}
+
+static int parse_backend(const char *v, const char *what, enum inferd_backend *ret, ifd_error *err)
+{
+    if (strcmp(v, "auto") == 0)
+        *ret = INFERD_BACKEND_AUTO;
+    else if (strcmp(v, "cpu") == 0)
+        *ret = INFERD_BACKEND_CPU;
+    else if (strcmp(v, "vulkan") == 0)
+        *ret = INFERD_BACKEND_VULKAN;
+    else
+        return ifd_error_set(err, -EINVAL, "%s: '%s' is not a backend (cpu, vulkan or auto)", what, v);
+    return 0;
+}
+
+static int parse_level(const char *v, const char *what, int *ret, ifd_error *err)
+{
+    int l = log_level_parse(v);
+    if (l < 0)
+        return ifd_error_set(err, -EINVAL, "%s: '%s' is not a log level (err, warning, notice, info, debug)",
+                             what, v);
+    *ret = l;
+    return 0;
+}
+
+int inferd_config_split_hostport(const char *s, int default_port, char **ret_host, int *ret_port,
+                                 ifd_error *err)
+{
+    const char *host = s, *port = NULL;
+    size_t host_len;
+    if (!s || !*s)
+        return ifd_error_set(err, -EINVAL, "empty address");
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (!close)
+            return ifd_error_set(err, -EINVAL, "'%s': missing ']'", s);
+        host = s + 1;
+        host_len = (size_t)(close - host);
+        if (close[1] == ':')
+            port = close + 2;
+        else if (close[1] != '\0')
+            return ifd_error_set(err, -EINVAL, "'%s': expected ':' after ']'", s);
+    } else {
+        const char *colon = strrchr(s, ':');
+        if (colon && strchr(s, ':') != colon)
+            return ifd_error_set(err, -EINVAL, "'%s': write IPv6 addresses as [addr]:port", s);
+        if (colon) {
+            host_len = (size_t)(colon - s);
+            port = colon + 1;
+        } else if (strspn(s, "0123456789") == strlen(s)) {
+            /* A bare port: every interface would surprise; keep loopback. */
+            host = "127.0.0.1";
+            host_len = strlen(host);
+            port = s;
+        } else {
+            host_len = strlen(s);
+        }
+    }
+    if (host_len == 0)
+        return ifd_error_set(err, -EINVAL, "'%s': empty host", s);
+    int p = default_port;
+    if (port) {
+        ifd_error e2;
+        if (parse_int(port, 1, 65535, "port", &p, &e2) < 0)
+            return ifd_error_set(err, -EINVAL, "'%s': bad port (1-65535)", s);
+    }
+    if (p <= 0)
+        return ifd_error_set(err, -EINVAL, "'%s': no port given", s);
+    char *h = strndup(host, host_len);
+    if (!h)
+        return -ENOMEM;
+    *ret_host = h;
+    *ret_port = p;
+    return 0;
+}
+
+static int check_hostport(const char *v, int default_port, const char *what, ifd_error *err)
+{
+    char *h;
+    int p;
+    int r = inferd_config_split_hostport(v, default_port, &h, &p, err);
+    if (r < 0) {
+        ifd_error_prefix(err, "%s", what);
+        return r;
+    }
+    free(h);
+    return 0;
+}
+
+int inferd_config_parse_layers(const char *s, struct inferd_worker_cfg *w, ifd_error *err)
+{
+    if (strcmp(s, "auto") == 0) {
+        w->auto_layers = true;
+        w->layer_first = w->layer_last = -1;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    long a = strtol(s, &end, 10);
+    if (errno || end == s || *end != '-' || a < 0)
+        return ifd_error_set(err, -EINVAL, "layers '%s': expected FIRST-LAST (inclusive) or auto", s);
+    const char *s2 = end + 1;
+    long b = strtol(s2, &end, 10);
+    if (errno || end == s2 || *end != '\0' || b < 0)
+        return ifd_error_set(err, -EINVAL, "layers '%s': expected FIRST-LAST (inclusive) or auto", s);
+    if (b < a)
+        return ifd_error_set(err, -EINVAL, "layers '%s': last layer before first", s);
+    if (b >= 100000)
+        return ifd_error_set(err, -ERANGE, "layers '%s': layer index too large", s);
+    w->auto_layers = false;
+    w->layer_first = (int)a;
+    w->layer_last = (int)b + 1;
+    return 0;
+}
+
+static int add_key(struct inferd_config *c, const char *key, const char *what, ifd_error *err)
+{
+    size_t len = strlen(key);
+    if (len == 0)
+        return 0;
+    if (len > INFERD_MAX_KEY_LEN)
+        return ifd_error_set(err, -EINVAL, "%s: key longer than %d bytes", what, INFERD_MAX_KEY_LEN);
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)key[i] <= ' ' || key[i] == 0x7f)
+            return ifd_error_set(err, -EINVAL, "%s: key contains whitespace or control characters", what);
+    if (c->n_api_keys >= INFERD_MAX_API_KEYS)
+        return ifd_error_set(err, -E2BIG, "%s: more than %d API keys", what, INFERD_MAX_API_KEYS);
+    char **k = realloc(c->api_keys, sizeof(*k) * (size_t)(c->n_api_keys + 1));
+    if (!k)
+        return -ENOMEM;
+    c->api_keys = k;
+    if (!(k[c->n_api_keys] = strdup(key)))
+        return -ENOMEM;
+    c->n_api_keys++;
+    return 0;
+}
+
+/* api_keys = a, b c: comma or space separated. */
+static int add_key_list(struct inferd_config *c, const char *v, const char *what, ifd_error *err)
+{
+    char *copy = strdup(v), *save = NULL;
+    if (!copy)
+        return -ENOMEM;
+    int r = 0;
+    for (char *tok = strtok_r(copy, ", \t", &save); tok; tok = strtok_r(NULL, ", \t", &save))
+        if ((r = add_key(c, tok, what, err)) < 0)
+            break;
+    explicit_bzero(copy, strlen(v));
+    free(copy);
+    return r;
+}
+
+static struct inferd_worker_cfg *worker_get(struct inferd_config *c, const char *name, ifd_error *err)
+{
+    for (int i = 0; i < c->n_workers; i++)
+        if (strcmp(c->workers[i].name, name) == 0)
+            return &c->workers[i];
+    if (c->n_workers >= INFERD_MAX_WORKERS) {
+        ifd_error_set(err, -E2BIG, "more than %d workers", INFERD_MAX_WORKERS);
+        return NULL;
+    }
+    struct inferd_worker_cfg *w = realloc(c->workers, sizeof(*w) * (size_t)(c->n_workers + 1));
+    if (!w) {
+        ifd_error_set(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    c->workers = w;
+    struct inferd_worker_cfg *nw = &w[c->n_workers];
+    memset(nw, 0, sizeof(*nw));
+    nw->layer_first = nw->layer_last = -1;
+    if (!(nw->name = strdup(name))) {
+        ifd_error_set(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    c->n_workers++;
+    return nw;
+}
+
+/* --worker HOST:PORT=FIRST-LAST */
+static int add_worker_flag(struct inferd_config *c, const char *v, ifd_error *err)
+{
+    const char *eq = strrchr(v, '=');
+    if (!eq)
+        return ifd_error_set(err, -EINVAL, "--worker '%s': expected HOST:PORT=FIRST-LAST or HOST:PORT=auto", v);
+    char name[32];
+    snprintf(name, sizeof(name), "flag%d", c->n_workers);
+    struct inferd_worker_cfg tmp = {0};
+    int r = inferd_config_parse_layers(eq + 1, &tmp, err);
+    if (r < 0) {
+        ifd_error_prefix(err, "--worker '%s'", v);
+        return r;
+    }
+    char *addr = strndup(v, (size_t)(eq - v));
+    if (!addr)
+        return -ENOMEM;
+    if ((r = check_hostport(addr, INFERD_DEFAULT_WORKER_PORT, "--worker", err)) < 0) {
+        free(addr);
+        return r;
+    }
+    struct inferd_worker_cfg *w = worker_get(c, name, err);
+    if (!w) {
+        free(addr);
+        return -ENOMEM;
+    }
+    w->address = addr;
+    w->layer_first = tmp.layer_first;
+    w->layer_last = tmp.layer_last;
+    w->auto_layers = tmp.auto_layers;
+    return 0;
+}
+
+/* Every key of the file, with the flag that overrides it (if any): the one
+ * table behind the parser, the flags and the documentation check. */
+static int config_set(struct inferd_config *c, const char *section, const char *key, const char *v,
+                      const char *what, ifd_error *err)
+{
+#define IS(s, k) (strcmp(section, s) == 0 && strcmp(key, k) == 0)
+    if (IS("server", "listen")) {
+        int r = check_hostport(v, 8080, what, err);
+        return r < 0 ? r : set_str(&c->listen, v, what, err);
+    }
+    if (IS("server", "api_keys"))
+        return add_key_list(c, v, what, err);
+    if (IS("server", "api_key_file"))
+        return set_str(&c->api_key_file, v, what, err);
+    if (IS("server", "max_body_bytes"))
+        return parse_size(v, 1024, (size_t)1 << 30, what, &c->max_body_bytes, err);
+    if (IS("server", "queue_depth"))
+        return parse_int(v, 0, 100000, what, &c->queue_depth, err);
+    if (IS("server", "max_sequences"))
+        return parse_int(v, 1, 1024, what, &c->max_seqs, err);
+    if (IS("server", "context_length"))
+        return parse_int(v, 0, 1 << 20, what, &c->ctx_len, err);
+    if (IS("server", "prefill_chunk"))
+        return parse_int(v, 1, 8192, what, &c->prefill_chunk, err);
+    if (IS("server", "drain_timeout"))
+        return parse_int(v, 0, 3600, what, &c->drain_timeout_s, err);
+    if (IS("server", "log_level"))
+        return parse_level(v, what, &c->log_level, err);
+    if (IS("server", "model_name"))
+        return set_str(&c->served_model_name, v, what, err);
+    if (IS("model", "path"))
+        return set_str(&c->model_path, v, what, err);
+    if (IS("model", "chat_template"))
+        return set_str(&c->chat_template_path, v, what, err);
+    if (IS("node", "role"))
+        return parse_role(v, what, &c->role, err);
+    if (IS("node", "backend"))
+        return parse_backend(v, what, &c->backend, err);
+    if (IS("node", "threads"))
+        return parse_int(v, 0, 1024, what, &c->threads, err);
+    if (IS("node", "listen_worker")) {
+        int r = check_hostport(v, INFERD_DEFAULT_WORKER_PORT, what, err);
+        return r < 0 ? r : set_str(&c->worker_listen, v, what, err);
+    }
+    if (IS("node", "cache_dir"))
+        return set_str(&c->cache_dir, v, what, err);
+    if (IS("cluster", "key_file"))
+        return set_str(&c->cluster_key_file, v, what, err);
+    if (IS("cluster", "allow_insecure"))
+        return parse_bool(v, what, &c->allow_insecure_cluster, err);
+#undef IS
+    if (strncmp(section, "worker.", 7) == 0) {
+        if (section[7] == '\0')
+            return ifd_error_set(err, -EINVAL, "[worker.]: section needs a name, e.g. [worker.gpu1]");
+        struct inferd_worker_cfg *w = worker_get(c, section + 7, err);
+        if (!w)
+            return -ENOMEM;
+        if (strcmp(key, "address") == 0) {
+            int r = check_hostport(v, INFERD_DEFAULT_WORKER_PORT, what, err);
+            return r < 0 ? r : set_str(&w->address, v, what, err);
+        }
+        if (strcmp(key, "layers") == 0) {
+            int r = inferd_config_parse_layers(v, w, err);
+            if (r < 0)
+                ifd_error_prefix(err, "%s", what);
+            return r;
+        }
+        return ifd_error_set(err, -EINVAL, "%s: unknown key (worker sections take address and layers)", what);
+    }
+    static const char *sections[] = {"server", "model", "node", "cluster"};
+    for (size_t i = 0; i < 4; i++)
+        if (strcmp(section, sections[i]) == 0)
+            return ifd_error_set(err, -EINVAL, "%s: unknown key", what);
+    return ifd_error_set(err, -EINVAL, "%s: unknown section [%s]", what, section);
+}
+
+struct ini_ctx {
+    struct inferd_config *c;
+    const char *origin;
+    int rc;
+    ifd_error err;
+    int line;  /* counted by inih through the returned line; 0 here */
+};
+
+static int ini_cb(void *user, const char *section, const char *name, const char *value)
+{
+    struct ini_ctx *x = user;
+    if (x->rc < 0)
+        return 0;  /* keep the first error only */
+    char what[256];
+    snprintf(what, sizeof(what), "[%s] %s", section, name ? name : "");
+    if (!name)  /* INI_CALL_HANDLER_ON_NEW_SECTION builds: a bare section */
+        return 1;
+    int r = config_set(x->c, section, name, value ? value : "", what, &x->err);
+    if (r < 0) {
+        x->rc = r;
+        return 0;
+    }
+    return 1;
+}
+
+static int finish_parse(struct ini_ctx *x, int line, ifd_error *err)
+{
+    if (line < 0)
+        return ifd_error_set(err, line == -1 ? -ENOENT : -ENOMEM, "%s: cannot read", x->origin);
+    if (x->rc < 0)
+        return ifd_error_set(err, x->rc, "%s:%d: %s", x->origin, line, x->err.msg);
+    if (line > 0)
+        return ifd_error_set(err, -EINVAL, "%s:%d: syntax error (expected [section] or key = value)",
+                             x->origin, line);
+    return 0;
+}
+
+int inferd_config_parse_string(struct inferd_config *c, const char *text, const char *origin,
+                               ifd_error *err)
+{
+    struct ini_ctx x = {.c = c, .origin = origin};
+    return finish_parse(&x, ini_parse_string(text, ini_cb, &x), err);
+}
+
+int inferd_config_parse_file(struct inferd_config *c, const char *path, ifd_error *err)
+{
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return ifd_error_set(err, -errno, "Failed to open config '%s': %s", path, strerror(errno));
+    struct ini_ctx x = {.c = c, .origin = path};
+    int line = ini_parse_file(f, ini_cb, &x);
+    fclose(f);
+    return finish_parse(&x, line, err);
+}
+
+int inferd_config_read_key_file(struct inferd_config *c, ifd_error *err)
+{
+    if (!c->api_key_file)
+        return 0;
+    FILE *f = fopen(c->api_key_file, "re");
+    if (!f)
+        return ifd_error_set(err, -errno, "Failed to open API key file '%s': %s", c->api_key_file,
+                             strerror(errno));
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    int r = 0, lineno = 0;
+    while ((n = getline(&line, &cap, f)) >= 0) {
+        lineno++;
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r' || line[n - 1] == ' ' || line[n - 1] == '\t'))
+            line[--n] = '\0';
+        char *s = line + strspn(line, " \t");
+        if (*s == '\0' || *s == '#')
+            continue;
+        char what[64];
+        snprintf(what, sizeof(what), "line %d", lineno);
+        if ((r = add_key(c, s, what, err)) < 0) {
+            ifd_error_prefix(err, "%s", c->api_key_file);
+            break;
+        }
+    }
+    if (line) {
+        explicit_bzero(line, cap);
+        free(line);
+    }
+    fclose(f);
+    return r;
+}
+
+int inferd_config_validate(const struct inferd_config *c, ifd_error *err)
+{
+    if (c->role == INFERD_ROLE_MASTER && (!c->model_path || !*c->model_path))
+        return ifd_error_set(err, -EINVAL, "no model: set [model] path in the config or pass --model DIR");
+    if (c->role == INFERD_ROLE_WORKER && c->n_workers > 0)
+        return ifd_error_set(err, -EINVAL, "role=worker: [worker.*] sections are for the master only");
+    for (int i = 0; i < c->n_workers; i++) {
+        const struct inferd_worker_cfg *w = &c->workers[i];
+        if (!w->address)
+            return ifd_error_set(err, -EINVAL, "[worker.%s]: no address", w->name);
+        if (!w->auto_layers && w->layer_first < 0)
+            return ifd_error_set(err, -EINVAL, "[worker.%s]: no layers (FIRST-LAST or auto)", w->name);
+        for (int j = 0; j < i; j++) {
+            const struct inferd_worker_cfg *o = &c->workers[j];
+            if (w->auto_layers || o->auto_layers)
+                continue;
+            if (w->layer_first < o->layer_last && o->layer_first < w->layer_last)
+                return ifd_error_set(err, -EINVAL,
+                                     "[worker.%s] layers %d-%d overlap [worker.%s] layers %d-%d",
+                                     w->name, w->layer_first, w->layer_last - 1, o->name,
+                                     o->layer_first, o->layer_last - 1);
+        }
+    }
+    if (c->max_seqs < 1)
+        return ifd_error_set(err, -EINVAL, "[server] max_sequences must be at least 1");
+    return 0;
+}
+
+int inferd_config_validate_layers(const struct inferd_config *c, int n_layers, ifd_error *err)
+{
+    for (int i = 0; i < c->n_workers; i++) {
+        const struct inferd_worker_cfg *w = &c->workers[i];
+        if (w->auto_layers)
+            continue;
+        if (w->layer_last > n_layers)
+            return ifd_error_set(err, -ERANGE, "[worker.%s] layers %d-%d: the model has %d layers (0-%d)",
+                                 w->name, w->layer_first, w->layer_last - 1, n_layers, n_layers - 1);
+    }
+    return 0;
+}
+
+static int join_path(const char *a, const char *b, char **ret)
+{
+    if (asprintf(ret, "%s/%s", a, b) < 0)
+        return -ENOMEM;
+    return 0;
+}
+
+static bool is_dir(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+int inferd_config_resolve_model(const char *model_path, char **ret, ifd_error *err)
+{
+    if (is_dir(model_path)) {
+        char *p = strdup(model_path);
+        if (!p)
+            return -ENOMEM;
+        *ret = p;
+        return 0;
+    }
+    /* org/name: exactly one slash, not absolute. */
+    const char *slash = strchr(model_path, '/');
+    if (model_path[0] == '/' || model_path[0] == '.' || !slash || strchr(slash + 1, '/') || slash == model_path ||
+        slash[1] == '\0')
+        return ifd_error_set(err, -ENOENT, "model '%s': no such directory", model_path);
+    char *hub = NULL;
+    const char *env;
+    if ((env = getenv("HF_HUB_CACHE")) && *env)
+        hub = strdup(env);
+    else if ((env = getenv("HF_HOME")) && *env)
+        join_path(env, "hub", &hub);
+    else if ((env = getenv("HOME")) && *env)
+        join_path(env, ".cache/huggingface/hub", &hub);
+    if (!hub)
+        return ifd_error_set(err, -ENOENT, "model '%s': not a directory and no Hugging Face cache ($HOME unset)",
+                             model_path);
+    char *repo = NULL, *ref_path = NULL, *snap = NULL;
+    int r = -ENOMEM;
+    if (asprintf(&repo, "%s/models--%.*s--%s", hub, (int)(slash - model_path), model_path, slash + 1) < 0) {
+        repo = NULL;
+        goto out;
+    }
+    if (asprintf(&ref_path, "%s/refs/main", repo) < 0) {
+        ref_path = NULL;
+        goto out;
+    }
+    char commit[128] = "";
+    FILE *f = fopen(ref_path, "re");
+    if (f) {
+        if (!fgets(commit, sizeof(commit), f))
+            commit[0] = '\0';
+        fclose(f);
+        commit[strcspn(commit, "\r\n")] = '\0';
+    }
+    if (!commit[0] || strchr(commit, '/')) {
+        r = ifd_error_set(err, -ENOENT, "model '%s': not a directory, and not in the Hugging Face cache (%s)",
+                          model_path, ref_path);
+        goto out;
+    }
+    if (asprintf(&snap, "%s/snapshots/%s", repo, commit) < 0) {
+        snap = NULL;
+        goto out;
+    }
+    if (!is_dir(snap)) {
+        r = ifd_error_set(err, -ENOENT, "model '%s': snapshot %s missing", model_path, snap);
+        goto out;
+    }
+    *ret = snap;
+    snap = NULL;
+    r = 0;
+out:
+    free(hub);
+    free(repo);
+    free(ref_path);
+    free(snap);
+    return r;
+}
+
+void inferd_config_usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: inferd [OPTIONS]\n"
+            "\n"
+            "Serves a language model through an OpenAI-compatible HTTP API.\n"
+            "Options override " INFERD_DEFAULT_CONFIG " (see inferd.conf(5)).\n"
+            "\n"
+            "  -c, --config PATH           configuration file\n"
+            "  -m, --model DIR|ORG/NAME    checkpoint directory or Hugging Face cache name\n"
+            "  -l, --listen HOST:PORT      HTTP address (role=worker: the worker address)\n"
+            "      --role master|worker\n"
+            "      --backend cpu|vulkan|auto\n"
+            "  -t, --threads N             CPU threads (0 = all)\n"
+            "      --api-key KEY           accept this API key (repeatable)\n"
+            "      --api-key-file PATH     one API key per line\n"
+            "      --max-body-bytes SIZE   request body limit (e.g. 4M)\n"
+            "      --queue-depth N         waiting requests before 429\n"
+            "      --max-sequences N       sequences decoded together\n"
+            "      --context-length N      positions per sequence\n"
+            "      --prefill-chunk N       prompt tokens per step beside running streams\n"
+            "      --chat-template PATH    Jinja chat template overriding the model's\n"
+            "      --model-name NAME       model name served in the API\n"
+            "      --log-level LEVEL       err, warning, notice, info, debug\n"
+            "      --cluster-key-file PATH shared key for master-worker authentication\n"
+            "      --allow-insecure-cluster  allow non-loopback workers without a key\n"
+            "      --worker HOST:PORT=FIRST-LAST|auto  remote layer range (repeatable)\n"
+            "      --cache-dir DIR         worker tensor cache\n"
+            "      --check-config          validate the configuration and exit\n"
+            "  -h, --help\n"
+            "      --version\n");
+}
+
+enum {
+    OPT_ROLE = 1000, OPT_BACKEND, OPT_API_KEY, OPT_API_KEY_FILE, OPT_MAX_BODY, OPT_QUEUE, OPT_MAX_SEQ,
+    OPT_CTX, OPT_CHUNK, OPT_TEMPLATE, OPT_MODEL_NAME, OPT_LOG_LEVEL, OPT_CLUSTER_KEY, OPT_INSECURE,
+    OPT_WORKER, OPT_CACHE_DIR, OPT_CHECK, OPT_VERSION,
+};
+
+static const struct option long_opts[] = {
+    {"config", required_argument, NULL, 'c'},
+    {"model", required_argument, NULL, 'm'},
+    {"listen", required_argument, NULL, 'l'},
+    {"threads", required_argument, NULL, 't'},
+    {"role", required_argument, NULL, OPT_ROLE},
+    {"backend", required_argument, NULL, OPT_BACKEND},
+    {"api-key", required_argument, NULL, OPT_API_KEY},
+    {"api-key-file", required_argument, NULL, OPT_API_KEY_FILE},
+    {"max-body-bytes", required_argument, NULL, OPT_MAX_BODY},
+    {"queue-depth", required_argument, NULL, OPT_QUEUE},
+    {"max-sequences", required_argument, NULL, OPT_MAX_SEQ},
+    {"context-length", required_argument, NULL, OPT_CTX},
+    {"prefill-chunk", required_argument, NULL, OPT_CHUNK},
+    {"chat-template", required_argument, NULL, OPT_TEMPLATE},
+    {"model-name", required_argument, NULL, OPT_MODEL_NAME},
+    {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"cluster-key-file", required_argument, NULL, OPT_CLUSTER_KEY},
+    {"allow-insecure-cluster", no_argument, NULL, OPT_INSECURE},
+    {"worker", required_argument, NULL, OPT_WORKER},
+    {"cache-dir", required_argument, NULL, OPT_CACHE_DIR},
+    {"check-config", no_argument, NULL, OPT_CHECK},
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, OPT_VERSION},
+    {NULL, 0, NULL, 0},
+};
+
+/* Applies one flag; --config/--help/--version were handled in the first pass. */
+static int apply_flag(struct inferd_config *c, int opt, const char *arg, const char *listen_flag,
+                      struct inferd_cli *cli, ifd_error *err)
+{
+    switch (opt) {
+    case 'c': return 0;
+    case 'm': return config_set(c, "model", "path", arg, "--model", err);
+    case 'l': return 0;  /* applied after --role is known, see inferd_config_load */
+    case 't': return config_set(c, "node", "threads", arg, "--threads", err);
+    case OPT_ROLE: return config_set(c, "node", "role", arg, "--role", err);
+    case OPT_BACKEND: return config_set(c, "node", "backend", arg, "--backend", err);
+    case OPT_API_KEY: return add_key(c, arg, "--api-key", err);
+    case OPT_API_KEY_FILE: return config_set(c, "server", "api_key_file", arg, "--api-key-file", err);
+    case OPT_MAX_BODY: return config_set(c, "server", "max_body_bytes", arg, "--max-body-bytes", err);
+    case OPT_QUEUE: return config_set(c, "server", "queue_depth", arg, "--queue-depth", err);
+    case OPT_MAX_SEQ: return config_set(c, "server", "max_sequences", arg, "--max-sequences", err);
+    case OPT_CTX: return config_set(c, "server", "context_length", arg, "--context-length", err);
+    case OPT_CHUNK: return config_set(c, "server", "prefill_chunk", arg, "--prefill-chunk", err);
+    case OPT_TEMPLATE: return config_set(c, "model", "chat_template", arg, "--chat-template", err);
+    case OPT_MODEL_NAME: return config_set(c, "server", "model_name", arg, "--model-name", err);
+    case OPT_LOG_LEVEL: return config_set(c, "server", "log_level", arg, "--log-level", err);
+    case OPT_CLUSTER_KEY: return config_set(c, "cluster", "key_file", arg, "--cluster-key-file", err);
+    case OPT_INSECURE: c->allow_insecure_cluster = true; return 0;
+    case OPT_WORKER: return add_worker_flag(c, arg, err);
+    case OPT_CACHE_DIR: return config_set(c, "node", "cache_dir", arg, "--cache-dir", err);
+    case OPT_CHECK: cli->check_config = true; return 0;
+    case 'h': cli->help = true; return 0;
+    case OPT_VERSION: cli->version = true; return 0;
+    default: return ifd_error_set(err, -EINVAL, "unknown option (see inferd --help)");
+    }
+    (void)listen_flag;
+}
+
+int inferd_config_load(int argc, char **argv, struct inferd_config *ret, struct inferd_cli *ret_cli,
+                       ifd_error *err)
+{
+    struct inferd_config c;
+    struct inferd_cli cli = {0};
+    const char *config_path = NULL, *listen_flag = NULL;
+    bool config_explicit = false;
+    int r, opt;
+
+    /* First pass: find --config, and reject unknown flags before reading anything. */
+    optind = 1;
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, ":c:m:l:t:h", long_opts, NULL)) != -1) {
+        if (opt == '?')
+            return ifd_error_set(err, -EINVAL, "unknown option '%s' (see inferd --help)", argv[optind - 1]);
+        if (opt == ':')
+            return ifd_error_set(err, -EINVAL, "option '%s' needs a value", argv[optind - 1]);
+        if (opt == 'c') {
+            config_path = optarg;
+            config_explicit = true;
+        }
+        if (opt == 'l')
+            listen_flag = optarg;
+    }
+    if (optind < argc)
+        return ifd_error_set(err, -EINVAL, "unexpected argument '%s' (see inferd --help)", argv[optind]);
+
+    if ((r = inferd_config_init(&c)) < 0)
+        return ifd_error_set(err, r, "out of memory");
+    if (!config_path && access(INFERD_DEFAULT_CONFIG, F_OK) == 0)
+        config_path = INFERD_DEFAULT_CONFIG;
+    if (config_path) {
+        if ((r = inferd_config_parse_file(&c, config_path, err)) < 0) {
+            if (r == -ENOENT && !config_explicit)
+                r = 0;
+            else
+                goto fail;
+        }
+        if ((r = set_str(&c.config_path, config_path, "--config", err)) < 0)
+            goto fail;
+    }
+
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, ":c:m:l:t:h", long_opts, NULL)) != -1)
+        if ((r = apply_flag(&c, opt, optarg, listen_flag, &cli, err)) < 0)
+            goto fail;
+    optind = 1;
+    /* --listen means the HTTP address for a master, the worker address for a worker. */
+    if (listen_flag) {
+        if (c.role == INFERD_ROLE_WORKER)
+            r = config_set(&c, "node", "listen_worker", listen_flag, "--listen", err);
+        else
+            r = config_set(&c, "server", "listen", listen_flag, "--listen", err);
+        if (r < 0)
+            goto fail;
+    }
+    if (c.role == INFERD_ROLE_WORKER && !c.worker_listen) {
+        char buf[64];
+        snprintf(buf, sizeof(buf), "0.0.0.0:%d", INFERD_DEFAULT_WORKER_PORT);
+        if ((r = set_str(&c.worker_listen, buf, "listen_worker", err)) < 0)
+            goto fail;
+    }
+    if (cli.help || cli.version) {
+        *ret = c;
+        *ret_cli = cli;
+        return 0;
+    }
+    if ((r = inferd_config_read_key_file(&c, err)) < 0)
+        goto fail;
+    if ((r = inferd_config_validate(&c, err)) < 0) {
+        if (c.config_path)
+            ifd_error_prefix(err, "%s", c.config_path);
+        goto fail;
+    }
+    *ret = c;
+    *ret_cli = cli;
+    return 0;
+fail:
+    inferd_config_finish(&c);
+    return r < 0 ? r : -EINVAL;
+}

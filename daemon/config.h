@@ -1,0 +1,126 @@
+/* config.h - inferd configuration: /etc/inferd/inferd.conf (INI, libinih)
+ * overridden by command-line flags.
+ *
+ * Loading is all-or-nothing: a bad value anywhere is a message in err naming
+ * the file, line, section and key (or the flag), and the struct is untouched.
+ * Documented for operators in conf/inferd.conf and inferd.conf(5). */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include "error.h"
+
+#define INFERD_DEFAULT_CONFIG "/etc/inferd/inferd.conf"
+#define INFERD_DEFAULT_LISTEN "127.0.0.1:8080"
+#define INFERD_DEFAULT_WORKER_PORT 10128
+#define INFERD_DEFAULT_CACHE_DIR "/var/cache/inferd"
+
+/* Limits on what a config file may ask for: sanity bounds, not tuning. */
+#define INFERD_MAX_API_KEYS 256
+#define INFERD_MAX_WORKERS 64
+#define INFERD_MAX_KEY_LEN 512
+
+enum inferd_role {
+    INFERD_ROLE_MASTER = 0,
+    INFERD_ROLE_WORKER,
+};
+
+enum inferd_backend {
+    INFERD_BACKEND_AUTO = 0,
+    INFERD_BACKEND_CPU,
+    INFERD_BACKEND_VULKAN,
+};
+
+/* One [worker.NAME] section or --worker flag: a remote layer range. */
+struct inferd_worker_cfg {
+    char *name;          /* section suffix ("gpu1"), or "flagN" for --worker */
+    char *address;       /* "host:port" as written */
+    int layer_first;     /* [layer_first, layer_last): the file says FIRST-LAST inclusive */
+    int layer_last;
+    bool auto_layers;    /* layers = auto: the master assigns a range at start */
+};
+
+struct inferd_config {
+    char *config_path;        /* the file read, NULL when none */
+
+    /* [server] */
+    char *listen;             /* "host:port"; "[v6]:port" accepted */
+    char **api_keys;          /* [n_api_keys]: inline keys and the key file's lines */
+    int n_api_keys;
+    char *api_key_file;       /* one key per line, '#' comments */
+    size_t max_body_bytes;    /* request bodies larger than this get 413 */
+    int queue_depth;          /* requests waiting for a sequence slot; beyond: 429 */
+    int max_seqs;             /* sequences decoded together (engine n_seq_max) */
+    int ctx_len;              /* positions per sequence; 0 = model's, capped at 4096 */
+    int prefill_chunk;        /* prompt tokens per step beside running streams */
+    int drain_timeout_s;      /* SIGTERM: how long running streams may finish */
+    int log_level;            /* syslog level 0-7 */
+    char *served_model_name;  /* the "model" name clients use; default: model dir name */
+
+    /* [model] */
+    char *model_path;         /* checkpoint dir or Hugging Face cache name org/name */
+    char *chat_template_path; /* Jinja file overriding the tokenizer's template */
+
+    /* [node] */
+    enum inferd_role role;
+    enum inferd_backend backend;
+    int threads;              /* 0 = every online CPU */
+    char *worker_listen;      /* role=worker: "host:port", default 0.0.0.0:10128 */
+    char *cache_dir;          /* worker tensor cache */
+
+    /* [cluster] and [worker.NAME] */
+    char *cluster_key_file;       /* shared secret for master<->worker authentication */
+    bool allow_insecure_cluster;  /* allow non-loopback workers without a key */
+    struct inferd_worker_cfg *workers; /* [n_workers], in file then flag order */
+    int n_workers;
+};
+
+/* What the command line asked for besides configuration. */
+struct inferd_cli {
+    bool check_config;  /* --check-config: validate, print a summary, exit */
+    bool help;
+    bool version;
+};
+
+/* Fills defaults (no allocation except the default strings). */
+int inferd_config_init(struct inferd_config *c);
+void inferd_config_finish(struct inferd_config *c); /* accepts a zeroed struct */
+
+/* Parses INI text into c (on top of what is there). `origin` names it in
+ * messages. Unknown sections or keys are errors: a typo must not be ignored. */
+int inferd_config_parse_string(struct inferd_config *c, const char *text, const char *origin,
+                               ifd_error *err);
+int inferd_config_parse_file(struct inferd_config *c, const char *path, ifd_error *err);
+
+/* The whole load: defaults, the file (--config PATH, else
+ * /etc/inferd/inferd.conf when it exists), flags on top, the key file, then
+ * inferd_config_validate(). *ret is written only on success. */
+int inferd_config_load(int argc, char **argv, struct inferd_config *ret, struct inferd_cli *ret_cli,
+                       ifd_error *err);
+
+/* Checks everything that does not need the model. */
+int inferd_config_validate(const struct inferd_config *c, ifd_error *err);
+
+/* Checks the worker layer assignments against the model's layer count:
+ * in range, not overlapping. */
+int inferd_config_validate_layers(const struct inferd_config *c, int n_layers, ifd_error *err);
+
+/* Reads the API key file (one key per line) and appends its keys. */
+int inferd_config_read_key_file(struct inferd_config *c, ifd_error *err);
+
+/* Resolves model_path: an existing directory as is, otherwise org/name
+ * looked up in $HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub
+ * (snapshots/<refs/main>). *ret is malloc'd. */
+int inferd_config_resolve_model(const char *model_path, char **ret, ifd_error *err);
+
+/* Splits "host:port" / "[v6]:port" / "port". *ret_host is malloc'd. */
+int inferd_config_split_hostport(const char *s, int default_port, char **ret_host, int *ret_port,
+                                 ifd_error *err);
+
+/* Parses "FIRST-LAST" (inclusive) or "auto". */
+int inferd_config_parse_layers(const char *s, struct inferd_worker_cfg *w, ifd_error *err);
+
+/* Prints the usage text of inferd. */
+void inferd_config_usage(FILE *f);

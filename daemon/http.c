@@ -1,0 +1,902 @@
+/* http.c - see http.h.
+ *
+ * libmicrohttpd runs one thread per connection, so a handler may block
+ * waiting for its sequence's tokens without holding up anyone else. While it
+ * waits it polls its socket: a client that hangs up cancels its sequence at
+ * once, freeing the slot and its KV cache. Streaming responses are MHD
+ * callback responses that produce one SSE event at a time. */
+#include "http.h"
+
+#include <errno.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "api.h"
+#include "inferd-build-config.h"
+#include "log.h"
+#include "metrics.h"
+#include "scheduler.h"
+
+#if MHD_VERSION < 0x00097002
+typedef int MHD_RESULT;
+#else
+typedef enum MHD_Result MHD_RESULT;
+#endif
+
+struct http_server {
+    struct MHD_Daemon *d;
+    struct http_app *app;
+};
+
+enum route {
+    ROUTE_NONE = 0,
+    ROUTE_HEALTH,
+    ROUTE_METRICS,
+    ROUTE_MODELS,
+    ROUTE_MODEL_ONE,
+    ROUTE_STATUS,
+    ROUTE_CHAT,
+    ROUTE_COMPLETIONS,
+    ROUTE_TOKENIZE,
+    ROUTE_DETOKENIZE,
+};
+
+static const struct {
+    const char *path;
+    enum route route;
+    const char *method;   /* the one method allowed */
+    bool auth;            /* needs an API key when keys are configured */
+} routes[] = {
+    {"/health", ROUTE_HEALTH, "GET", false},
+    {"/metrics", ROUTE_METRICS, "GET", false},
+    {"/v1/models", ROUTE_MODELS, "GET", true},
+    {"/v1/status", ROUTE_STATUS, "GET", true},
+    {"/v1/chat/completions", ROUTE_CHAT, "POST", true},
+    {"/v1/completions", ROUTE_COMPLETIONS, "POST", true},
+    {"/tokenize", ROUTE_TOKENIZE, "POST", true},
+    {"/detokenize", ROUTE_DETOKENIZE, "POST", true},
+};
+
+enum stream_phase {
+    PHASE_ROLE = 0,   /* chat: the first chunk carries the role */
+    PHASE_CONTENT,
+    PHASE_FINISHED,   /* everything handed to MHD */
+};
+
+/* One request on one connection. */
+struct conn {
+    struct http_app *app;
+    char method[8];
+    char *path;
+    enum route route;
+    int fd;                     /* the client socket, for hang-up checks */
+    double t0;
+    char *body;                 /* [len], NUL-terminated */
+    size_t len, cap;
+    bool too_big;
+    int status;
+    int tokens_in, tokens_out;
+
+    /* Generation. */
+    struct sched_req *req;
+    struct sched_output out;
+    size_t out_sent;            /* bytes of out.text already in a chunk */
+    int lp_sent;
+    enum stream_phase phase;
+    struct api_response_meta meta;
+    char id[64];
+    bool include_usage, want_logprobs;
+    char *buf;                  /* SSE bytes ready for MHD */
+    size_t buf_len, buf_off;
+};
+
+static double now_mono(void)
+{
+    return sched_now();
+}
+
+/* ---- responses ---- */
+
+static MHD_RESULT respond(struct MHD_Connection *c, struct conn *k, int status, const char *ctype, char *body,
+                          size_t len)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, "Content-Type", ctype);
+    if (status == 405) {
+        for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++)
+            if (routes[i].route == k->route)
+                MHD_add_response_header(r, "Allow", routes[i].method);
+    }
+    if (status == 401)
+        MHD_add_response_header(r, "WWW-Authenticate", "Bearer");
+    if (status == 503 || status == 429)
+        MHD_add_response_header(r, "Retry-After", "1");
+    k->status = status;
+    MHD_RESULT ret = MHD_queue_response(c, (unsigned)status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static MHD_RESULT respond_json(struct MHD_Connection *c, struct conn *k, int status, char *json)
+{
+    if (!json)
+        return MHD_NO;
+    return respond(c, k, status, "application/json", json, strlen(json));
+}
+
+static MHD_RESULT respond_error(struct MHD_Connection *c, struct conn *k, const struct api_error *e)
+{
+    return respond_json(c, k, e->status, api_error_json(e));
+}
+
+static MHD_RESULT respond_errorf(struct MHD_Connection *c, struct conn *k, int status, const char *type,
+                                 const char *param, const char *code, const char *msg)
+{
+    struct api_error e;
+    api_error_set(&e, status, type, param, code, "%s", msg);
+    return respond_error(c, k, &e);
+}
+
+/* ---- model state ---- */
+
+static bool app_ready(struct http_app *app)
+{
+    return atomic_load_explicit(&app->ready, memory_order_acquire);
+}
+
+static MHD_RESULT not_ready(struct MHD_Connection *c, struct conn *k)
+{
+    if (atomic_load(&k->app->draining))
+        return respond_errorf(c, k, 503, "service_unavailable", NULL, "shutting_down", "the server is shutting down");
+    return respond_errorf(c, k, 503, "service_unavailable", NULL, "model_loading", "the model is still loading");
+}
+
+static bool client_gone(int fd)
+{
+    if (fd < 0)
+        return false;
+    struct pollfd p = {.fd = fd, .events = POLLIN | POLLRDHUP};
+    if (poll(&p, 1, 0) <= 0)
+        return false;
+    if (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))
+        return true;
+    if (p.revents & POLLIN) {
+        /* Readable with nothing pipelined means EOF. */
+        char b;
+        ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+        return n == 0;
+    }
+    return false;
+}
+
+/* ---- simple GET endpoints ---- */
+
+static MHD_RESULT handle_health(struct MHD_Connection *c, struct conn *k)
+{
+    if (atomic_load(&k->app->draining))
+        return respond_json(c, k, 503, strdup("{\"status\":\"stopping\"}"));
+    if (!app_ready(k->app))
+        return respond_json(c, k, 503, strdup("{\"status\":\"loading\"}"));
+    return respond_json(c, k, 200, strdup("{\"status\":\"ok\"}"));
+}
+
+static MHD_RESULT handle_metrics(struct MHD_Connection *c, struct conn *k)
+{
+    if (!app_ready(k->app) || !k->app->metrics) {
+        char *s = strdup("# inferd: model loading\ninferd_ready 0\n");
+        return respond(c, k, 200, "text/plain; version=0.0.4; charset=utf-8", s, s ? strlen(s) : 0);
+    }
+    char *text;
+    size_t len;
+    if (metrics_render(k->app->metrics, &text, &len) < 0)
+        return respond_errorf(c, k, 500, "server_error", NULL, NULL, "out of memory");
+    char *full = NULL;
+    int n = asprintf(&full, "# HELP inferd_ready 1 when the model is loaded.\n# TYPE inferd_ready gauge\n"
+                            "inferd_ready 1\n%s", text);
+    free(text);
+    if (n < 0)
+        return MHD_NO;
+    return respond(c, k, 200, "text/plain; version=0.0.4; charset=utf-8", full, (size_t)n);
+}
+
+static cJSON *model_object(struct http_app *app)
+{
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "id", app->model_name);
+    cJSON_AddStringToObject(m, "object", "model");
+    cJSON_AddNumberToObject(m, "created", (double)app->created);
+    cJSON_AddStringToObject(m, "owned_by", "inferd");
+    if (app_ready(app))
+        cJSON_AddNumberToObject(m, "context_length", app->n_ctx);
+    return m;
+}
+
+static MHD_RESULT handle_models(struct MHD_Connection *c, struct conn *k, const char *one)
+{
+    if (one) {
+        if (strcmp(one, k->app->model_name) != 0) {
+            char msg[300];
+            snprintf(msg, sizeof(msg), "The model '%.200s' does not exist", one);
+            return respond_errorf(c, k, 404, "invalid_request_error", "model", "model_not_found", msg);
+        }
+        cJSON *m = model_object(k->app);
+        char *s = cJSON_PrintUnformatted(m);
+        cJSON_Delete(m);
+        return respond_json(c, k, 200, s);
+    }
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "object", "list");
+    cJSON *data = cJSON_AddArrayToObject(root, "data");
+    cJSON_AddItemToArray(data, model_object(k->app));
+    char *s = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return respond_json(c, k, 200, s);
+}
+
+static MHD_RESULT handle_status(struct MHD_Connection *c, struct conn *k)
+{
+    struct http_app *app = k->app;
+    bool ready = app_ready(app);
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "model", app->model_name);
+    cJSON_AddStringToObject(root, "backend", app->backend_name ? app->backend_name : "cpu");
+    cJSON_AddStringToObject(root, "version", INFERD_VERSION);
+    cJSON_AddNumberToObject(root, "uptime_s", now_mono() - app->t_start);
+    cJSON_AddBoolToObject(root, "ready", ready);
+    cJSON_AddStringToObject(root, "state", atomic_load(&app->draining) ? "stopping" : ready ? "ready" : "loading");
+    if (ready) {
+        struct metrics_snapshot s;
+        metrics_snapshot_get(app->metrics, &s);
+        int queued = 0, running = 0;
+        sched_counts(app->sched, &queued, &running);
+        cJSON_AddStringToObject(root, "model_dir", app->model_dir ? app->model_dir : "");
+        cJSON_AddNumberToObject(root, "context_length", app->n_ctx);
+        cJSON_AddNumberToObject(root, "max_sequences", app->n_seq_max);
+        cJSON_AddNumberToObject(root, "n_layers", app->n_layers);
+        cJSON *rq = cJSON_AddObjectToObject(root, "requests");
+        cJSON_AddNumberToObject(rq, "in_flight", running);
+        cJSON_AddNumberToObject(rq, "queued", queued);
+        cJSON_AddNumberToObject(rq, "total", (double)s.requests_total);
+        cJSON *tk = cJSON_AddObjectToObject(root, "tokens");
+        cJSON_AddNumberToObject(tk, "prompt_total", (double)s.prompt_tokens_total);
+        cJSON_AddNumberToObject(tk, "completion_total", (double)s.completion_tokens_total);
+        cJSON *tp = cJSON_AddObjectToObject(root, "throughput");
+        cJSON_AddNumberToObject(tp, "prefill_tokens_per_s", s.prefill_tps);
+        cJSON_AddNumberToObject(tp, "decode_tokens_per_s", s.decode_tps);
+        cJSON_AddNumberToObject(root, "ttft_avg_s", s.ttft_avg_s);
+        cJSON *kv = cJSON_AddObjectToObject(root, "kv_cache");
+        cJSON_AddNumberToObject(kv, "used_positions", (double)s.kv_used);
+        cJSON_AddNumberToObject(kv, "capacity_positions", (double)s.kv_capacity);
+        cJSON *stages = cJSON_AddArrayToObject(root, "stages");
+        cJSON *layers = cJSON_AddArrayToObject(root, "layers");
+        for (int i = 0; i < metrics_stage_count(app->metrics); i++) {
+            struct metrics_stage st;
+            if (metrics_stage_get(app->metrics, i, &st) < 0)
+                continue;
+            cJSON *so = cJSON_CreateObject();
+            cJSON_AddStringToObject(so, "backend", st.backend);
+            cJSON_AddNumberToObject(so, "layer_first", st.layer_first);
+            cJSON_AddNumberToObject(so, "layer_last", st.layer_last);
+            cJSON_AddNumberToObject(so, "forward_calls", (double)st.forward_calls);
+            cJSON_AddNumberToObject(so, "tokens", (double)st.tokens);
+            cJSON_AddNumberToObject(so, "forward_ms_total", st.forward_ms);
+            cJSON_AddItemToArray(stages, so);
+            for (int l = st.layer_first; st.layer_ms && l < st.layer_last; l++) {
+                cJSON *lo = cJSON_CreateObject();
+                double tot = st.layer_ms[l - st.layer_first];
+                cJSON_AddNumberToObject(lo, "layer", l);
+                cJSON_AddStringToObject(lo, "backend", st.backend);
+                cJSON_AddNumberToObject(lo, "ms_total", tot);
+                cJSON_AddNumberToObject(lo, "ms_per_forward", st.forward_calls ? tot / (double)st.forward_calls : 0);
+                cJSON_AddItemToArray(layers, lo);
+            }
+            free(st.layer_ms);
+        }
+    }
+    /* Remote workers appear here once the cluster code fills them. */
+    cJSON_AddArrayToObject(root, "workers");
+    char *s = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return respond_json(c, k, 200, s);
+}
+
+/* ---- tokenize / detokenize ---- */
+
+static MHD_RESULT handle_tokenize(struct MHD_Connection *c, struct conn *k)
+{
+    struct api_error e;
+    char *text = NULL;
+    bool add_special = true;
+    if (api_tokenize_parse(k->body, k->len, &text, &add_special, &e) < 0)
+        return respond_error(c, k, &e);
+    struct tok_ids ids = {0};
+    ifd_error err = {{0}};
+    int r = tok_encode(k->app->tok, text, strlen(text), add_special, &ids, &err);
+    free(text);
+    if (r < 0) {
+        tok_ids_finish(&ids);
+        return respond_errorf(c, k, 400, "invalid_request_error", "content", NULL, err.msg);
+    }
+    cJSON *root = cJSON_CreateObject();
+    cJSON *arr = cJSON_AddArrayToObject(root, "tokens");
+    for (size_t i = 0; i < ids.n; i++)
+        cJSON_AddItemToArray(arr, cJSON_CreateNumber(ids.ids[i]));
+    cJSON_AddNumberToObject(root, "count", (double)ids.n);
+    tok_ids_finish(&ids);
+    char *s = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return respond_json(c, k, 200, s);
+}
+
+static MHD_RESULT handle_detokenize(struct MHD_Connection *c, struct conn *k)
+{
+    struct api_error e;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (api_detokenize_parse(k->body, k->len, k->app->n_vocab, &ids, &n, &e) < 0)
+        return respond_error(c, k, &e);
+    char *text = NULL;
+    size_t len = 0;
+    ifd_error err = {{0}};
+    int r = tok_decode(k->app->tok, ids, n, false, &text, &len, &err);
+    free(ids);
+    if (r < 0)
+        return respond_errorf(c, k, 400, "invalid_request_error", "tokens", NULL, err.msg);
+    cJSON *root = cJSON_CreateObject();
+    /* A token sequence may end inside a UTF-8 character; JSON needs valid text. */
+    size_t bad;
+    if (!api_utf8_valid(text, len, &bad)) {
+        char *fixed = NULL;
+        if (asprintf(&fixed, "%.*s\xef\xbf\xbd", (int)bad, text) >= 0) {
+            free(text);
+            text = fixed;
+        }
+    }
+    cJSON_AddStringToObject(root, "content", text ? text : "");
+    free(text);
+    char *s = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return respond_json(c, k, 200, s);
+}
+
+/* ---- generation ---- */
+
+static char *namer_fn(void *ctx, int32_t id, size_t *ret_len)
+{
+    const tokenizer *t = ctx;
+    char *text = NULL;
+    size_t len = 0;
+    ifd_error err;
+    if (tok_decode(t, &id, 1, false, &text, &len, &err) < 0)
+        return NULL;
+    *ret_len = len;
+    return text;
+}
+
+/* Builds the prompt ids of a request. On failure fills e. */
+static int build_prompt(struct http_app *app, const struct api_request *rq, struct tok_ids *ids, struct api_error *e)
+{
+    ifd_error err = {{0}};
+    int r;
+    if (rq->kind == API_KIND_CHAT) {
+        cJSON *ctx = cJSON_CreateObject();
+        cJSON_AddItemReferenceToObject(ctx, "messages", rq->messages);
+        cJSON_AddBoolToObject(ctx, "add_generation_prompt", true);
+        if (app->bos_token)
+            cJSON_AddStringToObject(ctx, "bos_token", app->bos_token);
+        if (app->eos_token)
+            cJSON_AddStringToObject(ctx, "eos_token", app->eos_token);
+        char *text = NULL;
+        size_t len = 0;
+        r = chat_template_render(app->tmpl, ctx, &text, &len, &err);
+        cJSON_Delete(ctx);
+        if (r < 0) {
+            api_error_set(e, 400, "invalid_request_error", "messages", NULL, "chat template: %s", err.msg);
+            return r;
+        }
+        r = tok_encode(app->tok, text, len, false, ids, &err);
+        free(text);
+        if (r < 0) {
+            api_error_set(e, 400, "invalid_request_error", "messages", NULL, "%s", err.msg);
+            return r;
+        }
+        return 0;
+    }
+    if (rq->prompt) {
+        r = tok_encode(app->tok, rq->prompt, strlen(rq->prompt), true, ids, &err);
+        if (r < 0) {
+            api_error_set(e, 400, "invalid_request_error", "prompt", NULL, "%s", err.msg);
+            return r;
+        }
+        return 0;
+    }
+    if (rq->n_prompt_ids > ids->cap) {
+        int32_t *p = realloc(ids->ids, sizeof(int32_t) * rq->n_prompt_ids);
+        if (!p) {
+            api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+            return -ENOMEM;
+        }
+        ids->ids = p;
+        ids->cap = rq->n_prompt_ids;
+    }
+    memcpy(ids->ids, rq->prompt_ids, sizeof(int32_t) * rq->n_prompt_ids);
+    ids->n = rq->n_prompt_ids;
+    return 0;
+}
+
+static void conn_append_buf(struct conn *k, char *s, size_t n)
+{
+    if (!s)
+        return;
+    if (k->buf_off == k->buf_len) {
+        k->buf_off = k->buf_len = 0;
+    }
+    char *nb = realloc(k->buf, k->buf_len + n);
+    if (nb) {
+        memcpy(nb + k->buf_len, s, n);
+        k->buf = nb;
+        k->buf_len += n;
+    }
+    free(s);
+}
+
+/* Turns whatever the scheduler produced into SSE events in k->buf. */
+static void stream_produce(struct conn *k)
+{
+    struct api_token_namer namer = {namer_fn, (void *)k->app->tok};
+    size_t n = 0;
+    char *ev;
+    if (k->phase == PHASE_ROLE) {
+        ev = api_chunk_sse(&k->meta, true, "", 0, NULL, NULL, 0, false, k->include_usage, &namer, &n);
+        conn_append_buf(k, ev, n);
+        k->phase = PHASE_CONTENT;
+        return;
+    }
+    if (!sched_req_collect(k->req, 250, &k->out))
+        return;
+    size_t new_text = k->out.text_len - k->out_sent;
+    int new_lp = k->out.n_lp - k->lp_sent;
+    bool failed = k->out.done && k->out.error_status;
+    k->tokens_out = k->out.completion_tokens;
+    k->tokens_in = k->out.prompt_tokens;
+    /* The last content chunk carries finish_reason (an empty delta if need be). */
+    if (new_text > 0 || new_lp > 0 || (k->out.done && !failed)) {
+        ev = api_chunk_sse(&k->meta, false, k->out.text + k->out_sent, new_text,
+                           k->out.done && !failed ? k->out.finish_reason : NULL, k->out.lp + k->lp_sent, new_lp,
+                           k->want_logprobs, k->include_usage, &namer, &n);
+        conn_append_buf(k, ev, n);
+    }
+    k->out_sent = k->out.text_len;
+    k->lp_sent = k->out.n_lp;
+    if (!k->out.done)
+        return;
+    if (failed) {
+        /* The stream cannot change its status any more: end with an error event. */
+        struct api_error e;
+        api_error_set(&e, k->out.error_status, k->out.error_status == 503 ? "service_unavailable" : "server_error",
+                      NULL, NULL, "%s", k->out.error_msg);
+        ev = api_error_sse(&e, &n);
+        conn_append_buf(k, ev, n);
+    } else if (k->include_usage) {
+        struct api_usage u = {k->out.prompt_tokens, k->out.completion_tokens};
+        ev = api_usage_sse(&k->meta, &u, &n);
+        conn_append_buf(k, ev, n);
+    }
+    conn_append_buf(k, strdup("data: [DONE]\n\n"), 14);
+    k->phase = PHASE_FINISHED;
+}
+
+static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct conn *k = cls;
+    for (;;) {
+        if (k->buf_off < k->buf_len) {
+            size_t n = k->buf_len - k->buf_off;
+            if (n > max)
+                n = max;
+            memcpy(buf, k->buf + k->buf_off, n);
+            k->buf_off += n;
+            return (ssize_t)n;
+        }
+        if (k->phase == PHASE_FINISHED)
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        if (client_gone(k->fd)) {
+            sched_req_cancel(k->req);
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+        stream_produce(k);
+    }
+}
+
+static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum api_kind kind)
+{
+    struct http_app *app = k->app;
+    struct api_request rq;
+    struct api_error e;
+    if (api_request_parse(kind, k->body, k->len, app->n_vocab, &rq, &e) < 0)
+        return respond_error(c, k, &e);
+    MHD_RESULT ret;
+    if (rq.model && strcmp(rq.model, app->model_name) != 0) {
+        api_error_set(&e, 404, "invalid_request_error", "model", "model_not_found",
+                      "The model '%.200s' does not exist (this server has '%.200s')", rq.model, app->model_name);
+        ret = respond_error(c, k, &e);
+        api_request_finish(&rq);
+        return ret;
+    }
+    struct tok_ids ids = {0};
+    if (build_prompt(app, &rq, &ids, &e) < 0) {
+        tok_ids_finish(&ids);
+        api_request_finish(&rq);
+        return respond_error(c, k, &e);
+    }
+    k->tokens_in = (int)ids.n;
+    if (ids.n >= (size_t)app->n_ctx) {
+        api_error_set(&e, 400, "invalid_request_error", kind == API_KIND_CHAT ? "messages" : "prompt",
+                      "context_length_exceeded",
+                      "This model's context is %d tokens; the prompt is %zu tokens (it must leave room for at least one generated token)",
+                      app->n_ctx, ids.n);
+        tok_ids_finish(&ids);
+        api_request_finish(&rq);
+        return respond_error(c, k, &e);
+    }
+    struct sched_req_params p = {
+        .prompt = ids.ids, .n_prompt = ids.n, .max_tokens = rq.max_tokens, .sampling = rq.sampling,
+        .stop = rq.stop, .n_stop = rq.n_stop, .logprobs = rq.logprobs, .top_logprobs = rq.top_logprobs,
+    };
+    ifd_error err = {{0}};
+    int r = sched_submit(app->sched, &p, &k->req, &err);
+    tok_ids_finish(&ids);
+    if (r < 0) {
+        api_request_finish(&rq);
+        if (r == -EAGAIN)
+            return respond_errorf(c, k, 429, "rate_limit_error", NULL, "queue_full", err.msg);
+        if (r == -ESHUTDOWN)
+            return respond_errorf(c, k, 503, "service_unavailable", NULL, "shutting_down", err.msg);
+        return respond_errorf(c, k, r == -EINVAL ? 400 : 500, r == -EINVAL ? "invalid_request_error" : "server_error",
+                              NULL, NULL, err.msg);
+    }
+    /* Identity of the response. */
+    static atomic_ulong counter;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    snprintf(k->id, sizeof(k->id), "%s-%lx%lx%lx", kind == API_KIND_CHAT ? "chatcmpl" : "cmpl", (unsigned long)ts.tv_sec,
+             (unsigned long)ts.tv_nsec, atomic_fetch_add(&counter, 1));
+    k->meta = (struct api_response_meta){.kind = kind, .id = k->id, .created = ts.tv_sec, .model = app->model_name};
+    k->want_logprobs = rq.logprobs;
+    k->include_usage = rq.include_usage;
+    bool stream = rq.stream;
+    api_request_finish(&rq);
+
+    if (stream) {
+        k->phase = kind == API_KIND_CHAT ? PHASE_ROLE : PHASE_CONTENT;
+        struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_reader, k, NULL);
+        if (!resp)
+            return MHD_NO;
+        MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+        MHD_add_response_header(resp, "Cache-Control", "no-cache");
+        MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+        k->status = 200;
+        ret = MHD_queue_response(c, 200, resp);
+        MHD_destroy_response(resp);
+        return ret;
+    }
+
+    /* Non-streaming: wait here (this connection's own thread), watching the socket. */
+    for (;;) {
+        sched_req_collect(k->req, 100, &k->out);
+        if (k->out.done)
+            break;
+        if (client_gone(k->fd)) {
+            sched_req_cancel(k->req);
+            k->status = 499;  /* nginx's "client closed request", for the log line */
+            return MHD_NO;
+        }
+    }
+    k->tokens_out = k->out.completion_tokens;
+    if (k->out.error_status) {
+        return respond_errorf(c, k, k->out.error_status, k->out.error_status == 503 ? "service_unavailable" : "server_error",
+                              NULL, NULL, k->out.error_msg);
+    }
+    struct api_usage u = {k->out.prompt_tokens, k->out.completion_tokens};
+    struct api_token_namer namer = {namer_fn, (void *)app->tok};
+    char *s = api_response_json(&k->meta, k->out.text ? k->out.text : "", k->out.text_len, k->out.finish_reason, &u,
+                                k->out.lp, k->out.n_lp, k->want_logprobs, &namer);
+    return respond_json(c, k, 200, s);
+}
+
+/* ---- dispatch ---- */
+
+static bool authorized(struct http_app *app, struct MHD_Connection *c)
+{
+    pthread_rwlock_rdlock(&app->lock);
+    bool ok = app->n_api_keys == 0;
+    if (!ok) {
+        const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+        ok = api_key_matches((const char *const *)app->api_keys, app->n_api_keys, h);
+    }
+    pthread_rwlock_unlock(&app->lock);
+    return ok;
+}
+
+static size_t body_limit(struct http_app *app)
+{
+    pthread_rwlock_rdlock(&app->lock);
+    size_t n = app->max_body_bytes;
+    pthread_rwlock_unlock(&app->lock);
+    return n;
+}
+
+static MHD_RESULT dispatch(struct MHD_Connection *c, struct conn *k)
+{
+    struct http_app *app = k->app;
+    switch (k->route) {
+    case ROUTE_HEALTH: return handle_health(c, k);
+    case ROUTE_METRICS: return handle_metrics(c, k);
+    case ROUTE_MODELS: return handle_models(c, k, NULL);
+    case ROUTE_MODEL_ONE: return handle_models(c, k, k->path + strlen("/v1/models/"));
+    case ROUTE_STATUS: return handle_status(c, k);
+    default: break;
+    }
+    if (!app_ready(app) || atomic_load(&app->draining))
+        return not_ready(c, k);
+    switch (k->route) {
+    case ROUTE_CHAT: return handle_generate(c, k, API_KIND_CHAT);
+    case ROUTE_COMPLETIONS: return handle_generate(c, k, API_KIND_COMPLETION);
+    case ROUTE_TOKENIZE: return handle_tokenize(c, k);
+    case ROUTE_DETOKENIZE: return handle_detokenize(c, k);
+    default: return respond_errorf(c, k, 404, "invalid_request_error", NULL, "not_found", "no such endpoint");
+    }
+}
+
+static MHD_RESULT on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                             const char *version, const char *upload_data, size_t *upload_data_size, void **con_cls)
+{
+    struct http_app *app = cls;
+    struct conn *k = *con_cls;
+    if (!k) {
+        k = calloc(1, sizeof(*k));
+        if (!k)
+            return MHD_NO;
+        *con_cls = k;
+        k->app = app;
+        k->t0 = now_mono();
+        k->fd = -1;
+        snprintf(k->method, sizeof(k->method), "%s", method);
+        k->path = strdup(url);
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (ci)
+            k->fd = ci->connect_fd;
+        if (!k->path)
+            return MHD_NO;
+
+        const char *allowed = NULL;
+        bool auth = true;
+        for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++)
+            if (strcmp(url, routes[i].path) == 0) {
+                k->route = routes[i].route;
+                allowed = routes[i].method;
+                auth = routes[i].auth;
+            }
+        if (!k->route && strncmp(url, "/v1/models/", 11) == 0 && url[11]) {
+            k->route = ROUTE_MODEL_ONE;
+            allowed = "GET";
+        }
+        if (!k->route)
+            return respond_errorf(c, k, 404, "invalid_request_error", NULL, "not_found", "no such endpoint");
+        if (strcmp(method, allowed) != 0 && !(strcmp(method, "HEAD") == 0 && strcmp(allowed, "GET") == 0)) {
+            char msg[128];
+            snprintf(msg, sizeof(msg), "method %.16s is not allowed here (use %s)", method, allowed);
+            return respond_errorf(c, k, 405, "invalid_request_error", NULL, "method_not_allowed", msg);
+        }
+        if (auth && !authorized(app, c))
+            return respond_errorf(c, k, 401, "authentication_error", NULL, "invalid_api_key",
+                                  "missing or invalid API key (send Authorization: Bearer KEY)");
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+        if (cl) {
+            char *end;
+            unsigned long long n = strtoull(cl, &end, 10);
+            if (n > body_limit(app)) {
+                char msg[128];
+                snprintf(msg, sizeof(msg), "request body of %llu bytes is over the limit of %zu", n, body_limit(app));
+                return respond_errorf(c, k, 413, "invalid_request_error", NULL, "request_too_large", msg);
+            }
+        }
+        return MHD_YES;
+    }
+    if (*upload_data_size > 0) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (k->too_big)
+            return MHD_YES;
+        size_t limit = body_limit(app);
+        if (k->len + n > limit) {
+            /* Chunked upload over the limit: keep reading (and dropping) it,
+             * answer 413 once it is in. */
+            k->too_big = true;
+            free(k->body);
+            k->body = NULL;
+            k->len = k->cap = 0;
+            return MHD_YES;
+        }
+        if (k->len + n + 1 > k->cap) {
+            size_t ncap = k->cap ? k->cap : 4096;
+            while (ncap < k->len + n + 1)
+                ncap *= 2;
+            char *nb = realloc(k->body, ncap);
+            if (!nb)
+                return MHD_NO;
+            k->body = nb;
+            k->cap = ncap;
+        }
+        memcpy(k->body + k->len, upload_data, n);
+        k->len += n;
+        k->body[k->len] = '\0';
+        return MHD_YES;
+    }
+    if (k->status)  /* already answered (e.g. an early 413) */
+        return MHD_YES;
+    if (k->too_big) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "request body is over the limit of %zu bytes", body_limit(app));
+        return respond_errorf(c, k, 413, "invalid_request_error", NULL, "request_too_large", msg);
+    }
+    if (!k->body) {
+        k->body = strdup("");
+        if (!k->body)
+            return MHD_NO;
+    }
+    return dispatch(c, k);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+    struct http_app *app = cls;
+    struct conn *k = *con_cls;
+    if (!k)
+        return;
+    *con_cls = NULL;
+    if (k->req) {
+        /* Whatever happened, the sequence is not needed any more: a client
+         * that went away mid-stream frees its slot now. */
+        sched_req_release(k->req);
+        k->req = NULL;
+    }
+    int status = k->status;
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && status == 200)
+        status = 499;
+    log_info("%s %s %d prompt=%d completion=%d %.1fms%s", k->method, k->path ? k->path : "?", status, k->tokens_in,
+             k->tokens_out, (now_mono() - k->t0) * 1000.0,
+             toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection closed early)");
+    if (app->metrics && status)
+        metrics_request_done(app->metrics, status);
+    sched_output_finish(&k->out);
+    free(k->buf);
+    free(k->body);
+    free(k->path);
+    free(k);
+}
+
+static void mhd_logger(void *cls, const char *fmt, va_list ap)
+{
+    char line[512];
+    vsnprintf(line, sizeof(line), fmt, ap);
+    size_t n = strlen(line);
+    while (n > 0 && line[n - 1] == '\n')
+        line[--n] = '\0';
+    log_warn("HTTP: %s", line);
+}
+
+int http_listen(const char *hostport, int *ret_fd, ifd_error *err)
+{
+    /* Split "host:port" / "[v6]:port". */
+    const char *colon = NULL;
+    char host[256];
+    if (hostport[0] == '[') {
+        const char *close = strchr(hostport, ']');
+        if (!close || close[1] != ':')
+            return ifd_error_set(err, -EINVAL, "listen address '%s': expected [addr]:port", hostport);
+        snprintf(host, sizeof(host), "%.*s", (int)(close - hostport - 1), hostport + 1);
+        colon = close + 1;
+    } else {
+        colon = strrchr(hostport, ':');
+        if (!colon)
+            return ifd_error_set(err, -EINVAL, "listen address '%s': expected host:port", hostport);
+        snprintf(host, sizeof(host), "%.*s", (int)(colon - hostport), hostport);
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *res;
+    int r = getaddrinfo(host[0] ? host : NULL, colon + 1, &hints, &res);
+    if (r != 0)
+        return ifd_error_set(err, -EINVAL, "listen address '%s': %s", hostport, gai_strerror(r));
+    int fd = -1, last = 0;
+    for (struct addrinfo *a = res; a; a = a->ai_next) {
+        fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+        if (fd < 0) {
+            last = errno;
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 128) == 0)
+            break;
+        last = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0)
+        return ifd_error_set(err, -last, "Failed to listen on %s: %s", hostport, strerror(last));
+    *ret_fd = fd;
+    return 0;
+}
+
+int http_server_start(struct http_app *app, int listen_fd, struct http_server **ret, ifd_error *err)
+{
+    struct http_server *h = calloc(1, sizeof(*h));
+    if (!h)
+        return ifd_error_set(err, -ENOMEM, "out of memory");
+    h->app = app;
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+    h->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, app,
+                            MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
+                            MHD_OPTION_LISTEN_SOCKET, listen_fd,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, app,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)1024,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600,
+                            MHD_OPTION_END);
+    if (!h->d) {
+        free(h);
+        return ifd_error_set(err, -EIO, "Failed to start the HTTP server");
+    }
+    *ret = h;
+    return 0;
+}
+
+void http_server_quiesce(struct http_server *h)
+{
+    if (!h)
+        return;
+    MHD_socket s = MHD_quiesce_daemon(h->d);
+    if (s != MHD_INVALID_SOCKET)
+        close(s);
+}
+
+unsigned http_server_connections(struct http_server *h)
+{
+    const union MHD_DaemonInfo *i = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+    return i ? i->num_connections : 0;
+}
+
+void http_server_stop(struct http_server *h)
+{
+    if (!h)
+        return;
+    MHD_stop_daemon(h->d);
+    free(h);
+}
+
+void http_app_set_limits(struct http_app *app, char **keys, int n_keys, size_t max_body_bytes)
+{
+    pthread_rwlock_wrlock(&app->lock);
+    char **old = app->api_keys;
+    int n_old = app->n_api_keys;
+    app->api_keys = keys;
+    app->n_api_keys = n_keys;
+    app->max_body_bytes = max_body_bytes;
+    pthread_rwlock_unlock(&app->lock);
+    for (int i = 0; i < n_old; i++) {
+        explicit_bzero(old[i], strlen(old[i]));
+        free(old[i]);
+    }
+    free(old);
+}

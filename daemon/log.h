@@ -1,0 +1,36 @@
+/* log.h - daemon logging to stderr with <N> syslog-level prefixes.
+ *
+ * journald reads the "<N>" prefix of each line as the priority, so levels
+ * survive when inferd runs under systemd; on a terminal they stay readable.
+ * The current level is the one global besides configuration (STYLE.md). */
+#pragma once
+
+#include <stdarg.h>
+
+enum log_level {
+    LOG_LEVEL_ERR = 3,
+    LOG_LEVEL_WARNING = 4,
+    LOG_LEVEL_NOTICE = 5,
+    LOG_LEVEL_INFO = 6,
+    LOG_LEVEL_DEBUG = 7,
+};
+
+/* Messages above this level are dropped. Default LOG_LEVEL_INFO. */
+void log_level_set(int level);
+int log_level_get(void);
+
+/* "err", "warning", "notice", "info", "debug" (also "error", "warn") or a
+ * digit 0-7. Returns the level or -EINVAL. */
+int log_level_parse(const char *name);
+const char *log_level_name(int level);
+
+/* One line "<N>message\n" written with a single write() so concurrent lines
+ * never interleave. */
+void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void log_msgv(int level, const char *fmt, va_list ap);
+
+#define log_err(...) log_msg(LOG_LEVEL_ERR, __VA_ARGS__)
+#define log_warn(...) log_msg(LOG_LEVEL_WARNING, __VA_ARGS__)
+#define log_notice(...) log_msg(LOG_LEVEL_NOTICE, __VA_ARGS__)
+#define log_info(...) log_msg(LOG_LEVEL_INFO, __VA_ARGS__)
+#define log_debug(...) log_msg(LOG_LEVEL_DEBUG, __VA_ARGS__)

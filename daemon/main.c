@@ -1,0 +1,560 @@
+/* main.c - the inferd executable: configuration, roles, model loading, the
+ * HTTP server, the scheduler, signals and systemd integration.
+ *
+ * Start-up order matters to operators: the listening socket serves /health
+ * (503 "loading") before the model is loaded, and READY=1 goes to systemd
+ * only once the model is loaded and requests are served. Loading runs on its
+ * own thread so the main thread keeps answering signals and the watchdog. */
+#include <errno.h>
+#include <libgen.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "chat_template.h"
+#include "config.h"
+#include "cpu_stage.h"
+#include "engine.h"
+#include "http.h"
+#include "inferd-build-config.h"
+#include "log.h"
+#include "metrics.h"
+#include "model.h"
+#include "scheduler.h"
+#include "sd.h"
+#include "thread_pool.h"
+#include "tokenizer.h"
+#if INFERD_HAVE_VULKAN
+#include "vk_stage.h"
+#endif
+#if INFERD_HAVE_WORKER
+#include "worker.h"
+#endif
+
+#define CONTEXT_CAP_DEFAULT 4096
+
+/* Everything the loaded model brings; built by the loader thread. */
+struct loaded {
+    char *model_dir;
+    struct model *model;
+    tokenizer *tok;
+    chat_template *tmpl;
+    struct thread_pool *pool;
+    engine *eng;
+    struct metrics *metrics;
+    struct sched *sched;
+    int32_t eos[16];
+    int n_eos;
+    int n_ctx;
+    const char *backend;
+};
+
+struct loader {
+    const struct inferd_config *cfg;
+    struct http_app *app;
+    struct loaded *L;
+    pthread_t thread;
+    _Atomic int state;   /* 0 running, 1 done, -1 failed */
+    ifd_error err;
+};
+
+static char *read_file(const char *path, size_t *ret_len, ifd_error *err)
+{
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        ifd_error_set(err, -errno, "Failed to open '%s': %s", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len + 4096 + 1 > cap) {
+            cap = cap ? cap * 2 : 8192;
+            if (cap > (16u << 20)) {
+                ifd_error_set(err, -EFBIG, "'%s': larger than 16 MiB", path);
+                free(buf);
+                fclose(f);
+                return NULL;
+            }
+            char *nb = realloc(buf, cap);
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                ifd_error_set(err, -ENOMEM, "out of memory");
+                return NULL;
+            }
+            buf = nb;
+        }
+        size_t n = fread(buf + len, 1, cap - len - 1, f);
+        len += n;
+        if (n == 0)
+            break;
+    }
+    fclose(f);
+    buf[len] = '\0';
+    *ret_len = len;
+    return buf;
+}
+
+/* The local stages of the engine. Today one stage over every layer, on the
+ * configured backend.
+ *
+ * Cluster seam: remote layer ranges ([worker.NAME] / --worker) become remote
+ * stages from net/ inserted here, in layer order, between the local ranges:
+ * for each cfg->workers[i] (validated against n_layers in load_model), make a
+ * stage over [layer_first, layer_last) that forwards to the worker, and local
+ * cpu/vulkan stages over the gaps. The engine does not care where each runs. */
+static int build_stages(const struct inferd_config *cfg, struct loaded *L, const struct engine_config *ec,
+                        struct stage ***ret_stages, int *ret_n, ifd_error *err)
+{
+    const struct model *m = L->model;
+    int n_layers = m->cfg.n_layers;
+    if (cfg->n_workers > 0)
+        return ifd_error_set(err, -ENOTSUP, "remote workers are configured but this build has no cluster support yet");
+    struct stage **stages = calloc(1, sizeof(*stages));
+    if (!stages)
+        return ifd_error_set(err, -ENOMEM, "out of memory");
+    int r;
+    if (cfg->backend == INFERD_BACKEND_VULKAN) {
+#if INFERD_HAVE_VULKAN
+        struct vk_stage_opts vo = {.device = 0, .n_batch_max = ec->n_batch_max};
+        r = vk_stage_create(m, 0, n_layers, ec->n_seq_max, ec->n_ctx, &vo, &stages[0], err);
+        L->backend = "vulkan";
+#else
+        r = ifd_error_set(err, -ENOTSUP, "backend=vulkan: this build has no Vulkan support");
+#endif
+    } else {
+        /* auto picks the CPU: a software Vulkan device would be slower. */
+        r = cpu_stage_create(m, 0, n_layers, ec->n_seq_max, ec->n_ctx, L->pool, &stages[0], err);
+        if (r >= 0)
+            r = cpu_stage_reserve(stages[0], ec->n_batch_max, err);
+        L->backend = "cpu";
+    }
+    if (r < 0) {
+        if (stages[0])
+            stage_destroy(stages[0]);
+        free(stages);
+        return r;
+    }
+    *ret_stages = stages;
+    *ret_n = 1;
+    return 0;
+}
+
+static void loaded_free(struct loaded *L)
+{
+    sched_destroy(L->sched);
+    engine_destroy(L->eng);
+    thread_pool_destroy(L->pool);
+    metrics_destroy(L->metrics);
+    chat_template_destroy(L->tmpl);
+    tok_destroy(L->tok);
+    model_destroy(L->model);
+    free(L->model_dir);
+    memset(L, 0, sizeof(*L));
+}
+
+static void add_eos(struct loaded *L, int32_t id)
+{
+    if (id < 0 || L->n_eos >= (int)(sizeof(L->eos) / sizeof(L->eos[0])))
+        return;
+    for (int i = 0; i < L->n_eos; i++)
+        if (L->eos[i] == id)
+            return;
+    L->eos[L->n_eos++] = id;
+}
+
+static int load_model(const struct inferd_config *cfg, struct http_app *app, struct loaded *L, ifd_error *err)
+{
+    int r;
+    if ((r = inferd_config_resolve_model(cfg->model_path, &L->model_dir, err)) < 0)
+        return r;
+    sdn_status("Loading model %s", L->model_dir);
+    log_info("Loading model from %s", L->model_dir);
+    double t0 = sched_now();
+    struct model_load_opts mo = model_load_opts_default();
+    if ((r = model_load(L->model_dir, &mo, &L->model, err)) < 0)
+        return r;
+    const struct model_config *mc = &L->model->cfg;
+    if ((r = inferd_config_validate_layers(cfg, mc->n_layers, err)) < 0)
+        return r;
+    sdn_status("Loading tokenizer");
+    if ((r = tok_load(L->model_dir, &L->tok, err)) < 0)
+        return r;
+
+    /* Chat template: the configured override, the model's, or ChatML. */
+    char *tsrc = NULL;
+    size_t tlen = 0;
+    const char *src = NULL;
+    if (cfg->chat_template_path) {
+        if (!(tsrc = read_file(cfg->chat_template_path, &tlen, err)))
+            return -EINVAL;
+        src = tsrc;
+    } else if ((src = tok_chat_template(L->tok))) {
+        tlen = strlen(src);
+    } else {
+        src = chat_template_chatml;
+        tlen = strlen(src);
+        log_notice("The model has no chat template; /v1/chat/completions uses ChatML");
+    }
+    r = chat_template_compile(src, tlen, &L->tmpl, err);
+    free(tsrc);
+    if (r < 0) {
+        ifd_error_prefix(err, "chat template%s%s", cfg->chat_template_path ? " " : "",
+                         cfg->chat_template_path ? cfg->chat_template_path : "");
+        return r;
+    }
+
+    for (int i = 0; i < mc->n_eos_token_ids; i++)
+        add_eos(L, mc->eos_token_ids[i]);
+    const char *eos_tok = tok_special_token(L->tok, "eos_token");
+    if (eos_tok)
+        add_eos(L, tok_token_to_id(L->tok, eos_tok));
+
+    int n_ctx = cfg->ctx_len;
+    if (n_ctx <= 0) {
+        n_ctx = mc->max_position_embeddings > 0 ? mc->max_position_embeddings : CONTEXT_CAP_DEFAULT;
+        if (n_ctx > CONTEXT_CAP_DEFAULT)
+            n_ctx = CONTEXT_CAP_DEFAULT;
+    }
+    L->n_ctx = n_ctx;
+    struct engine_config ec = {
+        .n_seq_max = cfg->max_seqs,
+        .n_ctx = n_ctx,
+        .n_batch_max = cfg->prefill_chunk + cfg->max_seqs,
+        .n_threads = cfg->threads,
+    };
+    if (!(L->pool = thread_pool_create(cfg->threads)))
+        return ifd_error_set(err, -ENOMEM, "cannot create the thread pool");
+    sdn_status("Creating the engine (%d layers, %d sequences x %d positions)", mc->n_layers, ec.n_seq_max, n_ctx);
+    struct stage **stages = NULL;
+    int n_stages = 0;
+    if ((r = build_stages(cfg, L, &ec, &stages, &n_stages, err)) < 0)
+        return r;
+    r = engine_create(L->model, stages, n_stages, &ec, L->pool, &L->eng, err);
+    if (r < 0) {
+        for (int i = 0; i < n_stages; i++)
+            stage_destroy(stages[i]);
+        free(stages);
+        return r;
+    }
+    free(stages);
+    if (!(L->metrics = metrics_create(mc->n_layers, engine_stage_count(L->eng))))
+        return ifd_error_set(err, -ENOMEM, "out of memory");
+    struct sched_config sc = {
+        .n_seq_max = ec.n_seq_max,
+        .n_ctx = n_ctx,
+        .n_batch_max = ec.n_batch_max,
+        .prefill_chunk = cfg->prefill_chunk,
+        .queue_depth = cfg->queue_depth,
+    };
+    if ((r = sched_create(L->eng, L->tok, L->eos, L->n_eos, &sc, L->metrics, &L->sched, err)) < 0)
+        return r;
+
+    app->tok = L->tok;
+    app->tmpl = L->tmpl;
+    app->bos_token = tok_special_token(L->tok, "bos_token");
+    app->eos_token = eos_tok;
+    app->n_ctx = n_ctx;
+    app->n_vocab = mc->vocab_size;
+    app->n_layers = mc->n_layers;
+    app->n_seq_max = ec.n_seq_max;
+    app->sched = L->sched;
+    app->metrics = L->metrics;
+    app->model_dir = L->model_dir;
+    app->backend_name = L->backend;
+    log_info("Model %s loaded in %.1fs: %s, %d layers, hidden %d, vocab %d, context %d, %d sequences, backend %s",
+             app->model_name, sched_now() - t0, mc->arch_name, mc->n_layers, mc->hidden_size, mc->vocab_size, n_ctx,
+             ec.n_seq_max, L->backend);
+    return 0;
+}
+
+static void *loader_main(void *arg)
+{
+    struct loader *ld = arg;
+    int r = load_model(ld->cfg, ld->app, ld->L, &ld->err);
+    atomic_store(&ld->state, r < 0 ? -1 : 1);
+    /* Wake the main thread out of sigtimedwait. */
+    kill(getpid(), SIGUSR1);
+    return NULL;
+}
+
+static char *served_name(const struct inferd_config *cfg)
+{
+    if (cfg->served_model_name)
+        return strdup(cfg->served_model_name);
+    /* The directory's name, or the org/name as given. */
+    char *copy = strdup(cfg->model_path);
+    if (!copy)
+        return NULL;
+    size_t n = strlen(copy);
+    while (n > 1 && copy[n - 1] == '/')
+        copy[--n] = '\0';
+    char *name;
+    if (strchr(copy, '/') && copy[0] != '/' && copy[0] != '.' && access(copy, F_OK) != 0)
+        name = strdup(copy);
+    else
+        name = strdup(basename(copy));
+    free(copy);
+    return name;
+}
+
+/* Copies the keys of cfg for the HTTP layer. */
+static char **keys_dup(const struct inferd_config *cfg)
+{
+    char **k = calloc((size_t)cfg->n_api_keys + 1, sizeof(*k));
+    if (!k)
+        return NULL;
+    for (int i = 0; i < cfg->n_api_keys; i++)
+        if (!(k[i] = strdup(cfg->api_keys[i]))) {
+            for (int j = 0; j < i; j++)
+                free(k[j]);
+            free(k);
+            return NULL;
+        }
+    return k;
+}
+
+static int check_config(const struct inferd_config *cfg)
+{
+    ifd_error err = {{0}};
+    if (cfg->role == INFERD_ROLE_WORKER) {
+        printf("Configuration OK: role=worker, listen %s, cache %s\n", cfg->worker_listen, cfg->cache_dir);
+        return 0;
+    }
+    char *dir = NULL;
+    if (inferd_config_resolve_model(cfg->model_path, &dir, &err) < 0) {
+        fprintf(stderr, "inferd: %s\n", err.msg);
+        return 1;
+    }
+    struct model_config mc;
+    if (model_config_load(dir, &mc, &err) < 0) {
+        fprintf(stderr, "inferd: %s\n", err.msg);
+        free(dir);
+        return 1;
+    }
+    int r = inferd_config_validate_layers(cfg, mc.n_layers, &err);
+    if (r < 0) {
+        fprintf(stderr, "inferd: %s\n", err.msg);
+    } else {
+        printf("Configuration OK%s%s\n", cfg->config_path ? ": " : "", cfg->config_path ? cfg->config_path : "");
+        printf("  model      %s (%s, %d layers)\n", dir, mc.arch_name, mc.n_layers);
+        printf("  listen     %s\n", cfg->listen);
+        printf("  backend    %s, threads %d\n",
+               cfg->backend == INFERD_BACKEND_CPU ? "cpu" : cfg->backend == INFERD_BACKEND_VULKAN ? "vulkan" : "auto",
+               cfg->threads);
+        printf("  sequences  %d, queue %d, context %d, body limit %zu bytes\n", cfg->max_seqs, cfg->queue_depth,
+               cfg->ctx_len, cfg->max_body_bytes);
+        printf("  api keys   %d\n", cfg->n_api_keys);
+        for (int i = 0; i < cfg->n_workers; i++)
+            printf("  worker %-8s %s layers %s\n", cfg->workers[i].name, cfg->workers[i].address,
+                   cfg->workers[i].auto_layers ? "auto" : "");
+    }
+    model_config_finish(&mc);
+    free(dir);
+    return r < 0 ? 1 : 0;
+}
+
+/* SIGHUP: re-read the file and flags; apply what can change while serving. */
+static void reload(int argc, char **argv, struct http_app *app, struct sched *sched)
+{
+    struct inferd_config nc;
+    struct inferd_cli cli;
+    ifd_error err = {{0}};
+    sdn_reloading(true);
+    if (inferd_config_load(argc, argv, &nc, &cli, &err) < 0) {
+        log_err("Reload failed, keeping the running configuration: %s", err.msg);
+        sdn_reloading(false);
+        return;
+    }
+    char **keys = keys_dup(&nc);
+    if (keys) {
+        http_app_set_limits(app, keys, nc.n_api_keys, nc.max_body_bytes);
+    }
+    if (sched)
+        sched_set_queue_depth(sched, nc.queue_depth);
+    log_level_set(nc.log_level);
+    log_notice("Reloaded configuration: %d API keys, body limit %zu, queue depth %d, log level %s", nc.n_api_keys,
+               nc.max_body_bytes, nc.queue_depth, log_level_name(nc.log_level));
+    inferd_config_finish(&nc);
+    sdn_reloading(false);
+}
+
+/* Graceful shutdown: stop taking requests, let running streams finish
+ * within the drain timeout, then end the rest with an error. */
+static void drain(struct http_app *app, struct http_server *http, struct sched *sched, int timeout_s)
+{
+    atomic_store(&app->draining, true);
+    sdn_stopping("Draining requests");
+    http_server_quiesce(http);
+    if (!sched)
+        return;
+    sched_drain_begin(sched);
+    double deadline = sched_now() + timeout_s;
+    int busy;
+    while ((busy = sched_busy(sched)) > 0 && sched_now() < deadline) {
+        struct timespec ts = {0, 50 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    if (busy > 0) {
+        log_warn("Drain timeout (%ds): ending %d running requests", timeout_s, busy);
+        sched_abort_running(sched, "the server is shutting down");
+    }
+    /* Give the connection threads a moment to send their last bytes. */
+    for (int i = 0; i < 40 && http_server_connections(http) > 0; i++) {
+        struct timespec ts = {0, 50 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    struct inferd_config cfg;
+    struct inferd_cli cli;
+    ifd_error err = {{0}};
+    if (inferd_config_load(argc, argv, &cfg, &cli, &err) < 0) {
+        fprintf(stderr, "<3>inferd: %s\n", err.msg);
+        return 1;
+    }
+    if (cli.help) {
+        inferd_config_usage(stdout);
+        inferd_config_finish(&cfg);
+        return 0;
+    }
+    if (cli.version) {
+        printf("inferd %s\n", INFERD_VERSION);
+        inferd_config_finish(&cfg);
+        return 0;
+    }
+    log_level_set(cfg.log_level);
+    if (cli.check_config) {
+        int rc = check_config(&cfg);
+        inferd_config_finish(&cfg);
+        return rc;
+    }
+    if (cfg.role == INFERD_ROLE_WORKER) {
+#if INFERD_HAVE_WORKER
+        int rc = worker_role_main(&cfg);
+        inferd_config_finish(&cfg);
+        return rc;
+#else
+        log_err("role=worker is not available in this build (no cluster support compiled in)");
+        inferd_config_finish(&cfg);
+        return 1;
+#endif
+    }
+
+    /* Signals are taken synchronously by the main thread; every other thread
+     * inherits the mask. */
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
+    sigaddset(&mask, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &mask, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct http_app app = {0};
+    struct loaded L = {0};
+    struct http_server *http = NULL;
+    int rc = 1;
+    pthread_rwlock_init(&app.lock, NULL);
+    app.t_start = sched_now();
+    app.created = (int64_t)time(NULL);
+    char *name = served_name(&cfg);
+    app.model_name = name ? name : "model";
+    app.backend_name = cfg.backend == INFERD_BACKEND_VULKAN ? "vulkan" : "cpu";
+    char **keys = keys_dup(&cfg);
+    if (!keys) {
+        log_err("out of memory");
+        goto out;
+    }
+    http_app_set_limits(&app, keys, cfg.n_api_keys, cfg.max_body_bytes);
+
+    int fd = sdn_listen_fd();
+    if (fd == -EINVAL)
+        goto out;
+    const char *where = "the socket passed by systemd";
+    if (fd < 0) {
+        if (http_listen(cfg.listen, &fd, &err) < 0) {
+            log_err("%s", err.msg);
+            goto out;
+        }
+        where = cfg.listen;
+    }
+    if (http_server_start(&app, fd, &http, &err) < 0) {
+        log_err("%s", err.msg);
+        close(fd);
+        goto out;
+    }
+    log_info("inferd %s listening on %s (model loading)", INFERD_VERSION, where);
+    if (cfg.n_api_keys == 0 && !strstr(cfg.listen, "127.0.0.1") && !strstr(cfg.listen, "localhost") &&
+        !strstr(cfg.listen, "[::1]"))
+        log_warn("No API keys configured and listening beyond loopback: anyone who can reach %s can use the model",
+                 where);
+
+    struct loader ld = {.cfg = &cfg, .app = &app, .L = &L};
+    if (pthread_create(&ld.thread, NULL, loader_main, &ld) != 0) {
+        log_err("cannot start the loader thread");
+        goto out;
+    }
+    bool loader_joined = false;
+    uint64_t wd = sdn_watchdog_usec();
+    bool stopping = false;
+    for (;;) {
+        if (!loader_joined && atomic_load(&ld.state) != 0) {
+            pthread_join(ld.thread, NULL);
+            loader_joined = true;
+            if (atomic_load(&ld.state) < 0) {
+                log_err("Failed to load the model: %s", ld.err.msg);
+                sdn_status("Failed to load the model: %s", ld.err.msg);
+                goto out;
+            }
+            atomic_store_explicit(&app.ready, true, memory_order_release);
+            char st[512];
+            snprintf(st, sizeof(st), "Serving %s on %s", app.model_name, where);
+            sdn_ready(st);
+            log_notice("%s", st);
+        }
+        if (stopping)
+            break;
+        struct timespec ts = {1, 0};
+        if (wd > 0 && wd / 2 < 1000000) {
+            ts.tv_sec = 0;
+            ts.tv_nsec = (long)(wd / 2) * 1000;
+        }
+        int sig = sigtimedwait(&mask, NULL, &ts);
+        /* The watchdog says "alive" only if the scheduler loop is. */
+        if (wd > 0 && (!loader_joined || !L.sched || sched_now() - sched_heartbeat(L.sched) < (double)wd / 1e6))
+            sdn_watchdog_ping();
+        if (sig == SIGHUP) {
+            reload(argc, argv, &app, loader_joined ? L.sched : NULL);
+        } else if (sig == SIGTERM || sig == SIGINT) {
+            log_notice("Received %s, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+            if (!loader_joined) {
+                /* Still loading: nothing to drain; leave without waiting for it. */
+                atomic_store(&app.draining, true);
+                sdn_stopping("Stopping during model load");
+                http_server_stop(http);
+                _exit(0);
+            }
+            stopping = true;
+        }
+    }
+    drain(&app, http, L.sched, cfg.drain_timeout_s);
+    rc = 0;
+out:
+    http_server_stop(http);
+    loaded_free(&L);
+    http_app_set_limits(&app, NULL, 0, 0);
+    pthread_rwlock_destroy(&app.lock);
+    free(name);
+    inferd_config_finish(&cfg);
+    log_info("inferd stopped");
+    return rc;
+}

@@ -1,0 +1,741 @@
+/* scheduler.c - see scheduler.h.
+ *
+ * Locking: one mutex (s->mu) guards the queue, every request's published
+ * state and the counts; each request has its own condition variable so an
+ * HTTP thread wakes only for its own output. The engine, the samplers, the
+ * detokenizers and the hold-back buffers belong to the scheduler thread
+ * alone and are used without the lock. */
+#include "scheduler.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "metrics.h"
+#include "model.h"
+#include "sampler.h"
+
+struct sched_req {
+    struct sched *s;
+    int refs;                    /* HTTP handle + scheduler; under s->mu */
+    pthread_cond_t cv;
+
+    /* Parameters, immutable after submit. */
+    int32_t *prompt;             /* [n_prompt] */
+    size_t n_prompt;
+    int max_tokens;
+    struct sampler_params sampling;
+    char *stop[API_MAX_STOP];
+    int n_stop;
+    bool logprobs;
+    int top_logprobs;
+    double t_submit;
+
+    /* Published state, under s->mu. */
+    bool cancelled;
+    bool done;
+    const char *finish_reason;
+    int error_status;
+    char error_msg[256];
+    char *out_text;              /* not yet collected */
+    size_t out_len, out_cap;
+    struct api_logprob *out_lp;  /* not yet collected */
+    int out_n_lp, out_lp_cap;
+    int completion_tokens;
+
+    struct sched_req *next;      /* queue link */
+};
+
+/* A sequence slot; scheduler thread only. */
+struct sched_seq {
+    struct sched_req *req;       /* NULL: slot free */
+    size_t n_fed;                /* prompt tokens already in the KV cache */
+    int n_past;                  /* positions in the KV cache */
+    bool generating;             /* prompt done; next_token is the token to feed */
+    int32_t next_token;
+    int n_generated;
+    sampler *smp;
+    struct tok_stream *ts;
+    char *pending;               /* detokenized text held back for stop strings */
+    size_t pending_len, pending_cap;
+    /* Staged this step, published under the lock. */
+    size_t emit_len;             /* leading bytes of pending to publish */
+    bool has_lp;
+    struct api_logprob lp;
+    const char *finish;          /* "stop"/"length" when finishing this step */
+    uint64_t admitted;           /* admission order: prefill goes first come first served */
+};
+
+struct sched {
+    engine *e;
+    const tokenizer *tok;
+    struct metrics *metrics;
+    struct sched_config cfg;
+    int n_vocab;
+    int32_t *eos;                /* [n_eos] */
+    int n_eos;
+
+    pthread_t thread;
+    bool thread_started;
+    pthread_mutex_t mu;
+    pthread_cond_t work_cv;      /* new work or shutdown */
+    struct sched_req *q_head, *q_tail;
+    int n_queued;
+    int n_running;
+    bool draining;
+    bool stop_thread;
+    bool abort_running;
+    char abort_msg[128];
+    double heartbeat;
+    uint64_t admit_counter;
+
+    struct sched_seq *seqs;      /* [n_seq_max] */
+    /* Batch scratch, sized once for n_batch_max. */
+    int32_t *b_tokens, *b_seq_ids, *b_pos;
+    bool *b_want;
+    int *row_seq;                /* [n_batch_max]: the slot of each logits row */
+    float *logits_copy;          /* [n_vocab]: raw logits kept for logprobs */
+    int *order;                  /* [n_seq_max]: prefill order */
+};
+
+static void *sched_thread_main(void *arg);
+
+double sched_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void req_free(struct sched_req *r)
+{
+    pthread_cond_destroy(&r->cv);
+    free(r->prompt);
+    for (int i = 0; i < r->n_stop; i++)
+        free(r->stop[i]);
+    free(r->out_text);
+    free(r->out_lp);
+    free(r);
+}
+
+/* Under s->mu. */
+static void req_unref_locked(struct sched_req *r)
+{
+    if (--r->refs == 0)
+        req_free(r);
+}
+
+/* Under s->mu: the request ends (success when status == 0). */
+static void req_finish_locked(struct sched *s, struct sched_req *r, const char *reason, int status, const char *msg)
+{
+    if (r->done)
+        return;
+    r->done = true;
+    r->finish_reason = reason;
+    r->error_status = status;
+    if (msg)
+        snprintf(r->error_msg, sizeof(r->error_msg), "%s", msg);
+    if (s->metrics && status == 0)
+        metrics_tokens(s->metrics, (int)r->n_prompt, r->completion_tokens);
+    pthread_cond_broadcast(&r->cv);
+}
+
+static int grow(void **p, size_t elem, size_t need, size_t *cap)
+{
+    if (need <= *cap)
+        return 0;
+    size_t ncap = *cap ? *cap : 16;
+    while (ncap < need)
+        ncap *= 2;
+    void *np = realloc(*p, elem * ncap);
+    if (!np)
+        return -ENOMEM;
+    *p = np;
+    *cap = ncap;
+    return 0;
+}
+
+int sched_create(engine *e, const tokenizer *tok, const int32_t *eos_ids, int n_eos,
+                 const struct sched_config *cfg, struct metrics *m, struct sched **ret, ifd_error *err)
+{
+    if (cfg->n_seq_max < 1 || cfg->n_ctx < 2 || cfg->n_batch_max < cfg->n_seq_max + 1 || cfg->prefill_chunk < 1)
+        return ifd_error_set(err, -EINVAL, "scheduler: bad sizes (slots %d, context %d, batch %d, chunk %d)",
+                             cfg->n_seq_max, cfg->n_ctx, cfg->n_batch_max, cfg->prefill_chunk);
+    struct sched *s = calloc(1, sizeof(*s));
+    if (!s)
+        return ifd_error_set(err, -ENOMEM, "scheduler: out of memory");
+    s->e = e;
+    s->tok = tok;
+    s->metrics = m;
+    s->cfg = *cfg;
+    s->n_vocab = engine_model(e)->cfg.vocab_size;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->work_cv, NULL);
+    int nb = cfg->n_batch_max;
+    s->eos = malloc(sizeof(int32_t) * (size_t)(n_eos > 0 ? n_eos : 1));
+    s->seqs = calloc((size_t)cfg->n_seq_max, sizeof(*s->seqs));
+    s->b_tokens = malloc(sizeof(int32_t) * (size_t)nb);
+    s->b_seq_ids = malloc(sizeof(int32_t) * (size_t)nb);
+    s->b_pos = malloc(sizeof(int32_t) * (size_t)nb);
+    s->b_want = malloc(sizeof(bool) * (size_t)nb);
+    s->row_seq = malloc(sizeof(int) * (size_t)nb);
+    s->logits_copy = malloc(sizeof(float) * (size_t)s->n_vocab);
+    s->order = malloc(sizeof(int) * (size_t)cfg->n_seq_max);
+    if (!s->eos || !s->seqs || !s->b_tokens || !s->b_seq_ids || !s->b_pos || !s->b_want || !s->row_seq ||
+        !s->logits_copy || !s->order) {
+        sched_destroy(s);
+        return ifd_error_set(err, -ENOMEM, "scheduler: out of memory");
+    }
+    if (n_eos > 0)
+        memcpy(s->eos, eos_ids, sizeof(int32_t) * (size_t)n_eos);
+    s->n_eos = n_eos;
+    s->heartbeat = sched_now();
+    if (pthread_create(&s->thread, NULL, sched_thread_main, s) != 0) {
+        sched_destroy(s);
+        return ifd_error_set(err, -EAGAIN, "scheduler: cannot start thread");
+    }
+    s->thread_started = true;
+    *ret = s;
+    return 0;
+}
+
+static void seq_release(struct sched *s, struct sched_seq *q);
+
+void sched_destroy(struct sched *s)
+{
+    if (!s)
+        return;
+    if (s->thread_started) {
+        pthread_mutex_lock(&s->mu);
+        s->stop_thread = true;
+        s->draining = true;
+        s->abort_running = true;
+        snprintf(s->abort_msg, sizeof(s->abort_msg), "server shutting down");
+        pthread_cond_broadcast(&s->work_cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->thread, NULL);
+    }
+    free(s->eos);
+    free(s->seqs);
+    free(s->b_tokens);
+    free(s->b_seq_ids);
+    free(s->b_pos);
+    free(s->b_want);
+    free(s->row_seq);
+    free(s->logits_copy);
+    free(s->order);
+    pthread_cond_destroy(&s->work_cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+int sched_submit(struct sched *s, const struct sched_req_params *p, struct sched_req **ret, ifd_error *err)
+{
+    if (p->n_prompt == 0)
+        return ifd_error_set(err, -EINVAL, "the prompt is empty");
+    if (p->n_prompt >= (size_t)s->cfg.n_ctx)
+        return ifd_error_set(err, -EINVAL,
+                             "the prompt is %zu tokens; the context holds %d (prompt plus at least one generated token)",
+                             p->n_prompt, s->cfg.n_ctx);
+    struct sched_req *r = calloc(1, sizeof(*r));
+    if (!r)
+        return ifd_error_set(err, -ENOMEM, "out of memory");
+    pthread_cond_init(&r->cv, NULL);
+    r->s = s;
+    r->prompt = malloc(sizeof(int32_t) * p->n_prompt);
+    if (!r->prompt)
+        goto oom;
+    memcpy(r->prompt, p->prompt, sizeof(int32_t) * p->n_prompt);
+    r->n_prompt = p->n_prompt;
+    int room = s->cfg.n_ctx - (int)p->n_prompt;
+    r->max_tokens = p->max_tokens > 0 && p->max_tokens < room ? p->max_tokens : room;
+    r->sampling = p->sampling;
+    for (int i = 0; i < p->n_stop && i < API_MAX_STOP; i++) {
+        if (!(r->stop[i] = strdup(p->stop[i])))
+            goto oom;
+        r->n_stop++;
+    }
+    r->logprobs = p->logprobs;
+    r->top_logprobs = p->top_logprobs;
+    r->t_submit = sched_now();
+    r->refs = 2;
+
+    pthread_mutex_lock(&s->mu);
+    if (s->draining) {
+        pthread_mutex_unlock(&s->mu);
+        req_free(r);
+        return ifd_error_set(err, -ESHUTDOWN, "the server is shutting down");
+    }
+    int free_slots = s->cfg.n_seq_max - s->n_running;
+    if (s->n_queued >= s->cfg.queue_depth + (free_slots > 0 ? free_slots : 0)) {
+        int q = s->n_queued;
+        pthread_mutex_unlock(&s->mu);
+        req_free(r);
+        return ifd_error_set(err, -EAGAIN, "the request queue is full (%d waiting); retry later", q);
+    }
+    if (s->q_tail)
+        s->q_tail->next = r;
+    else
+        s->q_head = r;
+    s->q_tail = r;
+    s->n_queued++;
+    pthread_cond_signal(&s->work_cv);
+    pthread_mutex_unlock(&s->mu);
+    *ret = r;
+    return 0;
+oom:
+    req_free(r);
+    return ifd_error_set(err, -ENOMEM, "out of memory");
+}
+
+int sched_req_collect(struct sched_req *r, int timeout_ms, struct sched_output *out)
+{
+    struct sched *s = r->s;
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&s->mu);
+    while (!r->done && r->out_len == 0 && r->out_n_lp == 0) {
+        if (pthread_cond_timedwait(&r->cv, &s->mu, &deadline) == ETIMEDOUT)
+            break;
+    }
+    int got = 0;
+    if (r->out_len > 0 &&
+        grow((void **)&out->text, 1, out->text_len + r->out_len + 1, &out->text_cap) == 0) {
+        memcpy(out->text + out->text_len, r->out_text, r->out_len);
+        out->text_len += r->out_len;
+        out->text[out->text_len] = '\0';
+        r->out_len = 0;
+        got = 1;
+    }
+    if (r->out_n_lp > 0) {
+        size_t cap = (size_t)out->lp_cap;
+        if (grow((void **)&out->lp, sizeof(*out->lp), (size_t)(out->n_lp + r->out_n_lp), &cap) == 0) {
+            out->lp_cap = (int)cap;
+            memcpy(out->lp + out->n_lp, r->out_lp, sizeof(*out->lp) * (size_t)r->out_n_lp);
+            out->n_lp += r->out_n_lp;
+            r->out_n_lp = 0;
+            got = 1;
+        }
+    }
+    out->prompt_tokens = (int)r->n_prompt;
+    out->completion_tokens = r->completion_tokens;
+    /* done is reported only once everything before it has been collected. */
+    if (r->done && r->out_len == 0 && r->out_n_lp == 0) {
+        out->done = true;
+        out->finish_reason = r->finish_reason;
+        out->error_status = r->error_status;
+        snprintf(out->error_msg, sizeof(out->error_msg), "%s", r->error_msg);
+        got = 1;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return got;
+}
+
+void sched_req_cancel(struct sched_req *r)
+{
+    struct sched *s = r->s;
+    pthread_mutex_lock(&s->mu);
+    r->cancelled = true;
+    pthread_cond_signal(&s->work_cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void sched_req_release(struct sched_req *r)
+{
+    if (!r)
+        return;
+    struct sched *s = r->s;
+    pthread_mutex_lock(&s->mu);
+    if (!r->done) {
+        r->cancelled = true;
+        pthread_cond_signal(&s->work_cv);
+    }
+    req_unref_locked(r);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void sched_output_finish(struct sched_output *out)
+{
+    if (!out)
+        return;
+    free(out->text);
+    free(out->lp);
+    memset(out, 0, sizeof(*out));
+}
+
+void sched_drain_begin(struct sched *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->draining = true;
+    /* Queued requests have not started: tell them now rather than at the end. */
+    while (s->q_head) {
+        struct sched_req *r = s->q_head;
+        s->q_head = r->next;
+        s->n_queued--;
+        req_finish_locked(s, r, NULL, 503, "the server is shutting down");
+        req_unref_locked(r);
+    }
+    s->q_tail = NULL;
+    pthread_cond_broadcast(&s->work_cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void sched_abort_running(struct sched *s, const char *why)
+{
+    pthread_mutex_lock(&s->mu);
+    s->abort_running = true;
+    snprintf(s->abort_msg, sizeof(s->abort_msg), "%s", why);
+    pthread_cond_broadcast(&s->work_cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+int sched_busy(struct sched *s)
+{
+    pthread_mutex_lock(&s->mu);
+    int n = s->n_queued + s->n_running;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+void sched_counts(struct sched *s, int *ret_queued, int *ret_running)
+{
+    pthread_mutex_lock(&s->mu);
+    *ret_queued = s->n_queued;
+    *ret_running = s->n_running;
+    pthread_mutex_unlock(&s->mu);
+}
+
+double sched_heartbeat(struct sched *s)
+{
+    pthread_mutex_lock(&s->mu);
+    double h = s->heartbeat;
+    pthread_mutex_unlock(&s->mu);
+    return h;
+}
+
+void sched_set_queue_depth(struct sched *s, int queue_depth)
+{
+    pthread_mutex_lock(&s->mu);
+    s->cfg.queue_depth = queue_depth;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* ---- the scheduler thread ---- */
+
+/* Under s->mu: a queued request takes slot q. */
+static int seq_admit(struct sched *s, struct sched_seq *q, struct sched_req *r)
+{
+    q->smp = sampler_create(&r->sampling, s->n_vocab);
+    q->ts = tok_stream_create(s->tok, true);
+    /* Hold-back buffer: the longest stop string plus a generous piece. */
+    size_t need = 4096;
+    if (!q->smp || !q->ts || grow((void **)&q->pending, 1, need, &q->pending_cap) < 0) {
+        sampler_destroy(q->smp);
+        tok_stream_destroy(q->ts);
+        q->smp = NULL;
+        q->ts = NULL;
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < r->n_prompt; i++)
+        sampler_accept(q->smp, r->prompt[i], false);
+    q->req = r;
+    q->n_fed = 0;
+    q->n_past = 0;
+    q->generating = false;
+    q->n_generated = 0;
+    q->pending_len = 0;
+    q->emit_len = 0;
+    q->has_lp = false;
+    q->finish = NULL;
+    q->admitted = s->admit_counter++;
+    s->n_running++;
+    return 0;
+}
+
+/* Under s->mu: frees the slot and drops the scheduler's reference. */
+static void seq_release(struct sched *s, struct sched_seq *q)
+{
+    ifd_error err;
+    if (engine_seq_truncate(s->e, (int)(q - s->seqs), 0, &err) < 0) {
+        /* Nothing better to do than keep going: the slot is reused from position 0. */
+    }
+    sampler_destroy(q->smp);
+    tok_stream_destroy(q->ts);
+    q->smp = NULL;
+    q->ts = NULL;
+    req_unref_locked(q->req);
+    q->req = NULL;
+    s->n_running--;
+}
+
+static bool is_eos(const struct sched *s, int32_t t)
+{
+    for (int i = 0; i < s->n_eos; i++)
+        if (s->eos[i] == t)
+            return true;
+    return false;
+}
+
+/* Scheduler thread, no lock: handles the token sampled for slot q. */
+static void seq_on_token(struct sched *s, struct sched_seq *q, float *logits)
+{
+    struct sched_req *r = q->req;
+    if (r->logprobs)
+        memcpy(s->logits_copy, logits, sizeof(float) * (size_t)s->n_vocab);
+    int32_t t = sampler_sample(q->smp, logits);
+    sampler_accept(q->smp, t, true);
+    if (r->logprobs) {
+        q->lp.token = t;
+        q->lp.n_top = r->top_logprobs;
+        q->lp.logprob = sampler_logprob(s->logits_copy, s->n_vocab, t, r->top_logprobs, q->lp.top_ids,
+                                        q->lp.top_logprobs);
+        q->has_lp = true;
+    }
+    q->n_generated++;
+    q->next_token = t;
+    q->generating = true;
+    bool eos = is_eos(s, t);
+    if (!eos) {
+        size_t before = q->pending_len;
+        int n = tok_stream_push(q->ts, t, &q->pending, &q->pending_len, &q->pending_cap);
+        if (n < 0)
+            q->pending_len = before;
+    }
+    bool at_end = eos || q->n_generated >= r->max_tokens || q->n_past + 1 > s->cfg.n_ctx;
+    if (at_end)
+        tok_stream_flush(q->ts, &q->pending, &q->pending_len, &q->pending_cap);
+    size_t emit;
+    if (api_stop_scan(q->pending, q->pending_len, r->stop, r->n_stop, &emit)) {
+        q->emit_len = emit;
+        q->finish = "stop";
+        return;
+    }
+    if (at_end) {
+        q->emit_len = q->pending_len;
+        q->finish = eos ? "stop" : "length";
+        return;
+    }
+    q->emit_len = emit;
+}
+
+/* Under s->mu: publishes what slot q staged this step. */
+static void seq_publish_locked(struct sched *s, struct sched_seq *q)
+{
+    struct sched_req *r = q->req;
+    if (q->emit_len > 0) {
+        if (grow((void **)&r->out_text, 1, r->out_len + q->emit_len + 1, &r->out_cap) == 0) {
+            memcpy(r->out_text + r->out_len, q->pending, q->emit_len);
+            r->out_len += q->emit_len;
+            r->out_text[r->out_len] = '\0';
+        }
+        memmove(q->pending, q->pending + q->emit_len, q->pending_len - q->emit_len);
+        q->pending_len -= q->emit_len;
+        q->emit_len = 0;
+    }
+    if (q->has_lp) {
+        size_t cap = (size_t)r->out_lp_cap;
+        if (grow((void **)&r->out_lp, sizeof(*r->out_lp), (size_t)r->out_n_lp + 1, &cap) == 0) {
+            r->out_lp_cap = (int)cap;
+            r->out_lp[r->out_n_lp++] = q->lp;
+        }
+        q->has_lp = false;
+    }
+    r->completion_tokens = q->n_generated;
+    pthread_cond_broadcast(&r->cv);
+    if (q->finish) {
+        req_finish_locked(s, r, q->finish, 0, NULL);
+        seq_release(s, q);
+    }
+}
+
+static int cmp_admitted_ctx_sort(const void *a, const void *b, void *ctx)
+{
+    const struct sched_seq *seqs = ctx;
+    uint64_t x = seqs[*(const int *)a].admitted, y = seqs[*(const int *)b].admitted;
+    return x < y ? -1 : x > y;
+}
+
+/* One batched forward over every running sequence. No lock held. */
+static void sched_step(struct sched *s)
+{
+    int n = 0, n_decode = 0, n_prefill = 0, n_rows = 0, n_pf = 0;
+    /* Generating sequences first: one token each. */
+    for (int i = 0; i < s->cfg.n_seq_max; i++) {
+        struct sched_seq *q = &s->seqs[i];
+        if (!q->req || !q->generating)
+            continue;
+        s->b_tokens[n] = q->next_token;
+        s->b_seq_ids[n] = i;
+        s->b_pos[n] = q->n_past;
+        s->b_want[n] = true;
+        s->row_seq[n_rows++] = i;
+        n++;
+        n_decode++;
+    }
+    /* Then prompt chunks, oldest admission first, within the chunk budget. */
+    for (int i = 0; i < s->cfg.n_seq_max; i++)
+        if (s->seqs[i].req && !s->seqs[i].generating)
+            s->order[n_pf++] = i;
+    qsort_r(s->order, (size_t)n_pf, sizeof(int), cmp_admitted_ctx_sort, s->seqs);
+    int budget = s->cfg.prefill_chunk;
+    if (budget > s->cfg.n_batch_max - n)
+        budget = s->cfg.n_batch_max - n;
+    for (int k = 0; k < n_pf && budget > 0; k++) {
+        int i = s->order[k];
+        struct sched_seq *q = &s->seqs[i];
+        size_t left = q->req->n_prompt - q->n_fed;
+        int take = left < (size_t)budget ? (int)left : budget;
+        for (int j = 0; j < take; j++) {
+            s->b_tokens[n] = q->req->prompt[q->n_fed + (size_t)j];
+            s->b_seq_ids[n] = i;
+            s->b_pos[n] = q->n_past + j;
+            s->b_want[n] = false;
+            n++;
+        }
+        if ((size_t)take == left) {
+            s->b_want[n - 1] = true;  /* the last prompt token gives the first generated one */
+            s->row_seq[n_rows++] = i;
+        }
+        budget -= take;
+        n_prefill += take;
+    }
+    if (n == 0)
+        return;
+
+    /* Rows are in batch order; the decode rows came first, then prefill rows
+     * in the order built above, which is the order the loop below walks. */
+    struct engine_batch b = {
+        .n_tokens = n, .tokens = s->b_tokens, .seq_ids = s->b_seq_ids, .positions = s->b_pos, .want_logits = s->b_want,
+    };
+    double t0 = sched_now();
+    ifd_error err = {{0}};
+    int rc = engine_decode(s->e, &b, &err);
+    double dt = sched_now() - t0;
+
+    if (rc < 0) {
+        pthread_mutex_lock(&s->mu);
+        for (int j = 0; j < n; j++) {
+            struct sched_seq *q = &s->seqs[s->b_seq_ids[j]];
+            if (q->req) {
+                char msg[256];
+                snprintf(msg, sizeof(msg), "inference failed: %.200s", err.msg);
+                req_finish_locked(s, q->req, NULL, 500, msg);
+                seq_release(s, q);
+            }
+        }
+        pthread_mutex_unlock(&s->mu);
+        return;
+    }
+
+    /* Advance positions. */
+    for (int j = 0; j < n; j++) {
+        struct sched_seq *q = &s->seqs[s->b_seq_ids[j]];
+        q->n_past++;
+        if (!q->generating)
+            q->n_fed++;
+    }
+    const float *logits = engine_logits(s->e);
+    double now = sched_now();
+    for (int row = 0; row < n_rows; row++) {
+        struct sched_seq *q = &s->seqs[s->row_seq[row]];
+        bool first = !q->generating;
+        seq_on_token(s, q, (float *)logits + (size_t)row * (size_t)s->n_vocab);
+        if (first && s->metrics)
+            metrics_ttft(s->metrics, now - q->req->t_submit);
+    }
+
+    pthread_mutex_lock(&s->mu);
+    for (int row = 0; row < n_rows; row++) {
+        struct sched_seq *q = &s->seqs[s->row_seq[row]];
+        if (q->req)
+            seq_publish_locked(s, q);
+    }
+    int queued = s->n_queued, running = s->n_running;
+    pthread_mutex_unlock(&s->mu);
+
+    if (s->metrics) {
+        int64_t kv = 0;
+        for (int i = 0; i < s->cfg.n_seq_max; i++)
+            if (s->seqs[i].req)
+                kv += s->seqs[i].n_past;
+        metrics_step(s->metrics, n_prefill, n_decode, dt);
+        metrics_gauges(s->metrics, queued, running, kv, (int64_t)s->cfg.n_seq_max * s->cfg.n_ctx);
+        for (int i = 0; i < engine_stage_count(s->e); i++) {
+            struct stage *st = engine_stage(s->e, i);
+            struct stage_stats ss = {0};
+            if (st->ops->get_stats)
+                st->ops->get_stats(st, &ss);
+            metrics_stage_set(s->metrics, i, st->ops->name, st->layer_first, st->layer_last, ss.forward_calls,
+                              ss.tokens, ss.forward_ms, ss.layer_ms);
+        }
+    }
+}
+
+static void *sched_thread_main(void *arg)
+{
+    struct sched *s = arg;
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        s->heartbeat = sched_now();
+        for (int i = 0; i < s->cfg.n_seq_max; i++) {
+            struct sched_seq *q = &s->seqs[i];
+            if (!q->req)
+                continue;
+            if (q->req->cancelled) {
+                /* The client is gone: nobody reads the result. */
+                req_finish_locked(s, q->req, NULL, 499, "cancelled");
+                seq_release(s, q);
+            } else if (s->abort_running) {
+                req_finish_locked(s, q->req, NULL, 503, s->abort_msg);
+                seq_release(s, q);
+            }
+        }
+        s->abort_running = false;
+        for (int i = 0; i < s->cfg.n_seq_max && s->q_head; i++) {
+            struct sched_seq *q = &s->seqs[i];
+            if (q->req)
+                continue;
+            struct sched_req *r = s->q_head;
+            s->q_head = r->next;
+            if (!s->q_head)
+                s->q_tail = NULL;
+            s->n_queued--;
+            r->next = NULL;
+            if (r->cancelled) {
+                req_finish_locked(s, r, NULL, 499, "cancelled");
+                req_unref_locked(r);
+                i--;  /* the slot is still free */
+                continue;
+            }
+            if (seq_admit(s, q, r) < 0) {
+                req_finish_locked(s, r, NULL, 500, "out of memory");
+                req_unref_locked(r);
+            }
+        }
+        if (s->n_running == 0) {
+            if (s->metrics)
+                metrics_gauges(s->metrics, s->n_queued, 0, 0, (int64_t)s->cfg.n_seq_max * s->cfg.n_ctx);
+            if (s->stop_thread && !s->q_head)
+                break;
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += 1;
+            pthread_cond_timedwait(&s->work_cv, &s->mu, &ts);
+            continue;
+        }
+        pthread_mutex_unlock(&s->mu);
+        sched_step(s);
+        pthread_mutex_lock(&s->mu);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}

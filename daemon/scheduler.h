@@ -1,0 +1,94 @@
+/* scheduler.h - the request queue and the continuous-batching loop.
+ *
+ * HTTP threads submit tokenized requests; one scheduler thread owns the
+ * engine. Every step is one engine_decode() batch holding one token for each
+ * sequence that is generating plus a chunk of at most prefill_chunk prompt
+ * tokens of sequences still prefilling, so a long prompt never stalls running
+ * streams for more than one chunk. Sequences join and leave between steps;
+ * a finished or cancelled one frees its slot (engine_seq_truncate to 0) at
+ * once. Output (text after stop-string hold-back, logprobs, finish) is
+ * published per request for the HTTP thread to collect. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "api.h"
+#include "engine.h"
+#include "error.h"
+#include "tokenizer.h"
+
+struct metrics;
+struct sched;
+struct sched_req;
+
+struct sched_config {
+    int n_seq_max;       /* sequence slots (engine n_seq_max) */
+    int n_ctx;           /* positions per slot */
+    int n_batch_max;     /* engine n_batch_max: >= n_seq_max + 1 */
+    int prefill_chunk;   /* prompt tokens per step */
+    int queue_depth;     /* waiting requests beyond the slots; more: -EAGAIN */
+};
+
+struct sched_req_params {
+    const int32_t *prompt;   /* [n_prompt], copied */
+    size_t n_prompt;         /* 1 .. n_ctx - 1 */
+    int max_tokens;          /* >= 1; clipped to what the context leaves */
+    struct sampler_params sampling;
+    char *const *stop;       /* [n_stop], copied */
+    int n_stop;
+    bool logprobs;
+    int top_logprobs;
+};
+
+/* What a request has produced so far, collected by sched_req_collect(). */
+struct sched_output {
+    char *text;                 /* new text, NUL-terminated, grown as needed; caller frees */
+    size_t text_len, text_cap;
+    struct api_logprob *lp;     /* new logprob entries; caller frees */
+    int n_lp, lp_cap;
+    bool done;
+    const char *finish_reason;  /* "stop" / "length" when done without error */
+    int error_status;           /* HTTP status when done with an error (503 drain, 500 engine) */
+    char error_msg[256];
+    int prompt_tokens;
+    int completion_tokens;
+};
+
+/* The scheduler drives e (not owned) with tok for detokenization. The eos ids
+ * end a generation with finish_reason "stop". */
+int sched_create(engine *e, const tokenizer *tok, const int32_t *eos_ids, int n_eos,
+                 const struct sched_config *cfg, struct metrics *m, struct sched **ret, ifd_error *err);
+/* Stops the thread (aborting whatever still runs) and frees. Accepts NULL. */
+void sched_destroy(struct sched *s);
+
+/* Queues a request. -EAGAIN: queue full (429); -ESHUTDOWN: draining (503);
+ * -EINVAL: prompt does not fit the context (message in err). The returned
+ * handle must be released with sched_req_release(). */
+int sched_submit(struct sched *s, const struct sched_req_params *p, struct sched_req **ret, ifd_error *err);
+
+/* Waits up to timeout_ms for new output, then moves it into out (appending).
+ * Returns 1 when something new arrived or the request is done, 0 on timeout. */
+int sched_req_collect(struct sched_req *r, int timeout_ms, struct sched_output *out);
+
+/* The client is gone: the sequence stops at the next step and frees its slot. */
+void sched_req_cancel(struct sched_req *r);
+/* Drops the caller's handle; cancels the request if it is still running. */
+void sched_req_release(struct sched_req *r);
+void sched_output_finish(struct sched_output *out);
+
+/* Graceful shutdown: new submissions get -ESHUTDOWN, queued requests end
+ * with 503 at once, running ones continue. */
+void sched_drain_begin(struct sched *s);
+/* Ends every running request with an error (drain timeout). */
+void sched_abort_running(struct sched *s, const char *why);
+/* Running plus queued requests. */
+int sched_busy(struct sched *s);
+void sched_counts(struct sched *s, int *ret_queued, int *ret_running);
+/* Monotonic seconds of the loop's last sign of life (for the watchdog). */
+double sched_heartbeat(struct sched *s);
+/* Changes the queue bound at runtime (SIGHUP). */
+void sched_set_queue_depth(struct sched *s, int queue_depth);
+
+double sched_now(void); /* CLOCK_MONOTONIC seconds */
