@@ -3,7 +3,9 @@
  * dequantization exactness, the fused kernels of every instruction set against
  * an independent double-precision reference over odd shapes and every bit
  * width, quantize on load, and malformed quantized checkpoints. */
+#include <cjson/cJSON.h>
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -12,8 +14,10 @@
 #include <unistd.h>
 
 #include "dtype.h"
+#include "engine.h"
 #include "model.h"
 #include "quant.h"
+#include "quant_checkpoint.h"
 #include "safetensors.h"
 
 static const char *shared_dir(void)
@@ -521,19 +525,10 @@ Test(quant, weight_quantize_errors)
 /* Quantizing tinystories-656k-bf16 on load with the MLX files' bits and group
  * size reproduces those files tensor for tensor: same codes, same scales and
  * biases bit for bit (both keep the source's BF16/F16), hence the same model. */
-static void compare_load_with_mlx(const char *srcname, const char *mlx, int bits, int gs)
+/* Every quantized matrix of a and b: same layout, codes, scales and biases
+ * byte for byte. */
+static void compare_models(const struct model *a, const struct model *b, int bits, int gs)
 {
-    char sp[1024], mp[1024];
-    model_path(sp, sizeof(sp), srcname);
-    model_path(mp, sizeof(mp), mlx);
-    struct model_load_opts o = model_load_opts_default();
-    o.quantize_bits = bits;
-    o.quantize_group_size = gs;
-    struct model *a = NULL, *b = NULL;
-    ifd_error err = {{0}};
-    cr_assert_eq(model_load(sp, &o, &a, &err), 0, "%s", err.msg);
-    struct model_load_opts ob = model_load_opts_default();
-    cr_assert_eq(model_load(mp, &ob, &b, &err), 0, "%s", err.msg);
     const struct ifd_weight *wa[16], *wb[16];
     int n = 0;
     wa[n] = &a->embed, wb[n++] = &b->embed;
@@ -563,6 +558,22 @@ static void compare_load_with_mlx(const char *srcname, const char *mlx, int bits
     }
     /* the tied head is the quantized embedding */
     cr_expect_eq(a->lm_head.data, a->embed.data);
+}
+
+static void compare_load_with_mlx(const char *srcname, const char *mlx, int bits, int gs)
+{
+    char sp[1024], mp[1024];
+    model_path(sp, sizeof(sp), srcname);
+    model_path(mp, sizeof(mp), mlx);
+    struct model_load_opts o = model_load_opts_default();
+    o.quantize_bits = bits;
+    o.quantize_group_size = gs;
+    struct model *a = NULL, *b = NULL;
+    ifd_error err = {{0}};
+    cr_assert_eq(model_load(sp, &o, &a, &err), 0, "%s", err.msg);
+    struct model_load_opts ob = model_load_opts_default();
+    cr_assert_eq(model_load(mp, &ob, &b, &err), 0, "%s", err.msg);
+    compare_models(a, b, bits, gs);
     model_destroy(a);
     model_destroy(b);
 }
@@ -575,4 +586,402 @@ Test(quant, quantize_on_load_equals_mlx_4bit)
 Test(quant, quantize_on_load_equals_mlx_8bit)
 {
     compare_load_with_mlx("tinystories-656k-f16", "tinystories-656k-mlx-8bit", 8, 32);
+}
+
+/* ---- tokens through the engine ---------------------------------------------- */
+
+#define MAX_IDS 256
+
+struct golden_line {
+    int32_t prompt[MAX_IDS], gen[MAX_IDS];
+    int n_prompt, n_gen, stable;
+};
+
+/* The first line of golden/models.jsonl for `model`. */
+static void golden_for(const char *model, struct golden_line *g)
+{
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/golden/models.jsonl", shared_dir());
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "cannot open %s", path);
+    char *line = NULL;
+    size_t cap = 0;
+    bool found = false;
+    while (!found && getline(&line, &cap, f) > 0) {
+        cJSON *j = cJSON_Parse(line);
+        cr_assert_not_null(j, "%s: bad JSON line", path);
+        const cJSON *m = cJSON_GetObjectItem(j, "model");
+        if (cJSON_IsString(m) && strcmp(m->valuestring, model) == 0) {
+            const cJSON *it;
+            g->n_prompt = g->n_gen = 0;
+            cJSON_ArrayForEach(it, cJSON_GetObjectItem(j, "prompt_ids"))
+                if (g->n_prompt < MAX_IDS)
+                    g->prompt[g->n_prompt++] = (int32_t)it->valuedouble;
+            cJSON_ArrayForEach(it, cJSON_GetObjectItem(j, "generated_ids"))
+                if (g->n_gen < MAX_IDS)
+                    g->gen[g->n_gen++] = (int32_t)it->valuedouble;
+            g->stable = (int)cJSON_GetObjectItem(j, "stable_prefix_len")->valuedouble;
+            found = true;
+        }
+        cJSON_Delete(j);
+    }
+    free(line);
+    fclose(f);
+    cr_assert(found, "no golden line for %s", model);
+}
+
+static int argmax(const float *v, int n)
+{
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[b])
+            b = i;
+    return b;
+}
+
+/* Greedy continuation of the golden prompt, as many ids as the golden has. */
+static int greedy(const struct model *m, const struct golden_line *g, int32_t *out)
+{
+    struct engine_config c = {.n_seq_max = 1, .n_ctx = 512, .n_batch_max = MAX_IDS, .n_threads = 2};
+    engine *e = NULL;
+    ifd_error err = {{0}};
+    cr_assert_eq(engine_create_cpu(m, NULL, 0, &c, &e, &err), 0, "%s", err.msg);
+    int32_t seq[MAX_IDS] = {0}, pos[MAX_IDS];
+    bool want[MAX_IDS];
+    for (int i = 0; i < g->n_prompt; i++) {
+        pos[i] = i;
+        want[i] = i == g->n_prompt - 1;
+    }
+    struct engine_batch b = {.n_tokens = g->n_prompt, .tokens = g->prompt, .seq_ids = seq,
+                             .positions = pos, .want_logits = want};
+    cr_assert_eq(engine_decode(e, &b, &err), 0, "prefill: %s", err.msg);
+    int k = 0;
+    while (k < g->n_gen) {
+        int32_t t = argmax(engine_logits(e), m->cfg.vocab_size);
+        out[k++] = t;
+        if (model_config_is_eos(&m->cfg, t) || k == g->n_gen)
+            break;
+        int32_t p = g->n_prompt + k - 1;
+        bool w = true;
+        b = (struct engine_batch){.n_tokens = 1, .tokens = &t, .seq_ids = seq, .positions = &p,
+                                  .want_logits = &w};
+        cr_assert_eq(engine_decode(e, &b, &err), 0, "step %d: %s", k, err.msg);
+    }
+    engine_destroy(e);
+    return k;
+}
+
+static void expect_stable_prefix(const struct model *m, const char *golden_model, const char *what)
+{
+    struct golden_line g;
+    golden_for(golden_model, &g);
+    int32_t out[MAX_IDS];
+    int n = greedy(m, &g, out);
+    cr_assert_geq(n, g.stable, "%s: %d tokens, stable prefix %d", what, n, g.stable);
+    for (int i = 0; i < g.stable; i++)
+        cr_assert_eq(out[i], g.gen[i], "%s: token %d is %d, golden (%s) %d", what, i, out[i], golden_model,
+                     g.gen[i]);
+}
+
+/* Quantize on load from the F32 checkpoint: codes as MLX's, scales kept in
+ * F32 instead of the files' BF16/F16, and the golden tokens of the MLX files. */
+Test(quant, quantize_on_load_f32_golden_tokens, .timeout = 120)
+{
+    const struct {
+        const char *golden;
+        int bits, gs;
+    } cases[] = {{"tinystories-656k-mlx-4bit", 4, 64}, {"tinystories-656k-mlx-8bit", 8, 32}};
+    for (int i = 0; i < 2; i++) {
+        char sp[1024];
+        model_path(sp, sizeof(sp), "tinystories-656k");
+        struct model_load_opts o = model_load_opts_default();
+        o.quantize_bits = cases[i].bits;
+        o.quantize_group_size = cases[i].gs;
+        struct model *m = NULL;
+        ifd_error err = {{0}};
+        cr_assert_eq(model_load(sp, &o, &m, &err), 0, "%s", err.msg);
+        cr_assert_eq(m->layers[0].wq.bits, cases[i].bits);
+        expect_stable_prefix(m, cases[i].golden, "quantize on load");
+        model_destroy(m);
+    }
+}
+
+/* ---- offline quantizer ------------------------------------------------------- */
+
+static void rm_tree(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        char p[2048];
+        snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
+        unlink(p);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+static void make_tmpdir(char *buf, size_t n)
+{
+    snprintf(buf, n, "/tmp/test_quant_XXXXXX");
+    cr_assert_not_null(mkdtemp(buf), "mkdtemp: %s", strerror(errno));
+}
+
+/* Every tensor of the MLX checkpoint is in ours with the same dtype, shape and
+ * bytes, and ours holds nothing else. */
+static void expect_same_tensors(const char *ours, const char *mlx)
+{
+    st_model *a = NULL, *b = NULL;
+    ifd_error err = {{0}};
+    cr_assert_eq(st_open(ours, &a, &err), 0, "%s", err.msg);
+    cr_assert_eq(st_open(mlx, &b, &err), 0, "%s", err.msg);
+    cr_expect_eq(st_count(a), st_count(b), "%zu tensors written, MLX has %zu", st_count(a), st_count(b));
+    for (size_t i = 0; i < st_count(b); i++) {
+        const struct st_tensor *tb = st_at(b, i), *ta = st_find(a, tb->name);
+        cr_assert_not_null(ta, "'%s' missing from the output", tb->name);
+        cr_expect_eq(ta->dtype, tb->dtype, "%s: dtype %s, MLX %s", tb->name, ifd_dtype_name(ta->dtype),
+                     ifd_dtype_name(tb->dtype));
+        cr_assert_eq(ta->n_dims, tb->n_dims, "%s", tb->name);
+        for (int d = 0; d < ta->n_dims; d++)
+            cr_assert_eq(ta->shape[d], tb->shape[d], "%s: dim %d", tb->name, d);
+        cr_expect_eq(memcmp(ta->data, tb->data, (size_t)tb->nbytes), 0, "%s: bytes differ", tb->name);
+    }
+    st_close(a);
+    st_close(b);
+}
+
+struct progress_count {
+    int calls;
+    uint64_t last_done, total;
+};
+
+static void count_progress(void *ctx, uint64_t done, uint64_t total, const char *tensor)
+{
+    struct progress_count *p = ctx;
+    cr_expect_geq(done, p->last_done);
+    p->calls++;
+    p->last_done = done;
+    p->total = total;
+}
+
+/* inferctl model quantize's engine: from the BF16 (F16) copies it writes the
+ * shared MLX files exactly; inferd loads the result and gives the golden
+ * tokens; a sharded source gives as many shards and an index. */
+static void checkpoint_case(const char *src, const char *mlx, int bits, int gs)
+{
+    char dir[64], sp[1024], mp[1024];
+    make_tmpdir(dir, sizeof(dir));
+    model_path(sp, sizeof(sp), src);
+    model_path(mp, sizeof(mp), mlx);
+    ifd_error err = {{0}};
+    struct progress_count pc = {0};
+    cr_assert_eq(quant_checkpoint_write(sp, dir, bits, gs, count_progress, &pc, &err), 0, "%s", err.msg);
+    cr_expect_gt(pc.calls, 0);
+    cr_expect_eq(pc.last_done, pc.total, "progress ends at the total");
+    struct model *m = NULL, *ref = NULL;
+    struct model_load_opts o = model_load_opts_default();
+    cr_assert_eq(model_load(dir, &o, &m, &err), 0, "loading what the quantizer wrote: %s", err.msg);
+    cr_assert_eq(model_load(mp, &o, &ref, &err), 0, "%s", err.msg);
+    cr_expect_eq(m->cfg.quant.bits, bits);
+    cr_expect_eq(m->cfg.quant.group_size, gs);
+    compare_models(m, ref, bits, gs);
+    expect_stable_prefix(m, mlx, "quantized checkpoint");
+    if (strstr(src, "sharded")) {
+        char p[1200];
+        snprintf(p, sizeof(p), "%s/model.safetensors.index.json", dir);
+        cr_expect_eq(access(p, R_OK), 0, "sharded source: no index written");
+        snprintf(p, sizeof(p), "%s/model-00003-of-00003.safetensors", dir);
+        cr_expect_eq(access(p, R_OK), 0, "sharded source: shard 3 missing");
+    } else {
+        expect_same_tensors(dir, mp);
+    }
+    char p[1200];
+    snprintf(p, sizeof(p), "%s/tokenizer.json", dir);
+    cr_expect_eq(access(p, R_OK), 0, "tokenizer.json not copied");
+    model_destroy(m);
+    model_destroy(ref);
+    rm_tree(dir);
+}
+
+Test(quant, checkpoint_4bit_equals_mlx_files, .timeout = 120)
+{
+    checkpoint_case("tinystories-656k-bf16", "tinystories-656k-mlx-4bit", 4, 64);
+}
+
+Test(quant, checkpoint_8bit_equals_mlx_files, .timeout = 120)
+{
+    checkpoint_case("tinystories-656k-f16", "tinystories-656k-mlx-8bit", 8, 32);
+}
+
+Test(quant, checkpoint_sharded_source, .timeout = 120)
+{
+    checkpoint_case("tinystories-656k-bf16-sharded", "tinystories-656k-mlx-4bit", 4, 64);
+}
+
+Test(quant, checkpoint_refusals)
+{
+    char dir[64], sp[1024];
+    make_tmpdir(dir, sizeof(dir));
+    ifd_error err = {{0}};
+    model_path(sp, sizeof(sp), "tinystories-656k-mlx-4bit");
+    cr_expect_lt(quant_checkpoint_write(sp, dir, 4, 64, NULL, NULL, &err), 0);
+    cr_expect(strstr(err.msg, "already quantized") != NULL, "%s", err.msg);
+    model_path(sp, sizeof(sp), "tinystories-656k");
+    cr_expect_lt(quant_checkpoint_write(sp, dir, 5, 64, NULL, NULL, &err), 0);
+    cr_expect(strstr(err.msg, "5 bits") != NULL, "%s", err.msg);
+    cr_expect_lt(quant_checkpoint_write(sp, sp, 4, 64, NULL, NULL, &err), 0);
+    cr_expect(strstr(err.msg, "source") != NULL, "%s", err.msg);
+    rm_tree(dir);
+}
+
+/* ---- malformed quantized checkpoints ----------------------------------------- */
+
+/* A copy of the 4-bit MLX checkpoint in dir with one change: tensor `drop`
+ * left out, tensor `reshape` given shape {r0, r1} (zero data), and config's
+ * quantization set to bits/gs. */
+static void write_broken(const char *dir, const char *drop, const char *reshape, int64_t r0, int64_t r1,
+                         int bits, int gs)
+{
+    char mp[1024], p[1200];
+    model_path(mp, sizeof(mp), "tinystories-656k-mlx-4bit");
+    snprintf(p, sizeof(p), "%s/config.json", mp);
+    FILE *f = fopen(p, "rb");
+    cr_assert_not_null(f);
+    char text[8192];
+    size_t n = fread(text, 1, sizeof(text) - 1, f);
+    fclose(f);
+    text[n] = 0;
+    cJSON *cfg = cJSON_Parse(text);
+    cr_assert_not_null(cfg);
+    const char *keys[] = {"quantization", "quantization_config"};
+    for (int i = 0; i < 2; i++) {
+        cJSON *q = cJSON_GetObjectItem(cfg, keys[i]);
+        cJSON_SetNumberValue(cJSON_GetObjectItem(q, "bits"), bits);
+        cJSON_SetNumberValue(cJSON_GetObjectItem(q, "group_size"), gs);
+    }
+    char *out = cJSON_Print(cfg);
+    snprintf(p, sizeof(p), "%s/config.json", dir);
+    f = fopen(p, "wb");
+    fputs(out, f);
+    fclose(f);
+    free(out);
+    cJSON_Delete(cfg);
+
+    st_model *st = NULL;
+    ifd_error err = {{0}};
+    cr_assert_eq(st_open(mp, &st, &err), 0, "%s", err.msg);
+    snprintf(p, sizeof(p), "%s/model.safetensors", dir);
+    f = fopen(p, "wb");
+    cr_assert_not_null(f);
+    st_writer *w = NULL;
+    cr_assert_eq(st_writer_create(st_write_to_file, f, &w), 0);
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1)
+            cr_assert_eq(st_writer_begin_data(w, &err), 0, "%s", err.msg);
+        for (size_t i = 0; i < st_count(st); i++) {
+            const struct st_tensor *t = st_at(st, i);
+            if (drop && strcmp(t->name, drop) == 0)
+                continue;
+            bool re = reshape && strcmp(t->name, reshape) == 0;
+            int64_t shape[2] = {re ? r0 : t->shape[0], re ? r1 : (t->n_dims > 1 ? t->shape[1] : 0)};
+            if (pass == 0) {
+                cr_assert_eq(st_writer_declare(w, t->name, t->dtype, t->n_dims, re ? shape : t->shape, &err),
+                             0, "%s", err.msg);
+            } else if (re) {
+                size_t nb = (size_t)(r0 * r1) * ifd_dtype_size(t->dtype);
+                void *z = calloc(1, nb ? nb : 1);
+                cr_assert_eq(st_writer_write_data(w, z, nb, &err), 0, "%s", err.msg);
+                free(z);
+            } else {
+                cr_assert_eq(st_writer_write_data(w, t->data, (size_t)t->nbytes, &err), 0, "%s", err.msg);
+            }
+        }
+    }
+    cr_assert_eq(st_writer_finish(w, &err), 0, "%s", err.msg);
+    st_writer_destroy(w);
+    fclose(f);
+    st_close(st);
+}
+
+/* model_load of the broken copy fails with a message containing `want`. */
+static void expect_load_error(const char *drop, const char *reshape, int64_t r0, int64_t r1, int bits, int gs,
+                              const char *want)
+{
+    char dir[64];
+    make_tmpdir(dir, sizeof(dir));
+    write_broken(dir, drop, reshape, r0, r1, bits, gs);
+    struct model *m = NULL;
+    ifd_error err = {{0}};
+    struct model_load_opts o = model_load_opts_default();
+    int r = model_load(dir, &o, &m, &err);
+    cr_expect_lt(r, 0, "loaded a checkpoint with drop=%s reshape=%s bits=%d gs=%d", drop ? drop : "-",
+                 reshape ? reshape : "-", bits, gs);
+    cr_expect(strstr(err.msg, want) != NULL, "error '%s' does not name '%s'", err.msg, want);
+    fprintf(stderr, "refused as it should: %s\n", err.msg);
+    if (r == 0)
+        model_destroy(m);
+    rm_tree(dir);
+}
+
+Test(quant, malformed_intact_copy_loads)
+{
+    /* the harness itself: an unmodified copy loads */
+    char dir[64];
+    make_tmpdir(dir, sizeof(dir));
+    write_broken(dir, NULL, NULL, 0, 0, 4, 64);
+    struct model *m = NULL;
+    ifd_error err = {{0}};
+    struct model_load_opts o = model_load_opts_default();
+    cr_expect_eq(model_load(dir, &o, &m, &err), 0, "%s", err.msg);
+    model_destroy(m);
+    rm_tree(dir);
+}
+
+Test(quant, malformed_missing_scales)
+{
+    expect_load_error("model.layers.1.mlp.up_proj.scales", NULL, 0, 0, 4, 64, "model.layers.1.mlp.up_proj.scales");
+}
+
+Test(quant, malformed_missing_biases)
+{
+    expect_load_error("model.embed_tokens.biases", NULL, 0, 0, 4, 64, "model.embed_tokens.biases");
+}
+
+Test(quant, malformed_wrong_packed_width)
+{
+    /* 128 columns at 4 bits are 16 words; 15 is wrong */
+    expect_load_error(NULL, "model.layers.0.self_attn.q_proj.weight", 128, 15, 4, 64,
+                      "model.layers.0.self_attn.q_proj.weight");
+}
+
+Test(quant, malformed_scales_shape)
+{
+    expect_load_error(NULL, "model.layers.0.mlp.down_proj.scales", 128, 5, 4, 64,
+                      "model.layers.0.mlp.down_proj.scales");
+}
+
+Test(quant, malformed_group_size_not_dividing_row)
+{
+    /* 96 is a valid MLX-style group size but does not divide the 128 columns */
+    expect_load_error(NULL, NULL, 0, 0, 4, 96, "group size 96");
+}
+
+Test(quant, malformed_group_size_unsupported)
+{
+    expect_load_error(NULL, NULL, 0, 0, 4, 48, "48");
+}
+
+Test(quant, malformed_bits_unsupported)
+{
+    expect_load_error(NULL, NULL, 0, 0, 5, 64, "5");
+}
+
+Test(quant, malformed_bits_mismatch_packed_width)
+{
+    /* config says 8 bits, the file holds 4-bit packing: the widths disagree */
+    expect_load_error(NULL, NULL, 0, 0, 8, 64, "model.");
 }
