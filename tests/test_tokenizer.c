@@ -222,3 +222,348 @@ GOLDEN_TEST(llama3_instruct, "llama3-instruct", "golden/tokenizers/llama3-instru
 GOLDEN_TEST(smollm2, "smollm2", "golden/tokenizers/smollm2")
 GOLDEN_TEST(mistral_7b_v0_1, "mistral-7b-v0.1", "golden/tokenizers/mistral-7b-v0.1")
 GOLDEN_TEST(tinystories, "tinystories", "golden/tokenizers/tinystories")
+
+/* ------------------------------------------------------------ malformed input */
+
+/* A tiny byte-level tokenizer.json: the fields a test replaces are %s holes. */
+static char *mini_json(const char *model_type, const char *normalizer, const char *pretok, const char *decoder,
+                       const char *extra_model)
+{
+    char *buf = NULL;
+    if (asprintf(&buf,
+                 "{\"version\":\"1.0\",\"truncation\":null,\"padding\":null,"
+                 "\"added_tokens\":[{\"id\":5,\"content\":\"<s>\",\"single_word\":false,\"lstrip\":false,"
+                 "\"rstrip\":false,\"normalized\":false,\"special\":true}],"
+                 "\"normalizer\":%s,\"pre_tokenizer\":%s,\"post_processor\":null,\"decoder\":%s,"
+                 "\"model\":{\"type\":\"%s\",\"dropout\":null,\"unk_token\":null,"
+                 "\"vocab\":{\"a\":0,\"b\":1,\"ab\":2,\"c\":3,\"abc\":4}%s}}",
+                 normalizer, pretok, decoder, model_type, extra_model) < 0)
+        return NULL;
+    return buf;
+}
+
+static int try_load(const char *json, ifd_error *err)
+{
+    tokenizer *t = NULL;
+    int r = tok_load_memory(json, strlen(json), NULL, 0, "test.json", &t, err);
+    tok_destroy(t);
+    return r;
+}
+
+Test(tokenizer_malformed, mini_tokenizer_works)
+{
+    char *j = mini_json("BPE", "null", "null", "null", ",\"merges\":[\"a b\",\"ab c\"]");
+    tokenizer *t = NULL;
+    ifd_error err = {0};
+    cr_assert_eq(tok_load_memory(j, strlen(j), NULL, 0, "mini", &t, &err), 0, "%s", err.msg);
+    struct tok_ids v = {0};
+    cr_assert_eq(tok_encode(t, "abcab<s>c", 9, false, &v, &err), 0, "%s", err.msg);
+    cr_assert_eq(v.n, 4);
+    cr_expect_eq(v.ids[0], 4);
+    cr_expect_eq(v.ids[1], 2);
+    cr_expect_eq(v.ids[2], 5);
+    cr_expect_eq(v.ids[3], 3);
+    tok_ids_finish(&v);
+    tok_destroy(t);
+    free(j);
+}
+
+Test(tokenizer_malformed, invalid_utf8_positions)
+{
+    tokenizer *t = load_dir("golden/tokenizers/smollm2");
+    static const struct {
+        const char *s;
+        size_t len, off;
+    } cases[] = {
+        {"\xff", 1, 0},                      /* never valid */
+        {"abc\xc3", 4, 3},                   /* truncated 2-byte sequence at the end */
+        {"ab\xc0\xaf", 4, 2},                /* overlong '/' */
+        {"x\xed\xa0\x80y", 5, 1},            /* UTF-16 surrogate */
+        {"hello \xf4\x90\x80\x80", 10, 6},   /* above U+10FFFF */
+        {"\xe4\xb8\x96\xe7\x95", 5, 3},      /* CJK then a cut character */
+        {"ok\x80", 3, 2},                    /* lone continuation byte */
+    };
+    struct tok_ids v = {0};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        ifd_error err = {0};
+        int r = tok_encode(t, cases[i].s, cases[i].len, true, &v, &err);
+        cr_expect_eq(r, -EILSEQ, "case %zu: got %d", i, r);
+        char want[64];
+        snprintf(want, sizeof(want), "byte offset %zu", cases[i].off);
+        cr_expect(strstr(err.msg, want) != NULL, "case %zu: message '%s' lacks '%s'", i, err.msg, want);
+    }
+    tok_ids_finish(&v);
+    tok_destroy(t);
+}
+
+Test(tokenizer_malformed, truncated_tokenizer_json)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/golden/tokenizers/tinystories/tokenizer.json", shared_dir());
+    size_t len;
+    char *data = slurp(path, &len);
+    cr_assert_not_null(data, "cannot read %s", path);
+    size_t cuts[] = {0, 1, 17, 100, 1000, len / 2, len - 2, len - 1};
+    for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++) {
+        ifd_error err = {0};
+        tokenizer *t = NULL;
+        int r = tok_load_memory(data, cuts[i], NULL, 0, "cut.json", &t, &err);
+        cr_expect_lt(r, 0, "cut at %zu loaded", cuts[i]);
+        cr_expect(strstr(err.msg, "cut.json") != NULL, "cut at %zu: message '%s'", cuts[i], err.msg);
+        tok_destroy(t);
+    }
+    free(data);
+}
+
+static void expect_load_error(const char *json, int code, const char *needle)
+{
+    ifd_error err = {0};
+    int r = try_load(json, &err);
+    cr_expect_eq(r, code, "expected %d, got %d (%s) for %.200s", code, r, err.msg, json);
+    cr_expect(strstr(err.msg, needle) != NULL, "message '%s' lacks '%s'", err.msg, needle);
+}
+
+Test(tokenizer_malformed, unsupported_constructs)
+{
+    const char *merges = ",\"merges\":[\"a b\"]";
+    char *j;
+    j = mini_json("WordPiece", "null", "null", "null", merges);
+    expect_load_error(j, -EOPNOTSUPP, "WordPiece");
+    free(j);
+    j = mini_json("Unigram", "null", "null", "null", merges);
+    expect_load_error(j, -EOPNOTSUPP, "Unigram");
+    free(j);
+    j = mini_json("BPE", "null", "{\"type\":\"Whitespace\"}", "null", merges);
+    expect_load_error(j, -EOPNOTSUPP, "Whitespace");
+    free(j);
+    j = mini_json("BPE", "{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"Lowercase\"}]}", "null", "null", merges);
+    expect_load_error(j, -EOPNOTSUPP, "Lowercase");
+    free(j);
+    j = mini_json("BPE", "null", "null", "{\"type\":\"WordPiece\",\"prefix\":\"##\"}", merges);
+    expect_load_error(j, -EOPNOTSUPP, "WordPiece");
+    free(j);
+    j = mini_json("BPE", "null", "{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"ByteLevel\"},"
+                                 "{\"type\":\"Digits\"}]}", "null", merges);
+    expect_load_error(j, -EOPNOTSUPP, "after ByteLevel");
+    free(j);
+    /* BPE dropout must be null */
+    const char *drop = "{\"model\":{\"type\":\"BPE\",\"dropout\":0.1,\"vocab\":{\"a\":0},\"merges\":[]}}";
+    expect_load_error(drop, -EOPNOTSUPP, "dropout");
+    expect_load_error("{\"truncation\":{\"max_length\":5},\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}",
+                      -EOPNOTSUPP, "truncation");
+}
+
+Test(tokenizer_malformed, wrong_field_types)
+{
+    expect_load_error("[1,2,3]", -EINVAL, "expected a JSON object");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":[\"a\"],\"merges\":[]}}", -EINVAL, "model.vocab");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":\"0\"},\"merges\":[]}}", -EINVAL, "model.vocab");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":-3},\"merges\":[]}}", -EINVAL, "model.vocab");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":99999999},\"merges\":[]}}", -EINVAL, "model.vocab");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":{}}}", -EINVAL, "model.merges");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[7]}}", -EINVAL, "model.merges[0]");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[\"a x\"]}}", -EINVAL,
+                      "not in the vocabulary");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[\"a a\"]}}", -EINVAL,
+                      "merged token");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[],\"byte_fallback\":1}}", -EINVAL,
+                      "byte_fallback");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[],\"unk_token\":\"<unk>\"}}",
+                      -EINVAL, "unk_token");
+    expect_load_error("{\"added_tokens\":[{\"id\":\"1\",\"content\":\"x\"}],"
+                      "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}", -EINVAL, "added_tokens");
+    expect_load_error("{\"added_tokens\":[{\"id\":1,\"content\":7}],"
+                      "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}", -EINVAL, "content");
+    expect_load_error("{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(unclosed\"},"
+                      "\"behavior\":\"Isolated\"},\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}",
+                      -EINVAL, "regex");
+    expect_load_error("{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"a\"},"
+                      "\"behavior\":\"Sideways\"},\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}",
+                      -EOPNOTSUPP, "Sideways");
+    expect_load_error("{\"pre_tokenizer\":{\"pretokenizers\":[]},"
+                      "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}", -EINVAL, "type");
+    expect_load_error("{\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":"
+                      "{\"id\":\"<s>\",\"type_id\":0}},{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}],"
+                      "\"special_tokens\":{}},\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}",
+                      -EINVAL, "<s>");
+    expect_load_error("{\"model\":7}", -EINVAL, "model");
+    expect_load_error("{}", -EINVAL, "model");
+}
+
+Test(tokenizer_malformed, missing_directory)
+{
+    tokenizer *t = NULL;
+    ifd_error err = {0};
+    int r = tok_load("/nonexistent/dir", &t, &err);
+    cr_expect_eq(r, -ENOENT);
+    cr_expect(strstr(err.msg, "/nonexistent/dir/tokenizer.json") != NULL, "%s", err.msg);
+    cr_expect_null(t);
+}
+
+Test(tokenizer_malformed, bad_config)
+{
+    char *j = mini_json("BPE", "null", "null", "null", ",\"merges\":[\"a b\"]");
+    tokenizer *t = NULL;
+    ifd_error err = {0};
+    const char *cfg = "{\"add_bos_token\": \"yes\"}";
+    cr_expect_lt(tok_load_memory(j, strlen(j), cfg, strlen(cfg), "mini", &t, &err), 0);
+    cr_expect(strstr(err.msg, "add_bos_token") != NULL, "%s", err.msg);
+    const char *cfg2 = "{\"add_bos_token\": true, \"bos_token\": \"<nope>\"}";
+    cr_expect_lt(tok_load_memory(j, strlen(j), cfg2, strlen(cfg2), "mini", &t, &err), 0);
+    cr_expect(strstr(err.msg, "<nope>") != NULL, "%s", err.msg);
+    const char *cfg3 = "{\"add_bos_token\": true, \"bos_token\": {\"content\": \"<s>\"}, \"chat_template\": \"T\"}";
+    cr_assert_eq(tok_load_memory(j, strlen(j), cfg3, strlen(cfg3), "mini", &t, &err), 0, "%s", err.msg);
+    struct tok_ids v = {0};
+    cr_assert_eq(tok_encode(t, "ab", 2, true, &v, &err), 0);
+    cr_expect_eq(v.n, 2);
+    cr_expect_eq(v.ids[0], 5);
+    cr_expect_eq(v.ids[1], 2);
+    cr_expect_str_eq(tok_special_token(t, "bos_token"), "<s>");
+    cr_expect_str_eq(tok_chat_template(t), "T");
+    tok_ids_finish(&v);
+    tok_destroy(t);
+    free(j);
+}
+
+/* ------------------------------------------------------------ decode and streaming */
+
+static bool valid_utf8(const char *s, size_t n)
+{
+    /* the reference check is the encoder's own: an invalid string is refused */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        size_t k = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 ? 2 : 0;
+        if (k == 0 || i + k > n)
+            return false;
+        for (size_t j = 1; j < k; j++)
+            if (((unsigned char)s[i + j] & 0xC0) != 0x80)
+                return false;
+        i += k - 1;
+    }
+    return true;
+}
+
+static int tok_buf_append_for_test(char **acc, size_t *len, size_t *cap, const char *s, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        *cap = (*len + n + 1) * 2;
+        *acc = realloc(*acc, *cap);
+        if (!*acc)
+            return -1;
+    }
+    memcpy(*acc + *len, s, n);
+    *len += n;
+    (*acc)[*len] = '\0';
+    return 0;
+}
+
+/* Streams the ids of text one by one: the chunks must be whole UTF-8 and add
+ * up to the one-shot decode, and at least one token on its own must be an
+ * incomplete character (so the test really splits characters). */
+static void check_stream(const char *dir, const char *text)
+{
+    tokenizer *t = load_dir(dir);
+    struct tok_ids v = {0};
+    ifd_error err = {0};
+    cr_assert_eq(tok_encode(t, text, strlen(text), false, &v, &err), 0, "%s", err.msg);
+    char *full = NULL;
+    size_t full_len = 0;
+    cr_assert_eq(tok_decode(t, v.ids, v.n, false, &full, &full_len, &err), 0);
+    cr_expect_str_eq(full, text, "%s: round trip", dir);
+
+    int split_tokens = 0;
+    for (size_t i = 0; i < v.n; i++) {
+        char *one = NULL;
+        size_t n1 = 0;
+        cr_assert_eq(tok_decode(t, &v.ids[i], 1, false, &one, &n1, &err), 0);
+        split_tokens += strstr(one, "\xEF\xBF\xBD") != NULL;
+        free(one);
+    }
+    cr_expect_gt(split_tokens, 0, "%s: no token holds a partial character; the test does not exercise splitting", dir);
+
+    struct tok_stream *s = tok_stream_create(t, false);
+    cr_assert_not_null(s);
+    char *acc = NULL, *chunk = NULL;
+    size_t acc_len = 0, acc_cap = 0, chunk_len = 0, chunk_cap = 0;
+    for (size_t i = 0; i < v.n; i++) {
+        chunk_len = 0;
+        int n = tok_stream_push(s, v.ids[i], &chunk, &chunk_len, &chunk_cap);
+        cr_assert_geq(n, 0, "push failed: %d", n);
+        cr_expect_eq((size_t)n, chunk_len);
+        cr_expect(valid_utf8(chunk, chunk_len), "%s: chunk %zu is not whole UTF-8", dir, i);
+        cr_expect(strstr(chunk, "\xEF\xBF\xBD") == NULL, "%s: chunk %zu has U+FFFD", dir, i);
+        cr_assert_geq(tok_buf_append_for_test(&acc, &acc_len, &acc_cap, chunk, chunk_len), 0);
+    }
+    chunk_len = 0;
+    cr_assert_geq(tok_stream_flush(s, &chunk, &chunk_len, &chunk_cap), 0);
+    cr_assert_geq(tok_buf_append_for_test(&acc, &acc_len, &acc_cap, chunk, chunk_len), 0);
+    cr_expect_eq(acc_len, full_len);
+    cr_expect(acc_len == full_len && memcmp(acc, full, acc_len) == 0, "%s: streamed '%s' vs decoded '%s'", dir, acc, full);
+    tok_stream_destroy(s);
+    free(acc);
+    free(chunk);
+    free(full);
+    tok_ids_finish(&v);
+    tok_destroy(t);
+}
+
+Test(tokenizer_stream, byte_level_emoji_and_cjk)
+{
+    check_stream("models/qwen3-tiny-random", "Parrot \xF0\x9F\xA6\x9C, melting \xF0\x9F\xAB\xA0, clef \xF0\x9D\x84\x9E, "
+                                             "\xE4\xB8\x96\xE7\x95\x8C and \xF0\x9F\x91\xA9\xE2\x80\x8D\xF0\x9F\x94\xAC!");
+    check_stream("models/llama3-tiny-random", "\xF0\x9F\xA6\x9C\xF0\x9F\xAB\xA0 \xF0\x9D\x84\x9E \xE9\xBE\x98\xE9\xBD\x89");
+}
+
+Test(tokenizer_stream, byte_fallback_emoji_and_cjk)
+{
+    /* Mistral spells these with <0xNN> tokens (TinyStories' 2048-token vocabulary
+     * lacks most byte tokens and gives <unk>) */
+    check_stream("golden/tokenizers/mistral-7b-v0.1", "Once \xE4\xB8\x96\xE7\x95\x8C \xF0\x9F\xA6\x9C end");
+    check_stream("golden/tokenizers/mistral-7b-v0.1", "\xF0\x9F\xA6\x9C and \xF0\x9F\xAB\xA0 \xE9\xBE\x98");
+}
+
+Test(tokenizer_stream, flush_incomplete_character)
+{
+    tokenizer *t = load_dir("golden/tokenizers/mistral-7b-v0.1");
+    int32_t e4 = tok_token_to_id(t, "<0xE4>");
+    cr_assert_geq(e4, 0);
+    struct tok_stream *s = tok_stream_create(t, false);
+    char *out = NULL;
+    size_t len = 0, cap = 0;
+    cr_expect_eq(tok_stream_push(s, e4, &out, &len, &cap), 0, "half a character must not be emitted");
+    cr_expect_eq(len, 0);
+    len = 0;
+    cr_expect_eq(tok_stream_flush(s, &out, &len, &cap), 3);
+    cr_expect(len == 3 && memcmp(out, "\xEF\xBF\xBD", 3) == 0, "flush gives U+FFFD");
+    free(out);
+    tok_stream_destroy(s);
+    tok_destroy(t);
+}
+
+Test(tokenizer_decode, skip_special_and_bad_ids)
+{
+    tokenizer *t = load_dir("golden/tokenizers/llama3-instruct");
+    struct tok_ids v = {0};
+    ifd_error err = {0};
+    const char *text = "Hi<|eot_id|> there";
+    cr_assert_eq(tok_encode(t, text, strlen(text), true, &v, &err), 0);
+    cr_assert_eq(v.ids[0], 128000);
+    cr_expect(tok_is_special(t, 128000));
+    cr_expect(!tok_is_special(t, v.ids[1]));
+    char *a = NULL, *b = NULL;
+    cr_assert_eq(tok_decode(t, v.ids, v.n, false, &a, NULL, &err), 0);
+    cr_assert_eq(tok_decode(t, v.ids, v.n, true, &b, NULL, &err), 0);
+    cr_expect_str_eq(a, "<|begin_of_text|>Hi<|eot_id|> there");
+    cr_expect_str_eq(b, "Hi there");
+    free(a);
+    free(b);
+    int32_t bad[] = {-1, 9999999, 13347};
+    cr_assert_eq(tok_decode(t, bad, 3, false, &a, NULL, &err), 0);
+    cr_expect_str_eq(a, tok_id_to_token(t, 13347));
+    free(a);
+    cr_expect_eq(tok_token_to_id(t, "<|eot_id|>"), 128009);
+    cr_expect_null(tok_id_to_token(t, -5));
+    cr_expect_eq(tok_vocab_size(t), 128256);
+    tok_ids_finish(&v);
+    tok_destroy(t);
+}
