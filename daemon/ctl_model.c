@@ -123,7 +123,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "Usage: inferctl model generate ...   random-weight checkpoint of a known shape\n"
                "Run 'inferctl model generate --help' for its options.\n");
-    /* `inferctl model quantize ...` is listed here once ctl_quantize.c lands. */
+    fprintf(f, "       inferctl model quantize SRC DST   MLX 4/8-bit copy of a checkpoint\n");
 }
 
 int ctl_model_main(int argc, char **argv)
@@ -134,10 +134,8 @@ int ctl_model_main(int argc, char **argv)
     }
     if (strcmp(argv[1], "generate") == 0)
         return generate_main(argc - 1, argv + 1);
-    /* `quantize` dispatches to ctl_model_quantize_main (ctl_quantize.c, another
-     * engineer's file) once it exists:
-     *     if (strcmp(argv[1], "quantize") == 0)
-     *         return ctl_model_quantize_main(argc - 1, argv + 1); */
+    if (strcmp(argv[1], "quantize") == 0)
+        return ctl_model_quantize_main(argc - 1, argv + 1); /* ctl_quantize.c */
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         usage(stdout);
         return 0;
