@@ -25,6 +25,8 @@
 
 /* An index file lists names and shard files only; real ones are well under 1 MiB. */
 #define ST_MAX_INDEX_BYTES (64u << 20)
+/* Each shard is one mapping; real checkpoints have at most a few hundred. */
+#define ST_MAX_SHARDS 4096
 /* JSON numbers are doubles: integers above 2^53 are not represented exactly. */
 #define ST_MAX_JSON_INT 9007199254740992.0
 
@@ -500,6 +502,11 @@ static int build_index(st_model *m, ifd_error *err)
     return 0;
 }
 
+static int name_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
 static bool has_suffix(const char *s, const char *suffix)
 {
     size_t a = strlen(s), b = strlen(suffix);
@@ -549,12 +556,14 @@ static int open_index(const char *index_path, st_model **ret, ifd_error *err)
         r = ifd_error_set(err, -EINVAL, "%s: more than %d tensors", index_path, ST_MAX_TENSORS);
         goto out;
     }
-    /* Distinct shard names, in order of first appearance. */
+    /* Distinct shard names, sorted (so the file order does not depend on the
+     * order of the weight_map). */
     shards = calloc((size_t)n_names + 1, sizeof(*shards));
     if (!shards) {
         r = ifd_error_set(err, -ENOMEM, "out of memory");
         goto out;
     }
+    int n_listed = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, map) {
         if (!cJSON_IsString(e)) {
@@ -569,11 +578,15 @@ static int open_index(const char *index_path, st_model **ret, ifd_error *err)
                               index_path, e->string, s);
             goto out;
         }
-        bool seen = false;
-        for (int i = n_shards - 1; i >= 0 && !seen; i--)
-            seen = strcmp(shards[i], s) == 0;
-        if (!seen)
-            shards[n_shards++] = e->valuestring;
+        shards[n_listed++] = e->valuestring;
+    }
+    qsort(shards, (size_t)n_listed, sizeof(*shards), name_cmp);
+    for (int i = 0; i < n_listed; i++)
+        if (i == 0 || strcmp(shards[i], shards[n_shards - 1]) != 0)
+            shards[n_shards++] = shards[i];
+    if (n_shards > ST_MAX_SHARDS) {
+        r = ifd_error_set(err, -EINVAL, "%s: %d shards (at most %d)", index_path, n_shards, ST_MAX_SHARDS);
+        goto out;
     }
     if (n_shards == 0) {
         r = ifd_error_set(err, -EINVAL, "%s: weight_map is empty", index_path);
@@ -965,11 +978,6 @@ static void sb_json(struct sbuf *b, const char *s)
     sb_put(b, "\"", 1);
 }
 
-static int name_cmp(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 int st_writer_begin_data(st_writer *w, ifd_error *err)
 {
     if (w->begun)
@@ -1088,6 +1096,20 @@ int st_write_to_file(void *ctx, const void *buf, size_t len)
 
 /* --------------------------------------------------------------- subset */
 
+struct subset_key {
+    size_t elem_size;
+    size_t pos;    /* order asked for */
+    size_t tensor; /* index into m->tensors */
+};
+
+static int subset_key_cmp(const void *a, const void *b)
+{
+    const struct subset_key *x = a, *y = b;
+    if (x->elem_size != y->elem_size)
+        return x->elem_size > y->elem_size ? -1 : 1;
+    return x->pos < y->pos ? -1 : x->pos > y->pos;
+}
+
 /* Each tensor is written once under its stored (canonical) name. When the
  * caller asked for an alias (tinystories' "model.embed_tokens.weight" for the
  * stored "lm_head.weight"), the subset's __metadata__ maps the requested name
@@ -1128,6 +1150,23 @@ int st_write_subset(const st_model *m, const char *const *names, size_t n_names,
             continue;
         taken[ti] = true;
         idx[n_out++] = ti;
+    }
+    /* Wider elements first (as the reference writer orders them): with the
+     * header padded to 8 bytes, every tensor then starts aligned to its
+     * element size. Ties keep the order asked for. */
+    struct subset_key *keys = calloc(n_out ? n_out : 1, sizeof(*keys));
+    if (!keys) {
+        r = ifd_error_set(err, -ENOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n_out; i++)
+        keys[i] = (struct subset_key){ifd_dtype_size(m->tensors[idx[i]].dtype), i, idx[i]};
+    qsort(keys, n_out, sizeof(*keys), subset_key_cmp);
+    for (size_t i = 0; i < n_out; i++)
+        idx[i] = keys[i].tensor;
+    free(keys);
+    for (size_t i = 0; i < n_out; i++) {
+        const struct st_tensor *t = &m->tensors[idx[i]];
         r = st_writer_declare(w, t->name, t->dtype, t->n_dims, t->shape, err);
         if (r < 0)
             goto out;

@@ -55,7 +55,7 @@ const struct st_tensor *st_at(const st_model *m, size_t i);
 /* Finds a tensor by name, following __metadata__ aliases; NULL if absent. */
 const struct st_tensor *st_find(const st_model *m, const char *name);
 
-/* Value of a __metadata__ key of the first file, or NULL. */
+/* Value of a __metadata__ key, from the first file that has it, or NULL. */
 const char *st_metadata(const st_model *m, const char *key);
 /* Number of files and the path of one (for error messages and hashing). */
 int st_file_count(const st_model *m);
@@ -74,13 +74,17 @@ typedef int (*st_write_fn)(void *ctx, const void *buf, size_t len);
  * mapping straight to `write`. Unknown names are an error naming the tensor.
  * A name asked for through an alias is also recorded in the subset's
  * __metadata__ (alias -> canonical), so st_find() on the receiver resolves the
- * name it asked for; a tensor asked for twice is written once.
+ * name it asked for; a tensor asked for twice is written once. Tensors are
+ * written widest dtype first (then in the order asked), so each is aligned
+ * to its element size.
  * If ret_size is non-NULL it receives the total bytes written. */
 int st_write_subset(const st_model *m, const char *const *names, size_t n_names,
                     st_write_fn write, void *ctx, uint64_t *ret_size, ifd_error *err);
 
 /* A writer for new checkpoints (generator, quantizer): declare every tensor
- * first, then stream their data in declaration order. */
+ * first, then stream their data in declaration order. Tensors are packed
+ * without gaps (the reference reader rejects gaps) after a header padded to
+ * 8 bytes: declare wider dtypes first to keep every tensor aligned. */
 typedef struct st_writer st_writer;
 int st_writer_create(st_write_fn write, void *ctx, st_writer **ret);
 /* Adds a __metadata__ string entry. */

@@ -743,3 +743,49 @@ Test(safetensors_writer, duplicate_names_refused)
     st_writer_destroy(w);
     free(s.buf);
 }
+
+/* A subset is written widest dtype first, so every tensor is aligned to its
+ * element size even when the tensors asked for come in an unaligned order. */
+Test(safetensors_subset, aligned_by_element_size)
+{
+    struct sink src = {0};
+    st_writer *w = NULL;
+    ifd_error err = {{0}};
+    cr_assert_eq(st_writer_create(sink_write, &src, &w), 0);
+    const int64_t s3[] = {3}, s2[] = {2}, s1[] = {1};
+    cr_assert_eq(st_writer_declare(w, "odd_bf16", IFD_DTYPE_BF16, 1, s3, &err), 0);
+    cr_assert_eq(st_writer_declare(w, "f32", IFD_DTYPE_F32, 1, s2, &err), 0);
+    cr_assert_eq(st_writer_declare(w, "u8", IFD_DTYPE_U8, 1, s1, &err), 0);
+    cr_assert_eq(st_writer_declare(w, "f64", IFD_DTYPE_F64, 1, s1, &err), 0);
+    cr_assert_eq(st_writer_begin_data(w, &err), 0, "%s", err.msg);
+    const uint8_t bytes[6 + 8 + 1 + 8] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23};
+    cr_assert_eq(st_writer_write_data(w, bytes, sizeof(bytes), &err), 0, "%s", err.msg);
+    cr_assert_eq(st_writer_finish(w, &err), 0, "%s", err.msg);
+    st_writer_destroy(w);
+
+    st_model *m = NULL;
+    cr_assert_eq(st_open_memory(src.buf, src.len, "source", &m, &err), 0, "%s", err.msg);
+    /* The source itself is unaligned: f32 starts 6 bytes into the data. */
+    cr_assert_neq((uintptr_t)st_find(m, "f32")->data % 4, 0);
+
+    const char *names[] = {"u8", "odd_bf16", "f32", "f64"};
+    struct sink s = {0};
+    cr_assert_eq(st_write_subset(m, names, 4, sink_write, &s, NULL, &err), 0, "%s", err.msg);
+    st_model *sub = NULL;
+    cr_assert_eq(st_open_memory(s.buf, s.len, "subset", &sub, &err), 0, "%s", err.msg);
+    for (size_t i = 0; i < 4; i++) {
+        const struct st_tensor *a = st_find(m, names[i]), *b = st_find(sub, names[i]);
+        cr_assert(b);
+        cr_assert_eq((uintptr_t)b->data % ifd_dtype_size(b->dtype), 0, "%s unaligned", names[i]);
+        cr_assert_eq(memcmp(a->data, b->data, a->nbytes), 0, "%s differs", names[i]);
+    }
+    /* Widest first, then in the order asked. */
+    cr_assert_str_eq(st_at(sub, 0)->name, "f64");
+    cr_assert_str_eq(st_at(sub, 1)->name, "f32");
+    cr_assert_str_eq(st_at(sub, 2)->name, "odd_bf16");
+    cr_assert_str_eq(st_at(sub, 3)->name, "u8");
+    st_close(sub);
+    st_close(m);
+    free(s.buf);
+    free(src.buf);
+}
