@@ -390,6 +390,11 @@ int api_request_parse(enum api_kind kind, const char *body, size_t len, int voca
             off = (size_t)(cJSON_GetErrorPtr() - body);
         return BAD(e, NULL, "request body is not valid JSON (near byte %zu)", off);
     }
+    for (size_t off = end ? (size_t)(end - body) : len; off < len; off++)
+        if (body[off] != ' ' && body[off] != '\t' && body[off] != '\r' && body[off] != '\n') {
+            cJSON_Delete(root);
+            return BAD(e, NULL, "request body is not valid JSON (trailing data at byte %zu)", off);
+        }
     struct api_request r;
     memset(&r, 0, sizeof(r));
     r.kind = kind;

@@ -1,0 +1,281 @@
+/* test_config.c - inferd.conf parsing, flags, validation and the cluster
+ * settings (daemon/config.c). */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+
+static int parse(struct inferd_config *c, const char *text, ifd_error *err)
+{
+    inferd_config_init(c);
+    return inferd_config_parse_string(c, text, "test.conf", err);
+}
+
+static char *write_tmp(const char *text)
+{
+    char *path = strdup("/tmp/inferd-test-conf-XXXXXX");
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    return path;
+}
+
+/* Runs inferd_config_load over a NULL-terminated argv list. */
+static int load(struct inferd_config *c, struct inferd_cli *cli, ifd_error *err, const char **args)
+{
+    char *argv[64];
+    int argc = 0;
+    argv[argc++] = "inferd";
+    for (const char **a = args; *a; a++)
+        argv[argc++] = (char *)*a;
+    argv[argc] = NULL;
+    return inferd_config_load(argc, argv, c, cli, err);
+}
+
+Test(config, full_file)
+{
+    struct inferd_config c;
+    ifd_error err = {{0}};
+    int r = parse(&c,
+                  "[server]\nlisten = 0.0.0.0:9000\napi_keys = k1, k2\nmax_body_bytes = 2M\nqueue_depth = 5\n"
+                  "max_sequences = 4\ncontext_length = 1024\nprefill_chunk = 64\nlog_level = debug\n"
+                  "[model]\npath = /models/x\nchat_template = /t.jinja\n"
+                  "[node]\nrole = master\nbackend = cpu\nthreads = 3\ncache_dir = /var/cache/x\n"
+                  "[cluster]\nkey_file = /etc/inferd/cluster.key\nallow_insecure = true\n"
+                  "[worker.gpu1]\naddress = 10.0.0.2:10128\nlayers = 0-11\n"
+                  "[worker.gpu2]\naddress = 10.0.0.3\nlayers = auto\n",
+                  &err);
+    cr_assert_eq(r, 0, "%s", err.msg);
+    cr_assert_str_eq(c.listen, "0.0.0.0:9000");
+    cr_assert_eq(c.n_api_keys, 2);
+    cr_assert_str_eq(c.api_keys[1], "k2");
+    cr_assert_eq(c.max_body_bytes, 2u << 20);
+    cr_assert_eq(c.queue_depth, 5);
+    cr_assert_eq(c.max_seqs, 4);
+    cr_assert_eq(c.ctx_len, 1024);
+    cr_assert_eq(c.prefill_chunk, 64);
+    cr_assert_eq(c.log_level, 7);
+    cr_assert_str_eq(c.model_path, "/models/x");
+    cr_assert_str_eq(c.chat_template_path, "/t.jinja");
+    cr_assert_eq(c.backend, INFERD_BACKEND_CPU);
+    cr_assert_eq(c.threads, 3);
+    cr_assert_str_eq(c.cache_dir, "/var/cache/x");
+    cr_assert_str_eq(c.cluster_key_file, "/etc/inferd/cluster.key");
+    cr_assert(c.allow_insecure_cluster);
+    cr_assert_eq(c.n_workers, 2);
+    cr_assert_str_eq(c.workers[0].name, "gpu1");
+    cr_assert_str_eq(c.workers[0].address, "10.0.0.2:10128");
+    /* FIRST-LAST inclusive in the file, [first, last) in the struct. */
+    cr_assert_eq(c.workers[0].layer_first, 0);
+    cr_assert_eq(c.workers[0].layer_last, 12);
+    cr_assert(!c.workers[0].auto_layers);
+    cr_assert(c.workers[1].auto_layers);
+    cr_assert_eq(inferd_config_validate(&c, &err), 0, "%s", err.msg);
+    cr_assert_eq(inferd_config_validate_layers(&c, 24, &err), 0, "%s", err.msg);
+    cr_assert_lt(inferd_config_validate_layers(&c, 10, &err), 0);
+    cr_assert(strstr(err.msg, "gpu1") && strstr(err.msg, "10 layers"), "%s", err.msg);
+    inferd_config_finish(&c);
+}
+
+Test(config, defaults)
+{
+    struct inferd_config c;
+    inferd_config_init(&c);
+    cr_assert_str_eq(c.listen, "127.0.0.1:8080");
+    cr_assert_eq(c.role, INFERD_ROLE_MASTER);
+    cr_assert_eq(c.backend, INFERD_BACKEND_AUTO);
+    cr_assert_str_eq(c.cache_dir, "/var/cache/inferd");
+    cr_assert(!c.allow_insecure_cluster);
+    cr_assert_eq(c.n_workers, 0);
+    inferd_config_finish(&c);
+    inferd_config_finish(&c); /* twice: a zeroed struct is fine */
+}
+
+struct bad_case {
+    const char *text;
+    const char *expect; /* substring of the message */
+};
+
+Test(config, bad_values_name_line_and_key)
+{
+    static const struct bad_case cases[] = {
+        {"[server]\nqueue_depth = lots\n", "test.conf:2: [server] queue_depth: 'lots' is not an integer"},
+        {"[server]\nmax_sequences = 0\n", "out of range"},
+        {"[server]\nmax_body_bytes = 12Q\n", "not a size"},
+        {"[server]\nlisten = host:99999\n", "bad port"},
+        {"[server]\nlog_level = loud\n", "not a log level"},
+        {"[server]\nlisten_adress = x\n", "unknown key"},
+        {"[nodes]\nrole = master\n", "unknown section [nodes]"},
+        {"[node]\nrole = boss\n", "not a role"},
+        {"[node]\nbackend = cuda\n", "not a backend"},
+        {"[cluster]\nallow_insecure = maybe\n", "not a boolean"},
+        {"[worker.a]\nlayers = 5-2\n", "last layer before first"},
+        {"[worker.a]\nlayers = x\n", "FIRST-LAST"},
+        {"[worker.a]\nport = 3\n", "unknown key"},
+        {"[server]\nthis is not ini\n", "test.conf:2"},
+        {"[server]\napi_keys = a\x01" "b\n", "control characters"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct inferd_config c;
+        ifd_error err = {{0}};
+        int r = parse(&c, cases[i].text, &err);
+        cr_expect_lt(r, 0, "case %zu accepted", i);
+        cr_expect(strstr(err.msg, cases[i].expect), "case %zu: '%s' lacks '%s'", i, err.msg, cases[i].expect);
+        inferd_config_finish(&c);
+    }
+}
+
+Test(config, overlapping_workers_are_an_error)
+{
+    struct inferd_config c;
+    ifd_error err = {{0}};
+    cr_assert_eq(parse(&c,
+                       "[model]\npath=/m\n[worker.a]\naddress=h1:1\nlayers=0-5\n[worker.b]\naddress=h2:1\nlayers=5-9\n",
+                       &err), 0, "%s", err.msg);
+    cr_assert_lt(inferd_config_validate(&c, &err), 0);
+    cr_assert(strstr(err.msg, "overlap"), "%s", err.msg);
+    inferd_config_finish(&c);
+
+    cr_assert_eq(parse(&c, "[model]\npath=/m\n[worker.a]\nlayers=0-5\n", &err), 0);
+    cr_assert_lt(inferd_config_validate(&c, &err), 0);
+    cr_assert(strstr(err.msg, "no address"), "%s", err.msg);
+    inferd_config_finish(&c);
+}
+
+Test(config, flags_override_file)
+{
+    char *path = write_tmp("[server]\nlisten = 127.0.0.1:7000\nqueue_depth = 3\n[model]\npath = /from/file\n");
+    struct inferd_config c;
+    struct inferd_cli cli;
+    ifd_error err = {{0}};
+    const char *args[] = {"--config", path, "--model", "/from/flag", "--listen", "127.0.0.1:7001", "--threads", "2",
+                          "--worker", "10.1.1.1:10128=0-3", "--worker", "10.1.1.2=4-7", "--cluster-key-file", "/k",
+                          "--allow-insecure-cluster", "--check-config", NULL};
+    int r = load(&c, &cli, &err, args);
+    cr_assert_eq(r, 0, "%s", err.msg);
+    cr_assert(cli.check_config);
+    cr_assert_str_eq(c.model_path, "/from/flag");
+    cr_assert_str_eq(c.listen, "127.0.0.1:7001");
+    cr_assert_eq(c.queue_depth, 3);
+    cr_assert_eq(c.threads, 2);
+    cr_assert_eq(c.n_workers, 2);
+    cr_assert_str_eq(c.workers[1].address, "10.1.1.2");
+    cr_assert_eq(c.workers[1].layer_first, 4);
+    cr_assert_eq(c.workers[1].layer_last, 8);
+    cr_assert_str_eq(c.cluster_key_file, "/k");
+    cr_assert(c.allow_insecure_cluster);
+    inferd_config_finish(&c);
+    unlink(path);
+    free(path);
+}
+
+Test(config, worker_role_listen)
+{
+    struct inferd_config c;
+    struct inferd_cli cli;
+    ifd_error err = {{0}};
+    const char *args[] = {"--config", "/nonexistent-is-checked-below", NULL};
+    cr_assert_lt(load(&c, &cli, &err, args), 0, "an explicit missing config file must fail");
+    cr_assert(strstr(err.msg, "/nonexistent-is-checked-below"), "%s", err.msg);
+
+    const char *args2[] = {"--role", "worker", "--listen", "0.0.0.0:10200", NULL};
+    cr_assert_eq(load(&c, &cli, &err, args2), 0, "%s", err.msg);
+    cr_assert_eq(c.role, INFERD_ROLE_WORKER);
+    cr_assert_str_eq(c.worker_listen, "0.0.0.0:10200");
+    cr_assert_str_eq(c.listen, "127.0.0.1:8080", "--listen is the worker address for role=worker");
+    inferd_config_finish(&c);
+
+    const char *args3[] = {"--role", "worker", NULL};
+    cr_assert_eq(load(&c, &cli, &err, args3), 0, "%s", err.msg);
+    cr_assert_str_eq(c.worker_listen, "0.0.0.0:10128");
+    inferd_config_finish(&c);
+}
+
+Test(config, bad_flags)
+{
+    struct inferd_config c;
+    struct inferd_cli cli;
+    ifd_error err = {{0}};
+    const char *a1[] = {"--bogus", NULL};
+    cr_assert_lt(load(&c, &cli, &err, a1), 0);
+    cr_assert(strstr(err.msg, "--bogus"), "%s", err.msg);
+    const char *a2[] = {"--model", NULL};
+    cr_assert_lt(load(&c, &cli, &err, a2), 0);
+    const char *a3[] = {"--model", "/m", "--threads", "-1", NULL};
+    cr_assert_lt(load(&c, &cli, &err, a3), 0);
+    cr_assert(strstr(err.msg, "--threads"), "%s", err.msg);
+    const char *a4[] = {"--model", "/m", "--worker", "nohost", NULL};
+    cr_assert_lt(load(&c, &cli, &err, a4), 0);
+    cr_assert(strstr(err.msg, "--worker"), "%s", err.msg);
+    const char *a5[] = {NULL};
+    cr_assert_lt(load(&c, &cli, &err, a5), 0, "no model is an error for a master");
+    cr_assert(strstr(err.msg, "no model"), "%s", err.msg);
+}
+
+Test(config, key_file)
+{
+    char *keys = write_tmp("# operators\nalpha\n\n  beta  \n");
+    char text[256];
+    snprintf(text, sizeof(text), "[server]\napi_key_file = %s\napi_keys = inline\n[model]\npath=/m\n", keys);
+    char *conf = write_tmp(text);
+    struct inferd_config c;
+    struct inferd_cli cli;
+    ifd_error err = {{0}};
+    const char *args[] = {"-c", conf, NULL};
+    cr_assert_eq(load(&c, &cli, &err, args), 0, "%s", err.msg);
+    cr_assert_eq(c.n_api_keys, 3);
+    cr_assert_str_eq(c.api_keys[0], "inline");
+    cr_assert_str_eq(c.api_keys[1], "alpha");
+    cr_assert_str_eq(c.api_keys[2], "beta");
+    inferd_config_finish(&c);
+    unlink(keys);
+    unlink(conf);
+    free(keys);
+    free(conf);
+}
+
+Test(config, hostport)
+{
+    char *h;
+    int p;
+    ifd_error err;
+    cr_assert_eq(inferd_config_split_hostport("[::1]:8080", 1, &h, &p, &err), 0);
+    cr_assert_str_eq(h, "::1");
+    cr_assert_eq(p, 8080);
+    free(h);
+    cr_assert_eq(inferd_config_split_hostport("example.org", 10128, &h, &p, &err), 0);
+    cr_assert_str_eq(h, "example.org");
+    cr_assert_eq(p, 10128);
+    free(h);
+    cr_assert_lt(inferd_config_split_hostport("::1:80", 1, &h, &p, &err), 0);
+    cr_assert_lt(inferd_config_split_hostport(":80", 1, &h, &p, &err), 0);
+    cr_assert_lt(inferd_config_split_hostport("h:0", 1, &h, &p, &err), 0);
+}
+
+Test(config, hf_cache_name)
+{
+    char dir[] = "/tmp/inferd-hub-XXXXXX";
+    cr_assert(mkdtemp(dir));
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "mkdir -p %s/models--org--name/refs %s/models--org--name/snapshots/abc123 && "
+                               "printf abc123 > %s/models--org--name/refs/main", dir, dir, dir);
+    cr_assert_eq(system(cmd), 0);
+    setenv("HF_HUB_CACHE", dir, 1);
+    char *out = NULL;
+    ifd_error err = {{0}};
+    cr_assert_eq(inferd_config_resolve_model("org/name", &out, &err), 0, "%s", err.msg);
+    char want[256];
+    snprintf(want, sizeof(want), "%s/models--org--name/snapshots/abc123", dir);
+    cr_assert_str_eq(out, want);
+    free(out);
+    cr_assert_lt(inferd_config_resolve_model("org/missing", &out, &err), 0);
+    cr_assert(strstr(err.msg, "org/missing"), "%s", err.msg);
+    cr_assert_lt(inferd_config_resolve_model("/no/such/dir", &out, &err), 0);
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    cr_assert_eq(system(cmd), 0);
+}
