@@ -326,6 +326,14 @@ static int parse_root(const cJSON *root, const char *origin, struct model_config
         (r = get_bool(root, "tie_word_embeddings", false, origin, &cfg->tie_word_embeddings, err)) < 0)
         return r;
 
+    /* Qwen2/Qwen3 configs carry sliding_window settings that are off in every
+     * released model; when on, attention would differ from what we compute. */
+    bool sliding;
+    if ((r = get_bool(root, "use_sliding_window", false, origin, &sliding, err)) < 0)
+        return r;
+    if (sliding)
+        return ifd_error_set(err, -EOPNOTSUPP, "%s: use_sliding_window true is unsupported", origin);
+
     bool attn_bias, mlp_bias;
     if ((r = get_bool(root, "attention_bias", false, origin, &attn_bias, err)) < 0 ||
         (r = get_bool(root, "mlp_bias", false, origin, &mlp_bias, err)) < 0)

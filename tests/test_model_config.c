@@ -189,10 +189,14 @@ Test(model_config, unsupported_rope_and_act)
     expect_error("\"hidden_act\": \"gelu\"", -EOPNOTSUPP, "'gelu'");
     expect_error("\"attention_bias\": true", -EOPNOTSUPP, "attention_bias");
     expect_error("\"mlp_bias\": true", -EOPNOTSUPP, "mlp_bias");
+    expect_error("\"use_sliding_window\": true", -EOPNOTSUPP, "use_sliding_window");
 
     struct model_config c;
     ifd_error err = {{0}};
-    cr_assert_eq(parse_with("\"rope_scaling\": {\"rope_type\": \"default\"}", &c, &err), 0, "%s", err.msg);
+    cr_assert_eq(parse_with("\"rope_scaling\": {\"rope_type\": \"default\"}, \"use_sliding_window\": false, "
+                            "\"sliding_window\": 32768",
+                            &c, &err),
+                 0, "%s", err.msg);
     cr_assert_eq(c.rope_scaling, MODEL_ROPE_NONE);
     model_config_finish(&c);
     cr_assert_eq(parse_with("\"rope_scaling\": null, \"head_dim\": null", &c, &err), 0, "%s", err.msg);
