@@ -1,0 +1,479 @@
+#include "remote_stage.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "netlog.h"
+
+struct remote_link {
+    char name[64];
+    char addr[NET_ADDR_MAX];
+    int first, last;
+    /* Held for one exchange on the connection (a forward, a truncate, a
+     * ping) and to swap the connection. */
+    pthread_mutex_t lock;
+    struct net_conn *conn;       /* NULL unless READY */
+    int state;                   /* enum remote_link_state, atomic */
+    pthread_mutex_t detail_lock;
+    char detail[256];
+    uint64_t next_req;
+    /* Counters (under lock). */
+    uint64_t bytes_sent_closed, bytes_received_closed; /* of connections already closed */
+    uint64_t forwards, tokens;
+    double forward_ms, rtt_ms;
+    int reconnects;
+};
+
+const char *remote_link_state_name(enum remote_link_state s)
+{
+    switch (s) {
+    case REMOTE_LINK_CONNECTING: return "connecting";
+    case REMOTE_LINK_PUSHING: return "pushing";
+    case REMOTE_LINK_READY: return "ready";
+    case REMOTE_LINK_DOWN: return "down";
+    }
+    return "?";
+}
+
+int remote_link_create(const char *name, const char *addr, int layer_first, int layer_last,
+                       struct remote_link **ret, ifd_error *err)
+{
+    if (strlen(addr) >= NET_ADDR_MAX)
+        return ifd_error_set(err, -EINVAL, "worker address '%s' is longer than %d bytes", addr, NET_ADDR_MAX - 1);
+    if (layer_first < 0 || layer_last <= layer_first)
+        return ifd_error_set(err, -EINVAL, "worker '%s': empty layer range [%d, %d)", name, layer_first,
+                             layer_last);
+    struct remote_link *l = calloc(1, sizeof(*l));
+    if (!l)
+        return ifd_error_set(err, -ENOMEM, "out of memory");
+    snprintf(l->name, sizeof(l->name), "%s", name);
+    snprintf(l->addr, sizeof(l->addr), "%s", addr);
+    l->first = layer_first;
+    l->last = layer_last;
+    l->next_req = 1;
+    pthread_mutex_init(&l->lock, NULL);
+    pthread_mutex_init(&l->detail_lock, NULL);
+    *ret = l;
+    return 0;
+}
+
+/* Closes the connection; lock held. */
+static void close_conn_locked(struct remote_link *l)
+{
+    if (!l->conn)
+        return;
+    l->bytes_sent_closed += net_conn_bytes_sent(l->conn);
+    l->bytes_received_closed += net_conn_bytes_received(l->conn);
+    net_conn_destroy(l->conn);
+    l->conn = NULL;
+}
+
+void remote_link_destroy(struct remote_link *l)
+{
+    if (!l)
+        return;
+    close_conn_locked(l);
+    pthread_mutex_destroy(&l->lock);
+    pthread_mutex_destroy(&l->detail_lock);
+    free(l);
+}
+
+const char *remote_link_name(const struct remote_link *l) { return l->name; }
+const char *remote_link_addr(const struct remote_link *l) { return l->addr; }
+int remote_link_first(const struct remote_link *l) { return l->first; }
+int remote_link_last(const struct remote_link *l) { return l->last; }
+
+enum remote_link_state remote_link_state(const struct remote_link *l)
+{
+    return (enum remote_link_state)__atomic_load_n(&l->state, __ATOMIC_ACQUIRE);
+}
+
+static void set_detail(struct remote_link *l, const char *detail)
+{
+    pthread_mutex_lock(&l->detail_lock);
+    snprintf(l->detail, sizeof(l->detail), "%s", detail ? detail : "");
+    pthread_mutex_unlock(&l->detail_lock);
+}
+
+void remote_link_set_state(struct remote_link *l, enum remote_link_state s, const char *detail)
+{
+    if (s == REMOTE_LINK_READY)
+        return; /* only attach makes a link ready */
+    __atomic_store_n(&l->state, (int)s, __ATOMIC_RELEASE);
+    set_detail(l, detail);
+}
+
+void remote_link_detail(const struct remote_link *l, char *buf, size_t len)
+{
+    struct remote_link *m = (struct remote_link *)l;
+    pthread_mutex_lock(&m->detail_lock);
+    snprintf(buf, len, "%s", m->detail);
+    pthread_mutex_unlock(&m->detail_lock);
+}
+
+void remote_link_attach(struct remote_link *l, struct net_conn *c)
+{
+    pthread_mutex_lock(&l->lock);
+    close_conn_locked(l);
+    l->conn = c;
+    if (l->forwards || l->bytes_sent_closed)
+        l->reconnects++;
+    __atomic_store_n(&l->state, REMOTE_LINK_READY, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&l->lock);
+    set_detail(l, "");
+}
+
+/* lock held */
+static void fail_locked(struct remote_link *l, const char *why)
+{
+    if (remote_link_state(l) == REMOTE_LINK_READY)
+        net_log(NET_LOG_ERR, "worker %s (%s, layers %d-%d) is down: %s", l->name, l->addr, l->first,
+                l->last - 1, why);
+    close_conn_locked(l);
+    __atomic_store_n(&l->state, REMOTE_LINK_DOWN, __ATOMIC_RELEASE);
+    set_detail(l, why);
+}
+
+void remote_link_fail(struct remote_link *l, const char *why)
+{
+    pthread_mutex_lock(&l->lock);
+    fail_locked(l, why);
+    pthread_mutex_unlock(&l->lock);
+}
+
+void remote_link_get_stats(const struct remote_link *cl, struct remote_link_stats *ret)
+{
+    struct remote_link *l = (struct remote_link *)cl;
+    pthread_mutex_lock(&l->lock);
+    struct remote_link_stats s = {
+        .bytes_sent = l->bytes_sent_closed + (l->conn ? net_conn_bytes_sent(l->conn) : 0),
+        .bytes_received = l->bytes_received_closed + (l->conn ? net_conn_bytes_received(l->conn) : 0),
+        .forwards = l->forwards,
+        .tokens = l->tokens,
+        .forward_ms = l->forward_ms,
+        .rtt_ms = l->rtt_ms,
+        .reconnects = l->reconnects,
+    };
+    pthread_mutex_unlock(&l->lock);
+    *ret = s;
+}
+
+/* Turns an ERROR payload into a message; returns its code. */
+static int peer_error(struct remote_link *l, const uint8_t *p, size_t len, ifd_error *err)
+{
+    struct net_error_msg em;
+    ifd_error e2;
+    if (net_error_decode(p, len, &em, &e2) < 0)
+        return ifd_error_set(err, -EBADMSG, "worker %s: malformed ERROR: %s", l->name, e2.msg);
+    int code = em.code < 0 ? em.code : -EIO;
+    return ifd_error_set(err, code, "worker %s (%s): %.*s", l->name, l->addr, (int)em.msg_len, em.msg);
+}
+
+int remote_link_ping(struct remote_link *l, int timeout_ms, double *ret_rtt_ms, ifd_error *err)
+{
+    if (pthread_mutex_trylock(&l->lock) != 0)
+        return -EBUSY;
+    int r;
+    if (!l->conn || remote_link_state(l) != REMOTE_LINK_READY) {
+        r = ifd_error_set(err, -ENOTCONN, "worker %s is not connected", l->name);
+        goto out;
+    }
+    struct net_buf b = {0};
+    uint64_t t0 = net_now_ns();
+    struct net_ping pg = {.req_id = l->next_req++, .t_ns = t0};
+    r = net_ping_encode(&b, &pg);
+    if (r >= 0)
+        r = net_conn_send(l->conn, NET_MSG_PING, b.data, b.len, timeout_ms, err);
+    net_buf_finish(&b);
+    if (r < 0) {
+        fail_locked(l, err ? err->msg : "ping failed");
+        goto out;
+    }
+    uint16_t type;
+    const uint8_t *p;
+    size_t len;
+    r = net_conn_recv(l->conn, &type, &p, &len, timeout_ms, err);
+    struct net_ping back;
+    if (r >= 0 && (type != NET_MSG_PONG || net_ping_decode(p, len, &back, NULL) < 0 || back.t_ns != t0))
+        r = ifd_error_set(err, -EPROTO, "worker %s: bad answer to PING (%s)", l->name, net_msg_name(type));
+    if (r < 0) {
+        fail_locked(l, err ? err->msg : "ping failed");
+        goto out;
+    }
+    l->rtt_ms = (double)(net_now_ns() - t0) / 1e6;
+    if (ret_rtt_ms)
+        *ret_rtt_ms = l->rtt_ms;
+out:
+    pthread_mutex_unlock(&l->lock);
+    return r;
+}
+
+/* ---- the stage ---- */
+
+struct remote_stage {
+    struct stage base;
+    struct remote_link **links;  /* [n] borrowed */
+    int n;
+    int timeout_ms, max_tokens;
+    struct net_route_hop *route; /* [n - 1] */
+    struct pollfd *pfds;         /* [n] */
+    struct net_buf out;          /* encoded FORWARD, reused */
+    struct stage_stats stats;
+};
+
+static void unlock_all(struct remote_stage *rs)
+{
+    for (int i = rs->n - 1; i >= 0; i--)
+        pthread_mutex_unlock(&rs->links[i]->lock);
+}
+
+/* Locks every link of the chain (always in chain order, and chains never
+ * share links, so two stages cannot deadlock) and checks each is READY. */
+static int lock_all(struct remote_stage *rs, ifd_error *err)
+{
+    for (int i = 0; i < rs->n; i++) {
+        struct remote_link *l = rs->links[i];
+        enum remote_link_state st = remote_link_state(l);
+        if (st != REMOTE_LINK_READY)
+            return ifd_error_set(err, -EHOSTDOWN, "worker %s (%s, layers %d-%d) is %s", l->name, l->addr,
+                                 l->first, l->last - 1, remote_link_state_name(st));
+    }
+    for (int i = 0; i < rs->n; i++) {
+        pthread_mutex_lock(&rs->links[i]->lock);
+        if (!rs->links[i]->conn) {
+            struct remote_link *l = rs->links[i];
+            for (int j = i; j >= 0; j--)
+                pthread_mutex_unlock(&rs->links[j]->lock);
+            return ifd_error_set(err, -EHOSTDOWN, "worker %s (%s) is down", l->name, l->addr);
+        }
+    }
+    return 0;
+}
+
+static int remote_forward(struct stage *s, const struct stage_batch *b, ifd_error *err)
+{
+    struct remote_stage *rs = (struct remote_stage *)s;
+    uint64_t t0 = net_now_ns();
+    int r = lock_all(rs, err);
+    if (r < 0)
+        return r;
+    struct remote_link *head = rs->links[0], *tail = rs->links[rs->n - 1];
+    uint64_t req = head->next_req++;
+    struct net_forward f = {
+        .req_id = req,
+        .n_tokens = (uint32_t)b->n_tokens,
+        .hidden = (uint32_t)s->hidden_size,
+        .layer_first = (uint32_t)head->first,
+        .layer_last = (uint32_t)head->last,
+        .n_route = (uint32_t)rs->n - 1,
+        .route = rs->route,
+        .seq_ids = b->seq_ids,
+        .positions = b->positions,
+        .hidden_data = b->hidden,
+    };
+    r = net_forward_encode(&rs->out, &f);
+    if (r < 0) {
+        r = ifd_error_set(err, r, "remote stage: cannot encode a batch of %d tokens", b->n_tokens);
+        goto out;
+    }
+    r = net_conn_send(head->conn, NET_MSG_FORWARD, rs->out.data, rs->out.len, rs->timeout_ms, err);
+    if (r < 0) {
+        fail_locked(head, err ? err->msg : "send failed");
+        ifd_error_prefix(err, "worker %s", head->name);
+        goto out;
+    }
+    /* Wait for the tail's RESULT, watching every worker of the chain: any of
+     * them may report an ERROR, or die (its socket becomes readable at EOF). */
+    uint64_t deadline = t0 + (uint64_t)rs->timeout_ms * 1000000ull;
+    for (;;) {
+        uint64_t now = net_now_ns();
+        if (now >= deadline) {
+            r = ifd_error_set(err, -ETIMEDOUT, "remote stage: no result from worker %s within %d ms",
+                              tail->name, rs->timeout_ms);
+            for (int i = 0; i < rs->n; i++)
+                fail_locked(rs->links[i], "forward timed out");
+            goto out;
+        }
+        for (int i = 0; i < rs->n; i++)
+            rs->pfds[i] = (struct pollfd){.fd = net_conn_fd(rs->links[i]->conn), .events = POLLIN};
+        int pr = poll(rs->pfds, (nfds_t)rs->n, (int)((deadline - now + 999999) / 1000000));
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pr < 0) {
+            r = ifd_error_set(err, -errno, "remote stage: poll: %s", strerror(errno));
+            goto out;
+        }
+        for (int i = 0; i < rs->n; i++) {
+            if (!rs->pfds[i].revents)
+                continue;
+            struct remote_link *l = rs->links[i];
+            uint16_t type;
+            const uint8_t *p;
+            size_t len;
+            int left = (int)((deadline - net_now_ns()) / 1000000) + 1;
+            r = net_conn_recv(l->conn, &type, &p, &len, left, err);
+            if (r < 0) {
+                fail_locked(l, err ? err->msg : "receive failed");
+                ifd_error_prefix(err, "worker %s", l->name);
+                goto out;
+            }
+            if (type == NET_MSG_ERROR) {
+                r = peer_error(l, p, len, err);
+                goto out;
+            }
+            if (type != NET_MSG_RESULT || l != tail) {
+                r = ifd_error_set(err, -EPROTO, "worker %s sent an unexpected %s", l->name, net_msg_name(type));
+                fail_locked(l, err->msg);
+                goto out;
+            }
+            struct net_result res;
+            ifd_error e2;
+            r = net_result_decode(p, len, (uint32_t)b->n_tokens, (uint32_t)s->hidden_size, &res, &e2);
+            if (r >= 0 && res.req_id != req)
+                r = ifd_error_set(&e2, -EPROTO, "RESULT for request %llu, expected %llu",
+                                  (unsigned long long)res.req_id, (unsigned long long)req);
+            if (r < 0) {
+                ifd_error_set(err, r, "worker %s: %s", l->name, e2.msg);
+                fail_locked(l, e2.msg);
+                goto out;
+            }
+            memcpy(b->hidden, res.hidden_data, (size_t)b->n_tokens * (size_t)s->hidden_size * sizeof(float));
+            r = 0;
+            goto out;
+        }
+    }
+out:;
+    double ms = (double)(net_now_ns() - t0) / 1e6;
+    if (r >= 0) {
+        rs->stats.forward_calls++;
+        rs->stats.tokens += (uint64_t)b->n_tokens;
+        rs->stats.forward_ms += ms;
+        for (int i = 0; i < rs->n; i++) {
+            rs->links[i]->forwards++;
+            rs->links[i]->tokens += (uint64_t)b->n_tokens;
+            rs->links[i]->forward_ms += ms;
+        }
+    }
+    unlock_all(rs);
+    return r;
+}
+
+static int remote_seq_truncate(struct stage *s, int seq_id, int n_keep, ifd_error *err)
+{
+    struct remote_stage *rs = (struct remote_stage *)s;
+    int ret = 0;
+    for (int i = 0; i < rs->n; i++) {
+        struct remote_link *l = rs->links[i];
+        /* A worker that is down holds no KV for anyone: it is rebuilt empty. */
+        if (remote_link_state(l) != REMOTE_LINK_READY)
+            continue;
+        pthread_mutex_lock(&l->lock);
+        if (!l->conn) {
+            pthread_mutex_unlock(&l->lock);
+            continue;
+        }
+        struct net_kv_truncate kt = {.req_id = l->next_req++, .seq_id = seq_id, .n_keep = n_keep};
+        int r = net_kv_truncate_encode(&rs->out, &kt);
+        if (r >= 0)
+            r = net_conn_send(l->conn, NET_MSG_KV_TRUNCATE, rs->out.data, rs->out.len, rs->timeout_ms, err);
+        uint16_t type = 0;
+        const uint8_t *p;
+        size_t len;
+        if (r >= 0)
+            r = net_conn_recv(l->conn, &type, &p, &len, rs->timeout_ms, err);
+        if (r >= 0) {
+            struct net_ack ack;
+            if (type == NET_MSG_ERROR) {
+                r = peer_error(l, p, len, err);
+            } else if (type != NET_MSG_ACK || net_ack_decode(p, len, &ack, NULL) < 0 || ack.req_id != kt.req_id) {
+                r = ifd_error_set(err, -EPROTO, "worker %s: bad answer to KV_TRUNCATE (%s)", l->name,
+                                  net_msg_name(type));
+                fail_locked(l, err->msg);
+            } else if (ack.status < 0) {
+                r = ifd_error_set(err, ack.status, "worker %s: truncating sequence %d to %d failed", l->name,
+                                  seq_id, n_keep);
+            }
+        } else {
+            fail_locked(l, err ? err->msg : "truncate failed");
+        }
+        pthread_mutex_unlock(&l->lock);
+        if (r < 0 && ret == 0)
+            ret = r;
+    }
+    return ret;
+}
+
+static void remote_get_stats(struct stage *s, struct stage_stats *ret)
+{
+    if (ret)
+        *ret = ((struct remote_stage *)s)->stats;
+}
+
+static void remote_destroy(struct stage *s)
+{
+    struct remote_stage *rs = (struct remote_stage *)s;
+    net_buf_finish(&rs->out);
+    free(rs->route);
+    free(rs->pfds);
+    free(rs->links);
+    free(rs);
+}
+
+static const struct stage_ops remote_ops = {
+    .name = "remote",
+    .forward = remote_forward,
+    .seq_truncate = remote_seq_truncate,
+    .get_stats = remote_get_stats,
+    .destroy = remote_destroy,
+};
+
+int remote_stage_create(struct remote_link *const *links, int n, const struct remote_stage_opts *opts,
+                        struct stage **ret, ifd_error *err)
+{
+    if (n < 1 || n > NET_MAX_ROUTE + 1)
+        return ifd_error_set(err, -EINVAL, "remote stage: chain of %d workers (1 to %d)", n, NET_MAX_ROUTE + 1);
+    for (int i = 1; i < n; i++)
+        if (links[i]->first != links[i - 1]->last)
+            return ifd_error_set(err, -EINVAL, "remote stage: worker %s starts at layer %d, previous ends at %d",
+                                 links[i]->name, links[i]->first, links[i - 1]->last);
+    struct remote_stage *rs = calloc(1, sizeof(*rs));
+    if (!rs)
+        return ifd_error_set(err, -ENOMEM, "out of memory");
+    rs->links = calloc((size_t)n, sizeof(*rs->links));
+    rs->route = calloc((size_t)n, sizeof(*rs->route));
+    rs->pfds = calloc((size_t)n, sizeof(*rs->pfds));
+    if (!rs->links || !rs->route || !rs->pfds) {
+        remote_destroy(&rs->base);
+        return ifd_error_set(err, -ENOMEM, "out of memory");
+    }
+    memcpy(rs->links, links, (size_t)n * sizeof(*links));
+    for (int i = 1; i < n; i++) {
+        rs->route[i - 1].layer_first = (uint32_t)links[i]->first;
+        rs->route[i - 1].layer_last = (uint32_t)links[i]->last;
+        snprintf(rs->route[i - 1].addr, NET_ADDR_MAX, "%s", links[i]->addr);
+    }
+    rs->n = n;
+    rs->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : 30000;
+    rs->max_tokens = opts->max_tokens;
+    rs->base = (struct stage){
+        .ops = &remote_ops,
+        .layer_first = links[0]->first,
+        .layer_last = links[n - 1]->last,
+        .hidden_size = opts->hidden_size,
+        .n_seq_max = opts->n_seq_max,
+        .n_ctx = opts->n_ctx,
+    };
+    /* Size the encode buffer for the largest batch now: no allocation per token. */
+    size_t need = sizeof(struct net_forward_wire) + (size_t)n * sizeof(struct net_route_wire) +
+                  (size_t)(opts->max_tokens > 0 ? opts->max_tokens : 1) * (8 + (size_t)opts->hidden_size * 4);
+    if (net_buf_reserve(&rs->out, need) < 0) {
+        remote_destroy(&rs->base);
+        return ifd_error_set(err, -ENOMEM, "out of memory");
+    }
+    *ret = &rs->base;
+    return 0;
+}
