@@ -447,12 +447,20 @@ static int seq_admit(struct sched *s, struct sched_seq *q, struct sched_req *r)
     }
     for (size_t i = 0; i < r->n_prompt; i++)
         sampler_accept(q->smp, r->prompt[i], false);
+    /* The text of a completion is decode(prompt + output) minus
+     * decode(prompt): decoders such as SentencePiece's strip the leading
+     * space of the first token of a text, and a prompt may end inside a UTF-8
+     * character. Feeding the prompt's tail to the detokenizer first (and
+     * dropping its text) gives the generated tokens their context. */
+    size_t tail = r->n_prompt < 8 ? r->n_prompt : 8;
+    for (size_t i = r->n_prompt - tail; i < r->n_prompt; i++)
+        tok_stream_push(q->ts, r->prompt[i], &q->pending, &q->pending_len, &q->pending_cap);
+    q->pending_len = 0;
     q->req = r;
     q->n_fed = 0;
     q->n_past = 0;
     q->generating = false;
     q->n_generated = 0;
-    q->pending_len = 0;
     q->emit_len = 0;
     q->has_lp = false;
     q->finish = NULL;
@@ -659,16 +667,19 @@ static void sched_step(struct sched *s)
         if (q->req)
             seq_publish_locked(s, q);
     }
-    int queued = s->n_queued, running = s->n_running;
-    pthread_mutex_unlock(&s->mu);
-
     if (s->metrics) {
+        /* Gauges change under the lock, before any waiting client can run:
+         * a client that has its answer sees its slot already counted free. */
         int64_t kv = 0;
         for (int i = 0; i < s->cfg.n_seq_max; i++)
             if (s->seqs[i].req)
                 kv += s->seqs[i].n_past;
+        metrics_gauges(s->metrics, s->n_queued, s->n_running, kv, (int64_t)s->cfg.n_seq_max * s->cfg.n_ctx);
+    }
+    pthread_mutex_unlock(&s->mu);
+
+    if (s->metrics) {
         metrics_step(s->metrics, n_prefill, n_decode, dt);
-        metrics_gauges(s->metrics, queued, running, kv, (int64_t)s->cfg.n_seq_max * s->cfg.n_ctx);
         for (int i = 0; i < engine_stage_count(s->e); i++) {
             struct stage *st = engine_stage(s->e, i);
             struct stage_stats ss = {0};

@@ -1,0 +1,604 @@
+#!/usr/bin/env python3
+"""Integration tests of the real inferd on loopback (stdlib only).
+
+Usage: daemon_test.py INFERD_BINARY GROUP
+Groups: golden, errors, concurrent, cancel, reload, checkconfig, systemd.
+Models and goldens come from $INFERD_SHARED (set by meson's test_env)."""
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+SHARED = os.environ.get("INFERD_SHARED")
+if not SHARED or not os.path.isdir(os.path.join(SHARED, "models")):
+    sys.exit("INFERD_SHARED is not set or has no models/ (the shared test data beside the checkout)")
+MODELS = os.path.join(SHARED, "models")
+TINY = os.path.join(MODELS, "tinystories-656k")
+QWEN3 = os.path.join(MODELS, "qwen3-tiny-random")
+FAILURES = []
+
+
+def check(cond, what):
+    if not cond:
+        FAILURES.append(what)
+        print("FAIL:", what, flush=True)
+    return cond
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def goldens(model):
+    out = []
+    with open(os.path.join(SHARED, "golden", "models.jsonl")) as f:
+        for line in f:
+            d = json.loads(line)
+            if d["model"] == model:
+                out.append(d)
+    return out
+
+
+class Daemon:
+    """A real inferd on a free loopback port; stops it (SIGTERM) on exit."""
+
+    def __init__(self, binary, model, *extra, env=None, wait=True, port=None):
+        self.port = port or free_port()
+        self.log = tempfile.NamedTemporaryFile(prefix="inferd-log-", suffix=".txt", delete=False)
+        args = [binary, "--model", model, "--listen", "127.0.0.1:%d" % self.port, "--threads", "2", *extra]
+        if "--config" not in extra and "-c" not in extra:
+            args += ["--config", "/dev/null"]
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout=60):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("inferd exited with %d:\n%s" % (self.proc.returncode, self.logtext()))
+            try:
+                st, _, _ = self.request("GET", "/health")
+                if st == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("inferd not ready after %ds:\n%s" % (timeout, self.logtext()))
+
+    def logtext(self):
+        with open(self.log.name, errors="replace") as f:
+            return f.read()
+
+    def request(self, method, path, body=None, headers=None, raw=None, timeout=120):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        h = dict(headers or {})
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        if data is not None:
+            h.setdefault("Content-Type", "application/json")
+        c.request(method, path, body=data, headers=h)
+        r = c.getresponse()
+        payload = r.read()
+        c.close()
+        return r.status, dict(r.getheaders()), payload
+
+    def json(self, method, path, body=None, headers=None):
+        st, h, payload = self.request(method, path, body, headers)
+        try:
+            return st, json.loads(payload)
+        except ValueError:
+            return st, {"_raw": payload.decode(errors="replace")}
+
+    def stream(self, path, body, headers=None):
+        """Returns (status, list of decoded SSE data payloads)."""
+        st, h, payload = self.request("POST", path, body, headers)
+        events = []
+        for block in payload.decode().split("\n\n"):
+            block = block.strip()
+            if not block:
+                continue
+            check(block.startswith("data: "), "SSE event starts with 'data: ': %r" % block[:60])
+            data = block[6:]
+            events.append(data if data == "[DONE]" else json.loads(data))
+        return st, h, events
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                check(False, "inferd did not stop within %ds of SIGTERM" % timeout)
+        return self.proc.returncode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.stop()
+        os.unlink(self.log.name)
+
+
+def stream_text(events, kind):
+    """Joins the text of a stream; returns (text, finish_reason, usage)."""
+    text, finish, usage = "", None, None
+    check(events and events[-1] == "[DONE]", "stream ends with data: [DONE]")
+    for ev in events:
+        if ev == "[DONE]":
+            continue
+        if ev.get("usage"):
+            usage = ev["usage"]
+        for ch in ev.get("choices", []):
+            if kind == "chat":
+                text += ch["delta"].get("content") or ""
+            else:
+                text += ch.get("text") or ""
+            if ch.get("finish_reason"):
+                check(finish is None, "only one chunk carries finish_reason")
+                finish = ch["finish_reason"]
+    return text, finish, usage
+
+
+def chat_messages(g):
+    p = g["prompt"]
+    msgs = []
+    if "system" in p:
+        msgs.append({"role": "system", "content": p["system"]})
+    msgs.append({"role": "user", "content": p["user"]})
+    return msgs
+
+
+# ---------------------------------------------------------------- groups
+
+
+def group_golden(binary):
+    with Daemon(binary, TINY) as d:
+        for g in goldens("tinystories-656k"):
+            n = g["stable_prefix_len"]
+            want = g["stable_completion_text"]
+            body = {"prompt": g["prompt_ids"], "max_tokens": n, "temperature": 0}
+            st, r = d.json("POST", "/v1/completions", body)
+            check(st == 200, "tinystories %s: status %d %s" % (g["name"], st, r))
+            if st != 200:
+                continue
+            got = r["choices"][0]["text"]
+            check(got == want, "tinystories %s greedy completion:\n got %r\nwant %r" % (g["name"], got, want))
+            check(r["usage"]["prompt_tokens"] == len(g["prompt_ids"]), "usage.prompt_tokens")
+            check(r["usage"]["completion_tokens"] == n, "usage.completion_tokens %s" % r["usage"])
+            check(r["choices"][0]["finish_reason"] == "length", "finish_reason length")
+            check(r["object"] == "text_completion" and r["id"].startswith("cmpl-"), "completion object/id")
+            # The same through streaming.
+            st, h, ev = d.stream("/v1/completions", dict(body, stream=True, stream_options={"include_usage": True}))
+            check(h.get("Content-Type", "").startswith("text/event-stream"), "SSE content type")
+            text, finish, usage = stream_text(ev, "completion")
+            check(text == got, "tinystories %s stream == non-stream:\n%r\n%r" % (g["name"], text, got))
+            check(finish == "length", "stream finish_reason")
+            check(usage and usage["completion_tokens"] == n, "stream usage chunk %s" % usage)
+            check(ev[-2]["choices"] == [], "usage chunk has empty choices")
+        # A text prompt is encoded with BOS as HF does: same ids as the golden.
+        g = goldens("tinystories-656k")[0]
+        st, r = d.json("POST", "/v1/completions", {"prompt": g["prompt"]["text"], "max_tokens": g["stable_prefix_len"],
+                                                   "temperature": 0})
+        check(st == 200 and r["choices"][0]["text"] == g["stable_completion_text"],
+              "text prompt completion %s" % (r if st != 200 else r["choices"][0]["text"]))
+        check(st == 200 and r["usage"]["prompt_tokens"] == len(g["prompt_ids"]), "text prompt token count")
+        # /tokenize agrees with the golden ids.
+        st, r = d.json("POST", "/tokenize", {"content": g["prompt"]["text"]})
+        check(st == 200 and r["tokens"] == g["prompt_ids"], "/tokenize %s" % r)
+        st, r = d.json("POST", "/detokenize", {"tokens": g["generated_ids"][:g["stable_prefix_len"]]})
+        check(st == 200 and r["content"].strip() == g["stable_text"].strip(), "/detokenize %s" % r)
+        # Stop strings: never in the output, matched across token boundaries.
+        full = g["stable_completion_text"]
+        stop = "named Lily"
+        if stop in full:
+            st, r = d.json("POST", "/v1/completions", {"prompt": g["prompt_ids"], "max_tokens": 40, "temperature": 0,
+                                                       "stop": [stop]})
+            check(st == 200 and r["choices"][0]["text"] == full[:full.index(stop)],
+                  "stop string cut: %r" % (r["choices"][0]["text"] if st == 200 else r))
+            check(r["choices"][0]["finish_reason"] == "stop", "finish_reason stop on a stop string")
+            st, h, ev = d.stream("/v1/completions", {"prompt": g["prompt_ids"], "max_tokens": 40, "temperature": 0,
+                                                     "stop": [stop], "stream": True})
+            text, finish, _ = stream_text(ev, "completion")
+            check(text == full[:full.index(stop)] and finish == "stop", "streamed stop string: %r %s" % (text, finish))
+        # logprobs: top-1 of a greedy step is the chosen token.
+        st, r = d.json("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                                        "max_tokens": 3, "temperature": 0, "logprobs": True,
+                                                        "top_logprobs": 2})
+        check(st == 200, "chat logprobs status %d" % st)
+        if st == 200:
+            lp = r["choices"][0]["logprobs"]["content"]
+            check(len(lp) == 3, "3 logprob entries")
+            for e in lp:
+                check(e["top_logprobs"][0]["token"] == e["token"] and abs(e["top_logprobs"][0]["logprob"] - e["logprob"]) < 1e-5
+                      and e["logprob"] <= 0, "greedy token is the top logprob: %s" % e)
+        # Metrics expose the listed families.
+        st, h, m = d.request("GET", "/metrics")
+        m = m.decode()
+        for fam in ["inferd_requests_total{status=\"200\"}", "inferd_prompt_tokens_total", "inferd_completion_tokens_total",
+                    "inferd_prefill_tokens_per_second", "inferd_decode_tokens_per_second",
+                    "inferd_time_to_first_token_seconds_bucket", "inferd_layer_forward_seconds_total{layer=\"1\"",
+                    "inferd_queue_depth", "inferd_sequences_in_flight", "inferd_kv_cache_usage_ratio"]:
+            check(fam in m, "/metrics has %s" % fam)
+        st, s = d.json("GET", "/v1/status")
+        check(st == 200 and s["ready"] and s["model"] == "tinystories-656k" and s["workers"] == []
+              and len(s["layers"]) == 2, "/v1/status %s" % s)
+        st, s = d.json("GET", "/v1/models")
+        check(st == 200 and s["data"][0]["id"] == "tinystories-656k", "/v1/models %s" % s)
+
+    with Daemon(binary, QWEN3) as d:
+        for g in goldens("qwen3-tiny-random"):
+            n = g["stable_prefix_len"]
+            body = {"model": "qwen3-tiny-random", "messages": chat_messages(g), "max_tokens": n, "temperature": 0}
+            st, r = d.json("POST", "/v1/chat/completions", body)
+            check(st == 200, "qwen3 %s status %d %s" % (g["name"], st, r))
+            if st != 200:
+                continue
+            got = r["choices"][0]["message"]["content"]
+            check(r["usage"]["prompt_tokens"] == len(g["prompt_ids"]),
+                  "qwen3 %s: chat template + encode gives %d prompt tokens, golden %d" %
+                  (g["name"], r["usage"]["prompt_tokens"], len(g["prompt_ids"])))
+            check(got == g["stable_completion_text"], "qwen3 %s greedy chat:\n got %r\nwant %r" %
+                  (g["name"], got, g["stable_completion_text"]))
+            check(r["object"] == "chat.completion" and r["choices"][0]["message"]["role"] == "assistant", "chat object")
+            st, h, ev = d.stream("/v1/chat/completions", dict(body, stream=True))
+            check(ev[0]["choices"][0]["delta"].get("role") == "assistant", "first chunk carries the role")
+            text, finish, _ = stream_text(ev, "chat")
+            check(text == got, "qwen3 %s stream == non-stream" % g["name"])
+            check(finish == "length", "qwen3 stream finish_reason %s" % finish)
+
+
+def expect_error(d, status, method, path, body=None, headers=None, raw=None, param=None, code=None, what=""):
+    st, h, payload = d.request(method, path, body, headers, raw=raw)
+    try:
+        e = json.loads(payload)["error"]
+        ok = isinstance(e["message"], str) and e["message"] and isinstance(e["type"], str) and "param" in e and "code" in e
+    except (ValueError, KeyError, TypeError):
+        e, ok = payload[:200], False
+    check(st == status, "%s: status %d, want %d (%s)" % (what, st, status, payload[:200]))
+    check(ok, "%s: OpenAI error envelope: %s" % (what, payload[:200]))
+    if ok and param is not None:
+        check(e["param"] == param, "%s: param %r, want %r" % (what, e["param"], param))
+    if ok and code is not None:
+        check(e["code"] == code, "%s: code %r, want %r" % (what, e["code"], code))
+    return h
+
+
+def still_serving(d, what):
+    st, r = d.json("POST", "/v1/completions", {"prompt": [1, 80], "max_tokens": 2, "temperature": 0})
+    check(st == 200, "daemon still serves after %s" % what)
+
+
+def group_errors(binary):
+    msg = [{"role": "user", "content": "hi"}]
+    with Daemon(binary, TINY, "--max-body-bytes", "4096", "--context-length", "64") as d:
+        cases = [
+            (400, "POST", "/v1/chat/completions", None, None, b"{not json", None, None, "malformed JSON"),
+            (400, "POST", "/v1/chat/completions", None, None, b"", None, None, "empty body"),
+            (400, "POST", "/v1/chat/completions", {"messages": []}, None, None, "messages", None, "empty messages"),
+            (400, "POST", "/v1/chat/completions", {"messages": "hi"}, None, None, "messages", None, "messages type"),
+            (400, "POST", "/v1/chat/completions", {"messages": msg, "temperature": "hot"}, None, None, "temperature", None,
+             "temperature type"),
+            (400, "POST", "/v1/chat/completions", {"messages": msg, "max_tokens": -1}, None, None, "max_tokens", None,
+             "max_tokens range"),
+            (400, "POST", "/v1/chat/completions", {"messages": msg, "n": 3}, None, None, "n", None, "n != 1"),
+            (400, "POST", "/v1/chat/completions", None, None, b'{"messages":[{"role":"user","content":"\xff\xfe"}]}',
+             None, None, "invalid UTF-8"),
+            (400, "POST", "/v1/completions", {"prompt": [1, 99999]}, None, None, "prompt[1]", None, "token id range"),
+            (400, "POST", "/v1/completions", {"prompt": "once upon a time " * 40}, None, None, "prompt",
+             "context_length_exceeded", "prompt longer than the context"),
+            (404, "POST", "/v1/chat/completions", {"model": "gpt-4", "messages": msg}, None, None, "model",
+             "model_not_found", "unknown model"),
+            (404, "GET", "/v1/models/gpt-4", None, None, None, "model", "model_not_found", "unknown model GET"),
+            (404, "GET", "/v1/nothing", None, None, None, None, None, "unknown path"),
+            (405, "GET", "/v1/chat/completions", None, None, None, None, None, "GET on a POST endpoint"),
+            (405, "DELETE", "/v1/models", None, None, None, None, None, "DELETE on /v1/models"),
+            (413, "POST", "/v1/completions", None, None, b'{"prompt":"' + b"a" * 5000 + b'"}', None,
+             "request_too_large", "body over the limit"),
+        ]
+        for st, method, path, body, headers, raw, param, code, what in cases:
+            h = expect_error(d, st, method, path, body, headers, raw, param, code, what)
+            if st == 405:
+                check("Allow" in h, "405 carries Allow")
+            still_serving(d, what)
+        # 413 decided on Content-Length alone, before any body byte is sent.
+        c = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
+        c.putrequest("POST", "/v1/completions")
+        c.putheader("Content-Length", str(10 ** 9))
+        c.endheaders()
+        r = c.getresponse()
+        check(r.status == 413, "413 from Content-Length alone (got %d)" % r.status)
+        c.close()
+        # A chunked body that grows over the limit.
+        c = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
+        c.request("POST", "/v1/completions", body=iter([b'{"prompt":"', b"a" * 3000, b"b" * 3000, b'"}']),
+                  headers={"Content-Type": "application/json"}, encode_chunked=True)
+        r = c.getresponse()
+        check(r.status == 413, "413 for an oversized chunked body (got %d)" % r.status)
+        r.read()
+        c.close()
+        still_serving(d, "413 cases")
+        # Garbage on the socket does not take the daemon down.
+        s = socket.create_connection(("127.0.0.1", d.port))
+        s.sendall(b"\x00\x01 NOT HTTP\r\n\r\n" * 10)
+        s.close()
+        still_serving(d, "garbage bytes")
+
+    # 401 with keys configured; /health stays open.
+    with Daemon(binary, TINY, "--api-key", "sk-test-1") as d:
+        expect_error(d, 401, "POST", "/v1/completions", {"prompt": [1]}, None, None, None, "invalid_api_key", "no key")
+        expect_error(d, 401, "POST", "/v1/completions", {"prompt": [1]}, {"Authorization": "Bearer sk-test-2"}, None,
+                     None, "invalid_api_key", "wrong key")
+        expect_error(d, 401, "GET", "/v1/models", None, {"Authorization": "Bearer sk-test-"}, None, None, None,
+                     "key prefix")
+        st, r = d.json("POST", "/v1/completions", {"prompt": [1, 80], "max_tokens": 2},
+                       {"Authorization": "Bearer sk-test-1"})
+        check(st == 200, "right key accepted (%d)" % st)
+        st, _, _ = d.request("GET", "/health")
+        check(st == 200, "/health needs no key")
+
+    # 429 when the queue is full: one slot, no queue, many clients at once.
+    with Daemon(binary, TINY, "--max-sequences", "1", "--queue-depth", "0", "--threads", "1") as d:
+        results = []
+
+        def one():
+            try:
+                st, h, payload = d.request("POST", "/v1/completions",
+                                           {"prompt": [1, 80], "max_tokens": 400, "temperature": 0})
+                results.append((st, payload))
+            except OSError as e:
+                results.append((0, str(e).encode()))
+
+        ts = [threading.Thread(target=one) for _ in range(12)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        codes = sorted(st for st, _ in results)
+        check(codes.count(429) >= 1 and codes.count(200) >= 1 and set(codes) <= {200, 429},
+              "queue full gives 429 (statuses %s)" % codes)
+        for st, payload in results:
+            if st == 429:
+                e = json.loads(payload)["error"]
+                check(e["code"] == "queue_full", "429 envelope %s" % e)
+        still_serving(d, "429")
+
+
+def group_concurrent(binary):
+    gs = goldens("tinystories-656k")
+    with Daemon(binary, TINY, "--max-sequences", "4", "--prefill-chunk", "4") as d:
+        results = {}
+
+        def client(i):
+            g = gs[i % len(gs)]
+            body = {"prompt": g["prompt_ids"], "max_tokens": g["stable_prefix_len"], "temperature": 0}
+            if i % 2:
+                st, h, ev = d.stream("/v1/completions", dict(body, stream=True))
+                text = stream_text(ev, "completion")[0]
+            else:
+                st, r = d.json("POST", "/v1/completions", body)
+                text = r["choices"][0]["text"] if st == 200 else r
+            results[i] = (st, text, g["stable_completion_text"])
+
+        ts = [threading.Thread(target=client, args=(i,)) for i in range(10)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        for i, (st, text, want) in sorted(results.items()):
+            check(st == 200 and text == want, "concurrent client %d: %s %r want %r" % (i, st, text, want))
+        check(len(results) == 10, "all clients answered")
+        st, h, m = d.request("GET", "/metrics")
+        vals = {}
+        for line in m.decode().splitlines():
+            if line and not line.startswith("#") and "{" not in line:
+                k, v = line.split()
+                vals[k] = float(v)
+        # Continuous batching: fewer forward passes than tokens decoded.
+        check(vals["inferd_steps_total"] < vals["inferd_decode_tokens_total"] + vals["inferd_prefill_tokens_total"],
+              "batched steps (%s)" % vals)
+        check(vals["inferd_sequences_in_flight"] == 0 and vals["inferd_kv_cache_used_positions"] == 0,
+              "every slot freed after the requests (%s)" % vals)
+
+
+def group_cancel(binary):
+    # One slot, and generations that would run for seconds (qwen3-tiny has a
+    # 151k vocabulary: ~2 ms per token, 4096 positions): a client that
+    # disconnects mid-stream must free the slot at once, or the next request
+    # waits for the whole context to fill.
+    with Daemon(binary, QWEN3, "--max-sequences", "1", "--queue-depth", "4", "--context-length", "4096",
+                "--threads", "1") as d:
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", d.port))
+            body = json.dumps({"prompt": [1, 80], "max_tokens": 100000, "temperature": 1.0, "stream": True}).encode()
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            got = b""
+            while b"data: {" not in got:
+                got += s.recv(4096)
+            check(b"200" in got.split(b"\r\n")[0], "stream started: %r" % got[:80])
+            s.close()
+        t0 = time.time()
+        st, r = d.json("POST", "/v1/completions", {"prompt": [1, 80, 147], "max_tokens": 3, "temperature": 0})
+        dt = time.time() - t0
+        check(st == 200, "a request after disconnected streams is served (%d)" % st)
+        check(dt < 3.0, "the slot was freed at once (next request took %.2fs; a full context takes ~9s)" % dt)
+        st, s_ = d.json("GET", "/v1/status")
+        check(s_["requests"]["in_flight"] == 0 and s_["kv_cache"]["used_positions"] == 0,
+              "cancelled sequences freed their slot and KV (%s)" % s_)
+        cancelled = [l for l in d.logtext().splitlines() if "POST /v1/completions 499" in l]
+        check(len(cancelled) == 3, "three disconnects logged as 499: %s" % cancelled)
+        for l in cancelled:
+            n = int(l.split("completion=")[1].split()[0])
+            check(n < 2000, "generation stopped early on disconnect (%d tokens)" % n)
+
+
+def group_reload(binary):
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = os.path.join(tmp, "inferd.conf")
+        with open(conf, "w") as f:
+            f.write("[server]\napi_keys = key-one\nlog_level = info\n")
+        with Daemon(binary, TINY, "--config", conf) as d:
+            auth1 = {"Authorization": "Bearer key-one"}
+            auth2 = {"Authorization": "Bearer key-two"}
+            st, _ = d.json("GET", "/v1/models", headers=auth1)
+            check(st == 200, "key-one accepted before reload")
+            with open(conf, "w") as f:
+                f.write("[server]\napi_keys = key-two\nmax_body_bytes = 2048\n")
+            d.proc.send_signal(signal.SIGHUP)
+            deadline = time.time() + 5
+            while time.time() < deadline and "Reloaded" not in d.logtext():
+                time.sleep(0.05)
+            check("Reloaded" in d.logtext(), "reload logged")
+            st, _ = d.json("GET", "/v1/models", headers=auth1)
+            check(st == 401, "key-one refused after reload (%d)" % st)
+            st, _ = d.json("GET", "/v1/models", headers=auth2)
+            check(st == 200, "key-two accepted after reload (%d)" % st)
+            expect_error(d, 413, "POST", "/v1/completions", None, auth2, b'{"prompt":"' + b"a" * 3000 + b'"}', None,
+                         None, "reloaded body limit")
+            # A broken file on reload keeps the running configuration.
+            with open(conf, "w") as f:
+                f.write("[server]\nqueue_depth = many\n")
+            d.proc.send_signal(signal.SIGHUP)
+            deadline = time.time() + 5
+            while time.time() < deadline and "Reload failed" not in d.logtext():
+                time.sleep(0.05)
+            check("Reload failed" in d.logtext() and "queue_depth" in d.logtext(), "bad reload reported")
+            st, _ = d.json("GET", "/v1/models", headers=auth2)
+            check(st == 200, "still serving with the previous keys")
+
+
+def group_checkconfig(binary):
+    with tempfile.TemporaryDirectory() as tmp:
+        good = os.path.join(tmp, "good.conf")
+        with open(good, "w") as f:
+            f.write("[server]\nlisten = 127.0.0.1:9999\n[model]\npath = %s\n" % TINY)
+        r = subprocess.run([binary, "--config", good, "--check-config"], capture_output=True, text=True)
+        check(r.returncode == 0 and "Configuration OK" in r.stdout, "good config passes: %s %s" % (r.stdout, r.stderr))
+        bad = os.path.join(tmp, "bad.conf")
+        with open(bad, "w") as f:
+            f.write("[server]\nlisten = 127.0.0.1:9999\nmax_sequences = none\n[model]\npath = %s\n" % TINY)
+        r = subprocess.run([binary, "--config", bad, "--check-config"], capture_output=True, text=True)
+        check(r.returncode != 0 and "bad.conf:3" in r.stderr and "max_sequences" in r.stderr,
+              "bad config named with line and key: %r" % r.stderr)
+        r = subprocess.run([binary, "--config", bad], capture_output=True, text=True, timeout=30)
+        check(r.returncode != 0, "bad config: no half-started daemon")
+        # Worker layers beyond the model's 2 layers: known only once config.json is read.
+        r = subprocess.run([binary, "--config", good, "--worker", "127.0.0.1:10128=0-5", "--check-config"],
+                           capture_output=True, text=True)
+        check(r.returncode != 0 and "2 layers" in r.stderr, "out-of-range worker layers: %r" % r.stderr)
+        r = subprocess.run([binary, "--config", good, "--model", "/nonexistent/model"], capture_output=True, text=True,
+                           timeout=30)
+        check(r.returncode != 0 and "/nonexistent/model" in r.stderr, "missing model is fatal: %r" % r.stderr[-300:])
+
+
+def group_systemd(binary):
+    src = os.environ.get("INFERD_SOURCE_ROOT", os.path.join(os.path.dirname(__file__), "..", ".."))
+    # The notify protocol: READY=1 only once serving, STATUS= while loading, STOPPING=1 on SIGTERM.
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "notify")
+        ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ns.bind(path)
+        ns.settimeout(30)
+        env = dict(os.environ, NOTIFY_SOCKET=path, WATCHDOG_USEC="400000")
+        d = Daemon(binary, TINY, env=env, wait=False)
+        msgs = []
+        try:
+            while not any("READY=1" in m for m in msgs):
+                msgs.append(ns.recv(4096).decode())
+            check(any(m.startswith("STATUS=") or "\nSTATUS=" in m for m in msgs[:-1]), "STATUS= before READY: %s" % msgs)
+            st, _, _ = d.request("GET", "/health")
+            check(st == 200, "serving when READY=1 arrives")
+            # WATCHDOG=1 keep-alives at half the interval.
+            t0 = time.time()
+            wd = 0
+            while time.time() - t0 < 1.0:
+                if "WATCHDOG=1" in ns.recv(4096).decode():
+                    wd += 1
+            check(wd >= 2, "WATCHDOG=1 sent (%d in 1s)" % wd)
+            d.proc.send_signal(signal.SIGTERM)
+            stopping = False
+            while not stopping:
+                m = ns.recv(4096).decode()
+                stopping = "STOPPING=1" in m
+            check(stopping, "STOPPING=1 on SIGTERM")
+            check(d.proc.wait(30) == 0, "clean exit after SIGTERM")
+        finally:
+            d.__exit__()
+            ns.close()
+    # Socket activation: systemd-socket-activate owns the socket, inferd serves on it.
+    sa = "/usr/bin/systemd-socket-activate"
+    if check(os.path.exists(sa), "systemd-socket-activate is installed"):
+        port = free_port()
+        log = tempfile.TemporaryFile()
+        p = subprocess.Popen([sa, "-l", "127.0.0.1:%d" % port, binary, "--model", TINY, "--config", "/dev/null",
+                              "--listen", "127.0.0.1:1"], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 30
+            ok = False
+            while time.time() < deadline and not ok:
+                try:
+                    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                    c.request("POST", "/v1/completions", body=json.dumps({"prompt": [1, 80], "max_tokens": 2}),
+                              headers={"Content-Type": "application/json"})
+                    ok = c.getresponse().status == 200
+                except OSError:
+                    time.sleep(0.1)
+            check(ok, "served on the activated socket (the --listen port 1 is never bound)")
+        finally:
+            p.send_signal(signal.SIGTERM)
+            p.wait(30)
+            log.seek(0)
+            out = log.read().decode(errors="replace")
+            check("the socket passed by systemd" in out, "inferd used the passed socket: %s" % out[-500:])
+    # The units are valid: the units as installed, with ExecStart= at the built binary.
+    sav = "/usr/bin/systemd-analyze"
+    if check(os.path.exists(sav), "systemd-analyze is installed"):
+        with tempfile.TemporaryDirectory() as tmp:
+            names = []
+            for u in ("inferd.service", "inferd.socket", "inferd-worker.service"):
+                srcf = os.path.join(src, "systemd", u + (".in" if u.endswith(".service") else ""))
+                with open(srcf) as f:
+                    text = f.read().replace("@sbindir@", os.path.dirname(binary))
+                with open(os.path.join(tmp, u), "w") as f:
+                    f.write(text)
+                names.append(os.path.join(tmp, u))
+            r = subprocess.run([sav, "verify", "--man=no"] + names, capture_output=True, text=True)
+            check(r.returncode == 0 and not r.stderr.strip(), "systemd-analyze verify: %s" % (r.stderr + r.stdout))
+            r = subprocess.run([sav, "security", "--offline=true", os.path.join(tmp, "inferd.service")],
+                               capture_output=True, text=True)
+            line = [l for l in r.stdout.splitlines() if "Overall exposure" in l]
+            print(line[0] if line else r.stdout[-300:])
+            if check(line, "systemd-analyze security gives an exposure level"):
+                score = float(line[0].split("inferd.service:")[1].split()[0])
+                check(score <= 2.0, "exposure %.1f stays at or below 2.0 (docs/security.md)" % score)
+
+
+GROUPS = {
+    "golden": group_golden,
+    "errors": group_errors,
+    "concurrent": group_concurrent,
+    "cancel": group_cancel,
+    "reload": group_reload,
+    "checkconfig": group_checkconfig,
+    "systemd": group_systemd,
+}
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[2] not in GROUPS:
+        sys.exit("usage: daemon_test.py INFERD %s" % "|".join(GROUPS))
+    t0 = time.time()
+    GROUPS[sys.argv[2]](os.path.abspath(sys.argv[1]))
+    print("%s: %d failures, %.1fs" % (sys.argv[2], len(FAILURES), time.time() - t0))
+    sys.exit(1 if FAILURES else 0)
