@@ -585,7 +585,26 @@ def group_systemd(binary):
                 check(score <= 2.0, "exposure %.1f stays at or below 2.0 (docs/security.md)" % score)
 
 
+def group_openai_sdk(binary):
+    src = os.environ.get("INFERD_SOURCE_ROOT", os.path.join(os.path.dirname(__file__), "..", ".."))
+    node_dir = os.path.join(src, "tests", "node")
+    if not os.path.isdir(os.path.join(node_dir, "node_modules", "openai")):
+        # The SDK comes from npm (tests/node/package.json); node_modules is gitignored.
+        r = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=node_dir,
+                           capture_output=True, text=True, timeout=600)
+        if not check(r.returncode == 0, "npm install openai in tests/node: %s" % (r.stderr[-1000:])):
+            return
+    key = "sk-sdk-test"
+    with Daemon(binary, QWEN3, "--api-key", key) as d:
+        env = dict(os.environ, INFERD_URL="http://127.0.0.1:%d" % d.port, INFERD_API_KEY=key)
+        r = subprocess.run(["node", os.path.join(src, "tests", "integration", "openai_sdk.mjs")], env=env,
+                           capture_output=True, text=True, timeout=240)
+        print(r.stdout + r.stderr)
+        check(r.returncode == 0, "OpenAI Node SDK test (exit %d)" % r.returncode)
+
+
 GROUPS = {
+    "openai_sdk": group_openai_sdk,
     "golden": group_golden,
     "errors": group_errors,
     "concurrent": group_concurrent,

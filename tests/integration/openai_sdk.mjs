@@ -1,0 +1,100 @@
+// The official OpenAI Node SDK against a running inferd serving qwen3-tiny-random.
+// Run by daemon_test.py (group openai_sdk): INFERD_URL, INFERD_API_KEY, INFERD_SHARED.
+import fs from 'node:fs';
+import path from 'node:path';
+import { createRequire } from 'node:module';
+
+const require = createRequire(import.meta.url);
+const here = path.dirname(new URL(import.meta.url).pathname);
+const OpenAI = require(path.join(here, '..', 'node', 'node_modules', 'openai')).default;
+
+const url = process.env.INFERD_URL;
+const key = process.env.INFERD_API_KEY;
+const shared = process.env.INFERD_SHARED;
+if (!url || !key || !shared) {
+  console.error('openai_sdk.mjs: INFERD_URL, INFERD_API_KEY and INFERD_SHARED must be set');
+  process.exit(2);
+}
+
+let failures = 0;
+function check(cond, what) {
+  if (!cond) {
+    failures++;
+    console.log('FAIL:', what);
+  }
+}
+
+const goldens = fs.readFileSync(path.join(shared, 'golden', 'models.jsonl'), 'utf8')
+  .split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l))
+  .filter((g) => g.model === 'qwen3-tiny-random');
+
+const client = new OpenAI({ baseURL: url + '/v1', apiKey: key, maxRetries: 0 });
+
+const models = await client.models.list();
+check(models.data.some((m) => m.id === 'qwen3-tiny-random'), 'models.list has the served model: ' + JSON.stringify(models.data));
+
+for (const g of goldens) {
+  const messages = [];
+  if (g.prompt.system) messages.push({ role: 'system', content: g.prompt.system });
+  messages.push({ role: 'user', content: g.prompt.user });
+  const n = g.stable_prefix_len;
+  const want = g.stable_completion_text;
+
+  const r = await client.chat.completions.create({ model: 'qwen3-tiny-random', messages, max_tokens: n, temperature: 0 });
+  check(r.choices[0].message.content === want, `chat ${g.name} non-streaming: ${JSON.stringify(r.choices[0].message.content)}`);
+  check(r.choices[0].finish_reason === 'length', `chat ${g.name} finish_reason ${r.choices[0].finish_reason}`);
+  check(r.usage.prompt_tokens === g.prompt_ids.length && r.usage.completion_tokens === n, `chat ${g.name} usage ${JSON.stringify(r.usage)}`);
+
+  const stream = await client.chat.completions.create({
+    model: 'qwen3-tiny-random', messages, max_tokens: n, temperature: 0, stream: true,
+    stream_options: { include_usage: true },
+  });
+  let text = '';
+  let finish = null;
+  let usage = null;
+  let role = null;
+  for await (const chunk of stream) {
+    if (chunk.usage) usage = chunk.usage;
+    for (const c of chunk.choices) {
+      if (c.delta.role) role = c.delta.role;
+      text += c.delta.content ?? '';
+      if (c.finish_reason) finish = c.finish_reason;
+    }
+  }
+  check(role === 'assistant', `chat ${g.name} stream role ${role}`);
+  check(text === want, `chat ${g.name} streaming: ${JSON.stringify(text)}`);
+  check(finish === 'length', `chat ${g.name} stream finish_reason ${finish}`);
+  check(usage && usage.completion_tokens === n, `chat ${g.name} stream usage ${JSON.stringify(usage)}`);
+
+  // The same prompt as token ids through the completions API.
+  const c = await client.completions.create({ model: 'qwen3-tiny-random', prompt: g.prompt_ids, max_tokens: n, temperature: 0 });
+  check(c.choices[0].text === want, `completion ${g.name}: ${JSON.stringify(c.choices[0].text)}`);
+  const cs = await client.completions.create({ model: 'qwen3-tiny-random', prompt: g.prompt_ids, max_tokens: n, temperature: 0, stream: true });
+  let ctext = '';
+  for await (const chunk of cs) ctext += chunk.choices[0]?.text ?? '';
+  check(ctext === want, `completion ${g.name} streaming: ${JSON.stringify(ctext)}`);
+}
+
+// Errors surface as the SDK's typed errors with the server's status and message.
+try {
+  await client.chat.completions.create({ model: 'no-such-model', messages: [{ role: 'user', content: 'x' }] });
+  check(false, 'unknown model must throw');
+} catch (e) {
+  check(e instanceof OpenAI.NotFoundError && e.status === 404 && e.code === 'model_not_found', 'unknown model: ' + e);
+}
+try {
+  await client.chat.completions.create({ model: 'qwen3-tiny-random', messages: [] });
+  check(false, 'empty messages must throw');
+} catch (e) {
+  check(e instanceof OpenAI.BadRequestError && e.status === 400 && e.param === 'messages', 'empty messages: ' + e);
+}
+try {
+  const bad = new OpenAI({ baseURL: url + '/v1', apiKey: 'wrong-key', maxRetries: 0 });
+  await bad.models.list();
+  check(false, 'wrong key must throw');
+} catch (e) {
+  check(e instanceof OpenAI.AuthenticationError && e.status === 401, 'wrong key: ' + e);
+}
+
+console.log(`openai_sdk: ${failures} failures`);
+process.exit(failures ? 1 : 0);
