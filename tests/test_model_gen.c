@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "model_config.h"
@@ -296,4 +297,56 @@ Test(model_gen, errors)
     cr_assert_eq(model_gen_write("/nonexistent/dir/x", &opt, NULL, &err), -ENOENT);
     cr_assert(strstr(err.msg, "/nonexistent/dir/x"), "%s", err.msg);
     rmdir(dir);
+}
+
+/* `inferctl model generate` writes the same bytes as the library call. */
+static int run_inferctl(const char *args)
+{
+    const char *build = getenv("INFERD_BUILD_ROOT");
+    cr_assert(build && *build, "INFERD_BUILD_ROOT is not set: run the tests through meson test");
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "%s/daemon/inferctl model generate %s >/dev/null 2>&1", build, args);
+    int st = system(cmd);
+    cr_assert(WIFEXITED(st), "%s did not exit", cmd);
+    return WEXITSTATUS(st);
+}
+
+Test(model_gen, inferctl_generate)
+{
+    struct gen_dir lib;
+    gen(&lib, "tiny-qwen2", IFD_DTYPE_F16, 3, NULL);
+    char out[] = "/tmp/inferd-gen-cli-XXXXXX";
+    cr_assert(mkdtemp(out));
+    char args[256];
+    snprintf(args, sizeof(args), "--preset tiny-qwen2 --dtype f16 --seed 3 %s", out);
+    cr_assert_eq(run_inferctl(args), 0);
+    size_t la, lb;
+    char *a = slurp(lib.path, "model.safetensors", &la);
+    char *b = slurp(out, "model.safetensors", &lb);
+    cr_assert_eq(la, lb);
+    cr_assert_eq(memcmp(a, b, la), 0);
+    free(a);
+    free(b);
+
+    /* --layers overrides the preset's depth. */
+    snprintf(args, sizeof(args), "--preset tiny-llama --layers 3 %s", out);
+    cr_assert_eq(run_inferctl(args), 0);
+    struct model_config c;
+    ifd_error err = {{0}};
+    cr_assert_eq(model_config_load(out, &c, &err), 0, "%s", err.msg);
+    cr_assert_eq(c.n_layers, 3);
+    model_config_finish(&c);
+
+    snprintf(args, sizeof(args), "--preset tiny-llama --dtype q4 %s", out);
+    cr_assert_eq(run_inferctl(args), 2, "bad dtype must be a usage error");
+    snprintf(args, sizeof(args), "--dtype bf16 %s", out);
+    cr_assert_eq(run_inferctl(args), 2, "missing preset must be a usage error");
+    snprintf(args, sizeof(args), "--preset nope %s", out);
+    cr_assert_eq(run_inferctl(args), 1, "unknown preset must fail");
+    cr_assert_eq(run_inferctl("--preset tiny-llama"), 2, "missing OUT_DIR must be a usage error");
+
+    struct gen_dir o = {{0}};
+    strcpy(o.path, out);
+    gen_remove(&o);
+    gen_remove(&lib);
 }
