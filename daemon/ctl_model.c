@@ -4,7 +4,8 @@
  *                           [--layers N] [--tokenizer-from DIR] OUT_DIR
  *
  * writes a random-weight checkpoint with the shapes of a real model (see
- * core/model_gen.h), for speed measurements. */
+ * core/model_gen.h), for speed measurements. `quantize` is implemented in
+ * ctl_quantize.c. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -122,8 +123,8 @@ static int generate_main(int argc, char **argv)
 static void usage(FILE *f)
 {
     fprintf(f, "Usage: inferctl model generate ...   random-weight checkpoint of a known shape\n"
-               "Run 'inferctl model generate --help' for its options.\n");
-    fprintf(f, "       inferctl model quantize SRC DST   MLX 4/8-bit copy of a checkpoint\n");
+               "       inferctl model quantize SRC DST   MLX 4/8-bit copy of a checkpoint\n"
+               "Run 'inferctl model generate --help' (or quantize --help) for the options.\n");
 }
 
 int ctl_model_main(int argc, char **argv)
