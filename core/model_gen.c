@@ -317,6 +317,7 @@ static int write_weights(const char *path, const struct model_config *cfg, const
     void *buf = malloc(GEN_CHUNK_ELEMS * ifd_dtype_size(opt->dtype));
     void *normal = malloc(GEN_SUM_VALUES * ifd_dtype_size(opt->dtype));
     FILE *f = fopen(path, "wb");
+    int open_errno = f ? 0 : errno;
     st_writer *w = NULL;
     int r = 0;
     if (!t || !buf || !normal) {
@@ -326,7 +327,7 @@ static int write_weights(const char *path, const struct model_config *cfg, const
     for (uint32_t i = 0; i < GEN_SUM_VALUES; i++)
         store(normal, opt->dtype, i, gen_sum_value(i, GEN_WEIGHT_STD));
     if (!f) {
-        r = ifd_error_set(err, -errno, "%s: cannot create: %s", path, strerror(errno));
+        r = ifd_error_set(err, -open_errno, "%s: cannot create: %s", path, strerror(open_errno));
         goto out;
     }
     if (st_writer_create(st_write_to_file, f, &w) < 0 || st_writer_add_metadata(w, "format", "pt") < 0) {
