@@ -1089,6 +1089,7 @@ int st_writer_finish(st_writer *w, ifd_error *err)
 int st_write_to_file(void *ctx, const void *buf, size_t len)
 {
     FILE *f = ctx;
+    errno = 0; /* fwrite need not set it: do not report a stale one */
     if (len && fwrite(buf, 1, len, f) != len)
         return errno ? -errno : -EIO;
     return 0;
