@@ -22,6 +22,9 @@ static const struct ctl_command commands[] = {
     {"template", ctl_template_main, "render a chat template"},
     {"tokenize", ctl_tokenize_main, "text to token ids, locally (tokenizer.json)"},
     {"detokenize", ctl_detokenize_main, "token ids to text, locally (tokenizer.json)"},
+    {"status", ctl_status_main, "what a running inferd is doing (--json for scripts)"},
+    {"models", ctl_models_main, "the models a running inferd serves"},
+    {"chat", ctl_chat_main, "an interactive, streaming conversation with a running inferd"},
     {NULL, NULL, NULL},
 };
 

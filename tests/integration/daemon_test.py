@@ -603,7 +603,33 @@ def group_openai_sdk(binary):
         check(r.returncode == 0, "OpenAI Node SDK test (exit %d)" % r.returncode)
 
 
+def group_inferctl(binary):
+    ctl = os.path.join(os.path.dirname(binary), "inferctl")
+    g = goldens("qwen3-tiny-random")[0]
+    with Daemon(binary, QWEN3, "--api-key", "sk-ctl") as d:
+        url = "http://127.0.0.1:%d" % d.port
+        env = dict(os.environ, INFERD_API_KEY="sk-ctl")
+        r = subprocess.run([ctl, "chat", "--url", url, "--temperature", "0", "--max-tokens",
+                            str(g["stable_prefix_len"])], input=g["prompt"]["user"] + "\n", capture_output=True,
+                           text=True, env=env, timeout=60)
+        check(r.returncode == 0 and r.stdout == g["stable_completion_text"] + "\n",
+              "inferctl chat streams the greedy reply: %r %r" % (r.stdout, r.stderr))
+        r = subprocess.run([ctl, "status", "--url", url, "--json"], capture_output=True, text=True, env=env)
+        s = json.loads(r.stdout) if r.returncode == 0 else {}
+        check(s.get("ready") is True and s.get("requests", {}).get("total", 0) >= 1 and s.get("workers") == []
+              and len(s.get("layers", [])) == 2, "inferctl status --json: %s %s" % (r.stdout[:300], r.stderr))
+        r = subprocess.run([ctl, "status", "--url", url], capture_output=True, text=True, env=env)
+        check(r.returncode == 0 and "qwen3-tiny-random" in r.stdout and "workers" in r.stdout
+              and "ms/forward" in r.stdout, "inferctl status table: %s" % r.stdout)
+        r = subprocess.run([ctl, "models", "--url", url], capture_output=True, text=True, env=env)
+        check(r.returncode == 0 and r.stdout.startswith("qwen3-tiny-random"), "inferctl models: %r" % r.stdout)
+        r = subprocess.run([ctl, "models", "--url", url], capture_output=True, text=True,
+                           env=dict(os.environ, INFERD_API_KEY="wrong"))
+        check(r.returncode != 0 and "401" in r.stderr, "inferctl with a wrong key: %r" % r.stderr)
+
+
 GROUPS = {
+    "inferctl": group_inferctl,
     "openai_sdk": group_openai_sdk,
     "golden": group_golden,
     "errors": group_errors,
