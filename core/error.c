@@ -29,5 +29,9 @@ void ifd_error_prefix(ifd_error *err, const char *fmt, ...)
     char old[IFD_ERROR_MSG_MAX];
     memcpy(old, err->msg, sizeof(old));
     old[sizeof(old) - 1] = '\0';
-    snprintf(err->msg, sizeof(err->msg), "%s: %s", prefix, old);
+    /* Sized for both parts in full, then cut to the message size. */
+    char joined[2 * IFD_ERROR_MSG_MAX + 2];
+    snprintf(joined, sizeof(joined), "%s: %s", prefix, old);
+    memcpy(err->msg, joined, sizeof(err->msg) - 1);
+    err->msg[sizeof(err->msg) - 1] = '\0';
 }
