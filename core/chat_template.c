@@ -114,14 +114,38 @@ static int rfail(struct render *r, const struct jnode *n, int rc)
     return rc == -EFBIG || rc == -ENOMEM ? rc : -EINVAL;
 }
 
+static const char *kind_name(enum jv_kind k)
+{
+    static const char *const names[] = {
+        [JV_UNDEF] = "Undefined", [JV_NONE] = "NoneType", [JV_BOOL] = "bool", [JV_INT] = "int",
+        [JV_FLOAT] = "float",     [JV_STR] = "str",       [JV_LIST] = "list", [JV_DICT] = "dict",
+        [JV_NS] = "Namespace",    [JV_MACRO] = "Macro",   [JV_LOOP] = "LoopContext", [JV_FUNC] = "function",
+    };
+    return (unsigned)k < sizeof(names) / sizeof(names[0]) ? names[k] : "?";
+}
+
+/* The undefined result of looking `n` up in an object of kind obj. */
+static struct jv undef_at(const struct jnode *n, enum jv_kind obj)
+{
+    return (struct jv){.kind = JV_UNDEF, .aux = (uint32_t)obj + 1, .origin = n};
+}
+
+/* Using an undefined value (arithmetic, attribute of it ...) is an error, with
+ * Jinja2's wording where we know what was looked up. */
 static int undefined_error(struct render *r, const struct jnode *at, struct jv v)
 {
     const struct jnode *o = v.origin;
+    const char *obj = v.aux ? kind_name((enum jv_kind)(v.aux - 1)) : "dict";
     if (o && o->kind == JN_NAME)
         return rerr(r, at, "'%.*s' is undefined", (int)o->name.n, o->name.p);
     if (o && o->kind == JN_ATTR)
-        return rerr(r, at, "undefined value has no attribute '%.*s' (from '.%.*s')", 0, "", (int)o->name.n,
-                    o->name.p);
+        return rerr(r, at, "'%s object' has no attribute '%.*s'", obj, (int)o->name.n, o->name.p);
+    if (o && o->kind == JN_SUBSCRIPT && o->b->kind == JN_CONST && o->b->cval.kind == JV_STR)
+        return rerr(r, at, "'%s object' has no attribute '%.*s'", obj, (int)o->b->cval.s.n, o->b->cval.s.p);
+    if (o && o->kind == JN_SUBSCRIPT && o->b->kind == JN_CONST && o->b->cval.kind == JV_INT)
+        return rerr(r, at, "'%s object' has no element %lld", obj, (long long)o->b->cval.i);
+    if (o && o->kind == JN_SUBSCRIPT)
+        return rerr(r, at, "'%s object' has no such item", obj);
     return rerr(r, at, "value is undefined");
 }
 
@@ -687,7 +711,7 @@ static int get_attr(struct render *r, const struct jnode *n, struct jv obj, stru
     case JV_DICT:
     case JV_NS: {
         struct jv *v = jdict_get(obj.d, name.p, name.n);
-        *ret = v ? *v : (struct jv){.kind = JV_UNDEF, .origin = n};
+        *ret = v ? *v : undef_at(n, obj.kind);
         return 0;
     }
     case JV_LOOP:
@@ -695,7 +719,7 @@ static int get_attr(struct render *r, const struct jnode *n, struct jv obj, stru
     case JV_UNDEF:
         return undefined_error(r, n, obj);
     default:
-        *ret = (struct jv){.kind = JV_UNDEF, .origin = n};
+        *ret = undef_at(n, obj.kind);
         return 0;
     }
 }
@@ -706,7 +730,7 @@ static int get_item(struct render *r, const struct jnode *n, struct jv obj, stru
         return undefined_error(r, n, obj);
     if ((obj.kind == JV_DICT || obj.kind == JV_NS) && key.kind == JV_STR) {
         struct jv *v = jdict_get(obj.d, key.s.p, key.s.n);
-        *ret = v ? *v : (struct jv){.kind = JV_UNDEF, .origin = n};
+        *ret = v ? *v : undef_at(n, obj.kind);
         return 0;
     }
     if (obj.kind == JV_LOOP && key.kind == JV_STR)
@@ -717,7 +741,7 @@ static int get_item(struct render *r, const struct jnode *n, struct jv obj, stru
             int64_t len = (int64_t)obj.l->n;
             if (i < 0)
                 i += len;
-            *ret = i >= 0 && i < len ? obj.l->items[i] : (struct jv){.kind = JV_UNDEF, .origin = n};
+            *ret = i >= 0 && i < len ? obj.l->items[i] : undef_at(n, obj.kind);
             return 0;
         }
         size_t *off, ncp;
@@ -727,10 +751,10 @@ static int get_item(struct render *r, const struct jnode *n, struct jv obj, stru
         if (i < 0)
             i += (int64_t)ncp;
         *ret = i >= 0 && i < (int64_t)ncp ? jv_str(obj.s.p + off[i], off[i + 1] - off[i])
-                                          : (struct jv){.kind = JV_UNDEF, .origin = n};
+                                          : undef_at(n, obj.kind);
         return 0;
     }
-    *ret = (struct jv){.kind = JV_UNDEF, .origin = n};
+    *ret = undef_at(n, obj.kind);
     return 0;
 }
 
@@ -2305,7 +2329,7 @@ static int call_func(struct render *r, const struct jnode *n, int fn, struct arg
         return -EINVAL;
     }
     case FN_STRFTIME: {
-        struct jstr fmt;
+        struct jstr fmt = {0};
         if (a->npos != 1 || (rc = need_str(r, n, a->pos[0], "strftime_now", &fmt)) < 0)
             return a->npos == 1 ? rc : rerr(r, n, "strftime_now() takes exactly one argument");
         if (fmt.n > 256)

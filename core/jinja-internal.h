@@ -54,6 +54,9 @@ struct jnode;
 
 struct jv {
     enum jv_kind kind;
+    /* JV_UNDEF from a failed lookup: 1 + the kind of the object looked into
+     * (for the message when the value is used); 0 otherwise. */
+    uint32_t aux;
     union {
         bool b;
         int64_t i;

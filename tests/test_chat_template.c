@@ -450,6 +450,8 @@ Test(chat_template, render_errors)
         {"{{ 'a' + 1 }}", NULL, -EINVAL, "template:1:8: can only concatenate str (not \"int\") to str"},
         {"{{ x.y.z }}", NULL, -EINVAL, "is undefined"},
         {"{{ 'a' + nope }}", NULL, -EINVAL, "'nope' is undefined"},
+        {"{{ 'a' + m['content'] }}", "{\"m\": {}}", -EINVAL, "template:1:8: 'dict object' has no attribute 'content'"},
+        {"{{ m.content ~ (l[3] + 1) }}", "{\"m\": {}, \"l\": []}", -EINVAL, "'list object' has no element 3"},
         {"{{ 1 // 0 }}", NULL, -EINVAL, "division or modulo by zero"},
         {"{{ none | tojson }}{{ x | tojson }}", "{}", -EINVAL, "tojson: Object of type undefined is not JSON serializable"},
         {"{% for x in 5 %}{% endfor %}", NULL, -EINVAL, "'int' object is not iterable"},
