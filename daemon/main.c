@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "chat_template.h"
+#include "cluster.h"
 #include "config.h"
 #include "cpu_stage.h"
 #include "engine.h"
@@ -45,6 +46,7 @@ struct loaded {
     chat_template *tmpl;
     struct thread_pool *pool;
     engine *eng;
+    struct cluster *cluster;     /* workers, when configured; outlives eng (its stages borrow it) */
     struct metrics *metrics;
     struct sched *sched;
     int32_t eos[16];
@@ -113,8 +115,16 @@ static int build_stages(const struct inferd_config *cfg, struct loaded *L, const
 {
     const struct model *m = L->model;
     int n_layers = m->cfg.n_layers;
-    if (cfg->n_workers > 0)
-        return ifd_error_set(err, -ENOTSUP, "remote workers are configured but this build has no cluster support yet");
+    if (cfg->n_workers > 0) {
+        /* Remote ranges plus cpu stages over the gaps; READY waits for every worker. */
+        int r = cluster_create(cfg, m, L->model_dir, ec->n_seq_max, ec->n_ctx, ec->n_batch_max, &L->cluster, err);
+        if (r >= 0)
+            r = cluster_wait_ready(L->cluster, NULL, err);
+        if (r >= 0)
+            r = cluster_build_stages(L->cluster, m, L->pool, ret_stages, ret_n, err);
+        L->backend = "cpu+workers";
+        return r;
+    }
     struct stage **stages = calloc(1, sizeof(*stages));
     if (!stages)
         return ifd_error_set(err, -ENOMEM, "out of memory");
@@ -149,6 +159,7 @@ static void loaded_free(struct loaded *L)
 {
     sched_destroy(L->sched);
     engine_destroy(L->eng);
+    cluster_destroy(L->cluster);
     thread_pool_destroy(L->pool);
     metrics_destroy(L->metrics);
     chat_template_destroy(L->tmpl);
@@ -267,6 +278,7 @@ static int load_model(const struct inferd_config *cfg, struct http_app *app, str
     app->metrics = L->metrics;
     app->model_dir = L->model_dir;
     app->backend_name = L->backend;
+    app->cluster = L->cluster;
     log_info("Model %s loaded in %.1fs: %s, %d layers, hidden %d, vocab %d, context %d, %d sequences, backend %s",
              app->model_name, sched_now() - t0, mc->arch_name, mc->n_layers, mc->hidden_size, mc->vocab_size, n_ctx,
              ec.n_seq_max, L->backend);
@@ -350,9 +362,13 @@ static int check_config(const struct inferd_config *cfg)
         printf("  sequences  %d, queue %d, context %d, body limit %zu bytes\n", cfg->max_seqs, cfg->queue_depth,
                cfg->ctx_len, cfg->max_body_bytes);
         printf("  api keys   %d\n", cfg->n_api_keys);
-        for (int i = 0; i < cfg->n_workers; i++)
-            printf("  worker %-8s %s layers %s\n", cfg->workers[i].name, cfg->workers[i].address,
-                   cfg->workers[i].auto_layers ? "auto" : "");
+        for (int i = 0; i < cfg->n_workers; i++) {
+            const struct inferd_worker_cfg *w = &cfg->workers[i];
+            if (w->auto_layers)
+                printf("  worker     %s at %s, layers auto\n", w->name, w->address);
+            else
+                printf("  worker     %s at %s, layers %d-%d\n", w->name, w->address, w->layer_first, w->layer_last - 1);
+        }
     }
     model_config_finish(&mc);
     free(dir);

@@ -498,6 +498,16 @@ def group_checkconfig(binary):
         r = subprocess.run([binary, "--config", good, "--worker", "127.0.0.1:10128=0-5", "--check-config"],
                            capture_output=True, text=True)
         check(r.returncode != 0 and "2 layers" in r.stderr, "out-of-range worker layers: %r" % r.stderr)
+        # The documented example configuration is valid as shipped (with a real model path).
+        src = os.environ.get("INFERD_SOURCE_ROOT", os.path.join(os.path.dirname(__file__), "..", ".."))
+        with open(os.path.join(src, "conf", "inferd.conf")) as f:
+            example = f.read()
+        check("\npath = " in example, "conf/inferd.conf sets [model] path")
+        ex = os.path.join(tmp, "example.conf")
+        with open(ex, "w") as f:
+            f.write("\n".join("path = " + TINY if l.startswith("path = ") else l for l in example.splitlines()))
+        r = subprocess.run([binary, "--config", ex, "--check-config"], capture_output=True, text=True)
+        check(r.returncode == 0, "conf/inferd.conf passes --check-config: %s" % r.stderr)
         r = subprocess.run([binary, "--config", good, "--model", "/nonexistent/model"], capture_output=True, text=True,
                            timeout=30)
         check(r.returncode != 0 and "/nonexistent/model" in r.stderr, "missing model is fatal: %r" % r.stderr[-300:])
