@@ -103,17 +103,65 @@ static char *pool_str(struct loader *L, const char *s, size_t n)
     return tok_pool_dup(&L->t->pool, s, n);
 }
 
+/* The characters Oniguruma (the regex engine of Hugging Face tokenizers)
+ * matches with \s: Unicode's White_Space property. PCRE2's \s with UCP
+ * also takes U+180E (MONGOLIAN VOWEL SEPARATOR, a space before Unicode 6.3),
+ * which changes the pre-tokenization of text holding it, so \s and \S are
+ * rewritten to this set before compiling. */
+#define ONIG_SPACE_SET                                                                                        \
+    "\\t\\n\\x0B\\f\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}"      \
+    "\\x{3000}"
+
+static int rewrite_spaces(const char *re, size_t len, struct tok_buf *out)
+{
+    bool in_class = false;
+    int r = 0;
+    for (size_t i = 0; i < len && r == 0; i++) {
+        char c = re[i];
+        if (c == '\\' && i + 1 < len) {
+            char e = re[i + 1];
+            i++;
+            if (e == 's')
+                r = tok_buf_put(out, in_class ? ONIG_SPACE_SET : "[" ONIG_SPACE_SET "]",
+                                in_class ? sizeof(ONIG_SPACE_SET) - 1 : sizeof(ONIG_SPACE_SET) + 1);
+            else if (e == 'S' && !in_class)
+                r = tok_buf_put(out, "[^" ONIG_SPACE_SET "]", sizeof(ONIG_SPACE_SET) + 2);
+            else
+                r = tok_buf_put(out, re + i - 1, 2);
+            continue;
+        }
+        if (c == '[' && !in_class) {
+            in_class = true;
+            r = tok_buf_put(out, &c, 1);
+            /* a ']' right after '[' or '[^' is a literal */
+            if (r == 0 && i + 1 < len && re[i + 1] == '^')
+                r = tok_buf_put(out, re + ++i, 1);
+            if (r == 0 && i + 1 < len && re[i + 1] == ']')
+                r = tok_buf_put(out, re + ++i, 1);
+            continue;
+        }
+        if (c == ']' && in_class)
+            in_class = false;
+        r = tok_buf_put(out, &c, 1);
+    }
+    return r;
+}
+
 static int compile_regex(struct loader *L, const char *re, size_t len, const char *where, pcre2_code **ret)
 {
     int ec;
     PCRE2_SIZE eo;
-    pcre2_code *code = pcre2_compile((PCRE2_SPTR)re, len, PCRE2_UTF | PCRE2_UCP, &ec, &eo, NULL);
+    struct tok_buf rw = {0};
+    if (rewrite_spaces(re, len, &rw) < 0) {
+        tok_buf_finish(&rw);
+        return -ENOMEM;
+    }
+    pcre2_code *code = pcre2_compile((PCRE2_SPTR)(rw.p ? rw.p : ""), rw.n, PCRE2_UTF | PCRE2_UCP, &ec, &eo, NULL);
+    tok_buf_finish(&rw);
     if (!code) {
         PCRE2_UCHAR buf[256];
         pcre2_get_error_message(ec, buf, sizeof(buf));
-        char off[32];
-        snprintf(off, sizeof(off), "%zu", (size_t)eo);
-        ifd_error_set(L->err, -EINVAL, "%s: %s: regex does not compile at offset %s: %s", L->origin, where, off,
+        ifd_error_set(L->err, -EINVAL, "%s: %s: regex '%.100s' does not compile: %s", L->origin, where, re,
                       (const char *)buf);
         return -EINVAL;
     }

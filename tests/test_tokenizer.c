@@ -567,3 +567,37 @@ Test(tokenizer_decode, skip_special_and_bad_ids)
     tok_ids_finish(&v);
     tok_destroy(t);
 }
+
+/* ------------------------------------------------------------ cases the goldens miss */
+
+/* Expected ids below were produced by the npm `tokenizers` 0.23.2 oracle
+ * ($ORACLE_HOME/tok_oracle.mjs) on the same tokenizer.json. */
+static void expect_ids(tokenizer *t, const char *text, bool add_special, const int32_t *want, size_t n)
+{
+    struct tok_ids v = {0};
+    ifd_error err = {0};
+    cr_assert_eq(tok_encode(t, text, strlen(text), add_special, &v, &err), 0, "%s", err.msg);
+    bool same = v.n == n && memcmp(v.ids, want, n * sizeof(int32_t)) == 0;
+    if (!same) {
+        fprintf(stderr, "text \"%s\": got [", text);
+        for (size_t i = 0; i < v.n; i++)
+            fprintf(stderr, "%s%d", i ? "," : "", v.ids[i]);
+        fprintf(stderr, "]\n");
+    }
+    cr_expect(same, "ids differ for \"%s\"", text);
+    tok_ids_finish(&v);
+}
+
+Test(tokenizer_cases, mongolian_vowel_separator_is_not_regex_space)
+{
+    /* PCRE2's \s takes U+180E, Oniguruma's (HF's) does not: found on the
+     * benchmark corpus, where the golden texts are joined by newlines */
+    tokenizer *t = load_dir("models/qwen3-tiny-random");
+    static const int32_t want[] = {123970, 236, 198, 30779, 2303, 40};
+    expect_ids(t, "\xE1\xA0\x8E\n  \n  \n  \nI", false, want, 6);
+    tok_destroy(t);
+    t = load_dir("golden/tokenizers/smollm2");
+    static const int32_t want2[] = {43, 198, 109, 198, 198, 172, 250, 232, 198, 104};
+    expect_ids(t, ";\n}\n\n\xE1\xA0\x8E\nx", false, want2, 10);
+    tok_destroy(t);
+}
