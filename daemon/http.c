@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "api.h"
+#include "cluster.h"
 #include "inferd-build-config.h"
 #include "log.h"
 #include "metrics.h"
@@ -304,8 +305,10 @@ static MHD_RESULT handle_status(struct MHD_Connection *c, struct conn *k)
             free(st.layer_ms);
         }
     }
-    /* Remote workers appear here once the cluster code fills them. */
-    cJSON_AddArrayToObject(root, "workers");
+    if (app->cluster)
+        cJSON_AddItemToObject(root, "workers", cluster_status_json(app->cluster));
+    else
+        cJSON_AddArrayToObject(root, "workers");
     char *s = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     return respond_json(c, k, 200, s);

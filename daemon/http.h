@@ -17,6 +17,7 @@
 
 struct sched;
 struct metrics;
+struct cluster;
 
 struct http_app {
     /* Fixed before the server starts. */
@@ -36,6 +37,7 @@ struct http_app {
     struct sched *sched;
     struct metrics *metrics;
     const char *model_dir;
+    struct cluster *cluster;     /* the workers (daemon/cluster.h), NULL on a single node */
 
     atomic_bool ready;           /* model loaded, scheduler running */
     atomic_bool draining;        /* SIGTERM received */

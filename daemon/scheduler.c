@@ -636,7 +636,8 @@ static void sched_step(struct sched *s)
             if (q->req) {
                 char msg[256];
                 snprintf(msg, sizeof(msg), "inference failed: %.200s", err.msg);
-                req_finish_locked(s, q->req, NULL, 500, msg);
+                /* -EHOSTDOWN: a remote worker is unreachable (net/remote_stage.h). */
+                req_finish_locked(s, q->req, NULL, rc == -EHOSTDOWN ? 503 : 500, msg);
                 seq_release(s, q);
             }
         }

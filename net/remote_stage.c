@@ -284,6 +284,7 @@ static int remote_forward(struct stage *s, const struct stage_batch *b, ifd_erro
     if (r < 0) {
         fail_locked(head, err ? err->msg : "send failed");
         ifd_error_prefix(err, "worker %s", head->name);
+        r = -EHOSTDOWN;
         goto out;
     }
     /* Wait for the tail's RESULT, watching every worker of the chain: any of
@@ -292,7 +293,7 @@ static int remote_forward(struct stage *s, const struct stage_batch *b, ifd_erro
     for (;;) {
         uint64_t now = net_now_ns();
         if (now >= deadline) {
-            r = ifd_error_set(err, -ETIMEDOUT, "remote stage: no result from worker %s within %d ms",
+            r = ifd_error_set(err, -EHOSTDOWN, "remote stage: no result from worker %s within %d ms",
                               tail->name, rs->timeout_ms);
             for (int i = 0; i < rs->n; i++)
                 fail_locked(rs->links[i], "forward timed out");
@@ -319,6 +320,7 @@ static int remote_forward(struct stage *s, const struct stage_batch *b, ifd_erro
             if (r < 0) {
                 fail_locked(l, err ? err->msg : "receive failed");
                 ifd_error_prefix(err, "worker %s", l->name);
+                r = -EHOSTDOWN;
                 goto out;
             }
             if (type == NET_MSG_ERROR) {

@@ -1,0 +1,55 @@
+/* cluster.h - the master's view of its workers.
+ *
+ * Created from the configuration once the model is loaded: one remote link
+ * per [worker.NAME] / --worker, a supervisor thread that connects each (with
+ * retry and backoff), authenticates with the cluster key, pushes the tensors
+ * of its layers that it does not already hold, and reconnects it whenever it
+ * goes down; and pings idle workers for their round-trip time.
+ *
+ * Use from main.c:
+ *     cluster_create(cfg, model, model_dir, n_seq_max, n_ctx, n_batch_max, &cl, err);
+ *     cluster_wait_ready(cl, &stop_flag, err);    -- READY only when every worker is
+ *     cluster_build_stages(cl, model, pool, &stages, &n, err);  -- local gaps + remote ranges
+ *     engine_create(model, stages, n, ...);
+ *     ... cluster_status_json(cl) for /status ...
+ *     engine_destroy(); cluster_destroy(cl);      -- the engine's stages borrow the links
+ *
+ * Topology: contiguous workers form one chain stage (the hidden state goes
+ * master -> w1 -> w2 -> master). INFERD_CLUSTER_TOPOLOGY=star in the
+ * environment makes one stage per worker instead (for comparison). */
+#pragma once
+
+#include <cjson/cJSON.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "config.h"
+#include "error.h"
+#include "model.h"
+#include "stage.h"
+
+struct cluster;
+struct thread_pool;
+
+/* Validates the topology against the model (ranges in bounds, not
+ * overlapping; `layers = auto` workers share the layers no explicit worker
+ * has, evenly), loads the key, enforces the no-key policy (non-loopback
+ * workers refused unless allow_insecure), and starts the supervisor. */
+int cluster_create(const struct inferd_config *cfg, const struct model *m, const char *model_dir, int n_seq_max,
+                   int n_ctx, int n_batch_max, struct cluster **ret, ifd_error *err);
+
+/* Blocks until every worker is ready (0), or *cancel becomes true (-ECANCELED).
+ * Keeps the systemd STATUS= line up to date meanwhile. */
+int cluster_wait_ready(struct cluster *c, const atomic_bool *cancel, ifd_error *err);
+
+/* The engine's stages in layer order: cpu stages over the layers no worker
+ * has, remote stages over the workers'. *ret_stages is malloc'd; the stages
+ * borrow the cluster's links (destroy the engine before the cluster). */
+int cluster_build_stages(struct cluster *c, const struct model *m, struct thread_pool *pool,
+                         struct stage ***ret_stages, int *ret_n, ifd_error *err);
+
+/* Workers as a JSON array: name, address, layers, state, detail, rtt_ms,
+ * bytes_sent, bytes_received, forwards, ms_per_token, push figures. */
+cJSON *cluster_status_json(struct cluster *c);
+
+void cluster_destroy(struct cluster *c); /* accepts NULL */

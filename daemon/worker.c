@@ -1,0 +1,291 @@
+#include "worker.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "auth.h"
+#include "conn.h"
+#include "cpu_stage.h"
+#include "log.h"
+#include "model.h"
+#include "model_config.h"
+#include "netlog.h"
+#include "proto.h"
+#include "safetensors.h"
+#include "sd.h"
+#include "stage_server.h"
+#include "thread_pool.h"
+#include "weight_push.h"
+
+struct worker {
+    pthread_mutex_t lock;        /* setup messages of concurrent masters */
+    struct net_assign assign;    /* the current assignment (owned) */
+    bool assigned;
+    struct wp_cache *cache;
+    struct thread_pool *pool;
+    struct net_buf out;
+    uint64_t received_bytes;
+};
+
+/* What a served stage keeps alive: released after the stage is destroyed. */
+struct loaded_stage {
+    struct model *model;
+    void *image;
+};
+
+static void loaded_stage_release(void *p)
+{
+    struct loaded_stage *ls = p;
+    model_destroy(ls->model);
+    free(ls->image);
+    free(ls);
+}
+
+static int load_stage(struct worker *w, struct stage_server *srv, struct net_ready *ret, ifd_error *err)
+{
+    const struct net_assign *a = &w->assign;
+    uint64_t t0 = net_now_ns();
+    void *image;
+    size_t len;
+    int r = wp_cache_build_image(w->cache, a, &image, &len, err);
+    if (r < 0)
+        return r;
+    st_model *st;
+    if ((r = st_open_memory(image, len, "received weights", &st, err)) < 0) {
+        free(image);
+        return r;
+    }
+    struct model_config mc;
+    if ((r = model_config_parse(a->config_json, a->config_len, "master's config.json", &mc, err)) < 0) {
+        st_close(st);
+        free(image);
+        return r;
+    }
+    if (mc.n_layers != (int)a->n_layers) {
+        model_config_finish(&mc);
+        st_close(st);
+        free(image);
+        return ifd_error_set(err, -EINVAL, "assignment says %u layers, the config %d", a->n_layers, mc.n_layers);
+    }
+    struct model_load_opts o = model_load_opts_default();
+    o.layer_first = (int)a->layer_first;
+    o.layer_last = (int)a->layer_last;
+    o.bind_embed = false;
+    o.bind_head = false;
+    struct model *m;
+    if ((r = model_bind(st, &mc, &o, &m, err)) < 0) {
+        model_config_finish(&mc);
+        st_close(st);
+        free(image);
+        return r;
+    }
+    struct stage *stage;
+    r = cpu_stage_create(m, (int)a->layer_first, (int)a->layer_last, (int)a->n_seq_max, (int)a->n_ctx, w->pool, &stage,
+                         err);
+    struct loaded_stage *ls = r >= 0 ? calloc(1, sizeof(*ls)) : NULL;
+    if (!ls) {
+        if (r >= 0) {
+            stage_destroy(stage);
+            r = ifd_error_set(err, -ENOMEM, "out of memory");
+        }
+        model_destroy(m);
+        free(image);
+        return r;
+    }
+    ls->model = m;
+    ls->image = image;
+    stage_server_set_stage(srv, stage, loaded_stage_release, ls);
+    ret->weight_bytes = len;
+    ret->rss_bytes = net_rss_bytes();
+    ret->load_ms = (net_now_ns() - t0) / 1000000;
+    log_info("Serving layers %u-%u of %s (%.1f MiB of weights, %u sequences x %u positions); RSS %.1f MiB",
+             a->layer_first, a->layer_last - 1, a->model_name, (double)len / 1048576.0, a->n_seq_max, a->n_ctx,
+             (double)ret->rss_bytes / 1048576.0);
+    sdn_status("Serving layers %u-%u of %s", a->layer_first, a->layer_last - 1, a->model_name);
+    return 0;
+}
+
+static int worker_setup(void *ctx, struct stage_server *srv, struct net_conn *c, uint16_t type, const uint8_t *p,
+                        size_t len, ifd_error *err)
+{
+    struct worker *w = ctx;
+    int r = 0;
+    pthread_mutex_lock(&w->lock);
+    switch (type) {
+    case NET_MSG_ASSIGN: {
+        struct net_assign a;
+        if ((r = net_assign_decode(p, len, &a, err)) < 0)
+            break;
+        net_assign_finish(&w->assign);
+        w->assign = a;
+        w->assigned = true;
+        w->received_bytes = 0;
+        uint64_t *have = calloc(a.n_tensors ? a.n_tensors : 1, sizeof(uint64_t));
+        if (!have) {
+            r = ifd_error_set(err, -ENOMEM, "out of memory");
+            break;
+        }
+        wp_cache_have(w->cache, &w->assign, have);
+        uint64_t total = 0, held = 0;
+        uint32_t complete = 0;
+        for (uint32_t i = 0; i < a.n_tensors; i++) {
+            total += a.tensors[i].nbytes;
+            held += have[i];
+            complete += have[i] == a.tensors[i].nbytes;
+        }
+        log_info("Assigned layers %u-%u of %s by %s: %u tensors (%.1f MiB), %u already cached", a.layer_first,
+                 a.layer_last - 1, a.model_name, net_conn_peer(c), a.n_tensors, (double)total / 1048576.0, complete);
+        sdn_status("Receiving layers %u-%u of %s", a.layer_first, a.layer_last - 1, a.model_name);
+        r = net_have_encode(&w->out, have, a.n_tensors);
+        free(have);
+        if (r >= 0)
+            r = net_conn_send(c, NET_MSG_HAVE, w->out.data, w->out.len, 30000, err);
+        break;
+    }
+    case NET_MSG_TENSOR_CHUNK: {
+        struct net_chunk ch;
+        if (!w->assigned) {
+            r = ifd_error_set(err, -EPROTO, "TENSOR_CHUNK before ASSIGN");
+            break;
+        }
+        if ((r = net_chunk_decode(p, len, &ch, err)) < 0)
+            break;
+        r = wp_cache_put_chunk(w->cache, &w->assign, &ch, err);
+        w->received_bytes += ch.raw_len;
+        break;
+    }
+    case NET_MSG_LOAD: {
+        if (!w->assigned) {
+            r = ifd_error_set(err, -EPROTO, "LOAD before ASSIGN");
+            break;
+        }
+        struct net_ready rd;
+        ifd_error lerr;
+        int lr = load_stage(w, srv, &rd, &lerr);
+        if (lr < 0) {
+            /* The master hears why and may retry; the connection stays. */
+            log_err("Failed to build the stage: %s", lerr.msg);
+            net_conn_send_error(c, lr, 0, lerr.msg);
+            break;
+        }
+        r = net_ready_encode(&w->out, &rd);
+        if (r >= 0)
+            r = net_conn_send(c, NET_MSG_READY, w->out.data, w->out.len, 30000, err);
+        break;
+    }
+    default:
+        r = ifd_error_set(err, -EPROTO, "unexpected %s", net_msg_name(type));
+    }
+    pthread_mutex_unlock(&w->lock);
+    return r;
+}
+
+struct sig_ctx {
+    struct stage_server *srv;
+    sigset_t mask;
+};
+
+static void *signal_thread(void *p)
+{
+    struct sig_ctx *sc = p;
+    for (;;) {
+        int sig;
+        if (sigwait(&sc->mask, &sig) != 0)
+            continue;
+        if (sig == SIGHUP)
+            continue;
+        log_notice("Received %s, stopping", strsignal(sig));
+        sdn_stopping("Stopping");
+        stage_server_stop(sc->srv);
+        return NULL;
+    }
+}
+
+int worker_role_main(const struct inferd_config *cfg)
+{
+    ifd_error err = {{0}};
+    net_log_level_set(cfg->log_level);
+    const char *listen_addr = cfg->worker_listen ? cfg->worker_listen : "0.0.0.0:10128";
+    struct net_key key, *keyp = NULL;
+    if (cfg->cluster_key_file) {
+        if (net_key_load(cfg->cluster_key_file, &key, &err) < 0) {
+            log_err("%s", err.msg);
+            return 1;
+        }
+        keyp = &key;
+    } else if (!net_addr_is_loopback(listen_addr) && !cfg->allow_insecure_cluster) {
+        log_err("Refusing to listen on %s without a cluster key: set [cluster] key_file (or --cluster-key-file), "
+                "or allow_insecure = true for a trusted network",
+                listen_addr);
+        return 1;
+    } else {
+        log_warn("No cluster key: connections to %s are neither authenticated nor encrypted", listen_addr);
+        if (net_crypto_init(&err) < 0) {
+            log_err("%s", err.msg);
+            return 1;
+        }
+    }
+
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &mask, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int rc = 1, lfd = -1;
+    struct worker w = {.pool = NULL};
+    pthread_mutex_init(&w.lock, NULL);
+    struct stage_server *srv = NULL;
+    if (wp_cache_open(cfg->cache_dir, &w.cache, &err) < 0) {
+        log_err("%s", err.msg);
+        goto out;
+    }
+    if (!(w.pool = thread_pool_create(cfg->threads))) {
+        log_err("cannot create the thread pool");
+        goto out;
+    }
+    long pages = sysconf(_SC_AVPHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    struct stage_server_opts so = {.key = keyp, .n_threads = thread_pool_size(w.pool),
+                                   .mem_available = pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : 0};
+    if (stage_server_create(&so, worker_setup, &w, &srv, &err) < 0) {
+        log_err("%s", err.msg);
+        goto out;
+    }
+    int port;
+    if (net_listen(listen_addr, &lfd, &port, &err) < 0) {
+        log_err("%s", err.msg);
+        goto out;
+    }
+    struct sig_ctx sc = {.srv = srv, .mask = mask};
+    pthread_t sth;
+    if (pthread_create(&sth, NULL, signal_thread, &sc) != 0) {
+        log_err("cannot start the signal thread");
+        goto out;
+    }
+    pthread_detach(sth);
+    log_info("inferd worker listening on %s (%s), cache %s, %d threads", listen_addr,
+             keyp ? "cluster key required" : "NO cluster key", cfg->cache_dir, thread_pool_size(w.pool));
+    sdn_ready("Waiting for the master");
+    int r = stage_server_run(srv, lfd);
+    if (r < 0)
+        log_err("accept failed: %s", strerror(-r));
+    rc = r < 0 ? 1 : 0;
+out:
+    stage_server_destroy(srv);
+    if (lfd >= 0)
+        close(lfd);
+    thread_pool_destroy(w.pool);
+    wp_cache_close(w.cache);
+    net_assign_finish(&w.assign);
+    net_buf_finish(&w.out);
+    pthread_mutex_destroy(&w.lock);
+    if (keyp)
+        net_wipe(&key, sizeof(key));
+    return rc;
+}

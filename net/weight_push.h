@@ -1,0 +1,79 @@
+/* weight_push.h - sending a worker the tensors of its layers, and the
+ * worker's content-addressed cache of them.
+ *
+ * Master side: a manifest lists the tensors layers [first, last) use
+ * (model_tensor_names), each with its dtype, shape and content hash
+ * (BLAKE2b-256 over dtype, shape and bytes). The push sends ASSIGN, reads the
+ * worker's HAVE (bytes of each tensor it already holds), and streams only the
+ * rest in chunks of at most NET_CHUNK_MAX bytes read straight from the
+ * checkpoint's read-only mapping (zstd-compressed when that saves at least
+ * 1/16), then LOAD, and waits for READY. Memory on both sides is bounded by a
+ * chunk, never by the checkpoint.
+ *
+ * Worker side: tensors land in CACHE_DIR/<hash>.part, appended chunk by chunk
+ * (a dropped transfer resumes from the .part's size), and become
+ * CACHE_DIR/<hash>.bin once their hash checks. A restarted worker or master
+ * therefore resends nothing the worker already holds. On LOAD the worker
+ * assembles a safetensors image of exactly its tensors (hash-checked again
+ * while copying) for model_bind(). */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "conn.h"
+#include "error.h"
+#include "model.h"
+#include "proto.h"
+
+/* ---- master ---- */
+
+struct wp_manifest;
+
+/* Lists and hashes the tensors of layers [first, last) of m (which must have
+ * its checkpoint open). Reads those tensors once. */
+int wp_manifest_create(const struct model *m, int first, int last, struct wp_manifest **ret, ifd_error *err);
+void wp_manifest_destroy(struct wp_manifest *mf); /* accepts NULL */
+uint64_t wp_manifest_bytes(const struct wp_manifest *mf);
+size_t wp_manifest_count(const struct wp_manifest *mf);
+
+struct wp_push_params {
+    const char *model_name;
+    const char *config_json;   /* the checkpoint's config.json text */
+    size_t config_len;
+    int n_layers, n_seq_max, n_ctx;
+    int timeout_ms;            /* per message; LOAD gets 10x */
+    /* Called after each tensor (may be NULL): done/total tensors and bytes. */
+    void (*progress)(void *ctx, size_t tensors_done, size_t tensors_total, uint64_t bytes_done, uint64_t bytes_total);
+    void *progress_ctx;
+};
+
+struct wp_push_stats {
+    size_t tensors_total, tensors_sent, tensors_cached;
+    uint64_t bytes_raw;   /* tensor bytes that had to be sent */
+    uint64_t bytes_wire;  /* after compression */
+    double push_ms, load_ms;
+    uint64_t worker_rss;  /* from READY */
+};
+
+/* Runs the whole exchange on an authenticated connection. */
+int wp_push(struct net_conn *c, const struct wp_manifest *mf, const struct wp_push_params *p,
+            struct wp_push_stats *ret, ifd_error *err);
+
+/* ---- worker ---- */
+
+struct wp_cache;
+
+/* Opens (creating it, mode 0700) the cache directory. */
+int wp_cache_open(const char *dir, struct wp_cache **ret, ifd_error *err);
+void wp_cache_close(struct wp_cache *c); /* accepts NULL */
+
+/* Fills have[i] for every tensor of the assignment. */
+void wp_cache_have(struct wp_cache *c, const struct net_assign *a, uint64_t *have);
+
+/* Appends one received chunk (checked against the assignment). */
+int wp_cache_put_chunk(struct wp_cache *c, const struct net_assign *a, const struct net_chunk *ch, ifd_error *err);
+
+/* Assembles the image of the assignment's tensors. *ret_image is malloc'd. */
+int wp_cache_build_image(struct wp_cache *c, const struct net_assign *a, void **ret_image, size_t *ret_len,
+                         ifd_error *err);
