@@ -1,0 +1,459 @@
+#!/usr/bin/env python3
+"""Integration tests of distributed inference: one master and two workers as
+real inferd processes on loopback (stdlib only).
+
+Usage: cluster_test.py INFERD_BINARY GROUP
+Groups:
+  golden      greedy outputs through master + 2 workers == single node == goldens
+              (tinystories-656k, its bf16-sharded copy, qwen3-tiny-random), and a
+              master that keeps a layer itself (local + remote stages)
+  concurrent  concurrent requests through the cluster, each equal to its single-node output
+  faults      worker absent at start (retry, not READY), worker killed mid-generation
+              (503 / error event, bounded time, recovery with no tensor re-sent),
+              wrong key, other protocol version, garbage bytes, half-open connection,
+              no key with a non-loopback worker
+Models and goldens come from $INFERD_SHARED (set by meson's test_env)."""
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+SHARED = os.environ.get("INFERD_SHARED")
+if not SHARED or not os.path.isdir(os.path.join(SHARED, "models")):
+    sys.exit("INFERD_SHARED is not set or has no models/ (the shared test data beside the checkout)")
+MODELS = os.path.join(SHARED, "models")
+FAILURES = []
+TMP = tempfile.mkdtemp(prefix="inferd-cluster-test-")
+
+
+def check(cond, what):
+    if not cond:
+        FAILURES.append(what)
+        print("FAIL:", what, flush=True)
+    return cond
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def goldens(model):
+    with open(os.path.join(SHARED, "golden", "models.jsonl")) as f:
+        return [d for d in map(json.loads, f) if d["model"] == model]
+
+
+def key_file(name, content=None):
+    path = os.path.join(TMP, name)
+    with open(path, "w") as f:
+        f.write(content or os.urandom(32).hex())
+    os.chmod(path, 0o600)
+    return path
+
+
+class Proc:
+    def __init__(self, args, name):
+        self.log = os.path.join(TMP, name + ".log")
+        self.args = args
+        self.proc = subprocess.Popen(args, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+
+    def logtext(self):
+        with open(self.log, errors="replace") as f:
+            return f.read()
+
+    def wait_log(self, pattern, timeout=20):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if re.search(pattern, self.logtext()):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                check(False, "%s did not stop within 20 s" % self.args[1:4])
+        return self.proc.returncode
+
+
+class Worker(Proc):
+    def __init__(self, binary, key, name, port=None, cache=None, extra=()):
+        self.port = port or free_port()
+        self.cache = cache or os.path.join(TMP, "cache-" + name)
+        args = [binary, "--config", "/dev/null", "--role", "worker", "--listen", "127.0.0.1:%d" % self.port,
+                "--cache-dir", self.cache, "--threads", "1", *extra]
+        if key:
+            args += ["--cluster-key-file", key]
+        super().__init__(args, "worker-" + name)
+        self.addr = "127.0.0.1:%d" % self.port
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("worker exited with %d:\n%s" % (self.proc.returncode, self.logtext()))
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("worker not listening:\n" + self.logtext())
+
+
+class Master(Proc):
+    def __init__(self, binary, model, workers=(), key=None, wait=True, extra=()):
+        self.port = free_port()
+        args = [binary, "--config", "/dev/null", "--model", model, "--listen", "127.0.0.1:%d" % self.port,
+                "--threads", "2", *extra]
+        for addr, layers in workers:
+            args += ["--worker", "%s=%s" % (addr, layers)]
+        if key:
+            args += ["--cluster-key-file", key]
+        super().__init__(args, "master-%d" % self.port)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout=60):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("master exited with %d:\n%s" % (self.proc.returncode, self.logtext()))
+            if self.health() == 200:
+                return True
+            time.sleep(0.05)
+        raise RuntimeError("master not ready after %ds:\n%s" % (timeout, self.logtext()))
+
+    def health(self):
+        try:
+            return self.request("GET", "/health")[0]
+        except OSError:
+            return None
+
+    def request(self, method, path, body=None, timeout=60):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        data = json.dumps(body).encode() if body is not None else None
+        c.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
+        r = c.getresponse()
+        payload = r.read()
+        c.close()
+        return r.status, payload
+
+    def complete(self, prompt, n, **kw):
+        st, payload = self.request("POST", "/v1/completions",
+                                   dict({"prompt": prompt, "max_tokens": n, "temperature": 0}, **kw))
+        try:
+            return st, json.loads(payload)
+        except ValueError:
+            return st, {"_raw": payload.decode(errors="replace")}
+
+    def status(self):
+        st, payload = self.request("GET", "/v1/status")
+        return json.loads(payload) if st == 200 else None
+
+
+def cluster_up(binary, model, key, split=None):
+    w1 = Worker(binary, key, "w1-%d" % free_port())
+    w2 = Worker(binary, key, "w2-%d" % free_port())
+    m = Master(binary, model, [(w1.addr, "0-0"), (w2.addr, "1-1")], key)
+    return m, w1, w2
+
+
+def stop_all(*procs):
+    for p in procs:
+        if p:
+            p.stop()
+
+
+# ---------------------------------------------------------------- groups
+
+
+def group_golden(binary):
+    key = key_file("golden.key")
+    for model in ["tinystories-656k", "tinystories-656k-bf16-sharded", "qwen3-tiny-random"]:
+        path = os.path.join(MODELS, model)
+        gs = goldens(model)
+        check(gs, "goldens for %s" % model)
+        single = Master(binary, path)
+        want = {}
+        for g in gs:
+            st, r = single.complete(g["prompt_ids"], len(g["generated_ids"]))
+            check(st == 200, "%s single node: %s" % (model, r))
+            want[g["name"]] = r["choices"][0]["text"] if st == 200 else None
+        single.stop()
+        m, w1, w2 = cluster_up(binary, path, key)
+        try:
+            for g in gs:
+                n = len(g["generated_ids"])
+                st, r = m.complete(g["prompt_ids"], n)
+                if not check(st == 200, "%s %s through the cluster: %d %s" % (model, g["name"], st, r)):
+                    continue
+                got = r["choices"][0]["text"]
+                check(got == want[g["name"]], "%s %s cluster == single node:\n got %r\nwant %r" %
+                      (model, g["name"], got, want[g["name"]]))
+                check(got.startswith(g["stable_completion_text"]), "%s %s cluster starts with the golden:\n got %r\n"
+                      "want %r" % (model, g["name"], got, g["stable_completion_text"]))
+                check(r["usage"]["completion_tokens"] == n or r["choices"][0]["finish_reason"] == "stop",
+                      "%s usage %s" % (model, r["usage"]))
+            s = m.status()
+            check(s and len(s["workers"]) == 2, "status lists two workers: %s" % s)
+            if s:
+                for w in s["workers"]:
+                    check(w["state"] == "ready", "worker state %s" % w)
+                    check(w["forwards"] > 0 and w["bytes_sent"] > 0 and w["rtt_ms"] >= 0, "worker counters %s" % w)
+                    check(w["weights"]["tensors_sent"] == w["weights"]["tensors"], "first push sends all: %s" % w)
+                # The chain: the master sends hidden states only to the first worker.
+                w1s, w2s = s["workers"]
+                check(w2s["bytes_sent"] < w1s["bytes_sent"] / 4 + 8192 or w2s["weights"]["bytes_sent_wire"] >
+                      w2s["bytes_sent"] * 0.5, "chain: little traffic master->w2 beside its weights: %s" % s["workers"])
+            check("previous worker" in w2.logtext(), "w2 receives hidden states from w1 (chain)")
+        finally:
+            stop_all(m, w1, w2)
+
+    # The master keeps layer 0 itself; one worker runs layer 1.
+    path = os.path.join(MODELS, "tinystories-656k")
+    g = goldens("tinystories-656k")[0]
+    w = Worker(binary, key, "half")
+    m = Master(binary, path, [(w.addr, "1-1")], key)
+    try:
+        st, r = m.complete(g["prompt_ids"], g["stable_prefix_len"])
+        check(st == 200 and r["choices"][0]["text"] == g["stable_completion_text"],
+              "local layer 0 + remote layer 1 == golden: %s" % r)
+    finally:
+        stop_all(m, w)
+
+
+def group_concurrent(binary):
+    key = key_file("conc.key")
+    path = os.path.join(MODELS, "tinystories-656k")
+    prompts = ["Once upon a time", "The little dog", "Tom and Sue went to the park", "One day, a cat",
+               "Lily had a red ball", "The sun was hot"]
+    single = Master(binary, path)
+    want = {}
+    for p in prompts:
+        st, r = single.complete(p, 24)
+        want[p] = r["choices"][0]["text"] if st == 200 else None
+    single.stop()
+    m, w1, w2 = cluster_up(binary, path, key)
+    results = {}
+
+    def run(p):
+        results[p] = m.complete(p, 24)
+
+    try:
+        ts = [threading.Thread(target=run, args=(p,)) for p in prompts * 2]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(120)
+        for p in prompts:
+            st, r = results.get(p, (None, None))
+            check(st == 200 and r["choices"][0]["text"] == want[p], "concurrent %r: %s %s want %r" %
+                  (p, st, r, want[p]))
+    finally:
+        stop_all(m, w1, w2)
+
+
+def raw_frame(version_major, msg_type, payload):
+    """A frame as docs/protocol.md specifies it (CRC32C computed here independently)."""
+    def crc32c(data, crc=0):
+        crc ^= 0xFFFFFFFF
+        for b in data:
+            crc ^= b
+            for _ in range(8):
+                crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
+        return crc ^ 0xFFFFFFFF
+    head = b"IFP1" + struct.pack("<BBHII", version_major, 0, msg_type, 0, len(payload))
+    crc = crc32c(head + b"\0\0\0\0" + payload)
+    return head + struct.pack("<I", crc) + payload
+
+
+def read_frame(s):
+    head = b""
+    while len(head) < 20:
+        chunk = s.recv(20 - len(head))
+        if not chunk:
+            return None
+        head += chunk
+    magic, maj, mnr, typ, flags, length, crc = struct.unpack("<4sBBHIII", head)
+    body = b""
+    while len(body) < length:
+        chunk = s.recv(length - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return maj, typ, body
+
+
+def fault_worker_death(binary, key):
+    """A worker dies in the middle of a streamed generation. qwen3-tiny-random
+    (random weights, 151k vocabulary) rarely emits EOS, so a long sampled
+    generation is still running when the worker is killed."""
+    path = os.path.join(MODELS, "qwen3-tiny-random")
+    g = goldens("qwen3-tiny-random")[0]
+    m, w1, w2 = cluster_up(binary, path, key)
+    try:
+        st, r = m.complete(g["prompt_ids"], g["stable_prefix_len"])
+        want = r["choices"][0]["text"] if st == 200 else None
+        check(st == 200, "qwen3 cluster serves: %s" % r)
+        c = http.client.HTTPConnection("127.0.0.1", m.port, timeout=60)
+        c.request("POST", "/v1/completions", body=json.dumps({"prompt": g["prompt_ids"], "max_tokens": 3000,
+                  "temperature": 1.0, "seed": 7, "stream": True}), headers={"Content-Type": "application/json"})
+        resp = c.getresponse()
+        check(resp.status == 200, "stream starts")
+        first = resp.readline()
+        check(first.startswith(b"data: "), "first event arrives before the kill: %r" % first)
+        t0 = time.time()
+        w2.stop(signal.SIGKILL)
+        rest = b""
+        try:
+            rest = resp.read()
+        except (http.client.IncompleteRead, ConnectionError) as e:
+            rest = getattr(e, "partial", b"") or b""
+        elapsed = time.time() - t0
+        c.close()
+        text = rest.decode(errors="replace")
+        check(elapsed < 10, "the stream ended within a bounded time after the kill (%.1fs)" % elapsed)
+        check('"error"' in text, "the stream ends with an error event: %r" % text[-400:])
+        check('"finish_reason":"length"' not in text, "the stream did not pretend to finish: %r" % text[-300:])
+        st, r = m.complete(g["prompt_ids"], 4)
+        check(st == 503, "requests while the worker is down get 503, got %d %s" % (st, r))
+        s = m.status()
+        check(s and any(w["state"] in ("down", "connecting") for w in s["workers"]),
+              "status shows the worker down: %s" % (s and s["workers"]))
+        check(m.proc.poll() is None, "the master stays up")
+        # Back on the same port with the same cache directory: nothing re-sent.
+        w2 = Worker(binary, key, "death-w2", port=w2.port, cache=w2.cache)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            st, r = m.complete(g["prompt_ids"], g["stable_prefix_len"])
+            if st == 200:
+                break
+            time.sleep(0.2)
+        check(st == 200 and r["choices"][0]["text"] == want, "serves again after the restart: %d %s" % (st, r))
+        check(re.search(r"\((0) sent, (\d+) cached\)", m.logtext()), "the restarted worker got no tensor again")
+        check(re.search(r"already cached", w2.logtext()), "the restarted worker found its tensors in its cache")
+    finally:
+        stop_all(m, w1, w2)
+
+
+def group_faults(binary):
+    key = key_file("faults.key")
+    path = os.path.join(MODELS, "tinystories-656k")
+    g = goldens("tinystories-656k")[0]
+    n = g["stable_prefix_len"]
+    fault_worker_death(binary, key)
+
+    # 1. A worker absent at start: the master retries and is not READY until it is up.
+    w1 = Worker(binary, key, "f1")
+    port2 = free_port()
+    m = Master(binary, path, [(w1.addr, "0-0"), ("127.0.0.1:%d" % port2, "1-1")], key, wait=False)
+    w2 = None
+    try:
+        check(m.wait_log(r"retrying", 15), "master logs the retry of the absent worker")
+        time.sleep(1.0)
+        check(m.health() == 503, "master is not ready while a worker is missing (health %s)" % m.health())
+        w2 = Worker(binary, key, "f2", port=port2)
+        m.wait_ready(30)
+        st, r = m.complete(g["prompt_ids"], n)
+        check(st == 200 and r["choices"][0]["text"] == g["stable_completion_text"], "serves once the worker is up")
+
+        # 3. Garbage bytes, another protocol version and a silent connection on the worker port.
+        s1 = socket.create_connection(("127.0.0.1", port2))
+        s1.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        s1.settimeout(10)
+        try:
+            closed = s1.recv(100) == b""
+        except ConnectionResetError:
+            closed = True
+        check(closed, "garbage: the worker closes the connection")
+        s1.close()
+        check(w2.wait_log(r"not an inferd frame", 5), "garbage is logged")
+        s2 = socket.create_connection(("127.0.0.1", port2))
+        hello = struct.pack("<BBBBI32sQII", 2, 0, 1, 0, 0, os.urandom(32), 0, 1, 0)
+        s2.sendall(raw_frame(2, 1, hello))
+        s2.settimeout(10)
+        fr = read_frame(s2)
+        check(fr is not None and fr[1] == 3 and b"protocol version" in fr[2],
+              "version 2 HELLO is answered with an ERROR naming the version: %r" % (fr,))
+        s2.close()
+        check(w2.wait_log(r"protocol version 2\.0", 5), "the version mismatch is logged")
+        s3 = socket.create_connection(("127.0.0.1", port2))
+        s3.settimeout(15)
+        t0 = time.time()
+        try:
+            closed = s3.recv(100) == b""
+        except socket.timeout:
+            closed = False
+        check(closed and time.time() - t0 < 12, "a silent connection is closed after the handshake timeout")
+        s3.close()
+        check(w2.wait_log(r"timed out", 5), "the silent connection is logged")
+        st, r = m.complete(g["prompt_ids"], n)
+        check(st == 200 and r["choices"][0]["text"] == g["stable_completion_text"], "still serves after the abuse")
+    finally:
+        stop_all(m, w1, w2)
+
+    # 4. A worker with another key: refused on both sides, the master is not READY.
+    wk = Worker(binary, key_file("other.key"), "wrongkey")
+    m = Master(binary, path, [(wk.addr, "0-1")], key, wait=False)
+    try:
+        check(m.wait_log(r"authentication failed", 15), "master logs the failed authentication")
+        check(wk.wait_log(r"authentication failed", 5), "worker logs the failed authentication")
+        check(m.health() == 503, "master with a wrongly keyed worker is not ready")
+    finally:
+        stop_all(m, wk)
+
+    # 5. No key configured: non-loopback workers are refused (master and worker).
+    m = Master(binary, path, [("10.255.255.1:10128", "0-1")], None, wait=False)
+    deadline = time.time() + 20
+    while m.proc.poll() is None and time.time() < deadline and not re.search("no cluster key", m.logtext()):
+        time.sleep(0.05)
+    check(re.search(r"not on loopback and no cluster key", m.logtext()),
+          "master refuses a non-loopback worker without a key:\n" + m.logtext()[-500:])
+    m.stop()
+    wp = free_port()
+    w = subprocess.run([binary, "--config", "/dev/null", "--role", "worker", "--listen", "0.0.0.0:%d" % wp,
+                        "--cache-dir", os.path.join(TMP, "c-nokey")], capture_output=True, text=True, timeout=20)
+    check(w.returncode != 0 and "without a cluster key" in w.stderr, "worker refuses to listen beyond loopback "
+          "without a key: %d %s" % (w.returncode, w.stderr[-300:]))
+
+
+def main():
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    binary, group = sys.argv[1], sys.argv[2]
+    groups = {"golden": group_golden, "concurrent": group_concurrent, "faults": group_faults}
+    try:
+        groups[group](binary)
+    except Exception as e:  # noqa: BLE001 - report and fail
+        check(False, "exception: %r" % e)
+        import traceback
+        traceback.print_exc()
+    if FAILURES:
+        print("%d failure(s); logs in %s" % (len(FAILURES), TMP))
+        for name in sorted(os.listdir(TMP)):
+            if name.endswith(".log"):
+                print("----", name)
+                with open(os.path.join(TMP, name), errors="replace") as f:
+                    print(f.read()[-3000:])
+        sys.exit(1)
+    shutil.rmtree(TMP, ignore_errors=True)
+    print("ok")
+
+
+if __name__ == "__main__":
+    main()
