@@ -154,6 +154,8 @@ struct tok_bpe {
     int32_t fallback_ids[256];  /* id of "<0xNN>", or -1 */
     int32_t ascii_ids[128];     /* id of the one-byte token for an ASCII char, or -1 */
     int32_t bytelevel_ids[256]; /* id of the byte-level char standing for byte b, or -1 */
+    char bytelevel_utf8[256][2]; /* UTF-8 of the byte-level char for byte b (all are < U+0800) */
+    uint8_t bytelevel_len[256];
 };
 
 /* Added tokens, matched by a byte trie before the model runs. */
@@ -238,7 +240,22 @@ struct tok_scratch {
     struct tok_merge *heap;
     size_t heap_cap;
     pcre2_match_data *md;
+    /* Words already merged in this call (word bytes -> ids), made once the
+     * call has seen TOK_CACHE_AFTER words: text repeats words a lot, short
+     * calls should not pay for the table. Per call, so encode stays
+     * thread-safe without locks. */
+    struct tok_cache_entry *cache;
+    size_t cache_n, words_seen;
+    struct tok_buf cache_bytes; /* word bytes then int32 ids, per entry */
 };
+struct tok_cache_entry {
+    uint64_t hash; /* 0 = empty */
+    size_t off;    /* word bytes at cache_bytes.p + off, ids right after (4-aligned) */
+    uint32_t len, n_ids;
+};
+#define TOK_CACHE_SLOTS 8192 /* power of two */
+#define TOK_CACHE_AFTER 64
+#define TOK_CACHE_WORD_MAX 64
 void tok_scratch_finish(struct tok_scratch *s);
 
 /* tokenizer_text.c */

@@ -749,7 +749,10 @@ static int parse_model(struct loader *L, const cJSON *m, int32_t *max_id)
         char name[8], ch[4];
         snprintf(name, sizeof(name), "<0x%02X>", i);
         b->fallback_ids[i] = tok_strmap_get(&b->vocab, name, 6);
-        b->bytelevel_ids[i] = tok_strmap_get(&b->vocab, ch, (size_t)tok_utf8_encode(tok_bytelevel_char((uint8_t)i), ch));
+        int bl = tok_utf8_encode(tok_bytelevel_char((uint8_t)i), ch);
+        b->bytelevel_ids[i] = tok_strmap_get(&b->vocab, ch, (size_t)bl);
+        memcpy(b->bytelevel_utf8[i], ch, 2);
+        b->bytelevel_len[i] = (uint8_t)bl;
         if (i < 128) {
             ch[0] = (char)i;
             b->ascii_ids[i] = tok_strmap_get(&b->vocab, ch, 1);
@@ -1241,6 +1244,8 @@ void tok_scratch_finish(struct tok_scratch *s)
     free(s->spans);
     free(s->sym);
     free(s->heap);
+    free(s->cache);
+    tok_buf_finish(&s->cache_bytes);
     if (s->md)
         pcre2_match_data_free(s->md);
     *s = (struct tok_scratch){0};

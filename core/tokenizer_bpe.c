@@ -312,8 +312,8 @@ static int word_symbols_chars(const struct tokenizer *t, struct tok_scratch *s, 
     return 0;
 }
 
-int tok_bpe_word(const struct tokenizer *t, struct tok_scratch *s, const char *w, size_t len,
-                 struct tok_ids *out)
+static int bpe_word(const struct tokenizer *t, struct tok_scratch *s, const char *w, size_t len,
+                    struct tok_ids *out)
 {
     const struct tok_bpe *m = &t->bpe;
     int r;
@@ -330,8 +330,11 @@ int tok_bpe_word(const struct tokenizer *t, struct tok_scratch *s, const char *w
             s->word.n = 0;
             if ((r = tok_buf_reserve(&s->word, len * 2)) < 0)
                 return r;
-            for (size_t i = 0; i < len; i++)
-                s->word.n += (size_t)tok_utf8_encode(tok_bytelevel_char((uint8_t)w[i]), s->word.p + s->word.n);
+            for (size_t i = 0; i < len; i++) {
+                uint8_t c = (uint8_t)w[i];
+                memcpy(s->word.p + s->word.n, m->bytelevel_utf8[c], 2);
+                s->word.n += m->bytelevel_len[c];
+            }
             if (m->ignore_merges) {
                 int32_t id = tok_strmap_get(&m->vocab, s->word.p, s->word.n);
                 if (id >= 0)
@@ -401,5 +404,65 @@ int tok_bpe_word(const struct tokenizer *t, struct tok_scratch *s, const char *w
     for (int32_t i = 0; i >= 0; i = sym[i].next)
         if ((r = tok_ids_push(out, sym[i].id)) < 0)
             return r;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- word cache */
+
+static struct tok_cache_entry *cache_slot(struct tok_scratch *s, const char *w, size_t len, uint64_t h,
+                                          bool *found)
+{
+    size_t mask = TOK_CACHE_SLOTS - 1;
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+        struct tok_cache_entry *e = &s->cache[i];
+        if (e->hash == 0) {
+            *found = false;
+            return e;
+        }
+        if (e->hash == h && e->len == len && memcmp(s->cache_bytes.p + e->off, w, len) == 0) {
+            *found = true;
+            return e;
+        }
+    }
+}
+
+int tok_bpe_word(const struct tokenizer *t, struct tok_scratch *s, const char *w, size_t len,
+                 struct tok_ids *out)
+{
+    if (len > TOK_CACHE_WORD_MAX || ++s->words_seen < TOK_CACHE_AFTER)
+        return bpe_word(t, s, w, len, out);
+    if (!s->cache) {
+        s->cache = calloc(TOK_CACHE_SLOTS, sizeof(*s->cache));
+        if (!s->cache)
+            return bpe_word(t, s, w, len, out);
+    }
+    uint64_t h = tok_hash_bytes(w, len) | 1;
+    bool found;
+    struct tok_cache_entry *e = cache_slot(s, w, len, h, &found);
+    if (found) {
+        const char *ids = s->cache_bytes.p + e->off + ((e->len + 3) & ~(size_t)3);
+        for (uint32_t i = 0; i < e->n_ids; i++) {
+            int32_t id;
+            memcpy(&id, ids + 4 * i, 4);
+            int r = tok_ids_push(out, id);
+            if (r < 0)
+                return r;
+        }
+        return 0;
+    }
+    size_t before = out->n;
+    int r = bpe_word(t, s, w, len, out);
+    /* keep the table at most half full; past that, words just go uncached */
+    if (r < 0 || s->cache_n >= TOK_CACHE_SLOTS / 2)
+        return r;
+    size_t n_ids = out->n - before, pad = ((len + 3) & ~(size_t)3) - len;
+    size_t off = (s->cache_bytes.n + 3) & ~(size_t)3;
+    static const char zeros[4] = {0};
+    if (tok_buf_put(&s->cache_bytes, zeros, off - s->cache_bytes.n) < 0 ||
+        tok_buf_put(&s->cache_bytes, w, len) < 0 || tok_buf_put(&s->cache_bytes, zeros, pad) < 0 ||
+        tok_buf_put(&s->cache_bytes, out->ids + before, n_ids * sizeof(int32_t)) < 0)
+        return 0; /* the ids are out already; the cache is only an optimisation */
+    *e = (struct tok_cache_entry){.hash = h, .off = off, .len = (uint32_t)len, .n_ids = (uint32_t)n_ids};
+    s->cache_n++;
     return 0;
 }

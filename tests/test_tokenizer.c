@@ -601,3 +601,31 @@ Test(tokenizer_cases, mongolian_vowel_separator_is_not_regex_space)
     expect_ids(t, ";\n}\n\n\xE1\xA0\x8E\nx", false, want2, 10);
     tok_destroy(t);
 }
+
+Test(tokenizer_cases, word_cache_gives_same_ids)
+{
+    /* Past TOK_CACHE_AFTER words an encode call answers repeated words from
+     * its cache: a long repetitive text must give the ids of a short one, repeated. */
+    tokenizer *t = load_dir("models/qwen3-tiny-random");
+    const char *unit = " hello wörld 12345 \xE4\xB8\x96\xE7\x95\x8C!";
+    size_t ul = strlen(unit), reps = 400;
+    char *big = malloc(ul * reps + 1);
+    for (size_t i = 0; i < reps; i++)
+        memcpy(big + i * ul, unit, ul);
+    big[ul * reps] = '\0';
+    struct tok_ids one = {0}, two = {0}, all = {0};
+    ifd_error err = {0};
+    cr_assert_eq(tok_encode(t, big, ul, false, &one, &err), 0);
+    cr_assert_eq(tok_encode(t, big, 2 * ul, false, &two, &err), 0);
+    cr_assert_eq(tok_encode(t, big, ul * reps, false, &all, &err), 0);
+    /* the unit starts with a space and ends with '!', so it tokenizes the same each time */
+    cr_assert_eq(two.n, 2 * one.n);
+    cr_assert_eq(all.n, reps * one.n);
+    for (size_t i = 0; i < all.n; i++)
+        cr_assert_eq(all.ids[i], one.ids[i % one.n], "id %zu differs", i);
+    tok_ids_finish(&one);
+    tok_ids_finish(&two);
+    tok_ids_finish(&all);
+    free(big);
+    tok_destroy(t);
+}

@@ -1,0 +1,150 @@
+/* bench_tokenizer.c - encode throughput of the tokenizer on a mixed corpus.
+ *
+ *   bench_tokenizer --write-corpus PATH [MIN_BYTES]
+ *       builds the corpus from the golden tokenizer corpus texts
+ *       ($INFERD_SHARED/golden/tokenizer/qwen3.jsonl: prose, code, numbers,
+ *       CJK, Arabic, emoji ...), repeated in a fixed shuffled order until it
+ *       holds MIN_BYTES (default 2 MiB), and writes it to PATH;
+ *   bench_tokenizer TOKENIZER_DIR CORPUS [SECONDS]
+ *       encodes the whole corpus as one string, single thread, repeatedly for
+ *       about SECONDS (default 3) and prints one JSON line with MB/s.
+ * bench_tokenizer.sh runs it beside the npm `tokenizers` package. */
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "tokenizer.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        buf = NULL;
+    }
+    fclose(f);
+    if (buf) {
+        buf[n] = '\0';
+        *len = (size_t)n;
+    }
+    return buf;
+}
+
+static int write_corpus(const char *out, size_t min_bytes)
+{
+    const char *shared = getenv("INFERD_SHARED");
+    if (!shared) {
+        fprintf(stderr, "bench_tokenizer: INFERD_SHARED is not set\n");
+        return 1;
+    }
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/golden/tokenizer/qwen3.jsonl", shared);
+    size_t len;
+    char *data = slurp(path, &len);
+    if (!data) {
+        fprintf(stderr, "bench_tokenizer: cannot read %s\n", path);
+        return 1;
+    }
+    size_t n = 0, cap = 1024;
+    char **texts = malloc(cap * sizeof(*texts));
+    for (char *line = strtok(data, "\n"); line; line = strtok(NULL, "\n")) {
+        cJSON *j = cJSON_Parse(line);
+        const cJSON *t = cJSON_GetObjectItem(j, "text");
+        if (cJSON_IsString(t) && *t->valuestring) {
+            if (n == cap)
+                texts = realloc(texts, (cap *= 2) * sizeof(*texts));
+            texts[n++] = strdup(t->valuestring);
+        }
+        cJSON_Delete(j);
+    }
+    FILE *f = fopen(out, "wb");
+    if (!f || n == 0) {
+        fprintf(stderr, "bench_tokenizer: cannot write %s\n", out);
+        return 1;
+    }
+    /* fixed-seed shuffle per round, so every run measures the same bytes */
+    uint64_t seed = 0x2545F4914F6CDD1Dull;
+    size_t written = 0;
+    while (written < min_bytes) {
+        for (size_t i = n - 1; i > 0; i--) {
+            seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
+            size_t k = (size_t)(seed % (i + 1));
+            char *tmp = texts[i];
+            texts[i] = texts[k];
+            texts[k] = tmp;
+        }
+        for (size_t i = 0; i < n; i++) {
+            written += fwrite(texts[i], 1, strlen(texts[i]), f);
+            written += fwrite("\n", 1, 1, f);
+        }
+    }
+    fclose(f);
+    for (size_t i = 0; i < n; i++)
+        free(texts[i]);
+    free(texts);
+    free(data);
+    fprintf(stderr, "bench_tokenizer: wrote %zu bytes (%zu corpus texts, repeated) to %s\n", written, n, out);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 3 && strcmp(argv[1], "--write-corpus") == 0)
+        return write_corpus(argv[2], argc > 3 ? (size_t)strtoull(argv[3], NULL, 10) : (size_t)2 << 20);
+    if (argc < 3) {
+        fprintf(stderr, "usage: bench_tokenizer TOKENIZER_DIR CORPUS [SECONDS]\n"
+                        "       bench_tokenizer --write-corpus PATH [MIN_BYTES]\n");
+        return 2;
+    }
+    double seconds = argc > 3 ? atof(argv[3]) : 3.0;
+    size_t len;
+    char *text = slurp(argv[2], &len);
+    if (!text) {
+        fprintf(stderr, "bench_tokenizer: cannot read %s\n", argv[2]);
+        return 1;
+    }
+    tokenizer *t = NULL;
+    ifd_error err = {0};
+    double t0 = now();
+    if (tok_load(argv[1], &t, &err) < 0) {
+        fprintf(stderr, "bench_tokenizer: %s\n", err.msg);
+        return 1;
+    }
+    double load_s = now() - t0;
+    struct tok_ids ids = {0};
+    int iters = 0;
+    double best = 1e30, total = 0;
+    while (total < seconds || iters < 3) {
+        double a = now();
+        if (tok_encode(t, text, len, false, &ids, &err) < 0) {
+            fprintf(stderr, "bench_tokenizer: %s\n", err.msg);
+            return 1;
+        }
+        double d = now() - a;
+        total += d;
+        best = d < best ? d : best;
+        iters++;
+    }
+    printf("{\"impl\":\"inferd\",\"tokenizer\":\"%s\",\"bytes\":%zu,\"tokens\":%zu,\"iters\":%d,"
+           "\"mean_mb_s\":%.2f,\"best_mb_s\":%.2f,\"load_s\":%.3f}\n",
+           argv[1], len, ids.n, iters, len / 1e6 / (total / iters), len / 1e6 / best, load_s);
+    tok_ids_finish(&ids);
+    tok_destroy(t);
+    free(text);
+    return 0;
+}
