@@ -44,7 +44,10 @@ struct cpu_stage {
     int hidden, n_heads, n_kv_heads, head_dim, q_dim, kv_dim, ffn;
     float eps;
 
-    float *kv;                 /* [n_layers][n_seq_max][2 (K, V)][n_ctx][kv_dim] */
+    /* [n_layers][n_seq_max][2]: K block [kv_dim][n_ctx] (transposed, so the
+     * scores of one query are a broadcast times contiguous keys), then V
+     * block [n_ctx][kv_dim] */
+    float *kv;
     int *seq_len;              /* [n_seq_max] positions held in the cache */
     double *inv_freq;          /* [head_dim / 2] RoPE frequencies, scaling applied */
     struct layer_vecs *vecs;   /* [n_layers] */
@@ -80,10 +83,11 @@ static double now_ms(void)
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
-static inline size_t kv_offset(const struct cpu_stage *s, int layer, int seq, int kind, int pos)
+/* Start of the K (kind 0) or V (kind 1) block of a layer and slot. */
+static inline float *kv_block(const struct cpu_stage *s, int layer, int seq, int kind)
 {
-    return ((((size_t)layer * (size_t)s->base.n_seq_max + (size_t)seq) * 2 + (size_t)kind) * (size_t)s->base.n_ctx +
-            (size_t)pos) * (size_t)s->kv_dim;
+    return s->kv + (((size_t)layer * (size_t)s->base.n_seq_max + (size_t)seq) * 2 + (size_t)kind) *
+                       (size_t)s->base.n_ctx * (size_t)s->kv_dim;
 }
 
 /* HF RoPE inverse frequencies, in double as the reference computes them, with
@@ -171,15 +175,11 @@ static void attn_task(void *ctx, int task, int n_tasks)
         int t = pair / s->n_heads, h = pair % s->n_heads, g = h / group;
         int seq = j->b->seq_ids[t], pos = j->b->positions[t];
         const float *q = s->q + (size_t)t * s->q_dim + (size_t)h * hd;
-        const float *kc = s->kv + kv_offset(s, j->layer, seq, 0, 0) + (size_t)g * hd;
-        const float *vc = s->kv + kv_offset(s, j->layer, seq, 1, 0) + (size_t)g * hd;
-        for (int p = 0; p <= pos; p++)
-            scores[p] = kern_dot(q, kc + (size_t)p * s->kv_dim, hd) * scale;
+        const float *kt = kv_block(s, j->layer, seq, 0) + (size_t)g * hd * (size_t)s->base.n_ctx;
+        const float *vc = kv_block(s, j->layer, seq, 1) + (size_t)g * hd;
+        kern_attn_scores(scores, q, kt, s->base.n_ctx, hd, pos + 1, scale);
         kern_softmax(scores, pos + 1);
-        float *o = s->att + (size_t)t * s->q_dim + (size_t)h * hd;
-        memset(o, 0, sizeof(float) * (size_t)hd);
-        for (int p = 0; p <= pos; p++)
-            kern_axpy(o, scores[p], vc + (size_t)p * s->kv_dim, hd);
+        kern_attn_values(s->att + (size_t)t * s->q_dim + (size_t)h * hd, scores, vc, s->kv_dim, hd, pos + 1);
     }
 }
 
@@ -309,10 +309,12 @@ static int cpu_forward(struct stage *base, const struct stage_batch *b, ifd_erro
         rope_apply(s, s->q, T, s->n_heads);
         rope_apply(s, s->k, T, s->n_kv_heads);
         for (int t = 0; t < T; t++) {
-            memcpy(s->kv + kv_offset(s, li, b->seq_ids[t], 0, b->positions[t]), s->k + (size_t)t * s->kv_dim,
-                   sizeof(float) * (size_t)s->kv_dim);
-            memcpy(s->kv + kv_offset(s, li, b->seq_ids[t], 1, b->positions[t]), s->v + (size_t)t * s->kv_dim,
-                   sizeof(float) * (size_t)s->kv_dim);
+            int seq = b->seq_ids[t], pos = b->positions[t];
+            float *kt = kv_block(s, li, seq, 0), *vc = kv_block(s, li, seq, 1);
+            const float *kr = s->k + (size_t)t * s->kv_dim;
+            for (int c = 0; c < s->kv_dim; c++)
+                kt[(size_t)c * (size_t)base->n_ctx + (size_t)pos] = kr[c];
+            memcpy(vc + (size_t)pos * (size_t)s->kv_dim, s->v + (size_t)t * s->kv_dim, sizeof(float) * (size_t)s->kv_dim);
         }
         struct attn_job aj = {.s = s, .b = b, .layer = li};
         int n_pairs = T * s->n_heads;

@@ -29,4 +29,4 @@ extern const struct kern_isa kern_isa_avx512;
 #endif
 
 /* Rows per task and tokens per L2 block, shared so every ISA splits alike. */
-#define KERN_TOKEN_BLOCK_BYTES (256 * 1024)
+#define KERN_TOKEN_BLOCK_BYTES (1024 * 1024)

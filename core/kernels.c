@@ -170,7 +170,7 @@ void kern_matmul(struct thread_pool *pool, const struct ifd_weight *w, const flo
     }
     /* Several tasks per thread: dynamic scheduling evens out a core that is
      * busy with something else. */
-    int64_t n_tasks = (int64_t)n_threads * 4;
+    int64_t n_tasks = (int64_t)n_threads * 8;
     int64_t per = (w->rows + n_tasks - 1) / n_tasks;
     per = (per + 3) / 4 * 4;
     j.rows_per_task = per;
@@ -230,6 +230,39 @@ void kern_silu_mul(float *gate, const float *up, int n)
     for (int i = 0; i < n; i++) {
         float g = gate[i];
         gate[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+/* The attention loops are plain C written for the vectorizer; target_clones
+ * builds them for AVX-512, AVX2+FMA and the baseline and picks one at load. */
+#define KERN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+
+KERN_CLONES
+void kern_attn_scores(float *restrict out, const float *restrict q, const float *restrict kt, int64_t stride,
+                      int hd, int n, float scale)
+{
+    for (int p = 0; p < n; p++)
+        out[p] = 0;
+    /* one broadcast q[d] times a contiguous run of keys: no reductions */
+    for (int d = 0; d < hd; d++) {
+        const float qd = q[d], *restrict row = kt + (size_t)d * (size_t)stride;
+        for (int p = 0; p < n; p++)
+            out[p] += qd * row[p];
+    }
+    for (int p = 0; p < n; p++)
+        out[p] *= scale;
+}
+
+KERN_CLONES
+void kern_attn_values(float *restrict out, const float *restrict w, const float *restrict v, int64_t stride,
+                      int hd, int n)
+{
+    for (int d = 0; d < hd; d++)
+        out[d] = 0;
+    for (int p = 0; p < n; p++) {
+        const float wp = w[p], *restrict row = v + (size_t)p * (size_t)stride;
+        for (int d = 0; d < hd; d++)
+            out[d] += wp * row[d];
     }
 }
 

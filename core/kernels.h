@@ -36,3 +36,10 @@ void kern_axpy(float *y, float a, const float *x, int n);            /* y += a *
 void kern_rmsnorm(float *out, const float *x, const float *weight, int n, float eps);
 void kern_silu_mul(float *gate, const float *up, int n);             /* gate = silu(gate) * up */
 void kern_softmax(float *x, int n);                                  /* in place, max-subtracted */
+
+/* Attention of one query head over n cached positions.
+ * scores: out[p] = scale * sum_d q[d] * kt[d * stride + p], keys stored
+ *   transposed (one row of positions per dimension), p in [0, n).
+ * values: out[d] = sum_p w[p] * v[p * stride + d], d in [0, hd). */
+void kern_attn_scores(float *out, const float *q, const float *kt, int64_t stride, int hd, int n, float scale);
+void kern_attn_values(float *out, const float *w, const float *v, int64_t stride, int hd, int n);

@@ -15,6 +15,7 @@
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")
 
 #include <immintrin.h>
+#include <stdbool.h>
 
 #include "kernels-internal.h"
 
@@ -44,20 +45,19 @@ AI __m512 w_load_mask(const void *base, int64_t i, enum ifd_dtype dt, __mmask16 
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-/* y[t, r] for a tile of NR rows starting at row r0 and NT tokens starting at
- * token t0. NR and NT are constants after inlining, so acc[][] lives in
- * registers. */
-AI void mm_tile(const struct ifd_weight *w, const float *x, float *y, int64_t r0, int t0,
+/* y[t, r0 + r] for a tile of NR rows (row r at wbase + r * cols elements of
+ * dtype dt) and NT tokens starting at token t0. NR and NT are constants after
+ * inlining, so acc[][] lives in registers. */
+AI void mm_tile(const void *wbase, int64_t cols, const float *x, float *y, int64_t rows, int64_t r0, int t0,
                 const int NR, const int NT, enum ifd_dtype dt)
 {
-    const int64_t cols = w->cols, rows = w->rows;
     const size_t esz = dt == IFD_DTYPE_F32 ? 4 : 2;
     const void *wr[TILE_ROWS];
     const float *xt[TILE_TOKENS];
     __m512 acc[TILE_ROWS][TILE_TOKENS];
 
     for (int r = 0; r < NR; r++)
-        wr[r] = (const uint8_t *)w->data + (size_t)(r0 + r) * (size_t)cols * esz;
+        wr[r] = (const uint8_t *)wbase + (size_t)r * (size_t)cols * esz;
     for (int t = 0; t < NT; t++)
         xt[t] = x + (size_t)(t0 + t) * (size_t)cols;
     for (int r = 0; r < NR; r++)
@@ -91,36 +91,68 @@ AI void mm_tile(const struct ifd_weight *w, const float *x, float *y, int64_t r0
             y[(size_t)(t0 + t) * (size_t)rows + (size_t)(r0 + r)] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
-/* Runtime token count (capped at TILE_TOKENS) -> compile-time tile width. */
-AI void mm_tile_nt(const struct ifd_weight *w, const float *x, float *y, int64_t r0, int t0,
-                   const int NR, int nt, enum ifd_dtype dt)
+/* Every token tile of [tb, te) against NR rows. */
+AI void mm_tokens(const void *wbase, int64_t cols, const float *x, float *y, int64_t rows, int64_t r0, int tb,
+                  int te, const int NR, enum ifd_dtype dt)
 {
-    switch (nt < TILE_TOKENS ? nt : TILE_TOKENS) {
-    case 6: mm_tile(w, x, y, r0, t0, NR, 6, dt); break;
-    case 5: mm_tile(w, x, y, r0, t0, NR, 5, dt); break;
-    case 4: mm_tile(w, x, y, r0, t0, NR, 4, dt); break;
-    case 3: mm_tile(w, x, y, r0, t0, NR, 3, dt); break;
-    case 2: mm_tile(w, x, y, r0, t0, NR, 2, dt); break;
-    default: mm_tile(w, x, y, r0, t0, NR, 1, dt); break;
+    int t = tb;
+    for (; t + TILE_TOKENS <= te; t += TILE_TOKENS)
+        mm_tile(wbase, cols, x, y, rows, r0, t, NR, TILE_TOKENS, dt);
+    switch (te - t) {
+    case 5: mm_tile(wbase, cols, x, y, rows, r0, t, NR, 5, dt); break;
+    case 4: mm_tile(wbase, cols, x, y, rows, r0, t, NR, 4, dt); break;
+    case 3: mm_tile(wbase, cols, x, y, rows, r0, t, NR, 3, dt); break;
+    case 2: mm_tile(wbase, cols, x, y, rows, r0, t, NR, 2, dt); break;
+    case 1: mm_tile(wbase, cols, x, y, rows, r0, t, NR, 1, dt); break;
+    default: break;
     }
 }
+
+/* Widens TILE_ROWS rows into f32 `out` [TILE_ROWS, cols]. */
+AI void mm_pack(const void *wbase, int64_t cols, float *out, enum ifd_dtype dt)
+{
+    const size_t n = (size_t)TILE_ROWS * (size_t)cols; /* rows are contiguous */
+    size_t c = 0;
+    for (; c + 16 <= n; c += 16)
+        _mm512_storeu_ps(out + c, w_load(wbase, (int64_t)c, dt));
+    if (c < n) {
+        __mmask16 m = (__mmask16)((1u << (n - c)) - 1);
+        _mm512_mask_storeu_ps(out + c, m, w_load_mask(wbase, (int64_t)c, dt, m));
+    }
+}
+
+/* Widened rows are reused by this many token tiles before packing pays. */
+#define PACK_MIN_TOKENS (3 * TILE_TOKENS)
+/* Largest packed tile kept on the stack (4 rows x 16384 columns). */
+#define PACK_MAX_COLS 16384
 
 AI void mm_rows(const struct ifd_weight *w, const float *x, int n_tokens, float *y,
                 int64_t row_begin, int64_t row_end, enum ifd_dtype dt)
 {
+    const int64_t cols = w->cols, rows = w->rows;
+    const size_t esz = dt == IFD_DTYPE_F32 ? 4 : 2;
     /* Tokens are taken in blocks whose activations fit in L2, so the rows of
      * this task are streamed once per block rather than once per tile. */
-    int block = (int)(KERN_TOKEN_BLOCK_BYTES / ((size_t)w->cols * sizeof(float)));
+    int block = (int)(KERN_TOKEN_BLOCK_BYTES / ((size_t)cols * sizeof(float)));
     block = block < TILE_TOKENS ? TILE_TOKENS : block / TILE_TOKENS * TILE_TOKENS;
+    bool pack = dt != IFD_DTYPE_F32 && cols <= PACK_MAX_COLS && n_tokens >= PACK_MIN_TOKENS;
+    /* F16/BF16 rows are widened once per block into this buffer and then
+     * multiplied as f32 by every tile: the conversions leave the inner loop. */
+    float packed[pack ? TILE_ROWS * cols : 1] __attribute__((aligned(64)));
     for (int tb = 0; tb < n_tokens; tb += block) {
         int te = n_tokens - tb < block ? n_tokens : tb + block;
         int64_t r = row_begin;
-        for (; r + TILE_ROWS <= row_end; r += TILE_ROWS)
-            for (int t = tb; t < te; t += TILE_TOKENS)
-                mm_tile_nt(w, x, y, r, t, TILE_ROWS, te - t, dt);
+        for (; r + TILE_ROWS <= row_end; r += TILE_ROWS) {
+            const void *wr = (const uint8_t *)w->data + (size_t)r * (size_t)cols * esz;
+            if (pack) {
+                mm_pack(wr, cols, packed, dt);
+                mm_tokens(packed, cols, x, y, rows, r, tb, te, TILE_ROWS, IFD_DTYPE_F32);
+            } else {
+                mm_tokens(wr, cols, x, y, rows, r, tb, te, TILE_ROWS, dt);
+            }
+        }
         for (; r < row_end; r++)
-            for (int t = tb; t < te; t += TILE_TOKENS)
-                mm_tile_nt(w, x, y, r, t, 1, te - t, dt);
+            mm_tokens((const uint8_t *)w->data + (size_t)r * (size_t)cols * esz, cols, x, y, rows, r, tb, te, 1, dt);
     }
 }
 

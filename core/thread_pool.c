@@ -1,11 +1,17 @@
 /* thread_pool.c - fixed worker threads for data-parallel kernels.
  *
  * One job at a time: the caller publishes (fn, ctx, n_tasks) and bumps a
- * generation counter; workers and the caller then take task indices from a
- * shared atomic counter (dynamic scheduling, so a core stolen by another
- * process slows the job down instead of stalling it). Waiting is a short spin
- * (dispatches in the decode loop come microseconds apart) followed by a futex
- * sleep, so idle workers cost nothing. Nothing is allocated per call. */
+ * generation counter; workers and the caller then claim task indices from a
+ * shared ticket (dynamic scheduling). The job is over when every task has
+ * *finished*, not when every worker has checked in: on a machine shared with
+ * other processes a descheduled worker that claimed nothing never delays the
+ * caller, which simply runs the remaining tasks itself. The ticket carries
+ * the job's generation so that a worker waking late can never claim a task of
+ * a newer job with the function of an older one.
+ *
+ * Waiting is a short spin (dispatches in the decode loop come microseconds
+ * apart) followed by a futex sleep, so idle workers cost nothing. Nothing is
+ * allocated per call. */
 #include "thread_pool.h"
 
 #include <limits.h>
@@ -19,7 +25,7 @@
 
 /* Pause iterations before sleeping: long enough to bridge the gap between two
  * matrix products of one token, short enough not to burn a shared core. */
-#define POOL_SPIN 4000
+#define POOL_SPIN 1000
 
 struct thread_pool {
     int n_threads;                 /* including the caller's thread */
@@ -27,14 +33,14 @@ struct thread_pool {
     int n_started;
 
     /* the current job, written by the caller before bumping `generation` */
-    thread_pool_fn fn;
-    void *ctx;
-    int n_tasks;
+    _Atomic(thread_pool_fn) fn;
+    _Atomic(void *) ctx;
+    _Atomic int n_tasks;
 
     _Atomic uint32_t generation;   /* bumped per job; futex word for workers */
     _Atomic uint32_t sleepers;     /* workers inside futex wait on generation */
-    _Atomic int next_task;
-    _Atomic uint32_t active;       /* workers still on the current job; futex word for the caller */
+    _Atomic uint64_t ticket;       /* generation << 32 | next task index */
+    _Atomic uint32_t done;         /* tasks finished in the current job; futex word for the caller */
     _Atomic uint32_t caller_sleeping;
     _Atomic int stop;
 };
@@ -56,11 +62,27 @@ static inline void cpu_relax(void)
 #endif
 }
 
-static void pool_do_tasks(struct thread_pool *p)
+/* Claims and runs tasks of job `gen` until none is left (or the job is no
+ * longer current). */
+static void pool_do_tasks(struct thread_pool *p, uint32_t gen)
 {
-    int t;
-    while ((t = atomic_fetch_add_explicit(&p->next_task, 1, memory_order_relaxed)) < p->n_tasks)
-        p->fn(p->ctx, t, p->n_tasks);
+    thread_pool_fn fn = atomic_load_explicit(&p->fn, memory_order_relaxed);
+    void *ctx = atomic_load_explicit(&p->ctx, memory_order_relaxed);
+    int n_tasks = atomic_load_explicit(&p->n_tasks, memory_order_relaxed);
+    uint64_t t = atomic_load_explicit(&p->ticket, memory_order_acquire);
+    for (;;) {
+        if ((uint32_t)(t >> 32) != gen || (int)(uint32_t)t >= n_tasks)
+            return;
+        /* success means job `gen` still had this task unclaimed, so it was
+         * not finished and fn/ctx/n_tasks read above are still its own */
+        if (!atomic_compare_exchange_weak_explicit(&p->ticket, &t, t + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;
+        fn(ctx, (int)(uint32_t)t, n_tasks);
+        if (atomic_fetch_add(&p->done, 1) + 1 == (uint32_t)n_tasks && atomic_load(&p->caller_sleeping))
+            futex_wake(&p->done);
+        t = atomic_load_explicit(&p->ticket, memory_order_acquire);
+    }
 }
 
 static void *pool_worker(void *arg)
@@ -85,9 +107,7 @@ static void *pool_worker(void *arg)
         seen = g;
         if (atomic_load_explicit(&p->stop, memory_order_acquire))
             return NULL;
-        pool_do_tasks(p);
-        if (atomic_fetch_sub(&p->active, 1) == 1 && atomic_load(&p->caller_sleeping))
-            futex_wake(&p->active);
+        pool_do_tasks(p, g);
     }
 }
 
@@ -153,25 +173,26 @@ void thread_pool_run(struct thread_pool *p, thread_pool_fn fn, void *ctx, int n_
             fn(ctx, t, n_tasks);
         return;
     }
-    p->fn = fn;
-    p->ctx = ctx;
-    p->n_tasks = n_tasks;
-    atomic_store_explicit(&p->next_task, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->active, (uint32_t)p->n_started, memory_order_relaxed);
+    uint32_t gen = atomic_load_explicit(&p->generation, memory_order_relaxed) + 1;
+    atomic_store_explicit(&p->fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&p->ctx, ctx, memory_order_relaxed);
+    atomic_store_explicit(&p->n_tasks, n_tasks, memory_order_relaxed);
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->ticket, (uint64_t)gen << 32, memory_order_release);
     pool_publish(p);
-    pool_do_tasks(p);
+    pool_do_tasks(p, gen);
 
     int spins = 0;
-    uint32_t a;
-    while ((a = atomic_load_explicit(&p->active, memory_order_acquire)) != 0) {
+    uint32_t d;
+    while ((d = atomic_load_explicit(&p->done, memory_order_acquire)) != (uint32_t)n_tasks) {
         if (spins++ < POOL_SPIN) {
             cpu_relax();
             continue;
         }
         atomic_store(&p->caller_sleeping, 1);
-        a = atomic_load(&p->active);
-        if (a != 0)
-            futex_wait(&p->active, a);
+        d = atomic_load(&p->done);
+        if (d != (uint32_t)n_tasks)
+            futex_wait(&p->done, d);
         atomic_store(&p->caller_sleeping, 0);
     }
 }
