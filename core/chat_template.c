@@ -32,6 +32,9 @@
 #define RENDER_MAX_ITERATIONS 1000000      /* loop iterations per render, all loops together */
 #define RENDER_MAX_CALL_DEPTH 64           /* nested macro calls */
 #define RENDER_MAX_RANGE 100000            /* items of range(), as Jinja2's sandbox */
+/* Stack a render may use for nested evaluation (deep expressions inside
+ * recursive macros); callers need a thread stack comfortably above this. */
+#define RENDER_MAX_STACK (1u << 20)
 
 const char chat_template_chatml[] =
     "{% for message in messages %}"
@@ -70,6 +73,7 @@ struct render {
     int call_depth;
     struct jstr block_input;     /* the body text a filter block / block set filters */
     struct jmacro *pending_caller; /* caller() for the macro a call block invokes */
+    const char *stack_base;        /* frame address where the render started */
 };
 
 enum { CTL_BREAK = 1, CTL_CONTINUE = 2 };
@@ -380,7 +384,7 @@ static const char *str_find(struct jstr hay, struct jstr needle, size_t from)
 {
     if (needle.n == 0)
         return from <= hay.n ? hay.p + from : NULL;
-    if (from > hay.n)
+    if (from > hay.n || !hay.p || !needle.p)
         return NULL;
     return memmem(hay.p + from, hay.n - from, needle.p, needle.n);
 }
@@ -856,6 +860,126 @@ static int repeat(struct render *r, struct jv seq, int64_t times, struct jv *ret
     return 0;
 }
 
+/* Python's printf-style `fmt % args` (also the `format` filter): %s %r %d %i
+ * %f %e %g %x %o %c %% with flags, width and precision, positional or
+ * %(name)s from a dict. */
+static int percent_format(struct render *r, const struct jnode *n, struct jstr fmt, struct jv args, struct jv *ret)
+{
+    struct jbuf b = new_buf(r);
+    const struct jv *pos = &args;
+    size_t npos = 1, next = 0;
+    bool mapping = args.kind == JV_DICT;
+    if (args.kind == JV_LIST && args.l->tuple) {
+        pos = args.l->items;
+        npos = args.l->n;
+    }
+    int rc = 0;
+    for (size_t i = 0; i < fmt.n && rc == 0; i++) {
+        if (fmt.p[i] != '%') {
+            rc = jbuf_putc(&b, fmt.p[i]);
+            continue;
+        }
+        size_t k = i + 1;
+        struct jv v;
+        bool have = false;
+        if (k < fmt.n && fmt.p[k] == '(') {
+            size_t e = k + 1;
+            while (e < fmt.n && fmt.p[e] != ')')
+                e++;
+            if (e >= fmt.n || !mapping)
+                return rerr(r, n, "format requires a mapping for %%(name)");
+            struct jv *found = jdict_get(args.d, fmt.p + k + 1, e - k - 1);
+            if (!found)
+                return rerr(r, n, "format: key '%.*s' missing", (int)(e - k - 1), fmt.p + k + 1);
+            v = *found;
+            have = true;
+            k = e + 1;
+        }
+        char flags[8];
+        size_t nf = 0;
+        while (k < fmt.n && strchr("-+ 0#", fmt.p[k]) && nf < sizeof(flags) - 1)
+            flags[nf++] = fmt.p[k++];
+        flags[nf] = '\0';
+        int width = 0, prec = -1;
+        while (k < fmt.n && fmt.p[k] >= '0' && fmt.p[k] <= '9' && width < 10000)
+            width = width * 10 + (fmt.p[k++] - '0');
+        if (k < fmt.n && fmt.p[k] == '.') {
+            prec = 0;
+            k++;
+            while (k < fmt.n && fmt.p[k] >= '0' && fmt.p[k] <= '9' && prec < 1000)
+                prec = prec * 10 + (fmt.p[k++] - '0');
+        }
+        if (k >= fmt.n)
+            return rerr(r, n, "format: incomplete format");
+        char conv = fmt.p[k];
+        i = k;
+        if (conv == '%') {
+            rc = jbuf_putc(&b, '%');
+            continue;
+        }
+        if (!have) {
+            if (mapping && npos == 1 && pos == &args) {
+                v = args; /* "%s" % {'a': 1} formats the dict itself */
+            } else if (next >= npos) {
+                return rerr(r, n, "not enough arguments for format string");
+            } else {
+                v = pos[next];
+            }
+            next++;
+        }
+        char cfmt[32], out[512];
+        if (conv == 's' || conv == 'r') {
+            struct jbuf sb = new_buf(r);
+            if ((rc = conv == 's' ? jv_write_str(&sb, v) : jv_write_repr(&sb, v)) < 0)
+                return rc;
+            size_t len = jutf8_len(sb.p ? sb.p : "", sb.n), bytes = sb.n;
+            if (prec >= 0 && (size_t)prec < len) {
+                size_t *off, ncp;
+                if ((rc = cp_offsets(r, (struct jstr){sb.p, sb.n}, &off, &ncp)) < 0)
+                    return rc;
+                bytes = off[prec];
+                len = (size_t)prec;
+            }
+            bool left = strchr(flags, '-') != NULL;
+            for (size_t p = len; !left && p < (size_t)width && rc == 0; p++)
+                rc = jbuf_putc(&b, ' ');
+            if (rc == 0 && bytes)
+                rc = jbuf_put(&b, sb.p, bytes);
+            for (size_t p = len; left && p < (size_t)width && rc == 0; p++)
+                rc = jbuf_putc(&b, ' ');
+            continue;
+        }
+        if (!is_num(v))
+            return rerr(r, n, "%%%c format: a number is required, not %s", conv, jv_type_name(v));
+        int len;
+        if (conv == 'd' || conv == 'i' || conv == 'x' || conv == 'X' || conv == 'o' || conv == 'c') {
+            const char *lc = conv == 'i' || conv == 'd' ? "lld" : conv == 'x' ? "llx" : conv == 'X' ? "llX" : conv == 'o' ? "llo" : "c";
+            if (conv == 'c') {
+                int64_t cp = int_of(v);
+                if (cp < 0 || cp > 0x10ffff)
+                    return rerr(r, n, "%%c arg not in range(0x110000)");
+                rc = jutf8_put(&b, (int32_t)cp);
+                continue;
+            }
+            snprintf(cfmt, sizeof(cfmt), "%%%s%d%s", flags, width, lc);
+            len = snprintf(out, sizeof(out), cfmt, (long long)(v.kind == JV_FLOAT ? (int64_t)v.f : int_of(v)));
+        } else if (strchr("fFeEgG", conv)) {
+            snprintf(cfmt, sizeof(cfmt), "%%%s%d.%d%c", flags, width, prec < 0 ? 6 : prec, conv);
+            len = snprintf(out, sizeof(out), cfmt, num_of(v));
+        } else {
+            return rerr(r, n, "format: unsupported conversion '%%%c'", conv);
+        }
+        if (len < 0 || (size_t)len >= sizeof(out))
+            return rerr(r, n, "format: field too wide");
+        rc = jbuf_put(&b, out, (size_t)len);
+    }
+    if (rc < 0)
+        return rc;
+    if (!mapping && next < npos)
+        return rerr(r, n, "not all arguments converted during string formatting");
+    return make_str(r, &b, ret);
+}
+
 static int binop(struct render *r, const struct jnode *n, int op, struct jv a, struct jv b, struct jv *ret)
 {
     if (a.kind == JV_UNDEF)
@@ -956,6 +1080,8 @@ static int binop(struct render *r, const struct jnode *n, int op, struct jv a, s
         *ret = (struct jv){.kind = JV_LIST, .l = l};
         return 0;
     }
+    if (op == JOP_MOD && a.kind == JV_STR)
+        return percent_format(r, n, a.s, b, ret);
     if (op == JOP_MUL && (a.kind == JV_STR || a.kind == JV_LIST) && is_int_like(b))
         return repeat(r, a, int_of(b), ret);
     if (op == JOP_MUL && (b.kind == JV_STR || b.kind == JV_LIST) && is_int_like(a))
@@ -1844,6 +1970,35 @@ static int f_max(struct render *r, const struct jnode *n, struct jv in, struct a
     return f_minmax(r, n, in, a, true, ret);
 }
 
+static int f_format(struct render *r, const struct jnode *n, struct jv in, struct args *a, struct jv *ret)
+{
+    struct jstr fmt;
+    int rc = to_str(r, in, &fmt);
+    if (rc < 0)
+        return rc;
+    if (a->npos && a->nkw)
+        return rerr(r, n, "format: can't handle positional and keyword arguments at the same time");
+    struct jv args;
+    if (a->nkw) {
+        struct jdict *d = jdict_new(r->arena, a->nkw);
+        if (!d)
+            return -ENOMEM;
+        for (size_t i = 0; i < a->nkw; i++)
+            if ((rc = jdict_set(r->arena, d, a->kwn[i], a->kwv[i])) < 0)
+                return rc;
+        args = (struct jv){.kind = JV_DICT, .d = d};
+    } else {
+        struct jlist *l = jlist_new(r->arena, a->npos);
+        if (!l)
+            return -ENOMEM;
+        for (size_t i = 0; i < a->npos; i++)
+            l->items[l->n++] = a->pos[i];
+        l->tuple = true;
+        args = (struct jv){.kind = JV_LIST, .l = l};
+    }
+    return percent_format(r, n, fmt, args, ret);
+}
+
 static int f_center(struct render *r, const struct jnode *n, struct jv in, struct args *a, struct jv *ret)
 {
     struct jstr s;
@@ -1885,6 +2040,7 @@ static const struct filter_entry filters[] = {
     {"escape", f_escape},
     {"first", f_first},
     {"float", f_float},
+    {"format", f_format},
     {"indent", f_indent},
     {"int", f_int},
     {"items", f_items},
@@ -2572,8 +2728,19 @@ static int eval_inner(struct render *r, const struct jnode *n, struct frame *f, 
     }
 }
 
+/* Measured, not counted: frame sizes differ between builds (sanitizers make
+ * them several times larger). */
+static bool stack_exhausted(const struct render *r)
+{
+    const char *here = __builtin_frame_address(0);
+    size_t used = here < r->stack_base ? (size_t)(r->stack_base - here) : (size_t)(here - r->stack_base);
+    return used > RENDER_MAX_STACK;
+}
+
 static int eval(struct render *r, const struct jnode *n, struct frame *f, struct jv *ret)
 {
+    if (stack_exhausted(r))
+        return rerr(r, n, "expression nesting too deep (more than %u KiB of stack)", RENDER_MAX_STACK >> 10);
     int rc = eval_inner(r, n, f, ret);
     return rc < 0 ? rfail(r, n, rc) : rc;
 }
@@ -2771,6 +2938,8 @@ static int exec_stmt(struct render *r, const struct jnode *n, struct frame *f)
 /* Returns 0, CTL_BREAK / CTL_CONTINUE (passed up to the enclosing loop), or < 0. */
 static int exec_body(struct render *r, const struct jnode *n, struct frame *f)
 {
+    if (stack_exhausted(r))
+        return rerr(r, n, "block nesting too deep (more than %u KiB of stack)", RENDER_MAX_STACK >> 10);
     for (uint32_t i = 0; i < n->nkids; i++) {
         int rc = exec_stmt(r, n->kids[i], f);
         if (rc < 0)
@@ -2828,7 +2997,7 @@ int chat_template_render(const chat_template *t, const cJSON *context, char **re
 {
     if (!t || !context || !cJSON_IsObject(context))
         return ifd_error_set(err, -EINVAL, "template: context must be a JSON object");
-    struct render r = {.t = &t->t, .err = err};
+    struct render r = {.t = &t->t, .err = err, .stack_base = __builtin_frame_address(0)};
     r.arena = jarena_create(RENDER_MAX_ARENA);
     if (!r.arena)
         return ifd_error_set(err, -ENOMEM, "template: out of memory");

@@ -5,6 +5,7 @@
 #include <criterion/criterion.h>
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -356,6 +357,8 @@ Test(chat_template, filters_tests_methods)
         {"{{ 'abc'.startswith('ab') }}{{ 'abc'.endswith(('x', 'c')) }}{{ 'abcb'.find('b') }}{{ 'abcb'.count('b') }}", NULL,
          "TrueTrue12"},
         {"{{ '{} and {name}'.format(1, name='n') }}{{ 'hello world'.title() }}", NULL, "1 and nHello World"},
+        {"{{ '%s-%d-%.2f-%5s|%-3s|%r' | format('a', 7, 2.5, 'x', 'y', 'q') }}{{ '%(k)s!' % {'k': 'v'} }}{{ '%03d%%' % 5 }}",
+         NULL, "a-7-2.50-    x|y  |'q'v!005%"},
         {"{{ x is defined }}{{ y is undefined }}{{ none is none }}{{ 'a' is string }}{{ 1 is number }}{{ 1 is integer }}"
          "{{ 1.5 is float }}{{ {} is mapping }}{{ [] is iterable }}{{ 'a' is sequence }}{{ true is boolean }}"
          "{{ false is false }}{{ 4 is divisibleby 2 }}{{ 3 is odd }}{{ 'a' is in ['a'] }}{{ 1 is eq 1 }}",
@@ -476,6 +479,12 @@ Test(chat_template, limits)
         {"{{ 'x' * 100000000 }}", NULL, -EFBIG, "rendered text exceeds"},
         /* unbounded macro recursion */
         {"{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", NULL, -EINVAL, "macro calls nested deeper than"},
+        /* deep expressions inside recursive macros: bounded by measured stack, not a crash */
+        {"{% macro f(n) %}{{ ((((((((((((((((((((((((((((((((((((((((f(n + 1) if n < 1000 else 'x') ~ 'a') ~ 'a') ~ 'a')"
+         " ~ 'a') ~ 'a') ~ 'a') ~ 'a') ~ 'a') ~ 'a') ~ 'a') ~ 'a') ~ 'a') ~ 'a') ~ 'a') ~ 'a') ~ 'a') ~ 'a') ~ 'a')"
+         " ~ 'a') ~ 'a') ~ 'a') ~ 'a') ~ 'a') ~ 'a') ~ 'a') ~ 'a') ~ 'a') ~ 'a') ~ 'a') ~ 'a') ~ 'a') ~ 'a') ~ 'a')"
+         " ~ 'a') ~ 'a') ~ 'a') ~ 'a') ~ 'a') ~ 'a') }}{% endmacro %}{{ f(0) }}",
+         NULL, -EINVAL, "nest"},
         /* a value nested through itself */
         {"{% set l = [] %}{% set _ = l.append(l) %}{{ l | tojson }}", NULL, -EINVAL, "nested deeper than"},
         {"{{ 9223372036854775807 + 1 }}", NULL, -EINVAL, "integer overflow"},
@@ -488,6 +497,7 @@ Test(chat_template, deep_nesting_is_an_error)
     /* 5000 nested parentheses and 5000 nested ifs: a compile error, not a stack overflow. */
     size_t n = 5000;
     char *src = malloc(n * 20 + 64);
+    cr_assert(src);
     size_t k = 0;
     k += (size_t)sprintf(src + k, "{{ ");
     for (size_t i = 0; i < n; i++)
@@ -530,6 +540,7 @@ Test(chat_template, untrusted_context_is_data)
     /* a context 200 levels deep renders with tojson; 300 levels hits the depth bound cleanly */
     for (int depth = 200; depth <= 300; depth += 100) {
         char *ctx = malloc((size_t)depth * 2 + 32);
+        cr_assert(ctx);
         size_t k = (size_t)sprintf(ctx, "{\"x\": ");
         for (int i = 0; i < depth; i++)
             ctx[k++] = '[';
@@ -547,4 +558,95 @@ Test(chat_template, untrusted_context_is_data)
         free(text);
         free(ctx);
     }
+}
+
+/* Seeded mutations of every golden template (deleted, duplicated and
+ * inserted syntax fragments): each compile and render either succeeds or
+ * fails with a message; under ASan/UBSan this is the malformed-input check. */
+static uint64_t rng_next(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+Test(chat_template, mutated_templates_fail_cleanly, .timeout = 240)
+{
+    static const char *const families[] = {"qwen3", "qwen2.5", "llama3", "llama3.1", "mistral-7b-v0.1",
+                                           "mistral-v0.3", "smollm2"};
+    static const char *const frags[] = {"{%", "%}", "{{", "}}", "{#", "#}", "(", ")", "[", "]", "'", "\"", "|", "-",
+                                        " if ", " for x in ", " endfor ", " endif ", ".", ",", "~", "**", "[::-1]",
+                                        " is ", " not ", "namespace(", "loop.", "\\"};
+    cJSON *ctx = cJSON_Parse(
+        "{\"messages\": [{\"role\": \"system\", \"content\": \"S\"}, {\"role\": \"user\", \"content\": \"Hi\"}, "
+        "{\"role\": \"assistant\", \"content\": \"<think>r</think>a\", \"tool_calls\": [{\"type\": \"function\", "
+        "\"function\": {\"name\": \"f\", \"arguments\": {\"x\": 1}}}]}, {\"role\": \"tool\", \"content\": \"7\"}], "
+        "\"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"f\", \"parameters\": {}}}], "
+        "\"add_generation_prompt\": true, \"bos_token\": \"<s>\", \"eos_token\": \"</s>\"}");
+    cr_assert(ctx);
+    uint64_t seed = 0x9e3779b97f4a7c15ull;
+    int compiled = 0, rendered = 0, total = 0;
+    for (size_t fi = 0; fi < sizeof(families) / sizeof(families[0]); fi++) {
+        char *src = family_template(families[fi]);
+        size_t n = strlen(src);
+        char *buf = malloc(n * 2 + 256);
+        cr_assert(buf);
+        for (int iter = 0; iter < 300; iter++) {
+            memcpy(buf, src, n);
+            size_t len = n;
+            int edits = 1 + (int)(rng_next(&seed) % 4);
+            for (int e = 0; e < edits && len > 0; e++) {
+                size_t at = rng_next(&seed) % len;
+                switch (rng_next(&seed) % 3) {
+                case 0: { /* delete a few bytes */
+                    size_t d = 1 + rng_next(&seed) % 8;
+                    if (at + d > len)
+                        d = len - at;
+                    memmove(buf + at, buf + at + d, len - at - d);
+                    len -= d;
+                    break;
+                }
+                case 1: { /* insert a syntax fragment */
+                    const char *f = frags[rng_next(&seed) % (sizeof(frags) / sizeof(frags[0]))];
+                    size_t fl = strlen(f);
+                    if (len + fl > n * 2 + 200)
+                        break;
+                    memmove(buf + at + fl, buf + at, len - at);
+                    memcpy(buf + at, f, fl);
+                    len += fl;
+                    break;
+                }
+                default: /* overwrite one byte */
+                    buf[at] = (char)(32 + rng_next(&seed) % 95);
+                }
+            }
+            total++;
+            chat_template *t = NULL;
+            ifd_error err = {{0}};
+            int rc = chat_template_compile(buf, len, &t, &err);
+            if (rc < 0) {
+                cr_expect(strncmp(err.msg, "template:", 9) == 0, "compile error without position: '%s'", err.msg);
+                continue;
+            }
+            compiled++;
+            char *text = NULL;
+            size_t tlen = 0;
+            rc = chat_template_render(t, ctx, &text, &tlen, &err);
+            if (rc == 0) {
+                rendered++;
+                cr_expect_eq(strlen(text), tlen);
+            } else {
+                cr_expect(err.msg[0] != '\0', "render failed (%d) without a message", rc);
+            }
+            free(text);
+            chat_template_destroy(t);
+        }
+        free(buf);
+        free(src);
+    }
+    cJSON_Delete(ctx);
+    fprintf(stderr, "mutations: %d, compiled %d, rendered %d\n", total, compiled, rendered);
+    cr_expect_gt(compiled, 0);
+    cr_expect_lt(compiled, total);
 }
