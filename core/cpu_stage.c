@@ -298,9 +298,9 @@ static int cpu_forward(struct stage *base, const struct stage_batch *b, ifd_erro
 
         for (int t = 0; t < T; t++)
             kern_rmsnorm(s->xb + (size_t)t * H, b->hidden + (size_t)t * H, V->attn_norm, H, s->eps);
-        kern_matmul(s->pool, &L->wq, s->xb, T, s->q);
-        kern_matmul(s->pool, &L->wk, s->xb, T, s->k);
-        kern_matmul(s->pool, &L->wv, s->xb, T, s->v);
+        const struct ifd_weight *qkv_w[3] = {&L->wq, &L->wk, &L->wv};
+        float *qkv_y[3] = {s->q, s->k, s->v};
+        kern_matmul_multi(s->pool, qkv_w, qkv_y, 3, s->xb, T);
         add_bias(s->q, V->bq, T, s->q_dim);
         add_bias(s->k, V->bk, T, s->kv_dim);
         add_bias(s->v, V->bv, T, s->kv_dim);
@@ -324,8 +324,9 @@ static int cpu_forward(struct stage *base, const struct stage_batch *b, ifd_erro
 
         for (int t = 0; t < T; t++)
             kern_rmsnorm(s->xb + (size_t)t * H, b->hidden + (size_t)t * H, V->mlp_norm, H, s->eps);
-        kern_matmul(s->pool, &L->w_gate, s->xb, T, s->gate);
-        kern_matmul(s->pool, &L->w_up, s->xb, T, s->up);
+        const struct ifd_weight *gu_w[2] = {&L->w_gate, &L->w_up};
+        float *gu_y[2] = {s->gate, s->up};
+        kern_matmul_multi(s->pool, gu_w, gu_y, 2, s->xb, T);
         struct silu_job sj = {.gate = s->gate, .up = s->up, .n_tokens = T, .ffn = s->ffn};
         thread_pool_run(s->pool, silu_task, &sj, T < thread_pool_size(s->pool) ? T : thread_pool_size(s->pool));
         kern_matmul(s->pool, &L->w_down, s->gate, T, s->out);

@@ -130,51 +130,88 @@ int kern_set_simd(const char *name)
 
 /* ---- matrix product -------------------------------------------------------- */
 
+/* Most weights one kern_matmul_multi() call takes. */
+#define MM_MAX_MULTI 4
+
 struct mm_job {
-    const struct ifd_weight *w;
-    const float *x;          /* [n_tokens, cols] */
-    float *y;                /* [n_tokens, rows] */
+    const struct ifd_weight *w[MM_MAX_MULTI];
+    float *y[MM_MAX_MULTI];      /* [n_tokens, w[i]->rows] */
+    int first_task[MM_MAX_MULTI + 1]; /* tasks of weight i: [first_task[i], first_task[i + 1]) */
+    int n;
+    const float *x;              /* [n_tokens, cols] */
     int n_tokens;
-    int64_t rows_per_task;   /* multiple of 4, so tiles never straddle tasks */
+    int64_t rows_per_task;       /* multiple of 4, so tiles never straddle tasks */
 };
 
 static void mm_task(void *ctx, int task, int n_tasks)
 {
     const struct mm_job *j = ctx;
-    int64_t r0 = (int64_t)task * j->rows_per_task;
+    int i = 0;
+    while (task >= j->first_task[i + 1])
+        i++;
+    const struct ifd_weight *w = j->w[i];
+    int64_t r0 = (int64_t)(task - j->first_task[i]) * j->rows_per_task;
     int64_t r1 = r0 + j->rows_per_task;
-    if (r1 > j->w->rows)
-        r1 = j->w->rows;
+    if (r1 > w->rows)
+        r1 = w->rows;
     if (r0 >= r1)
         return;
-    if (j->w->bits)
-        quant_matmul_rows(j->w, j->x, j->n_tokens, j->y, r0, r1);
+    if (w->bits)
+        quant_matmul_rows(w, j->x, j->n_tokens, j->y[i], r0, r1);
     else
-        kern_isa->matmul_rows(j->w, j->x, j->n_tokens, j->y, r0, r1);
+        kern_isa->matmul_rows(w, j->x, j->n_tokens, j->y[i], r0, r1);
 }
 
 /* Below this many multiply-adds a product is not worth waking the pool. */
 #define MM_PARALLEL_MIN_MACS (64 * 1024)
 
-void kern_matmul(struct thread_pool *pool, const struct ifd_weight *w, const float *x, int n_tokens,
-                 float *y)
+void kern_matmul_multi(struct thread_pool *pool, const struct ifd_weight *const *ws, float *const *ys, int n,
+                       const float *x, int n_tokens)
 {
-    struct mm_job j = {.w = w, .x = x, .y = y, .n_tokens = n_tokens};
     int n_threads = thread_pool_size(pool);
-    if (n_tokens <= 0 || w->rows <= 0)
+    if (n_tokens <= 0)
         return;
-    if (n_threads <= 1 || (double)w->rows * (double)w->cols * n_tokens < MM_PARALLEL_MIN_MACS) {
-        j.rows_per_task = w->rows;
-        mm_task(&j, 0, 1);
+    while (n > MM_MAX_MULTI) { /* more than the job holds: in groups */
+        kern_matmul_multi(pool, ws, ys, MM_MAX_MULTI, x, n_tokens);
+        ws += MM_MAX_MULTI;
+        ys += MM_MAX_MULTI;
+        n -= MM_MAX_MULTI;
+    }
+    struct mm_job j = {.n = n, .x = x, .n_tokens = n_tokens};
+    int64_t total_rows = 0;
+    double macs = 0;
+    for (int i = 0; i < n; i++) {
+        j.w[i] = ws[i];
+        j.y[i] = ys[i];
+        total_rows += ws[i]->rows;
+        macs += (double)ws[i]->rows * (double)ws[i]->cols * n_tokens;
+    }
+    if (n_threads <= 1 || macs < MM_PARALLEL_MIN_MACS) {
+        int64_t max_rows = 1;
+        for (int i = 0; i < n; i++)
+            max_rows = ws[i]->rows > max_rows ? ws[i]->rows : max_rows;
+        j.rows_per_task = max_rows;
+        for (int i = 0; i <= n; i++)
+            j.first_task[i] = i;
+        for (int i = 0; i < n; i++)
+            mm_task(&j, i, n);
         return;
     }
     /* Several tasks per thread: dynamic scheduling evens out a core that is
      * busy with something else. */
-    int64_t n_tasks = (int64_t)n_threads * 8;
-    int64_t per = (w->rows + n_tasks - 1) / n_tasks;
+    int64_t target = (int64_t)n_threads * 8;
+    int64_t per = (total_rows + target - 1) / target;
     per = (per + 3) / 4 * 4;
     j.rows_per_task = per;
-    thread_pool_run(pool, mm_task, &j, (int)((w->rows + per - 1) / per));
+    j.first_task[0] = 0;
+    for (int i = 0; i < n; i++)
+        j.first_task[i + 1] = j.first_task[i] + (int)((ws[i]->rows + per - 1) / per);
+    thread_pool_run(pool, mm_task, &j, j.first_task[n]);
+}
+
+void kern_matmul(struct thread_pool *pool, const struct ifd_weight *w, const float *x, int n_tokens, float *y)
+{
+    kern_matmul_multi(pool, &w, &y, 1, x, n_tokens);
 }
 
 void kern_weight_row(const struct ifd_weight *w, int64_t row, float *out)

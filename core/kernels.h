@@ -22,6 +22,11 @@ const char *kern_simd_name(void);
  * weights (w->bits != 0) go to quant_matmul_rows() (quant.h). */
 void kern_matmul(struct thread_pool *pool, const struct ifd_weight *w, const float *x, int n_tokens, float *y);
 
+/* ys[i] = ws[i] x for i in [0, n): several weights over the same x (q/k/v,
+ * gate/up) in one dispatch of the pool. Same contract as kern_matmul. */
+void kern_matmul_multi(struct thread_pool *pool, const struct ifd_weight *const *ws, float *const *ys, int n,
+                       const float *x, int n_tokens);
+
 /* Row `row` of an embedding-like weight, widened (or dequantized) to f32 [cols]. */
 void kern_weight_row(const struct ifd_weight *w, int64_t row, float *out);
 

@@ -263,3 +263,32 @@ Test(kernels, attention_scores_and_values)
         }
     }
 }
+
+Test(kernels, matmul_multi_equals_separate_products)
+{
+    struct thread_pool *pool = thread_pool_create(2);
+    struct ifd_weight w[5];
+    float *wf[5], *ys[5], *ref[5];
+    const int64_t rows[5] = {67, 13, 13, 130, 5}, cols = 45;
+    const int T = 7;
+    float x[7 * 45];
+    for (int i = 0; i < T * cols; i++)
+        x[i] = frand();
+    for (int i = 0; i < 5; i++) {
+        make_weight(dtypes[i % 3], rows[i], cols, &w[i], &wf[i]);
+        ys[i] = malloc(sizeof(float) * (size_t)(T * rows[i]));
+        ref[i] = malloc(sizeof(float) * (size_t)(T * rows[i]));
+        kern_matmul(pool, &w[i], x, T, ref[i]);
+    }
+    const struct ifd_weight *wp[5] = {&w[0], &w[1], &w[2], &w[3], &w[4]};
+    kern_matmul_multi(pool, wp, ys, 5, x, T); /* more than one group of 4 */
+    for (int i = 0; i < 5; i++) {
+        for (int k = 0; k < T * rows[i]; k++)
+            cr_assert_eq(ys[i][k], ref[i][k], "weight %d element %d", i, k);
+        free(ys[i]);
+        free(ref[i]);
+        free(wf[i]);
+        free((void *)w[i].data);
+    }
+    thread_pool_destroy(pool);
+}
