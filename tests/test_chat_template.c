@@ -492,39 +492,37 @@ Test(chat_template, limits)
     check_errors(cases, sizeof(cases) / sizeof(cases[0]));
 }
 
+static size_t append(char *dst, size_t k, const char *s)
+{
+    size_t n = strlen(s);
+    memcpy(dst + k, s, n + 1);
+    return k + n;
+}
+
 Test(chat_template, deep_nesting_is_an_error)
 {
-    /* 5000 nested parentheses and 5000 nested ifs: a compile error, not a stack overflow. */
+    /* 5000 nested parentheses, ifs, nots and minuses: a compile error, not a stack overflow. */
+    static const char *const opens[] = {"(", "{% if 1 %}", "not ", "- "};
     size_t n = 5000;
-    char *src = malloc(n * 20 + 64);
-    cr_assert(src);
-    size_t k = 0;
-    k += (size_t)sprintf(src + k, "{{ ");
-    for (size_t i = 0; i < n; i++)
-        src[k++] = '(';
-    src[k++] = '1';
-    for (size_t i = 0; i < n; i++)
-        src[k++] = ')';
-    k += (size_t)sprintf(src + k, " }}");
-    src[k] = '\0';
-    chat_template *t = NULL;
-    ifd_error err = {{0}};
-    cr_expect_eq(chat_template_compile(src, k, &t, &err), -EINVAL);
-    cr_expect(strstr(err.msg, "nesting too deep") != NULL, "%s", err.msg);
-    k = 0;
-    for (size_t i = 0; i < n; i++)
-        k += (size_t)sprintf(src + k, "{%% if 1 %%}");
-    src[k] = '\0';
-    cr_expect_eq(chat_template_compile(src, k, &t, &err), -EINVAL);
-    cr_expect(strstr(err.msg, "nesting too deep") != NULL, "%s", err.msg);
-    /* not and unary minus chains */
-    for (int pass = 0; pass < 2; pass++) {
-        k = (size_t)sprintf(src, "{{ ");
+    char *src = malloc(n * 12 + 64);
+    if (!src) {
+        cr_assert_fail("out of memory");
+        return;
+    }
+    for (size_t kind = 0; kind < 4; kind++) {
+        size_t k = kind == 1 ? 0 : append(src, 0, "{{ ");
         for (size_t i = 0; i < n; i++)
-            k += (size_t)sprintf(src + k, pass ? "- " : "not ");
-        k += (size_t)sprintf(src + k, "1 }}");
-        cr_expect_eq(chat_template_compile(src, k, &t, &err), -EINVAL);
-        cr_expect(strstr(err.msg, "nesting too deep") != NULL, "%s", err.msg);
+            k = append(src, k, opens[kind]);
+        if (kind != 1)
+            k = append(src, k, "1");
+        for (size_t i = 0; kind == 0 && i < n; i++)
+            k = append(src, k, ")");
+        if (kind != 1)
+            k = append(src, k, " }}");
+        chat_template *t = NULL;
+        ifd_error err = {{0}};
+        cr_expect_eq(chat_template_compile(src, k, &t, &err), -EINVAL, "kind %zu", kind);
+        cr_expect(strstr(err.msg, "nesting too deep") != NULL, "kind %zu: %s", kind, err.msg);
     }
     free(src);
 }
