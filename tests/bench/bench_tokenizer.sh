@@ -27,14 +27,15 @@ $1
 EOT
 }
 
+for mode in whole lines; do
 for pair in qwen3:models/qwen3-tiny-random llama3:models/llama3-tiny-random; do
-    name=${pair%%:*}
+    name="${pair%%:*} ($mode)"
     dir=$INFERD_SHARED/${pair#*:}
-    ours=$(taskset -c 0 "$bench" "$dir" "$tmp/corpus.txt" "$secs" 2>/dev/null || "$bench" "$dir" "$tmp/corpus.txt" "$secs")
+    ours=$("$bench" "$dir" "$tmp/corpus.txt" "$secs" "$mode")
     echo "$name $ours"
     if [ $have_hf = 1 ]; then
-        hf=$(RAYON_NUM_THREADS=1 RAYON_RS_NUM_CPUS=1 taskset -c 0 node "$here/bench_tokenizer.mjs" \
-                 "$oracle/node_modules" "$dir/tokenizer.json" "$tmp/corpus.txt" "$secs")
+        hf=$(RAYON_NUM_THREADS=1 RAYON_RS_NUM_CPUS=1 node "$here/bench_tokenizer.mjs" \
+                 "$oracle/node_modules" "$dir/tokenizer.json" "$tmp/corpus.txt" "$secs" "$mode")
         echo "$name $hf"
         a=$(field "$ours" mean_mb_s); b=$(field "$hf" mean_mb_s)
         ta=$(field "$ours" tokens); tb=$(field "$hf" tokens)
@@ -42,4 +43,5 @@ for pair in qwen3:models/qwen3-tiny-random llama3:models/llama3-tiny-random; do
             printf "%s: inferd %.2f MB/s, HF tokenizers %.2f MB/s, ratio %.2fx; tokens %s vs %s (%s)\n",
                    n, a, b, a / b, ta, tb, (ta == tb ? "same" : "DIFFERENT") }'
     fi
+done
 done
