@@ -1,9 +1,12 @@
-/* ctl_run.c - `inferctl run MODEL_DIR`: generate locally, without a daemon.
+/* ctl_run.c - `inferctl run MODEL_DIR [PROMPT]`: generate locally, without a
+ * daemon.
  *
- * Loads the checkpoint, prefills the prompt in batches of up to --batch
- * tokens, then samples one token at a time until an eos id or -n tokens.
- * With --json it prints one object with the ids and timings (for scripts and
- * benchmarks); otherwise the ids and a one-line speed summary on stderr. */
+ * Loads the checkpoint, encodes the prompt with the model's tokenizer (or
+ * takes ids from --ids), prefills it in batches of up to --batch tokens, then
+ * samples one token at a time until an eos id or -n tokens. With --json it
+ * prints one object with the ids and timings (for scripts and benchmarks);
+ * otherwise the text as it is generated (the ids when the model directory has
+ * no tokenizer) and a one-line speed summary on stderr. */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -18,6 +21,7 @@
 #include "kernels.h"
 #include "model.h"
 #include "sampler.h"
+#include "tokenizer.h"
 
 /* Bounds on what the command line may ask for. */
 #define RUN_MAX_PROMPT 65536
@@ -26,6 +30,7 @@
 
 struct run_opts {
     const char *model_dir;
+    const char *prompt_text; /* NULL when the prompt is --ids */
     int32_t *prompt;      /* [n_prompt], owned */
     int n_prompt;
     int n_new;
@@ -39,12 +44,14 @@ struct run_opts {
 static void run_usage(FILE *f)
 {
     fprintf(f,
-            "Usage: inferctl run MODEL_DIR --ids ID,ID,... [options]\n"
+            "Usage: inferctl run MODEL_DIR PROMPT [options]\n"
+            "       inferctl run MODEL_DIR --ids ID,ID,... [options]\n"
             "\n"
-            "Generates from a prompt of token ids with the model in MODEL_DIR\n"
-            "(Hugging Face layout), locally and without a daemon.\n"
+            "Generates from a prompt with the model in MODEL_DIR (Hugging Face\n"
+            "layout), locally and without a daemon. PROMPT is encoded with the\n"
+            "model's tokenizer.json (special tokens added as HF does).\n"
             "\n"
-            "  --ids LIST              prompt token ids, comma-separated\n"
+            "  --ids LIST              prompt token ids, comma-separated, instead of PROMPT\n"
             "  -n, --max-tokens N      tokens to generate at most (default 64)\n"
             "  --temperature F         0 = greedy (default 0)\n"
             "  --top-k N               keep the N most likely (0 = off)\n"
@@ -186,14 +193,19 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
     }
     if (r < 0)
         return r;
-    if (optind != argc - 1) {
-        fprintf(stderr, "inferctl run: %s\n\n", optind >= argc ? "missing MODEL_DIR" : "one MODEL_DIR, and the prompt as --ids");
+    if (optind >= argc || argc - optind > 2) {
+        fprintf(stderr, "inferctl run: %s\n\n", optind >= argc ? "missing MODEL_DIR" : "too many arguments (quote the prompt)");
         run_usage(stderr);
         return -EINVAL;
     }
     o->model_dir = argv[optind];
-    if (o->n_prompt == 0) {
-        fprintf(stderr, "inferctl run: give the prompt with --ids (text prompts need the tokenizer)\n");
+    o->prompt_text = argc - optind == 2 ? argv[optind + 1] : NULL;
+    if (o->prompt_text && o->n_prompt) {
+        fprintf(stderr, "inferctl run: give the prompt as text or as --ids, not both\n");
+        return -EINVAL;
+    }
+    if (!o->prompt_text && o->n_prompt == 0) {
+        fprintf(stderr, "inferctl run: no prompt: give PROMPT or --ids\n");
         return -EINVAL;
     }
     return 0;
@@ -211,6 +223,10 @@ int ctl_run_main(int argc, char **argv)
     struct model *m = NULL;
     engine *e = NULL;
     sampler *smp = NULL;
+    tokenizer *tok = NULL;
+    struct tok_stream *ts = NULL;
+    char *text = NULL;
+    size_t text_len = 0, text_cap = 0;
     int32_t *out = NULL, *seq = NULL, *pos = NULL;
     bool *want = NULL;
     ifd_error err = {{0}};
@@ -224,6 +240,29 @@ int ctl_run_main(int argc, char **argv)
         goto done;
     }
     const struct model_config *c = &m->cfg;
+    /* the tokenizer is needed for a text prompt, optional with --ids */
+    if (tok_load(o.model_dir, &tok, &err) < 0) {
+        if (o.prompt_text) {
+            fprintf(stderr, "inferctl run: %s\n", err.msg);
+            goto done;
+        }
+        tok = NULL;
+    }
+    if (o.prompt_text) {
+        struct tok_ids ids = {0};
+        if (tok_encode(tok, o.prompt_text, strlen(o.prompt_text), true, &ids, &err) < 0) {
+            fprintf(stderr, "inferctl run: prompt: %s\n", err.msg);
+            tok_ids_finish(&ids);
+            goto done;
+        }
+        if (ids.n == 0 || ids.n > RUN_MAX_PROMPT) {
+            fprintf(stderr, "inferctl run: the prompt encodes to %zu tokens; want 1 to %d\n", ids.n, RUN_MAX_PROMPT);
+            tok_ids_finish(&ids);
+            goto done;
+        }
+        o.prompt = ids.ids; /* ownership moves to o */
+        o.n_prompt = (int)ids.n;
+    }
     for (int i = 0; i < o.n_prompt; i++) {
         if (o.prompt[i] >= c->vocab_size) {
             fprintf(stderr, "inferctl run: --ids: token %d is outside the vocabulary of %d\n", o.prompt[i],
@@ -276,6 +315,17 @@ int ctl_run_main(int argc, char **argv)
     }
     double t1 = now_ms();
 
+    if (!o.json && tok) {
+        if (!(ts = tok_stream_create(tok, true))) {
+            fprintf(stderr, "inferctl run: out of memory\n");
+            free(logits);
+            goto done;
+        }
+        if (o.prompt_text) {
+            fputs(o.prompt_text, stdout);
+            fflush(stdout);
+        }
+    }
     int n_out = 0;
     const char *finish = "length";
     while (n_out < o.n_new) {
@@ -283,6 +333,14 @@ int ctl_run_main(int argc, char **argv)
         int32_t t = sampler_sample(smp, logits);
         sampler_accept(smp, t, true);
         out[n_out++] = t;
+        if (ts) {
+            /* text as it is made, never half a UTF-8 character */
+            text_len = 0;
+            if (tok_stream_push(ts, t, &text, &text_len, &text_cap) > 0) {
+                fwrite(text, 1, text_len, stdout);
+                fflush(stdout);
+            }
+        }
         if (model_config_is_eos(c, t)) {
             finish = "stop";
             break;
@@ -312,7 +370,13 @@ int ctl_run_main(int argc, char **argv)
                "\"generated_tokens\":%d,\"generated_ms\":%.3f}}\n",
                finish, o.n_prompt, t1 - t0, n_out, t2 - t1);
     } else {
-        print_ids(stdout, out, n_out);
+        if (ts) {
+            text_len = 0;
+            if (tok_stream_flush(ts, &text, &text_len, &text_cap) > 0)
+                fwrite(text, 1, text_len, stdout);
+        } else {
+            print_ids(stdout, out, n_out);
+        }
         printf("\n");
         fflush(stdout);
         /* the first generated token comes from the prefill's logits, so the
@@ -324,6 +388,9 @@ int ctl_run_main(int argc, char **argv)
     }
     status = 0;
 done:
+    tok_stream_destroy(ts);
+    tok_destroy(tok);
+    free(text);
     sampler_destroy(smp);
     engine_destroy(e);
     model_destroy(m);
