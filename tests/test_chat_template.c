@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
@@ -647,4 +648,129 @@ Test(chat_template, mutated_templates_fail_cleanly, .timeout = 240)
     fprintf(stderr, "mutations: %d, compiled %d, rendered %d\n", total, compiled, rendered);
     cr_expect_gt(compiled, 0);
     cr_expect_lt(compiled, total);
+}
+
+/* ---- inferctl template: the CLI on golden lines ---- */
+
+static const char *inferctl_path(void)
+{
+    static char path[1024];
+    const char *root = getenv("INFERD_BUILD_ROOT");
+    cr_assert(root && *root, "INFERD_BUILD_ROOT is not set (meson test sets it)");
+    snprintf(path, sizeof(path), "%s/daemon/inferctl", root);
+    return path;
+}
+
+/* Runs `inferctl template DIR --jsonl < golden` and checks every result line. */
+static void cli_golden(const char *family, const char *dir_rel)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof(cmd), "'%s' template '%s/%s' --jsonl < '%s/golden/chat/%s.jsonl'", inferctl_path(),
+             shared_dir(), dir_rel, shared_dir(), family);
+    FILE *out = popen(cmd, "r");
+    cr_assert(out, "cannot run %s", cmd);
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/golden/chat/%s.jsonl", shared_dir(), family);
+    FILE *gold = fopen(path, "r");
+    cr_assert(gold);
+    char *gl = NULL, *ol = NULL;
+    size_t gcap = 0, ocap = 0;
+    int lines = 0, bad = 0, errors = 0;
+    while (getline(&gl, &gcap, gold) > 0) {
+        cr_assert(getline(&ol, &ocap, out) > 0, "%s: inferctl printed fewer lines than the golden has", family);
+        cJSON *g = cJSON_Parse(gl), *o = cJSON_Parse(ol);
+        cr_assert(g && o, "%s line %d: bad JSON from inferctl: %s", family, lines + 1, ol);
+        lines++;
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(g, "error"))) {
+            const cJSON *e = cJSON_GetObjectItemCaseSensitive(o, "error");
+            errors++;
+            bad += !cJSON_IsString(e) ||
+                   strcmp(e->valuestring, cJSON_GetObjectItemCaseSensitive(g, "error_message")->valuestring) != 0;
+        } else {
+            const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "text");
+            const cJSON *ids = cJSON_GetObjectItemCaseSensitive(o, "ids");
+            bad += !cJSON_IsString(t) ||
+                   strcmp(t->valuestring, cJSON_GetObjectItemCaseSensitive(g, "rendered")->valuestring) != 0;
+            bad += !cJSON_Compare(ids, cJSON_GetObjectItemCaseSensitive(g, "ids"), true);
+        }
+        cJSON_Delete(g);
+        cJSON_Delete(o);
+    }
+    free(gl);
+    free(ol);
+    fclose(gold);
+    int status = pclose(out);
+    cr_expect_eq(bad, 0, "%s: %d of %d lines differ", family, bad, lines);
+    /* --jsonl exits non-zero when any line was an error */
+    cr_expect_eq(status != 0, errors > 0, "%s: exit status %d with %d error lines", family, status, errors);
+}
+
+Test(inferctl_template, golden_jsonl_text_ids_and_errors, .timeout = 120)
+{
+    cli_golden("qwen3", "models/qwen3-tiny-random");
+    cli_golden("mistral-7b-v0.1", "golden/tokenizers/mistral-7b-v0.1");
+    cli_golden("smollm2", "golden/tokenizers/smollm2");
+}
+
+static char *run_capture(const char *cmd, int *ret_status)
+{
+    FILE *p = popen(cmd, "r");
+    cr_assert(p, "cannot run %s", cmd);
+    char *buf = NULL;
+    size_t cap = 0;
+    ssize_t n = getdelim(&buf, &cap, '\0', p);
+    if (n < 0) {
+        free(buf);
+        buf = strdup("");
+    }
+    *ret_status = pclose(p);
+    return buf;
+}
+
+Test(inferctl_template, conversation_file_chatml_and_errors, .timeout = 60)
+{
+    char conv[] = "/tmp/inferd-tmpl-XXXXXX";
+    int fd = mkstemp(conv);
+    cr_assert(fd >= 0);
+    const char *c1 = "{\"messages\": [{\"role\": \"user\", \"content\": \"Once\"}], \"add_generation_prompt\": true}";
+    cr_assert_eq(write(fd, c1, strlen(c1)), (ssize_t)strlen(c1));
+    close(fd);
+    char cmd[2048];
+    int status;
+    /* tinystories has a tokenizer.json and no chat template: ChatML, with ids */
+    snprintf(cmd, sizeof(cmd), "'%s' template '%s/models/tinystories-656k' '%s'", inferctl_path(), shared_dir(), conv);
+    char *out = run_capture(cmd, &status);
+    cJSON *j = cJSON_Parse(out);
+    cr_expect_eq(status, 0, "%s", out);
+    cr_expect_str_eq(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "text")),
+                     "<|im_start|>user\nOnce<|im_end|>\n<|im_start|>assistant\n");
+    cr_expect(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "ids")) > 0, "%s", out);
+    cJSON_Delete(j);
+    free(out);
+    /* a template-only directory: text, no ids; a raise is {"error"} with exit 1 */
+    snprintf(cmd, sizeof(cmd), "'%s' template '%s/golden/tokenizers/mistral-v0.3' '%s'", inferctl_path(), shared_dir(),
+             conv);
+    out = run_capture(cmd, &status);
+    j = cJSON_Parse(out);
+    cr_expect_eq(status, 0, "%s", out);
+    cr_expect_str_eq(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "text")), " [INST] Once [/INST]");
+    cr_expect_null(cJSON_GetObjectItemCaseSensitive(j, "ids"));
+    cJSON_Delete(j);
+    free(out);
+    const char *c2 = "{\"messages\": [{\"role\": \"assistant\", \"content\": \"x\"}], \"special_tokens\": "
+                     "{\"bos_token\": {\"content\": \"<B>\"}}}";
+    FILE *f = fopen(conv, "w");
+    cr_assert(f);
+    fputs(c2, f);
+    fclose(f);
+    snprintf(cmd, sizeof(cmd), "'%s' template '%s/golden/tokenizers/mistral-7b-v0.1' '%s'", inferctl_path(),
+             shared_dir(), conv);
+    out = run_capture(cmd, &status);
+    j = cJSON_Parse(out);
+    cr_expect_neq(status, 0);
+    cr_expect_str_eq(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "error")),
+                     "Conversation roles must alternate user/assistant/user/assistant/...");
+    cJSON_Delete(j);
+    free(out);
+    unlink(conv);
 }
