@@ -836,8 +836,22 @@ static int32_t trie_find(const struct tok_trie *tr, const char *s, size_t len, s
     return -1;
 }
 
+static int parse_added_items(struct loader *L, const cJSON *a, int32_t *max_id, struct tok_strmap *seen);
+
 static int parse_added(struct loader *L, const cJSON *a, int32_t *max_id)
 {
+    struct tok_strmap seen = {0};
+    int r = tok_strmap_init(&seen, 64);
+    if (r == 0)
+        r = parse_added_items(L, a, max_id, &seen);
+    tok_strmap_finish(&seen);
+    return r;
+}
+
+/* seen: contents added so far -> their id */
+static int parse_added_items(struct loader *L, const cJSON *a, int32_t *max_id, struct tok_strmap *seen)
+{
+    int32_t max_added = -1;
     tokenizer *t = L->t;
     int r;
     if (!a || cJSON_IsNull(a))
@@ -873,7 +887,25 @@ static int parse_added(struct loader *L, const cJSON *a, int32_t *max_id)
             return r;
         if (!(ad->content = pool_str(L, content, ad->content_len)))
             return -ENOMEM;
-        ad->id = (int32_t)id;
+        /* Hugging Face ignores the id written in the file: a content already
+         * in the vocabulary (or added before) keeps that id, a new one gets
+         * the next id after the vocabulary and the added tokens so far. In
+         * files it wrote itself the two agree. */
+        int32_t known = tok_strmap_get(seen, ad->content, ad->content_len);
+        if (known < 0)
+            known = tok_strmap_get(&t->bpe.vocab, ad->content, ad->content_len);
+        if (known >= 0) {
+            ad->id = known;
+        } else {
+            int32_t vs = (int32_t)t->bpe.vocab.n;
+            ad->id = (max_added >= vs || vs == 0) ? max_added + 1 : vs;
+            if (ad->id >= TOK_VOCAB_MAX)
+                return fail(L, -E2BIG, "added_tokens: too many tokens%s%s", NULL, NULL);
+        }
+        if ((r = tok_strmap_put(seen, ad->content, ad->content_len, ad->id)) < 0)
+            return r;
+        if (ad->id > max_added)
+            max_added = ad->id;
         if (ad->id > *max_id)
             *max_id = ad->id;
         t->n_added++;
@@ -1279,7 +1311,8 @@ static size_t ws_after(const char *s, size_t len, size_t start)
     return start;
 }
 
-static bool alnum_before(const char *s, size_t end)
+/* single_word boundaries: HF counts letters, digits and '_' as word characters */
+static bool word_before(const char *s, size_t end)
 {
     if (end == 0)
         return false;
@@ -1288,16 +1321,16 @@ static bool alnum_before(const char *s, size_t end)
         k--;
     int32_t cp;
     tok_utf8_decode(s + k, end - k, &cp);
-    return tok_cp_is_alnum(cp);
+    return cp == '_' || tok_cp_is_alnum(cp);
 }
 
-static bool alnum_after(const char *s, size_t len, size_t start)
+static bool word_after(const char *s, size_t len, size_t start)
 {
     if (start >= len)
         return false;
     int32_t cp;
     tok_utf8_decode(s + start, len - start, &cp);
-    return tok_cp_is_alnum(cp);
+    return cp == '_' || tok_cp_is_alnum(cp);
 }
 
 struct enc_ctx {
@@ -1337,7 +1370,7 @@ static int split_added(struct enc_ctx *c, const struct tok_trie *tr, const char 
         pos = me;
         if (ms < start_offset)
             continue; /* inside what an rstrip already took */
-        if (ad->single_word && (alnum_before(text, ms) || alnum_after(text, len, me)))
+        if (ad->single_word && (word_before(text, ms) || word_after(text, len, me)))
             continue;
         if (ad->lstrip) {
             start = ws_before(text, ms);

@@ -629,3 +629,77 @@ Test(tokenizer_cases, word_cache_gives_same_ids)
     free(big);
     tok_destroy(t);
 }
+
+/* Loads golden/tokenizers/<family>/tokenizer.json with extra added tokens
+ * appended (JSON objects, comma-separated). */
+static tokenizer *load_with_added(const char *family, const char *extra)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/golden/tokenizers/%s/tokenizer.json", shared_dir(), family);
+    char *data = slurp(path, NULL);
+    cr_assert_not_null(data, "cannot read %s", path);
+    cJSON *root = cJSON_Parse(data);
+    cJSON *added = cJSON_GetObjectItem(root, "added_tokens");
+    char *arr = NULL;
+    cr_assert(asprintf(&arr, "[%s]", extra) > 0);
+    cJSON *more = cJSON_Parse(arr);
+    cr_assert_not_null(more);
+    while (cJSON_GetArraySize(more) > 0)
+        cJSON_AddItemToArray(added, cJSON_DetachItemFromArray(more, 0));
+    char *json = cJSON_PrintUnformatted(root);
+    tokenizer *t = NULL;
+    ifd_error err = {0};
+    cr_assert_eq(tok_load_memory(json, strlen(json), NULL, 0, family, &t, &err), 0, "%s", err.msg);
+    free(json);
+    free(arr);
+    cJSON_Delete(more);
+    cJSON_Delete(root);
+    free(data);
+    return t;
+}
+
+#define ADDED(id, c, sw, ls, rs, norm, sp)                                                                     \
+    "{\"id\":" #id ",\"content\":\"" c "\",\"single_word\":" #sw ",\"lstrip\":" #ls ",\"rstrip\":" #rs          \
+    ",\"normalized\":" #norm ",\"special\":" #sp "}"
+
+Test(tokenizer_cases, added_token_flags_byte_level)
+{
+    tokenizer *t = load_with_added("smollm2", ADDED(49152, "<mask>", false, true, false, false, true) ","
+                                              ADDED(49153, "[R]", false, false, true, false, true) ","
+                                              ADDED(49154, "qzx", true, false, false, false, false) ","
+                                              /* already in the vocabulary: HF keeps the vocabulary id 22676 */
+                                              ADDED(49155, "dog", false, false, false, true, false) ","
+                                              /* so this one gets the next free id, 49155, not 49156 */
+                                              ADDED(49156, "vwk", false, false, false, true, false));
+    static const int32_t w1[] = {81, 49152, 278};
+    expect_ids(t, "a  <mask> b", false, w1, 3);
+    static const int32_t w2[] = {104, 216, 49153, 105};
+    expect_ids(t, "x [R]   y", false, w2, 4);
+    static const int32_t w3[] = {49152, 256, 49153};
+    expect_ids(t, "  <mask>  [R]  ", false, w3, 3);
+    /* single_word: letters, digits and '_' are word characters */
+    static const int32_t w4[] = {49154, 7329, 106, 8860, 216, 49154, 30, 253, 97, 106, 104, 2483, 97, 106, 104, 7329, 106,
+                                 104, 79, 216, 41, 97, 106, 104, 7329, 106, 104, 41, 26411, 97, 106, 104, 216, 49154};
+    expect_ids(t, "qzx qzxy qzx. aqzx _qzx qzx_ 9qzx qzx9 \xC3\xA9qzx qzx", false, w4, sizeof(w4) / sizeof(w4[0]));
+    static const int32_t w5[] = {12762, 22676, 216, 22676, 216, 49155, 49155};
+    expect_ids(t, "hotdog dog vwkvwk", false, w5, 7);
+    cr_expect_eq(tok_token_to_id(t, "vwk"), 49155);
+    tok_destroy(t);
+}
+
+Test(tokenizer_cases, added_token_flags_sentencepiece)
+{
+    /* normalized=true tokens match the normalized text ("▁hello▁world"),
+     * lstrip/rstrip eat the spaces around, each segment is normalized alone */
+    tokenizer *t = load_with_added("mistral-7b-v0.1", ADDED(32000, "hello world", false, false, false, true, false) ","
+                                                      ADDED(32001, "<x>", false, true, true, false, true));
+    static const int32_t w1[] = {1315, 32000, 1055};
+    expect_ids(t, "say hello world now", false, w1, 3);
+    static const int32_t w2[] = {264, 32001, 287};
+    expect_ids(t, "a <x> b", false, w2, 3);
+    static const int32_t w3[] = {1318, 32001, 32000};
+    expect_ids(t, "x<x>hello world", false, w3, 3);
+    static const int32_t w4[] = {1, 1, 32000, 2};
+    expect_ids(t, "<s>hello world</s>", true, w4, 4);
+    tok_destroy(t);
+}
