@@ -303,12 +303,13 @@ struct qmm_ctx {
     int bits, per, gs;                     /* per: codes per byte */
     enum ifd_dtype qdt;
     const void *scales, *biases;
-    const float *xs;    /* [T, P] permuted activations of the tile and panel */
+    const float *xs;    /* [T, xs_stride]: the tile's activations in chunk order */
+    int64_t xs_stride;
     const float *xsum;  /* [T, P / gs] sum of x over each group */
     int64_t c0, P;      /* the panel: columns [c0, c0 + P) */
 };
 
-static struct qmm_ctx qmm_ctx_of(const struct ifd_weight *w, const float *xs, const float *xsum)
+static struct qmm_ctx qmm_ctx_of(const struct ifd_weight *w, const float *xsum)
 {
     return (struct qmm_ctx){
         .data = w->data,
@@ -322,36 +323,9 @@ static struct qmm_ctx qmm_ctx_of(const struct ifd_weight *w, const float *xs, co
         .qdt = w->qparam_dtype,
         .scales = w->scales,
         .biases = w->biases,
-        .xs = xs,
         .xsum = xsum,
     };
 }
-
-/* Permutes x[t, c0 .. c0+P) of T tokens into the chunk order of the kernel
- * (vl lanes) and sums each group. x points at the tile's first token. */
-static void qmm_permute(const struct qmm_ctx *k, int vl, const float *x, int T, float *xs,
-                        float *xsum)
-{
-    const int per = k->per;
-    const int chunk_vals = vl * per;
-    const int64_t ng = k->P / k->gs;
-    for (int t = 0; t < T; t++) {
-        const float *xr = x + (int64_t)t * k->cols + k->c0;
-        float *o = xs + (int64_t)t * k->P;
-        for (int64_t cb = 0; cb < k->P; cb += chunk_vals)
-            for (int p = 0; p < per; p++)
-                for (int j = 0; j < vl; j++)
-                    o[cb + p * vl + j] = xr[cb + per * j + p];
-        for (int64_t g = 0; g < ng; g++) {
-            double s = 0.0;
-            for (int c = 0; c < k->gs; c++)
-                s += xr[g * k->gs + c];
-            xsum[t * ng + g] = (float)s;
-        }
-    }
-}
-
-_Static_assert(QMM_MAX_TILE_TOKENS == 4, "the kernel's switches cover tiles of up to 4 tokens");
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma")
@@ -361,7 +335,7 @@ _Static_assert(QMM_MAX_TILE_TOKENS == 4, "the kernel's switches cover tiles of u
 #define QS_HSUM(v) _mm512_reduce_add_ps((__m512)(v))
 #define QS_TT 4
 #define QS_RD 4
-#define QS_RP 2
+#define QS_RP(bits) ((bits) == 8 ? 4 : 2) /* measured: best for each on Zen 5 */
 #include "quant-simd.inc"
 #undef QS_VL
 #undef QS_NAME
@@ -387,7 +361,7 @@ static inline float qs256_hsum(__m256 v)
 #define QS_HSUM(v) qs256_hsum((__m256)(v))
 #define QS_TT 4
 #define QS_RD 4
-#define QS_RP 2
+#define QS_RP(bits) 2 /* 16 ymm registers: 2 x 4 accumulators */
 #include "quant-simd.inc"
 #undef QS_VL
 #undef QS_NAME

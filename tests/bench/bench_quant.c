@@ -3,7 +3,9 @@
  * For Qwen2.5-0.5B-shaped matrices, times quant_matmul_rows_isa over the whole
  * matrix for one token (decode: reported as GB/s of packed weight read and as
  * weights per ns) and for a batch (prefill: GFLOP/s). A benchmark, not a test:
- * figures depend on the machine and on what else runs on it.
+ * figures depend on the machine and on what else runs on it;
+ * times are the thread's CPU time, which a loaded machine disturbs less
+ * than wall time (though caches and memory bandwidth are still shared).
  * usage: bench_quant [bits] [group] [n_batch] [isa: auto|avx512|avx2|scalar] */
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,7 +18,7 @@
 static double now(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
