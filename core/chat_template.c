@@ -1612,7 +1612,7 @@ static int f_round(struct render *r, const struct jnode *n, struct jv in, struct
     if (mv && mv->kind == JV_STR)
         method = mv->s;
     if (jstr_eq(method, "common"))
-        v = round(x * scale) / scale;
+        v = nearbyint(x * scale) / scale; /* Python's round(): half to even */
     else if (jstr_eq(method, "floor"))
         v = floor(x * scale) / scale;
     else if (jstr_eq(method, "ceil"))
@@ -1668,28 +1668,67 @@ static int f_indent(struct render *r, const struct jnode *n, struct jv in, struc
     }
     bool do_first = first && jv_truthy(*first), do_blank = blank && jv_truthy(*blank);
     struct jbuf b = new_buf(r);
-    /* Jinja2 appends "\n" then splitlines(): a trailing newline survives. */
+    /* Jinja2: (s + "\n").splitlines(), the first line as is (unless first=),
+     * the others indented unless blank, joined by "\n". */
     size_t i = 0;
     bool first_line = true;
     while (rc == 0 && i <= s.n) {
         size_t e = i;
         while (e < s.n && s.p[e] != '\n' && s.p[e] != '\r')
             e++;
-        if (e == s.n && i == s.n && !first_line)
-            break;
         bool empty = e == i;
         if (!first_line)
             rc = jbuf_putc(&b, '\n');
-        if (rc == 0 && ((first_line && do_first) || (!first_line && (!empty || do_blank))))
+        if (rc == 0 && (first_line ? do_first : (!empty || do_blank)))
             rc = jbuf_put(&b, ind.p, ind.n);
         if (rc == 0)
             rc = jbuf_put(&b, s.p + i, e - i);
         first_line = false;
-        if (e < s.n && s.p[e] == '\r' && e + 1 < s.n && s.p[e + 1] == '\n')
+        if (e >= s.n)
+            break; /* the appended "\n" ends the last line */
+        if (s.p[e] == '\r' && e + 1 < s.n && s.p[e + 1] == '\n')
             e++;
         i = e + 1;
     }
     return rc < 0 ? rc : make_str(r, &b, ret);
+}
+
+static int f_truncate(struct render *r, const struct jnode *n, struct jv in, struct args *a, struct jv *ret)
+{
+    struct jstr s, end = {"...", 3};
+    int rc = to_str(r, in, &s);
+    if (rc < 0)
+        return rc;
+    struct jv *lv = arg_get(a, 0, "length"), *kw = arg_get(a, 1, "killwords"), *ev = arg_get(a, 2, "end"),
+              *lw = arg_get(a, 3, "leeway");
+    int64_t length = lv ? int_of(*lv) : 255, leeway = lw && lw->kind != JV_NONE ? int_of(*lw) : 5;
+    if (ev && (rc = to_str(r, *ev, &end)) < 0)
+        return rc;
+    size_t *off, ncp;
+    if ((rc = cp_offsets(r, s, &off, &ncp)) < 0)
+        return rc;
+    int64_t end_len = (int64_t)jutf8_len(end.p, end.n);
+    if (length < end_len || leeway < 0)
+        return rerr(r, n, "truncate: length must be at least the end's length, leeway non-negative");
+    if ((int64_t)ncp <= length + leeway) {
+        *ret = jv_str(s.p, s.n);
+        return 0;
+    }
+    struct jstr head = {s.p, off[length - end_len]};
+    if (!(kw && jv_truthy(*kw))) {
+        const char *sp = NULL;
+        for (size_t k = head.n; k-- > 0;)
+            if (head.p[k] == ' ') {
+                sp = head.p + k;
+                break;
+            }
+        if (sp)
+            head.n = (size_t)(sp - head.p);
+    }
+    struct jbuf b = new_buf(r);
+    if ((rc = jbuf_put(&b, head.p, head.n)) < 0 || (rc = jbuf_put(&b, end.p, end.n)) < 0)
+        return rc;
+    return make_str(r, &b, ret);
 }
 
 static int f_wordcount(struct render *r, const struct jnode *n, struct jv in, struct args *a, struct jv *ret)
@@ -2066,6 +2105,7 @@ static const struct filter_entry filters[] = {
     {"title", f_title},
     {"tojson", f_tojson},
     {"trim", f_trim},
+    {"truncate", f_truncate},
     {"unique", f_unique},
     {"upper", f_upper},
     {"wordcount", f_wordcount},

@@ -376,6 +376,12 @@ static int lex(struct parser *p)
     const char *s = p->t->src;
     size_t n = p->t->len, i = 0, text_start = 0;
     int strip_left = 0;
+    /* Jinja2 drops one trailing newline of the source (keep_trailing_newline
+     * is off in transformers). */
+    if (n > 0 && s[n - 1] == '\n')
+        n -= n > 1 && s[n - 2] == '\r' ? 2 : 1;
+    else if (n > 0 && s[n - 1] == '\r')
+        n--;
     while (i < n) {
         if (s[i] != '{' || i + 1 >= n || (s[i + 1] != '{' && s[i + 1] != '%' && s[i + 1] != '#')) {
             i++;

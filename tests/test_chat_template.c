@@ -370,6 +370,11 @@ Test(chat_template, filters_tests_methods)
         {"{{ u | default('d') }}{{ '' | default('e', true) }}{{ u | length }}{{ '3' | int + 1 }}{{ '2.5' | float }}"
          "{{ -3 | abs }}{{ 2.567 | round(2) }}{{ '<&>' | e }}{{ 'a b c' | wordcount }}",
          NULL, "de042.532.57&lt;&amp;&gt;3"},
+        {"{{ 'a\\nb\\n' | indent(2) }}|{{ 2.5 | round }}{{ 3.5 | round }}|{{ 'Hello World' | truncate(5) }}|"
+         "{{ 'Hello' | truncate(5) }}", NULL, "a\n  b\n|2.04.0|He...|Hello"},
+        /* one trailing newline of the source is dropped, as Jinja2 does */
+        {"{{ 'x' }}\n", NULL, "x"},
+        {"{{ 'x' }}\n\n", NULL, "x\n"},
         {"{{ 'a\\nb' | indent(2) }}|{{ 'a\\nb' | indent(2, true) }}|{{ [1, 'a', none, true] }}|{{ {'k': 'v'} }}", NULL,
          "a\n  b|  a\n  b|[1, 'a', None, True]|{'k': 'v'}"},
         {"{% set l = [] %}{% set _ = l.append(1) %}{{ l }}{{ {'a': 1}.get('a') }}{{ {'a': 1}.get('b', 2) }}"
