@@ -186,7 +186,11 @@ int vk_matmul_create(struct vk_ctx *c, const struct ifd_weight *w, const char *w
         return ifd_error_set(err, -E2BIG, "vulkan: weight %s: one row of %llu bytes exceeds the device's "
                              "storage-buffer range of %llu bytes", what, (unsigned long long)row_bytes,
                              (unsigned long long)limit);
-    struct vk_matmul mm = {.kern = kern, .rows = (uint32_t)w->rows, .cols = (uint32_t)w->cols};
+    struct vk_matmul mm = {.kern = kern, .rows = (uint32_t)w->rows, .cols = (uint32_t)w->cols, .rows_per_wg = 1};
+    /* subgroup path: one subgroup per row, as many rows as the 64-wide work
+     * group has subgroups (the shader loops, so any real size is correct) */
+    if (c->pl.subgroup && c->dev->subgroup_size < VK_WG)
+        mm.rows_per_wg = VK_WG / c->dev->subgroup_size;
     mm.n_chunks = (int)((w->rows + per_chunk - 1) / per_chunk);
     mm.chunks = calloc((size_t)mm.n_chunks, sizeof(*mm.chunks));
     if (!mm.chunks)
@@ -236,9 +240,10 @@ void vk_matmul_record(struct vk_ctx *c, const struct vk_matmul *mm, uint32_t n_t
         const struct vk_matmul_chunk *ch = &mm->chunks[i];
         struct vk_push_matmul pc = {
             .rows = ch->rows, .cols = mm->cols, .n_tokens = n_tokens, .x_stride = x_stride,
-            .y_stride = y_stride, .row_offset = ch->row0, .flags = flags,
+            .y_stride = y_stride, .row_offset = ch->row0, .flags = flags, .rows_per_wg = mm->rows_per_wg,
         };
-        vk_cmd_dispatch(c->cb, &c->pl, mm->kern, ch->set, &pc, sizeof(pc), ch->rows,
+        vk_cmd_dispatch(c->cb, &c->pl, mm->kern, ch->set, &pc, sizeof(pc),
+                        (ch->rows + mm->rows_per_wg - 1) / mm->rows_per_wg,
                         (n_tokens + VK_MM_TB - 1) / VK_MM_TB);
     }
 }

@@ -62,6 +62,7 @@ struct vk_matmul_chunk {
 struct vk_matmul {
     enum vk_kernel kern;
     uint32_t rows, cols;
+    uint32_t rows_per_wg;            /* rows one work group covers */
     int n_chunks;
     struct vk_matmul_chunk *chunks;  /* [n_chunks] */
 };

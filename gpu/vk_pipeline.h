@@ -34,6 +34,7 @@ enum vk_kernel {
 /* C mirrors of the shaders' push-constant blocks (std430 scalars: same layout). */
 struct vk_push_matmul {          /* matmul.comp */
     uint32_t rows, cols, n_tokens, x_stride, y_stride, row_offset, flags;
+    uint32_t rows_per_wg;        /* subgroup path: rows per work group; else 1 */
 };
 #define VK_MM_BIAS 1u
 #define VK_MM_ACCUMULATE 2u
@@ -54,7 +55,7 @@ struct vk_push_attention {       /* attention.comp */
 struct vk_push_silu_mul {        /* silu_mul.comp */
     uint32_t n;
 };
-_Static_assert(sizeof(struct vk_push_matmul) == 28 && sizeof(struct vk_push_matmul) <= 128, "matmul push");
+_Static_assert(sizeof(struct vk_push_matmul) == 32 && sizeof(struct vk_push_matmul) <= 128, "matmul push");
 _Static_assert(sizeof(struct vk_push_rmsnorm) == 8, "rmsnorm push");
 _Static_assert(sizeof(struct vk_push_rope) == 12, "rope push");
 _Static_assert(sizeof(struct vk_push_kv_store) == 12, "kv_store push");

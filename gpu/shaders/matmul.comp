@@ -2,16 +2,22 @@
 #extension GL_GOOGLE_include_directive : require
 /* matmul.comp - y[t, row_offset + r] (+)= sum_c W[r, c] * x[t, c] (+ bias[row_offset + r]).
  *
- * One work group per (row r, block of MM_TB tokens): each weight element is
- * read once per token block, so a single token is a matrix-vector product and
- * a batch a matrix-matrix one. W is one row chunk of a weight (rows of this
- * chunk only), stored as F32, F16 or BF16 (WEIGHT_* define) and widened here;
- * accumulation is f32. Mirror struct: vk_push_matmul (vk_pipeline.h). */
+ * Each weight element is read once per block of MM_TB tokens, so a single
+ * token is a matrix-vector product and a batch a matrix-matrix one. W is one
+ * row chunk of a weight (rows of this chunk only), stored as F32, F16 or BF16
+ * (WEIGHT_* define) and widened here; accumulation is f32.
+ * With USE_SUBGROUP a work group covers rows_per_wg rows, one subgroup per row
+ * at a time, reduced by subgroupAdd alone (no shared memory, no barrier).
+ * Without it (portable path) a work group covers one row and reduces through
+ * shared memory; rows_per_wg is then 1.
+ * Mirror struct: vk_push_matmul (vk_pipeline.h). */
 #include "common.glsl"
 
 #define MM_TB 8u
+#ifndef USE_SUBGROUP
 #define NR MM_TB
 #include "reduce.glsl"
+#endif
 
 #if defined(WEIGHT_F32)
 layout(std430, set = 0, binding = 0) readonly buffer Wbuf { float w[]; };
@@ -49,23 +55,31 @@ layout(push_constant) uniform Push {
     uint y_stride;   /* floats between tokens in y */
     uint row_offset; /* first row of this chunk in the whole weight */
     uint flags;      /* 1: add bias, 2: accumulate into y */
+    uint rows_per_wg;
 } pc;
 
-void main()
+/* acc[t] += W[r, :] . x[t0 + t, :] over columns lane, lane + step, ... */
+void row_dot(uint r, uint t0, uint nt, uint lane, uint step, inout float acc[MM_TB])
 {
-    uint r = gl_WorkGroupID.x;
-    uint t0 = gl_WorkGroupID.y * MM_TB;
-    uint tid = gl_LocalInvocationID.x;
-    uint nt = min(MM_TB, pc.n_tokens - t0);
-    float acc[MM_TB];
-    [[unroll]] for (uint t = 0; t < MM_TB; t++)
-        acc[t] = 0.0;
-
     uint wbase = r * pc.cols;
-    if ((pc.cols & 1u) == 0u) {
+    if (nt == 1u) {
+        /* decode: one token, no per-token predicates in the inner loop */
+        uint xb = t0 * pc.x_stride;
+        float a = 0.0;
+        if ((pc.cols & 1u) == 0u) {
+            for (uint p = lane; p < (pc.cols >> 1); p += step) {
+                vec2 wv = w_pair(wbase + 2u * p);
+                a += wv.x * x[xb + 2u * p] + wv.y * x[xb + 2u * p + 1u];
+            }
+        } else {
+            for (uint c = lane; c < pc.cols; c += step)
+                a += w_at(wbase + c) * x[xb + c];
+        }
+        acc[0] += a;
+    } else if ((pc.cols & 1u) == 0u) {
         /* even rows start on a word: read weights in pairs */
         uint npair = pc.cols >> 1;
-        for (uint p = tid; p < npair; p += WG) {
+        for (uint p = lane; p < npair; p += step) {
             vec2 wv = w_pair(wbase + 2u * p);
             [[unroll]] for (uint t = 0; t < MM_TB; t++) {
                 if (t < nt) {
@@ -75,7 +89,7 @@ void main()
             }
         }
     } else {
-        for (uint c = tid; c < pc.cols; c += WG) {
+        for (uint c = lane; c < pc.cols; c += step) {
             float wv = w_at(wbase + c);
             [[unroll]] for (uint t = 0; t < MM_TB; t++) {
                 if (t < nt)
@@ -83,18 +97,53 @@ void main()
             }
         }
     }
+}
+
+void store(uint r, uint t, float v)
+{
+    uint row = pc.row_offset + r;
+    if ((pc.flags & 1u) != 0u)
+        v += bias[row];
+    uint yi = t * pc.y_stride + row;
+    if ((pc.flags & 2u) != 0u)
+        v += y[yi];
+    y[yi] = v;
+}
+
+void main()
+{
+    uint t0 = gl_WorkGroupID.y * MM_TB;
+    uint nt = min(MM_TB, pc.n_tokens - t0);
+    float acc[MM_TB];
+#ifdef USE_SUBGROUP
+    uint r0 = gl_WorkGroupID.x * pc.rows_per_wg;
+    for (uint k = gl_SubgroupID; k < pc.rows_per_wg; k += gl_NumSubgroups) {
+        uint r = r0 + k;
+        if (r >= pc.rows)
+            break;
+        [[unroll]] for (uint t = 0; t < MM_TB; t++)
+            acc[t] = 0.0;
+        row_dot(r, t0, nt, gl_SubgroupInvocationID, gl_SubgroupSize, acc);
+        [[unroll]] for (uint t = 0; t < MM_TB; t++)
+            acc[t] = subgroupAdd(acc[t]);
+        /* every lane holds every sum; token t is stored by lane t mod size */
+        [[unroll]] for (uint t = 0; t < MM_TB; t++)
+            if (t < nt && t % gl_SubgroupSize == gl_SubgroupInvocationID)
+                store(r, t0 + t, acc[t]);
+    }
+#else
+    uint r = gl_WorkGroupID.x;
+    uint tid = gl_LocalInvocationID.x;
+    [[unroll]] for (uint t = 0; t < MM_TB; t++)
+        acc[t] = 0.0;
+    row_dot(r, t0, nt, tid, WG, acc);
     reduce_sum(acc);
     if (tid < nt) {
         float v = 0.0;
         [[unroll]] for (uint t = 0; t < MM_TB; t++)
             if (t == tid)
                 v = acc[t];
-        uint row = pc.row_offset + r;
-        if ((pc.flags & 1u) != 0u)
-            v += bias[row];
-        uint yi = (t0 + tid) * pc.y_stride + row;
-        if ((pc.flags & 2u) != 0u)
-            v += y[yi];
-        y[yi] = v;
+        store(r, t0 + tid, v);
     }
+#endif
 }
