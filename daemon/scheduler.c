@@ -219,6 +219,8 @@ void sched_destroy(struct sched *s)
         pthread_join(s->thread, NULL);
     }
     free(s->eos);
+    for (int i = 0; s->seqs && i < s->cfg.n_seq_max; i++)
+        free(s->seqs[i].pending);
     free(s->seqs);
     free(s->b_tokens);
     free(s->b_seq_ids);

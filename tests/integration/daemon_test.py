@@ -127,7 +127,11 @@ class Daemon:
         return self
 
     def __exit__(self, *a):
-        self.stop()
+        rc = self.stop()
+        log = self.logtext()
+        # A clean exit after SIGTERM, and nothing from ASan/UBSan (sanitizer builds).
+        check(rc == 0, "inferd exit status %s after SIGTERM:\n%s" % (rc, log[-3000:]))
+        check("Sanitizer" not in log and "runtime error:" not in log, "sanitizer report:\n%s" % log[-5000:])
         os.unlink(self.log.name)
 
 
