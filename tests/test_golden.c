@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "kernels.h"
 #include "model.h"
 
 #define MAX_IDS 256
@@ -410,4 +411,37 @@ Test(golden, layer_subset_binding)
     o.layer_last = 7;
     cr_assert_lt(model_load(dir, &o, &m, &err), 0);
     cr_assert(strstr(err.msg, "[0, 7)"), "%s", err.msg);
+}
+
+/* The same golden through every instruction set this CPU has (the product
+ * kernels differ per set; attention and the rest are shared). */
+Test(golden, every_simd_level, .timeout = 600)
+{
+    static const char *const simds[] = {"scalar", "avx2", "avx512"};
+    struct golden g;
+    cr_assert(golden_line(3, &g)); /* tinystories-656k-f16: widening on every path */
+    cr_assert_str_eq(g.model, "tinystories-656k-f16");
+    struct model *m = load(g.model);
+    int vocab = m->cfg.vocab_size;
+    float *logits = malloc(sizeof(float) * (size_t)vocab);
+    size_t len;
+    float *ref = (float *)read_file(g.logits_path, &len);
+    for (int s = 0; s < 3; s++) {
+        if (kern_set_simd(simds[s]) != 0)
+            continue;
+        engine *e = make_engine(m, NULL, 0, 1);
+        int32_t out[MAX_IDS];
+        int n = generate(e, g.prompt, g.n_prompt, g.stable, out, logits);
+        double maxdiff = 0;
+        for (int i = 0; i < vocab; i++)
+            maxdiff = fmax(maxdiff, fabs((double)logits[i] - ref[i]));
+        cr_assert(maxdiff <= 1e-2, "%s: prompt logits differ by up to %g", simds[s], maxdiff);
+        cr_assert_eq(n, g.stable, "%s", simds[s]);
+        for (int i = 0; i < g.stable; i++)
+            cr_assert_eq(out[i], g.gen[i], "%s: token %d is %d, golden %d", simds[s], i, out[i], g.gen[i]);
+        engine_destroy(e);
+    }
+    free(ref);
+    free(logits);
+    model_destroy(m);
 }
