@@ -10,10 +10,11 @@ usage: bench_cluster.py INFERD INFERCTL
        BENCH_GEN    tokens per timed generation (default 64)
        BENCH_RUNS   repetitions (default 3)
 
-Prints: decode tok/s single node, chain (master -> w1 -> w2 -> master) and
-star (master <-> w1, master <-> w2), their ratios to single node, bytes per
-token on each hop, the first weight push (MiB, wire MiB, MiB/s), and each
-worker's peak RSS against the bytes of its layers. A benchmark, not a test:
+Runs a single node, a chain (master -> w1 -> w2 -> master) and a star
+(master <-> w1, master <-> w2) side by side and measures them in turn, RUNS
+rounds. Prints decode tok/s (median, min-max) and ratios of medians to single
+node, bytes per token on each hop, each worker's first weight push (MiB, wire
+MiB, MiB/s), and each worker's peak RSS against the bytes of its layers. A benchmark, not a test:
 the figures move with whatever else the machine is doing."""
 import http.client
 import json
@@ -83,21 +84,16 @@ def wait_port(port):
 
 
 def decode_rate(port):
-    """Best of RUNS: (GEN - 1) decode steps over the time a GEN-token request
-    takes beyond a 1-token one (prefill and HTTP cost cancel)."""
+    """(GEN - 1) decode steps over the time a GEN-token request takes beyond a
+    1-token one (prefill and HTTP cost cancel)."""
     body = {"prompt": PROMPT, "temperature": 0}
-    request(port, "POST", "/v1/completions", dict(body, max_tokens=4))  # warm up
-    best = 0.0
-    for _ in range(RUNS):
-        t0 = time.time()
-        st, r1 = request(port, "POST", "/v1/completions", dict(body, max_tokens=1))
-        t1 = time.time()
-        st, rn = request(port, "POST", "/v1/completions", dict(body, max_tokens=GEN))
-        t2 = time.time()
-        n = rn["usage"]["completion_tokens"]
-        rate = (n - 1) / ((t2 - t1) - (t1 - t0))
-        best = max(best, rate)
-    return best
+    t0 = time.time()
+    request(port, "POST", "/v1/completions", dict(body, max_tokens=1))
+    t1 = time.time()
+    st, rn = request(port, "POST", "/v1/completions", dict(body, max_tokens=GEN))
+    t2 = time.time()
+    n = rn["usage"]["completion_tokens"]
+    return (n - 1) / ((t2 - t1) - (t1 - t0))
 
 
 def peak_rss(pid):
@@ -121,27 +117,23 @@ def main():
     common = ["--config", "/dev/null", "--threads", THREADS, "--max-sequences", "1"]
     procs = []
     try:
-        # Single node.
-        port = free_port()
-        m = start([INFERD, *common, "--model", model, "--listen", "127.0.0.1:%d" % port], os.path.join(WORK, "single.log"))
-        procs.append(m)
-        wait_health(port, m)
-        single = decode_rate(port)
-        m.terminate()
-        m.wait()
-
         key = os.path.join(WORK, "cluster.key")
         with open(key, "w") as f:
             f.write(os.urandom(32).hex())
         os.chmod(key, 0o600)
-        results = {}
+        # All three setups run side by side and are measured in turn, so that
+        # the load of this shared machine hits them alike.
+        setups = {}
+        port = free_port()
+        m = start([INFERD, *common, "--model", model, "--listen", "127.0.0.1:%d" % port], os.path.join(WORK, "single.log"))
+        procs.append(m)
+        setups["single"] = {"port": port, "master": m, "workers": []}
         for topo in ["chain", "star"]:
             wp = [free_port(), free_port()]
             ws = []
             for i in range(2):
-                cache = os.path.join(WORK, "cache-%d" % i)
-                if topo == "chain":
-                    shutil.rmtree(cache, ignore_errors=True)  # the first push is a full one
+                cache = os.path.join(WORK, "cache-%s-%d" % (topo, i))
+                shutil.rmtree(cache, ignore_errors=True)  # a full first push
                 w = start([INFERD, *common, "--role", "worker", "--listen", "127.0.0.1:%d" % wp[i], "--cache-dir", cache,
                            "--cluster-key-file", key], os.path.join(WORK, "w%d-%s.log" % (i, topo)))
                 procs.append(w)
@@ -149,51 +141,50 @@ def main():
                 wait_port(wp[i])
             env = dict(os.environ, INFERD_CLUSTER_TOPOLOGY=topo)
             port = free_port()
-            mlog = os.path.join(WORK, "master-%s.log" % topo)
-            t0 = time.time()
             m = start([INFERD, *common, "--model", model, "--listen", "127.0.0.1:%d" % port, "--cluster-key-file", key,
                        "--worker", "127.0.0.1:%d=0-%d" % (wp[0], half - 1),
-                       "--worker", "127.0.0.1:%d=%d-%d" % (wp[1], half, n_layers - 1)], mlog, env=env)
+                       "--worker", "127.0.0.1:%d=%d-%d" % (wp[1], half, n_layers - 1)],
+                      os.path.join(WORK, "master-%s.log" % topo), env=env)
             procs.append(m)
-            wait_health(port, m)
-            ready_s = time.time() - t0
-            st0 = request(port, "GET", "/v1/status")[1]["workers"]
-            rate = decode_rate(port)
-            st1 = request(port, "GET", "/v1/status")[1]["workers"]
-            toks = st1[0]["tokens"] - st0[0]["tokens"]
-            res = {"rate": rate, "ready_s": ready_s,
-                   "m_w1": (st1[0]["bytes_sent"] - st0[0]["bytes_sent"]) / toks,
-                   "w1_m": (st1[0]["bytes_received"] - st0[0]["bytes_received"]) / toks,
-                   "m_w2": (st1[1]["bytes_sent"] - st0[1]["bytes_sent"]) / toks,
-                   "w2_m": (st1[1]["bytes_received"] - st0[1]["bytes_received"]) / toks,
-                   "weights": [w.get("weights") for w in st1],
-                   "rss": [peak_rss(w.pid) for w in ws]}
-            results[topo] = res
-            for p in [m, *ws]:
-                p.terminate()
-                p.wait()
-        c, s = results["chain"], results["star"]
-        print("model %s, %d layers; threads per process %s; %d-token greedy generations, best of %d" %
-              (model, n_layers, THREADS, GEN, RUNS))
-        print("| setup | decode tok/s | ratio to single node |")
+            setups[topo] = {"port": port, "master": m, "workers": ws}
+        for name, su in setups.items():
+            wait_health(su["port"], su["master"])
+            request(su["port"], "POST", "/v1/completions", {"prompt": PROMPT, "temperature": 0, "max_tokens": 4})
+        rates = {name: [] for name in setups}
+        st0 = {n: request(setups[n]["port"], "GET", "/v1/status")[1]["workers"] for n in ("chain", "star")}
+        for _ in range(RUNS):
+            for name, su in setups.items():
+                rates[name].append(decode_rate(su["port"]))
+        st1 = {n: request(setups[n]["port"], "GET", "/v1/status")[1]["workers"] for n in ("chain", "star")}
+        med = {n: sorted(r)[len(r) // 2] for n, r in rates.items()}
+        print("model %s, %d layers; threads per process %s; %d-token greedy generations, %d rounds; load average "
+              "%s" % (model, n_layers, THREADS, GEN, RUNS, os.getloadavg()))
+        print("| setup | decode tok/s, median (min-max) | ratio of medians to single node |")
         print("|---|---|---|")
-        print("| single node | %.2f | 1.00 |" % single)
-        print("| master + 2 workers, chain | %.2f | %.2f |" % (c["rate"], c["rate"] / single))
-        print("| master + 2 workers, star | %.2f | %.2f |" % (s["rate"], s["rate"] / single))
-        print("bytes per decoded token: chain master->w1 %.0f, w1->w2 (not seen by the master) ~%.0f, w2->master %.0f; "
-              "star master->w1 %.0f, w1->master %.0f, master->w2 %.0f, w2->master %.0f" %
-              (c["m_w1"], c["m_w1"], c["w2_m"], s["m_w1"], s["w1_m"], s["m_w2"], s["w2_m"]))
-        for i, w in enumerate(c["weights"]):
-            mbps = w["bytes_sent_raw"] / 1048576 / (w["push_ms"] / 1000) if w["push_ms"] else 0
-            print("worker %d first push: %d tensors, %.1f MiB as %.1f MiB on the wire in %.0f ms (%.0f MiB/s), "
-                  "stage built in %.0f ms; peak RSS %.1f MiB for %.1f MiB of weights (%.2fx)" %
-                  (i + 1, w["tensors"], w["bytes_sent_raw"] / 1048576, w["bytes_sent_wire"] / 1048576, w["push_ms"],
-                   mbps, w["load_ms"], c["rss"][i] / 1048576, w["bytes_sent_raw"] / 1048576,
-                   c["rss"][i] / max(1, w["bytes_sent_raw"])))
-        for i, w in enumerate(s["weights"]):
-            print("worker %d restart with its cache (star run): %d tensors sent, %d cached, push %.0f ms" %
-                  (i + 1, w["tensors_sent"], w["tensors_cached"], w["push_ms"]))
-        print("master ready after %.1f s (first push) / %.1f s (cached)" % (c["ready_s"], s["ready_s"]))
+        for n, label in [("single", "single node"), ("chain", "master + 2 workers, chain"),
+                         ("star", "master + 2 workers, star")]:
+            print("| %s | %.2f (%.2f-%.2f) | %.2f |" % (label, med[n], min(rates[n]), max(rates[n]), med[n] / med["single"]))
+        per = {}
+        for n in ("chain", "star"):
+            a, b = st0[n], st1[n]
+            toks = b[0]["tokens"] - a[0]["tokens"]
+            per[n] = [((b[i]["bytes_sent"] - a[i]["bytes_sent"]) / toks,
+                       (b[i]["bytes_received"] - a[i]["bytes_received"]) / toks) for i in range(2)]
+        c, s_ = per["chain"], per["star"]
+        print("bytes per token (prefill tokens included): chain master->w1 %.0f, w1->master %.0f, master->w2 %.0f, "
+              "w2->master %.0f (w1->w2 carries what master->w1 does); star master->w1 %.0f, w1->master %.0f, "
+              "master->w2 %.0f, w2->master %.0f" % (c[0][0], c[0][1], c[1][0], c[1][1], s_[0][0], s_[0][1], s_[1][0],
+                                                    s_[1][1]))
+        for n in ("chain", "star"):
+            for i, w in enumerate(st1[n]):
+                p = w["weights"]
+                mbps = p["bytes_sent_raw"] / 1048576 / (p["push_ms"] / 1000) if p["push_ms"] else 0
+                rss = peak_rss(setups[n]["workers"][i].pid)
+                print("%s worker %d: pushed %d tensors, %.1f MiB as %.1f MiB on the wire in %.0f ms (%.0f MiB/s), "
+                      "stage built in %.0f ms; peak RSS %.1f MiB for %.1f MiB of weights (%.2fx)" %
+                      (n, i + 1, p["tensors"], p["bytes_sent_raw"] / 1048576, p["bytes_sent_wire"] / 1048576,
+                       p["push_ms"], mbps, p["load_ms"], rss / 1048576, p["bytes_sent_raw"] / 1048576,
+                       rss / max(1, p["bytes_sent_raw"])))
     finally:
         for p in procs:
             if p.poll() is None:
