@@ -3033,20 +3033,65 @@ void chat_template_destroy(chat_template *t)
     free(t);
 }
 
+/* Runs the template over `globals` and hands the text out; destroys the
+ * render's arena in every case. */
+static int render_finish(const chat_template *t, struct render *r, struct frame *globals, struct jbuf *out,
+                         char **ret_text, size_t *ret_len)
+{
+    /* The template's own top level is a scope above the context, so `set`
+     * at top level shadows a context variable, as in Jinja2. */
+    struct frame *top = frame_new(r, globals);
+    int rc = top ? exec_body(r, t->t.root, top) : -ENOMEM;
+    if (rc < 0) {
+        if (!r->err_set)
+            rfail(r, NULL, rc);
+        jarena_destroy(r->arena);
+        return rc == -EFBIG || rc == -ENOMEM ? rc : -EINVAL;
+    }
+    char *text = malloc(out->n + 1);
+    if (!text) {
+        jarena_destroy(r->arena);
+        return ifd_error_set(r->err, -ENOMEM, "template: out of memory");
+    }
+    if (out->n)
+        memcpy(text, out->p, out->n);
+    text[out->n] = '\0';
+    size_t n = out->n;
+    jarena_destroy(r->arena);
+    *ret_text = text;
+    if (ret_len)
+        *ret_len = n;
+    return 0;
+}
+
+static int render_begin(const chat_template *t, struct render *r, struct jbuf *out, struct frame **ret_globals,
+                        ifd_error *err)
+{
+    r->t = &t->t;
+    r->err = err;
+    r->arena = jarena_create(RENDER_MAX_ARENA);
+    if (!r->arena)
+        return ifd_error_set(err, -ENOMEM, "template: out of memory");
+    *out = new_buf(r);
+    r->out = out;
+    *ret_globals = frame_new(r, NULL);
+    if (!*ret_globals) {
+        jarena_destroy(r->arena);
+        return ifd_error_set(err, -ENOMEM, "template: out of memory");
+    }
+    return 0;
+}
+
 int chat_template_render(const chat_template *t, const cJSON *context, char **ret_text, size_t *ret_len, ifd_error *err)
 {
     if (!t || !context || !cJSON_IsObject(context))
         return ifd_error_set(err, -EINVAL, "template: context must be a JSON object");
-    struct render r = {.t = &t->t, .err = err, .stack_base = __builtin_frame_address(0)};
-    r.arena = jarena_create(RENDER_MAX_ARENA);
-    if (!r.arena)
-        return ifd_error_set(err, -ENOMEM, "template: out of memory");
-    int rc = 0;
-    struct frame *globals = frame_new(&r, NULL);
-    struct jbuf out = new_buf(&r);
-    r.out = &out;
-    if (!globals)
-        rc = -ENOMEM;
+    struct render r = {.stack_base = __builtin_frame_address(0)};
+    struct jbuf out;
+    struct frame *globals;
+    int rc = render_begin(t, &r, &out, &globals, err);
+    if (rc < 0)
+        return rc;
     for (const cJSON *c = context->child; c && rc == 0; c = c->next) {
         struct jv v;
         if (!c->string)
@@ -3058,28 +3103,81 @@ int chat_template_render(const chat_template *t, const cJSON *context, char **re
         jarena_destroy(r.arena);
         return ifd_error_set(err, rc, "template: context too large for the render memory limit");
     }
-    /* The template's own top level is a scope above the context, so `set`
-     * at top level shadows a context variable, as in Jinja2. */
-    struct frame *top = frame_new(&r, globals);
-    rc = top ? exec_body(&r, t->t.root, top) : -ENOMEM;
+    return render_finish(t, &r, globals, &out, ret_text, ret_len);
+}
+
+/* A special token given as "text" or {"content": "text"}. */
+static struct jv special_token_value(struct jv v)
+{
+    if (v.kind == JV_DICT) {
+        struct jv *c = jdict_get(v.d, "content", 7);
+        if (c)
+            return *c;
+    }
+    return v;
+}
+
+int chat_template_render_conversation(const chat_template *t, const char *json, size_t len, const cJSON *defaults,
+                                      char **ret_text, size_t *ret_len, ifd_error *err)
+{
+    if (!t || !json)
+        return ifd_error_set(err, -EINVAL, "conversation: no template or no text");
+    if (defaults && !cJSON_IsObject(defaults))
+        return ifd_error_set(err, -EINVAL, "conversation: defaults must be a JSON object");
+    struct render r = {.stack_base = __builtin_frame_address(0)};
+    struct jbuf out;
+    struct frame *globals;
+    int rc = render_begin(t, &r, &out, &globals, err);
+    if (rc < 0)
+        return rc;
+    struct jv conv;
+    size_t off = 0;
+    const char *what = NULL;
+    const char *problem = NULL;
+    rc = jv_parse_json(r.arena, json, len, &conv, &off, &what);
+    if (rc == -EINVAL) {
+        jarena_destroy(r.arena);
+        return ifd_error_set(err, -EINVAL, "conversation: invalid JSON at byte %zu: %s", off, what);
+    }
+    struct jv *messages = NULL, *agp = NULL, *kwargs = NULL, *special = NULL;
+    if (rc == 0 && conv.kind != JV_DICT) {
+        problem = "must be a JSON object";
+    } else if (rc == 0) {
+        messages = jdict_get(conv.d, "messages", 8);
+        agp = jdict_get(conv.d, "add_generation_prompt", 21);
+        kwargs = jdict_get(conv.d, "kwargs", 6);
+        special = jdict_get(conv.d, "special_tokens", 14);
+        if (!messages || messages->kind != JV_LIST)
+            problem = "needs a \"messages\" array";
+        else if (agp && agp->kind != JV_BOOL)
+            problem = "\"add_generation_prompt\" must be true or false";
+        else if (kwargs && kwargs->kind != JV_DICT)
+            problem = "\"kwargs\" must be an object";
+        else if (special && special->kind != JV_DICT)
+            problem = "\"special_tokens\" must be an object";
+    }
+    if (problem) {
+        jarena_destroy(r.arena);
+        return ifd_error_set(err, -EINVAL, "conversation: %s", problem);
+    }
+    /* Context order as apply_chat_template: special tokens, then kwargs, then
+     * messages and add_generation_prompt. */
+    for (const cJSON *c = defaults ? defaults->child : NULL; c && rc == 0; c = c->next) {
+        struct jv v;
+        if (c->string && (rc = jv_from_json(r.arena, c, &v)) == 0)
+            rc = frame_set(&r, globals, (struct jstr){c->string, strlen(c->string)}, v);
+    }
+    for (size_t i = 0; special && i < special->d->n && rc == 0; i++)
+        rc = frame_set(&r, globals, special->d->keys[i], special_token_value(special->d->vals[i]));
+    for (size_t i = 0; kwargs && i < kwargs->d->n && rc == 0; i++)
+        rc = frame_set(&r, globals, kwargs->d->keys[i], kwargs->d->vals[i]);
+    if (rc == 0)
+        rc = frame_set(&r, globals, (struct jstr){"messages", 8}, *messages);
+    if (rc == 0)
+        rc = frame_set(&r, globals, (struct jstr){"add_generation_prompt", 21}, agp ? *agp : jv_bool(false));
     if (rc < 0) {
-        if (!r.err_set)
-            rfail(&r, NULL, rc);
         jarena_destroy(r.arena);
-        return rc == -EFBIG || rc == -ENOMEM ? rc : -EINVAL;
+        return ifd_error_set(err, rc, "conversation: too large for the render memory limit");
     }
-    char *text = malloc(out.n + 1);
-    if (!text) {
-        jarena_destroy(r.arena);
-        return ifd_error_set(err, -ENOMEM, "template: out of memory");
-    }
-    if (out.n)
-        memcpy(text, out.p, out.n);
-    text[out.n] = '\0';
-    size_t n = out.n;
-    jarena_destroy(r.arena);
-    *ret_text = text;
-    if (ret_len)
-        *ret_len = n;
-    return 0;
+    return render_finish(t, &r, globals, &out, ret_text, ret_len);
 }

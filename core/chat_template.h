@@ -27,3 +27,17 @@ void chat_template_destroy(chat_template *t); /* accepts NULL */
  * Returns -EINVAL with the message in err when the template raises. */
 int chat_template_render(const chat_template *t, const cJSON *context, char **ret_text,
                          size_t *ret_len, ifd_error *err);
+
+/* Renders a conversation given as JSON text, in the form of `inferctl
+ * template` files and the chat goldens: {"messages":[...],
+ * "add_generation_prompt":bool, "kwargs":{...}, "special_tokens":{...}}.
+ * The context is built as transformers' apply_chat_template builds it:
+ * `defaults` (may be NULL: the special tokens of tokenizer_config.json as
+ * strings), then "special_tokens" (each a string or {"content": ...}), then
+ * "kwargs", "messages" and "add_generation_prompt" (false when absent).
+ * Unlike a cJSON context, numbers keep Python's int/float split (2.0 stays a
+ * float and tojson prints it back as 2.0). -EINVAL for malformed JSON (with
+ * the byte offset) or a conversation of the wrong shape; otherwise as
+ * chat_template_render. */
+int chat_template_render_conversation(const chat_template *t, const char *json, size_t len, const cJSON *defaults,
+                                      char **ret_text, size_t *ret_len, ifd_error *err);

@@ -134,6 +134,11 @@ int jv_to_str(struct jarena *a, struct jv v, size_t limit, struct jstr *ret);
  * integral numbers -> int. -ENOMEM at the arena limit. */
 int jv_from_json(struct jarena *a, const cJSON *j, struct jv *ret);
 
+/* Parses JSON text into arena values, keeping Python's int/float split.
+ * -EINVAL with the byte offset and a description of the fault; -ENOMEM. */
+int jv_parse_json(struct jarena *a, const char *text, size_t len, struct jv *ret, size_t *ret_offset,
+                  const char **ret_what);
+
 #define JV_MAX_DEPTH 256
 
 /* ---- UTF-8 helpers ---- */

@@ -735,3 +735,258 @@ int jv_from_json(struct jarena *a, const cJSON *j, struct jv *ret)
     }
     return 0;
 }
+
+/* ---- JSON text ---- */
+
+/* A small JSON reader straight into values, for callers that hold the text:
+ * unlike cJSON it keeps Python's int/float split (json.loads makes 2.0 a
+ * float, which tojson prints back as 2.0). Strict RFC 8259 syntax. */
+struct jjson {
+    struct jarena *a;
+    const char *s;
+    size_t n, i;
+    int depth;
+    const char *what; /* error: what went wrong (static text) */
+};
+
+static void jj_ws(struct jjson *p)
+{
+    while (p->i < p->n && (p->s[p->i] == ' ' || p->s[p->i] == '\t' || p->s[p->i] == '\n' || p->s[p->i] == '\r'))
+        p->i++;
+}
+
+static int jj_fail(struct jjson *p, const char *what)
+{
+    p->what = what;
+    return -EINVAL;
+}
+
+static int jj_hex4(struct jjson *p, int32_t *ret)
+{
+    if (p->n - p->i < 4)
+        return jj_fail(p, "truncated \\u escape");
+    int32_t v = 0;
+    for (int k = 0; k < 4; k++) {
+        char h = p->s[p->i++];
+        int d = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
+        if (d < 0)
+            return jj_fail(p, "bad \\u escape");
+        v = v * 16 + d;
+    }
+    *ret = v;
+    return 0;
+}
+
+static int jj_string(struct jjson *p, struct jstr *ret)
+{
+    p->i++; /* '"' */
+    size_t start = p->i;
+    while (p->i < p->n && p->s[p->i] != '"' && p->s[p->i] != '\\' && (unsigned char)p->s[p->i] >= 0x20)
+        p->i++;
+    if (p->i < p->n && p->s[p->i] == '"') {
+        /* no escapes: point into a copy of the text */
+        char *c = jarena_alloc(p->a, p->i - start + 1);
+        if (!c)
+            return -ENOMEM;
+        memcpy(c, p->s + start, p->i - start);
+        *ret = (struct jstr){c, p->i - start};
+        p->i++;
+        return 0;
+    }
+    struct jbuf b = {.arena = p->a, .limit = (size_t)-1};
+    int rc = jbuf_put(&b, p->s + start, p->i - start);
+    while (rc == 0) {
+        if (p->i >= p->n)
+            return jj_fail(p, "unterminated string");
+        unsigned char c = (unsigned char)p->s[p->i];
+        if (c == '"') {
+            p->i++;
+            break;
+        }
+        if (c < 0x20)
+            return jj_fail(p, "control character in string");
+        if (c != '\\') {
+            rc = jbuf_putc(&b, (char)c);
+            p->i++;
+            continue;
+        }
+        if (++p->i >= p->n)
+            return jj_fail(p, "unterminated string");
+        char e = p->s[p->i++];
+        int32_t cp;
+        switch (e) {
+        case '"': case '\\': case '/': rc = jbuf_putc(&b, e); break;
+        case 'b': rc = jbuf_putc(&b, '\b'); break;
+        case 'f': rc = jbuf_putc(&b, '\f'); break;
+        case 'n': rc = jbuf_putc(&b, '\n'); break;
+        case 'r': rc = jbuf_putc(&b, '\r'); break;
+        case 't': rc = jbuf_putc(&b, '\t'); break;
+        case 'u':
+            if ((rc = jj_hex4(p, &cp)) < 0)
+                return rc;
+            if (cp >= 0xd800 && cp < 0xdc00 && p->n - p->i >= 6 && p->s[p->i] == '\\' && p->s[p->i + 1] == 'u') {
+                size_t save = p->i;
+                int32_t lo;
+                p->i += 2;
+                if ((rc = jj_hex4(p, &lo)) < 0)
+                    return rc;
+                if (lo >= 0xdc00 && lo < 0xe000)
+                    cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                else
+                    p->i = save;
+            }
+            if (cp >= 0xd800 && cp < 0xe000)
+                cp = 0xfffd; /* a lone surrogate cannot be UTF-8 */
+            rc = jutf8_put(&b, cp);
+            break;
+        default:
+            return jj_fail(p, "bad escape in string");
+        }
+    }
+    if (rc < 0)
+        return rc;
+    *ret = (struct jstr){b.p ? b.p : "", b.n};
+    return 0;
+}
+
+static int jj_value(struct jjson *p, struct jv *ret)
+{
+    jj_ws(p);
+    if (p->i >= p->n)
+        return jj_fail(p, "unexpected end of JSON");
+    char c = p->s[p->i];
+    int rc;
+    if (c == '{' || c == '[') {
+        if (++p->depth > JV_MAX_DEPTH)
+            return jj_fail(p, "JSON nested too deeply");
+        bool obj = c == '{';
+        p->i++;
+        struct jlist *l = obj ? NULL : jlist_new(p->a, 0);
+        struct jdict *d = obj ? jdict_new(p->a, 0) : NULL;
+        if (!l && !d)
+            return -ENOMEM;
+        jj_ws(p);
+        if (p->i < p->n && p->s[p->i] == (obj ? '}' : ']')) {
+            p->i++;
+        } else {
+            for (;;) {
+                struct jstr key = {0};
+                struct jv v;
+                if (obj) {
+                    jj_ws(p);
+                    if (p->i >= p->n || p->s[p->i] != '"')
+                        return jj_fail(p, "expected a string key");
+                    if ((rc = jj_string(p, &key)) < 0)
+                        return rc;
+                    jj_ws(p);
+                    if (p->i >= p->n || p->s[p->i] != ':')
+                        return jj_fail(p, "expected ':'");
+                    p->i++;
+                }
+                if ((rc = jj_value(p, &v)) < 0)
+                    return rc;
+                if ((rc = obj ? jdict_set(p->a, d, key, v) : jlist_push(p->a, l, v)) < 0)
+                    return rc;
+                jj_ws(p);
+                if (p->i < p->n && p->s[p->i] == ',') {
+                    p->i++;
+                    continue;
+                }
+                if (p->i < p->n && p->s[p->i] == (obj ? '}' : ']')) {
+                    p->i++;
+                    break;
+                }
+                return jj_fail(p, obj ? "expected ',' or '}'" : "expected ',' or ']'");
+            }
+        }
+        p->depth--;
+        *ret = obj ? (struct jv){.kind = JV_DICT, .d = d} : (struct jv){.kind = JV_LIST, .l = l};
+        return 0;
+    }
+    if (c == '"') {
+        struct jstr s;
+        if ((rc = jj_string(p, &s)) < 0)
+            return rc;
+        *ret = jv_str(s.p, s.n);
+        return 0;
+    }
+    static const struct { const char *word; int kind; } words[] = {{"true", 1}, {"false", 0}, {"null", 2}};
+    for (size_t k = 0; k < 3; k++) {
+        size_t wl = strlen(words[k].word);
+        if (p->n - p->i >= wl && memcmp(p->s + p->i, words[k].word, wl) == 0) {
+            p->i += wl;
+            *ret = words[k].kind == 2 ? jv_none() : jv_bool(words[k].kind == 1);
+            return 0;
+        }
+    }
+    /* number: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
+    size_t start = p->i;
+    bool is_float = false;
+    if (p->i < p->n && p->s[p->i] == '-')
+        p->i++;
+    if (p->i >= p->n || p->s[p->i] < '0' || p->s[p->i] > '9')
+        return jj_fail(p, "unexpected character");
+    if (p->s[p->i] == '0')
+        p->i++;
+    else
+        while (p->i < p->n && p->s[p->i] >= '0' && p->s[p->i] <= '9')
+            p->i++;
+    if (p->i < p->n && p->s[p->i] == '.') {
+        is_float = true;
+        p->i++;
+        if (p->i >= p->n || p->s[p->i] < '0' || p->s[p->i] > '9')
+            return jj_fail(p, "bad number");
+        while (p->i < p->n && p->s[p->i] >= '0' && p->s[p->i] <= '9')
+            p->i++;
+    }
+    if (p->i < p->n && (p->s[p->i] == 'e' || p->s[p->i] == 'E')) {
+        is_float = true;
+        p->i++;
+        if (p->i < p->n && (p->s[p->i] == '+' || p->s[p->i] == '-'))
+            p->i++;
+        if (p->i >= p->n || p->s[p->i] < '0' || p->s[p->i] > '9')
+            return jj_fail(p, "bad number");
+        while (p->i < p->n && p->s[p->i] >= '0' && p->s[p->i] <= '9')
+            p->i++;
+    }
+    char tmp[64];
+    size_t len = p->i - start;
+    if (len >= sizeof(tmp)) {
+        /* very long literals: Python keeps big ints exact; a double is the closest we hold */
+        char *big = jarena_alloc(p->a, len + 1);
+        if (!big)
+            return -ENOMEM;
+        memcpy(big, p->s + start, len);
+        *ret = jv_float(strtod(big, NULL));
+        return 0;
+    }
+    memcpy(tmp, p->s + start, len);
+    tmp[len] = '\0';
+    if (!is_float) {
+        errno = 0;
+        long long v = strtoll(tmp, NULL, 10);
+        if (errno != ERANGE) {
+            *ret = jv_int(v);
+            return 0;
+        }
+    }
+    *ret = jv_float(strtod(tmp, NULL));
+    return 0;
+}
+
+int jv_parse_json(struct jarena *a, const char *text, size_t len, struct jv *ret, size_t *ret_offset,
+                  const char **ret_what)
+{
+    struct jjson p = {.a = a, .s = text, .n = len};
+    int rc = jj_value(&p, ret);
+    if (rc == 0) {
+        jj_ws(&p);
+        if (p.i != p.n)
+            rc = jj_fail(&p, "trailing characters after JSON value");
+    }
+    if (rc == -EINVAL) {
+        *ret_offset = p.i;
+        *ret_what = p.what;
+    }
+    return rc;
+}

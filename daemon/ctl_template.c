@@ -216,74 +216,36 @@ static void tmpl_ctx_finish(struct tmpl_ctx *c)
     tok_ids_finish(&c->ids);
 }
 
-static void put_replace(cJSON *obj, const char *key, cJSON *item)
+/* Renders one conversation (JSON text) into a result object ({"text","ids"}
+ * or {"error"}). Returns 0 on success, 1 when the result is an error. */
+static int render_one(struct tmpl_ctx *c, const char *json, size_t json_len, cJSON **ret)
 {
-    cJSON_DeleteItemFromObjectCaseSensitive(obj, key);
-    cJSON_AddItemToObject(obj, key, item);
-}
-
-/* Renders one conversation into a result object ({"text","ids"} or {"error"}).
- * Returns 0 on success, 1 when the result is an error. */
-static int render_one(struct tmpl_ctx *c, const cJSON *conv, cJSON **ret)
-{
-    cJSON *out = cJSON_CreateObject();
-    cJSON *ctx = cJSON_Duplicate(c->special, 1);
+    char msg[IFD_ERROR_MSG_MAX + 16];
     const char *problem = NULL;
-    char msg[IFD_ERROR_MSG_MAX + 64];
-    if (!out || !ctx) {
-        problem = "out of memory";
-    } else if (!cJSON_IsObject(conv)) {
-        problem = "conversation must be a JSON object";
-    } else {
-        const cJSON *messages = cJSON_GetObjectItemCaseSensitive(conv, "messages");
-        const cJSON *agp = cJSON_GetObjectItemCaseSensitive(conv, "add_generation_prompt");
-        const cJSON *kwargs = cJSON_GetObjectItemCaseSensitive(conv, "kwargs");
-        const cJSON *special = cJSON_GetObjectItemCaseSensitive(conv, "special_tokens");
-        if (!cJSON_IsArray(messages))
-            problem = "conversation needs a \"messages\" array";
-        else if (kwargs && !cJSON_IsObject(kwargs))
-            problem = "\"kwargs\" must be an object";
-        else if (special && !cJSON_IsObject(special))
-            problem = "\"special_tokens\" must be an object";
-        else if (agp && !cJSON_IsBool(agp))
-            problem = "\"add_generation_prompt\" must be true or false";
-        for (const cJSON *e = special ? special->child : NULL; e && !problem; e = e->next) {
-            const cJSON *v = cJSON_IsObject(e) ? cJSON_GetObjectItemCaseSensitive(e, "content") : e;
-            put_replace(ctx, e->string, cJSON_Duplicate(v ? v : e, 1));
-        }
-        for (const cJSON *e = kwargs ? kwargs->child : NULL; e && !problem; e = e->next)
-            put_replace(ctx, e->string, cJSON_Duplicate(e, 1));
-        if (!problem) {
-            put_replace(ctx, "messages", cJSON_Duplicate(messages, 1));
-            put_replace(ctx, "add_generation_prompt", cJSON_CreateBool(cJSON_IsTrue(agp)));
-        }
-    }
     char *text = NULL;
     size_t len = 0;
-    if (!problem) {
-        ifd_error err = {{0}};
-        if (chat_template_render(c->tmpl, ctx, &text, &len, &err) < 0) {
-            snprintf(msg, sizeof(msg), "%s", err.msg);
-            problem = msg;
-        }
+    ifd_error err = {{0}};
+    /* The conversation goes to core as text, not cJSON, so that numbers keep
+     * Python's int/float split (a tool schema's 1.0 stays 1.0). */
+    if (chat_template_render_conversation(c->tmpl, json, json_len, c->special, &text, &len, &err) < 0) {
+        snprintf(msg, sizeof(msg), "%s", err.msg);
+        problem = msg;
+    } else if (c->tok && tok_encode(c->tok, text, len, false, &c->ids, &err) < 0) {
+        snprintf(msg, sizeof(msg), "tokenize: %s", err.msg);
+        problem = msg;
     }
-    if (!problem && c->tok) {
-        ifd_error err = {{0}};
-        if (tok_encode(c->tok, text, len, false, &c->ids, &err) < 0) {
-            snprintf(msg, sizeof(msg), "tokenize: %s", err.msg);
-            problem = msg;
-        }
+    cJSON *out = cJSON_CreateObject();
+    if (!out) {
+        free(text);
+        *ret = NULL;
+        return 1;
     }
-    cJSON_Delete(ctx);
     if (problem) {
         free(text);
-        cJSON_Delete(out);
-        out = cJSON_CreateObject();
         cJSON_AddStringToObject(out, "error", problem);
         *ret = out;
         return 1;
     }
-    /* The text may hold bytes cJSON cannot carry (a NUL from "\u0000" input). */
     cJSON_AddItemToObject(out, "text", cJSON_CreateString(text));
     free(text);
     if (c->tok) {
@@ -325,15 +287,7 @@ static int run_jsonl(struct tmpl_ctx *c)
                 k--;
             if (k == 0)
                 continue;
-            cJSON *conv = cJSON_ParseWithLength(line, k);
-            if (!conv) {
-                res = cJSON_CreateObject();
-                cJSON_AddStringToObject(res, "error", "line is not valid JSON");
-                failed = 1;
-            } else {
-                failed |= render_one(c, conv, &res);
-                cJSON_Delete(conv);
-            }
+            failed |= render_one(c, line, k, &res);
         }
         failed |= print_result(res);
         cJSON_Delete(res);
@@ -379,25 +333,18 @@ int ctl_template_main(int argc, char **argv)
     if (jsonl) {
         status = run_jsonl(&c);
     } else {
-        char *text = read_file(conv_path, NULL);
+        size_t len = 0;
+        char *text = read_file(conv_path, &len);
         if (!text) {
             fprintf(stderr, "inferctl template: cannot read '%s': %s\n", conv_path, strerror(errno));
             tmpl_ctx_finish(&c);
             return 1;
         }
-        cJSON *conv = cJSON_Parse(text);
-        free(text);
         cJSON *res = NULL;
-        if (!conv) {
-            res = cJSON_CreateObject();
-            cJSON_AddStringToObject(res, "error", "conversation file is not valid JSON");
-            status = 1;
-        } else {
-            status = render_one(&c, conv, &res);
-        }
+        status = render_one(&c, text, len, &res);
+        free(text);
         status |= print_result(res);
         cJSON_Delete(res);
-        cJSON_Delete(conv);
     }
     tmpl_ctx_finish(&c);
     return status;

@@ -125,6 +125,19 @@ static int run_family(const char *family, tokenizer *tok)
         size_t len = 0;
         ifd_error rerr = {{0}};
         rc = chat_template_render(t, ctx, &text, &len, &rerr);
+        /* The same line as conversation text (the inferctl path) renders the same. */
+        char *text2 = NULL;
+        size_t len2 = 0;
+        ifd_error rerr2 = {{0}};
+        int rc2 = chat_template_render_conversation(t, line, strlen(line), NULL, &text2, &len2, &rerr2);
+        if (rc2 != rc || (rc == 0 && (len2 != len || memcmp(text, text2, len) != 0)) ||
+            (rc != 0 && strcmp(rerr.msg, rerr2.msg) != 0)) {
+            if (!mismatches)
+                fprintf(stderr, "%s/%s: cJSON and text contexts render differently (%d '%s' vs %d '%s')\n", family,
+                        name, rc, rc ? rerr.msg : "", rc2, rc2 ? rerr2.msg : "");
+            mismatches++;
+        }
+        free(text2);
         if (want_error) {
             const char *msg = cJSON_GetObjectItemCaseSensitive(j, "error_message")->valuestring;
             if (rc != -EINVAL || strcmp(rerr.msg, msg) != 0) {
@@ -778,4 +791,90 @@ Test(inferctl_template, conversation_file_chatml_and_errors, .timeout = 60)
     cJSON_Delete(j);
     free(out);
     unlink(conv);
+}
+
+/* ---- conversation text: Python's json.loads number semantics, malformed JSON ---- */
+
+static char *render_conv(const char *tmpl, const char *conv, int *ret_rc, ifd_error *err)
+{
+    chat_template *t = NULL;
+    cr_assert_eq(chat_template_compile(tmpl, strlen(tmpl), &t, err), 0, "%s", err->msg);
+    cJSON *defaults = cJSON_Parse("{\"bos_token\": \"<s>\", \"eos_token\": \"</s>\"}");
+    char *text = NULL;
+    size_t len;
+    *ret_rc = chat_template_render_conversation(t, conv, strlen(conv), defaults, &text, &len, err);
+    cJSON_Delete(defaults);
+    chat_template_destroy(t);
+    return text;
+}
+
+Test(chat_template, conversation_text_keeps_floats)
+{
+    ifd_error err = {{0}};
+    int rc;
+    char *text = render_conv(
+        "{{ bos_token }}{{ eos_token }}{{ x }} {{ kwargs_seen }} {{ tools | tojson }} {{ messages | length }}"
+        "{{ add_generation_prompt }}",
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"a\\u00e9\\ud83d\\ude00\"}], \"kwargs\": {\"x\": 2.0, "
+        "\"kwargs_seen\": 1, \"tools\": [{\"default\": 1.0, \"min\": 0, \"e\": 1E-5, "
+        "\"neg\": -0.5}]}, \"special_tokens\": {\"eos_token\": {\"content\": \"<E>\"}}}",
+        &rc, &err);
+    cr_assert_eq(rc, 0, "%s", err.msg);
+    cr_expect_str_eq(text, "<s><E>2.0 1 [{\"default\": 1.0, \"min\": 0, \"e\": 1e-05, "
+                           "\"neg\": -0.5}] 1False");
+    free(text);
+    text = render_conv("{{ messages[0].content }}",
+                       "{\"messages\": [{\"content\": \"\\ud83d\\ude00 \\u00e9 \\ud800 \\\" \\\\ \\/ \\n\"}]}", &rc, &err);
+    cr_assert_eq(rc, 0, "%s", err.msg);
+    cr_expect_str_eq(text, "\xf0\x9f\x98\x80 \xc3\xa9 \xef\xbf\xbd \" \\ / \n");
+    free(text);
+}
+
+Test(chat_template, conversation_text_malformed)
+{
+    static const struct {
+        const char *conv, *want;
+    } cases[] = {
+        {"", "invalid JSON at byte 0: unexpected end of JSON"},
+        {"{\"messages\": [", "invalid JSON at byte 14: unexpected end of JSON"},
+        {"{\"messages\": [1,]}", "invalid JSON at byte 16: unexpected character"},
+        {"{\"messages\": []} x", "trailing characters"},
+        {"{\"messages\": [\"\\q\"]}", "bad escape in string"},
+        {"{\"messages\": [\"\\u12\"]}", "bad \\u escape"},
+        {"{\"messages\": [\"a\nb\"]}", "control character in string"},
+        {"{\"messages\": [01]}", "expected ',' or ']'"},
+        {"{\"messages\": [1.]}", "bad number"},
+        {"{messages: []}", "expected a string key"},
+        {"[]", "conversation: must be a JSON object"},
+        {"{\"messages\": {}}", "needs a \"messages\" array"},
+        {"{\"messages\": [], \"kwargs\": []}", "\"kwargs\" must be an object"},
+        {"{\"messages\": [], \"add_generation_prompt\": 1}", "must be true or false"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        ifd_error err = {{0}};
+        int rc;
+        char *text = render_conv("{{ messages }}", cases[i].conv, &rc, &err);
+        cr_expect_eq(rc, -EINVAL, "case %zu", i);
+        cr_expect(strstr(err.msg, cases[i].want) != NULL, "case %zu: '%s' lacks '%s'", i, err.msg, cases[i].want);
+        free(text);
+    }
+    /* nesting past the value depth bound */
+    size_t depth = 100000;
+    char *deep = malloc(depth * 2 + 64);
+    if (!deep) {
+        cr_assert_fail("out of memory");
+        return;
+    }
+    size_t k = (size_t)snprintf(deep, 64, "{\"messages\": ");
+    memset(deep + k, '[', depth);
+    memset(deep + k + depth, ']', depth);
+    deep[k + 2 * depth] = '}';
+    deep[k + 2 * depth + 1] = '\0';
+    ifd_error err = {{0}};
+    int rc;
+    char *text = render_conv("{{ messages | length }}", deep, &rc, &err);
+    cr_expect_eq(rc, -EINVAL);
+    cr_expect(strstr(err.msg, "nested too deeply") != NULL, "%s", err.msg);
+    free(text);
+    free(deep);
 }
