@@ -487,8 +487,9 @@ static void stream_produce(struct conn *k)
     if (failed) {
         /* The stream cannot change its status any more: end with an error event. */
         struct api_error e;
-        api_error_set(&e, k->out.error_status, k->out.error_status == 503 ? "service_unavailable" : "server_error",
-                      NULL, NULL, "%s", k->out.error_msg);
+        bool down = k->out.error_status == 503;
+        api_error_set(&e, k->out.error_status, down ? "service_unavailable" : "server_error", NULL,
+                      down ? "shutting_down" : NULL, "%s", k->out.error_msg);
         ev = api_error_sse(&e, &n);
         conn_append_buf(k, ev, n);
     } else if (k->include_usage) {
@@ -608,8 +609,9 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
     }
     k->tokens_out = k->out.completion_tokens;
     if (k->out.error_status) {
-        return respond_errorf(c, k, k->out.error_status, k->out.error_status == 503 ? "service_unavailable" : "server_error",
-                              NULL, NULL, k->out.error_msg);
+        bool down = k->out.error_status == 503;
+        return respond_errorf(c, k, k->out.error_status, down ? "service_unavailable" : "server_error", NULL,
+                              down ? "shutting_down" : NULL, k->out.error_msg);
     }
     struct api_usage u = {k->out.prompt_tokens, k->out.completion_tokens};
     struct api_token_namer namer = {namer_fn, (void *)app->tok};

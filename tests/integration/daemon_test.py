@@ -642,7 +642,52 @@ def group_inferctl(binary):
         check(r.returncode != 0 and "401" in r.stderr, "inferctl with a wrong key: %r" % r.stderr)
 
 
+def group_drain(binary):
+    # SIGTERM: running streams finish (within drain_timeout), queued requests get 503.
+    # qwen3-tiny: ~2 ms per token, so 1500 tokens run for a few seconds.
+    with tempfile.TemporaryDirectory() as tmp:
+        for timeout_s, long_tokens in ((30, 1500), (1, 4000)):
+            conf = os.path.join(tmp, "drain.conf")
+            with open(conf, "w") as f:
+                f.write("[server]\ndrain_timeout = %d\n" % timeout_s)
+            d = Daemon(binary, QWEN3, "--config", conf, "--max-sequences", "1", "--queue-depth", "4",
+                       "--context-length", "4096", "--threads", "1")
+            out = {}
+
+            def long_stream():
+                out["a"] = d.stream("/v1/completions", {"prompt": [1, 80], "max_tokens": long_tokens,
+                                                        "temperature": 0, "stream": True})
+
+            def queued():
+                time.sleep(0.3)
+                out["b"] = d.request("POST", "/v1/completions", {"prompt": [1, 81], "max_tokens": 5})
+
+            ta = threading.Thread(target=long_stream)
+            tb = threading.Thread(target=queued)
+            ta.start()
+            tb.start()
+            time.sleep(0.8)
+            d.proc.send_signal(signal.SIGTERM)
+            ta.join(60)
+            tb.join(60)
+            rc = d.proc.wait(60)
+            check(rc == 0, "clean exit after the drain (%s)" % rc)
+            st, h, payload = out.get("b", (0, {}, b""))
+            check(st == 503 and json.loads(payload)["error"]["code"] == "shutting_down",
+                  "queued request gets 503 on SIGTERM: %s %s" % (st, payload[:200]))
+            st, h, ev = out.get("a", (0, {}, []))
+            if timeout_s == 30:
+                text, finish, _ = stream_text(ev, "completion")
+                check(st == 200 and finish == "length", "running stream finished during the drain (%s)" % finish)
+            else:
+                check(ev and ev[-1] == "[DONE]" and any(isinstance(e, dict) and "error" in e for e in ev),
+                      "drain timeout: the stream ends with an error event then [DONE] (%s)" % ev[-2:])
+            check("Drain timeout" in d.logtext() if timeout_s == 1 else True, "drain timeout logged")
+            d.__exit__()
+
+
 GROUPS = {
+    "drain": group_drain,
     "inferctl": group_inferctl,
     "openai_sdk": group_openai_sdk,
     "golden": group_golden,
