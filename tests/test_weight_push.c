@@ -167,8 +167,8 @@ Test(weight_push, full_then_cached_then_resumed)
     struct stat sb;
     cr_assert_eq(stat(bin, &sb), 0);
     cr_assert_gt(sb.st_size, 2);
-    char *part = strdup(bin);
-    strcpy(strstr(part, ".bin"), ".part");
+    char *part;
+    cr_assert_geq(asprintf(&part, "%.*s.part", (int)(strstr(bin, ".bin") - bin), bin), 0);
     cr_assert_eq(rename(bin, part), 0);
     cr_assert_eq(truncate(part, sb.st_size / 2), 0);
     push_once(m, mf, cache, &st, &n_img);
