@@ -686,7 +686,28 @@ def group_drain(binary):
             d.__exit__()
 
 
+def group_vulkan(binary):
+    # The same goldens through the Vulkan stage (lavapipe in CI). Skipped (77)
+    # when the build has no Vulkan module or the machine no Vulkan device.
+    try:
+        d = Daemon(binary, TINY, "--backend", "vulkan")
+    except RuntimeError as e:
+        if "no Vulkan support" in str(e) or "device" in str(e).lower():
+            print("SKIP: no Vulkan:", str(e)[-300:])
+            sys.exit(77)
+        raise
+    with d:
+        for g in goldens("tinystories-656k"):
+            st, r = d.json("POST", "/v1/completions", {"prompt": g["prompt_ids"], "max_tokens": g["stable_prefix_len"],
+                                                       "temperature": 0})
+            check(st == 200 and r["choices"][0]["text"] == g["stable_completion_text"],
+                  "vulkan tinystories %s: %s" % (g["name"], r))
+        st, s_ = d.json("GET", "/v1/status")
+        check(s_.get("backend") == "vulkan", "status says vulkan: %s" % s_.get("backend"))
+
+
 GROUPS = {
+    "vulkan": group_vulkan,
     "drain": group_drain,
     "inferctl": group_inferctl,
     "openai_sdk": group_openai_sdk,
