@@ -703,3 +703,66 @@ Test(tokenizer_cases, added_token_flags_sentencepiece)
     expect_ids(t, "<s>hello world</s>", true, w4, 4);
     tok_destroy(t);
 }
+
+/* Mistral's tokenizer.json with the normalizer removed and a Metaspace
+ * pre-tokenizer and decoder instead (the Llama-2 / newer SentencePiece layout). */
+static tokenizer *load_metaspace(const char *scheme)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/golden/tokenizers/mistral-7b-v0.1/tokenizer.json", shared_dir());
+    char *data = slurp(path, NULL);
+    cr_assert_not_null(data, "cannot read %s", path);
+    cJSON *root = cJSON_Parse(data);
+    char *ms = NULL;
+    cr_assert(asprintf(&ms, "{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\",\"prepend_scheme\":\"%s\",\"split\":true}",
+                       scheme) > 0);
+    cJSON_ReplaceItemInObject(root, "normalizer", cJSON_CreateNull());
+    cJSON_ReplaceItemInObject(root, "pre_tokenizer", cJSON_Parse(ms));
+    cJSON_ReplaceItemInObject(root, "decoder", cJSON_Parse(ms));
+    char *json = cJSON_PrintUnformatted(root);
+    tokenizer *t = NULL;
+    ifd_error err = {0};
+    cr_assert_eq(tok_load_memory(json, strlen(json), NULL, 0, "metaspace", &t, &err), 0, "%s", err.msg);
+    free(json);
+    free(ms);
+    cJSON_Delete(root);
+    free(data);
+    return t;
+}
+
+static void expect_decoded(tokenizer *t, const int32_t *ids, size_t n, const char *want)
+{
+    char *got = NULL;
+    ifd_error err = {0};
+    cr_assert_eq(tok_decode(t, ids, n, false, &got, NULL, &err), 0);
+    cr_expect_str_eq(got, want);
+    free(got);
+}
+
+Test(tokenizer_cases, metaspace_prepend_schemes)
+{
+    /* expected ids and texts from the npm `tokenizers` oracle on the same JSON */
+    tokenizer *t = load_metaspace("first");
+    static const int32_t w1[] = {264, 1, 28726, 277, 2, 281};
+    expect_ids(t, "a<s>b c</s> d", false, w1, 6);
+    expect_decoded(t, w1, 6, "a<s>b c</s> d");
+    static const int32_t w2[] = {1736, 2764};
+    expect_ids(t, " lead space", false, w2, 2);
+    expect_decoded(t, w2, 2, "lead space");
+    tok_destroy(t);
+
+    t = load_metaspace("always");
+    static const int32_t w3[] = {264, 1, 287, 277, 2, 281};
+    expect_ids(t, "a<s>b c</s> d", false, w3, 6);
+    expect_decoded(t, w3, 6, "a<s> b c</s> d");
+    tok_destroy(t);
+
+    t = load_metaspace("never");
+    static const int32_t w4[] = {16230, 1526, 28705, 989};
+    expect_ids(t, "Hello world  two", false, w4, 4);
+    expect_decoded(t, w4, 4, "Hello world  two");
+    static const int32_t w5[] = {1318, 337};
+    expect_ids(t, "\xE2\x96\x81x y", false, w5, 2);
+    expect_decoded(t, w5, 2, " x y");
+    tok_destroy(t);
+}
