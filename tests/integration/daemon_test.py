@@ -333,6 +333,35 @@ def group_errors(binary):
         r.read()
         c.close()
         still_serving(d, "413 cases")
+        # Mutated request bodies (fixed seed): every answer is a JSON 200 or an
+        # OpenAI error envelope, and the daemon keeps serving.
+        import random
+        rng = random.Random(1234)
+        base = json.dumps({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi \u00e9"}],
+                           "max_tokens": 3, "temperature": 0.5, "stop": ["x", "yz"], "logprobs": True,
+                           "top_logprobs": 2, "stream": False}).encode()
+        bad = []
+        for i in range(150):
+            b = bytearray(base)
+            for _ in range(rng.randint(1, 4)):
+                op = rng.randrange(3)
+                pos = rng.randrange(len(b))
+                if op == 0:
+                    b[pos] = rng.randrange(256)
+                elif op == 1:
+                    del b[pos:pos + rng.randint(1, 8)]
+                else:
+                    b[pos:pos] = bytes([rng.choice(b'{}[]",:0\\\xff\xc3-e9')]) * rng.randint(1, 3)
+            st, h, payload = d.request("POST", "/v1/chat/completions", raw=bytes(b))
+            try:
+                j = json.loads(payload)
+                ok = (st == 200 and "choices" in j) or (st in (400, 404, 413) and "message" in j["error"])
+            except (ValueError, KeyError, TypeError):
+                ok = False
+            if not ok:
+                bad.append((st, bytes(b)[:80], payload[:120]))
+        check(not bad, "mutated bodies answered properly: %s" % bad[:3])
+        still_serving(d, "mutated bodies")
         # Garbage on the socket does not take the daemon down.
         s = socket.create_connection(("127.0.0.1", d.port))
         s.sendall(b"\x00\x01 NOT HTTP\r\n\r\n" * 10)
