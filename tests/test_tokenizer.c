@@ -766,3 +766,23 @@ Test(tokenizer_cases, metaspace_prepend_schemes)
     expect_decoded(t, w5, 2, " x y");
     tok_destroy(t);
 }
+
+Test(tokenizer_decode, normalized_special_tokens_are_not_skipped)
+{
+    /* TinyStories' special tokens have normalized=true, so HF spells them
+     * "\u2581<|start_story|>" and skip_special_tokens does not recognise them:
+     * the oracle decodes [1, 80, 0, 2, 100] to the same text with and without it */
+    tokenizer *t = load_dir("golden/tokenizers/tinystories");
+    static const int32_t ids[] = {1, 80, 0, 2, 100};
+    const char *want = "<|start_story|>  <unk> <|end_story|> and ";
+    for (int skip = 0; skip < 2; skip++) {
+        char *got = NULL;
+        ifd_error err = {0};
+        cr_assert_eq(tok_decode(t, ids, 5, skip, &got, NULL, &err), 0);
+        cr_expect_str_eq(got, want, "skip_special=%d", skip);
+        free(got);
+    }
+    cr_expect_str_eq(tok_id_to_token(t, 1), "\xE2\x96\x81<|start_story|>");
+    cr_expect(tok_is_special(t, 1));
+    tok_destroy(t);
+}
