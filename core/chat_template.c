@@ -3010,10 +3010,21 @@ int chat_template_compile(const char *source, size_t len, chat_template **ret, i
         chat_template_destroy(t);
         return ifd_error_set(err, -ENOMEM, "template: out of memory");
     }
-    memcpy(src, source, len);
-    src[len] = '\0';
+    /* Jinja2 first turns "\r\n" and "\r" into "\n" in the whole source; line
+     * numbers stay the same. */
+    size_t k = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (source[i] == '\r') {
+            src[k++] = '\n';
+            if (i + 1 < len && source[i + 1] == '\n')
+                i++;
+        } else {
+            src[k++] = source[i];
+        }
+    }
+    src[k] = '\0';
     t->t.src = src;
-    t->t.len = len;
+    t->t.len = k;
     char msg[IFD_ERROR_MSG_MAX];
     msg[0] = '\0';
     int rc = jinja_parse(&t->t, msg, sizeof(msg));

@@ -131,8 +131,6 @@ static int emit_text(struct parser *p, size_t start, size_t end, int strip_left,
     } else if (strip_left == 1) {
         if (start < end && s[start] == '\n')
             start++;
-        else if (start + 1 < end && s[start] == '\r' && s[start + 1] == '\n')
-            start += 2;
     }
     if (right == 2) {
         while (end > start && is_ws(s[end - 1]))
@@ -287,12 +285,12 @@ static int lex_tag(struct parser *p, size_t *ip, uint32_t open_pos, bool block, 
         char c = s[i];
         const char *end = block ? "%}" : "}}";
         if (balance == 0) {
-            if (c == '-' && i + 2 < n + 0 && s[i + 1] == end[0] && s[i + 2] == end[1]) {
+            if (c == '-' && i + 2 < n && s[i + 1] == end[0] && s[i + 2] == end[1]) {
                 *ret_right = 2;
                 i += 3;
                 break;
             }
-            if (c == '+' && i + 2 < n + 0 && s[i + 1] == end[0] && s[i + 2] == end[1]) {
+            if (c == '+' && i + 2 < n && s[i + 1] == end[0] && s[i + 2] == end[1]) {
                 *ret_right = 0;
                 i += 3;
                 break;
@@ -377,10 +375,8 @@ static int lex(struct parser *p)
     size_t n = p->t->len, i = 0, text_start = 0;
     int strip_left = 0;
     /* Jinja2 drops one trailing newline of the source (keep_trailing_newline
-     * is off in transformers). */
+     * is off in transformers); newlines are already "\n" here. */
     if (n > 0 && s[n - 1] == '\n')
-        n -= n > 1 && s[n - 2] == '\r' ? 2 : 1;
-    else if (n > 0 && s[n - 1] == '\r')
         n--;
     while (i < n) {
         if (s[i] != '{' || i + 1 >= n || (s[i + 1] != '{' && s[i + 1] != '%' && s[i + 1] != '#')) {

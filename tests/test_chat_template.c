@@ -385,6 +385,9 @@ Test(chat_template, filters_tests_methods)
          NULL, "de042.532.57&lt;&amp;&gt;3"},
         {"{{ 'a\\nb\\n' | indent(2) }}|{{ 2.5 | round }}{{ 3.5 | round }}|{{ 'Hello World' | truncate(5) }}|"
          "{{ 'Hello' | truncate(5) }}", NULL, "a\n  b\n|2.04.0|He...|Hello"},
+        /* CRLF sources: newlines become "\n" first, then trim_blocks applies */
+        {"a\r\nb{% if 1 %}\r\nc{% endif %}\r\nd", NULL, "a\nbcd"},
+        {"{{ 'p\\rq' }}|{{ 'x\ry' }}", NULL, "p\rq|x\ny"},
         /* one trailing newline of the source is dropped, as Jinja2 does */
         {"{{ 'x' }}\n", NULL, "x"},
         {"{{ 'x' }}\n\n", NULL, "x\n"},
