@@ -120,6 +120,13 @@ void stage_server_set_stage(struct stage_server *s, struct stage *st, void (*rel
 {
     pthread_mutex_lock(&s->stage_lock);
     drop_stage_locked(s);
+    /* A new stage means a (re)connected master: connections to next workers
+     * opened for the old topology may be stale (a half-open one would swallow
+     * hidden states), so open them afresh. */
+    for (int i = 0; i < MAX_PEERS; i++) {
+        net_conn_destroy(s->peers[i].conn);
+        s->peers[i].conn = NULL;
+    }
     s->stage = st;
     s->release = release;
     s->release_ctx = release_ctx;
@@ -199,7 +206,12 @@ static int peer_conn(struct stage_server *s, const char *addr, bool fresh, struc
     int free_slot = -1;
     for (int i = 0; i < MAX_PEERS; i++) {
         if (s->peers[i].conn && strcmp(s->peers[i].addr, addr) == 0) {
-            if (!fresh && !net_conn_is_broken(s->peers[i].conn)) {
+            /* The next worker never sends on this connection, so anything
+             * readable is its end: closed (it restarted) or reset. Sending
+             * into it would lose the hidden state silently. */
+            struct pollfd pf = {.fd = net_conn_fd(s->peers[i].conn), .events = POLLIN | POLLRDHUP};
+            bool gone = poll(&pf, 1, 0) != 0;
+            if (!fresh && !gone && !net_conn_is_broken(s->peers[i].conn)) {
                 *ret = s->peers[i].conn;
                 return 0;
             }
