@@ -24,7 +24,13 @@ void chat_template_destroy(chat_template *t); /* accepts NULL */
 /* Renders with `context` as the template's global variables: messages, tools,
  * add_generation_prompt, bos_token, eos_token, and any kwargs
  * (enable_thinking, date_string ...). *ret_text is malloc'd, caller frees.
- * Returns -EINVAL with the message in err when the template raises. */
+ * Returns -EINVAL with the message in err when the template raises (the
+ * message is exactly raise_exception's argument); other render errors are
+ * -EINVAL with "template:LINE:COL: ...", and -EFBIG / -ENOMEM when the render
+ * passes its output (32 MiB) or memory (256 MiB) bound. Loops (1e6
+ * iterations in all), macro recursion and nesting are bounded too. A compiled
+ * template is read-only: renders may run concurrently from several threads
+ * (each needs about 1.5 MiB of stack). */
 int chat_template_render(const chat_template *t, const cJSON *context, char **ret_text,
                          size_t *ret_len, ifd_error *err);
 
