@@ -675,7 +675,14 @@ def group_drain(binary):
     # SIGTERM: running streams finish (within drain_timeout), queued requests get 503.
     # qwen3-tiny: ~2 ms per token, so 1500 tokens run for a few seconds.
     with tempfile.TemporaryDirectory() as tmp:
-        for timeout_s, long_tokens in ((30, 1500), (1, 4000)):
+        # Tokens per second of this build on this machine, to size a stream
+        # that is still running at SIGTERM but finishes within the drain.
+        with Daemon(binary, QWEN3, "--threads", "1", "--context-length", "4096") as probe:
+            t0 = time.time()
+            probe.json("POST", "/v1/completions", {"prompt": [1, 80], "max_tokens": 100, "temperature": 0})
+            tps = 100 / (time.time() - t0)
+        runs = ((30, max(50, min(4000, int(tps * 4)))), (1, 4000))
+        for timeout_s, long_tokens in runs:
             conf = os.path.join(tmp, "drain.conf")
             with open(conf, "w") as f:
                 f.write("[server]\ndrain_timeout = %d\n" % timeout_s)
@@ -718,8 +725,14 @@ def group_drain(binary):
 def group_vulkan(binary):
     # The same goldens through the Vulkan stage (lavapipe in CI). Skipped (77)
     # when the build has no Vulkan module or the machine no Vulkan device.
+    # Under ASan: Mesa's lavapipe keeps allocations past vkDestroyInstance and
+    # is unloaded before LeakSanitizer reports, so its leaks show as
+    # "(unknown module)" and cannot be suppressed by name (tests/lsan-vulkan.supp):
+    # leak checking is off for this group only; every other check stays.
+    env = dict(os.environ)
+    env["ASAN_OPTIONS"] = (env.get("ASAN_OPTIONS", "") + ":detect_leaks=0").lstrip(":")
     try:
-        d = Daemon(binary, TINY, "--backend", "vulkan")
+        d = Daemon(binary, TINY, "--backend", "vulkan", env=env)
     except RuntimeError as e:
         if "no Vulkan support" in str(e) or "device" in str(e).lower():
             print("SKIP: no Vulkan:", str(e)[-300:])
