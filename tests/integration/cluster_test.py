@@ -417,7 +417,21 @@ def group_faults(binary):
     finally:
         stop_all(m, wk)
 
-    # 5. No key configured: non-loopback workers are refused (master and worker).
+    # 5. A "worker" that accepts connections and never answers: the master's
+    # handshake times out, it retries, and it is not READY.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    m = Master(binary, path, [("127.0.0.1:%d" % silent.getsockname()[1], "0-1")], key, wait=False)
+    try:
+        check(m.wait_log(r"timed out waiting for a frame", 15), "master times out on a silent worker:\n" +
+              m.logtext()[-400:])
+        check(m.health() == 503 and m.proc.poll() is None, "master stays up, not ready, with a silent worker")
+    finally:
+        stop_all(m)
+        silent.close()
+
+    # 6. No key configured: non-loopback workers are refused (master and worker).
     m = Master(binary, path, [("10.255.255.1:10128", "0-1")], None, wait=False)
     deadline = time.time() + 20
     while m.proc.poll() is None and time.time() < deadline and not re.search("no cluster key", m.logtext()):
