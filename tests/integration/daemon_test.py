@@ -748,7 +748,51 @@ def group_vulkan(binary):
         check(s_.get("backend") == "vulkan", "status says vulkan: %s" % s_.get("backend"))
 
 
+def group_loading(binary):
+    # A model directory whose config.json is a FIFO: the loader blocks opening
+    # it until we open the other end, which holds the daemon in "loading" for
+    # as long as the test needs.
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in os.listdir(TINY):
+            if name != "config.json":
+                os.symlink(os.path.join(TINY, name), os.path.join(tmp, name))
+        fifo = os.path.join(tmp, "config.json")
+        os.mkfifo(fifo)
+        d = Daemon(binary, tmp, wait=False)
+        try:
+            deadline = time.time() + 30
+            st = None
+            while time.time() < deadline:
+                try:
+                    st, h, payload = d.request("GET", "/health")
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            check(st == 503 and json.loads(payload) == {"status": "loading"}, "/health 503 loading: %s" % st)
+            st, r = d.json("POST", "/v1/completions", {"prompt": [1, 80], "max_tokens": 2})
+            check(st == 503 and r["error"]["code"] == "model_loading", "generation while loading: %s %s" % (st, r))
+            st, r = d.json("GET", "/v1/status")
+            check(st == 200 and r["ready"] is False and r["state"] == "loading", "/v1/status while loading: %s" % r)
+            st, h, m = d.request("GET", "/metrics")
+            check(st == 200 and b"inferd_ready 0" in m, "/metrics while loading")
+            # Release the loader: a FIFO is not a regular file, so the load fails,
+            # and a failed load is a clear message and a non-zero exit.
+            fd = os.open(fifo, os.O_WRONLY)
+            os.close(fd)
+            rc = d.proc.wait(30)
+            check(rc != 0, "a failed load exits non-zero (%s)" % rc)
+            check("Failed to load the model" in d.logtext() and "config.json" in d.logtext(),
+                  "load failure names the file: %s" % d.logtext()[-400:])
+            check("Sanitizer" not in d.logtext(), "no sanitizer report on the failure path: %s" % d.logtext()[-2000:])
+        finally:
+            if d.proc.poll() is None:
+                d.proc.kill()
+                d.proc.wait()
+            os.unlink(d.log.name)
+
+
 GROUPS = {
+    "loading": group_loading,
     "vulkan": group_vulkan,
     "drain": group_drain,
     "inferctl": group_inferctl,
