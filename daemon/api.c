@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
+#include <time.h>
 
 void api_error_set(struct api_error *e, int status, const char *type, const char *param, const char *code,
                    const char *fmt, ...)
@@ -504,7 +506,10 @@ int api_request_parse(enum api_kind kind, const char *body, size_t len, int voca
     }
     if (!seed_given) {
         /* No seed: a different draw each request, as OpenAI does. */
-        r.sampling.seed = ((uint64_t)rand() << 32) ^ (uint64_t)rand() ^ (uint64_t)(uintptr_t)&r;
+        uint64_t seed = 0;
+        if (getrandom(&seed, sizeof(seed), 0) != (ssize_t)sizeof(seed))
+            seed = (uint64_t)(uintptr_t)&r ^ (uint64_t)time(NULL);
+        r.sampling.seed = seed;
     }
     cJSON_Delete(root);
     *ret = r;

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -570,13 +571,14 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
         return respond_errorf(c, k, r == -EINVAL ? 400 : 500, r == -EINVAL ? "invalid_request_error" : "server_error",
                               NULL, NULL, err.msg);
     }
-    /* Identity of the response. */
-    static atomic_ulong counter;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    snprintf(k->id, sizeof(k->id), "%s-%lx%lx%lx", kind == API_KIND_CHAT ? "chatcmpl" : "cmpl", (unsigned long)ts.tv_sec,
-             (unsigned long)ts.tv_nsec, atomic_fetch_add(&counter, 1));
-    k->meta = (struct api_response_meta){.kind = kind, .id = k->id, .created = ts.tv_sec, .model = app->model_name};
+    /* Identity of the response: random, as OpenAI's ids are. */
+    uint64_t rnd[2] = {0, 0};
+    if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
+        rnd[0] = (uint64_t)(uintptr_t)k ^ (uint64_t)now_mono();
+    snprintf(k->id, sizeof(k->id), "%s-%016llx%016llx", kind == API_KIND_CHAT ? "chatcmpl" : "cmpl",
+             (unsigned long long)rnd[0], (unsigned long long)rnd[1]);
+    k->meta = (struct api_response_meta){.kind = kind, .id = k->id, .created = (int64_t)time(NULL),
+                                         .model = app->model_name};
     k->want_logprobs = rq.logprobs;
     k->include_usage = rq.include_usage;
     bool stream = rq.stream;

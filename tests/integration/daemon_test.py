@@ -216,6 +216,15 @@ def group_golden(binary):
                                                      "stop": [stop], "stream": True})
             text, finish, _ = stream_text(ev, "completion")
             check(text == full[:full.index(stop)] and finish == "stop", "streamed stop string: %r %s" % (text, finish))
+        # Sampling: the same seed gives the same tokens, streamed or not.
+        body = {"prompt": g["prompt_ids"], "max_tokens": 24, "temperature": 0.9, "top_p": 0.95, "top_k": 50,
+                "seed": 7, "presence_penalty": 0.3, "repetition_penalty": 1.1}
+        outs = [d.json("POST", "/v1/completions", body)[1]["choices"][0]["text"] for _ in range(2)]
+        st, h, ev = d.stream("/v1/completions", dict(body, stream=True))
+        outs.append(stream_text(ev, "completion")[0])
+        check(len(set(outs)) == 1, "seeded sampling is reproducible: %s" % outs)
+        others = {d.json("POST", "/v1/completions", dict(body, seed=s_))[1]["choices"][0]["text"] for s_ in (1, 2, 3)}
+        check(len(others | {outs[0]}) > 1, "different seeds give different samples: %s" % others)
         # logprobs: top-1 of a greedy step is the chosen token.
         st, r = d.json("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
                                                         "max_tokens": 3, "temperature": 0, "logprobs": True,
