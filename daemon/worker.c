@@ -26,6 +26,7 @@ struct worker {
     struct net_assign assign;    /* the current assignment (owned) */
     bool assigned;
     struct wp_cache *cache;
+    st_model *local;             /* the worker's own copy of the checkpoint, or NULL */
     struct thread_pool *pool;
     struct net_buf out;
     uint64_t received_bytes;
@@ -128,6 +129,15 @@ static int worker_setup(void *ctx, struct stage_server *srv, struct net_conn *c,
         if (!have) {
             r = ifd_error_set(err, -ENOMEM, "out of memory");
             break;
+        }
+        if (w->local) {
+            size_t taken, differ;
+            ifd_error serr;
+            if (wp_cache_seed_local(w->cache, &w->assign, w->local, &taken, &differ, &serr) < 0)
+                log_warn("Local checkpoint not used: %s", serr.msg);
+            else if (taken || differ)
+                log_info("Local checkpoint: %zu tensors taken (hash verified), %zu differ from the master's", taken,
+                         differ);
         }
         wp_cache_have(w->cache, &w->assign, have);
         uint64_t total = 0, held = 0;
@@ -246,6 +256,18 @@ int worker_role_main(const struct inferd_config *cfg)
         log_err("%s", err.msg);
         goto out;
     }
+    if (cfg->model_path && *cfg->model_path) {
+        /* Optional: tensors whose hash matches the master's are taken from
+         * here instead of the network. */
+        char *dir = NULL;
+        if (inferd_config_resolve_model(cfg->model_path, &dir, &err) < 0 || st_open(dir, &w.local, &err) < 0) {
+            free(dir);
+            log_err("%s", err.msg);
+            goto out;
+        }
+        log_info("Local checkpoint %s: tensors matching the master's hashes are not transferred", dir);
+        free(dir);
+    }
     if (!(w.pool = thread_pool_create(cfg->threads))) {
         log_err("cannot create the thread pool");
         goto out;
@@ -282,6 +304,7 @@ out:
         close(lfd);
     thread_pool_destroy(w.pool);
     wp_cache_close(w.cache);
+    st_close(w.local);
     net_assign_finish(&w.assign);
     net_buf_finish(&w.out);
     pthread_mutex_destroy(&w.lock);

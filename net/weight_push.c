@@ -412,6 +412,66 @@ int wp_cache_put_chunk(struct wp_cache *c, const struct net_assign *a, const str
     return 0;
 }
 
+static int write_all(int fd, const uint8_t *p, size_t n)
+{
+    while (n) {
+        ssize_t k = write(fd, p, n);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0)
+            return -errno;
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+int wp_cache_seed_local(struct wp_cache *c, const struct net_assign *a, const st_model *local,
+                        size_t *ret_taken, size_t *ret_mismatched, ifd_error *err)
+{
+    size_t taken = 0, mismatched = 0;
+    for (uint32_t i = 0; i < a->n_tensors; i++) {
+        const struct net_tensor_desc *t = &a->tensors[i];
+        char bin[80], part[80];
+        cache_name(t->hash, "bin", bin);
+        cache_name(t->hash, "part", part);
+        int64_t s = file_size_at(c->dirfd, bin);
+        if (s >= 0 && (uint64_t)s == t->nbytes)
+            continue;
+        const struct st_tensor *lt = st_find(local, t->name);
+        if (!lt)
+            continue;
+        bool same_shape = (uint8_t)lt->dtype == t->dtype && lt->n_dims == t->n_dims && lt->nbytes == t->nbytes;
+        for (int d = 0; same_shape && d < t->n_dims; d++)
+            same_shape = lt->shape[d] == t->shape[d];
+        uint8_t got[32];
+        if (same_shape) {
+            crypto_generichash_state h;
+            hash_begin(&h, lt->dtype, lt->n_dims, lt->shape);
+            crypto_generichash_update(&h, lt->data, lt->nbytes);
+            crypto_generichash_final(&h, got, 32);
+        }
+        if (!same_shape || sodium_memcmp(got, t->hash, 32) != 0) {
+            mismatched++;
+            continue;
+        }
+        int fd = openat(c->dirfd, part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd < 0)
+            return ifd_error_set(err, -errno, "cache '%s/%s': %s", c->dir, part, strerror(errno));
+        int r = write_all(fd, lt->data, lt->nbytes);
+        close(fd);
+        if (r < 0 || renameat(c->dirfd, part, c->dirfd, bin) < 0) {
+            r = r < 0 ? r : -errno;
+            unlinkat(c->dirfd, part, 0);
+            return ifd_error_set(err, r, "cache '%s/%s': %s", c->dir, bin, strerror(-r));
+        }
+        taken++;
+    }
+    *ret_taken = taken;
+    *ret_mismatched = mismatched;
+    return 0;
+}
+
 struct membuf {
     uint8_t *p;
     size_t len, cap;

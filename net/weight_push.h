@@ -25,6 +25,7 @@
 #include "error.h"
 #include "model.h"
 #include "proto.h"
+#include "safetensors.h"
 
 /* ---- master ---- */
 
@@ -73,6 +74,14 @@ void wp_cache_have(struct wp_cache *c, const struct net_assign *a, uint64_t *hav
 
 /* Appends one received chunk (checked against the assignment). */
 int wp_cache_put_chunk(struct wp_cache *c, const struct net_assign *a, const struct net_chunk *ch, ifd_error *err);
+
+/* A worker configured with its own copy of the checkpoint: every tensor of
+ * the assignment the cache lacks is looked up by name in `local`, hashed, and
+ * copied into the cache only if its content hash is the one the master
+ * announced (so a different or corrupt local copy is never used). Fills the
+ * counts of tensors taken and of tensors present locally but different. */
+int wp_cache_seed_local(struct wp_cache *c, const struct net_assign *a, const st_model *local,
+                        size_t *ret_taken, size_t *ret_mismatched, ifd_error *err);
 
 /* Assembles the image of the assignment's tensors. *ret_image is malloc'd. */
 int wp_cache_build_image(struct wp_cache *c, const struct net_assign *a, void **ret_image, size_t *ret_len,

@@ -224,6 +224,24 @@ def group_golden(binary):
         finally:
             stop_all(m, w1, w2)
 
+    # Workers with their own copy of the checkpoint: what matches the master's
+    # hashes is not transferred; a different copy (F16 against F32) is not used.
+    same = Worker(binary, key, "local-same", extra=("--model", os.path.join(MODELS, "tinystories-656k")))
+    other = Worker(binary, key, "local-other", extra=("--model", os.path.join(MODELS, "tinystories-656k-f16")))
+    m = Master(binary, os.path.join(MODELS, "tinystories-656k"), [(same.addr, "0-0"), (other.addr, "1-1")], key)
+    try:
+        g = goldens("tinystories-656k")[0]
+        st, r = m.complete(g["prompt_ids"], g["stable_prefix_len"])
+        check(st == 200 and r["choices"][0]["text"] == g["stable_completion_text"], "local copies: golden %s" % r)
+        s = m.status()
+        ws = {w["address"]: w["weights"] for w in s["workers"]} if s else {}
+        check(ws.get(same.addr, {}).get("tensors_sent") == 0, "a matching local copy: nothing sent %s" % ws)
+        check(ws.get(other.addr, {}).get("tensors_sent") == ws.get(other.addr, {}).get("tensors", -1),
+              "a different local copy is not used: everything sent %s" % ws)
+        check(re.search(r"\d+ differ", other.logtext()), "the worker logs that its copy differs")
+    finally:
+        stop_all(m, same, other)
+
     # The master keeps layer 0 itself; one worker runs layer 1.
     path = os.path.join(MODELS, "tinystories-656k")
     g = goldens("tinystories-656k")[0]
