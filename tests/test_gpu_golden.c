@@ -19,6 +19,7 @@
 #include "engine.h"
 #include "model.h"
 #include "thread_pool.h"
+#include "gpu_test.h"
 #include "vk_device.h"
 #include "vk_stage.h"
 
@@ -40,12 +41,6 @@ static const char *shared_dir(void)
     const char *s = getenv("INFERD_SHARED");
     cr_assert(s && *s, "INFERD_SHARED is not set: it must name the shared models/goldens directory");
     return s;
-}
-
-static void need_device(void)
-{
-    if (!vk_device_available())
-        cr_skip_test("no Vulkan device (install mesa-vulkan-drivers for lavapipe): GPU golden test skipped");
 }
 
 static char *slurp(const char *path, size_t *ret_len)
@@ -223,7 +218,7 @@ ParameterizedTest(int *line, gpu_golden, models, .timeout = 600)
     if (strstr(g.model, "mlx"))
         cr_skip_test("line %d (%s): MLX-quantized weights are not supported by the Vulkan stage yet", *line + 1,
                      g.model);
-    need_device();
+    gpu_test_need_device();
     struct model *m = load(g.model);
     int vocab = m->cfg.vocab_size;
     struct thread_pool *pool;
@@ -256,7 +251,7 @@ ParameterizedTest(int *line, gpu_golden, models, .timeout = 600)
  * architecture: every generated token equal. */
 static void split_same_tokens(int line)
 {
-    need_device();
+    gpu_test_need_device();
     struct golden g;
     cr_assert(golden_line(line, &g));
     struct model *m = load(g.model);

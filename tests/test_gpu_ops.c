@@ -14,6 +14,7 @@
 
 #include "dtype.h"
 #include "vk_ctx.h"
+#include "gpu_test.h"
 #include "vk_device.h"
 
 #define NMSE_MATMUL 1e-9
@@ -53,8 +54,7 @@ static double nmse(const float *got, const double *ref, size_t n)
 
 static struct vk_ctx *ctx_open(bool no_subgroup, uint64_t max_range)
 {
-    if (!vk_device_available())
-        cr_skip_test("no Vulkan device (install mesa-vulkan-drivers for lavapipe): GPU op tests skipped");
+    gpu_test_need_device();
     struct vk_ctx_opts o = {.device = 0, .no_subgroup = no_subgroup, .max_range = max_range};
     struct vk_ctx *c = NULL;
     ifd_error err = {{0}};
@@ -463,8 +463,7 @@ Test(gpu_ops, silu_mul_odd_sizes)
 
 Test(gpu_ops, device_list_and_bad_index)
 {
-    if (!vk_device_available())
-        cr_skip_test("no Vulkan device (install mesa-vulkan-drivers for lavapipe)");
+    gpu_test_need_device();
     struct vk_device_info *infos = NULL;
     int n = 0;
     ifd_error err = {{0}};
@@ -693,8 +692,7 @@ static void ref_token(const struct model *m, struct ref_state *st, int seq, int 
  * with the reference. */
 static void check_stage(enum model_arch arch, enum ifd_dtype dtype, bool no_subgroup)
 {
-    if (!vk_device_available())
-        cr_skip_test("no Vulkan device (install mesa-vulkan-drivers for lavapipe): GPU stage test skipped");
+    gpu_test_need_device();
     struct synth s;
     synth_build(&s, arch, dtype);
     int n_ctx = 100, H = s.m.cfg.hidden_size;
