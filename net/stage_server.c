@@ -288,7 +288,7 @@ static int handle_forward(struct stage_server *s, struct net_conn *c, int role, 
             req = le64toh(req);
         }
         pthread_mutex_unlock(&s->stage_lock);
-        report_error(s, c, role, -EAGAIN, req, "this worker has no stage loaded");
+        report_error(s, c, role, -EHOSTDOWN, req, "this worker has no stage loaded");
         return 0;
     }
     r = net_forward_decode(p, len, STAGE_SERVER_MAX_TOKENS, (uint32_t)st->hidden_size, &f, err);
@@ -376,6 +376,7 @@ static int handle_forward(struct stage_server *s, struct net_conn *c, int role, 
         }
         if (r < 0) {
             snprintf(why, sizeof(why), "cannot pass the hidden state to the next worker %s: %s", next.addr, perr.msg);
+            r = -EHOSTDOWN; /* the master answers 503: a worker of the chain is unreachable */
             goto request_failed;
         }
         pthread_mutex_unlock(&s->stage_lock);
@@ -464,9 +465,23 @@ static void serve_conn(struct stage_server *s, struct conn_slot *slot)
     net_log(NET_LOG_INFO, "%s %s connected", peer.role == NET_ROLE_MASTER ? "master" : "previous worker",
             net_conn_peer(c));
     if (peer.role == NET_ROLE_MASTER) {
+        /* One master at a time: a second one would replace the stage under
+         * the first (and share its KV slots). A restarted master's old
+         * connection is gone by the time it retries. */
+        char why[160];
         pthread_mutex_lock(&s->master_lock);
-        s->master = c;
+        struct net_conn *cur = s->master;
+        bool busy = cur && !net_conn_is_broken(cur);
+        if (busy)
+            snprintf(why, sizeof(why), "this worker already serves the master at %s", net_conn_peer(cur));
+        else
+            s->master = c;
         pthread_mutex_unlock(&s->master_lock);
+        if (busy) {
+            net_log(NET_LOG_WARNING, "refused master %s: %s", net_conn_peer(c), why);
+            net_conn_send_error(c, -EBUSY, 0, why);
+            return;
+        }
     }
     for (;;) {
         uint16_t type;

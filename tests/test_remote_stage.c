@@ -334,6 +334,21 @@ Test(remote_stage, bad_requests_answered_with_error_not_crash)
     cr_assert_eq(stage_forward(st, &b, &err), 0, "%s", err.msg);
     double rtt;
     cr_assert_eq(remote_link_ping(fx.links[0], 1000, &rtt, &err), 0, "%s", err.msg);
+    /* A second master is refused while the first is connected. */
+    struct net_conn *c2;
+    cr_assert_eq(net_conn_connect(fx.w[0].addr, 2000, &c2, &err), 0, "%s", err.msg);
+    struct net_hello self = {.role = NET_ROLE_MASTER}, peer;
+    cr_assert_eq(net_conn_handshake_client(c2, &fx.key, &self, &peer, &err), 0, "%s", err.msg);
+    uint16_t type;
+    const uint8_t *p;
+    size_t len;
+    cr_assert_eq(net_conn_recv(c2, &type, &p, &len, 2000, &err), 0, "%s", err.msg);
+    cr_assert_eq(type, NET_MSG_ERROR);
+    struct net_error_msg em;
+    cr_assert_eq(net_error_decode(p, len, &em, &err), 0);
+    cr_assert(memmem(em.msg, em.msg_len, "already serves", 14));
+    net_conn_destroy(c2);
+    cr_assert_eq(stage_forward(st, &b, &err), 0, "the first master still works: %s", err.msg);
     free(h);
     stage_destroy(st);
     fixture_down(&fx);
