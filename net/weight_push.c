@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zstd.h>
@@ -39,6 +40,17 @@ static void hex32(const uint8_t h[32], char out[65])
         out[2 * i + 1] = digits[h[i] & 15];
     }
     out[64] = '\0';
+}
+
+/* The master reads a worker's tensors only to hash and send them: let the
+ * kernel drop those pages from its resident set afterwards (they are
+ * file-backed and read-only; a later push faults them in again). */
+static void release_pages(const void *p, uint64_t len)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t b = ((uintptr_t)p + page - 1) & ~(page - 1), e = ((uintptr_t)p + len) & ~(page - 1);
+    if (e > b)
+        madvise((void *)b, e - b, MADV_DONTNEED);
 }
 
 /* ---- manifest ---- */
@@ -93,6 +105,7 @@ int wp_manifest_create(const struct model *m, int first, int last, struct wp_man
         hash_begin(&h, st->dtype, st->n_dims, st->shape);
         crypto_generichash_update(&h, st->data, st->nbytes);
         crypto_generichash_final(&h, t->hash, 32);
+        release_pages(st->data, st->nbytes);
         mf->bytes += st->nbytes;
     }
     *ret = mf;
@@ -223,6 +236,7 @@ int wp_push(struct net_conn *c, const struct wp_manifest *mf, const struct wp_pu
             st.bytes_wire += ch.data_len;
             bytes_done += n;
         }
+        release_pages(mf->data[i], t->nbytes);
         if (p->progress)
             p->progress(p->progress_ctx, i + 1, mf->n, bytes_done, bytes_total);
     }

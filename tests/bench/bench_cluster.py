@@ -96,6 +96,14 @@ def decode_rate(port):
     return (n - 1) / ((t2 - t1) - (t1 - t0))
 
 
+def rss(pid, field="VmRSS:"):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def peak_rss(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -175,6 +183,9 @@ def main():
               "w2->master %.0f (w1->w2 carries what master->w1 does); star master->w1 %.0f, w1->master %.0f, "
               "master->w2 %.0f, w2->master %.0f" % (c[0][0], c[0][1], c[1][0], c[1][1], s_[0][0], s_[0][1], s_[1][0],
                                                     s_[1][1]))
+        print("master RSS now (peak): single node %.0f MiB (%.0f), chain %.0f MiB (%.0f), star %.0f MiB (%.0f)" %
+              tuple(x / 1048576 for n in ("single", "chain", "star")
+                    for x in (rss(setups[n]["master"].pid), peak_rss(setups[n]["master"].pid))))
         for n in ("chain", "star"):
             for i, w in enumerate(st1[n]):
                 p = w["weights"]
