@@ -42,15 +42,22 @@ static void hex32(const uint8_t h[32], char out[65])
     out[64] = '\0';
 }
 
-/* The master reads a worker's tensors only to hash and send them: let the
- * kernel drop those pages from its resident set afterwards (they are
- * file-backed and read-only; a later push faults them in again). */
+/* The master reads a worker's tensors only to hash and send them: ask the
+ * kernel to reclaim those pages from its resident set afterwards (a later
+ * push faults them in again). MADV_PAGEOUT never loses data, whatever the
+ * memory is (a file mapping is dropped, anonymous memory swapped), unlike
+ * MADV_DONTNEED, which would zero a checkpoint held in the heap. */
 static void release_pages(const void *p, uint64_t len)
 {
+#ifdef MADV_PAGEOUT
     uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     uintptr_t b = ((uintptr_t)p + page - 1) & ~(page - 1), e = ((uintptr_t)p + len) & ~(page - 1);
     if (e > b)
-        madvise((void *)b, e - b, MADV_DONTNEED);
+        madvise((void *)b, e - b, MADV_PAGEOUT);
+#else
+    (void)p;
+    (void)len;
+#endif
 }
 
 /* ---- manifest ---- */
