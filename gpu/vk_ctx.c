@@ -162,31 +162,78 @@ int vk_ctx_download(struct vk_ctx *c, const struct vk_buffer *src, VkDeviceSize 
     return 0;
 }
 
+/* Element i of a float vector stored as dtype, widened. */
+static float widen(enum ifd_dtype dtype, const void *p, size_t i)
+{
+    switch (dtype) {
+    case IFD_DTYPE_F16: return ifd_f16_to_f32(((const uint16_t *)p)[i]);
+    case IFD_DTYPE_BF16: return ifd_bf16_to_f32(((const uint16_t *)p)[i]);
+    default: return ((const float *)p)[i];
+    }
+}
+
+/* Uploads rows [row0, row0 + rows) of a quantized weight's scales and biases
+ * as f32 (scale, bias) pairs into ch->sb. */
+static int qparams_upload(struct vk_ctx *c, const struct ifd_weight *w, struct vk_matmul_chunk *ch, const char *what,
+                          ifd_error *err)
+{
+    size_t gpr = (size_t)(w->cols / w->group_size);
+    size_t n = (size_t)ch->rows * gpr;
+    float *sb = malloc(n * 2 * sizeof(float));
+    if (!sb)
+        return ifd_error_set(err, -ENOMEM, "vulkan: out of memory");
+    size_t first = (size_t)ch->row0 * gpr;
+    for (size_t i = 0; i < n; i++) {
+        sb[2 * i] = widen(w->qparam_dtype, w->scales, first + i);
+        sb[2 * i + 1] = widen(w->qparam_dtype, w->biases, first + i);
+    }
+    int rc = vk_pool_buffer_create(c->weights, n * 2 * sizeof(float), what, &ch->sb, err);
+    if (rc == 0)
+        rc = vk_ctx_upload(c, &ch->sb, 0, sb, n * 2 * sizeof(float), err);
+    free(sb);
+    return rc;
+}
+
 int vk_matmul_create(struct vk_ctx *c, const struct ifd_weight *w, const char *what, struct vk_matmul *ret,
                      ifd_error *err)
 {
     if (!w->data)
         return ifd_error_set(err, -EINVAL, "vulkan: weight %s is not bound", what);
-    int kern = vk_kernel_for_dtype(w->dtype);
-    if (kern < 0 || w->bits != 0)
-        return ifd_error_set(err, -ENOTSUP, "vulkan: weight %s: dtype %s%s is not supported by the Vulkan "
-                             "stage (F32, F16, BF16)", what, ifd_dtype_name(w->dtype),
-                             w->bits ? " (quantized)" : "");
     if (w->rows < 1 || w->cols < 1 || w->rows > INT32_MAX || w->cols > INT32_MAX)
         return ifd_error_set(err, -EINVAL, "vulkan: weight %s: bad shape [%lld, %lld]", what,
                              (long long)w->rows, (long long)w->cols);
-    size_t esize = ifd_dtype_size(w->dtype);
-    uint64_t row_bytes = (uint64_t)w->cols * esize;
+    int kern;
+    uint64_t row_bytes, sb_row_bytes = 0;
+    if (w->bits != 0) {
+        /* MLX 4/8-bit: whole words per row, groups of whole words */
+        kern = w->bits == 4 ? VK_KERN_MATMUL_Q4 : w->bits == 8 ? VK_KERN_MATMUL_Q8 : -1;
+        if (kern < 0 || w->dtype != IFD_DTYPE_U32 || w->group_size < 32 || w->group_size % 32 ||
+            w->cols % w->group_size || !w->scales || !w->biases || !ifd_dtype_is_float(w->qparam_dtype))
+            return ifd_error_set(err, -ENOTSUP, "vulkan: weight %s: %d-bit quantization with group size %d is not "
+                                 "supported by the Vulkan stage (4 or 8 bits, groups a multiple of 32 dividing "
+                                 "the %lld columns)", what, w->bits, w->group_size, (long long)w->cols);
+        row_bytes = (uint64_t)w->cols * (uint64_t)w->bits / 8;
+        sb_row_bytes = (uint64_t)(w->cols / w->group_size) * 2 * sizeof(float);
+    } else {
+        kern = vk_kernel_for_dtype(w->dtype);
+        if (kern < 0)
+            return ifd_error_set(err, -ENOTSUP, "vulkan: weight %s: dtype %s is not supported by the Vulkan "
+                                 "stage (F32, F16, BF16, MLX 4/8-bit)", what, ifd_dtype_name(w->dtype));
+        row_bytes = (uint64_t)w->cols * ifd_dtype_size(w->dtype);
+    }
     uint64_t limit = c->max_range < c->dev->max_alloc ? c->max_range : c->dev->max_alloc;
-    /* chunk bytes are padded to a whole word for 16-bit types */
-    uint64_t per_chunk = (limit - 4) / row_bytes;
+    uint64_t widest = row_bytes > sb_row_bytes ? row_bytes : sb_row_bytes;
+    /* chunk bytes are padded to a whole word (16-bit types): with the limit
+     * rounded down to a word, the padded chunk still fits */
+    uint64_t per_chunk = (limit & ~3ull) / widest;
     if (per_chunk > c->dev->max_groups[0])
         per_chunk = c->dev->max_groups[0];
     if (per_chunk < 1)
         return ifd_error_set(err, -E2BIG, "vulkan: weight %s: one row of %llu bytes exceeds the device's "
-                             "storage-buffer range of %llu bytes", what, (unsigned long long)row_bytes,
+                             "storage-buffer range of %llu bytes", what, (unsigned long long)widest,
                              (unsigned long long)limit);
-    struct vk_matmul mm = {.kern = kern, .rows = (uint32_t)w->rows, .cols = (uint32_t)w->cols, .rows_per_wg = 1};
+    struct vk_matmul mm = {.kern = kern, .rows = (uint32_t)w->rows, .cols = (uint32_t)w->cols, .rows_per_wg = 1,
+                           .group_size = (uint32_t)w->group_size};
     /* subgroup path: one subgroup per row, as many rows as the 64-wide work
      * group has subgroups (the shader loops, so any real size is correct) */
     if (c->pl.subgroup && c->dev->subgroup_size < VK_WG)
@@ -202,15 +249,14 @@ int vk_matmul_create(struct vk_ctx *c, const struct ifd_weight *w, const char *w
         uint64_t bytes = (uint64_t)ch->rows * row_bytes;
         uint64_t padded = (bytes + 3) & ~3ull;
         int rc = vk_pool_buffer_create(c->weights, padded, what, &ch->w, err);
-        if (rc < 0) {
-            vk_matmul_finish(&mm);
-            return rc;
-        }
-        rc = vk_ctx_upload(c, &ch->w, 0, (const char *)w->data + (uint64_t)ch->row0 * row_bytes, bytes, err);
+        if (rc == 0)
+            rc = vk_ctx_upload(c, &ch->w, 0, (const char *)w->data + (uint64_t)ch->row0 * row_bytes, bytes, err);
         if (rc == 0 && padded != bytes) {
             static const uint8_t zero[4];
             rc = vk_ctx_upload(c, &ch->w, bytes, zero, padded - bytes, err);
         }
+        if (rc == 0 && w->bits)
+            rc = qparams_upload(c, w, ch, what, err);
         if (rc < 0) {
             ifd_error_prefix(err, "uploading %s", what);
             vk_matmul_finish(&mm);
@@ -225,7 +271,9 @@ int vk_matmul_bind(struct vk_ctx *c, struct vk_matmul *mm, struct vk_range x, st
                    struct vk_range bias, ifd_error *err)
 {
     for (int i = 0; i < mm->n_chunks; i++) {
-        struct vk_range b[VK_MAX_BINDINGS] = {vk_range_of(&mm->chunks[i].w), x, y, bias};
+        struct vk_range b[VK_MAX_BINDINGS] = {vk_range_of(&mm->chunks[i].w), x, y, bias, {0}};
+        if (mm->group_size)
+            b[4] = vk_range_of(&mm->chunks[i].sb);
         int rc = vk_pipelines_set_create(&c->pl, b, c->dummy.buf, &mm->chunks[i].set, err);
         if (rc < 0)
             return rc;
@@ -241,6 +289,7 @@ void vk_matmul_record(struct vk_ctx *c, const struct vk_matmul *mm, uint32_t n_t
         struct vk_push_matmul pc = {
             .rows = ch->rows, .cols = mm->cols, .n_tokens = n_tokens, .x_stride = x_stride,
             .y_stride = y_stride, .row_offset = ch->row0, .flags = flags, .rows_per_wg = mm->rows_per_wg,
+            .group_size = mm->group_size,
         };
         vk_cmd_dispatch(c->cb, &c->pl, mm->kern, ch->set, &pc, sizeof(pc),
                         (ch->rows + mm->rows_per_wg - 1) / mm->rows_per_wg,

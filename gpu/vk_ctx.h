@@ -55,7 +55,8 @@ int vk_ctx_submit(struct vk_ctx *c, ifd_error *err);
  * count limit (a large head, e.g. 151936 x 896 BF16 = 272 MB, exceeds the
  * 128 MiB range of some drivers). */
 struct vk_matmul_chunk {
-    struct vk_buffer w;      /* [rows, cols] of this chunk, stored dtype */
+    struct vk_buffer w;      /* [rows, cols] of this chunk, stored dtype (packed words if quantized) */
+    struct vk_buffer sb;     /* quantized: f32 (scale, bias) pairs [rows, cols / group_size]; else unused */
     uint32_t row0, rows;     /* first row in the whole weight, row count */
     VkDescriptorSet set;     /* w, x, y, bias */
 };
@@ -63,11 +64,13 @@ struct vk_matmul {
     enum vk_kernel kern;
     uint32_t rows, cols;
     uint32_t rows_per_wg;            /* rows one work group covers */
+    uint32_t group_size;             /* quantized: columns per (scale, bias); else 0 */
     int n_chunks;
     struct vk_matmul_chunk *chunks;  /* [n_chunks] */
 };
 
-/* Uploads w (F32, F16 or BF16; `what` names it in messages). */
+/* Uploads w (F32, F16, BF16, or MLX 4/8-bit with scales and biases widened
+ * to f32; `what` names it in messages). */
 int vk_matmul_create(struct vk_ctx *c, const struct ifd_weight *w, const char *what, struct vk_matmul *ret,
                      ifd_error *err);
 /* Binds the activations: x [n, cols], y [n, rows] (strides given at record),

@@ -13,6 +13,10 @@
 #include "spv_matmul_f16_sg.h"
 #include "spv_matmul_f32.h"
 #include "spv_matmul_f32_sg.h"
+#include "spv_matmul_q4.h"
+#include "spv_matmul_q4_sg.h"
+#include "spv_matmul_q8.h"
+#include "spv_matmul_q8_sg.h"
 #include "spv_rmsnorm.h"
 #include "spv_rmsnorm_sg.h"
 #include "spv_rope.h"
@@ -31,6 +35,8 @@ static const struct spv spv_table[VK_KERN_COUNT][2] = {
     [VK_KERN_MATMUL_F32] = {SPV(spv_matmul_f32), SPV(spv_matmul_f32_sg)},
     [VK_KERN_MATMUL_F16] = {SPV(spv_matmul_f16), SPV(spv_matmul_f16_sg)},
     [VK_KERN_MATMUL_BF16] = {SPV(spv_matmul_bf16), SPV(spv_matmul_bf16_sg)},
+    [VK_KERN_MATMUL_Q4] = {SPV(spv_matmul_q4), SPV(spv_matmul_q4_sg)},
+    [VK_KERN_MATMUL_Q8] = {SPV(spv_matmul_q8), SPV(spv_matmul_q8_sg)},
     [VK_KERN_RMSNORM] = {SPV(spv_rmsnorm), SPV(spv_rmsnorm_sg)},
     [VK_KERN_ROPE] = {SPV(spv_rope), SPV(spv_rope)},
     [VK_KERN_KV_STORE] = {SPV(spv_kv_store), SPV(spv_kv_store)},
@@ -39,7 +45,7 @@ static const struct spv spv_table[VK_KERN_COUNT][2] = {
 };
 
 static const char *const kernel_names[VK_KERN_COUNT] = {
-    "matmul_f32", "matmul_f16", "matmul_bf16", "rmsnorm", "rope", "kv_store", "attention", "silu_mul",
+    "matmul_f32", "matmul_f16", "matmul_bf16", "matmul_q4", "matmul_q8", "rmsnorm", "rope", "kv_store", "attention", "silu_mul",
 };
 
 int vk_kernel_for_dtype(int dtype)

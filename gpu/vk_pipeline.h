@@ -23,6 +23,8 @@ enum vk_kernel {
     VK_KERN_MATMUL_F32 = 0,
     VK_KERN_MATMUL_F16,
     VK_KERN_MATMUL_BF16,
+    VK_KERN_MATMUL_Q4,       /* MLX affine 4-bit */
+    VK_KERN_MATMUL_Q8,       /* MLX affine 8-bit */
     VK_KERN_RMSNORM,
     VK_KERN_ROPE,
     VK_KERN_KV_STORE,
@@ -35,6 +37,7 @@ enum vk_kernel {
 struct vk_push_matmul {          /* matmul.comp */
     uint32_t rows, cols, n_tokens, x_stride, y_stride, row_offset, flags;
     uint32_t rows_per_wg;        /* subgroup path: rows per work group; else 1 */
+    uint32_t group_size;         /* quantized weights: columns per (scale, bias) */
 };
 #define VK_MM_BIAS 1u
 #define VK_MM_ACCUMULATE 2u
@@ -55,7 +58,7 @@ struct vk_push_attention {       /* attention.comp */
 struct vk_push_silu_mul {        /* silu_mul.comp */
     uint32_t n;
 };
-_Static_assert(sizeof(struct vk_push_matmul) == 32 && sizeof(struct vk_push_matmul) <= 128, "matmul push");
+_Static_assert(sizeof(struct vk_push_matmul) == 36 && sizeof(struct vk_push_matmul) <= 128, "matmul push");
 _Static_assert(sizeof(struct vk_push_rmsnorm) == 8, "rmsnorm push");
 _Static_assert(sizeof(struct vk_push_rope) == 12, "rope push");
 _Static_assert(sizeof(struct vk_push_kv_store) == 12, "kv_store push");

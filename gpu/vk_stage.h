@@ -24,7 +24,7 @@ struct vk_stage_opts {
 };
 
 /* Creates a stage over layers [first, last) of m, which must bind them (F32,
- * F16 or BF16 weights). The model must outlive the stage only until this
+ * F16, BF16 or MLX 4/8-bit weights). The model must outlive the stage only until this
  * returns: every weight is copied to the device. */
 int vk_stage_create(const struct model *m, int first, int last, int n_seq_max, int n_ctx,
                     const struct vk_stage_opts *opts, struct stage **ret, ifd_error *err);

@@ -1,8 +1,8 @@
 /* test_gpu_golden.c - the Vulkan stage end to end against
  * ../shared/golden/models.jsonl.
  *
- * Each golden line runs through an engine whose only stage is a Vulkan stage
- * over every layer: the last prompt position's logits within 1e-2 (max abs)
+ * Each golden line (F32, F16, BF16 and MLX 4/8-bit checkpoints) runs through
+ * an engine whose only stage is a Vulkan stage over every layer: the last prompt position's logits within 1e-2 (max abs)
  * with the same argmax, and the first stable_prefix_len greedy ids exactly.
  * Then a model split between a Vulkan stage [0, 1) and a CPU stage [1, 2)
  * gives the same tokens as the all-CPU engine. Needs a Vulkan device
@@ -214,10 +214,6 @@ ParameterizedTest(int *line, gpu_golden, models, .timeout = 600)
 {
     struct golden g;
     cr_assert(golden_line(*line, &g), "models.jsonl has no line %d", *line + 1);
-    /* MLX-packed weights have no Vulkan kernel yet (issue 7) */
-    if (strstr(g.model, "mlx"))
-        cr_skip_test("line %d (%s): MLX-quantized weights are not supported by the Vulkan stage yet", *line + 1,
-                     g.model);
     gpu_test_need_device();
     struct model *m = load(g.model);
     int vocab = m->cfg.vocab_size;

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "dtype.h"
+#include "quant.h"
 #include "vk_ctx.h"
 #include "gpu_test.h"
 #include "vk_device.h"
@@ -199,16 +200,94 @@ Test(gpu_ops, matmul_split_weight)
     vk_ctx_destroy(c);
 }
 
-Test(gpu_ops, matmul_rejects_quantized)
+Test(gpu_ops, matmul_rejects_3bit)
 {
     struct vk_ctx *c = ctx_open(false, 0);
     uint32_t q[16] = {0};
-    struct ifd_weight w = {.dtype = IFD_DTYPE_U32, .data = q, .rows = 4, .cols = 32, .bits = 4, .group_size = 32};
+    uint16_t sb[4] = {0};
+    struct ifd_weight w = {.dtype = IFD_DTYPE_U32, .data = q, .rows = 4, .cols = 32, .bits = 3, .group_size = 32,
+                           .qparam_dtype = IFD_DTYPE_F16, .scales = sb, .biases = sb};
     struct vk_matmul mm;
     ifd_error err = {{0}};
     cr_expect(vk_matmul_create(c, &w, "layer.0.q_proj", &mm, &err) < 0);
     cr_expect(strstr(err.msg, "layer.0.q_proj") != NULL, "message names the weight: %s", err.msg);
     vk_ctx_destroy(c);
+}
+
+/* MLX-quantized weights against the core's CPU kernel (quant_matmul_rows)
+ * on the same packed words; both dequantize exactly, so only summation order
+ * differs. */
+static void check_matmul_quant(struct vk_ctx *c, enum ifd_dtype src_dtype, int bits, int gs, int rows, int cols,
+                               int n_tokens)
+{
+    ifd_dtype_init();
+    size_t n = (size_t)rows * cols;
+    float *wf = frand_array(n);
+    uint16_t *w16 = NULL;
+    struct ifd_weight src = {.dtype = IFD_DTYPE_F32, .data = wf, .rows = rows, .cols = cols};
+    if (src_dtype == IFD_DTYPE_BF16) {
+        w16 = malloc(n * 2);
+        for (size_t i = 0; i < n; i++)
+            w16[i] = ifd_f32_to_bf16(wf[i]);
+        src.dtype = IFD_DTYPE_BF16;
+        src.data = w16;
+    }
+    struct ifd_weight qw;
+    void *owned = NULL;
+    ifd_error err = {{0}};
+    cr_assert(quant_weight_quantize(&src, bits, gs, &qw, &owned, &err) == 0, "%s", err.msg);
+    float *x = frand_array((size_t)n_tokens * cols);
+    float *yc = malloc((size_t)n_tokens * rows * sizeof(float));
+    quant_matmul_rows(&qw, x, n_tokens, yc, 0, rows);
+    double *ref = malloc((size_t)n_tokens * rows * sizeof(double));
+    for (size_t i = 0; i < (size_t)n_tokens * rows; i++)
+        ref[i] = yc[i];
+
+    struct vk_matmul mm;
+    cr_assert(vk_matmul_create(c, &qw, "quantized weight", &mm, &err) == 0, "%s", err.msg);
+    struct vk_buffer xb = buf_from(c, x, (size_t)n_tokens * cols * 4);
+    struct vk_buffer yb = buf_from(c, NULL, (size_t)n_tokens * rows * 4);
+    struct vk_range none = {0};
+    cr_assert(vk_matmul_bind(c, &mm, vk_range_of(&xb), vk_range_of(&yb), none, &err) == 0, "%s", err.msg);
+    run_begin(c);
+    vk_matmul_record(c, &mm, (uint32_t)n_tokens, (uint32_t)cols, (uint32_t)rows, 0);
+    run_end(c);
+    float *y = malloc((size_t)n_tokens * rows * 4);
+    buf_read(c, &yb, y, (size_t)n_tokens * rows * 4);
+    double e = nmse(y, ref, (size_t)n_tokens * rows);
+    cr_expect(e < NMSE_MATMUL, "matmul q%d group %d (scales %s) [%d x %d] x %d tokens, %d chunks: nmse %g", bits, gs,
+              ifd_dtype_name(qw.qparam_dtype), rows, cols, n_tokens, mm.n_chunks, e);
+    vk_matmul_finish(&mm);
+    free(owned);
+    free(wf);
+    free(w16);
+    free(x);
+    free(yc);
+    free(ref);
+    free(y);
+}
+
+static void matmul_quant_all(bool no_subgroup, uint64_t max_range)
+{
+    struct vk_ctx *c = ctx_open(no_subgroup, max_range);
+    static const int shapes[][4] = { /* group, rows, cols, tokens */
+        {32, 13, 96, 1}, {64, 67, 128, 5}, {64, 4097, 64, 1}, {128, 13, 4096, 3}, {64, 64, 896, 9},
+    };
+    for (int bits = 4; bits <= 8; bits += 4)
+        for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++)
+            check_matmul_quant(c, i % 2 ? IFD_DTYPE_BF16 : IFD_DTYPE_F32, bits, shapes[i][0], shapes[i][1],
+                               shapes[i][2], shapes[i][3]);
+    vk_ctx_destroy(c);
+}
+
+Test(gpu_ops, matmul_mlx_q4_q8)
+{
+    matmul_quant_all(false, 0);
+}
+
+Test(gpu_ops, matmul_mlx_q4_q8_portable_split)
+{
+    matmul_quant_all(true, 8192);
 }
 
 /* ---- rmsnorm ---- */

@@ -39,8 +39,21 @@ vec2 w_pair(uint i)
     uint u = w[i >> 1];
     return vec2(uintBitsToFloat(u << 16), uintBitsToFloat(u & 0xffff0000u));
 }
+#elif defined(WEIGHT_Q4) || defined(WEIGHT_Q8)
+/* MLX affine: values packed low bits first in u32 words, w = scale * q + bias
+ * per group of group_size columns; (scale, bias) widened to f32 at upload. */
+#ifdef WEIGHT_Q4
+#define QBITS 4u
 #else
-#error "define WEIGHT_F32, WEIGHT_F16 or WEIGHT_BF16"
+#define QBITS 8u
+#endif
+#define QVPW (32u / QBITS)            /* values per word */
+#define QMASK ((1u << QBITS) - 1u)
+#define WEIGHT_QUANT
+layout(std430, set = 0, binding = 0) readonly buffer Wbuf { uint w[]; };
+layout(std430, set = 0, binding = 4) readonly buffer SBbuf { vec2 sb[]; }; /* [rows, cols / group_size] */
+#else
+#error "define WEIGHT_F32, WEIGHT_F16, WEIGHT_BF16, WEIGHT_Q4 or WEIGHT_Q8"
 #endif
 
 layout(std430, set = 0, binding = 1) readonly buffer Xbuf { float x[]; };
@@ -56,9 +69,37 @@ layout(push_constant) uniform Push {
     uint row_offset; /* first row of this chunk in the whole weight */
     uint flags;      /* 1: add bias, 2: accumulate into y */
     uint rows_per_wg;
+    uint group_size; /* quantized weights only */
 } pc;
 
 /* acc[t] += W[r, :] . x[t0 + t, :] over columns lane, lane + step, ... */
+#ifdef WEIGHT_QUANT
+/* acc[t] += W[r, :] . x[t0 + t, :] over packed words lane, lane + step, ...:
+ * sum_j (s q_j + b) x_j = s sum_j q_j x_j + b sum_j x_j within a word (every
+ * word lies in one group: group_size is a multiple of 32). */
+void row_dot(uint r, uint t0, uint nt, uint lane, uint step, inout float acc[MM_TB])
+{
+    uint wpr = pc.cols / QVPW;
+    uint gpr = pc.cols / pc.group_size;
+    for (uint wi = lane; wi < wpr; wi += step) {
+        uint u = w[r * wpr + wi];
+        uint c0 = wi * QVPW;
+        vec2 g = sb[r * gpr + c0 / pc.group_size];
+        [[unroll]] for (uint t = 0; t < MM_TB; t++) {
+            if (t < nt) {
+                uint xb = (t0 + t) * pc.x_stride + c0;
+                float d = 0.0, xs = 0.0;
+                [[unroll]] for (uint j = 0; j < QVPW; j++) {
+                    float xv = x[xb + j];
+                    d += float((u >> (j * QBITS)) & QMASK) * xv;
+                    xs += xv;
+                }
+                acc[t] += g.x * d + g.y * xs;
+            }
+        }
+    }
+}
+#else
 void row_dot(uint r, uint t0, uint nt, uint lane, uint step, inout float acc[MM_TB])
 {
     uint wbase = r * pc.cols;
@@ -98,6 +139,8 @@ void row_dot(uint r, uint t0, uint nt, uint lane, uint step, inout float acc[MM_
         }
     }
 }
+
+#endif
 
 void store(uint r, uint t, float v)
 {
