@@ -255,16 +255,16 @@ static int parse_quant(const cJSON *root, const char *origin, struct model_confi
         const char *k = e->string;
         if (strcmp(k, "bits") == 0 || strcmp(k, "group_size") == 0 || strcmp(k, "mode") == 0)
             continue;
-        struct model_quant_override *o = &cfg->quant_overrides[cfg->n_quant_overrides];
-        if (cJSON_IsFalse(e)) {
-            o->quant = (struct model_quant){0, 0};
-        } else if (cJSON_IsObject(e)) {
-            if ((r = parse_quant_pair(e, origin, k, &o->quant, err)) < 0)
-                return r;
-        } else {
+        /* Refused before indexing: with no object/false entries the array is NULL. */
+        if (!cJSON_IsFalse(e) && !cJSON_IsObject(e))
             return ifd_error_set(err, -EINVAL,
                                  "%s: \"%s\" entry '%s' is neither a {group_size, bits} object nor false",
                                  origin, key, k);
+        struct model_quant_override *o = &cfg->quant_overrides[cfg->n_quant_overrides];
+        if (cJSON_IsFalse(e)) {
+            o->quant = (struct model_quant){0, 0};
+        } else if ((r = parse_quant_pair(e, origin, k, &o->quant, err)) < 0) {
+            return r;
         }
         if (!(o->module_path = strdup(k)))
             return ifd_error_set(err, -ENOMEM, "out of memory");
