@@ -96,7 +96,7 @@ def decode_rate(port):
     return (n - 1) / ((t2 - t1) - (t1 - t0))
 
 
-def rss(pid, field="VmRSS:"):
+def cur_rss(pid, field="VmRSS:"):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
             if line.startswith(field):
@@ -185,7 +185,7 @@ def main():
                                                     s_[1][1]))
         print("master RSS now (peak): single node %.0f MiB (%.0f), chain %.0f MiB (%.0f), star %.0f MiB (%.0f)" %
               tuple(x / 1048576 for n in ("single", "chain", "star")
-                    for x in (rss(setups[n]["master"].pid), peak_rss(setups[n]["master"].pid))))
+                    for x in (cur_rss(setups[n]["master"].pid), peak_rss(setups[n]["master"].pid))))
         for n in ("chain", "star"):
             for i, w in enumerate(st1[n]):
                 p = w["weights"]
