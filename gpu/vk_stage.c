@@ -425,8 +425,21 @@ int vk_stage_create(const struct model *m, int first, int last, int n_seq_max, i
                              .max_range = opts ? opts->max_range : 0};
     if ((rc = vk_ctx_create(&co, &s->c, err)) < 0)
         goto fail;
-    /* the token dimension of a matmul dispatch is n_batch / VK_MM_TB groups */
-    uint64_t max_batch = (uint64_t)s->c->dev->max_groups[1] * VK_MM_TB;
+    /* dispatch sizes grow with the batch: attention has n_batch groups in y,
+     * q-norm n_batch * n_heads in x; a larger batch goes in several submits */
+    uint64_t max_batch = s->c->dev->max_groups[1];
+    if (max_batch > s->c->dev->max_groups[0] / (uint64_t)s->n_heads)
+        max_batch = s->c->dev->max_groups[0] / (uint64_t)s->n_heads;
+    /* and each activation buffer [n_batch, width] must fit one descriptor range */
+    int widest = s->hidden > s->q_dim ? s->hidden : s->q_dim;
+    widest = widest > s->ffn ? widest : s->ffn;
+    if (max_batch > s->c->max_range / (4 * (uint64_t)widest))
+        max_batch = s->c->max_range / (4 * (uint64_t)widest);
+    if (max_batch < 1) {
+        rc = ifd_error_set(err, -E2BIG, "vulkan stage: one token's activations (%d floats) exceed the device's "
+                           "storage-buffer range", widest);
+        goto fail;
+    }
     if ((uint64_t)s->n_batch > max_batch)
         s->n_batch = (int)max_batch;
 

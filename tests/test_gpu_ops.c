@@ -841,3 +841,44 @@ Test(gpu_stage, qwen3_f32_qk_norm_portable)
 {
     check_stage(MODEL_ARCH_QWEN3, IFD_DTYPE_F32, true);
 }
+
+/* Sizes the stage cannot hold and ranges it does not cover are refused with
+ * a message naming what, never a crash. */
+Test(gpu_stage, refuses_bad_ranges_and_sizes)
+{
+    gpu_test_need_device();
+    struct synth s;
+    synth_build(&s, MODEL_ARCH_QWEN2, IFD_DTYPE_BF16);
+    struct stage *st = NULL;
+    ifd_error err = {{0}};
+    struct vk_stage_opts o = {.device = 0};
+    cr_expect(vk_stage_create(&s.m, 1, 3, 1, 16, &o, &st, &err) == -EINVAL);
+    cr_expect(strstr(err.msg, "[1, 3)") != NULL, "%s", err.msg);
+    s.m.layer_first = 1; /* layer 0 not bound */
+    cr_expect(vk_stage_create(&s.m, 0, 2, 1, 16, &o, &st, &err) == -EINVAL);
+    cr_expect(strstr(err.msg, "not bound") != NULL, "%s", err.msg);
+    s.m.layer_first = 0;
+    /* a KV cache over the storage-buffer range: 64 KiB here */
+    o.max_range = 64 * 1024;
+    cr_expect(vk_stage_create(&s.m, 0, 2, 16, 256, &o, &st, &err) == -E2BIG);
+    cr_expect(strstr(err.msg, "KV cache") != NULL, "%s", err.msg);
+    o.max_range = 0;
+    o.device = 99;
+    cr_expect(vk_stage_create(&s.m, 0, 2, 1, 16, &o, &st, &err) == -ENODEV);
+    cr_expect(strstr(err.msg, "device 99") != NULL, "%s", err.msg);
+    /* out-of-range tokens are refused before anything runs */
+    o.device = 0;
+    cr_assert(vk_stage_create(&s.m, 0, 2, 2, 16, &o, &st, &err) == 0, "%s", err.msg);
+    float hidden[72] = {0};
+    int32_t seq = 2, pos = 0;
+    struct stage_batch b = {.n_tokens = 1, .seq_ids = &seq, .positions = &pos, .hidden = hidden};
+    cr_expect(stage_forward(st, &b, &err) == -EINVAL);
+    cr_expect(strstr(err.msg, "sequence 2") != NULL, "%s", err.msg);
+    seq = 0;
+    pos = 16;
+    cr_expect(stage_forward(st, &b, &err) == -EINVAL);
+    cr_expect(strstr(err.msg, "outside the context") != NULL, "%s", err.msg);
+    cr_expect(st->ops->seq_truncate(st, 5, 0, &err) == -EINVAL);
+    stage_destroy(st);
+    synth_free(&s);
+}
