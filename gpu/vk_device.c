@@ -160,6 +160,17 @@ bool vk_device_available(void)
     return n > 0;
 }
 
+bool vk_device_hardware_available(void)
+{
+    struct vk_device_info *infos = NULL;
+    int n = 0;
+    if (vk_device_list(&infos, &n, NULL) < 0)
+        return false;
+    bool hw = n > 0 && strcmp(infos[0].type_name, "cpu") != 0 && strcmp(infos[0].type_name, "other") != 0;
+    free(infos);
+    return hw;
+}
+
 int vk_device_memory_type(const struct vk_device *d, uint32_t type_bits, VkMemoryPropertyFlags want)
 {
     for (uint32_t i = 0; i < d->mem_props.memoryTypeCount; i++)

@@ -45,8 +45,13 @@ struct vk_device {
  * A missing loader or a failing instance is an error. */
 int vk_device_list(struct vk_device_info **ret, int *ret_n, ifd_error *err);
 
-/* True if at least one usable device exists (for backend = auto). */
+/* True if at least one usable device exists (backend = vulkan can start). */
 bool vk_device_available(void);
+
+/* True if device 0 of the selection order is a GPU (discrete, integrated or
+ * virtual), not a CPU implementation such as lavapipe: what backend = auto
+ * should take, since a software device is slower than the CPU stage. */
+bool vk_device_hardware_available(void);
 
 /* Opens device `index` of vk_device_list()'s order. */
 int vk_device_create(int index, struct vk_device **ret, ifd_error *err);

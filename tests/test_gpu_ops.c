@@ -549,6 +549,18 @@ Test(gpu_ops, device_list_and_bad_index)
     cr_assert(vk_device_list(&infos, &n, &err) == 0, "%s", err.msg);
     cr_assert(n >= 1);
     cr_expect(infos[0].name[0] != '\0');
+    /* devices come in selection order; hardware_available follows device 0 */
+    static const char *const order[] = {"discrete", "integrated", "virtual", "cpu", "other"};
+    int rank_prev = 0;
+    for (int i = 0; i < n; i++) {
+        int rank = 0;
+        while (rank < 5 && strcmp(order[rank], infos[i].type_name) != 0)
+            rank++;
+        cr_expect(rank < 5 && rank >= rank_prev, "device %d (%s) out of order", i, infos[i].type_name);
+        rank_prev = rank;
+    }
+    cr_expect_eq(vk_device_hardware_available(), strcmp(infos[0].type_name, "cpu") != 0 &&
+                                                     strcmp(infos[0].type_name, "other") != 0);
     free(infos);
     struct vk_device *d = NULL;
     cr_expect(vk_device_create(n + 3, &d, &err) == -ENODEV);
