@@ -21,7 +21,7 @@
 
 #define AI static inline __attribute__((always_inline))
 
-enum { TILE_ROWS = 4, TILE_TOKENS = 6 };
+enum { TILE_ROWS = 4, TILE_TOKENS = 6, DECODE_ROWS = 8 };
 
 /* 16 weights from element index i, widened to f32. */
 AI __m512 w_load(const void *base, int64_t i, enum ifd_dtype dt)
@@ -52,9 +52,9 @@ AI void mm_tile(const void *wbase, int64_t cols, const float *x, float *y, int64
                 const int NR, const int NT, enum ifd_dtype dt)
 {
     const size_t esz = dt == IFD_DTYPE_F32 ? 4 : 2;
-    const void *wr[TILE_ROWS];
+    const void *wr[DECODE_ROWS];
     const float *xt[TILE_TOKENS];
-    __m512 acc[TILE_ROWS][TILE_TOKENS];
+    __m512 acc[DECODE_ROWS][TILE_TOKENS];
 
     for (int r = 0; r < NR; r++)
         wr[r] = (const uint8_t *)wbase + (size_t)r * (size_t)cols * esz;
@@ -66,7 +66,7 @@ AI void mm_tile(const void *wbase, int64_t cols, const float *x, float *y, int64
 
     int64_t c = 0;
     for (; c + 16 <= cols; c += 16) {
-        __m512 wv[TILE_ROWS];
+        __m512 wv[DECODE_ROWS];
         for (int r = 0; r < NR; r++)
             wv[r] = w_load(wr[r], c, dt);
         for (int t = 0; t < NT; t++) {
@@ -77,7 +77,7 @@ AI void mm_tile(const void *wbase, int64_t cols, const float *x, float *y, int64
     }
     if (c < cols) {
         __mmask16 m = (__mmask16)((1u << (cols - c)) - 1);
-        __m512 wv[TILE_ROWS];
+        __m512 wv[DECODE_ROWS];
         for (int r = 0; r < NR; r++)
             wv[r] = w_load_mask(wr[r], c, dt, m);
         for (int t = 0; t < NT; t++) {
@@ -142,6 +142,10 @@ AI void mm_rows(const struct ifd_weight *w, const float *x, int n_tokens, float 
     for (int tb = 0; tb < n_tokens; tb += block) {
         int te = n_tokens - tb < block ? n_tokens : tb + block;
         int64_t r = row_begin;
+        if (n_tokens == 1) /* decode: more rows in flight, 8 independent sums */
+            for (; r + DECODE_ROWS <= row_end; r += DECODE_ROWS)
+                mm_tile((const uint8_t *)w->data + (size_t)r * (size_t)cols * esz, cols, x, y, rows, r, 0,
+                        DECODE_ROWS, 1, dt);
         for (; r + TILE_ROWS <= row_end; r += TILE_ROWS) {
             const void *wr = (const uint8_t *)w->data + (size_t)r * (size_t)cols * esz;
             if (pack) {
