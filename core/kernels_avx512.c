@@ -67,6 +67,9 @@ AI void mm_tile(const void *wbase, int64_t cols, const float *x, float *y, int64
     int64_t c = 0;
     for (; c + 16 <= cols; c += 16) {
         __m512 wv[DECODE_ROWS];
+        if (NT == 1 && (c & 31) == 0)
+            for (int r = 0; r < NR; r++)
+                _mm_prefetch((const char *)wr[r] + (c + 512) * esz, _MM_HINT_T0);
         for (int r = 0; r < NR; r++)
             wv[r] = w_load(wr[r], c, dt);
         for (int t = 0; t < NT; t++) {
