@@ -68,25 +68,17 @@ static int engine_create_impl(const struct model *m, struct stage **stages, int 
     e->normed = malloc((size_t)e->n_logits_max * (size_t)c->hidden_size * sizeof(float));
     e->logits = malloc((size_t)e->n_logits_max * (size_t)c->vocab_size * sizeof(float));
     e->final_norm = malloc((size_t)c->hidden_size * sizeof(float));
+    /* until the end, e owns neither the stages nor the pool: engine_destroy
+     * frees just the buffers */
     if (!e->stages || !e->hidden || !e->normed || !e->logits || !e->final_norm) {
-        free(e->stages);
-        free(e->hidden);
-        free(e->normed);
-        free(e->logits);
-        free(e->final_norm);
-        free(e);
+        engine_destroy(e);
         return ifd_error_set(err, -ENOMEM, "engine: out of memory for a batch of %d tokens", cfg->n_batch_max);
     }
     for (int i = 0; i < n_stages; i++) {
         if (cpu_stage_is(stages[i])) {
             int r = cpu_stage_reserve(stages[i], cfg->n_batch_max, err);
             if (r < 0) {
-                free(e->stages);
-                free(e->hidden);
-                free(e->normed);
-                free(e->logits);
-                free(e->final_norm);
-                free(e);
+                engine_destroy(e);
                 return r;
             }
         }
