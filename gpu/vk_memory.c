@@ -6,6 +6,7 @@
 
 struct vk_block {
     VkDeviceMemory mem;
+    uint32_t type;             /* memory type index */
     VkDeviceSize size, used;
     void *map;
 };
@@ -90,7 +91,7 @@ static int block_add(struct vk_pool *p, VkDeviceSize size, uint32_t type_bits, c
         .memoryTypeIndex = (uint32_t)type,
     };
     struct vk_block *b = &p->blocks[p->n_blocks];
-    *b = (struct vk_block){.size = size};
+    *b = (struct vk_block){.size = size, .type = (uint32_t)type};
     VkResult r = vkAllocateMemory(d->dev, &mai, NULL, &b->mem);
     if (r != VK_SUCCESS)
         return ifd_error_set(err, -ENOMEM, "vulkan: allocating %llu bytes of %s memory for %s: %s",
@@ -140,6 +141,8 @@ int vk_pool_buffer_create(struct vk_pool *p, VkDeviceSize size, const char *what
     int bi = -1;
     VkDeviceSize off = 0;
     for (int i = 0; i < p->n_blocks && bi < 0; i++) {
+        if (!(req.memoryTypeBits & (1u << p->blocks[i].type)))
+            continue;
         VkDeviceSize o = (p->blocks[i].used + req.alignment - 1) / req.alignment * req.alignment;
         if (o + req.size <= p->blocks[i].size) {
             bi = i;
