@@ -324,7 +324,11 @@ static int bpe_word(const struct tokenizer *t, struct tok_scratch *s, const char
         return r;
     size_t n = 0;
     if (t->byte_level) {
+        /* fast path: every byte's character is in the vocabulary and there
+         * is no prefix/suffix, so the symbols come from a table */
         bool fast = !m->cs_prefix_len && !m->eow_suffix_len;
+        for (size_t i = 0; i < len && fast; i++)
+            fast = m->bytelevel_ids[(uint8_t)w[i]] >= 0;
         if (m->ignore_merges || !fast) {
             /* the word as the vocabulary spells it */
             s->word.n = 0;
@@ -342,14 +346,10 @@ static int bpe_word(const struct tokenizer *t, struct tok_scratch *s, const char
             }
         }
         if (fast) {
-            for (size_t i = 0; i < len; i++) {
-                int32_t id = m->bytelevel_ids[(uint8_t)w[i]];
-                if (id >= 0)
-                    sym_add(s, &n, id, 1);
-                else if (m->unk_id >= 0)
-                    sym_add(s, &n, m->unk_id, 1); /* a vocabulary without all 256 bytes */
-            }
+            for (size_t i = 0; i < len; i++)
+                sym_add(s, &n, m->bytelevel_ids[(uint8_t)w[i]], 1);
         } else {
+            /* general form: unknown characters become (fused) unk, as in HF */
             if ((r = sym_reserve(s, s->word.n + 2)) < 0)
                 return r;
             word_symbols_chars(t, s, s->word.p, s->word.n, &n);

@@ -320,47 +320,59 @@ static int md_get(pcre2_match_data **md)
     return 0;
 }
 
-/* Finds the next match of p in s[0..len) at or after *pos; returns 1 with
- * [*ms, *me), 0 when there is none, or -errno. Empty matches are skipped, as
- * the split that follows drops empty pieces anyway. */
-static int pattern_find(const struct tok_pattern *p, const char *s, size_t len, size_t pos,
+/* Iterates over the matches of p in s[0..len) as the onig crate's find_iter
+ * does (what Hugging Face tokenizers runs): an empty match counts, except
+ * right where the previous match ended, and then the search moves one
+ * character on. Returns 1 with [*ms, *me), 0 at the end, or -errno. */
+struct pat_iter {
+    size_t next;          /* where the next search starts; > len: done */
+    size_t last_match_end; /* SIZE_MAX: no match yet */
+};
+
+static int pattern_next(const struct tok_pattern *p, const char *s, size_t len, struct pat_iter *it,
                         pcre2_match_data **md, size_t *ms, size_t *me)
 {
     if (!p->re) {
-        if (p->lit_len == 0 || p->lit_len > len)
+        /* a literal: never empty (an empty one matches nothing here) */
+        if (p->lit_len == 0 || it->next > len)
             return 0;
-        for (size_t i = pos; i + p->lit_len <= len; i++) {
+        for (size_t i = it->next; i + p->lit_len <= len; i++) {
             const char *hit = memchr(s + i, p->lit[0], len - i - p->lit_len + 1);
             if (!hit)
-                return 0;
+                break;
             i = (size_t)(hit - s);
             if (memcmp(hit, p->lit, p->lit_len) == 0) {
                 *ms = i;
-                *me = i + p->lit_len;
+                *me = it->next = i + p->lit_len;
                 return 1;
             }
         }
+        it->next = len + 1;
         return 0;
     }
     int r = md_get(md);
     if (r < 0)
         return r;
-    while (pos <= len) {
-        int rc = pcre2_match(p->re, (PCRE2_SPTR)s, len, pos, PCRE2_NO_UTF_CHECK, *md, NULL);
-        if (rc == PCRE2_ERROR_NOMATCH)
+    while (it->next <= len) {
+        int rc = pcre2_match(p->re, (PCRE2_SPTR)s, len, it->next, PCRE2_NO_UTF_CHECK, *md, NULL);
+        if (rc == PCRE2_ERROR_NOMATCH) {
+            it->next = len + 1;
             return 0;
+        }
         if (rc < 0)
             return -EINVAL;
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(*md);
-        if (ov[1] > ov[0]) {
-            *ms = ov[0];
-            *me = ov[1];
-            return 1;
+        if (ov[1] == ov[0] && ov[1] == it->last_match_end) {
+            /* empty match where the last one ended: step one character */
+            size_t k = it->next + 1;
+            while (k < len && ((unsigned char)s[k] & 0xC0) == 0x80)
+                k++;
+            it->next = k;
+            continue;
         }
-        /* empty match: go on from the next character */
-        pos = ov[0] + 1;
-        while (pos < len && ((unsigned char)s[pos] & 0xC0) == 0x80)
-            pos++;
+        *ms = ov[0];
+        *me = it->next = it->last_match_end = ov[1];
+        return 1;
     }
     return 0;
 }
@@ -369,8 +381,9 @@ int tok_pattern_replace(const struct tok_pattern *p, const char *s, size_t len, 
                         size_t with_len, pcre2_match_data **md, struct tok_buf *out)
 {
     size_t pos = 0, ms, me;
+    struct pat_iter it = {0, SIZE_MAX};
     int r;
-    while ((r = pattern_find(p, s, len, pos, md, &ms, &me)) == 1) {
+    while ((r = pattern_next(p, s, len, &it, md, &ms, &me)) == 1) {
         if ((r = tok_buf_put(out, s + pos, ms - pos)) < 0 || (r = tok_buf_put(out, with, with_len)) < 0)
             return r;
         pos = me;
@@ -618,8 +631,9 @@ static int spans_pattern(struct tok_scratch *s, const struct tok_pattern *pat, c
                          size_t *ret_n)
 {
     size_t n = 0, pos = 0, ms, me;
+    struct pat_iter it = {0, SIZE_MAX};
     int r;
-    while ((r = pattern_find(pat, text, len, pos, &s->md, &ms, &me)) == 1) {
+    while ((r = pattern_next(pat, text, len, &it, &s->md, &ms, &me)) == 1) {
         if (ms > pos && (r = spans_push(s, &n, pos, ms, false)) < 0)
             return r;
         if ((r = spans_push(s, &n, ms, me, true)) < 0)

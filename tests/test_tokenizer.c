@@ -786,3 +786,62 @@ Test(tokenizer_decode, normalized_special_tokens_are_not_skipped)
     cr_expect(tok_is_special(t, 1));
     tok_destroy(t);
 }
+
+/* Small synthetic tokenizers for behaviour the real files never reach; the
+ * expected ids come from the npm `tokenizers` oracle on the same JSON. */
+static const char synth_bytelevel_unk[] =
+    "{\"version\":\"1.0\",\"truncation\":null,\"padding\":null,\"added_tokens\":[{\"id\":18,\"content\":\"<s>\",\"single_word\":false,\"lstrip\":true,\"rstrip\":true,\"normalized\":false,\"special\":true},"
+    "{\"id\":19,\"content\":\"qq\",\"single_word\":true,\"lstrip\":false,\"rstrip\":false,\"normalized\":"
+    "true,\"special\":false}],\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizer"
+    "s\":[{\"type\":\"Split\",\"pattern\":{\"Regex\":\"\\\\s+|\\\\p{N}\"},\"behavior\":\"MergedWithNext\""
+    ",\"invert\":true},{\"type\":\"Digits\",\"individual_digits\":false},{\"type\":\"ByteLevel\",\"add_pr"
+    "efix_space\":true,\"use_regex\":true,\"trim_offsets\":false}]},\"post_processor\":null,\"decoder\":{"
+    "\"type\":\"ByteLevel\",\"add_prefix_space\":true,\"trim_offsets\":true,\"use_regex\":true},\"model\""
+    ":{\"type\":\"BPE\",\"dropout\":null,\"unk_token\":\"<unk>\",\"vocab\":{\"a\":0,\"b\":1,\"ab\":2,\"c\":3,\"abc\":4,\"\\u2581\":5,\"\\u2581a\":6,\"<0x41>\":7,\"<unk>\":8,\"\\u0120\":9,\"\\u0120a\":10,\""
+    "1\":11,\"2\":12,\"H\":13,\"e\":14,\"l\":15,\"o\":16,\"He\":17},\"merges\":[\"a b\",\"ab c\",\"\\u258"
+    "1 a\",\"\\u0120 a\",\"H e\"],\"byte_fallback\":false,\"fuse_unk\":true,\"ignore_merges\":true}}";
+static const char synth_empty_matches[] =
+    "{\"version\":\"1.0\",\"truncation\":null,\"padding\":null,\"added_tokens\":[{\"id\":18,\"content\":\"<s>\",\"single_word\":false,\"lstrip\":true,\"rstrip\":true,\"normalized\":false,\"special\":true},"
+    "{\"id\":19,\"content\":\"qq\",\"single_word\":true,\"lstrip\":false,\"rstrip\":false,\"normalized\":"
+    "true,\"special\":false}],\"normalizer\":{\"type\":\"NFD\"},\"pre_tokenizer\":{\"type\":\"Split\",\"p"
+    "attern\":{\"Regex\":\"x*\"},\"behavior\":\"Removed\",\"invert\":false},\"post_processor\":null,\"dec"
+    "oder\":null,\"model\":{\"type\":\"BPE\",\"dropout\":null,\"unk_token\":\"<unk>\",\"vocab\":{\"a\":0,"
+    "\"b\":1,\"ab\":2,\"c\":3,\"abc\":4,\"\\u2581\":5,\"\\u2581a\":6,\"<0x41>\":7,\"<unk>\":8,\"\\u0120\""
+    ":9,\"\\u0120a\":10,\"1\":11,\"2\":12,\"H\":13,\"e\":14,\"l\":15,\"o\":16,\"He\":17},\"merges\":[\"a "
+    "b\",\"ab c\",\"\\u2581 a\",\"\\u0120 a\",\"H e\"],\"byte_fallback\":true,\"fuse_unk\":true}}";
+
+static tokenizer *load_json(const char *json)
+{
+    tokenizer *t = NULL;
+    ifd_error err = {0};
+    cr_assert_eq(tok_load_memory(json, strlen(json), NULL, 0, "synthetic", &t, &err), 0, "%s", err.msg);
+    return t;
+}
+
+Test(tokenizer_cases, synthetic_bytelevel_fused_unk_and_split_behaviours)
+{
+    /* byte-level characters missing from the vocabulary become one fused
+     * <unk> per word; Split with invert + MergedWithNext, Digits contiguous,
+     * ByteLevel add_prefix_space, ignore_merges, a normalized single_word token */
+    tokenizer *t = load_json(synth_bytelevel_unk);
+    static const int32_t w1[] = {9, 3, 3, 3, 9, 9, 2, 1, 2, 9, 9, 8, 8, 8, 9, 19, 9, 8};
+    expect_ids(t, "ccc abbab qqq_qq qq.", true, w1, sizeof(w1) / sizeof(w1[0]));
+    static const int32_t w2[] = {19, 9, 9, 8};
+    expect_ids(t, "qq qqq", true, w2, 4);
+    tok_destroy(t);
+}
+
+Test(tokenizer_cases, synthetic_empty_regex_matches)
+{
+    /* "x*" matches empty at every character, which splits the text into
+     * characters (onig's find_iter); pending <unk> is emitted after byte
+     * fallback tokens, as HF's merge_word does */
+    tokenizer *t = load_json(synth_empty_matches);
+    static const int32_t w1[] = {7, 8, 7, 1, 8, 8, 3};
+    expect_ids(t, "A Ab\\tc", false, w1, 7);
+    static const int32_t w2[] = {0, 8, 1};
+    expect_ids(t, "xxa xb", false, w2, 3);
+    static const int32_t w3[] = {13, 14, 15, 15, 16, 8, 0, 1, 8, 0, 1, 3, 8, 19, 18, 11, 12, 8};
+    expect_ids(t, "Hello ab abc qq <s> 12 x", true, w3, sizeof(w3) / sizeof(w3[0]));
+    tok_destroy(t);
+}
