@@ -397,6 +397,8 @@ static int config_set(struct inferd_config *c, const char *section, const char *
         return parse_role(v, what, &c->role, err);
     if (IS("node", "backend"))
         return parse_backend(v, what, &c->backend, err);
+    if (IS("node", "device"))
+        return parse_int(v, 0, 64, what, &c->device, err);
     if (IS("node", "threads"))
         return parse_int(v, 0, 1024, what, &c->threads, err);
     if (IS("node", "listen_worker")) {
@@ -658,6 +660,7 @@ void inferd_config_usage(FILE *f)
             "  -l, --listen HOST:PORT      HTTP address (role=worker: the worker address)\n"
             "      --role master|worker\n"
             "      --backend cpu|vulkan|auto\n"
+            "      --device N              Vulkan device index (0 = first; discrete GPUs first)\n"
             "  -t, --threads N             CPU threads (0 = all)\n"
             "      --api-key KEY           accept this API key (repeatable)\n"
             "      --api-key-file PATH     one API key per line\n"
@@ -679,7 +682,7 @@ void inferd_config_usage(FILE *f)
 }
 
 enum {
-    OPT_ROLE = 1000, OPT_BACKEND, OPT_API_KEY, OPT_API_KEY_FILE, OPT_MAX_BODY, OPT_QUEUE, OPT_MAX_SEQ,
+    OPT_ROLE = 1000, OPT_BACKEND, OPT_DEVICE, OPT_API_KEY, OPT_API_KEY_FILE, OPT_MAX_BODY, OPT_QUEUE, OPT_MAX_SEQ,
     OPT_CTX, OPT_CHUNK, OPT_TEMPLATE, OPT_MODEL_NAME, OPT_LOG_LEVEL, OPT_CLUSTER_KEY, OPT_INSECURE,
     OPT_WORKER, OPT_CACHE_DIR, OPT_CHECK, OPT_VERSION,
 };
@@ -691,6 +694,7 @@ static const struct option long_opts[] = {
     {"threads", required_argument, NULL, 't'},
     {"role", required_argument, NULL, OPT_ROLE},
     {"backend", required_argument, NULL, OPT_BACKEND},
+    {"device", required_argument, NULL, OPT_DEVICE},
     {"api-key", required_argument, NULL, OPT_API_KEY},
     {"api-key-file", required_argument, NULL, OPT_API_KEY_FILE},
     {"max-body-bytes", required_argument, NULL, OPT_MAX_BODY},
@@ -722,6 +726,7 @@ static int apply_flag(struct inferd_config *c, int opt, const char *arg, const c
     case 't': return config_set(c, "node", "threads", arg, "--threads", err);
     case OPT_ROLE: return config_set(c, "node", "role", arg, "--role", err);
     case OPT_BACKEND: return config_set(c, "node", "backend", arg, "--backend", err);
+    case OPT_DEVICE: return config_set(c, "node", "device", arg, "--device", err);
     case OPT_API_KEY: return add_key(c, arg, "--api-key", err);
     case OPT_API_KEY_FILE: return config_set(c, "server", "api_key_file", arg, "--api-key-file", err);
     case OPT_MAX_BODY: return config_set(c, "server", "max_body_bytes", arg, "--max-body-bytes", err);

@@ -66,6 +66,7 @@ struct inferd_config {
     /* [node] */
     enum inferd_role role;
     enum inferd_backend backend;
+    int device;               /* Vulkan device index in vk_device_list() order (discrete first) */
     int threads;              /* 0 = every online CPU */
     char *worker_listen;      /* role=worker: "host:port", default 0.0.0.0:10128 */
     char *cache_dir;          /* worker tensor cache */

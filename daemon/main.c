@@ -18,7 +18,6 @@
 #include "chat_template.h"
 #include "cluster.h"
 #include "config.h"
-#include "cpu_stage.h"
 #include "engine.h"
 #include "http.h"
 #include "inferd-build-config.h"
@@ -29,12 +28,8 @@
 #include "sd.h"
 #include "thread_pool.h"
 #include "tokenizer.h"
-#if INFERD_HAVE_VULKAN
-#include "vk_stage.h"
-#endif
-#if INFERD_HAVE_WORKER
+#include "backend.h"
 #include "worker.h"
-#endif
 
 #define CONTEXT_CAP_DEFAULT 4096
 
@@ -102,21 +97,15 @@ static char *read_file(const char *path, size_t *ret_len, ifd_error *err)
     return buf;
 }
 
-/* The local stages of the engine. Today one stage over every layer, on the
- * configured backend.
- *
- * Cluster seam: remote layer ranges ([worker.NAME] / --worker) become remote
- * stages from net/ inserted here, in layer order, between the local ranges:
- * for each cfg->workers[i] (validated against n_layers in load_model), make a
- * stage over [layer_first, layer_last) that forwards to the worker, and local
- * cpu/vulkan stages over the gaps. The engine does not care where each runs. */
+/* The stages of the engine, in layer order. Single node: one local stage
+ * over every layer on the configured backend. With workers: their remote
+ * ranges, plus local stages over the layers no worker holds (cluster.c). */
 static int build_stages(const struct inferd_config *cfg, struct loaded *L, const struct engine_config *ec,
                         struct stage ***ret_stages, int *ret_n, ifd_error *err)
 {
     const struct model *m = L->model;
-    int n_layers = m->cfg.n_layers;
     if (cfg->n_workers > 0) {
-        /* Remote ranges plus cpu stages over the gaps; READY waits for every worker. */
+        /* READY waits for every worker. */
         int r = cluster_create(cfg, m, L->model_dir, ec->n_seq_max, ec->n_ctx, ec->n_batch_max, &L->cluster, err);
         if (r >= 0)
             r = cluster_wait_ready(L->cluster, NULL, err);
@@ -128,25 +117,9 @@ static int build_stages(const struct inferd_config *cfg, struct loaded *L, const
     struct stage **stages = calloc(1, sizeof(*stages));
     if (!stages)
         return ifd_error_set(err, -ENOMEM, "out of memory");
-    int r;
-    if (cfg->backend == INFERD_BACKEND_VULKAN) {
-#if INFERD_HAVE_VULKAN
-        struct vk_stage_opts vo = {.device = 0, .n_batch_max = ec->n_batch_max};
-        r = vk_stage_create(m, 0, n_layers, ec->n_seq_max, ec->n_ctx, &vo, &stages[0], err);
-        L->backend = "vulkan";
-#else
-        r = ifd_error_set(err, -ENOTSUP, "backend=vulkan: this build has no Vulkan support");
-#endif
-    } else {
-        /* auto picks the CPU: a software Vulkan device would be slower. */
-        r = cpu_stage_create(m, 0, n_layers, ec->n_seq_max, ec->n_ctx, L->pool, &stages[0], err);
-        if (r >= 0)
-            r = cpu_stage_reserve(stages[0], ec->n_batch_max, err);
-        L->backend = "cpu";
-    }
+    int r = backend_stage_create(cfg, m, 0, m->cfg.n_layers, ec->n_seq_max, ec->n_ctx, ec->n_batch_max, L->pool,
+                                 &stages[0], &L->backend, err);
     if (r < 0) {
-        if (stages[0])
-            stage_destroy(stages[0]);
         free(stages);
         return r;
     }
@@ -453,15 +426,9 @@ int main(int argc, char **argv)
         return rc;
     }
     if (cfg.role == INFERD_ROLE_WORKER) {
-#if INFERD_HAVE_WORKER
         int rc = worker_role_main(&cfg);
         inferd_config_finish(&cfg);
         return rc;
-#else
-        log_err("role=worker is not available in this build (no cluster support compiled in)");
-        inferd_config_finish(&cfg);
-        return 1;
-#endif
     }
 
     /* Signals are taken synchronously by the main thread; every other thread
@@ -484,7 +451,8 @@ int main(int argc, char **argv)
     app.created = (int64_t)time(NULL);
     char *name = served_name(&cfg);
     app.model_name = name ? name : "model";
-    app.backend_name = cfg.backend == INFERD_BACKEND_VULKAN ? "vulkan" : "cpu";
+    /* Until the model is loaded: what was asked for (auto resolves at load). */
+    app.backend_name = cfg.backend == INFERD_BACKEND_VULKAN ? "vulkan" : cfg.backend == INFERD_BACKEND_CPU ? "cpu" : "auto";
     char **keys = keys_dup(&cfg);
     if (!keys) {
         log_err("out of memory");

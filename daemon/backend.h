@@ -1,0 +1,24 @@
+/* backend.h - where a node runs its local layers: the one place that turns
+ * `[node] backend` / `device` into a stage, for a single node, for the
+ * master's own layers beside its workers, and for a worker's range. */
+#pragma once
+
+#include "config.h"
+#include "error.h"
+#include "model.h"
+#include "stage.h"
+
+struct thread_pool;
+
+/* Creates the local stage over layers [first, last) of m:
+ *   cpu     the cpu stage;
+ *   vulkan  the Vulkan stage on device cfg->device; no device (or a build
+ *           without Vulkan) is an error;
+ *   auto    the Vulkan stage when a hardware GPU is present, else the cpu
+ *           stage, saying why in the log (a software device such as lavapipe
+ *           is slower than the cpu stage).
+ * Scratch is sized for batches of n_batch_max tokens. *ret_name receives
+ * "cpu" or "vulkan" (a static string). */
+int backend_stage_create(const struct inferd_config *cfg, const struct model *m, int first, int last,
+                         int n_seq_max, int n_ctx, int n_batch_max, struct thread_pool *pool,
+                         struct stage **ret, const char **ret_name, ifd_error *err);
