@@ -335,7 +335,7 @@ static struct qmm_ctx qmm_ctx_of(const struct ifd_weight *w, const float *xsum)
 #define QS_HSUM(v) _mm512_reduce_add_ps((__m512)(v))
 #define QS_TT 4
 #define QS_RD 4
-#define QS_RP(bits) ((bits) == 8 ? 4 : 2) /* measured: best for each on Zen 5 */
+#define QS_RP(bits) ((bits) == 8 ? 4 : 2) /* measured best on the AMD EPYC dev VM */
 #include "quant-simd.inc"
 #undef QS_VL
 #undef QS_NAME
