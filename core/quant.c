@@ -5,20 +5,17 @@
  * Products. A row of a quantized weight is a bit stream of `bits`-wide codes
  * q_c, with one (scale s, bias b) pair per group of group_size columns, so
  *     sum_c (s q_c + b) x_c = s * sum_c q_c x_c + b * sum_c x_c      (per group).
- * sum_c x_c is computed once per token and group, so the inner loop is just
- * "widen code to float, multiply-add with x". No dequantized copy of a matrix
- * exists at any point: codes are widened in registers.
+ * For one token (decode) sum_c x_c is computed once per group, so the inner
+ * loop is just "widen code to float, multiply-add with x". For several tokens
+ * (prefill) a chunk is dequantized once in registers and multiplied into each
+ * token. No dequantized copy of a matrix exists at any point.
  *
- * The SIMD kernels are written once with GCC vector extensions over 16-lane
- * vectors and compiled three times through target attributes (AVX-512, AVX2 +
- * FMA, and the baseline ISA); the CPU is asked at each call which one to run.
- * They handle bits 2, 4 and 8 (codes never straddle a byte): 16 bytes of a row
- * are zero-extended into 16 lanes, and code p of every byte is
- * (lane >> bits*p) & mask. The activations are permuted once per call into that
- * order (xs[p*16 + j] = x[per*j + p] inside each 16-byte chunk), so no shuffle
- * is spent on the weights. Bits 3 and 6, whose codes straddle bytes and words,
- * and group sizes too small for a 16-byte chunk go through a scalar bit-stream
- * path. */
+ * The SIMD kernel (quant-simd.inc) is written once with GCC vector extensions
+ * and compiled twice under target pragmas, AVX-512 (16 lanes) and AVX2 + FMA
+ * (8 lanes); the CPU is asked at each call which one to run. It handles bits
+ * 2, 4 and 8 (codes never straddle a byte). Bits 3 and 6, whose codes straddle
+ * bytes and words, group sizes smaller than one vector chunk, and CPUs without
+ * AVX2 go through the portable scalar bit-stream path. */
 #include "quant.h"
 
 #include <errno.h>
