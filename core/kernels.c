@@ -140,7 +140,7 @@ struct mm_job {
     int n;
     const float *x;              /* [n_tokens, cols] */
     int n_tokens;
-    int64_t rows_per_task;       /* multiple of 8, so tiles never straddle tasks */
+    int64_t rows_per_task;       /* multiple of 4, so tiles never straddle tasks */
 };
 
 static void mm_task(void *ctx, int task, int n_tasks)
@@ -201,7 +201,7 @@ void kern_matmul_multi(struct thread_pool *pool, const struct ifd_weight *const 
      * busy with something else. */
     int64_t target = (int64_t)n_threads * 8;
     int64_t per = (total_rows + target - 1) / target;
-    per = (per + 7) / 8 * 8;
+    per = (per + 3) / 4 * 4;
     j.rows_per_task = per;
     j.first_task[0] = 0;
     for (int i = 0; i < n; i++)

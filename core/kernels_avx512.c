@@ -5,10 +5,11 @@
  * __builtin_cpu_supports() says the CPU has the instructions.
  *
  * The matrix product is register-blocked: a tile of up to 4 weight rows x 6
- * tokens keeps 24 accumulators in zmm registers; each 16-wide chunk of a
- * weight row is widened once (F16 by vcvtph2ps, exact; BF16 by a 16-bit shift)
- * and multiplied into every token of the tile. Decode (1 token) is the same
- * loop with a 4 x 1 tile: four rows streamed side by side. */
+ * tokens keeps 24 accumulators in zmm registers. F16/BF16 rows are widened
+ * (F16 by vcvtph2ps, exact; BF16 by a 16-bit shift) once per tile row into an
+ * f32 buffer that every token tile then reuses, so the FMA loop carries no
+ * conversions. Decode (1 token) streams the task's rows one after the other,
+ * widening in registers. */
 #if defined(__x86_64__)
 
 #pragma GCC push_options
@@ -21,7 +22,7 @@
 
 #define AI static inline __attribute__((always_inline))
 
-enum { TILE_ROWS = 4, TILE_TOKENS = 6, DECODE_ROWS = 8 };
+enum { TILE_ROWS = 4, TILE_TOKENS = 6 };
 
 /* 16 weights from element index i, widened to f32. */
 AI __m512 w_load(const void *base, int64_t i, enum ifd_dtype dt)
@@ -52,9 +53,9 @@ AI void mm_tile(const void *wbase, int64_t cols, const float *x, float *y, int64
                 const int NR, const int NT, enum ifd_dtype dt)
 {
     const size_t esz = dt == IFD_DTYPE_F32 ? 4 : 2;
-    const void *wr[DECODE_ROWS];
+    const void *wr[TILE_ROWS];
     const float *xt[TILE_TOKENS];
-    __m512 acc[DECODE_ROWS][TILE_TOKENS];
+    __m512 acc[TILE_ROWS][TILE_TOKENS];
 
     for (int r = 0; r < NR; r++)
         wr[r] = (const uint8_t *)wbase + (size_t)r * (size_t)cols * esz;
@@ -66,10 +67,7 @@ AI void mm_tile(const void *wbase, int64_t cols, const float *x, float *y, int64
 
     int64_t c = 0;
     for (; c + 16 <= cols; c += 16) {
-        __m512 wv[DECODE_ROWS];
-        if (NT == 1 && (c & 31) == 0)
-            for (int r = 0; r < NR; r++)
-                _mm_prefetch((const char *)wr[r] + (c + 512) * esz, _MM_HINT_T0);
+        __m512 wv[TILE_ROWS];
         for (int r = 0; r < NR; r++)
             wv[r] = w_load(wr[r], c, dt);
         for (int t = 0; t < NT; t++) {
@@ -80,7 +78,7 @@ AI void mm_tile(const void *wbase, int64_t cols, const float *x, float *y, int64
     }
     if (c < cols) {
         __mmask16 m = (__mmask16)((1u << (cols - c)) - 1);
-        __m512 wv[DECODE_ROWS];
+        __m512 wv[TILE_ROWS];
         for (int r = 0; r < NR; r++)
             wv[r] = w_load_mask(wr[r], c, dt, m);
         for (int t = 0; t < NT; t++) {
@@ -92,6 +90,31 @@ AI void mm_tile(const void *wbase, int64_t cols, const float *x, float *y, int64
     for (int t = 0; t < NT; t++)
         for (int r = 0; r < NR; r++)
             y[(size_t)(t0 + t) * (size_t)rows + (size_t)(r0 + r)] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+/* One row against one token (decode): the task's rows are read as a single
+ * sequential stream, which the hardware prefetcher follows best when rows
+ * are short (a 896-column BF16 row is only 28 cache lines); four sums hide
+ * the FMA latency. */
+AI float mm_row_vec(const void *wr, int64_t cols, const float *x, enum ifd_dtype dt)
+{
+    const size_t esz = dt == IFD_DTYPE_F32 ? 4 : 2;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    int64_t c = 0;
+    for (; c + 64 <= cols; c += 64) {
+        /* every cache line of the chunk 1024 elements ahead */
+        for (size_t b = 0; b < 64 * esz; b += 64)
+            _mm_prefetch((const char *)wr + (size_t)(c + 1024) * esz + b, _MM_HINT_T0);
+        a0 = _mm512_fmadd_ps(w_load(wr, c, dt), _mm512_loadu_ps(x + c), a0);
+        a1 = _mm512_fmadd_ps(w_load(wr, c + 16, dt), _mm512_loadu_ps(x + c + 16), a1);
+        a2 = _mm512_fmadd_ps(w_load(wr, c + 32, dt), _mm512_loadu_ps(x + c + 32), a2);
+        a3 = _mm512_fmadd_ps(w_load(wr, c + 48, dt), _mm512_loadu_ps(x + c + 48), a3);
+    }
+    for (; c < cols; c += 16) {
+        __mmask16 m = cols - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (cols - c)) - 1);
+        a0 = _mm512_fmadd_ps(w_load_mask(wr, c, dt, m), _mm512_maskz_loadu_ps(m, x + c), a0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
 
 /* Every token tile of [tb, te) against NR rows. */
@@ -145,10 +168,11 @@ AI void mm_rows(const struct ifd_weight *w, const float *x, int n_tokens, float 
     for (int tb = 0; tb < n_tokens; tb += block) {
         int te = n_tokens - tb < block ? n_tokens : tb + block;
         int64_t r = row_begin;
-        if (n_tokens == 1) /* decode: more rows in flight, 8 independent sums */
-            for (; r + DECODE_ROWS <= row_end; r += DECODE_ROWS)
-                mm_tile((const uint8_t *)w->data + (size_t)r * (size_t)cols * esz, cols, x, y, rows, r, 0,
-                        DECODE_ROWS, 1, dt);
+        if (n_tokens == 1) {
+            for (; r < row_end; r++)
+                y[r] = mm_row_vec((const uint8_t *)w->data + (size_t)r * (size_t)cols * esz, cols, x, dt);
+            break;
+        }
         for (; r + TILE_ROWS <= row_end; r += TILE_ROWS) {
             const void *wr = (const uint8_t *)w->data + (size_t)r * (size_t)cols * esz;
             if (pack) {
