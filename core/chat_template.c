@@ -274,9 +274,19 @@ static bool is_int_like(struct jv v)
     return v.kind == JV_INT || v.kind == JV_BOOL;
 }
 
+/* A float outside int64 (or NaN) saturates: the C conversion would be
+ * undefined behaviour, and a template may write 1e300 wherever an int goes. */
 static int64_t int_of(struct jv v)
 {
-    return v.kind == JV_INT ? v.i : v.kind == JV_BOOL ? v.b : (int64_t)v.f;
+    if (v.kind != JV_FLOAT)
+        return v.kind == JV_INT ? v.i : v.kind == JV_BOOL ? v.b : 0;
+    if (isnan(v.f))
+        return 0;
+    if (v.f >= 9223372036854775808.0)
+        return INT64_MAX;
+    if (v.f < -9223372036854775808.0)
+        return INT64_MIN;
+    return (int64_t)v.f;
 }
 
 static bool is_num(struct jv v)
@@ -962,7 +972,7 @@ static int percent_format(struct render *r, const struct jnode *n, struct jstr f
                 continue;
             }
             snprintf(cfmt, sizeof(cfmt), "%%%s%d%s", flags, width, lc);
-            len = snprintf(out, sizeof(out), cfmt, (long long)(v.kind == JV_FLOAT ? (int64_t)v.f : int_of(v)));
+            len = snprintf(out, sizeof(out), cfmt, (long long)int_of(v));
         } else if (strchr("fFeEgG", conv)) {
             snprintf(cfmt, sizeof(cfmt), "%%%s%d.%d%c", flags, width, prec < 0 ? 6 : prec, conv);
             len = snprintf(out, sizeof(out), cfmt, num_of(v));
