@@ -3,7 +3,8 @@
  * Compiled for AVX2 through the target pragma and called only when the CPU
  * has it. Same blocking as the AVX-512 file with 8-wide vectors and a 4 rows x
  * 2 tokens tile (8 accumulators + 4 widened weight vectors + 1 activation fit
- * the 16 ymm registers). Row tails shorter than 8 are done in scalar. */
+ * the 16 ymm registers); decode streams rows one after the other. Row tails
+ * shorter than 8 are done in scalar. */
 #if defined(__x86_64__)
 
 #pragma GCC push_options
@@ -82,11 +83,37 @@ AI void mm_tile(const struct ifd_weight *w, const float *x, float *y, int64_t r0
     }
 }
 
+/* One row against one token (decode): rows are read one after the other as
+ * a single sequential stream (see kernels_avx512.c); four sums. */
+AI float mm_row_vec(const void *wr, int64_t cols, const float *x, enum ifd_dtype dt)
+{
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    int64_t c = 0;
+    for (; c + 32 <= cols; c += 32) {
+        a0 = _mm256_fmadd_ps(w_load(wr, c, dt), _mm256_loadu_ps(x + c), a0);
+        a1 = _mm256_fmadd_ps(w_load(wr, c + 8, dt), _mm256_loadu_ps(x + c + 8), a1);
+        a2 = _mm256_fmadd_ps(w_load(wr, c + 16, dt), _mm256_loadu_ps(x + c + 16), a2);
+        a3 = _mm256_fmadd_ps(w_load(wr, c + 24, dt), _mm256_loadu_ps(x + c + 24), a3);
+    }
+    for (; c + 8 <= cols; c += 8)
+        a0 = _mm256_fmadd_ps(w_load(wr, c, dt), _mm256_loadu_ps(x + c), a0);
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; c < cols; c++)
+        s += w_scalar(wr, c, dt) * x[c];
+    return s;
+}
+
 AI void mm_rows(const struct ifd_weight *w, const float *x, int n_tokens, float *y,
                 int64_t row_begin, int64_t row_end, enum ifd_dtype dt)
 {
     int block = (int)(KERN_TOKEN_BLOCK_BYTES / ((size_t)w->cols * sizeof(float)));
     block = block < TILE_TOKENS ? TILE_TOKENS : block / TILE_TOKENS * TILE_TOKENS;
+    if (n_tokens == 1) {
+        const size_t esz = dt == IFD_DTYPE_F32 ? 4 : 2;
+        for (int64_t r = row_begin; r < row_end; r++)
+            y[r] = mm_row_vec((const uint8_t *)w->data + (size_t)r * (size_t)w->cols * esz, w->cols, x, dt);
+        return;
+    }
     for (int tb = 0; tb < n_tokens; tb += block) {
         int te = n_tokens - tb < block ? n_tokens : tb + block;
         int64_t r = row_begin;
