@@ -190,19 +190,19 @@ static int lex_string(struct parser *p, size_t *ip)
             case '\n': break; /* line continuation */
             case 'x': case 'u': case 'U': {
                 int nd = e == 'x' ? 2 : e == 'u' ? 4 : 8;
-                int32_t cp = 0;
+                uint32_t cp = 0; /* unsigned: \UFFFFFFFF fills all 32 bits */
                 for (int d = 0; d < nd; d++) {
                     char h = k + 1 < i ? s[k + 1] : 0;
                     int v = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10
                           : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
                     if (v < 0)
                         return perr(p, (uint32_t)k, "bad \\%c escape in string literal", e);
-                    cp = cp * 16 + v;
+                    cp = cp * 16 + (uint32_t)v;
                     k++;
                 }
                 if (cp > 0x10ffff)
                     return perr(p, (uint32_t)k, "bad code point in string literal");
-                rc = jutf8_put(&b, cp);
+                rc = jutf8_put(&b, (int32_t)cp);
                 break;
             }
             default:
