@@ -13,7 +13,7 @@
  *
  * Usage: replay_<target> [--iterations N] [--seed S] [--max-seconds T]
  *                        [--max-len BYTES] [--write-seeds DIR]
- *                        [--save-case K FILE] [PATH...]
+ *                        [--save-case K FILE] [--optional-dir DIR] [PATH...]
  * A PATH is a file or a directory (its regular files, not recursively). */
 #include "fuzz.h"
 
@@ -375,7 +375,13 @@ int main(int argc, char **argv)
             max_seconds = strtod(argv[++i], NULL);
         else if (!strcmp(a, "--max-len") && has)
             max_len = strtoull(argv[++i], NULL, 0);
-        else if (!strcmp(a, "--write-seeds") && has)
+        else if (!strcmp(a, "--optional-dir") && has) {
+            /* The target's committed corpus directory, which may not exist yet. */
+            struct stat st;
+            const char *d = argv[++i];
+            if (stat(d, &st) == 0 && n_paths < (int)(sizeof(paths) / sizeof(paths[0])))
+                paths[n_paths++] = d;
+        } else if (!strcmp(a, "--write-seeds") && has)
             write_dir = argv[++i];
         else if (!strcmp(a, "--save-case") && i + 2 < argc) {
             save_case = strtoull(argv[++i], NULL, 0);
