@@ -27,26 +27,26 @@ static int cpu_create(const struct model *m, int first, int last, int n_seq_max,
 }
 
 #if INFERD_HAVE_VULKAN
-static int vulkan_create(const struct inferd_config *cfg, const struct model *m, int first, int last,
+static int vulkan_create(int device, const struct model *m, int first, int last,
                          int n_seq_max, int n_ctx, int n_batch_max, struct stage **ret, ifd_error *err)
 {
-    struct vk_stage_opts o = {.device = cfg->device, .n_batch_max = n_batch_max};
+    struct vk_stage_opts o = {.device = device, .n_batch_max = n_batch_max};
     int r = vk_stage_create(m, first, last, n_seq_max, n_ctx, &o, ret, err);
     if (r < 0)
-        ifd_error_prefix(err, "backend=vulkan, device %d", cfg->device);
+        ifd_error_prefix(err, "backend=vulkan, device %d", device);
     return r;
 }
 #endif
 
-int backend_stage_create(const struct inferd_config *cfg, const struct model *m, int first, int last,
+int backend_stage_create(enum inferd_backend backend, int device, const struct model *m, int first, int last,
                          int n_seq_max, int n_ctx, int n_batch_max, struct thread_pool *pool,
                          struct stage **ret, const char **ret_name, ifd_error *err)
 {
     int r;
-    switch (cfg->backend) {
+    switch (backend) {
     case INFERD_BACKEND_VULKAN:
 #if INFERD_HAVE_VULKAN
-        if ((r = vulkan_create(cfg, m, first, last, n_seq_max, n_ctx, n_batch_max, ret, err)) < 0)
+        if ((r = vulkan_create(device, m, first, last, n_seq_max, n_ctx, n_batch_max, ret, err)) < 0)
             return r;
         *ret_name = "vulkan";
         return 0;
@@ -56,7 +56,7 @@ int backend_stage_create(const struct inferd_config *cfg, const struct model *m,
     case INFERD_BACKEND_AUTO:
 #if INFERD_HAVE_VULKAN
         if (vk_device_hardware_available()) {
-            r = vulkan_create(cfg, m, first, last, n_seq_max, n_ctx, n_batch_max, ret, err);
+            r = vulkan_create(device, m, first, last, n_seq_max, n_ctx, n_batch_max, ret, err);
             if (r >= 0) {
                 *ret_name = "vulkan";
                 return 0;

@@ -10,15 +10,15 @@
 
 struct thread_pool;
 
-/* Creates the local stage over layers [first, last) of m:
+/* Creates the local stage over layers [first, last) of m on `backend`:
  *   cpu     the cpu stage;
- *   vulkan  the Vulkan stage on device cfg->device; no device (or a build
+ *   vulkan  the Vulkan stage on Vulkan device index `device`; no device (or a build
  *           without Vulkan) is an error;
  *   auto    the Vulkan stage when a hardware GPU is present, else the cpu
  *           stage, saying why in the log (a software device such as lavapipe
  *           is slower than the cpu stage).
  * Scratch is sized for batches of n_batch_max tokens. *ret_name receives
  * "cpu" or "vulkan" (a static string). */
-int backend_stage_create(const struct inferd_config *cfg, const struct model *m, int first, int last,
+int backend_stage_create(enum inferd_backend backend, int device, const struct model *m, int first, int last,
                          int n_seq_max, int n_ctx, int n_batch_max, struct thread_pool *pool,
                          struct stage **ret, const char **ret_name, ifd_error *err);

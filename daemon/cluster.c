@@ -9,7 +9,7 @@
 
 #include "auth.h"
 #include "conn.h"
-#include "cpu_stage.h"
+#include "backend.h"
 #include "log.h"
 #include "netlog.h"
 #include "remote_stage.h"
@@ -38,6 +38,8 @@ struct cluster {
     char *config_json;
     size_t config_len;
     int n_seq_max, n_ctx, n_batch_max;
+    enum inferd_backend backend; /* of the master's own layers */
+    int device;
     struct net_key key;
     bool have_key;
     bool star;
@@ -212,6 +214,8 @@ int cluster_create(const struct inferd_config *cfg, const struct model *m, const
     c->n_seq_max = n_seq_max;
     c->n_ctx = n_ctx;
     c->n_batch_max = n_batch_max;
+    c->backend = cfg->backend;
+    c->device = cfg->device;
     const char *topo = getenv("INFERD_CLUSTER_TOPOLOGY");
     c->star = topo && strcmp(topo, "star") == 0;
     int r = 0;
@@ -391,9 +395,11 @@ int cluster_build_stages(struct cluster *c, const struct model *m, struct thread
                 layer = remote_link_last(chain[k - 1]), n++;
         } else {
             int end = i < c->n ? remote_link_first(c->mem[i].link) : n_layers;
-            r = cpu_stage_create(m, layer, end, c->n_seq_max, c->n_ctx, pool, &stages[n], err);
+            const char *backend_name;
+            r = backend_stage_create(c->backend, c->device, m, layer, end, c->n_seq_max, c->n_ctx, c->n_batch_max,
+                                     pool, &stages[n], &backend_name, err);
             if (r >= 0)
-                r = cpu_stage_reserve(stages[n++], c->n_batch_max, err);
+                n++;
             layer = end;
         }
     }

@@ -117,7 +117,7 @@ static int build_stages(const struct inferd_config *cfg, struct loaded *L, const
     struct stage **stages = calloc(1, sizeof(*stages));
     if (!stages)
         return ifd_error_set(err, -ENOMEM, "out of memory");
-    int r = backend_stage_create(cfg, m, 0, m->cfg.n_layers, ec->n_seq_max, ec->n_ctx, ec->n_batch_max, L->pool,
+    int r = backend_stage_create(cfg->backend, cfg->device, m, 0, m->cfg.n_layers, ec->n_seq_max, ec->n_ctx, ec->n_batch_max, L->pool,
                                  &stages[0], &L->backend, err);
     if (r < 0) {
         free(stages);

@@ -9,7 +9,7 @@
 
 #include "auth.h"
 #include "conn.h"
-#include "cpu_stage.h"
+#include "backend.h"
 #include "log.h"
 #include "model.h"
 #include "model_config.h"
@@ -28,9 +28,16 @@ struct worker {
     struct wp_cache *cache;
     st_model *local;             /* the worker's own copy of the checkpoint, or NULL */
     struct thread_pool *pool;
+    enum inferd_backend backend; /* [node] backend / device of this worker */
+    int device;
     struct net_buf out;
     uint64_t received_bytes;
 };
+
+/* Scratch is sized for batches this large up front; a larger batch (up to
+ * STAGE_SERVER_MAX_TOKENS) grows the cpu stage's scratch once, and the Vulkan
+ * stage runs it in several submits. */
+#define WORKER_BATCH_RESERVE 512
 
 /* What a served stage keeps alive: released after the stage is destroyed. */
 struct loaded_stage {
@@ -85,8 +92,11 @@ static int load_stage(struct worker *w, struct stage_server *srv, struct net_rea
         return r;
     }
     struct stage *stage;
-    r = cpu_stage_create(m, (int)a->layer_first, (int)a->layer_last, (int)a->n_seq_max, (int)a->n_ctx, w->pool, &stage,
-                         err);
+    const char *backend_name;
+    r = backend_stage_create(w->backend, w->device, m, (int)a->layer_first, (int)a->layer_last, (int)a->n_seq_max,
+                             (int)a->n_ctx, WORKER_BATCH_RESERVE, w->pool, &stage, &backend_name, err);
+    if (r >= 0)
+        log_info("Layers [%u, %u) on the %s backend", a->layer_first, a->layer_last, backend_name);
     struct loaded_stage *ls = r >= 0 ? calloc(1, sizeof(*ls)) : NULL;
     if (!ls) {
         if (r >= 0) {
@@ -249,7 +259,7 @@ int worker_role_main(const struct inferd_config *cfg)
     signal(SIGPIPE, SIG_IGN);
 
     int rc = 1, lfd = -1;
-    struct worker w = {.pool = NULL};
+    struct worker w = {.pool = NULL, .backend = cfg->backend, .device = cfg->device};
     pthread_mutex_init(&w.lock, NULL);
     struct stage_server *srv = NULL;
     if (wp_cache_open(cfg->cache_dir, &w.cache, &err) < 0) {

@@ -464,11 +464,42 @@ def group_faults(binary):
           "without a key: %d %s" % (w.returncode, w.stderr[-300:]))
 
 
+def group_vulkan(binary):
+    # Any node can use either backend: a worker runs layer 0 on Vulkan
+    # (lavapipe in CI) and the master keeps layer 1, also on Vulkan; the
+    # tokens must still be the goldens. Skipped (77)
+    # without a Vulkan build or device. Leak checking is off for this group
+    # only, as in daemon_test.py's vulkan group (lavapipe is unloaded before
+    # LeakSanitizer reports).
+    os.environ["ASAN_OPTIONS"] = (os.environ.get("ASAN_OPTIONS", "") + ":detect_leaks=0").lstrip(":")
+    key = key_file("vulkan.key")
+    for model in ["tinystories-656k", "qwen3-tiny-random"]:
+        path = os.path.join(MODELS, model)
+        try:
+            w = Worker(binary, key, "vk-%s" % model, extra=("--backend", "vulkan"))
+        except RuntimeError as e:
+            if "no Vulkan support" in str(e) or "device" in str(e).lower():
+                print("SKIP: no Vulkan:", str(e)[-300:])
+                sys.exit(77)
+            raise
+        m = None
+        try:
+            m = Master(binary, path, [(w.addr, "0-0")], key, extra=("--backend", "vulkan"))
+            for g in goldens(model):
+                st, r = m.complete(g["prompt_ids"], g["stable_prefix_len"])
+                check(st == 200 and r["choices"][0]["text"] == g["stable_completion_text"],
+                      "%s %s: vulkan worker [0,1) + vulkan master [1,2) == golden: %s" % (model, g["name"], r))
+            check("on the vulkan backend" in w.logtext(), "the worker says it runs its layers on Vulkan")
+        finally:
+            stop_all(m, w)
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
     binary, group = sys.argv[1], sys.argv[2]
-    groups = {"golden": group_golden, "concurrent": group_concurrent, "faults": group_faults}
+    groups = {"golden": group_golden, "concurrent": group_concurrent, "faults": group_faults,
+              "vulkan": group_vulkan}
     try:
         groups[group](binary)
     except Exception as e:  # noqa: BLE001 - report and fail
