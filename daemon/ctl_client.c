@@ -367,6 +367,18 @@ static const char *str(const cJSON *o, const char *k)
     return cJSON_IsString(v) ? v->valuestring : "-";
 }
 
+/* "1.5 MiB": byte counts as a person reads them. */
+static void human_bytes(double b, char *out, size_t len)
+{
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    while (b >= 1024 && u < 4) {
+        b /= 1024;
+        u++;
+    }
+    snprintf(out, len, u ? "%.1f %s" : "%.0f %s", b, units[u]);
+}
+
 int ctl_status_main(int argc, char **argv)
 {
     static const char usage[] =
@@ -425,12 +437,16 @@ int ctl_status_main(int argc, char **argv)
     if (cJSON_GetArraySize(workers) == 0) {
         printf("none (single node)\n");
     } else {
-        printf("\n");
+        printf("\n  %-10s %-21s %-7s %-10s %7s %10s %10s %9s  %s\n", "NAME", "ADDRESS", "LAYERS", "STATE",
+               "RTT ms", "SENT", "RECEIVED", "ms/token", "DETAIL");
         const cJSON *w;
         cJSON_ArrayForEach(w, workers) {
-            char *p = cJSON_PrintUnformatted(w);
-            printf("  %s\n", p ? p : "?");
-            free(p);
+            char sent[32], received[32];
+            human_bytes(num(w, "bytes_sent"), sent, sizeof(sent));
+            human_bytes(num(w, "bytes_received"), received, sizeof(received));
+            printf("  %-10s %-21s %-7s %-10s %7.2f %10s %10s %9.2f  %s\n", str(w, "name"), str(w, "address"),
+                   str(w, "layers"), str(w, "state"), num(w, "rtt_ms"), sent, received,
+                   num(w, "forward_ms_per_token"), str(w, "detail"));
         }
     }
     free(raw);

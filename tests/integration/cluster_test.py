@@ -221,6 +221,13 @@ def group_golden(binary):
                 check(w2s["bytes_sent"] < w1s["bytes_sent"] / 4 + 8192 or w2s["weights"]["bytes_sent_wire"] >
                       w2s["bytes_sent"] * 0.5, "chain: little traffic master->w2 beside its weights: %s" % s["workers"])
             check("previous worker" in w2.logtext(), "w2 receives hidden states from w1 (chain)")
+            # What an operator sees: one table row per worker, ready.
+            ctl = os.path.join(os.path.dirname(binary), "inferctl")
+            out = subprocess.run([ctl, "status", "--url", "http://127.0.0.1:%d" % m.port], capture_output=True,
+                                 text=True, timeout=20)
+            rows = [ln for ln in out.stdout.splitlines() if w1.addr in ln or w2.addr in ln]
+            check(out.returncode == 0 and len(rows) == 2 and all(" ready " in ln for ln in rows),
+                  "inferctl status lists both workers ready:\n%s%s" % (out.stdout, out.stderr))
         finally:
             stop_all(m, w1, w2)
 
