@@ -32,6 +32,7 @@ int inferd_config_init(struct inferd_config *c)
     c->log_level = LOG_LEVEL_INFO;
     c->role = INFERD_ROLE_MASTER;
     c->backend = INFERD_BACKEND_AUTO;
+    c->quantize_group_size = 64;
     c->threads = 0;
     return 0;
 }
@@ -147,6 +148,19 @@ static int parse_role(const char *v, const char *what, enum inferd_role *ret, if
         *ret = INFERD_ROLE_WORKER;
     else
         return ifd_error_set(err, -EINVAL, "%s: '%s' is not a role (master or worker)", what, v);
+    return 0;
+}
+
+static int parse_quantize(const char *v, const char *what, int *ret, ifd_error *err)
+{
+    if (strcmp(v, "none") == 0 || strcmp(v, "off") == 0)
+        *ret = 0;
+    else if (strcmp(v, "q4") == 0)
+        *ret = 4;
+    else if (strcmp(v, "q8") == 0)
+        *ret = 8;
+    else
+        return ifd_error_set(err, -EINVAL, "%s: '%s' is not a quantization (q4, q8 or none)", what, v);
     return 0;
 }
 
@@ -393,6 +407,10 @@ static int config_set(struct inferd_config *c, const char *section, const char *
         return set_str(&c->model_path, v, what, err);
     if (IS("model", "chat_template"))
         return set_str(&c->chat_template_path, v, what, err);
+    if (IS("model", "quantize"))
+        return parse_quantize(v, what, &c->quantize_bits, err);
+    if (IS("model", "quantize_group_size"))
+        return parse_int(v, 32, 128, what, &c->quantize_group_size, err);
     if (IS("node", "role"))
         return parse_role(v, what, &c->role, err);
     if (IS("node", "backend"))
@@ -661,6 +679,7 @@ void inferd_config_usage(FILE *f)
             "      --role master|worker\n"
             "      --backend cpu|vulkan|auto\n"
             "      --device N              Vulkan device index (0 = first; discrete GPUs first)\n"
+            "      --quantize q4|q8|none   quantize float weights while loading (MLX affine, group 64)\n"
             "  -t, --threads N             CPU threads (0 = all)\n"
             "      --api-key KEY           accept this API key (repeatable)\n"
             "      --api-key-file PATH     one API key per line\n"
@@ -682,7 +701,7 @@ void inferd_config_usage(FILE *f)
 }
 
 enum {
-    OPT_ROLE = 1000, OPT_BACKEND, OPT_DEVICE, OPT_API_KEY, OPT_API_KEY_FILE, OPT_MAX_BODY, OPT_QUEUE, OPT_MAX_SEQ,
+    OPT_ROLE = 1000, OPT_BACKEND, OPT_DEVICE, OPT_QUANTIZE, OPT_API_KEY, OPT_API_KEY_FILE, OPT_MAX_BODY, OPT_QUEUE, OPT_MAX_SEQ,
     OPT_CTX, OPT_CHUNK, OPT_TEMPLATE, OPT_MODEL_NAME, OPT_LOG_LEVEL, OPT_CLUSTER_KEY, OPT_INSECURE,
     OPT_WORKER, OPT_CACHE_DIR, OPT_CHECK, OPT_VERSION,
 };
@@ -695,6 +714,7 @@ static const struct option long_opts[] = {
     {"role", required_argument, NULL, OPT_ROLE},
     {"backend", required_argument, NULL, OPT_BACKEND},
     {"device", required_argument, NULL, OPT_DEVICE},
+    {"quantize", required_argument, NULL, OPT_QUANTIZE},
     {"api-key", required_argument, NULL, OPT_API_KEY},
     {"api-key-file", required_argument, NULL, OPT_API_KEY_FILE},
     {"max-body-bytes", required_argument, NULL, OPT_MAX_BODY},
@@ -727,6 +747,7 @@ static int apply_flag(struct inferd_config *c, int opt, const char *arg, const c
     case OPT_ROLE: return config_set(c, "node", "role", arg, "--role", err);
     case OPT_BACKEND: return config_set(c, "node", "backend", arg, "--backend", err);
     case OPT_DEVICE: return config_set(c, "node", "device", arg, "--device", err);
+    case OPT_QUANTIZE: return config_set(c, "model", "quantize", arg, "--quantize", err);
     case OPT_API_KEY: return add_key(c, arg, "--api-key", err);
     case OPT_API_KEY_FILE: return config_set(c, "server", "api_key_file", arg, "--api-key-file", err);
     case OPT_MAX_BODY: return config_set(c, "server", "max_body_bytes", arg, "--max-body-bytes", err);

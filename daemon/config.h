@@ -62,6 +62,8 @@ struct inferd_config {
     /* [model] */
     char *model_path;         /* checkpoint dir or Hugging Face cache name org/name */
     char *chat_template_path; /* Jinja file overriding the tokenizer's template */
+    int quantize_bits;        /* 0, 4 or 8: quantize float weights to MLX affine while loading */
+    int quantize_group_size;  /* elements per scale/bias pair (default 64) */
 
     /* [node] */
     enum inferd_role role;

@@ -161,6 +161,8 @@ static int load_model(const struct inferd_config *cfg, struct http_app *app, str
     log_info("Loading model from %s", L->model_dir);
     double t0 = sched_now();
     struct model_load_opts mo = model_load_opts_default();
+    mo.quantize_bits = cfg->quantize_bits;
+    mo.quantize_group_size = cfg->quantize_group_size;
     if ((r = model_load(L->model_dir, &mo, &L->model, err)) < 0)
         return r;
     const struct model_config *mc = &L->model->cfg;

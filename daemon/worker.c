@@ -30,6 +30,8 @@ struct worker {
     struct thread_pool *pool;
     enum inferd_backend backend; /* [node] backend / device of this worker */
     int device;
+    int quantize_bits;           /* [model] quantize of this worker: packs received float weights */
+    int quantize_group_size;
     struct net_buf out;
     uint64_t received_bytes;
 };
@@ -84,6 +86,8 @@ static int load_stage(struct worker *w, struct stage_server *srv, struct net_rea
     o.layer_last = (int)a->layer_last;
     o.bind_embed = false;
     o.bind_head = false;
+    o.quantize_bits = w->quantize_bits;
+    o.quantize_group_size = w->quantize_group_size;
     struct model *m;
     if ((r = model_bind(st, &mc, &o, &m, err)) < 0) {
         model_config_finish(&mc);
@@ -259,7 +263,8 @@ int worker_role_main(const struct inferd_config *cfg)
     signal(SIGPIPE, SIG_IGN);
 
     int rc = 1, lfd = -1;
-    struct worker w = {.pool = NULL, .backend = cfg->backend, .device = cfg->device};
+    struct worker w = {.pool = NULL, .backend = cfg->backend, .device = cfg->device,
+                       .quantize_bits = cfg->quantize_bits, .quantize_group_size = cfg->quantize_group_size};
     pthread_mutex_init(&w.lock, NULL);
     struct stage_server *srv = NULL;
     if (wp_cache_open(cfg->cache_dir, &w.cache, &err) < 0) {

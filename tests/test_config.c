@@ -44,7 +44,7 @@ Test(config, full_file)
     int r = parse(&c,
                   "[server]\nlisten = 0.0.0.0:9000\napi_keys = k1, k2\nmax_body_bytes = 2M\nqueue_depth = 5\n"
                   "max_sequences = 4\ncontext_length = 1024\nprefill_chunk = 64\nlog_level = debug\n"
-                  "[model]\npath = /models/x\nchat_template = /t.jinja\n"
+                  "[model]\npath = /models/x\nchat_template = /t.jinja\nquantize = q8\nquantize_group_size = 32\n"
                   "[node]\nrole = master\nbackend = cpu\ndevice = 2\nthreads = 3\ncache_dir = /var/cache/x\n"
                   "[cluster]\nkey_file = /etc/inferd/cluster.key\nallow_insecure = true\n"
                   "[worker.gpu1]\naddress = 10.0.0.2:10128\nlayers = 0-11\n"
@@ -64,6 +64,8 @@ Test(config, full_file)
     cr_assert_str_eq(c.chat_template_path, "/t.jinja");
     cr_assert_eq(c.backend, INFERD_BACKEND_CPU);
     cr_assert_eq(c.device, 2);
+    cr_assert_eq(c.quantize_bits, 8);
+    cr_assert_eq(c.quantize_group_size, 32);
     cr_assert_eq(c.threads, 3);
     cr_assert_str_eq(c.cache_dir, "/var/cache/x");
     cr_assert_str_eq(c.cluster_key_file, "/etc/inferd/cluster.key");
@@ -115,6 +117,7 @@ Test(config, bad_values_name_line_and_key)
         {"[node]\nrole = boss\n", "not a role"},
         {"[node]\nbackend = cuda\n", "not a backend"},
         {"[node]\ndevice = -1\n", "out of range"},
+        {"[model]\nquantize = q5\n", "not a quantization"},
         {"[cluster]\nallow_insecure = maybe\n", "not a boolean"},
         {"[worker.a]\nlayers = 5-2\n", "last layer before first"},
         {"[worker.a]\nlayers = x\n", "FIRST-LAST"},

@@ -731,6 +731,20 @@ def group_drain(binary):
             d.__exit__()
 
 
+def group_quantize(binary):
+    # --quantize q4 packs the BF16 TinyStories weights while loading, with the
+    # arithmetic of MLX's affine_quantize: the answers are those of the MLX
+    # 4-bit checkpoint made from the same weights.
+    gs = goldens("tinystories-656k-mlx-4bit")
+    check(gs, "goldens for tinystories-656k-mlx-4bit")
+    with Daemon(binary, os.path.join(MODELS, "tinystories-656k-bf16"), "--quantize", "q4") as d:
+        for g in gs:
+            st, r = d.json("POST", "/v1/completions", {"prompt": g["prompt_ids"], "max_tokens": g["stable_prefix_len"],
+                                                       "temperature": 0})
+            check(st == 200 and r["choices"][0]["text"] == g["stable_completion_text"],
+                  "quantize-on-load q4 == mlx-4bit golden %s: %s" % (g["name"], r))
+
+
 def group_vulkan(binary):
     # The same goldens through the Vulkan stage (lavapipe in CI). Skipped (77)
     # when the build has no Vulkan module or the machine no Vulkan device.
@@ -803,6 +817,7 @@ def group_loading(binary):
 GROUPS = {
     "loading": group_loading,
     "vulkan": group_vulkan,
+    "quantize": group_quantize,
     "drain": group_drain,
     "inferctl": group_inferctl,
     "openai_sdk": group_openai_sdk,
