@@ -2,6 +2,7 @@
 #include "vk_device.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,27 +125,40 @@ static int phys_sorted(VkInstance inst, VkPhysicalDevice *out, int *ret_n, ifd_e
     return 0;
 }
 
+/* The instance behind vk_device_list(), made once and kept for the life of
+ * the process. Listing happens at startup (backend = auto probes it), and
+ * destroying an instance makes the loader unload the drivers: Mesa's lavapipe
+ * leaves allocations behind when it is unloaded, which LeakSanitizer then
+ * reports against an unknown module in every ASan run of the daemon. Kept
+ * alive, the driver stays loaded and its memory reachable. */
+static VkInstance list_instance;
+static int list_instance_rc;
+static ifd_error list_instance_err;
+
+static void list_instance_init(void)
+{
+    list_instance_rc = instance_create(&list_instance, &list_instance_err);
+}
+
 int vk_device_list(struct vk_device_info **ret, int *ret_n, ifd_error *err)
 {
-    VkInstance inst;
-    int rc = instance_create(&inst, err);
-    if (rc < 0)
-        return rc;
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, list_instance_init);
+    if (list_instance_rc < 0) {
+        if (err)
+            *err = list_instance_err;
+        return list_instance_rc;
+    }
     VkPhysicalDevice pd[VK_DEVICE_MAX];
     int n = 0;
-    rc = phys_sorted(inst, pd, &n, err);
-    if (rc < 0) {
-        vkDestroyInstance(inst, NULL);
+    int rc = phys_sorted(list_instance, pd, &n, err);
+    if (rc < 0)
         return rc;
-    }
     struct vk_device_info *infos = calloc(n > 0 ? (size_t)n : 1, sizeof(*infos));
-    if (!infos) {
-        vkDestroyInstance(inst, NULL);
+    if (!infos)
         return ifd_error_set(err, -ENOMEM, "vulkan: out of memory listing devices");
-    }
     for (int i = 0; i < n; i++)
         info_fill(pd[i], &infos[i]);
-    vkDestroyInstance(inst, NULL);
     *ret = infos;
     *ret_n = n;
     return 0;
