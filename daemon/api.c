@@ -784,10 +784,9 @@ char *api_response_json(const struct api_response_meta *m, const char *text, siz
     return s;
 }
 
-static char *sse_wrap(cJSON *root, size_t *ret_len)
+/* "data: JSON\n\n", taking ownership of json (NULL in, NULL out). */
+static char *sse_frame(char *json, size_t *ret_len)
 {
-    char *json = cJSON_PrintUnformatted(root);
-    cJSON_Delete(root);
     if (!json)
         return NULL;
     char *out = NULL;
@@ -797,6 +796,13 @@ static char *sse_wrap(cJSON *root, size_t *ret_len)
         return NULL;
     *ret_len = (size_t)n;
     return out;
+}
+
+static char *sse_wrap(cJSON *root, size_t *ret_len)
+{
+    char *json = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return sse_frame(json, ret_len);
 }
 
 char *api_chunk_sse(const struct api_response_meta *m, bool role_chunk, const char *text, size_t text_len,
@@ -844,16 +850,7 @@ char *api_usage_sse(const struct api_response_meta *m, const struct api_usage *u
 
 char *api_error_sse(const struct api_error *e, size_t *ret_len)
 {
-    char *json = api_error_json(e);
-    if (!json)
-        return NULL;
-    char *out = NULL;
-    int n = asprintf(&out, "data: %s\n\n", json);
-    free(json);
-    if (n < 0)
-        return NULL;
-    *ret_len = (size_t)n;
-    return out;
+    return sse_frame(api_error_json(e), ret_len);
 }
 
 bool api_stop_scan(const char *pending, size_t len, char *const *stops, int n_stops, size_t *ret_emit)
