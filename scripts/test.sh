@@ -19,4 +19,5 @@ meson test -C build --print-errorlogs --num-processes "$jobs"
   -Db_sanitize=address,undefined -Db_lundef=false
 ninja -C build-asan
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp:print_suppressions=0 \
   meson test -C build-asan --print-errorlogs --num-processes "$jobs" --no-suite slow
