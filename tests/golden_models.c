@@ -154,3 +154,29 @@ void golden_free_params(struct criterion_test_params *p)
     cr_free(p->params);
 }
 
+
+void golden_check_line(engine *e, const struct golden *g, int line)
+{
+    int vocab = engine_model(e)->cfg.vocab_size;
+    float *logits = malloc(sizeof(float) * (size_t)vocab);
+    int32_t out[GOLDEN_MAX_IDS];
+    int n = golden_generate(e, g->prompt, g->n_prompt, g->n_gen, out, logits);
+
+    size_t len;
+    float *ref = (float *)golden_read_file(g->logits_path, &len);
+    cr_assert_eq(len, sizeof(float) * (size_t)vocab, "%s: %zu bytes, want vocab %d floats", g->logits_path, len,
+                 vocab);
+    double maxdiff = 0;
+    for (int i = 0; i < vocab; i++)
+        maxdiff = fmax(maxdiff, fabs((double)logits[i] - ref[i]));
+    cr_assert(maxdiff <= 1e-2, "line %d (%s): prompt logits differ by up to %g", line + 1, g->model, maxdiff);
+    cr_assert_eq(golden_argmax(logits, vocab), golden_argmax(ref, vocab), "line %d (%s): argmax of the prompt logits",
+                 line + 1, g->model);
+
+    cr_assert_geq(n, g->stable, "line %d (%s): generated %d, stable prefix %d", line + 1, g->model, n, g->stable);
+    for (int i = 0; i < g->stable; i++)
+        cr_assert_eq(out[i], g->gen[i], "line %d (%s): token %d is %d, golden %d", line + 1, g->model, i, out[i],
+                     g->gen[i]);
+    free(ref);
+    free(logits);
+}

@@ -43,3 +43,7 @@ int golden_generate(engine *e, const int32_t *prompt, int n_prompt, int n, int32
 /* Lines of models.jsonl, for the parameterized tests. */
 int golden_count_lines(void);
 void golden_free_params(struct criterion_test_params *p);
+/* Runs golden line `line` (g) greedily through e and checks it as
+ * ../shared/README.md says: prompt logits within 1e-2 (max abs) with the same
+ * argmax, then the first stable_prefix_len ids exactly. */
+void golden_check_line(engine *e, const struct golden *g, int line);

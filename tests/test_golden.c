@@ -42,28 +42,8 @@ ParameterizedTest(int *line, golden, models, .timeout = 600)
     cr_assert(golden_line(*line, &g), "models.jsonl has no line %d", *line + 1);
 
     struct model *m = golden_load_model(g.model);
-    int vocab = m->cfg.vocab_size;
     engine *e = make_engine(m, NULL, 0, 1);
-    float *logits = malloc(sizeof(float) * (size_t)vocab);
-    int32_t out[GOLDEN_MAX_IDS];
-    int n = golden_generate(e, g.prompt, g.n_prompt, g.n_gen, out, logits);
-
-    size_t len;
-    float *ref = (float *)golden_read_file(g.logits_path, &len);
-    cr_assert_eq(len, sizeof(float) * (size_t)vocab, "%s: %zu bytes, want vocab %d floats", g.logits_path, len, vocab);
-    double maxdiff = 0;
-    for (int i = 0; i < vocab; i++)
-        maxdiff = fmax(maxdiff, fabs((double)logits[i] - ref[i]));
-    cr_assert(maxdiff <= 1e-2, "line %d (%s): prompt logits differ by up to %g", *line + 1, g.model, maxdiff);
-    cr_assert_eq(golden_argmax(logits, vocab), golden_argmax(ref, vocab), "line %d (%s): argmax of the prompt logits", *line + 1,
-                 g.model);
-
-    cr_assert_geq(n, g.stable, "line %d (%s): generated %d, stable prefix %d", *line + 1, g.model, n, g.stable);
-    for (int i = 0; i < g.stable; i++)
-        cr_assert_eq(out[i], g.gen[i], "line %d (%s): token %d is %d, golden %d", *line + 1, g.model, i, out[i],
-                     g.gen[i]);
-    free(ref);
-    free(logits);
+    golden_check_line(e, &g, *line);
     engine_destroy(e);
     model_destroy(m);
 }
