@@ -27,32 +27,9 @@ import tempfile
 import threading
 import time
 
-SHARED = os.environ.get("INFERD_SHARED")
-if not SHARED or not os.path.isdir(os.path.join(SHARED, "models")):
-    sys.exit("INFERD_SHARED is not set or has no models/ (the shared test data beside the checkout)")
-MODELS = os.path.join(SHARED, "models")
-FAILURES = []
+from harness import FAILURES, MODELS, check, free_port, goldens
+
 TMP = tempfile.mkdtemp(prefix="inferd-cluster-test-")
-
-
-def check(cond, what):
-    if not cond:
-        FAILURES.append(what)
-        print("FAIL:", what, flush=True)
-    return cond
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def goldens(model):
-    with open(os.path.join(SHARED, "golden", "models.jsonl")) as f:
-        return [d for d in map(json.loads, f) if d["model"] == model]
 
 
 def key_file(name, content=None):

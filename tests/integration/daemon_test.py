@@ -15,38 +15,10 @@ import tempfile
 import threading
 import time
 
-SHARED = os.environ.get("INFERD_SHARED")
-if not SHARED or not os.path.isdir(os.path.join(SHARED, "models")):
-    sys.exit("INFERD_SHARED is not set or has no models/ (the shared test data beside the checkout)")
-MODELS = os.path.join(SHARED, "models")
+from harness import FAILURES, MODELS, check, free_port, goldens
+
 TINY = os.path.join(MODELS, "tinystories-656k")
 QWEN3 = os.path.join(MODELS, "qwen3-tiny-random")
-FAILURES = []
-
-
-def check(cond, what):
-    if not cond:
-        FAILURES.append(what)
-        print("FAIL:", what, flush=True)
-    return cond
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def goldens(model):
-    out = []
-    with open(os.path.join(SHARED, "golden", "models.jsonl")) as f:
-        for line in f:
-            d = json.loads(line)
-            if d["model"] == model:
-                out.append(d)
-    return out
 
 
 class Daemon:

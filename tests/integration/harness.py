@@ -1,0 +1,34 @@
+"""Shared pieces of the integration test scripts (stdlib only): where the
+shared models and goldens are, failure bookkeeping, free loopback ports."""
+import json
+import os
+import socket
+import sys
+
+SHARED = os.environ.get("INFERD_SHARED")
+if not SHARED or not os.path.isdir(os.path.join(SHARED, "models")):
+    sys.exit("INFERD_SHARED is not set or has no models/ (the shared test data beside the checkout)")
+MODELS = os.path.join(SHARED, "models")
+FAILURES = []
+
+
+def check(cond, what):
+    """Records a failure (the script exits non-zero at the end) and goes on."""
+    if not cond:
+        FAILURES.append(what)
+        print("FAIL:", what, flush=True)
+    return cond
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def goldens(model):
+    """The lines of golden/models.jsonl for one model."""
+    with open(os.path.join(SHARED, "golden", "models.jsonl")) as f:
+        return [d for d in map(json.loads, f) if d["model"] == model]
