@@ -651,12 +651,10 @@ out:
     return r;
 }
 
-static int open_single(const char *path, st_model **ret, ifd_error *err)
+/* The rest of opening a one-file checkpoint whose file 0 is in place (r is
+ * the status so far): parse its header, index the tensors; frees m on failure. */
+static int single_finish(st_model *m, int r, st_model **ret, ifd_error *err)
 {
-    st_model *m = model_new(1);
-    if (!m)
-        return ifd_error_set(err, -ENOMEM, "out of memory");
-    int r = file_map(&m->files[0], path, err);
     if (r >= 0)
         r = parse_file(m, 0, err);
     if (r >= 0)
@@ -667,6 +665,15 @@ static int open_single(const char *path, st_model **ret, ifd_error *err)
     }
     *ret = m;
     return 0;
+}
+
+static int open_single(const char *path, st_model **ret, ifd_error *err)
+{
+    st_model *m = model_new(1);
+    if (!m)
+        return ifd_error_set(err, -ENOMEM, "out of memory");
+    int r = file_map(&m->files[0], path, err);
+    return single_finish(m, r, ret, err);
 }
 
 int st_open(const char *path, st_model **ret, ifd_error *err)
@@ -714,16 +721,7 @@ int st_open_memory(const void *data, size_t len, const char *origin, st_model **
         r = ifd_error_set(err, -ENOMEM, "out of memory");
     m->files[0].base = data ? data : (const void *)"";
     m->files[0].len = data ? len : 0;
-    if (r >= 0)
-        r = parse_file(m, 0, err);
-    if (r >= 0)
-        r = build_index(m, err);
-    if (r < 0) {
-        st_close(m);
-        return r;
-    }
-    *ret = m;
-    return 0;
+    return single_finish(m, r, ret, err);
 }
 
 void st_close(st_model *m)
