@@ -6,8 +6,9 @@
  * *finished*, not when every worker has checked in: on a machine shared with
  * other processes a descheduled worker that claimed nothing never delays the
  * caller, which simply runs the remaining tasks itself. The ticket carries
- * the job's generation so that a worker waking late can never claim a task of
- * a newer job with the function of an older one.
+ * the job's generation, and is closed while the caller writes the next job,
+ * so a worker waking late can never claim a task with another job's function,
+ * task count or completion counter.
  *
  * Waiting is a short spin (dispatches in the decode loop come microseconds
  * apart) followed by a futex sleep, so idle workers cost nothing. Nothing is
@@ -62,26 +63,34 @@ static inline void cpu_relax(void)
 #endif
 }
 
+/* The index of a closed ticket: no task has it, so no claim can succeed. */
+#define TICKET_CLOSED UINT32_MAX
+
 /* Claims and runs tasks of job `gen` until none is left (or the job is no
- * longer current). */
+ * longer current). A claim is a compare-and-swap on the ticket, and the
+ * caller closes the ticket before it writes the next job's fn/ctx/n_tasks
+ * (release; read here with acquire): a successful claim therefore proves
+ * the values read before it belong to job `gen`. Without the close, a worker
+ * preempted between reading a new n_tasks and the old ticket could claim a
+ * task past the end of the old job and count it as done in the new one, which
+ * left the caller waiting forever for a count it had already passed. */
 static void pool_do_tasks(struct thread_pool *p, uint32_t gen)
 {
-    thread_pool_fn fn = atomic_load_explicit(&p->fn, memory_order_relaxed);
-    void *ctx = atomic_load_explicit(&p->ctx, memory_order_relaxed);
-    int n_tasks = atomic_load_explicit(&p->n_tasks, memory_order_relaxed);
-    uint64_t t = atomic_load_explicit(&p->ticket, memory_order_acquire);
     for (;;) {
-        if ((uint32_t)(t >> 32) != gen || (int)(uint32_t)t >= n_tasks)
+        uint64_t t = atomic_load_explicit(&p->ticket, memory_order_acquire);
+        if ((uint32_t)(t >> 32) != gen)
             return;
-        /* success means job `gen` still had this task unclaimed, so it was
-         * not finished and fn/ctx/n_tasks read above are still its own */
+        thread_pool_fn fn = atomic_load_explicit(&p->fn, memory_order_acquire);
+        void *ctx = atomic_load_explicit(&p->ctx, memory_order_acquire);
+        int n_tasks = atomic_load_explicit(&p->n_tasks, memory_order_acquire);
+        if ((uint32_t)t >= (uint32_t)n_tasks) /* all claimed, or closed */
+            return;
         if (!atomic_compare_exchange_weak_explicit(&p->ticket, &t, t + 1, memory_order_acq_rel,
                                                    memory_order_acquire))
             continue;
         fn(ctx, (int)(uint32_t)t, n_tasks);
         if (atomic_fetch_add(&p->done, 1) + 1 == (uint32_t)n_tasks && atomic_load(&p->caller_sleeping))
             futex_wake(&p->done);
-        t = atomic_load_explicit(&p->ticket, memory_order_acquire);
     }
 }
 
@@ -174,9 +183,11 @@ void thread_pool_run(struct thread_pool *p, thread_pool_fn fn, void *ctx, int n_
         return;
     }
     uint32_t gen = atomic_load_explicit(&p->generation, memory_order_relaxed) + 1;
-    atomic_store_explicit(&p->fn, fn, memory_order_relaxed);
-    atomic_store_explicit(&p->ctx, ctx, memory_order_relaxed);
-    atomic_store_explicit(&p->n_tasks, n_tasks, memory_order_relaxed);
+    /* Close the ticket first: see pool_do_tasks(). */
+    atomic_store(&p->ticket, (uint64_t)gen << 32 | TICKET_CLOSED);
+    atomic_store_explicit(&p->fn, fn, memory_order_release);
+    atomic_store_explicit(&p->ctx, ctx, memory_order_release);
+    atomic_store_explicit(&p->n_tasks, n_tasks, memory_order_release);
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
     atomic_store_explicit(&p->ticket, (uint64_t)gen << 32, memory_order_release);
     pool_publish(p);

@@ -234,6 +234,42 @@ Test(kernels, thread_pool_runs_every_task_once)
     thread_pool_destroy(NULL);
 }
 
+struct range_ctx {
+    int n_tasks;          /* of the job this context belongs to */
+    _Atomic int *strays;  /* calls with a task or count not of this job */
+    _Atomic int ran;
+};
+
+static void range_task(void *ctx, int task, int n_tasks)
+{
+    struct range_ctx *c = ctx;
+    if (task < 0 || task >= c->n_tasks || n_tasks != c->n_tasks)
+        atomic_fetch_add(c->strays, 1);
+    atomic_fetch_add(&c->ran, 1);
+}
+
+/* Back-to-back jobs of alternating small and large task counts with more
+ * threads than cores, so workers get preempted between reading one job and
+ * claiming from it: no task may run with another job's context or count, and
+ * each job runs exactly its tasks. A stress test: the stale claim fixed in
+ * thread_pool.c needed the caller preempted within a few instructions, so this
+ * rarely provoked it even before the fix (it did not in 5 runs); it guards the
+ * invariant, not that one interleaving. */
+Test(kernels, thread_pool_jobs_never_mix, .timeout = 120)
+{
+    struct thread_pool *p = thread_pool_create(8);
+    cr_assert_not_null(p);
+    _Atomic int strays = 0;
+    for (int iter = 0; iter < 100000; iter++) {
+        struct range_ctx c = {.n_tasks = iter % 2 ? 2 : 17, .strays = &strays};
+        thread_pool_run(p, range_task, &c, c.n_tasks);
+        cr_assert_eq(atomic_load(&c.ran), c.n_tasks, "iteration %d: %d tasks ran, job has %d", iter,
+                     atomic_load(&c.ran), c.n_tasks);
+    }
+    cr_assert_eq(atomic_load(&strays), 0, "%d tasks ran with another job's context", atomic_load(&strays));
+    thread_pool_destroy(p);
+}
+
 Test(kernels, attention_scores_and_values)
 {
     enum { HD = 24, N = 37, STRIDE = 41 };
