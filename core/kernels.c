@@ -140,7 +140,8 @@ struct mm_job {
     int n;
     const float *x;              /* [n_tokens, cols] */
     int n_tokens;
-    int64_t rows_per_task;       /* multiple of 4, so tiles never straddle tasks */
+    int64_t rows_per_task;       /* multiple of 4 (16 with int8 activations), so tiles never straddle tasks */
+    const struct quant_act *act[MM_MAX_MULTI]; /* weight i's int8 activations, or NULL */
 };
 
 static void mm_task(void *ctx, int task, int n_tasks)
@@ -156,6 +157,8 @@ static void mm_task(void *ctx, int task, int n_tasks)
         r1 = w->rows;
     if (r0 >= r1)
         return;
+    if (j->act[i] && quant_act_matmul_rows(w, j->act[i], j->y[i], r0, r1) == 0)
+        return;
     if (w->bits)
         quant_matmul_rows(w, j->x, j->n_tokens, j->y[i], r0, r1);
     else
@@ -164,6 +167,44 @@ static void mm_task(void *ctx, int task, int n_tasks)
 
 /* Below this many multiply-adds a product is not worth waking the pool. */
 #define MM_PARALLEL_MIN_MACS (64 * 1024)
+
+struct act_job {
+    struct quant_act *a;
+    const float *x;
+};
+
+static void act_task(void *ctx, int task, int n_tasks)
+{
+    const struct act_job *j = ctx;
+    /* Whole tiles per task: threads never share a tile's cache lines. */
+    int per = (j->a->n_tokens + n_tasks - 1) / n_tasks;
+    per = (per + QUANT_ACT_TILE - 1) / QUANT_ACT_TILE * QUANT_ACT_TILE;
+    int t0 = task * per, t1 = t0 + per < j->a->n_tokens ? t0 + per : j->a->n_tokens;
+    if (t0 < t1)
+        quant_act_prepare_tokens(j->a, j->x, t0, t1);
+}
+
+/* Quantizes x to int8 once for every weight of the job that takes the int8
+ * prefill path (weights of one layout share it). Returns how many of acts[]
+ * were filled; a weight whose allocation fails keeps the f32 path. */
+static int mm_prepare_acts(struct thread_pool *pool, struct mm_job *j, struct quant_act *acts)
+{
+    int n_acts = 0;
+    for (int i = 0; i < j->n; i++) {
+        if (!j->w[i]->bits || !quant_act_eligible(j->w[i], j->n_tokens))
+            continue;
+        for (int k = 0; k < n_acts && !j->act[i]; k++)
+            if (quant_act_matches(&acts[k], j->w[i]))
+                j->act[i] = &acts[k];
+        if (j->act[i] || quant_act_alloc(&acts[n_acts], j->w[i], j->n_tokens) != 0)
+            continue;
+        struct act_job aj = {.a = &acts[n_acts], .x = j->x};
+        int n_tasks = thread_pool_size(pool) < j->n_tokens ? thread_pool_size(pool) : j->n_tokens;
+        thread_pool_run(pool, act_task, &aj, n_tasks);
+        j->act[i] = &acts[n_acts++];
+    }
+    return n_acts;
+}
 
 void kern_matmul_multi(struct thread_pool *pool, const struct ifd_weight *const *ws, float *const *ys, int n,
                        const float *x, int n_tokens)
@@ -186,6 +227,8 @@ void kern_matmul_multi(struct thread_pool *pool, const struct ifd_weight *const 
         total_rows += ws[i]->rows;
         macs += (double)ws[i]->rows * (double)ws[i]->cols * n_tokens;
     }
+    struct quant_act acts[MM_MAX_MULTI];
+    const int n_acts = mm_prepare_acts(pool, &j, acts);
     if (n_threads <= 1 || macs < MM_PARALLEL_MIN_MACS) {
         int64_t max_rows = 1;
         for (int i = 0; i < n; i++)
@@ -195,18 +238,20 @@ void kern_matmul_multi(struct thread_pool *pool, const struct ifd_weight *const 
             j.first_task[i] = i;
         for (int i = 0; i < n; i++)
             mm_task(&j, i, n);
-        return;
+    } else {
+        /* Several tasks per thread: dynamic scheduling evens out a core that
+         * is busy with something else. */
+        const int64_t target = (int64_t)n_threads * 8, align = n_acts ? 16 : 4;
+        int64_t per = (total_rows + target - 1) / target;
+        per = (per + align - 1) / align * align;
+        j.rows_per_task = per;
+        j.first_task[0] = 0;
+        for (int i = 0; i < n; i++)
+            j.first_task[i + 1] = j.first_task[i] + (int)((ws[i]->rows + per - 1) / per);
+        thread_pool_run(pool, mm_task, &j, j.first_task[n]);
     }
-    /* Several tasks per thread: dynamic scheduling evens out a core that is
-     * busy with something else. */
-    int64_t target = (int64_t)n_threads * 8;
-    int64_t per = (total_rows + target - 1) / target;
-    per = (per + 3) / 4 * 4;
-    j.rows_per_task = per;
-    j.first_task[0] = 0;
-    for (int i = 0; i < n; i++)
-        j.first_task[i + 1] = j.first_task[i] + (int)((ws[i]->rows + per - 1) / per);
-    thread_pool_run(pool, mm_task, &j, j.first_task[n]);
+    for (int k = 0; k < n_acts; k++)
+        quant_act_free(&acts[k]);
 }
 
 void kern_matmul(struct thread_pool *pool, const struct ifd_weight *w, const float *x, int n_tokens, float *y)

@@ -54,3 +54,52 @@ void quant_quantize_row(const float *row, int64_t cols, int bits, int group_size
  * returned in *ret_owned, which the caller frees with free(). */
 int quant_weight_quantize(const struct ifd_weight *src, int bits, int group_size,
                           struct ifd_weight *ret, void **ret_owned, ifd_error *err);
+
+/* ---- prefill with int8 activations (core/quant_int8.c) ---------------------
+ * For a batch of tokens, a 4- or 8-bit weight is multiplied with activations
+ * held as two int8 codes per value (VPDPBUSD, AVX-512 VNNI): per block of 32
+ * or 64 columns x ~= d * (hi + lo / 254), d = max|x| / 127, a rounding within
+ * max|x| / 64516, 15 bits where a single int8 code has 8 (which measurably
+ * changed the goldens' tokens). Twice the arithmetic of the f32 path; the
+ * golden tests bound the effect on logits. The activations are quantized
+ * once per product, then shared by every thread's slice of rows. */
+#define QUANT_ACT_LO_SCALE 254.0f
+/* Tokens interleaved together, the kernel's tile. */
+#define QUANT_ACT_TILE 8
+struct quant_act {
+    int bits, group_size, block; /* the weight layout they were prepared for */
+    int n_tokens;
+    int64_t cols;
+    /* Tokens in tiles of QUANT_ACT_TILE (the last one zero-padded). For each
+     * tile and each 4 columns (in the kernel's column order), the tile's int32
+     * words of 4 int8 codes, then those of the remainders:
+     * x ~= scale * (hi + lo / QUANT_ACT_LO_SCALE) per column. */
+    int32_t *words;   /* [tiles, cols / 4, 2, QUANT_ACT_TILE] */
+    float *scale;     /* [tiles, cols / block, QUANT_ACT_TILE] */
+    float *group_sum; /* [tiles, cols / group_size, QUANT_ACT_TILE]: exact sums of x */
+};
+
+/* True when the int8 path takes w for n_tokens: bits 4 or 8, a CPU with
+ * AVX-512 VNNI, and at least quant_act_set_min_tokens() tokens. */
+bool quant_act_eligible(const struct ifd_weight *w, int n_tokens);
+
+/* True when a was prepared for w's layout and width. */
+bool quant_act_matches(const struct quant_act *a, const struct ifd_weight *w);
+
+/* Allocates a for n_tokens rows of w's width; 0 or -ENOMEM. */
+int quant_act_alloc(struct quant_act *a, const struct ifd_weight *w, int n_tokens);
+
+/* Quantizes rows [t0, t1) of x [n_tokens, cols] into a (threads may fill
+ * disjoint ranges). */
+void quant_act_prepare_tokens(struct quant_act *a, const float *x, int t0, int t1);
+
+/* y[t, r] for r in [row_begin, row_end), every token of a: the int8 version
+ * of quant_matmul_rows. Returns 0, or -ENOMEM (the caller falls back). */
+int quant_act_matmul_rows(const struct ifd_weight *w, const struct quant_act *a, float *y,
+                          int64_t row_begin, int64_t row_end);
+
+void quant_act_free(struct quant_act *a);
+
+/* Fewest tokens that take the int8 path (default 16); tests set 1 to run the
+ * goldens through it. n <= 0 restores the default. */
+void quant_act_set_min_tokens(int n);

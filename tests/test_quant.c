@@ -496,6 +496,102 @@ Test(quant, kernels_nmse_wide_rows)
     }
 }
 
+/* x rounded as the int8 path rounds it, independently: per block of 32 or 64
+ * columns, d = max|x| / 127, u = x * (1 / d), hi = nearbyint(u),
+ * lo = nearbyint((u - hi) * QUANT_ACT_LO_SCALE), x ~= d * (hi + lo / QUANT_ACT_LO_SCALE). */
+static void ref_int8_round(const float *x, int64_t n, int block, float *out)
+{
+    for (int64_t b0 = 0; b0 < n; b0 += block) {
+        float m = 0.0f;
+        for (int64_t c = b0; c < b0 + block; c++)
+            m = fmaxf(m, fabsf(x[c]));
+        const float d = m / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
+        for (int64_t c = b0; c < b0 + block; c++) {
+            const float u = x[c] * inv, hi = nearbyintf(u), lo = nearbyintf((u - hi) * QUANT_ACT_LO_SCALE);
+            out[c] = (float)((double)d * ((double)hi + (double)lo / QUANT_ACT_LO_SCALE));
+        }
+    }
+}
+
+/* The int8-activation product (prefill) twice against a double reference:
+ * with x rounded to int8 as above in the s*q part (the bias part takes the
+ * exact sum of x) it must be exact to float rounding (NMSE below 1e-10: this
+ * checks codes, order, scales, biases and panels); with the
+ * exact x, the rounding of x alone must stay below an NMSE of 1e-3 (x random in
+ * [-1, 1): about 5e-5 measured; a wrong code or order gives about 1). Rows
+ * outside the slice are never written. Odd row counts (partial 16-row panels),
+ * token counts around the tile of 8, rows wider than one 2048-column panel,
+ * every scale dtype. Skipped without AVX-512 VNNI. */
+Test(quant, int8_activations_nmse)
+{
+    const int bits_list[] = {4, 8};
+    const int gs_list[] = {32, 64, 128};
+    const int64_t rows_list[] = {1, 17, 40};
+    const int64_t cols_mult[] = {1, 3, 35};
+    const int tokens_list[] = {1, 7, 8, 19};
+    const enum ifd_dtype qdts[] = {IFD_DTYPE_F32, IFD_DTYPE_F16, IFD_DTYPE_BF16};
+    struct ifd_weight probe = {.bits = 4, .group_size = 64};
+    if (!quant_act_eligible(&probe, 1 << 20)) {
+        cr_log_warn("no AVX-512 VNNI on this CPU: int8-activation kernel not tested");
+        return;
+    }
+    int n_run = 0;
+    for (size_t bi = 0; bi < 2; bi++)
+        for (size_t gi = 0; gi < 3; gi++)
+            for (size_t ri = 0; ri < 3; ri++) {
+                const int bits = bits_list[bi], gs = gs_list[gi];
+                const int64_t rows = rows_list[ri], cols = gs * cols_mult[(gi + ri) % 3];
+                struct qw q;
+                qw_make(&q, rows, cols, bits, gs, qdts[(bi + ri) % 3], (int)(ri % 2) * 2);
+                const int n_tokens = tokens_list[(bi + gi + ri) % 4];
+                const int64_t r0 = rows > 2 ? 1 : 0, r1 = rows > 2 ? rows - 1 : rows;
+                float *x = malloc((size_t)(n_tokens * cols) * sizeof(float));
+                float *xr = malloc((size_t)(n_tokens * cols) * sizeof(float));
+                float *y = malloc((size_t)(n_tokens * rows) * sizeof(float));
+                for (int64_t i = 0; i < n_tokens * cols; i++)
+                    x[i] = frand();
+                ref_int8_round(x, n_tokens * cols, gs % 64 == 0 ? 64 : 32, xr);
+                const float sentinel = 12345.0f;
+                for (int64_t i = 0; i < n_tokens * rows; i++)
+                    y[i] = sentinel;
+                struct quant_act a;
+                cr_assert_eq(quant_act_alloc(&a, &q.w, n_tokens), 0);
+                quant_act_prepare_tokens(&a, x, 0, n_tokens);
+                cr_assert_eq(quant_act_matmul_rows(&q.w, &a, y, r0, r1), 0);
+                quant_act_free(&a);
+                double num = 0.0, num_rounded = 0.0, den = 0.0;
+                for (int t = 0; t < n_tokens; t++)
+                    for (int64_t r = 0; r < rows; r++) {
+                        const float got = y[t * rows + r];
+                        if (r < r0 || r >= r1) {
+                            cr_assert_eq(got, sentinel, "row %lld outside the slice was written", (long long)r);
+                            continue;
+                        }
+                        double ref = 0.0, ref_rounded = 0.0;
+                        for (int64_t c = 0; c < cols; c++) {
+                            /* The bias term takes the exact x: w x = s q xr + b x. */
+                            const double wv = ref_weight(&q.w, r, c);
+                            const double b = ref_param(q.w.qparam_dtype, q.w.biases, r * (cols / gs) + c / gs);
+                            ref += wv * (double)x[t * cols + c];
+                            ref_rounded += (wv - b) * (double)xr[t * cols + c] + b * (double)x[t * cols + c];
+                        }
+                        num += (got - ref) * (got - ref);
+                        num_rounded += (got - ref_rounded) * (got - ref_rounded);
+                        den += ref * ref;
+                    }
+                cr_expect_lt(num_rounded / den, 1e-10, "bits %d gs %d [%lld x %lld] tokens %d: NMSE %g against int8-rounded x",
+                             bits, gs, (long long)rows, (long long)cols, n_tokens, num_rounded / den);
+                cr_expect_lt(num / den, 1e-3, "bits %d gs %d [%lld x %lld] tokens %d: NMSE %g against exact x", bits,
+                             gs, (long long)rows, (long long)cols, n_tokens, num / den);
+                n_run++;
+                free(x);
+                free(xr);
+                free(y);
+                qw_free(&q);
+            }
+    cr_expect_eq(n_run, 18);
+}
+
 /* ---- quantize on load -------------------------------------------------------- */
 
 Test(quant, weight_quantize_errors)

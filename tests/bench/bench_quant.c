@@ -6,7 +6,10 @@
  * figures depend on the machine and on what else runs on it;
  * times are the thread's CPU time, which a loaded machine disturbs less
  * than wall time (though caches and memory bandwidth are still shared).
- * usage: bench_quant [bits] [group] [n_batch] [isa: auto|avx512|avx2|scalar] */
+ * usage: bench_quant [bits] [group] [n_batch] [isa: auto|avx512|avx2|scalar|int8]
+ * (int8: the batch through the int8-activation prefill path, quantizing the
+ * activations included; decode through auto). */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +32,7 @@ int main(int argc, char **argv)
     int nb = argc > 3 ? atoi(argv[3]) : 64;
     const char *isa_name = argc > 4 ? argv[4] : "auto";
     enum quant_isa isa = QUANT_ISA_AUTO;
+    const bool int8 = !strcmp(isa_name, "int8");
     if (!strcmp(isa_name, "avx512")) isa = QUANT_ISA_AVX512;
     else if (!strcmp(isa_name, "avx2")) isa = QUANT_ISA_AVX2;
     else if (!strcmp(isa_name, "scalar")) isa = QUANT_ISA_SCALAR;
@@ -73,8 +77,20 @@ int main(int argc, char **argv)
         double dt = (now() - t0) / reps;
         double t1 = now();
         int preps = reps / 8 + 1;
-        for (int i = 0; i < preps; i++)
-            quant_matmul_rows_isa(isa, &q, x, nb, y, 0, rows);
+        for (int i = 0; i < preps; i++) {
+            struct quant_act a;
+            if (int8 && quant_act_eligible(&q, nb) && quant_act_alloc(&a, &q, nb) == 0) {
+                quant_act_prepare_tokens(&a, x, 0, nb);
+                quant_act_matmul_rows(&q, &a, y, 0, rows);
+                quant_act_free(&a);
+            } else {
+                if (int8) {
+                    fprintf(stderr, "bench_quant: the int8 path does not take this batch on this CPU\n");
+                    return 1;
+                }
+                quant_matmul_rows_isa(isa, &q, x, nb, y, 0, rows);
+            }
+        }
         double pt = (now() - t1) / preps;
         printf("[%lld x %lld] %d-bit g%d %s: decode %.3f ms (%.1f GB/s, %.2f Gw/s)  batch %d: %.3f ms (%.1f GFLOP/s)\n",
                (long long)rows, (long long)cols, bits, gs, isa_name, dt * 1e3, bytes / dt / 1e9,
