@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "dtype.h"
 #include "model.h"
@@ -324,6 +325,25 @@ oom:
     return ifd_error_set(err, -ENOMEM, "out of memory writing the index");
 }
 
+/* Removes a destination directory this call created, with what it wrote
+ * into it: a failed quantization leaves nothing behind. */
+static void remove_created_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL) {
+            char path[PATH_MAX];
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                continue;
+            if (snprintf(path, sizeof(path), "%s/%s", dir, e->d_name) < (int)sizeof(path))
+                (void)unlink(path);
+        }
+        closedir(d);
+    }
+    (void)rmdir(dir);
+}
+
 int quant_checkpoint_write(const char *src_dir, const char *dst_dir, int bits, int group_size,
                            quant_progress_fn progress, void *progress_ctx, ifd_error *err)
 {
@@ -333,16 +353,10 @@ int quant_checkpoint_write(const char *src_dir, const char *dst_dir, int bits, i
                              "%d bits with group size %d is not supported (bits 2, 3, 4, 6 or 8; "
                              "group size a multiple of 32 up to %d)",
                              bits, gs, QUANT_MAX_GROUP_SIZE);
-    if (mkdir(dst_dir, 0755) < 0 && errno != EEXIST)
-        return ifd_error_set(err, -errno, "cannot create '%s': %s", dst_dir, strerror(errno));
+    /* Everything about the source is checked before the destination is made. */
     char rs[PATH_MAX], rd[PATH_MAX];
     if (!realpath(src_dir, rs))
         return ifd_error_set(err, -errno, "'%s': %s", src_dir, strerror(errno));
-    if (!realpath(dst_dir, rd))
-        return ifd_error_set(err, -errno, "'%s': %s", dst_dir, strerror(errno));
-    if (strcmp(rs, rd) == 0)
-        return ifd_error_set(err, -EINVAL, "destination '%s' is the source directory", dst_dir);
-
     struct model_config cfg;
     int r = model_config_load(src_dir, &cfg, err);
     if (r < 0)
@@ -353,6 +367,20 @@ int quant_checkpoint_write(const char *src_dir, const char *dst_dir, int bits, i
     }
     st_model *st = NULL;
     if ((r = st_open(src_dir, &st, err)) < 0) {
+        model_config_finish(&cfg);
+        return r;
+    }
+    bool created = false;
+    if (mkdir(dst_dir, 0755) == 0)
+        created = true;
+    else if (errno != EEXIST)
+        r = ifd_error_set(err, -errno, "cannot create '%s': %s", dst_dir, strerror(errno));
+    if (r >= 0 && !realpath(dst_dir, rd))
+        r = ifd_error_set(err, -errno, "'%s': %s", dst_dir, strerror(errno));
+    if (r >= 0 && strcmp(rs, rd) == 0)
+        r = ifd_error_set(err, -EINVAL, "destination '%s' is the source directory", dst_dir);
+    if (r < 0) {
+        st_close(st);
         model_config_finish(&cfg);
         return r;
     }
@@ -384,5 +412,7 @@ int quant_checkpoint_write(const char *src_dir, const char *dst_dir, int bits, i
     free(items);
     st_close(st);
     model_config_finish(&cfg);
+    if (r < 0 && created)
+        remove_created_dir(dst_dir);
     return r < 0 ? r : 0;
 }

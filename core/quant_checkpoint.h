@@ -24,6 +24,7 @@ typedef void (*quant_progress_fn)(void *ctx, uint64_t done, uint64_t total, cons
 /* Quantizes the checkpoint in src_dir into dst_dir (created if missing; it
  * must not be src_dir). bits and group_size as quant_layout_supported()
  * accepts; group_size 0 means 64. Returns 0 or a negative errno with a message
- * naming the file or tensor at fault. */
+ * naming the file or tensor at fault; the source is checked before dst_dir is
+ * made, and a dst_dir made by a call that fails is removed again. */
 int quant_checkpoint_write(const char *src_dir, const char *dst_dir, int bits, int group_size,
                            quant_progress_fn progress, void *progress_ctx, ifd_error *err);

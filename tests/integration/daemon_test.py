@@ -715,6 +715,37 @@ def group_quantize(binary):
                                                        "temperature": 0})
             check(st == 200 and r["choices"][0]["text"] == g["stable_completion_text"],
                   "quantize-on-load q4 == mlx-4bit golden %s: %s" % (g["name"], r))
+    # The offline quantizer, run as a user runs it: `inferctl model quantize`
+    # of the F32 TinyStories with the MLX files' bits and group size writes a
+    # checkpoint the daemon serves with those files' golden answers.
+    ctl = os.path.join(os.path.dirname(binary), "inferctl")
+    src = os.path.join(MODELS, "tinystories-656k")
+    with tempfile.TemporaryDirectory() as tmp:
+        for bits in (4, 8):
+            dst = os.path.join(tmp, "q%d" % bits)
+            r = subprocess.run([ctl, "model", "quantize", src, dst, "--bits", str(bits), "--group-size", "64"],
+                               capture_output=True, text=True, timeout=120)
+            check(r.returncode == 0, "inferctl model quantize --bits %d: %s" % (bits, r.stderr))
+            if r.returncode != 0:
+                continue
+            with open(os.path.join(dst, "config.json")) as f:
+                q = json.load(f).get("quantization", {})
+            check(q.get("bits") == bits and q.get("group_size") == 64, "config.json quantization: %s" % q)
+            for name in ("tokenizer.json", "tokenizer_config.json"):
+                check(os.path.exists(os.path.join(dst, name)), "%s copied" % name)
+            with Daemon(binary, dst) as d:
+                for g in goldens("tinystories-656k-mlx-%dbit" % bits):
+                    st, r = d.json("POST", "/v1/completions", {"prompt": g["prompt_ids"],
+                                                               "max_tokens": g["stable_prefix_len"], "temperature": 0})
+                    check(st == 200 and r["choices"][0]["text"] == g["stable_completion_text"],
+                          "inferctl-quantized %d-bit == mlx golden %s: %s" % (bits, g["name"], r))
+        # Refusals: a clear message and a failing exit status, nothing written.
+        for args, want in (([os.path.join(tmp, "missing"), os.path.join(tmp, "o1"), "--bits", "4"], "No such file"),
+                           ([src, os.path.join(tmp, "o2"), "--bits", "5"], "not supported"),
+                           ([src, os.path.join(tmp, "o3"), "--bits", "4", "--group-size", "48"], "not supported")):
+            r = subprocess.run([ctl, "model", "quantize"] + args, capture_output=True, text=True, timeout=60)
+            check(r.returncode != 0 and want in r.stderr and not os.path.exists(args[1]),
+                  "inferctl model quantize %s refused: rc %d %r" % (args[2:], r.returncode, r.stderr))
 
 
 def group_vulkan(binary):
