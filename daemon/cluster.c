@@ -1,6 +1,7 @@
 #include "cluster.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +11,7 @@
 #include "auth.h"
 #include "conn.h"
 #include "backend.h"
+#include "layer_split.h"
 #include "log.h"
 #include "netlog.h"
 #include "remote_stage.h"
@@ -24,6 +26,10 @@
 
 struct member {
     struct remote_link *link;
+    bool auto_layers;       /* layers = auto: range decided after every such worker reported */
+    bool reported;          /* its HELLO has been seen (mem_available, speed_mbps below) */
+    uint64_t mem_available;
+    uint32_t speed_mbps, n_threads;
     struct wp_manifest *manifest; /* computed on first push */
     uint64_t next_try_ns, last_ping_ns;
     int backoff_ms;
@@ -45,6 +51,11 @@ struct cluster {
     bool star;
     struct member *mem; /* [n], sorted by layer_first */
     int n;
+    /* layers = auto: the free block [auto_first, auto_first + auto_n), split
+     * once all its workers have reported; until then they are not pushed. */
+    bool split_pending;
+    int auto_first, auto_n;
+    uint64_t auto_layer_bytes; /* largest layer of the block, weights + KV cache */
     pthread_t thread;
     bool thread_started;
     pthread_mutex_t lock;
@@ -86,8 +97,8 @@ static void progress_cb(void *ctx, size_t done, size_t total, uint64_t bytes_don
     remote_link_set_state(mb->link, REMOTE_LINK_PUSHING, d);
 }
 
-/* One attempt to bring a worker up: connect, authenticate, push, load. */
-static int bring_up(struct cluster *c, struct member *mb, ifd_error *err)
+/* Connects to a worker and authenticates; records what its HELLO reports. */
+static int connect_worker(struct cluster *c, struct member *mb, struct net_conn **ret, ifd_error *err)
 {
     struct remote_link *l = mb->link;
     remote_link_set_state(l, REMOTE_LINK_CONNECTING, mb->failures ? "retrying" : "connecting");
@@ -105,6 +116,22 @@ static int bring_up(struct cluster *c, struct member *mb, ifd_error *err)
         net_conn_destroy(conn);
         return r;
     }
+    mb->mem_available = peer.mem_available;
+    mb->speed_mbps = peer.speed_mbps;
+    mb->n_threads = peer.n_threads;
+    mb->reported = true;
+    *ret = conn;
+    return 0;
+}
+
+/* One attempt to bring a worker up: connect, authenticate, push, load. */
+static int bring_up(struct cluster *c, struct member *mb, ifd_error *err)
+{
+    struct remote_link *l = mb->link;
+    struct net_conn *conn;
+    int r = connect_worker(c, mb, &conn, err);
+    if (r < 0)
+        return r;
     if (!mb->manifest) {
         r = wp_manifest_create(c->m, remote_link_first(l), remote_link_last(l), &mb->manifest, err);
         if (r < 0) {
@@ -142,6 +169,69 @@ static int bring_up(struct cluster *c, struct member *mb, ifd_error *err)
     return 0;
 }
 
+/* The most layers of the auto block a worker can hold: what it reported as
+ * available, less a tenth and 128 MiB for its own overhead, over the block's
+ * largest layer (weights + KV cache). No limit when it reported nothing. */
+static int auto_max_layers(const struct cluster *c, const struct member *mb)
+{
+    if (!mb->mem_available || !c->auto_layer_bytes)
+        return INT_MAX;
+    double usable = (double)mb->mem_available * 0.9 - 128.0 * 1048576.0;
+    double n = usable > 0 ? usable / (double)c->auto_layer_bytes : 0;
+    return n > INT_MAX ? INT_MAX : (int)n;
+}
+
+/* Once every auto worker has reported: splits the free block by their speed
+ * within their memory, in configuration order. 0, or -ENOSPC (with every auto
+ * worker marked DOWN and asked to report again). */
+static int decide_auto_split(struct cluster *c)
+{
+    int k = 0;
+    bool all_speeds = true;
+    for (int i = 0; i < c->n; i++)
+        if (c->mem[i].auto_layers) {
+            if (!c->mem[i].reported)
+                return -EAGAIN;
+            all_speeds = all_speeds && c->mem[i].speed_mbps > 0;
+            k++;
+        }
+    double speed[k];
+    int max_layers[k], counts[k], j = 0;
+    for (int i = 0; i < c->n; i++)
+        if (c->mem[i].auto_layers) {
+            /* A worker that did not measure (protocol 1.0) makes the split even. */
+            speed[j] = all_speeds ? (double)c->mem[i].speed_mbps : 1.0;
+            max_layers[j++] = auto_max_layers(c, &c->mem[i]);
+        }
+    int r = layer_split(c->auto_n, k, speed, max_layers, counts);
+    if (r < 0) {
+        char why[256];
+        snprintf(why, sizeof(why), "layers = auto: the workers' memory cannot hold layers %d-%d (%.1f MiB each)",
+                 c->auto_first, c->auto_first + c->auto_n - 1, (double)c->auto_layer_bytes / 1048576.0);
+        log_err("%s", why);
+        for (int i = 0; i < c->n; i++)
+            if (c->mem[i].auto_layers) {
+                c->mem[i].reported = false;
+                c->mem[i].next_try_ns = net_now_ns() + (uint64_t)BACKOFF_MAX_MS * 1000000ull;
+                remote_link_set_state(c->mem[i].link, REMOTE_LINK_DOWN, why);
+            }
+        return r;
+    }
+    int first = c->auto_first;
+    j = 0;
+    for (int i = 0; i < c->n; i++)
+        if (c->mem[i].auto_layers) {
+            struct member *mb = &c->mem[i];
+            remote_link_set_layers(mb->link, first, first + counts[j]);
+            log_info("layers = auto: worker %s gets layers %d-%d (%.1f GiB available, %.1f GB/s measured)",
+                     remote_link_name(mb->link), first, first + counts[j] - 1,
+                     (double)mb->mem_available / 1073741824.0, mb->speed_mbps / 1000.0);
+            first += counts[j++];
+        }
+    c->split_pending = false;
+    return 0;
+}
+
 static void *supervisor(void *arg)
 {
     struct cluster *c = arg;
@@ -162,8 +252,23 @@ static void *supervisor(void *arg)
             }
             if (now < mb->next_try_ns)
                 continue;
+            if (c->split_pending && mb->auto_layers && mb->reported) {
+                remote_link_set_state(l, REMOTE_LINK_CONNECTING, "waiting for the other auto workers to report");
+                continue;
+            }
             ifd_error err = {{0}};
-            if (bring_up(c, mb, &err) < 0) {
+            int r;
+            if (c->split_pending && mb->auto_layers) {
+                /* Only its report for now: the range comes with the split. */
+                struct net_conn *conn;
+                if ((r = connect_worker(c, mb, &conn, &err)) >= 0)
+                    net_conn_destroy(conn);
+                if (r >= 0 && decide_auto_split(c) == 0)
+                    mb->next_try_ns = 0;
+            } else {
+                r = bring_up(c, mb, &err);
+            }
+            if (r < 0) {
                 mb->failures++;
                 if (mb->failures == 1 || mb->failures % 20 == 0)
                     log_warn("Worker %s (%s): %s (attempt %d, retrying)", remote_link_name(l), remote_link_addr(l),
@@ -199,6 +304,22 @@ static void *supervisor(void *arg)
     }
     pthread_mutex_unlock(&c->lock);
     return NULL;
+}
+
+/* Bytes a worker holds for layer l: its tensors in the checkpoint (packed
+ * as stored) plus its KV cache for n_seq_max x n_ctx positions (f32). */
+static uint64_t layer_bytes(const struct model *m, int l, int n_seq_max, int n_ctx)
+{
+    char prefix[48];
+    int plen = snprintf(prefix, sizeof(prefix), "model.layers.%d.", l);
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < st_count(m->st); i++) {
+        const struct st_tensor *t = st_at(m->st, i);
+        if (strncmp(t->name, prefix, (size_t)plen) == 0)
+            bytes += t->nbytes;
+    }
+    const uint64_t kv_dim = (uint64_t)m->cfg.n_kv_heads * (uint64_t)m->cfg.head_dim;
+    return bytes + 2 * kv_dim * (uint64_t)n_ctx * (uint64_t)n_seq_max * sizeof(float);
 }
 
 int cluster_create(const struct inferd_config *cfg, const struct model *m, const char *model_dir, int n_seq_max,
@@ -301,8 +422,8 @@ int cluster_create(const struct inferd_config *cfg, const struct model *m, const
         const struct inferd_worker_cfg *w = &cfg->workers[i];
         int first = w->layer_first, last = w->layer_last;
         if (w->auto_layers) {
-            /* Even split of the free block; weighting by the workers'
-             * reported memory and speed is not implemented. */
+            /* Provisional even split, in configuration order; the supervisor
+             * redraws it by the workers' reports before pushing anything. */
             first = free_first + n_free * auto_i / n_auto;
             last = free_first + n_free * (auto_i + 1) / n_auto;
             auto_i++;
@@ -311,7 +432,17 @@ int cluster_create(const struct inferd_config *cfg, const struct model *m, const
             cluster_destroy(c);
             return r;
         }
+        c->mem[c->n].auto_layers = w->auto_layers;
         c->n++;
+    }
+    if (n_auto > 0) {
+        c->split_pending = true;
+        c->auto_first = free_first;
+        c->auto_n = n_free;
+        for (int l = free_first; l < free_last; l++) {
+            uint64_t b = layer_bytes(m, l, n_seq_max, n_ctx);
+            c->auto_layer_bytes = b > c->auto_layer_bytes ? b : c->auto_layer_bytes;
+        }
     }
     qsort(c->mem, (size_t)c->n, sizeof(*c->mem), cmp_member);
     if (pthread_create(&c->thread, NULL, supervisor, c) != 0) {
@@ -441,6 +572,12 @@ cJSON *cluster_status_json(struct cluster *c)
         cJSON_AddNumberToObject(o, "tokens", (double)s.tokens);
         cJSON_AddNumberToObject(o, "forward_ms_per_token", s.tokens ? s.forward_ms / (double)s.tokens : 0);
         cJSON_AddNumberToObject(o, "reconnects", s.reconnects);
+        cJSON_AddBoolToObject(o, "auto_layers", mb->auto_layers);
+        if (mb->reported) {
+            cJSON_AddNumberToObject(o, "mem_available", (double)mb->mem_available);
+            cJSON_AddNumberToObject(o, "speed_mbps", mb->speed_mbps);
+            cJSON_AddNumberToObject(o, "threads", mb->n_threads);
+        }
         if (mb->pushed) {
             cJSON *p = cJSON_AddObjectToObject(o, "weights");
             cJSON_AddNumberToObject(p, "tensors", (double)mb->push.tensors_total);

@@ -1,8 +1,11 @@
 #include "worker.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -10,6 +13,7 @@
 #include "auth.h"
 #include "conn.h"
 #include "backend.h"
+#include "kernels.h"
 #include "log.h"
 #include "model.h"
 #include "model_config.h"
@@ -228,6 +232,60 @@ static void *signal_thread(void *p)
         return NULL;
     }
 }
+/* MemAvailable of /proc/meminfo (free memory plus what the kernel can reclaim
+ * without swapping), in bytes; the free page count where it is missing. */
+static uint64_t mem_available_bytes(void)
+{
+    FILE *f = fopen("/proc/meminfo", "re");
+    char line[256];
+    uint64_t kib = 0;
+    while (f && fgets(line, sizeof(line), f))
+        if (sscanf(line, "MemAvailable: %" SCNu64 " kB", &kib) == 1)
+            break;
+    if (f)
+        fclose(f);
+    if (kib)
+        return kib * 1024;
+    long pages = sysconf(_SC_AVPHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    return pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : 0;
+}
+
+/* The master splits `layers = auto` by this: how many weight bytes per second
+ * a one-token product streams on this node's CPU pool (decode is bound by
+ * it), timed over a 32 MiB BF16 matrix, larger than the caches, for about
+ * 0.2 s. In MB/s; 0 if the buffers cannot be had. */
+static uint32_t measure_speed_mbps(struct thread_pool *pool)
+{
+    enum { ROWS = 4096, COLS = 4096 };
+    uint16_t *wbuf = malloc((size_t)ROWS * COLS * sizeof(uint16_t));
+    float *x = malloc(COLS * sizeof(float)), *y = malloc(ROWS * sizeof(float));
+    uint32_t mbps = 0;
+    if (wbuf && x && y) {
+        for (size_t i = 0; i < (size_t)ROWS * COLS; i++)
+            wbuf[i] = (uint16_t)(0x3c00 + (i * 2654435761u >> 20) % 512); /* BF16 values near 0.01 */
+        for (int i = 0; i < COLS; i++)
+            x[i] = 1.0f / (float)(i + 1);
+        struct ifd_weight w = {.dtype = IFD_DTYPE_BF16, .data = wbuf, .rows = ROWS, .cols = COLS};
+        kern_matmul(pool, &w, x, 1, y); /* warm-up */
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        double dt = 0;
+        int n = 0;
+        do {
+            kern_matmul(pool, &w, x, 1, y);
+            n++;
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            dt = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+        } while (dt < 0.2);
+        double v = (double)n * ROWS * COLS * sizeof(uint16_t) / dt / 1e6;
+        mbps = v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+    }
+    free(wbuf);
+    free(x);
+    free(y);
+    return mbps;
+}
+
 
 int worker_role_main(const struct inferd_config *cfg)
 {
@@ -287,9 +345,11 @@ int worker_role_main(const struct inferd_config *cfg)
         log_err("cannot create the thread pool");
         goto out;
     }
-    long pages = sysconf(_SC_AVPHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
     struct stage_server_opts so = {.key = keyp, .n_threads = thread_pool_size(w.pool),
-                                   .mem_available = pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : 0};
+                                   .mem_available = mem_available_bytes(),
+                                   .speed_mbps = measure_speed_mbps(w.pool)};
+    log_info("Reporting %.1f GiB available, %d threads, %.1f GB/s one-token product speed",
+             (double)so.mem_available / 1073741824.0, so.n_threads, so.speed_mbps / 1000.0);
     if (stage_server_create(&so, worker_setup, &w, &srv, &err) < 0) {
         log_err("%s", err.msg);
         goto out;

@@ -17,7 +17,7 @@
 
 #define NET_FRAME_MAGIC 0x31504649u  /* "IFP1" read as little-endian bytes 'I','F','P','1' */
 #define NET_PROTO_MAJOR 1
-#define NET_PROTO_MINOR 0
+#define NET_PROTO_MINOR 1 /* 1.1: HELLO speed_mbps (was reserved) */
 #define NET_FRAME_HEADER_SIZE 20
 /* Largest payload a receiver accepts: a prefill batch of 2048 tokens of a
  * 8192-wide model is 64 MiB of f32 hidden state; nothing legitimate is larger. */

@@ -79,6 +79,7 @@ int net_hello_encode(struct net_buf *b, const struct net_hello *m)
         .caps = htole32(m->caps),
         .mem_available = htole64(m->mem_available),
         .n_threads = htole32(m->n_threads),
+        .speed_mbps = htole32(m->speed_mbps),
     };
     memcpy(w.nonce, m->nonce, NET_NONCE_BYTES);
     b->len = 0;
@@ -103,6 +104,7 @@ int net_hello_decode(const uint8_t *p, size_t len, struct net_hello *ret, ifd_er
         .caps = le32toh(w.caps),
         .mem_available = le64toh(w.mem_available),
         .n_threads = le32toh(w.n_threads),
+        .speed_mbps = le32toh(w.speed_mbps),
     };
     memcpy(h.nonce, w.nonce, NET_NONCE_BYTES);
     *ret = h;

@@ -62,7 +62,7 @@ void net_buf_finish(struct net_buf *b); /* frees; the struct may be reused zeroe
 /* ---- HELLO ---------------------------------------------------------------
  *   0 u8  version_major     4 u32 caps          40 u64 mem_available
  *   1 u8  version_minor     8 u8  nonce[32]     48 u32 n_threads
- *   2 u8  role (net_role)                        52 u32 reserved (0)
+ *   2 u8  role (net_role)                        52 u32 speed_mbps
  *   3 u8  flags (NET_HELLO_F_*)                                   = 56 bytes */
 struct net_hello_wire {
     uint8_t version_major, version_minor, role, flags;
@@ -70,7 +70,7 @@ struct net_hello_wire {
     uint8_t nonce[NET_NONCE_BYTES];
     uint64_t mem_available;
     uint32_t n_threads;
-    uint32_t reserved;
+    uint32_t speed_mbps;
 } __attribute__((packed));
 _Static_assert(sizeof(struct net_hello_wire) == 56, "HELLO is 56 bytes");
 
@@ -80,6 +80,10 @@ struct net_hello {
     uint8_t nonce[NET_NONCE_BYTES];
     uint64_t mem_available; /* bytes the node can give to weights + KV */
     uint32_t n_threads;
+    /* Weight bytes per second a one-token product streams on this node,
+     * measured at start, in MB/s (decode speed per byte of layers); 0: not
+     * measured (a peer before protocol 1.1 sent 0 here). */
+    uint32_t speed_mbps;
 };
 int net_hello_encode(struct net_buf *b, const struct net_hello *m);
 int net_hello_decode(const uint8_t *p, size_t len, struct net_hello *ret, ifd_error *err);

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +13,7 @@
 struct remote_link {
     char name[64];
     char addr[NET_ADDR_MAX];
-    int first, last;
+    _Atomic int first, last;     /* atomic: `layers = auto` sets them once, before the link is READY */
     /* Held for one exchange on the connection (a forward, a truncate, a
      * ping) and to swap the connection. */
     pthread_mutex_t lock;
@@ -85,6 +86,12 @@ void remote_link_destroy(struct remote_link *l)
 const char *remote_link_name(const struct remote_link *l) { return l->name; }
 const char *remote_link_addr(const struct remote_link *l) { return l->addr; }
 int remote_link_first(const struct remote_link *l) { return l->first; }
+
+void remote_link_set_layers(struct remote_link *l, int first, int last)
+{
+    l->first = first;
+    l->last = last;
+}
 int remote_link_last(const struct remote_link *l) { return l->last; }
 
 enum remote_link_state remote_link_state(const struct remote_link *l)

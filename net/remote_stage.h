@@ -43,6 +43,9 @@ const char *remote_link_name(const struct remote_link *l);
 const char *remote_link_addr(const struct remote_link *l);
 int remote_link_first(const struct remote_link *l);
 int remote_link_last(const struct remote_link *l);
+/* Moves the link's layer range, while it is not READY (`layers = auto` is
+ * decided once the workers have reported their memory and speed). */
+void remote_link_set_layers(struct remote_link *l, int first, int last);
 enum remote_link_state remote_link_state(const struct remote_link *l);
 /* Sets a state other than READY (READY comes with remote_link_attach). */
 void remote_link_set_state(struct remote_link *l, enum remote_link_state s, const char *detail);

@@ -451,7 +451,8 @@ static void serve_conn(struct stage_server *s, struct conn_slot *slot)
 {
     struct net_conn *c = slot->conn;
     struct net_hello self = {.role = NET_ROLE_WORKER, .caps = NET_CAP_ZSTD | NET_CAP_CHAIN,
-                             .mem_available = s->opts.mem_available, .n_threads = (uint32_t)s->opts.n_threads}, peer;
+                             .mem_available = s->opts.mem_available, .n_threads = (uint32_t)s->opts.n_threads,
+                             .speed_mbps = s->opts.speed_mbps}, peer;
     ifd_error err;
     if (net_conn_handshake_server(c, s->opts.key, &self, &peer, &err) < 0) {
         net_log(NET_LOG_WARNING, "refused connection: %s", err.msg);

@@ -34,6 +34,7 @@ struct stage_server_opts {
     const struct net_key *key;  /* NULL: no cluster key (insecure, loopback) */
     int n_threads;              /* reported in HELLO */
     uint64_t mem_available;     /* reported in HELLO */
+    uint32_t speed_mbps;        /* reported in HELLO (net_hello.speed_mbps) */
     int forward_timeout_ms;     /* bound on sending to the next hop / master */
 };
 

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "layer_split.h"
 
 static int parse(struct inferd_config *c, const char *text, ifd_error *err)
 {
@@ -283,4 +284,47 @@ Test(config, hf_cache_name)
     cr_assert_lt(inferd_config_resolve_model("/no/such/dir", &out, &err), 0);
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     cr_assert_eq(system(cmd), 0);
+}
+
+/* ---- layers = auto ---------------------------------------------------------- */
+
+static void expect_split(int n, int k, const double *speed, const int *max_layers, const int *want)
+{
+    int got[8];
+    cr_assert_eq(layer_split(n, k, speed, max_layers, got), 0, "n %d k %d", n, k);
+    int sum = 0;
+    for (int i = 0; i < k; i++) {
+        cr_expect_eq(got[i], want[i], "n %d: worker %d gets %d layers, want %d", n, i, got[i], want[i]);
+        cr_expect(got[i] >= 1 && got[i] <= max_layers[i]);
+        sum += got[i];
+    }
+    cr_expect_eq(sum, n);
+}
+
+Test(config, layer_split_by_speed_within_memory)
+{
+    const int any[] = {1000, 1000, 1000};
+    /* Equal speeds: even, the remainder to the earliest. */
+    expect_split(24, 2, (const double[]){1, 1}, any, (const int[]){12, 12});
+    expect_split(7, 3, (const double[]){5, 5, 5}, any, (const int[]){3, 2, 2});
+    /* Twice as fast, twice the layers. */
+    expect_split(24, 2, (const double[]){20000, 10000}, any, (const int[]){16, 8});
+    /* Largest remainder: 28 * (3, 2, 2) / 7 = 12, 8, 8; 10 * that = 4.3, 2.9, 2.9. */
+    expect_split(28, 3, (const double[]){3, 2, 2}, any, (const int[]){12, 8, 8});
+    expect_split(10, 3, (const double[]){3, 2, 2}, any, (const int[]){4, 3, 3});
+    /* The fast worker holds only 5 layers: the rest goes to the others by speed. */
+    expect_split(24, 3, (const double[]){10, 2, 1}, (const int[]){5, 1000, 1000}, (const int[]){5, 13, 6});
+    /* A very slow worker still gets one layer. */
+    expect_split(10, 2, (const double[]){1000, 1}, any, (const int[]){9, 1});
+    /* Exactly enough memory. */
+    expect_split(6, 2, (const double[]){1, 100}, (const int[]){3, 3}, (const int[]){3, 3});
+}
+
+Test(config, layer_split_refusals)
+{
+    int got[4];
+    cr_expect_eq(layer_split(6, 2, (const double[]){1, 1}, (const int[]){2, 3}, got), -ENOSPC, "5 layers of room for 6");
+    cr_expect_eq(layer_split(6, 2, (const double[]){1, 1}, (const int[]){0, 9}, got), -ENOSPC, "no room for one layer");
+    cr_expect_eq(layer_split(1, 2, (const double[]){1, 1}, (const int[]){9, 9}, got), -EINVAL, "fewer layers than workers");
+    cr_expect_eq(layer_split(3, 0, NULL, NULL, got), -EINVAL);
 }

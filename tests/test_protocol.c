@@ -87,7 +87,7 @@ Test(frame, refuses_bad_magic_oversize_flags_and_version)
     net_frame_header_encode(hdr, NET_MSG_HELLO, 0, NULL, 0);
     hdr[4] = NET_PROTO_MAJOR + 1;
     cr_assert_eq(net_frame_header_decode(hdr, NET_FRAME_MAX_PAYLOAD, &h, &err), -EPROTONOSUPPORT);
-    cr_assert(strstr(err.msg, "protocol version 2.0"), "%s", err.msg);
+    cr_assert(strstr(err.msg, "protocol version 2."), "%s", err.msg);
 }
 
 /* -------------------------------------------------------- message round trips */
@@ -110,7 +110,8 @@ Test(proto, hello_auth_error)
     struct net_buf b = {0};
     struct net_hello h = {.version_major = 1, .version_minor = 0, .role = NET_ROLE_MASTER,
                           .flags = NET_HELLO_F_AUTH, .caps = NET_CAP_ZSTD | NET_CAP_CHAIN,
-                          .mem_available = 123456789012ull, .n_threads = 7};
+                          .mem_available = 123456789012ull, .n_threads = 7,
+                          .speed_mbps = 23456};
     for (int i = 0; i < NET_NONCE_BYTES; i++)
         h.nonce[i] = (uint8_t)i;
     cr_assert_eq(net_hello_encode(&b, &h), 0);
@@ -122,6 +123,7 @@ Test(proto, hello_auth_error)
     cr_assert_eq(g.caps, NET_CAP_ZSTD | NET_CAP_CHAIN);
     cr_assert_eq(g.mem_available, 123456789012ull);
     cr_assert_eq(g.n_threads, 7);
+    cr_assert_eq(g.speed_mbps, 23456);
     cr_assert_arr_eq(g.nonce, h.nonce, NET_NONCE_BYTES);
     CHECK_PREFIXES(b, net_hello_decode(p, len, &g, &err));
     b.data[2] = 9; /* unknown role */
@@ -492,7 +494,7 @@ Test(conn, version_mismatch_refused_with_clear_error_on_both_sides)
     struct server_arg sa = {.conn = s, .key = NULL};
     pthread_t th;
     pthread_create(&th, NULL, server_thread, &sa);
-    /* A HELLO from a future major version: header and body both say 2.0. */
+    /* A HELLO from a future major version: header and body both say 2.x. */
     struct net_hello h = {.version_major = 2, .role = NET_ROLE_MASTER};
     struct net_buf b = {0};
     net_hello_encode(&b, &h);
@@ -503,7 +505,7 @@ Test(conn, version_mismatch_refused_with_clear_error_on_both_sides)
     cr_assert_eq(write(fd, b.data, b.len), (ssize_t)b.len);
     pthread_join(th, NULL);
     cr_assert_eq(sa.ret, -EPROTONOSUPPORT);
-    cr_assert(strstr(sa.err.msg, "protocol version 2.0"), "%s", sa.err.msg);
+    cr_assert(strstr(sa.err.msg, "protocol version 2."), "%s", sa.err.msg);
     /* The old peer is told, in a frame it can parse (ERROR layout is stable). */
     uint8_t rh[NET_FRAME_HEADER_SIZE];
     cr_assert_eq(read(fd, rh, sizeof(rh)), (ssize_t)sizeof(rh));

@@ -238,6 +238,28 @@ def group_golden(binary):
     finally:
         stop_all(m, w)
 
+    # layers = auto: each worker reports its memory and measured speed, the
+    # master splits the layers by them (daemon/layer_split.c, unit-tested with
+    # uneven speeds and memory) before pushing, and the split covers every
+    # layer once. Both workers share this machine, so here it is 1 and 1.
+    w1 = Worker(binary, key, "auto1")
+    w2 = Worker(binary, key, "auto2")
+    m = Master(binary, path, [(w1.addr, "auto"), (w2.addr, "auto")], key)
+    try:
+        st, r = m.complete(g["prompt_ids"], g["stable_prefix_len"])
+        check(st == 200 and r["choices"][0]["text"] == g["stable_completion_text"], "layers = auto: golden %s" % r)
+        s = m.status()
+        ws = sorted(s["workers"], key=lambda w: w["layer_first"]) if s else []
+        check(len(ws) == 2 and ws[0]["layer_first"] == 0 and ws[0]["layer_last"] == ws[1]["layer_first"]
+              and ws[1]["layer_last"] == 2, "layers = auto covers layers 0-1 once: %s" % ws)
+        for w in ws:
+            check(w.get("auto_layers") and w.get("mem_available", 0) > 0 and w.get("speed_mbps", 0) > 0,
+                  "an auto worker's report is in the status: %s" % w)
+        check(re.search(r"layers = auto: worker \S+ gets layers 0-0 \(.* GiB available, .* GB/s measured\)",
+                        m.logtext()), "the master logs the split and why")
+    finally:
+        stop_all(m, w1, w2)
+
 
 def group_concurrent(binary):
     key = key_file("conc.key")
