@@ -1002,31 +1002,17 @@ static int binop(struct render *r, const struct jnode *n, int op, struct jv a, s
         double fx = num_of(a), fy = num_of(b);
         switch (op) {
         case JOP_ADD:
-            if (ints) {
-                if (__builtin_add_overflow(x, y, &z))
-                    return rerr(r, n, "integer overflow");
-                *ret = jv_int(z);
-            } else {
-                *ret = jv_float(fx + fy);
-            }
-            return 0;
         case JOP_SUB:
-            if (ints) {
-                if (__builtin_sub_overflow(x, y, &z))
-                    return rerr(r, n, "integer overflow");
-                *ret = jv_int(z);
-            } else {
-                *ret = jv_float(fx - fy);
-            }
-            return 0;
         case JOP_MUL:
-            if (ints) {
-                if (__builtin_mul_overflow(x, y, &z))
-                    return rerr(r, n, "integer overflow");
-                *ret = jv_int(z);
-            } else {
-                *ret = jv_float(fx * fy);
+            if (!ints) {
+                *ret = jv_float(op == JOP_ADD ? fx + fy : op == JOP_SUB ? fx - fy : fx * fy);
+                return 0;
             }
+            if (op == JOP_ADD   ? __builtin_add_overflow(x, y, &z)
+                : op == JOP_SUB ? __builtin_sub_overflow(x, y, &z)
+                                : __builtin_mul_overflow(x, y, &z))
+                return rerr(r, n, "integer overflow");
+            *ret = jv_int(z);
             return 0;
         case JOP_DIV:
             if (fy == 0)

@@ -616,6 +616,19 @@ static int write_newline_indent(struct jbuf *b, int indent, int level)
     return rc;
 }
 
+/* What goes before item i of a list or dict at `depth`: the separator from
+ * the previous item (Python's json.dumps: ", " inline, "," when indenting)
+ * and, when indenting, the new line. */
+static int write_item_prefix(struct jbuf *b, size_t i, int indent, int depth)
+{
+    int rc = 0;
+    if (i)
+        rc = jbuf_put(b, indent >= 0 ? "," : ", ", indent >= 0 ? 1 : 2);
+    if (rc == 0 && indent >= 0)
+        rc = write_newline_indent(b, indent, depth + 1);
+    return rc;
+}
+
 static int write_json_depth(struct jbuf *b, struct jv v, int indent, int depth, const char **bad)
 {
     if (depth > JV_MAX_DEPTH)
@@ -641,10 +654,7 @@ static int write_json_depth(struct jbuf *b, struct jv v, int indent, int depth, 
             return jbuf_puts(b, "[]");
         rc = jbuf_putc(b, '[');
         for (size_t i = 0; i < v.l->n && rc == 0; i++) {
-            if (i)
-                rc = jbuf_put(b, indent >= 0 ? "," : ", ", indent >= 0 ? 1 : 2);
-            if (rc == 0 && indent >= 0)
-                rc = write_newline_indent(b, indent, depth + 1);
+            rc = write_item_prefix(b, i, indent, depth);
             if (rc == 0)
                 rc = write_json_depth(b, v.l->items[i], indent, depth + 1, bad);
         }
@@ -657,10 +667,7 @@ static int write_json_depth(struct jbuf *b, struct jv v, int indent, int depth, 
             return jbuf_puts(b, "{}");
         rc = jbuf_putc(b, '{');
         for (size_t i = 0; i < v.d->n && rc == 0; i++) {
-            if (i)
-                rc = jbuf_put(b, indent >= 0 ? "," : ", ", indent >= 0 ? 1 : 2);
-            if (rc == 0 && indent >= 0)
-                rc = write_newline_indent(b, indent, depth + 1);
+            rc = write_item_prefix(b, i, indent, depth);
             if (rc == 0)
                 rc = write_json_str(b, v.d->keys[i]);
             if (rc == 0)

@@ -38,6 +38,24 @@ bool quant_layout_supported(int bits, int group_size)
 }
 
 
+/* Code i of a row that starts at `row` (word-aligned): a little-endian bit
+ * stream, so a 3- or 6-bit code may take its high bits from the next word. */
+static inline uint32_t code_at(const uint8_t *row, int64_t i, int bits)
+{
+    uint64_t bit = (uint64_t)i * (uint64_t)bits;
+    uint64_t k = bit >> 5;
+    unsigned sh = (unsigned)(bit & 31);
+    uint32_t lo;
+    memcpy(&lo, row + k * 4, sizeof(lo));
+    uint64_t v = lo >> sh;
+    if (sh + (unsigned)bits > 32) {
+        uint32_t hi;
+        memcpy(&hi, row + (k + 1) * 4, sizeof(hi));
+        v |= (uint64_t)hi << (32 - sh);
+    }
+    return (uint32_t)v & ((1u << bits) - 1u);
+}
+
 void quant_dequant_row(const struct ifd_weight *w, int64_t row, float *out)
 {
     const uint8_t *r = (const uint8_t *)w->data + row * row_bytes_of(w);

@@ -30,24 +30,6 @@ static inline float qparam_at(enum ifd_dtype t, const void *base, int64_t i)
     }
 }
 
-/* Code i of a row that starts at `row` (word-aligned): a little-endian bit
- * stream, so a 3- or 6-bit code may take its high bits from the next word. */
-static inline uint32_t code_at(const uint8_t *row, int64_t i, int bits)
-{
-    uint64_t bit = (uint64_t)i * (uint64_t)bits;
-    uint64_t k = bit >> 5;
-    unsigned sh = (unsigned)(bit & 31);
-    uint32_t lo;
-    memcpy(&lo, row + k * 4, sizeof(lo));
-    uint64_t v = lo >> sh;
-    if (sh + (unsigned)bits > 32) {
-        uint32_t hi;
-        memcpy(&hi, row + (k + 1) * 4, sizeof(hi));
-        v |= (uint64_t)hi << (32 - sh);
-    }
-    return (uint32_t)v & ((1u << bits) - 1u);
-}
-
 /* Bytes of one packed row; cols is a multiple of 32, so a row ends on a word. */
 static inline int64_t row_bytes_of(const struct ifd_weight *w)
 {

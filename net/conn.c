@@ -534,6 +534,17 @@ static int check_peer_hello(struct net_conn *c, const struct net_key *key, const
     return 0;
 }
 
+/* Sends AUTH with this side's proof. */
+static int send_proof(struct net_conn *c, const uint8_t proof[NET_PROOF_BYTES], ifd_error *err)
+{
+    struct net_buf b = {0};
+    int r = net_auth_encode(&b, proof);
+    if (r >= 0)
+        r = net_conn_send(c, NET_MSG_AUTH, b.data, b.len, NET_HANDSHAKE_TIMEOUT_MS, err);
+    net_buf_finish(&b);
+    return r;
+}
+
 int net_conn_handshake_client(struct net_conn *c, const struct net_key *key, const struct net_hello *self,
                               struct net_hello *ret_peer, ifd_error *err)
 {
@@ -553,12 +564,7 @@ int net_conn_handshake_client(struct net_conn *c, const struct net_key *key, con
     if (key) {
         uint8_t proof[NET_PROOF_BYTES];
         net_auth_proof(key, 'C', mine.role, peer.role, mine.nonce, peer.nonce, proof);
-        struct net_buf b = {0};
-        r = net_auth_encode(&b, proof);
-        if (r >= 0)
-            r = net_conn_send(c, NET_MSG_AUTH, b.data, b.len, NET_HANDSHAKE_TIMEOUT_MS, err);
-        net_buf_finish(&b);
-        if (r < 0)
+        if ((r = send_proof(c, proof, err)) < 0)
             return r;
         if ((r = recv_expect(c, NET_MSG_AUTH, &p, &len, err)) < 0)
             return r;
@@ -604,12 +610,7 @@ int net_conn_handshake_server(struct net_conn *c, const struct net_key *key, con
         if (net_auth_verify(key, 'C', peer.role, mine.role, peer.nonce, mine.nonce, proof) < 0)
             return refuse(c, -EACCES, "authentication failed: wrong cluster key", err);
         net_auth_proof(key, 'S', peer.role, mine.role, peer.nonce, mine.nonce, proof);
-        struct net_buf b = {0};
-        r = net_auth_encode(&b, proof);
-        if (r >= 0)
-            r = net_conn_send(c, NET_MSG_AUTH, b.data, b.len, NET_HANDSHAKE_TIMEOUT_MS, err);
-        net_buf_finish(&b);
-        if (r < 0)
+        if ((r = send_proof(c, proof, err)) < 0)
             return r;
         net_session_derive(key, peer.role, mine.role, peer.nonce, mine.nonce, &c->rx, &c->tx);
         c->sealed = true;
