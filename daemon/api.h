@@ -5,7 +5,7 @@
  * param, code). Unknown fields are ignored, as OpenAI-compatible servers do.
  * Serialization builds the response JSON and the SSE chunks. This file knows
  * no tokenizer and no engine: the scheduler hands it text, token strings and
- * numbers, so it is unit-tested alone (tests/test_api.c). */
+ * numbers, so it is unit-tested alone (tests/daemon/test_api.c). */
 #pragma once
 
 #include <stdbool.h>
@@ -14,7 +14,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "sampler.h"
+#include "model/sampler.h"
 
 /* Limits on what a request may ask for. */
 #define API_MAX_STOP 4            /* as OpenAI */

@@ -3,7 +3,7 @@
 #include <errno.h>
 #include <stddef.h>
 
-#include "cpu_stage.h"
+#include "model/cpu_stage.h"
 #include "inferd-build-config.h"
 #include "log.h"
 #if INFERD_HAVE_VULKAN

@@ -4,9 +4,9 @@
 #pragma once
 
 #include "config.h"
-#include "error.h"
-#include "model.h"
-#include "stage.h"
+#include "base/error.h"
+#include "model/model.h"
+#include "model/stage.h"
 
 struct thread_pool;
 

@@ -24,9 +24,9 @@
 #include <stdbool.h>
 
 #include "config.h"
-#include "error.h"
-#include "model.h"
-#include "stage.h"
+#include "base/error.h"
+#include "model/model.h"
+#include "model/stage.h"
 
 struct cluster;
 struct thread_pool;

@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdio.h>
 
-#include "error.h"
+#include "base/error.h"
 
 #define INFERD_DEFAULT_CONFIG "/etc/inferd/inferd.conf"
 #define INFERD_DEFAULT_LISTEN "127.0.0.1:8080"

@@ -4,7 +4,7 @@
  *                           [--layers N] [--tokenizer-from DIR] OUT_DIR
  *
  * writes a random-weight checkpoint with the shapes of a real model (see
- * core/model_gen.h), for speed measurements. `quantize` is implemented in
+ * core/model/model_gen.h), for speed measurements. `quantize` is implemented in
  * ctl_quantize.c. */
 #include <errno.h>
 #include <getopt.h>
@@ -14,7 +14,7 @@
 #include <time.h>
 
 #include "ctl.h"
-#include "model_gen.h"
+#include "model/model_gen.h"
 
 static void generate_usage(FILE *f)
 {

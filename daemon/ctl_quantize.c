@@ -1,6 +1,6 @@
 /* ctl_quantize.c - `inferctl model quantize SRC DST [--bits 4|8] [--group-size 64]`:
  * writes an MLX-format affine-quantized copy of a float checkpoint
- * (core/quant_checkpoint.h), with a progress bar when stderr is a terminal. */
+ * (core/model/quant_checkpoint.h), with a progress bar when stderr is a terminal. */
 #include <getopt.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -10,8 +10,8 @@
 #include <unistd.h>
 
 #include "ctl.h"
-#include "quant.h"
-#include "quant_checkpoint.h"
+#include "model/quant.h"
+#include "model/quant_checkpoint.h"
 
 static void quantize_usage(FILE *f)
 {

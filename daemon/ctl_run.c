@@ -17,11 +17,11 @@
 #include <unistd.h>
 
 #include "ctl.h"
-#include "engine.h"
-#include "kernels.h"
-#include "model.h"
-#include "sampler.h"
-#include "tokenizer.h"
+#include "model/engine.h"
+#include "model/kernels.h"
+#include "model/model.h"
+#include "model/sampler.h"
+#include "text/tokenizer/tokenizer.h"
 
 /* Bounds on what the command line may ask for. */
 #define RUN_MAX_PROMPT 65536

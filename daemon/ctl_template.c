@@ -23,9 +23,9 @@
 
 #include <cjson/cJSON.h>
 
-#include "chat_template.h"
+#include "text/template/chat_template.h"
 #include "ctl.h"
-#include "tokenizer.h"
+#include "text/tokenizer/tokenizer.h"
 
 #define TEMPLATE_MAX_FILE (64u << 20) /* bytes of a conversation / config file or stdin line */
 

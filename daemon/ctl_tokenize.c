@@ -16,7 +16,7 @@
 #include <sys/stat.h>
 
 #include "ctl.h"
-#include "tokenizer.h"
+#include "text/tokenizer/tokenizer.h"
 
 #define CTL_TEXT_MAX ((size_t)256 << 20) /* --file and --jsonl line bytes */
 #define CTL_IDS_MAX ((size_t)1 << 24)    /* ids in one detokenize request */

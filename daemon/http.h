@@ -11,9 +11,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "chat_template.h"
-#include "error.h"
-#include "tokenizer.h"
+#include "text/template/chat_template.h"
+#include "base/error.h"
+#include "text/tokenizer/tokenizer.h"
 
 struct sched;
 struct metrics;

@@ -15,19 +15,19 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "chat_template.h"
+#include "text/template/chat_template.h"
 #include "cluster.h"
 #include "config.h"
-#include "engine.h"
+#include "model/engine.h"
 #include "http.h"
 #include "inferd-build-config.h"
 #include "log.h"
 #include "metrics.h"
-#include "model.h"
+#include "model/model.h"
 #include "scheduler.h"
 #include "sd.h"
-#include "thread_pool.h"
-#include "tokenizer.h"
+#include "base/thread_pool.h"
+#include "text/tokenizer/tokenizer.h"
 #include "backend.h"
 #include "worker.h"
 

@@ -15,8 +15,8 @@
 #include <time.h>
 
 #include "metrics.h"
-#include "model.h"
-#include "sampler.h"
+#include "model/model.h"
+#include "model/sampler.h"
 
 struct sched_req {
     struct sched *s;

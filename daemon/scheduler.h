@@ -15,9 +15,9 @@
 #include <stdint.h>
 
 #include "api.h"
-#include "engine.h"
-#include "error.h"
-#include "tokenizer.h"
+#include "model/engine.h"
+#include "base/error.h"
+#include "text/tokenizer/tokenizer.h"
 
 struct metrics;
 struct sched;

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dtype.h"
+#include "model/dtype.h"
 
 /* Bounce buffer for uploads: large enough that a layer's weight goes in a few copies. */
 #define VK_STAGING_BYTES (16u << 20)

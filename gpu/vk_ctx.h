@@ -8,8 +8,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "error.h"
-#include "model.h"
+#include "base/error.h"
+#include "model/model.h"
 #include "vk_device.h"
 #include "vk_memory.h"
 #include "vk_pipeline.h"

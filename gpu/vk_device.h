@@ -10,7 +10,7 @@
 #include <stdint.h>
 #include <vulkan/vulkan.h>
 
-#include "error.h"
+#include "base/error.h"
 
 #define VK_DEVICE_NAME_MAX 256
 

@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <vulkan/vulkan.h>
 
-#include "error.h"
+#include "base/error.h"
 #include "vk_device.h"
 
 enum vk_pool_kind {

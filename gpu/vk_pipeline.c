@@ -4,7 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
-#include "dtype.h"
+#include "model/dtype.h"
 #include "spv_attention.h"
 #include "spv_kv_store.h"
 #include "spv_matmul_bf16.h"

@@ -11,7 +11,7 @@
 #include <stdint.h>
 #include <vulkan/vulkan.h>
 
-#include "error.h"
+#include "base/error.h"
 #include "vk_device.h"
 
 #define VK_MAX_BINDINGS 6

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "dtype.h"
+#include "model/dtype.h"
 #include "vk_ctx.h"
 
 #define VK_STAGE_BATCH_DEFAULT 512

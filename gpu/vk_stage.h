@@ -11,9 +11,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "error.h"
-#include "model.h"
-#include "stage.h"
+#include "base/error.h"
+#include "model/model.h"
+#include "model/stage.h"
 #include "vk_device.h"
 
 struct vk_stage_opts {

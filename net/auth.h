@@ -28,7 +28,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "error.h"
+#include "base/error.h"
 
 #define NET_KEY_BYTES 32
 #define NET_NONCE_BYTES 32

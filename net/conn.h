@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 #include "auth.h"
-#include "error.h"
+#include "base/error.h"
 #include "proto.h"
 
 #define NET_DEFAULT_PORT 10128

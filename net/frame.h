@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "error.h"
+#include "base/error.h"
 
 #define NET_FRAME_MAGIC 0x31504649u  /* "IFP1" read as little-endian bytes 'I','F','P','1' */
 #define NET_PROTO_MAJOR 1

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dtype.h"
+#include "model/dtype.h"
 
 int net_buf_reserve(struct net_buf *b, size_t cap)
 {

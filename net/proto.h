@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 #include "auth.h"
-#include "error.h"
+#include "base/error.h"
 
 enum net_msg_type {
     NET_MSG_HELLO = 1,

@@ -20,8 +20,8 @@
 #include <stdint.h>
 
 #include "conn.h"
-#include "error.h"
-#include "stage.h"
+#include "base/error.h"
+#include "model/stage.h"
 
 enum remote_link_state {
     REMOTE_LINK_CONNECTING = 0, /* no connection yet, or retrying */

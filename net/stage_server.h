@@ -17,8 +17,8 @@
 
 #include "auth.h"
 #include "conn.h"
-#include "error.h"
-#include "stage.h"
+#include "base/error.h"
+#include "model/stage.h"
 
 #define STAGE_SERVER_MAX_CONNS 16
 #define STAGE_SERVER_MAX_TOKENS 8192 /* largest batch a worker accepts */

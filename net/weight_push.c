@@ -12,7 +12,7 @@
 #include <unistd.h>
 #include <zstd.h>
 
-#include "safetensors.h"
+#include "model/safetensors.h"
 
 #define WP_CHUNK (1u << 20) /* bytes per chunk sent; <= NET_CHUNK_MAX */
 _Static_assert(WP_CHUNK <= NET_CHUNK_MAX, "chunk within the protocol limit");

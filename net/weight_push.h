@@ -22,10 +22,10 @@
 #include <stdint.h>
 
 #include "conn.h"
-#include "error.h"
-#include "model.h"
+#include "base/error.h"
+#include "model/model.h"
 #include "proto.h"
-#include "safetensors.h"
+#include "model/safetensors.h"
 
 /* ---- master ---- */
 

@@ -15,10 +15,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "engine.h"
-#include "kernels.h"
-#include "model.h"
-#include "thread_pool.h"
+#include "model/engine.h"
+#include "model/kernels.h"
+#include "model/model.h"
+#include "base/thread_pool.h"
 
 static double now_s(void)
 {

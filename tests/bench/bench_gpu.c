@@ -16,11 +16,11 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "cpu_stage.h"
-#include "engine.h"
-#include "model.h"
-#include "model_gen.h"
-#include "thread_pool.h"
+#include "model/cpu_stage.h"
+#include "model/engine.h"
+#include "model/model.h"
+#include "model/model_gen.h"
+#include "base/thread_pool.h"
 #include "vk_device.h"
 #include "vk_stage.h"
 

@@ -15,8 +15,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "dtype.h"
-#include "quant.h"
+#include "model/dtype.h"
+#include "model/quant.h"
 
 static double now(void)
 {

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "chat_template.h"
+#include "text/template/chat_template.h"
 #include "fuzz.h"
 
 #define MAX_TEMPLATES 16

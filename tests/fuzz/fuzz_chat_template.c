@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "chat_template.h"
+#include "text/template/chat_template.h"
 #include "fuzz.h"
 
 static cJSON *context;

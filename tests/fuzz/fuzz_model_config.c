@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "fuzz.h"
-#include "model_config.h"
+#include "model/model_config.h"
 
 static void check_config(const struct model_config *c)
 {

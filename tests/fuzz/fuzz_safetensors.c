@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "fuzz.h"
-#include "safetensors.h"
+#include "model/safetensors.h"
 
 #define SUBSET_MAX_TENSORS 64
 #define SUBSET_MAX_BYTES (8u << 20)

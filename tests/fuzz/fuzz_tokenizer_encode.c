@@ -15,7 +15,7 @@
 #include <string.h>
 
 #include "fuzz.h"
-#include "tokenizer.h"
+#include "text/tokenizer/tokenizer.h"
 
 static const char *const tokenizer_dirs[2] = {"models/qwen3-tiny-random", "models/tinystories-656k"};
 static tokenizer *toks[2];

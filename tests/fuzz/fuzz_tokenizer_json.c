@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "fuzz.h"
-#include "tokenizer.h"
+#include "text/tokenizer/tokenizer.h"
 
 static const char *const texts[] = {
     "Hello world! It's 2024.",

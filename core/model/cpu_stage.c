@@ -1,0 +1,477 @@
+/* cpu_stage.c - layers [first, last) of a Llama/Qwen2/Qwen3 decoder on the CPU.
+ *
+ * Per layer, for a batch of T tokens (HF semantics, activations f32):
+ *   h = rmsnorm(x) * attn_norm
+ *   q, k, v = Wq h (+bq), Wk h (+bk), Wv h (+bv)
+ *   Qwen3: q, k = per-head rmsnorm(q) * q_norm, rmsnorm(k) * k_norm
+ *   q, k = rope(q, k) at each token's position (rotate-half pairs i, i + d/2)
+ *   k, v -> the cache of the token's sequence slot
+ *   a = softmax(q K^T / sqrt(d), causal over the slot) V      (GQA)
+ *   x += Wo a
+ *   h = rmsnorm(x) * mlp_norm
+ *   x += Wdown (silu(Wgate h) * Wup h)
+ * Every matrix product makes one pass over its weight for the whole batch. */
+#include "model/cpu_stage.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "model/kernels.h"
+#include "base/thread_pool.h"
+
+/* Attention work is cut into this many tasks per thread, each with its own
+ * score buffer (so no task shares scratch with another). */
+#define ATTN_TASKS_PER_THREAD 4
+
+/* The small per-layer vectors, widened to f32 once at create. */
+struct layer_vecs {
+    float *attn_norm;  /* [hidden] */
+    float *mlp_norm;   /* [hidden] */
+    float *bq;         /* [q_dim] or NULL */
+    float *bk, *bv;    /* [kv_dim] or NULL */
+    float *q_norm;     /* [head_dim] or NULL */
+    float *k_norm;     /* [head_dim] or NULL */
+};
+
+struct cpu_stage {
+    struct stage base;
+    const struct model *m;
+    struct thread_pool *pool;  /* borrowed */
+    int n_layers;              /* layer_last - layer_first */
+    int hidden, n_heads, n_kv_heads, head_dim, q_dim, kv_dim, ffn;
+    float eps;
+
+    /* [n_layers][n_seq_max][2]: K block [kv_dim][n_ctx] (transposed, so the
+     * scores of one query are a broadcast times contiguous keys), then V
+     * block [n_ctx][kv_dim] */
+    float *kv;
+    int *seq_len;              /* [n_seq_max] positions held in the cache */
+    double *inv_freq;          /* [head_dim / 2] RoPE frequencies, scaling applied */
+    struct layer_vecs *vecs;   /* [n_layers] */
+    float *vec_storage;        /* backing store of every vecs[] array */
+
+    /* scratch, sized for cap_tokens */
+    int cap_tokens;
+    float *xb;                 /* [T, hidden] normed input of attention / MLP */
+    float *q;                  /* [T, q_dim] */
+    float *k, *v;              /* [T, kv_dim] */
+    float *att;                /* [T, q_dim] attention output */
+    float *out;                /* [T, hidden] projection output before the residual add */
+    float *gate, *up;          /* [T, ffn] */
+    float *rope_cos, *rope_sin;/* [T, head_dim / 2] */
+    int n_attn_tasks;
+    float *scores;             /* [n_attn_tasks, n_ctx] */
+
+    struct stage_stats stats;
+    double *layer_ms;          /* [n_layers] */
+};
+
+static const struct stage_ops cpu_stage_ops;
+
+bool cpu_stage_is(const struct stage *s)
+{
+    return s && s->ops == &cpu_stage_ops;
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* Start of the K (kind 0) or V (kind 1) block of a layer and slot. */
+static inline float *kv_block(const struct cpu_stage *s, int layer, int seq, int kind)
+{
+    return s->kv + (((size_t)layer * (size_t)s->base.n_seq_max + (size_t)seq) * 2 + (size_t)kind) *
+                       (size_t)s->base.n_ctx * (size_t)s->kv_dim;
+}
+
+/* HF RoPE inverse frequencies, in double as the reference computes them, with
+ * the llama3 rescaling of _compute_llama3_parameters. */
+static void rope_init(struct cpu_stage *s, const struct model_config *c)
+{
+    int half = s->head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        double inv = 1.0 / pow((double)c->rope_theta, (double)(2 * i) / s->head_dim);
+        if (c->rope_scaling == MODEL_ROPE_LLAMA3) {
+            double factor = c->rope_factor, lo = c->rope_low_freq_factor, hi = c->rope_high_freq_factor;
+            double old = c->rope_original_max_pos;
+            double wavelen = 2 * M_PI / inv, lo_wl = old / lo, hi_wl = old / hi;
+            if (wavelen > lo_wl) {
+                inv = inv / factor;
+            } else if (wavelen >= hi_wl) {
+                double smooth = (old / wavelen - lo) / (hi - lo);
+                inv = (1 - smooth) * inv / factor + smooth * inv;
+            }
+        }
+        s->inv_freq[i] = inv;
+    }
+}
+
+static void scratch_free(struct cpu_stage *s)
+{
+    free(s->xb);
+    free(s->q);
+    free(s->k);
+    free(s->v);
+    free(s->att);
+    free(s->out);
+    free(s->gate);
+    free(s->up);
+    free(s->rope_cos);
+    free(s->rope_sin);
+    s->xb = s->q = s->k = s->v = s->att = s->out = s->gate = s->up = s->rope_cos = s->rope_sin = NULL;
+    s->cap_tokens = 0;
+}
+
+int cpu_stage_reserve(struct stage *base, int n_tokens, ifd_error *err)
+{
+    struct cpu_stage *s = (struct cpu_stage *)base;
+    if (n_tokens <= s->cap_tokens)
+        return 0;
+    scratch_free(s);
+    size_t T = (size_t)n_tokens;
+    s->xb = malloc(T * (size_t)s->hidden * sizeof(float));
+    s->q = malloc(T * (size_t)s->q_dim * sizeof(float));
+    s->k = malloc(T * (size_t)s->kv_dim * sizeof(float));
+    s->v = malloc(T * (size_t)s->kv_dim * sizeof(float));
+    s->att = malloc(T * (size_t)s->q_dim * sizeof(float));
+    s->out = malloc(T * (size_t)s->hidden * sizeof(float));
+    s->gate = malloc(T * (size_t)s->ffn * sizeof(float));
+    s->up = malloc(T * (size_t)s->ffn * sizeof(float));
+    s->rope_cos = malloc(T * (size_t)(s->head_dim / 2) * sizeof(float));
+    s->rope_sin = malloc(T * (size_t)(s->head_dim / 2) * sizeof(float));
+    if (!s->xb || !s->q || !s->k || !s->v || !s->att || !s->out || !s->gate || !s->up || !s->rope_cos ||
+        !s->rope_sin) {
+        scratch_free(s);
+        return ifd_error_set(err, -ENOMEM, "cpu stage: out of memory for a batch of %d tokens", n_tokens);
+    }
+    s->cap_tokens = n_tokens;
+    return 0;
+}
+
+/* ---- attention ------------------------------------------------------------- */
+
+struct attn_job {
+    struct cpu_stage *s;
+    const struct stage_batch *b;
+    int layer;        /* index within the stage */
+};
+
+static void attn_task(void *ctx, int task, int n_tasks)
+{
+    const struct attn_job *j = ctx;
+    struct cpu_stage *s = j->s;
+    const int hd = s->head_dim, group = s->n_heads / s->n_kv_heads;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *scores = s->scores + (size_t)task * (size_t)s->base.n_ctx;
+    int n_pairs = j->b->n_tokens * s->n_heads;
+
+    for (int pair = task; pair < n_pairs; pair += n_tasks) {
+        int t = pair / s->n_heads, h = pair % s->n_heads, g = h / group;
+        int seq = j->b->seq_ids[t], pos = j->b->positions[t];
+        const float *q = s->q + (size_t)t * s->q_dim + (size_t)h * hd;
+        const float *kt = kv_block(s, j->layer, seq, 0) + (size_t)g * hd * (size_t)s->base.n_ctx;
+        const float *vc = kv_block(s, j->layer, seq, 1) + (size_t)g * hd;
+        kern_attn_scores(scores, q, kt, s->base.n_ctx, hd, pos + 1, scale);
+        kern_softmax(scores, pos + 1);
+        kern_attn_values(s->att + (size_t)t * s->q_dim + (size_t)h * hd, scores, vc, s->kv_dim, hd, pos + 1);
+    }
+}
+
+/* ---- element-wise work over tokens, spread over the pool ------------------- */
+
+struct silu_job {
+    float *gate;
+    const float *up;
+    int n_tokens, ffn;
+};
+
+static void silu_task(void *ctx, int task, int n_tasks)
+{
+    const struct silu_job *j = ctx;
+    int t0 = (int)((int64_t)j->n_tokens * task / n_tasks), t1 = (int)((int64_t)j->n_tokens * (task + 1) / n_tasks);
+    if (t1 > t0)
+        kern_silu_mul(j->gate + (size_t)t0 * j->ffn, j->up + (size_t)t0 * j->ffn, (t1 - t0) * j->ffn);
+}
+
+static void add_bias(float *x, const float *bias, int n_tokens, int dim)
+{
+    if (!bias)
+        return;
+    for (int t = 0; t < n_tokens; t++)
+        for (int i = 0; i < dim; i++)
+            x[(size_t)t * dim + i] += bias[i];
+}
+
+static void head_norm(float *x, const float *w, int n_tokens, int n_heads, int hd, float eps)
+{
+    if (!w)
+        return;
+    for (int i = 0; i < n_tokens * n_heads; i++)
+        kern_rmsnorm(x + (size_t)i * hd, x + (size_t)i * hd, w, hd, eps);
+}
+
+static void rope_apply(const struct cpu_stage *s, float *x, int n_tokens, int n_heads)
+{
+    const int hd = s->head_dim, half = hd / 2;
+    for (int t = 0; t < n_tokens; t++) {
+        const float *cs = s->rope_cos + (size_t)t * half, *sn = s->rope_sin + (size_t)t * half;
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + ((size_t)t * n_heads + h) * hd;
+            for (int i = 0; i < half; i++) {
+                float x1 = v[i], x2 = v[i + half];
+                v[i] = x1 * cs[i] - x2 * sn[i];
+                v[i + half] = x2 * cs[i] + x1 * sn[i];
+            }
+        }
+    }
+}
+
+static void residual_add(float *x, const float *d, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] += d[i];
+}
+
+/* ---- forward ----------------------------------------------------------------- */
+
+static int check_batch(struct cpu_stage *s, const struct stage_batch *b, ifd_error *err)
+{
+    if (b->n_tokens <= 0)
+        return ifd_error_set(err, -EINVAL, "cpu stage: empty batch");
+    /* each sequence's tokens must continue its cache contiguously; track
+     * where each slot would be after the tokens seen so far */
+    for (int t = 0; t < b->n_tokens; t++) {
+        int seq = b->seq_ids[t], pos = b->positions[t];
+        if (seq < 0 || seq >= s->base.n_seq_max)
+            return ifd_error_set(err, -EINVAL, "cpu stage: token %d: sequence slot %d is not in [0, %d)", t, seq,
+                                 s->base.n_seq_max);
+        if (pos < 0 || pos >= s->base.n_ctx)
+            return ifd_error_set(err, -ERANGE, "cpu stage: token %d: position %d is outside the context of %d", t,
+                                 pos, s->base.n_ctx);
+    }
+    for (int t = 0; t < b->n_tokens; t++) {
+        int seq = b->seq_ids[t], pos = b->positions[t];
+        int prev = -1; /* previous position of this sequence in the batch */
+        for (int u = t - 1; u >= 0; u--)
+            if (b->seq_ids[u] == seq) {
+                prev = b->positions[u];
+                break;
+            }
+        if (prev >= 0 ? pos != prev + 1 : pos > s->seq_len[seq])
+            return ifd_error_set(err, -EINVAL,
+                                 "cpu stage: token %d: position %d of sequence %d does not follow %s %d", t, pos,
+                                 seq, prev >= 0 ? "its previous token at" : "the cached length", prev >= 0 ? prev : s->seq_len[seq]);
+    }
+    return 0;
+}
+
+static int cpu_forward(struct stage *base, const struct stage_batch *b, ifd_error *err)
+{
+    struct cpu_stage *s = (struct cpu_stage *)base;
+    int r = check_batch(s, b, err);
+    if (r < 0)
+        return r;
+    if ((r = cpu_stage_reserve(base, b->n_tokens, err)) < 0)
+        return r;
+    double t_start = now_ms();
+    const int T = b->n_tokens, H = s->hidden, half = s->head_dim / 2;
+    const struct model *m = s->m;
+
+    for (int t = 0; t < T; t++) {
+        for (int i = 0; i < half; i++) {
+            double a = (double)b->positions[t] * s->inv_freq[i];
+            s->rope_cos[(size_t)t * half + i] = (float)cos(a);
+            s->rope_sin[(size_t)t * half + i] = (float)sin(a);
+        }
+    }
+
+    for (int li = 0; li < s->n_layers; li++) {
+        double t_layer = now_ms();
+        const struct layer_weights *L = &m->layers[base->layer_first + li];
+        const struct layer_vecs *V = &s->vecs[li];
+
+        for (int t = 0; t < T; t++)
+            kern_rmsnorm(s->xb + (size_t)t * H, b->hidden + (size_t)t * H, V->attn_norm, H, s->eps);
+        const struct ifd_weight *qkv_w[3] = {&L->wq, &L->wk, &L->wv};
+        float *qkv_y[3] = {s->q, s->k, s->v};
+        kern_matmul_multi(s->pool, qkv_w, qkv_y, 3, s->xb, T);
+        add_bias(s->q, V->bq, T, s->q_dim);
+        add_bias(s->k, V->bk, T, s->kv_dim);
+        add_bias(s->v, V->bv, T, s->kv_dim);
+        head_norm(s->q, V->q_norm, T, s->n_heads, s->head_dim, s->eps);
+        head_norm(s->k, V->k_norm, T, s->n_kv_heads, s->head_dim, s->eps);
+        rope_apply(s, s->q, T, s->n_heads);
+        rope_apply(s, s->k, T, s->n_kv_heads);
+        for (int t = 0; t < T; t++) {
+            int seq = b->seq_ids[t], pos = b->positions[t];
+            float *kt = kv_block(s, li, seq, 0), *vc = kv_block(s, li, seq, 1);
+            const float *kr = s->k + (size_t)t * s->kv_dim;
+            for (int c = 0; c < s->kv_dim; c++)
+                kt[(size_t)c * (size_t)base->n_ctx + (size_t)pos] = kr[c];
+            memcpy(vc + (size_t)pos * (size_t)s->kv_dim, s->v + (size_t)t * s->kv_dim, sizeof(float) * (size_t)s->kv_dim);
+        }
+        struct attn_job aj = {.s = s, .b = b, .layer = li};
+        int n_pairs = T * s->n_heads;
+        thread_pool_run(s->pool, attn_task, &aj, n_pairs < s->n_attn_tasks ? n_pairs : s->n_attn_tasks);
+        kern_matmul(s->pool, &L->wo, s->att, T, s->out);
+        residual_add(b->hidden, s->out, (size_t)T * H);
+
+        for (int t = 0; t < T; t++)
+            kern_rmsnorm(s->xb + (size_t)t * H, b->hidden + (size_t)t * H, V->mlp_norm, H, s->eps);
+        const struct ifd_weight *gu_w[2] = {&L->w_gate, &L->w_up};
+        float *gu_y[2] = {s->gate, s->up};
+        kern_matmul_multi(s->pool, gu_w, gu_y, 2, s->xb, T);
+        struct silu_job sj = {.gate = s->gate, .up = s->up, .n_tokens = T, .ffn = s->ffn};
+        thread_pool_run(s->pool, silu_task, &sj, T < thread_pool_size(s->pool) ? T : thread_pool_size(s->pool));
+        kern_matmul(s->pool, &L->w_down, s->gate, T, s->out);
+        residual_add(b->hidden, s->out, (size_t)T * H);
+        s->layer_ms[li] += now_ms() - t_layer;
+    }
+
+    /* a sequence's tokens come in increasing order: its last one sets the length */
+    for (int t = 0; t < T; t++)
+        s->seq_len[b->seq_ids[t]] = b->positions[t] + 1;
+    s->stats.forward_calls++;
+    s->stats.tokens += (uint64_t)T;
+    s->stats.forward_ms += now_ms() - t_start;
+    return 0;
+}
+
+static int cpu_seq_truncate(struct stage *base, int seq_id, int n_keep, ifd_error *err)
+{
+    struct cpu_stage *s = (struct cpu_stage *)base;
+    if (seq_id < 0 || seq_id >= base->n_seq_max)
+        return ifd_error_set(err, -EINVAL, "cpu stage: sequence slot %d is not in [0, %d)", seq_id, base->n_seq_max);
+    if (n_keep < 0)
+        return ifd_error_set(err, -EINVAL, "cpu stage: cannot keep %d positions", n_keep);
+    if (n_keep < s->seq_len[seq_id])
+        s->seq_len[seq_id] = n_keep;
+    return 0;
+}
+
+static void cpu_get_stats(struct stage *base, struct stage_stats *ret)
+{
+    struct cpu_stage *s = (struct cpu_stage *)base;
+    if (!ret)
+        return;
+    *ret = s->stats;
+    ret->layer_ms = s->layer_ms;
+}
+
+static void cpu_destroy(struct stage *base)
+{
+    struct cpu_stage *s = (struct cpu_stage *)base;
+    if (!s)
+        return;
+    scratch_free(s);
+    free(s->kv);
+    free(s->seq_len);
+    free(s->inv_freq);
+    free(s->vecs);
+    free(s->vec_storage);
+    free(s->scores);
+    free(s->layer_ms);
+    free(s);
+}
+
+static const struct stage_ops cpu_stage_ops = {
+    .name = "cpu",
+    .forward = cpu_forward,
+    .seq_truncate = cpu_seq_truncate,
+    .get_stats = cpu_get_stats,
+    .destroy = cpu_destroy,
+};
+
+/* Widens a bound vector weight into *cursor, advancing it; NULL if unbound. */
+static float *widen_vec(const struct ifd_weight *w, float **cursor)
+{
+    if (!w->data)
+        return NULL;
+    float *out = *cursor;
+    kern_weight_row(w, 0, out);
+    *cursor += w->cols;
+    return out;
+}
+
+/* Largest KV cache we agree to allocate, as a guard against absurd
+ * n_seq_max * n_ctx products from a config file. */
+#define CPU_STAGE_MAX_KV_BYTES (64ull << 30)
+
+int cpu_stage_create(const struct model *m, int first, int last, int n_seq_max, int n_ctx, struct thread_pool *pool,
+                     struct stage **ret, ifd_error *err)
+{
+    const struct model_config *c = &m->cfg;
+    kern_init();
+    if (first < m->layer_first || last > m->layer_last || first >= last)
+        return ifd_error_set(err, -EINVAL, "cpu stage: layers [%d, %d) are not inside the bound range [%d, %d)",
+                             first, last, m->layer_first, m->layer_last);
+    if (n_seq_max <= 0 || n_ctx <= 0)
+        return ifd_error_set(err, -EINVAL, "cpu stage: need at least one sequence slot and one position (got %d, %d)",
+                             n_seq_max, n_ctx);
+    if (c->head_dim <= 0 || c->head_dim % 2 || c->n_kv_heads <= 0 || c->n_heads % c->n_kv_heads)
+        return ifd_error_set(err, -EINVAL, "cpu stage: head_dim %d / %d heads / %d kv heads is not a valid attention shape",
+                             c->head_dim, c->n_heads, c->n_kv_heads);
+    struct cpu_stage *s = calloc(1, sizeof(*s));
+    if (!s)
+        return ifd_error_set(err, -ENOMEM, "cpu stage: out of memory");
+    s->base = (struct stage){.ops = &cpu_stage_ops, .layer_first = first, .layer_last = last,
+                             .hidden_size = c->hidden_size, .n_seq_max = n_seq_max, .n_ctx = n_ctx};
+    s->m = m;
+    s->pool = pool;
+    s->n_layers = last - first;
+    s->hidden = c->hidden_size;
+    s->n_heads = c->n_heads;
+    s->n_kv_heads = c->n_kv_heads;
+    s->head_dim = c->head_dim;
+    s->q_dim = c->n_heads * c->head_dim;
+    s->kv_dim = c->n_kv_heads * c->head_dim;
+    s->ffn = c->intermediate_size;
+    s->eps = c->rms_norm_eps;
+
+    unsigned long long kv_bytes = (unsigned long long)s->n_layers * (unsigned long long)n_seq_max * 2ull *
+                                  (unsigned long long)n_ctx * (unsigned long long)s->kv_dim * sizeof(float);
+    if (kv_bytes > CPU_STAGE_MAX_KV_BYTES) {
+        cpu_destroy(&s->base);
+        return ifd_error_set(err, -E2BIG, "cpu stage: KV cache of %llu MiB (%d slots x %d positions) is over the %llu GiB limit",
+                             kv_bytes >> 20, n_seq_max, n_ctx, CPU_STAGE_MAX_KV_BYTES >> 30);
+    }
+    s->n_attn_tasks = thread_pool_size(pool) * ATTN_TASKS_PER_THREAD;
+    size_t n_vec = (size_t)s->n_layers * (2 * (size_t)s->hidden + (size_t)s->q_dim + 2 * (size_t)s->kv_dim +
+                                          2 * (size_t)s->head_dim);
+    s->kv = calloc(1, (size_t)kv_bytes); /* untouched pages cost nothing until used */
+    s->seq_len = calloc((size_t)n_seq_max, sizeof(int));
+    s->inv_freq = calloc((size_t)(s->head_dim / 2), sizeof(double));
+    s->vecs = calloc((size_t)s->n_layers, sizeof(*s->vecs));
+    s->vec_storage = calloc(n_vec, sizeof(float));
+    s->scores = calloc((size_t)s->n_attn_tasks * (size_t)n_ctx, sizeof(float));
+    s->layer_ms = calloc((size_t)s->n_layers, sizeof(double));
+    if (!s->kv || !s->seq_len || !s->inv_freq || !s->vecs || !s->vec_storage || !s->scores || !s->layer_ms) {
+        cpu_destroy(&s->base);
+        return ifd_error_set(err, -ENOMEM, "cpu stage: out of memory for a KV cache of %llu MiB", kv_bytes >> 20);
+    }
+    rope_init(s, c);
+    float *cur = s->vec_storage;
+    for (int li = 0; li < s->n_layers; li++) {
+        const struct layer_weights *L = &m->layers[first + li];
+        struct layer_vecs *V = &s->vecs[li];
+        if (!L->attn_norm.data || !L->wq.data || !L->w_down.data) {
+            cpu_destroy(&s->base);
+            return ifd_error_set(err, -EINVAL, "cpu stage: layer %d is not bound in this model", first + li);
+        }
+        V->attn_norm = widen_vec(&L->attn_norm, &cur);
+        V->mlp_norm = widen_vec(&L->mlp_norm, &cur);
+        V->bq = widen_vec(&L->bq, &cur);
+        V->bk = widen_vec(&L->bk, &cur);
+        V->bv = widen_vec(&L->bv, &cur);
+        V->q_norm = widen_vec(&L->q_norm, &cur);
+        V->k_norm = widen_vec(&L->k_norm, &cur);
+    }
+    *ret = &s->base;
+    return 0;
+}

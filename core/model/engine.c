@@ -1,0 +1,237 @@
+/* engine.c - embedding, the stages in order, final norm and head.
+ *
+ * Everything the per-batch path needs (hidden states, normed rows, logits) is
+ * allocated at create for cfg->n_batch_max tokens; engine_decode allocates
+ * nothing. */
+#include "model/engine.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/cpu_stage.h"
+#include "model/kernels.h"
+#include "base/thread_pool.h"
+
+struct engine {
+    const struct model *m;          /* borrowed */
+    struct stage **stages;          /* [n_stages], owned */
+    int n_stages;
+    struct engine_config cfg;
+    struct thread_pool *pool;
+    bool own_pool;
+    int n_logits_max;
+
+    float *hidden;                  /* [n_batch_max, hidden] */
+    float *normed;                  /* [n_logits_max, hidden] final-normed rows that want logits */
+    float *logits;                  /* [n_logits_max, vocab] */
+    float *final_norm;              /* [hidden] widened once */
+};
+
+static int engine_create_impl(const struct model *m, struct stage **stages, int n_stages,
+                              const struct engine_config *cfg, struct thread_pool *pool, bool own_pool,
+                              engine **ret, ifd_error *err)
+{
+    const struct model_config *c = &m->cfg;
+    kern_init();
+    if (!m->embed.data || !m->lm_head.data || !m->final_norm.data)
+        return ifd_error_set(err, -EINVAL, "engine: the model must bind the embedding, final norm and head");
+    if (cfg->n_batch_max <= 0 || cfg->n_seq_max <= 0 || cfg->n_ctx <= 0)
+        return ifd_error_set(err, -EINVAL, "engine: n_batch_max %d, n_seq_max %d and n_ctx %d must be positive",
+                             cfg->n_batch_max, cfg->n_seq_max, cfg->n_ctx);
+    if (n_stages <= 0)
+        return ifd_error_set(err, -EINVAL, "engine: no stages");
+    int expect = 0;
+    for (int i = 0; i < n_stages; i++) {
+        struct stage *s = stages[i];
+        if (s->layer_first != expect)
+            return ifd_error_set(err, -EINVAL, "engine: stage %d (%s) starts at layer %d, expected %d", i,
+                                 s->ops->name, s->layer_first, expect);
+        if (s->hidden_size != c->hidden_size || s->n_seq_max < cfg->n_seq_max || s->n_ctx < cfg->n_ctx)
+            return ifd_error_set(err, -EINVAL,
+                                 "engine: stage %d (%s) has hidden %d, %d slots, %d positions; need %d, %d, %d", i,
+                                 s->ops->name, s->hidden_size, s->n_seq_max, s->n_ctx, c->hidden_size,
+                                 cfg->n_seq_max, cfg->n_ctx);
+        expect = s->layer_last;
+    }
+    if (expect != c->n_layers)
+        return ifd_error_set(err, -EINVAL, "engine: stages end at layer %d, the model has %d", expect, c->n_layers);
+
+    engine *e = calloc(1, sizeof(*e));
+    if (!e)
+        return ifd_error_set(err, -ENOMEM, "engine: out of memory");
+    e->n_logits_max = cfg->n_logits_max > 0 ? cfg->n_logits_max : cfg->n_seq_max;
+    if (e->n_logits_max > cfg->n_batch_max)
+        e->n_logits_max = cfg->n_batch_max;
+    e->stages = calloc((size_t)n_stages, sizeof(*e->stages));
+    e->hidden = malloc((size_t)cfg->n_batch_max * (size_t)c->hidden_size * sizeof(float));
+    e->normed = malloc((size_t)e->n_logits_max * (size_t)c->hidden_size * sizeof(float));
+    e->logits = malloc((size_t)e->n_logits_max * (size_t)c->vocab_size * sizeof(float));
+    e->final_norm = malloc((size_t)c->hidden_size * sizeof(float));
+    /* until the end, e owns neither the stages nor the pool: engine_destroy
+     * frees just the buffers */
+    if (!e->stages || !e->hidden || !e->normed || !e->logits || !e->final_norm) {
+        engine_destroy(e);
+        return ifd_error_set(err, -ENOMEM, "engine: out of memory for a batch of %d tokens", cfg->n_batch_max);
+    }
+    for (int i = 0; i < n_stages; i++) {
+        if (cpu_stage_is(stages[i])) {
+            int r = cpu_stage_reserve(stages[i], cfg->n_batch_max, err);
+            if (r < 0) {
+                engine_destroy(e);
+                return r;
+            }
+        }
+    }
+    kern_weight_row(&m->final_norm, 0, e->final_norm);
+    memcpy(e->stages, stages, sizeof(*stages) * (size_t)n_stages);
+    e->n_stages = n_stages;
+    e->m = m;
+    e->cfg = *cfg;
+    e->pool = pool;
+    e->own_pool = own_pool;
+    *ret = e;
+    return 0;
+}
+
+int engine_create(const struct model *model, struct stage **stages, int n_stages, const struct engine_config *cfg,
+                  struct thread_pool *pool, engine **ret, ifd_error *err)
+{
+    bool own = false;
+    if (!pool) {
+        if (!(pool = thread_pool_create(cfg->n_threads)))
+            return ifd_error_set(err, -ENOMEM, "engine: cannot start %d threads", cfg->n_threads);
+        own = true;
+    }
+    int r = engine_create_impl(model, stages, n_stages, cfg, pool, own, ret, err);
+    if (r < 0 && own)
+        thread_pool_destroy(pool);
+    return r;
+}
+
+int engine_create_cpu(const struct model *model, const int *splits, int n_splits, const struct engine_config *cfg,
+                      engine **ret, ifd_error *err)
+{
+    int whole[2] = {0, model->cfg.n_layers};
+    if (!splits) {
+        splits = whole;
+        n_splits = 2;
+    }
+    if (n_splits < 2)
+        return ifd_error_set(err, -EINVAL, "engine: %d layer boundaries make no stage", n_splits);
+    struct thread_pool *pool = thread_pool_create(cfg->n_threads);
+    struct stage **stages = calloc((size_t)n_splits - 1, sizeof(*stages));
+    if (!pool || !stages) {
+        thread_pool_destroy(pool);
+        free(stages);
+        return ifd_error_set(err, -ENOMEM, "engine: out of memory");
+    }
+    int r = 0, n = 0;
+    for (; n < n_splits - 1; n++) {
+        r = cpu_stage_create(model, splits[n], splits[n + 1], cfg->n_seq_max, cfg->n_ctx, pool, &stages[n], err);
+        if (r < 0)
+            break;
+    }
+    if (r >= 0)
+        r = engine_create_impl(model, stages, n, cfg, pool, true, ret, err);
+    if (r < 0) {
+        for (int i = 0; i < n; i++)
+            stage_destroy(stages[i]);
+        thread_pool_destroy(pool);
+    }
+    free(stages);
+    return r;
+}
+
+void engine_destroy(engine *e)
+{
+    if (!e)
+        return;
+    for (int i = 0; i < e->n_stages; i++)
+        stage_destroy(e->stages[i]);
+    if (e->own_pool)
+        thread_pool_destroy(e->pool);
+    free(e->stages);
+    free(e->hidden);
+    free(e->normed);
+    free(e->logits);
+    free(e->final_norm);
+    free(e);
+}
+
+int engine_decode(engine *e, const struct engine_batch *b, ifd_error *err)
+{
+    const struct model_config *c = &e->m->cfg;
+    const int H = c->hidden_size;
+    if (b->n_tokens <= 0 || b->n_tokens > e->cfg.n_batch_max)
+        return ifd_error_set(err, -EINVAL, "engine: batch of %d tokens, the limit is %d", b->n_tokens,
+                             e->cfg.n_batch_max);
+    int n_wanted = 0;
+    for (int t = 0; t < b->n_tokens; t++) {
+        if (b->tokens[t] < 0 || b->tokens[t] >= c->vocab_size)
+            return ifd_error_set(err, -EINVAL, "engine: token %d: id %d is not in the vocabulary [0, %d)", t,
+                                 b->tokens[t], c->vocab_size);
+        if (b->seq_ids[t] < 0 || b->seq_ids[t] >= e->cfg.n_seq_max)
+            return ifd_error_set(err, -EINVAL, "engine: token %d: sequence %d is not in [0, %d)", t, b->seq_ids[t],
+                                 e->cfg.n_seq_max);
+        if (b->positions[t] < 0 || b->positions[t] >= e->cfg.n_ctx)
+            return ifd_error_set(err, -ERANGE, "engine: token %d: position %d is outside the context of %d", t,
+                                 b->positions[t], e->cfg.n_ctx);
+        n_wanted += b->want_logits && b->want_logits[t];
+    }
+    if (n_wanted > e->n_logits_max)
+        return ifd_error_set(err, -EINVAL, "engine: %d tokens want logits, the limit is %d", n_wanted,
+                             e->n_logits_max);
+
+    for (int t = 0; t < b->n_tokens; t++)
+        kern_weight_row(&e->m->embed, b->tokens[t], e->hidden + (size_t)t * H);
+
+    struct stage_batch sb = {.n_tokens = b->n_tokens, .seq_ids = b->seq_ids, .positions = b->positions,
+                             .hidden = e->hidden};
+    for (int i = 0; i < e->n_stages; i++) {
+        int r = stage_forward(e->stages[i], &sb, err);
+        if (r < 0) {
+            ifd_error_prefix(err, "stage %d (layers %d-%d)", i, e->stages[i]->layer_first,
+                             e->stages[i]->layer_last - 1);
+            return r;
+        }
+    }
+    if (n_wanted == 0)
+        return 0;
+    int j = 0;
+    for (int t = 0; t < b->n_tokens; t++)
+        if (b->want_logits[t])
+            kern_rmsnorm(e->normed + (size_t)j++ * H, e->hidden + (size_t)t * H, e->final_norm, H, c->rms_norm_eps);
+    kern_matmul(e->pool, &e->m->lm_head, e->normed, n_wanted, e->logits);
+    return 0;
+}
+
+const float *engine_logits(const engine *e)
+{
+    return e->logits;
+}
+
+int engine_seq_truncate(engine *e, int seq_id, int n_keep, ifd_error *err)
+{
+    for (int i = 0; i < e->n_stages; i++) {
+        int r = e->stages[i]->ops->seq_truncate(e->stages[i], seq_id, n_keep, err);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+const struct model *engine_model(const engine *e)
+{
+    return e->m;
+}
+
+int engine_stage_count(const engine *e)
+{
+    return e->n_stages;
+}
+
+struct stage *engine_stage(const engine *e, int i)
+{
+    return i >= 0 && i < e->n_stages ? e->stages[i] : NULL;
+}

@@ -1,0 +1,63 @@
+/* engine.h - embedding, an ordered list of stages, final norm and head.
+ *
+ * The engine owns the activations and the logits buffer; the stages own their
+ * KV caches. One call to engine_decode() runs one batch (prefill chunks of
+ * several sequences and single decode tokens mixed) through the whole network
+ * with one pass over the weights. Not thread-safe: one scheduler thread drives
+ * an engine. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "base/error.h"
+#include "model/model.h"
+#include "model/stage.h"
+
+struct engine_config {
+    int n_seq_max;     /* sequence slots */
+    int n_ctx;         /* positions per slot (context length) */
+    int n_batch_max;   /* most tokens in one engine_decode() call */
+    int n_threads;     /* CPU threads for embedding/head and cpu stages; 0 = all cores */
+    int n_logits_max;  /* most tokens with want_logits in one call; 0 = n_seq_max
+                        * (capped at n_batch_max). The logits buffer is
+                        * [n_logits_max, vocab]: 600 KiB a row for a 150k vocab. */
+};
+
+struct engine_batch {
+    int n_tokens;
+    const int32_t *tokens;     /* [n_tokens] */
+    const int32_t *seq_ids;    /* [n_tokens] */
+    const int32_t *positions;  /* [n_tokens] */
+    const bool *want_logits;   /* [n_tokens]: compute logits for this token */
+};
+
+typedef struct engine engine;
+struct thread_pool;
+
+/* Creates an engine over `model` (which must bind embedding and head) and the
+ * given stages, which must cover layers [0, n_layers) in order without gaps.
+ * Takes ownership of the stages (destroyed with the engine) but not of model.
+ * `pool` may be NULL (the engine creates its own of cfg->n_threads). */
+int engine_create(const struct model *model, struct stage **stages, int n_stages,
+                  const struct engine_config *cfg, struct thread_pool *pool,
+                  engine **ret, ifd_error *err);
+
+/* Convenience: one cpu stage per range in `splits` (layer boundaries, e.g.
+ * {0, 1, 2} makes stages [0,1) and [1,2)); splits NULL means one stage. */
+int engine_create_cpu(const struct model *model, const int *splits, int n_splits,
+                      const struct engine_config *cfg, engine **ret, ifd_error *err);
+
+void engine_destroy(engine *e); /* accepts NULL */
+
+/* Runs the batch. Logits of the tokens with want_logits set are written to
+ * engine_logits(e) in batch order, [n_wanted, vocab]. */
+int engine_decode(engine *e, const struct engine_batch *b, ifd_error *err);
+const float *engine_logits(const engine *e);
+
+/* Keeps the first n_keep positions of a sequence in every stage; 0 frees it. */
+int engine_seq_truncate(engine *e, int seq_id, int n_keep, ifd_error *err);
+
+const struct model *engine_model(const engine *e);
+int engine_stage_count(const engine *e);
+struct stage *engine_stage(const engine *e, int i);

@@ -1,0 +1,32 @@
+/* kernels-internal.h - the per-instruction-set kernel table behind kernels.h.
+ *
+ * kernels.c picks one table at kern_init() (AVX-512 > AVX2+FMA > scalar);
+ * kernels_avx512.c and kernels_avx2.c compile their functions for their
+ * instruction set with target attributes, so the rest of the build stays
+ * baseline x86-64 and runs anywhere. */
+#pragma once
+
+#include <stdint.h>
+
+#include "model/model.h"
+
+struct kern_isa {
+    const char *name;
+    /* y[t, r] = W[r, :] . x[t, :] for r in [row_begin, row_end), float dtypes
+     * only (F32, F16, BF16). x [n_tokens, cols], y [n_tokens, rows]. */
+    void (*matmul_rows)(const struct ifd_weight *w, const float *x, int n_tokens, float *y,
+                        int64_t row_begin, int64_t row_end);
+    /* sum_i a[i] * b[i] */
+    float (*dot)(const float *a, const float *b, int n);
+    /* y[i] += a * x[i] */
+    void (*axpy)(float *y, float a, const float *x, int n);
+};
+
+extern const struct kern_isa kern_isa_scalar;
+#if defined(__x86_64__)
+extern const struct kern_isa kern_isa_avx2;
+extern const struct kern_isa kern_isa_avx512;
+#endif
+
+/* Rows per task and tokens per L2 block, shared so every ISA splits alike. */
+#define KERN_TOKEN_BLOCK_BYTES (1024 * 1024)

@@ -1,0 +1,364 @@
+/* kernels.c - dispatch of the CPU kernels and their portable versions.
+ *
+ * kern_init() picks the best instruction set once; kern_matmul() splits the
+ * rows of a weight over the thread pool and hands each slice to that set's
+ * matmul_rows (float weights) or to quant_matmul_rows (MLX-quantized ones).
+ * The element-wise operations of the forward pass live here too: they are a
+ * small share of the time and plain C that the compiler vectorizes. */
+#include "model/kernels.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <string.h>
+
+#include "kernels-internal.h"
+#include "model/quant.h"
+#include "base/thread_pool.h"
+
+/* ---- portable fallback ------------------------------------------------- */
+
+static inline float scalar_w(const void *base, int64_t i, enum ifd_dtype dt)
+{
+    if (dt == IFD_DTYPE_F32)
+        return ((const float *)base)[i];
+    if (dt == IFD_DTYPE_F16)
+        return ifd_f16_to_f32(((const uint16_t *)base)[i]);
+    return ifd_bf16_to_f32(((const uint16_t *)base)[i]);
+}
+
+static void scalar_matmul_rows(const struct ifd_weight *w, const float *x, int n_tokens, float *y,
+                               int64_t row_begin, int64_t row_end)
+{
+    const int64_t cols = w->cols;
+    const size_t esz = ifd_dtype_size(w->dtype);
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const void *wr = (const uint8_t *)w->data + (size_t)r * (size_t)cols * esz;
+        for (int t = 0; t < n_tokens; t++) {
+            const float *xt = x + (size_t)t * (size_t)cols;
+            /* four partial sums: independent chains, and the same pairing
+             * idea as the SIMD versions */
+            float s[4] = {0, 0, 0, 0};
+            int64_t c = 0;
+            for (; c + 4 <= cols; c += 4)
+                for (int k = 0; k < 4; k++)
+                    s[k] += scalar_w(wr, c + k, w->dtype) * xt[c + k];
+            for (; c < cols; c++)
+                s[0] += scalar_w(wr, c, w->dtype) * xt[c];
+            y[(size_t)t * (size_t)w->rows + (size_t)r] = (s[0] + s[1]) + (s[2] + s[3]);
+        }
+    }
+}
+
+static float scalar_dot(const float *a, const float *b, int n)
+{
+    float s = 0;
+    for (int i = 0; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+static void scalar_axpy(float *y, float a, const float *x, int n)
+{
+    for (int i = 0; i < n; i++)
+        y[i] += a * x[i];
+}
+
+const struct kern_isa kern_isa_scalar = {
+    .name = "scalar",
+    .matmul_rows = scalar_matmul_rows,
+    .dot = scalar_dot,
+    .axpy = scalar_axpy,
+};
+
+/* ---- dispatch ------------------------------------------------------------ */
+
+/* The selected table: written once by kern_init() (or by kern_set_simd() in
+ * tests), read by every kernel call. */
+static const struct kern_isa *kern_isa = &kern_isa_scalar;
+
+static void kern_pick(void)
+{
+    ifd_dtype_init();
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        kern_isa = &kern_isa_avx512;
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c"))
+        kern_isa = &kern_isa_avx2;
+#endif
+}
+
+void kern_init(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, kern_pick);
+}
+
+const char *kern_simd_name(void)
+{
+    return kern_isa->name;
+}
+
+int kern_set_simd(const char *name)
+{
+    kern_init();
+    if (strcmp(name, "scalar") == 0) {
+        kern_isa = &kern_isa_scalar;
+        return 0;
+    }
+#if defined(__x86_64__)
+    if (strcmp(name, "avx2") == 0) {
+        if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+              __builtin_cpu_supports("f16c")))
+            return -ENOTSUP;
+        kern_isa = &kern_isa_avx2;
+        return 0;
+    }
+    if (strcmp(name, "avx512") == 0) {
+        if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")))
+            return -ENOTSUP;
+        kern_isa = &kern_isa_avx512;
+        return 0;
+    }
+#endif
+    return -EINVAL;
+}
+
+/* ---- matrix product -------------------------------------------------------- */
+
+/* Most weights one kern_matmul_multi() call takes. */
+#define MM_MAX_MULTI 4
+
+struct mm_job {
+    const struct ifd_weight *w[MM_MAX_MULTI];
+    float *y[MM_MAX_MULTI];      /* [n_tokens, w[i]->rows] */
+    int first_task[MM_MAX_MULTI + 1]; /* tasks of weight i: [first_task[i], first_task[i + 1]) */
+    int n;
+    const float *x;              /* [n_tokens, cols] */
+    int n_tokens;
+    int64_t rows_per_task;       /* multiple of 4 (16 with int8 activations), so tiles never straddle tasks */
+    const struct quant_act *act[MM_MAX_MULTI]; /* weight i's int8 activations, or NULL */
+};
+
+static void mm_task(void *ctx, int task, int n_tasks)
+{
+    const struct mm_job *j = ctx;
+    int i = 0;
+    while (task >= j->first_task[i + 1])
+        i++;
+    const struct ifd_weight *w = j->w[i];
+    int64_t r0 = (int64_t)(task - j->first_task[i]) * j->rows_per_task;
+    int64_t r1 = r0 + j->rows_per_task;
+    if (r1 > w->rows)
+        r1 = w->rows;
+    if (r0 >= r1)
+        return;
+    if (j->act[i] && quant_act_matmul_rows(w, j->act[i], j->y[i], r0, r1) == 0)
+        return;
+    if (w->bits)
+        quant_matmul_rows(w, j->x, j->n_tokens, j->y[i], r0, r1);
+    else
+        kern_isa->matmul_rows(w, j->x, j->n_tokens, j->y[i], r0, r1);
+}
+
+/* Below this many multiply-adds a product is not worth waking the pool. */
+#define MM_PARALLEL_MIN_MACS (64 * 1024)
+
+struct act_job {
+    struct quant_act *a;
+    const float *x;
+};
+
+static void act_task(void *ctx, int task, int n_tasks)
+{
+    const struct act_job *j = ctx;
+    /* Whole tiles per task: threads never share a tile's cache lines. */
+    int per = (j->a->n_tokens + n_tasks - 1) / n_tasks;
+    per = (per + QUANT_ACT_TILE - 1) / QUANT_ACT_TILE * QUANT_ACT_TILE;
+    int t0 = task * per, t1 = t0 + per < j->a->n_tokens ? t0 + per : j->a->n_tokens;
+    if (t0 < t1)
+        quant_act_prepare_tokens(j->a, j->x, t0, t1);
+}
+
+/* Quantizes x to int8 once for every weight of the job that takes the int8
+ * prefill path (weights of one layout share it). Returns how many of acts[]
+ * were filled; a weight whose allocation fails keeps the f32 path. */
+static int mm_prepare_acts(struct thread_pool *pool, struct mm_job *j, struct quant_act *acts)
+{
+    int n_acts = 0;
+    for (int i = 0; i < j->n; i++) {
+        if (!j->w[i]->bits || !quant_act_eligible(j->w[i], j->n_tokens))
+            continue;
+        for (int k = 0; k < n_acts && !j->act[i]; k++)
+            if (quant_act_matches(&acts[k], j->w[i]))
+                j->act[i] = &acts[k];
+        if (j->act[i] || quant_act_alloc(&acts[n_acts], j->w[i], j->n_tokens) != 0)
+            continue;
+        struct act_job aj = {.a = &acts[n_acts], .x = j->x};
+        int n_tasks = thread_pool_size(pool) < j->n_tokens ? thread_pool_size(pool) : j->n_tokens;
+        thread_pool_run(pool, act_task, &aj, n_tasks);
+        j->act[i] = &acts[n_acts++];
+    }
+    return n_acts;
+}
+
+void kern_matmul_multi(struct thread_pool *pool, const struct ifd_weight *const *ws, float *const *ys, int n,
+                       const float *x, int n_tokens)
+{
+    int n_threads = thread_pool_size(pool);
+    if (n_tokens <= 0)
+        return;
+    while (n > MM_MAX_MULTI) { /* more than the job holds: in groups */
+        kern_matmul_multi(pool, ws, ys, MM_MAX_MULTI, x, n_tokens);
+        ws += MM_MAX_MULTI;
+        ys += MM_MAX_MULTI;
+        n -= MM_MAX_MULTI;
+    }
+    struct mm_job j = {.n = n, .x = x, .n_tokens = n_tokens};
+    int64_t total_rows = 0;
+    double macs = 0;
+    for (int i = 0; i < n; i++) {
+        j.w[i] = ws[i];
+        j.y[i] = ys[i];
+        total_rows += ws[i]->rows;
+        macs += (double)ws[i]->rows * (double)ws[i]->cols * n_tokens;
+    }
+    struct quant_act acts[MM_MAX_MULTI];
+    const int n_acts = mm_prepare_acts(pool, &j, acts);
+    if (n_threads <= 1 || macs < MM_PARALLEL_MIN_MACS) {
+        int64_t max_rows = 1;
+        for (int i = 0; i < n; i++)
+            max_rows = ws[i]->rows > max_rows ? ws[i]->rows : max_rows;
+        j.rows_per_task = max_rows;
+        for (int i = 0; i <= n; i++)
+            j.first_task[i] = i;
+        for (int i = 0; i < n; i++)
+            mm_task(&j, i, n);
+    } else {
+        /* Several tasks per thread: dynamic scheduling evens out a core that
+         * is busy with something else. */
+        const int64_t target = (int64_t)n_threads * 8, align = n_acts ? 16 : 4;
+        int64_t per = (total_rows + target - 1) / target;
+        per = (per + align - 1) / align * align;
+        j.rows_per_task = per;
+        j.first_task[0] = 0;
+        for (int i = 0; i < n; i++)
+            j.first_task[i + 1] = j.first_task[i] + (int)((ws[i]->rows + per - 1) / per);
+        thread_pool_run(pool, mm_task, &j, j.first_task[n]);
+    }
+    for (int k = 0; k < n_acts; k++)
+        quant_act_free(&acts[k]);
+}
+
+void kern_matmul(struct thread_pool *pool, const struct ifd_weight *w, const float *x, int n_tokens, float *y)
+{
+    kern_matmul_multi(pool, &w, &y, 1, x, n_tokens);
+}
+
+void kern_weight_row(const struct ifd_weight *w, int64_t row, float *out)
+{
+    if (w->bits) {
+        quant_dequant_row(w, row, out);
+        return;
+    }
+    const int64_t cols = w->cols;
+    const size_t esz = ifd_dtype_size(w->dtype);
+    const void *src = (const uint8_t *)w->data + (size_t)row * (size_t)cols * esz;
+    switch (w->dtype) {
+    case IFD_DTYPE_F32:
+        memcpy(out, src, (size_t)cols * sizeof(float));
+        break;
+    case IFD_DTYPE_F16:
+        for (int64_t c = 0; c < cols; c++)
+            out[c] = ifd_f16_to_f32(((const uint16_t *)src)[c]);
+        break;
+    default:
+        for (int64_t c = 0; c < cols; c++)
+            out[c] = ifd_bf16_to_f32(((const uint16_t *)src)[c]);
+        break;
+    }
+}
+
+/* ---- element-wise ---------------------------------------------------------- */
+
+float kern_dot(const float *a, const float *b, int n)
+{
+    return kern_isa->dot(a, b, n);
+}
+
+void kern_axpy(float *y, float a, const float *x, int n)
+{
+    kern_isa->axpy(y, a, x, n);
+}
+
+void kern_rmsnorm(float *out, const float *x, const float *weight, int n, float eps)
+{
+    /* mean of squares accumulated in double: one reduction per row, and it
+     * keeps long rows (hidden 4096+) as exact as the reference's f32 sum */
+    double ss = 0;
+    for (int i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
+    float inv = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int i = 0; i < n; i++)
+        out[i] = x[i] * inv * weight[i];
+}
+
+void kern_silu_mul(float *gate, const float *up, int n)
+{
+    for (int i = 0; i < n; i++) {
+        float g = gate[i];
+        gate[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+/* The attention loops are plain C written for the vectorizer; target_clones
+ * builds them for AVX-512, AVX2+FMA and the baseline and picks one at load. */
+#define KERN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+
+KERN_CLONES
+void kern_attn_scores(float *restrict out, const float *restrict q, const float *restrict kt, int64_t stride,
+                      int hd, int n, float scale)
+{
+    for (int p = 0; p < n; p++)
+        out[p] = 0;
+    /* one broadcast q[d] times a contiguous run of keys: no reductions */
+    for (int d = 0; d < hd; d++) {
+        const float qd = q[d], *restrict row = kt + (size_t)d * (size_t)stride;
+        for (int p = 0; p < n; p++)
+            out[p] += qd * row[p];
+    }
+    for (int p = 0; p < n; p++)
+        out[p] *= scale;
+}
+
+KERN_CLONES
+void kern_attn_values(float *restrict out, const float *restrict w, const float *restrict v, int64_t stride,
+                      int hd, int n)
+{
+    for (int d = 0; d < hd; d++)
+        out[d] = 0;
+    for (int p = 0; p < n; p++) {
+        const float wp = w[p], *restrict row = v + (size_t)p * (size_t)stride;
+        for (int d = 0; d < hd; d++)
+            out[d] += wp * row[d];
+    }
+}
+
+void kern_softmax(float *x, int n)
+{
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++)
+        mx = x[i] > mx ? x[i] : mx;
+    float sum = 0;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - mx);
+        sum += x[i];
+    }
+    float inv = 1.0f / sum;
+    for (int i = 0; i < n; i++)
+        x[i] *= inv;
+}

@@ -1,0 +1,105 @@
+/* quant.h - MLX affine quantization: packing, quantizing, and the fused
+ * dequantize-and-multiply kernels. Packed weights are never expanded: every
+ * product dequantizes in registers.
+ *
+ * Format: a weight [rows, cols] with `bits` per value is stored as U32 words
+ * [rows, cols * bits / 32], values packed low bits first (a value may straddle
+ * two words for bits 3 and 6); scales and biases [rows, cols / group_size];
+ * w = scale * q + bias. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "base/error.h"
+#include "model/model.h"
+
+#define QUANT_DEFAULT_GROUP_SIZE 64
+#define QUANT_MAX_GROUP_SIZE 1024
+
+/* True if bits/group_size are a layout the kernels handle: bits 2, 3, 4, 6
+ * or 8, group_size a multiple of 32 up to QUANT_MAX_GROUP_SIZE. */
+bool quant_layout_supported(int bits, int group_size);
+
+/* y[t, r] for r in [row_begin, row_end): the slice of kern_matmul's work for a
+ * quantized weight (w->bits != 0). x is [n_tokens, cols], y is [n_tokens, rows]. */
+void quant_matmul_rows(const struct ifd_weight *w, const float *x, int n_tokens, float *y,
+                       int64_t row_begin, int64_t row_end);
+
+/* Which implementation of quant_matmul_rows to run (tests compare them). */
+enum quant_isa {
+    QUANT_ISA_AUTO = 0,  /* the best the CPU has (what quant_matmul_rows uses) */
+    QUANT_ISA_SCALAR,    /* portable scalar bit-stream path: every layout */
+    QUANT_ISA_AVX2,
+    QUANT_ISA_AVX512,
+};
+
+/* quant_matmul_rows through a chosen implementation. Layouts the vector
+ * kernels do not cover (bits 3 and 6, bits 2 with group size 32) always take
+ * the scalar path. Returns 0, or -ENOTSUP if this CPU lacks the ISA. */
+int quant_matmul_rows_isa(enum quant_isa isa, const struct ifd_weight *w, const float *x,
+                          int n_tokens, float *y, int64_t row_begin, int64_t row_end);
+
+/* Dequantizes one row to f32 [cols] (embedding lookup). */
+void quant_dequant_row(const struct ifd_weight *w, int64_t row, float *out);
+
+/* Quantizes one f32 row [cols] like MLX's affine_quantize, writing packed words
+ * [cols * bits / 32] and per-group scales/biases (as f32; the caller narrows). */
+void quant_quantize_row(const float *row, int64_t cols, int bits, int group_size,
+                        uint32_t *ret_words, float *ret_scales, float *ret_biases);
+
+/* Quantizes a float weight (F32/F16/BF16) into newly allocated packed storage
+ * (quantize on load); group_size 0 means QUANT_DEFAULT_GROUP_SIZE. Scales and
+ * biases keep the source dtype, as MLX does. *ret describes it; every buffer lives in one allocation
+ * returned in *ret_owned, which the caller frees with free(). */
+int quant_weight_quantize(const struct ifd_weight *src, int bits, int group_size,
+                          struct ifd_weight *ret, void **ret_owned, ifd_error *err);
+
+/* ---- prefill with int8 activations (core/model/quant_int8.c) ---------------------
+ * For a batch of tokens, a 4- or 8-bit weight is multiplied with activations
+ * held as two int8 codes per value (VPDPBUSD, AVX-512 VNNI): per block of 32
+ * or 64 columns x ~= d * (hi + lo / 254), d = max|x| / 127, a rounding within
+ * max|x| / 64516, 15 bits where a single int8 code has 8 (which measurably
+ * changed the goldens' tokens). Twice the arithmetic of the f32 path; the
+ * golden tests bound the effect on logits. The activations are quantized
+ * once per product, then shared by every thread's slice of rows. */
+#define QUANT_ACT_LO_SCALE 254.0f
+/* Tokens interleaved together, the kernel's tile. */
+#define QUANT_ACT_TILE 8
+struct quant_act {
+    int bits, group_size, block; /* the weight layout they were prepared for */
+    int n_tokens;
+    int64_t cols;
+    /* Tokens in tiles of QUANT_ACT_TILE (the last one zero-padded). For each
+     * tile and each 4 columns (in the kernel's column order), the tile's int32
+     * words of 4 int8 codes, then those of the remainders:
+     * x ~= scale * (hi + lo / QUANT_ACT_LO_SCALE) per column. */
+    int32_t *words;   /* [tiles, cols / 4, 2, QUANT_ACT_TILE] */
+    float *scale;     /* [tiles, cols / block, QUANT_ACT_TILE] */
+    float *group_sum; /* [tiles, cols / group_size, QUANT_ACT_TILE]: exact sums of x */
+};
+
+/* True when the int8 path takes w for n_tokens: bits 4 or 8, a CPU with
+ * AVX-512 VNNI, and at least quant_act_set_min_tokens() tokens. */
+bool quant_act_eligible(const struct ifd_weight *w, int n_tokens);
+
+/* True when a was prepared for w's layout and width. */
+bool quant_act_matches(const struct quant_act *a, const struct ifd_weight *w);
+
+/* Allocates a for n_tokens rows of w's width; 0 or -ENOMEM. */
+int quant_act_alloc(struct quant_act *a, const struct ifd_weight *w, int n_tokens);
+
+/* Quantizes rows [t0, t1) of x [n_tokens, cols] into a (threads may fill
+ * disjoint ranges). */
+void quant_act_prepare_tokens(struct quant_act *a, const float *x, int t0, int t1);
+
+/* y[t, r] for r in [row_begin, row_end), every token of a: the int8 version
+ * of quant_matmul_rows. Returns 0, or -ENOMEM (the caller falls back). */
+int quant_act_matmul_rows(const struct ifd_weight *w, const struct quant_act *a, float *y,
+                          int64_t row_begin, int64_t row_end);
+
+void quant_act_free(struct quant_act *a);
+
+/* Fewest tokens that take the int8 path (default 16); tests set 1 to run the
+ * goldens through it. n <= 0 restores the default. */
+void quant_act_set_min_tokens(int n);

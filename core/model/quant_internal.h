@@ -1,0 +1,37 @@
+/* quant_internal.h - helpers shared by the quantized-product sources of core/
+ * (quant.c and quant_int8.c); not part of any interface. */
+#pragma once
+
+#include <stdint.h>
+#include <string.h>
+
+#include "model/dtype.h"
+#include "model/model.h"
+
+/* Scale or bias i of a quantized weight, whatever its stored dtype. */
+static inline float qparam_at(enum ifd_dtype t, const void *base, int64_t i)
+{
+    switch (t) {
+    case IFD_DTYPE_F16: {
+        uint16_t h;
+        memcpy(&h, (const uint16_t *)base + i, sizeof(h));
+        return ifd_f16_to_f32(h);
+    }
+    case IFD_DTYPE_BF16: {
+        uint16_t h;
+        memcpy(&h, (const uint16_t *)base + i, sizeof(h));
+        return ifd_bf16_to_f32(h);
+    }
+    default: {
+        float f;
+        memcpy(&f, (const float *)base + i, sizeof(f));
+        return f;
+    }
+    }
+}
+
+/* Bytes of one packed row; cols is a multiple of 32, so a row ends on a word. */
+static inline int64_t row_bytes_of(const struct ifd_weight *w)
+{
+    return w->cols * w->bits / 8;
+}

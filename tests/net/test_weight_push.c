@@ -1,0 +1,248 @@
+/* test_weight_push - pushing a layer range's tensors to a worker cache:
+ * the full push, a second push that sends nothing, a resumed push after a
+ * partial transfer, and malformed chunks refused without touching the cache. */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#include "conn.h"
+#include "model/model.h"
+#include "proto.h"
+#include "model/safetensors.h"
+#include "weight_push.h"
+
+static struct model *load_tiny(void)
+{
+    const char *sh = getenv("INFERD_SHARED");
+    cr_assert_not_null(sh, "INFERD_SHARED is not set: run through meson test");
+    char *dir;
+    cr_assert_geq(asprintf(&dir, "%s/models/tinystories-656k-bf16-sharded", sh), 0);
+    struct model_load_opts o = model_load_opts_default();
+    struct model *m;
+    ifd_error err;
+    cr_assert_eq(model_load(dir, &o, &m, &err), 0, "%s", err.msg);
+    free(dir);
+    return m;
+}
+
+/* The worker's side of the setup exchange, on a connection: what
+ * daemon/worker.c does, minus building a stage (the image is opened and its
+ * tensors counted instead). */
+struct fake_worker {
+    struct net_conn *c;
+    struct wp_cache *cache;
+    int ret;
+    ifd_error err;
+    size_t image_tensors;
+};
+
+static void *fake_worker_main(void *p)
+{
+    struct fake_worker *w = p;
+    struct net_assign a = {0};
+    struct net_buf b = {0};
+    int r;
+    for (;;) {
+        uint16_t type;
+        const uint8_t *pl;
+        size_t len;
+        if ((r = net_conn_recv(w->c, &type, &pl, &len, 5000, &w->err)) < 0)
+            break;
+        if (type == NET_MSG_ASSIGN) {
+            net_assign_finish(&a);
+            if ((r = net_assign_decode(pl, len, &a, &w->err)) < 0)
+                break;
+            uint64_t have[256];
+            cr_assert_leq(a.n_tensors, 256);
+            wp_cache_have(w->cache, &a, have);
+            net_have_encode(&b, have, a.n_tensors);
+            r = net_conn_send(w->c, NET_MSG_HAVE, b.data, b.len, 5000, &w->err);
+        } else if (type == NET_MSG_TENSOR_CHUNK) {
+            struct net_chunk ch;
+            r = net_chunk_decode(pl, len, &ch, &w->err);
+            if (r >= 0)
+                r = wp_cache_put_chunk(w->cache, &a, &ch, &w->err);
+        } else if (type == NET_MSG_LOAD) {
+            void *img;
+            size_t n = 0;
+            st_model *st;
+            r = wp_cache_build_image(w->cache, &a, &img, &n, &w->err);
+            if (r >= 0 && (r = st_open_memory(img, n, "pushed", &st, &w->err)) >= 0) {
+                w->image_tensors = st_count(st);
+                st_close(st);
+            }
+            if (r >= 0)
+                free(img);
+            struct net_ready rd = {.weight_bytes = n};
+            net_ready_encode(&b, &rd);
+            r = net_conn_send(w->c, NET_MSG_READY, b.data, b.len, 5000, &w->err);
+            break;
+        }
+        if (r < 0)
+            break;
+    }
+    w->ret = r;
+    net_assign_finish(&a);
+    net_buf_finish(&b);
+    return NULL;
+}
+
+static int push_once(const struct model *m, const struct wp_manifest *mf, const char *cache_dir,
+                     struct wp_push_stats *st, size_t *image_tensors)
+{
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    struct fake_worker w = {0};
+    struct net_conn *mc;
+    ifd_error err;
+    cr_assert_eq(net_conn_create(sv[0], "master", &mc, &err), 0);
+    cr_assert_eq(net_conn_create(sv[1], "worker", &w.c, &err), 0);
+    cr_assert_eq(wp_cache_open(cache_dir, &w.cache, &err), 0, "%s", err.msg);
+    pthread_t th;
+    pthread_create(&th, NULL, fake_worker_main, &w);
+    const char *cfg = "{}";
+    struct wp_push_params pp = {.model_name = "tiny", .config_json = cfg, .config_len = 2,
+                                .n_layers = m->cfg.n_layers, .n_seq_max = 1, .n_ctx = 16, .timeout_ms = 5000};
+    int r = wp_push(mc, mf, &pp, st, &err);
+    pthread_join(th, NULL);
+    cr_assert_eq(r, 0, "push: %s / worker: %s", err.msg, w.err.msg);
+    cr_assert_geq(w.ret, 0, "worker: %s", w.err.msg);
+    *image_tensors = w.image_tensors;
+    wp_cache_close(w.cache);
+    net_conn_destroy(mc);
+    net_conn_destroy(w.c);
+    return r;
+}
+
+/* The first file of the cache whose name contains ext (malloc'd path). */
+static char *find_cache_file(const char *dir, const char *ext)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return NULL;
+    struct dirent *e;
+    char path[512] = "";
+    while ((e = readdir(d)))
+        if (strstr(e->d_name, ext) && !path[0])
+            snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+    closedir(d);
+    return path[0] ? strdup(path) : NULL;
+}
+
+Test(weight_push, full_then_cached_then_resumed)
+{
+    struct model *m = load_tiny();
+    struct wp_manifest *mf;
+    ifd_error err;
+    cr_assert_eq(wp_manifest_create(m, 1, 2, &mf, &err), 0, "%s", err.msg);
+    cr_assert_gt(wp_manifest_count(mf), 0);
+    char dir[] = "/tmp/inferd-wp-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char cache[64];
+    snprintf(cache, sizeof(cache), "%s/cache", dir);
+
+    struct wp_push_stats st;
+    size_t n_img;
+    push_once(m, mf, cache, &st, &n_img);
+    cr_assert_eq(st.tensors_sent, wp_manifest_count(mf));
+    cr_assert_eq(st.tensors_cached, 0);
+    cr_assert_eq(st.bytes_raw, wp_manifest_bytes(mf));
+    cr_assert_eq(n_img, wp_manifest_count(mf), "the worker's image holds exactly its tensors");
+
+    /* Again: the worker holds everything, nothing is sent. */
+    push_once(m, mf, cache, &st, &n_img);
+    cr_assert_eq(st.tensors_sent, 0);
+    cr_assert_eq(st.tensors_cached, wp_manifest_count(mf));
+    cr_assert_eq(st.bytes_raw, 0);
+    cr_assert_eq(n_img, wp_manifest_count(mf));
+
+    /* A transfer cut in the middle of a tensor: half of it as .part. */
+    char *bin = find_cache_file(cache, ".bin");
+    cr_assert_not_null(bin, "no cached tensor in %s", cache);
+    struct stat sb;
+    cr_assert_eq(stat(bin, &sb), 0);
+    cr_assert_gt(sb.st_size, 2);
+    char *part = NULL;
+    int plen = asprintf(&part, "%.*s.part", (int)(strstr(bin, ".bin") - bin), bin);
+    cr_assert_geq(plen, 0);
+    cr_assert_eq(rename(bin, part), 0);
+    cr_assert_eq(truncate(part, sb.st_size / 2), 0);
+    push_once(m, mf, cache, &st, &n_img);
+    cr_assert_eq(st.tensors_sent, 1);
+    cr_assert_eq(st.tensors_cached, wp_manifest_count(mf) - 1);
+    cr_assert_eq(st.bytes_raw, (uint64_t)(sb.st_size - sb.st_size / 2), "resumed from the .part's size");
+    cr_assert_eq(stat(bin, &sb), 0, "completed tensor renamed to .bin");
+
+    /* A cached file corrupted on disk: LOAD fails and the file is dropped,
+     * so the next push sends it again. */
+    FILE *f = fopen(bin, "r+b");
+    fputc(0x5a, f);
+    fclose(f);
+    struct wp_cache *c;
+    cr_assert_eq(wp_cache_open(cache, &c, &err), 0);
+    free(bin);
+    free(part);
+    wp_cache_close(c);
+    push_once(m, mf, cache, &st, &n_img); /* HAVE still says held: the size is right */
+    /* ... but the image build caught it: */
+    cr_assert_eq(n_img, 0, "corrupt cache file must not produce an image");
+    push_once(m, mf, cache, &st, &n_img);
+    cr_assert_eq(st.tensors_sent, 1, "the corrupt tensor is sent again");
+    cr_assert_eq(n_img, wp_manifest_count(mf));
+
+    wp_manifest_destroy(mf);
+    model_destroy(m);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+Test(weight_push, malformed_chunks_refused)
+{
+    char dir[] = "/tmp/inferd-wp-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    struct wp_cache *c;
+    ifd_error err;
+    cr_assert_eq(wp_cache_open(dir, &c, &err), 0, "%s", err.msg);
+    struct net_tensor_desc t = {.nbytes = 64, .dtype = 0, .n_dims = 1, .shape = {16}, .name = "x"};
+    memset(t.hash, 7, 32);
+    struct net_assign a = {.n_tensors = 1, .tensors = &t};
+    uint8_t data[64] = {1, 2, 3};
+    struct net_chunk ch = {.index = 1, .offset = 0, .raw_len = 8, .data_len = 8, .data = data};
+    cr_assert_lt(wp_cache_put_chunk(c, &a, &ch, &err), 0); /* index out of range */
+    ch.index = 0;
+    ch.offset = 60;
+    cr_assert_lt(wp_cache_put_chunk(c, &a, &ch, &err), 0); /* past the end */
+    cr_assert(strstr(err.msg, "outside tensor"), "%s", err.msg);
+    ch.offset = 8;
+    cr_assert_lt(wp_cache_put_chunk(c, &a, &ch, &err), 0); /* gap: worker holds 0 bytes */
+    /* zstd frame whose content size disagrees with raw_len. */
+    uint8_t z[128];
+    size_t zn = ZSTD_compress(z, sizeof(z), data, 16, 1);
+    ch = (struct net_chunk){.index = 0, .flags = NET_CHUNK_F_ZSTD, .offset = 0, .raw_len = 8,
+                            .data_len = (uint32_t)zn, .data = z};
+    cr_assert_lt(wp_cache_put_chunk(c, &a, &ch, &err), 0);
+    /* Garbage as zstd. */
+    ch.data = data;
+    ch.data_len = 20;
+    cr_assert_lt(wp_cache_put_chunk(c, &a, &ch, &err), 0);
+    /* The whole tensor, but its hash is not the announced one: refused, dropped. */
+    ch = (struct net_chunk){.index = 0, .offset = 0, .raw_len = 64, .data_len = 64, .data = data};
+    cr_assert_eq(wp_cache_put_chunk(c, &a, &ch, &err), -EBADMSG);
+    cr_assert(strstr(err.msg, "does not match its hash"), "%s", err.msg);
+    uint64_t have;
+    wp_cache_have(c, &a, &have);
+    cr_assert_eq(have, 0, "nothing of a refused tensor is kept");
+    wp_cache_close(c);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    cr_assert_eq(system(cmd), 0);
+}
