@@ -13,7 +13,7 @@
 #include "backend.h"
 #include "layer_split.h"
 #include "log.h"
-#include "netlog.h"
+#include "log.h"
 #include "remote_stage.h"
 #include "sd.h"
 #include "weight_push.h"

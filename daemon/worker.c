@@ -17,7 +17,7 @@
 #include "log.h"
 #include "model/model.h"
 #include "model/model_config.h"
-#include "netlog.h"
+#include "log.h"
 #include "proto.h"
 #include "model/safetensors.h"
 #include "sd.h"
@@ -290,7 +290,7 @@ static uint32_t measure_speed_mbps(struct thread_pool *pool)
 int worker_role_main(const struct inferd_config *cfg)
 {
     ifd_error err = {{0}};
-    net_log_level_set(cfg->log_level);
+    log_level_set(cfg->log_level);
     const char *listen_addr = cfg->worker_listen ? cfg->worker_listen : "0.0.0.0:10128";
     struct net_key key, *keyp = NULL;
     if (cfg->cluster_key_file) {

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "netlog.h"
+#include "log.h"
 
 struct remote_link {
     char name[64];
@@ -138,7 +138,7 @@ void remote_link_attach(struct remote_link *l, struct net_conn *c)
 static void fail_locked(struct remote_link *l, const char *why)
 {
     if (remote_link_state(l) == REMOTE_LINK_READY)
-        net_log(NET_LOG_ERR, "worker %s (%s, layers %d-%d) is down: %s", l->name, l->addr, l->first,
+        log_err("worker %s (%s, layers %d-%d) is down: %s", l->name, l->addr, l->first,
                 l->last - 1, why);
     close_conn_locked(l);
     __atomic_store_n(&l->state, REMOTE_LINK_DOWN, __ATOMIC_RELEASE);

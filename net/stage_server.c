@@ -11,7 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "netlog.h"
+#include "log.h"
 #include "proto.h"
 
 #define MAX_PEERS 8
@@ -189,7 +189,7 @@ static int send_to_master(struct stage_server *s, uint16_t type, const void *p, 
 static void report_error(struct stage_server *s, struct net_conn *from, int from_role, int code, uint64_t req_id,
                          const char *msg)
 {
-    net_log(NET_LOG_WARNING, "request %llu from %s failed: %s", (unsigned long long)req_id, net_conn_peer(from), msg);
+    log_warn("request %llu from %s failed: %s", (unsigned long long)req_id, net_conn_peer(from), msg);
     struct net_buf b = {0};
     if (net_error_encode(&b, code, req_id, msg) >= 0) {
         if (from_role == NET_ROLE_MASTER)
@@ -391,7 +391,7 @@ static int handle_forward(struct stage_server *s, struct net_conn *c, int role, 
                 : send_to_master(s, NET_MSG_RESULT, s->out.data, s->out.len, &serr);
     pthread_mutex_unlock(&s->stage_lock);
     if (r < 0)
-        net_log(NET_LOG_WARNING, "request %llu: cannot return the result: %s", (unsigned long long)f.req_id,
+        log_warn("request %llu: cannot return the result: %s", (unsigned long long)f.req_id,
                 serr.msg);
     return 0;
 
@@ -455,15 +455,15 @@ static void serve_conn(struct stage_server *s, struct conn_slot *slot)
                              .speed_mbps = s->opts.speed_mbps}, peer;
     ifd_error err;
     if (net_conn_handshake_server(c, s->opts.key, &self, &peer, &err) < 0) {
-        net_log(NET_LOG_WARNING, "refused connection: %s", err.msg);
+        log_warn("refused connection: %s", err.msg);
         return;
     }
     if (peer.role != NET_ROLE_MASTER && peer.role != NET_ROLE_PEER) {
-        net_log(NET_LOG_WARNING, "refused connection from %s: role %u", net_conn_peer(c), peer.role);
+        log_warn("refused connection from %s: role %u", net_conn_peer(c), peer.role);
         return;
     }
     slot->role = peer.role;
-    net_log(NET_LOG_INFO, "%s %s connected", peer.role == NET_ROLE_MASTER ? "master" : "previous worker",
+    log_info("%s %s connected", peer.role == NET_ROLE_MASTER ? "master" : "previous worker",
             net_conn_peer(c));
     if (peer.role == NET_ROLE_MASTER) {
         /* One master at a time: a second one would replace the stage under
@@ -479,7 +479,7 @@ static void serve_conn(struct stage_server *s, struct conn_slot *slot)
             s->master = c;
         pthread_mutex_unlock(&s->master_lock);
         if (busy) {
-            net_log(NET_LOG_WARNING, "refused master %s: %s", net_conn_peer(c), why);
+            log_warn("refused master %s: %s", net_conn_peer(c), why);
             net_conn_send_error(c, -EBUSY, 0, why);
             return;
         }
@@ -491,9 +491,9 @@ static void serve_conn(struct stage_server *s, struct conn_slot *slot)
         int r = net_conn_recv(c, &type, &p, &len, -1, &err);
         if (r < 0) {
             if (r == -ECONNRESET && strstr(err.msg, "peer closed"))
-                net_log(NET_LOG_INFO, "%s disconnected", net_conn_peer(c));
+                log_info("%s disconnected", net_conn_peer(c));
             else if (!s->stopping)
-                net_log(NET_LOG_ERR, "closing connection: %s", err.msg);
+                log_err("closing connection: %s", err.msg);
             break;
         }
         switch (type) {
@@ -516,7 +516,7 @@ static void serve_conn(struct stage_server *s, struct conn_slot *slot)
         case NET_MSG_ERROR: {
             struct net_error_msg em;
             if (net_error_decode(p, len, &em, &err) >= 0)
-                net_log(NET_LOG_WARNING, "%s reports: %.*s", net_conn_peer(c), (int)em.msg_len, em.msg);
+                log_warn("%s reports: %.*s", net_conn_peer(c), (int)em.msg_len, em.msg);
             r = 0;
             break;
         }
@@ -533,7 +533,7 @@ static void serve_conn(struct stage_server *s, struct conn_slot *slot)
             r = ifd_error_set(&err, -EPROTO, "unexpected message %s (type %u)", net_msg_name(type), type);
         }
         if (r < 0) {
-            net_log(NET_LOG_ERR, "closing connection from %s: %s", net_conn_peer(c), err.msg);
+            log_err("closing connection from %s: %s", net_conn_peer(c), err.msg);
             net_conn_send_error(c, r, 0, err.msg);
             break;
         }
@@ -574,7 +574,7 @@ int stage_server_run(struct stage_server *s, int listen_fd)
         if (fd < 0) {
             if (errno == EINTR || errno == EAGAIN || errno == ECONNABORTED)
                 continue;
-            net_log(NET_LOG_ERR, "accept: %s", strerror(errno));
+            log_err("accept: %s", strerror(errno));
             if (errno == EMFILE || errno == ENFILE) {
                 poll(NULL, 0, 100);
                 continue;
@@ -594,7 +594,7 @@ int stage_server_run(struct stage_server *s, int listen_fd)
                 slot = &s->slots[i];
         if (!slot || s->stopping) {
             pthread_mutex_unlock(&s->conns_lock);
-            net_log(NET_LOG_WARNING, "refused connection from %s: %d connections already open", net_conn_peer(c),
+            log_warn("refused connection from %s: %d connections already open", net_conn_peer(c),
                     STAGE_SERVER_MAX_CONNS);
             net_conn_destroy(c);
             continue;
@@ -612,7 +612,7 @@ int stage_server_run(struct stage_server *s, int listen_fd)
             s->n_conns--;
             pthread_mutex_unlock(&s->conns_lock);
             net_conn_destroy(c);
-            net_log(NET_LOG_ERR, "cannot start a connection thread: %s", strerror(r));
+            log_err("cannot start a connection thread: %s", strerror(r));
             continue;
         }
         pthread_mutex_unlock(&s->conns_lock);

@@ -1,8 +1,13 @@
-/* log.h - daemon logging to stderr with <N> syslog-level prefixes.
+/* log.h - the one logger of net/ and daemon/: stderr lines with <N>
+ * syslog-level prefixes.
  *
  * journald reads the "<N>" prefix of each line as the priority, so levels
  * survive when inferd runs under systemd; on a terminal they stay readable.
- * The current level is the one global besides configuration (STYLE.md). */
+ * It lives in net/, the lowest layer that logs (core/ never does), so the
+ * level the daemon sets applies to the protocol code too. Messages often
+ * carry peer-supplied text: every control byte is escaped, so no peer can
+ * start a forged line. The level is the one global besides configuration
+ * (STYLE.md). */
 #pragma once
 
 #include <stdarg.h>
@@ -17,7 +22,6 @@ enum log_level {
 
 /* Messages above this level are dropped. Default LOG_LEVEL_INFO. */
 void log_level_set(int level);
-int log_level_get(void);
 
 /* "err", "warning", "notice", "info", "debug" (also "error", "warn") or a
  * digit 0-7. Returns the level or -EINVAL. */
@@ -25,7 +29,8 @@ int log_level_parse(const char *name);
 const char *log_level_name(int level);
 
 /* One line "<N>message\n" written with a single write() so concurrent lines
- * never interleave. */
+ * never interleave. Control bytes of the message (newlines included) are
+ * written as \xNN; a message longer than a line's buffer is cut. */
 void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void log_msgv(int level, const char *fmt, va_list ap);
 

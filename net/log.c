@@ -20,11 +20,6 @@ void log_level_set(int level)
     atomic_store(&log_current_level, level);
 }
 
-int log_level_get(void)
-{
-    return atomic_load(&log_current_level);
-}
-
 static const struct {
     const char *name;
     int level;
@@ -58,19 +53,27 @@ void log_msgv(int level, const char *fmt, va_list ap)
     if (level > atomic_load(&log_current_level))
         return;
     /* Lines are short; a longer one is cut rather than allocated for. */
-    char line[2048];
-    int n = snprintf(line, sizeof(line), "<%d>", level);
-    int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+    char text[2048];
+    int m = vsnprintf(text, sizeof(text), fmt, ap);
     if (m < 0)
         return;
-    size_t len = (size_t)n + (size_t)m;
-    if (len > sizeof(line) - 2)
-        len = sizeof(line) - 2;
-    /* Keep one record per line: a newline inside a message would start a
-     * line without a priority prefix. */
-    for (size_t i = (size_t)n; i < len; i++)
-        if (line[i] == '\n' || line[i] == '\r')
-            line[i] = ' ';
+    size_t text_len = (size_t)m < sizeof(text) ? (size_t)m : sizeof(text) - 1;
+
+    /* Escaped, a byte takes at most 4; the prefix and newline fit in 8. */
+    char line[8 + 4 * sizeof(text)];
+    size_t len = (size_t)snprintf(line, sizeof(line), "<%d>", level);
+    for (size_t i = 0; i < text_len; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (c < 0x20 || c == 0x7f) {
+            static const char hex[] = "0123456789abcdef";
+            line[len++] = '\\';
+            line[len++] = 'x';
+            line[len++] = hex[c >> 4];
+            line[len++] = hex[c & 15];
+        } else {
+            line[len++] = (char)c;
+        }
+    }
     line[len++] = '\n';
     ssize_t w = write(STDERR_FILENO, line, len);
     (void)w;
