@@ -11,6 +11,8 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "base/utf8.h"
+
 void api_error_set(struct api_error *e, int status, const char *type, const char *param, const char *code,
                    const char *fmt, ...)
 {
@@ -54,37 +56,11 @@ char *api_error_json(const struct api_error *e)
 
 bool api_utf8_valid(const char *str, size_t len, size_t *ret_bad_offset)
 {
-    const unsigned char *s = (const unsigned char *)str;
-    size_t i = 0;
-    while (i < len) {
-        unsigned c = s[i];
-        size_t n;
-        uint32_t cp, min;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xe0) == 0xc0) {
-            n = 1; cp = c & 0x1f; min = 0x80;
-        } else if ((c & 0xf0) == 0xe0) {
-            n = 2; cp = c & 0x0f; min = 0x800;
-        } else if ((c & 0xf8) == 0xf0) {
-            n = 3; cp = c & 0x07; min = 0x10000;
-        } else {
-            goto bad;
-        }
-        for (size_t k = 1; k <= n; k++) {
-            if (i + k >= len || (s[i + k] & 0xc0) != 0x80)
-                goto bad;
-            cp = (cp << 6) | (s[i + k] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            goto bad;
-        i += n + 1;
-    }
-    return true;
-bad:
+    size_t bad = utf8_check(str, len);
+    if (bad == len)
+        return true;
     if (ret_bad_offset)
-        *ret_bad_offset = i;
+        *ret_bad_offset = bad;
     return false;
 }
 
@@ -648,29 +624,13 @@ static cJSON *usage_json(const struct api_usage *u)
 }
 
 /* A string for JSON: cJSON needs NUL-terminated text, and a single byte
- * token may be half a UTF-8 character, which JSON cannot carry: such bytes
- * are replaced by U+FFFD in "token" (the exact bytes go in "bytes"). */
+ * token may be half a UTF-8 character, which JSON cannot carry: each such
+ * run is replaced by U+FFFD in "token" (the exact bytes go in "bytes"). */
 static char *json_safe_text(const char *s, size_t len)
 {
     char *out = malloc(len * 3 + 1);
-    if (!out)
-        return NULL;
-    size_t o = 0, i = 0;
-    while (i < len) {
-        size_t bad;
-        if (api_utf8_valid(s + i, len - i, &bad)) {
-            memcpy(out + o, s + i, len - i);
-            o += len - i;
-            break;
-        }
-        memcpy(out + o, s + i, bad);
-        o += bad;
-        i += bad;
-        memcpy(out + o, "\xef\xbf\xbd", 3);
-        o += 3;
-        i++;
-    }
-    out[o] = '\0';
+    if (out)
+        utf8_copy_lossy(out, s, len);
     return out;
 }
 

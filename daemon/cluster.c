@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "auth.h"
+#include "base/file.h"
 #include "conn.h"
 #include "backend.h"
 #include "layer_split.h"
@@ -62,26 +63,6 @@ struct cluster {
     pthread_cond_t cond;
     bool stopping;
 };
-
-static char *read_small_file(const char *path, size_t *ret_len, ifd_error *err)
-{
-    FILE *f = fopen(path, "re");
-    if (!f) {
-        ifd_error_set(err, -errno, "Failed to open '%s': %s", path, strerror(errno));
-        return NULL;
-    }
-    char *buf = malloc(NET_MAX_CONFIG + 1);
-    size_t n = buf ? fread(buf, 1, NET_MAX_CONFIG + 1, f) : 0;
-    fclose(f);
-    if (!buf || n > NET_MAX_CONFIG) {
-        free(buf);
-        ifd_error_set(err, -EFBIG, "'%s': larger than %u bytes", path, NET_MAX_CONFIG);
-        return NULL;
-    }
-    buf[n] = '\0';
-    *ret_len = n;
-    return buf;
-}
 
 static int cmp_member(const void *a, const void *b)
 {
@@ -341,11 +322,14 @@ int cluster_create(const struct inferd_config *cfg, const struct model *m, const
     c->star = topo && strcmp(topo, "star") == 0;
     int r = 0;
     char *cpath = NULL;
-    if (asprintf(&cpath, "%s/config.json", model_dir) < 0 ||
-        !(c->config_json = read_small_file(cpath, &c->config_len, err))) {
+    if (asprintf(&cpath, "%s/config.json", model_dir) < 0) {
+        cluster_destroy(c);
+        return ifd_error_set(err, -ENOMEM, "out of memory");
+    }
+    if ((r = file_read(cpath, NET_MAX_CONFIG, 0, &c->config_json, &c->config_len, err)) < 0) {
         free(cpath);
         cluster_destroy(c);
-        return -EINVAL;
+        return r;
     }
     free(cpath);
     const char *base = strrchr(model_dir, '/');

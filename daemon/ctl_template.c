@@ -24,6 +24,7 @@
 #include <cjson/cJSON.h>
 
 #include "text/template/chat_template.h"
+#include "base/file.h"
 #include "ctl.h"
 #include "text/tokenizer/tokenizer.h"
 
@@ -52,31 +53,15 @@ static void template_usage(FILE *f)
             "  --jsonl   one conversation per line on stdin, one result per line\n");
 }
 
-/* Reads a whole file (NUL-terminated); NULL with errno set on failure. */
+/* Reads a whole file (NUL-terminated); NULL after saying why on stderr. */
 static char *read_file(const char *path, size_t *ret_len)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    struct stat st;
-    if (fstat(fileno(f), &st) < 0 || st.st_size < 0 || (unsigned long long)st.st_size > TEMPLATE_MAX_FILE) {
-        fclose(f);
-        errno = EFBIG;
+    char *buf;
+    ifd_error err;
+    if (file_read(path, TEMPLATE_MAX_FILE, 0, &buf, ret_len, &err) < 0) {
+        fprintf(stderr, "inferctl template: %s\n", err.msg);
         return NULL;
     }
-    size_t n = (size_t)st.st_size;
-    char *buf = malloc(n + 1);
-    if (buf && fread(buf, 1, n, f) != n) {
-        free(buf);
-        buf = NULL;
-        errno = EIO;
-    }
-    fclose(f);
-    if (!buf)
-        return NULL;
-    buf[n] = '\0';
-    if (ret_len)
-        *ret_len = n;
     return buf;
 }
 
@@ -132,7 +117,8 @@ static int template_source(const char *dir, const cJSON *cfg, char **ret_src, co
         char *path = dir_file(dir, "chat_template.jinja");
         char *src = path ? read_file(path, NULL) : NULL;
         if (!src) {
-            fprintf(stderr, "inferctl template: cannot read '%s': %s\n", path ? path : dir, strerror(errno));
+            if (!path)
+                fprintf(stderr, "inferctl template: out of memory\n");
             free(path);
             return -EIO;
         }
@@ -172,7 +158,8 @@ static int tmpl_ctx_load(struct tmpl_ctx *c, const char *dir)
         char *path = dir_file(dir, "tokenizer_config.json");
         char *text = path ? read_file(path, NULL) : NULL;
         if (!text) {
-            fprintf(stderr, "inferctl template: cannot read '%s': %s\n", path ? path : dir, strerror(errno));
+            if (!path)
+                fprintf(stderr, "inferctl template: out of memory\n");
             free(path);
             return -EIO;
         }
@@ -336,7 +323,6 @@ int ctl_template_main(int argc, char **argv)
         size_t len = 0;
         char *text = read_file(conv_path, &len);
         if (!text) {
-            fprintf(stderr, "inferctl template: cannot read '%s': %s\n", conv_path, strerror(errno));
             tmpl_ctx_finish(&c);
             return 1;
         }

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "base/file.h"
 #include "ctl.h"
 #include "text/tokenizer/tokenizer.h"
 
@@ -71,30 +72,11 @@ static void print_encoding(const tokenizer *t, const struct tok_ids *v)
 
 static int read_file_bytes(const char *path, char **ret, size_t *ret_len)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "inferctl tokenize: Failed to open '%s': %s\n", path, strerror(errno));
-        return -errno;
-    }
-    struct stat st;
-    if (fstat(fileno(f), &st) < 0 || (size_t)st.st_size > CTL_TEXT_MAX) {
-        fprintf(stderr, "inferctl tokenize: '%s' is over the %zu byte limit\n", path, CTL_TEXT_MAX);
-        fclose(f);
-        return -EFBIG;
-    }
-    char *buf = malloc((size_t)st.st_size + 1);
-    size_t n = buf ? fread(buf, 1, (size_t)st.st_size, f) : 0;
-    int bad = !buf || ferror(f);
-    fclose(f);
-    if (bad) {
-        fprintf(stderr, "inferctl tokenize: Failed to read '%s'\n", path);
-        free(buf);
-        return -EIO;
-    }
-    buf[n] = '\0';
-    *ret = buf;
-    *ret_len = n;
-    return 0;
+    ifd_error err;
+    int r = file_read(path, CTL_TEXT_MAX, 0, ret, ret_len, &err);
+    if (r < 0)
+        fprintf(stderr, "inferctl tokenize: %s\n", err.msg);
+    return r;
 }
 
 /* Reads stdin line by line, calling fn on each non-empty line; returns the

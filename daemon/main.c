@@ -26,12 +26,15 @@
 #include "model/model.h"
 #include "scheduler.h"
 #include "sd.h"
+#include "base/file.h"
 #include "base/thread_pool.h"
 #include "text/tokenizer/tokenizer.h"
 #include "backend.h"
 #include "worker.h"
 
 #define CONTEXT_CAP_DEFAULT 4096
+/* [model] chat_template file: far above any real template. */
+#define CHAT_TEMPLATE_FILE_MAX (16u << 20)
 
 /* Everything the loaded model brings; built by the loader thread. */
 struct loaded {
@@ -58,44 +61,6 @@ struct loader {
     _Atomic int state;   /* 0 running, 1 done, -1 failed */
     ifd_error err;
 };
-
-static char *read_file(const char *path, size_t *ret_len, ifd_error *err)
-{
-    FILE *f = fopen(path, "re");
-    if (!f) {
-        ifd_error_set(err, -errno, "Failed to open '%s': %s", path, strerror(errno));
-        return NULL;
-    }
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len + 4096 + 1 > cap) {
-            cap = cap ? cap * 2 : 8192;
-            if (cap > (16u << 20)) {
-                ifd_error_set(err, -EFBIG, "'%s': larger than 16 MiB", path);
-                free(buf);
-                fclose(f);
-                return NULL;
-            }
-            char *nb = realloc(buf, cap);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                ifd_error_set(err, -ENOMEM, "out of memory");
-                return NULL;
-            }
-            buf = nb;
-        }
-        size_t n = fread(buf + len, 1, cap - len - 1, f);
-        len += n;
-        if (n == 0)
-            break;
-    }
-    fclose(f);
-    buf[len] = '\0';
-    *ret_len = len;
-    return buf;
-}
 
 /* The stages of the engine, in layer order. Single node: one local stage
  * over every layer on the configured backend. With workers: their remote
@@ -177,8 +142,8 @@ static int load_model(const struct inferd_config *cfg, struct http_app *app, str
     size_t tlen = 0;
     const char *src = NULL;
     if (cfg->chat_template_path) {
-        if (!(tsrc = read_file(cfg->chat_template_path, &tlen, err)))
-            return -EINVAL;
+        if ((r = file_read(cfg->chat_template_path, CHAT_TEMPLATE_FILE_MAX, 0, &tsrc, &tlen, err)) < 0)
+            return r;
         src = tsrc;
     } else if ((src = tok_chat_template(L->tok))) {
         tlen = strlen(src);

@@ -3,11 +3,11 @@
 #include <ctype.h>
 #include <endian.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <sodium.h>
+#include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
+
+#include "base/file.h"
 
 _Static_assert(NET_SEAL_OVERHEAD == crypto_aead_xchacha20poly1305_ietf_ABYTES, "tag size");
 _Static_assert(crypto_aead_xchacha20poly1305_ietf_KEYBYTES == 32, "key size");
@@ -34,47 +34,22 @@ int net_key_load(const char *path, struct net_key *ret, ifd_error *err)
     int r = net_crypto_init(err);
     if (r < 0)
         return r;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return ifd_error_set(err, -errno, "cluster key file '%s': %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) < 0) {
-        r = -errno;
-        close(fd);
-        return ifd_error_set(err, r, "cluster key file '%s': %s", path, strerror(-r));
+    /* room for a maximal key and a CRLF after it */
+    char *text;
+    size_t n;
+    if ((r = file_read(path, NET_KEY_FILE_MAX + 2, FILE_READ_SECRET, &text, &n, err)) < 0) {
+        ifd_error_prefix(err, "cluster key file");
+        return r;
     }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return ifd_error_set(err, -EINVAL, "cluster key file '%s': not a regular file", path);
-    }
-    if (st.st_mode & 0007) {
-        close(fd);
-        return ifd_error_set(err, -EPERM, "cluster key file '%s': readable by others (mode %04o); chmod 600 it",
-                             path, (unsigned)(st.st_mode & 07777));
-    }
-    uint8_t buf[NET_KEY_FILE_MAX + 2];
-    size_t n = 0;
-    for (;;) {
-        ssize_t k = read(fd, buf + n, sizeof(buf) - n);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k < 0) {
-            r = -errno;
-            close(fd);
-            net_wipe(buf, sizeof(buf));
-            return ifd_error_set(err, r, "cluster key file '%s': %s", path, strerror(-r));
-        }
-        if (k == 0 || (n += (size_t)k) == sizeof(buf))
-            break;
-    }
-    close(fd);
+    uint8_t *buf = (uint8_t *)text;
     size_t b = 0, e = n;
     while (b < e && isspace(buf[b]))
         b++;
     while (e > b && isspace(buf[e - 1]))
         e--;
     if (e - b > NET_KEY_FILE_MAX || e - b < NET_KEY_FILE_MIN) {
-        net_wipe(buf, sizeof(buf));
+        net_wipe(buf, n);
+        free(buf);
         return ifd_error_set(err, -EINVAL, "cluster key file '%s': key must be %d to %d bytes, got %zu",
                              path, NET_KEY_FILE_MIN, NET_KEY_FILE_MAX, e - b);
     }
@@ -84,7 +59,8 @@ int net_key_load(const char *path, struct net_key *ret, ifd_error *err)
     crypto_generichash_update(&h, (const uint8_t *)domain, sizeof(domain));
     crypto_generichash_update(&h, buf + b, e - b);
     crypto_generichash_final(&h, ret->k, NET_KEY_BYTES);
-    net_wipe(buf, sizeof(buf));
+    net_wipe(buf, n);
+    free(buf);
     net_wipe(&h, sizeof(h));
     return 0;
 }

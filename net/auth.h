@@ -47,8 +47,9 @@ struct net_key {
     uint8_t k[NET_KEY_BYTES];
 };
 
-/* Reads a key file. Refused: missing, unreadable, readable by others
- * (mode & 0007), shorter than NET_KEY_FILE_MIN or longer than
+/* Reads a key file. Refused: missing, unreadable, not a regular file, owned
+ * by another user than this one or root, readable by others (mode & 0007),
+ * over NET_KEY_FILE_MAX + 2 bytes, shorter than NET_KEY_FILE_MIN or longer than
  * NET_KEY_FILE_MAX bytes after trimming. */
 int net_key_load(const char *path, struct net_key *ret, ifd_error *err);
 

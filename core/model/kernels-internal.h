@@ -1,6 +1,7 @@
 /* kernels-internal.h - the per-instruction-set kernel table behind kernels.h.
  *
- * kernels.c picks one table at kern_init() (AVX-512 > AVX2+FMA > scalar);
+ * kernels.c picks the table of base/cpu.h's level on every call (AVX-512 >
+ * AVX2+FMA > scalar, unless forced);
  * kernels_avx512.c and kernels_avx2.c compile their functions for their
  * instruction set with target attributes, so the rest of the build stays
  * baseline x86-64 and runs anywhere. */

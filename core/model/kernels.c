@@ -1,6 +1,7 @@
 /* kernels.c - dispatch of the CPU kernels and their portable versions.
  *
- * kern_init() picks the best instruction set once; kern_matmul() splits the
+ * Every call dispatches on base/cpu.h's SIMD level (detected once, forced by
+ * kern_set_simd() in tests); kern_matmul() splits the
  * rows of a weight over the thread pool and hands each slice to that set's
  * matmul_rows (float weights) or to quant_matmul_rows (MLX-quantized ones).
  * The element-wise operations of the forward pass live here too: they are a
@@ -12,6 +13,7 @@
 #include <pthread.h>
 #include <string.h>
 
+#include "base/cpu.h"
 #include "kernels-internal.h"
 #include "model/quant.h"
 #include "base/thread_pool.h"
@@ -73,59 +75,38 @@ const struct kern_isa kern_isa_scalar = {
 
 /* ---- dispatch ------------------------------------------------------------ */
 
-/* The selected table: written once by kern_init() (or by kern_set_simd() in
- * tests), read by every kernel call. */
-static const struct kern_isa *kern_isa = &kern_isa_scalar;
-
-static void kern_pick(void)
-{
-    ifd_dtype_init();
+/* The table of each level; the level in use is base/cpu.h's, shared with
+ * the quantized products, so forcing one forces all. */
+static const struct kern_isa *const kern_isas[] = {
+    [CPU_SIMD_SCALAR] = &kern_isa_scalar,
 #if defined(__x86_64__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-        kern_isa = &kern_isa_avx512;
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-             __builtin_cpu_supports("f16c"))
-        kern_isa = &kern_isa_avx2;
+    [CPU_SIMD_AVX2] = &kern_isa_avx2,
+    [CPU_SIMD_AVX512] = &kern_isa_avx512,
 #endif
+};
+
+static inline const struct kern_isa *kern_isa(void)
+{
+    return kern_isas[cpu_simd_level()];
 }
 
 void kern_init(void)
 {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, kern_pick);
+    ifd_dtype_init();
+    (void)cpu_simd_level(); /* detects */
 }
 
 const char *kern_simd_name(void)
 {
-    return kern_isa->name;
+    return kern_isa()->name;
 }
 
 int kern_set_simd(const char *name)
 {
     kern_init();
-    if (strcmp(name, "scalar") == 0) {
-        kern_isa = &kern_isa_scalar;
-        return 0;
-    }
-#if defined(__x86_64__)
-    if (strcmp(name, "avx2") == 0) {
-        if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-              __builtin_cpu_supports("f16c")))
-            return -ENOTSUP;
-        kern_isa = &kern_isa_avx2;
-        return 0;
-    }
-    if (strcmp(name, "avx512") == 0) {
-        if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")))
-            return -ENOTSUP;
-        kern_isa = &kern_isa_avx512;
-        return 0;
-    }
-#endif
-    return -EINVAL;
+    enum cpu_simd l;
+    int r = cpu_simd_from_name(name, &l);
+    return r < 0 ? r : cpu_simd_force(l);
 }
 
 /* ---- matrix product -------------------------------------------------------- */
@@ -162,7 +143,7 @@ static void mm_task(void *ctx, int task, int n_tasks)
     if (w->bits)
         quant_matmul_rows(w, j->x, j->n_tokens, j->y[i], r0, r1);
     else
-        kern_isa->matmul_rows(w, j->x, j->n_tokens, j->y[i], r0, r1);
+        kern_isa()->matmul_rows(w, j->x, j->n_tokens, j->y[i], r0, r1);
 }
 
 /* Below this many multiply-adds a product is not worth waking the pool. */
@@ -287,12 +268,12 @@ void kern_weight_row(const struct ifd_weight *w, int64_t row, float *out)
 
 float kern_dot(const float *a, const float *b, int n)
 {
-    return kern_isa->dot(a, b, n);
+    return kern_isa()->dot(a, b, n);
 }
 
 void kern_axpy(float *y, float a, const float *x, int n)
 {
-    kern_isa->axpy(y, a, x, n);
+    kern_isa()->axpy(y, a, x, n);
 }
 
 void kern_rmsnorm(float *out, const float *x, const float *weight, int n, float eps)

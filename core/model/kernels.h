@@ -11,7 +11,8 @@
 
 struct thread_pool;
 
-/* Picks the SIMD level once (AVX-512 > AVX2+FMA > scalar). Idempotent. */
+/* Detects the SIMD level once (AVX-512 > AVX2+FMA > scalar; base/cpu.h) and
+ * fills the F16 table. Idempotent. */
 void kern_init(void);
 /* "avx512", "avx2" or "scalar". */
 const char *kern_simd_name(void);
@@ -30,7 +31,8 @@ void kern_matmul_multi(struct thread_pool *pool, const struct ifd_weight *const 
 /* Row `row` of an embedding-like weight, widened (or dequantized) to f32 [cols]. */
 void kern_weight_row(const struct ifd_weight *w, int64_t row, float *out);
 
-/* Forces an instruction set ("scalar", "avx2", "avx512"), for tests that
+/* Forces an instruction set ("scalar", "avx2", "avx512") for every kernel,
+ * the quantized and int8 products included (cpu_simd_force()), for tests that
  * compare them. 0, -ENOTSUP if this CPU lacks it, -EINVAL if unknown. */
 int kern_set_simd(const char *name);
 

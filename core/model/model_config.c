@@ -16,6 +16,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/file.h"
+
 #define CONFIG_MAX_BYTES (16u << 20)
 
 /* Upper bounds: far above any real model, low enough that products of them
@@ -384,39 +386,13 @@ int model_config_load(const char *dir, struct model_config *ret, ifd_error *err)
     char *path;
     if (asprintf(&path, "%s/config.json", dir) < 0)
         return ifd_error_set(err, -ENOMEM, "out of memory");
-    int r = 0;
     char *buf = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    struct stat st;
-    if (fd < 0) {
-        r = ifd_error_set(err, -errno, "%s: cannot open: %s", path, strerror(errno));
+    size_t len = 0;
+    int r = file_read(path, CONFIG_MAX_BYTES, 0, &buf, &len, err);
+    if (r < 0)
         goto out;
-    }
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size > CONFIG_MAX_BYTES) {
-        r = ifd_error_set(err, -EFBIG, "%s: not a regular file of at most %u bytes", path,
-                          CONFIG_MAX_BYTES);
-        goto out;
-    }
-    size_t len = (size_t)st.st_size, got = 0;
-    if (!(buf = malloc(len + 1))) {
-        r = ifd_error_set(err, -ENOMEM, "out of memory");
-        goto out;
-    }
-    while (got < len) {
-        ssize_t n = read(fd, buf + got, len - got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            r = ifd_error_set(err, n < 0 ? -errno : -EIO, "%s: read failed", path);
-            goto out;
-        }
-        got += (size_t)n;
-    }
-    buf[len] = '\0';
     r = model_config_parse(buf, len, path, ret, err);
 out:
-    if (fd >= 0)
-        close(fd);
     free(buf);
     free(path);
     return r;

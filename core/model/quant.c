@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/cpu.h"
 #include "model/dtype.h"
 #include "quant_internal.h"
 
@@ -345,16 +346,9 @@ static inline float qs256_hsum(__m256 v)
 #undef QS_RP
 #pragma GCC pop_options
 
-static bool cpu_has_avx512(void)
+static enum quant_isa quant_isa_of(enum cpu_simd l)
 {
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("fma");
-}
-
-static bool cpu_has_avx2(void)
-{
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return l == CPU_SIMD_AVX512 ? QUANT_ISA_AVX512 : l == CPU_SIMD_AVX2 ? QUANT_ISA_AVX2 : QUANT_ISA_SCALAR;
 }
 #endif /* __x86_64__ */
 
@@ -362,11 +356,11 @@ int quant_matmul_rows_isa(enum quant_isa isa, const struct ifd_weight *w, const 
                           int n_tokens, float *y, int64_t row_begin, int64_t row_end)
 {
 #if defined(__x86_64__)
+    /* AUTO is the level every kernel uses (detected once, or forced by
+     * kern_set_simd()); an explicit one is what a test asks for. */
     if (isa == QUANT_ISA_AUTO)
-        isa = cpu_has_avx512() ? QUANT_ISA_AVX512 : cpu_has_avx2() ? QUANT_ISA_AVX2 : QUANT_ISA_SCALAR;
-    if (isa == QUANT_ISA_AVX512 && !cpu_has_avx512())
-        return -ENOTSUP;
-    if (isa == QUANT_ISA_AVX2 && !cpu_has_avx2())
+        isa = quant_isa_of(cpu_simd_level());
+    else if (isa > quant_isa_of(cpu_simd_best()))
         return -ENOTSUP;
     if (isa != QUANT_ISA_SCALAR && qmm_simd_layout(w)) {
         if (isa == QUANT_ISA_AVX512)

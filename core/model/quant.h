@@ -28,7 +28,7 @@ void quant_matmul_rows(const struct ifd_weight *w, const float *x, int n_tokens,
 
 /* Which implementation of quant_matmul_rows to run (tests compare them). */
 enum quant_isa {
-    QUANT_ISA_AUTO = 0,  /* the best the CPU has (what quant_matmul_rows uses) */
+    QUANT_ISA_AUTO = 0,  /* base/cpu.h's level, best or forced (what quant_matmul_rows uses) */
     QUANT_ISA_SCALAR,    /* portable scalar bit-stream path: every layout */
     QUANT_ISA_AVX2,
     QUANT_ISA_AVX512,

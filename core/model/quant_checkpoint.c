@@ -17,6 +17,7 @@
 #include "model/model_config.h"
 #include "model/quant.h"
 #include "model/safetensors.h"
+#include "base/file.h"
 
 /* config.json is small; a bigger one is not a model config. */
 #define QC_MAX_CONFIG_BYTES (4u << 20)
@@ -28,30 +29,6 @@ struct qc_item {
     char name[QC_MAX_NAME]; /* output name of the weight ("<module>.weight") */
     bool quantize;
 };
-
-static int read_small_file(const char *path, char **ret, size_t *ret_len, ifd_error *err)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return ifd_error_set(err, -errno, "cannot open '%s': %s", path, strerror(errno));
-    char *buf = malloc(QC_MAX_CONFIG_BYTES + 1);
-    if (!buf) {
-        fclose(f);
-        return ifd_error_set(err, -ENOMEM, "out of memory reading '%s'", path);
-    }
-    size_t n = fread(buf, 1, QC_MAX_CONFIG_BYTES + 1, f);
-    int rd_err = ferror(f);
-    fclose(f);
-    if (rd_err || n > QC_MAX_CONFIG_BYTES) {
-        free(buf);
-        return ifd_error_set(err, rd_err ? -EIO : -EFBIG, "'%s': %s", path,
-                             rd_err ? "read error" : "larger than 4 MiB");
-    }
-    buf[n] = '\0';
-    *ret = buf;
-    *ret_len = n;
-    return 0;
-}
 
 static int copy_file(const char *from, const char *to, ifd_error *err)
 {
@@ -120,7 +97,7 @@ static int write_config(const char *src, const char *dst, int bits, int gs, ifd_
     char path[PATH_MAX], *text = NULL;
     size_t len = 0;
     snprintf(path, sizeof(path), "%s/config.json", src);
-    int r = read_small_file(path, &text, &len, err);
+    int r = file_read(path, QC_MAX_CONFIG_BYTES, 0, &text, &len, err);
     if (r < 0)
         return r;
     cJSON *root = cJSON_ParseWithLength(text, len);

@@ -30,6 +30,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
+#include "base/cpu.h"
 #include "quant_internal.h"
 
 /* Below this many tokens the f32 path is faster: packing the panels costs the
@@ -52,26 +53,10 @@ static int act_block_of(int group_size)
     return group_size % 64 == 0 ? 64 : 32;
 }
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-
-static bool cpu_has_vnni(void)
-{
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma");
-}
-#else
-static bool cpu_has_vnni(void)
-{
-    return false;
-}
-#endif
-
 bool quant_act_eligible(const struct ifd_weight *w, int n_tokens)
 {
     return n_tokens >= act_min_tokens && (w->bits == 4 || w->bits == 8) &&
-           w->group_size % 32 == 0 && cpu_has_vnni();
+           w->group_size % 32 == 0 && cpu_simd_vnni();
 }
 
 bool quant_act_matches(const struct quant_act *a, const struct ifd_weight *w)
@@ -112,6 +97,8 @@ void quant_act_free(struct quant_act *a)
 }
 
 #if defined(__x86_64__)
+#include <immintrin.h>
+
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma")
 

@@ -23,6 +23,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/file.h"
+
 /* An index file lists names and shard files only; real ones are well under 1 MiB. */
 #define ST_MAX_INDEX_BYTES (64u << 20)
 /* Each shard is one mapping; real checkpoints have at most a few hundred. */
@@ -131,48 +133,6 @@ static bool json_get_u64(const cJSON *v, uint64_t *ret)
         return false;
     *ret = (uint64_t)d;
     return true;
-}
-
-/* Reads a whole small file (index.json) into a NUL-terminated buffer, bounded. */
-static int read_small_file(const char *path, size_t max, char **ret_buf, size_t *ret_len, ifd_error *err)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return ifd_error_set(err, -errno, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) < 0) {
-        int r = -errno;
-        close(fd);
-        return ifd_error_set(err, r, "%s: cannot stat: %s", path, strerror(-r));
-    }
-    if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > max) {
-        close(fd);
-        return ifd_error_set(err, -EFBIG, "%s: not a regular file or larger than %zu bytes", path, max);
-    }
-    size_t len = (size_t)st.st_size;
-    char *buf = malloc(len + 1);
-    if (!buf) {
-        close(fd);
-        return ifd_error_set(err, -ENOMEM, "%s: out of memory", path);
-    }
-    size_t got = 0;
-    while (got < len) {
-        ssize_t n = read(fd, buf + got, len - got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            int r = n < 0 ? -errno : -EIO;
-            free(buf);
-            close(fd);
-            return ifd_error_set(err, r, "%s: read failed", path);
-        }
-        got += (size_t)n;
-    }
-    close(fd);
-    buf[len] = '\0';
-    *ret_buf = buf;
-    *ret_len = len;
-    return 0;
 }
 
 /* ------------------------------------------------------------- one file */
@@ -524,7 +484,7 @@ static int open_index(const char *index_path, st_model **ret, ifd_error *err)
 {
     char *buf = NULL;
     size_t len = 0;
-    int r = read_small_file(index_path, ST_MAX_INDEX_BYTES, &buf, &len, err);
+    int r = file_read(index_path, ST_MAX_INDEX_BYTES, 0, &buf, &len, err);
     if (r < 0)
         return r;
     cJSON *root = cJSON_ParseWithLength(buf, len);

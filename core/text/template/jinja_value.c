@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/utf8.h"
 #include "jinja-internal.h"
 
 /* ---- arena ---- */
@@ -312,26 +313,11 @@ static int jbuf_puts(struct jbuf *b, const char *s)
 
 /* ---- UTF-8 ---- */
 
+/* The template's names for base/utf8.h: a malformed sequence reads as one
+ * U+FFFD, as in the JavaScript strings of @huggingface/jinja. */
 int32_t jutf8_next(const char *s, size_t n, size_t *i)
 {
-    const unsigned char *u = (const unsigned char *)s;
-    size_t k = *i;
-    unsigned c = u[k];
-    int len = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
-    if (len == 0 || k + len > n) {
-        *i = k + 1;
-        return (int32_t)c;
-    }
-    int32_t cp = len == 1 ? c : len == 2 ? c & 0x1f : len == 3 ? c & 0x0f : c & 0x07;
-    for (int j = 1; j < len; j++) {
-        if ((u[k + j] & 0xc0) != 0x80) {
-            *i = k + 1;
-            return (int32_t)c;
-        }
-        cp = (cp << 6) | (u[k + j] & 0x3f);
-    }
-    *i = k + len;
-    return cp;
+    return utf8_next(s, n, i);
 }
 
 size_t jutf8_len(const char *s, size_t n)
@@ -346,28 +332,11 @@ size_t jutf8_len(const char *s, size_t n)
 
 int jutf8_put(struct jbuf *b, int32_t cp)
 {
-    char t[4];
-    size_t n;
-    if (cp < 0x80) {
-        t[0] = (char)cp;
-        n = 1;
-    } else if (cp < 0x800) {
-        t[0] = (char)(0xc0 | (cp >> 6));
-        t[1] = (char)(0x80 | (cp & 0x3f));
-        n = 2;
-    } else if (cp < 0x10000) {
-        t[0] = (char)(0xe0 | (cp >> 12));
-        t[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        t[2] = (char)(0x80 | (cp & 0x3f));
-        n = 3;
-    } else {
-        t[0] = (char)(0xf0 | (cp >> 18));
-        t[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-        t[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        t[3] = (char)(0x80 | (cp & 0x3f));
-        n = 4;
-    }
-    return jbuf_put(b, t, n);
+    char t[UTF8_MAX_BYTES];
+    int n = utf8_encode(cp, t);
+    if (n < 0) /* a lone surrogate cannot be UTF-8 */
+        n = utf8_encode(UTF8_REPLACEMENT, t);
+    return jbuf_put(b, t, (size_t)n);
 }
 
 bool jutf8_is_space(int32_t cp)

@@ -13,6 +13,8 @@
 #include "base/error.h"
 #include "text/tokenizer/tokenizer.h"
 
+#include "base/utf8.h" /* the UTF-8 codec every tokenizer file uses */
+
 /* Limits on what a tokenizer.json may ask for. */
 #define TOK_FILE_MAX ((size_t)64 << 20)   /* tokenizer.json bytes */
 #define TOK_CONFIG_MAX ((size_t)16 << 20) /* tokenizer_config.json bytes */
@@ -44,14 +46,6 @@ void tok_pool_finish(struct tok_pool *p);
 
 uint64_t tok_hash_bytes(const void *p, size_t n);
 
-/* UTF-8. tok_utf8_check returns the offset of the first invalid byte, or len. */
-size_t tok_utf8_check(const char *s, size_t len);
-/* Decodes one well-formed character at s (len >= 1); returns its byte length. */
-int tok_utf8_decode(const char *s, size_t len, int32_t *ret_cp);
-int tok_utf8_encode(int32_t cp, char *out); /* returns 1..4 */
-/* Appends s with each maximal invalid subsequence replaced by U+FFFD, exactly
- * as Rust's String::from_utf8_lossy does. */
-int tok_utf8_lossy(struct tok_buf *out, const char *s, size_t len);
 bool tok_cp_is_whitespace(int32_t cp); /* Rust char::is_whitespace */
 bool tok_cp_is_numeric(int32_t cp);    /* Rust char::is_numeric (Nd, Nl, No) */
 bool tok_cp_is_alnum(int32_t cp);      /* Rust char::is_alphanumeric (L*, N*) */

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "tokenizer-internal.h"
+#include "base/file.h"
 
 /* GPT-2's pre-tokenizer regex, used by ByteLevel with use_regex=true. */
 static const char gpt2_regex[] =
@@ -212,11 +213,8 @@ static int get_char(struct loader *L, const cJSON *o, const char *key, const cha
     if (!s)
         s = def;
     size_t n = strlen(s);
-    if (n == 0 || n > 4 || tok_utf8_check(s, n) != n) {
-        return fail(L, -EINVAL, "%s.%s: expected a single character", where, key);
-    }
     int32_t cp;
-    if ((size_t)tok_utf8_decode(s, n, &cp) != n)
+    if (n == 0 || utf8_decode(s, n, &cp) != (int)n)
         return fail(L, -EINVAL, "%s.%s: expected a single character", where, key);
     memcpy(out, s, n);
     *ret_len = n;
@@ -618,7 +616,7 @@ static int check_token(struct loader *L, const char *s, size_t n, const char *wh
 {
     if (n == 0 || n > TOK_TOKEN_MAX)
         return fail(L, -EINVAL, "%s: token '%.64s' is empty or too long", where, s);
-    if (tok_utf8_check(s, n) != n)
+    if (utf8_check(s, n) != n)
         return fail(L, -EINVAL, "%s: token '%.64s' is not valid UTF-8", where, s);
     return 0;
 }
@@ -749,7 +747,7 @@ static int parse_model(struct loader *L, const cJSON *m, int32_t *max_id)
         char name[8], ch[4];
         snprintf(name, sizeof(name), "<0x%02X>", i);
         b->fallback_ids[i] = tok_strmap_get(&b->vocab, name, 6);
-        int bl = tok_utf8_encode(tok_bytelevel_char((uint8_t)i), ch);
+        int bl = utf8_encode(tok_bytelevel_char((uint8_t)i), ch); /* U+0021..U+0143: 1 or 2 bytes */
         b->bytelevel_ids[i] = tok_strmap_get(&b->vocab, ch, (size_t)bl);
         memcpy(b->bytelevel_utf8[i], ch, 2);
         b->bytelevel_len[i] = (uint8_t)bl;
@@ -1182,45 +1180,8 @@ static int read_file(const char *path, size_t max, bool optional, char **ret, si
 {
     *ret = NULL;
     *ret_len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        if (optional && errno == ENOENT)
-            return 0;
-        return ifd_error_set(err, -errno, "Failed to open '%s': %s", path, strerror(errno));
-    }
-    struct stat st;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return ifd_error_set(err, -EINVAL, "'%s': not a regular file", path);
-    }
-    if ((size_t)st.st_size > max) {
-        close(fd);
-        return ifd_error_set(err, -EFBIG, "'%s': %lld bytes, over the %zu byte limit", path, (long long)st.st_size,
-                             max);
-    }
-    char *buf = malloc((size_t)st.st_size + 1);
-    if (!buf) {
-        close(fd);
-        return ifd_error_set(err, -ENOMEM, "'%s': out of memory", path);
-    }
-    size_t got = 0;
-    while (got < (size_t)st.st_size) {
-        ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            int e = n < 0 ? errno : EIO;
-            free(buf);
-            close(fd);
-            return ifd_error_set(err, -e, "Failed to read '%s': %s", path, strerror(e));
-        }
-        got += (size_t)n;
-    }
-    close(fd);
-    buf[got] = '\0';
-    *ret = buf;
-    *ret_len = got;
-    return 0;
+    int r = file_read(path, max, 0, ret, ret_len, err);
+    return optional && r == -ENOENT ? 0 : r;
 }
 
 int tok_load(const char *dir, tokenizer **ret, ifd_error *err)
@@ -1290,9 +1251,7 @@ static size_t ws_before(const char *s, size_t end)
         size_t k = end - 1;
         while (k > 0 && ((unsigned char)s[k] & 0xC0) == 0x80)
             k--;
-        int32_t cp;
-        tok_utf8_decode(s + k, end - k, &cp);
-        if (!tok_cp_is_whitespace(cp))
+        if (!tok_cp_is_whitespace(utf8_at(s + k, end - k)))
             break;
         end = k;
     }
@@ -1302,11 +1261,10 @@ static size_t ws_before(const char *s, size_t end)
 static size_t ws_after(const char *s, size_t len, size_t start)
 {
     while (start < len) {
-        int32_t cp;
-        int k = tok_utf8_decode(s + start, len - start, &cp);
-        if (!tok_cp_is_whitespace(cp))
+        size_t next = start;
+        if (!tok_cp_is_whitespace(utf8_next(s, len, &next)))
             break;
-        start += (size_t)k;
+        start = next;
     }
     return start;
 }
@@ -1319,8 +1277,7 @@ static bool word_before(const char *s, size_t end)
     size_t k = end - 1;
     while (k > 0 && ((unsigned char)s[k] & 0xC0) == 0x80)
         k--;
-    int32_t cp;
-    tok_utf8_decode(s + k, end - k, &cp);
+    int32_t cp = utf8_at(s + k, end - k);
     return cp == '_' || tok_cp_is_alnum(cp);
 }
 
@@ -1328,8 +1285,7 @@ static bool word_after(const char *s, size_t len, size_t start)
 {
     if (start >= len)
         return false;
-    int32_t cp;
-    tok_utf8_decode(s + start, len - start, &cp);
+    int32_t cp = utf8_at(s + start, len - start);
     return cp == '_' || tok_cp_is_alnum(cp);
 }
 
@@ -1415,7 +1371,7 @@ int tok_encode(const tokenizer *t, const char *text, size_t len, bool add_specia
 {
     if (len > TOK_TEXT_MAX)
         return ifd_error_set(err, -E2BIG, "encode: text of %zu bytes is over the %zu byte limit", len, TOK_TEXT_MAX);
-    size_t bad = tok_utf8_check(text, len);
+    size_t bad = utf8_check(text, len);
     if (bad != len)
         return ifd_error_set(err, -EILSEQ, "encode: invalid UTF-8 at byte offset %zu (byte 0x%02X)", bad,
                              (unsigned char)text[bad]);

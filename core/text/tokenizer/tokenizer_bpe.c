@@ -260,8 +260,9 @@ static int word_symbols_chars(const struct tokenizer *t, struct tok_scratch *s, 
     int32_t unk_len = -1; /* pending unk, its byte length */
     bool affix = m->cs_prefix_len || m->eow_suffix_len;
     for (size_t i = 0; i < len;) {
-        int32_t cp;
-        size_t k = (size_t)tok_utf8_decode(w + i, len - i, &cp);
+        size_t next = i;
+        int32_t cp = utf8_next(w, len, &next);
+        size_t k = next - i;
         int32_t id;
         if (!affix && cp < 0x80) {
             id = m->ascii_ids[cp];

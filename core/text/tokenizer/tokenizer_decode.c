@@ -108,9 +108,7 @@ static int dec_leaf(const struct tok_dec *d, const struct tok_tlist *in, struct 
             if ((r = tok_buf_reserve(&tmp, len)) < 0)
                 break;
             for (size_t j = 0; j < len;) {
-                int32_t cp;
-                j += (size_t)tok_utf8_decode(s + j, len - j, &cp);
-                int b = tok_bytelevel_byte(cp);
+                int b = tok_bytelevel_byte(utf8_next(s, len, &j));
                 if (b < 0) {
                     ok = false;
                     break;
@@ -122,8 +120,10 @@ static int dec_leaf(const struct tok_dec *d, const struct tok_tlist *in, struct 
                 r = tok_buf_put(&tmp, s, len);
             }
         }
-        if (r == 0)
-            r = tok_utf8_lossy(bytes, tmp.p ? tmp.p : "", tmp.n);
+        /* each malformed run becomes one U+FFFD, as Rust's
+         * String::from_utf8_lossy does */
+        if (r == 0 && (r = tok_buf_reserve(bytes, 3 * tmp.n)) == 0)
+            bytes->n += utf8_copy_lossy(bytes->p + bytes->n, tmp.p ? tmp.p : "", tmp.n);
         tok_buf_finish(&tmp);
         if (r == 0)
             r = tlist_end(out);
@@ -150,7 +150,7 @@ static int dec_leaf(const struct tok_dec *d, const struct tok_tlist *in, struct 
             }
             if (run) {
                 size_t start = out->text.n - run;
-                if (tok_utf8_check(out->text.p + start, run) == run) {
+                if (utf8_check(out->text.p + start, run) == run) {
                     r = tlist_end(out);
                 } else {
                     out->text.n = start;

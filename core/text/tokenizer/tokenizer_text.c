@@ -7,6 +7,8 @@
 #include <string.h>
 #include <utf8proc.h>
 
+#include "base/buf.h"
+#include "base/utf8.h"
 #include "tokenizer-internal.h"
 
 /* ---------------------------------------------------------------- buffers */
@@ -15,17 +17,10 @@ int tok_buf_reserve(struct tok_buf *b, size_t extra)
 {
     if (extra > SIZE_MAX / 2 - b->n)
         return -ENOMEM;
-    size_t need = b->n + extra + 1; /* room for a NUL */
-    if (need <= b->cap)
-        return 0;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < need)
-        cap *= 2;
-    char *p = realloc(b->p, cap);
+    char *p = buf_grow(b->p, &b->cap, b->n + extra + 1 /* room for a NUL */, 1);
     if (!p)
         return -ENOMEM;
     b->p = p;
-    b->cap = cap;
     return 0;
 }
 
@@ -51,14 +46,10 @@ char *tok_pool_dup(struct tok_pool *p, const char *s, size_t n)
 {
     if (n + 1 > p->left) {
         size_t sz = n + 1 > 65536 ? n + 1 : 65536;
-        if (p->n_blocks == p->cap_blocks) {
-            size_t cap = p->cap_blocks ? p->cap_blocks * 2 : 16;
-            char **nb = realloc(p->blocks, cap * sizeof(*nb));
-            if (!nb)
-                return NULL;
-            p->blocks = nb;
-            p->cap_blocks = cap;
-        }
+        char **nb = buf_grow(p->blocks, &p->cap_blocks, p->n_blocks + 1, sizeof(*nb));
+        if (!nb)
+            return NULL;
+        p->blocks = nb;
         char *blk = malloc(sz);
         if (!blk)
             return NULL;
@@ -105,147 +96,6 @@ uint64_t tok_hash_bytes(const void *p, size_t n)
     h *= 0xbf58476d1ce4e5b9ull;
     h ^= h >> 32;
     return h;
-}
-
-/* ---------------------------------------------------------------- UTF-8 */
-
-/* Length of the valid prefix of a (possibly incomplete or invalid) sequence at
- * s, following Unicode table 3-7; *complete says whether it is a whole char. */
-static size_t utf8_prefix(const unsigned char *s, size_t len, bool *complete)
-{
-    unsigned char b = s[0];
-    *complete = true;
-    if (b < 0x80)
-        return 1;
-    size_t need;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (b >= 0xC2 && b <= 0xDF)
-        need = 2;
-    else if (b == 0xE0)
-        need = 3, lo = 0xA0;
-    else if ((b >= 0xE1 && b <= 0xEC) || b == 0xEE || b == 0xEF)
-        need = 3;
-    else if (b == 0xED)
-        need = 3, hi = 0x9F;
-    else if (b == 0xF0)
-        need = 4, lo = 0x90;
-    else if (b >= 0xF1 && b <= 0xF3)
-        need = 4;
-    else if (b == 0xF4)
-        need = 4, hi = 0x8F;
-    else {
-        *complete = false;
-        return 1;
-    }
-    size_t i = 1;
-    for (; i < need; i++) {
-        if (i >= len || s[i] < (i == 1 ? lo : 0x80) || s[i] > (i == 1 ? hi : 0xBF)) {
-            *complete = false;
-            return i;
-        }
-    }
-    return need;
-}
-
-size_t tok_utf8_check(const char *s, size_t len)
-{
-    const unsigned char *u = (const unsigned char *)s;
-    size_t i = 0;
-    while (i < len) {
-        /* ASCII fast path, 8 bytes at a time */
-        while (i + 8 <= len) {
-            uint64_t w;
-            memcpy(&w, u + i, 8);
-            if (w & 0x8080808080808080ull)
-                break;
-            i += 8;
-        }
-        if (i >= len)
-            break;
-        bool ok;
-        size_t n = utf8_prefix(u + i, len - i, &ok);
-        if (!ok)
-            return i;
-        i += n;
-    }
-    return len;
-}
-
-int tok_utf8_decode(const char *s, size_t len, int32_t *ret_cp)
-{
-    const unsigned char *u = (const unsigned char *)s;
-    if (u[0] < 0x80) {
-        *ret_cp = u[0];
-        return 1;
-    }
-    if (u[0] < 0xE0 && len >= 2) {
-        *ret_cp = ((u[0] & 0x1F) << 6) | (u[1] & 0x3F);
-        return 2;
-    }
-    if (u[0] < 0xF0 && len >= 3) {
-        *ret_cp = ((u[0] & 0x0F) << 12) | ((u[1] & 0x3F) << 6) | (u[2] & 0x3F);
-        return 3;
-    }
-    if (len >= 4) {
-        *ret_cp = ((u[0] & 0x07) << 18) | ((u[1] & 0x3F) << 12) | ((u[2] & 0x3F) << 6) | (u[3] & 0x3F);
-        return 4;
-    }
-    *ret_cp = 0xFFFD;
-    return 1;
-}
-
-int tok_utf8_encode(int32_t cp, char *out)
-{
-    unsigned char *o = (unsigned char *)out;
-    if (cp < 0x80) {
-        o[0] = (unsigned char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        o[0] = (unsigned char)(0xC0 | (cp >> 6));
-        o[1] = (unsigned char)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        o[0] = (unsigned char)(0xE0 | (cp >> 12));
-        o[1] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
-        o[2] = (unsigned char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    o[0] = (unsigned char)(0xF0 | (cp >> 18));
-    o[1] = (unsigned char)(0x80 | ((cp >> 12) & 0x3F));
-    o[2] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
-    o[3] = (unsigned char)(0x80 | (cp & 0x3F));
-    return 4;
-}
-
-int tok_utf8_lossy(struct tok_buf *out, const char *s, size_t len)
-{
-    const unsigned char *u = (const unsigned char *)s;
-    int r = tok_buf_reserve(out, len * 3);
-    if (r < 0)
-        return r;
-    size_t i = 0;
-    while (i < len) {
-        size_t start = i;
-        bool ok = true;
-        while (i < len) {
-            size_t n = utf8_prefix(u + i, len - i, &ok);
-            if (!ok)
-                break;
-            i += n;
-        }
-        memcpy(out->p + out->n, s + start, i - start);
-        out->n += i - start;
-        if (i < len) {
-            size_t n = utf8_prefix(u + i, len - i, &ok);
-            memcpy(out->p + out->n, "\xEF\xBF\xBD", 3);
-            out->n += 3;
-            i += n;
-        }
-    }
-    out->p[out->n] = '\0';
-    return 0;
 }
 
 bool tok_cp_is_whitespace(int32_t cp)
@@ -495,19 +345,17 @@ static int norm_step(const struct tok_norm *nm, struct tok_scratch *s, const cha
         break;
     case TN_STRIP: {
         size_t a = 0, b = len;
-        int32_t cp;
         while (nm->strip_left && a < b) {
-            int k = tok_utf8_decode(in + a, b - a, &cp);
-            if (!tok_cp_is_whitespace(cp))
+            size_t next = a;
+            if (!tok_cp_is_whitespace(utf8_next(in, b, &next)))
                 break;
-            a += (size_t)k;
+            a = next;
         }
         while (nm->strip_right && b > a) {
             size_t k = b - 1;
             while (k > a && ((unsigned char)in[k] & 0xC0) == 0x80)
                 k--;
-            tok_utf8_decode(in + k, b - k, &cp);
-            if (!tok_cp_is_whitespace(cp))
+            if (!tok_cp_is_whitespace(utf8_at(in + k, b - k)))
                 break;
             b = k;
         }
@@ -656,8 +504,9 @@ static int spans_chars(struct tok_scratch *s, const char *text, size_t len, bool
     size_t n = 0, run = 0, i = 0;
     int r;
     while (i < len) {
-        int32_t cp;
-        int k = tok_utf8_decode(text + i, len - i, &cp);
+        size_t next = i;
+        int32_t cp = utf8_next(text, len, &next);
+        int k = (int)(next - i);
         bool m = pred ? pred(cp) : ((size_t)k == ch_len && memcmp(text + i, ch, ch_len) == 0);
         if (m) {
             if (i > run && (r = spans_push(s, &n, run, i, false)) < 0)

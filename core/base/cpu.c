@@ -1,0 +1,85 @@
+/* cpu.c - CPU feature detection, once; see cpu.h. */
+#include "base/cpu.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+
+static struct cpu_features features;
+static enum cpu_simd best = CPU_SIMD_SCALAR;
+/* The level in use, -1 until detected; read on every dispatch, so the common
+ * case is one load (acquire: seeing it set means seeing `features` too). */
+static _Atomic int level = -1;
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static void cpu_detect(void)
+{
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    features.avx2_fma_f16c =
+        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    features.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                      __builtin_cpu_supports("fma");
+    features.avx512_vnni = features.avx512 && __builtin_cpu_supports("avx512vnni");
+#endif
+    best = features.avx512 ? CPU_SIMD_AVX512 : features.avx2_fma_f16c ? CPU_SIMD_AVX2 : CPU_SIMD_SCALAR;
+    atomic_store_explicit(&level, best, memory_order_release);
+}
+
+const struct cpu_features *cpu_features(void)
+{
+    pthread_once(&once, cpu_detect);
+    return &features;
+}
+
+enum cpu_simd cpu_simd_best(void)
+{
+    pthread_once(&once, cpu_detect);
+    return best;
+}
+
+enum cpu_simd cpu_simd_level(void)
+{
+    int l = atomic_load_explicit(&level, memory_order_acquire);
+    if (l < 0) {
+        pthread_once(&once, cpu_detect);
+        l = atomic_load_explicit(&level, memory_order_acquire);
+    }
+    return (enum cpu_simd)l;
+}
+
+bool cpu_simd_vnni(void)
+{
+    return cpu_simd_level() == CPU_SIMD_AVX512 && features.avx512_vnni;
+}
+
+int cpu_simd_force(enum cpu_simd l)
+{
+    if (l < CPU_SIMD_SCALAR || l > cpu_simd_best()) /* cpu_simd_best() detects */
+        return -ENOTSUP;
+    atomic_store_explicit(&level, l, memory_order_release);
+    return 0;
+}
+
+static const char *const names[] = {
+    [CPU_SIMD_SCALAR] = "scalar",
+    [CPU_SIMD_AVX2] = "avx2",
+    [CPU_SIMD_AVX512] = "avx512",
+};
+
+const char *cpu_simd_name(enum cpu_simd l)
+{
+    return l >= CPU_SIMD_SCALAR && l <= CPU_SIMD_AVX512 ? names[l] : "unknown";
+}
+
+int cpu_simd_from_name(const char *name, enum cpu_simd *ret)
+{
+    for (int i = CPU_SIMD_SCALAR; i <= CPU_SIMD_AVX512; i++)
+        if (strcmp(name, names[i]) == 0) {
+            *ret = (enum cpu_simd)i;
+            return 0;
+        }
+    return -EINVAL;
+}

@@ -1,0 +1,45 @@
+/* cpu.h - the CPU's instruction sets, detected once, and the SIMD level every
+ * kernel dispatches on (kernels.c, quant.c, quant_int8.c).
+ *
+ * The level starts as the best the CPU has; cpu_simd_force() lowers (or
+ * restores) it for every kernel at once, so a test that forces "avx2" runs
+ * the AVX2 code of the dense, the quantized and the int8 products alike. */
+#pragma once
+
+#include <stdbool.h>
+
+enum cpu_simd {
+    CPU_SIMD_SCALAR = 0,
+    CPU_SIMD_AVX2 = 1,   /* AVX2 + FMA + F16C */
+    CPU_SIMD_AVX512 = 2, /* AVX-512 F, BW, VL, DQ + FMA */
+};
+
+struct cpu_features {
+    bool avx2_fma_f16c; /* everything CPU_SIMD_AVX2 needs */
+    bool avx512;        /* everything CPU_SIMD_AVX512 needs */
+    bool avx512_vnni;   /* avx512 and VPDPBUSD (the int8 prefill product) */
+};
+
+/* What the CPU has, detected on the first call (thread-safe). */
+const struct cpu_features *cpu_features(void);
+
+/* The best level the CPU has. */
+enum cpu_simd cpu_simd_best(void);
+
+/* The level kernels use now: cpu_simd_best() unless forced. */
+enum cpu_simd cpu_simd_level(void);
+
+/* True when the int8 (VNNI) products may run: the CPU has them and the level
+ * in use is AVX-512. */
+bool cpu_simd_vnni(void);
+
+/* Forces the level for every kernel (tests and benchmarks compare them). The
+ * pool must be idle: kernels read the level without a lock. Returns 0, or
+ * -ENOTSUP when the CPU lacks it. */
+int cpu_simd_force(enum cpu_simd level);
+
+/* "scalar", "avx2", "avx512". */
+const char *cpu_simd_name(enum cpu_simd level);
+
+/* Parses a name of cpu_simd_name(); 0, or -EINVAL for any other. */
+int cpu_simd_from_name(const char *name, enum cpu_simd *ret);
