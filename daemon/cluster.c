@@ -18,6 +18,7 @@
 #include "remote_stage.h"
 #include "sd.h"
 #include "weight_push.h"
+#include "base/clock.h"
 
 #define BACKOFF_MIN_MS 250
 #define BACKOFF_MAX_MS 5000
@@ -193,7 +194,7 @@ static int decide_auto_split(struct cluster *c)
         for (int i = 0; i < c->n; i++)
             if (c->mem[i].auto_layers) {
                 c->mem[i].reported = false;
-                c->mem[i].next_try_ns = net_now_ns() + (uint64_t)BACKOFF_MAX_MS * 1000000ull;
+                c->mem[i].next_try_ns = ifd_now_ns() + (uint64_t)BACKOFF_MAX_MS * 1000000ull;
                 remote_link_set_state(c->mem[i].link, REMOTE_LINK_DOWN, why);
             }
         return r;
@@ -219,7 +220,7 @@ static void *supervisor(void *arg)
     pthread_mutex_lock(&c->lock);
     while (!c->stopping) {
         pthread_mutex_unlock(&c->lock);
-        uint64_t now = net_now_ns();
+        uint64_t now = ifd_now_ns();
         for (int i = 0; i < c->n; i++) {
             struct member *mb = &c->mem[i];
             struct remote_link *l = mb->link;
@@ -258,14 +259,14 @@ static void *supervisor(void *arg)
                 mb->backoff_ms = mb->backoff_ms ? mb->backoff_ms * 2 : BACKOFF_MIN_MS;
                 if (mb->backoff_ms > BACKOFF_MAX_MS)
                     mb->backoff_ms = BACKOFF_MAX_MS;
-                mb->next_try_ns = net_now_ns() + (uint64_t)mb->backoff_ms * 1000000ull;
+                mb->next_try_ns = ifd_now_ns() + (uint64_t)mb->backoff_ms * 1000000ull;
             } else {
                 if (mb->failures)
                     log_notice("Worker %s (%s) is back after %d failed attempts", remote_link_name(l),
                                remote_link_addr(l), mb->failures);
                 mb->failures = 0;
                 mb->backoff_ms = 0;
-                mb->last_ping_ns = net_now_ns();
+                mb->last_ping_ns = ifd_now_ns();
             }
             pthread_mutex_lock(&c->lock);
             pthread_cond_broadcast(&c->cond);

@@ -15,6 +15,7 @@
 
 #include "ctl.h"
 #include "model/model_gen.h"
+#include "base/clock.h"
 
 static void generate_usage(FILE *f)
 {
@@ -104,8 +105,7 @@ static int generate_main(int argc, char **argv)
         return 2;
     }
     const char *out = argv[optind];
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    const double t0 = ifd_now_s();
     ifd_error err = {{0}};
     uint64_t bytes = 0;
     int r = model_gen_write(out, &opt, &bytes, &err);
@@ -113,8 +113,7 @@ static int generate_main(int argc, char **argv)
         fprintf(stderr, "inferctl model generate: %s\n", err.msg);
         return 1;
     }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    double s = ifd_now_s() - t0;
     printf("wrote %s: preset %s, %s, seed %llu, %.1f MB of weights in %.2f s\n", out, opt.preset,
            ifd_dtype_name(opt.dtype), (unsigned long long)opt.seed, (double)bytes / 1e6, s);
     return 0;

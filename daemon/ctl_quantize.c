@@ -12,6 +12,7 @@
 #include "ctl.h"
 #include "model/quant.h"
 #include "model/quant_checkpoint.h"
+#include "base/clock.h"
 
 static void quantize_usage(FILE *f)
 {
@@ -102,8 +103,7 @@ int ctl_model_quantize_main(int argc, char **argv)
     }
     const char *src = argv[optind], *dst = argv[optind + 1];
     struct bar b = {.tty = isatty(STDERR_FILENO) == 1, .last_pct = -1};
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    const double t0 = ifd_now_s();
     ifd_error err = {{0}};
     int r = quant_checkpoint_write(src, dst, bits, gs, draw_progress, &b, &err);
     if (b.tty && b.last_pct >= 0)
@@ -112,8 +112,7 @@ int ctl_model_quantize_main(int argc, char **argv)
         fprintf(stderr, "inferctl model quantize: %s\n", err.msg);
         return 1;
     }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    double s = ifd_now_s() - t0;
     printf("wrote %s: MLX affine %d-bit, group size %d, in %.2f s\n", dst, bits, gs, s);
     return 0;
 }

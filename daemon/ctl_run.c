@@ -22,6 +22,7 @@
 #include "model/model.h"
 #include "model/sampler.h"
 #include "text/tokenizer/tokenizer.h"
+#include "base/clock.h"
 
 /* Bounds on what the command line may ask for. */
 #define RUN_MAX_PROMPT 65536
@@ -66,13 +67,6 @@ static void run_usage(FILE *f)
             "  --ctx N                 context length (default prompt + n)\n"
             "  --batch N               prefill batch size (default 512)\n"
             "  --json                  print {\"prompt_ids\", \"generated_ids\", \"finish_reason\", \"timings\"}\n");
-}
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
 static int parse_int(const char *opt, const char *s, long lo, long hi, int *ret)
@@ -298,7 +292,7 @@ int ctl_run_main(int argc, char **argv)
         sampler_accept(smp, o.prompt[i], false);
 
     /* prefill, in chunks of n_batch; logits of the last prompt token only */
-    double t0 = now_ms();
+    double t0 = ifd_now_ms();
     for (int start = 0; start < o.n_prompt; start += n_batch) {
         int n = o.n_prompt - start < n_batch ? o.n_prompt - start : n_batch;
         for (int i = 0; i < n; i++) {
@@ -313,7 +307,7 @@ int ctl_run_main(int argc, char **argv)
             goto done;
         }
     }
-    double t1 = now_ms();
+    double t1 = ifd_now_ms();
 
     if (!o.json && tok) {
         if (!(ts = tok_stream_create(tok, true))) {
@@ -358,7 +352,7 @@ int ctl_run_main(int argc, char **argv)
             goto done;
         }
     }
-    double t2 = now_ms();
+    double t2 = ifd_now_ms();
     free(logits);
 
     if (o.json) {

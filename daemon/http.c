@@ -25,6 +25,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "scheduler.h"
+#include "base/clock.h"
 
 #if MHD_VERSION < 0x00097002
 typedef int MHD_RESULT;
@@ -101,7 +102,7 @@ struct conn {
 
 static double now_mono(void)
 {
-    return sched_now();
+    return ifd_now_s();
 }
 
 /* ---- responses ---- */

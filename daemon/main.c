@@ -31,6 +31,7 @@
 #include "text/tokenizer/tokenizer.h"
 #include "backend.h"
 #include "worker.h"
+#include "base/clock.h"
 
 #define CONTEXT_CAP_DEFAULT 4096
 /* [model] chat_template file: far above any real template. */
@@ -124,7 +125,7 @@ static int load_model(const struct inferd_config *cfg, struct http_app *app, str
         return r;
     sdn_status("Loading model %s", L->model_dir);
     log_info("Loading model from %s", L->model_dir);
-    double t0 = sched_now();
+    double t0 = ifd_now_s();
     struct model_load_opts mo = model_load_opts_default();
     mo.quantize_bits = cfg->quantize_bits;
     mo.quantize_group_size = cfg->quantize_group_size;
@@ -220,7 +221,7 @@ static int load_model(const struct inferd_config *cfg, struct http_app *app, str
     app->backend_name = L->backend;
     app->cluster = L->cluster;
     log_info("Model %s loaded in %.1fs: %s, %d layers, hidden %d, vocab %d, context %d, %d sequences, backend %s",
-             app->model_name, sched_now() - t0, mc->arch_name, mc->n_layers, mc->hidden_size, mc->vocab_size, n_ctx,
+             app->model_name, ifd_now_s() - t0, mc->arch_name, mc->n_layers, mc->hidden_size, mc->vocab_size, n_ctx,
              ec.n_seq_max, L->backend);
     return 0;
 }
@@ -350,9 +351,9 @@ static void drain(struct http_app *app, struct http_server *http, struct sched *
     if (!sched)
         return;
     sched_drain_begin(sched);
-    double deadline = sched_now() + timeout_s;
+    double deadline = ifd_now_s() + timeout_s;
     int busy;
-    while ((busy = sched_busy(sched)) > 0 && sched_now() < deadline) {
+    while ((busy = sched_busy(sched)) > 0 && ifd_now_s() < deadline) {
         struct timespec ts = {0, 50 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
@@ -414,7 +415,7 @@ int main(int argc, char **argv)
     struct http_server *http = NULL;
     int rc = 1;
     pthread_rwlock_init(&app.lock, NULL);
-    app.t_start = sched_now();
+    app.t_start = ifd_now_s();
     app.created = (int64_t)time(NULL);
     char *name = served_name(&cfg);
     app.model_name = name ? name : "model";
@@ -481,7 +482,7 @@ int main(int argc, char **argv)
         }
         int sig = sigtimedwait(&mask, NULL, &ts);
         /* The watchdog says "alive" only if the scheduler loop is. */
-        if (wd > 0 && (!loader_joined || !L.sched || sched_now() - sched_heartbeat(L.sched) < (double)wd / 1e6))
+        if (wd > 0 && (!loader_joined || !L.sched || ifd_now_s() - sched_heartbeat(L.sched) < (double)wd / 1e6))
             sdn_watchdog_ping();
         if (sig == SIGHUP) {
             reload(argc, argv, &app, loader_joined ? L.sched : NULL);

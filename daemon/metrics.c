@@ -9,6 +9,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/clock.h"
+
 /* Rates are tokens over the last RATE_WINDOW complete seconds. */
 #define RATE_WINDOW 5
 #define RATE_BUCKETS 8
@@ -41,13 +43,6 @@ struct metrics {
     struct metrics_stage *stages; /* [n_stages] */
     double *layer_store;          /* [n_layers] backing the stages' layer_ms */
 };
-
-static int64_t now_second(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec;
-}
 
 struct metrics *metrics_create(int n_layers, int n_stages)
 {
@@ -107,7 +102,7 @@ void metrics_ttft(struct metrics *m, double s)
 
 void metrics_step(struct metrics *m, int n_prefill, int n_decode, double seconds)
 {
-    int64_t sec = now_second();
+    int64_t sec = (int64_t)(ifd_now_ns() / 1000000000u);
     pthread_mutex_lock(&m->mu);
     struct rate_bucket *b = &m->rates[sec % RATE_BUCKETS];
     if (b->second != sec) {
@@ -157,7 +152,7 @@ void metrics_stage_set(struct metrics *m, int i, const char *backend, int layer_
 
 static void rates_locked(struct metrics *m, double *prefill, double *decode)
 {
-    int64_t sec = now_second();
+    int64_t sec = (int64_t)(ifd_now_ns() / 1000000000u);
     uint64_t p = 0, d = 0;
     for (int i = 0; i < RATE_BUCKETS; i++) {
         const struct rate_bucket *b = &m->rates[i];

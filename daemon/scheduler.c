@@ -17,6 +17,7 @@
 #include "metrics.h"
 #include "model/model.h"
 #include "model/sampler.h"
+#include "base/clock.h"
 
 struct sched_req {
     struct sched *s;
@@ -103,13 +104,6 @@ struct sched {
 
 static void *sched_thread_main(void *arg);
 
-double sched_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static void req_free(struct sched_req *r)
 {
     pthread_cond_destroy(&r->cv);
@@ -192,7 +186,7 @@ int sched_create(engine *e, const tokenizer *tok, const int32_t *eos_ids, int n_
     if (n_eos > 0)
         memcpy(s->eos, eos_ids, sizeof(int32_t) * (size_t)n_eos);
     s->n_eos = n_eos;
-    s->heartbeat = sched_now();
+    s->heartbeat = ifd_now_s();
     if (pthread_create(&s->thread, NULL, sched_thread_main, s) != 0) {
         sched_destroy(s);
         return ifd_error_set(err, -EAGAIN, "scheduler: cannot start thread");
@@ -262,7 +256,7 @@ int sched_submit(struct sched *s, const struct sched_req_params *p, struct sched
     }
     r->logprobs = p->logprobs;
     r->top_logprobs = p->top_logprobs;
-    r->t_submit = sched_now();
+    r->t_submit = ifd_now_s();
     r->refs = 2;
 
     pthread_mutex_lock(&s->mu);
@@ -626,10 +620,10 @@ static void sched_step(struct sched *s)
     struct engine_batch b = {
         .n_tokens = n, .tokens = s->b_tokens, .seq_ids = s->b_seq_ids, .positions = s->b_pos, .want_logits = s->b_want,
     };
-    double t0 = sched_now();
+    double t0 = ifd_now_s();
     ifd_error err = {{0}};
     int rc = engine_decode(s->e, &b, &err);
-    double dt = sched_now() - t0;
+    double dt = ifd_now_s() - t0;
 
     if (rc < 0) {
         pthread_mutex_lock(&s->mu);
@@ -655,7 +649,7 @@ static void sched_step(struct sched *s)
             q->n_fed++;
     }
     const float *logits = engine_logits(s->e);
-    double now = sched_now();
+    double now = ifd_now_s();
     for (int row = 0; row < n_rows; row++) {
         struct sched_seq *q = &s->seqs[s->row_seq[row]];
         bool first = !q->generating;
@@ -699,7 +693,7 @@ static void *sched_thread_main(void *arg)
     struct sched *s = arg;
     pthread_mutex_lock(&s->mu);
     for (;;) {
-        s->heartbeat = sched_now();
+        s->heartbeat = ifd_now_s();
         for (int i = 0; i < s->cfg.n_seq_max; i++) {
             struct sched_seq *q = &s->seqs[i];
             if (!q->req)

@@ -90,5 +90,3 @@ void sched_counts(struct sched *s, int *ret_queued, int *ret_running);
 double sched_heartbeat(struct sched *s);
 /* Changes the queue bound at runtime (SIGHUP). */
 void sched_set_queue_depth(struct sched *s, int queue_depth);
-
-double sched_now(void); /* CLOCK_MONOTONIC seconds */

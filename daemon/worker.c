@@ -24,6 +24,7 @@
 #include "stage_server.h"
 #include "base/thread_pool.h"
 #include "weight_push.h"
+#include "base/clock.h"
 
 struct worker {
     pthread_mutex_t lock;        /* setup messages of concurrent masters */
@@ -62,7 +63,7 @@ static void loaded_stage_release(void *p)
 static int load_stage(struct worker *w, struct stage_server *srv, struct net_ready *ret, ifd_error *err)
 {
     const struct net_assign *a = &w->assign;
-    uint64_t t0 = net_now_ns();
+    uint64_t t0 = ifd_now_ns();
     void *image;
     size_t len;
     int r = wp_cache_build_image(w->cache, a, &image, &len, err);
@@ -120,7 +121,7 @@ static int load_stage(struct worker *w, struct stage_server *srv, struct net_rea
     stage_server_set_stage(srv, stage, loaded_stage_release, ls);
     ret->weight_bytes = len;
     ret->rss_bytes = net_rss_bytes();
-    ret->load_ms = (net_now_ns() - t0) / 1000000;
+    ret->load_ms = (ifd_now_ns() - t0) / 1000000;
     log_info("Serving layers %u-%u of %s (%.1f MiB of weights, %u sequences x %u positions); RSS %.1f MiB",
              a->layer_first, a->layer_last - 1, a->model_name, (double)len / 1048576.0, a->n_seq_max, a->n_ctx,
              (double)ret->rss_bytes / 1048576.0);
@@ -267,15 +268,13 @@ static uint32_t measure_speed_mbps(struct thread_pool *pool)
             x[i] = 1.0f / (float)(i + 1);
         struct ifd_weight w = {.dtype = IFD_DTYPE_BF16, .data = wbuf, .rows = ROWS, .cols = COLS};
         kern_matmul(pool, &w, x, 1, y); /* warm-up */
-        struct timespec t0, t1;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
+        const double t0 = ifd_now_s();
         double dt = 0;
         int n = 0;
         do {
             kern_matmul(pool, &w, x, 1, y);
             n++;
-            clock_gettime(CLOCK_MONOTONIC, &t1);
-            dt = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+            dt = ifd_now_s() - t0;
         } while (dt < 0.2);
         double v = (double)n * ROWS * COLS * sizeof(uint16_t) / dt / 1e6;
         mbps = v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;

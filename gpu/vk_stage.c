@@ -10,6 +10,7 @@
 
 #include "model/dtype.h"
 #include "vk_ctx.h"
+#include "base/clock.h"
 
 #define VK_STAGE_BATCH_DEFAULT 512
 
@@ -304,17 +305,10 @@ static int forward_chunk(struct vk_stage *s, int n, const int32_t *seq_ids, cons
     return 0;
 }
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
 static int vk_stage_forward(struct stage *st, const struct stage_batch *b, ifd_error *err)
 {
     struct vk_stage *s = (struct vk_stage *)st;
-    double t0 = now_ms();
+    double t0 = ifd_now_ms();
     if (b->n_tokens < 0)
         return ifd_error_set(err, -EINVAL, "vulkan stage: negative token count %d", b->n_tokens);
     /* check every (seq, pos) before touching the cache: positions of a
@@ -342,7 +336,7 @@ static int vk_stage_forward(struct stage *st, const struct stage_batch *b, ifd_e
     memcpy(s->seq_len, s->seq_len_tmp, (size_t)st->n_seq_max * sizeof(int));
     s->stats.forward_calls++;
     s->stats.tokens += (uint64_t)b->n_tokens;
-    s->stats.forward_ms += now_ms() - t0;
+    s->stats.forward_ms += ifd_now_ms() - t0;
     return 0;
 }
 

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "frame.h"
+#include "base/clock.h"
 
 struct net_conn {
     int fd;
@@ -31,20 +32,13 @@ struct net_conn {
     uint64_t bytes_sent, bytes_received;
 };
 
-uint64_t net_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* Milliseconds left until deadline_ns (UINT64_MAX: none): -1 for poll's
  * "forever", 0 when passed. */
 static int ms_left(uint64_t deadline_ns)
 {
     if (deadline_ns == UINT64_MAX)
         return -1;
-    uint64_t now = net_now_ns();
+    uint64_t now = ifd_now_ns();
     if (now >= deadline_ns)
         return 0;
     uint64_t ms = (deadline_ns - now + 999999) / 1000000;
@@ -53,7 +47,7 @@ static int ms_left(uint64_t deadline_ns)
 
 static uint64_t deadline_after(int timeout_ms)
 {
-    return timeout_ms < 0 ? UINT64_MAX : net_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    return timeout_ms < 0 ? UINT64_MAX : ifd_now_ns() + (uint64_t)timeout_ms * 1000000ull;
 }
 
 int net_addr_split(const char *addr, int default_port, char *host, size_t host_len, int *ret_port,

@@ -76,6 +76,3 @@ int net_conn_wait_readable(struct net_conn *c, int timeout_ms);
 
 /* Largest payload this connection accepts (default NET_FRAME_MAX_PAYLOAD). */
 void net_conn_set_max_payload(struct net_conn *c, uint32_t max);
-
-/* Monotonic clock in ns / ms, for deadlines and timings. */
-uint64_t net_now_ns(void);

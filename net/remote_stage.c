@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "base/clock.h"
 
 struct remote_link {
     char name[64];
@@ -190,7 +191,7 @@ int remote_link_ping(struct remote_link *l, int timeout_ms, double *ret_rtt_ms, 
         goto out;
     }
     struct net_buf b = {0};
-    uint64_t t0 = net_now_ns();
+    uint64_t t0 = ifd_now_ns();
     struct net_ping pg = {.req_id = l->next_req++, .t_ns = t0};
     r = net_ping_encode(&b, &pg);
     if (r >= 0)
@@ -211,7 +212,7 @@ int remote_link_ping(struct remote_link *l, int timeout_ms, double *ret_rtt_ms, 
         fail_locked(l, err ? err->msg : "ping failed");
         goto out;
     }
-    l->rtt_ms = (double)(net_now_ns() - t0) / 1e6;
+    l->rtt_ms = (double)(ifd_now_ns() - t0) / 1e6;
     if (ret_rtt_ms)
         *ret_rtt_ms = l->rtt_ms;
 out:
@@ -264,7 +265,7 @@ static int lock_all(struct remote_stage *rs, ifd_error *err)
 static int remote_forward(struct stage *s, const struct stage_batch *b, ifd_error *err)
 {
     struct remote_stage *rs = (struct remote_stage *)s;
-    uint64_t t0 = net_now_ns();
+    uint64_t t0 = ifd_now_ns();
     int r = lock_all(rs, err);
     if (r < 0)
         return r;
@@ -298,7 +299,7 @@ static int remote_forward(struct stage *s, const struct stage_batch *b, ifd_erro
      * them may report an ERROR, or die (its socket becomes readable at EOF). */
     uint64_t deadline = t0 + (uint64_t)rs->timeout_ms * 1000000ull;
     for (;;) {
-        uint64_t now = net_now_ns();
+        uint64_t now = ifd_now_ns();
         if (now >= deadline) {
             r = ifd_error_set(err, -EHOSTDOWN, "remote stage: no result from worker %s within %d ms",
                               tail->name, rs->timeout_ms);
@@ -322,7 +323,7 @@ static int remote_forward(struct stage *s, const struct stage_batch *b, ifd_erro
             uint16_t type;
             const uint8_t *p;
             size_t len;
-            int left = (int)((deadline - net_now_ns()) / 1000000) + 1;
+            int left = (int)((deadline - ifd_now_ns()) / 1000000) + 1;
             r = net_conn_recv(l->conn, &type, &p, &len, left, err);
             if (r < 0) {
                 fail_locked(l, err ? err->msg : "receive failed");
@@ -356,7 +357,7 @@ static int remote_forward(struct stage *s, const struct stage_batch *b, ifd_erro
         }
     }
 out:;
-    double ms = (double)(net_now_ns() - t0) / 1e6;
+    double ms = (double)(ifd_now_ns() - t0) / 1e6;
     if (r >= 0) {
         rs->stats.forward_calls++;
         rs->stats.tokens += (uint64_t)b->n_tokens;

@@ -13,6 +13,7 @@
 #include <zstd.h>
 
 #include "model/safetensors.h"
+#include "base/clock.h"
 
 #define WP_CHUNK (1u << 20) /* bytes per chunk sent; <= NET_CHUNK_MAX */
 _Static_assert(WP_CHUNK <= NET_CHUNK_MAX, "chunk within the protocol limit");
@@ -155,7 +156,7 @@ static int recv_msg(struct net_conn *c, uint16_t want, const uint8_t **p, size_t
 int wp_push(struct net_conn *c, const struct wp_manifest *mf, const struct wp_push_params *p,
             struct wp_push_stats *ret, ifd_error *err)
 {
-    uint64_t t0 = net_now_ns();
+    uint64_t t0 = ifd_now_ns();
     struct wp_push_stats st = {.tensors_total = mf->n};
     struct net_assign a = {
         .layer_first = (uint32_t)mf->first,
@@ -250,8 +251,8 @@ int wp_push(struct net_conn *c, const struct wp_manifest *mf, const struct wp_pu
     free(have_v);
     if (r < 0)
         goto out;
-    st.push_ms = (double)(net_now_ns() - t0) / 1e6;
-    uint64_t t1 = net_now_ns();
+    st.push_ms = (double)(ifd_now_ns() - t0) / 1e6;
+    uint64_t t1 = ifd_now_ns();
     if ((r = net_conn_send(c, NET_MSG_LOAD, NULL, 0, p->timeout_ms, err)) < 0)
         goto out;
     if ((r = recv_msg(c, NET_MSG_READY, &pl, &len, p->timeout_ms * 10, err)) < 0)
@@ -259,7 +260,7 @@ int wp_push(struct net_conn *c, const struct wp_manifest *mf, const struct wp_pu
     struct net_ready rd;
     if ((r = net_ready_decode(pl, len, &rd, err)) < 0)
         goto out;
-    st.load_ms = (double)(net_now_ns() - t1) / 1e6;
+    st.load_ms = (double)(ifd_now_ns() - t1) / 1e6;
     st.worker_rss = rd.rss_bytes;
     if (ret)
         *ret = st;

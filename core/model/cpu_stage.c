@@ -21,6 +21,7 @@
 
 #include "model/kernels.h"
 #include "base/thread_pool.h"
+#include "base/clock.h"
 
 /* Attention work is cut into this many tasks per thread, each with its own
  * score buffer (so no task shares scratch with another). */
@@ -74,13 +75,6 @@ static const struct stage_ops cpu_stage_ops;
 bool cpu_stage_is(const struct stage *s)
 {
     return s && s->ops == &cpu_stage_ops;
-}
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
 /* Start of the K (kind 0) or V (kind 1) block of a layer and slot. */
@@ -279,7 +273,7 @@ static int cpu_forward(struct stage *base, const struct stage_batch *b, ifd_erro
         return r;
     if ((r = cpu_stage_reserve(base, b->n_tokens, err)) < 0)
         return r;
-    double t_start = now_ms();
+    double t_start = ifd_now_ms();
     const int T = b->n_tokens, H = s->hidden, half = s->head_dim / 2;
     const struct model *m = s->m;
 
@@ -292,7 +286,7 @@ static int cpu_forward(struct stage *base, const struct stage_batch *b, ifd_erro
     }
 
     for (int li = 0; li < s->n_layers; li++) {
-        double t_layer = now_ms();
+        double t_layer = ifd_now_ms();
         const struct layer_weights *L = &m->layers[base->layer_first + li];
         const struct layer_vecs *V = &s->vecs[li];
 
@@ -331,7 +325,7 @@ static int cpu_forward(struct stage *base, const struct stage_batch *b, ifd_erro
         thread_pool_run(s->pool, silu_task, &sj, T < thread_pool_size(s->pool) ? T : thread_pool_size(s->pool));
         kern_matmul(s->pool, &L->w_down, s->gate, T, s->out);
         residual_add(b->hidden, s->out, (size_t)T * H);
-        s->layer_ms[li] += now_ms() - t_layer;
+        s->layer_ms[li] += ifd_now_ms() - t_layer;
     }
 
     /* a sequence's tokens come in increasing order: its last one sets the length */
@@ -339,7 +333,7 @@ static int cpu_forward(struct stage *base, const struct stage_batch *b, ifd_erro
         s->seq_len[b->seq_ids[t]] = b->positions[t] + 1;
     s->stats.forward_calls++;
     s->stats.tokens += (uint64_t)T;
-    s->stats.forward_ms += now_ms() - t_start;
+    s->stats.forward_ms += ifd_now_ms() - t_start;
     return 0;
 }
 

@@ -19,13 +19,7 @@
 #include "model/kernels.h"
 #include "model/model.h"
 #include "base/thread_pool.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
+#include "base/clock.h"
 
 /* ---- read bandwidth ---------------------------------------------------------- */
 
@@ -63,9 +57,9 @@ static double read_bandwidth(struct thread_pool *pool)
     double best = 0;
     int n_tasks = thread_pool_size(pool);
     for (int rep = 0; rep < 5; rep++) {
-        double t0 = now_s();
+        double t0 = ifd_now_s();
         thread_pool_run(pool, bw_task, &j, n_tasks);
-        double gbs = bytes / (now_s() - t0) / 1e9;
+        double gbs = bytes / (ifd_now_s() - t0) / 1e9;
         best = gbs > best ? gbs : best;
     }
     uint64_t x = 0;
@@ -147,12 +141,12 @@ int main(int argc, char **argv)
         }
     }
     struct engine_batch b = {.n_tokens = n_prompt, .tokens = ids, .seq_ids = seq, .positions = pos, .want_logits = want};
-    double t0 = now_s();
+    double t0 = ifd_now_s();
     if (engine_decode(e, &b, &err) < 0) {
         fprintf(stderr, "bench_engine: prefill: %s\n", err.msg);
         return 1;
     }
-    double t1 = now_s();
+    double t1 = ifd_now_s();
     int vocab = m->cfg.vocab_size;
     for (int k = 0; k < n_gen; k++) {
         const float *lg = engine_logits(e);
@@ -168,7 +162,7 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    double t2 = now_s();
+    double t2 = ifd_now_s();
     double prefill = n_prompt / (t1 - t0), decode = n_gen / (t2 - t1);
     double bytes = decode_bytes(m), bound = bw * 1e9 / bytes;
     printf("{\"engine\":\"inferd\",\"simd\":\"%s\",\"threads\":%d,\"prompt_tokens\":%d,\"gen_tokens\":%d,"

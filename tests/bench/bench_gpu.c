@@ -23,13 +23,7 @@
 #include "base/thread_pool.h"
 #include "vk_device.h"
 #include "vk_stage.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "base/clock.h"
 
 static int32_t argmax(const float *x, int n)
 {
@@ -82,7 +76,7 @@ int main(int argc, char **argv)
     }
     struct model_load_opts lo = model_load_opts_default();
     struct model *m = NULL;
-    double t0 = now_s();
+    double t0 = ifd_now_s();
     if (model_load(dir, &lo, &m, &err) < 0) {
         fprintf(stderr, "bench_gpu: %s\n", err.msg);
         return 1;
@@ -115,7 +109,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_gpu: %s\n", err.msg);
         return 1;
     }
-    double t_load = now_s() - t0;
+    double t_load = ifd_now_s() - t0;
 
     int vocab = m->cfg.vocab_size;
     int32_t *tok = malloc(sizeof(int32_t) * (size_t)n_prompt), *seq = calloc((size_t)n_prompt, sizeof(int32_t));
@@ -129,14 +123,14 @@ int main(int argc, char **argv)
     struct engine_batch b = {.n_tokens = n_prompt, .tokens = tok, .seq_ids = seq, .positions = pos, .want_logits = want};
     struct stage_stats s0, s1, s2;
     st->ops->get_stats(st, &s0);
-    t0 = now_s();
+    t0 = ifd_now_s();
     if (engine_decode(e, &b, &err) < 0) {
         fprintf(stderr, "bench_gpu: prefill: %s\n", err.msg);
         return 1;
     }
-    double t_prefill = now_s() - t0;
+    double t_prefill = ifd_now_s() - t0;
     st->ops->get_stats(st, &s1);
-    t0 = now_s();
+    t0 = ifd_now_s();
     for (int k = 0; k < n_decode; k++) {
         int32_t t = argmax(engine_logits(e), vocab), p = n_prompt + k;
         bool w = true;
@@ -146,7 +140,7 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    double t_decode = now_s() - t0;
+    double t_decode = ifd_now_s() - t0;
     st->ops->get_stats(st, &s2);
     double stage_prefill = (s1.forward_ms - s0.forward_ms) / 1e3, stage_decode = (s2.forward_ms - s1.forward_ms) / 1e3;
     uint64_t wb = layer_bytes(m);

@@ -19,13 +19,7 @@
 #include <time.h>
 
 #include "text/tokenizer/tokenizer.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "base/clock.h"
 
 static char *slurp(const char *path, size_t *len)
 {
@@ -124,18 +118,18 @@ int main(int argc, char **argv)
     }
     tokenizer *t = NULL;
     ifd_error err = {0};
-    double t0 = now();
+    double t0 = ifd_now_s();
     if (tok_load(argv[1], &t, &err) < 0) {
         fprintf(stderr, "bench_tokenizer: %s\n", err.msg);
         return 1;
     }
-    double load_s = now() - t0;
+    double load_s = ifd_now_s() - t0;
     struct tok_ids ids = {0};
     int iters = 0;
     double best = 1e30, total = 0;
     size_t tokens = 0;
     while (total < seconds || iters < 3) {
-        double a = now();
+        double a = ifd_now_s();
         size_t n_tokens = 0;
         for (size_t off = 0; off < len;) {
             size_t n = len - off;
@@ -150,7 +144,7 @@ int main(int argc, char **argv)
             n_tokens += ids.n;
             off += n;
         }
-        double d = now() - a;
+        double d = ifd_now_s() - a;
         total += d;
         best = d < best ? d : best;
         iters++;

@@ -16,6 +16,7 @@
  *                        [--save-case K FILE] [--optional-dir DIR] [PATH...]
  * A PATH is a file or a directory (its regular files, not recursively). */
 #include "fuzz.h"
+#include "base/clock.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -346,13 +347,6 @@ static int write_file(const char *path, const void *data, size_t len)
     return 0;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 int main(int argc, char **argv)
 {
     uint64_t iterations = 2000, seed = 1;
@@ -451,11 +445,11 @@ int main(int argc, char **argv)
 
     install_death_note();
     current_seed = seed;
-    double t0 = now_s();
+    double t0 = ifd_now_s();
     uint64_t total = c.n + iterations, done = 0;
     for (uint64_t k = 0; k < total; k++) {
         /* The seeds always run; the time cap only shortens the mutations. */
-        if (k >= c.n && max_seconds > 0 && (k & 15) == 0 && now_s() - t0 > max_seconds)
+        if (k >= c.n && max_seconds > 0 && (k & 15) == 0 && ifd_now_s() - t0 > max_seconds)
             break;
         make_case(&c, seed, k, &b);
         current_case = k;
@@ -464,7 +458,7 @@ int main(int argc, char **argv)
     }
     current_case = UINT64_MAX;
     printf("replay: %zu seeds (%zu built), %llu mutations, seed %llu, %.1f s%s\n", c.n, n_built,
-           (unsigned long long)(done - c.n), (unsigned long long)seed, now_s() - t0,
+           (unsigned long long)(done - c.n), (unsigned long long)seed, ifd_now_s() - t0,
            done < total ? " (stopped at --max-seconds)" : "");
 out:
     free(b.p);
