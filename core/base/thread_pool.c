@@ -28,10 +28,19 @@
  * matrix products of one token, short enough not to burn a shared core. */
 #define POOL_SPIN 1000
 
+/* A scratch region and the thread it belongs to. */
+struct pool_slot {
+    struct thread_pool *pool;
+    void *mem; /* 64-byte aligned */
+    size_t cap;
+};
+
 struct thread_pool {
     int n_threads;                 /* including the caller's thread */
     pthread_t *threads;            /* [n_threads - 1] workers */
     int n_started;
+    /* [n_threads + 1]: the caller's, worker i's at i + 1, the job's last */
+    struct pool_slot *slots;
 
     /* the current job, written by the caller before bumping `generation` */
     _Atomic(thread_pool_fn) fn;
@@ -94,9 +103,13 @@ static void pool_do_tasks(struct thread_pool *p, uint32_t gen)
     }
 }
 
+/* The slot of a worker thread; NULL on any other thread. */
+static _Thread_local struct pool_slot *tl_slot;
+
 static void *pool_worker(void *arg)
 {
-    struct thread_pool *p = arg;
+    tl_slot = arg;
+    struct thread_pool *p = tl_slot->pool;
     uint32_t seen = 0;
     for (;;) {
         uint32_t g;
@@ -139,15 +152,21 @@ struct thread_pool *thread_pool_create(int n_threads)
     if (!p)
         return NULL;
     p->n_threads = n_threads;
+    if (!(p->slots = calloc((size_t)n_threads + 1, sizeof(*p->slots)))) {
+        free(p);
+        return NULL;
+    }
+    for (int i = 0; i <= n_threads; i++)
+        p->slots[i].pool = p;
     if (n_threads > 1) {
         p->threads = calloc((size_t)n_threads - 1, sizeof(*p->threads));
         if (!p->threads) {
-            free(p);
+            thread_pool_destroy(p);
             return NULL;
         }
     }
     for (int i = 0; i < n_threads - 1; i++) {
-        if (pthread_create(&p->threads[i], NULL, pool_worker, p) != 0) {
+        if (pthread_create(&p->threads[i], NULL, pool_worker, &p->slots[i + 1]) != 0) {
             thread_pool_destroy(p);
             return NULL;
         }
@@ -164,6 +183,10 @@ void thread_pool_destroy(struct thread_pool *p)
     pool_publish(p);
     for (int i = 0; i < p->n_started; i++)
         pthread_join(p->threads[i], NULL);
+    if (p->slots)
+        for (int i = 0; i <= p->n_threads; i++)
+            free(p->slots[i].mem);
+    free(p->slots);
     free(p->threads);
     free(p);
 }
@@ -206,4 +229,37 @@ void thread_pool_run(struct thread_pool *p, thread_pool_fn fn, void *ctx, int n_
             futex_wait(&p->done, d);
         atomic_store(&p->caller_sleeping, 0);
     }
+}
+
+/* Grows s to at least bytes (rounded up to the alignment). Exact growth, not
+ * geometric: sizes come from batch shapes, which change rarely and settle. */
+static void *slot_reserve(struct pool_slot *s, size_t bytes)
+{
+    if (bytes <= s->cap && s->mem)
+        return s->mem;
+    if (bytes > SIZE_MAX - 63)
+        return NULL;
+    size_t cap = (bytes + 63) & ~(size_t)63;
+    void *mem = aligned_alloc(64, cap ? cap : 64);
+    if (!mem)
+        return NULL;
+    free(s->mem);
+    s->mem = mem;
+    s->cap = cap;
+    return mem;
+}
+
+void *thread_pool_task_scratch(struct thread_pool *p, size_t bytes)
+{
+    if (!p)
+        return NULL;
+    /* the caller has no slot of its own in TLS: it may be any thread, one at
+     * a time, which is what slot 0 serves */
+    struct pool_slot *s = tl_slot && tl_slot->pool == p ? tl_slot : &p->slots[0];
+    return slot_reserve(s, bytes);
+}
+
+void *thread_pool_job_scratch(struct thread_pool *p, size_t bytes)
+{
+    return p ? slot_reserve(&p->slots[p->n_threads], bytes) : NULL;
 }

@@ -123,6 +123,7 @@ struct mm_job {
     int n_tokens;
     int64_t rows_per_task;       /* multiple of 4 (16 with int8 activations), so tiles never straddle tasks */
     const struct quant_act *act[MM_MAX_MULTI]; /* weight i's int8 activations, or NULL */
+    struct thread_pool *pool;    /* its per-thread scratch holds the int8 path's panels */
 };
 
 static void mm_task(void *ctx, int task, int n_tasks)
@@ -138,8 +139,11 @@ static void mm_task(void *ctx, int task, int n_tasks)
         r1 = w->rows;
     if (r0 >= r1)
         return;
-    if (j->act[i] && quant_act_matmul_rows(w, j->act[i], j->y[i], r0, r1) == 0)
-        return;
+    if (j->act[i]) {
+        void *panel = thread_pool_task_scratch(j->pool, QUANT_ACT_PANEL_BYTES);
+        if (panel && quant_act_matmul_rows(w, j->act[i], j->y[i], r0, r1, panel) == 0)
+            return;
+    }
     if (w->bits)
         quant_matmul_rows(w, j->x, j->n_tokens, j->y[i], r0, r1);
     else
@@ -166,24 +170,39 @@ static void act_task(void *ctx, int task, int n_tasks)
 }
 
 /* Quantizes x to int8 once for every weight of the job that takes the int8
- * prefill path (weights of one layout share it). Returns how many of acts[]
- * were filled; a weight whose allocation fails keeps the f32 path. */
+ * prefill path (weights of one layout share it), into the pool's job scratch:
+ * no allocation once the largest batch shape has been seen. Returns how many
+ * of acts[] were filled; without the scratch every weight keeps the f32 path. */
 static int mm_prepare_acts(struct thread_pool *pool, struct mm_job *j, struct quant_act *acts)
 {
-    int n_acts = 0;
+    int n_acts = 0, act_of[MM_MAX_MULTI];
+    size_t at[MM_MAX_MULTI + 1] = {0}; /* byte offset of each act in the scratch */
     for (int i = 0; i < j->n; i++) {
+        act_of[i] = -1;
         if (!j->w[i]->bits || !quant_act_eligible(j->w[i], j->n_tokens))
             continue;
-        for (int k = 0; k < n_acts && !j->act[i]; k++)
-            if (quant_act_matches(&acts[k], j->w[i]))
-                j->act[i] = &acts[k];
-        if (j->act[i] || quant_act_alloc(&acts[n_acts], j->w[i], j->n_tokens) != 0)
-            continue;
-        struct act_job aj = {.a = &acts[n_acts], .x = j->x};
+        int k = 0;
+        while (k < n_acts && !quant_act_matches(&acts[k], j->w[i]))
+            k++;
+        if (k == n_acts) {
+            size_t bytes = quant_act_setup(&acts[k], j->w[i], j->n_tokens);
+            at[k + 1] = at[k] + ((bytes + 63) & ~(size_t)63);
+            n_acts++;
+        }
+        act_of[i] = k;
+    }
+    char *mem = n_acts ? thread_pool_job_scratch(pool, at[n_acts]) : NULL;
+    if (!mem)
+        return 0;
+    for (int k = 0; k < n_acts; k++) {
+        quant_act_attach(&acts[k], mem + at[k]);
+        struct act_job aj = {.a = &acts[k], .x = j->x};
         int n_tasks = thread_pool_size(pool) < j->n_tokens ? thread_pool_size(pool) : j->n_tokens;
         thread_pool_run(pool, act_task, &aj, n_tasks);
-        j->act[i] = &acts[n_acts++];
     }
+    for (int i = 0; i < j->n; i++)
+        if (act_of[i] >= 0)
+            j->act[i] = &acts[act_of[i]];
     return n_acts;
 }
 
@@ -199,7 +218,7 @@ void kern_matmul_multi(struct thread_pool *pool, const struct ifd_weight *const 
         ys += MM_MAX_MULTI;
         n -= MM_MAX_MULTI;
     }
-    struct mm_job j = {.n = n, .x = x, .n_tokens = n_tokens};
+    struct mm_job j = {.n = n, .x = x, .n_tokens = n_tokens, .pool = pool};
     int64_t total_rows = 0;
     double macs = 0;
     for (int i = 0; i < n; i++) {
@@ -231,8 +250,6 @@ void kern_matmul_multi(struct thread_pool *pool, const struct ifd_weight *const 
             j.first_task[i + 1] = j.first_task[i] + (int)((ws[i]->rows + per - 1) / per);
         thread_pool_run(pool, mm_task, &j, j.first_task[n]);
     }
-    for (int k = 0; k < n_acts; k++)
-        quant_act_free(&acts[k]);
 }
 
 void kern_matmul(struct thread_pool *pool, const struct ifd_weight *w, const float *x, int n_tokens, float *y)

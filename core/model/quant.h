@@ -83,22 +83,38 @@ struct quant_act {
  * AVX-512 VNNI, and at least quant_act_set_min_tokens() tokens. */
 bool quant_act_eligible(const struct ifd_weight *w, int n_tokens);
 
-/* True when a was prepared for w's layout and width. */
+/* True when a was set up for w's layout and width. */
 bool quant_act_matches(const struct quant_act *a, const struct ifd_weight *w);
 
-/* Allocates a for n_tokens rows of w's width; 0 or -ENOMEM. */
+/* Sets a up for n_tokens rows of w's width, without memory; returns the
+ * bytes quant_act_attach() needs. The caller owns that memory, so that a
+ * product in the per-token loop can use scratch sized once (the thread
+ * pool's) instead of allocating. */
+size_t quant_act_setup(struct quant_act *a, const struct ifd_weight *w, int n_tokens);
+
+/* Points a set-up a at mem (quant_act_setup()'s bytes, 64-byte aligned) and
+ * zeroes it: the padding tokens of the last tile must be zeros. */
+void quant_act_attach(struct quant_act *a, void *mem);
+
+/* quant_act_setup() + quant_act_attach() on memory of its own, released by
+ * quant_act_free(); 0 or -ENOMEM. For tests and benchmarks. */
 int quant_act_alloc(struct quant_act *a, const struct ifd_weight *w, int n_tokens);
+void quant_act_free(struct quant_act *a);
 
 /* Quantizes rows [t0, t1) of x [n_tokens, cols] into a (threads may fill
  * disjoint ranges). */
 void quant_act_prepare_tokens(struct quant_act *a, const float *x, int t0, int t1);
 
-/* y[t, r] for r in [row_begin, row_end), every token of a: the int8 version
- * of quant_matmul_rows. Returns 0, or -ENOMEM (the caller falls back). */
-int quant_act_matmul_rows(const struct ifd_weight *w, const struct quant_act *a, float *y,
-                          int64_t row_begin, int64_t row_end);
+/* Scratch one call of quant_act_matmul_rows() packs weight panels into
+ * (16 rows x 2048 columns of codes, their scales and biases), 64-byte
+ * aligned; one per thread. */
+#define QUANT_ACT_PANEL_BYTES (16 * 2048 + 2 * 16 * (2048 / 32) * 4)
 
-void quant_act_free(struct quant_act *a);
+/* y[t, r] for r in [row_begin, row_end), every token of a: the int8 version
+ * of quant_matmul_rows, packing panels into `panel` (QUANT_ACT_PANEL_BYTES).
+ * Allocates nothing. Returns 0, or -ENOTSUP off x86-64. */
+int quant_act_matmul_rows(const struct ifd_weight *w, const struct quant_act *a, float *y,
+                          int64_t row_begin, int64_t row_end, void *panel);
 
 /* Fewest tokens that take the int8 path (default 16); tests set 1 to run the
  * goldens through it. n <= 0 restores the default. */

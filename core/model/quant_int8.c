@@ -29,6 +29,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "base/cpu.h"
 #include "quant_internal.h"
@@ -61,38 +62,59 @@ bool quant_act_eligible(const struct ifd_weight *w, int n_tokens)
 
 bool quant_act_matches(const struct quant_act *a, const struct ifd_weight *w)
 {
-    return a->words && a->bits == w->bits && a->group_size == w->group_size && a->cols == w->cols;
+    return a->bits == w->bits && a->group_size == w->group_size && a->cols == w->cols;
+}
+
+/* Floats of each part of a's memory, in the order they lie there. */
+static void act_parts(const struct quant_act *a, size_t *ret_ns, size_t *ret_ng, size_t *ret_nw)
+{
+    const int n_tiles = (a->n_tokens + QUANT_ACT_TILE - 1) / QUANT_ACT_TILE;
+    const size_t slots = (size_t)n_tiles * QUANT_ACT_TILE;
+    *ret_nw = slots * 2 * (size_t)(a->cols / 4);
+    *ret_ns = slots * (size_t)(a->cols / a->block);
+    *ret_ng = slots * (size_t)(a->cols / a->group_size);
+}
+
+size_t quant_act_setup(struct quant_act *a, const struct ifd_weight *w, int n_tokens)
+{
+    *a = (struct quant_act){
+        .bits = w->bits,
+        .group_size = w->group_size,
+        .block = act_block_of(w->group_size),
+        .n_tokens = n_tokens,
+        .cols = w->cols,
+    };
+    size_t ns, ng, nw;
+    act_parts(a, &ns, &ng, &nw);
+    return (ns + ng + nw) * sizeof(float);
+}
+
+void quant_act_attach(struct quant_act *a, void *mem)
+{
+    size_t ns, ng, nw;
+    act_parts(a, &ns, &ng, &nw);
+    /* Zeroed: the padding tokens of the last tile are zeros, so the kernel
+     * can always compute whole tiles, and group sums are accumulated. */
+    memset(mem, 0, (ns + ng + nw) * sizeof(float));
+    float *f = mem;
+    a->scale = f;
+    a->group_sum = f + ns;
+    a->words = (int32_t *)(f + ns + ng);
 }
 
 int quant_act_alloc(struct quant_act *a, const struct ifd_weight *w, int n_tokens)
 {
-    const int64_t cols = w->cols, block = act_block_of(w->group_size);
-    const int n_tiles = (n_tokens + QUANT_ACT_TILE - 1) / QUANT_ACT_TILE;
-    const size_t slots = (size_t)n_tiles * QUANT_ACT_TILE;
-    const size_t nw = slots * 2 * (size_t)(cols / 4);
-    const size_t ns = slots * (size_t)(cols / block);
-    const size_t ng = slots * (size_t)(cols / w->group_size);
-    *a = (struct quant_act){
-        .bits = w->bits,
-        .group_size = w->group_size,
-        .block = (int)block,
-        .n_tokens = n_tokens,
-        .cols = cols,
-    };
-    /* One allocation, zeroed: the padding tokens of the last tile are zeros,
-     * so the kernel can always compute whole tiles. */
-    float *f = calloc(ns + ng + nw, sizeof(float));
-    if (!f)
+    size_t bytes = quant_act_setup(a, w, n_tokens);
+    void *mem = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (!mem)
         return -ENOMEM;
-    a->scale = f;
-    a->group_sum = f + ns;
-    a->words = (int32_t *)(f + ns + ng);
+    quant_act_attach(a, mem);
     return 0;
 }
 
 void quant_act_free(struct quant_act *a)
 {
-    free(a->scale);
+    free(a->scale); /* the start of the memory quant_act_alloc() attached */
     *a = (struct quant_act){0};
 }
 
@@ -135,7 +157,7 @@ void quant_act_prepare_tokens(struct quant_act *a, const float *x, int t0, int t
             const float d = m / 127.0f;
             const __m512 inv = _mm512_set1_ps(d > 0.0f ? 1.0f / d : 0.0f);
             dr[k * QI_TILE] = d;
-            sr[k / per_group * QI_TILE] += _mm512_reduce_add_ps(sum); /* zeroed by alloc */
+            sr[k / per_group * QI_TILE] += _mm512_reduce_add_ps(sum); /* zeroed by quant_act_attach */
             for (int i = 0; i < vecs; i++) {
                 /* Round to nearest even (the default MXCSR mode): |hi| <= 127,
                  * and the remainder, within +-0.5, scaled to |lo| <= 127. */
@@ -263,12 +285,12 @@ static void qi_tile(const struct qi_panel *p, const struct quant_act *a, int64_t
     }
 }
 
+_Static_assert(sizeof(struct qi_panel) <= QUANT_ACT_PANEL_BYTES, "QUANT_ACT_PANEL_BYTES too small");
+
 int quant_act_matmul_rows(const struct ifd_weight *w, const struct quant_act *a, float *y,
-                          int64_t row_begin, int64_t row_end)
+                          int64_t row_begin, int64_t row_end, void *panel)
 {
-    struct qi_panel *p = aligned_alloc(64, sizeof(*p));
-    if (!p)
-        return -ENOMEM;
+    struct qi_panel *p = panel;
     const int64_t kp_max = QI_PANEL_COLS / a->group_size * a->group_size;
     const int64_t n_tiles = (a->n_tokens + QI_TILE - 1) / QI_TILE;
     for (int64_t p0 = row_begin; p0 < row_end; p0 += QI_ROWS) {
@@ -280,7 +302,6 @@ int quant_act_matmul_rows(const struct ifd_weight *w, const struct quant_act *a,
                 qi_tile(p, a, tile, c0, kp, y, w->rows, p0, nr);
         }
     }
-    free(p);
     return 0;
 }
 
@@ -293,9 +314,9 @@ void quant_act_prepare_tokens(struct quant_act *a, const float *x, int t0, int t
 }
 
 int quant_act_matmul_rows(const struct ifd_weight *w, const struct quant_act *a, float *y,
-                          int64_t row_begin, int64_t row_end)
+                          int64_t row_begin, int64_t row_end, void *panel)
 {
-    (void)w, (void)a, (void)y, (void)row_begin, (void)row_end;
+    (void)w, (void)a, (void)y, (void)row_begin, (void)row_end, (void)panel;
     return -ENOTSUP;
 }
 #endif

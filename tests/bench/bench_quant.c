@@ -77,12 +77,17 @@ int main(int argc, char **argv)
         double dt = (now() - t0) / reps;
         double t1 = now();
         int preps = reps / 8 + 1;
+        /* the activations and the panel sized once, as the thread pool's
+         * scratch is in the daemon */
+        struct quant_act a;
+        void *act_mem = NULL, *panel = aligned_alloc(64, QUANT_ACT_PANEL_BYTES);
+        if (int8 && quant_act_eligible(&q, nb))
+            act_mem = aligned_alloc(64, (quant_act_setup(&a, &q, nb) + 63) & ~(size_t)63);
         for (int i = 0; i < preps; i++) {
-            struct quant_act a;
-            if (int8 && quant_act_eligible(&q, nb) && quant_act_alloc(&a, &q, nb) == 0) {
+            if (act_mem && panel) {
+                quant_act_attach(&a, act_mem);
                 quant_act_prepare_tokens(&a, x, 0, nb);
-                quant_act_matmul_rows(&q, &a, y, 0, rows);
-                quant_act_free(&a);
+                quant_act_matmul_rows(&q, &a, y, 0, rows, panel);
             } else {
                 if (int8) {
                     fprintf(stderr, "bench_quant: the int8 path does not take this batch on this CPU\n");
@@ -92,6 +97,8 @@ int main(int argc, char **argv)
             }
         }
         double pt = (now() - t1) / preps;
+        free(act_mem);
+        free(panel);
         printf("[%lld x %lld] %d-bit g%d %s: decode %.3f ms (%.1f GB/s, %.2f Gw/s)  batch %d: %.3f ms (%.1f GFLOP/s)\n",
                (long long)rows, (long long)cols, bits, gs, isa_name, dt * 1e3, bytes / dt / 1e9,
                rows * cols / dt / 1e9, nb, pt * 1e3, 2.0 * rows * cols * nb / pt / 1e9);

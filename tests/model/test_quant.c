@@ -13,8 +13,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "base/cpu.h"
 #include "model/dtype.h"
 #include "model/engine.h"
+#include "model/kernels.h"
 #include "model/model.h"
 #include "model/quant.h"
 #include "model/quant_checkpoint.h"
@@ -425,6 +427,51 @@ static const char *isa_name(enum quant_isa isa)
     }
 }
 
+/* kern_set_simd() forces the quantized products too: QUANT_ISA_AUTO (what
+ * quant_matmul_rows and so the engine use) then gives, bit for bit, the
+ * forced ISA's result, which differs in summation order from the best one's;
+ * and the int8 path, AVX-512 only, is off below it. */
+Test(quant, auto_follows_the_forced_level)
+{
+    const enum quant_isa isa_of[] = {[CPU_SIMD_SCALAR] = QUANT_ISA_SCALAR, [CPU_SIMD_AVX2] = QUANT_ISA_AVX2,
+                                     [CPU_SIMD_AVX512] = QUANT_ISA_AVX512};
+    const enum cpu_simd best = cpu_simd_best();
+    if (best == CPU_SIMD_SCALAR) {
+        cr_log_warn("no SIMD on this CPU: nothing to force");
+        return;
+    }
+    struct qw q;
+    const int64_t rows = 37, cols = 64 * 9;
+    const int n_tokens = 5;
+    const size_t ny = (size_t)(n_tokens * rows);
+    qw_make(&q, rows, cols, 4, 64, IFD_DTYPE_BF16, 0);
+    float *x = malloc((size_t)(n_tokens * cols) * sizeof(float));
+    float *y_best = malloc(ny * sizeof(float)), *want = malloc(ny * sizeof(float)), *got = malloc(ny * sizeof(float));
+    for (int64_t i = 0; i < n_tokens * cols; i++)
+        x[i] = frand();
+    cr_assert_eq(quant_matmul_rows_isa(isa_of[best], &q.w, x, n_tokens, y_best, 0, rows), 0);
+    for (int l = CPU_SIMD_SCALAR; l < (int)best; l++) {
+        const char *name = cpu_simd_name((enum cpu_simd)l);
+        cr_assert_eq(kern_set_simd(name), 0);
+        cr_assert_eq(quant_matmul_rows_isa(isa_of[l], &q.w, x, n_tokens, want, 0, rows), 0);
+        cr_assert_neq(memcmp(want, y_best, ny * sizeof(float)), 0,
+                      "%s and %s agree bit for bit: this case cannot tell them apart", name, cpu_simd_name(best));
+        cr_assert_eq(quant_matmul_rows_isa(QUANT_ISA_AUTO, &q.w, x, n_tokens, got, 0, rows), 0);
+        cr_assert_eq(memcmp(want, got, ny * sizeof(float)), 0, "forced %s: AUTO must compute what %s does", name,
+                     name);
+        struct ifd_weight probe = {.bits = 4, .group_size = 64};
+        cr_assert(!quant_act_eligible(&probe, 1 << 20), "forced %s: no int8 (AVX-512 VNNI) path", name);
+    }
+    cr_assert_eq(kern_set_simd(cpu_simd_name(best)), 0);
+    cr_assert_eq(quant_matmul_rows_isa(QUANT_ISA_AUTO, &q.w, x, n_tokens, got, 0, rows), 0);
+    cr_assert_eq(memcmp(y_best, got, ny * sizeof(float)), 0, "restored: AUTO is the best again");
+    free(x);
+    free(y_best);
+    free(want);
+    free(got);
+    qw_free(&q);
+}
+
 /* Every ISA, every bit width and group size, odd row counts (tile remainders),
  * token counts 1..9 (tile remainders), a slice of rows, misaligned buffers and
  * every scale dtype: NMSE against the reference below 1e-10. */
@@ -536,6 +583,8 @@ Test(quant, int8_activations_nmse)
         return;
     }
     int n_run = 0;
+    void *panel = aligned_alloc(64, QUANT_ACT_PANEL_BYTES);
+    cr_assert_not_null(panel);
     for (size_t bi = 0; bi < 2; bi++)
         for (size_t gi = 0; gi < 3; gi++)
             for (size_t ri = 0; ri < 3; ri++) {
@@ -557,7 +606,7 @@ Test(quant, int8_activations_nmse)
                 struct quant_act a;
                 cr_assert_eq(quant_act_alloc(&a, &q.w, n_tokens), 0);
                 quant_act_prepare_tokens(&a, x, 0, n_tokens);
-                cr_assert_eq(quant_act_matmul_rows(&q.w, &a, y, r0, r1), 0);
+                cr_assert_eq(quant_act_matmul_rows(&q.w, &a, y, r0, r1, panel), 0);
                 quant_act_free(&a);
                 double num = 0.0, num_rounded = 0.0, den = 0.0;
                 for (int t = 0; t < n_tokens; t++)
@@ -589,6 +638,7 @@ Test(quant, int8_activations_nmse)
                 free(y);
                 qw_free(&q);
             }
+    free(panel);
     cr_expect_eq(n_run, 18);
 }
 
