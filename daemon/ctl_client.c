@@ -14,9 +14,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <stdint.h>
 #include <unistd.h>
 
 #include "ctl.h"
+#include "base/buf.h"
 
 #define DEFAULT_URL "http://127.0.0.1:8080"
 #define MAX_RESPONSE (64u << 20)
@@ -284,16 +286,10 @@ struct buf {
 static int buf_sink(void *ctx, const char *p, size_t n)
 {
     struct buf *b = ctx;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *np = realloc(b->p, cap);
-        if (!np)
-            return -ENOMEM;
-        b->p = np;
-        b->cap = cap;
-    }
+    char *np = n < SIZE_MAX - b->len - 1 ? buf_grow(b->p, &b->cap, b->len + n + 1, 1) : NULL;
+    if (!np)
+        return -ENOMEM;
+    b->p = np;
     memcpy(b->p + b->len, p, n);
     b->len += n;
     b->p[b->len] = '\0';

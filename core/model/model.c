@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "model/quant.h"
+#include "base/buf.h"
 
 /* Buffers made at load (quantize on load), freed with the model. */
 struct model_owned {
@@ -36,14 +37,10 @@ struct model_load_opts model_load_opts_default(void)
 static int owned_add(struct model *m, void *buf)
 {
     struct model_owned *o = m->owned;
-    if (o->n == o->cap) {
-        size_t cap = o->cap ? o->cap * 2 : 16;
-        void **b = realloc(o->bufs, cap * sizeof(*b));
-        if (!b)
-            return -ENOMEM;
-        o->bufs = b;
-        o->cap = cap;
-    }
+    void **b = buf_grow(o->bufs, &o->cap, o->n + 1, sizeof(*b));
+    if (!b)
+        return -ENOMEM;
+    o->bufs = b;
     o->bufs[o->n++] = buf;
     return 0;
 }
@@ -300,14 +297,10 @@ static int names_add(struct name_list *nl, const st_model *st, const char *name,
     for (size_t i = 0; i < nl->n; i++)
         if (strcmp(nl->v[i], t->name) == 0)
             return 0;
-    if (nl->n + 2 >= nl->cap) {
-        size_t cap = nl->cap ? nl->cap * 2 : 64;
-        char **v = realloc(nl->v, cap * sizeof(*v));
-        if (!v)
-            return ifd_error_set(err, -ENOMEM, "out of memory listing tensors");
-        nl->v = v;
-        nl->cap = cap;
-    }
+    char **v = buf_grow(nl->v, &nl->cap, nl->n + 3, sizeof(*v));
+    if (!v)
+        return ifd_error_set(err, -ENOMEM, "out of memory listing tensors");
+    nl->v = v;
     if (!(nl->v[nl->n] = strdup(t->name)))
         return ifd_error_set(err, -ENOMEM, "out of memory listing tensors");
     nl->v[++nl->n] = NULL;

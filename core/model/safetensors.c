@@ -23,6 +23,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/buf.h"
 #include "base/file.h"
 
 /* An index file lists names and shard files only; real ones are well under 1 MiB. */
@@ -152,16 +153,12 @@ static int range_cmp(const void *a, const void *b)
 
 static int tensors_reserve(st_model *m, size_t extra)
 {
-    if (m->n_tensors + extra <= m->cap_tensors)
-        return 0;
-    size_t cap = m->cap_tensors ? m->cap_tensors : 64;
-    while (cap < m->n_tensors + extra)
-        cap *= 2;
-    struct st_tensor *t = realloc(m->tensors, cap * sizeof(*t));
+    if (extra > SIZE_MAX - m->n_tensors)
+        return -ENOMEM;
+    struct st_tensor *t = buf_grow(m->tensors, &m->cap_tensors, m->n_tensors + extra, sizeof(*t));
     if (!t)
         return -ENOMEM;
     m->tensors = t;
-    m->cap_tensors = cap;
     return 0;
 }
 
@@ -798,19 +795,6 @@ void st_writer_destroy(st_writer *w)
     free(w);
 }
 
-static int grow(void **arr, size_t *cap, size_t n, size_t elem)
-{
-    if (n < *cap)
-        return 0;
-    size_t c = *cap ? *cap * 2 : 16;
-    void *p = realloc(*arr, c * elem);
-    if (!p)
-        return -ENOMEM;
-    *arr = p;
-    *cap = c;
-    return 0;
-}
-
 int st_writer_add_metadata(st_writer *w, const char *key, const char *value)
 {
     if (w->begun || !key || !value || strcmp(key, "__metadata__") == 0)
@@ -818,8 +802,10 @@ int st_writer_add_metadata(st_writer *w, const char *key, const char *value)
     for (size_t i = 0; i < w->n_meta; i++)
         if (strcmp(w->meta[i].key, key) == 0)
             return -EEXIST;
-    if (grow((void **)&w->meta, &w->cap_meta, w->n_meta, sizeof(*w->meta)) < 0)
+    struct st_meta *meta = buf_grow(w->meta, &w->cap_meta, w->n_meta + 1, sizeof(*meta));
+    if (!meta)
         return -ENOMEM;
+    w->meta = meta;
     char *k = strdup(key), *v = strdup(value);
     if (!k || !v) {
         free(k);
@@ -857,8 +843,10 @@ int st_writer_declare(st_writer *w, const char *name, enum ifd_dtype dtype, int 
         return ifd_error_set(err, -EOVERFLOW, "tensor '%s': byte count overflows", name);
     /* Names must be unique: a linear scan would be quadratic for big models,
      * so duplicates are caught when the header is built (see begin_data). */
-    if (grow((void **)&w->decl, &w->cap_decl, w->n_decl, sizeof(*w->decl)) < 0)
+    struct st_wdecl *decl = buf_grow(w->decl, &w->cap_decl, w->n_decl + 1, sizeof(*decl));
+    if (!decl)
         return ifd_error_set(err, -ENOMEM, "out of memory");
+    w->decl = decl;
     struct st_wdecl *d = &w->decl[w->n_decl];
     memset(d, 0, sizeof(*d));
     d->name = strdup(name);
@@ -885,18 +873,12 @@ static void sb_put(struct sbuf *b, const char *s, size_t n)
 {
     if (b->oom)
         return;
-    if (b->len + n + 1 > b->cap) {
-        size_t c = b->cap ? b->cap : 4096;
-        while (c < b->len + n + 1)
-            c *= 2;
-        char *p = realloc(b->p, c);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = c;
+    char *p = n < SIZE_MAX - b->len - 1 ? buf_grow(b->p, &b->cap, b->len + n + 1, 1) : NULL;
+    if (!p) {
+        b->oom = true;
+        return;
     }
+    b->p = p;
     memcpy(b->p + b->len, s, n);
     b->len += n;
     b->p[b->len] = '\0';

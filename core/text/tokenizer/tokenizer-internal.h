@@ -13,6 +13,7 @@
 #include "base/error.h"
 #include "text/tokenizer/tokenizer.h"
 
+#include "base/buf.h"
 #include "base/utf8.h" /* the UTF-8 codec every tokenizer file uses */
 
 /* Limits on what a tokenizer.json may ask for. */

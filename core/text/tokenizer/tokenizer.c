@@ -781,13 +781,10 @@ static int trie_add(struct tok_trie *tr, const char *s, size_t n, int32_t index)
             node = e->a;
             continue;
         }
-        if (tr->n_nodes == tr->cap_nodes) {
-            int32_t *v = realloc(tr->terminal, tr->cap_nodes * 2 * sizeof(int32_t));
-            if (!v)
-                return -ENOMEM;
-            tr->terminal = v;
-            tr->cap_nodes *= 2;
-        }
+        int32_t *v = buf_grow(tr->terminal, &tr->cap_nodes, tr->n_nodes + 1, sizeof(*v));
+        if (!v)
+            return -ENOMEM;
+        tr->terminal = v;
         int32_t child = (int32_t)tr->n_nodes++;
         tr->terminal[child] = -1;
         if ((r = tok_pairmap_put(&tr->edges, key, child, 0)) < 0)

@@ -164,14 +164,10 @@ void tok_pairmap_finish(struct tok_pairmap *m)
 
 int tok_ids_push(struct tok_ids *v, int32_t id)
 {
-    if (v->n == v->cap) {
-        size_t cap = v->cap ? v->cap * 2 : 64;
-        int32_t *p = realloc(v->ids, cap * sizeof(*p));
-        if (!p)
-            return -ENOMEM;
-        v->ids = p;
-        v->cap = cap;
-    }
+    int32_t *p = buf_grow(v->ids, &v->cap, v->n + 1, sizeof(*p));
+    if (!p)
+        return -ENOMEM;
+    v->ids = p;
     v->ids[v->n++] = id;
     return 0;
 }
@@ -180,21 +176,17 @@ int tok_ids_push(struct tok_ids *v, int32_t id)
 
 static int sym_reserve(struct tok_scratch *s, size_t n)
 {
-    if (n <= s->sym_cap)
-        return 0;
-    size_t cap = s->sym_cap ? s->sym_cap : 64;
-    while (cap < n)
-        cap *= 2;
-    struct tok_symbol *v = realloc(s->sym, cap * sizeof(*v));
+    if (n > SIZE_MAX / 3)
+        return -ENOMEM;
+    struct tok_symbol *v = buf_grow(s->sym, &s->sym_cap, n, sizeof(*v));
     if (!v)
         return -ENOMEM;
     s->sym = v;
-    s->sym_cap = cap;
-    struct tok_merge *h = realloc(s->heap, cap * 3 * sizeof(*h));
+    /* a merge heap of three candidates per symbol */
+    struct tok_merge *h = buf_grow(s->heap, &s->heap_cap, 3 * n, sizeof(*h));
     if (!h)
         return -ENOMEM;
     s->heap = h;
-    s->heap_cap = cap * 3;
     return 0;
 }
 

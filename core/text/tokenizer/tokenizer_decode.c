@@ -39,14 +39,10 @@ void tok_decscratch_finish(struct tok_decscratch *ds)
 /* Ends the token whose bytes were appended to l->text since the last end. */
 static int tlist_end(struct tok_tlist *l)
 {
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 64;
-        size_t *e = realloc(l->ends, cap * sizeof(*e));
-        if (!e)
-            return -ENOMEM;
-        l->ends = e;
-        l->cap = cap;
-    }
+    size_t *e = buf_grow(l->ends, &l->cap, l->n + 1, sizeof(*e));
+    if (!e)
+        return -ENOMEM;
+    l->ends = e;
     l->ends[l->n++] = l->text.n;
     return 0;
 }
@@ -325,18 +321,12 @@ void tok_stream_destroy(struct tok_stream *s)
 static int out_append(char **out, size_t *out_len, size_t *out_cap, const char *s, size_t n)
 {
     size_t len = *out ? *out_len : 0;
-    if (!*out || len + n + 1 > *out_cap) {
-        size_t cap = *out ? *out_cap : 0;
-        if (cap < 64)
-            cap = 64;
-        while (cap < len + n + 1)
-            cap *= 2;
-        char *p = realloc(*out, cap);
-        if (!p)
-            return -ENOMEM;
-        *out = p;
-        *out_cap = cap;
-    }
+    if (!*out)
+        *out_cap = 0;
+    char *p = n < SIZE_MAX - len - 1 ? buf_grow(*out, out_cap, len + n + 1, 1) : NULL;
+    if (!p)
+        return -ENOMEM;
+    *out = p;
     memcpy(*out + len, s, n);
     (*out)[len + n] = '\0';
     *out_len = len + n;

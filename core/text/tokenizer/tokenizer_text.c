@@ -7,8 +7,6 @@
 #include <string.h>
 #include <utf8proc.h>
 
-#include "base/buf.h"
-#include "base/utf8.h"
 #include "tokenizer-internal.h"
 
 /* ---------------------------------------------------------------- buffers */
@@ -395,28 +393,20 @@ static int pieces_push(struct tok_pieces *l, uint32_t src, size_t off, size_t le
 {
     if (len == 0)
         return 0; /* HF drops empty splits */
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 64;
-        struct tok_piece *v = realloc(l->v, cap * sizeof(*v));
-        if (!v)
-            return -ENOMEM;
-        l->v = v;
-        l->cap = cap;
-    }
+    struct tok_piece *v = buf_grow(l->v, &l->cap, l->n + 1, sizeof(*v));
+    if (!v)
+        return -ENOMEM;
+    l->v = v;
     l->v[l->n++] = (struct tok_piece){.src = src, .first = first, .off = off, .len = len};
     return 0;
 }
 
 static int spans_push(struct tok_scratch *s, size_t *n, size_t a, size_t b, bool m)
 {
-    if (*n == s->spans_cap) {
-        size_t cap = s->spans_cap ? s->spans_cap * 2 : 64;
-        struct tok_span *v = realloc(s->spans, cap * sizeof(*v));
-        if (!v)
-            return -ENOMEM;
-        s->spans = v;
-        s->spans_cap = cap;
-    }
+    struct tok_span *v = buf_grow(s->spans, &s->spans_cap, *n + 1, sizeof(*v));
+    if (!v)
+        return -ENOMEM;
+    s->spans = v;
     s->spans[(*n)++] = (struct tok_span){a, b, m};
     return 0;
 }
