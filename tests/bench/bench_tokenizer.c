@@ -20,24 +20,16 @@
 
 #include "text/tokenizer/tokenizer.h"
 #include "base/clock.h"
+#include "base/file.h"
 
+/* A whole corpus file (1 GiB at most); NULL after saying why. */
 static char *slurp(const char *path, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
+    char *buf;
+    ifd_error err;
+    if (file_read(path, (size_t)1 << 30, 0, &buf, len, &err) < 0) {
+        fprintf(stderr, "bench_tokenizer: %s\n", err.msg);
         return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf) {
-        buf[n] = '\0';
-        *len = (size_t)n;
     }
     return buf;
 }
@@ -53,10 +45,8 @@ static int write_corpus(const char *out, size_t min_bytes)
     snprintf(path, sizeof(path), "%s/golden/tokenizer/qwen3.jsonl", shared);
     size_t len;
     char *data = slurp(path, &len);
-    if (!data) {
-        fprintf(stderr, "bench_tokenizer: cannot read %s\n", path);
+    if (!data)
         return 1;
-    }
     size_t n = 0, cap = 1024;
     char **texts = malloc(cap * sizeof(*texts));
     for (char *line = strtok(data, "\n"); line; line = strtok(NULL, "\n")) {
@@ -112,10 +102,8 @@ int main(int argc, char **argv)
     bool lines = argc > 4 && strcmp(argv[4], "lines") == 0;
     size_t len;
     char *text = slurp(argv[2], &len);
-    if (!text) {
-        fprintf(stderr, "bench_tokenizer: cannot read %s\n", argv[2]);
+    if (!text)
         return 1;
-    }
     tokenizer *t = NULL;
     ifd_error err = {0};
     double t0 = ifd_now_s();
