@@ -18,6 +18,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/test_util.h"
 #include "text/tokenizer/tokenizer.h"
 
 static double now(void)
@@ -27,42 +28,19 @@ static double now(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf) {
-        buf[n] = '\0';
-        *len = (size_t)n;
-    }
-    return buf;
-}
-
 static int write_corpus(const char *out, size_t min_bytes)
 {
-    const char *shared = getenv("INFERD_SHARED");
-    if (!shared) {
-        fprintf(stderr, "bench_tokenizer: INFERD_SHARED is not set\n");
+    char *path = tu_shared_path("golden/tokenizer/qwen3.jsonl");
+    if (!path)
+        return 1;
+    char *data;
+    int r = tu_read_file(path, &data, NULL);
+    if (r < 0) {
+        fprintf(stderr, "bench_tokenizer: cannot read %s: %s\n", path, strerror(-r));
+        free(path);
         return 1;
     }
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/golden/tokenizer/qwen3.jsonl", shared);
-    size_t len;
-    char *data = slurp(path, &len);
-    if (!data) {
-        fprintf(stderr, "bench_tokenizer: cannot read %s\n", path);
-        return 1;
-    }
+    free(path);
     size_t n = 0, cap = 1024;
     char **texts = malloc(cap * sizeof(*texts));
     for (char *line = strtok(data, "\n"); line; line = strtok(NULL, "\n")) {
@@ -117,9 +95,10 @@ int main(int argc, char **argv)
     double seconds = argc > 3 ? atof(argv[3]) : 3.0;
     bool lines = argc > 4 && strcmp(argv[4], "lines") == 0;
     size_t len;
-    char *text = slurp(argv[2], &len);
-    if (!text) {
-        fprintf(stderr, "bench_tokenizer: cannot read %s\n", argv[2]);
+    char *text;
+    int r = tu_read_file(argv[2], &text, &len);
+    if (r < 0) {
+        fprintf(stderr, "bench_tokenizer: cannot read %s: %s\n", argv[2], strerror(-r));
         return 1;
     }
     tokenizer *t = NULL;

@@ -26,13 +26,11 @@ struct golden {
     char logits_path[512];
 };
 
-/* $INFERD_SHARED (the test fails when it is unset). */
-const char *golden_shared_dir(void);
-/* A whole file, NUL-terminated, malloc'd. */
-char *golden_read_file(const char *path, size_t *ret_len);
 int golden_read_ids(const cJSON *arr, int32_t *out);
 /* Line `index` of models.jsonl; false past the end. */
 bool golden_line(int index, struct golden *g);
+/* The first line of models.jsonl for `model`; the test fails without one. */
+void golden_find(const char *model, struct golden *g);
 /* $INFERD_SHARED/models/NAME, every layer, embedding and head. */
 struct model *golden_load_model(const char *name);
 int32_t golden_argmax(const float *x, int n);

@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/test_util.h"
 #include "model/model_config.h"
 #include "model/model_gen.h"
 #include "model/safetensors.h"
@@ -219,18 +220,13 @@ Test(model_gen, full_size_preset_configs)
     }
 }
 
+/* The whole of dir/name. */
 static char *slurp(const char *dir, const char *name, size_t *len)
 {
-    char p[256];
-    snprintf(p, sizeof(p), "%s/%s", dir, name);
-    FILE *f = fopen(p, "rb");
-    cr_assert(f, "%s", p);
-    fseek(f, 0, SEEK_END);
-    *len = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc(*len + 1);
-    cr_assert_eq(fread(b, 1, *len, f), *len);
-    fclose(f);
+    char *p;
+    cr_assert_geq(asprintf(&p, "%s/%s", dir, name), 0);
+    char *b = tu_must_read_file(p, len);
+    free(p);
     return b;
 }
 
@@ -258,10 +254,7 @@ Test(model_gen, deterministic_in_seed)
 
 Test(model_gen, tokenizer_copied)
 {
-    const char *s = getenv("INFERD_SHARED");
-    cr_assert(s && *s, "INFERD_SHARED is not set: run the tests through meson test");
-    char from[4096];
-    snprintf(from, sizeof(from), "%s/models/tinystories-656k", s);
+    char *from = tu_must_shared_path("models/tinystories-656k");
     struct gen_dir d;
     gen(&d, "tiny-llama", IFD_DTYPE_BF16, 0, from);
     size_t l1, l2;
@@ -275,6 +268,7 @@ Test(model_gen, tokenizer_copied)
     snprintf(cfg, sizeof(cfg), "%s/tokenizer_config.json", d.path);
     cr_assert_eq(access(cfg, R_OK), 0, "%s not copied", cfg);
     gen_remove(&d);
+    free(from);
 }
 
 Test(model_gen, errors)

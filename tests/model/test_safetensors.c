@@ -12,14 +12,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/test_util.h"
 #include "model/safetensors.h"
 
 static const char *shared_models(void)
 {
-    static char path[4096];
-    const char *s = getenv("INFERD_SHARED");
-    cr_assert(s && *s, "INFERD_SHARED is not set: run the tests through meson test");
-    snprintf(path, sizeof(path), "%s/models", s);
+    static char *path; /* kept for the whole test process */
+    if (!path)
+        path = tu_must_shared_path("models");
     struct stat st;
     cr_assert(stat(path, &st) == 0 && S_ISDIR(st.st_mode), "%s: shared models missing", path);
     return path;

@@ -7,7 +7,6 @@
  * for bit, as the all-local engine, and the golden greedy tokens. A worker
  * stopped mid-generation makes the next forward fail quickly with a clear
  * error instead of hanging. */
-#include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <pthread.h>
@@ -16,6 +15,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/golden_models.h"
+#include "common/test_util.h"
 #include "conn.h"
 #include "model/cpu_stage.h"
 #include "model/engine.h"
@@ -27,48 +28,6 @@
 #define N_SEQ 2
 #define N_CTX 128
 #define N_BATCH 64
-
-static char *shared_path(const char *rel)
-{
-    const char *sh = getenv("INFERD_SHARED");
-    cr_assert_not_null(sh, "INFERD_SHARED is not set: run through meson test");
-    char *p;
-    cr_assert_geq(asprintf(&p, "%s/%s", sh, rel), 0);
-    return p;
-}
-
-struct golden {
-    int prompt[64], n_prompt;
-    int gen[64], n_gen, stable;
-};
-
-static void golden_load(const char *model, struct golden *g)
-{
-    char *path = shared_path("golden/models.jsonl");
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f, "cannot open %s", path);
-    char *line = NULL;
-    size_t cap = 0;
-    bool found = false;
-    while (!found && getline(&line, &cap, f) > 0) {
-        cJSON *j = cJSON_Parse(line);
-        cr_assert_not_null(j);
-        if (strcmp(cJSON_GetObjectItem(j, "model")->valuestring, model) == 0) {
-            cJSON *it;
-            g->n_prompt = g->n_gen = 0;
-            cJSON_ArrayForEach(it, cJSON_GetObjectItem(j, "prompt_ids")) g->prompt[g->n_prompt++] = it->valueint;
-            cJSON_ArrayForEach(it, cJSON_GetObjectItem(j, "generated_ids")) if (g->n_gen < 64) g->gen[g->n_gen++] =
-                it->valueint;
-            g->stable = cJSON_GetObjectItem(j, "stable_prefix_len")->valueint;
-            found = true;
-        }
-        cJSON_Delete(j);
-    }
-    free(line);
-    fclose(f);
-    free(path);
-    cr_assert(found, "no golden for %s", model);
-}
 
 /* Greedy generation of n tokens on sequence `seq`; logits of every step are
  * appended to all_logits ([n, vocab]) when non-NULL. Returns 0 or the first
@@ -169,16 +128,12 @@ struct fixture {
 static void fixture_up(struct fixture *fx, const char *model_name)
 {
     memset(fx, 0, sizeof(*fx));
-    char *dir;
-    cr_assert_geq(asprintf(&dir, "models/%s", model_name), 0);
-    char *rel = dir;
-    dir = shared_path(rel);
-    free(rel);
+    char *dir = tu_must_shared_path("models/%s", model_name);
     struct model_load_opts o = model_load_opts_default();
     ifd_error err;
     cr_assert_eq(model_load(dir, &o, &fx->m, &err), 0, "%s", err.msg);
     free(dir);
-    golden_load(model_name, &fx->g);
+    golden_find(model_name, &fx->g);
     fx->n_layers = fx->m->cfg.n_layers;
     fx->split = fx->n_layers / 2;
     fx->pool = thread_pool_create(2);
