@@ -135,9 +135,18 @@ int golden_count_lines(void)
     return n + (last != '\n');
 }
 
-void golden_free_params(struct criterion_test_params *p)
+static void free_params(struct criterion_test_params *p)
 {
     cr_free(p->params);
+}
+
+struct criterion_test_params golden_line_params(void)
+{
+    int n = golden_count_lines();
+    int *idx = cr_malloc(sizeof(int) * (size_t)n);
+    for (int i = 0; i < n; i++)
+        idx[i] = i;
+    return cr_make_param_array(int, idx, (size_t)n, free_params);
 }
 
 

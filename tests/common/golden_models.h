@@ -38,9 +38,11 @@ int32_t golden_argmax(const float *x, int n);
  * batch, then one token at a time; stops after n or after an eos id. The
  * prompt's last logits are copied to ret_logits when non-NULL. Returns the count. */
 int golden_generate(engine *e, const int32_t *prompt, int n_prompt, int n, int32_t *out, float *ret_logits);
-/* Lines of models.jsonl, for the parameterized tests. */
+/* Lines of models.jsonl. */
 int golden_count_lines(void);
-void golden_free_params(struct criterion_test_params *p);
+/* The line indices 0..golden_count_lines()-1, as the parameters of a
+ * ParameterizedTest(int *line, ...). */
+struct criterion_test_params golden_line_params(void);
 /* Runs golden line `line` (g) greedily through e and checks it as
  * ../shared/README.md says: prompt logits within 1e-2 (max abs) with the same
  * argmax, then the first stable_prefix_len ids exactly. */

@@ -3,10 +3,12 @@
 #include "test_util.h"
 
 #include <errno.h>
+#include <ftw.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 const char *tu_shared_dir(void)
 {
@@ -76,4 +78,18 @@ int tu_read_file(const char *path, char **ret_data, size_t *ret_len)
     if (ret_len)
         *ret_len = len;
     return 0;
+}
+
+static int remove_one(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+    (void)st;
+    (void)ftw;
+    return (type == FTW_DP ? rmdir(path) : unlink(path)) < 0 ? -errno : 0;
+}
+
+int tu_remove_tree(const char *path)
+{
+    /* Depth first (a directory after what it holds), links not followed. */
+    int r = nftw(path, remove_one, 16, FTW_DEPTH | FTW_PHYS);
+    return r < 0 ? -errno : r;
 }

@@ -24,6 +24,10 @@ char *tu_shared_vpath(const char *fmt, va_list ap) __attribute__((format(printf,
  * out-params are written only on success. */
 int tu_read_file(const char *path, char **ret_data, size_t *ret_len);
 
+/* Removes path and everything below it, as rm -rf does (scratch directories
+ * the tests made). Returns 0 or a negative errno. */
+int tu_remove_tree(const char *path);
+
 /* Criterion suites only (test_util_cr.c): tu_shared_dir() and
  * tu_shared_path() that fail the test when INFERD_SHARED is unset. */
 const char *tu_must_shared_dir(void);

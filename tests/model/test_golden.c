@@ -31,11 +31,7 @@ static engine *make_engine(const struct model *m, const int *splits, int n_split
 
 ParameterizedTestParameters(golden, models)
 {
-    int n = golden_count_lines();
-    int *idx = cr_malloc(sizeof(int) * (size_t)n);
-    for (int i = 0; i < n; i++)
-        idx[i] = i;
-    return cr_make_param_array(int, idx, (size_t)n, golden_free_params);
+    return golden_line_params();
 }
 
 ParameterizedTest(int *line, golden, models, .timeout = 600)

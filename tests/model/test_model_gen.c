@@ -34,21 +34,6 @@ static void gen(struct gen_dir *d, const char *preset, enum ifd_dtype dtype, uin
     cr_assert(bytes > 0);
 }
 
-static void gen_remove(const struct gen_dir *d)
-{
-    DIR *dd = opendir(d->path);
-    struct dirent *de;
-    char p[512];
-    while ((de = readdir(dd))) {
-        if (de->d_name[0] == '.')
-            continue;
-        snprintf(p, sizeof(p), "%s/%s", d->path, de->d_name);
-        unlink(p);
-    }
-    closedir(dd);
-    rmdir(d->path);
-}
-
 static const struct st_tensor *expect(const st_model *m, const char *name, enum ifd_dtype dtype, int64_t d0,
                                       int64_t d1)
 {
@@ -168,7 +153,7 @@ Test(model_gen, tiny_presets_load)
             struct gen_dir d;
             gen(&d, presets[i], dtypes[k], 7, NULL);
             check_checkpoint(d.path, presets[i], dtypes[k]);
-            gen_remove(&d);
+            tu_remove_tree(d.path);
         }
     }
 }
@@ -247,9 +232,9 @@ Test(model_gen, deterministic_in_seed)
     free(x);
     free(y);
     free(z);
-    gen_remove(&a);
-    gen_remove(&b);
-    gen_remove(&c);
+    tu_remove_tree(a.path);
+    tu_remove_tree(b.path);
+    tu_remove_tree(c.path);
 }
 
 Test(model_gen, tokenizer_copied)
@@ -267,7 +252,7 @@ Test(model_gen, tokenizer_copied)
     char cfg[128];
     snprintf(cfg, sizeof(cfg), "%s/tokenizer_config.json", d.path);
     cr_assert_eq(access(cfg, R_OK), 0, "%s not copied", cfg);
-    gen_remove(&d);
+    tu_remove_tree(d.path);
     free(from);
 }
 
@@ -341,6 +326,6 @@ Test(model_gen, inferctl_generate)
 
     struct gen_dir o = {{0}};
     strcpy(o.path, out);
-    gen_remove(&o);
-    gen_remove(&lib);
+    tu_remove_tree(o.path);
+    tu_remove_tree(lib.path);
 }

@@ -725,23 +725,6 @@ Test(quant, quantize_on_load_f32_golden_tokens, .timeout = 120)
 
 /* ---- offline quantizer ------------------------------------------------------- */
 
-static void rm_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        char p[2048];
-        snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 static void make_tmpdir(char *buf, size_t n)
 {
     snprintf(buf, n, "/tmp/test_quant_XXXXXX");
@@ -821,7 +804,7 @@ static void checkpoint_case(const char *src, const char *mlx, int bits, int gs)
     cr_expect_eq(access(p, R_OK), 0, "tokenizer.json not copied");
     model_destroy(m);
     model_destroy(ref);
-    rm_tree(dir);
+    tu_remove_tree(dir);
 }
 
 Test(quant, checkpoint_4bit_equals_mlx_files, .timeout = 120)
@@ -852,7 +835,7 @@ Test(quant, checkpoint_refusals)
     cr_expect(strstr(err.msg, "5 bits") != NULL, "%s", err.msg);
     cr_expect_lt(quant_checkpoint_write(sp, sp, 4, 64, NULL, NULL, &err), 0);
     cr_expect(strstr(err.msg, "source") != NULL, "%s", err.msg);
-    rm_tree(dir);
+    tu_remove_tree(dir);
 }
 
 /* ---- malformed quantized checkpoints ----------------------------------------- */
@@ -941,7 +924,7 @@ static void expect_load_error(const char *drop, const char *reshape, int64_t r0,
     fprintf(stderr, "refused as it should: %s\n", err.msg);
     if (r == 0)
         model_destroy(m);
-    rm_tree(dir);
+    tu_remove_tree(dir);
 }
 
 Test(quant, malformed_intact_copy_loads)
@@ -955,7 +938,7 @@ Test(quant, malformed_intact_copy_loads)
     struct model_load_opts o = model_load_opts_default();
     cr_expect_eq(model_load(dir, &o, &m, &err), 0, "%s", err.msg);
     model_destroy(m);
-    rm_tree(dir);
+    tu_remove_tree(dir);
 }
 
 Test(quant, malformed_missing_scales)

@@ -161,6 +161,17 @@ static void fixture_down(struct fixture *fx)
     model_destroy(fx->m);
 }
 
+/* A remote stage over n of the fixture's links, from links[first]. */
+static struct stage *remote_over(struct fixture *fx, int first, int n)
+{
+    struct remote_stage_opts ro = {.hidden_size = fx->m->cfg.hidden_size, .n_seq_max = N_SEQ, .n_ctx = N_CTX,
+                                   .max_tokens = N_BATCH, .timeout_ms = 5000};
+    struct stage *st;
+    ifd_error err;
+    cr_assert_eq(remote_stage_create(&fx->links[first], n, &ro, &st, &err), 0, "%s", err.msg);
+    return st;
+}
+
 static const struct engine_config ecfg = {.n_seq_max = N_SEQ, .n_ctx = N_CTX, .n_batch_max = N_BATCH, .n_threads = 2};
 
 static void check_model(const char *model_name, bool chain)
@@ -177,16 +188,14 @@ static void check_model(const char *model_name, bool chain)
     cr_assert_eq(greedy(local, 0, fx.g.prompt, fx.g.n_prompt, n, local_ids, local_lg, &err), 0, "%s", err.msg);
     engine_destroy(local);
 
-    struct remote_stage_opts ro = {.hidden_size = fx.m->cfg.hidden_size, .n_seq_max = N_SEQ, .n_ctx = N_CTX,
-                                   .max_tokens = N_BATCH, .timeout_ms = 5000};
     struct stage *stages[2];
     int n_stages;
     if (chain) {
-        cr_assert_eq(remote_stage_create(fx.links, 2, &ro, &stages[0], &err), 0, "%s", err.msg);
+        stages[0] = remote_over(&fx, 0, 2);
         n_stages = 1;
     } else {
-        cr_assert_eq(remote_stage_create(&fx.links[0], 1, &ro, &stages[0], &err), 0, "%s", err.msg);
-        cr_assert_eq(remote_stage_create(&fx.links[1], 1, &ro, &stages[1], &err), 0, "%s", err.msg);
+        stages[0] = remote_over(&fx, 0, 1);
+        stages[1] = remote_over(&fx, 1, 1);
         n_stages = 2;
     }
     engine *remote;
@@ -243,10 +252,7 @@ Test(remote_stage, worker_death_fails_forward_quickly)
     struct fixture fx;
     fixture_up(&fx, "tinystories-656k");
     ifd_error err;
-    struct remote_stage_opts ro = {.hidden_size = fx.m->cfg.hidden_size, .n_seq_max = N_SEQ, .n_ctx = N_CTX,
-                                   .max_tokens = N_BATCH, .timeout_ms = 5000};
-    struct stage *st;
-    cr_assert_eq(remote_stage_create(fx.links, 2, &ro, &st, &err), 0, "%s", err.msg);
+    struct stage *st = remote_over(&fx, 0, 2);
     engine *e;
     cr_assert_eq(engine_create(fx.m, &st, 1, &ecfg, fx.pool, &e, &err), 0, "%s", err.msg);
     int ids[4];
@@ -273,10 +279,7 @@ Test(remote_stage, bad_requests_answered_with_error_not_crash)
     struct fixture fx;
     fixture_up(&fx, "tinystories-656k");
     ifd_error err;
-    struct remote_stage_opts ro = {.hidden_size = fx.m->cfg.hidden_size, .n_seq_max = N_SEQ, .n_ctx = N_CTX,
-                                   .max_tokens = N_BATCH, .timeout_ms = 5000};
-    struct stage *st;
-    cr_assert_eq(remote_stage_create(&fx.links[0], 1, &ro, &st, &err), 0, "%s", err.msg);
+    struct stage *st = remote_over(&fx, 0, 1);
     /* A sequence id beyond the worker's slots: refused by the worker. */
     int H = fx.m->cfg.hidden_size;
     float *h = calloc((size_t)H, sizeof(float));

@@ -198,9 +198,7 @@ Test(weight_push, full_then_cached_then_resumed)
 
     wp_manifest_destroy(mf);
     model_destroy(m);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-    cr_assert_eq(system(cmd), 0);
+    cr_assert_eq(tu_remove_tree(dir), 0);
 }
 
 Test(weight_push, malformed_chunks_refused)
@@ -240,7 +238,5 @@ Test(weight_push, malformed_chunks_refused)
     wp_cache_have(c, &a, &have);
     cr_assert_eq(have, 0, "nothing of a refused tensor is kept");
     wp_cache_close(c);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-    cr_assert_eq(system(cmd), 0);
+    cr_assert_eq(tu_remove_tree(dir), 0);
 }
