@@ -214,6 +214,18 @@ static int decide_auto_split(struct cluster *c)
     return 0;
 }
 
+/* Waits on c->cond, c->lock held, for at most ms milliseconds (a wake-up
+ * comes early; the callers loop on their own condition). */
+static void wait_locked(struct cluster *c, int ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += (long)ms * 1000000;
+    ts.tv_sec += ts.tv_nsec / 1000000000;
+    ts.tv_nsec %= 1000000000;
+    pthread_cond_timedwait(&c->cond, &c->lock, &ts);
+}
+
 static void *supervisor(void *arg)
 {
     struct cluster *c = arg;
@@ -275,14 +287,7 @@ static void *supervisor(void *arg)
         pthread_mutex_lock(&c->lock);
         if (c->stopping)
             break;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 100 * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
-        pthread_cond_timedwait(&c->cond, &c->lock, &ts);
+        wait_locked(c, 100);
     }
     pthread_mutex_unlock(&c->lock);
     return NULL;
@@ -473,14 +478,7 @@ int cluster_wait_ready(struct cluster *c, const atomic_bool *cancel, ifd_error *
             sdn_status("%s", now);
             memcpy(last, now, sizeof(last));
         }
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 200 * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
-        pthread_cond_timedwait(&c->cond, &c->lock, &ts);
+        wait_locked(c, 200);
     }
     pthread_mutex_unlock(&c->lock);
     return 0;

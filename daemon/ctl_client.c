@@ -328,7 +328,10 @@ static cJSON *get_json(const struct client *c, const char *path, char **ret_raw)
     return j;
 }
 
-static const char *url_from(int argc, char **argv, bool *json, int *ret_optind, const char *usage)
+/* Parses the options of a client command (--url, --json, --help) and sets up
+ * c for the URL: --url, else $INFERD_URL, else DEFAULT_URL. Returns 0, or <0
+ * after the usage or the URL's fault went to stderr. */
+static int client_from_args(int argc, char **argv, const char *usage, bool *json, struct client *c)
 {
     static const struct option opts[] = {
         {"url", required_argument, NULL, 'u'}, {"json", no_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'},
@@ -342,13 +345,12 @@ static const char *url_from(int argc, char **argv, bool *json, int *ret_optind, 
     while ((o = getopt_long(argc, argv, "u:jh", opts, NULL)) != -1) {
         switch (o) {
         case 'u': url = optarg; break;
-        case 'j': if (json) *json = true; else return NULL; break;
+        case 'j': *json = true; break;
         case 'h': printf("%s", usage); exit(0);
-        default: fprintf(stderr, "%s", usage); return NULL;
+        default: fprintf(stderr, "%s", usage); return -EINVAL;
         }
     }
-    *ret_optind = optind;
-    return url;
+    return client_init(c, url);
 }
 
 static double num(const cJSON *o, const char *k)
@@ -382,10 +384,8 @@ int ctl_status_main(int argc, char **argv)
         "Shows what a running inferd is doing. URL defaults to $INFERD_URL or " DEFAULT_URL ";\n"
         "the API key comes from $INFERD_API_KEY.\n";
     bool json = false;
-    int oi;
-    const char *url = url_from(argc, argv, &json, &oi, usage);
     struct client c;
-    if (!url || client_init(&c, url) < 0)
+    if (client_from_args(argc, argv, usage, &json, &c) < 0)
         return 2;
     char *raw = NULL;
     cJSON *s = get_json(&c, "/v1/status", &raw);
@@ -454,10 +454,8 @@ int ctl_models_main(int argc, char **argv)
 {
     static const char usage[] = "Usage: inferctl models [--url URL] [--json]\nLists the models a running inferd serves.\n";
     bool json = false;
-    int oi;
-    const char *url = url_from(argc, argv, &json, &oi, usage);
     struct client c;
-    if (!url || client_init(&c, url) < 0)
+    if (client_from_args(argc, argv, usage, &json, &c) < 0)
         return 2;
     cJSON *m = get_json(&c, "/v1/models", NULL);
     if (!m)

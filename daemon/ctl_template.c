@@ -83,6 +83,19 @@ static bool file_exists(const char *dir, const char *name)
     return ok;
 }
 
+/* DIR/NAME whole (NUL-terminated), or NULL after saying why on stderr. */
+static char *read_dir_file(const char *dir, const char *name)
+{
+    char *path = dir_file(dir, name);
+    if (!path) {
+        fprintf(stderr, "inferctl template: out of memory\n");
+        return NULL;
+    }
+    char *text = read_file(path, NULL);  /* says why itself */
+    free(path);
+    return text;
+}
+
 /* The special-token entries of tokenizer_config.json as plain strings. */
 static cJSON *config_special_tokens(const cJSON *cfg)
 {
@@ -114,15 +127,9 @@ static cJSON *config_special_tokens(const cJSON *cfg)
 static int template_source(const char *dir, const cJSON *cfg, char **ret_src, const char **ret_origin)
 {
     if (file_exists(dir, "chat_template.jinja")) {
-        char *path = dir_file(dir, "chat_template.jinja");
-        char *src = path ? read_file(path, NULL) : NULL;
-        if (!src) {
-            if (!path)
-                fprintf(stderr, "inferctl template: out of memory\n");
-            free(path);
+        char *src = read_dir_file(dir, "chat_template.jinja");
+        if (!src)
             return -EIO;
-        }
-        free(path);
         *ret_src = src;
         *ret_origin = "chat_template.jinja";
         return 0;
@@ -155,23 +162,16 @@ static int tmpl_ctx_load(struct tmpl_ctx *c, const char *dir)
 {
     cJSON *cfg = NULL;
     if (file_exists(dir, "tokenizer_config.json")) {
-        char *path = dir_file(dir, "tokenizer_config.json");
-        char *text = path ? read_file(path, NULL) : NULL;
-        if (!text) {
-            if (!path)
-                fprintf(stderr, "inferctl template: out of memory\n");
-            free(path);
+        char *text = read_dir_file(dir, "tokenizer_config.json");
+        if (!text)
             return -EIO;
-        }
         cfg = cJSON_Parse(text);
         free(text);
         if (!cfg || !cJSON_IsObject(cfg)) {
-            fprintf(stderr, "inferctl template: '%s' is not a JSON object\n", path);
-            free(path);
+            fprintf(stderr, "inferctl template: '%s/tokenizer_config.json' is not a JSON object\n", dir);
             cJSON_Delete(cfg);
             return -EINVAL;
         }
-        free(path);
     }
     char *src = NULL;
     const char *origin = NULL;

@@ -395,16 +395,6 @@ void net_conn_send_error(struct net_conn *c, int code, uint64_t req_id, const ch
     net_buf_finish(&b);
 }
 
-int net_conn_wait_readable(struct net_conn *c, int timeout_ms)
-{
-    struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
-    int pr;
-    do
-        pr = poll(&pfd, 1, timeout_ms);
-    while (pr < 0 && errno == EINTR);
-    return pr < 0 ? -errno : pr;
-}
-
 int net_conn_recv(struct net_conn *c, uint16_t *ret_type, const uint8_t **ret_payload, size_t *ret_len,
                   int timeout_ms, ifd_error *err)
 {

@@ -70,9 +70,5 @@ void net_conn_send_error(struct net_conn *c, int code, uint64_t req_id, const ch
 int net_conn_recv(struct net_conn *c, uint16_t *ret_type, const uint8_t **ret_payload, size_t *ret_len,
                   int timeout_ms, ifd_error *err);
 
-/* Waits until a frame starts arriving (or the peer closes) within timeout_ms:
- * 1 readable, 0 timeout, <0 error. */
-int net_conn_wait_readable(struct net_conn *c, int timeout_ms);
-
 /* Largest payload this connection accepts (default NET_FRAME_MAX_PAYLOAD). */
 void net_conn_set_max_payload(struct net_conn *c, uint32_t max);

@@ -2,6 +2,7 @@
 #include "log.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,7 +49,7 @@ const char *log_level_name(int level)
     return "info";
 }
 
-void log_msgv(int level, const char *fmt, va_list ap)
+static void log_msgv(int level, const char *fmt, va_list ap)
 {
     if (level > atomic_load(&log_current_level))
         return;

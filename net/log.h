@@ -10,7 +10,6 @@
  * (STYLE.md). */
 #pragma once
 
-#include <stdarg.h>
 
 enum log_level {
     LOG_LEVEL_ERR = 3,
@@ -32,7 +31,6 @@ const char *log_level_name(int level);
  * never interleave. Control bytes of the message (newlines included) are
  * written as \xNN; a message longer than a line's buffer is cut. */
 void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void log_msgv(int level, const char *fmt, va_list ap);
 
 #define log_err(...) log_msg(LOG_LEVEL_ERR, __VA_ARGS__)
 #define log_warn(...) log_msg(LOG_LEVEL_WARNING, __VA_ARGS__)

@@ -146,13 +146,6 @@ static void fail_locked(struct remote_link *l, const char *why)
     set_detail(l, why);
 }
 
-void remote_link_fail(struct remote_link *l, const char *why)
-{
-    pthread_mutex_lock(&l->lock);
-    fail_locked(l, why);
-    pthread_mutex_unlock(&l->lock);
-}
-
 void remote_link_get_stats(const struct remote_link *cl, struct remote_link_stats *ret)
 {
     struct remote_link *l = (struct remote_link *)cl;

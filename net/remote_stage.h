@@ -55,8 +55,6 @@ void remote_link_detail(const struct remote_link *l, char *buf, size_t len);
 /* Installs a loaded, authenticated connection (taking it over) and marks the
  * link READY. */
 void remote_link_attach(struct remote_link *l, struct net_conn *c);
-/* Marks the link DOWN with a reason and closes its connection. */
-void remote_link_fail(struct remote_link *l, const char *why);
 
 /* Round trip of a PING when the link is READY and idle (does not wait
  * behind a forward: returns -EBUSY then). */

@@ -68,20 +68,6 @@ uint64_t net_rss_bytes(void)
     return n == 2 ? (uint64_t)rss * (uint64_t)sysconf(_SC_PAGESIZE) : 0;
 }
 
-uint64_t net_peak_rss_bytes(void)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    if (!f)
-        return 0;
-    char line[256];
-    uint64_t kb = 0;
-    while (fgets(line, sizeof(line), f))
-        if (sscanf(line, "VmHWM: %lu kB", (unsigned long *)&kb) == 1)
-            break;
-    fclose(f);
-    return kb * 1024;
-}
-
 int stage_server_create(const struct stage_server_opts *opts, stage_server_setup_fn setup, void *setup_ctx,
                         struct stage_server **ret, ifd_error *err)
 {

@@ -56,5 +56,3 @@ void stage_server_stop(struct stage_server *s);
 
 /* Resident set size of this process in bytes (/proc/self/statm), 0 if unknown. */
 uint64_t net_rss_bytes(void);
-/* Peak resident set size (VmHWM) in bytes, 0 if unknown. */
-uint64_t net_peak_rss_bytes(void);

@@ -9,6 +9,7 @@ usage: bench_cluster.py INFERD INFERCTL
        BENCH_THREADS threads per process (default 2)
        BENCH_GEN    tokens per timed generation (default 64)
        BENCH_RUNS   repetitions (default 3)
+       INFERD_SHARED the shared models/goldens (set by meson; tests/integration/harness.py)
 
 Runs a single node, a chain (master -> w1 -> w2 -> master) and a star
 (master <-> w1, master <-> w2) side by side and measures them in turn, RUNS
@@ -27,22 +28,17 @@ import sys
 import tempfile
 import time
 
+# The shared-data lookup and free ports are the integration harness's.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
+from harness import SHARED, free_port  # noqa: E402
+
 INFERD, INFERCTL = sys.argv[1], sys.argv[2]
 THREADS = os.environ.get("BENCH_THREADS", "2")
 GEN = int(os.environ.get("BENCH_GEN", "64"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
-SHARED = os.environ.get("INFERD_SHARED", os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared"))
 WORK = os.environ.get("BENCH_DIR") or tempfile.mkdtemp(prefix="inferd-bench-cluster-")
 CLEAN = not os.environ.get("BENCH_DIR")
 PROMPT = list(range(1000, 1032))
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def start(args, log, env=None):

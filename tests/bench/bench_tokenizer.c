@@ -18,35 +18,23 @@
 #include <string.h>
 #include <time.h>
 
-#include "text/tokenizer/tokenizer.h"
 #include "base/clock.h"
-#include "base/file.h"
-
-/* A whole corpus file (1 GiB at most); NULL after saying why. */
-static char *slurp(const char *path, size_t *len)
-{
-    char *buf;
-    ifd_error err;
-    if (file_read(path, (size_t)1 << 30, 0, &buf, len, &err) < 0) {
-        fprintf(stderr, "bench_tokenizer: %s\n", err.msg);
-        return NULL;
-    }
-    return buf;
-}
+#include "common/test_util.h"
+#include "text/tokenizer/tokenizer.h"
 
 static int write_corpus(const char *out, size_t min_bytes)
 {
-    const char *shared = getenv("INFERD_SHARED");
-    if (!shared) {
-        fprintf(stderr, "bench_tokenizer: INFERD_SHARED is not set\n");
+    char *path = tu_shared_path("golden/tokenizer/qwen3.jsonl");
+    if (!path)
+        return 1;
+    char *data;
+    int r = tu_read_file(path, &data, NULL);
+    if (r < 0) {
+        fprintf(stderr, "bench_tokenizer: cannot read %s: %s\n", path, strerror(-r));
+        free(path);
         return 1;
     }
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/golden/tokenizer/qwen3.jsonl", shared);
-    size_t len;
-    char *data = slurp(path, &len);
-    if (!data)
-        return 1;
+    free(path);
     size_t n = 0, cap = 1024;
     char **texts = malloc(cap * sizeof(*texts));
     for (char *line = strtok(data, "\n"); line; line = strtok(NULL, "\n")) {
@@ -101,8 +89,10 @@ int main(int argc, char **argv)
     double seconds = argc > 3 ? atof(argv[3]) : 3.0;
     bool lines = argc > 4 && strcmp(argv[4], "lines") == 0;
     size_t len;
-    char *text = slurp(argv[2], &len);
-    if (!text)
+    char *text;
+    int r = tu_read_file(argv[2], &text, &len);
+    if (r < 0) {
+        fprintf(stderr, "bench_tokenizer: cannot read %s: %s\n", argv[2], strerror(-r));
         return 1;
     tokenizer *t = NULL;
     ifd_error err = {0};

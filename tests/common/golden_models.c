@@ -1,33 +1,11 @@
 /* golden_models.c - see golden_models.h. */
 #include "common/golden_models.h"
+#include "common/test_util.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-const char *golden_shared_dir(void)
-{
-    const char *s = getenv("INFERD_SHARED");
-    cr_assert(s && *s, "INFERD_SHARED is not set: it must name the shared models/goldens directory");
-    return s;
-}
-
-char *golden_read_file(const char *path, size_t *ret_len)
-{
-    FILE *f = fopen(path, "rb");
-    cr_assert_not_null(f, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    cr_assert_eq(fread(buf, 1, (size_t)n, f), (size_t)n, "short read of %s", path);
-    buf[n] = 0;
-    fclose(f);
-    if (ret_len)
-        *ret_len = (size_t)n;
-    return buf;
-}
 
 int golden_read_ids(const cJSON *arr, int32_t *out)
 {
@@ -44,9 +22,9 @@ int golden_read_ids(const cJSON *arr, int32_t *out)
 /* Line `index` of models.jsonl; false past the end. */
 bool golden_line(int index, struct golden *g)
 {
-    char path[1024];
-    snprintf(path, sizeof(path), "%s/golden/models.jsonl", golden_shared_dir());
-    char *text = golden_read_file(path, NULL);
+    char *path = tu_must_shared_path("golden/models.jsonl");
+    char *text = tu_must_read_file(path, NULL);
+    free(path);
     char *line = text;
     for (int i = 0; i < index && line; i++) {
         line = strchr(line, '\n');
@@ -67,22 +45,31 @@ bool golden_line(int index, struct golden *g)
     g->n_prompt = golden_read_ids(cJSON_GetObjectItem(j, "prompt_ids"), g->prompt);
     g->n_gen = golden_read_ids(cJSON_GetObjectItem(j, "generated_ids"), g->gen);
     g->stable = cJSON_GetObjectItem(j, "stable_prefix_len")->valueint;
-    snprintf(g->logits_path, sizeof(g->logits_path), "%s/golden/%s", golden_shared_dir(),
-             cJSON_GetObjectItem(j, "last_logits_f32")->valuestring);
+    char *logits = tu_must_shared_path("golden/%s", cJSON_GetObjectItem(j, "last_logits_f32")->valuestring);
+    snprintf(g->logits_path, sizeof(g->logits_path), "%s", logits);
+    free(logits);
     cJSON_Delete(j);
     free(text);
     return true;
 }
 
+void golden_find(const char *model, struct golden *g)
+{
+    for (int i = 0; golden_line(i, g); i++)
+        if (strcmp(g->model, model) == 0)
+            return;
+    cr_assert_fail("no line for %s in golden/models.jsonl", model);
+}
+
 struct model *golden_load_model(const char *name)
 {
-    char dir[1024];
-    snprintf(dir, sizeof(dir), "%s/models/%s", golden_shared_dir(), name);
+    char *dir = tu_must_shared_path("models/%s", name);
     struct model_load_opts o = model_load_opts_default();
     struct model *m = NULL;
     ifd_error err = {{0}};
     int r = model_load(dir, &o, &m, &err);
     cr_assert_eq(r, 0, "model_load(%s): %s", dir, err.msg);
+    free(dir);
     return m;
 }
 
@@ -131,12 +118,11 @@ int golden_generate(engine *e, const int32_t *prompt, int n_prompt, int n, int32
 
 int golden_count_lines(void)
 {
-    char path[1024];
-    const char *s = getenv("INFERD_SHARED");
-    if (!s)
-        return 1; /* the test itself then fails with the message */
-    snprintf(path, sizeof(path), "%s/golden/models.jsonl", s);
-    FILE *f = fopen(path, "r");
+    /* Called while Criterion registers the tests, outside any test: with no
+     * shared dir it counts one line, so that the test runs and fails saying why. */
+    char *path = tu_shared_path("golden/models.jsonl");
+    FILE *f = path ? fopen(path, "r") : NULL;
+    free(path);
     if (!f)
         return 1;
     int n = 0, c, last = '\n';
@@ -149,9 +135,18 @@ int golden_count_lines(void)
     return n + (last != '\n');
 }
 
-void golden_free_params(struct criterion_test_params *p)
+static void free_params(struct criterion_test_params *p)
 {
     cr_free(p->params);
+}
+
+struct criterion_test_params golden_line_params(void)
+{
+    int n = golden_count_lines();
+    int *idx = cr_malloc(sizeof(int) * (size_t)n);
+    for (int i = 0; i < n; i++)
+        idx[i] = i;
+    return cr_make_param_array(int, idx, (size_t)n, free_params);
 }
 
 
@@ -163,7 +158,7 @@ void golden_check_line(engine *e, const struct golden *g, int line)
     int n = golden_generate(e, g->prompt, g->n_prompt, g->n_gen, out, logits);
 
     size_t len;
-    float *ref = (float *)golden_read_file(g->logits_path, &len);
+    float *ref = (float *)tu_must_read_file(g->logits_path, &len);
     cr_assert_eq(len, sizeof(float) * (size_t)vocab, "%s: %zu bytes, want vocab %d floats", g->logits_path, len,
                  vocab);
     double maxdiff = 0;

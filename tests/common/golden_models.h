@@ -26,13 +26,11 @@ struct golden {
     char logits_path[512];
 };
 
-/* $INFERD_SHARED (the test fails when it is unset). */
-const char *golden_shared_dir(void);
-/* A whole file, NUL-terminated, malloc'd. */
-char *golden_read_file(const char *path, size_t *ret_len);
 int golden_read_ids(const cJSON *arr, int32_t *out);
 /* Line `index` of models.jsonl; false past the end. */
 bool golden_line(int index, struct golden *g);
+/* The first line of models.jsonl for `model`; the test fails without one. */
+void golden_find(const char *model, struct golden *g);
 /* $INFERD_SHARED/models/NAME, every layer, embedding and head. */
 struct model *golden_load_model(const char *name);
 int32_t golden_argmax(const float *x, int n);
@@ -40,9 +38,11 @@ int32_t golden_argmax(const float *x, int n);
  * batch, then one token at a time; stops after n or after an eos id. The
  * prompt's last logits are copied to ret_logits when non-NULL. Returns the count. */
 int golden_generate(engine *e, const int32_t *prompt, int n_prompt, int n, int32_t *out, float *ret_logits);
-/* Lines of models.jsonl, for the parameterized tests. */
+/* Lines of models.jsonl. */
 int golden_count_lines(void);
-void golden_free_params(struct criterion_test_params *p);
+/* The line indices 0..golden_count_lines()-1, as the parameters of a
+ * ParameterizedTest(int *line, ...). */
+struct criterion_test_params golden_line_params(void);
 /* Runs golden line `line` (g) greedily through e and checks it as
  * ../shared/README.md says: prompt logits within 1e-2 (max abs) with the same
  * argmax, then the first stable_prefix_len ids exactly. */

@@ -15,6 +15,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/test_util.h"
+
+struct cJSON;
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 
@@ -22,13 +26,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
 typedef void (*fuzz_seed_fn)(void *ctx, const char *name, const void *data, size_t len);
 void fuzz_seeds(fuzz_seed_fn add, void *ctx);
 
-/* $INFERD_SHARED/rel, or NULL (with a message on stderr) when INFERD_SHARED
- * is not set. The result is malloc'd. */
-char *fuzz_shared_path(const char *rel);
+/* The shared-data lookup and file reads are tests/common/test_util.h's
+ * (tu_shared_path, tu_read_file), as for every other test. */
 
-/* Reads a whole file (malloc'd, not NUL-terminated; *ret_len bytes).
- * Returns 0 or a negative errno. */
-int fuzz_read_file(const char *path, uint8_t **ret_data, size_t *ret_len);
+/* Hands every line of $INFERD_SHARED/rel that parses as JSON to fn, with its
+ * line number from 0 (the object is deleted after the call). Returns 0, or a
+ * negative errno when the file cannot be read (the caller says so or not). */
+int fuzz_shared_jsonl(const char *rel, void (*fn)(void *ctx, size_t line, struct cJSON *o), void *ctx);
 
 /* Hands $INFERD_SHARED/rel to `add` as seed `name`, if the file exists and
  * is at most max_len bytes (a missing shared dir only costs the seed). */

@@ -70,54 +70,50 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 /* Seeds: the conversations of the chat goldens, as the context the golden
  * test builds (messages, add_generation_prompt, special tokens, kwargs). */
+struct chat_seeds {
+    fuzz_seed_fn add;
+    void *ctx;
+    int family; /* index into fuzz_template_families */
+};
+
+static void add_chat_seed(void *ctx, size_t line, cJSON *o)
+{
+    const struct chat_seeds *s = ctx;
+    cJSON *c = cJSON_CreateObject();
+    cJSON_AddItemToObject(c, "messages", cJSON_DetachItemFromObject(o, "messages"));
+    cJSON_AddItemToObject(c, "add_generation_prompt", cJSON_DetachItemFromObject(o, "add_generation_prompt"));
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(o, "special_tokens");
+    const cJSON *kw = cJSON_GetObjectItemCaseSensitive(o, "kwargs");
+    for (const cJSON *e = st ? st->child : NULL; e; e = e->next)
+        cJSON_AddItemToObject(c, e->string, cJSON_Duplicate(e, true));
+    for (const cJSON *e = kw ? kw->child : NULL; e; e = e->next)
+        cJSON_AddItemToObject(c, e->string, cJSON_Duplicate(e, true));
+    char *json = cJSON_PrintUnformatted(c);
+    if (json) {
+        size_t n = strlen(json);
+        uint8_t *buf = malloc(n + 1);
+        if (buf) {
+            /* Byte 0 selects this family's template (index f + 1: ChatML is 0). */
+            buf[0] = (uint8_t)(s->family + 1);
+            memcpy(buf + 1, json, n);
+            char name[96];
+            snprintf(name, sizeof(name), "golden-%s-%03zu", fuzz_template_families[s->family], line);
+            s->add(s->ctx, name, buf, n + 1);
+            free(buf);
+        }
+        free(json);
+    }
+    cJSON_Delete(c);
+}
+
 void fuzz_seeds(fuzz_seed_fn add, void *ctx)
 {
     for (int f = 0; fuzz_template_families[f]; f++) {
         char rel[160];
         snprintf(rel, sizeof(rel), "golden/chat/%s.jsonl", fuzz_template_families[f]);
-        char *path = fuzz_shared_path(rel);
-        uint8_t *data;
-        size_t len;
-        if (!path || fuzz_read_file(path, &data, &len) < 0) {
-            free(path);
-            continue; /* llama3 and llama3-instruct share the llama3.x conversations */
-        }
-        free(path);
-        size_t line = 0;
-        for (size_t at = 0; at < len; line++) {
-            const uint8_t *nl = memchr(data + at, '\n', len - at);
-            size_t end = nl ? (size_t)(nl - data) : len;
-            cJSON *o = cJSON_ParseWithLength((const char *)data + at, end - at);
-            at = end + 1;
-            if (!o)
-                continue;
-            cJSON *c = cJSON_CreateObject();
-            cJSON_AddItemToObject(c, "messages", cJSON_DetachItemFromObject(o, "messages"));
-            cJSON_AddItemToObject(c, "add_generation_prompt", cJSON_DetachItemFromObject(o, "add_generation_prompt"));
-            const cJSON *st = cJSON_GetObjectItemCaseSensitive(o, "special_tokens");
-            const cJSON *kw = cJSON_GetObjectItemCaseSensitive(o, "kwargs");
-            for (const cJSON *e = st ? st->child : NULL; e; e = e->next)
-                cJSON_AddItemToObject(c, e->string, cJSON_Duplicate(e, true));
-            for (const cJSON *e = kw ? kw->child : NULL; e; e = e->next)
-                cJSON_AddItemToObject(c, e->string, cJSON_Duplicate(e, true));
-            char *json = cJSON_PrintUnformatted(c);
-            if (json) {
-                size_t n = strlen(json);
-                uint8_t *buf = malloc(n + 1);
-                if (buf) {
-                    /* Byte 0 selects this family's template (index f + 1: ChatML is 0). */
-                    buf[0] = (uint8_t)(f + 1);
-                    memcpy(buf + 1, json, n);
-                    char name[96];
-                    snprintf(name, sizeof(name), "golden-%s-%03zu", fuzz_template_families[f], line);
-                    add(ctx, name, buf, n + 1);
-                    free(buf);
-                }
-                free(json);
-            }
-            cJSON_Delete(c);
-            cJSON_Delete(o);
-        }
-        free(data);
+        struct chat_seeds s = {add, ctx, f};
+        /* A family without a file is no error: llama3 and llama3-instruct
+         * share the llama3.x conversations. */
+        fuzz_shared_jsonl(rel, add_chat_seed, &s);
     }
 }

@@ -58,7 +58,7 @@ static bool utf8_valid(const uint8_t *s, size_t n)
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     for (int i = 0; i < 2; i++) {
-        char *dir = fuzz_shared_path(tokenizer_dirs[i]);
+        char *dir = tu_shared_path("%s", tokenizer_dirs[i]);
         ifd_error err;
         if (!dir || tok_load(dir, &toks[i], &err) < 0) {
             fprintf(stderr, "fuzz_tokenizer_encode: cannot load the tokenizer of %s: %s\n",
@@ -127,41 +127,38 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 /* Seeds: the texts of the tokenizer goldens (prose, code, CJK, emoji, NFD,
  * special-token text ...), each under two selector bytes. */
+struct golden_texts {
+    fuzz_seed_fn add;
+    void *ctx;
+    const char *family;
+    uint8_t sel;
+};
+
+static void add_golden_text(void *ctx, size_t line, cJSON *o)
+{
+    const struct golden_texts *g = ctx;
+    const cJSON *txt = cJSON_GetObjectItemCaseSensitive(o, "text");
+    if (!cJSON_IsString(txt))
+        return;
+    size_t n = strlen(txt->valuestring);
+    uint8_t *buf = malloc(n + 1);
+    if (buf) {
+        char name[96];
+        buf[0] = (uint8_t)(g->sel | (line & 6)); /* vary add/skip special */
+        memcpy(buf + 1, txt->valuestring, n);
+        snprintf(name, sizeof(name), "golden-%s-%04zu", g->family, line);
+        g->add(g->ctx, name, buf, n + 1);
+        free(buf);
+    }
+}
+
 static void add_golden_texts(fuzz_seed_fn add, void *ctx, const char *family, uint8_t sel)
 {
     char rel[128];
     snprintf(rel, sizeof(rel), "golden/tokenizer/%s.jsonl", family);
-    char *path = fuzz_shared_path(rel);
-    uint8_t *data;
-    size_t len;
-    if (!path || fuzz_read_file(path, &data, &len) < 0) {
+    struct golden_texts g = {add, ctx, family, sel};
+    if (fuzz_shared_jsonl(rel, add_golden_text, &g) < 0)
         fprintf(stderr, "fuzz_tokenizer_encode: no seeds from %s\n", rel);
-        free(path);
-        return;
-    }
-    free(path);
-    size_t line = 0;
-    for (size_t at = 0; at < len; line++) {
-        const uint8_t *nl = memchr(data + at, '\n', len - at);
-        size_t end = nl ? (size_t)(nl - data) : len;
-        cJSON *o = cJSON_ParseWithLength((const char *)data + at, end - at);
-        const cJSON *txt = cJSON_GetObjectItemCaseSensitive(o, "text");
-        if (cJSON_IsString(txt)) {
-            size_t n = strlen(txt->valuestring);
-            uint8_t *buf = malloc(n + 1);
-            if (buf) {
-                char name[96];
-                buf[0] = (uint8_t)(sel | (line & 6)); /* vary add/skip special */
-                memcpy(buf + 1, txt->valuestring, n);
-                snprintf(name, sizeof(name), "golden-%s-%04zu", family, line);
-                add(ctx, name, buf, n + 1);
-                free(buf);
-            }
-        }
-        cJSON_Delete(o);
-        at = end + 1;
-    }
-    free(data);
 }
 
 void fuzz_seeds(fuzz_seed_fn add, void *ctx)

@@ -99,9 +99,9 @@ static void add_with_config(fuzz_seed_fn add, void *ctx, const char *name, const
  * entries and the merges among them, everything else (normalizer, regex
  * pre-tokenizer, post-processor, decoder, added tokens) as it is. The whole
  * qwen3 file is 11 MB, far too big for a mutation fuzzer to move through. */
-static char *shrink_tokenizer(const uint8_t *data, size_t len, int keep)
+static char *shrink_tokenizer(const char *data, size_t len, int keep)
 {
-    cJSON *root = cJSON_ParseWithLength((const char *)data, len);
+    cJSON *root = cJSON_ParseWithLength(data, len);
     cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
     cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
@@ -144,15 +144,14 @@ static char *shrink_tokenizer(const uint8_t *data, size_t len, int keep)
 
 static void add_shrunk(fuzz_seed_fn add, void *ctx, const char *name, const char *rel_json, const char *rel_config)
 {
-    char *pj = fuzz_shared_path(rel_json), *pc = fuzz_shared_path(rel_config);
-    uint8_t *json = NULL, *config = NULL;
+    char *pj = tu_shared_path("%s", rel_json), *pc = tu_shared_path("%s", rel_config);
+    char *json = NULL, *config = NULL;
     size_t json_len = 0, config_len = 0;
-    if (pj && pc && fuzz_read_file(pj, &json, &json_len) == 0) {
+    if (pj && pc && tu_read_file(pj, &json, &json_len) == 0) {
         char *small = shrink_tokenizer(json, json_len, 400);
-        bool have_config = fuzz_read_file(pc, &config, &config_len) == 0;
+        bool have_config = tu_read_file(pc, &config, &config_len) == 0;
         if (small) {
-            add_with_config(add, ctx, name, small, strlen(small), have_config ? (const char *)config : NULL,
-                            config_len);
+            add_with_config(add, ctx, name, small, strlen(small), have_config ? config : NULL, config_len);
             free(small);
         }
     } else {
@@ -167,13 +166,13 @@ static void add_shrunk(fuzz_seed_fn add, void *ctx, const char *name, const char
 void fuzz_seeds(fuzz_seed_fn add, void *ctx)
 {
     /* tinystories is small enough to use whole (86 KB). */
-    char *pj = fuzz_shared_path("models/tinystories-656k/tokenizer.json");
-    char *pc = fuzz_shared_path("models/tinystories-656k/tokenizer_config.json");
-    uint8_t *json = NULL, *config = NULL;
+    char *pj = tu_shared_path("models/tinystories-656k/tokenizer.json");
+    char *pc = tu_shared_path("models/tinystories-656k/tokenizer_config.json");
+    char *json = NULL, *config = NULL;
     size_t json_len = 0, config_len = 0;
-    if (pj && pc && fuzz_read_file(pj, &json, &json_len) == 0 && fuzz_read_file(pc, &config, &config_len) == 0) {
-        add_with_config(add, ctx, "shared-tinystories", (char *)json, json_len, NULL, 0);
-        add_with_config(add, ctx, "shared-tinystories-config", (char *)json, json_len, (char *)config, config_len);
+    if (pj && pc && tu_read_file(pj, &json, &json_len) == 0 && tu_read_file(pc, &config, &config_len) == 0) {
+        add_with_config(add, ctx, "shared-tinystories", json, json_len, NULL, 0);
+        add_with_config(add, ctx, "shared-tinystories-config", json, json_len, config, config_len);
     }
     free(json);
     free(config);

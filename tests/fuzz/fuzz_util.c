@@ -1,5 +1,6 @@
 /* fuzz_util.c - file helpers shared by the fuzz targets (both forms). */
 #include "fuzz.h"
+#include "common/test_util.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -7,63 +8,39 @@
 #include <stdlib.h>
 #include <string.h>
 
-char *fuzz_shared_path(const char *rel)
+int fuzz_shared_jsonl(const char *rel, void (*fn)(void *ctx, size_t line, struct cJSON *o), void *ctx)
 {
-    const char *dir = getenv("INFERD_SHARED");
-    if (!dir || !*dir) {
-        fprintf(stderr, "fuzz: INFERD_SHARED is not set (it names the shared models and goldens dir)\n");
-        return NULL;
+    char *path = tu_shared_path("%s", rel);
+    if (!path)
+        return -ENOENT;
+    char *data;
+    size_t len;
+    int r = tu_read_file(path, &data, &len);
+    free(path);
+    if (r < 0)
+        return r;
+    size_t line = 0;
+    for (size_t at = 0; at < len; line++) {
+        const char *nl = memchr(data + at, '\n', len - at);
+        size_t end = nl ? (size_t)(nl - data) : len;
+        cJSON *o = cJSON_ParseWithLength(data + at, end - at);
+        at = end + 1;
+        if (o)
+            fn(ctx, line, o);
+        cJSON_Delete(o);
     }
-    size_t n = strlen(dir) + 1 + strlen(rel) + 1;
-    char *p = malloc(n);
-    if (p)
-        snprintf(p, n, "%s/%s", dir, rel);
-    return p;
-}
-
-int fuzz_read_file(const char *path, uint8_t **ret_data, size_t *ret_len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return -errno;
-    uint8_t *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len == cap) {
-            size_t ncap = cap ? cap * 2 : 4096;
-            uint8_t *nb = realloc(buf, ncap);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                return -ENOMEM;
-            }
-            buf = nb;
-            cap = ncap;
-        }
-        size_t k = fread(buf + len, 1, cap - len, f);
-        len += k;
-        if (k == 0)
-            break;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        free(buf);
-        return -EIO;
-    }
-    *ret_data = buf;
-    *ret_len = len;
+    free(data);
     return 0;
 }
 
 void fuzz_seed_shared(fuzz_seed_fn add, void *ctx, const char *name, const char *rel, size_t max_len)
 {
-    char *path = fuzz_shared_path(rel);
+    char *path = tu_shared_path("%s", rel);
     if (!path)
         return;
-    uint8_t *data;
+    char *data;
     size_t len;
-    int r = fuzz_read_file(path, &data, &len);
+    int r = tu_read_file(path, &data, &len);
     if (r < 0) {
         fprintf(stderr, "fuzz: seed %s: cannot read '%s': %s\n", name, path, strerror(-r));
     } else {
@@ -81,27 +58,18 @@ const char *const fuzz_template_families[] = {
 
 char *fuzz_shared_template(const char *family)
 {
-    char rel[160];
-    snprintf(rel, sizeof(rel), "golden/tokenizers/%s/chat_template.jinja", family);
-    char *path = fuzz_shared_path(rel);
-    uint8_t *data;
+    char *path = tu_shared_path("golden/tokenizers/%s/chat_template.jinja", family);
+    char *data;
     size_t len;
     char *out = NULL;
-    if (path && fuzz_read_file(path, &data, &len) == 0) {
-        out = malloc(len + 1);
-        if (out) {
-            memcpy(out, data, len);
-            out[len] = 0;
-        }
-        free(data);
+    if (path && tu_read_file(path, &data, &len) == 0) {
         free(path);
-        return out;
+        return data;
     }
     free(path);
-    snprintf(rel, sizeof(rel), "golden/tokenizers/%s/tokenizer_config.json", family);
-    path = fuzz_shared_path(rel);
-    if (path && fuzz_read_file(path, &data, &len) == 0) {
-        cJSON *root = cJSON_ParseWithLength((const char *)data, len);
+    path = tu_shared_path("golden/tokenizers/%s/tokenizer_config.json", family);
+    if (path && tu_read_file(path, &data, &len) == 0) {
+        cJSON *root = cJSON_ParseWithLength(data, len);
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "chat_template");
         if (cJSON_IsString(t))
             out = strdup(t->valuestring);

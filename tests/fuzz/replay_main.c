@@ -130,9 +130,9 @@ static int corpus_add_path(struct corpus *c, const char *path)
         return -errno;
     }
     if (!S_ISDIR(st.st_mode)) {
-        uint8_t *data;
+        char *data;
         size_t len;
-        int r = fuzz_read_file(path, &data, &len);
+        int r = tu_read_file(path, &data, &len);
         if (r < 0) {
             fprintf(stderr, "replay: cannot read '%s': %s\n", path, strerror(-r));
             return r;

@@ -50,11 +50,7 @@ static engine *vk_engine(const struct model *m, int split, struct thread_pool **
 
 ParameterizedTestParameters(gpu_golden, models)
 {
-    int n = golden_count_lines();
-    int *idx = cr_malloc(sizeof(int) * (size_t)n);
-    for (int i = 0; i < n; i++)
-        idx[i] = i;
-    return cr_make_param_array(int, idx, (size_t)n, golden_free_params);
+    return golden_line_params();
 }
 
 ParameterizedTest(int *line, gpu_golden, models, .timeout = 600)

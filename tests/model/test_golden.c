@@ -14,6 +14,7 @@
 
 #include "model/engine.h"
 #include "common/golden_models.h"
+#include "common/test_util.h"
 #include "model/kernels.h"
 #include "model/model.h"
 #include "model/quant.h"
@@ -30,11 +31,7 @@ static engine *make_engine(const struct model *m, const int *splits, int n_split
 
 ParameterizedTestParameters(golden, models)
 {
-    int n = golden_count_lines();
-    int *idx = cr_malloc(sizeof(int) * (size_t)n);
-    for (int i = 0; i < n; i++)
-        idx[i] = i;
-    return cr_make_param_array(int, idx, (size_t)n, golden_free_params);
+    return golden_line_params();
 }
 
 ParameterizedTest(int *line, golden, models, .timeout = 600)
@@ -201,8 +198,7 @@ Test(golden, bad_batches_are_refused_with_a_message)
 
 Test(golden, layer_subset_binding)
 {
-    char dir[1024];
-    snprintf(dir, sizeof(dir), "%s/models/qwen2-tiny-random", golden_shared_dir());
+    char *dir = tu_must_shared_path("models/qwen2-tiny-random");
     struct model_load_opts o = model_load_opts_default();
     o.layer_first = 1;
     o.layer_last = 2;
@@ -233,6 +229,7 @@ Test(golden, layer_subset_binding)
     o.layer_last = 7;
     cr_assert_lt(model_load(dir, &o, &m, &err), 0);
     cr_assert(strstr(err.msg, "[0, 7)"), "%s", err.msg);
+    free(dir);
 }
 
 /* The same golden through every instruction set this CPU has (the product
@@ -247,7 +244,7 @@ Test(golden, every_simd_level, .timeout = 600)
     int vocab = m->cfg.vocab_size;
     float *logits = malloc(sizeof(float) * (size_t)vocab);
     size_t len;
-    float *ref = (float *)golden_read_file(g.logits_path, &len);
+    float *ref = (float *)tu_must_read_file(g.logits_path, &len);
     for (int s = 0; s < 3; s++) {
         if (kern_set_simd(simds[s]) != 0)
             continue;

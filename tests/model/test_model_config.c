@@ -6,17 +6,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/test_util.h"
 #include "model/model_config.h"
 
 static void load_shared(const char *model, struct model_config *cfg)
 {
-    const char *s = getenv("INFERD_SHARED");
-    cr_assert(s && *s, "INFERD_SHARED is not set: run the tests through meson test");
-    char dir[4096];
-    snprintf(dir, sizeof(dir), "%s/models/%s", s, model);
+    char *dir = tu_must_shared_path("models/%s", model);
     ifd_error err = {{0}};
     int r = model_config_load(dir, cfg, &err);
     cr_assert(r == 0, "model_config_load(%s) = %d: %s", dir, r, err.msg);
+    free(dir);
 }
 
 Test(model_config, tinystories_variants)

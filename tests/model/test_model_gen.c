@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/test_util.h"
 #include "model/model_config.h"
 #include "model/model_gen.h"
 #include "model/safetensors.h"
@@ -31,21 +32,6 @@ static void gen(struct gen_dir *d, const char *preset, enum ifd_dtype dtype, uin
     int r = model_gen_write(d->path, &opt, &bytes, &err);
     cr_assert_eq(r, 0, "model_gen_write(%s) = %d: %s", preset, r, err.msg);
     cr_assert(bytes > 0);
-}
-
-static void gen_remove(const struct gen_dir *d)
-{
-    DIR *dd = opendir(d->path);
-    struct dirent *de;
-    char p[512];
-    while ((de = readdir(dd))) {
-        if (de->d_name[0] == '.')
-            continue;
-        snprintf(p, sizeof(p), "%s/%s", d->path, de->d_name);
-        unlink(p);
-    }
-    closedir(dd);
-    rmdir(d->path);
 }
 
 static const struct st_tensor *expect(const st_model *m, const char *name, enum ifd_dtype dtype, int64_t d0,
@@ -167,7 +153,7 @@ Test(model_gen, tiny_presets_load)
             struct gen_dir d;
             gen(&d, presets[i], dtypes[k], 7, NULL);
             check_checkpoint(d.path, presets[i], dtypes[k]);
-            gen_remove(&d);
+            tu_remove_tree(d.path);
         }
     }
 }
@@ -219,18 +205,13 @@ Test(model_gen, full_size_preset_configs)
     }
 }
 
+/* The whole of dir/name. */
 static char *slurp(const char *dir, const char *name, size_t *len)
 {
-    char p[256];
-    snprintf(p, sizeof(p), "%s/%s", dir, name);
-    FILE *f = fopen(p, "rb");
-    cr_assert(f, "%s", p);
-    fseek(f, 0, SEEK_END);
-    *len = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc(*len + 1);
-    cr_assert_eq(fread(b, 1, *len, f), *len);
-    fclose(f);
+    char *p;
+    cr_assert_geq(asprintf(&p, "%s/%s", dir, name), 0);
+    char *b = tu_must_read_file(p, len);
+    free(p);
     return b;
 }
 
@@ -251,17 +232,14 @@ Test(model_gen, deterministic_in_seed)
     free(x);
     free(y);
     free(z);
-    gen_remove(&a);
-    gen_remove(&b);
-    gen_remove(&c);
+    tu_remove_tree(a.path);
+    tu_remove_tree(b.path);
+    tu_remove_tree(c.path);
 }
 
 Test(model_gen, tokenizer_copied)
 {
-    const char *s = getenv("INFERD_SHARED");
-    cr_assert(s && *s, "INFERD_SHARED is not set: run the tests through meson test");
-    char from[4096];
-    snprintf(from, sizeof(from), "%s/models/tinystories-656k", s);
+    char *from = tu_must_shared_path("models/tinystories-656k");
     struct gen_dir d;
     gen(&d, "tiny-llama", IFD_DTYPE_BF16, 0, from);
     size_t l1, l2;
@@ -274,7 +252,8 @@ Test(model_gen, tokenizer_copied)
     char cfg[128];
     snprintf(cfg, sizeof(cfg), "%s/tokenizer_config.json", d.path);
     cr_assert_eq(access(cfg, R_OK), 0, "%s not copied", cfg);
-    gen_remove(&d);
+    tu_remove_tree(d.path);
+    free(from);
 }
 
 Test(model_gen, errors)
@@ -347,6 +326,6 @@ Test(model_gen, inferctl_generate)
 
     struct gen_dir o = {{0}};
     strcpy(o.path, out);
-    gen_remove(&o);
-    gen_remove(&lib);
+    tu_remove_tree(o.path);
+    tu_remove_tree(lib.path);
 }

@@ -14,6 +14,8 @@
 #include <unistd.h>
 
 #include "base/cpu.h"
+#include "common/golden_models.h"
+#include "common/test_util.h"
 #include "model/dtype.h"
 #include "model/engine.h"
 #include "model/kernels.h"
@@ -22,16 +24,11 @@
 #include "model/quant_checkpoint.h"
 #include "model/safetensors.h"
 
-static const char *shared_dir(void)
-{
-    const char *d = getenv("INFERD_SHARED");
-    cr_assert(d != NULL, "INFERD_SHARED is not set: run through meson test (it points at ../shared)");
-    return d;
-}
-
 static void model_path(char *buf, size_t n, const char *model)
 {
-    snprintf(buf, n, "%s/models/%s", shared_dir(), model);
+    char *p = tu_must_shared_path("models/%s", model);
+    snprintf(buf, n, "%s", p);
+    free(p);
 }
 
 /* ---- independent reference: reads codes bit by bit, accumulates in double -- */
@@ -736,93 +733,17 @@ Test(quant, quantize_on_load_equals_mlx_8bit)
 
 /* ---- tokens through the engine ---------------------------------------------- */
 
-#define MAX_IDS 256
-
-struct golden_line {
-    int32_t prompt[MAX_IDS], gen[MAX_IDS];
-    int n_prompt, n_gen, stable;
-};
-
-/* The first line of golden/models.jsonl for `model`. */
-static void golden_for(const char *model, struct golden_line *g)
+static void expect_stable_prefix(const struct model *m, const char *golden_model, const char *what)
 {
-    char path[1024];
-    snprintf(path, sizeof(path), "%s/golden/models.jsonl", shared_dir());
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f, "cannot open %s", path);
-    char *line = NULL;
-    size_t cap = 0;
-    bool found = false;
-    while (!found && getline(&line, &cap, f) > 0) {
-        cJSON *j = cJSON_Parse(line);
-        cr_assert_not_null(j, "%s: bad JSON line", path);
-        const cJSON *m = cJSON_GetObjectItem(j, "model");
-        if (cJSON_IsString(m) && strcmp(m->valuestring, model) == 0) {
-            const cJSON *it;
-            g->n_prompt = g->n_gen = 0;
-            cJSON_ArrayForEach(it, cJSON_GetObjectItem(j, "prompt_ids"))
-                if (g->n_prompt < MAX_IDS)
-                    g->prompt[g->n_prompt++] = (int32_t)it->valuedouble;
-            cJSON_ArrayForEach(it, cJSON_GetObjectItem(j, "generated_ids"))
-                if (g->n_gen < MAX_IDS)
-                    g->gen[g->n_gen++] = (int32_t)it->valuedouble;
-            g->stable = (int)cJSON_GetObjectItem(j, "stable_prefix_len")->valuedouble;
-            found = true;
-        }
-        cJSON_Delete(j);
-    }
-    free(line);
-    fclose(f);
-    cr_assert(found, "no golden line for %s", model);
-}
-
-static int argmax(const float *v, int n)
-{
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (v[i] > v[b])
-            b = i;
-    return b;
-}
-
-/* Greedy continuation of the golden prompt, as many ids as the golden has. */
-static int greedy(const struct model *m, const struct golden_line *g, int32_t *out)
-{
-    struct engine_config c = {.n_seq_max = 1, .n_ctx = 512, .n_batch_max = MAX_IDS, .n_threads = 2};
+    struct golden g;
+    golden_find(golden_model, &g);
+    struct engine_config c = {.n_seq_max = 1, .n_ctx = 512, .n_batch_max = GOLDEN_MAX_IDS, .n_threads = 2};
     engine *e = NULL;
     ifd_error err = {{0}};
     cr_assert_eq(engine_create_cpu(m, NULL, 0, &c, &e, &err), 0, "%s", err.msg);
-    int32_t seq[MAX_IDS] = {0}, pos[MAX_IDS];
-    bool want[MAX_IDS];
-    for (int i = 0; i < g->n_prompt; i++) {
-        pos[i] = i;
-        want[i] = i == g->n_prompt - 1;
-    }
-    struct engine_batch b = {.n_tokens = g->n_prompt, .tokens = g->prompt, .seq_ids = seq,
-                             .positions = pos, .want_logits = want};
-    cr_assert_eq(engine_decode(e, &b, &err), 0, "prefill: %s", err.msg);
-    int k = 0;
-    while (k < g->n_gen) {
-        int32_t t = argmax(engine_logits(e), m->cfg.vocab_size);
-        out[k++] = t;
-        if (model_config_is_eos(&m->cfg, t) || k == g->n_gen)
-            break;
-        int32_t p = g->n_prompt + k - 1;
-        bool w = true;
-        b = (struct engine_batch){.n_tokens = 1, .tokens = &t, .seq_ids = seq, .positions = &p,
-                                  .want_logits = &w};
-        cr_assert_eq(engine_decode(e, &b, &err), 0, "step %d: %s", k, err.msg);
-    }
+    int32_t out[GOLDEN_MAX_IDS];
+    int n = golden_generate(e, g.prompt, g.n_prompt, g.n_gen, out, NULL);
     engine_destroy(e);
-    return k;
-}
-
-static void expect_stable_prefix(const struct model *m, const char *golden_model, const char *what)
-{
-    struct golden_line g;
-    golden_for(golden_model, &g);
-    int32_t out[MAX_IDS];
-    int n = greedy(m, &g, out);
     cr_assert_geq(n, g.stable, "%s: %d tokens, stable prefix %d", what, n, g.stable);
     for (int i = 0; i < g.stable; i++)
         cr_assert_eq(out[i], g.gen[i], "%s: token %d is %d, golden (%s) %d", what, i, out[i], golden_model,
@@ -853,23 +774,6 @@ Test(quant, quantize_on_load_f32_golden_tokens, .timeout = 120)
 }
 
 /* ---- offline quantizer ------------------------------------------------------- */
-
-static void rm_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        char p[2048];
-        snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
 
 static void make_tmpdir(char *buf, size_t n)
 {
@@ -950,7 +854,7 @@ static void checkpoint_case(const char *src, const char *mlx, int bits, int gs)
     cr_expect_eq(access(p, R_OK), 0, "tokenizer.json not copied");
     model_destroy(m);
     model_destroy(ref);
-    rm_tree(dir);
+    tu_remove_tree(dir);
 }
 
 Test(quant, checkpoint_4bit_equals_mlx_files, .timeout = 120)
@@ -981,7 +885,7 @@ Test(quant, checkpoint_refusals)
     cr_expect(strstr(err.msg, "5 bits") != NULL, "%s", err.msg);
     cr_expect_lt(quant_checkpoint_write(sp, sp, 4, 64, NULL, NULL, &err), 0);
     cr_expect(strstr(err.msg, "source") != NULL, "%s", err.msg);
-    rm_tree(dir);
+    tu_remove_tree(dir);
 }
 
 /* ---- malformed quantized checkpoints ----------------------------------------- */
@@ -1070,7 +974,7 @@ static void expect_load_error(const char *drop, const char *reshape, int64_t r0,
     fprintf(stderr, "refused as it should: %s\n", err.msg);
     if (r == 0)
         model_destroy(m);
-    rm_tree(dir);
+    tu_remove_tree(dir);
 }
 
 Test(quant, malformed_intact_copy_loads)
@@ -1084,7 +988,7 @@ Test(quant, malformed_intact_copy_loads)
     struct model_load_opts o = model_load_opts_default();
     cr_expect_eq(model_load(dir, &o, &m, &err), 0, "%s", err.msg);
     model_destroy(m);
-    rm_tree(dir);
+    tu_remove_tree(dir);
 }
 
 Test(quant, malformed_missing_scales)

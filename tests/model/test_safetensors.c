@@ -12,14 +12,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/test_util.h"
 #include "model/safetensors.h"
 
 static const char *shared_models(void)
 {
-    static char path[4096];
-    const char *s = getenv("INFERD_SHARED");
-    cr_assert(s && *s, "INFERD_SHARED is not set: run the tests through meson test");
-    snprintf(path, sizeof(path), "%s/models", s);
+    static char *path; /* kept for the whole test process */
+    if (!path)
+        path = tu_must_shared_path("models");
     struct stat st;
     cr_assert(stat(path, &st) == 0 && S_ISDIR(st.st_mode), "%s: shared models missing", path);
     return path;
@@ -440,21 +440,6 @@ static void dir_put(const struct tmpdir *d, const char *name, const void *data, 
     fclose(f);
 }
 
-static void dir_remove(const struct tmpdir *d)
-{
-    DIR *dd = opendir(d->path);
-    struct dirent *de;
-    char p[512];
-    while ((de = readdir(dd))) {
-        if (de->d_name[0] == '.')
-            continue;
-        snprintf(p, sizeof(p), "%s/%s", d->path, de->d_name);
-        unlink(p);
-    }
-    closedir(dd);
-    rmdir(d->path);
-}
-
 /* A tiny valid single-tensor file image. */
 static size_t tiny_file(uint8_t *buf, const char *tensor)
 {
@@ -497,7 +482,7 @@ Test(safetensors_sharded, missing_shard)
     cr_assert(st_find(m, "a") && st_find(m, "b"));
     cr_assert_eq(memcmp(st_find(m, "b")->data, "abcd", 4), 0);
     st_close(m);
-    dir_remove(&d);
+    tu_remove_tree(d.path);
 }
 
 Test(safetensors_sharded, index_malformed)
@@ -542,7 +527,7 @@ Test(safetensors_sharded, index_malformed)
     const char *dup = "{\"weight_map\": {\"a\": \"s1.safetensors\", \"x\": \"s2.safetensors\"}}";
     dir_put(&d, "model.safetensors.index.json", dup, strlen(dup));
     expect_dir_reject(&d, -EINVAL, "'a' is stored twice");
-    dir_remove(&d);
+    tu_remove_tree(d.path);
 }
 
 Test(safetensors_sharded, empty_dir)
@@ -550,7 +535,7 @@ Test(safetensors_sharded, empty_dir)
     struct tmpdir d;
     dir_make(&d);
     expect_dir_reject(&d, -ENOENT, "no model.safetensors");
-    dir_remove(&d);
+    tu_remove_tree(d.path);
 }
 
 /* --------------------------------------------------- subset and writer */

@@ -367,6 +367,17 @@ static int client_handshake(struct net_conn *c, const struct net_key *key, ifd_e
     return net_conn_handshake_client(c, key, &self, &peer, err);
 }
 
+/* Both sides of a handshake: the server (sa) on a thread, the client on c
+ * with key_c here. Returns the client's result; the server's is in sa. */
+static int handshake_both(struct net_conn *c, const struct net_key *key_c, struct server_arg *sa, ifd_error *err)
+{
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, server_thread, sa), 0);
+    int r = client_handshake(c, key_c, err);
+    pthread_join(th, NULL);
+    return r;
+}
+
 Test(conn, sealed_session_round_trip)
 {
     cr_assert_eq(net_crypto_init(NULL), 0);
@@ -375,11 +386,8 @@ Test(conn, sealed_session_round_trip)
     struct net_conn *c, *s;
     socket_pair(&c, &s);
     struct server_arg sa = {.conn = s, .key = &k};
-    pthread_t th;
-    pthread_create(&th, NULL, server_thread, &sa);
     ifd_error err;
-    int r = client_handshake(c, &k, &err);
-    pthread_join(th, NULL);
+    int r = handshake_both(c, &k, &sa, &err);
     cr_assert_eq(r, 0, "%s", err.msg);
     cr_assert_eq(sa.ret, 0, "%s", sa.err.msg);
     cr_assert_eq(sa.peer.role, NET_ROLE_MASTER);
@@ -432,11 +440,8 @@ Test(conn, wrong_key_refused_on_both_sides)
     struct net_conn *c, *s;
     socket_pair(&c, &s);
     struct server_arg sa = {.conn = s, .key = &k1};
-    pthread_t th;
-    pthread_create(&th, NULL, server_thread, &sa);
     ifd_error err;
-    int r = client_handshake(c, &k2, &err);
-    pthread_join(th, NULL);
+    int r = handshake_both(c, &k2, &sa, &err);
     cr_assert_eq(sa.ret, -EACCES);
     cr_assert(strstr(sa.err.msg, "authentication failed"), "%s", sa.err.msg);
     cr_assert_lt(r, 0);
@@ -454,11 +459,8 @@ Test(conn, key_on_one_side_only_refused)
     struct net_conn *c, *s;
     socket_pair(&c, &s);
     struct server_arg sa = {.conn = s, .key = &k};
-    pthread_t th;
-    pthread_create(&th, NULL, server_thread, &sa);
     ifd_error err;
-    int r = client_handshake(c, NULL, &err);
-    pthread_join(th, NULL);
+    int r = handshake_both(c, NULL, &sa, &err);
     cr_assert_eq(sa.ret, -EACCES);
     cr_assert_lt(r, 0);
     cr_assert(strstr(err.msg, "cluster key"), "%s", err.msg);
@@ -471,11 +473,8 @@ Test(conn, insecure_session_when_neither_has_a_key)
     struct net_conn *c, *s;
     socket_pair(&c, &s);
     struct server_arg sa = {.conn = s, .key = NULL};
-    pthread_t th;
-    pthread_create(&th, NULL, server_thread, &sa);
     ifd_error err;
-    cr_assert_eq(client_handshake(c, NULL, &err), 0, "%s", err.msg);
-    pthread_join(th, NULL);
+    cr_assert_eq(handshake_both(c, NULL, &sa, &err), 0, "%s", err.msg);
     cr_assert_eq(sa.ret, 0, "%s", sa.err.msg);
     cr_assert_eq(net_conn_send(c, NET_MSG_PING, "abc", 3, 1000, &err), 0);
     uint16_t type;
@@ -729,10 +728,7 @@ Test(conn, unsealed_frame_after_handshake_refused)
     cr_assert_eq(net_conn_create(sv[0], "c", &c, &err), 0);
     cr_assert_eq(net_conn_create(sv[1], "s", &s, &err), 0);
     struct server_arg sa = {.conn = s, .key = &k};
-    pthread_t th;
-    pthread_create(&th, NULL, server_thread, &sa);
-    cr_assert_eq(client_handshake(c, &k, &err), 0, "%s", err.msg);
-    pthread_join(th, NULL);
+    cr_assert_eq(handshake_both(c, &k, &sa, &err), 0, "%s", err.msg);
     cr_assert_eq(sa.ret, 0);
     raw_frame(spy, NET_MSG_KV_TRUNCATE, "0123456789abcdef", 16);
     uint16_t type;

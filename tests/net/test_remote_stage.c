@@ -7,7 +7,6 @@
  * for bit, as the all-local engine, and the golden greedy tokens. A worker
  * stopped mid-generation makes the next forward fail quickly with a clear
  * error instead of hanging. */
-#include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <pthread.h>
@@ -16,6 +15,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/golden_models.h"
+#include "common/test_util.h"
 #include "conn.h"
 #include "model/cpu_stage.h"
 #include "model/engine.h"
@@ -28,48 +29,6 @@
 #define N_SEQ 2
 #define N_CTX 128
 #define N_BATCH 64
-
-static char *shared_path(const char *rel)
-{
-    const char *sh = getenv("INFERD_SHARED");
-    cr_assert_not_null(sh, "INFERD_SHARED is not set: run through meson test");
-    char *p;
-    cr_assert_geq(asprintf(&p, "%s/%s", sh, rel), 0);
-    return p;
-}
-
-struct golden {
-    int prompt[64], n_prompt;
-    int gen[64], n_gen, stable;
-};
-
-static void golden_load(const char *model, struct golden *g)
-{
-    char *path = shared_path("golden/models.jsonl");
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f, "cannot open %s", path);
-    char *line = NULL;
-    size_t cap = 0;
-    bool found = false;
-    while (!found && getline(&line, &cap, f) > 0) {
-        cJSON *j = cJSON_Parse(line);
-        cr_assert_not_null(j);
-        if (strcmp(cJSON_GetObjectItem(j, "model")->valuestring, model) == 0) {
-            cJSON *it;
-            g->n_prompt = g->n_gen = 0;
-            cJSON_ArrayForEach(it, cJSON_GetObjectItem(j, "prompt_ids")) g->prompt[g->n_prompt++] = it->valueint;
-            cJSON_ArrayForEach(it, cJSON_GetObjectItem(j, "generated_ids")) if (g->n_gen < 64) g->gen[g->n_gen++] =
-                it->valueint;
-            g->stable = cJSON_GetObjectItem(j, "stable_prefix_len")->valueint;
-            found = true;
-        }
-        cJSON_Delete(j);
-    }
-    free(line);
-    fclose(f);
-    free(path);
-    cr_assert(found, "no golden for %s", model);
-}
 
 /* Greedy generation of n tokens on sequence `seq`; logits of every step are
  * appended to all_logits ([n, vocab]) when non-NULL. Returns 0 or the first
@@ -170,16 +129,12 @@ struct fixture {
 static void fixture_up(struct fixture *fx, const char *model_name)
 {
     memset(fx, 0, sizeof(*fx));
-    char *dir;
-    cr_assert_geq(asprintf(&dir, "models/%s", model_name), 0);
-    char *rel = dir;
-    dir = shared_path(rel);
-    free(rel);
+    char *dir = tu_must_shared_path("models/%s", model_name);
     struct model_load_opts o = model_load_opts_default();
     ifd_error err;
     cr_assert_eq(model_load(dir, &o, &fx->m, &err), 0, "%s", err.msg);
     free(dir);
-    golden_load(model_name, &fx->g);
+    golden_find(model_name, &fx->g);
     fx->n_layers = fx->m->cfg.n_layers;
     fx->split = fx->n_layers / 2;
     fx->pool = thread_pool_create(2);
@@ -207,6 +162,17 @@ static void fixture_down(struct fixture *fx)
     model_destroy(fx->m);
 }
 
+/* A remote stage over n of the fixture's links, from links[first]. */
+static struct stage *remote_over(struct fixture *fx, int first, int n)
+{
+    struct remote_stage_opts ro = {.hidden_size = fx->m->cfg.hidden_size, .n_seq_max = N_SEQ, .n_ctx = N_CTX,
+                                   .max_tokens = N_BATCH, .timeout_ms = 5000};
+    struct stage *st;
+    ifd_error err;
+    cr_assert_eq(remote_stage_create(&fx->links[first], n, &ro, &st, &err), 0, "%s", err.msg);
+    return st;
+}
+
 static const struct engine_config ecfg = {.n_seq_max = N_SEQ, .n_ctx = N_CTX, .n_batch_max = N_BATCH, .n_threads = 2};
 
 static void check_model(const char *model_name, bool chain)
@@ -223,16 +189,14 @@ static void check_model(const char *model_name, bool chain)
     cr_assert_eq(greedy(local, 0, fx.g.prompt, fx.g.n_prompt, n, local_ids, local_lg, &err), 0, "%s", err.msg);
     engine_destroy(local);
 
-    struct remote_stage_opts ro = {.hidden_size = fx.m->cfg.hidden_size, .n_seq_max = N_SEQ, .n_ctx = N_CTX,
-                                   .max_tokens = N_BATCH, .timeout_ms = 5000};
     struct stage *stages[2];
     int n_stages;
     if (chain) {
-        cr_assert_eq(remote_stage_create(fx.links, 2, &ro, &stages[0], &err), 0, "%s", err.msg);
+        stages[0] = remote_over(&fx, 0, 2);
         n_stages = 1;
     } else {
-        cr_assert_eq(remote_stage_create(&fx.links[0], 1, &ro, &stages[0], &err), 0, "%s", err.msg);
-        cr_assert_eq(remote_stage_create(&fx.links[1], 1, &ro, &stages[1], &err), 0, "%s", err.msg);
+        stages[0] = remote_over(&fx, 0, 1);
+        stages[1] = remote_over(&fx, 1, 1);
         n_stages = 2;
     }
     engine *remote;
@@ -289,10 +253,7 @@ Test(remote_stage, worker_death_fails_forward_quickly)
     struct fixture fx;
     fixture_up(&fx, "tinystories-656k");
     ifd_error err;
-    struct remote_stage_opts ro = {.hidden_size = fx.m->cfg.hidden_size, .n_seq_max = N_SEQ, .n_ctx = N_CTX,
-                                   .max_tokens = N_BATCH, .timeout_ms = 5000};
-    struct stage *st;
-    cr_assert_eq(remote_stage_create(fx.links, 2, &ro, &st, &err), 0, "%s", err.msg);
+    struct stage *st = remote_over(&fx, 0, 2);
     engine *e;
     cr_assert_eq(engine_create(fx.m, &st, 1, &ecfg, fx.pool, &e, &err), 0, "%s", err.msg);
     int ids[4];
@@ -319,10 +280,7 @@ Test(remote_stage, bad_requests_answered_with_error_not_crash)
     struct fixture fx;
     fixture_up(&fx, "tinystories-656k");
     ifd_error err;
-    struct remote_stage_opts ro = {.hidden_size = fx.m->cfg.hidden_size, .n_seq_max = N_SEQ, .n_ctx = N_CTX,
-                                   .max_tokens = N_BATCH, .timeout_ms = 5000};
-    struct stage *st;
-    cr_assert_eq(remote_stage_create(&fx.links[0], 1, &ro, &st, &err), 0, "%s", err.msg);
+    struct stage *st = remote_over(&fx, 0, 1);
     /* A sequence id beyond the worker's slots: refused by the worker. */
     int H = fx.m->cfg.hidden_size;
     float *h = calloc((size_t)H, sizeof(float));

@@ -13,6 +13,7 @@
 #include <unistd.h>
 #include <zstd.h>
 
+#include "common/test_util.h"
 #include "conn.h"
 #include "model/model.h"
 #include "proto.h"
@@ -21,10 +22,7 @@
 
 static struct model *load_tiny(void)
 {
-    const char *sh = getenv("INFERD_SHARED");
-    cr_assert_not_null(sh, "INFERD_SHARED is not set: run through meson test");
-    char *dir;
-    cr_assert_geq(asprintf(&dir, "%s/models/tinystories-656k-bf16-sharded", sh), 0);
+    char *dir = tu_must_shared_path("models/tinystories-656k-bf16-sharded");
     struct model_load_opts o = model_load_opts_default();
     struct model *m;
     ifd_error err;
@@ -200,9 +198,7 @@ Test(weight_push, full_then_cached_then_resumed)
 
     wp_manifest_destroy(mf);
     model_destroy(m);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-    cr_assert_eq(system(cmd), 0);
+    cr_assert_eq(tu_remove_tree(dir), 0);
 }
 
 Test(weight_push, malformed_chunks_refused)
@@ -242,7 +238,5 @@ Test(weight_push, malformed_chunks_refused)
     wp_cache_have(c, &a, &have);
     cr_assert_eq(have, 0, "nothing of a refused tensor is kept");
     wp_cache_close(c);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-    cr_assert_eq(system(cmd), 0);
+    cr_assert_eq(tu_remove_tree(dir), 0);
 }

@@ -13,49 +13,20 @@
 
 #include <cjson/cJSON.h>
 
+#include "common/test_util.h"
 #include "text/template/chat_template.h"
 #include "text/tokenizer/tokenizer.h"
-
-static char *read_file(const char *path, size_t *ret_len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf) {
-        buf[n] = '\0';
-        if (ret_len)
-            *ret_len = (size_t)n;
-    }
-    return buf;
-}
-
-static const char *shared_dir(void)
-{
-    const char *s = getenv("INFERD_SHARED");
-    cr_assert(s && *s, "INFERD_SHARED is not set: it must point at the shared test data directory");
-    return s;
-}
 
 /* The family's template: chat_template.jinja, else tokenizer_config.json's chat_template. */
 static char *family_template(const char *family)
 {
     char path[1024];
-    snprintf(path, sizeof(path), "%s/golden/tokenizers/%s/chat_template.jinja", shared_dir(), family);
-    char *src = read_file(path, NULL);
-    if (src)
+    snprintf(path, sizeof(path), "%s/golden/tokenizers/%s/chat_template.jinja", tu_must_shared_dir(), family);
+    char *src;
+    if (tu_read_file(path, &src, NULL) == 0)
         return src;
-    snprintf(path, sizeof(path), "%s/golden/tokenizers/%s/tokenizer_config.json", shared_dir(), family);
-    char *cfg = read_file(path, NULL);
-    cr_assert(cfg, "cannot read %s", path);
+    snprintf(path, sizeof(path), "%s/golden/tokenizers/%s/tokenizer_config.json", tu_must_shared_dir(), family);
+    char *cfg = tu_must_read_file(path, NULL);
     cJSON *j = cJSON_Parse(cfg);
     free(cfg);
     cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "chat_template");
@@ -104,7 +75,7 @@ static int run_family(const char *family, tokenizer *tok)
     free(src);
 
     char path[1024];
-    snprintf(path, sizeof(path), "%s/golden/chat/%s.jsonl", shared_dir(), family);
+    snprintf(path, sizeof(path), "%s/golden/chat/%s.jsonl", tu_must_shared_dir(), family);
     FILE *f = fopen(path, "r");
     cr_assert(f, "cannot open %s", path);
     char *line = NULL;
@@ -204,7 +175,7 @@ GOLDEN_FAMILY(smollm2, "smollm2")
 static tokenizer *load_tok(const char *dir_rel)
 {
     char dir[1024];
-    snprintf(dir, sizeof(dir), "%s/%s", shared_dir(), dir_rel);
+    snprintf(dir, sizeof(dir), "%s/%s", tu_must_shared_dir(), dir_rel);
     tokenizer *tok = NULL;
     ifd_error err = {{0}};
     int rc = tok_load(dir, &tok, &err);
@@ -687,11 +658,11 @@ static void cli_golden(const char *family, const char *dir_rel)
 {
     char cmd[4096];
     snprintf(cmd, sizeof(cmd), "'%s' template '%s/%s' --jsonl < '%s/golden/chat/%s.jsonl'", inferctl_path(),
-             shared_dir(), dir_rel, shared_dir(), family);
+             tu_must_shared_dir(), dir_rel, tu_must_shared_dir(), family);
     FILE *out = popen(cmd, "r");
     cr_assert(out, "cannot run %s", cmd);
     char path[1024];
-    snprintf(path, sizeof(path), "%s/golden/chat/%s.jsonl", shared_dir(), family);
+    snprintf(path, sizeof(path), "%s/golden/chat/%s.jsonl", tu_must_shared_dir(), family);
     FILE *gold = fopen(path, "r");
     cr_assert(gold);
     char *gl = NULL, *ol = NULL;
@@ -759,7 +730,7 @@ Test(inferctl_template, conversation_file_chatml_and_errors, .timeout = 60)
     char cmd[2048];
     int status;
     /* tinystories has a tokenizer.json and no chat template: ChatML, with ids */
-    snprintf(cmd, sizeof(cmd), "'%s' template '%s/models/tinystories-656k' '%s'", inferctl_path(), shared_dir(), conv);
+    snprintf(cmd, sizeof(cmd), "'%s' template '%s/models/tinystories-656k' '%s'", inferctl_path(), tu_must_shared_dir(), conv);
     char *out = run_capture(cmd, &status);
     cJSON *j = cJSON_Parse(out);
     cr_expect_eq(status, 0, "%s", out);
@@ -769,7 +740,7 @@ Test(inferctl_template, conversation_file_chatml_and_errors, .timeout = 60)
     cJSON_Delete(j);
     free(out);
     /* a template-only directory: text, no ids; a raise is {"error"} with exit 1 */
-    snprintf(cmd, sizeof(cmd), "'%s' template '%s/golden/tokenizers/mistral-v0.3' '%s'", inferctl_path(), shared_dir(),
+    snprintf(cmd, sizeof(cmd), "'%s' template '%s/golden/tokenizers/mistral-v0.3' '%s'", inferctl_path(), tu_must_shared_dir(),
              conv);
     out = run_capture(cmd, &status);
     j = cJSON_Parse(out);
@@ -785,7 +756,7 @@ Test(inferctl_template, conversation_file_chatml_and_errors, .timeout = 60)
     fputs(c2, f);
     fclose(f);
     snprintf(cmd, sizeof(cmd), "'%s' template '%s/golden/tokenizers/mistral-7b-v0.1' '%s'", inferctl_path(),
-             shared_dir(), conv);
+             tu_must_shared_dir(), conv);
     out = run_capture(cmd, &status);
     j = cJSON_Parse(out);
     cr_expect_neq(status, 0);

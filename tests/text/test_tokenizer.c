@@ -8,36 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/test_util.h"
 #include "text/tokenizer/tokenizer.h"
-
-static const char *shared_dir(void)
-{
-    const char *s = getenv("INFERD_SHARED");
-    if (!s || !*s)
-        cr_assert_fail("INFERD_SHARED is not set: it must point at the shared models/goldens directory");
-    return s;
-}
-
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    size_t k;
-    while (buf && (k = fread(buf + n, 1, cap - n - 1, f)) > 0) {
-        n += k;
-        if (cap - n - 1 == 0)
-            buf = realloc(buf, cap *= 2);
-    }
-    fclose(f);
-    if (buf)
-        buf[n] = '\0';
-    if (len)
-        *len = n;
-    return buf;
-}
 
 /* The value of string field key in one JSON line, with its true length:
  * cJSON stops at an escaped NUL (the goldens have "\u0000"). Malloc'd. */
@@ -99,7 +71,7 @@ static char *json_str(const char *line, const char *key, size_t *ret_len)
 static tokenizer *load_dir(const char *rel)
 {
     char path[4096];
-    snprintf(path, sizeof(path), "%s/%s", shared_dir(), rel);
+    snprintf(path, sizeof(path), "%s/%s", tu_must_shared_dir(), rel);
     tokenizer *t = NULL;
     ifd_error err = {0};
     int r = tok_load(path, &t, &err);
@@ -136,10 +108,9 @@ static void print_diff(const char *family, int id, const char *what, const struc
 static int run_golden(const char *family, const char *tok_dir)
 {
     char path[4096];
-    snprintf(path, sizeof(path), "%s/golden/tokenizer/%s.jsonl", shared_dir(), family);
+    snprintf(path, sizeof(path), "%s/golden/tokenizer/%s.jsonl", tu_must_shared_dir(), family);
     size_t len;
-    char *data = slurp(path, &len);
-    cr_assert_not_null(data, "cannot read %s", path);
+    char *data = tu_must_read_file(path, &len);
     tokenizer *t = load_dir(tok_dir);
     struct tok_ids a = {0}, b = {0};
     int lines = 0, bad = 0, shown = 0;
@@ -299,10 +270,9 @@ Test(tokenizer_malformed, invalid_utf8_positions)
 Test(tokenizer_malformed, truncated_tokenizer_json)
 {
     char path[4096];
-    snprintf(path, sizeof(path), "%s/golden/tokenizers/tinystories/tokenizer.json", shared_dir());
+    snprintf(path, sizeof(path), "%s/golden/tokenizers/tinystories/tokenizer.json", tu_must_shared_dir());
     size_t len;
-    char *data = slurp(path, &len);
-    cr_assert_not_null(data, "cannot read %s", path);
+    char *data = tu_must_read_file(path, &len);
     size_t cuts[] = {0, 1, 17, 100, 1000, len / 2, len - 2, len - 1};
     for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++) {
         ifd_error err = {0};
@@ -635,9 +605,8 @@ Test(tokenizer_cases, word_cache_gives_same_ids)
 static tokenizer *load_with_added(const char *family, const char *extra)
 {
     char path[4096];
-    snprintf(path, sizeof(path), "%s/golden/tokenizers/%s/tokenizer.json", shared_dir(), family);
-    char *data = slurp(path, NULL);
-    cr_assert_not_null(data, "cannot read %s", path);
+    snprintf(path, sizeof(path), "%s/golden/tokenizers/%s/tokenizer.json", tu_must_shared_dir(), family);
+    char *data = tu_must_read_file(path, NULL);
     cJSON *root = cJSON_Parse(data);
     cJSON *added = cJSON_GetObjectItem(root, "added_tokens");
     char *arr = NULL;
@@ -709,9 +678,8 @@ Test(tokenizer_cases, added_token_flags_sentencepiece)
 static tokenizer *load_metaspace(const char *scheme)
 {
     char path[4096];
-    snprintf(path, sizeof(path), "%s/golden/tokenizers/mistral-7b-v0.1/tokenizer.json", shared_dir());
-    char *data = slurp(path, NULL);
-    cr_assert_not_null(data, "cannot read %s", path);
+    snprintf(path, sizeof(path), "%s/golden/tokenizers/mistral-7b-v0.1/tokenizer.json", tu_must_shared_dir());
+    char *data = tu_must_read_file(path, NULL);
     cJSON *root = cJSON_Parse(data);
     char *ms = NULL;
     cr_assert(asprintf(&ms, "{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\",\"prepend_scheme\":\"%s\",\"split\":true}",

@@ -48,7 +48,6 @@ void tok_pool_finish(struct tok_pool *p);
 uint64_t tok_hash_bytes(const void *p, size_t n);
 
 bool tok_cp_is_whitespace(int32_t cp); /* Rust char::is_whitespace */
-bool tok_cp_is_numeric(int32_t cp);    /* Rust char::is_numeric (Nd, Nl, No) */
 bool tok_cp_is_alnum(int32_t cp);      /* Rust char::is_alphanumeric (L*, N*) */
 
 /* ---- hash tables (tokenizer_bpe.c) ---- */
@@ -251,7 +250,6 @@ struct tok_cache_entry {
 #define TOK_CACHE_SLOTS 8192 /* power of two */
 #define TOK_CACHE_AFTER 64
 #define TOK_CACHE_WORD_MAX 64
-void tok_scratch_finish(struct tok_scratch *s);
 
 /* tokenizer_text.c */
 int tok_norm_apply(const struct tok_norm *nm, struct tok_scratch *s, const char *in, size_t len,
@@ -270,7 +268,6 @@ static inline const char *tok_piece_ptr(const struct tok_scratch *s, const char 
 void tok_norm_free(struct tok_norm *n);
 void tok_pretok_free(struct tok_pretok *p);
 void tok_dec_free(struct tok_dec *d);
-void tok_pattern_finish(struct tok_pattern *p);
 /* Byte-level alphabet: byte -> code point (GPT-2's bytes_to_unicode). */
 int32_t tok_bytelevel_char(uint8_t b);
 /* code point -> byte, or -1 when cp is not in the alphabet. */
@@ -292,7 +289,3 @@ struct tok_decscratch {
     struct tok_tlist a, b;
     pcre2_match_data *md;
 };
-void tok_decscratch_finish(struct tok_decscratch *ds);
-/* Decodes ids into out (cleared first; NUL-terminated). */
-int tok_decode_buf(const struct tokenizer *t, const int32_t *ids, size_t n, bool skip_special,
-                   struct tok_buf *out, struct tok_decscratch *ds);

@@ -19,6 +19,9 @@
 #include "tokenizer-internal.h"
 #include "base/file.h"
 
+/* Frees an encode scratch; defined with the encode path below. */
+static void tok_scratch_finish(struct tok_scratch *s);
+
 /* GPT-2's pre-tokenizer regex, used by ByteLevel with use_regex=true. */
 static const char gpt2_regex[] =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
@@ -1223,7 +1226,7 @@ void tok_ids_finish(struct tok_ids *v)
     *v = (struct tok_ids){0};
 }
 
-void tok_scratch_finish(struct tok_scratch *s)
+static void tok_scratch_finish(struct tok_scratch *s)
 {
     tok_buf_finish(&s->norm);
     tok_buf_finish(&s->norm2);

@@ -25,7 +25,7 @@ static void tlist_finish(struct tok_tlist *l)
     *l = (struct tok_tlist){0};
 }
 
-void tok_decscratch_finish(struct tok_decscratch *ds)
+static void tok_decscratch_finish(struct tok_decscratch *ds)
 {
     if (!ds)
         return;
@@ -231,8 +231,9 @@ static int dec_step(const struct tok_dec *d, struct tok_decscratch *ds)
     return r;
 }
 
-int tok_decode_buf(const struct tokenizer *t, const int32_t *ids, size_t n, bool skip_special,
-                   struct tok_buf *out, struct tok_decscratch *ds)
+/* Decodes ids into out (cleared first; NUL-terminated). */
+static int tok_decode_buf(const struct tokenizer *t, const int32_t *ids, size_t n, bool skip_special,
+                          struct tok_buf *out, struct tok_decscratch *ds)
 {
     int r = 0;
     tlist_clear(&ds->a);

@@ -103,7 +103,7 @@ bool tok_cp_is_whitespace(int32_t cp)
            cp == 0x205F || cp == 0x3000;
 }
 
-bool tok_cp_is_numeric(int32_t cp)
+static bool tok_cp_is_numeric(int32_t cp)
 {
     if (cp < 0x80)
         return cp >= '0' && cp <= '9';
@@ -151,7 +151,7 @@ int tok_bytelevel_byte(int32_t cp)
 
 /* ---------------------------------------------------------------- patterns */
 
-void tok_pattern_finish(struct tok_pattern *p)
+static void tok_pattern_finish(struct tok_pattern *p)
 {
     if (p->re)
         pcre2_code_free(p->re);
