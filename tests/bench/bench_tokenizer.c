@@ -94,6 +94,7 @@ int main(int argc, char **argv)
     if (r < 0) {
         fprintf(stderr, "bench_tokenizer: cannot read %s: %s\n", argv[2], strerror(-r));
         return 1;
+    }
     tokenizer *t = NULL;
     ifd_error err = {0};
     double t0 = ifd_now_s();
