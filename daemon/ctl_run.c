@@ -5,10 +5,11 @@
  * takes ids from --ids), prefills it in batches of up to --batch tokens, then
  * samples one token at a time with the daemon's generation step
  * (model/generate.h) until a stop token (the config's eos ids and the
- * tokenizer's eos_token, as the daemon), -n tokens or the end of the context. With --json it
- * prints one object with the ids and timings (for scripts and benchmarks);
- * otherwise the text as it is generated (the ids when the model directory has
- * no tokenizer) and a one-line speed summary on stderr. */
+ * tokenizer's eos_token, as the daemon), -n tokens or the end of the
+ * context. With --json it prints one object with the ids and timings (for
+ * scripts and benchmarks); otherwise the text as it is generated (the ids
+ * when the model directory has no tokenizer) and a one-line speed summary on
+ * stderr. */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
