@@ -30,7 +30,8 @@ void stage_finish(struct stage *s)
     s->seq_len = NULL;
 }
 
-int stage_batch_check(const struct stage *s, const struct stage_batch *b, ifd_error *err)
+/* The contract of stage.h, in its order: nothing is read past a failed check. */
+static int batch_check(const struct stage *s, const struct stage_batch *b, ifd_error *err)
 {
     const char *name = s->ops->name;
     if (b->n_tokens <= 0)
@@ -69,7 +70,7 @@ int stage_batch_check(const struct stage *s, const struct stage_batch *b, ifd_er
 
 int stage_forward(struct stage *s, const struct stage_batch *b, ifd_error *err)
 {
-    int r = stage_batch_check(s, b, err);
+    int r = batch_check(s, b, err);
     if (r < 0)
         return r;
     if ((r = s->ops->forward(s, b, err)) < 0)

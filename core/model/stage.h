@@ -98,9 +98,6 @@ void stage_finish(struct stage *s);
  * b hold their last position + 1; on failure they hold what they held. */
 int stage_forward(struct stage *s, const struct stage_batch *b, ifd_error *err);
 
-/* Checks b against the contract without running it. */
-int stage_batch_check(const struct stage *s, const struct stage_batch *b, ifd_error *err);
-
 /* Keeps the first n_keep positions of a sequence (0 frees it; more than it
  * holds changes nothing). seq_id outside the slots: -EINVAL; n_keep outside
  * [0, n_ctx]: -ERANGE. The slot holds at most n_keep positions afterwards
