@@ -18,7 +18,7 @@ static int cpu_create(const struct model *m, int first, int last, int n_seq_max,
     int r = cpu_stage_create(m, first, last, n_seq_max, n_ctx, pool, &s, err);
     if (r < 0)
         return r;
-    if ((r = cpu_stage_reserve(s, n_batch_max, err)) < 0) {
+    if ((r = stage_reserve_batch(s, n_batch_max, err)) < 0) {
         stage_destroy(s);
         return r;
     }

@@ -3,10 +3,13 @@
  *
  * Loads the checkpoint, encodes the prompt with the model's tokenizer (or
  * takes ids from --ids), prefills it in batches of up to --batch tokens, then
- * samples one token at a time until an eos id or -n tokens. With --json it
- * prints one object with the ids and timings (for scripts and benchmarks);
- * otherwise the text as it is generated (the ids when the model directory has
- * no tokenizer) and a one-line speed summary on stderr. */
+ * samples one token at a time with the daemon's generation step
+ * (model/generate.h) until a stop token (the config's eos ids and the
+ * tokenizer's eos_token, as the daemon), -n tokens or the end of the
+ * context. With --json it prints one object with the ids and timings (for
+ * scripts and benchmarks); otherwise the text as it is generated (the ids
+ * when the model directory has no tokenizer) and a one-line speed summary on
+ * stderr. */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -18,9 +21,11 @@
 
 #include "ctl.h"
 #include "model/engine.h"
+#include "model/generate.h"
 #include "model/kernels.h"
 #include "model/model.h"
 #include "model/sampler.h"
+#include "stop_set.h"
 #include "text/tokenizer/tokenizer.h"
 #include "base/clock.h"
 
@@ -50,7 +55,10 @@ static void run_usage(FILE *f)
             "\n"
             "Generates from a prompt with the model in MODEL_DIR (Hugging Face\n"
             "layout), locally and without a daemon. PROMPT is encoded with the\n"
-            "model's tokenizer.json (special tokens added as HF does).\n"
+            "model's tokenizer.json (special tokens added as HF does). Generation\n"
+            "stops, as in the daemon, at an end token (config.json's eos_token_id\n"
+            "or tokenizer_config.json's eos_token), at -n tokens or at the end of\n"
+            "the context.\n"
             "\n"
             "  --ids LIST              prompt token ids, comma-separated, instead of PROMPT\n"
             "  -n, --max-tokens N      tokens to generate at most (default 64)\n"
@@ -290,6 +298,14 @@ int ctl_run_main(int argc, char **argv)
     }
     for (int i = 0; i < o.n_prompt; i++)
         sampler_accept(smp, o.prompt[i], false);
+    struct gen_stop_set stops;
+    if (stop_set_build(c, tok, &stops, &err) < 0) {
+        fprintf(stderr, "inferctl run: %s\n", err.msg);
+        free(logits);
+        goto done;
+    }
+    struct gen_seq gen;
+    gen_seq_init(&gen, smp, &stops, o.n_new, n_ctx);
 
     /* prefill, in chunks of n_batch; logits of the last prompt token only */
     double t0 = ifd_now_ms();
@@ -321,29 +337,24 @@ int ctl_run_main(int argc, char **argv)
         }
     }
     int n_out = 0;
-    const char *finish = "length";
-    while (n_out < o.n_new) {
+    enum gen_finish fin = o.n_new > 0 ? GEN_CONTINUE : GEN_FINISH_LENGTH;
+    while (fin == GEN_CONTINUE) {
         memcpy(logits, engine_logits(e), sizeof(float) * (size_t)c->vocab_size);
-        int32_t t = sampler_sample(smp, logits);
-        sampler_accept(smp, t, true);
+        /* positions held: the prompt and every generated token but the last */
+        int32_t t, p = o.n_prompt + n_out;
+        fin = gen_seq_step(&gen, logits, p, &t);
         out[n_out++] = t;
-        if (ts) {
-            /* text as it is made, never half a UTF-8 character */
+        /* text as it is made, never half a UTF-8 character; a stop token's
+         * text is not part of the output (as in the daemon) */
+        if (ts && fin != GEN_FINISH_STOP) {
             text_len = 0;
             if (tok_stream_push(ts, t, &text, &text_len, &text_cap) > 0) {
                 fwrite(text, 1, text_len, stdout);
                 fflush(stdout);
             }
         }
-        if (model_config_is_eos(c, t)) {
-            finish = "stop";
+        if (fin != GEN_CONTINUE)
             break;
-        }
-        if (n_out == o.n_new)
-            break;
-        int32_t p = o.n_prompt + n_out - 1;
-        if (p >= n_ctx)
-            break; /* context full: a length stop */
         bool w = true;
         struct engine_batch b = {.n_tokens = 1, .tokens = &t, .seq_ids = seq, .positions = &p, .want_logits = &w};
         if (engine_decode(e, &b, &err) < 0) {
@@ -352,6 +363,7 @@ int ctl_run_main(int argc, char **argv)
             goto done;
         }
     }
+    const char *finish = gen_finish_reason(fin);
     double t2 = ifd_now_ms();
     free(logits);
 

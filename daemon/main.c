@@ -27,6 +27,7 @@
 #include "scheduler.h"
 #include "sd.h"
 #include "base/file.h"
+#include "stop_set.h"
 #include "base/thread_pool.h"
 #include "text/tokenizer/tokenizer.h"
 #include "backend.h"
@@ -48,8 +49,7 @@ struct loaded {
     struct cluster *cluster;     /* workers, when configured; outlives eng (its stages borrow it) */
     struct metrics *metrics;
     struct sched *sched;
-    int32_t eos[16];
-    int n_eos;
+    struct gen_stop_set stops;   /* the tokens that end a generation (stop_set.h) */
     int n_ctx;
     const char *backend;
 };
@@ -108,16 +108,6 @@ static void loaded_free(struct loaded *L)
     memset(L, 0, sizeof(*L));
 }
 
-static void add_eos(struct loaded *L, int32_t id)
-{
-    if (id < 0 || L->n_eos >= (int)(sizeof(L->eos) / sizeof(L->eos[0])))
-        return;
-    for (int i = 0; i < L->n_eos; i++)
-        if (L->eos[i] == id)
-            return;
-    L->eos[L->n_eos++] = id;
-}
-
 static int load_model(const struct inferd_config *cfg, struct http_app *app, struct loaded *L, ifd_error *err)
 {
     int r;
@@ -161,11 +151,9 @@ static int load_model(const struct inferd_config *cfg, struct http_app *app, str
         return r;
     }
 
-    for (int i = 0; i < mc->n_eos_token_ids; i++)
-        add_eos(L, mc->eos_token_ids[i]);
+    if ((r = stop_set_build(mc, L->tok, &L->stops, err)) < 0)
+        return r;
     const char *eos_tok = tok_special_token(L->tok, "eos_token");
-    if (eos_tok)
-        add_eos(L, tok_token_to_id(L->tok, eos_tok));
 
     int n_ctx = cfg->ctx_len;
     if (n_ctx <= 0) {
@@ -204,7 +192,7 @@ static int load_model(const struct inferd_config *cfg, struct http_app *app, str
         .prefill_chunk = cfg->prefill_chunk,
         .queue_depth = cfg->queue_depth,
     };
-    if ((r = sched_create(L->eng, L->tok, L->eos, L->n_eos, &sc, L->metrics, &L->sched, err)) < 0)
+    if ((r = sched_create(L->eng, L->tok, &L->stops, &sc, L->metrics, &L->sched, err)) < 0)
         return r;
 
     app->tok = L->tok;

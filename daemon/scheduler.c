@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "metrics.h"
+#include "model/generate.h"
 #include "model/model.h"
 #include "model/sampler.h"
 #include "base/clock.h"
@@ -57,7 +58,7 @@ struct sched_seq {
     int n_past;                  /* positions in the KV cache */
     bool generating;             /* prompt done; next_token is the token to feed */
     int32_t next_token;
-    int n_generated;
+    struct gen_seq gen;          /* the shared generation step (model/generate.h) */
     sampler *smp;
     struct tok_stream *ts;
     char *pending;               /* detokenized text held back for stop strings */
@@ -76,8 +77,7 @@ struct sched {
     struct metrics *metrics;
     struct sched_config cfg;
     int n_vocab;
-    int32_t *eos;                /* [n_eos] */
-    int n_eos;
+    struct gen_stop_set stops;
 
     pthread_t thread;
     bool thread_started;
@@ -152,7 +152,7 @@ static int grow(void **p, size_t elem, size_t need, size_t *cap)
     return 0;
 }
 
-int sched_create(engine *e, const tokenizer *tok, const int32_t *eos_ids, int n_eos,
+int sched_create(engine *e, const tokenizer *tok, const struct gen_stop_set *stops,
                  const struct sched_config *cfg, struct metrics *m, struct sched **ret, ifd_error *err)
 {
     if (cfg->n_seq_max < 1 || cfg->n_ctx < 2 || cfg->n_batch_max < cfg->n_seq_max + 1 || cfg->prefill_chunk < 1)
@@ -169,7 +169,6 @@ int sched_create(engine *e, const tokenizer *tok, const int32_t *eos_ids, int n_
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->work_cv, NULL);
     int nb = cfg->n_batch_max;
-    s->eos = malloc(sizeof(int32_t) * (size_t)(n_eos > 0 ? n_eos : 1));
     s->seqs = calloc((size_t)cfg->n_seq_max, sizeof(*s->seqs));
     s->b_tokens = malloc(sizeof(int32_t) * (size_t)nb);
     s->b_seq_ids = malloc(sizeof(int32_t) * (size_t)nb);
@@ -178,14 +177,12 @@ int sched_create(engine *e, const tokenizer *tok, const int32_t *eos_ids, int n_
     s->row_seq = malloc(sizeof(int) * (size_t)nb);
     s->logits_copy = malloc(sizeof(float) * (size_t)s->n_vocab);
     s->order = malloc(sizeof(int) * (size_t)cfg->n_seq_max);
-    if (!s->eos || !s->seqs || !s->b_tokens || !s->b_seq_ids || !s->b_pos || !s->b_want || !s->row_seq ||
+    if (!s->seqs || !s->b_tokens || !s->b_seq_ids || !s->b_pos || !s->b_want || !s->row_seq ||
         !s->logits_copy || !s->order) {
         sched_destroy(s);
         return ifd_error_set(err, -ENOMEM, "scheduler: out of memory");
     }
-    if (n_eos > 0)
-        memcpy(s->eos, eos_ids, sizeof(int32_t) * (size_t)n_eos);
-    s->n_eos = n_eos;
+    s->stops = *stops;
     s->heartbeat = ifd_now_s();
     if (pthread_create(&s->thread, NULL, sched_thread_main, s) != 0) {
         sched_destroy(s);
@@ -212,7 +209,6 @@ void sched_destroy(struct sched *s)
         pthread_mutex_unlock(&s->mu);
         pthread_join(s->thread, NULL);
     }
-    free(s->eos);
     for (int i = 0; s->seqs && i < s->cfg.n_seq_max; i++)
         free(s->seqs[i].pending);
     free(s->seqs);
@@ -456,7 +452,7 @@ static int seq_admit(struct sched *s, struct sched_seq *q, struct sched_req *r)
     q->n_fed = 0;
     q->n_past = 0;
     q->generating = false;
-    q->n_generated = 0;
+    gen_seq_init(&q->gen, q->smp, &s->stops, r->max_tokens, s->cfg.n_ctx);
     q->emit_len = 0;
     q->has_lp = false;
     q->finish = NULL;
@@ -481,22 +477,14 @@ static void seq_release(struct sched *s, struct sched_seq *q)
     s->n_running--;
 }
 
-static bool is_eos(const struct sched *s, int32_t t)
-{
-    for (int i = 0; i < s->n_eos; i++)
-        if (s->eos[i] == t)
-            return true;
-    return false;
-}
-
 /* Scheduler thread, no lock: handles the token sampled for slot q. */
 static void seq_on_token(struct sched *s, struct sched_seq *q, float *logits)
 {
     struct sched_req *r = q->req;
     if (r->logprobs)
         memcpy(s->logits_copy, logits, sizeof(float) * (size_t)s->n_vocab);
-    int32_t t = sampler_sample(q->smp, logits);
-    sampler_accept(q->smp, t, true);
+    int32_t t;
+    enum gen_finish fin = gen_seq_step(&q->gen, logits, q->n_past, &t);
     if (r->logprobs) {
         q->lp.token = t;
         q->lp.n_top = r->top_logprobs;
@@ -504,17 +492,16 @@ static void seq_on_token(struct sched *s, struct sched_seq *q, float *logits)
                                         q->lp.top_logprobs);
         q->has_lp = true;
     }
-    q->n_generated++;
     q->next_token = t;
     q->generating = true;
-    bool eos = is_eos(s, t);
-    if (!eos) {
+    /* a stop token's text is not part of the output */
+    if (fin != GEN_FINISH_STOP) {
         size_t before = q->pending_len;
         int n = tok_stream_push(q->ts, t, &q->pending, &q->pending_len, &q->pending_cap);
         if (n < 0)
             q->pending_len = before;
     }
-    bool at_end = eos || q->n_generated >= r->max_tokens || q->n_past + 1 > s->cfg.n_ctx;
+    bool at_end = fin != GEN_CONTINUE;
     if (at_end)
         tok_stream_flush(q->ts, &q->pending, &q->pending_len, &q->pending_cap);
     size_t emit;
@@ -525,7 +512,7 @@ static void seq_on_token(struct sched *s, struct sched_seq *q, float *logits)
     }
     if (at_end) {
         q->emit_len = q->pending_len;
-        q->finish = eos ? "stop" : "length";
+        q->finish = gen_finish_reason(fin);
         return;
     }
     q->emit_len = emit;
@@ -553,7 +540,7 @@ static void seq_publish_locked(struct sched *s, struct sched_seq *q)
         }
         q->has_lp = false;
     }
-    r->completion_tokens = q->n_generated;
+    r->completion_tokens = q->gen.n_generated;
     pthread_cond_broadcast(&r->cv);
     if (q->finish) {
         req_finish_locked(s, r, q->finish, 0, NULL);
@@ -679,9 +666,8 @@ static void sched_step(struct sched *s)
         metrics_step(s->metrics, n_prefill, n_decode, dt);
         for (int i = 0; i < engine_stage_count(s->e); i++) {
             struct stage *st = engine_stage(s->e, i);
-            struct stage_stats ss = {0};
-            if (st->ops->get_stats)
-                st->ops->get_stats(st, &ss);
+            struct stage_stats ss;
+            stage_get_stats(st, &ss);
             metrics_stage_set(s->metrics, i, st->ops->name, st->layer_first, st->layer_last, ss.forward_calls,
                               ss.tokens, ss.forward_ms, ss.layer_ms);
         }

@@ -16,6 +16,7 @@
 
 #include "api.h"
 #include "model/engine.h"
+#include "model/generate.h"
 #include "base/error.h"
 #include "text/tokenizer/tokenizer.h"
 
@@ -56,9 +57,9 @@ struct sched_output {
     int completion_tokens;
 };
 
-/* The scheduler drives e (not owned) with tok for detokenization. The eos ids
- * end a generation with finish_reason "stop". */
-int sched_create(engine *e, const tokenizer *tok, const int32_t *eos_ids, int n_eos,
+/* The scheduler drives e (not owned) with tok for detokenization. The ids of
+ * stops (copied; see stop_set.h) end a generation with finish_reason "stop". */
+int sched_create(engine *e, const tokenizer *tok, const struct gen_stop_set *stops,
                  const struct sched_config *cfg, struct metrics *m, struct sched **ret, ifd_error *err);
 /* Stops the thread (aborting whatever still runs) and frees. Accepts NULL. */
 void sched_destroy(struct sched *s);

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "model/dtype.h"
+#include "model/rope.h"
 #include "vk_ctx.h"
 #include "base/clock.h"
 
@@ -44,30 +45,18 @@ struct vk_stage {
     struct vk_buffer rope;       /* f32 [n_ctx, head_dim / 2, 2] cos, sin */
     struct vk_buffer io;         /* host: hidden [n_batch, hidden], pos [n_batch], seq [n_batch] */
     struct vk_layer *layers;     /* [n_layers] */
-    int *seq_len;                /* [n_seq_max] positions held per slot */
-    int *seq_len_tmp;            /* [n_seq_max] scratch for checking a batch */
     struct stage_stats stats;
 };
 
-void vk_rope_table(const struct model_config *cfg, int n_ctx, float *out)
+/* cos/sin of every rotary angle: out [n_ctx, head_dim / 2, 2], angle =
+ * position * inv_freq[i] (rope.h); inv_freq [head_dim / 2] is scratch. */
+static void rope_table(const struct model_config *cfg, int n_ctx, double *inv_freq, float *out)
 {
     int half = cfg->head_dim / 2;
+    rope_inv_freq(cfg, inv_freq);
     for (int i = 0; i < half; i++) {
-        double inv = 1.0 / pow((double)cfg->rope_theta, (double)(2 * i) / cfg->head_dim);
-        if (cfg->rope_scaling == MODEL_ROPE_LLAMA3) {
-            double f = cfg->rope_factor, lo = cfg->rope_low_freq_factor, hi = cfg->rope_high_freq_factor;
-            double old = cfg->rope_original_max_pos;
-            double wl = 2 * M_PI / inv;
-            double lo_wl = old / lo, hi_wl = old / hi;
-            if (wl > lo_wl) {
-                inv = inv / f;
-            } else if (wl >= hi_wl) {
-                double smooth = (old / wl - lo) / (hi - lo);
-                inv = (1 - smooth) * inv / f + smooth * inv;
-            }
-        }
         for (int p = 0; p < n_ctx; p++) {
-            double a = (double)p * inv;
+            double a = (double)p * inv_freq[i];
             out[((size_t)p * half + i) * 2] = (float)cos(a);
             out[((size_t)p * half + i) * 2 + 1] = (float)sin(a);
         }
@@ -210,8 +199,7 @@ static void vk_stage_destroy(struct stage *st)
         }
     vk_ctx_destroy(s->c); /* the pools take every buffer with them */
     free(s->layers);
-    free(s->seq_len);
-    free(s->seq_len_tmp);
+    stage_finish(&s->base);
     free(s);
 }
 
@@ -309,48 +297,15 @@ static int vk_stage_forward(struct stage *st, const struct stage_batch *b, ifd_e
 {
     struct vk_stage *s = (struct vk_stage *)st;
     double t0 = ifd_now_ms();
-    if (b->n_tokens < 0)
-        return ifd_error_set(err, -EINVAL, "vulkan stage: negative token count %d", b->n_tokens);
-    /* check every (seq, pos) before touching the cache: positions of a
-     * sequence continue what it holds, or rewind into it */
-    memcpy(s->seq_len_tmp, s->seq_len, (size_t)st->n_seq_max * sizeof(int));
-    for (int t = 0; t < b->n_tokens; t++) {
-        int sq = b->seq_ids[t], p = b->positions[t];
-        if (sq < 0 || sq >= st->n_seq_max)
-            return ifd_error_set(err, -EINVAL, "vulkan stage: token %d: sequence %d outside 0..%d", t, sq,
-                                 st->n_seq_max - 1);
-        if (p < 0 || p >= st->n_ctx)
-            return ifd_error_set(err, -EINVAL, "vulkan stage: token %d: position %d outside the context 0..%d",
-                                 t, p, st->n_ctx - 1);
-        if (p > s->seq_len_tmp[sq])
-            return ifd_error_set(err, -EINVAL, "vulkan stage: token %d: position %d of sequence %d skips "
-                                 "positions (the cache holds %d)", t, p, sq, s->seq_len_tmp[sq]);
-        s->seq_len_tmp[sq] = p + 1;
-    }
     for (int off = 0; off < b->n_tokens; off += s->n_batch) {
         int n = b->n_tokens - off < s->n_batch ? b->n_tokens - off : s->n_batch;
         int rc = forward_chunk(s, n, b->seq_ids + off, b->positions + off, b->hidden + (size_t)off * s->hidden, err);
         if (rc < 0)
             return rc;
     }
-    memcpy(s->seq_len, s->seq_len_tmp, (size_t)st->n_seq_max * sizeof(int));
     s->stats.forward_calls++;
     s->stats.tokens += (uint64_t)b->n_tokens;
     s->stats.forward_ms += ifd_now_ms() - t0;
-    return 0;
-}
-
-static int vk_stage_seq_truncate(struct stage *st, int seq_id, int n_keep, ifd_error *err)
-{
-    struct vk_stage *s = (struct vk_stage *)st;
-    if (seq_id < 0 || seq_id >= st->n_seq_max)
-        return ifd_error_set(err, -EINVAL, "vulkan stage: sequence %d outside 0..%d", seq_id, st->n_seq_max - 1);
-    if (n_keep < 0)
-        return ifd_error_set(err, -EINVAL, "vulkan stage: negative n_keep %d", n_keep);
-    /* positions past n_keep are never read again (attention reads 0..pos
-     * and a new token overwrites its slot), so the device needs no work */
-    if (n_keep < s->seq_len[seq_id])
-        s->seq_len[seq_id] = n_keep;
     return 0;
 }
 
@@ -366,7 +321,6 @@ static void vk_stage_get_stats(struct stage *st, struct stage_stats *ret)
 static const struct stage_ops vk_stage_ops = {
     .name = "vulkan",
     .forward = vk_stage_forward,
-    .seq_truncate = vk_stage_seq_truncate,
     .get_stats = vk_stage_get_stats,
     .destroy = vk_stage_destroy,
 };
@@ -393,8 +347,11 @@ int vk_stage_create(const struct model *m, int first, int last, int n_seq_max, i
     struct vk_stage *s = calloc(1, sizeof(*s));
     if (!s)
         return ifd_error_set(err, -ENOMEM, "vulkan stage: out of memory");
-    s->base = (struct stage){.ops = &vk_stage_ops, .layer_first = first, .layer_last = last,
-                             .hidden_size = cfg->hidden_size, .n_seq_max = n_seq_max, .n_ctx = n_ctx};
+    /* batches larger than a submit run in several, so the stage takes any
+     * batch the contract allows */
+    int rc = stage_init(&s->base, &vk_stage_ops, first, last, cfg->hidden_size, n_seq_max, n_ctx, 0, err);
+    if (rc < 0)
+        goto fail;
     s->n_layers = last - first;
     s->hidden = cfg->hidden_size;
     s->n_heads = cfg->n_heads;
@@ -408,10 +365,7 @@ int vk_stage_create(const struct model *m, int first, int last, int n_seq_max, i
     s->has_qk_norm = cfg->qk_norm;
     s->n_batch = opts && opts->n_batch_max > 0 ? opts->n_batch_max : VK_STAGE_BATCH_DEFAULT;
     s->layers = calloc((size_t)s->n_layers, sizeof(*s->layers));
-    s->seq_len = calloc((size_t)n_seq_max, sizeof(int));
-    s->seq_len_tmp = calloc((size_t)n_seq_max, sizeof(int));
-    int rc;
-    if (!s->layers || !s->seq_len || !s->seq_len_tmp) {
+    if (!s->layers) {
         rc = ifd_error_set(err, -ENOMEM, "vulkan stage: out of memory");
         goto fail;
     }
@@ -442,11 +396,15 @@ int vk_stage_create(const struct model *m, int first, int last, int n_seq_max, i
     uint64_t io_bytes = B * s->hidden * 4 + 2 * B * 4;
     size_t rope_n = (size_t)n_ctx * (s->head_dim / 2) * 2;
     float *rope = malloc(rope_n * sizeof(float));
-    if (!rope) {
+    double *inv_freq = malloc((size_t)(s->head_dim / 2) * sizeof(double));
+    if (!rope || !inv_freq) {
+        free(rope);
+        free(inv_freq);
         rc = ifd_error_set(err, -ENOMEM, "vulkan stage: out of memory");
         goto fail;
     }
-    vk_rope_table(cfg, n_ctx, rope);
+    rope_table(cfg, n_ctx, inv_freq, rope);
+    free(inv_freq);
     if ((rc = act_buffer(s, c->act, B * s->hidden * 4, "hidden states", &s->x, err)) < 0 ||
         (rc = act_buffer(s, c->act, B * s->hidden * 4, "normed states", &s->xn, err)) < 0 ||
         (rc = act_buffer(s, c->act, B * s->q_dim * 4, "queries", &s->q, err)) < 0 ||

@@ -29,7 +29,3 @@ struct vk_stage_opts {
 int vk_stage_create(const struct model *m, int first, int last, int n_seq_max, int n_ctx,
                     const struct vk_stage_opts *opts, struct stage **ret, ifd_error *err);
 
-/* cos/sin of every rotary angle: out [n_ctx, head_dim / 2, 2], angle =
- * position * inv_freq[i], inv_freq = theta^(-2i/head_dim) with llama3
- * scaling when configured; computed in double like the reference. */
-void vk_rope_table(const struct model_config *cfg, int n_ctx, float *out);

@@ -10,6 +10,7 @@
 
 #include "log.h"
 #include "base/clock.h"
+#include "stage_server.h"
 
 struct remote_link {
     char name[64];
@@ -419,6 +420,7 @@ static void remote_get_stats(struct stage *s, struct stage_stats *ret)
 static void remote_destroy(struct stage *s)
 {
     struct remote_stage *rs = (struct remote_stage *)s;
+    stage_finish(&rs->base);
     net_buf_finish(&rs->out);
     free(rs->route);
     free(rs->pfds);
@@ -462,14 +464,17 @@ int remote_stage_create(struct remote_link *const *links, int n, const struct re
     rs->n = n;
     rs->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : 30000;
     rs->max_tokens = opts->max_tokens;
-    rs->base = (struct stage){
-        .ops = &remote_ops,
-        .layer_first = links[0]->first,
-        .layer_last = links[n - 1]->last,
-        .hidden_size = opts->hidden_size,
-        .n_seq_max = opts->n_seq_max,
-        .n_ctx = opts->n_ctx,
-    };
+    /* the workers take up to STAGE_SERVER_MAX_TOKENS; the engine sends at
+     * most max_tokens, which the encode buffer is sized for */
+    int r = stage_init(&rs->base, &remote_ops, links[0]->first, links[n - 1]->last, opts->hidden_size,
+                       opts->n_seq_max, opts->n_ctx,
+                       opts->max_tokens > 0 && opts->max_tokens < STAGE_SERVER_MAX_TOKENS ? opts->max_tokens
+                                                                                          : STAGE_SERVER_MAX_TOKENS,
+                       err);
+    if (r < 0) {
+        remote_destroy(&rs->base);
+        return r;
+    }
     /* Size the encode buffer for the largest batch now: no allocation per token. */
     size_t need = sizeof(struct net_forward_wire) + (size_t)n * sizeof(struct net_route_wire) +
                   (size_t)(opts->max_tokens > 0 ? opts->max_tokens : 1) * (8 + (size_t)opts->hidden_size * 4);

@@ -294,16 +294,10 @@ static int handle_forward(struct stage_server *s, struct net_conn *c, int role, 
         r = -ENOMEM;
         goto request_failed;
     }
+    /* sequences and positions are checked by stage_forward() */
     for (uint32_t i = 0; i < f.n_tokens; i++) {
         s->seq_ids[i] = get_i32(f.seq_ids, i);
         s->positions[i] = get_i32(f.positions, i);
-        if (s->seq_ids[i] < 0 || s->seq_ids[i] >= st->n_seq_max || s->positions[i] < 0 ||
-            s->positions[i] >= st->n_ctx) {
-            snprintf(why, sizeof(why), "token %u: sequence %d / position %d outside %d slots of %d positions", i,
-                     s->seq_ids[i], s->positions[i], st->n_seq_max, st->n_ctx);
-            r = -ERANGE;
-            goto request_failed;
-        }
     }
     memcpy(s->hidden, f.hidden_data, (size_t)f.n_tokens * (size_t)st->hidden_size * sizeof(float));
 #if __BYTE_ORDER != __LITTLE_ENDIAN
@@ -399,10 +393,8 @@ static int handle_truncate(struct stage_server *s, struct net_conn *c, const uin
     ifd_error terr;
     if (!st)
         ack.status = -EAGAIN;
-    else if (kt.seq_id < 0 || kt.seq_id >= st->n_seq_max || kt.n_keep < 0 || kt.n_keep > st->n_ctx)
-        ack.status = -ERANGE;
     else
-        ack.status = st->ops->seq_truncate(st, kt.seq_id, kt.n_keep, &terr);
+        ack.status = stage_seq_truncate(st, kt.seq_id, kt.n_keep, &terr);
     struct net_buf b = {0};
     r = net_ack_encode(&b, &ack);
     pthread_mutex_unlock(&s->stage_lock);
@@ -417,9 +409,9 @@ static int handle_stats(struct stage_server *s, struct net_conn *c, ifd_error *e
     struct net_stats ns = {.rss_bytes = net_rss_bytes(), .bytes_in = net_conn_bytes_received(c),
                            .bytes_out = net_conn_bytes_sent(c)};
     pthread_mutex_lock(&s->stage_lock);
-    if (s->stage && s->stage->ops->get_stats) {
+    if (s->stage) {
         struct stage_stats st;
-        s->stage->ops->get_stats(s->stage, &st);
+        stage_get_stats(s->stage, &st);
         ns.forward_calls = st.forward_calls;
         ns.tokens = st.tokens;
         ns.forward_ms = st.forward_ms;

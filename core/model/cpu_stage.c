@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "model/kernels.h"
+#include "model/rope.h"
 #include "base/thread_pool.h"
 #include "base/clock.h"
 
@@ -49,7 +50,6 @@ struct cpu_stage {
      * scores of one query are a broadcast times contiguous keys), then V
      * block [n_ctx][kv_dim] */
     float *kv;
-    int *seq_len;              /* [n_seq_max] positions held in the cache */
     double *inv_freq;          /* [head_dim / 2] RoPE frequencies, scaling applied */
     struct layer_vecs *vecs;   /* [n_layers] */
     float *vec_storage;        /* backing store of every vecs[] array */
@@ -70,40 +70,11 @@ struct cpu_stage {
     double *layer_ms;          /* [n_layers] */
 };
 
-static const struct stage_ops cpu_stage_ops;
-
-bool cpu_stage_is(const struct stage *s)
-{
-    return s && s->ops == &cpu_stage_ops;
-}
-
 /* Start of the K (kind 0) or V (kind 1) block of a layer and slot. */
 static inline float *kv_block(const struct cpu_stage *s, int layer, int seq, int kind)
 {
     return s->kv + (((size_t)layer * (size_t)s->base.n_seq_max + (size_t)seq) * 2 + (size_t)kind) *
                        (size_t)s->base.n_ctx * (size_t)s->kv_dim;
-}
-
-/* HF RoPE inverse frequencies, in double as the reference computes them, with
- * the llama3 rescaling of _compute_llama3_parameters. */
-static void rope_init(struct cpu_stage *s, const struct model_config *c)
-{
-    int half = s->head_dim / 2;
-    for (int i = 0; i < half; i++) {
-        double inv = 1.0 / pow((double)c->rope_theta, (double)(2 * i) / s->head_dim);
-        if (c->rope_scaling == MODEL_ROPE_LLAMA3) {
-            double factor = c->rope_factor, lo = c->rope_low_freq_factor, hi = c->rope_high_freq_factor;
-            double old = c->rope_original_max_pos;
-            double wavelen = 2 * M_PI / inv, lo_wl = old / lo, hi_wl = old / hi;
-            if (wavelen > lo_wl) {
-                inv = inv / factor;
-            } else if (wavelen >= hi_wl) {
-                double smooth = (old / wavelen - lo) / (hi - lo);
-                inv = (1 - smooth) * inv / factor + smooth * inv;
-            }
-        }
-        s->inv_freq[i] = inv;
-    }
 }
 
 static void scratch_free(struct cpu_stage *s)
@@ -122,7 +93,7 @@ static void scratch_free(struct cpu_stage *s)
     s->cap_tokens = 0;
 }
 
-int cpu_stage_reserve(struct stage *base, int n_tokens, ifd_error *err)
+static int cpu_reserve_batch(struct stage *base, int n_tokens, ifd_error *err)
 {
     struct cpu_stage *s = (struct cpu_stage *)base;
     if (n_tokens <= s->cap_tokens)
@@ -234,44 +205,11 @@ static void residual_add(float *x, const float *d, size_t n)
 
 /* ---- forward ----------------------------------------------------------------- */
 
-static int check_batch(struct cpu_stage *s, const struct stage_batch *b, ifd_error *err)
-{
-    if (b->n_tokens <= 0)
-        return ifd_error_set(err, -EINVAL, "cpu stage: empty batch");
-    /* each sequence's tokens must continue its cache contiguously; track
-     * where each slot would be after the tokens seen so far */
-    for (int t = 0; t < b->n_tokens; t++) {
-        int seq = b->seq_ids[t], pos = b->positions[t];
-        if (seq < 0 || seq >= s->base.n_seq_max)
-            return ifd_error_set(err, -EINVAL, "cpu stage: token %d: sequence slot %d is not in [0, %d)", t, seq,
-                                 s->base.n_seq_max);
-        if (pos < 0 || pos >= s->base.n_ctx)
-            return ifd_error_set(err, -ERANGE, "cpu stage: token %d: position %d is outside the context of %d", t,
-                                 pos, s->base.n_ctx);
-    }
-    for (int t = 0; t < b->n_tokens; t++) {
-        int seq = b->seq_ids[t], pos = b->positions[t];
-        int prev = -1; /* previous position of this sequence in the batch */
-        for (int u = t - 1; u >= 0; u--)
-            if (b->seq_ids[u] == seq) {
-                prev = b->positions[u];
-                break;
-            }
-        if (prev >= 0 ? pos != prev + 1 : pos > s->seq_len[seq])
-            return ifd_error_set(err, -EINVAL,
-                                 "cpu stage: token %d: position %d of sequence %d does not follow %s %d", t, pos,
-                                 seq, prev >= 0 ? "its previous token at" : "the cached length", prev >= 0 ? prev : s->seq_len[seq]);
-    }
-    return 0;
-}
-
 static int cpu_forward(struct stage *base, const struct stage_batch *b, ifd_error *err)
 {
     struct cpu_stage *s = (struct cpu_stage *)base;
-    int r = check_batch(s, b, err);
+    int r = cpu_reserve_batch(base, b->n_tokens, err);
     if (r < 0)
-        return r;
-    if ((r = cpu_stage_reserve(base, b->n_tokens, err)) < 0)
         return r;
     double t_start = ifd_now_ms();
     const int T = b->n_tokens, H = s->hidden, half = s->head_dim / 2;
@@ -328,24 +266,9 @@ static int cpu_forward(struct stage *base, const struct stage_batch *b, ifd_erro
         s->layer_ms[li] += ifd_now_ms() - t_layer;
     }
 
-    /* a sequence's tokens come in increasing order: its last one sets the length */
-    for (int t = 0; t < T; t++)
-        s->seq_len[b->seq_ids[t]] = b->positions[t] + 1;
     s->stats.forward_calls++;
     s->stats.tokens += (uint64_t)T;
     s->stats.forward_ms += ifd_now_ms() - t_start;
-    return 0;
-}
-
-static int cpu_seq_truncate(struct stage *base, int seq_id, int n_keep, ifd_error *err)
-{
-    struct cpu_stage *s = (struct cpu_stage *)base;
-    if (seq_id < 0 || seq_id >= base->n_seq_max)
-        return ifd_error_set(err, -EINVAL, "cpu stage: sequence slot %d is not in [0, %d)", seq_id, base->n_seq_max);
-    if (n_keep < 0)
-        return ifd_error_set(err, -EINVAL, "cpu stage: cannot keep %d positions", n_keep);
-    if (n_keep < s->seq_len[seq_id])
-        s->seq_len[seq_id] = n_keep;
     return 0;
 }
 
@@ -364,8 +287,8 @@ static void cpu_destroy(struct stage *base)
     if (!s)
         return;
     scratch_free(s);
+    stage_finish(&s->base);
     free(s->kv);
-    free(s->seq_len);
     free(s->inv_freq);
     free(s->vecs);
     free(s->vec_storage);
@@ -377,7 +300,7 @@ static void cpu_destroy(struct stage *base)
 static const struct stage_ops cpu_stage_ops = {
     .name = "cpu",
     .forward = cpu_forward,
-    .seq_truncate = cpu_seq_truncate,
+    .reserve_batch = cpu_reserve_batch,
     .get_stats = cpu_get_stats,
     .destroy = cpu_destroy,
 };
@@ -414,8 +337,11 @@ int cpu_stage_create(const struct model *m, int first, int last, int n_seq_max, 
     struct cpu_stage *s = calloc(1, sizeof(*s));
     if (!s)
         return ifd_error_set(err, -ENOMEM, "cpu stage: out of memory");
-    s->base = (struct stage){.ops = &cpu_stage_ops, .layer_first = first, .layer_last = last,
-                             .hidden_size = c->hidden_size, .n_seq_max = n_seq_max, .n_ctx = n_ctx};
+    int r = stage_init(&s->base, &cpu_stage_ops, first, last, c->hidden_size, n_seq_max, n_ctx, 0, err);
+    if (r < 0) {
+        cpu_destroy(&s->base);
+        return r;
+    }
     s->m = m;
     s->pool = pool;
     s->n_layers = last - first;
@@ -439,17 +365,16 @@ int cpu_stage_create(const struct model *m, int first, int last, int n_seq_max, 
     size_t n_vec = (size_t)s->n_layers * (2 * (size_t)s->hidden + (size_t)s->q_dim + 2 * (size_t)s->kv_dim +
                                           2 * (size_t)s->head_dim);
     s->kv = calloc(1, (size_t)kv_bytes); /* untouched pages cost nothing until used */
-    s->seq_len = calloc((size_t)n_seq_max, sizeof(int));
     s->inv_freq = calloc((size_t)(s->head_dim / 2), sizeof(double));
     s->vecs = calloc((size_t)s->n_layers, sizeof(*s->vecs));
     s->vec_storage = calloc(n_vec, sizeof(float));
     s->scores = calloc((size_t)s->n_attn_tasks * (size_t)n_ctx, sizeof(float));
     s->layer_ms = calloc((size_t)s->n_layers, sizeof(double));
-    if (!s->kv || !s->seq_len || !s->inv_freq || !s->vecs || !s->vec_storage || !s->scores || !s->layer_ms) {
+    if (!s->kv || !s->inv_freq || !s->vecs || !s->vec_storage || !s->scores || !s->layer_ms) {
         cpu_destroy(&s->base);
         return ifd_error_set(err, -ENOMEM, "cpu stage: out of memory for a KV cache of %llu MiB", kv_bytes >> 20);
     }
-    rope_init(s, c);
+    rope_inv_freq(c, s->inv_freq);
     float *cur = s->vec_storage;
     for (int li = 0; li < s->n_layers; li++) {
         const struct layer_weights *L = &m->layers[first + li];

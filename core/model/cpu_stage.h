@@ -10,14 +10,8 @@ struct thread_pool;
 /* Creates a cpu stage over layers [first, last) of `m`, which must bind them.
  * The KV cache of those layers for n_seq_max slots of n_ctx positions (f32)
  * is allocated here, once. `pool` is borrowed (it must outlive the stage);
- * NULL runs single-threaded. Neither m nor pool is owned. */
+ * NULL runs single-threaded. Neither m nor pool is owned. The activation
+ * scratch grows to the largest batch seen; stage_reserve_batch() sizes it
+ * up front, so that forward never allocates for batches up to that size. */
 int cpu_stage_create(const struct model *m, int first, int last, int n_seq_max, int n_ctx,
                      struct thread_pool *pool, struct stage **ret, ifd_error *err);
-
-/* Sizes the activation scratch for batches of up to n_tokens now, so that
- * forward never allocates for them (it grows the scratch on first use of a
- * larger batch otherwise). */
-int cpu_stage_reserve(struct stage *s, int n_tokens, ifd_error *err);
-
-/* True if s is a cpu stage. */
-bool cpu_stage_is(const struct stage *s);

@@ -47,11 +47,12 @@ static int engine_create_impl(const struct model *m, struct stage **stages, int 
         if (s->layer_first != expect)
             return ifd_error_set(err, -EINVAL, "engine: stage %d (%s) starts at layer %d, expected %d", i,
                                  s->ops->name, s->layer_first, expect);
-        if (s->hidden_size != c->hidden_size || s->n_seq_max < cfg->n_seq_max || s->n_ctx < cfg->n_ctx)
+        if (s->hidden_size != c->hidden_size || s->n_seq_max < cfg->n_seq_max || s->n_ctx < cfg->n_ctx ||
+            s->n_batch_max < cfg->n_batch_max)
             return ifd_error_set(err, -EINVAL,
-                                 "engine: stage %d (%s) has hidden %d, %d slots, %d positions; need %d, %d, %d", i,
-                                 s->ops->name, s->hidden_size, s->n_seq_max, s->n_ctx, c->hidden_size,
-                                 cfg->n_seq_max, cfg->n_ctx);
+                                 "engine: stage %d (%s) has hidden %d, %d slots, %d positions, batches of %d; "
+                                 "need %d, %d, %d, %d", i, s->ops->name, s->hidden_size, s->n_seq_max, s->n_ctx,
+                                 s->n_batch_max, c->hidden_size, cfg->n_seq_max, cfg->n_ctx, cfg->n_batch_max);
         expect = s->layer_last;
     }
     if (expect != c->n_layers)
@@ -75,12 +76,10 @@ static int engine_create_impl(const struct model *m, struct stage **stages, int 
         return ifd_error_set(err, -ENOMEM, "engine: out of memory for a batch of %d tokens", cfg->n_batch_max);
     }
     for (int i = 0; i < n_stages; i++) {
-        if (cpu_stage_is(stages[i])) {
-            int r = cpu_stage_reserve(stages[i], cfg->n_batch_max, err);
-            if (r < 0) {
-                engine_destroy(e);
-                return r;
-            }
+        int r = stage_reserve_batch(stages[i], cfg->n_batch_max, err);
+        if (r < 0) {
+            engine_destroy(e);
+            return r;
         }
     }
     kern_weight_row(&m->final_norm, 0, e->final_norm);
@@ -163,20 +162,17 @@ int engine_decode(engine *e, const struct engine_batch *b, ifd_error *err)
 {
     const struct model_config *c = &e->m->cfg;
     const int H = c->hidden_size;
-    if (b->n_tokens <= 0 || b->n_tokens > e->cfg.n_batch_max)
-        return ifd_error_set(err, -EINVAL, "engine: batch of %d tokens, the limit is %d", b->n_tokens,
+    /* The stages check sequences and positions (stage_forward); the engine
+     * checks what only it uses: its buffers' rows, the vocabulary, the
+     * logits rows. The first stage refuses an empty batch. */
+    if (b->n_tokens > e->cfg.n_batch_max)
+        return ifd_error_set(err, -E2BIG, "engine: batch of %d tokens is over its limit of %d", b->n_tokens,
                              e->cfg.n_batch_max);
     int n_wanted = 0;
     for (int t = 0; t < b->n_tokens; t++) {
         if (b->tokens[t] < 0 || b->tokens[t] >= c->vocab_size)
             return ifd_error_set(err, -EINVAL, "engine: token %d: id %d is not in the vocabulary [0, %d)", t,
                                  b->tokens[t], c->vocab_size);
-        if (b->seq_ids[t] < 0 || b->seq_ids[t] >= e->cfg.n_seq_max)
-            return ifd_error_set(err, -EINVAL, "engine: token %d: sequence %d is not in [0, %d)", t, b->seq_ids[t],
-                                 e->cfg.n_seq_max);
-        if (b->positions[t] < 0 || b->positions[t] >= e->cfg.n_ctx)
-            return ifd_error_set(err, -ERANGE, "engine: token %d: position %d is outside the context of %d", t,
-                                 b->positions[t], e->cfg.n_ctx);
         n_wanted += b->want_logits && b->want_logits[t];
     }
     if (n_wanted > e->n_logits_max)
@@ -213,12 +209,14 @@ const float *engine_logits(const engine *e)
 
 int engine_seq_truncate(engine *e, int seq_id, int n_keep, ifd_error *err)
 {
+    int ret = 0;
     for (int i = 0; i < e->n_stages; i++) {
-        int r = e->stages[i]->ops->seq_truncate(e->stages[i], seq_id, n_keep, err);
-        if (r < 0)
-            return r;
+        /* every stage, even after one fails: each frees what it can */
+        int r = stage_seq_truncate(e->stages[i], seq_id, n_keep, err);
+        if (r < 0 && ret == 0)
+            ret = r;
     }
-    return 0;
+    return ret;
 }
 
 const struct model *engine_model(const engine *e)

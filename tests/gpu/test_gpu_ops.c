@@ -16,6 +16,7 @@
 #include "model/quant.h"
 #include "vk_ctx.h"
 #include "gpu_test.h"
+#include "common/stage_contract.h"
 #include "vk_device.h"
 
 #define NMSE_MATMUL 1e-9
@@ -816,7 +817,7 @@ static void check_stage(enum model_arch arch, enum ifd_dtype dtype, bool no_subg
                 ref[t * H + i] = hidden[t * H + i] = frand();
         }
         if (k == 4)
-            cr_assert(st->ops->seq_truncate(st, 2, 3, &err) == 0, "%s", err.msg);
+            cr_assert(stage_seq_truncate(st, 2, 3, &err) == 0, "%s", err.msg);
         struct stage_batch b = {.n_tokens = n, .seq_ids = seq, .positions = pos, .hidden = hidden};
         cr_assert(stage_forward(st, &b, &err) == 0, "step %zu: %s", k, err.msg);
         for (int t = 0; t < n; t++)
@@ -829,7 +830,7 @@ static void check_stage(enum model_arch arch, enum ifd_dtype dtype, bool no_subg
     int32_t seq_bad = 1, pos_bad = 5;
     struct stage_batch bad = {.n_tokens = 1, .seq_ids = &seq_bad, .positions = &pos_bad, .hidden = hidden};
     cr_expect(stage_forward(st, &bad, &err) == -EINVAL);
-    cr_expect(strstr(err.msg, "skips") != NULL, "%s", err.msg);
+    cr_expect(strstr(err.msg, "does not continue") != NULL, "%s", err.msg);
     struct stage_stats stats;
     st->ops->get_stats(st, &stats);
     cr_expect(stats.tokens == 19 && stats.device_memory_bytes > 0);
@@ -888,9 +889,27 @@ Test(gpu_stage, refuses_bad_ranges_and_sizes)
     cr_expect(strstr(err.msg, "sequence 2") != NULL, "%s", err.msg);
     seq = 0;
     pos = 16;
-    cr_expect(stage_forward(st, &b, &err) == -EINVAL);
+    cr_expect(stage_forward(st, &b, &err) == -ERANGE);
     cr_expect(strstr(err.msg, "outside the context") != NULL, "%s", err.msg);
-    cr_expect(st->ops->seq_truncate(st, 5, 0, &err) == -EINVAL);
+    cr_expect(stage_seq_truncate(st, 5, 0, &err) == -EINVAL);
+    stage_destroy(st);
+    synth_free(&s);
+}
+
+/* The Vulkan stage accepts and refuses the same batches as the fake and CPU
+ * stages (tests/model/test_stage.c), with the same errno and message: empty,
+ * oversized, sequence or position outside, gaps and rewinds. */
+Test(gpu_stage, keeps_the_stage_contract)
+{
+    gpu_test_need_device();
+    struct synth s;
+    synth_build(&s, MODEL_ARCH_QWEN2, IFD_DTYPE_F32);
+    struct vk_stage_opts o = {.device = 0, .n_batch_max = 2};
+    struct stage *st = NULL;
+    ifd_error err = {{0}};
+    cr_assert(vk_stage_create(&s.m, 0, 2, 2, 6, &o, &st, &err) == 0, "%s", err.msg);
+    cr_assert_eq(st->n_batch_max, STAGE_BATCH_MAX, "batches over a submit are split, not refused");
+    stage_contract_check(st);
     stage_destroy(st);
     synth_free(&s);
 }

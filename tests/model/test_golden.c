@@ -167,7 +167,7 @@ Test(golden, bad_batches_are_refused_with_a_message)
     bool want[5] = {0};
     struct engine_batch b = {.n_tokens = 5, .tokens = tok, .seq_ids = seq, .positions = pos, .want_logits = want};
     cr_assert_lt(engine_decode(e, &b, &err), 0);
-    cr_assert(strstr(err.msg, "limit is 4"), "%s", err.msg);
+    cr_assert(strstr(err.msg, "limit of 4"), "%s", err.msg);
     b.n_tokens = 1;
     tok[0] = 99999;
     cr_assert_lt(engine_decode(e, &b, &err), 0);
@@ -178,7 +178,7 @@ Test(golden, bad_batches_are_refused_with_a_message)
     cr_assert(strstr(err.msg, "outside the context"), "%s", err.msg);
     pos[0] = 3; /* the cache holds nothing yet: position 3 cannot follow */
     cr_assert_lt(engine_decode(e, &b, &err), 0);
-    cr_assert(strstr(err.msg, "does not follow"), "%s", err.msg);
+    cr_assert(strstr(err.msg, "does not continue"), "%s", err.msg);
     seq[0] = 1;
     pos[0] = 0;
     cr_assert_lt(engine_decode(e, &b, &err), 0);

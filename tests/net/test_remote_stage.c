@@ -261,6 +261,7 @@ Test(remote_stage, worker_death_fails_forward_quickly)
 
     /* The second worker of the chain goes away. */
     worker_stop(&fx.w[1]);
+    engine_seq_truncate(e, 0, 0, &err); /* the next greedy starts over at position 0 */
     uint64_t t0 = ifd_now_ns();
     int r = greedy(e, 0, fx.g.prompt, fx.g.n_prompt, 1, ids, NULL, &err);
     double ms = (double)(ifd_now_ns() - t0) / 1e6;
@@ -280,7 +281,12 @@ Test(remote_stage, bad_requests_answered_with_error_not_crash)
     struct fixture fx;
     fixture_up(&fx, "tinystories-656k");
     ifd_error err;
-    struct stage *st = remote_over(&fx, 0, 1);
+    /* The master side counts more slots than the worker has, so that a
+     * sequence id beyond the worker's slots reaches the worker. */
+    struct remote_stage_opts ro = {.hidden_size = fx.m->cfg.hidden_size, .n_seq_max = N_SEQ + 8, .n_ctx = N_CTX,
+                                   .max_tokens = N_BATCH, .timeout_ms = 5000};
+    struct stage *st;
+    cr_assert_eq(remote_stage_create(&fx.links[0], 1, &ro, &st, &err), 0, "%s", err.msg);
     /* A sequence id beyond the worker's slots: refused by the worker. */
     int H = fx.m->cfg.hidden_size;
     float *h = calloc((size_t)H, sizeof(float));
@@ -307,6 +313,7 @@ Test(remote_stage, bad_requests_answered_with_error_not_crash)
     cr_assert_eq(net_error_decode(p, len, &em, &err), 0);
     cr_assert(memmem(em.msg, em.msg_len, "already serves", 14));
     net_conn_destroy(c2);
+    cr_assert_eq(stage_seq_truncate(st, 0, 0, &err), 0, "%s", err.msg);
     cr_assert_eq(stage_forward(st, &b, &err), 0, "the first master still works: %s", err.msg);
     free(h);
     stage_destroy(st);

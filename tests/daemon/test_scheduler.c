@@ -1,0 +1,372 @@
+/* test_scheduler.c - the daemon's continuous-batching loop (daemon/scheduler.c)
+ * on the real TinyStories model: submission, the queue bound, cancellation,
+ * the max_tokens and context-end stops, several sequences batched together
+ * giving the tokens each gives alone (greedy), and the stop set shared with
+ * `inferctl run` (daemon/stop_set.c): both stop on the tokenizer's eos_token
+ * when it differs from the config's eos ids.
+ *
+ * Generated ids are read back from the logprobs entries, which carry the
+ * token of every step. */
+#include <cjson/cJSON.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/clock.h"
+#include "common/golden_models.h"
+#include "common/test_util.h"
+#include "model/engine.h"
+#include "scheduler.h"
+#include "stop_set.h"
+#include "text/tokenizer/tokenizer.h"
+
+#define MODEL "tinystories-656k"
+#define MAX_IDS 256
+/* A request of this test ends in well under a second; the bound only stops
+ * a hung scheduler from hanging the suite (loaded CI machines included). */
+#define COLLECT_DEADLINE_S 120.0
+
+/* Golden continuations of TinyStories (../shared/golden/models.jsonl lines
+ * 0-2): prompt ids and the first stable generated ids. */
+struct story {
+    int32_t prompt[GOLDEN_MAX_IDS];
+    int n_prompt;
+    int32_t gen[GOLDEN_MAX_IDS];
+    int stable;
+};
+
+static void story_load(int line, struct story *st)
+{
+    struct golden g;
+    cr_assert(golden_line(line, &g), "golden line %d missing", line);
+    cr_assert_str_eq(g.model, MODEL, "golden line %d is not %s", line, MODEL);
+    memcpy(st->prompt, g.prompt, sizeof(g.prompt));
+    st->n_prompt = g.n_prompt;
+    memcpy(st->gen, g.gen, sizeof(g.gen));
+    st->stable = g.stable;
+}
+
+struct fx {
+    struct model *m;
+    tokenizer *tok;
+    engine *e;
+    struct sched *s;
+};
+
+static void fx_up_dir(struct fx *f, const char *dir, int n_seq, int n_ctx, int queue_depth)
+{
+    ifd_error err = {{0}};
+    struct model_load_opts lo = model_load_opts_default();
+    cr_assert_eq(model_load(dir, &lo, &f->m, &err), 0, "%s", err.msg);
+    cr_assert_eq(tok_load(dir, &f->tok, &err), 0, "%s", err.msg);
+    struct sched_config sc = {.n_seq_max = n_seq, .n_ctx = n_ctx, .prefill_chunk = 16, .queue_depth = queue_depth};
+    sc.n_batch_max = sc.prefill_chunk + n_seq;
+    struct engine_config ec = {.n_seq_max = n_seq, .n_ctx = n_ctx, .n_batch_max = sc.n_batch_max, .n_threads = 1};
+    cr_assert_eq(engine_create_cpu(f->m, NULL, 0, &ec, &f->e, &err), 0, "%s", err.msg);
+    struct gen_stop_set stops;
+    cr_assert_eq(stop_set_build(&f->m->cfg, f->tok, &stops, &err), 0, "%s", err.msg);
+    cr_assert_eq(sched_create(f->e, f->tok, &stops, &sc, NULL, &f->s, &err), 0, "%s", err.msg);
+}
+
+static void fx_up(struct fx *f, int n_seq, int n_ctx, int queue_depth)
+{
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s/models/%s", tu_must_shared_dir(), MODEL);
+    fx_up_dir(f, dir, n_seq, n_ctx, queue_depth);
+}
+
+static void fx_down(struct fx *f)
+{
+    sched_destroy(f->s);
+    engine_destroy(f->e);
+    tok_destroy(f->tok);
+    model_destroy(f->m);
+}
+
+static struct sched_req *submit(struct fx *f, const int32_t *prompt, int n_prompt, int max_tokens)
+{
+    struct sched_req_params p = {.prompt = prompt, .n_prompt = (size_t)n_prompt, .max_tokens = max_tokens,
+                                 .sampling = sampler_params_default(), .logprobs = true};
+    struct sched_req *r = NULL;
+    ifd_error err = {{0}};
+    cr_assert_eq(sched_submit(f->s, &p, &r, &err), 0, "%s", err.msg);
+    return r;
+}
+
+/* Collects r until done; the generated ids go to ids (from logprobs). */
+static void collect_all(struct sched_req *r, struct sched_output *out)
+{
+    double t0 = ifd_now_s();
+    while (!out->done) {
+        sched_req_collect(r, 200, out);
+        cr_assert_lt(ifd_now_s() - t0, COLLECT_DEADLINE_S, "the request never finished");
+    }
+}
+
+/* One request alone: its ids, count and finish reason. */
+static int run_one(struct fx *f, const int32_t *prompt, int n_prompt, int max_tokens, int32_t *ids,
+                   const char **finish)
+{
+    struct sched_req *r = submit(f, prompt, n_prompt, max_tokens);
+    struct sched_output out = {0};
+    collect_all(r, &out);
+    cr_assert_eq(out.error_status, 0, "%s", out.error_msg);
+    cr_assert_eq(out.n_lp, out.completion_tokens);
+    for (int i = 0; i < out.n_lp && i < MAX_IDS; i++)
+        ids[i] = out.lp[i].token;
+    *finish = out.finish_reason;
+    int n = out.completion_tokens;
+    sched_output_finish(&out);
+    sched_req_release(r);
+    return n;
+}
+
+Test(scheduler, submission_gives_the_golden_tokens)
+{
+    struct story st;
+    story_load(0, &st);
+    struct fx f;
+    fx_up(&f, 2, 128, 4);
+    int32_t ids[MAX_IDS];
+    const char *finish;
+    struct sched_req *r = submit(&f, st.prompt, st.n_prompt, st.stable);
+    struct sched_output out = {0};
+    collect_all(r, &out);
+    cr_assert_eq(out.error_status, 0, "%s", out.error_msg);
+    cr_assert_str_eq(out.finish_reason, "length");
+    cr_assert_eq(out.prompt_tokens, st.n_prompt);
+    cr_assert_eq(out.completion_tokens, st.stable, "max_tokens %d, got %d", st.stable, out.completion_tokens);
+    cr_assert_eq(out.n_lp, st.stable);
+    for (int i = 0; i < st.stable; i++)
+        cr_assert_eq(out.lp[i].token, st.gen[i], "token %d: %d, golden %d", i, out.lp[i].token, st.gen[i]);
+    cr_assert(out.text && strstr(out.text, "Lily"), "text: %s", out.text ? out.text : "(none)");
+    sched_output_finish(&out);
+    sched_req_release(r);
+    /* max_tokens 3: exactly 3, a length stop */
+    cr_assert_eq(run_one(&f, st.prompt, st.n_prompt, 3, ids, &finish), 3);
+    cr_assert_str_eq(finish, "length");
+    cr_assert_eq(ids[2], st.gen[2]);
+    fx_down(&f);
+}
+
+/* The context of 16 leaves 10 tokens after a 6-token prompt, whatever
+ * max_tokens asks. */
+Test(scheduler, context_end_stops_with_length)
+{
+    struct story st;
+    story_load(0, &st);
+    struct fx f;
+    fx_up(&f, 1, 16, 1);
+    int32_t ids[MAX_IDS];
+    const char *finish;
+    cr_assert_eq(run_one(&f, st.prompt, st.n_prompt, 100, ids, &finish), 16 - st.n_prompt);
+    cr_assert_str_eq(finish, "length");
+    for (int i = 0; i < 16 - st.n_prompt; i++)
+        cr_assert_eq(ids[i], st.gen[i]);
+    /* a prompt that leaves no room is refused at submission */
+    int32_t long_prompt[16] = {1};
+    struct sched_req_params p = {.prompt = long_prompt, .n_prompt = 16, .max_tokens = 1,
+                                 .sampling = sampler_params_default()};
+    struct sched_req *r = NULL;
+    ifd_error err = {{0}};
+    cr_assert_eq(sched_submit(f.s, &p, &r, &err), -EINVAL);
+    cr_assert(strstr(err.msg, "the context holds 16"), "%s", err.msg);
+    fx_down(&f);
+}
+
+/* One slot, no queue: while a long request holds the slot (or waits for
+ * it), the next is refused with -EAGAIN. */
+Test(scheduler, full_queue_refuses)
+{
+    struct story st;
+    story_load(0, &st);
+    struct fx f;
+    fx_up(&f, 1, 512, 0);
+    struct sched_req *a = submit(&f, st.prompt, st.n_prompt, 500);
+    struct sched_req_params p = {.prompt = st.prompt, .n_prompt = (size_t)st.n_prompt, .max_tokens = 4,
+                                 .sampling = sampler_params_default()};
+    struct sched_req *b = NULL;
+    ifd_error err = {{0}};
+    int rc = sched_submit(f.s, &p, &b, &err);
+    int busy = sched_busy(f.s);
+    cr_assert_eq(rc, -EAGAIN, "second request accepted (scheduler busy with %d)", busy);
+    cr_assert(strstr(err.msg, "queue is full"), "%s", err.msg);
+    sched_req_cancel(a);
+    struct sched_output out = {0};
+    collect_all(a, &out);
+    sched_output_finish(&out);
+    sched_req_release(a);
+    fx_down(&f);
+}
+
+/* A cancelled request ends with 499 before its max_tokens, and frees its
+ * slot: the next request in the same slot starts over at position 0 and
+ * gives the golden tokens (the slot's KV positions were truncated). */
+Test(scheduler, cancel_ends_the_request_and_frees_the_slot)
+{
+    struct story st;
+    story_load(0, &st);
+    struct fx f;
+    /* 500 tokens take the scheduler far longer than this thread takes from
+     * the first one to the cancel, even on a loaded machine */
+    fx_up(&f, 1, 512, 1);
+    struct sched_req *a = submit(&f, st.prompt, st.n_prompt, 500);
+    struct sched_output out = {0};
+    double t0 = ifd_now_s();
+    while (out.completion_tokens == 0 && !out.done) {
+        sched_req_collect(a, 200, &out);
+        cr_assert_lt(ifd_now_s() - t0, COLLECT_DEADLINE_S);
+    }
+    sched_req_cancel(a);
+    collect_all(a, &out);
+    cr_assert_eq(out.error_status, 499, "status %d (%s)", out.error_status, out.error_msg);
+    cr_assert_lt(out.completion_tokens, 500);
+    sched_output_finish(&out);
+    sched_req_release(a);
+
+    int32_t ids[MAX_IDS];
+    const char *finish;
+    cr_assert_eq(run_one(&f, st.prompt, st.n_prompt, st.stable, ids, &finish), st.stable);
+    for (int i = 0; i < st.stable; i++)
+        cr_assert_eq(ids[i], st.gen[i], "after the cancel, token %d: %d, golden %d", i, ids[i], st.gen[i]);
+    fx_down(&f);
+}
+
+/* Three sequences batched together (prefill chunks and decode steps mixed)
+ * give the tokens each gives alone, which are the golden ones. */
+Test(scheduler, concurrent_sequences_match_alone)
+{
+    enum { N = 3, MAXT = 40 };
+    struct story st[N];
+    for (int i = 0; i < N; i++)
+        story_load(i, &st[i]);
+    struct fx f;
+    fx_up(&f, N, 128, N);
+    int32_t alone[N][MAX_IDS];
+    int n_alone[N];
+    const char *finish;
+    for (int i = 0; i < N; i++) {
+        n_alone[i] = run_one(&f, st[i].prompt, st[i].n_prompt, MAXT, alone[i], &finish);
+        cr_assert_eq(n_alone[i], MAXT);
+        for (int k = 0; k < st[i].stable && k < MAXT; k++)
+            cr_assert_eq(alone[i][k], st[i].gen[k], "story %d token %d: %d, golden %d", i, k, alone[i][k],
+                         st[i].gen[k]);
+    }
+    struct sched_req *r[N];
+    struct sched_output out[N];
+    memset(out, 0, sizeof(out));
+    for (int i = 0; i < N; i++)
+        r[i] = submit(&f, st[i].prompt, st[i].n_prompt, MAXT);
+    for (int i = 0; i < N; i++) {
+        collect_all(r[i], &out[i]);
+        cr_assert_eq(out[i].error_status, 0, "%s", out[i].error_msg);
+        cr_assert_eq(out[i].n_lp, n_alone[i]);
+        for (int k = 0; k < n_alone[i]; k++)
+            cr_assert_eq(out[i].lp[k].token, alone[i][k], "story %d token %d: batched %d, alone %d", i, k,
+                         out[i].lp[k].token, alone[i][k]);
+        sched_output_finish(&out[i]);
+        sched_req_release(r[i]);
+    }
+    fx_down(&f);
+}
+
+/* ---- one stop set for the daemon and `inferctl run` ---- */
+
+/* A model directory whose tokenizer's eos_token ("Lily▁", id 303, the third
+ * token TinyStories writes after "Once upon a time") differs from the
+ * config's eos_token_id (2): the weights, tokenizer.json and config.json are
+ * links to the shared model, tokenizer_config.json is written here. */
+static void make_eos_dir(char *dir, size_t len)
+{
+    snprintf(dir, len, "/tmp/inferd-test-eos-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    const char *links[] = {"model.safetensors", "tokenizer.json", "config.json"};
+    char src[PATH_MAX], dst[PATH_MAX];
+    for (size_t i = 0; i < sizeof(links) / sizeof(links[0]); i++) {
+        snprintf(src, sizeof(src), "%s/models/%s/%s", tu_must_shared_dir(), MODEL, links[i]);
+        snprintf(dst, sizeof(dst), "%s/%s", dir, links[i]);
+        cr_assert_eq(symlink(src, dst), 0, "symlink %s", dst);
+    }
+    snprintf(dst, sizeof(dst), "%s/tokenizer_config.json", dir);
+    FILE *fp = fopen(dst, "w");
+    cr_assert_not_null(fp);
+    fputs("{\"add_bos_token\": true, \"bos_token\": \"<|start_story|>\", \"eos_token\": \"Lily\\u2581\"}\n", fp);
+    fclose(fp);
+}
+
+static void remove_eos_dir(const char *dir)
+{
+    const char *files[] = {"model.safetensors", "tokenizer.json", "config.json", "tokenizer_config.json"};
+    char p[PATH_MAX];
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        snprintf(p, sizeof(p), "%s/%s", dir, files[i]);
+        unlink(p);
+    }
+    rmdir(dir);
+}
+
+/* `inferctl run DIR --ids ... --json`: generated ids and finish reason. */
+static int inferctl_run(const char *dir, const struct story *st, int n, int32_t *ids, char *finish, size_t flen)
+{
+    const char *build = getenv("INFERD_BUILD_ROOT");
+    cr_assert(build && *build, "INFERD_BUILD_ROOT is not set: run the tests through meson test");
+    char cmd[PATH_MAX * 2 + 1024];
+    int k = snprintf(cmd, sizeof(cmd), "%s/daemon/inferctl run %s -n %d --threads 1 --json --ids ", build, dir, n);
+    for (int i = 0; i < st->n_prompt; i++)
+        k += snprintf(cmd + k, sizeof(cmd) - (size_t)k, "%s%d", i ? "," : "", st->prompt[i]);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    static char buf[65536];
+    size_t len = fread(buf, 1, sizeof(buf) - 1, p);
+    buf[len] = '\0';
+    cr_assert_eq(pclose(p), 0, "%s failed: %s", cmd, buf);
+    cJSON *j = cJSON_Parse(buf);
+    cr_assert_not_null(j, "not JSON: %s", buf);
+    int got = golden_read_ids(cJSON_GetObjectItem(j, "generated_ids"), ids);
+    const cJSON *fr = cJSON_GetObjectItem(j, "finish_reason");
+    cr_assert(cJSON_IsString(fr), "%s", buf);
+    snprintf(finish, flen, "%s", fr->valuestring);
+    cJSON_Delete(j);
+    return got;
+}
+
+Test(scheduler, daemon_and_inferctl_run_stop_on_the_tokenizer_eos)
+{
+    struct story st;
+    story_load(0, &st);
+    cr_assert_eq(st.gen[2], 303, "the golden continuation changed: pick another eos_token");
+    char dir[64];
+    make_eos_dir(dir, sizeof(dir));
+
+    struct fx f;
+    fx_up_dir(&f, dir, 1, 128, 1);
+    cr_assert(!model_config_is_eos(&f.m->cfg, 303), "the config must not name the token itself");
+    struct gen_stop_set stops;
+    ifd_error err;
+    cr_assert_eq(stop_set_build(&f.m->cfg, f.tok, &stops, &err), 0, "%s", err.msg);
+    cr_assert(gen_stop_set_has(&stops, 2) && gen_stop_set_has(&stops, 303) && stops.n == 2);
+    struct sched_req *r = submit(&f, st.prompt, st.n_prompt, 20);
+    struct sched_output out = {0};
+    collect_all(r, &out);
+    cr_assert_eq(out.error_status, 0, "%s", out.error_msg);
+    cr_assert_str_eq(out.finish_reason, "stop");
+    cr_assert_eq(out.completion_tokens, 3);
+    cr_assert_eq(out.lp[2].token, 303);
+    cr_assert(!strstr(out.text ? out.text : "", "Lily"), "the stop token's text is not output: %s", out.text);
+    sched_output_finish(&out);
+    sched_req_release(r);
+    fx_down(&f);
+
+    int32_t ids[MAX_IDS];
+    char finish[32];
+    int n = inferctl_run(dir, &st, 20, ids, finish, sizeof(finish));
+    remove_eos_dir(dir);
+    cr_assert_str_eq(finish, "stop", "inferctl run did not stop on the tokenizer's eos_token");
+    cr_assert_eq(n, 3, "inferctl run generated %d tokens, the daemon 3", n);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(ids[i], st.gen[i]);
+}
