@@ -342,6 +342,13 @@ Test(chat_template, filters_tests_methods)
         {"{{ 'abc'.startswith('ab') }}{{ 'abc'.endswith(('x', 'c')) }}{{ 'abcb'.find('b') }}{{ 'abcb'.count('b') }}", NULL,
          "TrueTrue12"},
         {"{{ '{} and {name}'.format(1, name='n') }}{{ 'hello world'.title() }}", NULL, "1 and nHello World"},
+        /* str.is*() as Python: isalnum takes digits too, isalpha does not */
+        {"{{ 'a1'.isalnum() }}{{ 'a1'.isalpha() }}{{ 'ab'.isalpha() }}{{ '12'.isdigit() }}{{ ' \\t'.isspace() }}"
+         "{{ 'AB1'.isupper() }}{{ 'ab'.islower() }}{{ '1'.islower() }}{{ ''.isalnum() }}",
+         NULL, "TrueFalseTrueTrueTrueTrueTrueFalseFalse"},
+        {"{{ 'Ab' is upper }}{{ 'ab' is lower }}{{ 4 is even }}{{ 2 is lt 3 }}{{ 3 is ge 3 }}{{ x is sameas x }}"
+         "{{ 'a'.rfind('a') }}{{ 'ab'.index('b') }}{{ [1, 2, 1].count(1) }}{{ [1, 2].index(2) }}",
+         "{\"x\": [1]}", "FalseTrueTrueTrueTrueTrue0121"},
         {"{{ '%s-%d-%.2f-%5s|%-3s|%r' | format('a', 7, 2.5, 'x', 'y', 'q') }}{{ '%(k)s!' % {'k': 'v'} }}{{ '%03d%%' % 5 }}",
          NULL, "a-7-2.50-    x|y  |'q'v!005%"},
         {"{{ x is defined }}{{ y is undefined }}{{ none is none }}{{ 'a' is string }}{{ 1 is number }}{{ 1 is integer }}"

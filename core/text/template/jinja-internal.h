@@ -2,7 +2,10 @@
  *
  * Layers: jinja_value.c (arena, values, Python-style str/repr/tojson,
  * equality, cJSON conversion) <- jinja_parse.c (lexer and parser: source ->
- * AST) <- chat_template.c (evaluator, filters, tests, methods, public API).
+ * AST) <- the evaluator: jinja_eval.c (expressions, statements, macros,
+ * global functions), jinja_str.c (Python str operations), jinja_format.c
+ * (`%` and str.format), jinja_filters.c, jinja_tests.c and jinja_methods.c
+ * (each a table of names) <- chat_template.c (public API).
  *
  * Memory: everything a compile produces (AST, literals) lives in the
  * template's arena; everything a render produces (values, frames, output
@@ -15,6 +18,8 @@
 #include <stdint.h>
 
 #include <cjson/cJSON.h>
+
+#include "base/error.h"
 
 /* ---- arena ---- */
 
@@ -224,3 +229,141 @@ int jinja_parse(struct jtemplate *t, char *msg, size_t msg_size);
 
 /* Line and column (1-based, column in bytes) of a byte offset. */
 void jinja_line_col(const char *src, size_t len, uint32_t pos, int *ret_line, int *ret_col);
+
+/* ---- the evaluator (jinja_eval.c and the files it dispatches to) ---- */
+
+#define RENDER_MAX_ARENA (256u << 20)      /* bytes of values a render may create */
+#define RENDER_MAX_OUTPUT (32u << 20)      /* bytes of rendered text */
+#define RENDER_MAX_ITERATIONS 1000000      /* loop iterations per render, all loops together */
+#define RENDER_MAX_CALL_DEPTH 64           /* nested macro calls */
+#define RENDER_MAX_RANGE 100000            /* items of range(), as Jinja2's sandbox */
+/* Stack a render may use for nested evaluation (deep expressions inside
+ * recursive macros); callers need a thread stack comfortably above this. */
+#define RENDER_MAX_STACK (1u << 20)
+
+/* A scope: its variables are a dict (assignment replaces, lookup walks the
+ * parents). */
+struct frame {
+    struct frame *parent;
+    struct jdict vars;
+};
+
+struct jmacro {
+    const struct jnode *def; /* JN_MACRO or JN_CALL_BLOCK (names, kids2, b) */
+    struct frame *closure;
+};
+
+struct jloop {
+    int64_t index0, length;
+    const struct jv *items;
+};
+
+struct render {
+    const struct jtemplate *t;
+    struct jarena *arena;
+    ifd_error *err;
+    bool err_set;
+    struct jbuf *out;              /* where text goes now: `text`, or a capture */
+    struct jbuf text;              /* the render's output */
+    struct frame *globals;         /* the context's variables */
+    size_t iterations;
+    int call_depth;
+    struct jstr block_input;     /* the body text a filter block / block set filters */
+    struct jmacro *pending_caller; /* caller() for the macro a call block invokes */
+    const char *stack_base;        /* frame address where the render started */
+};
+
+enum { CTL_BREAK = 1, CTL_CONTINUE = 2 };
+
+/* The evaluated arguments of a call, filter or test. */
+struct args {
+    struct jv *pos;
+    size_t npos;
+    const struct jstr *kwn;
+    struct jv *kwv;
+    size_t nkw;
+};
+
+/* Errors. jr_err formats "template:L:C: ..." at node n (the first error of a
+ * render wins) and returns -EINVAL; jr_fail turns a bare errno from the value
+ * layer into such a message. */
+__attribute__((format(printf, 3, 4))) int jr_err(struct render *r, const struct jnode *n, const char *fmt, ...);
+int jr_fail(struct render *r, const struct jnode *n, int rc);
+/* Using an undefined value: an error with Jinja2's wording. */
+int jr_undefined_error(struct render *r, const struct jnode *at, struct jv v);
+
+/* Scopes. */
+struct frame *jr_frame_new(struct render *r, struct frame *parent);
+int jr_frame_set(struct render *r, struct frame *f, struct jstr name, struct jv v);
+struct jv *jr_frame_get(struct frame *f, struct jstr name);
+
+/* The argument at position i or named `name` (after the input, for
+ * filters); NULL when absent. */
+struct jv *jr_arg(struct args *a, size_t i, const char *name);
+
+int jr_eval(struct render *r, const struct jnode *n, struct frame *f, struct jv *ret);
+/* Returns 0, CTL_BREAK / CTL_CONTINUE (passed up to the enclosing loop), or < 0. */
+int jr_exec_body(struct render *r, const struct jnode *n, struct frame *f);
+
+/* Strings of a render: a buffer with the output limit, its text as a value,
+ * str(v) (undefined as ""), and a string argument or an error naming it. */
+struct jbuf jr_buf(struct render *r);
+int jr_make_str(struct render *r, struct jbuf *b, struct jv *ret);
+int jr_to_str(struct render *r, struct jv v, struct jstr *ret);
+int jr_need_str(struct render *r, const struct jnode *n, struct jv v, const char *what, struct jstr *ret);
+
+/* Sequences and lookups. jr_iterate: the items a for loop / list() / join
+ * see (list items, dict keys, string characters; undefined is empty). */
+int jr_iterate(struct render *r, const struct jnode *n, struct jv v, struct jlist **ret);
+int64_t jv_length(struct jv v, bool *ok); /* len(v); *ok false when it has none */
+int jr_slice(struct render *r, const struct jnode *n, struct jv obj, const struct jv *a, const struct jv *b,
+             const struct jv *c, struct jv *ret);
+int jr_get_attr(struct render *r, const struct jnode *n, struct jv obj, struct jstr name, struct jv *ret);
+int jr_get_item(struct render *r, const struct jnode *n, struct jv obj, struct jv key, struct jv *ret);
+/* Byte offsets of each code point of s, plus one at the end (s.n). */
+int jr_cp_offsets(struct render *r, struct jstr s, size_t **ret, size_t *ret_n);
+
+/* Operators: op is a JOP_*. */
+int jr_compare(struct render *r, const struct jnode *n, int op, struct jv a, struct jv b, bool *ret);
+int jr_binop(struct render *r, const struct jnode *n, int op, struct jv a, struct jv b, struct jv *ret);
+
+static inline bool jv_is_int(struct jv v) { return v.kind == JV_INT || v.kind == JV_BOOL; }
+static inline bool jv_is_num(struct jv v) { return v.kind == JV_INT || v.kind == JV_FLOAT || v.kind == JV_BOOL; }
+int64_t jv_int_of(struct jv v); /* floats saturate (NaN -> 0); not a number -> 0 */
+static inline double jv_num_of(struct jv v) { return v.kind == JV_FLOAT ? v.f : (double)jv_int_of(v); }
+
+/* ---- jinja_str.c: Python str operations shared by filters and methods ---- */
+
+enum case_map { CASE_UPPER, CASE_LOWER, CASE_TITLE_JINJA, CASE_TITLE_PY, CASE_CAPITALIZE };
+int jr_str_case(struct render *r, struct jstr s, enum case_map how, struct jv *ret);
+/* strip/lstrip/rstrip: chars NULL means Unicode whitespace. */
+struct jstr jstr_strip(struct jstr s, const struct jstr *chars, bool left, bool right);
+/* First occurrence at or after byte `from`, last occurrence; NULL when none. */
+const char *jstr_find(struct jstr hay, struct jstr needle, size_t from);
+const char *jstr_rfind(struct jstr hay, struct jstr needle);
+int jr_str_replace(struct render *r, struct jstr s, struct jstr old, struct jstr new, int64_t count, struct jv *ret);
+/* split(sep, maxsplit) and rsplit: sep NULL splits on whitespace runs. */
+int jr_str_split(struct render *r, const struct jnode *n, struct jstr s, const struct jstr *sep, int64_t maxsplit,
+                 bool from_right, struct jv *ret);
+int jr_push_str(struct render *r, struct jlist *l, const char *p, size_t n);
+
+/* ---- jinja_format.c ---- */
+
+/* Python's printf-style `fmt % args` (also the `format` filter). */
+int jr_percent_format(struct render *r, const struct jnode *n, struct jstr fmt, struct jv args, struct jv *ret);
+/* str.format(): "{}" / "{0}" / "{name}" with str() of the argument. */
+int jr_brace_format(struct render *r, const struct jnode *n, struct jstr fmt, struct args *a, struct jv *ret);
+
+/* ---- jinja_filters.c, jinja_tests.c, jinja_methods.c: dispatch by name ---- */
+
+/* `in | name(args)`; an unknown name is an error naming it. */
+int jr_filter(struct render *r, const struct jnode *n, struct jstr name, struct jv in, struct args *a, struct jv *ret);
+/* dict.items() and the items filter: (key, value) tuples. */
+int jr_items(struct render *r, const struct jnode *n, struct jv in, struct args *a, struct jv *ret);
+/* `v is name(args)`; an unknown name is an error naming it. */
+int jr_test(struct render *r, const struct jnode *n, struct jstr name, struct jv v, struct args *a, bool *ret);
+/* obj.name(args) for a str, dict or list: METHOD_DONE with *ret set,
+ * METHOD_NONE when obj's type has no such method, or < 0. */
+enum method_result { METHOD_NONE = 0, METHOD_DONE = 1 };
+int jr_method(struct render *r, const struct jnode *n, struct jv obj, struct jstr name, struct args *a,
+              struct jv *ret);
