@@ -59,9 +59,9 @@ def baseline(d):
 
 def in_normal_time(dt, base, what):
     # "Normal" on a 2-core machine shared with other jobs: three times the
-    # quiet median plus two seconds of scheduling noise; the failure this
+    # quiet median plus three seconds of scheduling noise; the failure this
     # guards against is a refused or hung request, not a slow one.
-    check(dt <= base * 3 + 2.0, "%s: the real request took %.2fs (quiet: %.3fs)" % (what, dt, base))
+    check(dt <= base * 3 + 3.0, "%s: the real request took %.2fs (quiet: %.3fs)" % (what, dt, base))
 
 
 def metric(d, name):
@@ -103,19 +103,32 @@ def open_idle(n, sources, port):
     return socks
 
 
-def count_held(socks, settle=1.5):
-    """After settling: (held, closed by the server)."""
-    time.sleep(settle)
+def count_held(socks, expect_at_most, wait=20):
+    """(held, closed by the server), once at most expect_at_most are held or
+    after `wait` seconds: on a loaded machine the server may take a while to
+    accept and close 2,000 connections, and one not yet accepted looks held."""
     p = select.poll()
     by_fd = {}
     for s in socks:
         p.register(s, select.POLLIN | select.POLLHUP | select.POLLERR)
         by_fd[s.fileno()] = s
     closed = 0
+    deadline = time.time() + wait
+    while True:
+        for fd, ev in p.poll(500):
+            try:
+                data = by_fd[fd].recv(1)
+            except (ConnectionResetError, BlockingIOError):
+                data = b""
+            if data == b"":
+                closed += 1
+                p.unregister(fd)
+        if len(socks) - closed <= expect_at_most or time.time() > deadline:
+            break
+    time.sleep(0.5)  # anything closed late still counts
     for fd, ev in p.poll(0):
         try:
-            data = by_fd[fd].recv(1)
-            closed += data == b""
+            closed += by_fd[fd].recv(1) == b""
         except (ConnectionResetError, BlockingIOError):
             closed += 1
     return len(socks) - closed, closed
@@ -138,7 +151,7 @@ def group_connections(binary):
         rss0 = rss_kb(d.proc.pid)
         # One address opens 2,000: it keeps its 20, the rest are closed at once.
         socks = open_idle(2000, ["127.0.0.2"], d.port)
-        held, closed = count_held(socks)
+        held, closed = count_held(socks, per_ip)
         print("one address: %d held, %d refused" % (held, closed))
         check(held == per_ip, "one address holds max_connections_per_ip=%d connections, not %d" % (per_ip, held))
         in_normal_time(timed_completion(d, "2,000 idle sockets from one address"), base, "one address")
@@ -148,7 +161,7 @@ def group_connections(binary):
         # A hundred addresses open 20 each: the server is full, and the ones
         # that have waited longest without a request make room for new ones.
         socks = open_idle(2000, ["127.0.1.%d" % i for i in range(1, 101)], d.port)
-        held, closed = count_held(socks)
+        held, closed = count_held(socks, max_conn)
         rss1 = rss_kb(d.proc.pid)
         print("100 addresses: %d held, %d closed; RSS %d -> %d KiB" % (held, closed, rss0, rss1))
         check(max_conn - 10 <= held <= max_conn, "max_connections=%d holds, not %d" % (max_conn, held))
@@ -217,14 +230,14 @@ def group_slowloris(binary):
         }
         for what, head in heads.items():
             res = {}
-            t = threading.Thread(target=trickle, args=(d.port, head, timeout + 8, res))
+            t = threading.Thread(target=trickle, args=(d.port, head, timeout + 10, res))
             t.start()
             time.sleep(1.0)
             in_normal_time(timed_completion(d, "slowloris (%s)" % what), base, "slowloris (%s)" % what)
             t.join()
             at = res.get("closed_at")
             print("slowloris (%s): closed after %s s (request_timeout %d)" % (what, at, timeout))
-            check(at is not None and timeout - 0.5 <= at <= timeout + 2.5,
+            check(at is not None and timeout - 0.5 <= at <= timeout + 4,
                   "a %s trickled at 1 byte/s is closed at the %ds deadline (closed at %s)" % (what, timeout, at))
             check("answer" not in res, "no answer to a trickled request: %r" % res.get("answer", b"")[:100])
         # A kept-alive connection whose next request takes longer than the
@@ -236,7 +249,7 @@ def group_slowloris(binary):
         s.settimeout(30)
         got = s.recv(65536)
         check(got.startswith(b"HTTP/1.1 200"), "keep-alive request answered: %r" % got[:60])
-        s.settimeout(timeout + 5)
+        s.settimeout(timeout + 8)
         t0 = time.time()
         try:
             rest = s.recv(65536)
@@ -246,7 +259,7 @@ def group_slowloris(binary):
         except (ConnectionResetError, socket.timeout):
             rest = None
         idle = time.time() - t0
-        check(rest == b"" and idle <= timeout + 2.5, "an idle kept-alive connection closes at the deadline "
+        check(rest == b"" and idle <= timeout + 4, "an idle kept-alive connection closes at the deadline "
               "(%r after %.1fs)" % (rest, idle))
         s.close()
         timed = metric(d, 'inferd_http_connections_closed_total{reason="request_timeout"}')
@@ -261,7 +274,9 @@ def group_bodies(binary):
     n_ids = ((1 if sanitized(binary) else 4) << 20) // 2 - 8
     body = ('{"prompt":[' + ",".join(["1"] * n_ids) + '],"max_tokens":1}').encode()
     budget = 256 << 20
-    conf = config(max_body_bytes="5M", parse_memory="256M")
+    # request_timeout also bounds the wait for a parse share: generous, as
+    # the 8 parses run one after the other on a loaded machine.
+    conf = config(max_body_bytes="5M", parse_memory="256M", request_timeout=300)
     with Daemon(binary, TINY, "--config", conf) as d:
         timed_completion(d, "warm-up")
         hwm0 = rss_kb(d.proc.pid, "VmHWM")
