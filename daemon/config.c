@@ -515,20 +515,39 @@ int inferd_config_parse_string(struct inferd_config *c, const char *text, const 
     return finish_parse(&x, ini_parse_string(text, ini_cb, &x), err);
 }
 
+/* A file holding API keys must be private, as sshd wants of its keys:
+ * never readable or writable by others, and not by the group when the file
+ * is inferd's own (a root-owned file readable by inferd's group is the usual
+ * packaging). */
+static int check_secret_mode(const struct stat *st, const char *what, const char *path, const char *fix,
+                             ifd_error *err)
+{
+    if ((st->st_mode & 0007) || ((st->st_mode & 0070) && st->st_uid == geteuid()))
+        return ifd_error_set(err, -EPERM, "%s '%s': readable or writable by %s (mode %04o); %s", what, path,
+                             (st->st_mode & 0007) ? "others" : "its group", (unsigned)(st->st_mode & 07777), fix);
+    return 0;
+}
+
 int inferd_config_parse_file(struct inferd_config *c, const char *path, ifd_error *err)
 {
     FILE *f = fopen(path, "re");
     if (!f)
         return ifd_error_set(err, -errno, "Failed to open config '%s': %s", path, strerror(errno));
     struct ini_ctx x = {.c = c, .origin = path};
+    int keys_before = c->n_api_keys;
     int line = ini_parse_file(f, ini_cb, &x);
+    struct stat st;
+    bool have_st = fstat(fileno(f), &st) == 0;
     fclose(f);
-    return finish_parse(&x, line, err);
+    int r = finish_parse(&x, line, err);
+    /* Keys written in the file are as exposed as the file: as for argv, a
+     * key others can read is refused rather than warned about. */
+    if (r == 0 && c->n_api_keys > keys_before && have_st && S_ISREG(st.st_mode))
+        r = check_secret_mode(&st, "config with [server] api_keys", path,
+                              "chmod 600 it, or move the keys to api_key_file", err);
+    return r;
 }
 
-/* The key file must be private, as sshd wants of its keys: never readable
- * or writable by others, and not by the group when the file is inferd's own
- * (a root-owned file readable by inferd's group is the usual packaging). */
 static int key_file_open(const char *path, FILE **ret, ifd_error *err)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -540,9 +559,8 @@ static int key_file_open(const char *path, FILE **ret, ifd_error *err)
         r = ifd_error_set(err, -errno, "API key file '%s': %s", path, strerror(errno));
     else if (!S_ISREG(st.st_mode))
         r = ifd_error_set(err, -EINVAL, "API key file '%s': not a regular file", path);
-    else if ((st.st_mode & 0007) || ((st.st_mode & 0070) && st.st_uid == geteuid()))
-        r = ifd_error_set(err, -EPERM, "API key file '%s': readable or writable by %s (mode %04o); chmod 600 it",
-                          path, (st.st_mode & 0007) ? "others" : "its group", (unsigned)(st.st_mode & 07777));
+    else
+        r = check_secret_mode(&st, "API key file", path, "chmod 600 it", err);
     FILE *f = r < 0 ? NULL : fdopen(fd, "r");
     if (!f) {
         if (r == 0)

@@ -46,9 +46,10 @@ typedef int MHD_RESULT;
 typedef enum MHD_Result MHD_RESULT;
 #endif
 
-/* One open connection. The fields below `next` are guarded by
- * http_server.lock; fd stays valid while the slot is listed (MHD closes it
- * only after the CLOSED notification, which unlists the slot first). */
+/* One open connection. fd and the address are fixed once the slot is
+ * listed, the rest is guarded by http_server.lock; fd stays valid while the
+ * slot is listed (MHD closes it only after the CLOSED notification, which
+ * unlists the slot first). */
 struct slot {
     struct slot *prev, *next;
     int fd;
@@ -136,6 +137,7 @@ struct conn {
     char *body;                 /* [len], NUL-terminated */
     size_t len, cap;
     bool too_big;
+    size_t expect;              /* Content-Length, 0 when none */
     size_t parse_cost;          /* held from srv's parse budget */
     int status;
     int tokens_in, tokens_out;
@@ -1123,10 +1125,7 @@ static MHD_RESULT on_request(void *cls, struct MHD_Connection *c, const char *ur
                          errno == ERANGE ? "too many" : cl, limit);
                 return respond_early(c, k, 413, "invalid_request_error", "request_too_large", msg);
             }
-            /* The whole body at once: no doubling to twice its size. */
-            if (n > 0 && !(k->body = malloc((size_t)n + 1)))
-                return MHD_NO;
-            k->cap = k->body ? (size_t)n + 1 : 0;
+            k->expect = (size_t)n;
         }
         return MHD_YES;
     }
@@ -1147,7 +1146,10 @@ static MHD_RESULT on_request(void *cls, struct MHD_Connection *c, const char *ur
             return MHD_YES;
         }
         if (k->len + n + 1 > k->cap) {
-            size_t ncap = k->cap ? k->cap : 4096;
+            /* A declared length is allocated once, when its first bytes
+             * come (not at the headers, which cost the client nothing):
+             * no doubling to twice the body. */
+            size_t ncap = k->cap ? k->cap : k->expect ? k->expect + 1 : 4096;
             while (ncap < k->len + n + 1)
                 ncap *= 2;
             char *nb = realloc(k->body, ncap);

@@ -377,6 +377,31 @@ Test(config, api_key_file_must_be_private)
     cr_assert(strstr(err.msg, "regular file"), "%s", err.msg);
 }
 
+Test(config, config_file_with_keys_must_be_private)
+{
+    char *path = write_tmp("[server]\napi_keys = sk-inline\n[model]\npath = /m\n");
+    struct inferd_config c;
+    struct inferd_cli cli;
+    ifd_error err = {{0}};
+    const char *args[] = {"-c", path, NULL};
+    cr_assert_eq(load(&c, &cli, &err, args), 0, "%s", err.msg);
+    inferd_config_finish(&c);
+    cr_assert_eq(chmod(path, 0644), 0);
+    cr_assert_eq(load(&c, &cli, &err, args), -EPERM);
+    cr_assert(strstr(err.msg, "api_keys") && strstr(err.msg, "0644") && strstr(err.msg, "api_key_file"), "%s",
+              err.msg);
+    /* Without keys the file may be world-readable, as packaged. */
+    char *plain = write_tmp("[server]\nqueue_depth = 3\n[model]\npath = /m\n");
+    cr_assert_eq(chmod(plain, 0644), 0);
+    const char *args2[] = {"-c", plain, NULL};
+    cr_assert_eq(load(&c, &cli, &err, args2), 0, "%s", err.msg);
+    inferd_config_finish(&c);
+    unlink(path);
+    unlink(plain);
+    free(path);
+    free(plain);
+}
+
 Test(config, connection_and_parse_limits)
 {
     struct inferd_config c;

@@ -463,6 +463,7 @@ def group_reload(binary):
         conf = os.path.join(tmp, "inferd.conf")
         with open(conf, "w") as f:
             f.write("[server]\napi_keys = key-one\nlog_level = info\n")
+        os.chmod(conf, 0o600)  # keys inside: others must not read it
         with Daemon(binary, TINY, "--config", conf) as d:
             auth1 = {"Authorization": "Bearer key-one"}
             auth2 = {"Authorization": "Bearer key-two"}
