@@ -354,12 +354,52 @@ static int parse_logprobs(struct api_request *r, const cJSON *root, struct api_e
     return 0;
 }
 
+/* The deepest nesting of arrays and objects in JSON text, counted outside
+ * strings; scanning stops once it passes `limit`. Linear and allocation-free,
+ * so it runs before cJSON, whose parser recurses once per level. */
+static int json_depth_over(const char *s, size_t len, int limit, size_t *ret_offset)
+{
+    int depth = 0;
+    bool in_str = false;
+    for (size_t i = 0; i < len; i++) {
+        char ch = s[i];
+        if (in_str) {
+            if (ch == '\\')
+                i++;
+            else if (ch == '"')
+                in_str = false;
+        } else if (ch == '"') {
+            in_str = true;
+        } else if (ch == '[' || ch == '{') {
+            if (++depth > limit) {
+                *ret_offset = i;
+                return depth;
+            }
+        } else if (ch == ']' || ch == '}') {
+            depth--;
+        }
+    }
+    return 0;
+}
+
+/* 400 naming the limit when the body nests too deep. */
+static int check_depth(const char *body, size_t len, struct api_error *e)
+{
+    size_t at;
+    if (json_depth_over(body, len, API_MAX_JSON_DEPTH, &at))
+        return BAD(e, NULL, "request body is nested deeper than %d levels of arrays and objects (byte %zu)",
+                   API_MAX_JSON_DEPTH, at);
+    return 0;
+}
+
 int api_request_parse(enum api_kind kind, const char *body, size_t len, int vocab_size,
                       struct api_request *ret, struct api_error *e)
 {
     size_t bad;
     if (!api_utf8_valid(body, len, &bad))
         return BAD(e, NULL, "request body is not valid UTF-8 (byte %zu)", bad);
+    if (check_depth(body, len, e) < 0)
+        return -EINVAL;
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, false);
     if (!root) {
@@ -516,6 +556,8 @@ static cJSON *parse_object(const char *body, size_t len, struct api_error *e)
         (void)BAD(e, NULL, "request body is not valid UTF-8 (byte %zu)", bad);
         return NULL;
     }
+    if (check_depth(body, len, e) < 0)
+        return NULL;
     cJSON *root = cJSON_ParseWithLength(body, len);
     if (!root) {
         (void)BAD(e, NULL, "request body is not valid JSON");

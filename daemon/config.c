@@ -2,6 +2,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <ini.h>
 #include <limits.h>
@@ -29,6 +30,11 @@ int inferd_config_init(struct inferd_config *c)
     c->ctx_len = 0;
     c->prefill_chunk = 128;
     c->drain_timeout_s = 30;
+    c->max_connections = 512;
+    c->max_connections_per_ip = 32;
+    c->request_timeout_s = 60;
+    c->parse_memory = 512u << 20;
+    c->max_tokenize_bytes = 256u << 10;
     c->log_level = LOG_LEVEL_INFO;
     c->role = INFERD_ROLE_MASTER;
     c->backend = INFERD_BACKEND_AUTO;
@@ -399,6 +405,16 @@ static int config_set(struct inferd_config *c, const char *section, const char *
         return parse_int(v, 1, 8192, what, &c->prefill_chunk, err);
     if (IS("server", "drain_timeout"))
         return parse_int(v, 0, 3600, what, &c->drain_timeout_s, err);
+    if (IS("server", "max_connections"))
+        return parse_int(v, 1, 65536, what, &c->max_connections, err);
+    if (IS("server", "max_connections_per_ip"))
+        return parse_int(v, 0, 65536, what, &c->max_connections_per_ip, err);
+    if (IS("server", "request_timeout"))
+        return parse_int(v, 1, 3600, what, &c->request_timeout_s, err);
+    if (IS("server", "parse_memory"))
+        return parse_size(v, 1u << 20, (size_t)1 << 40, what, &c->parse_memory, err);
+    if (IS("server", "max_tokenize_bytes"))
+        return parse_size(v, 1024, (size_t)1 << 30, what, &c->max_tokenize_bytes, err);
     if (IS("server", "log_level"))
         return parse_level(v, what, &c->log_level, err);
     if (IS("server", "model_name"))
@@ -499,25 +515,71 @@ int inferd_config_parse_string(struct inferd_config *c, const char *text, const 
     return finish_parse(&x, ini_parse_string(text, ini_cb, &x), err);
 }
 
+/* A file holding API keys must be private, as sshd wants of its keys:
+ * never readable or writable by others, and not by the group when the file
+ * is inferd's own (a root-owned file readable by inferd's group is the usual
+ * packaging). */
+static int check_secret_mode(const struct stat *st, const char *what, const char *path, const char *fix,
+                             ifd_error *err)
+{
+    if ((st->st_mode & 0007) || ((st->st_mode & 0070) && st->st_uid == geteuid()))
+        return ifd_error_set(err, -EPERM, "%s '%s': readable or writable by %s (mode %04o); %s", what, path,
+                             (st->st_mode & 0007) ? "others" : "its group", (unsigned)(st->st_mode & 07777), fix);
+    return 0;
+}
+
 int inferd_config_parse_file(struct inferd_config *c, const char *path, ifd_error *err)
 {
     FILE *f = fopen(path, "re");
     if (!f)
         return ifd_error_set(err, -errno, "Failed to open config '%s': %s", path, strerror(errno));
     struct ini_ctx x = {.c = c, .origin = path};
+    int keys_before = c->n_api_keys;
     int line = ini_parse_file(f, ini_cb, &x);
+    struct stat st;
+    bool have_st = fstat(fileno(f), &st) == 0;
     fclose(f);
-    return finish_parse(&x, line, err);
+    int r = finish_parse(&x, line, err);
+    /* Keys written in the file are as exposed as the file: as for argv, a
+     * key others can read is refused rather than warned about. */
+    if (r == 0 && c->n_api_keys > keys_before && have_st && S_ISREG(st.st_mode))
+        r = check_secret_mode(&st, "config with [server] api_keys", path,
+                              "chmod 600 it, or move the keys to api_key_file", err);
+    return r;
+}
+
+static int key_file_open(const char *path, FILE **ret, ifd_error *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return ifd_error_set(err, -errno, "Failed to open API key file '%s': %s", path, strerror(errno));
+    struct stat st;
+    int r = 0;
+    if (fstat(fd, &st) < 0)
+        r = ifd_error_set(err, -errno, "API key file '%s': %s", path, strerror(errno));
+    else if (!S_ISREG(st.st_mode))
+        r = ifd_error_set(err, -EINVAL, "API key file '%s': not a regular file", path);
+    else
+        r = check_secret_mode(&st, "API key file", path, "chmod 600 it", err);
+    FILE *f = r < 0 ? NULL : fdopen(fd, "r");
+    if (!f) {
+        if (r == 0)
+            r = ifd_error_set(err, -errno, "API key file '%s': %s", path, strerror(errno));
+        close(fd);
+        return r;
+    }
+    *ret = f;
+    return 0;
 }
 
 int inferd_config_read_key_file(struct inferd_config *c, ifd_error *err)
 {
     if (!c->api_key_file)
         return 0;
-    FILE *f = fopen(c->api_key_file, "re");
-    if (!f)
-        return ifd_error_set(err, -errno, "Failed to open API key file '%s': %s", c->api_key_file,
-                             strerror(errno));
+    FILE *f = NULL;
+    int kr = key_file_open(c->api_key_file, &f, err);
+    if (kr < 0)
+        return kr;
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
@@ -681,7 +743,6 @@ void inferd_config_usage(FILE *f)
             "      --device N              Vulkan device index (0 = first; discrete GPUs first)\n"
             "      --quantize q4|q8|none   quantize float weights while loading (MLX affine, group 64)\n"
             "  -t, --threads N             CPU threads (0 = all)\n"
-            "      --api-key KEY           accept this API key (repeatable)\n"
             "      --api-key-file PATH     one API key per line\n"
             "      --max-body-bytes SIZE   request body limit (e.g. 4M)\n"
             "      --queue-depth N         waiting requests before 429\n"
@@ -748,7 +809,14 @@ static int apply_flag(struct inferd_config *c, int opt, const char *arg, const c
     case OPT_BACKEND: return config_set(c, "node", "backend", arg, "--backend", err);
     case OPT_DEVICE: return config_set(c, "node", "device", arg, "--device", err);
     case OPT_QUANTIZE: return config_set(c, "model", "quantize", arg, "--quantize", err);
-    case OPT_API_KEY: return add_key(c, arg, "--api-key", err);
+    case OPT_API_KEY:
+        /* A key in argv is readable by every local user (/proc/PID/cmdline,
+         * ps) for as long as the daemon runs: refused, not just warned
+         * about, because a warning in a log does not take the key back. */
+        return ifd_error_set(err, -EINVAL,
+                             "--api-key: keys on the command line are visible to every local user in "
+                             "/proc/PID/cmdline; put the key in a file only inferd can read (chmod 600) "
+                             "and pass --api-key-file PATH");
     case OPT_API_KEY_FILE: return config_set(c, "server", "api_key_file", arg, "--api-key-file", err);
     case OPT_MAX_BODY: return config_set(c, "server", "max_body_bytes", arg, "--max-body-bytes", err);
     case OPT_QUEUE: return config_set(c, "server", "queue_depth", arg, "--queue-depth", err);

@@ -56,6 +56,11 @@ struct inferd_config {
     int ctx_len;              /* positions per sequence; 0 = model's, capped at 4096 */
     int prefill_chunk;        /* prompt tokens per step beside running streams */
     int drain_timeout_s;      /* SIGTERM: how long running streams may finish */
+    int max_connections;      /* open HTTP connections at once (see http.h) */
+    int max_connections_per_ip; /* per client address (IPv6: per /64); 0 = no per-address limit */
+    int request_timeout_s;    /* to receive one request's headers and body, trickled or not */
+    size_t parse_memory;      /* memory for parsing + tokenizing bodies at once (see http.h) */
+    size_t max_tokenize_bytes; /* /tokenize text longer than this gets 413 */
     int log_level;            /* syslog level 0-7 */
     char *served_model_name;  /* the "model" name clients use; default: model dir name */
 

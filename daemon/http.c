@@ -4,12 +4,26 @@
  * waiting for its sequence's tokens without holding up anyone else. While it
  * waits it polls its socket: a client that hangs up cancels its sequence at
  * once, freeing the slot and its KV cache. Streaming responses are MHD
- * callback responses that produce one SSE event at a time. */
+ * callback responses that produce one SSE event at a time.
+ *
+ * Thread per connection stays (rather than MHD's epoll thread pool with
+ * suspend/resume) because generation handlers block on the scheduler by
+ * design; what an idle connection costs (a thread, a few KiB) is bounded by
+ * the connection limits and the request deadline below instead. MHD polls
+ * with poll(), not select(), so descriptors above FD_SETSIZE are served.
+ *
+ * Every connection has a slot in http_server's list (MHD's
+ * NOTIFY_CONNECTION): the accept policy counts slots for the limits, the
+ * reaper thread closes those that have not delivered their request by the
+ * deadline (shutdown(), which wakes the connection's thread with EOF), and
+ * the close notification drains a connection answered early. */
 #include "http.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,9 +47,47 @@ typedef int MHD_RESULT;
 typedef enum MHD_Result MHD_RESULT;
 #endif
 
+/* One open connection. fd and the address are fixed once the slot is
+ * listed, the rest is guarded by http_server.lock; fd stays valid while the
+ * slot is listed (MHD closes it only after the CLOSED notification, which
+ * unlists the slot first). */
+struct slot {
+    struct slot *prev, *next;
+    int fd;
+    unsigned char addr[16];     /* the address, IPv6 cut to its /64 */
+    unsigned addr_len;          /* 4 or 8; 0 = unknown family (not limited) */
+    double read_since;          /* when this request's bytes began to be due */
+    bool reading;               /* the request is not complete yet */
+    bool shut;                  /* shut down by us (deadline or room); closing */
+    bool linger;                /* answered before its body came: drain at close */
+};
+
+/* Parses that cost more than this hand their memory back to the system
+ * when done (see parse_release). */
+#define HTTP_PARSE_TRIM_COST ((size_t)32 << 20)
+
 struct http_server {
     struct MHD_Daemon *d;
     struct http_app *app;
+    int max_conn, max_per_ip;
+
+    pthread_mutex_t lock;       /* the slot list and the counters */
+    pthread_cond_t wake;        /* the reaper's sleep; signalled to stop */
+    struct slot *head, *tail;   /* accept order */
+    int n_open, n_shut;
+    bool stopping;
+    pthread_t reaper;
+    bool reaper_started;
+    /* Totals for /metrics, and what the reaper has logged of them. */
+    uint64_t refused_per_ip, refused_full, evicted, timed_out;
+    uint64_t logged_refused, logged_evicted, logged_timed_out;
+
+    /* Parse budget: bytes of HTTP_PARSE_COST_PER_BYTE-weighted bodies being
+     * parsed or tokenized now. */
+    pthread_mutex_t parse_lock;
+    pthread_cond_t parse_cond;
+    size_t parse_budget, parse_used;
+    uint64_t parse_refused;
 };
 
 enum route {
@@ -75,7 +127,9 @@ enum stream_phase {
 
 /* One request on one connection. */
 struct conn {
+    struct http_server *srv;
     struct http_app *app;
+    struct slot *slot;          /* this connection's, NULL if MHD has none */
     char method[8];
     char *path;
     enum route route;
@@ -84,6 +138,8 @@ struct conn {
     char *body;                 /* [len], NUL-terminated */
     size_t len, cap;
     bool too_big;
+    size_t expect;              /* Content-Length, 0 when none */
+    size_t parse_cost;          /* held from srv's parse budget */
     int status;
     int tokens_in, tokens_out;
 
@@ -103,6 +159,286 @@ struct conn {
 static double now_mono(void)
 {
     return ifd_now_s();
+}
+
+static struct http_limits app_limits(struct http_app *app)
+{
+    pthread_rwlock_rdlock(&app->lock);
+    struct http_limits l = app->limits;
+    pthread_rwlock_unlock(&app->lock);
+    return l;
+}
+
+/* ---- connection slots ---- */
+
+/* The key the per-address limit counts by: IPv4 address, IPv6 /64 (one
+ * host gets a whole /64, so counting single v6 addresses limits nothing). */
+static unsigned addr_key(const struct sockaddr *sa, unsigned char out[16])
+{
+    if (sa && sa->sa_family == AF_INET) {
+        memcpy(out, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+        return 4;
+    }
+    if (sa && sa->sa_family == AF_INET6) {
+        const unsigned char *a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+        static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (memcmp(a, v4mapped, 12) == 0) {
+            memcpy(out, a + 12, 4);
+            return 4;
+        }
+        memcpy(out, a, 8);
+        return 8;
+    }
+    return 0;
+}
+
+/* Closes a listed connection from outside its thread: shutdown() makes its
+ * next read see EOF, and MHD closes it. Called with the lock held. */
+static void slot_shut(struct http_server *h, struct slot *sl)
+{
+    sl->shut = true;
+    h->n_shut++;
+    shutdown(sl->fd, SHUT_RDWR);
+}
+
+/* MHD's accept policy: refuse an address at its limit; when the server is
+ * full, close the connection that has waited longest without delivering a
+ * request (as sshd's MaxStartups drops unauthenticated ones), so that idle
+ * sockets cannot lock out a client that sends its request. */
+static MHD_RESULT on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+    struct http_server *h = cls;
+    unsigned char key[16];
+    unsigned klen = addrlen > 0 ? addr_key(addr, key) : 0;
+    MHD_RESULT ok = MHD_YES;
+    pthread_mutex_lock(&h->lock);
+    if (h->max_per_ip > 0 && klen > 0) {
+        int same = 0;
+        for (struct slot *sl = h->head; sl; sl = sl->next)
+            same += !sl->shut && sl->addr_len == klen && memcmp(sl->addr, key, klen) == 0;
+        if (same >= h->max_per_ip) {
+            h->refused_per_ip++;
+            ok = MHD_NO;
+        }
+    }
+    if (ok == MHD_YES && h->n_open - h->n_shut >= h->max_conn) {
+        struct slot *oldest = NULL;
+        for (struct slot *sl = h->head; sl; sl = sl->next)
+            if (sl->reading && !sl->shut && (!oldest || sl->read_since < oldest->read_since))
+                oldest = sl;
+        if (oldest) {
+            slot_shut(h, oldest);
+            h->evicted++;
+        } else {
+            h->refused_full++;
+            ok = MHD_NO;
+        }
+    }
+    pthread_mutex_unlock(&h->lock);
+    return ok;
+}
+
+/* Bytes discarded before closing a connection answered early (see
+ * HTTP_LINGER_BYTES): its thread is the connection's own, so waiting here
+ * holds up no one else. */
+static void linger_drain(int fd)
+{
+    shutdown(fd, SHUT_WR);
+    double deadline = now_mono() + HTTP_LINGER_SECONDS;
+    size_t total = 0;
+    char buf[16384];
+    while (total < HTTP_LINGER_BYTES) {
+        int ms = (int)((deadline - now_mono()) * 1000.0);
+        if (ms <= 0)
+            break;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int r = poll(&p, 1, ms);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        if (n <= 0)
+            break;
+        total += (size_t)n;
+    }
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    struct http_server *h = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        struct slot *sl = calloc(1, sizeof(*sl));
+        if (!sl)
+            return;  /* unlisted: not counted, which only loosens the limits */
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        sl->fd = ci ? ci->connect_fd : -1;
+        ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        sl->addr_len = ci ? addr_key(ci->client_addr, sl->addr) : 0;
+        sl->read_since = now_mono();
+        sl->reading = true;
+        if (sl->fd < 0) {
+            free(sl);
+            return;
+        }
+        pthread_mutex_lock(&h->lock);
+        sl->prev = h->tail;
+        if (h->tail)
+            h->tail->next = sl;
+        else
+            h->head = sl;
+        h->tail = sl;
+        h->n_open++;
+        pthread_mutex_unlock(&h->lock);
+        *socket_context = sl;
+        return;
+    }
+    struct slot *sl = *socket_context;
+    if (!sl)
+        return;
+    *socket_context = NULL;
+    pthread_mutex_lock(&h->lock);
+    bool linger = sl->linger && !sl->shut;
+    sl->reading = false;  /* the deadline no longer applies */
+    pthread_mutex_unlock(&h->lock);
+    if (linger)
+        linger_drain(sl->fd);
+    pthread_mutex_lock(&h->lock);
+    if (sl->prev)
+        sl->prev->next = sl->next;
+    else
+        h->head = sl->next;
+    if (sl->next)
+        sl->next->prev = sl->prev;
+    else
+        h->tail = sl->prev;
+    h->n_open--;
+    if (sl->shut)
+        h->n_shut--;
+    pthread_mutex_unlock(&h->lock);
+    free(sl);
+}
+
+static void slot_set_reading(struct http_server *h, struct slot *sl, bool reading)
+{
+    if (!sl)
+        return;
+    pthread_mutex_lock(&h->lock);
+    sl->reading = reading;
+    if (reading)
+        sl->read_since = now_mono();
+    pthread_mutex_unlock(&h->lock);
+}
+
+/* Closes connections past the request deadline, and says in the log what
+ * the limits turned away (one line per interval, not one per connection: a
+ * flood must not become a flood of log lines). */
+static void *reaper_main(void *arg)
+{
+    struct http_server *h = arg;
+    double next_log = now_mono() + 10;
+    pthread_mutex_lock(&h->lock);
+    while (!h->stopping) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 200 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&h->wake, &h->lock, &ts);
+        if (h->stopping)
+            break;
+        double now = now_mono();
+        /* The timeout may change on reload. */
+        pthread_mutex_unlock(&h->lock);
+        double timeout = app_limits(h->app).request_timeout_s;
+        pthread_mutex_lock(&h->lock);
+        for (struct slot *sl = h->head; sl; sl = sl->next)
+            if (sl->reading && !sl->shut && now - sl->read_since > timeout) {
+                slot_shut(h, sl);
+                h->timed_out++;
+            }
+        if (now >= next_log) {
+            uint64_t refused = h->refused_per_ip + h->refused_full;
+            if (refused != h->logged_refused || h->evicted != h->logged_evicted ||
+                h->timed_out != h->logged_timed_out)
+                log_warn("HTTP: %llu connections refused over the limits (max_connections %d, per address %d), "
+                         "%llu closed to make room, %llu closed at the request deadline (%.0fs), since the last "
+                         "report; %d open",
+                         (unsigned long long)(refused - h->logged_refused),
+                         h->max_conn, h->max_per_ip, (unsigned long long)(h->evicted - h->logged_evicted),
+                         (unsigned long long)(h->timed_out - h->logged_timed_out), timeout, h->n_open);
+            h->logged_refused = refused;
+            h->logged_evicted = h->evicted;
+            h->logged_timed_out = h->timed_out;
+            next_log = now + 60;
+        }
+    }
+    pthread_mutex_unlock(&h->lock);
+    return NULL;
+}
+
+/* ---- parse budget ---- */
+
+/* Waits until the body's parse cost fits the budget (a body too large for
+ * the whole budget waits for all of it), at most until `deadline`. */
+static int parse_acquire(struct http_server *h, struct conn *k, double deadline)
+{
+    size_t cost = k->len > h->parse_budget / HTTP_PARSE_COST_PER_BYTE ? h->parse_budget
+                                                                       : k->len * HTTP_PARSE_COST_PER_BYTE;
+    if (cost == 0)
+        cost = 1;
+    int r = 0;
+    pthread_mutex_lock(&h->parse_lock);
+    while (h->parse_used + cost > h->parse_budget) {
+        double left = deadline - now_mono();
+        if (left <= 0) {
+            h->parse_refused++;
+            r = -ETIMEDOUT;
+            break;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        double wait = left < 0.5 ? left : 0.5;
+        ts.tv_sec += (time_t)wait;
+        ts.tv_nsec += (long)((wait - (double)(time_t)wait) * 1e9);
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&h->parse_cond, &h->parse_lock, &ts);
+    }
+    if (r == 0) {
+        h->parse_used += cost;
+        k->parse_cost = cost;
+    }
+    pthread_mutex_unlock(&h->parse_lock);
+    return r;
+}
+
+/* Gives the budget back; safe to call twice. */
+static void parse_release(struct conn *k)
+{
+    struct http_server *h = k->srv;
+    if (!k->parse_cost)
+        return;
+#ifdef __GLIBC__
+    /* glibc keeps freed memory in the arena of the thread that freed it,
+     * and every connection has its own thread: without a trim each of them
+     * would keep the ~40x its largest body cost, and the budget would bound
+     * nothing (measured: 8 bodies of 4 MiB, one at a time, 1.3 GB RSS). */
+    if (k->parse_cost >= HTTP_PARSE_TRIM_COST)
+        malloc_trim(0);
+#endif
+    pthread_mutex_lock(&h->parse_lock);
+    h->parse_used -= k->parse_cost;
+    pthread_cond_broadcast(&h->parse_cond);
+    pthread_mutex_unlock(&h->parse_lock);
+    k->parse_cost = 0;
 }
 
 /* ---- responses ---- */
@@ -204,9 +540,33 @@ static MHD_RESULT handle_metrics(struct MHD_Connection *c, struct conn *k)
     size_t len;
     if (metrics_render(k->app->metrics, &text, &len) < 0)
         return respond_errorf(c, k, 500, "server_error", NULL, NULL, "out of memory");
+    struct http_server *h = k->srv;
+    pthread_mutex_lock(&h->lock);
+    int open_now = h->n_open;
+    unsigned long long per_ip = h->refused_per_ip, full_ = h->refused_full, evicted = h->evicted,
+                       timed_out = h->timed_out;
+    pthread_mutex_unlock(&h->lock);
+    pthread_mutex_lock(&h->parse_lock);
+    unsigned long long parse_refused = h->parse_refused;
+    pthread_mutex_unlock(&h->parse_lock);
     char *full = NULL;
     int n = asprintf(&full, "# HELP inferd_ready 1 when the model is loaded.\n# TYPE inferd_ready gauge\n"
-                            "inferd_ready 1\n%s", text);
+                            "inferd_ready 1\n%s"
+                            "# HELP inferd_http_connections Open HTTP connections.\n"
+                            "# TYPE inferd_http_connections gauge\n"
+                            "inferd_http_connections %d\n"
+                            "# HELP inferd_http_connections_refused_total Connections refused at accept by the limits.\n"
+                            "# TYPE inferd_http_connections_refused_total counter\n"
+                            "inferd_http_connections_refused_total{reason=\"per_ip\"} %llu\n"
+                            "inferd_http_connections_refused_total{reason=\"full\"} %llu\n"
+                            "# HELP inferd_http_connections_closed_total Connections closed by the server before their request was in.\n"
+                            "# TYPE inferd_http_connections_closed_total counter\n"
+                            "inferd_http_connections_closed_total{reason=\"request_timeout\"} %llu\n"
+                            "inferd_http_connections_closed_total{reason=\"evicted\"} %llu\n"
+                            "# HELP inferd_http_parse_refused_total Requests answered 503 for want of parse memory.\n"
+                            "# TYPE inferd_http_parse_refused_total counter\n"
+                            "inferd_http_parse_refused_total %llu\n",
+                     text, open_now, per_ip, full_, timed_out, evicted, parse_refused);
     free(text);
     if (n < 0)
         return MHD_NO;
@@ -325,6 +685,15 @@ static MHD_RESULT handle_tokenize(struct MHD_Connection *c, struct conn *k)
     bool add_special = true;
     if (api_tokenize_parse(k->body, k->len, &text, &add_special, &e) < 0)
         return respond_error(c, k, &e);
+    /* Tokenizing costs about 0.6 s of CPU per MiB: capped, unlike prompts,
+     * which the context length bounds after the fact. */
+    size_t cap = app_limits(k->app).max_tokenize_bytes, tlen = strlen(text);
+    if (tlen > cap) {
+        free(text);
+        api_error_set(&e, 413, "invalid_request_error", "content", "request_too_large",
+                      "text of %zu bytes is over the /tokenize limit of %zu bytes (max_tokenize_bytes)", tlen, cap);
+        return respond_error(c, k, &e);
+    }
     struct tok_ids ids = {0};
     ifd_error err = {{0}};
     int r = tok_encode(k->app->tok, text, strlen(text), add_special, &ids, &err);
@@ -541,7 +910,11 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
         return ret;
     }
     struct tok_ids ids = {0};
-    if (build_prompt(app, &rq, &ids, &e) < 0) {
+    int built = build_prompt(app, &rq, &ids, &e);
+    /* Parsed and tokenized: what remains is small; the wait for tokens
+     * must not hold the parse budget. */
+    parse_release(k);
+    if (built < 0) {
         tok_ids_finish(&ids);
         api_request_finish(&rq);
         return respond_error(c, k, &e);
@@ -639,10 +1012,7 @@ static bool authorized(struct http_app *app, struct MHD_Connection *c)
 
 static size_t body_limit(struct http_app *app)
 {
-    pthread_rwlock_rdlock(&app->lock);
-    size_t n = app->max_body_bytes;
-    pthread_rwlock_unlock(&app->lock);
-    return n;
+    return app_limits(app).max_body_bytes;
 }
 
 static MHD_RESULT dispatch(struct MHD_Connection *c, struct conn *k)
@@ -658,25 +1028,56 @@ static MHD_RESULT dispatch(struct MHD_Connection *c, struct conn *k)
     }
     if (!app_ready(app) || atomic_load(&app->draining))
         return not_ready(c, k);
+    /* Parsing and tokenizing cost memory and CPU in proportion to the body,
+     * and before the scheduler's queue can say no: a budget bounds how much
+     * of that runs at once. A request that cannot get its share within the
+     * request deadline gets 503 rather than waiting without end. */
+    if (parse_acquire(k->srv, k, now_mono() + app_limits(app).request_timeout_s) < 0)
+        return respond_errorf(c, k, 503, "service_unavailable", NULL, "server_busy",
+                              "too many large request bodies are being parsed; try again (parse_memory)");
+    MHD_RESULT r;
     switch (k->route) {
-    case ROUTE_CHAT: return handle_generate(c, k, API_KIND_CHAT);
-    case ROUTE_COMPLETIONS: return handle_generate(c, k, API_KIND_COMPLETION);
-    case ROUTE_TOKENIZE: return handle_tokenize(c, k);
-    case ROUTE_DETOKENIZE: return handle_detokenize(c, k);
-    default: return respond_errorf(c, k, 404, "invalid_request_error", NULL, "not_found", "no such endpoint");
+    case ROUTE_CHAT: r = handle_generate(c, k, API_KIND_CHAT); break;
+    case ROUTE_COMPLETIONS: r = handle_generate(c, k, API_KIND_COMPLETION); break;
+    case ROUTE_TOKENIZE: r = handle_tokenize(c, k); break;
+    case ROUTE_DETOKENIZE: r = handle_detokenize(c, k); break;
+    default: r = respond_errorf(c, k, 404, "invalid_request_error", NULL, "not_found", "no such endpoint"); break;
     }
+    parse_release(k);
+    return r;
+}
+
+/* Answers before the body has been read. With a body on its way MHD closes
+ * the connection after the answer: it lingers first so the client can read
+ * the answer (see HTTP_LINGER_BYTES). */
+static MHD_RESULT respond_early(struct MHD_Connection *c, struct conn *k, int status, const char *type,
+                                const char *code, const char *msg)
+{
+    struct http_server *h = k->srv;
+    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+    bool body_due = (cl && strspn(cl, "0") != strlen(cl)) ||
+                    MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Transfer-Encoding");
+    if (k->slot) {
+        pthread_mutex_lock(&h->lock);
+        k->slot->linger = body_due;
+        k->slot->reading = false;
+        pthread_mutex_unlock(&h->lock);
+    }
+    return respond_errorf(c, k, status, type, NULL, code, msg);
 }
 
 static MHD_RESULT on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                              const char *version, const char *upload_data, size_t *upload_data_size, void **con_cls)
 {
-    struct http_app *app = cls;
+    struct http_server *h = cls;
+    struct http_app *app = h->app;
     struct conn *k = *con_cls;
     if (!k) {
         k = calloc(1, sizeof(*k));
         if (!k)
             return MHD_NO;
         *con_cls = k;
+        k->srv = h;
         k->app = app;
         k->t0 = now_mono();
         k->fd = -1;
@@ -685,6 +1086,9 @@ static MHD_RESULT on_request(void *cls, struct MHD_Connection *c, const char *ur
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
         if (ci)
             k->fd = ci->connect_fd;
+        ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        if (ci)
+            k->slot = ci->socket_context;
         if (!k->path)
             return MHD_NO;
 
@@ -701,24 +1105,28 @@ static MHD_RESULT on_request(void *cls, struct MHD_Connection *c, const char *ur
             allowed = "GET";
         }
         if (!k->route)
-            return respond_errorf(c, k, 404, "invalid_request_error", NULL, "not_found", "no such endpoint");
+            return respond_early(c, k, 404, "invalid_request_error", "not_found", "no such endpoint");
         if (strcmp(method, allowed) != 0 && !(strcmp(method, "HEAD") == 0 && strcmp(allowed, "GET") == 0)) {
             char msg[128];
             snprintf(msg, sizeof(msg), "method %.16s is not allowed here (use %s)", method, allowed);
-            return respond_errorf(c, k, 405, "invalid_request_error", NULL, "method_not_allowed", msg);
+            return respond_early(c, k, 405, "invalid_request_error", "method_not_allowed", msg);
         }
         if (auth && !authorized(app, c))
-            return respond_errorf(c, k, 401, "authentication_error", NULL, "invalid_api_key",
-                                  "missing or invalid API key (send Authorization: Bearer KEY)");
+            return respond_early(c, k, 401, "authentication_error", "invalid_api_key",
+                                 "missing or invalid API key (send Authorization: Bearer KEY)");
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
         if (cl) {
+            size_t limit = body_limit(app);
             char *end;
+            errno = 0;
             unsigned long long n = strtoull(cl, &end, 10);
-            if (n > body_limit(app)) {
-                char msg[128];
-                snprintf(msg, sizeof(msg), "request body of %llu bytes is over the limit of %zu", n, body_limit(app));
-                return respond_errorf(c, k, 413, "invalid_request_error", NULL, "request_too_large", msg);
+            if (n > limit || errno == ERANGE) {
+                char msg[160];
+                snprintf(msg, sizeof(msg), "request body of %s bytes is over the limit of %zu (max_body_bytes)",
+                         errno == ERANGE ? "too many" : cl, limit);
+                return respond_early(c, k, 413, "invalid_request_error", "request_too_large", msg);
             }
+            k->expect = (size_t)n;
         }
         return MHD_YES;
     }
@@ -730,7 +1138,8 @@ static MHD_RESULT on_request(void *cls, struct MHD_Connection *c, const char *ur
         size_t limit = body_limit(app);
         if (k->len + n > limit) {
             /* Chunked upload over the limit: keep reading (and dropping) it,
-             * answer 413 once it is in. */
+             * answer 413 once it is in; the request deadline bounds how
+             * long that may take. */
             k->too_big = true;
             free(k->body);
             k->body = NULL;
@@ -738,7 +1147,10 @@ static MHD_RESULT on_request(void *cls, struct MHD_Connection *c, const char *ur
             return MHD_YES;
         }
         if (k->len + n + 1 > k->cap) {
-            size_t ncap = k->cap ? k->cap : 4096;
+            /* A declared length is allocated once, when its first bytes
+             * come (not at the headers, which cost the client nothing):
+             * no doubling to twice the body. */
+            size_t ncap = k->cap ? k->cap : k->expect ? k->expect + 1 : 4096;
             while (ncap < k->len + n + 1)
                 ncap *= 2;
             char *nb = realloc(k->body, ncap);
@@ -754,9 +1166,11 @@ static MHD_RESULT on_request(void *cls, struct MHD_Connection *c, const char *ur
     }
     if (k->status)  /* already answered (e.g. an early 413) */
         return MHD_YES;
+    /* The request is in: from here the deadline no longer runs. */
+    slot_set_reading(h, k->slot, false);
     if (k->too_big) {
         char msg[128];
-        snprintf(msg, sizeof(msg), "request body is over the limit of %zu bytes", body_limit(app));
+        snprintf(msg, sizeof(msg), "request body is over the limit of %zu bytes (max_body_bytes)", body_limit(app));
         return respond_errorf(c, k, 413, "invalid_request_error", NULL, "request_too_large", msg);
     }
     if (!k->body) {
@@ -764,16 +1178,21 @@ static MHD_RESULT on_request(void *cls, struct MHD_Connection *c, const char *ur
         if (!k->body)
             return MHD_NO;
     }
+    k->body[k->len] = '\0';
     return dispatch(c, k);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
 {
-    struct http_app *app = cls;
+    struct http_server *h = cls;
+    struct http_app *app = h->app;
     struct conn *k = *con_cls;
     if (!k)
         return;
     *con_cls = NULL;
+    parse_release(k);
+    /* A kept-alive connection owes its next request from now on. */
+    slot_set_reading(h, k->slot, true);
     if (k->req) {
         /* Whatever happened, the sequence is not needed any more: a client
          * that went away mid-stream frees its slot now. */
@@ -835,7 +1254,9 @@ int http_listen(const char *hostport, int *ret_fd, ifd_error *err)
         }
         int one = 1;
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 128) == 0)
+        /* The kernel's cap: a burst past the backlog has its SYNs retried
+         * after 1 s, 3 s ..., which looks like an outage to the client. */
+        if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, SOMAXCONN) == 0)
             break;
         last = errno;
         close(fd);
@@ -854,16 +1275,33 @@ int http_server_start(struct http_app *app, int listen_fd, struct http_server **
     if (!h)
         return ifd_error_set(err, -ENOMEM, "out of memory");
     h->app = app;
-    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
-    h->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, app,
+    struct http_limits lim = app_limits(app);
+    h->max_conn = lim.max_connections > 0 ? lim.max_connections : 1;
+    h->max_per_ip = lim.max_connections_per_ip;
+    h->parse_budget = lim.parse_memory > 0 ? lim.parse_memory : 1;
+    pthread_mutex_init(&h->lock, NULL);
+    pthread_cond_init(&h->wake, NULL);
+    pthread_mutex_init(&h->parse_lock, NULL);
+    pthread_cond_init(&h->parse_cond, NULL);
+    if (pthread_create(&h->reaper, NULL, reaper_main, h) != 0) {
+        http_server_stop(h);
+        return ifd_error_set(err, -EAGAIN, "Failed to start the HTTP reaper thread");
+    }
+    h->reaper_started = true;
+    /* MHD's own limit is a backstop above ours: connections we shut down
+     * still count for it until their threads end. */
+    unsigned backstop = (unsigned)h->max_conn * 2 + 16;
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
+    h->d = MHD_start_daemon(flags, 0, on_accept, h, on_request, h,
                             MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
                             MHD_OPTION_LISTEN_SOCKET, listen_fd,
-                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, app,
-                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)1024,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+                            MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
+                            MHD_OPTION_CONNECTION_LIMIT, backstop,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600,
                             MHD_OPTION_END);
     if (!h->d) {
-        free(h);
+        http_server_stop(h);
         return ifd_error_set(err, -EIO, "Failed to start the HTTP server");
     }
     *ret = h;
@@ -889,18 +1327,31 @@ void http_server_stop(struct http_server *h)
 {
     if (!h)
         return;
-    MHD_stop_daemon(h->d);
+    if (h->d)
+        MHD_stop_daemon(h->d);
+    if (h->reaper_started) {
+        pthread_mutex_lock(&h->lock);
+        h->stopping = true;
+        pthread_cond_signal(&h->wake);
+        pthread_mutex_unlock(&h->lock);
+        pthread_join(h->reaper, NULL);
+    }
+    pthread_mutex_destroy(&h->lock);
+    pthread_cond_destroy(&h->wake);
+    pthread_mutex_destroy(&h->parse_lock);
+    pthread_cond_destroy(&h->parse_cond);
     free(h);
 }
 
-void http_app_set_limits(struct http_app *app, char **keys, int n_keys, size_t max_body_bytes)
+void http_app_set_limits(struct http_app *app, char **keys, int n_keys, const struct http_limits *lim)
 {
     pthread_rwlock_wrlock(&app->lock);
     char **old = app->api_keys;
     int n_old = app->n_api_keys;
     app->api_keys = keys;
     app->n_api_keys = n_keys;
-    app->max_body_bytes = max_body_bytes;
+    if (lim)
+        app->limits = *lim;
     pthread_rwlock_unlock(&app->lock);
     for (int i = 0; i < n_old; i++) {
         explicit_bzero(old[i], strlen(old[i]));

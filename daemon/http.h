@@ -1,9 +1,16 @@
-/* http.h - the HTTP front end (libmicrohttpd, one thread per connection).
+/* http.h - the HTTP front end (libmicrohttpd, one thread per connection,
+ * poll() so descriptors above FD_SETSIZE work).
  *
  * Routes the OpenAI-compatible API, /health, /metrics, /v1/status,
  * /tokenize and /detokenize. The server starts serving before the model has
  * loaded (so /health answers 503 "loading"); main.c fills the model fields of
- * http_app and then sets `ready`. */
+ * http_app and then sets `ready`.
+ *
+ * What a client can hold is bounded (docs/security.md): open connections
+ * (global and per address; when full, the connection that has waited longest
+ * without completing its request is closed to make room), the time to send
+ * one request (a deadline that trickled bytes do not extend), the memory of
+ * the bodies parsed and tokenized at once, and the /tokenize text. */
 #pragma once
 
 #include <pthread.h>
@@ -14,6 +21,27 @@
 #include "text/template/chat_template.h"
 #include "base/error.h"
 #include "text/tokenizer/tokenizer.h"
+
+/* Bodies cost about this many bytes of cJSON and tokenizer memory per body
+ * byte while they are parsed (measured: 4 MiB of token ids, 155 MB). */
+#define HTTP_PARSE_COST_PER_BYTE 40
+/* A request answered before its body arrived (413, 401 ...) is drained
+ * before the close, as nginx's lingering close does, so a client that writes
+ * its whole body first reads the answer instead of a reset: at most this many
+ * bytes, for at most this long. */
+#define HTTP_LINGER_BYTES ((size_t)64 << 20)
+#define HTTP_LINGER_SECONDS 5
+
+/* Limits from [server]. The first three apply again on SIGHUP; the rest are
+ * read when the server starts. */
+struct http_limits {
+    size_t max_body_bytes;       /* larger bodies: 413 */
+    size_t max_tokenize_bytes;   /* longer /tokenize text: 413 */
+    int request_timeout_s;       /* to send headers and body, from connect or the previous response */
+    int max_connections;         /* open at once */
+    int max_connections_per_ip;  /* per address (IPv6: per /64); 0 = unlimited */
+    size_t parse_memory;         /* HTTP_PARSE_COST_PER_BYTE x body bytes being parsed, at most */
+};
 
 struct sched;
 struct metrics;
@@ -46,7 +74,7 @@ struct http_app {
     pthread_rwlock_t lock;
     char **api_keys;             /* [n_api_keys], owned */
     int n_api_keys;
-    size_t max_body_bytes;
+    struct http_limits limits;
 };
 
 struct http_server;
@@ -62,5 +90,6 @@ void http_server_quiesce(struct http_server *h);
 unsigned http_server_connections(struct http_server *h);
 void http_server_stop(struct http_server *h); /* accepts NULL */
 
-/* Replaces the API keys and body limit (takes ownership of keys). */
-void http_app_set_limits(struct http_app *app, char **keys, int n_keys, size_t max_body_bytes);
+/* Replaces the API keys and limits (takes ownership of keys); call before
+ * http_server_start, and again on reload. lim NULL: keys only. */
+void http_app_set_limits(struct http_app *app, char **keys, int n_keys, const struct http_limits *lim);

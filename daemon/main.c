@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -244,6 +245,33 @@ static char *served_name(const struct inferd_config *cfg)
     return name;
 }
 
+static struct http_limits http_limits_of(const struct inferd_config *cfg)
+{
+    return (struct http_limits){
+        .max_body_bytes = cfg->max_body_bytes,
+        .max_tokenize_bytes = cfg->max_tokenize_bytes,
+        .request_timeout_s = cfg->request_timeout_s,
+        .max_connections = cfg->max_connections,
+        .max_connections_per_ip = cfg->max_connections_per_ip,
+        .parse_memory = cfg->parse_memory,
+    };
+}
+
+/* Every connection is a descriptor: raise the soft limit to the hard one,
+ * as systemd advises for programs that do not use select() (the HTTP server
+ * polls with poll()). Under the unit's LimitNOFILE both are already equal,
+ * and its seccomp filter refuses setrlimit: then there is nothing to do. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= rl.rlim_max)
+        return;
+    rlim_t want = rl.rlim_max;
+    rl.rlim_cur = want;
+    if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+        log_debug("Cannot raise the open file limit to %llu: %s", (unsigned long long)want, strerror(errno));
+}
+
 /* Copies the keys of cfg for the HTTP layer. */
 static char **keys_dup(const struct inferd_config *cfg)
 {
@@ -318,7 +346,19 @@ static void reload(int argc, char **argv, struct http_app *app, struct sched *sc
     }
     char **keys = keys_dup(&nc);
     if (keys) {
-        http_app_set_limits(app, keys, nc.n_api_keys, nc.max_body_bytes);
+        /* Connection limits and parse_memory size structures made at start:
+         * they keep their values until a restart. */
+        struct http_limits lim = http_limits_of(&nc), cur;
+        pthread_rwlock_rdlock(&app->lock);
+        cur = app->limits;
+        pthread_rwlock_unlock(&app->lock);
+        if (lim.max_connections != cur.max_connections || lim.max_connections_per_ip != cur.max_connections_per_ip ||
+            lim.parse_memory != cur.parse_memory)
+            log_notice("Reload: max_connections, max_connections_per_ip and parse_memory apply after a restart");
+        lim.max_connections = cur.max_connections;
+        lim.max_connections_per_ip = cur.max_connections_per_ip;
+        lim.parse_memory = cur.parse_memory;
+        http_app_set_limits(app, keys, nc.n_api_keys, &lim);
     }
     if (sched)
         sched_set_queue_depth(sched, nc.queue_depth);
@@ -376,6 +416,7 @@ int main(int argc, char **argv)
         return 0;
     }
     log_level_set(cfg.log_level);
+    raise_fd_limit();
     if (cli.check_config) {
         int rc = check_config(&cfg);
         inferd_config_finish(&cfg);
@@ -414,7 +455,8 @@ int main(int argc, char **argv)
         log_err("out of memory");
         goto out;
     }
-    http_app_set_limits(&app, keys, cfg.n_api_keys, cfg.max_body_bytes);
+    struct http_limits lim = http_limits_of(&cfg);
+    http_app_set_limits(&app, keys, cfg.n_api_keys, &lim);
 
     int fd = sdn_listen_fd();
     if (fd == -EINVAL)
@@ -491,7 +533,7 @@ int main(int argc, char **argv)
 out:
     http_server_stop(http);
     loaded_free(&L);
-    http_app_set_limits(&app, NULL, 0, 0);
+    http_app_set_limits(&app, NULL, 0, NULL);
     pthread_rwlock_destroy(&app.lock);
     free(name);
     inferd_config_finish(&cfg);

@@ -191,6 +191,57 @@ Test(api, deep_nesting_does_not_crash)
     free(body);
 }
 
+/* {"x": [[...[1]...]]} with `levels` levels in all, the object included. */
+static char *nested_body(int levels)
+{
+    char *body = malloc((size_t)levels * 2 + 64);
+    strcpy(body, "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"x\":");
+    size_t off = strlen(body);
+    int arrays = levels - 1;
+    memset(body + off, '[', (size_t)arrays);
+    off += (size_t)arrays;
+    body[off++] = '1';
+    memset(body + off, ']', (size_t)arrays);
+    off += (size_t)arrays;
+    strcpy(body + off, "}");
+    return body;
+}
+
+Test(api, json_depth_limit_is_enforced_and_named)
+{
+    struct api_request r;
+    struct api_error e = {0};
+    /* At the limit: parsed (the unknown field is ignored). */
+    char *ok = nested_body(API_MAX_JSON_DEPTH);
+    cr_assert_eq(parse_chat(ok, &r, &e), 0, "%s", e.message);
+    api_request_finish(&r);
+    free(ok);
+    /* One deeper: 400 naming the limit, far below cJSON's own 1000. */
+    char *deep = nested_body(API_MAX_JSON_DEPTH + 1);
+    cr_assert_lt(parse_chat(deep, &r, &e), 0);
+    cr_assert_eq(e.status, 400);
+    char want[32];
+    snprintf(want, sizeof(want), "deeper than %d", API_MAX_JSON_DEPTH);
+    cr_assert(strstr(e.message, want), "%s", e.message);
+    /* The same for /tokenize and /detokenize bodies. */
+    char *text = NULL;
+    bool add = true;
+    cr_assert_lt(api_tokenize_parse(deep, strlen(deep), &text, &add, &e), 0);
+    cr_assert(strstr(e.message, want), "%s", e.message);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    cr_assert_lt(api_detokenize_parse(deep, strlen(deep), 100, &ids, &n, &e), 0);
+    cr_assert(strstr(e.message, want), "%s", e.message);
+    free(deep);
+    /* Brackets inside strings, and escaped quotes, are not nesting. */
+    char *in_str = malloc(1000);
+    snprintf(in_str, 1000, "{\"messages\":[{\"role\":\"user\",\"content\":\"\\\"%s\"}]}",
+             "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[");
+    cr_assert_eq(parse_chat(in_str, &r, &e), 0, "%s", e.message);
+    api_request_finish(&r);
+    free(in_str);
+}
+
 Test(api, error_envelope)
 {
     struct api_error e;

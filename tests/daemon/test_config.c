@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -327,4 +328,109 @@ Test(config, layer_split_refusals)
     cr_expect_eq(layer_split(6, 2, (const double[]){1, 1}, (const int[]){0, 9}, got), -ENOSPC, "no room for one layer");
     cr_expect_eq(layer_split(1, 2, (const double[]){1, 1}, (const int[]){9, 9}, got), -EINVAL, "fewer layers than workers");
     cr_expect_eq(layer_split(3, 0, NULL, NULL, got), -EINVAL);
+}
+
+Test(config, api_key_on_command_line_is_refused)
+{
+    struct inferd_config c;
+    struct inferd_cli cli;
+    ifd_error err = {{0}};
+    const char *args[] = {"--model", "/m", "--api-key", "sk-secret", NULL};
+    cr_assert_lt(load(&c, &cli, &err, args), 0);
+    cr_assert(strstr(err.msg, "--api-key-file"), "points to the file: %s", err.msg);
+    cr_assert(strstr(err.msg, "/proc"), "says why: %s", err.msg);
+    cr_assert_null(strstr(err.msg, "sk-secret"), "does not echo the key: %s", err.msg);
+}
+
+static int load_key_file(const char *keys, mode_t mode, struct inferd_config *c, ifd_error *err)
+{
+    char *path = write_tmp(keys);
+    cr_assert_eq(chmod(path, mode), 0);
+    struct inferd_cli cli;
+    const char *args[] = {"--model", "/m", "--api-key-file", path, NULL};
+    int r = load(c, &cli, err, args);
+    unlink(path);
+    free(path);
+    return r;
+}
+
+Test(config, api_key_file_must_be_private)
+{
+    struct inferd_config c;
+    ifd_error err = {{0}};
+    cr_assert_eq(load_key_file("k1\n", 0600, &c, &err), 0, "%s", err.msg);
+    cr_assert_eq(c.n_api_keys, 1);
+    inferd_config_finish(&c);
+    cr_assert_eq(load_key_file("k1\n", 0400, &c, &err), 0, "%s", err.msg);
+    inferd_config_finish(&c);
+    /* Our own file, readable by the group: refused, as sshd refuses keys. */
+    cr_assert_eq(load_key_file("k1\n", 0640, &c, &err), -EPERM);
+    cr_assert(strstr(err.msg, "group") && strstr(err.msg, "0640") && strstr(err.msg, "chmod 600"), "%s", err.msg);
+    /* Readable or writable by others: always refused. */
+    cr_assert_eq(load_key_file("k1\n", 0604, &c, &err), -EPERM);
+    cr_assert(strstr(err.msg, "others"), "%s", err.msg);
+    cr_assert_eq(load_key_file("k1\n", 0602, &c, &err), -EPERM);
+    /* Not a regular file. */
+    struct inferd_cli cli;
+    const char *args[] = {"--model", "/m", "--api-key-file", "/tmp", NULL};
+    cr_assert_lt(load(&c, &cli, &err, args), 0);
+    cr_assert(strstr(err.msg, "regular file"), "%s", err.msg);
+}
+
+Test(config, config_file_with_keys_must_be_private)
+{
+    char *path = write_tmp("[server]\napi_keys = sk-inline\n[model]\npath = /m\n");
+    struct inferd_config c;
+    struct inferd_cli cli;
+    ifd_error err = {{0}};
+    const char *args[] = {"-c", path, NULL};
+    cr_assert_eq(load(&c, &cli, &err, args), 0, "%s", err.msg);
+    inferd_config_finish(&c);
+    cr_assert_eq(chmod(path, 0644), 0);
+    cr_assert_eq(load(&c, &cli, &err, args), -EPERM);
+    cr_assert(strstr(err.msg, "api_keys") && strstr(err.msg, "0644") && strstr(err.msg, "api_key_file"), "%s",
+              err.msg);
+    /* Without keys the file may be world-readable, as packaged. */
+    char *plain = write_tmp("[server]\nqueue_depth = 3\n[model]\npath = /m\n");
+    cr_assert_eq(chmod(plain, 0644), 0);
+    const char *args2[] = {"-c", plain, NULL};
+    cr_assert_eq(load(&c, &cli, &err, args2), 0, "%s", err.msg);
+    inferd_config_finish(&c);
+    unlink(path);
+    unlink(plain);
+    free(path);
+    free(plain);
+}
+
+Test(config, connection_and_parse_limits)
+{
+    struct inferd_config c;
+    ifd_error err = {{0}};
+    inferd_config_init(&c);
+    cr_assert_eq(c.max_connections, 512);
+    cr_assert_eq(c.max_connections_per_ip, 32);
+    cr_assert_eq(c.request_timeout_s, 60);
+    cr_assert_eq(c.parse_memory, (size_t)512 << 20);
+    cr_assert_eq(c.max_tokenize_bytes, (size_t)256 << 10);
+    inferd_config_finish(&c);
+    int r = parse(&c, "[server]\nmax_connections = 2000\nmax_connections_per_ip = 0\nrequest_timeout = 5\n"
+                      "parse_memory = 1G\nmax_tokenize_bytes = 64K\n", &err);
+    cr_assert_eq(r, 0, "%s", err.msg);
+    cr_assert_eq(c.max_connections, 2000);
+    cr_assert_eq(c.max_connections_per_ip, 0);
+    cr_assert_eq(c.request_timeout_s, 5);
+    cr_assert_eq(c.parse_memory, (size_t)1 << 30);
+    cr_assert_eq(c.max_tokenize_bytes, (size_t)64 << 10);
+    inferd_config_finish(&c);
+    const char *bad[] = {"[server]\nmax_connections = 0\n", "[server]\nrequest_timeout = 0\n",
+                         "[server]\nmax_connections_per_ip = -1\n", "[server]\nparse_memory = 1K\n",
+                         "[server]\nmax_tokenize_bytes = 12\n"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        cr_assert_lt(parse(&c, bad[i], &err), 0, "%s", bad[i]);
+        const char *key = strchr(bad[i], '\n') + 1;
+        char name[32];
+        snprintf(name, sizeof(name), "%.*s", (int)(strchr(key, ' ') - key), key);
+        cr_assert(strstr(err.msg, name), "error names %s: %s", name, err.msg);
+        inferd_config_finish(&c);
+    }
 }

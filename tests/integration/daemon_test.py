@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 
-from harness import FAILURES, MODELS, check, free_port, goldens
+from harness import FAILURES, MODELS, check, free_port, goldens, key_file
 
 TINY = os.path.join(MODELS, "tinystories-656k")
 QWEN3 = os.path.join(MODELS, "qwen3-tiny-random")
@@ -350,7 +350,7 @@ def group_errors(binary):
         still_serving(d, "garbage bytes")
 
     # 401 with keys configured; /health stays open.
-    with Daemon(binary, TINY, "--api-key", "sk-test-1") as d:
+    with Daemon(binary, TINY, "--api-key-file", key_file("sk-test-1")) as d:
         expect_error(d, 401, "POST", "/v1/completions", {"prompt": [1]}, None, None, None, "invalid_api_key", "no key")
         expect_error(d, 401, "POST", "/v1/completions", {"prompt": [1]}, {"Authorization": "Bearer sk-test-2"}, None,
                      None, "invalid_api_key", "wrong key")
@@ -463,6 +463,7 @@ def group_reload(binary):
         conf = os.path.join(tmp, "inferd.conf")
         with open(conf, "w") as f:
             f.write("[server]\napi_keys = key-one\nlog_level = info\n")
+        os.chmod(conf, 0o600)  # keys inside: others must not read it
         with Daemon(binary, TINY, "--config", conf) as d:
             auth1 = {"Authorization": "Bearer key-one"}
             auth2 = {"Authorization": "Bearer key-two"}
@@ -619,7 +620,7 @@ def group_openai_sdk(binary):
         if not check(r.returncode == 0, "npm install openai in tests/node: %s" % (r.stderr[-1000:])):
             return
     key = "sk-sdk-test"
-    with Daemon(binary, QWEN3, "--api-key", key) as d:
+    with Daemon(binary, QWEN3, "--api-key-file", key_file(key)) as d:
         env = dict(os.environ, INFERD_URL="http://127.0.0.1:%d" % d.port, INFERD_API_KEY=key)
         r = subprocess.run(["node", os.path.join(src, "tests", "integration", "openai_sdk.mjs")], env=env,
                            capture_output=True, text=True, timeout=240)
@@ -630,7 +631,7 @@ def group_openai_sdk(binary):
 def group_inferctl(binary):
     ctl = os.path.join(os.path.dirname(binary), "inferctl")
     g = goldens("qwen3-tiny-random")[0]
-    with Daemon(binary, QWEN3, "--api-key", "sk-ctl") as d:
+    with Daemon(binary, QWEN3, "--api-key-file", key_file("sk-ctl")) as d:
         url = "http://127.0.0.1:%d" % d.port
         env = dict(os.environ, INFERD_API_KEY="sk-ctl")
         r = subprocess.run([ctl, "chat", "--url", url, "--temperature", "0", "--max-tokens",

@@ -32,3 +32,13 @@ def goldens(model):
     """The lines of golden/models.jsonl for one model."""
     with open(os.path.join(SHARED, "golden", "models.jsonl")) as f:
         return [d for d in map(json.loads, f) if d["model"] == model]
+
+
+def key_file(*keys):
+    """A private (0600) API key file holding keys, for --api-key-file: keys on
+    the command line are refused (visible in /proc/PID/cmdline)."""
+    import tempfile
+    fd, path = tempfile.mkstemp(prefix="inferd-keys-")
+    os.write(fd, "".join(k + "\n" for k in keys).encode())
+    os.close(fd)
+    return path
