@@ -65,9 +65,24 @@ int wp_push(struct net_conn *c, const struct wp_manifest *mf, const struct wp_pu
 
 struct wp_cache;
 
-/* Opens (creating it, mode 0700) the cache directory. */
-int wp_cache_open(const char *dir, struct wp_cache **ret, ifd_error *err);
+/* Opens (creating it, mode 0700) the cache directory, which must be owned by
+ * this user and not writable by group or others; removes the .part files a
+ * previous run left. max_bytes: quota of the cache's files (0: half of its
+ * file system). Cache files are never opened through symbolic links. */
+int wp_cache_open(const char *dir, uint64_t max_bytes, struct wp_cache **ret, ifd_error *err);
 void wp_cache_close(struct wp_cache *c); /* accepts NULL */
+uint64_t wp_cache_max_bytes(const struct wp_cache *c);
+
+/* Before the transfer of an assignment: refuses one larger than the quota,
+ * then removes cached tensors the assignment does not use, least recently
+ * used first, until what is missing fits the quota and the free space of the
+ * file system (which keeps 1/20, at most 1 GiB, for others). *ret_pruned
+ * (may be NULL): files removed. */
+int wp_cache_reserve(struct wp_cache *c, const struct net_assign *a, size_t *ret_pruned, ifd_error *err);
+
+/* Removes every partial tensor (.part): called when the master that was
+ * sending them is gone. Returns how many. */
+size_t wp_cache_remove_partial(struct wp_cache *c);
 
 /* Fills have[i] for every tensor of the assignment. */
 void wp_cache_have(struct wp_cache *c, const struct net_assign *a, uint64_t *have);
