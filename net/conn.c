@@ -149,7 +149,14 @@ int net_listen(const char *addr, int *ret_fd, int *ret_port, ifd_error *err)
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 16) < 0) {
+    /* Hand over only connections that have sent something (nginx's
+     * "deferred"): a peer that connects and stays silent is held by the
+     * kernel, not by a thread and a pre-auth slot of ours; after this many
+     * seconds it is passed on anyway, and the handshake deadline applies. */
+    int defer_s = 2;
+    setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer_s, sizeof(defer_s));
+    /* Room for a burst of connections while the accept loop drops stallers. */
+    if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 128) < 0) {
         r = -errno;
         freeaddrinfo(res);
         close(fd);

@@ -30,6 +30,7 @@ struct conn_slot {
     bool used;
     bool authed;        /* handshake done: out of the pre-auth pool */
     bool evicted;       /* dropped from the pre-auth pool for a newer connection */
+    bool spoke;         /* its first bytes arrived (a staller never gets here) */
     uint64_t accepted_ns;
     char ip[INET6_ADDRSTRLEN];
 };
@@ -535,6 +536,14 @@ static void serve_conn(struct stage_server *s, struct conn_slot *slot)
                              .speed_mbps = s->opts.speed_mbps}, peer;
     ifd_error err;
     net_conn_set_handshake_timeout(c, s->opts.handshake_timeout_ms);
+    /* A client sends HELLO as soon as it is connected: once bytes are here
+     * this connection is no longer the first to be evicted (see
+     * preauth_make_room). The wait counts against the handshake's deadline. */
+    uint64_t t0 = net_now_ns();
+    if (net_conn_wait_readable(c, s->opts.handshake_timeout_ms) > 0)
+        __atomic_store_n(&slot->spoke, true, __ATOMIC_RELEASE);
+    int waited = (int)((net_now_ns() - t0) / 1000000);
+    net_conn_set_handshake_timeout(c, waited < s->opts.handshake_timeout_ms ? s->opts.handshake_timeout_ms - waited : 1);
     if (net_conn_handshake_server(c, s->opts.key, &self, &peer, &err) < 0) {
         /* Anyone can cause this line: rate-limited. */
         if (__atomic_load_n(&slot->evicted, __ATOMIC_ACQUIRE))
@@ -662,33 +671,58 @@ static void *conn_thread(void *arg)
     return NULL;
 }
 
+/* Whether a is a better eviction victim than b: one that has sent nothing
+ * before one that has, then the older. */
+static bool evict_before(const struct conn_slot *a, const struct conn_slot *b)
+{
+    bool sa = __atomic_load_n(&a->spoke, __ATOMIC_ACQUIRE), sb = __atomic_load_n(&b->spoke, __ATOMIC_ACQUIRE);
+    if (sa != sb)
+        return !sa;
+    return a->accepted_ns < b->accepted_ns;
+}
+
 /* Makes room in the pre-auth pool for a connection from ip (under
- * conns_lock): drops the oldest unauthenticated connection of that address
- * when it has its share, else the oldest of all when the pool is full. */
-static void preauth_make_room(struct stage_server *s, const char *ip)
+ * conns_lock). Returns false if the newcomer is to be refused.
+ *
+ * When that address has its share, or the pool is full, one unauthenticated
+ * connection goes, of that address first: a silent one before one that is
+ * handshaking, the oldest first, but only one that has had
+ * STAGE_SERVER_PREAUTH_GRACE_MS to finish its handshake (a legitimate one
+ * takes a few round trips); if none has, the newcomer is refused. A staller
+ * holds its slot only until someone newer comes, and stallers that reconnect
+ * at once cannot churn the pool faster than one eviction per slot and grace
+ * period, so they cannot take turns evicting a master in mid-handshake. */
+static bool preauth_make_room(struct stage_server *s, const char *ip)
 {
     int total = 0, same = 0;
-    struct conn_slot *oldest = NULL, *oldest_same = NULL;
+    uint64_t now = net_now_ns(), grace = (uint64_t)STAGE_SERVER_PREAUTH_GRACE_MS * 1000000ull;
+    struct conn_slot *any = NULL, *same_ip = NULL;
     for (int i = 0; i < N_SLOTS; i++) {
         struct conn_slot *sl = &s->slots[i];
         if (!sl->used || sl->authed || sl->evicted)
             continue;
         total++;
-        if (!oldest || sl->accepted_ns < oldest->accepted_ns)
-            oldest = sl;
-        if (strcmp(sl->ip, ip) == 0) {
-            same++;
-            if (!oldest_same || sl->accepted_ns < oldest_same->accepted_ns)
-                oldest_same = sl;
-        }
+        bool same_addr = strcmp(sl->ip, ip) == 0;
+        same += same_addr;
+        if (now - sl->accepted_ns < grace)
+            continue;
+        if (!any || evict_before(sl, any))
+            any = sl;
+        if (same_addr && (!same_ip || evict_before(sl, same_ip)))
+            same_ip = sl;
     }
-    struct conn_slot *victim = same >= STAGE_SERVER_MAX_PREAUTH_PER_IP ? oldest_same
-                               : total >= STAGE_SERVER_MAX_PREAUTH   ? oldest
-                                                                     : NULL;
-    if (victim) {
-        __atomic_store_n(&victim->evicted, true, __ATOMIC_RELEASE);
-        net_conn_shutdown(victim->conn);
-    }
+    struct conn_slot *victim;
+    if (same >= STAGE_SERVER_MAX_PREAUTH_PER_IP)
+        victim = same_ip;
+    else if (total >= STAGE_SERVER_MAX_PREAUTH)
+        victim = any;
+    else
+        return true;
+    if (!victim)
+        return false;
+    __atomic_store_n(&victim->evicted, true, __ATOMIC_RELEASE);
+    net_conn_shutdown(victim->conn);
+    return true;
 }
 
 static void sockaddr_ip(const struct sockaddr_storage *ss, char out[INET6_ADDRSTRLEN])
@@ -733,15 +767,15 @@ int stage_server_run(struct stage_server *s, int listen_fd)
             continue;
         }
         pthread_mutex_lock(&s->conns_lock);
-        preauth_make_room(s, ip);
+        bool room = preauth_make_room(s, ip);
         struct conn_slot *slot = NULL;
-        for (int i = 0; i < N_SLOTS && !slot; i++)
+        for (int i = 0; i < N_SLOTS && !slot && room; i++)
             if (!s->slots[i].used)
                 slot = &s->slots[i];
         if (!slot || s->stopping) {
             pthread_mutex_unlock(&s->conns_lock);
-            log_ratelimited(&s->preauth_log, LOG_LEVEL_WARNING, "refused connection from %s: %d connections open",
-                            net_conn_peer(c), N_SLOTS);
+            log_ratelimited(&s->preauth_log, LOG_LEVEL_WARNING, "refused connection from %s: %s", net_conn_peer(c),
+                            room ? "no free connection slot" : "too many unauthenticated connections from its address");
             net_conn_destroy(c);
             continue;
         }

@@ -24,13 +24,18 @@
  * chains). The master never counts against any limit: it always gets in. */
 #define STAGE_SERVER_MAX_CONNS 16
 /* Connections still in their handshake, in all and from one IP address. When
- * a new one would exceed either, the oldest unauthenticated one (of that
- * address first) is dropped: a staller holds a slot only until someone
- * newer arrives, so a master's handshake, which takes milliseconds, is never
- * starved by peers that connect and say nothing (sshd's MaxStartups and
- * PerSourceMaxStartups, nginx's limit_conn, with eviction instead of refusal). */
+ * a new one would exceed either, an older unauthenticated one (of that
+ * address first, silent before talking, oldest first, past its grace time)
+ * is dropped: a staller holds a slot only until someone newer arrives, so
+ * masters are not starved by peers that connect and say nothing (sshd's
+ * MaxStartups and PerSourceMaxStartups, nginx's limit_conn, with eviction
+ * instead of refusal). Peers that send nothing at all are not even accepted
+ * for the first 2 s (TCP_DEFER_ACCEPT, net_listen). */
 #define STAGE_SERVER_MAX_PREAUTH 16
 #define STAGE_SERVER_MAX_PREAUTH_PER_IP 4
+/* An unauthenticated connection younger than this is not evicted (the
+ * newcomer is refused instead): time for a handshake, and a bound on churn. */
+#define STAGE_SERVER_PREAUTH_GRACE_MS 1000
 #define STAGE_SERVER_MAX_TOKENS 8192 /* largest batch a worker accepts */
 
 struct stage_server;
