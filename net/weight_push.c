@@ -133,6 +133,14 @@ void wp_manifest_destroy(struct wp_manifest *mf)
 
 uint64_t wp_manifest_bytes(const struct wp_manifest *mf) { return mf->bytes; }
 size_t wp_manifest_count(const struct wp_manifest *mf) { return mf->n; }
+const struct net_tensor_desc *wp_manifest_tensor(const struct wp_manifest *mf, size_t i, const void **ret_data)
+{
+    if (i >= mf->n)
+        return NULL;
+    if (ret_data)
+        *ret_data = mf->data[i];
+    return &mf->t[i];
+}
 
 /* Receives one message of type want, turning an ERROR into a failure. */
 static int recv_msg(struct net_conn *c, uint16_t want, const uint8_t **p, size_t *len, int timeout_ms, ifd_error *err)

@@ -37,6 +37,9 @@ int wp_manifest_create(const struct model *m, int first, int last, struct wp_man
 void wp_manifest_destroy(struct wp_manifest *mf); /* accepts NULL */
 uint64_t wp_manifest_bytes(const struct wp_manifest *mf);
 size_t wp_manifest_count(const struct wp_manifest *mf);
+/* Tensor i of the manifest (NULL past the end) and, in *ret_data (may be
+ * NULL), its bytes in the checkpoint's mapping. Borrowed from mf. */
+const struct net_tensor_desc *wp_manifest_tensor(const struct wp_manifest *mf, size_t i, const void **ret_data);
 
 struct wp_push_params {
     const char *model_name;
