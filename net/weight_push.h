@@ -11,9 +11,12 @@
  * chunk, never by the checkpoint.
  *
  * Worker side: tensors land in CACHE_DIR/<hash>.part, appended chunk by chunk
- * (a dropped transfer resumes from the .part's size), and become
- * CACHE_DIR/<hash>.bin once their hash checks. A restarted worker or master
- * therefore resends nothing the worker already holds. On LOAD the worker
+ * (a transfer interrupted on the same connection resumes from the .part's
+ * size; .part files go when the worker starts and when its master leaves),
+ * and become CACHE_DIR/<hash>.bin once their hash checks. A restarted worker
+ * or master therefore resends nothing the worker already holds but the
+ * tensor that was in flight. The cache has a quota, checked against the
+ * declared sizes before anything is written. On LOAD the worker
  * assembles a safetensors image of exactly its tensors (hash-checked again
  * while copying) for model_bind(). */
 #pragma once

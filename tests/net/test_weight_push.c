@@ -1,6 +1,7 @@
 /* test_weight_push - pushing a layer range's tensors to a worker cache:
- * the full push, a second push that sends nothing, a resumed push after a
- * partial transfer, and malformed chunks refused without touching the cache. */
+ * the full push, a second push that sends nothing, a stale partial transfer
+ * dropped, malformed chunks refused without touching the cache, and the
+ * cache's defences: symbolic links, unsafe directory, quota, LRU pruning. */
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <fcntl.h>
