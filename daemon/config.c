@@ -40,6 +40,7 @@ int inferd_config_init(struct inferd_config *c)
     c->backend = INFERD_BACKEND_AUTO;
     c->quantize_group_size = 64;
     c->threads = 0;
+    c->cluster_io_timeout_s = 30;
     return 0;
 }
 
@@ -71,6 +72,9 @@ void inferd_config_finish(struct inferd_config *c)
     free(c->worker_listen);
     free(c->cache_dir);
     free(c->cluster_key_file);
+    for (int i = 0; i < c->n_next_hops; i++)
+        free(c->next_hops[i]);
+    free(c->next_hops);
     workers_free(c->workers, c->n_workers);
     memset(c, 0, sizeof(*c));
 }
@@ -320,6 +324,34 @@ static int add_key_list(struct inferd_config *c, const char *v, const char *what
     return r;
 }
 
+/* next_hops = a:1, b c: comma or space separated "host:port", "host" or "*". */
+static int add_next_hops(struct inferd_config *c, const char *v, const char *what, ifd_error *err)
+{
+    char *copy = strdup(v), *save = NULL;
+    if (!copy)
+        return -ENOMEM;
+    int r = 0;
+    for (char *tok = strtok_r(copy, ", \t", &save); tok && r >= 0; tok = strtok_r(NULL, ", \t", &save)) {
+        if (strcmp(tok, "*") != 0 && (r = check_hostport(tok, INFERD_DEFAULT_WORKER_PORT, what, err)) < 0)
+            break;
+        if (c->n_next_hops >= INFERD_MAX_WORKERS) {
+            r = ifd_error_set(err, -E2BIG, "%s: more than %d next hops", what, INFERD_MAX_WORKERS);
+            break;
+        }
+        char **n = realloc(c->next_hops, sizeof(*n) * (size_t)(c->n_next_hops + 1));
+        if (!n || !(n[c->n_next_hops] = strdup(tok))) {
+            if (n)
+                c->next_hops = n;
+            r = -ENOMEM;
+            break;
+        }
+        c->next_hops = n;
+        c->n_next_hops++;
+    }
+    free(copy);
+    return r;
+}
+
 static struct inferd_worker_cfg *worker_get(struct inferd_config *c, const char *name, ifd_error *err)
 {
     for (int i = 0; i < c->n_workers; i++)
@@ -441,10 +473,16 @@ static int config_set(struct inferd_config *c, const char *section, const char *
     }
     if (IS("node", "cache_dir"))
         return set_str(&c->cache_dir, v, what, err);
+    if (IS("node", "cache_max_bytes"))
+        return parse_size(v, 0, (size_t)1 << 50, what, &c->cache_max_bytes, err);
     if (IS("cluster", "key_file"))
         return set_str(&c->cluster_key_file, v, what, err);
     if (IS("cluster", "allow_insecure"))
         return parse_bool(v, what, &c->allow_insecure_cluster, err);
+    if (IS("cluster", "io_timeout"))
+        return parse_int(v, 1, 3600, what, &c->cluster_io_timeout_s, err);
+    if (IS("cluster", "next_hops"))
+        return add_next_hops(c, v, what, err);
 #undef IS
     if (strncmp(section, "worker.", 7) == 0) {
         if (section[7] == '\0')

@@ -77,10 +77,14 @@ struct inferd_config {
     int threads;              /* 0 = every online CPU */
     char *worker_listen;      /* role=worker: "host:port", default 0.0.0.0:10128 */
     char *cache_dir;          /* worker tensor cache */
+    size_t cache_max_bytes;   /* worker: cache quota; 0 = half of the cache's file system */
 
     /* [cluster] and [worker.NAME] */
     char *cluster_key_file;       /* shared secret for master<->worker authentication */
     bool allow_insecure_cluster;  /* allow non-loopback workers without a key */
+    int cluster_io_timeout_s;     /* a started frame must be whole within this (default 30) */
+    char **next_hops;             /* worker: FORWARD next hops allowed ("host:port", "host", "*") */
+    int n_next_hops;              /* 0: loopback next hops only */
     struct inferd_worker_cfg *workers; /* [n_workers], in file then flag order */
     int n_workers;
 };

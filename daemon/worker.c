@@ -140,6 +140,18 @@ static int worker_setup(void *ctx, struct stage_server *srv, struct net_conn *c,
         struct net_assign a;
         if ((r = net_assign_decode(p, len, &a, err)) < 0)
             break;
+        /* The declared sizes are checked against the quota and the disk
+         * before a byte is written (a peer could declare a 1 TiB tensor of
+         * compressible zeros); what the new assignment does not use goes first. */
+        size_t pruned = 0;
+        if ((r = wp_cache_reserve(w->cache, &a, &pruned, err)) < 0) {
+            net_assign_finish(&a);
+            net_assign_finish(&w->assign);
+            w->assigned = false;
+            break;
+        }
+        if (pruned)
+            log_info("Cache: removed %zu tensors not used by the new assignment to make room", pruned);
         net_assign_finish(&w->assign);
         w->assign = a;
         w->assigned = true;
@@ -211,6 +223,19 @@ static int worker_setup(void *ctx, struct stage_server *srv, struct net_conn *c,
     }
     pthread_mutex_unlock(&w->lock);
     return r;
+}
+
+/* The master is gone: the tensor it was sending will not be finished by it,
+ * and a new master may assign something else entirely. */
+static void worker_master_closed(void *ctx)
+{
+    struct worker *w = ctx;
+    /* Runs on the closing master's own thread under the server's master_lock
+     * (see stage_server.h), so no setup message runs now: taking w->lock here
+     * would invert the order setup -> stage -> master lock. */
+    size_t n = wp_cache_remove_partial(w->cache);
+    if (n)
+        log_info("Cache: removed %zu partial tensors of the master that left", n);
 }
 
 struct sig_ctx {
@@ -324,7 +349,7 @@ int worker_role_main(const struct inferd_config *cfg)
                        .quantize_bits = cfg->quantize_bits, .quantize_group_size = cfg->quantize_group_size};
     pthread_mutex_init(&w.lock, NULL);
     struct stage_server *srv = NULL;
-    if (wp_cache_open(cfg->cache_dir, &w.cache, &err) < 0) {
+    if (wp_cache_open(cfg->cache_dir, cfg->cache_max_bytes, &w.cache, &err) < 0) {
         log_err("%s", err.msg);
         goto out;
     }
@@ -346,7 +371,11 @@ int worker_role_main(const struct inferd_config *cfg)
     }
     struct stage_server_opts so = {.key = keyp, .n_threads = thread_pool_size(w.pool),
                                    .mem_available = mem_available_bytes(),
-                                   .speed_mbps = measure_speed_mbps(w.pool)};
+                                   .speed_mbps = measure_speed_mbps(w.pool),
+                                   .io_timeout_ms = cfg->cluster_io_timeout_s * 1000,
+                                   .next_hops = (const char *const *)cfg->next_hops,
+                                   .n_next_hops = (size_t)cfg->n_next_hops,
+                                   .master_closed = worker_master_closed};
     log_info("Reporting %.1f GiB available, %d threads, %.1f GB/s one-token product speed",
              (double)so.mem_available / 1073741824.0, so.n_threads, so.speed_mbps / 1000.0);
     if (stage_server_create(&so, worker_setup, &w, &srv, &err) < 0) {
@@ -365,8 +394,12 @@ int worker_role_main(const struct inferd_config *cfg)
         goto out;
     }
     pthread_detach(sth);
-    log_info("inferd worker listening on %s (%s), cache %s, %d threads", listen_addr,
-             keyp ? "cluster key required" : "NO cluster key", cfg->cache_dir, thread_pool_size(w.pool));
+    log_info("inferd worker listening on %s (%s), cache %s (quota %.1f GiB), %d threads", listen_addr,
+             keyp ? "cluster key required" : "NO cluster key", cfg->cache_dir,
+             (double)wp_cache_max_bytes(w.cache) / 1073741824.0, thread_pool_size(w.pool));
+    if (cfg->n_next_hops == 0)
+        log_info("Chains: this worker passes hidden states only to workers on loopback; list the others in "
+                 "[cluster] next_hops");
     sdn_ready("Waiting for the master");
     int r = stage_server_run(srv, lfd);
     if (r < 0)

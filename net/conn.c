@@ -19,6 +19,8 @@
 #include "frame.h"
 #include "base/clock.h"
 
+_Static_assert(NET_HANDSHAKE_MAX_PAYLOAD >= 16 + NET_MAX_ERROR_MSG, "a refusal (ERROR) fits in a handshake frame");
+
 struct net_conn {
     int fd;
     char peer[NET_ADDR_MAX + 8];
@@ -26,6 +28,7 @@ struct net_conn {
     bool sealed;          /* session established with a key */
     struct net_seal tx, rx;
     uint32_t max_payload;
+    int handshake_timeout_ms; /* for the whole handshake, not per frame */
     pthread_mutex_t send_lock;
     struct net_buf rxbuf; /* header + payload of the last received frame */
     struct net_buf txbuf; /* frame being sent (under send_lock) */
@@ -140,7 +143,14 @@ int net_listen(const char *addr, int *ret_fd, int *ret_port, ifd_error *err)
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 16) < 0) {
+    /* Hand over only connections that have sent something (nginx's
+     * "deferred"): a peer that connects and stays silent is held by the
+     * kernel, not by a thread and a pre-auth slot of ours; after this many
+     * seconds it is passed on anyway, and the handshake deadline applies. */
+    int defer_s = 2;
+    setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer_s, sizeof(defer_s));
+    /* Room for a burst of connections while the accept loop drops stallers. */
+    if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 128) < 0) {
         r = -errno;
         freeaddrinfo(res);
         close(fd);
@@ -166,6 +176,7 @@ int net_conn_create(int fd, const char *peer_name, struct net_conn **ret, ifd_er
         return ifd_error_set(err, -ENOMEM, "out of memory");
     c->fd = fd;
     c->max_payload = NET_FRAME_MAX_PAYLOAD;
+    c->handshake_timeout_ms = NET_HANDSHAKE_TIMEOUT_MS;
     pthread_mutex_init(&c->send_lock, NULL);
     if (peer_name) {
         snprintf(c->peer, sizeof(c->peer), "%s", peer_name);
@@ -270,6 +281,7 @@ uint64_t net_conn_bytes_received(const struct net_conn *c)
     return __atomic_load_n(&c->bytes_received, __ATOMIC_RELAXED);
 }
 void net_conn_set_max_payload(struct net_conn *c, uint32_t max) { c->max_payload = max; }
+void net_conn_set_handshake_timeout(struct net_conn *c, int timeout_ms) { c->handshake_timeout_ms = timeout_ms; }
 
 static int fail(struct net_conn *c, ifd_error *err, int code, const char *fmt, const char *detail)
 {
@@ -395,6 +407,16 @@ void net_conn_send_error(struct net_conn *c, int code, uint64_t req_id, const ch
     net_buf_finish(&b);
 }
 
+int net_conn_wait_readable(struct net_conn *c, int timeout_ms)
+{
+    struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+    int pr;
+    do
+        pr = poll(&pfd, 1, timeout_ms);
+    while (pr < 0 && errno == EINTR);
+    return pr < 0 ? -errno : pr;
+}
+
 int net_conn_recv(struct net_conn *c, uint16_t *ret_type, const uint8_t **ret_payload, size_t *ret_len,
                   int timeout_ms, ifd_error *err)
 {
@@ -451,10 +473,11 @@ int net_conn_recv(struct net_conn *c, uint16_t *ret_type, const uint8_t **ret_pa
 
 /* Receives one frame that must be of type `want`; an ERROR from the peer
  * becomes a failure carrying the peer's message. */
-static int recv_expect(struct net_conn *c, uint16_t want, const uint8_t **p, size_t *len, ifd_error *err)
+static int recv_expect(struct net_conn *c, uint16_t want, uint64_t deadline, const uint8_t **p, size_t *len,
+                       ifd_error *err)
 {
     uint16_t type;
-    int r = net_conn_recv(c, &type, p, len, NET_HANDSHAKE_TIMEOUT_MS, err);
+    int r = net_conn_recv(c, &type, p, len, ms_left(deadline), err);
     if (r < 0)
         return r;
     if (type == NET_MSG_ERROR) {
@@ -485,7 +508,7 @@ static int refuse(struct net_conn *c, int code, const char *why, ifd_error *err)
 }
 
 static int send_hello(struct net_conn *c, const struct net_key *key, const struct net_hello *self,
-                      struct net_hello *out, ifd_error *err)
+                      uint64_t deadline, struct net_hello *out, ifd_error *err)
 {
     *out = *self;
     out->version_major = NET_PROTO_MAJOR;
@@ -495,7 +518,7 @@ static int send_hello(struct net_conn *c, const struct net_key *key, const struc
     struct net_buf b = {0};
     int r = net_hello_encode(&b, out);
     if (r >= 0)
-        r = net_conn_send(c, NET_MSG_HELLO, b.data, b.len, NET_HANDSHAKE_TIMEOUT_MS, err);
+        r = net_conn_send(c, NET_MSG_HELLO, b.data, b.len, ms_left(deadline), err);
     net_buf_finish(&b);
     return r;
 }
@@ -519,26 +542,38 @@ static int check_peer_hello(struct net_conn *c, const struct net_key *key, const
 }
 
 /* Sends AUTH with this side's proof. */
-static int send_proof(struct net_conn *c, const uint8_t proof[NET_PROOF_BYTES], ifd_error *err)
+static int send_proof(struct net_conn *c, const uint8_t proof[NET_PROOF_BYTES], uint64_t deadline, ifd_error *err)
 {
     struct net_buf b = {0};
     int r = net_auth_encode(&b, proof);
     if (r >= 0)
-        r = net_conn_send(c, NET_MSG_AUTH, b.data, b.len, NET_HANDSHAKE_TIMEOUT_MS, err);
+        r = net_conn_send(c, NET_MSG_AUTH, b.data, b.len, ms_left(deadline), err);
     net_buf_finish(&b);
     return r;
 }
 
-int net_conn_handshake_client(struct net_conn *c, const struct net_key *key, const struct net_hello *self,
-                              struct net_hello *ret_peer, ifd_error *err)
+/* The whole handshake has one deadline, so a peer that trickles its bytes
+ * cannot stretch it frame by frame; and until it is done the peer has proved
+ * nothing, so it may not make this side allocate more than a handshake
+ * message (sshd's and nginx's rule: bound what an unauthenticated peer costs). */
+static void handshake_begin(struct net_conn *c, uint64_t *ret_deadline, uint32_t *ret_saved_max)
+{
+    *ret_deadline = deadline_after(c->handshake_timeout_ms);
+    *ret_saved_max = c->max_payload;
+    if (c->max_payload > NET_HANDSHAKE_MAX_PAYLOAD)
+        c->max_payload = NET_HANDSHAKE_MAX_PAYLOAD;
+}
+
+static int handshake_client(struct net_conn *c, const struct net_key *key, const struct net_hello *self,
+                            uint64_t deadline, struct net_hello *ret_peer, ifd_error *err)
 {
     struct net_hello mine, peer;
     const uint8_t *p;
     size_t len;
-    int r = send_hello(c, key, self, &mine, err);
+    int r = send_hello(c, key, self, deadline, &mine, err);
     if (r < 0)
         return r;
-    if ((r = recv_expect(c, NET_MSG_HELLO, &p, &len, err)) < 0)
+    if ((r = recv_expect(c, NET_MSG_HELLO, deadline, &p, &len, err)) < 0)
         return r;
     ifd_error e2;
     if ((r = net_hello_decode(p, len, &peer, &e2)) < 0)
@@ -548,9 +583,9 @@ int net_conn_handshake_client(struct net_conn *c, const struct net_key *key, con
     if (key) {
         uint8_t proof[NET_PROOF_BYTES];
         net_auth_proof(key, 'C', mine.role, peer.role, mine.nonce, peer.nonce, proof);
-        if ((r = send_proof(c, proof, err)) < 0)
+        if ((r = send_proof(c, proof, deadline, err)) < 0)
             return r;
-        if ((r = recv_expect(c, NET_MSG_AUTH, &p, &len, err)) < 0)
+        if ((r = recv_expect(c, NET_MSG_AUTH, deadline, &p, &len, err)) < 0)
             return r;
         if ((r = net_auth_decode(p, len, proof, &e2)) < 0)
             return fail(c, err, r, "%s: %s", e2.msg);
@@ -563,14 +598,25 @@ int net_conn_handshake_client(struct net_conn *c, const struct net_key *key, con
     return 0;
 }
 
-int net_conn_handshake_server(struct net_conn *c, const struct net_key *key, const struct net_hello *self,
+int net_conn_handshake_client(struct net_conn *c, const struct net_key *key, const struct net_hello *self,
                               struct net_hello *ret_peer, ifd_error *err)
+{
+    uint64_t deadline;
+    uint32_t saved_max;
+    handshake_begin(c, &deadline, &saved_max);
+    int r = handshake_client(c, key, self, deadline, ret_peer, err);
+    c->max_payload = saved_max;
+    return r;
+}
+
+static int handshake_server(struct net_conn *c, const struct net_key *key, const struct net_hello *self,
+                            uint64_t deadline, struct net_hello *ret_peer, ifd_error *err)
 {
     struct net_hello mine, peer;
     const uint8_t *p;
     size_t len;
     ifd_error e2;
-    int r = recv_expect(c, NET_MSG_HELLO, &p, &len, &e2);
+    int r = recv_expect(c, NET_MSG_HELLO, deadline, &p, &len, &e2);
     if (r < 0) {
         /* A peer of another major version gets told so in a frame it can read. */
         if (r == -EPROTONOSUPPORT)
@@ -583,22 +629,33 @@ int net_conn_handshake_server(struct net_conn *c, const struct net_key *key, con
         return r;
     if (peer.role == self->role && self->role != NET_ROLE_WORKER)
         return refuse(c, -EPROTO, "peer claims this node's own role", err);
-    if ((r = send_hello(c, key, self, &mine, err)) < 0)
+    if ((r = send_hello(c, key, self, deadline, &mine, err)) < 0)
         return r;
     if (key) {
         uint8_t proof[NET_PROOF_BYTES];
-        if ((r = recv_expect(c, NET_MSG_AUTH, &p, &len, err)) < 0)
+        if ((r = recv_expect(c, NET_MSG_AUTH, deadline, &p, &len, err)) < 0)
             return r;
         if ((r = net_auth_decode(p, len, proof, &e2)) < 0)
             return refuse(c, r, e2.msg, err);
         if (net_auth_verify(key, 'C', peer.role, mine.role, peer.nonce, mine.nonce, proof) < 0)
             return refuse(c, -EACCES, "authentication failed: wrong cluster key", err);
         net_auth_proof(key, 'S', peer.role, mine.role, peer.nonce, mine.nonce, proof);
-        if ((r = send_proof(c, proof, err)) < 0)
+        if ((r = send_proof(c, proof, deadline, err)) < 0)
             return r;
         net_session_derive(key, peer.role, mine.role, peer.nonce, mine.nonce, &c->rx, &c->tx);
         c->sealed = true;
     }
     *ret_peer = peer;
     return 0;
+}
+
+int net_conn_handshake_server(struct net_conn *c, const struct net_key *key, const struct net_hello *self,
+                              struct net_hello *ret_peer, ifd_error *err)
+{
+    uint64_t deadline;
+    uint32_t saved_max;
+    handshake_begin(c, &deadline, &saved_max);
+    int r = handshake_server(c, key, self, deadline, ret_peer, err);
+    c->max_payload = saved_max;
+    return r;
 }

@@ -17,7 +17,12 @@
 #include "proto.h"
 
 #define NET_DEFAULT_PORT 10128
+/* The whole handshake (both HELLOs and both AUTHs) must be done within this. */
 #define NET_HANDSHAKE_TIMEOUT_MS 5000
+/* Largest frame payload accepted before the handshake is done: a HELLO is 56
+ * bytes, an AUTH 32, an ERROR at most 16 + 4096; nothing from a peer that
+ * has not yet proved the key makes this node allocate more. */
+#define NET_HANDSHAKE_MAX_PAYLOAD 4608u
 
 struct net_conn;
 
@@ -70,5 +75,12 @@ void net_conn_send_error(struct net_conn *c, int code, uint64_t req_id, const ch
 int net_conn_recv(struct net_conn *c, uint16_t *ret_type, const uint8_t **ret_payload, size_t *ret_len,
                   int timeout_ms, ifd_error *err);
 
-/* Largest payload this connection accepts (default NET_FRAME_MAX_PAYLOAD). */
+/* Waits until a frame starts arriving (or the peer closes) within timeout_ms:
+ * 1 readable, 0 timeout, <0 error. */
+int net_conn_wait_readable(struct net_conn *c, int timeout_ms);
+
+/* Largest payload this connection accepts after the handshake (default
+ * NET_FRAME_MAX_PAYLOAD; during the handshake at most NET_HANDSHAKE_MAX_PAYLOAD). */
 void net_conn_set_max_payload(struct net_conn *c, uint32_t max);
+/* Deadline of a whole handshake (default NET_HANDSHAKE_TIMEOUT_MS). */
+void net_conn_set_handshake_timeout(struct net_conn *c, int timeout_ms);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 static atomic_int log_current_level = LOG_LEVEL_INFO;
@@ -86,4 +87,35 @@ void log_msg(int level, const char *fmt, ...)
     va_start(ap, fmt);
     log_msgv(level, fmt, ap);
     va_end(ap);
+}
+
+bool log_ratelimited(struct log_ratelimit *rl, int level, const char *fmt, ...)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    unsigned long long dropped = 0;
+    bool print;
+    pthread_mutex_lock(&rl->lock);
+    if (rl->begin_ns == 0 || now - rl->begin_ns >= rl->interval_ns) {
+        dropped = rl->suppressed;
+        rl->suppressed = 0;
+        rl->begin_ns = now;
+        rl->printed = 0;
+    }
+    print = rl->printed < rl->burst;
+    if (print)
+        rl->printed++;
+    else
+        rl->suppressed++;
+    pthread_mutex_unlock(&rl->lock);
+    if (dropped)
+        log_msg(level, "%llu similar messages suppressed", dropped);
+    if (print) {
+        va_list ap;
+        va_start(ap, fmt);
+        log_msgv(level, fmt, ap);
+        va_end(ap);
+    }
+    return print;
 }

@@ -10,6 +10,10 @@
  * (STYLE.md). */
 #pragma once
 
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
 
 enum log_level {
     LOG_LEVEL_ERR = 3,
@@ -37,3 +41,23 @@ void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3
 #define log_notice(...) log_msg(LOG_LEVEL_NOTICE, __VA_ARGS__)
 #define log_info(...) log_msg(LOG_LEVEL_INFO, __VA_ARGS__)
 #define log_debug(...) log_msg(LOG_LEVEL_DEBUG, __VA_ARGS__)
+
+/* Rate limit for messages a remote peer can trigger at will (refused
+ * connections, failed handshakes): at most `burst` lines per `interval_ms`,
+ * then silence until the interval ends, when one line says how many were
+ * suppressed (journald's and the kernel's printk_ratelimit policy). One
+ * state per kind of message; thread-safe. */
+struct log_ratelimit {
+    pthread_mutex_t lock;
+    uint64_t interval_ns;
+    unsigned burst;
+    uint64_t begin_ns;   /* start of the current interval */
+    unsigned printed;    /* lines in the current interval */
+    unsigned long long suppressed;
+};
+#define LOG_RATELIMIT_INIT(interval_ms, burst_lines) \
+    {PTHREAD_MUTEX_INITIALIZER, (uint64_t)(interval_ms) * 1000000ull, (burst_lines), 0, 0, 0}
+
+/* log_msg under rl. Returns true if the line was written (or dropped by the
+ * level filter), false if it was suppressed. */
+bool log_ratelimited(struct log_ratelimit *rl, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -1,5 +1,6 @@
 #include "stage_server.h"
 
+#include <arpa/inet.h>
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -8,10 +9,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "log.h"
+#include "base/clock.h"
 #include "proto.h"
 
 #define MAX_PEERS 8
@@ -24,9 +27,18 @@ struct peer_link {
 struct conn_slot {
     struct net_conn *conn;
     struct stage_server *srv;
-    int role; /* the peer's role once authenticated */
+    int role;           /* the peer's role once authenticated */
     bool used;
+    bool authed;        /* handshake done: out of the pre-auth pool */
+    bool evicted;       /* dropped from the pre-auth pool for a newer connection */
+    bool spoke;         /* its first bytes arrived (a staller never gets here) */
+    uint64_t accepted_ns;
+    char ip[INET6_ADDRSTRLEN];
 };
+
+/* Pre-auth connections linger a moment after being evicted (their thread
+ * has to notice): room for as many again, the authenticated and the master. */
+#define N_SLOTS (2 * STAGE_SERVER_MAX_PREAUTH + STAGE_SERVER_MAX_CONNS + 1)
 
 struct stage_server {
     struct stage_server_opts opts;
@@ -38,9 +50,11 @@ struct stage_server {
     struct stage *stage;
     void (*release)(void *);
     void *release_ctx;
-    float *hidden;             /* [cap_tokens, hidden] */
-    int32_t *seq_ids, *positions; /* [cap_tokens] */
-    int cap_tokens;
+    /* Sized in bytes, never by a token count alone: the stage (and with it
+     * the hidden size) changes whenever a master assigns another model. */
+    float *hidden;                /* [n_tokens, hidden of the current stage] */
+    int32_t *seq_ids, *positions; /* [n_tokens] */
+    size_t cap_hidden_bytes, cap_id_bytes;
     struct net_buf out;
     struct peer_link peers[MAX_PEERS];
 
@@ -51,8 +65,10 @@ struct stage_server {
     /* Connections, under conns_lock. */
     pthread_mutex_t conns_lock;
     pthread_cond_t conns_cond;
-    struct conn_slot slots[STAGE_SERVER_MAX_CONNS];
+    struct conn_slot slots[N_SLOTS];
     int n_conns;
+    /* What unauthenticated peers can make us log, at most 10 lines per 5 s. */
+    struct log_ratelimit preauth_log;
     int stop_pipe[2];
     bool stopping;
 };
@@ -75,8 +91,13 @@ int stage_server_create(const struct stage_server_opts *opts, stage_server_setup
     if (!s)
         return ifd_error_set(err, -ENOMEM, "out of memory");
     s->opts = *opts;
+    if (s->opts.io_timeout_ms <= 0)
+        s->opts.io_timeout_ms = 30000;
     if (s->opts.forward_timeout_ms <= 0)
-        s->opts.forward_timeout_ms = 30000;
+        s->opts.forward_timeout_ms = s->opts.io_timeout_ms;
+    if (s->opts.handshake_timeout_ms <= 0)
+        s->opts.handshake_timeout_ms = NET_HANDSHAKE_TIMEOUT_MS;
+    s->preauth_log = (struct log_ratelimit)LOG_RATELIMIT_INIT(5000, 10);
     s->setup = setup;
     s->setup_ctx = setup_ctx;
     pthread_mutex_init(&s->stage_lock, NULL);
@@ -127,7 +148,7 @@ void stage_server_stop(struct stage_server *s)
         ssize_t w = write(s->stop_pipe[1], "x", 1);
         (void)w;
     }
-    for (int i = 0; i < STAGE_SERVER_MAX_CONNS; i++)
+    for (int i = 0; i < N_SLOTS; i++)
         if (s->slots[i].used)
             net_conn_shutdown(s->slots[i].conn);
     pthread_mutex_unlock(&s->conns_lock);
@@ -156,6 +177,7 @@ void stage_server_destroy(struct stage_server *s)
     pthread_mutex_destroy(&s->stage_lock);
     pthread_mutex_destroy(&s->master_lock);
     pthread_mutex_destroy(&s->conns_lock);
+    pthread_mutex_destroy(&s->preauth_log.lock);
     pthread_cond_destroy(&s->conns_cond);
     free(s);
 }
@@ -231,22 +253,28 @@ static int peer_conn(struct stage_server *s, const char *addr, bool fresh, struc
     return 0;
 }
 
-static int reserve_tokens(struct stage_server *s, int n, int hidden)
+/* Grows the forward buffers to hold n tokens of a `hidden`-wide state. */
+static int reserve_tokens(struct stage_server *s, uint32_t n, uint32_t hidden)
 {
-    if (n <= s->cap_tokens)
-        return 0;
-    float *h = realloc(s->hidden, (size_t)n * (size_t)hidden * sizeof(float));
-    if (h)
+    size_t hidden_bytes = (size_t)n * hidden * sizeof(float), id_bytes = (size_t)n * sizeof(int32_t);
+    if (hidden_bytes > s->cap_hidden_bytes) {
+        float *h = realloc(s->hidden, hidden_bytes);
+        if (!h)
+            return -ENOMEM;
         s->hidden = h;
-    int32_t *a = realloc(s->seq_ids, (size_t)n * sizeof(int32_t));
-    if (a)
+        s->cap_hidden_bytes = hidden_bytes;
+    }
+    if (id_bytes > s->cap_id_bytes) {
+        int32_t *a = realloc(s->seq_ids, id_bytes);
+        if (!a)
+            return -ENOMEM;
         s->seq_ids = a;
-    int32_t *p = realloc(s->positions, (size_t)n * sizeof(int32_t));
-    if (p)
+        int32_t *p = realloc(s->positions, id_bytes);
+        if (!p)
+            return -ENOMEM; /* seq_ids is larger than cap_id_bytes says: harmless */
         s->positions = p;
-    if (!h || !a || !p)
-        return -ENOMEM;
-    s->cap_tokens = n;
+        s->cap_id_bytes = id_bytes;
+    }
     return 0;
 }
 
@@ -255,6 +283,29 @@ static int32_t get_i32(const void *base, size_t i)
     int32_t v;
     memcpy(&v, (const uint8_t *)base + i * 4, 4);
     return (int32_t)le32toh((uint32_t)v);
+}
+
+/* Whether [cluster] next_hops lets this worker connect to addr. */
+static bool next_hop_allowed(const struct stage_server *s, const char *addr)
+{
+    if (s->opts.n_next_hops == 0)
+        return net_addr_is_loopback(addr);
+    char host[256], ahost[256];
+    int port, aport;
+    if (net_addr_split(addr, NET_DEFAULT_PORT, host, sizeof(host), &port, NULL) < 0)
+        return false;
+    for (size_t i = 0; i < s->opts.n_next_hops; i++) {
+        const char *e = s->opts.next_hops[i];
+        if (strcmp(e, "*") == 0)
+            return true;
+        /* An entry without a port stands for every port of its host. */
+        bool any_port = e[0] == '[' ? !strstr(e, "]:") : !strchr(e, ':');
+        if (net_addr_split(e, NET_DEFAULT_PORT, ahost, sizeof(ahost), &aport, NULL) < 0)
+            continue;
+        if (strcmp(host, ahost) == 0 && (any_port || aport == port))
+            return true;
+    }
+    return false;
 }
 
 /* Returns < 0 only for a malformed frame (the connection is closed then);
@@ -289,7 +340,7 @@ static int handle_forward(struct stage_server *s, struct net_conn *c, int role, 
         r = -EINVAL;
         goto request_failed;
     }
-    if (reserve_tokens(s, (int)f.n_tokens, st->hidden_size) < 0) {
+    if (reserve_tokens(s, f.n_tokens, (uint32_t)st->hidden_size) < 0) {
         snprintf(why, sizeof(why), "out of memory for %u tokens", f.n_tokens);
         r = -ENOMEM;
         goto request_failed;
@@ -298,6 +349,19 @@ static int handle_forward(struct stage_server *s, struct net_conn *c, int role, 
     for (uint32_t i = 0; i < f.n_tokens; i++) {
         s->seq_ids[i] = get_i32(f.seq_ids, i);
         s->positions[i] = get_i32(f.positions, i);
+    }
+    if (f.n_route > 0) {
+        /* Before the stage runs: a refused request must leave its KV cache as it was. */
+        struct net_route_hop hop;
+        if ((r = net_forward_route(&f, 0, &hop, err)) < 0) {
+            pthread_mutex_unlock(&s->stage_lock);
+            return r;
+        }
+        if (!next_hop_allowed(s, hop.addr)) {
+            snprintf(why, sizeof(why), "next hop %s is not allowed by this worker's [cluster] next_hops", hop.addr);
+            r = -EPERM;
+            goto request_failed;
+        }
     }
     memcpy(s->hidden, f.hidden_data, (size_t)f.n_tokens * (size_t)st->hidden_size * sizeof(float));
 #if __BYTE_ORDER != __LITTLE_ENDIAN
@@ -425,6 +489,24 @@ static int handle_stats(struct stage_server *s, struct net_conn *c, ifd_error *e
     return r;
 }
 
+/* Moves an authenticated connection out of the pre-auth pool. The master is
+ * never refused here (one master at a time is checked by the caller); other
+ * authenticated peers are limited to STAGE_SERVER_MAX_CONNS. */
+static bool admit_authenticated(struct stage_server *s, struct conn_slot *slot, int role)
+{
+    pthread_mutex_lock(&s->conns_lock);
+    int n = 0;
+    for (int i = 0; i < N_SLOTS; i++)
+        n += s->slots[i].used && s->slots[i].authed && s->slots[i].role != NET_ROLE_MASTER;
+    bool ok = role == NET_ROLE_MASTER || n < STAGE_SERVER_MAX_CONNS;
+    if (ok) {
+        slot->role = role;
+        slot->authed = true;
+    }
+    pthread_mutex_unlock(&s->conns_lock);
+    return ok;
+}
+
 static void serve_conn(struct stage_server *s, struct conn_slot *slot)
 {
     struct net_conn *c = slot->conn;
@@ -432,15 +514,33 @@ static void serve_conn(struct stage_server *s, struct conn_slot *slot)
                              .mem_available = s->opts.mem_available, .n_threads = (uint32_t)s->opts.n_threads,
                              .speed_mbps = s->opts.speed_mbps}, peer;
     ifd_error err;
+    net_conn_set_handshake_timeout(c, s->opts.handshake_timeout_ms);
+    /* A client sends HELLO as soon as it is connected: once bytes are here
+     * this connection is no longer the first to be evicted (see
+     * preauth_make_room). The wait counts against the handshake's deadline. */
+    uint64_t t0 = ifd_now_ns();
+    if (net_conn_wait_readable(c, s->opts.handshake_timeout_ms) > 0)
+        __atomic_store_n(&slot->spoke, true, __ATOMIC_RELEASE);
+    int waited = (int)((ifd_now_ns() - t0) / 1000000);
+    net_conn_set_handshake_timeout(c, waited < s->opts.handshake_timeout_ms ? s->opts.handshake_timeout_ms - waited : 1);
     if (net_conn_handshake_server(c, s->opts.key, &self, &peer, &err) < 0) {
-        log_warn("refused connection: %s", err.msg);
+        /* Anyone can cause this line: rate-limited. */
+        if (__atomic_load_n(&slot->evicted, __ATOMIC_ACQUIRE))
+            log_ratelimited(&s->preauth_log, LOG_LEVEL_WARNING,
+                            "dropped unauthenticated connection from %s for a newer one", net_conn_peer(c));
+        else if (!s->stopping)
+            log_ratelimited(&s->preauth_log, LOG_LEVEL_WARNING, "refused connection: %s", err.msg);
         return;
     }
     if (peer.role != NET_ROLE_MASTER && peer.role != NET_ROLE_PEER) {
         log_warn("refused connection from %s: role %u", net_conn_peer(c), peer.role);
         return;
     }
-    slot->role = peer.role;
+    if (!admit_authenticated(s, slot, peer.role)) {
+        log_warn("refused %s: %d authenticated connections already open", net_conn_peer(c), STAGE_SERVER_MAX_CONNS);
+        net_conn_send_error(c, -EBUSY, 0, "too many connections to this worker");
+        return;
+    }
     log_info("%s %s connected", peer.role == NET_ROLE_MASTER ? "master" : "previous worker",
             net_conn_peer(c));
     if (peer.role == NET_ROLE_MASTER) {
@@ -466,7 +566,14 @@ static void serve_conn(struct stage_server *s, struct conn_slot *slot)
         uint16_t type;
         const uint8_t *p;
         size_t len;
-        int r = net_conn_recv(c, &type, &p, &len, -1, &err);
+        /* An authenticated link may idle (TCP keepalive watches the host),
+         * but a frame that has begun must be whole within io_timeout: a peer
+         * that sends half a frame and stops does not hold the thread. */
+        int r = net_conn_wait_readable(c, -1);
+        if (r < 0)
+            r = ifd_error_set(&err, r, "%s: poll failed: %s", net_conn_peer(c), strerror(-r));
+        else
+            r = net_conn_recv(c, &type, &p, &len, s->opts.io_timeout_ms, &err);
         if (r < 0) {
             if (r == -ECONNRESET && strstr(err.msg, "peer closed"))
                 log_info("%s disconnected", net_conn_peer(c));
@@ -516,9 +623,15 @@ static void serve_conn(struct stage_server *s, struct conn_slot *slot)
             break;
         }
     }
+    /* Under master_lock, so a new master cannot slip in between: its ASSIGN
+     * must see the cache after the cleanup. (A new master that replaced this
+     * broken connection already is the master: nothing to clean for it.) */
     pthread_mutex_lock(&s->master_lock);
-    if (s->master == c)
+    if (s->master == c) {
+        if (s->opts.master_closed)
+            s->opts.master_closed(s->setup_ctx);
         s->master = NULL;
+    }
     pthread_mutex_unlock(&s->master_lock);
 }
 
@@ -537,6 +650,69 @@ static void *conn_thread(void *arg)
     return NULL;
 }
 
+/* Whether a is a better eviction victim than b: one that has sent nothing
+ * before one that has, then the older. */
+static bool evict_before(const struct conn_slot *a, const struct conn_slot *b)
+{
+    bool sa = __atomic_load_n(&a->spoke, __ATOMIC_ACQUIRE), sb = __atomic_load_n(&b->spoke, __ATOMIC_ACQUIRE);
+    if (sa != sb)
+        return !sa;
+    return a->accepted_ns < b->accepted_ns;
+}
+
+/* Makes room in the pre-auth pool for a connection from ip (under
+ * conns_lock). Returns false if the newcomer is to be refused.
+ *
+ * When that address has its share, or the pool is full, one unauthenticated
+ * connection goes, of that address first: a silent one before one that is
+ * handshaking, the oldest first, but only one that has had
+ * STAGE_SERVER_PREAUTH_GRACE_MS to finish its handshake (a legitimate one
+ * takes a few round trips); if none has, the newcomer is refused. A staller
+ * holds its slot only until someone newer comes, and stallers that reconnect
+ * at once cannot churn the pool faster than one eviction per slot and grace
+ * period, so they cannot take turns evicting a master in mid-handshake. */
+static bool preauth_make_room(struct stage_server *s, const char *ip)
+{
+    int total = 0, same = 0;
+    uint64_t now = ifd_now_ns(), grace = (uint64_t)STAGE_SERVER_PREAUTH_GRACE_MS * 1000000ull;
+    struct conn_slot *any = NULL, *same_ip = NULL;
+    for (int i = 0; i < N_SLOTS; i++) {
+        struct conn_slot *sl = &s->slots[i];
+        if (!sl->used || sl->authed || sl->evicted)
+            continue;
+        total++;
+        bool same_addr = strcmp(sl->ip, ip) == 0;
+        same += same_addr;
+        if (now - sl->accepted_ns < grace)
+            continue;
+        if (!any || evict_before(sl, any))
+            any = sl;
+        if (same_addr && (!same_ip || evict_before(sl, same_ip)))
+            same_ip = sl;
+    }
+    struct conn_slot *victim;
+    if (same >= STAGE_SERVER_MAX_PREAUTH_PER_IP)
+        victim = same_ip;
+    else if (total >= STAGE_SERVER_MAX_PREAUTH)
+        victim = any;
+    else
+        return true;
+    if (!victim)
+        return false;
+    __atomic_store_n(&victim->evicted, true, __ATOMIC_RELEASE);
+    net_conn_shutdown(victim->conn);
+    return true;
+}
+
+static void sockaddr_ip(const struct sockaddr_storage *ss, char out[INET6_ADDRSTRLEN])
+{
+    snprintf(out, INET6_ADDRSTRLEN, "?");
+    if (ss->ss_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, out, INET6_ADDRSTRLEN);
+    else if (ss->ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, out, INET6_ADDRSTRLEN);
+}
+
 int stage_server_run(struct stage_server *s, int listen_fd)
 {
     for (;;) {
@@ -548,17 +724,21 @@ int stage_server_run(struct stage_server *s, int listen_fd)
             return -errno;
         if (pf[1].revents)
             return 0;
-        int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        int fd = accept4(listen_fd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR || errno == EAGAIN || errno == ECONNABORTED)
                 continue;
-            log_err("accept: %s", strerror(errno));
+            log_ratelimited(&s->preauth_log, LOG_LEVEL_ERR, "accept: %s", strerror(errno));
             if (errno == EMFILE || errno == ENFILE) {
                 poll(NULL, 0, 100);
                 continue;
             }
             return -errno;
         }
+        char ip[INET6_ADDRSTRLEN];
+        sockaddr_ip(&ss, ip);
         struct net_conn *c;
         ifd_error err;
         if (net_conn_create(fd, NULL, &c, &err) < 0) {
@@ -566,18 +746,20 @@ int stage_server_run(struct stage_server *s, int listen_fd)
             continue;
         }
         pthread_mutex_lock(&s->conns_lock);
+        bool room = preauth_make_room(s, ip);
         struct conn_slot *slot = NULL;
-        for (int i = 0; i < STAGE_SERVER_MAX_CONNS && !slot; i++)
+        for (int i = 0; i < N_SLOTS && !slot && room; i++)
             if (!s->slots[i].used)
                 slot = &s->slots[i];
         if (!slot || s->stopping) {
             pthread_mutex_unlock(&s->conns_lock);
-            log_warn("refused connection from %s: %d connections already open", net_conn_peer(c),
-                    STAGE_SERVER_MAX_CONNS);
+            log_ratelimited(&s->preauth_log, LOG_LEVEL_WARNING, "refused connection from %s: %s", net_conn_peer(c),
+                            room ? "no free connection slot" : "too many unauthenticated connections from its address");
             net_conn_destroy(c);
             continue;
         }
-        *slot = (struct conn_slot){.conn = c, .srv = s, .used = true};
+        *slot = (struct conn_slot){.conn = c, .srv = s, .used = true, .accepted_ns = ifd_now_ns()};
+        memcpy(slot->ip, ip, sizeof(ip));
         s->n_conns++;
         pthread_t th;
         pthread_attr_t attr;

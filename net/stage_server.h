@@ -20,7 +20,22 @@
 #include "base/error.h"
 #include "model/stage.h"
 
+/* Authenticated connections besides the master's (previous workers of
+ * chains). The master never counts against any limit: it always gets in. */
 #define STAGE_SERVER_MAX_CONNS 16
+/* Connections still in their handshake, in all and from one IP address. When
+ * a new one would exceed either, an older unauthenticated one (of that
+ * address first, silent before talking, oldest first, past its grace time)
+ * is dropped: a staller holds a slot only until someone newer arrives, so
+ * masters are not starved by peers that connect and say nothing (sshd's
+ * MaxStartups and PerSourceMaxStartups, nginx's limit_conn, with eviction
+ * instead of refusal). Peers that send nothing at all are not even accepted
+ * for the first 2 s (TCP_DEFER_ACCEPT, net_listen). */
+#define STAGE_SERVER_MAX_PREAUTH 16
+#define STAGE_SERVER_MAX_PREAUTH_PER_IP 4
+/* An unauthenticated connection younger than this is not evicted (the
+ * newcomer is refused instead): time for a handshake, and a bound on churn. */
+#define STAGE_SERVER_PREAUTH_GRACE_MS 1000
 #define STAGE_SERVER_MAX_TOKENS 8192 /* largest batch a worker accepts */
 
 struct stage_server;
@@ -35,7 +50,19 @@ struct stage_server_opts {
     int n_threads;              /* reported in HELLO */
     uint64_t mem_available;     /* reported in HELLO */
     uint32_t speed_mbps;        /* reported in HELLO (net_hello.speed_mbps) */
-    int forward_timeout_ms;     /* bound on sending to the next hop / master */
+    int forward_timeout_ms;     /* bound on sending to the next hop / master (default io_timeout_ms) */
+    int io_timeout_ms;          /* a frame, once it starts arriving, must be whole within this
+                                 * ([cluster] io_timeout; default 30000) */
+    int handshake_timeout_ms;   /* whole handshake (default NET_HANDSHAKE_TIMEOUT_MS) */
+    /* Addresses FORWARD may name as next hop ([cluster] next_hops): "host:port"
+     * or "host" (any port), "*" for any. Empty: loopback addresses only. A
+     * route is chosen by a key holder, but the worker still connects only
+     * where its operator allows (no port scans or SSRF through a worker). */
+    const char *const *next_hops;
+    size_t n_next_hops;
+    /* Called (with setup_ctx) when the master's connection ends, on its
+     * thread, before another master can be admitted; may be NULL. */
+    void (*master_closed)(void *setup_ctx);
 };
 
 int stage_server_create(const struct stage_server_opts *opts, stage_server_setup_fn setup, void *setup_ctx,

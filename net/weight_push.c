@@ -8,7 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <dirent.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 #include <zstd.h>
 
@@ -132,6 +134,14 @@ void wp_manifest_destroy(struct wp_manifest *mf)
 
 uint64_t wp_manifest_bytes(const struct wp_manifest *mf) { return mf->bytes; }
 size_t wp_manifest_count(const struct wp_manifest *mf) { return mf->n; }
+const struct net_tensor_desc *wp_manifest_tensor(const struct wp_manifest *mf, size_t i, const void **ret_data)
+{
+    if (i >= mf->n)
+        return NULL;
+    if (ret_data)
+        *ret_data = mf->data[i];
+    return &mf->t[i];
+}
 
 /* Receives one message of type want, turning an ERROR into a failure. */
 static int recv_msg(struct net_conn *c, uint16_t want, const uint8_t **p, size_t *len, int timeout_ms, ifd_error *err)
@@ -278,17 +288,105 @@ struct wp_cache {
     char *dir;
     uint8_t *zbuf; /* decompression target, NET_CHUNK_MAX */
     ZSTD_DCtx *zd;
+    uint64_t max_bytes; /* quota of the files in the directory */
 };
 
-int wp_cache_open(const char *dir, struct wp_cache **ret, ifd_error *err)
+/* Every file of the cache is opened relative to the directory, never
+ * following a symbolic link: a link planted as <hash>.part must not make the
+ * worker append to (or hash, or serve) some other file. */
+#define CACHE_OPEN_FLAGS (O_CLOEXEC | O_NOFOLLOW)
+
+static bool is_cache_name(const char *name, const char *ext)
+{
+    size_t n = strlen(name), e = strlen(ext);
+    if (n != 64 + 1 + e || name[64] != '.' || strcmp(name + 65, ext) != 0)
+        return false;
+    for (int i = 0; i < 64; i++)
+        if (!((name[i] >= '0' && name[i] <= '9') || (name[i] >= 'a' && name[i] <= 'f')))
+            return false;
+    return true;
+}
+
+/* Calls fn for every regular cache file (<hash>.bin / <hash>.part) of the
+ * directory; fn returns < 0 to stop. */
+static int cache_each(struct wp_cache *c, int (*fn)(struct wp_cache *c, const char *name, const struct stat *st,
+                                                   void *ctx), void *ctx)
+{
+    int fd = openat(c->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        int r = -errno;
+        close(fd);
+        return r;
+    }
+    int r = 0;
+    struct dirent *e;
+    while (r >= 0 && (e = readdir(d))) {
+        if (!is_cache_name(e->d_name, "bin") && !is_cache_name(e->d_name, "part"))
+            continue;
+        struct stat st;
+        if (fstatat(c->dirfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+            continue;
+        r = fn(c, e->d_name, &st, ctx);
+    }
+    closedir(d);
+    return r;
+}
+
+static int remove_part(struct wp_cache *c, const char *name, const struct stat *st, void *ctx)
+{
+    (void)st;
+    size_t *n = ctx;
+    if (is_cache_name(name, "part") && unlinkat(c->dirfd, name, 0) == 0)
+        (*n)++;
+    return 0;
+}
+
+size_t wp_cache_remove_partial(struct wp_cache *c)
+{
+    size_t n = 0;
+    cache_each(c, remove_part, &n);
+    return n;
+}
+
+int wp_cache_open(const char *dir, uint64_t max_bytes, struct wp_cache **ret, ifd_error *err)
 {
     if (sodium_init() < 0)
         return ifd_error_set(err, -EIO, "libsodium failed to initialise");
     if (mkdir(dir, 0700) < 0 && errno != EEXIST)
         return ifd_error_set(err, -errno, "cache directory '%s': %s", dir, strerror(errno));
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0)
-        return ifd_error_set(err, -errno, "cache directory '%s': %s", dir, strerror(errno));
+        return ifd_error_set(err, -errno, "cache directory '%s': %s", dir,
+                             errno == ELOOP || errno == ENOTDIR ? "not a directory (or a symbolic link)" : strerror(errno));
+    /* What is in the directory becomes this worker's weights: nobody else
+     * may be able to put files there (sshd's StrictModes, for the same reason). */
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        int e = errno;
+        close(fd);
+        return ifd_error_set(err, -e, "cache directory '%s': %s", dir, strerror(e));
+    }
+    if (st.st_uid != geteuid()) {
+        close(fd);
+        return ifd_error_set(err, -EPERM, "cache directory '%s' is owned by uid %u, not by this user (uid %u)", dir,
+                             (unsigned)st.st_uid, (unsigned)geteuid());
+    }
+    if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+        close(fd);
+        return ifd_error_set(err, -EPERM, "cache directory '%s' is writable by group or others (mode %04o): "
+                             "chmod go-w it", dir, (unsigned)(st.st_mode & 07777));
+    }
+    if (max_bytes == 0) {
+        /* Default quota: half of the file system the cache lives on. */
+        struct statvfs vfs;
+        if (fstatvfs(fd, &vfs) == 0)
+            max_bytes = (uint64_t)vfs.f_blocks * vfs.f_frsize / 2;
+        if (max_bytes == 0)
+            max_bytes = UINT64_MAX;
+    }
     struct wp_cache *c = calloc(1, sizeof(*c));
     if (!c || !(c->dir = strdup(dir)) || !(c->zbuf = malloc(NET_CHUNK_MAX)) || !(c->zd = ZSTD_createDCtx())) {
         close(fd);
@@ -300,9 +398,14 @@ int wp_cache_open(const char *dir, struct wp_cache **ret, ifd_error *err)
         return ifd_error_set(err, -ENOMEM, "out of memory");
     }
     c->dirfd = fd;
+    c->max_bytes = max_bytes;
+    /* A .part left by a previous run is a transfer nobody will finish. */
+    wp_cache_remove_partial(c);
     *ret = c;
     return 0;
 }
+
+uint64_t wp_cache_max_bytes(const struct wp_cache *c) { return c->max_bytes; }
 
 void wp_cache_close(struct wp_cache *c)
 {
@@ -322,12 +425,135 @@ static void cache_name(const uint8_t hash[32], const char *ext, char out[80])
     snprintf(out, 80, "%s.%s", hex, ext);
 }
 
+/* Size of a regular cache file, -1 if absent (or not a regular file). */
 static int64_t file_size_at(int dirfd, const char *name)
 {
     struct stat st;
-    if (fstatat(dirfd, name, &st, 0) < 0)
+    if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
         return -1;
     return (int64_t)st.st_size;
+}
+
+/* Bytes the file system can still give, keeping a twentieth of it (at most
+ * 1 GiB) free for everything else on the host. */
+static uint64_t disk_room(int dirfd)
+{
+    struct statvfs v;
+    if (fstatvfs(dirfd, &v) < 0)
+        return UINT64_MAX; /* unknown: the write itself will fail with ENOSPC */
+    uint64_t avail = (uint64_t)v.f_bavail * v.f_frsize, size = (uint64_t)v.f_blocks * v.f_frsize;
+    uint64_t reserve = size / 20 < (1ull << 30) ? size / 20 : (1ull << 30);
+    return avail > reserve ? avail - reserve : 0;
+}
+
+/* ---- quota ---- */
+
+struct cache_file {
+    char name[80];
+    uint64_t size;
+    int64_t mtime_ns;
+};
+
+struct cache_scan {
+    const struct net_assign *a;
+    struct cache_file *unused; /* .bin files the assignment does not list */
+    size_t n_unused, cap_unused;
+    uint64_t total;            /* bytes of all cache files */
+};
+
+static bool assignment_lists(const struct net_assign *a, const char *name)
+{
+    char n[80];
+    for (uint32_t i = 0; i < a->n_tensors; i++) {
+        cache_name(a->tensors[i].hash, "bin", n);
+        if (strncmp(n, name, 64) == 0)
+            return true;
+    }
+    return false;
+}
+
+static int scan_file(struct wp_cache *c, const char *name, const struct stat *st, void *ctx)
+{
+    (void)c;
+    struct cache_scan *cs = ctx;
+    if (!S_ISREG(st->st_mode))
+        return 0;
+    cs->total += (uint64_t)st->st_size;
+    if (!is_cache_name(name, "bin") || assignment_lists(cs->a, name))
+        return 0;
+    if (cs->n_unused == cs->cap_unused) {
+        size_t cap = cs->cap_unused ? cs->cap_unused * 2 : 64;
+        struct cache_file *n = realloc(cs->unused, cap * sizeof(*n));
+        if (!n)
+            return -ENOMEM;
+        cs->unused = n;
+        cs->cap_unused = cap;
+    }
+    struct cache_file *f = &cs->unused[cs->n_unused++];
+    snprintf(f->name, sizeof(f->name), "%s", name);
+    f->size = (uint64_t)st->st_size;
+    f->mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+    return 0;
+}
+
+static int by_mtime(const void *x, const void *y)
+{
+    const struct cache_file *a = x, *b = y;
+    return a->mtime_ns < b->mtime_ns ? -1 : a->mtime_ns > b->mtime_ns;
+}
+
+int wp_cache_reserve(struct wp_cache *c, const struct net_assign *a, size_t *ret_pruned, ifd_error *err)
+{
+    uint64_t need = 0, held = 0;
+    for (uint32_t i = 0; i < a->n_tensors; i++) {
+        const struct net_tensor_desc *t = &a->tensors[i];
+        if (t->nbytes > UINT64_MAX - need)
+            return ifd_error_set(err, -EFBIG, "assignment of more than 2^64 bytes");
+        need += t->nbytes;
+        char name[80];
+        cache_name(t->hash, "bin", name);
+        int64_t s = file_size_at(c->dirfd, name);
+        if (s >= 0 && (uint64_t)s == t->nbytes) {
+            held += t->nbytes;
+            continue;
+        }
+        cache_name(t->hash, "part", name);
+        s = file_size_at(c->dirfd, name);
+        if (s > 0 && (uint64_t)s < t->nbytes)
+            held += (uint64_t)s;
+    }
+    if (need > c->max_bytes)
+        return ifd_error_set(err, -EFBIG, "the assignment needs %llu bytes of tensors, more than the cache's quota of "
+                             "%llu ([node] cache_max_bytes)", (unsigned long long)need,
+                             (unsigned long long)c->max_bytes);
+    struct cache_scan cs = {.a = a};
+    int r = cache_each(c, scan_file, &cs);
+    if (r < 0) {
+        free(cs.unused);
+        return ifd_error_set(err, r, "cache '%s': %s", c->dir, strerror(-r));
+    }
+    /* Least recently used first (wp_cache_have touches what it reports). */
+    qsort(cs.unused, cs.n_unused, sizeof(*cs.unused), by_mtime);
+    uint64_t missing = need - held, room = disk_room(c->dirfd);
+    size_t pruned = 0;
+    for (size_t i = 0; i < cs.n_unused && (cs.total + missing > c->max_bytes || missing > room); i++) {
+        if (unlinkat(c->dirfd, cs.unused[i].name, 0) < 0)
+            continue;
+        cs.total -= cs.unused[i].size;
+        pruned++;
+        room = disk_room(c->dirfd);
+    }
+    free(cs.unused);
+    if (ret_pruned)
+        *ret_pruned = pruned;
+    if (cs.total + missing > c->max_bytes)
+        return ifd_error_set(err, -ENOSPC, "cache '%s': %llu more bytes would exceed the quota of %llu "
+                             "([node] cache_max_bytes)", c->dir, (unsigned long long)missing,
+                             (unsigned long long)c->max_bytes);
+    if (missing > room)
+        return ifd_error_set(err, -ENOSPC, "cache '%s': %llu more bytes do not fit on its file system "
+                             "(%llu bytes usable)", c->dir, (unsigned long long)missing, (unsigned long long)room);
+    return 0;
 }
 
 void wp_cache_have(struct wp_cache *c, const struct net_assign *a, uint64_t *have)
@@ -339,6 +565,8 @@ void wp_cache_have(struct wp_cache *c, const struct net_assign *a, uint64_t *hav
         int64_t s = file_size_at(c->dirfd, name);
         if (s >= 0 && (uint64_t)s == t->nbytes) {
             have[i] = t->nbytes;
+            /* Used now: the mtime orders the cache for pruning (LRU). */
+            utimensat(c->dirfd, name, NULL, AT_SYMLINK_NOFOLLOW);
             continue;
         }
         cache_name(t->hash, "part", name);
@@ -350,7 +578,7 @@ void wp_cache_have(struct wp_cache *c, const struct net_assign *a, uint64_t *hav
 /* Hashes a whole cache file; compares with want. */
 static int verify_file(struct wp_cache *c, const struct net_tensor_desc *t, const char *name, ifd_error *err)
 {
-    int fd = openat(c->dirfd, name, O_RDONLY | O_CLOEXEC);
+    int fd = openat(c->dirfd, name, O_RDONLY | CACHE_OPEN_FLAGS);
     if (fd < 0)
         return ifd_error_set(err, -errno, "cache '%s/%s': %s", c->dir, name, strerror(errno));
     crypto_generichash_state h;
@@ -406,9 +634,20 @@ int wp_cache_put_chunk(struct wp_cache *c, const struct net_assign *a, const str
             return ifd_error_set(err, -EBADMSG, "TENSOR_CHUNK: bad zstd data for '%s'", t->name);
         data = c->zbuf;
     }
-    int fd = openat(c->dirfd, part, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (ch->offset == 0 && t->nbytes > disk_room(c->dirfd))
+        return ifd_error_set(err, -ENOSPC, "cache '%s': no room for tensor '%s' (%llu bytes) on its file system",
+                             c->dir, t->name, (unsigned long long)t->nbytes);
+    int fd = openat(c->dirfd, part, O_WRONLY | O_CREAT | O_APPEND | CACHE_OPEN_FLAGS, 0600);
     if (fd < 0)
-        return ifd_error_set(err, -errno, "cache '%s/%s': %s", c->dir, part, strerror(errno));
+        return ifd_error_set(err, -errno, "cache '%s/%s': %s", c->dir, part,
+                             errno == ELOOP ? "is a symbolic link (refused)" : strerror(errno));
+    struct stat fst;
+    if (fstat(fd, &fst) < 0 || !S_ISREG(fst.st_mode) || (uint64_t)fst.st_size != ch->offset) {
+        /* Not what file_size_at saw a moment ago: something else writes here. */
+        close(fd);
+        return ifd_error_set(err, -EBADMSG, "cache '%s/%s' is not a regular file of %llu bytes", c->dir, part,
+                             (unsigned long long)ch->offset);
+    }
     size_t put = 0;
     while (put < ch->raw_len) {
         ssize_t k = write(fd, data + put, ch->raw_len - put);
@@ -477,7 +716,7 @@ int wp_cache_seed_local(struct wp_cache *c, const struct net_assign *a, const st
             mismatched++;
             continue;
         }
-        int fd = openat(c->dirfd, part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        int fd = openat(c->dirfd, part, O_WRONLY | O_CREAT | O_TRUNC | CACHE_OPEN_FLAGS, 0600);
         if (fd < 0)
             return ifd_error_set(err, -errno, "cache '%s/%s': %s", c->dir, part, strerror(errno));
         int r = write_all(fd, lt->data, lt->nbytes);
@@ -546,7 +785,7 @@ int wp_cache_build_image(struct wp_cache *c, const struct net_assign *a, void **
         const struct net_tensor_desc *t = &a->tensors[i];
         char bin[80];
         cache_name(t->hash, "bin", bin);
-        int fd = openat(c->dirfd, bin, O_RDONLY | O_CLOEXEC);
+        int fd = openat(c->dirfd, bin, O_RDONLY | CACHE_OPEN_FLAGS);
         if (fd < 0) {
             r = ifd_error_set(err, -ENOENT, "tensor '%s' is not in the cache", t->name);
             break;

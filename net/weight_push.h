@@ -11,9 +11,12 @@
  * chunk, never by the checkpoint.
  *
  * Worker side: tensors land in CACHE_DIR/<hash>.part, appended chunk by chunk
- * (a dropped transfer resumes from the .part's size), and become
- * CACHE_DIR/<hash>.bin once their hash checks. A restarted worker or master
- * therefore resends nothing the worker already holds. On LOAD the worker
+ * (a transfer interrupted on the same connection resumes from the .part's
+ * size; .part files go when the worker starts and when its master leaves),
+ * and become CACHE_DIR/<hash>.bin once their hash checks. A restarted worker
+ * or master therefore resends nothing the worker already holds but the
+ * tensor that was in flight. The cache has a quota, checked against the
+ * declared sizes before anything is written. On LOAD the worker
  * assembles a safetensors image of exactly its tensors (hash-checked again
  * while copying) for model_bind(). */
 #pragma once
@@ -37,6 +40,9 @@ int wp_manifest_create(const struct model *m, int first, int last, struct wp_man
 void wp_manifest_destroy(struct wp_manifest *mf); /* accepts NULL */
 uint64_t wp_manifest_bytes(const struct wp_manifest *mf);
 size_t wp_manifest_count(const struct wp_manifest *mf);
+/* Tensor i of the manifest (NULL past the end) and, in *ret_data (may be
+ * NULL), its bytes in the checkpoint's mapping. Borrowed from mf. */
+const struct net_tensor_desc *wp_manifest_tensor(const struct wp_manifest *mf, size_t i, const void **ret_data);
 
 struct wp_push_params {
     const char *model_name;
@@ -65,9 +71,24 @@ int wp_push(struct net_conn *c, const struct wp_manifest *mf, const struct wp_pu
 
 struct wp_cache;
 
-/* Opens (creating it, mode 0700) the cache directory. */
-int wp_cache_open(const char *dir, struct wp_cache **ret, ifd_error *err);
+/* Opens (creating it, mode 0700) the cache directory, which must be owned by
+ * this user and not writable by group or others; removes the .part files a
+ * previous run left. max_bytes: quota of the cache's files (0: half of its
+ * file system). Cache files are never opened through symbolic links. */
+int wp_cache_open(const char *dir, uint64_t max_bytes, struct wp_cache **ret, ifd_error *err);
 void wp_cache_close(struct wp_cache *c); /* accepts NULL */
+uint64_t wp_cache_max_bytes(const struct wp_cache *c);
+
+/* Before the transfer of an assignment: refuses one larger than the quota,
+ * then removes cached tensors the assignment does not use, least recently
+ * used first, until what is missing fits the quota and the free space of the
+ * file system (which keeps 1/20, at most 1 GiB, for others). *ret_pruned
+ * (may be NULL): files removed. */
+int wp_cache_reserve(struct wp_cache *c, const struct net_assign *a, size_t *ret_pruned, ifd_error *err);
+
+/* Removes every partial tensor (.part): called when the master that was
+ * sending them is gone. Returns how many. */
+size_t wp_cache_remove_partial(struct wp_cache *c);
 
 /* Fills have[i] for every tensor of the assignment. */
 void wp_cache_have(struct wp_cache *c, const struct net_assign *a, uint64_t *have);

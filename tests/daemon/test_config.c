@@ -431,6 +431,38 @@ Test(config, connection_and_parse_limits)
         char name[32];
         snprintf(name, sizeof(name), "%.*s", (int)(strchr(key, ' ') - key), key);
         cr_assert(strstr(err.msg, name), "error names %s: %s", name, err.msg);
+    }
+}
+
+/* The worker's hardening keys (issue 12): quota, receive deadline, next hops. */
+Test(config, worker_cluster_limits)
+{
+    struct inferd_config c;
+    ifd_error err = {{0}};
+    cr_assert_eq(parse(&c, "[node]\n", &err), 0, "%s", err.msg);
+    cr_assert_eq(c.cache_max_bytes, 0, "default quota: half of the file system (0)");
+    cr_assert_eq(c.cluster_io_timeout_s, 30, "docs/protocol.md promises 30 s");
+    cr_assert_eq(c.n_next_hops, 0);
+    inferd_config_finish(&c);
+    cr_assert_eq(parse(&c, "[node]\ncache_max_bytes = 10G\n[cluster]\nio_timeout = 5\n"
+                           "next_hops = 10.0.0.2:10128, 10.0.0.3 [::1]:7\n", &err), 0, "%s", err.msg);
+    cr_assert_eq(c.cache_max_bytes, (size_t)10 << 30);
+    cr_assert_eq(c.cluster_io_timeout_s, 5);
+    cr_assert_eq(c.n_next_hops, 3);
+    cr_assert_str_eq(c.next_hops[0], "10.0.0.2:10128");
+    cr_assert_str_eq(c.next_hops[1], "10.0.0.3");
+    cr_assert_str_eq(c.next_hops[2], "[::1]:7");
+    inferd_config_finish(&c);
+    static const struct bad_case bad[] = {
+        {"[cluster]\nio_timeout = 0\n", "[cluster] io_timeout"},
+        {"[cluster]\nio_timeout = 3601\n", "out of range"},
+        {"[cluster]\nnext_hops = host:99999\n", "bad port"},
+        {"[node]\ncache_max_bytes = 1T\n", "[node] cache_max_bytes"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        memset(&err, 0, sizeof(err));
+        cr_expect_lt(parse(&c, bad[i].text, &err), 0, "case %zu accepted", i);
+        cr_expect(strstr(err.msg, bad[i].expect), "case %zu: '%s' lacks '%s'", i, err.msg, bad[i].expect);
         inferd_config_finish(&c);
     }
 }

@@ -8,6 +8,9 @@ Groups:
               (tinystories-656k, its bf16-sharded copy, qwen3-tiny-random), and a
               master that keeps a layer itself (local + remote stages)
   concurrent  concurrent requests through the cluster, each equal to its single-node output
+  model_switch one worker stays up while its master is restarted on models of
+              other hidden sizes, context lengths and sequence counts (64 -> 128
+              -> 64 wide), the last time under a pre-auth flood: goldens each time
   faults      worker absent at start (retry, not READY), worker killed mid-generation
               (503 / error event, bounded time, recovery with no tensor re-sent),
               wrong key, other protocol version, garbage bytes, half-open connection,
@@ -470,6 +473,81 @@ def group_faults(binary):
           "without a key: %d %s" % (w.returncode, w.stderr[-300:]))
 
 
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def preauth_flood(port):
+    """What issue 12 measured: 16 connections each declaring an 80 MiB HELLO
+    and sending 1 MiB of it, and 20 silent stallers. Returns the sockets."""
+    socks = []
+    for _ in range(16):
+        s = socket.create_connection(("127.0.0.1", port))
+        head = b"IFP1" + struct.pack("<BBHII", 1, 1, 1, 0, 80 << 20) + b"\0\0\0\0"
+        try:
+            s.sendall(head)
+            s.setblocking(False)
+            s.send(b"\0" * (1 << 20))
+        except OSError:
+            pass
+        socks.append(s)
+    for _ in range(20):
+        socks.append(socket.create_connection(("127.0.0.1", port)))
+    return socks
+
+
+def group_model_switch(binary):
+    """Issue 12 item 1: the worker sized its buffers by token count for the
+    first model; a master restarted on a wider one made it write past them
+    (the ASan build of this group catches it; the release worker aborted)."""
+    key = key_file("switch.key")
+    w = Worker(binary, key, "switch")
+    steps = [("qwen3-tiny-random", 2, 256), ("tinystories-656k", 6, 512), ("llama3-tiny-random", 1, 128)]
+    try:
+        for i, (model, seqs, ctx) in enumerate(steps):
+            flood = preauth_flood(w.port) if i == len(steps) - 1 else []
+            rss_flood = rss_kib(w.proc.pid) if flood else 0
+            m = Master(binary, os.path.join(MODELS, model), [(w.addr, "0-1")], key,
+                       extra=("--max-sequences", str(seqs), "--context-length", str(ctx)))
+            try:
+                for g in goldens(model):
+                    n = g["stable_prefix_len"]
+                    st, r = m.complete(g["prompt_ids"], n)
+                    check(st == 200 and r["choices"][0]["text"] == g["stable_completion_text"],
+                          "%s (%d sequences x %d) through the same worker == golden: %d %s" %
+                          (model, seqs, ctx, st, r))
+                # Every sequence slot at once: batches wider than any before.
+                results = []
+                ts = [threading.Thread(target=lambda: results.append(m.complete("Once upon a time", 16)))
+                      for _ in range(seqs)]
+                for t in ts:
+                    t.start()
+                for t in ts:
+                    t.join(120)
+                check(len(results) == seqs and all(st == 200 for st, _ in results),
+                      "%s: %d concurrent requests served: %s" % (model, seqs, [st for st, _ in results]))
+                if flood:
+                    print("worker RSS under the pre-auth flood: %.1f MiB (before the master came: %.1f MiB)" %
+                          (rss_kib(w.proc.pid) / 1024, rss_flood / 1024))
+                    check(rss_kib(w.proc.pid) < 512 * 1024, "worker RSS under the flood: %d KiB" %
+                          rss_kib(w.proc.pid))
+            finally:
+                stop_all(m)
+                for s in flood:
+                    s.close()
+            check(w.proc.poll() is None, "the worker survives the master on %s" % model)
+            check(w.wait_log(r"disconnected", 10), "the worker saw the master go")
+        check(re.search(r"Serving layers 0-1 of .*llama3", w.logtext()), "the worker served the last model")
+        check("AddressSanitizer" not in w.logtext() and "runtime error" not in w.logtext(),
+              "no sanitizer report in the worker's log")
+    finally:
+        stop_all(w)
+
+
 def group_vulkan(binary):
     # Any node can use either backend: a worker runs layer 0 on Vulkan
     # (lavapipe in CI) and the master keeps layer 1, also on Vulkan; the
@@ -505,7 +583,7 @@ def main():
         sys.exit(__doc__)
     binary, group = sys.argv[1], sys.argv[2]
     groups = {"golden": group_golden, "concurrent": group_concurrent, "faults": group_faults,
-              "vulkan": group_vulkan}
+              "vulkan": group_vulkan, "model_switch": group_model_switch}
     try:
         groups[group](binary)
     except Exception as e:  # noqa: BLE001 - report and fail

@@ -53,3 +53,60 @@ Test(log, long_message_is_cut_to_one_line)
     cr_assert_gt(n, 2000);
     cr_assert_eq(memchr(out, '\n', n), out + n - 1, "exactly one line");
 }
+
+/* Runs fn with stderr redirected to a pipe; returns what was written. */
+static size_t capture_fn(char *out, size_t cap, void (*fn)(void *), void *arg)
+{
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    fcntl(fds[1], F_SETPIPE_SZ, 1 << 20);
+    int saved = dup(STDERR_FILENO);
+    dup2(fds[1], STDERR_FILENO);
+    fn(arg);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    close(fds[1]);
+    size_t n = 0;
+    ssize_t r;
+    while (n < cap - 1 && (r = read(fds[0], out + n, cap - 1 - n)) > 0)
+        n += (size_t)r;
+    close(fds[0]);
+    out[n] = '\0';
+    return n;
+}
+
+static size_t count_lines(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
+static void flood(void *arg)
+{
+    struct log_ratelimit *rl = arg;
+    for (int i = 0; i < 1000; i++)
+        log_ratelimited(rl, LOG_LEVEL_WARNING, "refused connection %d", i);
+}
+
+static void one_more(void *arg)
+{
+    log_ratelimited(arg, LOG_LEVEL_WARNING, "refused connection late");
+}
+
+/* A peer that makes a message repeat 1000 times in a burst gets 5 lines, and
+ * the next interval says how many were dropped. */
+Test(log, ratelimited_burst_then_suppressed_count)
+{
+    static char out[1 << 17];
+    log_level_set(LOG_LEVEL_INFO);
+    struct log_ratelimit rl = LOG_RATELIMIT_INIT(400, 5);
+    capture_fn(out, sizeof(out), flood, &rl);
+    cr_assert_eq(count_lines(out), 5, "lines written:\n%s", out);
+    cr_assert(strstr(out, "<4>refused connection 0\n") && strstr(out, "<4>refused connection 4\n"), "%s", out);
+    cr_assert_null(strstr(out, "refused connection 5\n"), "%s", out);
+    usleep(450 * 1000);
+    capture_fn(out, sizeof(out), one_more, &rl);
+    cr_assert_str_eq(out, "<4>995 similar messages suppressed\n<4>refused connection late\n");
+}

@@ -1,8 +1,10 @@
 /* test_weight_push - pushing a layer range's tensors to a worker cache:
- * the full push, a second push that sends nothing, a resumed push after a
- * partial transfer, and malformed chunks refused without touching the cache. */
+ * the full push, a second push that sends nothing, a stale partial transfer
+ * dropped, malformed chunks refused without touching the cache, and the
+ * cache's defences: symbolic links, unsafe directory, quota, LRU pruning. */
 #include <criterion/criterion.h>
 #include <dirent.h>
+#include <fcntl.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -103,7 +105,7 @@ static int push_once(const struct model *m, const struct wp_manifest *mf, const 
     ifd_error err;
     cr_assert_eq(net_conn_create(sv[0], "master", &mc, &err), 0);
     cr_assert_eq(net_conn_create(sv[1], "worker", &w.c, &err), 0);
-    cr_assert_eq(wp_cache_open(cache_dir, &w.cache, &err), 0, "%s", err.msg);
+    cr_assert_eq(wp_cache_open(cache_dir, 0, &w.cache, &err), 0, "%s", err.msg);
     pthread_t th;
     pthread_create(&th, NULL, fake_worker_main, &w);
     const char *cfg = "{}";
@@ -162,7 +164,9 @@ Test(weight_push, full_then_cached_then_resumed)
     cr_assert_eq(st.bytes_raw, 0);
     cr_assert_eq(n_img, wp_manifest_count(mf));
 
-    /* A transfer cut in the middle of a tensor: half of it as .part. */
+    /* A transfer cut in the middle of a tensor: half of it as .part, left by
+     * an earlier run. Nobody will finish it: the cache removes it at start,
+     * and the tensor is sent whole (the others stay cached). */
     char *bin = find_cache_file(cache, ".bin");
     cr_assert_not_null(bin, "no cached tensor in %s", cache);
     struct stat sb;
@@ -176,7 +180,7 @@ Test(weight_push, full_then_cached_then_resumed)
     push_once(m, mf, cache, &st, &n_img);
     cr_assert_eq(st.tensors_sent, 1);
     cr_assert_eq(st.tensors_cached, wp_manifest_count(mf) - 1);
-    cr_assert_eq(st.bytes_raw, (uint64_t)(sb.st_size - sb.st_size / 2), "resumed from the .part's size");
+    cr_assert_eq(st.bytes_raw, (uint64_t)sb.st_size, "the stale .part was removed, the tensor sent whole");
     cr_assert_eq(stat(bin, &sb), 0, "completed tensor renamed to .bin");
 
     /* A cached file corrupted on disk: LOAD fails and the file is dropped,
@@ -185,7 +189,7 @@ Test(weight_push, full_then_cached_then_resumed)
     fputc(0x5a, f);
     fclose(f);
     struct wp_cache *c;
-    cr_assert_eq(wp_cache_open(cache, &c, &err), 0);
+    cr_assert_eq(wp_cache_open(cache, 0, &c, &err), 0);
     free(bin);
     free(part);
     wp_cache_close(c);
@@ -207,7 +211,7 @@ Test(weight_push, malformed_chunks_refused)
     cr_assert_not_null(mkdtemp(dir));
     struct wp_cache *c;
     ifd_error err;
-    cr_assert_eq(wp_cache_open(dir, &c, &err), 0, "%s", err.msg);
+    cr_assert_eq(wp_cache_open(dir, 0, &c, &err), 0, "%s", err.msg);
     struct net_tensor_desc t = {.nbytes = 64, .dtype = 0, .n_dims = 1, .shape = {16}, .name = "x"};
     memset(t.hash, 7, 32);
     struct net_assign a = {.n_tensors = 1, .tensors = &t};
@@ -239,4 +243,169 @@ Test(weight_push, malformed_chunks_refused)
     cr_assert_eq(have, 0, "nothing of a refused tensor is kept");
     wp_cache_close(c);
     cr_assert_eq(tu_remove_tree(dir), 0);
+}
+
+static void rm_rf(const char *dir)
+{
+    char cmd[160];
+    snprintf(cmd, sizeof(cmd), "chmod -R u+w %s; rm -rf %s", dir, dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+static void write_file(const char *path, size_t n, char fill)
+{
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f, "%s", path);
+    for (size_t i = 0; i < n; i++)
+        fputc(fill, f);
+    fclose(f);
+}
+
+/* A <hash>.part planted as a symbolic link to another file is not followed:
+ * the chunk is refused and the other file stays as it was. */
+Test(weight_push, symlinked_part_is_not_followed)
+{
+    char dir[] = "/tmp/inferd-wp-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    struct wp_cache *c;
+    ifd_error err;
+    cr_assert_eq(wp_cache_open(dir, 0, &c, &err), 0, "%s", err.msg);
+    struct net_tensor_desc t = {.nbytes = 64, .dtype = 0, .n_dims = 1, .shape = {16}, .name = "x"};
+    memset(t.hash, 0xab, 32);
+    struct net_assign a = {.n_tensors = 1, .tensors = &t};
+    char victim[128], part[192];
+    snprintf(victim, sizeof(victim), "%s/victim", dir);
+    snprintf(part, sizeof(part), "%s/%s.part", dir,
+             "abababababababababababababababababababababababababababababababab");
+    write_file(victim, 10, 'v');
+    cr_assert_eq(symlink(victim, part), 0);
+    uint8_t data[64] = {1};
+    /* The link's target has 10 bytes: a chunk at offset 10 is what following it would accept. */
+    struct net_chunk ch = {.index = 0, .offset = 10, .raw_len = 8, .data_len = 8, .data = data};
+    cr_assert_lt(wp_cache_put_chunk(c, &a, &ch, &err), 0);
+    ch.offset = 0;
+    cr_assert_lt(wp_cache_put_chunk(c, &a, &ch, &err), 0);
+    cr_assert(strstr(err.msg, "symbolic link"), "%s", err.msg);
+    struct stat sb;
+    cr_assert_eq(stat(victim, &sb), 0);
+    cr_assert_eq(sb.st_size, 10, "the link's target was written to");
+    uint64_t have = 1;
+    wp_cache_have(c, &a, &have);
+    cr_assert_eq(have, 0, "a link is not a held tensor");
+    wp_cache_close(c);
+    rm_rf(dir);
+}
+
+/* A cache directory others can write to, or that is a link, is refused. */
+Test(weight_push, unsafe_cache_directory_refused)
+{
+    char dir[] = "/tmp/inferd-wp-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    struct wp_cache *c;
+    ifd_error err;
+    cr_assert_eq(chmod(dir, 0770), 0);
+    cr_assert_eq(wp_cache_open(dir, 0, &c, &err), -EPERM);
+    cr_assert(strstr(err.msg, "writable by group or others") && strstr(err.msg, dir), "%s", err.msg);
+    cr_assert_eq(chmod(dir, 0702), 0);
+    cr_assert_eq(wp_cache_open(dir, 0, &c, &err), -EPERM, "%s", err.msg);
+    cr_assert_eq(chmod(dir, 0700), 0);
+    char link[128];
+    snprintf(link, sizeof(link), "%s-link", dir);
+    cr_assert_eq(symlink(dir, link), 0);
+    cr_assert_lt(wp_cache_open(link, 0, &c, &err), 0);
+    cr_assert(strstr(err.msg, "symbolic link"), "%s", err.msg);
+    unlink(link);
+    cr_assert_eq(wp_cache_open(dir, 0, &c, &err), 0, "%s", err.msg);
+    wp_cache_close(c);
+    rm_rf(dir);
+}
+
+/* Declared sizes meet the quota before anything is written: a 1 TiB tensor
+ * (of zstd zeros, say) is refused at ASSIGN, by the default quota too. */
+Test(weight_push, assignment_beyond_quota_refused)
+{
+    char dir[] = "/tmp/inferd-wp-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    struct wp_cache *c;
+    ifd_error err;
+    cr_assert_eq(wp_cache_open(dir, 0, &c, &err), 0, "%s", err.msg);
+    struct net_tensor_desc t = {.nbytes = 1ull << 40, .dtype = 0, .n_dims = 2, .shape = {1 << 20, 1 << 18},
+                                .name = "huge"};
+    memset(t.hash, 0x11, 32);
+    struct net_assign a = {.n_tensors = 1, .tensors = &t};
+    cr_assert_eq(wp_cache_reserve(c, &a, NULL, &err), -EFBIG);
+    cr_assert(strstr(err.msg, "cache_max_bytes"), "%s", err.msg);
+    wp_cache_close(c);
+    cr_assert_eq(wp_cache_open(dir, 1000, &c, &err), 0, "%s", err.msg);
+    t.nbytes = 1024;
+    cr_assert_eq(wp_cache_reserve(c, &a, NULL, &err), -EFBIG, "%s", err.msg);
+    t.nbytes = 1000;
+    cr_assert_eq(wp_cache_reserve(c, &a, NULL, &err), 0, "%s", err.msg);
+    wp_cache_close(c);
+    rm_rf(dir);
+}
+
+/* Room for a new assignment comes from tensors it does not use, least
+ * recently used first; the ones it lists are kept. */
+Test(weight_push, quota_prunes_unused_least_recently_used)
+{
+    char dir[] = "/tmp/inferd-wp-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    struct wp_cache *c;
+    ifd_error err;
+    cr_assert_eq(wp_cache_open(dir, 400, &c, &err), 0, "%s", err.msg);
+    char path[4][192];
+    for (int i = 0; i < 4; i++) {
+        char hex[65];
+        memset(hex, "1234"[i], 64);
+        hex[64] = '\0';
+        snprintf(path[i], sizeof(path[i]), "%s/%s.bin", dir, hex);
+        write_file(path[i], 100, 'x');
+        struct timespec ts[2] = {{.tv_sec = 1000000 + 1000 * (i == 3 ? 0 : i + 1)},
+                                 {.tv_sec = 1000000 + 1000 * (i == 3 ? 0 : i + 1)}};
+        cr_assert_eq(utimensat(AT_FDCWD, path[i], ts, 0), 0);
+    }
+    /* File 3 is the oldest but the assignment uses it (already held). */
+    struct net_tensor_desc t[2] = {{.nbytes = 100, .dtype = 0, .n_dims = 1, .shape = {25}, .name = "kept"},
+                                   {.nbytes = 150, .dtype = 0, .n_dims = 1, .shape = {75}, .name = "new"}};
+    memset(t[0].hash, 0x44, 32);
+    memset(t[1].hash, 0x99, 32);
+    struct net_assign a = {.n_tensors = 2, .tensors = t};
+    size_t pruned = 0;
+    cr_assert_eq(wp_cache_reserve(c, &a, &pruned, &err), 0, "%s", err.msg);
+    /* 400 held + 150 missing > 400: the two least recently used unused go. */
+    cr_assert_eq(pruned, 2);
+    cr_assert_neq(access(path[0], F_OK), 0, "LRU file kept");
+    cr_assert_neq(access(path[1], F_OK), 0, "second LRU file kept");
+    cr_assert_eq(access(path[2], F_OK), 0, "most recently used unused file removed");
+    cr_assert_eq(access(path[3], F_OK), 0, "a tensor of the assignment was removed");
+    /* An assignment larger than the quota itself removes nothing. */
+    t[1].nbytes = 350;
+    cr_assert_eq(wp_cache_reserve(c, &a, &pruned, &err), -EFBIG, "%s", err.msg);
+    cr_assert_eq(access(path[2], F_OK), 0, "a refused assignment pruned the cache");
+    wp_cache_close(c);
+    rm_rf(dir);
+}
+
+/* .part files go when their sender does (the worker calls this when its
+ * master disconnects) and when the cache is opened. */
+Test(weight_push, partial_tensors_removed)
+{
+    char dir[] = "/tmp/inferd-wp-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char part[192], bin[192];
+    snprintf(part, sizeof(part), "%s/%064d.part", dir, 7);
+    snprintf(bin, sizeof(bin), "%s/%064d.bin", dir, 8);
+    write_file(part, 50, 'p');
+    write_file(bin, 50, 'b');
+    struct wp_cache *c;
+    ifd_error err;
+    cr_assert_eq(wp_cache_open(dir, 0, &c, &err), 0, "%s", err.msg);
+    cr_assert_neq(access(part, F_OK), 0, "stale .part kept at start");
+    write_file(part, 50, 'p');
+    cr_assert_eq(wp_cache_remove_partial(c), 1);
+    cr_assert_neq(access(part, F_OK), 0);
+    cr_assert_eq(access(bin, F_OK), 0, "complete tensors stay");
+    wp_cache_close(c);
+    rm_rf(dir);
 }
