@@ -32,3 +32,16 @@ def goldens(model):
     """The lines of golden/models.jsonl for one model."""
     with open(os.path.join(SHARED, "golden", "models.jsonl")) as f:
         return [d for d in map(json.loads, f) if d["model"] == model]
+
+
+def proc_counts(pid):
+    """(open fds, threads, RSS KiB) of a live process, from /proc: what the
+    fault and soak tests watch for leaks."""
+    fds = len(os.listdir("/proc/%d/fd" % pid))
+    threads = len(os.listdir("/proc/%d/task" % pid))
+    rss = 0
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+    return fds, threads, rss
