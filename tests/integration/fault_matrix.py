@@ -52,34 +52,11 @@ import time
 import traceback
 
 import cluster_test as ct
-from harness import MODELS, goldens, proc_counts
+from harness import MODELS, alloc_port, goldens, proc_counts
 
 TMP = tempfile.mkdtemp(prefix="inferd-fault-matrix-")
 os.rmdir(ct.TMP)
 ct.TMP = TMP  # the process logs of cluster_test's Worker/Master go here
-
-_ports = {"lock": threading.Lock(), "next": 21000 + (os.getpid() % 40) * 250}
-
-
-def alloc_port():
-    """A free port below the ephemeral range (32768+). With dozens of
-    processes starting at once, a port that free_port() found free can be
-    handed to someone's outgoing connection or port-0 bind before the worker
-    binds it (the worker then exits and the port answers for someone else);
-    ports below that range are only taken by a bind that names them."""
-    with _ports["lock"]:
-        while True:
-            port = _ports["next"]
-            _ports["next"] = 21000 + (port + 1 - 21000) % 11000
-            s = socket.socket()
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-            finally:
-                s.close()
-
 
 ct.free_port = alloc_port  # the masters that cluster_test.Master starts, too
 

@@ -32,7 +32,9 @@ import threading
 import time
 
 import cluster_test as ct
-from harness import FAILURES, MODELS, check, proc_counts
+from harness import FAILURES, MODELS, alloc_port, check, proc_counts
+
+ct.free_port = alloc_port  # see alloc_port: no port race with other tests' connections
 
 CLIENTS = 64
 PROMPTS = ["Once upon a time", "The little dog", "Tom and Sue went to the park", "One day, a cat",
@@ -215,8 +217,16 @@ def run(binary, key, seconds, procs):
     w2.stop(signal.SIGKILL)
     time.sleep(2)
     procs["w2"] = ct.Worker(binary, key, "soak-w2-again", port=w2.port, cache=w2.cache)
-    while m.health() != 200:
+    # Back when a request goes through the whole chain again (worker 1
+    # reopens its link to the new worker 2 on its first forward).
+    deadline = time.time() + 60
+    while True:
+        st, text = request(m.port, "complete", PROMPTS[0], 8)
+        if st == "done" or time.time() > deadline:
+            break
         time.sleep(0.2)
+    check(st == "done" and text == want[("complete", PROMPTS[0], 8)],
+          "served again after the worker restart: %s %r" % (st, text))
     with lock:
         restart["up"] = time.time()
     print("worker 2 restarted: down %.1fs" % (restart["up"] - restart["down"]), flush=True)
