@@ -4,6 +4,7 @@ import json
 import os
 import socket
 import sys
+import threading
 
 SHARED = os.environ.get("INFERD_SHARED")
 if not SHARED or not os.path.isdir(os.path.join(SHARED, "models")):
@@ -42,3 +43,39 @@ def key_file(*keys):
     os.write(fd, "".join(k + "\n" for k in keys).encode())
     os.close(fd)
     return path
+
+
+def proc_counts(pid):
+    """(open fds, threads, RSS KiB) of a live process, from /proc: what the
+    fault and soak tests watch for leaks."""
+    fds = len(os.listdir("/proc/%d/fd" % pid))
+    threads = len(os.listdir("/proc/%d/task" % pid))
+    rss = 0
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+    return fds, threads, rss
+
+
+_ports = {"lock": threading.Lock(), "next": 21000 + (os.getpid() % 40) * 250}
+
+
+def alloc_port():
+    """A free port below the ephemeral range (32768+). With dozens of
+    processes starting at once, a port that free_port() found free can be
+    handed to someone's outgoing connection or port-0 bind before the worker
+    binds it (the worker then exits and the port answers for someone else);
+    ports below that range are only taken by a bind that names them."""
+    with _ports["lock"]:
+        while True:
+            port = _ports["next"]
+            _ports["next"] = 21000 + (port + 1 - 21000) % 11000
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+            finally:
+                s.close()
