@@ -288,7 +288,7 @@ struct wp_cache {
     char *dir;
     uint8_t *zbuf; /* decompression target, NET_CHUNK_MAX */
     ZSTD_DCtx *zd;
-    uint64_t max_bytes; /* quota of the files in the directory */
+    uint64_t max_bytes; /* quota of the files in the directory; 0: half of its file system */
 };
 
 /* Every file of the cache is opened relative to the directory, never
@@ -379,14 +379,6 @@ int wp_cache_open(const char *dir, uint64_t max_bytes, struct wp_cache **ret, if
         return ifd_error_set(err, -EPERM, "cache directory '%s' is writable by group or others (mode %04o): "
                              "chmod go-w it", dir, (unsigned)(st.st_mode & 07777));
     }
-    if (max_bytes == 0) {
-        /* Default quota: half of the file system the cache lives on. */
-        struct statvfs vfs;
-        if (fstatvfs(fd, &vfs) == 0)
-            max_bytes = (uint64_t)vfs.f_blocks * vfs.f_frsize / 2;
-        if (max_bytes == 0)
-            max_bytes = UINT64_MAX;
-    }
     struct wp_cache *c = calloc(1, sizeof(*c));
     if (!c || !(c->dir = strdup(dir)) || !(c->zbuf = malloc(NET_CHUNK_MAX)) || !(c->zd = ZSTD_createDCtx())) {
         close(fd);
@@ -405,7 +397,18 @@ int wp_cache_open(const char *dir, uint64_t max_bytes, struct wp_cache **ret, if
     return 0;
 }
 
-uint64_t wp_cache_max_bytes(const struct wp_cache *c) { return c->max_bytes; }
+uint64_t wp_cache_max_bytes(const struct wp_cache *c)
+{
+    if (c->max_bytes)
+        return c->max_bytes;
+    /* The default is taken anew each time, so that a file system grown (or a
+     * larger one mounted) under a running worker counts at the next ASSIGN. */
+    struct statvfs vfs;
+    uint64_t half = 0;
+    if (fstatvfs(c->dirfd, &vfs) == 0)
+        half = (uint64_t)vfs.f_blocks * vfs.f_frsize / 2;
+    return half ? half : UINT64_MAX;
+}
 
 void wp_cache_close(struct wp_cache *c)
 {
@@ -504,6 +507,7 @@ static int by_mtime(const void *x, const void *y)
 
 int wp_cache_reserve(struct wp_cache *c, const struct net_assign *a, size_t *ret_pruned, ifd_error *err)
 {
+    const uint64_t quota = wp_cache_max_bytes(c);
     uint64_t need = 0, held = 0;
     for (uint32_t i = 0; i < a->n_tensors; i++) {
         const struct net_tensor_desc *t = &a->tensors[i];
@@ -522,10 +526,10 @@ int wp_cache_reserve(struct wp_cache *c, const struct net_assign *a, size_t *ret
         if (s > 0 && (uint64_t)s < t->nbytes)
             held += (uint64_t)s;
     }
-    if (need > c->max_bytes)
+    if (need > quota)
         return ifd_error_set(err, -EFBIG, "the assignment needs %llu bytes of tensors, more than the cache's quota of "
                              "%llu ([node] cache_max_bytes)", (unsigned long long)need,
-                             (unsigned long long)c->max_bytes);
+                             (unsigned long long)quota);
     struct cache_scan cs = {.a = a};
     int r = cache_each(c, scan_file, &cs);
     if (r < 0) {
@@ -536,7 +540,7 @@ int wp_cache_reserve(struct wp_cache *c, const struct net_assign *a, size_t *ret
     qsort(cs.unused, cs.n_unused, sizeof(*cs.unused), by_mtime);
     uint64_t missing = need - held, room = disk_room(c->dirfd);
     size_t pruned = 0;
-    for (size_t i = 0; i < cs.n_unused && (cs.total + missing > c->max_bytes || missing > room); i++) {
+    for (size_t i = 0; i < cs.n_unused && (cs.total + missing > quota || missing > room); i++) {
         if (unlinkat(c->dirfd, cs.unused[i].name, 0) < 0)
             continue;
         cs.total -= cs.unused[i].size;
@@ -546,10 +550,10 @@ int wp_cache_reserve(struct wp_cache *c, const struct net_assign *a, size_t *ret
     free(cs.unused);
     if (ret_pruned)
         *ret_pruned = pruned;
-    if (cs.total + missing > c->max_bytes)
+    if (cs.total + missing > quota)
         return ifd_error_set(err, -ENOSPC, "cache '%s': %llu more bytes would exceed the quota of %llu "
                              "([node] cache_max_bytes)", c->dir, (unsigned long long)missing,
-                             (unsigned long long)c->max_bytes);
+                             (unsigned long long)quota);
     if (missing > room)
         return ifd_error_set(err, -ENOSPC, "cache '%s': %llu more bytes do not fit on its file system "
                              "(%llu bytes usable)", c->dir, (unsigned long long)missing, (unsigned long long)room);

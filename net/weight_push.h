@@ -77,6 +77,8 @@ struct wp_cache;
  * file system). Cache files are never opened through symbolic links. */
 int wp_cache_open(const char *dir, uint64_t max_bytes, struct wp_cache **ret, ifd_error *err);
 void wp_cache_close(struct wp_cache *c); /* accepts NULL */
+/* The quota in force: the configured one, or half of the cache's file system
+ * as it is now (taken at each call). */
 uint64_t wp_cache_max_bytes(const struct wp_cache *c);
 
 /* Before the transfer of an assignment: refuses one larger than the quota,

@@ -79,18 +79,9 @@ DECODE_N = 48
 REF = {}          # fault-free outputs: "long", "decode"
 REF_COUNTS = {}   # (fds, threads) of a fault-free ready, idle cluster: "master", "w1", "w2"
 
-# Known bugs outside this test's scope (net/stage_server.c, net/weight_push.c,
-# net/conn.c, daemon/worker.c are being changed by another engineer): case id
-# -> (regex every failure of the case must match, the bug). A case is xfail
-# only when each of its failures is the known one; see docs/security.md.
-ENOSPC_LOST = ("the worker answers a chunk it cannot store with ERROR '...No space left on device' and closes "
-               "while the master is still sending chunks (wp_push reads nothing before LOAD): the master gets "
-               "'send failed: Connection reset by peer' and never sees the cause (net/weight_push.c, "
-               "net/stage_server.c)")
-XFAIL = {
-    "w1/enospc/push": ("the master logs ENOSPC naming the worker", ENOSPC_LOST),
-    "w2/enospc/push": ("the master logs ENOSPC naming the worker", ENOSPC_LOST),
-}
+# Known bugs: case id -> (regex every failure of the case must match, the
+# bug). A case is xfail only when each of its failures is the known one.
+XFAIL = {}
 
 NA = {
     ("master", "enospc"): "the master keeps no tensor cache (it reads the checkpoint read-only)",
@@ -618,9 +609,12 @@ class Case:
         i = int(self.target[1]) - 1
         if self.phase == "push":
             self.start_master(wait=False)
-            self.check(self.m.wait_log(r"Worker flag%d \(%s\): .*No space left on device.*retrying" %
-                                       (i, re.escape(self.p[i].addr)), 30),
-                       "the master logs ENOSPC naming the worker")
+            # The worker refuses the assignment before a byte is written:
+            # larger than its quota (half the small file system) or than the
+            # room left on it; the master logs the worker's reason.
+            self.check(self.m.wait_log(r"Worker flag%d \(%s\): .*(No space left on device|quota|do not fit)"
+                                       r".*retrying" % (i, re.escape(self.p[i].addr)), 30),
+                       "the master logs the full cache naming the worker")
             self.check(self.m.health() == 503, "/health is 503 while the worker's cache is full")
             self.alive("with the cache full")
             subprocess.run(["mount", "-o", "remount,size=16m", self.caches[i]], check=True)
@@ -675,8 +669,9 @@ class Case:
         if self.phase == "load":
             flip_byte(path)
         else:
-            # An interrupted push whose partial file was spoiled: the master resumes it,
-            # the worker must catch the bad content when the tensor completes.
+            # An interrupted push whose partial file was spoiled: the worker
+            # removes partial files when it starts (nobody will finish them),
+            # so the tensor is sent again whole and the spoiled bytes are never used.
             with open(path, "rb") as f:
                 data = bytearray(f.read())
             half = data[:len(data) // 2]
@@ -685,11 +680,18 @@ class Case:
                 f.write(half)
             os.unlink(path)
         self.start_worker(i)
-        self.check(self.master_logged(i, 30) or self.w[i].wait_log(r"corrupt|does not match", 1),
-                   "the spoiled tensor is reported naming the worker")
-        self.check(self.w[i].wait_log(r"does not match its hash|is corrupt", 5),
-                   "the worker says which tensor is corrupt")
+        if self.phase == "load":
+            self.check(self.master_logged(i, 30) or self.w[i].wait_log(r"corrupt|does not match", 1),
+                       "the spoiled tensor is reported naming the worker")
+            self.check(self.w[i].wait_log(r"does not match its hash|is corrupt", 5),
+                       "the worker says which tensor is corrupt")
+        else:
+            self.check(self.w[i].wait_log(r"Assigned layers .* 8 already cached", 30),
+                       "the worker restarted without the spoiled partial tensor (8 of 9 cached)")
         self.golden_served()
+        if self.phase == "push":
+            self.check(not os.path.exists(path[:-4] + ".part") and os.path.exists(path),
+                       "the tensor was sent again whole (no .part left, the .bin back)")
         self.alive("after recovery")
         self.counts_back({self.target})
 
