@@ -529,6 +529,24 @@ int cluster_build_stages(struct cluster *c, const struct model *m, struct thread
     return 0;
 }
 
+int cluster_count_unready(struct cluster *c, char *what, size_t what_len)
+{
+    int n = 0;
+    for (int i = 0; c && i < c->n; i++) {
+        struct remote_link *l = c->mem[i].link;
+        enum remote_link_state st = remote_link_state(l);
+        if (st == REMOTE_LINK_READY)
+            continue;
+        if (n++ == 0 && what_len) {
+            char d[256];
+            remote_link_detail(l, d, sizeof(d));
+            snprintf(what, what_len, "worker %s (%s) is %s%s%s", remote_link_name(l), remote_link_addr(l),
+                     remote_link_state_name(st), d[0] ? ": " : "", d);
+        }
+    }
+    return n;
+}
+
 cJSON *cluster_status_json(struct cluster *c)
 {
     cJSON *arr = cJSON_CreateArray();

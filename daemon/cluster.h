@@ -52,4 +52,10 @@ int cluster_build_stages(struct cluster *c, const struct model *m, struct thread
  * bytes_sent, bytes_received, forwards, ms_per_token, push figures. */
 cJSON *cluster_status_json(struct cluster *c);
 
+/* How many workers are not ready now (down, reconnecting, being set up);
+ * when some are, the first one's "NAME (ADDRESS) is STATE: DETAIL" goes to
+ * what (NUL-terminated, cut to what_len). For /health: a master with a worker
+ * down answers every generation with 503, so it must not report healthy. */
+int cluster_count_unready(struct cluster *c, char *what, size_t what_len);
+
 void cluster_destroy(struct cluster *c); /* accepts NULL */

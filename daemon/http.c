@@ -527,6 +527,19 @@ static MHD_RESULT handle_health(struct MHD_Connection *c, struct conn *k)
         return respond_json(c, k, 503, strdup("{\"status\":\"stopping\"}"));
     if (!app_ready(k->app))
         return respond_json(c, k, 503, strdup("{\"status\":\"loading\"}"));
+    char what[512];
+    int down = k->app->cluster ? cluster_count_unready(k->app->cluster, what, sizeof(what)) : 0;
+    if (down > 0) {
+        /* Generations get 503 while a worker is missing: say so here too, so
+         * a load balancer stops sending requests until it is back. */
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "status", "degraded");
+        cJSON_AddNumberToObject(o, "workers_not_ready", down);
+        cJSON_AddStringToObject(o, "detail", what);
+        char *body = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        return respond_json(c, k, 503, body);
+    }
     return respond_json(c, k, 200, strdup("{\"status\":\"ok\"}"));
 }
 

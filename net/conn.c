@@ -264,6 +264,30 @@ void net_conn_destroy(struct net_conn *c)
     free(c);
 }
 
+void net_conn_linger(struct net_conn *c, int max_ms, size_t max_bytes)
+{
+    if (!c)
+        return;
+    shutdown(c->fd, SHUT_WR);
+    uint64_t deadline = deadline_after(max_ms);
+    uint8_t sink[16384];
+    size_t drained = 0;
+    while (drained < max_bytes) {
+        struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+        int pr = poll(&pfd, 1, ms_left(deadline));
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pr <= 0)
+            break;
+        ssize_t k = recv(c->fd, sink, sizeof(sink), 0);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            break; /* the peer read our last frame and closed, or reset */
+        drained += (size_t)k;
+    }
+}
+
 void net_conn_shutdown(struct net_conn *c)
 {
     if (!c)

@@ -620,6 +620,9 @@ static void serve_conn(struct stage_server *s, struct conn_slot *slot)
         if (r < 0) {
             log_err("closing connection from %s: %s", net_conn_peer(c), err.msg);
             net_conn_send_error(c, r, 0, err.msg);
+            /* A master may still be pushing chunks: read them away for a
+             * moment so that it can read the ERROR instead of a reset. */
+            net_conn_linger(c, STAGE_SERVER_LINGER_MS, STAGE_SERVER_LINGER_BYTES);
             break;
         }
     }

@@ -37,6 +37,11 @@
  * newcomer is refused instead): time for a handshake, and a bound on churn. */
 #define STAGE_SERVER_PREAUTH_GRACE_MS 1000
 #define STAGE_SERVER_MAX_TOKENS 8192 /* largest batch a worker accepts */
+/* After refusing an authenticated peer's message with an ERROR: how long and
+ * how much of what it still sends (a master's weight chunks) is read away
+ * before the close, so the ERROR reaches it instead of a reset. */
+#define STAGE_SERVER_LINGER_MS 2000
+#define STAGE_SERVER_LINGER_BYTES ((size_t)64 << 20)
 
 struct stage_server;
 

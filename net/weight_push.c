@@ -244,6 +244,16 @@ int wp_push(struct net_conn *c, const struct wp_manifest *mf, const struct wp_pu
             bool use_z = !ZSTD_isError(zn) && zn < n - n / 16;
             struct net_chunk ch = {.index = (uint32_t)i, .flags = use_z ? NET_CHUNK_F_ZSTD : 0, .offset = off,
                                    .raw_len = n, .data_len = use_z ? (uint32_t)zn : n};
+            /* The worker sends nothing while it receives chunks, except an
+             * ERROR when it cannot store one (disk full, quota): read it
+             * now, so the failure carries its cause, not "connection reset". */
+            if (net_conn_wait_readable(c, 0) > 0) {
+                r = recv_msg(c, NET_MSG_HAVE, &pl, &len, p->timeout_ms, err);
+                if (r >= 0)
+                    r = ifd_error_set(err, -EPROTO, "worker %s: unexpected message during the weight push",
+                                      net_conn_peer(c));
+                break;
+            }
             net_chunk_encode_header(&b, &ch);
             r = net_conn_send2(c, NET_MSG_TENSOR_CHUNK, b.data, b.len, use_z ? zbuf : src, ch.data_len,
                                p->timeout_ms, err);

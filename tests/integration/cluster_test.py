@@ -363,6 +363,11 @@ def fault_worker_death(binary, key):
         check(s and any(w["state"] in ("down", "connecting") for w in s["workers"]),
               "status shows the worker down: %s" % (s and s["workers"]))
         check(m.proc.poll() is None, "the master stays up")
+        # /health tells a load balancer the master cannot serve now, and why.
+        st, body = m.request("GET", "/health")
+        h = json.loads(body) if st == 503 else {}
+        check(st == 503 and h.get("status") == "degraded" and w2.addr in h.get("detail", ""),
+              "/health is 503 degraded naming the dead worker: %s %s" % (st, body))
         # Back on the same port with the same cache directory: nothing re-sent.
         w2 = Worker(binary, key, "death-w2", port=w2.port, cache=w2.cache)
         deadline = time.time() + 30
@@ -372,6 +377,7 @@ def fault_worker_death(binary, key):
                 break
             time.sleep(0.2)
         check(st == 200 and r["choices"][0]["text"] == want, "serves again after the restart: %d %s" % (st, r))
+        check(m.health() == 200, "/health is 200 again once the worker is back")
         check(re.search(r"\((0) sent, (\d+) cached\)", m.logtext()), "the restarted worker got no tensor again")
         check(re.search(r"already cached", w2.logtext()), "the restarted worker found its tensors in its cache")
     finally:

@@ -402,7 +402,7 @@ class Case:
             os.makedirs(self.caches[i])
         if self.fault == "enospc":
             i = int(self.target[1]) - 1
-            size = "160k" if self.phase == "push" else "16m"
+            size = "16m"
             r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0700" % size, "tmpfs", self.caches[i]],
                                capture_output=True, text=True)
             if r.returncode != 0:
@@ -486,6 +486,10 @@ class Case:
     def hook_for(self, i_target):
         """What the proxy does at the fault point."""
         def hook(conn):
+            if self.fault == "enospc":
+                # The disk fills up while the worker receives the weights.
+                fill_fs(self.caches[i_target])
+                return None
             if self.fault == "reset":
                 if self.target == "master":
                     for p in self.p:
@@ -608,16 +612,23 @@ class Case:
     def run_enospc(self):
         i = int(self.target[1]) - 1
         if self.phase == "push":
+            # The cache has room when the master asks (quota and free space
+            # are checked at ASSIGN); the disk fills up during the transfer:
+            # the worker answers the chunk it cannot store with an ERROR and
+            # lingers, so the master logs the worker's cause, not a reset.
+            # The cause is either the room check before a tensor's first
+            # chunk or a write() failing with ENOSPC; later retries are
+            # refused at ASSIGN ("do not fit") until the disk has room.
+            t = self.arm()
             self.start_master(wait=False)
-            # The worker refuses the assignment before a byte is written:
-            # larger than its quota (half the small file system) or than the
-            # room left on it; the master logs the worker's reason.
-            self.check(self.m.wait_log(r"Worker flag%d \(%s\): .*(No space left on device|quota|do not fit)"
-                                       r".*retrying" % (i, re.escape(self.p[i].addr)), 30),
-                       "the master logs the full cache naming the worker")
+            if not self.check(t.fired.wait(60), "the fault point (push) was never reached"):
+                return
+            self.check(self.m.wait_log(r"Worker flag%d \(%s\): .*(No space left on device|no room for tensor|do not fit on its file system).*retrying" %
+                                       (i, re.escape(self.p[i].addr)), 30),
+                       "the master logs ENOSPC naming the worker")
             self.check(self.m.health() == 503, "/health is 503 while the worker's cache is full")
             self.alive("with the cache full")
-            subprocess.run(["mount", "-o", "remount,size=16m", self.caches[i]], check=True)
+            os.unlink(os.path.join(self.caches[i], "filler"))
             self.m.wait_ready(120)
             self.golden_served()
             self.alive("after recovery")
