@@ -244,11 +244,17 @@ int chat_template_render_conversation_untrusted(const chat_template *t, const ch
         rc = set_json_globals(&r, defaults);
     for (size_t i = 0; special && i < special->d->n && rc == 0; i++)
         rc = jr_frame_set(&r, r.globals, special->d->keys[i], special_token_value(special->d->vals[i]));
+    /* The request's text is untrusted: the messages and the kwargs (tools,
+     * documents: what a client sends beside them); the special tokens are
+     * the model's. Taint is tracked only when the caller asks for the ranges:
+     * it never changes the text. */
+    r.untrusted = ret_spans != NULL;
+    if (r.untrusted && rc == 0)
+        rc = jv_taint_all(messages);
+    if (r.untrusted && kwargs && rc == 0)
+        rc = jv_taint_all(kwargs);
     for (size_t i = 0; kwargs && i < kwargs->d->n && rc == 0; i++)
         rc = jr_frame_set(&r, r.globals, kwargs->d->keys[i], kwargs->d->vals[i]);
-    r.untrusted = true;
-    if (rc == 0)
-        rc = jv_taint_all(messages);
     if (rc == 0)
         rc = jr_frame_set(&r, r.globals, (struct jstr){"messages", 8}, *messages);
     if (rc == 0)

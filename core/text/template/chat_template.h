@@ -65,8 +65,11 @@ int chat_template_render_conversation(const chat_template *t, const char *json, 
 int chat_template_render_untrusted(const chat_template *t, const cJSON *context, const char *const *untrusted,
                                    char **ret_text, size_t *ret_len, size_t **ret_spans, size_t *ret_n_spans,
                                    ifd_error *err);
-/* As chat_template_render_conversation; "messages" is untrusted (content,
- * tool results, every string in it). */
+/* As chat_template_render_conversation; "messages" (content, content
+ * parts, tool results, tool-call arguments: every string in it) and
+ * "kwargs" (tools, documents: what a client sends beside the messages) are
+ * untrusted; "special_tokens" and `defaults` are the model's, trusted. With
+ * ret_spans NULL no taint is tracked (the text is the same either way). */
 int chat_template_render_conversation_untrusted(const chat_template *t, const char *json, size_t len,
                                                 const cJSON *defaults, char **ret_text, size_t *ret_len,
                                                 size_t **ret_spans, size_t *ret_n_spans, ifd_error *err);
