@@ -9,7 +9,9 @@
  * conversation's "special_tokens" (add or override), its "kwargs" (tools,
  * enable_thinking, date_string ...), "messages" and "add_generation_prompt".
  * Ids are encode(text, add_special_tokens=false), as
- * apply_chat_template(tokenize=True) does; only when DIR has a tokenizer.json.
+ * apply_chat_template(tokenize=True) does, except that special tokens never
+ * match inside the messages' and kwargs' text (the ids the daemon makes,
+ * docs/security.md); only when DIR has a tokenizer.json.
  *
  * Output: {"text":"...","ids":[...]} per conversation, or {"error":"..."}
  * with exit status 1. --jsonl reads one conversation per line on stdin and
