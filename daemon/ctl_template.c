@@ -9,7 +9,9 @@
  * conversation's "special_tokens" (add or override), its "kwargs" (tools,
  * enable_thinking, date_string ...), "messages" and "add_generation_prompt".
  * Ids are encode(text, add_special_tokens=false), as
- * apply_chat_template(tokenize=True) does; only when DIR has a tokenizer.json.
+ * apply_chat_template(tokenize=True) does, except that special tokens never
+ * match inside the messages' and kwargs' text (the ids the daemon makes,
+ * docs/security.md); only when DIR has a tokenizer.json.
  *
  * Output: {"text":"...","ids":[...]} per conversation, or {"error":"..."}
  * with exit status 1. --jsonl reads one conversation per line on stdin and
@@ -210,17 +212,20 @@ static int render_one(struct tmpl_ctx *c, const char *json, size_t json_len, cJS
     char msg[IFD_ERROR_MSG_MAX + 16];
     const char *problem = NULL;
     char *text = NULL;
-    size_t len = 0;
+    size_t len = 0, *untrusted = NULL, n_untrusted = 0;
     ifd_error err = {{0}};
     /* The conversation goes to core as text, not cJSON, so that numbers keep
-     * Python's int/float split (a tool schema's 1.0 stays 1.0). */
-    if (chat_template_render_conversation(c->tmpl, json, json_len, c->special, &text, &len, &err) < 0) {
+     * Python's int/float split (a tool schema's 1.0 stays 1.0). Its messages
+     * are untrusted: ids as the daemon makes them (docs/security.md). */
+    if (chat_template_render_conversation_untrusted(c->tmpl, json, json_len, c->special, &text, &len, &untrusted,
+                                                    &n_untrusted, &err) < 0) {
         snprintf(msg, sizeof(msg), "%s", err.msg);
         problem = msg;
-    } else if (c->tok && tok_encode(c->tok, text, len, false, &c->ids, &err) < 0) {
+    } else if (c->tok && tok_encode_protected(c->tok, text, len, false, untrusted, n_untrusted, &c->ids, &err) < 0) {
         snprintf(msg, sizeof(msg), "tokenize: %s", err.msg);
         problem = msg;
     }
+    free(untrusted);
     cJSON *out = cJSON_CreateObject();
     if (!out) {
         free(text);

@@ -785,14 +785,19 @@ static int build_prompt(struct http_app *app, const struct api_request *rq, stru
         if (app->eos_token)
             cJSON_AddStringToObject(ctx, "eos_token", app->eos_token);
         char *text = NULL;
-        size_t len = 0;
-        r = chat_template_render(app->tmpl, ctx, &text, &len, &err);
+        size_t len = 0, *untrusted = NULL, n_untrusted = 0;
+        /* Message content is the client's text: special tokens in it stay
+         * text (docs/security.md), only the template's markup makes them. */
+        static const char *const untrusted_globals[] = {"messages", NULL};
+        r = chat_template_render_untrusted(app->tmpl, ctx, untrusted_globals, &text, &len, &untrusted, &n_untrusted,
+                                           &err);
         cJSON_Delete(ctx);
         if (r < 0) {
             api_error_set(e, 400, "invalid_request_error", "messages", NULL, "chat template: %s", err.msg);
             return r;
         }
-        r = tok_encode(app->tok, text, len, false, ids, &err);
+        r = tok_encode_protected(app->tok, text, len, false, untrusted, n_untrusted, ids, &err);
+        free(untrusted);
         free(text);
         if (r < 0) {
             api_error_set(e, 400, "invalid_request_error", "messages", NULL, "%s", err.msg);

@@ -77,7 +77,8 @@ void chat_template_destroy(chat_template *t)
 
 /* Runs the template over `globals` and hands the text out; destroys the
  * render's arena in every case. */
-static int render_finish(const chat_template *t, struct render *r, char **ret_text, size_t *ret_len)
+static int render_finish(const chat_template *t, struct render *r, char **ret_text, size_t *ret_len,
+                         size_t **ret_spans, size_t *ret_n_spans)
 {
     /* The template's own top level is a scope above the context, so `set`
      * at top level shadows a context variable, as in Jinja2. */
@@ -91,18 +92,28 @@ static int render_finish(const chat_template *t, struct render *r, char **ret_te
         return rc == -EFBIG || rc == -ENOMEM ? rc : -EINVAL;
     }
     char *text = malloc(out->n + 1);
-    if (!text) {
+    size_t ns = out->taint.n;
+    size_t *spans = ret_spans && ns ? malloc(2 * ns * sizeof(*spans)) : NULL;
+    if (!text || (ret_spans && ns && !spans)) {
+        free(text);
+        free(spans);
         jarena_destroy(r->arena);
         return ifd_error_set(r->err, -ENOMEM, "template: out of memory");
     }
     if (out->n)
         memcpy(text, out->p, out->n);
     text[out->n] = '\0';
+    if (spans)
+        memcpy(spans, out->taint.v, 2 * ns * sizeof(*spans));
     size_t n = out->n;
     jarena_destroy(r->arena);
     *ret_text = text;
     if (ret_len)
         *ret_len = n;
+    if (ret_spans) {
+        *ret_spans = spans;
+        *ret_n_spans = ns;
+    }
     return 0;
 }
 
@@ -137,17 +148,35 @@ static int set_json_globals(struct render *r, const cJSON *obj)
 
 int chat_template_render(const chat_template *t, const cJSON *context, char **ret_text, size_t *ret_len, ifd_error *err)
 {
+    return chat_template_render_untrusted(t, context, NULL, ret_text, ret_len, NULL, NULL, err);
+}
+
+/* Marks the global `name` untrusted, all of it. */
+static int taint_global(struct render *r, const char *name)
+{
+    struct jv *v = jr_frame_get(r->globals, (struct jstr){name, strlen(name)});
+    r->untrusted = true;
+    return v ? jv_taint_all(v) : 0;
+}
+
+int chat_template_render_untrusted(const chat_template *t, const cJSON *context, const char *const *untrusted,
+                                   char **ret_text, size_t *ret_len, size_t **ret_spans, size_t *ret_n_spans,
+                                   ifd_error *err)
+{
     if (!t || !context || !cJSON_IsObject(context))
         return ifd_error_set(err, -EINVAL, "template: context must be a JSON object");
     struct render r = {.stack_base = __builtin_frame_address(0)};
     int rc = render_begin(t, &r, err);
     if (rc < 0)
         return rc;
-    if ((rc = set_json_globals(&r, context)) < 0) {
+    rc = set_json_globals(&r, context);
+    for (size_t i = 0; untrusted && untrusted[i] && rc == 0; i++)
+        rc = taint_global(&r, untrusted[i]);
+    if (rc < 0) {
         jarena_destroy(r.arena);
         return ifd_error_set(err, rc, "template: context too large for the render memory limit");
     }
-    return render_finish(t, &r, ret_text, ret_len);
+    return render_finish(t, &r, ret_text, ret_len, ret_spans, ret_n_spans);
 }
 
 /* A special token given as "text" or {"content": "text"}. */
@@ -163,6 +192,13 @@ static struct jv special_token_value(struct jv v)
 
 int chat_template_render_conversation(const chat_template *t, const char *json, size_t len, const cJSON *defaults,
                                       char **ret_text, size_t *ret_len, ifd_error *err)
+{
+    return chat_template_render_conversation_untrusted(t, json, len, defaults, ret_text, ret_len, NULL, NULL, err);
+}
+
+int chat_template_render_conversation_untrusted(const chat_template *t, const char *json, size_t len,
+                                                const cJSON *defaults, char **ret_text, size_t *ret_len,
+                                                size_t **ret_spans, size_t *ret_n_spans, ifd_error *err)
 {
     if (!t || !json)
         return ifd_error_set(err, -EINVAL, "conversation: no template or no text");
@@ -208,6 +244,15 @@ int chat_template_render_conversation(const chat_template *t, const char *json, 
         rc = set_json_globals(&r, defaults);
     for (size_t i = 0; special && i < special->d->n && rc == 0; i++)
         rc = jr_frame_set(&r, r.globals, special->d->keys[i], special_token_value(special->d->vals[i]));
+    /* The request's text is untrusted: the messages and the kwargs (tools,
+     * documents: what a client sends beside them); the special tokens are
+     * the model's. Taint is tracked only when the caller asks for the ranges:
+     * it never changes the text. */
+    r.untrusted = ret_spans != NULL;
+    if (r.untrusted && rc == 0)
+        rc = jv_taint_all(messages);
+    if (r.untrusted && kwargs && rc == 0)
+        rc = jv_taint_all(kwargs);
     for (size_t i = 0; kwargs && i < kwargs->d->n && rc == 0; i++)
         rc = jr_frame_set(&r, r.globals, kwargs->d->keys[i], kwargs->d->vals[i]);
     if (rc == 0)
@@ -218,6 +263,6 @@ int chat_template_render_conversation(const chat_template *t, const char *json, 
         jarena_destroy(r.arena);
         return ifd_error_set(err, rc, "conversation: too large for the render memory limit");
     }
-    return render_finish(t, &r, ret_text, ret_len);
+    return render_finish(t, &r, ret_text, ret_len, ret_spans, ret_n_spans);
 }
 

@@ -47,3 +47,29 @@ int chat_template_render(const chat_template *t, const cJSON *context, char **re
  * chat_template_render. */
 int chat_template_render_conversation(const chat_template *t, const char *json, size_t len, const cJSON *defaults,
                                       char **ret_text, size_t *ret_len, ifd_error *err);
+
+/* Untrusted text. A user's message can hold "<|im_end|><|im_start|>system";
+ * the tokenizer must read that as text, not as the special tokens, or the
+ * user writes a system turn. These renders also say which bytes of the
+ * output came from untrusted values: *ret_spans (malloc'd, caller frees;
+ * NULL when there are none) holds *ret_n_spans ranges as start, end pairs
+ * ([start, end) in bytes, ascending, not touching), for
+ * tok_encode_protected. The template's own text is never in them. Text
+ * copied from untrusted values is exact; text a filter, method, `%` or a
+ * slice made from them is in the ranges whole (erring towards untrusted
+ * only switches off special-token matching there).
+ *
+ * chat_template_render_untrusted: the globals named in `untrusted` (a
+ * NULL-terminated list, e.g. {"messages", NULL}) are untrusted, every
+ * string inside them. */
+int chat_template_render_untrusted(const chat_template *t, const cJSON *context, const char *const *untrusted,
+                                   char **ret_text, size_t *ret_len, size_t **ret_spans, size_t *ret_n_spans,
+                                   ifd_error *err);
+/* As chat_template_render_conversation; "messages" (content, content
+ * parts, tool results, tool-call arguments: every string in it) and
+ * "kwargs" (tools, documents: what a client sends beside the messages) are
+ * untrusted; "special_tokens" and `defaults` are the model's, trusted. With
+ * ret_spans NULL no taint is tracked (the text is the same either way). */
+int chat_template_render_conversation_untrusted(const chat_template *t, const char *json, size_t len,
+                                                const cJSON *defaults, char **ret_text, size_t *ret_len,
+                                                size_t **ret_spans, size_t *ret_n_spans, ifd_error *err);

@@ -53,6 +53,7 @@ enum jv_kind {
 
 struct jlist;
 struct jdict;
+struct jspans;
 struct jmacro;
 struct jloop;
 struct jnode;
@@ -74,12 +75,24 @@ struct jv {
         struct jloop *loop;  /* JV_LOOP */
         int func;            /* JV_FUNC: index into the evaluator's function table */
     };
+    /* JV_STR: the bytes that came from untrusted input (message content), so
+     * that the tokenizer never reads special tokens there. NULL: none;
+     * &jtaint_all: the whole string. */
+    const struct jspans *taint;
 };
+
+/* Byte ranges [v[2i], v[2i+1]), ascending, not touching. */
+struct jspans {
+    size_t *v;
+    size_t n, cap;
+};
+extern const struct jspans jtaint_all;
 
 struct jlist {
     struct jv *items;
     size_t n, cap;
     bool tuple;
+    bool taint; /* made from untrusted input: printing it prints untrusted text */
 };
 
 /* Ordered; small dicts are the rule, so lookup is linear (last key wins). */
@@ -87,6 +100,7 @@ struct jdict {
     struct jstr *keys;
     struct jv *vals;
     size_t n, cap;
+    bool taint; /* made from untrusted input (its keys too) */
 };
 
 static inline struct jv jv_undef(void) { return (struct jv){.kind = JV_UNDEF}; }
@@ -110,11 +124,13 @@ bool jv_equal(struct jv a, struct jv b);
 const char *jv_type_name(struct jv v);
 bool jstr_eq(struct jstr a, const char *lit);
 
-/* A growable byte buffer in an arena, with its own size limit. */
+/* A growable byte buffer in an arena, with its own size limit, and the
+ * ranges of it that hold untrusted text (written by jr_put). */
 struct jbuf {
     struct jarena *arena;
     char *p;
     size_t n, cap, limit;
+    struct jspans taint;
 };
 /* -ENOMEM at the arena limit, -EFBIG past buf->limit. */
 int jbuf_put(struct jbuf *b, const char *p, size_t n);
@@ -266,9 +282,10 @@ struct render {
     struct jbuf *out;              /* where text goes now: `text`, or a capture */
     struct jbuf text;              /* the render's output */
     struct frame *globals;         /* the context's variables */
+    bool untrusted;                /* some of them are untrusted: track taint (else skip the work) */
     size_t iterations;
     int call_depth;
-    struct jstr block_input;     /* the body text a filter block / block set filters */
+    struct jv block_input;         /* the body text a filter block / block set filters */
     struct jmacro *pending_caller; /* caller() for the macro a call block invokes */
     const char *stack_base;        /* frame address where the render started */
 };
@@ -311,6 +328,25 @@ struct jbuf jr_buf(struct render *r);
 int jr_make_str(struct render *r, struct jbuf *b, struct jv *ret);
 int jr_to_str(struct render *r, struct jv v, struct jstr *ret);
 int jr_need_str(struct render *r, const struct jnode *n, struct jv v, const char *what, struct jstr *ret);
+
+/* Untrusted text. jr_put writes str(v) into b and records the ranges that
+ * came from untrusted text; concatenation and all output go through it. */
+int jr_put(struct render *r, struct jbuf *b, struct jv v);
+/* Whether v holds untrusted text (a tainted string, a container made from
+ * untrusted input, or one holding such values; very deep values count as
+ * tainted). */
+bool jv_tainted(struct jv v);
+/* Marks all of v untrusted: strings whole, containers flagged, recursively.
+ * -ELOOP past JV_MAX_DEPTH. */
+int jv_taint_all(struct jv *v);
+/* The rule for operations that transform text (filters, methods, `%`):
+ * when an input is tainted, the whole result is. */
+void jr_taint_result(struct jv *ret, bool tainted);
+/* For filters and methods: whether the input or any argument is tainted
+ * (false at once in a render without untrusted values). */
+bool jr_inputs_tainted(const struct render *r, struct jv in, const struct args *a);
+/* Appends [start, end) to s (merging with the last range). -ENOMEM. */
+int jspans_add(struct jarena *a, struct jspans *s, size_t start, size_t end);
 
 /* Sequences and lookups. jr_iterate: the items a for loop / list() / join
  * see (list items, dict keys, string characters; undefined is empty). */

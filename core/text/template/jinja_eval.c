@@ -157,9 +157,18 @@ static int eval_args(struct render *r, const struct jnode *n, struct frame *f, s
 
 /* ---- string helpers ---- */
 
+/* The buffer's text as a string value, with the untrusted ranges it holds. */
 int jr_make_str(struct render *r, struct jbuf *b, struct jv *ret)
 {
-    *ret = jv_str(b->p ? b->p : "", b->n);
+    struct jv v = jv_str(b->p ? b->p : "", b->n);
+    if (b->taint.n) {
+        struct jspans *t = jarena_alloc(r->arena, sizeof(*t));
+        if (!t)
+            return -ENOMEM;
+        *t = b->taint;
+        v.taint = t;
+    }
+    *ret = v;
     return 0;
 }
 
@@ -216,8 +225,10 @@ int jr_iterate(struct render *r, const struct jnode *n, struct jv v, struct jlis
     case JV_DICT:
         if (!(l = jlist_new(r->arena, v.d->n)))
             return -ENOMEM;
-        for (size_t i = 0; i < v.d->n; i++)
-            l->items[l->n++] = jv_str(v.d->keys[i].p, v.d->keys[i].n);
+        for (size_t i = 0; i < v.d->n; i++) {
+            l->items[l->n] = jv_str(v.d->keys[i].p, v.d->keys[i].n);
+            l->items[l->n++].taint = v.d->taint && v.d->keys[i].n ? &jtaint_all : NULL;
+        }
         *ret = l;
         return 0;
     case JV_STR: {
@@ -229,6 +240,8 @@ int jr_iterate(struct render *r, const struct jnode *n, struct jv v, struct jlis
             int rc = jr_push_str(r, l, v.s.p + i, k - i);
             if (rc < 0)
                 return rc;
+            if (v.taint)
+                l->items[l->n - 1].taint = &jtaint_all;
             i = k;
         }
         *ret = l;
@@ -313,13 +326,17 @@ int jr_slice(struct render *r, const struct jnode *n, struct jv obj, const struc
         slice_indices((int64_t)ncp, a, b, step, &s, &e);
         if (step == 1) {
             *ret = s < e ? jv_str(obj.s.p + off[s], off[e] - off[s]) : jv_str("", 0);
-            return 0;
-        }
-        struct jbuf buf = jr_buf(r);
-        for (int64_t i = s; step > 0 ? i < e : i > e; i += step)
-            if ((rc = jbuf_put(&buf, obj.s.p + off[i], off[i + 1] - off[i])) < 0)
+        } else {
+            struct jbuf buf = jr_buf(r);
+            for (int64_t i = s; step > 0 ? i < e : i > e; i += step)
+                if ((rc = jbuf_put(&buf, obj.s.p + off[i], off[i + 1] - off[i])) < 0)
+                    return rc;
+            if ((rc = jr_make_str(r, &buf, ret)) < 0)
                 return rc;
-        return jr_make_str(r, &buf, ret);
+        }
+        /* Conservative: the whole slice, not just what it kept of the ranges. */
+        jr_taint_result(ret, jv_tainted(obj));
+        return 0;
     }
     if (obj.kind == JV_UNDEF)
         return jr_undefined_error(r, n, obj);
@@ -403,7 +420,8 @@ int jr_get_item(struct render *r, const struct jnode *n, struct jv obj, struct j
             return rc;
         if (i < 0)
             i += (int64_t)ncp;
-        *ret = i >= 0 && i < (int64_t)ncp ? jv_str(obj.s.p + off[i], off[i + 1] - off[i])
+        *ret = i >= 0 && i < (int64_t)ncp ? (struct jv){.kind = JV_STR, .s = {obj.s.p + off[i], off[i + 1] - off[i]},
+                                                          .taint = obj.taint ? &jtaint_all : NULL}
                                           : undef_at(n, obj.kind);
         return 0;
     }
@@ -491,7 +509,7 @@ static int repeat(struct render *r, struct jv seq, int64_t times, struct jv *ret
             return -EFBIG;
         struct jbuf b = jr_buf(r);
         for (int64_t i = 0; i < times; i++) {
-            int rc = jbuf_put(&b, seq.s.p, seq.s.n);
+            int rc = jr_put(r, &b, seq);
             if (rc < 0)
                 return rc;
         }
@@ -577,9 +595,9 @@ int jr_binop(struct render *r, const struct jnode *n, int op, struct jv a, struc
     }
     if (op == JOP_ADD && a.kind == JV_STR && b.kind == JV_STR) {
         struct jbuf buf = jr_buf(r);
-        int rc = jbuf_put(&buf, a.s.p, a.s.n);
+        int rc = jr_put(r, &buf, a);
         if (rc == 0)
-            rc = jbuf_put(&buf, b.s.p, b.s.n);
+            rc = jr_put(r, &buf, b);
         if (rc < 0)
             return rc;
         return jr_make_str(r, &buf, ret);
@@ -596,8 +614,12 @@ int jr_binop(struct render *r, const struct jnode *n, int op, struct jv a, struc
         *ret = (struct jv){.kind = JV_LIST, .l = l};
         return 0;
     }
-    if (op == JOP_MOD && a.kind == JV_STR)
-        return jr_percent_format(r, n, a.s, b, ret);
+    if (op == JOP_MOD && a.kind == JV_STR) {
+        int rc = jr_percent_format(r, n, a.s, b, ret);
+        if (rc == 0)
+            jr_taint_result(ret, r->untrusted && (jv_tainted(a) || jv_tainted(b)));
+        return rc;
+    }
     if (op == JOP_MUL && (a.kind == JV_STR || a.kind == JV_LIST) && jv_is_int(b))
         return repeat(r, a, jv_int_of(b), ret);
     if (op == JOP_MUL && (b.kind == JV_STR || b.kind == JV_LIST) && jv_is_int(a))
@@ -611,7 +633,8 @@ int jr_binop(struct render *r, const struct jnode *n, int op, struct jv a, struc
 
 /* ---- macros ---- */
 
-static int capture(struct render *r, const struct jnode *body, struct frame *f, struct jstr *ret)
+/* Renders body into a string of its own (with its untrusted ranges). */
+static int capture(struct render *r, const struct jnode *body, struct frame *f, struct jv *ret)
 {
     struct jbuf *saved = r->out;
     struct jbuf b = jr_buf(r);
@@ -620,8 +643,7 @@ static int capture(struct render *r, const struct jnode *body, struct frame *f, 
     r->out = saved;
     if (rc < 0)
         return rc;
-    *ret = (struct jstr){b.p ? b.p : "", b.n};
-    return 0;
+    return jr_make_str(r, &b, ret);
 }
 
 static int call_macro(struct render *r, const struct jnode *n, struct jmacro *m, struct args *a, struct jmacro *caller,
@@ -665,13 +687,9 @@ static int call_macro(struct render *r, const struct jnode *n, struct jmacro *m,
     if (caller && (rc = jr_frame_set(r, f, (struct jstr){"caller", 6}, (struct jv){.kind = JV_MACRO, .m = caller})) < 0)
         return rc;
     r->call_depth++;
-    struct jstr text;
-    rc = capture(r, def->b, f, &text);
+    rc = capture(r, def->b, f, ret);
     r->call_depth--;
-    if (rc < 0)
-        return rc;
-    *ret = jv_str(text.p, text.n);
-    return 0;
+    return rc;
 }
 
 /* ---- global functions ---- */
@@ -860,6 +878,8 @@ static int eval_inner(struct render *r, const struct jnode *n, struct frame *f, 
                 return rc;
             if (a.kind != JV_STR)
                 return jr_err(r, n->kids[i], "dict keys must be strings, got %s", jv_type_name(a));
+            if (jv_tainted(a))
+                d->taint = true; /* keys carry no ranges of their own */
             if ((rc = jdict_set(r->arena, d, a.s, b)) < 0)
                 return rc;
         }
@@ -933,7 +953,7 @@ static int eval_inner(struct render *r, const struct jnode *n, struct frame *f, 
     case JN_CONCAT: {
         struct jbuf buf = jr_buf(r);
         for (uint32_t i = 0; i < n->nkids; i++)
-            if ((rc = jr_eval(r, n->kids[i], f, &a)) < 0 || (rc = jv_write_str(&buf, a)) < 0)
+            if ((rc = jr_eval(r, n->kids[i], f, &a)) < 0 || (rc = jr_put(r, &buf, a)) < 0)
                 return rc;
         return jr_make_str(r, &buf, ret);
     }
@@ -969,7 +989,7 @@ static int eval_inner(struct render *r, const struct jnode *n, struct frame *f, 
         *ret = (struct jv){.kind = JV_UNDEF, .origin = n};
         return 0;
     case JN_BLOCK_INPUT:
-        *ret = jv_str(r->block_input.p, r->block_input.n);
+        *ret = r->block_input;
         return 0;
     default:
         return jr_err(r, n, "statement used as an expression");
@@ -1120,7 +1140,7 @@ static int exec_stmt(struct render *r, const struct jnode *n, struct frame *f)
     case JN_OUTPUT:
         if ((rc = jr_eval(r, n->a, f, &v)) < 0)
             return rc;
-        return jv_write_str(r->out, v);
+        return jr_put(r, r->out, v);
     case JN_IF:
         if ((rc = jr_eval(r, n->a, f, &v)) < 0)
             return rc;
@@ -1135,13 +1155,13 @@ static int exec_stmt(struct render *r, const struct jnode *n, struct frame *f)
         return exec_set(r, n, f);
     case JN_SET_BLOCK:
     case JN_FILTER_BLOCK: {
-        struct jstr text;
+        struct jv text;
         if ((rc = capture(r, n->b, f, &text)) < 0)
             return rc;
         const struct jnode *chain = n->kind == JN_FILTER_BLOCK ? n->a : n->c;
-        v = jv_str(text.p, text.n);
+        v = text;
         if (chain) {
-            struct jstr saved = r->block_input;
+            struct jv saved = r->block_input;
             r->block_input = text;
             rc = jr_eval(r, chain, f, &v);
             r->block_input = saved;
@@ -1150,7 +1170,7 @@ static int exec_stmt(struct render *r, const struct jnode *n, struct frame *f)
         }
         if (n->kind == JN_SET_BLOCK)
             return jr_frame_set(r, f, n->a->name, v);
-        return jv_write_str(r->out, v);
+        return jr_put(r, r->out, v);
     }
     case JN_MACRO: {
         struct jmacro *m = macro_new(r, n, f);
@@ -1167,7 +1187,7 @@ static int exec_stmt(struct render *r, const struct jnode *n, struct frame *f)
         r->pending_caller = NULL;
         if (rc < 0)
             return rc;
-        return jv_write_str(r->out, v);
+        return jr_put(r, r->out, v);
     }
     case JN_WITH: {
         struct frame *wf = jr_frame_new(r, f);

@@ -972,6 +972,9 @@ int jr_filter(struct render *r, const struct jnode *n, struct jstr name, struct 
     filter_fn fn = find_filter(name);
     if (!fn)
         return jr_err(r, n, "unknown filter '%.*s'", (int)name.n, name.p);
-    return fn(r, n, in, a, ret);
+    int rc = fn(r, n, in, a, ret);
+    if (rc == 0)
+        jr_taint_result(ret, jr_inputs_tainted(r, in, a));
+    return rc;
 }
 

@@ -349,7 +349,10 @@ int jr_method(struct render *r, const struct jnode *n, struct jv obj, struct jst
     for (const struct method_entry *e = table; e && e->name; e++)
         if (jstr_eq(name, e->name)) {
             int rc = e->fn(r, n, obj, name, a, e->variant, ret);
-            return rc < 0 ? rc : METHOD_DONE;
+            if (rc < 0)
+                return rc;
+            jr_taint_result(ret, jr_inputs_tainted(r, obj, a));
+            return METHOD_DONE;
         }
     return METHOD_NONE;
 }

@@ -1294,7 +1294,27 @@ struct enc_ctx {
     struct tok_scratch *s;
     struct tok_ids *out;
     ifd_error *err;
+    /* Ranges of the raw text where added tokens must not match: start, end
+     * pairs, ascending (tok_encode_protected). */
+    const size_t *protect;
+    size_t n_protect;
+    const char *raw; /* the raw text, to place a raw segment in it */
+    bool norm_protected; /* the segment being normalized touches a protected range */
 };
+
+/* Whether [start, end) of the raw text overlaps a protected range. */
+static bool protected_overlap(const struct enc_ctx *c, size_t start, size_t end)
+{
+    size_t lo = 0, hi = c->n_protect;
+    while (lo < hi) { /* the first range that ends after start */
+        size_t mid = lo + (hi - lo) / 2;
+        if (c->protect[2 * mid + 1] <= start)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < c->n_protect && c->protect[2 * lo] < end;
+}
 
 /* Model + pre-tokenizer over one normalized piece that holds no added token. */
 static int encode_model(struct enc_ctx *c, const char *text, size_t len, bool first)
@@ -1328,6 +1348,14 @@ static int split_added(struct enc_ctx *c, const struct tok_trie *tr, const char 
             continue; /* inside what an rstrip already took */
         if (ad->single_word && (word_before(text, ms) || word_after(text, len, me)))
             continue;
+        /* Untrusted text: a special token's text there is text. Special
+         * only: non-special added tokens (Qwen3's <tool_response>, <think>)
+         * steer no turn, and templates expect users to send them (a tool
+         * result as user content). Raw matches sit at their raw offsets;
+         * normalized text has other offsets, so a normalized segment that
+         * touches a protected range matches no special token. */
+        if (ad->special && (tr == &t->trie_raw ? protected_overlap(c, ms, me) : c->norm_protected))
+            continue;
         if (ad->lstrip) {
             start = ws_before(text, ms);
             if (start < start_offset)
@@ -1360,14 +1388,15 @@ static int encode_plain(struct enc_ctx *c, const char *text, size_t len, bool fi
 {
     const char *nt;
     size_t nl;
+    c->norm_protected = c->n_protect && protected_overlap(c, (size_t)(text - c->raw), (size_t)(text - c->raw) + len);
     int r = tok_norm_apply(c->t->norm, c->s, text, len, &nt, &nl, c->err);
     if (r < 0)
         return r;
     return encode_normalized(c, nt, nl, first);
 }
 
-int tok_encode(const tokenizer *t, const char *text, size_t len, bool add_special, struct tok_ids *out,
-               ifd_error *err)
+static int encode_text(const tokenizer *t, const char *text, size_t len, bool add_special, const size_t *protect,
+                       size_t n_protect, struct tok_ids *out, ifd_error *err)
 {
     if (len > TOK_TEXT_MAX)
         return ifd_error_set(err, -E2BIG, "encode: text of %zu bytes is over the %zu byte limit", len, TOK_TEXT_MAX);
@@ -1381,7 +1410,7 @@ int tok_encode(const tokenizer *t, const char *text, size_t len, bool add_specia
         for (size_t i = 0; i < t->n_post_prefix && r == 0; i++)
             r = tok_ids_push(out, t->post_prefix[i]);
     struct tok_scratch s = {0};
-    struct enc_ctx c = {t, &s, out, err};
+    struct enc_ctx c = {t, &s, out, err, protect, n_protect, text, false};
     if (r == 0 && len > 0)
         r = split_added(&c, &t->trie_raw, text, len, true, encode_plain);
     tok_scratch_finish(&s);
@@ -1391,6 +1420,25 @@ int tok_encode(const tokenizer *t, const char *text, size_t len, bool add_specia
     if (r == -ENOMEM)
         ifd_error_set(err, r, "encode: out of memory");
     return r < 0 ? r : 0;
+}
+
+int tok_encode(const tokenizer *t, const char *text, size_t len, bool add_special, struct tok_ids *out,
+               ifd_error *err)
+{
+    return encode_text(t, text, len, add_special, NULL, 0, out, err);
+}
+
+int tok_encode_protected(const tokenizer *t, const char *text, size_t len, bool add_special, const size_t *protect,
+                         size_t n_protect, struct tok_ids *out, ifd_error *err)
+{
+    for (size_t i = 0; i < n_protect; i++)
+        if (protect[2 * i] >= protect[2 * i + 1] || protect[2 * i + 1] > len ||
+            (i && protect[2 * i] < protect[2 * i - 1]))
+            return ifd_error_set(err, -EINVAL,
+                                 "encode: protected range %zu [%zu, %zu) is empty, past the %zu byte text or "
+                                 "out of order",
+                                 i, protect[2 * i], protect[2 * i + 1], len);
+    return encode_text(t, text, len, add_special, protect, n_protect, out, err);
 }
 
 /* ---------------------------------------------------------------- lookups */

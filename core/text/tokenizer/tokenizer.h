@@ -36,6 +36,21 @@ void tok_ids_finish(struct tok_ids *v);
 int tok_encode(const tokenizer *t, const char *text, size_t len, bool add_special,
                struct tok_ids *out, ifd_error *err);
 
+/* tok_encode, except that special tokens (added tokens with special=true)
+ * never match where they overlap the protected ranges (`protect` holds
+ * n_protect start, end pairs of byte offsets, ascending, not overlapping:
+ * the untrusted ranges a chat template render reports). Their text there is
+ * encoded as ordinary text, and text between special tokens is still one
+ * piece whether or not it spans a range, so text without special-token
+ * strings in the ranges encodes exactly as tok_encode. Non-special added
+ * tokens still match everywhere: they steer no turn, and templates expect
+ * users to send them (Qwen3 reads a user message wrapped in <tool_response>
+ * as a tool result). Where the normalizer changes offsets (normalized=true
+ * special tokens), a segment touching a range matches none of those.
+ * -EINVAL for ranges that are empty, out of order or past len. */
+int tok_encode_protected(const tokenizer *t, const char *text, size_t len, bool add_special, const size_t *protect,
+                         size_t n_protect, struct tok_ids *out, ifd_error *err);
+
 /* Decodes ids to text (malloc'd, NUL-terminated, caller frees). */
 int tok_decode(const tokenizer *t, const int32_t *ids, size_t n, bool skip_special,
                char **ret_text, size_t *ret_len, ifd_error *err);
