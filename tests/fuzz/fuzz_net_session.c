@@ -23,7 +23,6 @@
  * The worker's setup (ASSIGN -> HAVE, TENSOR_CHUNK, LOAD -> READY) is the
  * daemon's own, net/worker_session.c, with the cpu stage for the daemon's
  * backend choice (daemon/backend.c). */
-#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -404,22 +403,6 @@ static void run_op(struct session *s, struct prog *g)
     }
 }
 
-static int rm_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return -errno;
-    struct dirent *e;
-    char path[512];
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-            unlink(path);
-        }
-    closedir(d);
-    return rmdir(dir);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size > SESSION_MAX_INPUT || n_models == 0)
@@ -470,7 +453,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     worker_session_destroy(s.ws);
     wp_cache_close(s.cache);
     net_buf_finish(&s.b);
-    rm_tree(dir);
+    tu_remove_tree(dir);
     return 0;
 }
 

@@ -129,11 +129,8 @@ struct fixture {
 static void fixture_up(struct fixture *fx, const char *model_name)
 {
     memset(fx, 0, sizeof(*fx));
-    char *dir = tu_must_shared_path("models/%s", model_name);
-    struct model_load_opts o = model_load_opts_default();
     ifd_error err;
-    cr_assert_eq(model_load(dir, &o, &fx->m, &err), 0, "%s", err.msg);
-    free(dir);
+    fx->m = golden_load_model(model_name);
     golden_find(model_name, &fx->g);
     fx->n_layers = fx->m->cfg.n_layers;
     fx->split = fx->n_layers / 2;

@@ -15,23 +15,13 @@
 #include <unistd.h>
 #include <zstd.h>
 
+#include "common/golden_models.h"
 #include "common/test_util.h"
 #include "conn.h"
 #include "model/model.h"
 #include "proto.h"
 #include "model/safetensors.h"
 #include "weight_push.h"
-
-static struct model *load_tiny(void)
-{
-    char *dir = tu_must_shared_path("models/tinystories-656k-bf16-sharded");
-    struct model_load_opts o = model_load_opts_default();
-    struct model *m;
-    ifd_error err;
-    cr_assert_eq(model_load(dir, &o, &m, &err), 0, "%s", err.msg);
-    free(dir);
-    return m;
-}
 
 /* The worker's side of the setup exchange, on a connection: what
  * daemon/worker.c does, minus building a stage (the image is opened and its
@@ -139,7 +129,7 @@ static char *find_cache_file(const char *dir, const char *ext)
 
 Test(weight_push, full_then_cached_then_resumed)
 {
-    struct model *m = load_tiny();
+    struct model *m = golden_load_model("tinystories-656k-bf16-sharded");
     struct wp_manifest *mf;
     ifd_error err;
     cr_assert_eq(wp_manifest_create(m, 1, 2, &mf, &err), 0, "%s", err.msg);
@@ -245,13 +235,6 @@ Test(weight_push, malformed_chunks_refused)
     cr_assert_eq(tu_remove_tree(dir), 0);
 }
 
-static void rm_rf(const char *dir)
-{
-    char cmd[160];
-    snprintf(cmd, sizeof(cmd), "chmod -R u+w %s; rm -rf %s", dir, dir);
-    cr_assert_eq(system(cmd), 0);
-}
-
 static void write_file(const char *path, size_t n, char fill)
 {
     FILE *f = fopen(path, "wb");
@@ -293,7 +276,7 @@ Test(weight_push, symlinked_part_is_not_followed)
     wp_cache_have(c, &a, &have);
     cr_assert_eq(have, 0, "a link is not a held tensor");
     wp_cache_close(c);
-    rm_rf(dir);
+    cr_assert_eq(tu_remove_tree(dir), 0);
 }
 
 /* A cache directory others can write to, or that is a link, is refused. */
@@ -317,7 +300,7 @@ Test(weight_push, unsafe_cache_directory_refused)
     unlink(link);
     cr_assert_eq(wp_cache_open(dir, 0, &c, &err), 0, "%s", err.msg);
     wp_cache_close(c);
-    rm_rf(dir);
+    cr_assert_eq(tu_remove_tree(dir), 0);
 }
 
 /* Declared sizes meet the quota before anything is written: a 1 TiB tensor
@@ -342,7 +325,7 @@ Test(weight_push, assignment_beyond_quota_refused)
     t.nbytes = 1000;
     cr_assert_eq(wp_cache_reserve(c, &a, NULL, &err), 0, "%s", err.msg);
     wp_cache_close(c);
-    rm_rf(dir);
+    cr_assert_eq(tu_remove_tree(dir), 0);
 }
 
 /* Room for a new assignment comes from tensors it does not use, least
@@ -384,7 +367,7 @@ Test(weight_push, quota_prunes_unused_least_recently_used)
     cr_assert_eq(wp_cache_reserve(c, &a, &pruned, &err), -EFBIG, "%s", err.msg);
     cr_assert_eq(access(path[2], F_OK), 0, "a refused assignment pruned the cache");
     wp_cache_close(c);
-    rm_rf(dir);
+    cr_assert_eq(tu_remove_tree(dir), 0);
 }
 
 /* .part files go when their sender does (the worker calls this when its
@@ -407,5 +390,5 @@ Test(weight_push, partial_tensors_removed)
     cr_assert_neq(access(part, F_OK), 0);
     cr_assert_eq(access(bin, F_OK), 0, "complete tensors stay");
     wp_cache_close(c);
-    rm_rf(dir);
+    cr_assert_eq(tu_remove_tree(dir), 0);
 }
