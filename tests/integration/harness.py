@@ -93,7 +93,7 @@ def wait_ready(proc, ready, what, logtext, timeout=60):
         if ready():
             return True
         time.sleep(0.05)
-    raise RuntimeError("%s not ready after %ds:\n%s" % (what, timeout, logtext()))
+    raise RuntimeError("%s not ready after %gs:\n%s" % (what, timeout, logtext()))
 
 
 def run_groups(script, groups):
