@@ -195,13 +195,22 @@ Test(weight_push, full_then_cached_then_resumed)
     cr_assert_eq(tu_remove_tree(dir), 0);
 }
 
-Test(weight_push, malformed_chunks_refused)
+/* A new cache with quota max_bytes in a new scratch directory: dir is a
+ * "/tmp/inferd-wp-XXXXXX" buffer, filled in by mkdtemp. */
+static struct wp_cache *scratch_cache(char *dir, uint64_t max_bytes)
 {
-    char dir[] = "/tmp/inferd-wp-XXXXXX";
     cr_assert_not_null(mkdtemp(dir));
     struct wp_cache *c;
     ifd_error err;
-    cr_assert_eq(wp_cache_open(dir, 0, &c, &err), 0, "%s", err.msg);
+    cr_assert_eq(wp_cache_open(dir, max_bytes, &c, &err), 0, "%s", err.msg);
+    return c;
+}
+
+Test(weight_push, malformed_chunks_refused)
+{
+    char dir[] = "/tmp/inferd-wp-XXXXXX";
+    struct wp_cache *c = scratch_cache(dir, 0);
+    ifd_error err;
     struct net_tensor_desc t = {.nbytes = 64, .dtype = 0, .n_dims = 1, .shape = {16}, .name = "x"};
     memset(t.hash, 7, 32);
     struct net_assign a = {.n_tensors = 1, .tensors = &t};
@@ -249,10 +258,8 @@ static void write_file(const char *path, size_t n, char fill)
 Test(weight_push, symlinked_part_is_not_followed)
 {
     char dir[] = "/tmp/inferd-wp-XXXXXX";
-    cr_assert_not_null(mkdtemp(dir));
-    struct wp_cache *c;
+    struct wp_cache *c = scratch_cache(dir, 0);
     ifd_error err;
-    cr_assert_eq(wp_cache_open(dir, 0, &c, &err), 0, "%s", err.msg);
     struct net_tensor_desc t = {.nbytes = 64, .dtype = 0, .n_dims = 1, .shape = {16}, .name = "x"};
     memset(t.hash, 0xab, 32);
     struct net_assign a = {.n_tensors = 1, .tensors = &t};
@@ -308,10 +315,8 @@ Test(weight_push, unsafe_cache_directory_refused)
 Test(weight_push, assignment_beyond_quota_refused)
 {
     char dir[] = "/tmp/inferd-wp-XXXXXX";
-    cr_assert_not_null(mkdtemp(dir));
-    struct wp_cache *c;
+    struct wp_cache *c = scratch_cache(dir, 0);
     ifd_error err;
-    cr_assert_eq(wp_cache_open(dir, 0, &c, &err), 0, "%s", err.msg);
     struct net_tensor_desc t = {.nbytes = 1ull << 40, .dtype = 0, .n_dims = 2, .shape = {1 << 20, 1 << 18},
                                 .name = "huge"};
     memset(t.hash, 0x11, 32);
@@ -333,10 +338,8 @@ Test(weight_push, assignment_beyond_quota_refused)
 Test(weight_push, quota_prunes_unused_least_recently_used)
 {
     char dir[] = "/tmp/inferd-wp-XXXXXX";
-    cr_assert_not_null(mkdtemp(dir));
-    struct wp_cache *c;
+    struct wp_cache *c = scratch_cache(dir, 400);
     ifd_error err;
-    cr_assert_eq(wp_cache_open(dir, 400, &c, &err), 0, "%s", err.msg);
     char path[4][192];
     for (int i = 0; i < 4; i++) {
         char hex[65];
