@@ -21,6 +21,7 @@
 #include "conn.h"
 #include "frame.h"
 #include "common/golden_models.h"
+#include "common/net_test_util.h"
 #include "model/cpu_stage.h"
 #include "model/model.h"
 #include "base/clock.h"
@@ -466,13 +467,8 @@ Test(stage_server, forward_to_unlisted_next_hop_refused)
         cr_assert_geq(net_forward_encode(&b, &f), 0);
         cr_assert_eq(net_conn_send(c, NET_MSG_FORWARD, b.data, b.len, 2000, &err), 0, "%s", err.msg);
         net_buf_finish(&b);
-        uint16_t type;
-        const uint8_t *p;
-        size_t len;
-        cr_assert_eq(net_conn_recv(c, &type, &p, &len, 10000, &err), 0, "%s", err.msg);
-        cr_assert_eq(type, NET_MSG_ERROR);
         struct net_error_msg em;
-        cr_assert_eq(net_error_decode(p, len, &em, &err), 0);
+        tu_must_recv_error(c, 10000, &em);
         cr_assert_eq(em.req_id, 900 + (uint64_t)i);
         bool refused = memmem(em.msg, em.msg_len, "not allowed", 11) != NULL;
         if (i < 2)
