@@ -538,8 +538,10 @@ int wp_cache_reserve(struct wp_cache *c, const struct net_assign *a, size_t *ret
         free(cs.unused);
         return ifd_error_set(err, r, "cache '%s': %s", c->dir, strerror(-r));
     }
-    /* Least recently used first (wp_cache_have touches what it reports). */
-    qsort(cs.unused, cs.n_unused, sizeof(*cs.unused), by_mtime);
+    /* Least recently used first (wp_cache_have touches what it reports).
+     * Nothing unused: no array at all, and qsort must not see NULL. */
+    if (cs.n_unused)
+        qsort(cs.unused, cs.n_unused, sizeof(*cs.unused), by_mtime);
     uint64_t missing = need - held, room = disk_room(c->dirfd);
     size_t pruned = 0;
     for (size_t i = 0; i < cs.n_unused && (cs.total + missing > quota || missing > room); i++) {
