@@ -218,11 +218,7 @@ static int decide_auto_split(struct cluster *c)
  * comes early; the callers loop on their own condition). */
 static void wait_locked(struct cluster *c, int ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += (long)ms * 1000000;
-    ts.tv_sec += ts.tv_nsec / 1000000000;
-    ts.tv_nsec %= 1000000000;
+    struct timespec ts = ifd_realtime_after_ms(ms);
     pthread_cond_timedwait(&c->cond, &c->lock, &ts);
 }
 

@@ -261,7 +261,8 @@ static int check_hostport(const char *v, int default_port, const char *what, ifd
     return 0;
 }
 
-int inferd_config_parse_layers(const char *s, struct inferd_worker_cfg *w, ifd_error *err)
+/* Parses "FIRST-LAST" (inclusive) or "auto". */
+static int inferd_config_parse_layers(const char *s, struct inferd_worker_cfg *w, ifd_error *err)
 {
     if (strcmp(s, "auto") == 0) {
         w->auto_layers = true;
@@ -566,7 +567,7 @@ static int check_secret_mode(const struct stat *st, const char *what, const char
     return 0;
 }
 
-int inferd_config_parse_file(struct inferd_config *c, const char *path, ifd_error *err)
+static int inferd_config_parse_file(struct inferd_config *c, const char *path, ifd_error *err)
 {
     FILE *f = fopen(path, "re");
     if (!f)
@@ -610,7 +611,8 @@ static int key_file_open(const char *path, FILE **ret, ifd_error *err)
     return 0;
 }
 
-int inferd_config_read_key_file(struct inferd_config *c, ifd_error *err)
+/* Reads the API key file (one key per line) and appends its keys. */
+static int inferd_config_read_key_file(struct inferd_config *c, ifd_error *err)
 {
     if (!c->api_key_file)
         return 0;

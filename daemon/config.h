@@ -104,7 +104,6 @@ void inferd_config_finish(struct inferd_config *c); /* accepts a zeroed struct *
  * messages. Unknown sections or keys are errors: a typo must not be ignored. */
 int inferd_config_parse_string(struct inferd_config *c, const char *text, const char *origin,
                                ifd_error *err);
-int inferd_config_parse_file(struct inferd_config *c, const char *path, ifd_error *err);
 
 /* The whole load: defaults, the file (--config PATH, else
  * /etc/inferd/inferd.conf when it exists), flags on top, the key file, then
@@ -119,9 +118,6 @@ int inferd_config_validate(const struct inferd_config *c, ifd_error *err);
  * in range, not overlapping. */
 int inferd_config_validate_layers(const struct inferd_config *c, int n_layers, ifd_error *err);
 
-/* Reads the API key file (one key per line) and appends its keys. */
-int inferd_config_read_key_file(struct inferd_config *c, ifd_error *err);
-
 /* Resolves model_path: an existing directory as is, otherwise org/name
  * looked up in $HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub
  * (snapshots/<refs/main>). *ret is malloc'd. */
@@ -130,9 +126,6 @@ int inferd_config_resolve_model(const char *model_path, char **ret, ifd_error *e
 /* Splits "host:port" / "[v6]:port" / "port". *ret_host is malloc'd. */
 int inferd_config_split_hostport(const char *s, int default_port, char **ret_host, int *ret_port,
                                  ifd_error *err);
-
-/* Parses "FIRST-LAST" (inclusive) or "auto". */
-int inferd_config_parse_layers(const char *s, struct inferd_worker_cfg *w, ifd_error *err);
 
 /* Prints the usage text of inferd. */
 void inferd_config_usage(FILE *f);

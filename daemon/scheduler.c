@@ -286,14 +286,7 @@ oom:
 int sched_req_collect(struct sched_req *r, int timeout_ms, struct sched_output *out)
 {
     struct sched *s = r->s;
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += timeout_ms / 1000;
-    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
+    struct timespec deadline = ifd_realtime_after_ms(timeout_ms);
     pthread_mutex_lock(&s->mu);
     while (!r->done && r->out_len == 0 && r->out_n_lp == 0) {
         if (pthread_cond_timedwait(&r->cv, &s->mu, &deadline) == ETIMEDOUT)
@@ -720,9 +713,7 @@ static void *sched_thread_main(void *arg)
                 metrics_gauges(s->metrics, s->n_queued, 0, 0, (int64_t)s->cfg.n_seq_max * s->cfg.n_ctx);
             if (s->stop_thread && !s->q_head)
                 break;
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += 1;
+            struct timespec ts = ifd_realtime_after_ms(1000);
             pthread_cond_timedwait(&s->work_cv, &s->mu, &ts);
             continue;
         }

@@ -16,226 +16,43 @@
 #include "model/kernels.h"
 #include "log.h"
 #include "model/model.h"
-#include "model/model_config.h"
-#include "log.h"
 #include "proto.h"
 #include "model/safetensors.h"
 #include "sd.h"
 #include "stage_server.h"
 #include "base/thread_pool.h"
 #include "weight_push.h"
+#include "worker_session.h"
 #include "base/clock.h"
-
-struct worker {
-    pthread_mutex_t lock;        /* setup messages of concurrent masters */
-    struct net_assign assign;    /* the current assignment (owned) */
-    bool assigned;
-    struct wp_cache *cache;
-    st_model *local;             /* the worker's own copy of the checkpoint, or NULL */
-    struct thread_pool *pool;
-    enum inferd_backend backend; /* [node] backend / device of this worker */
-    int device;
-    int quantize_bits;           /* [model] quantize of this worker: packs received float weights */
-    int quantize_group_size;
-    struct net_buf out;
-    uint64_t received_bytes;
-};
 
 /* Scratch is sized for batches this large up front; a larger batch (up to
  * STAGE_SERVER_MAX_TOKENS) grows the cpu stage's scratch once, and the Vulkan
  * stage runs it in several submits. */
 #define WORKER_BATCH_RESERVE 512
 
-/* What a served stage keeps alive: released after the stage is destroyed. */
-struct loaded_stage {
-    struct model *model;
-    void *image;
+/* Where this worker runs the layers it is assigned ([node] backend / device). */
+struct worker_backend {
+    enum inferd_backend backend;
+    int device;
+    struct thread_pool *pool;
 };
 
-static void loaded_stage_release(void *p)
+static int worker_stage_create(void *ctx, const struct model *m, const struct net_assign *a, struct stage **ret,
+                               ifd_error *err)
 {
-    struct loaded_stage *ls = p;
-    model_destroy(ls->model);
-    free(ls->image);
-    free(ls);
-}
-
-static int load_stage(struct worker *w, struct stage_server *srv, struct net_ready *ret, ifd_error *err)
-{
-    const struct net_assign *a = &w->assign;
-    uint64_t t0 = ifd_now_ns();
-    void *image;
-    size_t len;
-    int r = wp_cache_build_image(w->cache, a, &image, &len, err);
-    if (r < 0)
-        return r;
-    st_model *st;
-    if ((r = st_open_memory(image, len, "received weights", &st, err)) < 0) {
-        free(image);
-        return r;
-    }
-    struct model_config mc;
-    if ((r = model_config_parse(a->config_json, a->config_len, "master's config.json", &mc, err)) < 0) {
-        st_close(st);
-        free(image);
-        return r;
-    }
-    if (mc.n_layers != (int)a->n_layers) {
-        model_config_finish(&mc);
-        st_close(st);
-        free(image);
-        return ifd_error_set(err, -EINVAL, "assignment says %u layers, the config %d", a->n_layers, mc.n_layers);
-    }
-    struct model_load_opts o = model_load_opts_default();
-    o.layer_first = (int)a->layer_first;
-    o.layer_last = (int)a->layer_last;
-    o.bind_embed = false;
-    o.bind_head = false;
-    o.quantize_bits = w->quantize_bits;
-    o.quantize_group_size = w->quantize_group_size;
-    struct model *m;
-    if ((r = model_bind(st, &mc, &o, &m, err)) < 0) {
-        model_config_finish(&mc);
-        st_close(st);
-        free(image);
-        return r;
-    }
-    struct stage *stage;
+    const struct worker_backend *wb = ctx;
     const char *backend_name;
-    r = backend_stage_create(w->backend, w->device, m, (int)a->layer_first, (int)a->layer_last, (int)a->n_seq_max,
-                             (int)a->n_ctx, WORKER_BATCH_RESERVE, w->pool, &stage, &backend_name, err);
+    int r = backend_stage_create(wb->backend, wb->device, m, (int)a->layer_first, (int)a->layer_last,
+                                 (int)a->n_seq_max, (int)a->n_ctx, WORKER_BATCH_RESERVE, wb->pool, ret,
+                                 &backend_name, err);
     if (r >= 0)
         log_info("Layers [%u, %u) on the %s backend", a->layer_first, a->layer_last, backend_name);
-    struct loaded_stage *ls = r >= 0 ? calloc(1, sizeof(*ls)) : NULL;
-    if (!ls) {
-        if (r >= 0) {
-            stage_destroy(stage);
-            r = ifd_error_set(err, -ENOMEM, "out of memory");
-        }
-        model_destroy(m);
-        free(image);
-        return r;
-    }
-    ls->model = m;
-    ls->image = image;
-    stage_server_set_stage(srv, stage, loaded_stage_release, ls);
-    ret->weight_bytes = len;
-    ret->rss_bytes = net_rss_bytes();
-    ret->load_ms = (ifd_now_ns() - t0) / 1000000;
-    log_info("Serving layers %u-%u of %s (%.1f MiB of weights, %u sequences x %u positions); RSS %.1f MiB",
-             a->layer_first, a->layer_last - 1, a->model_name, (double)len / 1048576.0, a->n_seq_max, a->n_ctx,
-             (double)ret->rss_bytes / 1048576.0);
-    sdn_status("Serving layers %u-%u of %s", a->layer_first, a->layer_last - 1, a->model_name);
-    return 0;
-}
-
-static int worker_setup(void *ctx, struct stage_server *srv, struct net_conn *c, uint16_t type, const uint8_t *p,
-                        size_t len, ifd_error *err)
-{
-    struct worker *w = ctx;
-    int r = 0;
-    pthread_mutex_lock(&w->lock);
-    switch (type) {
-    case NET_MSG_ASSIGN: {
-        struct net_assign a;
-        if ((r = net_assign_decode(p, len, &a, err)) < 0)
-            break;
-        /* The declared sizes are checked against the quota and the disk
-         * before a byte is written (a peer could declare a 1 TiB tensor of
-         * compressible zeros); what the new assignment does not use goes first. */
-        size_t pruned = 0;
-        if ((r = wp_cache_reserve(w->cache, &a, &pruned, err)) < 0) {
-            net_assign_finish(&a);
-            net_assign_finish(&w->assign);
-            w->assigned = false;
-            break;
-        }
-        if (pruned)
-            log_info("Cache: removed %zu tensors not used by the new assignment to make room", pruned);
-        net_assign_finish(&w->assign);
-        w->assign = a;
-        w->assigned = true;
-        w->received_bytes = 0;
-        uint64_t *have = calloc(a.n_tensors ? a.n_tensors : 1, sizeof(uint64_t));
-        if (!have) {
-            r = ifd_error_set(err, -ENOMEM, "out of memory");
-            break;
-        }
-        if (w->local) {
-            size_t taken, differ;
-            ifd_error serr;
-            if (wp_cache_seed_local(w->cache, &w->assign, w->local, &taken, &differ, &serr) < 0)
-                log_warn("Local checkpoint not used: %s", serr.msg);
-            else if (taken || differ)
-                log_info("Local checkpoint: %zu tensors taken (hash verified), %zu differ from the master's", taken,
-                         differ);
-        }
-        wp_cache_have(w->cache, &w->assign, have);
-        uint64_t total = 0, held = 0;
-        uint32_t complete = 0;
-        for (uint32_t i = 0; i < a.n_tensors; i++) {
-            total += a.tensors[i].nbytes;
-            held += have[i];
-            complete += have[i] == a.tensors[i].nbytes;
-        }
-        log_info("Assigned layers %u-%u of %s by %s: %u tensors (%.1f MiB), %u already cached", a.layer_first,
-                 a.layer_last - 1, a.model_name, net_conn_peer(c), a.n_tensors, (double)total / 1048576.0, complete);
-        sdn_status("Receiving layers %u-%u of %s", a.layer_first, a.layer_last - 1, a.model_name);
-        r = net_have_encode(&w->out, have, a.n_tensors);
-        free(have);
-        if (r >= 0)
-            r = net_conn_send(c, NET_MSG_HAVE, w->out.data, w->out.len, 30000, err);
-        break;
-    }
-    case NET_MSG_TENSOR_CHUNK: {
-        struct net_chunk ch;
-        if (!w->assigned) {
-            r = ifd_error_set(err, -EPROTO, "TENSOR_CHUNK before ASSIGN");
-            break;
-        }
-        if ((r = net_chunk_decode(p, len, &ch, err)) < 0)
-            break;
-        r = wp_cache_put_chunk(w->cache, &w->assign, &ch, err);
-        w->received_bytes += ch.raw_len;
-        break;
-    }
-    case NET_MSG_LOAD: {
-        if (!w->assigned) {
-            r = ifd_error_set(err, -EPROTO, "LOAD before ASSIGN");
-            break;
-        }
-        struct net_ready rd;
-        ifd_error lerr;
-        int lr = load_stage(w, srv, &rd, &lerr);
-        if (lr < 0) {
-            /* The master hears why and may retry; the connection stays. */
-            log_err("Failed to build the stage: %s", lerr.msg);
-            net_conn_send_error(c, lr, 0, lerr.msg);
-            break;
-        }
-        r = net_ready_encode(&w->out, &rd);
-        if (r >= 0)
-            r = net_conn_send(c, NET_MSG_READY, w->out.data, w->out.len, 30000, err);
-        break;
-    }
-    default:
-        r = ifd_error_set(err, -EPROTO, "unexpected %s", net_msg_name(type));
-    }
-    pthread_mutex_unlock(&w->lock);
     return r;
 }
 
-/* The master is gone: the tensor it was sending will not be finished by it,
- * and a new master may assign something else entirely. */
-static void worker_master_closed(void *ctx)
+static void worker_status(const char *what)
 {
-    struct worker *w = ctx;
-    /* Runs on the closing master's own thread under the server's master_lock
-     * (see stage_server.h), so no setup message runs now: taking w->lock here
-     * would invert the order setup -> stage -> master lock. */
-    size_t n = wp_cache_remove_partial(w->cache);
-    if (n)
-        log_info("Cache: removed %zu partial tensors of the master that left", n);
+    sdn_status("%s", what);
 }
 
 struct sig_ctx {
@@ -345,11 +162,12 @@ int worker_role_main(const struct inferd_config *cfg)
     signal(SIGPIPE, SIG_IGN);
 
     int rc = 1, lfd = -1;
-    struct worker w = {.pool = NULL, .backend = cfg->backend, .device = cfg->device,
-                       .quantize_bits = cfg->quantize_bits, .quantize_group_size = cfg->quantize_group_size};
-    pthread_mutex_init(&w.lock, NULL);
+    struct worker_backend wb = {.backend = cfg->backend, .device = cfg->device};
+    struct wp_cache *cache = NULL;
+    st_model *local = NULL;
+    struct worker_session *ws = NULL;
     struct stage_server *srv = NULL;
-    if (wp_cache_open(cfg->cache_dir, cfg->cache_max_bytes, &w.cache, &err) < 0) {
+    if (wp_cache_open(cfg->cache_dir, cfg->cache_max_bytes, &cache, &err) < 0) {
         log_err("%s", err.msg);
         goto out;
     }
@@ -357,7 +175,7 @@ int worker_role_main(const struct inferd_config *cfg)
         /* Optional: tensors whose hash matches the master's are taken from
          * here instead of the network. */
         char *dir = NULL;
-        if (inferd_config_resolve_model(cfg->model_path, &dir, &err) < 0 || st_open(dir, &w.local, &err) < 0) {
+        if (inferd_config_resolve_model(cfg->model_path, &dir, &err) < 0 || st_open(dir, &local, &err) < 0) {
             free(dir);
             log_err("%s", err.msg);
             goto out;
@@ -365,20 +183,28 @@ int worker_role_main(const struct inferd_config *cfg)
         log_info("Local checkpoint %s: tensors matching the master's hashes are not transferred", dir);
         free(dir);
     }
-    if (!(w.pool = thread_pool_create(cfg->threads))) {
+    if (!(wb.pool = thread_pool_create(cfg->threads))) {
         log_err("cannot create the thread pool");
         goto out;
     }
-    struct stage_server_opts so = {.key = keyp, .n_threads = thread_pool_size(w.pool),
+    struct worker_session_opts wo = {.cache = cache, .local = local, .quantize_bits = cfg->quantize_bits,
+                                     .quantize_group_size = cfg->quantize_group_size,
+                                     .stage_create = worker_stage_create, .stage_ctx = &wb,
+                                     .status = worker_status};
+    if (worker_session_create(&wo, &ws, &err) < 0) {
+        log_err("%s", err.msg);
+        goto out;
+    }
+    struct stage_server_opts so = {.key = keyp, .n_threads = thread_pool_size(wb.pool),
                                    .mem_available = mem_available_bytes(),
-                                   .speed_mbps = measure_speed_mbps(w.pool),
+                                   .speed_mbps = measure_speed_mbps(wb.pool),
                                    .io_timeout_ms = cfg->cluster_io_timeout_s * 1000,
                                    .next_hops = (const char *const *)cfg->next_hops,
                                    .n_next_hops = (size_t)cfg->n_next_hops,
-                                   .master_closed = worker_master_closed};
+                                   .master_closed = worker_session_master_closed};
     log_info("Reporting %.1f GiB available, %d threads, %.1f GB/s one-token product speed",
              (double)so.mem_available / 1073741824.0, so.n_threads, so.speed_mbps / 1000.0);
-    if (stage_server_create(&so, worker_setup, &w, &srv, &err) < 0) {
+    if (stage_server_create(&so, worker_session_setup, ws, &srv, &err) < 0) {
         log_err("%s", err.msg);
         goto out;
     }
@@ -396,7 +222,7 @@ int worker_role_main(const struct inferd_config *cfg)
     pthread_detach(sth);
     log_info("inferd worker listening on %s (%s), cache %s (quota %.1f GiB), %d threads", listen_addr,
              keyp ? "cluster key required" : "NO cluster key", cfg->cache_dir,
-             (double)wp_cache_max_bytes(w.cache) / 1073741824.0, thread_pool_size(w.pool));
+             (double)wp_cache_max_bytes(cache) / 1073741824.0, thread_pool_size(wb.pool));
     if (cfg->n_next_hops == 0)
         log_info("Chains: this worker passes hidden states only to workers on loopback; list the others in "
                  "[cluster] next_hops");
@@ -409,12 +235,10 @@ out:
     stage_server_destroy(srv);
     if (lfd >= 0)
         close(lfd);
-    thread_pool_destroy(w.pool);
-    wp_cache_close(w.cache);
-    st_close(w.local);
-    net_assign_finish(&w.assign);
-    net_buf_finish(&w.out);
-    pthread_mutex_destroy(&w.lock);
+    worker_session_destroy(ws);
+    thread_pool_destroy(wb.pool);
+    wp_cache_close(cache);
+    st_close(local);
     if (keyp)
         net_wipe(&key, sizeof(key));
     return rc;

@@ -128,38 +128,42 @@ static int copy_step(struct vk_ctx *c, VkBuffer src, VkDeviceSize src_off, VkBuf
     return vk_ctx_submit(c, err);
 }
 
-int vk_ctx_upload(struct vk_ctx *c, const struct vk_buffer *dst, VkDeviceSize off, const void *src, size_t n,
-                  ifd_error *err)
+/* Moves n bytes between host memory and buf at off through the staging
+ * buffer, a staging buffer's worth at a time: from `from` to the device when
+ * it is given, else from the device to `to`. Upload and download are this one
+ * loop in either direction. */
+static int staged_copy(struct vk_ctx *c, const struct vk_buffer *buf, VkDeviceSize off, const char *from, char *to,
+                       size_t n, ifd_error *err)
 {
-    if (off + n > dst->size)
-        return ifd_error_set(err, -EINVAL, "vulkan: upload of %zu bytes at %llu past a %llu-byte buffer", n,
-                             (unsigned long long)off, (unsigned long long)dst->size);
+    const bool up = from != NULL;
+    if (off + n > buf->size)
+        return ifd_error_set(err, -EINVAL, "vulkan: %s of %zu bytes at %llu past a %llu-byte buffer",
+                             up ? "upload" : "download", n, (unsigned long long)off, (unsigned long long)buf->size);
     for (size_t done = 0; done < n;) {
         size_t piece = n - done < c->staging.size ? n - done : c->staging.size;
-        memcpy(c->staging.map, (const char *)src + done, piece);
-        int rc = copy_step(c, c->staging.buf, 0, dst->buf, off + done, piece, err);
+        if (up)
+            memcpy(c->staging.map, from + done, piece);
+        int rc = up ? copy_step(c, c->staging.buf, 0, buf->buf, off + done, piece, err)
+                    : copy_step(c, buf->buf, off + done, c->staging.buf, 0, piece, err);
         if (rc < 0)
             return rc;
+        if (!up)
+            memcpy(to + done, c->staging.map, piece);
         done += piece;
     }
     return 0;
 }
 
+int vk_ctx_upload(struct vk_ctx *c, const struct vk_buffer *dst, VkDeviceSize off, const void *src, size_t n,
+                  ifd_error *err)
+{
+    return staged_copy(c, dst, off, src, NULL, n, err);
+}
+
 int vk_ctx_download(struct vk_ctx *c, const struct vk_buffer *src, VkDeviceSize off, void *dst, size_t n,
                     ifd_error *err)
 {
-    if (off + n > src->size)
-        return ifd_error_set(err, -EINVAL, "vulkan: download of %zu bytes at %llu past a %llu-byte buffer", n,
-                             (unsigned long long)off, (unsigned long long)src->size);
-    for (size_t done = 0; done < n;) {
-        size_t piece = n - done < c->staging.size ? n - done : c->staging.size;
-        int rc = copy_step(c, src->buf, off + done, c->staging.buf, 0, piece, err);
-        if (rc < 0)
-            return rc;
-        memcpy((char *)dst + done, c->staging.map, piece);
-        done += piece;
-    }
-    return 0;
+    return staged_copy(c, src, off, NULL, dst, n, err);
 }
 
 /* Element i of a float vector stored as dtype, widened. */

@@ -163,31 +163,29 @@ static int dpool_add(struct vk_pipelines *pl, ifd_error *err)
     return 0;
 }
 
+/* One set of the common layout from the newest pool. */
+static VkResult set_alloc(struct vk_pipelines *pl, VkDescriptorSet *ret)
+{
+    VkDescriptorSetAllocateInfo dsai = {
+        .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
+        .descriptorPool = pl->dpools[pl->n_dpools - 1],
+        .descriptorSetCount = 1,
+        .pSetLayouts = &pl->set_layout,
+    };
+    return vkAllocateDescriptorSets(pl->dev, &dsai, ret);
+}
+
 int vk_pipelines_set_create(struct vk_pipelines *pl, const struct vk_range b[VK_MAX_BINDINGS],
                             VkBuffer dummy, VkDescriptorSet *ret, ifd_error *err)
 {
     VkDescriptorSet set = VK_NULL_HANDLE;
-    VkResult r = VK_ERROR_OUT_OF_POOL_MEMORY;
-    if (pl->n_dpools > 0) {
-        VkDescriptorSetAllocateInfo dsai = {
-            .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
-            .descriptorPool = pl->dpools[pl->n_dpools - 1],
-            .descriptorSetCount = 1,
-            .pSetLayouts = &pl->set_layout,
-        };
-        r = vkAllocateDescriptorSets(pl->dev, &dsai, &set);
-    }
+    VkResult r = pl->n_dpools > 0 ? set_alloc(pl, &set) : VK_ERROR_OUT_OF_POOL_MEMORY;
+    /* The newest pool is full (or there is none yet): a new one is added. */
     if (r == VK_ERROR_OUT_OF_POOL_MEMORY || r == VK_ERROR_FRAGMENTED_POOL) {
         int rc = dpool_add(pl, err);
         if (rc < 0)
             return rc;
-        VkDescriptorSetAllocateInfo dsai = {
-            .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
-            .descriptorPool = pl->dpools[pl->n_dpools - 1],
-            .descriptorSetCount = 1,
-            .pSetLayouts = &pl->set_layout,
-        };
-        r = vkAllocateDescriptorSets(pl->dev, &dsai, &set);
+        r = set_alloc(pl, &set);
     }
     if (r != VK_SUCCESS)
         return ifd_error_set(err, -ENOMEM, "vulkan: descriptor set: %s", vk_result_name(r));

@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <string.h>
 
+#include "base/cpu.h"
+
 /* Reflected Castagnoli polynomial. */
 #define CRC32C_POLY 0x82F63B78u
 
@@ -41,7 +43,7 @@ __attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t crc, const 
 uint32_t net_crc32c(uint32_t crc, const void *data, size_t len)
 {
 #if defined(__x86_64__)
-    if (__builtin_cpu_supports("sse4.2"))
+    if (cpu_features()->sse42)
         return crc32c_hw(crc, data, len);
 #endif
     return crc32c_sw(crc, data, len);

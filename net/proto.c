@@ -5,20 +5,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/buf.h"
 #include "model/dtype.h"
 
 int net_buf_reserve(struct net_buf *b, size_t cap)
 {
     if (cap <= b->cap)
         return 0;
-    size_t n = b->cap ? b->cap : 256;
-    while (n < cap)
-        n *= 2;
-    uint8_t *d = realloc(b->data, n);
+    uint8_t *d = buf_grow(b->data, &b->cap, cap, 1);
     if (!d)
         return -ENOMEM;
     b->data = d;
-    b->cap = n;
     return 0;
 }
 

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sodium.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,8 +15,9 @@
 #include <unistd.h>
 #include <zstd.h>
 
-#include "model/safetensors.h"
+#include "base/buf.h"
 #include "base/clock.h"
+#include "model/safetensors.h"
 
 #define WP_CHUNK (1u << 20) /* bytes per chunk sent; <= NET_CHUNK_MAX */
 _Static_assert(WP_CHUNK <= NET_CHUNK_MAX, "chunk within the protocol limit");
@@ -757,14 +759,10 @@ static int membuf_write(void *ctx, const void *buf, size_t len)
 {
     struct membuf *m = ctx;
     if (len > m->cap - m->len) {
-        size_t cap = m->cap ? m->cap : 4096;
-        while (len > cap - m->len)
-            cap *= 2;
-        uint8_t *n = realloc(m->p, cap);
+        uint8_t *n = len <= SIZE_MAX - m->len ? buf_grow(m->p, &m->cap, m->len + len, 1) : NULL;
         if (!n)
             return -ENOMEM;
         m->p = n;
-        m->cap = cap;
     }
     memcpy(m->p + m->len, buf, len);
     m->len += len;

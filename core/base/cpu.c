@@ -23,6 +23,7 @@ static void cpu_detect(void)
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
                       __builtin_cpu_supports("fma");
     features.avx512_vnni = features.avx512 && __builtin_cpu_supports("avx512vnni");
+    features.sse42 = __builtin_cpu_supports("sse4.2");
 #endif
     best = features.avx512 ? CPU_SIMD_AVX512 : features.avx2_fma_f16c ? CPU_SIMD_AVX2 : CPU_SIMD_SCALAR;
     atomic_store_explicit(&level, best, memory_order_release);

@@ -1,5 +1,6 @@
 /* cpu.h - the CPU's instruction sets, detected once, and the SIMD level every
- * kernel dispatches on (kernels.c, quant.c, quant_int8.c).
+ * kernel dispatches on (kernels.c, quant.c, quant_int8.c); net/frame.c's
+ * CRC32C asks it for SSE4.2.
  *
  * The level starts as the best the CPU has; cpu_simd_force() lowers (or
  * restores) it for every kernel at once, so a test that forces "avx2" runs
@@ -18,6 +19,7 @@ struct cpu_features {
     bool avx2_fma_f16c; /* everything CPU_SIMD_AVX2 needs */
     bool avx512;        /* everything CPU_SIMD_AVX512 needs */
     bool avx512_vnni;   /* avx512 and VPDPBUSD (the int8 prefill product) */
+    bool sse42;         /* the CRC32 instruction (net/frame.c's CRC32C) */
 };
 
 /* What the CPU has, detected on the first call (thread-safe). */

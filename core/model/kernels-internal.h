@@ -23,7 +23,6 @@ struct kern_isa {
     void (*axpy)(float *y, float a, const float *x, int n);
 };
 
-extern const struct kern_isa kern_isa_scalar;
 #if defined(__x86_64__)
 extern const struct kern_isa kern_isa_avx2;
 extern const struct kern_isa kern_isa_avx512;

@@ -66,7 +66,7 @@ static void scalar_axpy(float *y, float a, const float *x, int n)
         y[i] += a * x[i];
 }
 
-const struct kern_isa kern_isa_scalar = {
+static const struct kern_isa kern_isa_scalar = {
     .name = "scalar",
     .matmul_rows = scalar_matmul_rows,
     .dot = scalar_dot,

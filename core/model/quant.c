@@ -311,13 +311,6 @@ static struct qmm_ctx qmm_ctx_of(const struct ifd_weight *w, const float *xsum)
 #define QS_RD 4
 #define QS_RP(bits) ((bits) == 8 ? 4 : 2) /* measured best on the AMD EPYC dev VM */
 #include "quant-simd.inc"
-#undef QS_VL
-#undef QS_NAME
-#undef QS_WIDEN
-#undef QS_HSUM
-#undef QS_TT
-#undef QS_RD
-#undef QS_RP
 #pragma GCC pop_options
 
 #pragma GCC push_options
@@ -337,13 +330,6 @@ static inline float qs256_hsum(__m256 v)
 #define QS_RD 4
 #define QS_RP(bits) 2 /* 16 ymm registers: 2 x 4 accumulators */
 #include "quant-simd.inc"
-#undef QS_VL
-#undef QS_NAME
-#undef QS_WIDEN
-#undef QS_HSUM
-#undef QS_TT
-#undef QS_RD
-#undef QS_RP
 #pragma GCC pop_options
 
 static enum quant_isa quant_isa_of(enum cpu_simd l)

@@ -491,6 +491,7 @@ static int open_index(const char *index_path, st_model **ret, ifd_error *err)
 
     st_model *m = NULL;
     char **shards = NULL;
+    char **paths = NULL; /* [n_shards] dir/shard, once the shards are known */
     int n_shards = 0;
     char *dir = strdup(index_path);
     if (!dir) {
@@ -549,16 +550,19 @@ static int open_index(const char *index_path, st_model **ret, ifd_error *err)
         r = ifd_error_set(err, -EINVAL, "%s: weight_map is empty", index_path);
         goto out;
     }
-    /* Every shard must exist before any is mapped: the missing one is named. */
+    /* Every shard must exist before any is mapped: the missing one is named.
+     * The paths are joined once, here, and mapped below. */
+    if (!(paths = calloc((size_t)n_shards, sizeof(*paths)))) {
+        r = ifd_error_set(err, -ENOMEM, "out of memory");
+        goto out;
+    }
     for (int i = 0; i < n_shards; i++) {
-        char *p = path_join(dir, shards[i]);
-        if (!p) {
+        if (!(paths[i] = path_join(dir, shards[i]))) {
             r = ifd_error_set(err, -ENOMEM, "out of memory");
             goto out;
         }
-        bool ok = access(p, R_OK) == 0;
+        bool ok = access(paths[i], R_OK) == 0;
         int e2 = errno;
-        free(p);
         if (!ok) {
             r = ifd_error_set(err, -e2, "%s: shard '%s' is missing or unreadable: %s", index_path,
                               shards[i], strerror(e2));
@@ -571,13 +575,7 @@ static int open_index(const char *index_path, st_model **ret, ifd_error *err)
         goto out;
     }
     for (int i = 0; i < n_shards; i++) {
-        char *p = path_join(dir, shards[i]);
-        if (!p) {
-            r = ifd_error_set(err, -ENOMEM, "out of memory");
-            goto out;
-        }
-        r = file_map(&m->files[i], p, err);
-        free(p);
+        r = file_map(&m->files[i], paths[i], err);
         if (r < 0)
             goto out;
         r = parse_file(m, i, err);
@@ -602,6 +600,9 @@ static int open_index(const char *index_path, st_model **ret, ifd_error *err)
     r = 0;
 out:
     st_close(m);
+    for (int i = 0; paths && i < n_shards; i++)
+        free(paths[i]);
+    free(paths);
     free(shards);
     free(dir);
     cJSON_Delete(root);

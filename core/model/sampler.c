@@ -159,39 +159,35 @@ static int cand_cmp(const void *pa, const void *pb)
     return cand_before(a, b) ? -1 : cand_before(b, a) ? 1 : 0;
 }
 
+/* Moves c[j] down the heap c[0..k) whose root is the worst kept candidate,
+ * until neither child is worse than it. */
+static inline void heap_sift_down(struct cand *c, int k, int j)
+{
+    for (;;) {
+        int l = 2 * j + 1, r = l + 1, w = j;
+        if (l < k && cand_before(&c[w], &c[l]))
+            w = l;
+        if (r < k && cand_before(&c[w], &c[r]))
+            w = r;
+        if (w == j)
+            return;
+        struct cand t = c[j]; c[j] = c[w]; c[w] = t;
+        j = w;
+    }
+}
+
 /* Keeps the k best of c[0..n) in c[0..k), sorted best first: a min-heap of the
  * k best so far, O(n log k). */
 static void top_k_select(struct cand *c, int n, int k)
 {
     /* heap in c[0..k): root is the worst of the kept */
-    for (int i = k / 2 - 1; i >= 0; i--) {
-        for (int j = i;;) {
-            int l = 2 * j + 1, r = l + 1, w = j;
-            if (l < k && cand_before(&c[w], &c[l]))
-                w = l;
-            if (r < k && cand_before(&c[w], &c[r]))
-                w = r;
-            if (w == j)
-                break;
-            struct cand t = c[j]; c[j] = c[w]; c[w] = t;
-            j = w;
-        }
-    }
+    for (int i = k / 2 - 1; i >= 0; i--)
+        heap_sift_down(c, k, i);
     for (int i = k; i < n; i++) {
         if (!cand_before(&c[i], &c[0]))
             continue;
         c[0] = c[i];
-        for (int j = 0;;) {
-            int l = 2 * j + 1, r = l + 1, w = j;
-            if (l < k && cand_before(&c[w], &c[l]))
-                w = l;
-            if (r < k && cand_before(&c[w], &c[r]))
-                w = r;
-            if (w == j)
-                break;
-            struct cand t = c[j]; c[j] = c[w]; c[w] = t;
-            j = w;
-        }
+        heap_sift_down(c, k, 0);
     }
     qsort(c, (size_t)k, sizeof(*c), cand_cmp);
 }

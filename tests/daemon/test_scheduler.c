@@ -87,13 +87,22 @@ static void fx_down(struct fx *f)
     model_destroy(f->m);
 }
 
-static struct sched_req *submit(struct fx *f, const int32_t *prompt, int n_prompt, int max_tokens)
+/* Submits a request; returns sched_submit's result, the request in *ret and
+ * the message in *err. */
+static int try_submit(struct fx *f, const int32_t *prompt, int n_prompt, int max_tokens, struct sched_req **ret,
+                      ifd_error *err)
 {
     struct sched_req_params p = {.prompt = prompt, .n_prompt = (size_t)n_prompt, .max_tokens = max_tokens,
                                  .sampling = sampler_params_default(), .logprobs = true};
+    *err = (ifd_error){{0}};
+    return sched_submit(f->s, &p, ret, err);
+}
+
+static struct sched_req *submit(struct fx *f, const int32_t *prompt, int n_prompt, int max_tokens)
+{
     struct sched_req *r = NULL;
-    ifd_error err = {{0}};
-    cr_assert_eq(sched_submit(f->s, &p, &r, &err), 0, "%s", err.msg);
+    ifd_error err;
+    cr_assert_eq(try_submit(f, prompt, n_prompt, max_tokens, &r, &err), 0, "%s", err.msg);
     return r;
 }
 
@@ -169,11 +178,9 @@ Test(scheduler, context_end_stops_with_length)
         cr_assert_eq(ids[i], st.gen[i]);
     /* a prompt that leaves no room is refused at submission */
     int32_t long_prompt[16] = {1};
-    struct sched_req_params p = {.prompt = long_prompt, .n_prompt = 16, .max_tokens = 1,
-                                 .sampling = sampler_params_default()};
     struct sched_req *r = NULL;
-    ifd_error err = {{0}};
-    cr_assert_eq(sched_submit(f.s, &p, &r, &err), -EINVAL);
+    ifd_error err;
+    cr_assert_eq(try_submit(&f, long_prompt, 16, 1, &r, &err), -EINVAL);
     cr_assert(strstr(err.msg, "the context holds 16"), "%s", err.msg);
     fx_down(&f);
 }
@@ -187,11 +194,9 @@ Test(scheduler, full_queue_refuses)
     struct fx f;
     fx_up(&f, 1, 512, 0);
     struct sched_req *a = submit(&f, st.prompt, st.n_prompt, 500);
-    struct sched_req_params p = {.prompt = st.prompt, .n_prompt = (size_t)st.n_prompt, .max_tokens = 4,
-                                 .sampling = sampler_params_default()};
     struct sched_req *b = NULL;
-    ifd_error err = {{0}};
-    int rc = sched_submit(f.s, &p, &b, &err);
+    ifd_error err;
+    int rc = try_submit(&f, st.prompt, st.n_prompt, 4, &b, &err);
     int busy = sched_busy(f.s);
     cr_assert_eq(rc, -EAGAIN, "second request accepted (scheduler busy with %d)", busy);
     cr_assert(strstr(err.msg, "queue is full"), "%s", err.msg);

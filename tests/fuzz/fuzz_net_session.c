@@ -20,10 +20,9 @@
  * between widths is reachable. The server allows one next hop, 127.0.0.1:1
  * (nothing listens there): a fuzzed route never connects anywhere else.
  *
- * The worker's setup (ASSIGN -> HAVE, TENSOR_CHUNK, LOAD -> READY) is
- * daemon/worker.c's, restated here on the cpu backend: that file is the
- * daemon's, not a library's. */
-#include <dirent.h>
+ * The worker's setup (ASSIGN -> HAVE, TENSOR_CHUNK, LOAD -> READY) is the
+ * daemon's own, net/worker_session.c, with the cpu stage for the daemon's
+ * backend choice (daemon/backend.c). */
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -46,6 +45,7 @@
 #include "proto.h"
 #include "stage_server.h"
 #include "weight_push.h"
+#include "worker_session.h"
 
 #define SESSION_MAX_INPUT (16u << 10)
 #define MAX_OPS 24
@@ -127,149 +127,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-/* ---- the worker's setup, as daemon/worker.c does it (cpu backend) ---- */
+/* ---- the worker's setup: net/worker_session.c, as the daemon runs it, on
+ * the cpu backend ---- */
 
-struct fz_worker {
-    struct net_assign assign;
-    bool assigned;
-    struct wp_cache *cache;
-    struct net_buf out;
-};
-
-struct loaded {
-    struct model *model;
-    void *image;
-};
-
-static void loaded_release(void *p)
+static int fz_stage_create(void *ctx, const struct model *m, const struct net_assign *a, struct stage **ret,
+                           ifd_error *err)
 {
-    struct loaded *l = p;
-    model_destroy(l->model);
-    free(l->image);
-    free(l);
-}
-
-static int setup_load(struct fz_worker *w, struct stage_server *srv, ifd_error *err)
-{
-    const struct net_assign *a = &w->assign;
-    void *image;
-    size_t len;
-    int r = wp_cache_build_image(w->cache, a, &image, &len, err);
-    if (r < 0)
-        return r;
-    st_model *st;
-    if ((r = st_open_memory(image, len, "received weights", &st, err)) < 0) {
-        free(image);
-        return r;
-    }
-    struct model_config mc;
-    if ((r = model_config_parse(a->config_json, a->config_len, "master's config.json", &mc, err)) < 0) {
-        st_close(st);
-        free(image);
-        return r;
-    }
-    if (mc.n_layers != (int)a->n_layers) {
-        model_config_finish(&mc);
-        st_close(st);
-        free(image);
-        return ifd_error_set(err, -EINVAL, "assignment says %u layers, the config %d", a->n_layers, mc.n_layers);
-    }
-    struct model_load_opts o = model_load_opts_default();
-    o.layer_first = (int)a->layer_first;
-    o.layer_last = (int)a->layer_last;
-    o.bind_embed = false;
-    o.bind_head = false;
-    struct model *m;
-    if ((r = model_bind(st, &mc, &o, &m, err)) < 0) {
-        model_config_finish(&mc);
-        st_close(st);
-        free(image);
-        return r;
-    }
-    struct stage *stage;
-    r = cpu_stage_create(m, (int)a->layer_first, (int)a->layer_last, (int)a->n_seq_max, (int)a->n_ctx, pool, &stage,
-                         err);
-    struct loaded *l = r >= 0 ? calloc(1, sizeof(*l)) : NULL;
-    if (!l) {
-        if (r >= 0) {
-            stage_destroy(stage);
-            r = ifd_error_set(err, -ENOMEM, "out of memory");
-        }
-        model_destroy(m);
-        free(image);
-        return r;
-    }
-    l->model = m;
-    l->image = image;
-    stage_server_set_stage(srv, stage, loaded_release, l);
-    return 0;
-}
-
-static int fz_setup(void *ctx, struct stage_server *srv, struct net_conn *c, uint16_t type, const uint8_t *p,
-                    size_t len, ifd_error *err)
-{
-    struct fz_worker *w = ctx;
-    int r = 0;
-    switch (type) {
-    case NET_MSG_ASSIGN: {
-        struct net_assign a;
-        if ((r = net_assign_decode(p, len, &a, err)) < 0)
-            break;
-        if ((r = wp_cache_reserve(w->cache, &a, NULL, err)) < 0) {
-            net_assign_finish(&a);
-            net_assign_finish(&w->assign);
-            w->assigned = false;
-            break;
-        }
-        net_assign_finish(&w->assign);
-        w->assign = a;
-        w->assigned = true;
-        uint64_t *have = calloc(a.n_tensors ? a.n_tensors : 1, sizeof(uint64_t));
-        if (!have)
-            return ifd_error_set(err, -ENOMEM, "out of memory");
-        wp_cache_have(w->cache, &w->assign, have);
-        r = net_have_encode(&w->out, have, a.n_tensors);
-        free(have);
-        if (r >= 0)
-            r = net_conn_send(c, NET_MSG_HAVE, w->out.data, w->out.len, 5000, err);
-        break;
-    }
-    case NET_MSG_TENSOR_CHUNK: {
-        struct net_chunk ch;
-        if (!w->assigned)
-            return ifd_error_set(err, -EPROTO, "TENSOR_CHUNK before ASSIGN");
-        if ((r = net_chunk_decode(p, len, &ch, err)) < 0)
-            break;
-        r = wp_cache_put_chunk(w->cache, &w->assign, &ch, err);
-        break;
-    }
-    case NET_MSG_LOAD: {
-        if (!w->assigned)
-            return ifd_error_set(err, -EPROTO, "LOAD before ASSIGN");
-        ifd_error lerr;
-        int lr = setup_load(w, srv, &lerr);
-        if (lr < 0) {
-            if (!lerr.msg[0])
-                die("LOAD", "failed without a message");
-            net_conn_send_error(c, lr, 0, lerr.msg);
-            break;
-        }
-        struct net_ready rd = {.weight_bytes = 1};
-        r = net_ready_encode(&w->out, &rd);
-        if (r >= 0)
-            r = net_conn_send(c, NET_MSG_READY, w->out.data, w->out.len, 5000, err);
-        break;
-    }
-    default:
-        r = ifd_error_set(err, -EPROTO, "unexpected %s", net_msg_name(type));
-    }
-    return r;
-}
-
-static void fz_master_closed(void *ctx)
-{
-    struct fz_worker *w = ctx;
-    wp_cache_remove_partial(w->cache);
+    (void)ctx;
+    return cpu_stage_create(m, (int)a->layer_first, (int)a->layer_last, (int)a->n_seq_max, (int)a->n_ctx, pool, ret,
+                            err);
 }
 
 /* ---- one session ---- */
@@ -279,7 +145,8 @@ struct session {
     int listen_fd, port;
     pthread_t th;
     char addr[NET_ADDR_MAX];
-    struct fz_worker w;
+    struct wp_cache *cache;
+    struct worker_session *ws;
     struct net_conn *c; /* the master's connection, NULL after a failure */
     struct net_buf b;
     uint64_t ping_id;
@@ -536,22 +403,6 @@ static void run_op(struct session *s, struct prog *g)
     }
 }
 
-static int rm_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return -errno;
-    struct dirent *e;
-    char path[512];
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-            unlink(path);
-        }
-    closedir(d);
-    return rmdir(dir);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size > SESSION_MAX_INPUT || n_models == 0)
@@ -561,12 +412,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char dir[] = "/tmp/inferd-fuzz-cache-XXXXXX";
     if (!mkdtemp(dir))
         die("mkdtemp", strerror(errno));
-    if (wp_cache_open(dir, 64u << 20, &s.w.cache, &err) < 0)
+    if (wp_cache_open(dir, 64u << 20, &s.cache, &err) < 0)
         die("cache", err.msg);
+    struct worker_session_opts wo = {.cache = s.cache, .stage_create = fz_stage_create};
+    if (worker_session_create(&wo, &s.ws, &err) < 0)
+        die("worker session", err.msg);
     static const char *const hops[] = {"127.0.0.1:1"};
     struct stage_server_opts o = {.key = &key, .n_threads = 1, .io_timeout_ms = 5000, .next_hops = hops,
-                                  .n_next_hops = 1, .master_closed = fz_master_closed};
-    if (stage_server_create(&o, fz_setup, &s.w, &s.srv, &err) < 0)
+                                  .n_next_hops = 1, .master_closed = worker_session_master_closed};
+    if (stage_server_create(&o, worker_session_setup, s.ws, &s.srv, &err) < 0)
         die("server", err.msg);
     if (net_listen("127.0.0.1:0", &s.listen_fd, &s.port, &err) < 0)
         die("listen", err.msg);
@@ -596,11 +450,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     pthread_join(s.th, NULL);
     close(s.listen_fd);
     stage_server_destroy(s.srv);
-    net_assign_finish(&s.w.assign);
-    net_buf_finish(&s.w.out);
-    wp_cache_close(s.w.cache);
+    worker_session_destroy(s.ws);
+    wp_cache_close(s.cache);
     net_buf_finish(&s.b);
-    rm_tree(dir);
+    tu_remove_tree(dir);
     return 0;
 }
 

@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 
 from daemon_test import TINY, Daemon
-from harness import FAILURES, check, free_port, key_file
+from harness import FAILURES, check, free_port, key_file, run_groups
 
 COMPLETION = {"prompt": [1, 80, 147], "max_tokens": 16, "temperature": 0}
 
@@ -379,9 +379,4 @@ GROUPS = {
 }
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[2] not in GROUPS:
-        sys.exit("usage: attack_test.py INFERD %s" % "|".join(GROUPS))
-    t0 = time.time()
-    GROUPS[sys.argv[2]](os.path.abspath(sys.argv[1]))
-    print("%s: %d failures, %.1fs" % (sys.argv[2], len(FAILURES), time.time() - t0))
-    sys.exit(1 if FAILURES else 0)
+    run_groups("attack_test.py", GROUPS)

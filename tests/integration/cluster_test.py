@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 
-from harness import FAILURES, MODELS, check, free_port, goldens
+from harness import FAILURES, MODELS, check, free_port, goldens, wait_ready
 
 TMP = tempfile.mkdtemp(prefix="inferd-cluster-test-")
 
@@ -83,16 +83,14 @@ class Worker(Proc):
             args += ["--cluster-key-file", key]
         super().__init__(args, "worker-" + name)
         self.addr = "127.0.0.1:%d" % self.port
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("worker exited with %d:\n%s" % (self.proc.returncode, self.logtext()))
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("worker not listening:\n" + self.logtext())
+        wait_ready(self.proc, self.listening, "worker", self.logtext, timeout=20)
+
+    def listening(self):
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
 
 
 class Master(Proc):
@@ -109,14 +107,7 @@ class Master(Proc):
             self.wait_ready()
 
     def wait_ready(self, timeout=60):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("master exited with %d:\n%s" % (self.proc.returncode, self.logtext()))
-            if self.health() == 200:
-                return True
-            time.sleep(0.05)
-        raise RuntimeError("master not ready after %ds:\n%s" % (timeout, self.logtext()))
+        return wait_ready(self.proc, lambda: self.health() == 200, "master", self.logtext, timeout)
 
     def health(self):
         try:

@@ -1,10 +1,12 @@
 """Shared pieces of the integration test scripts (stdlib only): where the
-shared models and goldens are, failure bookkeeping, free loopback ports."""
+shared models and goldens are, failure bookkeeping, free loopback ports,
+waiting for a process to be ready, running a script's test groups."""
 import json
 import os
 import socket
 import sys
 import threading
+import time
 
 SHARED = os.environ.get("INFERD_SHARED")
 if not SHARED or not os.path.isdir(os.path.join(SHARED, "models")):
@@ -79,3 +81,27 @@ def alloc_port():
                 continue
             finally:
                 s.close()
+
+
+def wait_ready(proc, ready, what, logtext, timeout=60):
+    """Polls ready() every 50 ms until it is true. Raises, with the process's
+    log (logtext()), when proc exits first or when timeout seconds pass."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("%s exited with %d:\n%s" % (what, proc.returncode, logtext()))
+        if ready():
+            return True
+        time.sleep(0.05)
+    raise RuntimeError("%s not ready after %gs:\n%s" % (what, timeout, logtext()))
+
+
+def run_groups(script, groups):
+    """The main of a script of test groups: `script INFERD GROUP` runs one
+    group with the inferd binary and exits non-zero on any failure."""
+    if len(sys.argv) != 3 or sys.argv[2] not in groups:
+        sys.exit("usage: %s INFERD %s" % (script, "|".join(groups)))
+    t0 = time.time()
+    groups[sys.argv[2]](os.path.abspath(sys.argv[1]))
+    print("%s: %d failures, %.1fs" % (sys.argv[2], len(FAILURES), time.time() - t0))
+    sys.exit(1 if FAILURES else 0)

@@ -7,14 +7,15 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Runs one log call with stderr redirected to a pipe; returns what it wrote. */
-static size_t capture(char *out, size_t cap, int level, const char *peer_text)
+/* Runs fn with stderr redirected to a pipe; returns what was written. */
+static size_t capture_fn(char *out, size_t cap, void (*fn)(void *), void *arg)
 {
     int fds[2];
     cr_assert_eq(pipe(fds), 0);
+    fcntl(fds[1], F_SETPIPE_SZ, 1 << 20);
     int saved = dup(STDERR_FILENO);
     dup2(fds[1], STDERR_FILENO);
-    log_msg(level, "peer says: %s", peer_text);
+    fn(arg);
     dup2(saved, STDERR_FILENO);
     close(saved);
     close(fds[1]);
@@ -25,6 +26,24 @@ static size_t capture(char *out, size_t cap, int level, const char *peer_text)
     close(fds[0]);
     out[n] = '\0';
     return n;
+}
+
+struct one_log {
+    int level;
+    const char *peer_text;
+};
+
+static void log_one(void *p)
+{
+    const struct one_log *l = p;
+    log_msg(l->level, "peer says: %s", l->peer_text);
+}
+
+/* Runs one log call with stderr redirected to a pipe; returns what it wrote. */
+static size_t capture(char *out, size_t cap, int level, const char *peer_text)
+{
+    struct one_log l = {level, peer_text};
+    return capture_fn(out, cap, log_one, &l);
 }
 
 Test(log, control_bytes_are_escaped)
@@ -52,27 +71,6 @@ Test(log, long_message_is_cut_to_one_line)
     size_t n = capture(out, sizeof(out), LOG_LEVEL_INFO, big);
     cr_assert_gt(n, 2000);
     cr_assert_eq(memchr(out, '\n', n), out + n - 1, "exactly one line");
-}
-
-/* Runs fn with stderr redirected to a pipe; returns what was written. */
-static size_t capture_fn(char *out, size_t cap, void (*fn)(void *), void *arg)
-{
-    int fds[2];
-    cr_assert_eq(pipe(fds), 0);
-    fcntl(fds[1], F_SETPIPE_SZ, 1 << 20);
-    int saved = dup(STDERR_FILENO);
-    dup2(fds[1], STDERR_FILENO);
-    fn(arg);
-    dup2(saved, STDERR_FILENO);
-    close(saved);
-    close(fds[1]);
-    size_t n = 0;
-    ssize_t r;
-    while (n < cap - 1 && (r = read(fds[0], out + n, cap - 1 - n)) > 0)
-        n += (size_t)r;
-    close(fds[0]);
-    out[n] = '\0';
-    return n;
 }
 
 static size_t count_lines(const char *s)

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "common/golden_models.h"
+#include "common/net_test_util.h"
 #include "common/test_util.h"
 #include "conn.h"
 #include "model/cpu_stage.h"
@@ -129,11 +130,8 @@ struct fixture {
 static void fixture_up(struct fixture *fx, const char *model_name)
 {
     memset(fx, 0, sizeof(*fx));
-    char *dir = tu_must_shared_path("models/%s", model_name);
-    struct model_load_opts o = model_load_opts_default();
     ifd_error err;
-    cr_assert_eq(model_load(dir, &o, &fx->m, &err), 0, "%s", err.msg);
-    free(dir);
+    fx->m = golden_load_model(model_name);
     golden_find(model_name, &fx->g);
     fx->n_layers = fx->m->cfg.n_layers;
     fx->split = fx->n_layers / 2;
@@ -304,13 +302,8 @@ Test(remote_stage, bad_requests_answered_with_error_not_crash)
     cr_assert_eq(net_conn_connect(fx.w[0].addr, 2000, &c2, &err), 0, "%s", err.msg);
     struct net_hello self = {.role = NET_ROLE_MASTER}, peer;
     cr_assert_eq(net_conn_handshake_client(c2, &fx.key, &self, &peer, &err), 0, "%s", err.msg);
-    uint16_t type;
-    const uint8_t *p;
-    size_t len;
-    cr_assert_eq(net_conn_recv(c2, &type, &p, &len, 2000, &err), 0, "%s", err.msg);
-    cr_assert_eq(type, NET_MSG_ERROR);
     struct net_error_msg em;
-    cr_assert_eq(net_error_decode(p, len, &em, &err), 0);
+    tu_must_recv_error(c2, 2000, &em);
     cr_assert(memmem(em.msg, em.msg_len, "already serves", 14));
     net_conn_destroy(c2);
     cr_assert_eq(stage_seq_truncate(st, 0, 0, &err), 0, "%s", err.msg);

@@ -20,6 +20,8 @@
 #include "auth.h"
 #include "conn.h"
 #include "frame.h"
+#include "common/golden_models.h"
+#include "common/net_test_util.h"
 #include "model/cpu_stage.h"
 #include "model/model.h"
 #include "base/clock.h"
@@ -128,20 +130,6 @@ static double ms_until_closed(int fd, int limit_ms)
 
 /* ---- item 1: the worker's buffers follow the stage ---- */
 
-static struct model *load_model(const char *name)
-{
-    const char *sh = getenv("INFERD_SHARED");
-    cr_assert_not_null(sh, "INFERD_SHARED is not set: run through meson test");
-    char *dir;
-    cr_assert_geq(asprintf(&dir, "%s/models/%s", sh, name), 0);
-    struct model_load_opts o = model_load_opts_default();
-    struct model *m;
-    ifd_error err;
-    cr_assert_eq(model_load(dir, &o, &m, &err), 0, "%s", err.msg);
-    free(dir);
-    return m;
-}
-
 /* Sends one FORWARD of n tokens (seq, positions from pos0) through c and
  * checks the RESULT against the same batch run on `ref`, bit for bit. */
 static void forward_matches(struct net_conn *c, struct stage *ref, int n, int seq, int pos0)
@@ -193,7 +181,7 @@ static void forward_matches(struct net_conn *c, struct stage *ref, int n, int se
  * the narrow one. */
 Test(stage_server, model_switch_resizes_buffers)
 {
-    struct model *narrow = load_model("qwen3-tiny-random"), *wide = load_model("tinystories-656k");
+    struct model *narrow = golden_load_model("qwen3-tiny-random"), *wide = golden_load_model("tinystories-656k");
     cr_assert_lt(narrow->cfg.hidden_size, wide->cfg.hidden_size);
     struct thread_pool *pool = thread_pool_create(1);
     struct server sv;
@@ -453,7 +441,7 @@ Test(stage_server, half_a_frame_then_silence_times_out)
  * connection attempt; a listed one is tried. */
 Test(stage_server, forward_to_unlisted_next_hop_refused)
 {
-    struct model *m = load_model("qwen3-tiny-random");
+    struct model *m = golden_load_model("qwen3-tiny-random");
     struct thread_pool *pool = thread_pool_create(1);
     struct server sv;
     const char *hops[] = {"127.0.0.1:1"};
@@ -479,13 +467,8 @@ Test(stage_server, forward_to_unlisted_next_hop_refused)
         cr_assert_geq(net_forward_encode(&b, &f), 0);
         cr_assert_eq(net_conn_send(c, NET_MSG_FORWARD, b.data, b.len, 2000, &err), 0, "%s", err.msg);
         net_buf_finish(&b);
-        uint16_t type;
-        const uint8_t *p;
-        size_t len;
-        cr_assert_eq(net_conn_recv(c, &type, &p, &len, 10000, &err), 0, "%s", err.msg);
-        cr_assert_eq(type, NET_MSG_ERROR);
         struct net_error_msg em;
-        cr_assert_eq(net_error_decode(p, len, &em, &err), 0);
+        tu_must_recv_error(c, 10000, &em);
         cr_assert_eq(em.req_id, 900 + (uint64_t)i);
         bool refused = memmem(em.msg, em.msg_len, "not allowed", 11) != NULL;
         if (i < 2)
