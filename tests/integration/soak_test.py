@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Soak of a cluster (issue 12): 64 clients for 10 minutes of mixed streaming
 and non-streaming chat and completion requests against a master with two
-workers on loopback (tinystories-656k), with random client disconnects and
-one worker restart (SIGKILL, then the same port and cache) in the middle.
+workers on loopback (tinystories-656k), each client from its own loopback
+address (127.0.2.N, as 64 hosts), with random client disconnects and one
+worker restart (SIGKILL, then the same port and cache) in the middle.
 
 Usage: soak_test.py INFERD_BINARY [SECONDS]   (default $SOAK_SECONDS or 600)
 
@@ -43,8 +44,9 @@ KINDS = ["complete", "complete-stream", "chat", "chat-stream"]
 MAX_TOKENS = [8, 24, 40]
 
 
-def request(port, kind, prompt, n, hang_up=False, timeout=120):
-    """One request: ("done", text) | ("error", why) | ("hung-up", None)."""
+def request(port, kind, prompt, n, hang_up=False, timeout=120, source="127.0.0.1"):
+    """One request from address `source`: ("done", text) | ("error", why) |
+    ("hung-up", None)."""
     chat = kind.startswith("chat")
     streamed = kind.endswith("stream")
     body = {"max_tokens": n, "temperature": 0, "stream": streamed}
@@ -52,7 +54,7 @@ def request(port, kind, prompt, n, hang_up=False, timeout=120):
         body["messages"] = [{"role": "user", "content": prompt}]
     else:
         body["prompt"] = prompt
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(source, 0))
     try:
         c.request("POST", "/v1/chat/completions" if chat else "/v1/completions", body=json.dumps(body),
                   headers={"Content-Type": "application/json"})
@@ -159,6 +161,9 @@ def run(binary, key, seconds, procs):
 
     def client(seed):
         rnd = random.Random(seed)
+        # Each client is its own host, as 64 users of a service are: the
+        # default max_connections_per_ip (32) applies to each, not to all.
+        source = "127.0.2.%d" % (seed + 1)
         while time.time() < stop_at[0]:
             running.wait()
             kind, p, n = rnd.choice(KINDS), rnd.choice(PROMPTS), rnd.choice(MAX_TOKENS)
@@ -166,7 +171,7 @@ def run(binary, key, seconds, procs):
             t0 = time.time()
             with lock:
                 busy[0] += 1
-            st, text = request(m.port, kind, p, n, hang_up)
+            st, text = request(m.port, kind, p, n, hang_up, source=source)
             if st == "error":
                 time.sleep(0.2)  # as a client would, before it retries
             with lock:
