@@ -97,12 +97,16 @@ NA = {
 class Trigger:
     """Fires once, in the middle of the first frame that matches, on
     whichever proxy it is armed on; hook(conn) applies the fault and returns
-    'reset' to reset that connection, None to deliver the rest."""
+    'reset' to reset that connection, None to deliver the rest. `fired` is
+    set once the fault has been applied, not when the frame is claimed: the
+    case's thread restarts a killed master on fired, and a hook that looked
+    up the master after that would kill the new one."""
 
     def __init__(self, ftype, role, hook, min_len=0, max_len=1 << 32, skip=0):
         self.ftype, self.role, self.hook = ftype, role, hook
         self.min_len, self.max_len, self.skip = min_len, max_len, skip
         self.lock = threading.Lock()
+        self.taken = False
         self.fired = threading.Event()
         self.when = None
 
@@ -110,13 +114,13 @@ class Trigger:
         if ftype != self.ftype or role != self.role or not self.min_len <= plen <= self.max_len:
             return False
         with self.lock:
-            if self.fired.is_set():
+            if self.taken:
                 return False
             if self.skip > 0:
                 self.skip -= 1
                 return False
             self.when = time.time()
-            self.fired.set()
+            self.taken = True
             return True
 
 
@@ -169,8 +173,13 @@ class ProxyConn(threading.Thread):
                     at = i + (cut - st["pos"])
                     out.sendall(data[start:at])
                     start = at
-                    if trig.hook(self) == "reset":
-                        self.rst()
+                    try:
+                        verdict = trig.hook(self)
+                        if verdict == "reset":
+                            self.rst()
+                    finally:
+                        trig.fired.set()
+                    if verdict == "reset":
                         return True
             st["pos"] += take
             i += take
