@@ -16,7 +16,8 @@
  * NOTIFY_CONNECTION): the accept policy counts slots for the limits, the
  * reaper thread closes those that have not delivered their request by the
  * deadline (shutdown(), which wakes the connection's thread with EOF), and
- * the close notification drains a connection answered early. */
+ * the completion callback, on the connection's own thread, drains a
+ * connection answered before its body came. */
 #include "http.h"
 
 #include <errno.h>
@@ -59,7 +60,7 @@ struct slot {
     double read_since;          /* when this request's bytes began to be due */
     bool reading;               /* the request is not complete yet */
     bool shut;                  /* shut down by us (deadline or room); closing */
-    bool linger;                /* answered before its body came: drain at close */
+    bool linger;                /* answered before its body came: drain before the close */
 };
 
 /* Parses that cost more than this hand their memory back to the system
@@ -239,8 +240,11 @@ static MHD_RESULT on_accept(void *cls, const struct sockaddr *addr, socklen_t ad
 }
 
 /* Bytes discarded before closing a connection answered early (see
- * HTTP_LINGER_BYTES): its thread is the connection's own, so waiting here
- * holds up no one else. */
+ * HTTP_LINGER_BYTES). Called from on_completed, which MHD runs on the
+ * connection's own thread once the answer is sent and before the socket is
+ * closed, so waiting here holds up no one else. (Not from the close
+ * notification: MHD sends that from its one polling thread, the thread that
+ * also accepts, so a drain there stopped every new connection for 5 s.) */
 static void linger_drain(int fd)
 {
     shutdown(fd, SHUT_WR);
@@ -300,12 +304,6 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
     if (!sl)
         return;
     *socket_context = NULL;
-    pthread_mutex_lock(&h->lock);
-    bool linger = sl->linger && !sl->shut;
-    sl->reading = false;  /* the deadline no longer applies */
-    pthread_mutex_unlock(&h->lock);
-    if (linger)
-        linger_drain(sl->fd);
     pthread_mutex_lock(&h->lock);
     if (sl->prev)
         sl->prev->next = sl->next;
@@ -1209,8 +1207,17 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
         return;
     *con_cls = NULL;
     parse_release(k);
-    /* A kept-alive connection owes its next request from now on. */
-    slot_set_reading(h, k->slot, true);
+    bool linger = false;
+    if (k->slot) {
+        pthread_mutex_lock(&h->lock);
+        linger = k->slot->linger && !k->slot->shut;
+        k->slot->linger = false;
+        pthread_mutex_unlock(&h->lock);
+    }
+    if (linger)
+        linger_drain(k->slot->fd);  /* MHD closes the connection next */
+    else
+        slot_set_reading(h, k->slot, true);  /* a kept-alive connection owes its next request from now on */
     if (k->req) {
         /* Whatever happened, the sequence is not needed any more: a client
          * that went away mid-stream frees its slot now. */
