@@ -115,6 +115,32 @@ int jv_taint_all(struct jv *v)
     return taint_all_depth(v, 0);
 }
 
+/* Role names a message may carry. The API refuses any other role, and
+ * templates build markup from them ('<|' + role + '|>' is Phi-3's user turn),
+ * which a tainted role would turn into plain text. These exact names hold no
+ * special-token text, so trusting them gives a client nothing to inject. */
+static const char *const known_roles[] = {"system", "user", "assistant", "tool", "developer", "function", "ipython",
+                                          NULL};
+
+void jv_untaint_known_roles(struct jv *messages)
+{
+    if (messages->kind != JV_LIST)
+        return;
+    for (size_t i = 0; i < messages->l->n; i++) {
+        struct jv *m = &messages->l->items[i];
+        if (m->kind != JV_DICT)
+            continue;
+        struct jv *role = jdict_get(m->d, "role", 4);
+        if (!role || role->kind != JV_STR)
+            continue;
+        for (size_t k = 0; known_roles[k]; k++)
+            if (role->s.n == strlen(known_roles[k]) && memcmp(role->s.p, known_roles[k], role->s.n) == 0) {
+                role->taint = NULL;
+                break;
+            }
+    }
+}
+
 void jr_taint_result(struct jv *ret, bool tainted)
 {
     /* Values nested past JV_MAX_DEPTH keep only their containers' flags,
