@@ -24,7 +24,6 @@
 #define BACKOFF_MAX_MS 5000
 #define PING_EVERY_MS 5000
 #define CONNECT_TIMEOUT_MS 3000
-#define IO_TIMEOUT_MS 30000
 
 struct member {
     struct remote_link *link;
@@ -46,6 +45,7 @@ struct cluster {
     char *config_json;
     size_t config_len;
     int n_seq_max, n_ctx, n_batch_max;
+    int io_timeout_ms; /* [cluster] io_timeout: a worker's answer to a forward or a setup message */
     enum inferd_backend backend; /* of the master's own layers */
     int device;
     struct net_key key;
@@ -129,7 +129,7 @@ static int bring_up(struct cluster *c, struct member *mb, ifd_error *err)
         .n_layers = c->m->cfg.n_layers,
         .n_seq_max = c->n_seq_max,
         .n_ctx = c->n_ctx,
-        .timeout_ms = IO_TIMEOUT_MS,
+        .timeout_ms = c->io_timeout_ms,
         .progress = progress_cb,
         .progress_ctx = mb,
     };
@@ -318,6 +318,7 @@ int cluster_create(const struct inferd_config *cfg, const struct model *m, const
     c->n_seq_max = n_seq_max;
     c->n_ctx = n_ctx;
     c->n_batch_max = n_batch_max;
+    c->io_timeout_ms = cfg->cluster_io_timeout_s * 1000;
     c->backend = cfg->backend;
     c->device = cfg->device;
     const char *topo = getenv("INFERD_CLUSTER_TOPOLOGY");
@@ -492,7 +493,7 @@ int cluster_build_stages(struct cluster *c, const struct model *m, struct thread
         return ifd_error_set(err, -ENOMEM, "out of memory");
     }
     struct remote_stage_opts ro = {.hidden_size = m->cfg.hidden_size, .n_seq_max = c->n_seq_max, .n_ctx = c->n_ctx,
-                                   .max_tokens = c->n_batch_max, .timeout_ms = IO_TIMEOUT_MS};
+                                   .max_tokens = c->n_batch_max, .timeout_ms = c->io_timeout_ms};
     int n = 0, r = 0, layer = 0, i = 0;
     while (layer < n_layers && r >= 0) {
         if (i < c->n && remote_link_first(c->mem[i].link) == layer) {

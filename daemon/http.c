@@ -492,6 +492,13 @@ static bool app_ready(struct http_app *app)
     return atomic_load_explicit(&app->ready, memory_order_acquire);
 }
 
+/* The code of a 503 that ended a request: the server draining, or else a
+ * worker of the cluster that is down or did not answer. */
+static const char *unavailable_code(const struct conn *k)
+{
+    return atomic_load(&k->app->draining) ? "shutting_down" : "worker_unavailable";
+}
+
 static MHD_RESULT not_ready(struct MHD_Connection *c, struct conn *k)
 {
     if (atomic_load(&k->app->draining))
@@ -876,7 +883,7 @@ static void stream_produce(struct conn *k)
         struct api_error e;
         bool down = k->out.error_status == 503;
         api_error_set(&e, k->out.error_status, down ? "service_unavailable" : "server_error", NULL,
-                      down ? "shutting_down" : NULL, "%s", k->out.error_msg);
+                      down ? unavailable_code(k) : NULL, "%s", k->out.error_msg);
         ev = api_error_sse(&e, &n);
         conn_append_buf(k, ev, n);
     } else if (k->include_usage) {
@@ -1003,7 +1010,7 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
     if (k->out.error_status) {
         bool down = k->out.error_status == 503;
         return respond_errorf(c, k, k->out.error_status, down ? "service_unavailable" : "server_error", NULL,
-                              down ? "shutting_down" : NULL, k->out.error_msg);
+                              down ? unavailable_code(k) : NULL, k->out.error_msg);
     }
     struct api_usage u = {k->out.prompt_tokens, k->out.completion_tokens};
     struct api_token_namer namer = {namer_fn, (void *)app->tok};

@@ -346,10 +346,12 @@ def fault_worker_death(binary, key):
         c.close()
         text = rest.decode(errors="replace")
         check(elapsed < 10, "the stream ended within a bounded time after the kill (%.1fs)" % elapsed)
-        check('"error"' in text, "the stream ends with an error event: %r" % text[-400:])
+        check('"error"' in text and '"worker_unavailable"' in text,
+              "the stream ends with a worker_unavailable error event: %r" % text[-400:])
         check('"finish_reason":"length"' not in text, "the stream did not pretend to finish: %r" % text[-300:])
         st, r = m.complete(g["prompt_ids"], 4)
-        check(st == 503, "requests while the worker is down get 503, got %d %s" % (st, r))
+        check(st == 503 and r.get("error", {}).get("code") == "worker_unavailable",
+              "requests while the worker is down get 503 worker_unavailable, got %d %s" % (st, r))
         s = m.status()
         check(s and any(w["state"] in ("down", "connecting") for w in s["workers"]),
               "status shows the worker down: %s" % (s and s["workers"]))
