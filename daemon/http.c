@@ -362,18 +362,23 @@ static void *reaper_main(void *arg)
             }
         if (now >= next_log) {
             uint64_t refused = h->refused_per_ip + h->refused_full;
-            if (refused != h->logged_refused || h->evicted != h->logged_evicted ||
-                h->timed_out != h->logged_timed_out)
-                log_warn("HTTP: %llu connections refused over the limits (max_connections %d, per address %d), "
-                         "%llu closed to make room, %llu closed at the request deadline (%.0fs), since the last "
-                         "report; %d open",
-                         (unsigned long long)(refused - h->logged_refused),
-                         h->max_conn, h->max_per_ip, (unsigned long long)(h->evicted - h->logged_evicted),
-                         (unsigned long long)(h->timed_out - h->logged_timed_out), timeout, h->n_open);
+            unsigned long long d_refused = refused - h->logged_refused, d_evicted = h->evicted - h->logged_evicted,
+                               d_timed_out = h->timed_out - h->logged_timed_out;
+            int n_open = h->n_open;
             h->logged_refused = refused;
             h->logged_evicted = h->evicted;
             h->logged_timed_out = h->timed_out;
             next_log = now + 60;
+            /* Logged without the lock: a blocked log pipe must not stall
+             * the accept policy and every connection with it. */
+            if (d_refused || d_evicted || d_timed_out) {
+                pthread_mutex_unlock(&h->lock);
+                log_warn("HTTP: %llu connections refused over the limits (max_connections %d, per address %d), "
+                         "%llu closed to make room, %llu closed at the request deadline (%.0fs), since the last "
+                         "report; %d open",
+                         d_refused, h->max_conn, h->max_per_ip, d_evicted, d_timed_out, timeout, n_open);
+                pthread_mutex_lock(&h->lock);
+            }
         }
     }
     pthread_mutex_unlock(&h->lock);

@@ -41,12 +41,12 @@ int net_conn_connect(const char *addr, int timeout_ms, struct net_conn **ret, if
 int net_conn_create(int fd, const char *peer_name, struct net_conn **ret, ifd_error *err);
 void net_conn_destroy(struct net_conn *c); /* accepts NULL */
 
-/* Wakes any thread blocked on the connection and makes later calls fail. */
 /* A lingering close, as nginx does it: our side half-closed, then what the
  * peer still sends is read and dropped, up to max_bytes or max_ms, so that
  * the frame we sent last (an ERROR) is not destroyed by the reset a close
  * with unread input would cause, and the peer gets to read it. */
 void net_conn_linger(struct net_conn *c, int max_ms, size_t max_bytes);
+/* Wakes any thread blocked on the connection and makes later calls fail. */
 void net_conn_shutdown(struct net_conn *c);
 
 const char *net_conn_peer(const struct net_conn *c);

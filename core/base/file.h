@@ -15,10 +15,10 @@
 
 enum {
     /* The file holds a secret (a cluster key): refuse it unless it is owned
-     * by the calling user or root and gives others no access (mode & 0007),
-     * the rule of ssh and of the cluster key since it was introduced; group
-     * access stays allowed, for a key owned by root and readable by the
-     * service's group. The buffer is wiped on every failure path; the
+     * by the calling user or root and gives others no access (mode & 0007):
+     * ssh's rule for private keys (the cluster key's first reader checked
+     * only the mode). Group access stays allowed, for a key owned by root
+     * and readable by the service's group. The buffer is wiped on every failure path; the
      * caller wipes it (explicit_bzero) before freeing it. */
     FILE_READ_SECRET = 1u << 0,
 };

@@ -2,7 +2,7 @@
  *
  * Every function here is compiled for AVX-512 through the target pragma, so
  * the file links into a baseline x86-64 build; kernels.c calls it only when
- * __builtin_cpu_supports() says the CPU has the instructions.
+ * the features detected once by core/base/cpu.c include them.
  *
  * The matrix product is register-blocked: a tile of up to 4 weight rows x 6
  * tokens keeps 24 accumulators in zmm registers. F16/BF16 rows are widened

@@ -1294,8 +1294,9 @@ struct enc_ctx {
     struct tok_scratch *s;
     struct tok_ids *out;
     ifd_error *err;
-    /* Ranges of the raw text where added tokens must not match: start, end
-     * pairs, ascending (tok_encode_protected). */
+    /* Ranges of the raw text where special added tokens must not match
+     * (non-special ones still do): start, end pairs, ascending
+     * (tok_encode_protected). */
     const size_t *protect;
     size_t n_protect;
     const char *raw; /* the raw text, to place a raw segment in it */
