@@ -236,9 +236,15 @@ void worker_session_master_closed(void *ctx)
 {
     struct worker_session *ws = ctx;
     /* Runs on the closing master's own thread under the server's master_lock
-     * (see stage_server.h), so no setup message runs now: taking ws->lock
-     * here would invert the order setup -> stage -> master lock. */
+     * (see stage_server.h). A setup message may still run on the thread of
+     * a master this one replaced, holding ws->lock; waiting for it here
+     * would invert the order setup -> stage -> master lock, so only a free
+     * lock lets the partial files go now. Otherwise they stay until the next
+     * master leaves or the worker restarts (both remove them). */
+    if (pthread_mutex_trylock(&ws->lock) != 0)
+        return;
     size_t n = wp_cache_remove_partial(ws->o.cache);
+    pthread_mutex_unlock(&ws->lock);
     if (n)
         log_info("Cache: removed %zu partial tensors of the master that left", n);
 }
