@@ -51,7 +51,11 @@ int engine_create_cpu(const struct model *model, const int *splits, int n_splits
 void engine_destroy(engine *e); /* accepts NULL */
 
 /* Runs the batch. Logits of the tokens with want_logits set are written to
- * engine_logits(e) in batch order, [n_wanted, vocab]. */
+ * engine_logits(e) in batch order, [n_wanted, vocab]. On failure the stages
+ * before the failing one have taken the batch's positions: truncate its
+ * sequences (engine_seq_truncate) before running them again, as the
+ * scheduler does when it frees their slots; a plain retry is refused by the
+ * stage contract (a position that does not continue its sequence). */
 int engine_decode(engine *e, const struct engine_batch *b, ifd_error *err);
 const float *engine_logits(const engine *e);
 
