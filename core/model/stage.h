@@ -24,8 +24,8 @@
 
 /* A batch of tokens from one or more sequences.
  *
- * The contract, checked by stage_forward() in this order, one errno per kind
- * of fault:
+ * The contract, checked by stage_forward() in this order (the slot and the
+ * position token by token, then continuity), one errno per kind of fault:
  *   1 <= n_tokens <= n_batch_max           else -EINVAL (empty) / -E2BIG (over)
  *   0 <= seq_ids[t] < n_seq_max            else -EINVAL
  *   0 <= positions[t] < n_ctx              else -ERANGE
