@@ -62,7 +62,8 @@ struct stage_server_opts {
     /* Addresses FORWARD may name as next hop ([cluster] next_hops): "host:port"
      * or "host" (any port), "*" for any. Empty: loopback addresses only. A
      * route is chosen by a key holder, but the worker still connects only
-     * where its operator allows (no port scans or SSRF through a worker). */
+     * where its operator allows (no port scans or SSRF beyond the list;
+     * empty lets a key holder reach this host's loopback ports). */
     const char *const *next_hops;
     size_t n_next_hops;
     /* Called (with setup_ctx) when the master's connection ends, on its
