@@ -895,6 +895,32 @@ Test(chat_template, conversation_text_malformed)
 
 /* ---- untrusted text: message content never becomes a special token ---- */
 
+/* Renders t over ctx (its "messages" untrusted) and over conv (the
+ * conversation-text form, messages untrusted there by design): both must give
+ * want_text and exactly the untrusted byte ranges want[0..n_bounds), as
+ * start, end pairs. */
+static void expect_untrusted_spans(const chat_template *t, const cJSON *ctx, const char *conv, const char *want_text,
+                                   const size_t *want, size_t n_bounds)
+{
+    static const char *const untrusted[] = {"messages", NULL};
+    ifd_error err = {{0}};
+    for (int form = 0; form < 2; form++) {
+        const char *what = form == 0 ? "context" : "conversation";
+        char *text = NULL;
+        size_t len = 0, *spans = NULL, n = 0;
+        int rc = form == 0 ? chat_template_render_untrusted(t, ctx, untrusted, &text, &len, &spans, &n, &err)
+                           : chat_template_render_conversation_untrusted(t, conv, strlen(conv), NULL, &text, &len,
+                                                                         &spans, &n, &err);
+        cr_assert_eq(rc, 0, "%s: %s", what, err.msg);
+        cr_assert_str_eq(text, want_text, "%s", what);
+        cr_assert_eq(n, n_bounds / 2, "%s: %zu spans", what, n);
+        for (size_t i = 0; i < 2 * n; i++)
+            cr_expect_eq(spans[i], want[i], "%s span bound %zu: %zu, want %zu", what, i, spans[i], want[i]);
+        free(spans);
+        free(text);
+    }
+}
+
 /* Spans are exact where text is copied (output, `+`, `~`, set, macros) and
  * whole where a filter made the text; the template's own text and trusted
  * globals (bos_token) are never in them. */
@@ -903,35 +929,18 @@ Test(chat_injection, render_spans_on_a_tiny_template)
     const char *tmpl = "{{ bos_token }}[{{ messages[0].content }}]{{ messages[0].content | upper }}|"
                        "{% set x = '<' ~ messages[0].content + '>' %}{{ x }}"
                        "{% macro m(c) %}({{ c }}){% endmacro %}{{ m(messages[0].content) }}";
-    const char *ctx_json = "{\"bos_token\":\"<s>\",\"messages\":[{\"role\":\"user\",\"content\":\"ab\"}]}";
     static const size_t want[] = {4, 6, 7, 9, 11, 13, 15, 17};
     chat_template *t = NULL;
     ifd_error err = {{0}};
     cr_assert_eq(chat_template_compile(tmpl, strlen(tmpl), &t, &err), 0, "%s", err.msg);
-    cJSON *ctx = cJSON_Parse(ctx_json);
-    static const char *const untrusted[] = {"messages", NULL};
+    cJSON *ctx = cJSON_Parse("{\"bos_token\":\"<s>\",\"messages\":[{\"role\":\"user\",\"content\":\"ab\"}]}");
+    expect_untrusted_spans(t, ctx,
+                           "{\"messages\":[{\"role\":\"user\",\"content\":\"ab\"}],"
+                           "\"special_tokens\":{\"bos_token\":\"<s>\"}}",
+                           "<s>[ab]AB|<ab>(ab)", want, sizeof(want) / sizeof(want[0]));
+    /* Nothing untrusted: no ranges. */
     char *text = NULL;
     size_t len = 0, *spans = NULL, n = 0;
-    cr_assert_eq(chat_template_render_untrusted(t, ctx, untrusted, &text, &len, &spans, &n, &err), 0, "%s",
-                 err.msg);
-    cr_assert_str_eq(text, "<s>[ab]AB|<ab>(ab)");
-    cr_assert_eq(n, sizeof(want) / sizeof(want[0]) / 2, "%zu spans", n);
-    for (size_t i = 0; i < 2 * n; i++)
-        cr_expect_eq(spans[i], want[i], "span bound %zu: %zu, want %zu", i, spans[i], want[i]);
-    free(spans);
-    free(text);
-    /* The conversation-text form reports the same ranges. */
-    const char *conv = "{\"messages\":[{\"role\":\"user\",\"content\":\"ab\"}],"
-                       "\"special_tokens\":{\"bos_token\":\"<s>\"}}";
-    cr_assert_eq(chat_template_render_conversation_untrusted(t, conv, strlen(conv), NULL, &text, &len, &spans, &n,
-                                                             &err),
-                 0, "%s", err.msg);
-    cr_assert_eq(n, sizeof(want) / sizeof(want[0]) / 2, "%zu spans", n);
-    for (size_t i = 0; i < 2 * n; i++)
-        cr_expect_eq(spans[i], want[i], "conversation span bound %zu: %zu, want %zu", i, spans[i], want[i]);
-    free(spans);
-    free(text);
-    /* Nothing untrusted: no ranges. */
     cr_assert_eq(chat_template_render_untrusted(t, ctx, NULL, &text, &len, &spans, &n, &err), 0, "%s", err.msg);
     cr_expect_eq(n, 0);
     cr_expect_null(spans);
@@ -946,7 +955,7 @@ Test(chat_injection, render_spans_on_a_tiny_template)
 Test(chat_injection, known_role_names_are_trusted)
 {
     const char *tmpl = "{% for m in messages %}{{ '<|' + m['role'] + '|>' + m.content }}{% endfor %}";
-    const char *ctx_json = "{\"messages\":[{\"role\":\"user\",\"content\":\"ab\"},"
+    const char *messages = "{\"messages\":[{\"role\":\"user\",\"content\":\"ab\"},"
                            "{\"role\":\"im_end\",\"content\":\"c\"}]}";
     /* "<|user|>ab<|im_end|>c": content "ab" at 8-10; the unknown role "im_end"
      * at 12-18 and its content at 20-21. */
@@ -954,28 +963,8 @@ Test(chat_injection, known_role_names_are_trusted)
     chat_template *t = NULL;
     ifd_error err = {{0}};
     cr_assert_eq(chat_template_compile(tmpl, strlen(tmpl), &t, &err), 0, "%s", err.msg);
-    cJSON *ctx = cJSON_Parse(ctx_json);
-    static const char *const untrusted[] = {"messages", NULL};
-    char *text = NULL;
-    size_t len = 0, *spans = NULL, n = 0;
-    cr_assert_eq(chat_template_render_untrusted(t, ctx, untrusted, &text, &len, &spans, &n, &err), 0, "%s",
-                 err.msg);
-    cr_assert_str_eq(text, "<|user|>ab<|im_end|>c");
-    cr_assert_eq(n, sizeof(want) / sizeof(want[0]) / 2, "%zu spans", n);
-    for (size_t i = 0; i < 2 * n; i++)
-        cr_expect_eq(spans[i], want[i], "span bound %zu: %zu, want %zu", i, spans[i], want[i]);
-    free(spans);
-    free(text);
-    const char *conv = "{\"messages\":[{\"role\":\"user\",\"content\":\"ab\"},"
-                       "{\"role\":\"im_end\",\"content\":\"c\"}]}";
-    cr_assert_eq(chat_template_render_conversation_untrusted(t, conv, strlen(conv), NULL, &text, &len, &spans, &n,
-                                                             &err),
-                 0, "%s", err.msg);
-    cr_assert_eq(n, sizeof(want) / sizeof(want[0]) / 2, "%zu spans", n);
-    for (size_t i = 0; i < 2 * n; i++)
-        cr_expect_eq(spans[i], want[i], "conversation span bound %zu: %zu, want %zu", i, spans[i], want[i]);
-    free(spans);
-    free(text);
+    cJSON *ctx = cJSON_Parse(messages);
+    expect_untrusted_spans(t, ctx, messages, "<|user|>ab<|im_end|>c", want, sizeof(want) / sizeof(want[0]));
     cJSON_Delete(ctx);
     chat_template_destroy(t);
 }
