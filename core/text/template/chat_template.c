@@ -156,10 +156,9 @@ static int taint_global(struct render *r, const char *name)
 {
     struct jv *v = jr_frame_get(r->globals, (struct jstr){name, strlen(name)});
     r->untrusted = true;
-    int rc = v ? jv_taint_all(v) : 0;
-    if (rc == 0 && v && strcmp(name, "messages") == 0)
-        jv_untaint_known_roles(v);
-    return rc;
+    if (!v)
+        return 0;
+    return strcmp(name, "messages") == 0 ? jv_taint_messages(v) : jv_taint_all(v);
 }
 
 int chat_template_render_untrusted(const chat_template *t, const cJSON *context, const char *const *untrusted,
@@ -253,9 +252,7 @@ int chat_template_render_conversation_untrusted(const chat_template *t, const ch
      * it never changes the text. */
     r.untrusted = ret_spans != NULL;
     if (r.untrusted && rc == 0)
-        rc = jv_taint_all(messages);
-    if (r.untrusted && rc == 0)
-        jv_untaint_known_roles(messages);
+        rc = jv_taint_messages(messages);
     if (r.untrusted && kwargs && rc == 0)
         rc = jv_taint_all(kwargs);
     for (size_t i = 0; kwargs && i < kwargs->d->n && rc == 0; i++)

@@ -339,9 +339,9 @@ bool jv_tainted(struct jv v);
 /* Marks all of v untrusted: strings whole, containers flagged, recursively.
  * -ELOOP past JV_MAX_DEPTH. */
 int jv_taint_all(struct jv *v);
-/* Trusts again the `role` of each message in a list when it is one of the
- * fixed role names (see jinja_taint.c). */
-void jv_untaint_known_roles(struct jv *messages);
+/* jv_taint_all for the chat messages, except each message's `role` when it
+ * is one of the fixed role names, which stays trusted (see jinja_taint.c). */
+int jv_taint_messages(struct jv *messages);
 /* The rule for operations that transform text (filters, methods, `%`):
  * when an input is tainted, the whole result is. */
 void jr_taint_result(struct jv *ret, bool tainted);

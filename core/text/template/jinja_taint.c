@@ -122,23 +122,21 @@ int jv_taint_all(struct jv *v)
 static const char *const known_roles[] = {"system", "user", "assistant", "tool", "developer", "function", "ipython",
                                           NULL};
 
-void jv_untaint_known_roles(struct jv *messages)
+int jv_taint_messages(struct jv *messages)
 {
-    if (messages->kind != JV_LIST)
-        return;
+    int rc = jv_taint_all(messages);
+    if (rc < 0 || messages->kind != JV_LIST)
+        return rc;
     for (size_t i = 0; i < messages->l->n; i++) {
         struct jv *m = &messages->l->items[i];
-        if (m->kind != JV_DICT)
-            continue;
-        struct jv *role = jdict_get(m->d, "role", 4);
+        struct jv *role = m->kind == JV_DICT ? jdict_get(m->d, "role", 4) : NULL;
         if (!role || role->kind != JV_STR)
             continue;
         for (size_t k = 0; known_roles[k]; k++)
-            if (role->s.n == strlen(known_roles[k]) && memcmp(role->s.p, known_roles[k], role->s.n) == 0) {
+            if (jstr_eq(role->s, known_roles[k]))
                 role->taint = NULL;
-                break;
-            }
     }
+    return 0;
 }
 
 void jr_taint_result(struct jv *ret, bool tainted)
