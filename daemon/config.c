@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/cpu.h"
 #include "log.h"
 
 int inferd_config_init(struct inferd_config *c)
@@ -40,6 +41,7 @@ int inferd_config_init(struct inferd_config *c)
     c->backend = INFERD_BACKEND_AUTO;
     c->quantize_group_size = 64;
     c->threads = 0;
+    c->simd = -1;
     c->cluster_io_timeout_s = 30;
     return 0;
 }
@@ -184,6 +186,25 @@ static int parse_backend(const char *v, const char *what, enum inferd_backend *r
         *ret = INFERD_BACKEND_VULKAN;
     else
         return ifd_error_set(err, -EINVAL, "%s: '%s' is not a backend (cpu, vulkan or auto)", what, v);
+    return 0;
+}
+
+/* auto or a level of base/cpu.h this CPU has: a level it lacks would crash
+ * on the first illegal instruction, so it is refused here, by name. */
+static int parse_simd(const char *v, const char *what, int *ret, ifd_error *err)
+{
+    enum cpu_simd l;
+    if (strcmp(v, "auto") == 0) {
+        *ret = -1;
+        return 0;
+    }
+    if (cpu_simd_from_name(v, &l) < 0)
+        return ifd_error_set(err, -EINVAL, "%s: '%s' is not a SIMD level (auto, scalar, avx2, avx2-vnni or avx512)",
+                             what, v);
+    if (!cpu_simd_supported(l))
+        return ifd_error_set(err, -ENOTSUP, "%s: this CPU cannot run '%s' (the best it has is '%s')", what, v,
+                             cpu_simd_name(cpu_simd_best()));
+    *ret = (int)l;
     return 0;
 }
 
@@ -468,6 +489,8 @@ static int config_set(struct inferd_config *c, const char *section, const char *
         return parse_int(v, 0, 64, what, &c->device, err);
     if (IS("node", "threads"))
         return parse_int(v, 0, 1024, what, &c->threads, err);
+    if (IS("node", "simd"))
+        return parse_simd(v, what, &c->simd, err);
     if (IS("node", "listen_worker")) {
         int r = check_hostport(v, INFERD_DEFAULT_WORKER_PORT, what, err);
         return r < 0 ? r : set_str(&c->worker_listen, v, what, err);
@@ -783,6 +806,7 @@ void inferd_config_usage(FILE *f)
             "      --device N              Vulkan device index (0 = first; discrete GPUs first)\n"
             "      --quantize q4|q8|none   quantize float weights while loading (MLX affine, group 64)\n"
             "  -t, --threads N             CPU threads (0 = all)\n"
+            "      --simd LEVEL            CPU kernels: auto (default), scalar, avx2, avx2-vnni, avx512\n"
             "      --api-key-file PATH     one API key per line\n"
             "      --max-body-bytes SIZE   request body limit (e.g. 4M)\n"
             "      --queue-depth N         waiting requests before 429\n"
@@ -804,7 +828,7 @@ void inferd_config_usage(FILE *f)
 enum {
     OPT_ROLE = 1000, OPT_BACKEND, OPT_DEVICE, OPT_QUANTIZE, OPT_API_KEY, OPT_API_KEY_FILE, OPT_MAX_BODY, OPT_QUEUE, OPT_MAX_SEQ,
     OPT_CTX, OPT_CHUNK, OPT_TEMPLATE, OPT_MODEL_NAME, OPT_LOG_LEVEL, OPT_CLUSTER_KEY, OPT_INSECURE,
-    OPT_WORKER, OPT_CACHE_DIR, OPT_CHECK, OPT_VERSION,
+    OPT_WORKER, OPT_CACHE_DIR, OPT_CHECK, OPT_VERSION, OPT_SIMD,
 };
 
 static const struct option long_opts[] = {
@@ -830,6 +854,7 @@ static const struct option long_opts[] = {
     {"allow-insecure-cluster", no_argument, NULL, OPT_INSECURE},
     {"worker", required_argument, NULL, OPT_WORKER},
     {"cache-dir", required_argument, NULL, OPT_CACHE_DIR},
+    {"simd", required_argument, NULL, OPT_SIMD},
     {"check-config", no_argument, NULL, OPT_CHECK},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, OPT_VERSION},
@@ -870,6 +895,7 @@ static int apply_flag(struct inferd_config *c, int opt, const char *arg, const c
     case OPT_INSECURE: c->allow_insecure_cluster = true; return 0;
     case OPT_WORKER: return add_worker_flag(c, arg, err);
     case OPT_CACHE_DIR: return config_set(c, "node", "cache_dir", arg, "--cache-dir", err);
+    case OPT_SIMD: return config_set(c, "node", "simd", arg, "--simd", err);
     case OPT_CHECK: cli->check_config = true; return 0;
     case 'h': cli->help = true; return 0;
     case OPT_VERSION: cli->version = true; return 0;

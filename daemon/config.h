@@ -75,6 +75,7 @@ struct inferd_config {
     enum inferd_backend backend;
     int device;               /* Vulkan device index in vk_device_list() order (discrete first) */
     int threads;              /* 0 = every online CPU */
+    int simd;                 /* enum cpu_simd the kernels use, or -1: the best this CPU has */
     char *worker_listen;      /* role=worker: "host:port", default 0.0.0.0:10128 */
     char *cache_dir;          /* worker tensor cache */
     size_t cache_max_bytes;   /* worker: cache quota; 0 = half of the cache's file system */

@@ -28,6 +28,7 @@
 #include "stop_set.h"
 #include "text/tokenizer/tokenizer.h"
 #include "base/clock.h"
+#include "base/cpu.h"
 
 /* Bounds on what the command line may ask for. */
 #define RUN_MAX_PROMPT 65536
@@ -46,6 +47,25 @@ struct run_opts {
     bool json;
     struct sampler_params sp;
 };
+
+/* --simd: the kernels of a CPU without AVX-512 (or AVX-VNNI) on one that has
+ * them, to compare; "auto" keeps the best. */
+static int force_simd(const char *name)
+{
+    enum cpu_simd l;
+    if (strcmp(name, "auto") == 0)
+        return 0;
+    if (cpu_simd_from_name(name, &l) < 0) {
+        fprintf(stderr, "inferctl run: --simd '%s': want auto, scalar, avx2, avx2-vnni or avx512\n", name);
+        return -EINVAL;
+    }
+    if (cpu_simd_force(l) < 0) {
+        fprintf(stderr, "inferctl run: --simd '%s': this CPU cannot run it (the best it has is '%s')\n", name,
+                cpu_simd_name(cpu_simd_best()));
+        return -ENOTSUP;
+    }
+    return 0;
+}
 
 static void run_usage(FILE *f)
 {
@@ -72,6 +92,7 @@ static void run_usage(FILE *f)
             "  --seed N                RNG seed (default 0)\n"
             "  --backend cpu           where the layers run (cpu)\n"
             "  --threads N             CPU threads (0 = all cores, default)\n"
+            "  --simd LEVEL            CPU kernels: auto (default), scalar, avx2, avx2-vnni, avx512\n"
             "  --ctx N                 context length (default prompt + n)\n"
             "  --batch N               prefill batch size (default 512)\n"
             "  --json                  print {\"prompt_ids\", \"generated_ids\", \"finish_reason\", \"timings\"}\n");
@@ -134,7 +155,7 @@ static int parse_ids(const char *s, struct run_opts *o)
 
 static int parse_args(int argc, char **argv, struct run_opts *o)
 {
-    enum { O_IDS = 256, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REP, O_PRES, O_FREQ, O_SEED, O_BACKEND, O_THREADS,
+    enum { O_IDS = 256, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REP, O_PRES, O_FREQ, O_SEED, O_BACKEND, O_THREADS, O_SIMD,
            O_CTX, O_BATCH, O_JSON };
     static const struct option longopts[] = {
         {"ids", required_argument, NULL, O_IDS},
@@ -149,6 +170,7 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
         {"seed", required_argument, NULL, O_SEED},
         {"backend", required_argument, NULL, O_BACKEND},
         {"threads", required_argument, NULL, O_THREADS},
+        {"simd", required_argument, NULL, O_SIMD},
         {"ctx", required_argument, NULL, O_CTX},
         {"batch", required_argument, NULL, O_BATCH},
         {"json", no_argument, NULL, O_JSON},
@@ -186,6 +208,7 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
             }
             break;
         case O_THREADS: r = parse_int("--threads", optarg, 0, 1024, &o->n_threads); break;
+        case O_SIMD: r = force_simd(optarg); break;
         case O_CTX: r = parse_int("--ctx", optarg, 1, 1 << 20, &o->n_ctx); break;
         case O_BATCH: r = parse_int("--batch", optarg, 1, 65536, &o->n_batch); break;
         case O_JSON: o->json = true; break;
@@ -373,8 +396,8 @@ int ctl_run_main(int argc, char **argv)
         printf("],\"generated_ids\":[");
         print_ids(stdout, out, n_out);
         printf("],\"finish_reason\":\"%s\",\"timings\":{\"prompt_tokens\":%d,\"prompt_ms\":%.3f,"
-               "\"generated_tokens\":%d,\"generated_ms\":%.3f}}\n",
-               finish, o.n_prompt, t1 - t0, n_out, t2 - t1);
+               "\"generated_tokens\":%d,\"generated_ms\":%.3f},\"simd\":\"%s\"}\n",
+               finish, o.n_prompt, t1 - t0, n_out, t2 - t1, cpu_simd_name(cpu_simd_level()));
     } else {
         if (ts) {
             text_len = 0;
@@ -390,7 +413,7 @@ int ctl_run_main(int argc, char **argv)
         fprintf(stderr, "prompt %d tokens in %.1f ms (%.1f tok/s), generated %d tokens in %.1f ms (%.1f tok/s), %s, %d threads, %s\n",
                 o.n_prompt, t1 - t0, o.n_prompt / ((t1 - t0) / 1e3), n_out, t2 - t1,
                 n_out > 1 ? (n_out - 1) / ((t2 - t1) / 1e3) : 0.0, finish,
-                o.n_threads ? o.n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN), kern_simd_name());
+                o.n_threads ? o.n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN), cpu_simd_name(cpu_simd_level()));
     }
     status = 0;
 done:

@@ -32,6 +32,7 @@
 #include "base/thread_pool.h"
 #include "text/tokenizer/tokenizer.h"
 #include "backend.h"
+#include "base/cpu.h"
 #include "worker.h"
 #include "base/clock.h"
 
@@ -313,9 +314,9 @@ static int check_config(const struct inferd_config *cfg)
         printf("Configuration OK%s%s\n", cfg->config_path ? ": " : "", cfg->config_path ? cfg->config_path : "");
         printf("  model      %s (%s, %d layers)\n", dir, mc.arch_name, mc.n_layers);
         printf("  listen     %s\n", cfg->listen);
-        printf("  backend    %s, threads %d\n",
+        printf("  backend    %s, threads %d, simd %s\n",
                cfg->backend == INFERD_BACKEND_CPU ? "cpu" : cfg->backend == INFERD_BACKEND_VULKAN ? "vulkan" : "auto",
-               cfg->threads);
+               cfg->threads, cfg->simd >= 0 ? cpu_simd_name((enum cpu_simd)cfg->simd) : "auto");
         printf("  sequences  %d, queue %d, context %d, body limit %zu bytes\n", cfg->max_seqs, cfg->queue_depth,
                cfg->ctx_len, cfg->max_body_bytes);
         printf("  api keys   %d\n", cfg->n_api_keys);
@@ -417,6 +418,9 @@ int main(int argc, char **argv)
     }
     log_level_set(cfg.log_level);
     raise_fd_limit();
+    if (cfg.simd >= 0)
+        (void)cpu_simd_force((enum cpu_simd)cfg.simd); /* checked against this CPU by the config */
+    log_info("CPU kernels: %s%s", cpu_simd_name(cpu_simd_level()), cfg.simd >= 0 ? " ([node] simd)" : "");
     if (cli.check_config) {
         int rc = check_config(&cfg);
         inferd_config_finish(&cfg);

@@ -13,6 +13,20 @@ static enum cpu_simd best = CPU_SIMD_SCALAR;
 static _Atomic int level = -1;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+
+/* AVX-VNNI is CPUID leaf 7 subleaf 1, EAX bit 4; GCC 12's
+ * __builtin_cpu_supports() does not know it. */
+static bool avx_vnni_bit(void)
+{
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d))
+        return false;
+    return (a >> 4) & 1;
+}
+#endif
+
 static void cpu_detect(void)
 {
 #if defined(__x86_64__)
@@ -23,9 +37,13 @@ static void cpu_detect(void)
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
                       __builtin_cpu_supports("fma");
     features.avx512_vnni = features.avx512 && __builtin_cpu_supports("avx512vnni");
+    features.avx_vnni = features.avx2_fma_f16c && avx_vnni_bit();
     features.sse42 = __builtin_cpu_supports("sse4.2");
 #endif
-    best = features.avx512 ? CPU_SIMD_AVX512 : features.avx2_fma_f16c ? CPU_SIMD_AVX2 : CPU_SIMD_SCALAR;
+    best = features.avx512     ? CPU_SIMD_AVX512
+           : features.avx_vnni  ? CPU_SIMD_AVX2_VNNI
+           : features.avx2_fma_f16c ? CPU_SIMD_AVX2
+                                : CPU_SIMD_SCALAR;
     atomic_store_explicit(&level, best, memory_order_release);
 }
 
@@ -51,14 +69,26 @@ enum cpu_simd cpu_simd_level(void)
     return (enum cpu_simd)l;
 }
 
-bool cpu_simd_vnni(void)
+bool cpu_simd_supported(enum cpu_simd l)
+{
+    const struct cpu_features *f = cpu_features();
+    switch (l) {
+    case CPU_SIMD_SCALAR: return true;
+    case CPU_SIMD_AVX2: return f->avx2_fma_f16c;
+    case CPU_SIMD_AVX2_VNNI: return f->avx_vnni;
+    case CPU_SIMD_AVX512: return f->avx512;
+    }
+    return false;
+}
+
+bool cpu_simd_vnni512(void)
 {
     return cpu_simd_level() == CPU_SIMD_AVX512 && features.avx512_vnni;
 }
 
 int cpu_simd_force(enum cpu_simd l)
 {
-    if (l < CPU_SIMD_SCALAR || l > cpu_simd_best()) /* cpu_simd_best() detects */
+    if (!cpu_simd_supported(l)) /* detects */
         return -ENOTSUP;
     atomic_store_explicit(&level, l, memory_order_release);
     return 0;
@@ -67,17 +97,18 @@ int cpu_simd_force(enum cpu_simd l)
 static const char *const names[] = {
     [CPU_SIMD_SCALAR] = "scalar",
     [CPU_SIMD_AVX2] = "avx2",
+    [CPU_SIMD_AVX2_VNNI] = "avx2-vnni",
     [CPU_SIMD_AVX512] = "avx512",
 };
 
 const char *cpu_simd_name(enum cpu_simd l)
 {
-    return l >= CPU_SIMD_SCALAR && l <= CPU_SIMD_AVX512 ? names[l] : "unknown";
+    return l >= 0 && l < CPU_SIMD_COUNT ? names[l] : "unknown";
 }
 
 int cpu_simd_from_name(const char *name, enum cpu_simd *ret)
 {
-    for (int i = CPU_SIMD_SCALAR; i <= CPU_SIMD_AVX512; i++)
+    for (int i = 0; i < CPU_SIMD_COUNT; i++)
         if (strcmp(name, names[i]) == 0) {
             *ret = (enum cpu_simd)i;
             return 0;

@@ -81,6 +81,7 @@ static const struct kern_isa *const kern_isas[] = {
     [CPU_SIMD_SCALAR] = &kern_isa_scalar,
 #if defined(__x86_64__)
     [CPU_SIMD_AVX2] = &kern_isa_avx2,
+    [CPU_SIMD_AVX2_VNNI] = &kern_isa_avx2, /* the dense products have no int8 part */
     [CPU_SIMD_AVX512] = &kern_isa_avx512,
 #endif
 };
@@ -140,8 +141,9 @@ static void mm_task(void *ctx, int task, int n_tasks)
     if (r0 >= r1)
         return;
     if (j->act[i]) {
-        void *panel = thread_pool_task_scratch(j->pool, QUANT_ACT_PANEL_BYTES);
-        if (panel && quant_act_matmul_rows(w, j->act[i], j->y[i], r0, r1, panel) == 0)
+        void *panel = j->act[i]->kind == QUANT_ACT_INT8_PAIR ? thread_pool_task_scratch(j->pool, QUANT_ACT_PANEL_BYTES)
+                                                             : NULL;
+        if (quant_act_matmul_rows(w, j->act[i], j->y[i], r0, r1, panel) == 0)
             return;
     }
     if (w->bits)

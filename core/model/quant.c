@@ -334,7 +334,7 @@ static inline float qs256_hsum(__m256 v)
 
 static enum quant_isa quant_isa_of(enum cpu_simd l)
 {
-    return l == CPU_SIMD_AVX512 ? QUANT_ISA_AVX512 : l == CPU_SIMD_AVX2 ? QUANT_ISA_AVX2 : QUANT_ISA_SCALAR;
+    return l == CPU_SIMD_AVX512 ? QUANT_ISA_AVX512 : l == CPU_SIMD_SCALAR ? QUANT_ISA_SCALAR : QUANT_ISA_AVX2;
 }
 #endif /* __x86_64__ */
 

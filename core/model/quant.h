@@ -55,38 +55,53 @@ void quant_quantize_row(const float *row, int64_t cols, int bits, int group_size
 int quant_weight_quantize(const struct ifd_weight *src, int bits, int group_size,
                           struct ifd_weight *ret, void **ret_owned, ifd_error *err);
 
-/* ---- prefill with int8 activations (core/model/quant_int8.c) ---------------------
- * For a batch of tokens, a 4- or 8-bit weight is multiplied with activations
- * held as two int8 codes per value (VPDPBUSD, AVX-512 VNNI): per block of 32
- * or 64 columns x ~= d * (hi + lo / 254), d = max|x| / 127, a rounding within
+/* ---- products with integer-coded activations ---------------------------------
+ * The activations of a product are coded once (shared by every thread's rows)
+ * and a 4- or 8-bit weight is multiplied with them in integer arithmetic. Two
+ * kinds, chosen by base/cpu.h's level:
+ *
+ * QUANT_ACT_INT8_PAIR (core/model/quant_int8.c; AVX-512 VNNI, prefill): two
+ * int8 codes per value for VPDPBUSD: per block of 32 or 64 columns
+ * x ~= d * (hi + lo / 254), d = max|x| / 127, a rounding within
  * max|x| / 64516, 15 bits where a single int8 code has 8 (which measurably
  * changed the goldens' tokens). Twice the arithmetic of the f32 path; the
- * golden tests bound the effect on logits. The activations are quantized
- * once per product, then shared by every thread's slice of rows. */
+ * golden tests bound the effect on logits. Decode keeps the f32 path.
+ *
+ * QUANT_ACT_INT16 (core/model/quant_int16.c; AVX2 and AVX-VNNI, decode and
+ * prefill): one int16 code per value for VPMADDWD / VPDPWSSD, per block
+ * x ~= d * q, d = max|x| / 32767: the same 15 bits. */
 #define QUANT_ACT_LO_SCALE 254.0f
-/* Tokens interleaved together, the kernel's tile. */
+/* Tokens interleaved together, the int8 kernel's tile. */
 #define QUANT_ACT_TILE 8
+enum quant_act_kind {
+    QUANT_ACT_INT8_PAIR,
+    QUANT_ACT_INT16,
+};
 struct quant_act {
+    enum quant_act_kind kind;
     int bits, group_size, block; /* the weight layout they were prepared for */
     int n_tokens;
     int64_t cols;
-    /* Tokens in tiles of QUANT_ACT_TILE (the last one zero-padded). For each
-     * tile and each 4 columns (in the kernel's column order), the tile's int32
-     * words of 4 int8 codes, then those of the remainders:
-     * x ~= scale * (hi + lo / QUANT_ACT_LO_SCALE) per column. */
-    int32_t *words;   /* [tiles, cols / 4, 2, QUANT_ACT_TILE] */
+    /* INT8_PAIR: tokens in tiles of QUANT_ACT_TILE (the last one
+     * zero-padded). For each tile and each 4 columns (in the kernel's column
+     * order), the tile's int32 words of 4 int8 codes, then those of the
+     * remainders: x ~= scale * (hi + lo / QUANT_ACT_LO_SCALE) per column. */
+    int32_t *words;   /* INT8_PAIR: [tiles, cols / 4, 2, QUANT_ACT_TILE] */
+    int16_t *codes;   /* INT16: [tiles, cols / block, QUANT_ACT_TILE, block] in quant_int16.c's column order */
     float *scale;     /* [tiles, cols / block, QUANT_ACT_TILE] */
-    float *group_sum; /* [tiles, cols / group_size, QUANT_ACT_TILE]: exact sums of x */
+    float *group_sum; /* exact sums of x: [tiles, cols / group_size, QUANT_ACT_TILE] */
 };
 
-/* True when the int8 path takes w for n_tokens: bits 4 or 8, a CPU with
- * AVX-512 VNNI, and at least quant_act_set_min_tokens() tokens. */
+/* True when an integer path takes w for n_tokens: bits 4 or 8, and either
+ * AVX-512 VNNI and at least quant_act_set_min_tokens() tokens (INT8_PAIR) or
+ * the AVX2 / AVX2-VNNI level and any number (INT16). */
 bool quant_act_eligible(const struct ifd_weight *w, int n_tokens);
 
 /* True when a was set up for w's layout and width. */
 bool quant_act_matches(const struct quant_act *a, const struct ifd_weight *w);
 
-/* Sets a up for n_tokens rows of w's width, without memory; returns the
+/* Sets a up for n_tokens rows of w's width, of the kind the level in use
+ * takes (quant_act_eligible() must hold), without memory; returns the
  * bytes quant_act_attach() needs. The caller owns that memory, so that a
  * product in the per-token loop can use scratch sized once (the thread
  * pool's) instead of allocating. */
@@ -106,16 +121,17 @@ void quant_act_free(struct quant_act *a);
 void quant_act_prepare_tokens(struct quant_act *a, const float *x, int t0, int t1);
 
 /* Scratch one call of quant_act_matmul_rows() packs weight panels into
- * (16 rows x 2048 columns of codes, their scales and biases), 64-byte
- * aligned; one per thread. */
+ * (INT8_PAIR: 16 rows x 2048 columns of codes, their scales and biases),
+ * 64-byte aligned; one per thread. */
 #define QUANT_ACT_PANEL_BYTES (16 * 2048 + 2 * 16 * (2048 / 32) * 4)
 
-/* y[t, r] for r in [row_begin, row_end), every token of a: the int8 version
- * of quant_matmul_rows, packing panels into `panel` (QUANT_ACT_PANEL_BYTES).
- * Allocates nothing. Returns 0, or -ENOTSUP off x86-64. */
+/* y[t, r] for r in [row_begin, row_end), every token of a: the integer
+ * version of quant_matmul_rows, packing panels into `panel`
+ * (QUANT_ACT_PANEL_BYTES; INT16 packs nothing and may get NULL). Allocates
+ * nothing. Returns 0, or -ENOTSUP off x86-64. */
 int quant_act_matmul_rows(const struct ifd_weight *w, const struct quant_act *a, float *y,
                           int64_t row_begin, int64_t row_end, void *panel);
 
-/* Fewest tokens that take the int8 path (default 16); tests set 1 to run the
- * goldens through it. n <= 0 restores the default. */
+/* Fewest tokens that take the INT8_PAIR path (default 20); tests set 1 to
+ * run the goldens through it. n <= 0 restores the default. */
 void quant_act_set_min_tokens(int n);

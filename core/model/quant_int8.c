@@ -54,10 +54,24 @@ static int act_block_of(int group_size)
     return group_size % 64 == 0 ? 64 : 32;
 }
 
+/* The kind the level in use takes, or -1 for none (the f32 path). */
+static int act_kind_now(void)
+{
+    if (cpu_simd_vnni512())
+        return QUANT_ACT_INT8_PAIR;
+    enum cpu_simd l = cpu_simd_level();
+    return l == CPU_SIMD_AVX2 || l == CPU_SIMD_AVX2_VNNI ? QUANT_ACT_INT16 : -1;
+}
+
 bool quant_act_eligible(const struct ifd_weight *w, int n_tokens)
 {
-    return n_tokens >= act_min_tokens && (w->bits == 4 || w->bits == 8) &&
-           w->group_size % 32 == 0 && cpu_simd_vnni();
+    if ((w->bits != 4 && w->bits != 8) || w->group_size % 32 != 0 || n_tokens < 1)
+        return false;
+    switch (act_kind_now()) {
+    case QUANT_ACT_INT8_PAIR: return n_tokens >= act_min_tokens;
+    case QUANT_ACT_INT16: return true;
+    default: return false;
+    }
 }
 
 bool quant_act_matches(const struct quant_act *a, const struct ifd_weight *w)
@@ -65,19 +79,26 @@ bool quant_act_matches(const struct quant_act *a, const struct ifd_weight *w)
     return a->bits == w->bits && a->group_size == w->group_size && a->cols == w->cols;
 }
 
-/* Floats of each part of a's memory, in the order they lie there. */
+/* Floats of each part of a's memory, in the order they lie there (the
+ * codes, int32 words or int16 codes, counted in floats, rounded up). */
 static void act_parts(const struct quant_act *a, size_t *ret_ns, size_t *ret_ng, size_t *ret_nw)
 {
+    /* both kinds keep tokens in zero-padded tiles of QUANT_ACT_TILE */
     const int n_tiles = (a->n_tokens + QUANT_ACT_TILE - 1) / QUANT_ACT_TILE;
     const size_t slots = (size_t)n_tiles * QUANT_ACT_TILE;
-    *ret_nw = slots * 2 * (size_t)(a->cols / 4);
+    if (a->kind == QUANT_ACT_INT8_PAIR)
+        *ret_nw = slots * 2 * (size_t)(a->cols / 4);
+    else
+        *ret_nw = (slots * (size_t)a->cols + 1) / 2;
     *ret_ns = slots * (size_t)(a->cols / a->block);
     *ret_ng = slots * (size_t)(a->cols / a->group_size);
 }
 
 size_t quant_act_setup(struct quant_act *a, const struct ifd_weight *w, int n_tokens)
 {
+    const int kind = act_kind_now();
     *a = (struct quant_act){
+        .kind = kind < 0 ? QUANT_ACT_INT8_PAIR : (enum quant_act_kind)kind,
         .bits = w->bits,
         .group_size = w->group_size,
         .block = act_block_of(w->group_size),
@@ -99,7 +120,10 @@ void quant_act_attach(struct quant_act *a, void *mem)
     float *f = mem;
     a->scale = f;
     a->group_sum = f + ns;
-    a->words = (int32_t *)(f + ns + ng);
+    if (a->kind == QUANT_ACT_INT8_PAIR)
+        a->words = (int32_t *)(f + ns + ng);
+    else
+        a->codes = (int16_t *)(f + ns + ng);
 }
 
 int quant_act_alloc(struct quant_act *a, const struct ifd_weight *w, int n_tokens)
@@ -132,7 +156,7 @@ void quant_act_free(struct quant_act *a)
 #define QI_PANEL_COLS 2048
 #define QI_TILE QUANT_ACT_TILE
 
-void quant_act_prepare_tokens(struct quant_act *a, const float *x, int t0, int t1)
+static void act8_prepare_tokens(struct quant_act *a, const float *x, int t0, int t1)
 {
     const int64_t cols = a->cols, nb = cols / a->block, ng = cols / a->group_size, nw = cols / 4;
     const int vecs = a->block / 16, per_group = a->group_size / a->block;
@@ -287,8 +311,8 @@ static void qi_tile(const struct qi_panel *p, const struct quant_act *a, int64_t
 
 _Static_assert(sizeof(struct qi_panel) <= QUANT_ACT_PANEL_BYTES, "QUANT_ACT_PANEL_BYTES too small");
 
-int quant_act_matmul_rows(const struct ifd_weight *w, const struct quant_act *a, float *y,
-                          int64_t row_begin, int64_t row_end, void *panel)
+static int act8_matmul_rows(const struct ifd_weight *w, const struct quant_act *a, float *y,
+                            int64_t row_begin, int64_t row_end, void *panel)
 {
     struct qi_panel *p = panel;
     const int64_t kp_max = QI_PANEL_COLS / a->group_size * a->group_size;
@@ -306,6 +330,22 @@ int quant_act_matmul_rows(const struct ifd_weight *w, const struct quant_act *a,
 }
 
 #pragma GCC pop_options
+
+void quant_act_prepare_tokens(struct quant_act *a, const float *x, int t0, int t1)
+{
+    if (a->kind == QUANT_ACT_INT16)
+        quant_act16_prepare_tokens(a, x, t0, t1);
+    else
+        act8_prepare_tokens(a, x, t0, t1);
+}
+
+int quant_act_matmul_rows(const struct ifd_weight *w, const struct quant_act *a, float *y,
+                          int64_t row_begin, int64_t row_end, void *panel)
+{
+    if (a->kind == QUANT_ACT_INT16)
+        return quant_act16_matmul_rows(w, a, y, row_begin, row_end);
+    return panel ? act8_matmul_rows(w, a, y, row_begin, row_end, panel) : -EINVAL;
+}
 #else /* not x86-64: quant_act_eligible() is always false, so these never run */
 void quant_act_prepare_tokens(struct quant_act *a, const float *x, int t0, int t1)
 {

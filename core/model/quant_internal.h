@@ -35,3 +35,11 @@ static inline int64_t row_bytes_of(const struct ifd_weight *w)
 {
     return w->cols * w->bits / 8;
 }
+
+struct quant_act;
+
+/* The QUANT_ACT_INT16 kind's halves of quant_act_prepare_tokens() and
+ * quant_act_matmul_rows() (quant_int16.c). */
+void quant_act16_prepare_tokens(struct quant_act *a, const float *x, int t0, int t1);
+int quant_act16_matmul_rows(const struct ifd_weight *w, const struct quant_act *a, float *y, int64_t row_begin,
+                            int64_t row_end);

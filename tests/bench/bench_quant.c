@@ -6,15 +6,17 @@
  * figures depend on the machine and on what else runs on it;
  * times are the thread's CPU time, which a loaded machine disturbs less
  * than wall time (though caches and memory bandwidth are still shared).
- * usage: bench_quant [bits] [group] [n_batch] [isa: auto|avx512|avx2|scalar|int8]
- * (int8: the batch through the int8-activation prefill path, quantizing the
- * activations included; decode through auto). */
+ * usage: bench_quant [bits] [group] [n_batch] [path: auto|avx512|avx2|scalar|int] [simd]
+ * (int: decode and batch through the integer-activation path of the SIMD
+ * level in use, coding the activations included; simd: a level of
+ * base/cpu.h to force first, e.g. avx2 on an AVX-512 CPU). */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "base/cpu.h"
 #include "model/dtype.h"
 #include "model/quant.h"
 
@@ -32,7 +34,14 @@ int main(int argc, char **argv)
     int nb = argc > 3 ? atoi(argv[3]) : 64;
     const char *isa_name = argc > 4 ? argv[4] : "auto";
     enum quant_isa isa = QUANT_ISA_AUTO;
-    const bool int8 = !strcmp(isa_name, "int8");
+    const bool int8 = !strcmp(isa_name, "int");
+    if (argc > 5) {
+        enum cpu_simd l;
+        if (cpu_simd_from_name(argv[5], &l) < 0 || cpu_simd_force(l) < 0) {
+            fprintf(stderr, "bench_quant: cannot force SIMD level '%s' on this CPU\n", argv[5]);
+            return 1;
+        }
+    }
     if (!strcmp(isa_name, "avx512")) isa = QUANT_ISA_AVX512;
     else if (!strcmp(isa_name, "avx2")) isa = QUANT_ISA_AVX2;
     else if (!strcmp(isa_name, "scalar")) isa = QUANT_ISA_SCALAR;
@@ -70,32 +79,41 @@ int main(int argc, char **argv)
         double bytes = (double)rows * cols * bits / 8 + (double)rows * ng * 4;
         int reps = (int)(2e9 / bytes / 8) + 1;
         if (reps > 200) reps = 200;
-        quant_matmul_rows_isa(isa, &q, x, 1, y, 0, rows);
-        double t0 = now();
-        for (int i = 0; i < reps; i++)
-            quant_matmul_rows_isa(isa, &q, x, 1, y, 0, rows);
-        double dt = (now() - t0) / reps;
-        double t1 = now();
-        int preps = reps / 8 + 1;
         /* the activations and the panel sized once, as the thread pool's
          * scratch is in the daemon */
         struct quant_act a;
         void *act_mem = NULL, *panel = aligned_alloc(64, QUANT_ACT_PANEL_BYTES);
-        if (int8 && quant_act_eligible(&q, nb))
-            act_mem = aligned_alloc(64, (quant_act_setup(&a, &q, nb) + 63) & ~(size_t)63);
-        for (int i = 0; i < preps; i++) {
-            if (act_mem && panel) {
-                quant_act_attach(&a, act_mem);
-                quant_act_prepare_tokens(&a, x, 0, nb);
-                quant_act_matmul_rows(&q, &a, y, 0, rows, panel);
-            } else {
-                if (int8) {
-                    fprintf(stderr, "bench_quant: the int8 path does not take this batch on this CPU\n");
-                    return 1;
-                }
-                quant_matmul_rows_isa(isa, &q, x, nb, y, 0, rows);
-            }
+        const int n_max = nb > 1 ? nb : 1;
+        if (int8 && (!quant_act_eligible(&q, 1) || !quant_act_eligible(&q, nb))) {
+            fprintf(stderr, "bench_quant: the integer path does not take %d-token products at level %s\n", nb,
+                    cpu_simd_name(cpu_simd_level()));
+            return 1;
         }
+        if (int8)
+            act_mem = aligned_alloc(64, (quant_act_setup(&a, &q, n_max) + 63) & ~(size_t)63);
+        if (int8 && (!act_mem || !panel))
+            return 1;
+#define PRODUCT(n)                                                                                                     \
+    do {                                                                                                               \
+        if (int8) {                                                                                                    \
+            quant_act_setup(&a, &q, (n));                                                                              \
+            quant_act_attach(&a, act_mem);                                                                             \
+            quant_act_prepare_tokens(&a, x, 0, (n));                                                                   \
+            quant_act_matmul_rows(&q, &a, y, 0, rows, panel);                                                          \
+        } else {                                                                                                       \
+            quant_matmul_rows_isa(isa, &q, x, (n), y, 0, rows);                                                        \
+        }                                                                                                              \
+    } while (0)
+        PRODUCT(1);
+        double t0 = now();
+        for (int i = 0; i < reps; i++)
+            PRODUCT(1);
+        double dt = (now() - t0) / reps;
+        double t1 = now();
+        int preps = reps / 8 + 1;
+        for (int i = 0; i < preps; i++)
+            PRODUCT(nb);
+#undef PRODUCT
         double pt = (now() - t1) / preps;
         free(act_mem);
         free(panel);

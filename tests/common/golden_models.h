@@ -46,4 +46,4 @@ struct criterion_test_params golden_line_params(void);
 /* Runs golden line `line` (g) greedily through e and checks it as
  * ../shared/README.md says: prompt logits within 1e-2 (max abs) with the same
  * argmax, then the first stable_prefix_len ids exactly. */
-void golden_check_line(engine *e, const struct golden *g, int line);
+double golden_check_line(engine *e, const struct golden *g, int line);

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/cpu.h"
 #include "config.h"
 #include "layer_split.h"
 
@@ -465,4 +466,45 @@ Test(config, worker_cluster_limits)
         cr_expect(strstr(err.msg, bad[i].expect), "case %zu: '%s' lacks '%s'", i, err.msg, bad[i].expect);
         inferd_config_finish(&c);
     }
+}
+
+/* [node] simd / --simd: auto, or a level this CPU has; a level it lacks is
+ * refused at load (it would die on an illegal instruction), naming the key. */
+Test(config, simd_level)
+{
+    struct inferd_config c;
+    struct inferd_cli cli;
+    ifd_error err = {{0}};
+    inferd_config_init(&c);
+    cr_assert_eq(c.simd, -1, "auto by default");
+    inferd_config_finish(&c);
+    cr_assert_eq(parse(&c, "[node]\nsimd = scalar\n", &err), 0, "%s", err.msg);
+    cr_assert_eq(c.simd, CPU_SIMD_SCALAR);
+    inferd_config_finish(&c);
+    cr_assert_eq(parse(&c, "[node]\nsimd = auto\n", &err), 0, "%s", err.msg);
+    cr_assert_eq(c.simd, -1);
+    inferd_config_finish(&c);
+    cr_assert_lt(parse(&c, "[node]\nsimd = neon\n", &err), 0);
+    cr_assert(strstr(err.msg, "simd") && strstr(err.msg, "neon"), "%s", err.msg);
+    inferd_config_finish(&c);
+    for (int l = 0; l < CPU_SIMD_COUNT; l++) {
+        char text[64];
+        snprintf(text, sizeof(text), "[node]\nsimd = %s\n", cpu_simd_name((enum cpu_simd)l));
+        int r = parse(&c, text, &err);
+        if (cpu_simd_supported((enum cpu_simd)l)) {
+            cr_assert_eq(r, 0, "%s: %s", text, err.msg);
+            cr_assert_eq(c.simd, l);
+        } else {
+            cr_assert_eq(r, -ENOTSUP, "%s", text);
+            cr_assert(strstr(err.msg, "this CPU cannot run"), "%s", err.msg);
+        }
+        inferd_config_finish(&c);
+    }
+    const char *a[] = {"--model", "/m", "--simd", "avx3", NULL};
+    cr_assert_lt(load(&c, &cli, &err, a), 0);
+    cr_assert(strstr(err.msg, "--simd"), "%s", err.msg);
+    const char *b[] = {"--model", "/m", "--simd", "scalar", NULL};
+    cr_assert_eq(load(&c, &cli, &err, b), 0, "%s", err.msg);
+    cr_assert_eq(c.simd, CPU_SIMD_SCALAR);
+    inferd_config_finish(&c);
 }

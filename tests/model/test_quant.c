@@ -427,11 +427,12 @@ static const char *isa_name(enum quant_isa isa)
 /* kern_set_simd() forces the quantized products too: QUANT_ISA_AUTO (what
  * quant_matmul_rows and so the engine use) then gives, bit for bit, the
  * forced ISA's result, which differs in summation order from the best one's;
- * and the int8 path, AVX-512 only, is off below it. */
+ * and the integer-activation path follows: the int8 pair at AVX-512 (with
+ * VNNI), int16 at AVX2 and AVX2-VNNI, none at scalar. */
 Test(quant, auto_follows_the_forced_level)
 {
     const enum quant_isa isa_of[] = {[CPU_SIMD_SCALAR] = QUANT_ISA_SCALAR, [CPU_SIMD_AVX2] = QUANT_ISA_AVX2,
-                                     [CPU_SIMD_AVX512] = QUANT_ISA_AVX512};
+                                     [CPU_SIMD_AVX2_VNNI] = QUANT_ISA_AVX2, [CPU_SIMD_AVX512] = QUANT_ISA_AVX512};
     const enum cpu_simd best = cpu_simd_best();
     if (best == CPU_SIMD_SCALAR) {
         cr_log_warn("no SIMD on this CPU: nothing to force");
@@ -449,15 +450,25 @@ Test(quant, auto_follows_the_forced_level)
     cr_assert_eq(quant_matmul_rows_isa(isa_of[best], &q.w, x, n_tokens, y_best, 0, rows), 0);
     for (int l = CPU_SIMD_SCALAR; l < (int)best; l++) {
         const char *name = cpu_simd_name((enum cpu_simd)l);
+        if (!cpu_simd_supported((enum cpu_simd)l))
+            continue;
         cr_assert_eq(kern_set_simd(name), 0);
         cr_assert_eq(quant_matmul_rows_isa(isa_of[l], &q.w, x, n_tokens, want, 0, rows), 0);
-        cr_assert_neq(memcmp(want, y_best, ny * sizeof(float)), 0,
+        if (isa_of[l] != isa_of[best])
+            cr_assert_neq(memcmp(want, y_best, ny * sizeof(float)), 0,
                       "%s and %s agree bit for bit: this case cannot tell them apart", name, cpu_simd_name(best));
         cr_assert_eq(quant_matmul_rows_isa(QUANT_ISA_AUTO, &q.w, x, n_tokens, got, 0, rows), 0);
         cr_assert_eq(memcmp(want, got, ny * sizeof(float)), 0, "forced %s: AUTO must compute what %s does", name,
                      name);
-        struct ifd_weight probe = {.bits = 4, .group_size = 64};
-        cr_assert(!quant_act_eligible(&probe, 1 << 20), "forced %s: no int8 (AVX-512 VNNI) path", name);
+        struct ifd_weight probe = {.bits = 4, .group_size = 64, .cols = 64};
+        if (l == CPU_SIMD_SCALAR) {
+            cr_assert(!quant_act_eligible(&probe, 1 << 20), "forced %s: no integer path", name);
+        } else {
+            struct quant_act a;
+            cr_assert(quant_act_eligible(&probe, 1), "forced %s: the int16 path takes even one token", name);
+            quant_act_setup(&a, &probe, 1);
+            cr_assert_eq(a.kind, QUANT_ACT_INT16, "forced %s", name);
+        }
     }
     cr_assert_eq(kern_set_simd(cpu_simd_name(best)), 0);
     cr_assert_eq(quant_matmul_rows_isa(QUANT_ISA_AUTO, &q.w, x, n_tokens, got, 0, rows), 0);
@@ -540,33 +551,40 @@ Test(quant, kernels_nmse_wide_rows)
     }
 }
 
-/* x rounded as the int8 path rounds it, independently: per block of 32 or 64
- * columns, d = max|x| / 127, u = x * (1 / d), hi = nearbyint(u),
- * lo = nearbyint((u - hi) * QUANT_ACT_LO_SCALE), x ~= d * (hi + lo / QUANT_ACT_LO_SCALE). */
-static void ref_int8_round(const float *x, int64_t n, int block, float *out)
+/* x rounded as the integer paths round it, independently, per block of 32 or
+ * 64 columns. int8 pair: d = max|x| / 127, u = x * (1 / d), hi = nearbyint(u),
+ * lo = nearbyint((u - hi) * QUANT_ACT_LO_SCALE), x ~= d * (hi + lo / QUANT_ACT_LO_SCALE).
+ * int16: d = max|x| / 32767, x ~= d * nearbyint(x * (1 / d)). */
+static void ref_act_round(enum quant_act_kind kind, const float *x, int64_t n, int block, float *out)
 {
     for (int64_t b0 = 0; b0 < n; b0 += block) {
         float m = 0.0f;
         for (int64_t c = b0; c < b0 + block; c++)
             m = fmaxf(m, fabsf(x[c]));
-        const float d = m / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
+        const float d = m / (kind == QUANT_ACT_INT16 ? 32767.0f : 127.0f), inv = d > 0.0f ? 1.0f / d : 0.0f;
         for (int64_t c = b0; c < b0 + block; c++) {
-            const float u = x[c] * inv, hi = nearbyintf(u), lo = nearbyintf((u - hi) * QUANT_ACT_LO_SCALE);
+            const float u = x[c] * inv, hi = nearbyintf(u);
+            if (kind == QUANT_ACT_INT16) {
+                out[c] = (float)((double)d * (double)hi);
+                continue;
+            }
+            const float lo = nearbyintf((u - hi) * QUANT_ACT_LO_SCALE);
             out[c] = (float)((double)d * ((double)hi + (double)lo / QUANT_ACT_LO_SCALE));
         }
     }
 }
 
-/* The int8-activation product (prefill) twice against a double reference:
- * with x rounded to int8 as above in the s*q part (the bias part takes the
+/* The integer-activation products (the int8 pair of AVX-512 VNNI; int16 of
+ * AVX2 and AVX2-VNNI), each level this CPU has, twice against a double
+ * reference: with x rounded as above in the s*q part (the bias part takes the
  * exact sum of x) it must be exact to float rounding (NMSE below 1e-10: this
  * checks codes, order, scales, biases and panels); with the
  * exact x, the rounding of x alone must stay below an NMSE of 1e-3 (x random in
  * [-1, 1): about 5e-5 measured; a wrong code or order gives about 1). Rows
  * outside the slice are never written. Odd row counts (partial 16-row panels),
  * token counts around the tile of 8, rows wider than one 2048-column panel,
- * every scale dtype. Skipped without AVX-512 VNNI. */
-Test(quant, int8_activations_nmse)
+ * every scale dtype. */
+Test(quant, integer_activations_nmse)
 {
     const int bits_list[] = {4, 8};
     const int gs_list[] = {32, 64, 128};
@@ -574,69 +592,84 @@ Test(quant, int8_activations_nmse)
     const int64_t cols_mult[] = {1, 3, 35};
     const int tokens_list[] = {1, 7, 8, 19};
     const enum ifd_dtype qdts[] = {IFD_DTYPE_F32, IFD_DTYPE_F16, IFD_DTYPE_BF16};
-    struct ifd_weight probe = {.bits = 4, .group_size = 64};
-    if (!quant_act_eligible(&probe, 1 << 20)) {
-        cr_log_warn("no AVX-512 VNNI on this CPU: int8-activation kernel not tested");
-        return;
-    }
-    int n_run = 0;
+    static const enum cpu_simd levels[] = {CPU_SIMD_AVX512, CPU_SIMD_AVX2_VNNI, CPU_SIMD_AVX2};
+    const enum cpu_simd best = cpu_simd_best();
+    int n_run = 0, n_levels = 0;
     void *panel = aligned_alloc(64, QUANT_ACT_PANEL_BYTES);
     cr_assert_not_null(panel);
-    for (size_t bi = 0; bi < 2; bi++)
-        for (size_t gi = 0; gi < 3; gi++)
-            for (size_t ri = 0; ri < 3; ri++) {
-                const int bits = bits_list[bi], gs = gs_list[gi];
-                const int64_t rows = rows_list[ri], cols = gs * cols_mult[(gi + ri) % 3];
-                struct qw q;
-                qw_make(&q, rows, cols, bits, gs, qdts[(bi + ri) % 3], (int)(ri % 2) * 2);
-                const int n_tokens = tokens_list[(bi + gi + ri) % 4];
-                const int64_t r0 = rows > 2 ? 1 : 0, r1 = rows > 2 ? rows - 1 : rows;
-                float *x = malloc((size_t)(n_tokens * cols) * sizeof(float));
-                float *xr = malloc((size_t)(n_tokens * cols) * sizeof(float));
-                float *y = malloc((size_t)(n_tokens * rows) * sizeof(float));
-                for (int64_t i = 0; i < n_tokens * cols; i++)
-                    x[i] = frand();
-                ref_int8_round(x, n_tokens * cols, gs % 64 == 0 ? 64 : 32, xr);
-                const float sentinel = 12345.0f;
-                for (int64_t i = 0; i < n_tokens * rows; i++)
-                    y[i] = sentinel;
-                struct quant_act a;
-                cr_assert_eq(quant_act_alloc(&a, &q.w, n_tokens), 0);
-                quant_act_prepare_tokens(&a, x, 0, n_tokens);
-                cr_assert_eq(quant_act_matmul_rows(&q.w, &a, y, r0, r1, panel), 0);
-                quant_act_free(&a);
-                double num = 0.0, num_rounded = 0.0, den = 0.0;
-                for (int t = 0; t < n_tokens; t++)
-                    for (int64_t r = 0; r < rows; r++) {
-                        const float got = y[t * rows + r];
-                        if (r < r0 || r >= r1) {
-                            cr_assert_eq(got, sentinel, "row %lld outside the slice was written", (long long)r);
-                            continue;
+    for (size_t li = 0; li < sizeof(levels) / sizeof(levels[0]); li++) {
+        struct ifd_weight probe = {.bits = 4, .group_size = 64, .cols = 64};
+        if (!cpu_simd_supported(levels[li]) || kern_set_simd(cpu_simd_name(levels[li])) != 0 ||
+            !quant_act_eligible(&probe, 1 << 20)) {
+            cr_log_warn("%s: no integer-activation kernel on this CPU, not tested", cpu_simd_name(levels[li]));
+            continue;
+        }
+        n_levels++;
+        quant_act_set_min_tokens(1);
+        for (size_t bi = 0; bi < 2; bi++)
+            for (size_t gi = 0; gi < 3; gi++)
+                for (size_t ri = 0; ri < 3; ri++) {
+                    const int bits = bits_list[bi], gs = gs_list[gi];
+                    const int64_t rows = rows_list[ri], cols = gs * cols_mult[(gi + ri) % 3];
+                    struct qw q;
+                    qw_make(&q, rows, cols, bits, gs, qdts[(bi + ri) % 3], (int)(ri % 2) * 2);
+                    const int n_tokens = tokens_list[(bi + gi + ri) % 4];
+                    const int64_t r0 = rows > 2 ? 1 : 0, r1 = rows > 2 ? rows - 1 : rows;
+                    float *x = malloc((size_t)(n_tokens * cols) * sizeof(float));
+                    float *xr = malloc((size_t)(n_tokens * cols) * sizeof(float));
+                    float *y = malloc((size_t)(n_tokens * rows) * sizeof(float));
+                    for (int64_t i = 0; i < n_tokens * cols; i++)
+                        x[i] = frand();
+                    const float sentinel = 12345.0f;
+                    for (int64_t i = 0; i < n_tokens * rows; i++)
+                        y[i] = sentinel;
+                    struct quant_act a;
+                    cr_assert(quant_act_eligible(&q.w, n_tokens));
+                    cr_assert_eq(quant_act_alloc(&a, &q.w, n_tokens), 0);
+                    ref_act_round(a.kind, x, n_tokens * cols, gs % 64 == 0 ? 64 : 32, xr);
+                    quant_act_prepare_tokens(&a, x, 0, n_tokens);
+                    cr_assert_eq(quant_act_matmul_rows(&q.w, &a, y, r0, r1, panel), 0);
+                    quant_act_free(&a);
+                    double num = 0.0, num_rounded = 0.0, den = 0.0;
+                    for (int t = 0; t < n_tokens; t++)
+                        for (int64_t r = 0; r < rows; r++) {
+                            const float got = y[t * rows + r];
+                            if (r < r0 || r >= r1) {
+                                cr_assert_eq(got, sentinel, "row %lld outside the slice was written", (long long)r);
+                                continue;
+                            }
+                            double ref = 0.0, ref_rounded = 0.0;
+                            for (int64_t c = 0; c < cols; c++) {
+                                /* The bias term takes the exact x: w x = s q xr + b x. */
+                                const double wv = ref_weight(&q.w, r, c);
+                                const double b = ref_param(q.w.qparam_dtype, q.w.biases, r * (cols / gs) + c / gs);
+                                ref += wv * (double)x[t * cols + c];
+                                ref_rounded += (wv - b) * (double)xr[t * cols + c] + b * (double)x[t * cols + c];
+                            }
+                            num += (got - ref) * (got - ref);
+                            num_rounded += (got - ref_rounded) * (got - ref_rounded);
+                            den += ref * ref;
                         }
-                        double ref = 0.0, ref_rounded = 0.0;
-                        for (int64_t c = 0; c < cols; c++) {
-                            /* The bias term takes the exact x: w x = s q xr + b x. */
-                            const double wv = ref_weight(&q.w, r, c);
-                            const double b = ref_param(q.w.qparam_dtype, q.w.biases, r * (cols / gs) + c / gs);
-                            ref += wv * (double)x[t * cols + c];
-                            ref_rounded += (wv - b) * (double)xr[t * cols + c] + b * (double)x[t * cols + c];
-                        }
-                        num += (got - ref) * (got - ref);
-                        num_rounded += (got - ref_rounded) * (got - ref_rounded);
-                        den += ref * ref;
-                    }
-                cr_expect_lt(num_rounded / den, 1e-10, "bits %d gs %d [%lld x %lld] tokens %d: NMSE %g against int8-rounded x",
-                             bits, gs, (long long)rows, (long long)cols, n_tokens, num_rounded / den);
-                cr_expect_lt(num / den, 1e-3, "bits %d gs %d [%lld x %lld] tokens %d: NMSE %g against exact x", bits,
-                             gs, (long long)rows, (long long)cols, n_tokens, num / den);
-                n_run++;
-                free(x);
-                free(xr);
-                free(y);
-                qw_free(&q);
-            }
+                    const char *lv = cpu_simd_name(levels[li]);
+                    cr_expect_lt(num_rounded / den, 1e-10,
+                                 "%s bits %d gs %d [%lld x %lld] tokens %d: NMSE %g against rounded x", lv, bits, gs,
+                                 (long long)rows, (long long)cols, n_tokens, num_rounded / den);
+                    cr_expect_lt(num / den, 1e-3, "%s bits %d gs %d [%lld x %lld] tokens %d: NMSE %g against exact x",
+                                 lv, bits, gs, (long long)rows, (long long)cols, n_tokens, num / den);
+                    n_run++;
+                    free(x);
+                    free(xr);
+                    free(y);
+                    qw_free(&q);
+                }
+        quant_act_set_min_tokens(0);
+    }
+    cr_assert_eq(kern_set_simd(cpu_simd_name(best)), 0);
     free(panel);
-    cr_expect_eq(n_run, 18);
+    fprintf(stderr, "integer activations: %d levels, %d cases\n", n_levels, n_run);
+    cr_expect_eq(n_run, 18 * n_levels);
+    if (best >= CPU_SIMD_AVX2)
+        cr_expect_gt(n_levels, 0, "a CPU with AVX2 has at least the int16 path");
 }
 
 /* ---- quantize on load -------------------------------------------------------- */
