@@ -132,6 +132,7 @@ void quant_act_prepare_tokens(struct quant_act *a, const float *x, int t0, int t
 int quant_act_matmul_rows(const struct ifd_weight *w, const struct quant_act *a, float *y,
                           int64_t row_begin, int64_t row_end, void *panel);
 
-/* Fewest tokens that take the INT8_PAIR path (default 20); tests set 1 to
- * run the goldens through it. n <= 0 restores the default. */
+/* Fewest tokens that take the INT8_PAIR path (default 20) and the INT16
+ * panel kernel (default 16); tests set 1 to run the goldens through them.
+ * n <= 0 restores the defaults. */
 void quant_act_set_min_tokens(int n);

@@ -40,11 +40,19 @@
  * ahead at 24). */
 #define QUANT_ACT_DEFAULT_MIN_TOKENS 20
 
-static int act_min_tokens = QUANT_ACT_DEFAULT_MIN_TOKENS;
+/* 0: the defaults; else what a test set for both kinds. */
+static int act_min_tokens_forced = 0;
 
 void quant_act_set_min_tokens(int n)
 {
-    act_min_tokens = n > 0 ? n : QUANT_ACT_DEFAULT_MIN_TOKENS;
+    act_min_tokens_forced = n > 0 ? n : 0;
+}
+
+int quant_act_prefill_min_tokens(enum quant_act_kind kind)
+{
+    if (act_min_tokens_forced)
+        return act_min_tokens_forced;
+    return kind == QUANT_ACT_INT8_PAIR ? QUANT_ACT_DEFAULT_MIN_TOKENS : QUANT_ACT16_PANEL_MIN_TOKENS;
 }
 
 /* The activation block: 64 columns when the weight group is a multiple of 64,
@@ -68,7 +76,7 @@ bool quant_act_eligible(const struct ifd_weight *w, int n_tokens)
     if ((w->bits != 4 && w->bits != 8) || w->group_size % 32 != 0 || n_tokens < 1)
         return false;
     switch (act_kind_now()) {
-    case QUANT_ACT_INT8_PAIR: return n_tokens >= act_min_tokens;
+    case QUANT_ACT_INT8_PAIR: return n_tokens >= quant_act_prefill_min_tokens(QUANT_ACT_INT8_PAIR);
     case QUANT_ACT_INT16: return true;
     default: return false;
     }

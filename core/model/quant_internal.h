@@ -36,7 +36,16 @@ static inline int64_t row_bytes_of(const struct ifd_weight *w)
     return w->cols * w->bits / 8;
 }
 
-struct quant_act;
+#include "model/quant.h"
+
+/* Fewest tokens for the int16 panel kernel (quant_int16.c): below, packing
+ * the panels is not repaid (measured with bench_quant on the 4864 x 896
+ * 4-bit matrix: the row kernel ahead at 8 tokens, the panel at 16). */
+#define QUANT_ACT16_PANEL_MIN_TOKENS 16
+
+/* The token count from which a kind takes its prefill kernel: the INT8_PAIR
+ * path at all, the INT16 panel kernel (quant_act_set_min_tokens() sets both). */
+int quant_act_prefill_min_tokens(enum quant_act_kind kind);
 
 /* The QUANT_ACT_INT16 kind's halves of quant_act_prepare_tokens() and
  * quant_act_matmul_rows() (quant_int16.c). */

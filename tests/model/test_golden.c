@@ -236,11 +236,12 @@ Test(golden, layer_subset_binding)
 
 /* The same goldens through every kernel family this CPU has: scalar, AVX2,
  * AVX2 + AVX-VNNI, AVX-512 (a level the CPU lacks is skipped, and said so):
- * the F16 line (the dense products) and both MLX lines (the quantized ones,
- * prompt and decode alike through the integer-activation path of the level:
- * int16 at AVX2 and AVX2-VNNI, the int8 pair at AVX-512 VNNI, here even for
- * the golden prompts, which are shorter than its usual threshold), by the
- * rules of every golden line. */
+ * the F16 line (the dense products) and both MLX lines (the quantized ones)
+ * twice: with the default thresholds (the golden prompts are short, so the
+ * int16 row kernel at AVX2, the f32 one at AVX-512) and with every product
+ * through the level's prefill kernel (the int16 panel kernel at AVX2 and
+ * AVX2-VNNI, the int8 pair at AVX-512 VNNI), by the rules of every golden
+ * line. */
 Test(golden, every_simd_level, .timeout = 600)
 {
     static const enum cpu_simd levels[] = {CPU_SIMD_SCALAR, CPU_SIMD_AVX2, CPU_SIMD_AVX2_VNNI, CPU_SIMD_AVX512};
@@ -248,7 +249,6 @@ Test(golden, every_simd_level, .timeout = 600)
                                          "tinystories-656k-mlx-4bit"};
     const enum cpu_simd best = cpu_simd_best();
     int n_levels = 0;
-    quant_act_set_min_tokens(1);
     for (size_t li = 0; li < sizeof(levels) / sizeof(levels[0]); li++) {
         const char *lv = cpu_simd_name(levels[li]);
         if (!cpu_simd_supported(levels[li])) {
@@ -266,10 +266,15 @@ Test(golden, every_simd_level, .timeout = 600)
             if (!wanted)
                 continue;
             struct model *m = golden_load_model(g.model);
-            engine *e = make_engine(m, NULL, 0, 1);
-            const double maxdiff = golden_check_line(e, &g, line);
-            fprintf(stderr, "%s: line %d (%s): logits within %.5f\n", lv, line + 1, g.model, maxdiff);
-            engine_destroy(e);
+            const bool quantized = strstr(g.model, "-mlx-") != NULL;
+            for (int prefill_kernel = 0; prefill_kernel <= (int)quantized; prefill_kernel++) {
+                quant_act_set_min_tokens(prefill_kernel ? 1 : 0);
+                engine *e = make_engine(m, NULL, 0, 1);
+                const double maxdiff = golden_check_line(e, &g, line);
+                fprintf(stderr, "%s%s: line %d (%s): logits within %.5f\n", lv,
+                        prefill_kernel ? " (prefill kernels throughout)" : "", line + 1, g.model, maxdiff);
+                engine_destroy(e);
+            }
             model_destroy(m);
         }
     }
