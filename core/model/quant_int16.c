@@ -41,7 +41,7 @@
 #include <immintrin.h>
 
 #define QW_INLINE static inline __attribute__((always_inline))
-#define QW_MAX_ROWS 4
+#define QW_MAX_ROWS 4 /* rows of one row-kernel tile */
 #define QW_MAX_TOKENS QUANT_ACT_TILE /* tokens of a tile of the activations */
 
 /* What every tile of one call shares. */
@@ -122,14 +122,16 @@ void quant_act16_prepare_tokens(struct quant_act *a, const float *x, int t0, int
  * rows and token. Packing a panel (an 8 x 8 transposition per 8 pairs) is
  * paid once per call and shared by every token. */
 #define QW_PANEL_ROWS 8
-#define QW_PANEL_COLS 512 /* columns packed at once: 8 KiB of codes per panel */
-#define QW_PANEL_MAX_GROUP 256
+/* columns packed at once: 8 KiB of codes per panel, or one group when a
+ * group is longer (QUANT_MAX_GROUP_SIZE, the size of the panel's arrays) */
+#define QW_PANEL_COLS 512
 
 struct qw_panel {
-    __m256i pairs[QW_PANEL_COLS / 2];                   /* [pair][row] */
-    float scales[QW_PANEL_COLS / 32][QW_PANEL_ROWS];    /* [group][row] */
-    float biases[QW_PANEL_COLS / 32][QW_PANEL_ROWS];
+    __m256i pairs[QUANT_MAX_GROUP_SIZE / 2];                 /* [pair][row] */
+    float scales[QUANT_MAX_GROUP_SIZE / 32][QW_PANEL_ROWS]; /* [group][row] */
+    float biases[QUANT_MAX_GROUP_SIZE / 32][QW_PANEL_ROWS];
 };
+_Static_assert(QW_PANEL_COLS <= QUANT_MAX_GROUP_SIZE, "a panel holds QW_PANEL_COLS columns");
 
 /* v[i] lane r <- v[r] lane i */
 QW_INLINE void qw_transpose8(__m256i v[8])
@@ -153,12 +155,13 @@ QW_INLINE void qw_transpose8(__m256i v[8])
 
 /* Rows [p0, p0 + nr) (nr <= 8; the missing lanes repeat row p0 with zero
  * scale and bias, so they compute zeros that are never stored), columns
- * [c0, c0 + kp). The pairs follow quant_int16.c's activation order: at 8-bit
+ * [c0, c0 + kp); prefetches the same columns prefetch_ahead bytes further
+ * (rows of a later panel; a prefetch never faults). The pairs follow quant_int16.c's activation order: at 8-bit
  * columns (2j, 2j + 1); at 4-bit, in each 32 columns, pairs 0-7 are the even
  * columns (0, 2), (4, 6), ... and pairs 8-15 the odd ones, which is what the
  * low and the high nibbles of 16 widened bytes are, read as int32. */
 static void qw_pack(struct qw_panel *p, const struct qw_ctx *k, int bits, int gs, int64_t p0, int nr, int64_t c0,
-                    int64_t kp)
+                    int64_t kp, int64_t prefetch_ahead)
 {
     const uint8_t *row[QW_PANEL_ROWS];
     for (int r = 0; r < QW_PANEL_ROWS; r++)
@@ -167,6 +170,13 @@ static void qw_pack(struct qw_panel *p, const struct qw_ctx *k, int bits, int gs
     /* 16 bytes of each row per step: 16 codes (8 pairs) at 8-bit, 32 at 4-bit */
     for (int64_t off = 0, j = 0; off < kp * bits / 8; off += 16) {
         __m256i v[QW_PANEL_ROWS], h[QW_PANEL_ROWS];
+        /* With few tokens (batched decode) the packing is where the weights
+         * come from memory, in 8 (16) short row streams, which the hardware
+         * prefetcher does not follow: the same bytes of the rows of the next
+         * panels are fetched now, to be in cache when they are packed. */
+        if (off % 64 == 0)
+            for (int r = 0; r < QW_PANEL_ROWS; r++)
+                __builtin_prefetch(row[r] + prefetch_ahead + off);
         for (int r = 0; r < QW_PANEL_ROWS; r++) {
             v[r] = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(row[r] + off)));
             if (bits == 4) {
@@ -207,8 +217,17 @@ QW_INLINE void qw_store_rows(float *dst, __m256 v, int nr, bool add)
         dst[r] = add ? dst[r] + lanes[r] : lanes[r];
 }
 
+/* acc += VPMADDWD(w, x), in asm so that the sum lands in acc's register:
+ * written with intrinsics, GCC 12 added into a fresh register and moved it
+ * back, a move per multiply in the panel kernel's loop. */
+QW_INLINE __m256i qw_maddwd_add(__m256i acc, __m256i w, __m256i x)
+{
+    __m256i t;
+    __asm__("vpmaddwd %3, %2, %1\n\tvpaddd %1, %0, %0" : "+x"(acc), "=&x"(t) : "x"(w), "x"(x));
+    return acc;
+}
 #define QW_NAME(n) qw256_##n
-#define QW_DOT(acc, w, x) _mm256_add_epi32((acc), _mm256_madd_epi16((w), (x)))
+#define QW_DOT(acc, w, x) qw_maddwd_add((acc), (w), (x))
 /* 16 rows x 4 tokens: 8 accumulators, 2 panel vectors, the broadcast codes
  * and VPMADDWD's result fit the 16 registers */
 #define QW_PANEL_P 2
@@ -250,7 +269,7 @@ int quant_act16_matmul_rows(const struct ifd_weight *w, const struct quant_act *
         .biases = w->biases,
     };
     const bool vnni = cpu_simd_level() == CPU_SIMD_AVX2_VNNI;
-    if (a->n_tokens >= quant_act_prefill_min_tokens(QUANT_ACT_INT16) && a->group_size <= QW_PANEL_MAX_GROUP) {
+    if (a->n_tokens >= quant_act_prefill_min_tokens(QUANT_ACT_INT16)) {
         if (vnni)
             qwvnni_panel_rows(&k, y, row_begin, row_end);
         else

@@ -38,10 +38,11 @@ static inline int64_t row_bytes_of(const struct ifd_weight *w)
 
 #include "model/quant.h"
 
-/* Fewest tokens for the int16 panel kernel (quant_int16.c): below, packing
- * the panels is not repaid (measured with bench_quant on the 4864 x 896
- * 4-bit matrix: the row kernel ahead at 8 tokens, the panel at 16). */
-#define QUANT_ACT16_PANEL_MIN_TOKENS 16
+/* Fewest tokens for the int16 panel kernel (quant_int16.c); one token
+ * (decode) takes the row kernel. Measured with bench_quant (perf cycles) on
+ * the 4864 x 896 4-bit matrix: for one token the row kernel is twice as
+ * fast, for 2, 4 and 8 the panel kernel 1.7 to 2.6 times. */
+#define QUANT_ACT16_PANEL_MIN_TOKENS 2
 
 /* The token count from which a kind takes its prefill kernel: the INT8_PAIR
  * path at all, the INT16 panel kernel (quant_act_set_min_tokens() sets both). */

@@ -237,11 +237,12 @@ Test(golden, layer_subset_binding)
 /* The same goldens through every kernel family this CPU has: scalar, AVX2,
  * AVX2 + AVX-VNNI, AVX-512 (a level the CPU lacks is skipped, and said so):
  * the F16 line (the dense products) and both MLX lines (the quantized ones)
- * twice: with the default thresholds (the golden prompts are short, so the
- * int16 row kernel at AVX2, the f32 one at AVX-512) and with every product
- * through the level's prefill kernel (the int16 panel kernel at AVX2 and
- * AVX2-VNNI, the int8 pair at AVX-512 VNNI), by the rules of every golden
- * line. */
+ * twice: with the default thresholds (at AVX2 and AVX2-VNNI the prompt
+ * through the int16 panel kernel, decode through the row kernel; at AVX-512
+ * the f32 kernel, the golden prompts being shorter than the int8 pair's
+ * threshold) and with every product, decode too, through the level's prefill
+ * kernel (the int16 panel kernel, the int8 pair at AVX-512 VNNI), by the
+ * rules of every golden line. */
 Test(golden, every_simd_level, .timeout = 600)
 {
     static const enum cpu_simd levels[] = {CPU_SIMD_SCALAR, CPU_SIMD_AVX2, CPU_SIMD_AVX2_VNNI, CPU_SIMD_AVX512};
