@@ -24,6 +24,10 @@
  * the low nibbles of bytes 4j..4j+3 (columns 8j + 0, 2, 4, 6) and vector
  * 2j + 1 the high ones (8j + 1, 3, 5, 7). The activations are permuted into
  * the same order once per call, so int32 j of a token's codes meets vector j.
+ *
+ * This file also holds what both kinds of integer-coded activations share
+ * (quant.h's quant_act_*: which kind the level takes, the memory layout,
+ * the dispatch); the INT16 kind's kernels are in quant_int16.c.
  */
 #include "model/quant.h"
 

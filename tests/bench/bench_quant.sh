@@ -13,7 +13,9 @@
 #              /tmp/inferd-bench-quant)
 # env: ORACLE_HOME (default /root/.cache/inferd-oracle), INFERD_SHARED (the
 #      shared dir, for the Qwen tokenizer), THREADS (2), PROMPT (512), GEN (128),
-#      RUNS (2), FORMATS ("4 8 bf16 f16"),
+#      RUNS (2), FORMATS ("4 8 4-f16 8-f16 bf16 f16": 4 and 8 quantized from
+#      the BF16 checkpoint keep BF16 scales, 4-f16 and 8-f16 from the F16 one
+#      F16 scales),
 #      SIMD (inferd's CPU kernels, `--simd`: auto, avx2, avx2-vnni, avx512),
 #      LLAMA_CPU (llama.cpp's CPU variant, e.g. haswell for AVX2 + FMA + F16C
 #      only; default: the best its loader picks for this CPU), so that an
@@ -31,7 +33,7 @@ THREADS=${THREADS:-2}
 PROMPT=${PROMPT:-512}
 GEN=${GEN:-128}
 RUNS=${RUNS:-2}
-FORMATS=${FORMATS:-4 8 bf16 f16}
+FORMATS=${FORMATS:-4 8 4-f16 8-f16 bf16 f16}
 SIMD=${SIMD:-auto}
 LLAMA_CPU=${LLAMA_CPU:-}
 BW_GBS=${BW_GBS:-26.8}
@@ -65,27 +67,32 @@ if [ ! -f "$WORK/bf16/config.json" ]; then
     "$INFERCTL" model generate --preset qwen2.5-0.5b --dtype bf16 \
         --tokenizer-from "$SHARED/models/qwen2-tiny-random" "$WORK/bf16"
 fi
+need_f16=0
+for fmt in $FORMATS; do
+    case $fmt in f16 | *-f16) need_f16=1 ;; esac
+done
+if [ $need_f16 = 1 ] && [ ! -f "$WORK/f16/config.json" ]; then
+    # the same shapes, generated as F16 (F16 products, F16 scales)
+    "$INFERCTL" model generate --preset qwen2.5-0.5b --dtype f16 \
+        --tokenizer-from "$SHARED/models/qwen2-tiny-random" "$WORK/f16"
+fi
 for fmt in $FORMATS; do
     case $fmt in
-    4 | 8)
+    4 | 8 | 4-f16 | 8-f16)
+        b=${fmt%-f16}
+        src=bf16
+        [ "$b" = "$fmt" ] || src=f16
         [ -f "$WORK/mlx$fmt/config.json" ] ||
-            "$INFERCTL" model quantize "$WORK/bf16" "$WORK/mlx$fmt" --bits "$fmt" --group-size 64
-        q=q${fmt}_0
+            "$INFERCTL" model quantize "$WORK/$src" "$WORK/mlx$fmt" --bits "$b" --group-size 64
+        q=q${b}_0
         [ -f "$WORK/$q.gguf" ] ||
             $PY "$ORACLE_HOME/hf_to_gguf.py" "$WORK/bf16" "$WORK/$q.gguf" --$q --tok-model gpt2 --pre qwen2 >/dev/null
         ;;
-    f16)
-        # the same shapes, generated as F16 (for inferd's F16 products)
-        [ -f "$WORK/f16/config.json" ] ||
-            "$INFERCTL" model generate --preset qwen2.5-0.5b --dtype f16 \
-                --tokenizer-from "$SHARED/models/qwen2-tiny-random" "$WORK/f16"
-        ;;
-    esac
-    case $fmt in
     bf16 | f16)
         [ -f "$WORK/f16.gguf" ] ||
             $PY "$ORACLE_HOME/hf_to_gguf.py" "$WORK/bf16" "$WORK/f16.gguf" --f16 --tok-model gpt2 --pre qwen2 >/dev/null
         ;;
+    *) echo "bench_quant: unknown format '$fmt' (4, 8, 4-f16, 8-f16, bf16, f16)" >&2; exit 1 ;;
     esac
 done
 
@@ -97,13 +104,13 @@ echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //
 echo "CPU features: $flags"
 echo "inferd kernels: --simd $SIMD; llama.cpp CPU variant: ${LLAMA_CPU:-its best}"
 echo "prompt $PROMPT, generate $GEN, threads $THREADS, best of $RUNS alternated, bandwidth for the bound $BW_GBS GB/s"
-printf '%-22s %10s %10s %12s %8s\n' "engine / format" "prefill/s" "decode/s" "MB/token" "% bound"
+printf '%-34s %10s %10s %12s %8s\n' "engine / format" "prefill/s" "decode/s" "MB/token" "% bound"
 for fmt in $FORMATS; do
     case $fmt in
-    4 | 8) dir=$WORK/mlx$fmt gguf=$WORK/q${fmt}_0.gguf name="MLX $fmt-bit g64" lname=Q${fmt}_0 ;;
+    4 | 8) dir=$WORK/mlx$fmt gguf=$WORK/q${fmt}_0.gguf name="MLX $fmt-bit g64 bf16" lname=Q${fmt}_0 ;;
+    4-f16 | 8-f16) dir=$WORK/mlx$fmt gguf=$WORK/q${fmt%-f16}_0.gguf name="MLX ${fmt%-f16}-bit g64 f16" lname=Q${fmt%-f16}_0 ;;
     bf16) dir=$WORK/bf16 gguf=$WORK/f16.gguf name=BF16 lname=F16 ;;
     f16) dir=$WORK/f16 gguf=$WORK/f16.gguf name=F16 lname=F16 ;;
-    *) echo "bench_quant: unknown format '$fmt' (4, 8, bf16, f16)" >&2; exit 1 ;;
     esac
     inferd_bytes=$(cat "$dir"/*.safetensors | wc -c)
     gguf_bytes=$(wc -c <"$gguf")
@@ -128,8 +135,8 @@ idc = max(l["timings"]["generated_tokens"] / (l["timings"]["generated_ms"] / 1e3
 lp = max(l["prefill_tok_s"] for l in theirs)
 ld = max(l["decode_tok_s"] for l in theirs)
 simd = ours[0].get("simd", "?")
-print("%-22s %10.1f %10.1f %12.1f %7.0f%%" % ("inferd %s (%s)" % (name, simd), ip, idc, ib / 1e6, 100 * idc / (bw * 1e9 / ib)))
-print("%-22s %10.1f %10.1f %12.1f %7.0f%%" % ("llama.cpp %s" % lname, lp, ld, gb / 1e6, 100 * ld / (bw * 1e9 / gb)))
-print("%-22s %9.2fx %9.2fx" % ("ratio inferd/llama", ip / lp, idc / ld))
+print("%-34s %10.1f %10.1f %12.1f %7.0f%%" % ("inferd %s (%s)" % (name, simd), ip, idc, ib / 1e6, 100 * idc / (bw * 1e9 / ib)))
+print("%-34s %10.1f %10.1f %12.1f %7.0f%%" % ("llama.cpp %s" % lname, lp, ld, gb / 1e6, 100 * ld / (bw * 1e9 / gb)))
+print("%-34s %9.2fx %9.2fx" % ("ratio inferd/llama", ip / lp, idc / ld))
 ' "$name" "$lname" "$inferd_bytes" "$gguf_bytes" "$BW_GBS"
 done
