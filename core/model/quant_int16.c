@@ -7,9 +7,13 @@
  * is about ten instructions per 16 codes, which keeps decode compute-bound on
  * a slow core, and prefill at one multiply-add per lane per instruction.
  * VPMADDWD multiplies 16 int16 pairs and adds them in twos into 8 int32
- * lanes: 16 products per instruction, twice the FMA's, and the codes only
- * need widening to int16 (one VPMOVZXBW per 16 bytes) and, at 4-bit, one AND
- * and one shift to split the nibbles. AVX-VNNI's VPDPWSSD also does the add.
+ * lanes: 16 products per instruction, twice the FMA's; AVX-VNNI's VPDPWSSD
+ * also does the add. And MLX's codes need no widening instruction: a 32-bit
+ * word of a row holds codes c0..c7 (4-bit, c0 in the low nibble) or c0..c3
+ * (8-bit), so word & 0x000F000F is the int16 pair (c0, c4) and word >> 4,
+ * >> 8, >> 12 give (c1, c5), (c2, c6), (c3, c7); at 8-bit word & 0x00FF00FF
+ * is (c0, c2) and word >> 8 gives (c1, c3). The activations are stored in
+ * the same pairs, so a shift and an AND make 16 codes ready to multiply.
  *
  * Accuracy. Activations are coded per block k of 32 or 64 columns with
  * d_k = max|x| / 32767, x_c ~= d_k * round(x_c / d_k): a rounding within
@@ -24,11 +28,11 @@
  * every thread's rows), in tiles of 8 tokens: for each tile and block, the 8
  * tokens' codes one after the other (the last tile zero-padded), so a kernel
  * tile reaches every token from one pointer; their scales likewise [tile,
- * block, 8], and the group sums [tile, group, 8]. Within a block the codes
- * are at 8-bit in column order; at 4-bit, in each 32 columns the 16 even ones
- * then the 16 odd ones, the order of a widened 16-byte chunk's low nibbles
- * then its high nibbles. Weights are read in place, row after row; nothing is
- * packed. */
+ * block, 8], and the group sums [tile, group, 8]. Within a block, each 32
+ * columns hold 16 int16 pairs in the order the row kernel makes them from
+ * one chunk (qw_pair_col()). Two kernels: the row kernel (one token, decode)
+ * reads rows in place; the panel kernel (two tokens and more) packs 8 rows
+ * into the vector lanes first. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +66,22 @@ QW_INLINE float qw_hsum(__m256 v)
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+}
+
+/* The column (within its 32) of int16 code i of a 32-column chunk: pair
+ * p = i / 2 of the chunk is lane p % 8 of vector p / 8 of the row kernel's
+ * unpacking (qw_unpack32()). 4-bit: vector 0 lanes 0-3 are words g = 0..3
+ * shifted by 0, lanes 4-7 the same words shifted by 4, vector 1 by 8 and
+ * 12, so pair p is word g = p % 4 at shift m = p / 4 (m = 0..3): columns
+ * 8g + m and 8g + m + 4. 8-bit: vector 0 is words g = 0..7 as they are,
+ * vector 1 shifted by 8: pair p is word g = p % 8, m = p / 8: columns
+ * 4g + m and 4g + m + 2. */
+static inline int qw_pair_col(int bits, int i)
+{
+    const int p = i / 2, hi = i % 2;
+    if (bits == 4)
+        return 8 * (p % 4) + p / 4 + 4 * hi;
+    return 4 * (p % 8) + p / 8 + 2 * hi;
 }
 
 void quant_act16_prepare_tokens(struct quant_act *a, const float *x, int t0, int t1)
@@ -98,16 +118,9 @@ void quant_act16_prepare_tokens(struct quant_act *a, const float *x, int t0, int
                 _mm256_storeu_si256((__m256i *)(void *)(q + i),
                                     _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + i), inv)));
             int16_t *o = a->codes + at * block;
-            if (a->bits == 8) {
-                for (int i = 0; i < block; i++)
-                    o[i] = (int16_t)q[i];
-            } else {
-                for (int c = 0; c < block; c += 32)
-                    for (int j = 0; j < 16; j++) {
-                        o[c + j] = (int16_t)q[c + 2 * j];
-                        o[c + 16 + j] = (int16_t)q[c + 2 * j + 1];
-                    }
-            }
+            for (int c = 0; c < block; c += 32)
+                for (int i = 0; i < 32; i++)
+                    o[c + i] = (int16_t)q[c + qw_pair_col(a->bits, i)];
         }
     }
 }
@@ -133,73 +146,150 @@ struct qw_panel {
 };
 _Static_assert(QW_PANEL_COLS <= QUANT_MAX_GROUP_SIZE, "a panel holds QW_PANEL_COLS columns");
 
-/* v[i] lane r <- v[r] lane i */
-QW_INLINE void qw_transpose8(__m256i v[8])
+/* The 16 int16 pairs of 32 columns of one row: 16 bytes at 4-bit, 32 at
+ * 8-bit, as qw_pair_col() orders them; two vectors. */
+QW_INLINE void qw_unpack32(const uint8_t *p, int bits, __m256i *ret_a, __m256i *ret_b)
 {
-    __m256i a[8], b[8];
-    for (int i = 0; i < 8; i += 2) {
-        a[i] = _mm256_unpacklo_epi32(v[i], v[i + 1]);
-        a[i + 1] = _mm256_unpackhi_epi32(v[i], v[i + 1]);
+    if (bits == 4) {
+        const __m256i w = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)p));
+        const __m256i mask = _mm256_set1_epi32(0x000f000f);
+        *ret_a = _mm256_and_si256(_mm256_srlv_epi32(w, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), mask);
+        *ret_b = _mm256_and_si256(_mm256_srlv_epi32(w, _mm256_setr_epi32(8, 8, 8, 8, 12, 12, 12, 12)), mask);
+    } else {
+        const __m256i w = _mm256_loadu_si256((const __m256i *)(const void *)p);
+        const __m256i mask = _mm256_set1_epi32(0x00ff00ff);
+        *ret_a = _mm256_and_si256(w, mask);
+        *ret_b = _mm256_and_si256(_mm256_srli_epi32(w, 8), mask);
     }
-    for (int i = 0; i < 8; i += 4) {
-        b[i] = _mm256_unpacklo_epi64(a[i], a[i + 2]);
-        b[i + 1] = _mm256_unpackhi_epi64(a[i], a[i + 2]);
-        b[i + 2] = _mm256_unpacklo_epi64(a[i + 1], a[i + 3]);
-        b[i + 3] = _mm256_unpackhi_epi64(a[i + 1], a[i + 3]);
+}
+
+/* v[i] lane r <- v[r] lane i, for 4 vectors whose 128-bit halves are rows
+ * r and r + 4: lanes 0-3 of the results are rows 0-3, lanes 4-7 rows 4-7. */
+QW_INLINE void qw_transpose4x2(__m256i v[4])
+{
+    const __m256i a0 = _mm256_unpacklo_epi32(v[0], v[1]), a1 = _mm256_unpackhi_epi32(v[0], v[1]);
+    const __m256i a2 = _mm256_unpacklo_epi32(v[2], v[3]), a3 = _mm256_unpackhi_epi32(v[2], v[3]);
+    v[0] = _mm256_unpacklo_epi64(a0, a2);
+    v[1] = _mm256_unpackhi_epi64(a0, a2);
+    v[2] = _mm256_unpacklo_epi64(a1, a3);
+    v[3] = _mm256_unpackhi_epi64(a1, a3);
+}
+
+/* v[i] lane r <- v[r] lane i (8 x 8): the halves of rows r and r + 4 paired
+ * up, then two 4 x 2 transposes. */
+QW_INLINE void qw_transpose8x8(__m256i v[8])
+{
+    __m256i lo[4], hi[4];
+    for (int r = 0; r < 4; r++) {
+        lo[r] = _mm256_permute2x128_si256(v[r], v[r + 4], 0x20);
+        hi[r] = _mm256_permute2x128_si256(v[r], v[r + 4], 0x31);
     }
+    qw_transpose4x2(lo);
+    qw_transpose4x2(hi);
     for (int i = 0; i < 4; i++) {
-        v[i] = _mm256_permute2x128_si256(b[i], b[i + 4], 0x20);
-        v[i + 4] = _mm256_permute2x128_si256(b[i], b[i + 4], 0x31);
+        v[i] = lo[i];
+        v[i + 4] = hi[i];
     }
+}
+
+/* 8 scales or biases from i on, as floats. */
+QW_INLINE __m256i qw_params8(enum ifd_dtype t, const void *base, int64_t i)
+{
+    switch (t) {
+    case IFD_DTYPE_BF16:
+        return _mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)base + i))), 16);
+    case IFD_DTYPE_F16:
+        return _mm256_castps_si256(
+            _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)base + i))));
+    default:
+        return _mm256_loadu_si256((const __m256i *)(const void *)((const float *)base + i));
+    }
+}
+
+/* The panel's scales or biases [group][row] for groups [g0, g0 + ng) of
+ * rows [p0, p0 + nr) (zero for the missing rows): 8 groups of 8 rows at a
+ * time converted and transposed (one scalar conversion each cost as much as
+ * packing the codes). */
+static void qw_pack_params(float (*out)[QW_PANEL_ROWS], const struct qw_ctx *k, const void *base, int64_t p0, int nr,
+                           int64_t g0, int64_t ng)
+{
+    const size_t esz = ifd_dtype_size(k->qdt);
+    int64_t g = 0;
+    for (; g + 8 <= ng; g += 8) {
+        __m256i v[QW_PANEL_ROWS];
+        for (int r = 0; r < QW_PANEL_ROWS; r++)
+            v[r] = r < nr ? qw_params8(k->qdt, base, (p0 + r) * k->ng_row + g0 + g) : _mm256_setzero_si256();
+        qw_transpose8x8(v);
+        for (int i = 0; i < 8; i++)
+            _mm256_storeu_si256((__m256i *)(void *)out[g + i], v[i]);
+    }
+    if (g == ng)
+        return;
+    /* the last 1..7 groups through a zero-padded copy: reading 8 could pass
+     * the end of the array */
+    const size_t n = (size_t)(ng - g);
+    __m256i v[QW_PANEL_ROWS];
+    for (int r = 0; r < QW_PANEL_ROWS; r++) {
+        uint8_t tmp[8 * sizeof(float)] = {0};
+        if (r < nr)
+            memcpy(tmp, (const uint8_t *)base + (size_t)((p0 + r) * k->ng_row + g0 + g) * esz, n * esz);
+        v[r] = qw_params8(k->qdt, tmp, 0);
+    }
+    qw_transpose8x8(v);
+    for (size_t i = 0; i < n; i++)
+        _mm256_storeu_si256((__m256i *)(void *)out[g + (int64_t)i], v[i]);
 }
 
 /* Rows [p0, p0 + nr) (nr <= 8; the missing lanes repeat row p0 with zero
  * scale and bias, so they compute zeros that are never stored), columns
  * [c0, c0 + kp); prefetches the same columns prefetch_ahead bytes further
- * (rows of a later panel; a prefetch never faults). The pairs follow quant_int16.c's activation order: at 8-bit
- * columns (2j, 2j + 1); at 4-bit, in each 32 columns, pairs 0-7 are the even
- * columns (0, 2), (4, 6), ... and pairs 8-15 the odd ones, which is what the
- * low and the high nibbles of 16 widened bytes are, read as int32. */
+ * (rows of a later panel; a prefetch never faults). Pair j of each 32
+ * columns is the pair of qw_pair_col(): the rows' 32-bit words are
+ * transposed first (8 rows into the lanes), then shifted and masked, which
+ * is a third of the work of transposing unpacked pairs. */
 static void qw_pack(struct qw_panel *p, const struct qw_ctx *k, int bits, int gs, int64_t p0, int nr, int64_t c0,
                     int64_t kp, int64_t prefetch_ahead)
 {
     const uint8_t *row[QW_PANEL_ROWS];
     for (int r = 0; r < QW_PANEL_ROWS; r++)
         row[r] = k->data + (p0 + (r < nr ? r : 0)) * k->row_bytes + c0 * bits / 8;
-    const __m256i nibble = _mm256_set1_epi16(0x0f);
-    /* 16 bytes of each row per step: 16 codes (8 pairs) at 8-bit, 32 at 4-bit */
-    for (int64_t off = 0, j = 0; off < kp * bits / 8; off += 16) {
-        __m256i v[QW_PANEL_ROWS], h[QW_PANEL_ROWS];
+    const int chunk_bytes = 32 * bits / 8; /* 32 columns */
+    for (int64_t off = 0, j = 0; off < kp * bits / 8; off += chunk_bytes, j += 16) {
         /* With few tokens (batched decode) the packing is where the weights
          * come from memory, in 8 (16) short row streams, which the hardware
-         * prefetcher does not follow: the same bytes of the rows of the next
-         * panels are fetched now, to be in cache when they are packed. */
+         * prefetcher does not follow: the same bytes of the rows of the
+         * next panels are fetched now, to be in cache when they are packed. */
         if (off % 64 == 0)
             for (int r = 0; r < QW_PANEL_ROWS; r++)
                 __builtin_prefetch(row[r] + prefetch_ahead + off);
-        for (int r = 0; r < QW_PANEL_ROWS; r++) {
-            v[r] = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(row[r] + off)));
-            if (bits == 4) {
-                h[r] = _mm256_srli_epi16(v[r], 4);
-                v[r] = _mm256_and_si256(v[r], nibble);
+        __m256i *out = &p->pairs[j];
+        if (bits == 4) {
+            /* 4 words per row: rows r and r + 4 in one vector's halves */
+            __m256i v[4];
+            for (int r = 0; r < 4; r++)
+                v[r] = _mm256_inserti128_si256(
+                    _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(row[r] + off))),
+                    _mm_loadu_si128((const __m128i *)(const void *)(row[r + 4] + off)), 1);
+            qw_transpose4x2(v); /* v[g]: word g of rows 0..7 */
+            const __m256i mask = _mm256_set1_epi32(0x000f000f);
+            for (int m = 0; m < 4; m++)
+                for (int g = 0; g < 4; g++)
+                    out[4 * m + g] = _mm256_and_si256(_mm256_srli_epi32(v[g], 4 * m), mask);
+        } else {
+            __m256i v[QW_PANEL_ROWS];
+            for (int r = 0; r < QW_PANEL_ROWS; r++)
+                v[r] = _mm256_loadu_si256((const __m256i *)(const void *)(row[r] + off));
+            qw_transpose8x8(v); /* v[g]: word g of rows 0..7 */
+            const __m256i mask = _mm256_set1_epi32(0x00ff00ff);
+            for (int g = 0; g < 8; g++) {
+                out[g] = _mm256_and_si256(v[g], mask);
+                out[8 + g] = _mm256_and_si256(_mm256_srli_epi32(v[g], 8), mask);
             }
         }
-        qw_transpose8(v);
-        for (int i = 0; i < 8; i++)
-            p->pairs[j++] = v[i];
-        if (bits == 4) {
-            qw_transpose8(h);
-            for (int i = 0; i < 8; i++)
-                p->pairs[j++] = h[i];
-        }
     }
-    const int64_t g0 = c0 / gs;
-    for (int64_t g = 0; g < kp / gs; g++)
-        for (int r = 0; r < QW_PANEL_ROWS; r++) {
-            const int64_t qi = (p0 + r) * k->ng_row + g0 + g;
-            p->scales[g][r] = r < nr ? qparam_at(k->qdt, k->scales, qi) : 0.0f;
-            p->biases[g][r] = r < nr ? qparam_at(k->qdt, k->biases, qi) : 0.0f;
-        }
+    qw_pack_params(p->scales, k, k->scales, p0, nr, c0 / gs, kp / gs);
+    qw_pack_params(p->biases, k, k->biases, p0, nr, c0 / gs, kp / gs);
 }
 
 /* y[t, p0 + r] for r < nr (+)= v[r]: the lanes of one panel's result. */
@@ -283,6 +373,22 @@ int quant_act16_matmul_rows(const struct ifd_weight *w, const struct quant_act *
 }
 
 #else /* not x86-64: quant_act_eligible() never chooses this kind */
+/* The column (within its 32) of int16 code i of a 32-column chunk: pair
+ * p = i / 2 of the chunk is lane p % 8 of vector p / 8 of the row kernel's
+ * unpacking (qw_unpack32()). 4-bit: vector 0 lanes 0-3 are words g = 0..3
+ * shifted by 0, lanes 4-7 the same words shifted by 4, vector 1 by 8 and
+ * 12, so pair p is word g = p % 4 at shift m = p / 4 (m = 0..3): columns
+ * 8g + m and 8g + m + 4. 8-bit: vector 0 is words g = 0..7 as they are,
+ * vector 1 shifted by 8: pair p is word g = p % 8, m = p / 8: columns
+ * 4g + m and 4g + m + 2. */
+static inline int qw_pair_col(int bits, int i)
+{
+    const int p = i / 2, hi = i % 2;
+    if (bits == 4)
+        return 8 * (p % 4) + p / 4 + 4 * hi;
+    return 4 * (p % 8) + p / 8 + 2 * hi;
+}
+
 void quant_act16_prepare_tokens(struct quant_act *a, const float *x, int t0, int t1)
 {
     (void)a, (void)x, (void)t0, (void)t1;
