@@ -46,6 +46,7 @@
 
 #define QW_INLINE static inline __attribute__((always_inline))
 #define QW_MAX_ROWS 4 /* rows of one row-kernel tile */
+#define QW_DECODE_PREFETCH_BYTES 8192 /* how far ahead the row kernel prefetches */
 #define QW_MAX_TOKENS QUANT_ACT_TILE /* tokens of a tile of the activations */
 
 /* What every tile of one call shares. */
