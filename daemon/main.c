@@ -361,6 +361,11 @@ static void reload(int argc, char **argv, struct http_app *app, struct sched *sc
         lim.parse_memory = cur.parse_memory;
         http_app_set_limits(app, keys, nc.n_api_keys, &lim);
     }
+    /* the kernels may not change under running requests (cpu.h) */
+    const enum cpu_simd simd_wanted = nc.simd >= 0 ? (enum cpu_simd)nc.simd : cpu_simd_best();
+    if (simd_wanted != cpu_simd_level())
+        log_notice("Reload: simd %s applies after a restart (running %s)", cpu_simd_name(simd_wanted),
+                   cpu_simd_name(cpu_simd_level()));
     if (sched)
         sched_set_queue_depth(sched, nc.queue_depth);
     log_level_set(nc.log_level);

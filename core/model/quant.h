@@ -68,8 +68,9 @@ int quant_weight_quantize(const struct ifd_weight *src, int bits, int group_size
  * golden tests bound the effect on logits. Decode keeps the f32 path.
  *
  * QUANT_ACT_INT16 (core/model/quant_int16.c; AVX2 and AVX-VNNI, decode and
- * prefill): one int16 code per value for VPMADDWD / VPDPWSSD, per block
- * x ~= d * q, d = max|x| / 32767: the same 15 bits. */
+ * prefill; batched decode at AVX-512 too): one int16 code per value for
+ * VPMADDWD / VPDPWSSD, per block x ~= d * q, d = max|x| / 32767: the same
+ * 15 bits. */
 #define QUANT_ACT_LO_SCALE 254.0f
 /* Tokens interleaved together, the int8 kernel's tile. */
 #define QUANT_ACT_TILE 8
@@ -92,9 +93,11 @@ struct quant_act {
     float *group_sum; /* exact sums of x: [tiles, cols / group_size, QUANT_ACT_TILE] */
 };
 
-/* True when an integer path takes w for n_tokens: bits 4 or 8, and either
- * AVX-512 VNNI and at least quant_act_set_min_tokens() tokens (INT8_PAIR) or
- * the AVX2 / AVX2-VNNI level and any number (INT16). */
+/* True when an integer path takes w for n_tokens (bits 4 or 8): at the
+ * AVX2 and AVX2-VNNI levels always (INT16); at AVX-512 with VNNI from
+ * quant_act_set_min_tokens() tokens (INT8_PAIR), and from 8 tokens below
+ * that (INT16: batched decode); one token at AVX-512, and the scalar level,
+ * keep the f32 kernels. */
 bool quant_act_eligible(const struct ifd_weight *w, int n_tokens);
 
 /* True when a was set up for w's layout and width. */

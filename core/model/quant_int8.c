@@ -66,24 +66,38 @@ static int act_block_of(int group_size)
     return group_size % 64 == 0 ? 64 : 32;
 }
 
-/* The kind the level in use takes, or -1 for none (the f32 path). */
-static int act_kind_now(void)
+/* From this many tokens up to the int8 pair's threshold, AVX-512 takes the
+ * int16 panel kernel (its AVX2 code): measured with the daemon, 4-bit bench
+ * model, alternated: at 8 streams 139-141 tok/s against 129-144 with the
+ * AVX-512 f32 kernel (121 in an earlier run), at 4 streams 95-97 against
+ * 107-112, so not below 8. */
+#define QUANT_ACT16_AVX512_MIN_TOKENS 8
+
+/* The kind a product of n_tokens takes at the level in use, or -1 for none
+ * (the f32 kernels). AVX2 levels: int16 for every count. AVX-512: the int8
+ * pair (with VNNI) from its threshold up, the int16 panel kernel from
+ * QUANT_ACT16_AVX512_MIN_TOKENS (batched decode), the f32 kernels below
+ * (decode, bound by memory, is fastest there). */
+static int act_kind_for(int n_tokens)
 {
-    if (cpu_simd_vnni512())
+    const enum cpu_simd l = cpu_simd_level();
+    if (l == CPU_SIMD_AVX2 || l == CPU_SIMD_AVX2_VNNI)
+        return QUANT_ACT_INT16;
+    if (l != CPU_SIMD_AVX512)
+        return -1;
+    if (cpu_simd_vnni512() && n_tokens >= quant_act_prefill_min_tokens(QUANT_ACT_INT8_PAIR))
         return QUANT_ACT_INT8_PAIR;
-    enum cpu_simd l = cpu_simd_level();
-    return l == CPU_SIMD_AVX2 || l == CPU_SIMD_AVX2_VNNI ? QUANT_ACT_INT16 : -1;
+    const int min16 = quant_act_prefill_min_tokens(QUANT_ACT_INT16) > QUANT_ACT16_AVX512_MIN_TOKENS
+                          ? quant_act_prefill_min_tokens(QUANT_ACT_INT16)
+                          : QUANT_ACT16_AVX512_MIN_TOKENS;
+    return n_tokens >= min16 ? QUANT_ACT_INT16 : -1;
 }
 
 bool quant_act_eligible(const struct ifd_weight *w, int n_tokens)
 {
     if ((w->bits != 4 && w->bits != 8) || w->group_size % 32 != 0 || n_tokens < 1)
         return false;
-    switch (act_kind_now()) {
-    case QUANT_ACT_INT8_PAIR: return n_tokens >= quant_act_prefill_min_tokens(QUANT_ACT_INT8_PAIR);
-    case QUANT_ACT_INT16: return true;
-    default: return false;
-    }
+    return act_kind_for(n_tokens) >= 0;
 }
 
 bool quant_act_matches(const struct quant_act *a, const struct ifd_weight *w)
@@ -108,7 +122,7 @@ static void act_parts(const struct quant_act *a, size_t *ret_ns, size_t *ret_ng,
 
 size_t quant_act_setup(struct quant_act *a, const struct ifd_weight *w, int n_tokens)
 {
-    const int kind = act_kind_now();
+    const int kind = act_kind_for(n_tokens);
     *a = (struct quant_act){
         .kind = kind < 0 ? QUANT_ACT_INT8_PAIR : (enum quant_act_kind)kind,
         .bits = w->bits,

@@ -20,8 +20,9 @@
 #      LLAMA_CPU (llama.cpp's CPU variant, e.g. haswell for AVX2 + FMA + F16C
 #      only; default: the best its loader picks for this CPU), so that an
 #      AVX-512 machine also measures both engines as an AVX2-only CPU runs them;
-#      BW_GBS (read bandwidth used for the bound, GB/s; default 26.8, which is
-#      what the issue's bounds of ~97 tok/s at 4-bit and ~52 at 8-bit imply).
+#      BW_GBS (read bandwidth for the "% bound" column, GB/s; default: measured
+#      with BUILD_DIR/tests/bench/bench_membw THREADS, the best of 5 passes
+#      over 1 GiB; "% bound" = decode tok/s x checkpoint bytes / bandwidth).
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -36,7 +37,7 @@ RUNS=${RUNS:-2}
 FORMATS=${FORMATS:-4 8 4-f16 8-f16 bf16 f16}
 SIMD=${SIMD:-auto}
 LLAMA_CPU=${LLAMA_CPU:-}
-BW_GBS=${BW_GBS:-26.8}
+BW_GBS=${BW_GBS:-}
 INFERCTL=$BUILD/daemon/inferctl
 PY=/usr/bin/python3
 
@@ -96,6 +97,11 @@ for fmt in $FORMATS; do
     esac
 done
 
+if [ -z "$BW_GBS" ]; then
+    [ -x "$BUILD/tests/bench/bench_membw" ] || { echo "bench_quant: no $BUILD/tests/bench/bench_membw (or set BW_GBS)" >&2; exit 1; }
+    BW_GBS=$("$BUILD/tests/bench/bench_membw" "$THREADS" 2>/dev/null)
+fi
+
 # The llama.cpp bench's prompt: 1000 + (i * 7919) % 50000.
 IDS=$($PY -c "print(','.join(str(1000 + (i * 7919) % 50000) for i in range($PROMPT)))")
 
@@ -103,7 +109,7 @@ flags=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -x 'avx2\|fma\|f16c
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "CPU features: $flags"
 echo "inferd kernels: --simd $SIMD; llama.cpp CPU variant: ${LLAMA_CPU:-its best}"
-echo "prompt $PROMPT, generate $GEN, threads $THREADS, best of $RUNS alternated, bandwidth for the bound $BW_GBS GB/s"
+echo "prompt $PROMPT, generate $GEN, threads $THREADS, best of $RUNS alternated, read bandwidth ($THREADS threads) $BW_GBS GB/s"
 printf '%-34s %10s %10s %12s %8s\n' "engine / format" "prefill/s" "decode/s" "MB/token" "% bound"
 for fmt in $FORMATS; do
     case $fmt in
