@@ -374,22 +374,6 @@ int quant_act16_matmul_rows(const struct ifd_weight *w, const struct quant_act *
 }
 
 #else /* not x86-64: quant_act_eligible() never chooses this kind */
-/* The column (within its 32) of int16 code i of a 32-column chunk: pair
- * p = i / 2 of the chunk is lane p % 8 of vector p / 8 of the row kernel's
- * unpacking (qw_unpack32()). 4-bit: vector 0 lanes 0-3 are words g = 0..3
- * shifted by 0, lanes 4-7 the same words shifted by 4, vector 1 by 8 and
- * 12, so pair p is word g = p % 4 at shift m = p / 4 (m = 0..3): columns
- * 8g + m and 8g + m + 4. 8-bit: vector 0 is words g = 0..7 as they are,
- * vector 1 shifted by 8: pair p is word g = p % 8, m = p / 8: columns
- * 4g + m and 4g + m + 2. */
-static inline int qw_pair_col(int bits, int i)
-{
-    const int p = i / 2, hi = i % 2;
-    if (bits == 4)
-        return 8 * (p % 4) + p / 4 + 4 * hi;
-    return 4 * (p % 8) + p / 8 + 2 * hi;
-}
-
 void quant_act16_prepare_tokens(struct quant_act *a, const float *x, int t0, int t1)
 {
     (void)a, (void)x, (void)t0, (void)t1;
