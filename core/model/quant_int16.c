@@ -133,8 +133,8 @@ void quant_act16_prepare_tokens(struct quant_act *a, const float *x, int t0, int
  * columns in the activations' order, one vector whose lane r is row r's two
  * int16 codes, so VPMADDWD of it with a token's two codes broadcast adds 16
  * products of 8 rows at once, and a group ends with one conversion per 8
- * rows and token. Packing a panel (an 8 x 8 transposition per 8 pairs) is
- * paid once per call and shared by every token. */
+ * rows and token. Packing a panel (the rows' words transposed 8 x 8, then
+ * shifted and masked) is paid once per call and shared by every token. */
 #define QW_PANEL_ROWS 8
 /* columns packed at once: 8 KiB of codes per panel, or one group when a
  * group is longer (QUANT_MAX_GROUP_SIZE, the size of the panel's arrays) */
