@@ -68,8 +68,7 @@ AI void mm_tile(const struct ifd_weight *w, const float *x, float *y, int64_t r0
      * weights were where this loop waited (perf, 8 BF16 streams), NR short
      * interleaved rows not being a stream the hardware prefetcher runs
      * ahead on (as in the quantized kernels). */
-    const size_t row_bytes = (size_t)cols * esz;
-    const size_t ahead = (8192 / row_bytes / (size_t)NR + 1) * (size_t)NR * row_bytes;
+    const size_t ahead = (size_t)kern_prefetch_ahead(cols * (int64_t)esz, NR);
     int64_t c = 0;
     for (; c + 8 <= cols; c += 8) {
         __m256 wv[TILE_ROWS];

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "base/cpu.h"
+#include "kernels-internal.h"
 #include "model/dtype.h"
 #include "quant_internal.h"
 

@@ -38,6 +38,7 @@
 #include <string.h>
 
 #include "base/cpu.h"
+#include "kernels-internal.h"
 #include "model/quant.h"
 #include "quant_internal.h"
 
@@ -46,7 +47,6 @@
 
 #define QW_INLINE static inline __attribute__((always_inline))
 #define QW_MAX_ROWS 4 /* rows of one row-kernel tile */
-#define QW_DECODE_PREFETCH_BYTES 8192 /* how far ahead the row kernel prefetches */
 #define QW_MAX_TOKENS QUANT_ACT_TILE /* tokens of a tile of the activations */
 
 /* What every tile of one call shares. */
