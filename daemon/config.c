@@ -189,25 +189,6 @@ static int parse_backend(const char *v, const char *what, enum inferd_backend *r
     return 0;
 }
 
-/* auto or a level of base/cpu.h this CPU has: a level it lacks would crash
- * on the first illegal instruction, so it is refused here, by name. */
-static int parse_simd(const char *v, const char *what, int *ret, ifd_error *err)
-{
-    enum cpu_simd l;
-    if (strcmp(v, "auto") == 0) {
-        *ret = -1;
-        return 0;
-    }
-    if (cpu_simd_from_name(v, &l) < 0)
-        return ifd_error_set(err, -EINVAL, "%s: '%s' is not a SIMD level (auto, scalar, avx2, avx2-vnni or avx512)",
-                             what, v);
-    if (!cpu_simd_supported(l))
-        return ifd_error_set(err, -ENOTSUP, "%s: this CPU cannot run '%s' (the best it has is '%s')", what, v,
-                             cpu_simd_name(cpu_simd_best()));
-    *ret = (int)l;
-    return 0;
-}
-
 static int parse_level(const char *v, const char *what, int *ret, ifd_error *err)
 {
     int l = log_level_parse(v);
@@ -490,7 +471,7 @@ static int config_set(struct inferd_config *c, const char *section, const char *
     if (IS("node", "threads"))
         return parse_int(v, 0, 1024, what, &c->threads, err);
     if (IS("node", "simd"))
-        return parse_simd(v, what, &c->simd, err);
+        return cpu_simd_choose(v, what, &c->simd, err); /* a level the CPU lacks would die on its first instruction */
     if (IS("node", "listen_worker")) {
         int r = check_hostport(v, INFERD_DEFAULT_WORKER_PORT, what, err);
         return r < 0 ? r : set_str(&c->worker_listen, v, what, err);

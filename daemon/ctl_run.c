@@ -52,19 +52,14 @@ struct run_opts {
  * them, to compare; "auto" keeps the best. */
 static int force_simd(const char *name)
 {
-    enum cpu_simd l;
-    if (strcmp(name, "auto") == 0)
-        return 0;
-    if (cpu_simd_from_name(name, &l) < 0) {
-        fprintf(stderr, "inferctl run: --simd '%s': want auto, scalar, avx2, avx2-vnni or avx512\n", name);
-        return -EINVAL;
+    ifd_error err = {{0}};
+    int l;
+    int r = cpu_simd_choose(name, "--simd", &l, &err);
+    if (r < 0) {
+        fprintf(stderr, "inferctl run: %s\n", err.msg);
+        return r;
     }
-    if (cpu_simd_force(l) < 0) {
-        fprintf(stderr, "inferctl run: --simd '%s': this CPU cannot run it (the best it has is '%s')\n", name,
-                cpu_simd_name(cpu_simd_best()));
-        return -ENOTSUP;
-    }
-    return 0;
+    return l >= 0 ? cpu_simd_force((enum cpu_simd)l) : 0;
 }
 
 static void run_usage(FILE *f)

@@ -115,3 +115,20 @@ int cpu_simd_from_name(const char *name, enum cpu_simd *ret)
         }
     return -EINVAL;
 }
+
+int cpu_simd_choose(const char *name, const char *what, int *ret, ifd_error *err)
+{
+    enum cpu_simd l;
+    if (strcmp(name, "auto") == 0) {
+        *ret = -1;
+        return 0;
+    }
+    if (cpu_simd_from_name(name, &l) < 0)
+        return ifd_error_set(err, -EINVAL, "%s: '%s' is not a SIMD level (auto, scalar, avx2, avx2-vnni or avx512)",
+                             what, name);
+    if (!cpu_simd_supported(l))
+        return ifd_error_set(err, -ENOTSUP, "%s: this CPU cannot run '%s' (the best it has is '%s')", what, name,
+                             cpu_simd_name(cpu_simd_best()));
+    *ret = (int)l;
+    return 0;
+}

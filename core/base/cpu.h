@@ -10,6 +10,8 @@
 
 #include <stdbool.h>
 
+#include "base/error.h"
+
 enum cpu_simd {
     CPU_SIMD_SCALAR = 0,
     CPU_SIMD_AVX2 = 1,      /* AVX2 + FMA + F16C */
@@ -53,3 +55,9 @@ const char *cpu_simd_name(enum cpu_simd level);
 
 /* Parses a name of cpu_simd_name(); 0, or -EINVAL for any other. */
 int cpu_simd_from_name(const char *name, enum cpu_simd *ret);
+
+/* What a user may ask for (`[node] simd`, `--simd`): "auto" (*ret = -1, the
+ * best) or a level this CPU has (*ret = the level). -EINVAL for another
+ * name, -ENOTSUP for a level the CPU lacks, each with a message in err that
+ * starts with `what` (the key or flag). */
+int cpu_simd_choose(const char *name, const char *what, int *ret, ifd_error *err);
