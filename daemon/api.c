@@ -322,6 +322,8 @@ static int parse_prompt(struct api_request *r, const cJSON *root, int vocab_size
         }
         if (it->valuedouble < 0 || (vocab_size > 0 && it->valuedouble >= vocab_size) || it->valuedouble > INT32_MAX) {
             free(ids);
+            if (vocab_size <= 0)
+                return BAD(e, param, "token id %.0f is not a token id (negative or over 2^31)", it->valuedouble);
             return BAD(e, param, "token id %.0f is outside the vocabulary (0..%d)", it->valuedouble, vocab_size - 1);
         }
         ids[i++] = (int32_t)it->valuedouble;
@@ -392,6 +394,30 @@ static int check_depth(const char *body, size_t len, struct api_error *e)
     return 0;
 }
 
+/* The optional "model" string of a body; *ret stays NULL when absent. */
+static int get_model(const cJSON *root, char **ret, struct api_error *e)
+{
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    if (is_absent(model))
+        return 0;
+    if (!cJSON_IsString(model))
+        return BAD(e, "model", "'model' must be a string");
+    if (!(*ret = strdup(model->valuestring)))
+        return BAD(e, "model", "out of memory");
+    return 0;
+}
+
+int api_check_token_ids(const int32_t *ids, size_t n, int vocab_size, const char *param, struct api_error *e)
+{
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= vocab_size) {
+            char where[64];
+            snprintf(where, sizeof(where), "%s[%zu]", param, i);
+            return BAD(e, where, "token id %d is outside the vocabulary (0..%d)", ids[i], vocab_size - 1);
+        }
+    return 0;
+}
+
 int api_request_parse(enum api_kind kind, const char *body, size_t len, int vocab_size,
                       struct api_request *ret, struct api_error *e)
 {
@@ -430,17 +456,8 @@ int api_request_parse(enum api_kind kind, const char *body, size_t len, int voca
         rc = BAD(e, NULL, "request body must be a JSON object");
         goto fail;
     }
-    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
-    if (!is_absent(model)) {
-        if (!cJSON_IsString(model)) {
-            rc = BAD(e, "model", "'model' must be a string");
-            goto fail;
-        }
-        if (!(r.model = strdup(model->valuestring))) {
-            rc = BAD(e, "model", "out of memory");
-            goto fail;
-        }
-    }
+    if ((rc = get_model(root, &r.model, e)) < 0)
+        goto fail;
     if (kind == API_KIND_CHAT)
         rc = parse_messages(&r, root, e);
     else
@@ -571,7 +588,8 @@ static cJSON *parse_object(const char *body, size_t len, struct api_error *e)
     return root;
 }
 
-int api_tokenize_parse(const char *body, size_t len, char **ret_text, bool *ret_add_special, struct api_error *e)
+int api_tokenize_parse(const char *body, size_t len, char **ret_text, bool *ret_add_special, char **ret_model,
+                       struct api_error *e)
 {
     cJSON *root = parse_object(body, len, e);
     if (!root)
@@ -590,12 +608,17 @@ int api_tokenize_parse(const char *body, size_t len, char **ret_text, bool *ret_
     }
     if ((rc = get_bool(root, "add_special", &add_special, e)) < 0)
         goto out;
+    char *model = NULL;
+    if ((rc = get_model(root, &model, e)) < 0)
+        goto out;
     char *t = strdup(c->valuestring);
     if (!t) {
+        free(model);
         rc = BAD(e, name, "out of memory");
         goto out;
     }
     *ret_text = t;
+    *ret_model = model;
     *ret_add_special = add_special;
     rc = 0;
 out:
@@ -604,7 +627,7 @@ out:
 }
 
 int api_detokenize_parse(const char *body, size_t len, int vocab_size, int32_t **ret_ids, size_t *ret_n,
-                         struct api_error *e)
+                         char **ret_model, struct api_error *e)
 {
     cJSON *root = parse_object(body, len, e);
     if (!root)
@@ -633,13 +656,22 @@ int api_detokenize_parse(const char *body, size_t len, int vocab_size, int32_t *
             char param[32];
             snprintf(param, sizeof(param), "tokens[%d]", i);
             free(ids);
-            rc = BAD(e, param, "token ids must be integers in 0..%d", vocab_size - 1);
+            if (vocab_size > 0)
+                rc = BAD(e, param, "token ids must be integers in 0..%d", vocab_size - 1);
+            else
+                rc = BAD(e, param, "token ids must be integers from 0 to 2^31-1");
             goto out;
         }
         ids[i++] = (int32_t)it->valuedouble;
     }
+    char *model = NULL;
+    if ((rc = get_model(root, &model, e)) < 0) {
+        free(ids);
+        goto out;
+    }
     *ret_ids = ids;
     *ret_n = (size_t)n;
+    *ret_model = model;
     rc = 0;
 out:
     cJSON_Delete(root);

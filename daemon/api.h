@@ -67,12 +67,18 @@ int api_request_parse(enum api_kind kind, const char *body, size_t len, int voca
                       struct api_request *ret, struct api_error *err);
 void api_request_finish(struct api_request *r); /* accepts a zeroed struct */
 
-/* /tokenize {"content": "...", "add_special": bool} or {"prompt": ...};
- * /detokenize {"tokens": [ids]}. */
-int api_tokenize_parse(const char *body, size_t len, char **ret_text, bool *ret_add_special,
+/* The model is named in the body, so a server with several models parses
+ * with vocab_size 0 and checks the ids against the named model's vocabulary
+ * afterwards; the message and param are those of the parse-time check. */
+int api_check_token_ids(const int32_t *ids, size_t n, int vocab_size, const char *param, struct api_error *err);
+
+/* /tokenize {"content": "...", "add_special": bool, "model": "..."} or
+ * {"prompt": ...}; /detokenize {"tokens": [ids], "model": "..."}. *ret_model
+ * is the optional model name (NULL when absent; caller frees). */
+int api_tokenize_parse(const char *body, size_t len, char **ret_text, bool *ret_add_special, char **ret_model,
                        struct api_error *err);
 int api_detokenize_parse(const char *body, size_t len, int vocab_size, int32_t **ret_ids, size_t *ret_n,
-                         struct api_error *err);
+                         char **ret_model, struct api_error *err);
 
 /* Returns true when s[0..len) is valid UTF-8 (no overlongs, surrogates or
  * code points above U+10FFFF); otherwise false and the offset of the first

@@ -46,6 +46,16 @@ int inferd_config_init(struct inferd_config *c)
     return 0;
 }
 
+static void models_free(struct inferd_model_cfg *m, int n)
+{
+    for (int i = 0; i < n; i++) {
+        free(m[i].name);
+        free(m[i].path);
+        free(m[i].chat_template_path);
+    }
+    free(m);
+}
+
 static void workers_free(struct inferd_worker_cfg *w, int n)
 {
     for (int i = 0; i < n; i++) {
@@ -78,6 +88,7 @@ void inferd_config_finish(struct inferd_config *c)
         free(c->next_hops[i]);
     free(c->next_hops);
     workers_free(c->workers, c->n_workers);
+    models_free(c->models, c->n_models);
     memset(c, 0, sizeof(*c));
 }
 
@@ -414,6 +425,70 @@ static int add_worker_flag(struct inferd_config *c, const char *v, ifd_error *er
     return 0;
 }
 
+/* The [model.NAME] section called name, added at its first key. */
+static struct inferd_model_cfg *model_get(struct inferd_config *c, const char *name, ifd_error *err)
+{
+    for (int i = 0; i < c->n_models; i++)
+        if (strcmp(c->models[i].name, name) == 0)
+            return &c->models[i];
+    if (c->n_models >= INFERD_MAX_MODELS) {
+        ifd_error_set(err, -E2BIG, "more than %d [model.NAME] sections", INFERD_MAX_MODELS);
+        return NULL;
+    }
+    /* The name is what clients send as "model" and what logs, metrics
+     * labels and JSON carry: printable, no spaces or quotes. */
+    size_t len = strlen(name);
+    bool ok = len > 0 && len <= INFERD_MAX_MODEL_NAME;
+    for (size_t i = 0; ok && i < len; i++) {
+        unsigned char ch = (unsigned char)name[i];
+        ok = ch > 0x20 && ch < 0x7f && ch != '"' && ch != '\\';
+    }
+    if (!ok) {
+        ifd_error_set(err, -EINVAL, "[model.%.200s]: a model name is 1-%d printable ASCII characters without spaces or quotes",
+                      name, INFERD_MAX_MODEL_NAME);
+        return NULL;
+    }
+    struct inferd_model_cfg *m = realloc(c->models, sizeof(*m) * (size_t)(c->n_models + 1));
+    if (!m) {
+        ifd_error_set(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    c->models = m;
+    struct inferd_model_cfg *nm = &m[c->n_models];
+    memset(nm, 0, sizeof(*nm));
+    nm->quantize_group_size = 64;
+    nm->idle_unload_s = INFERD_DEFAULT_IDLE_UNLOAD_S;
+    if (!(nm->name = strdup(name))) {
+        ifd_error_set(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    c->n_models++;
+    return nm;
+}
+
+static int model_section_set(struct inferd_config *c, const char *name, const char *key, const char *v,
+                             const char *what, ifd_error *err)
+{
+    struct inferd_model_cfg *m = model_get(c, name, err);
+    if (!m)
+        return -EINVAL;
+    if (strcmp(key, "path") == 0)
+        return set_str(&m->path, v, what, err);
+    if (strcmp(key, "chat_template") == 0)
+        return set_str(&m->chat_template_path, v, what, err);
+    if (strcmp(key, "quantize") == 0)
+        return parse_quantize(v, what, &m->quantize_bits, err);
+    if (strcmp(key, "quantize_group_size") == 0)
+        return parse_int(v, 32, 128, what, &m->quantize_group_size, err);
+    if (strcmp(key, "preload") == 0)
+        return parse_bool(v, what, &m->preload, err);
+    if (strcmp(key, "idle_unload") == 0)
+        return parse_int(v, 0, 30 * 86400, what, &m->idle_unload_s, err);
+    return ifd_error_set(err, -EINVAL,
+                         "%s: unknown key (model sections take path, chat_template, quantize, quantize_group_size, "
+                         "preload and idle_unload)", what);
+}
+
 /* Every key of the file, with the flag that overrides it (if any): the one
  * table behind the parser, the flags and the documentation check. */
 static int config_set(struct inferd_config *c, const char *section, const char *key, const char *v,
@@ -454,6 +529,8 @@ static int config_set(struct inferd_config *c, const char *section, const char *
         return parse_level(v, what, &c->log_level, err);
     if (IS("server", "model_name"))
         return set_str(&c->served_model_name, v, what, err);
+    if (IS("server", "models_memory"))
+        return parse_size(v, 0, (size_t)1 << 50, what, &c->models_memory, err);
     if (IS("model", "path"))
         return set_str(&c->model_path, v, what, err);
     if (IS("model", "chat_template"))
@@ -507,6 +584,8 @@ static int config_set(struct inferd_config *c, const char *section, const char *
         }
         return ifd_error_set(err, -EINVAL, "%s: unknown key (worker sections take address and layers)", what);
     }
+    if (strncmp(section, "model.", 6) == 0)
+        return model_section_set(c, section + 6, key, v, what, err);
     static const char *sections[] = {"server", "model", "node", "cluster"};
     for (size_t i = 0; i < 4; i++)
         if (strcmp(section, sections[i]) == 0)
@@ -675,7 +754,37 @@ int inferd_config_validate(const struct inferd_config *c, ifd_error *err)
     }
     if (c->max_seqs < 1)
         return ifd_error_set(err, -EINVAL, "[server] max_sequences must be at least 1");
+    if (c->role == INFERD_ROLE_WORKER && c->n_models > 0)
+        return ifd_error_set(err, -EINVAL, "role=worker: [model.%s] is for the master only", c->models[0].name);
+    for (int i = 0; i < c->n_models; i++) {
+        const struct inferd_model_cfg *m = &c->models[i];
+        if (!m->path || !*m->path)
+            return ifd_error_set(err, -EINVAL, "[model.%s]: no path", m->name);
+        if (c->served_model_name && strcmp(m->name, c->served_model_name) == 0)
+            return ifd_error_set(err, -EINVAL, "[model.%s]: the name is already [server] model_name, the [model] one",
+                                 m->name);
+    }
     return 0;
+}
+
+static bool str_eq(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+bool inferd_config_models_equal(const struct inferd_config *a, const struct inferd_config *b)
+{
+    if (a->n_models != b->n_models || a->models_memory != b->models_memory)
+        return false;
+    for (int i = 0; i < a->n_models; i++) {
+        const struct inferd_model_cfg *x = &a->models[i], *y = &b->models[i];
+        if (!str_eq(x->name, y->name) || !str_eq(x->path, y->path) ||
+            !str_eq(x->chat_template_path, y->chat_template_path) || x->quantize_bits != y->quantize_bits ||
+            x->quantize_group_size != y->quantize_group_size || x->preload != y->preload ||
+            x->idle_unload_s != y->idle_unload_s)
+            return false;
+    }
+    return true;
 }
 
 int inferd_config_validate_layers(const struct inferd_config *c, int n_layers, ifd_error *err)

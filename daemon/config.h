@@ -21,6 +21,9 @@
 #define INFERD_MAX_API_KEYS 256
 #define INFERD_MAX_WORKERS 64
 #define INFERD_MAX_KEY_LEN 512
+#define INFERD_MAX_MODELS 64
+#define INFERD_MAX_MODEL_NAME 128
+#define INFERD_DEFAULT_IDLE_UNLOAD_S 300
 
 enum inferd_role {
     INFERD_ROLE_MASTER = 0,
@@ -40,6 +43,19 @@ struct inferd_worker_cfg {
     int layer_first;     /* [layer_first, layer_last): the file says FIRST-LAST inclusive */
     int layer_last;
     bool auto_layers;    /* layers = auto: the master assigns a range at start */
+};
+
+/* One [model.NAME] section: a further model this master serves beside the
+ * [model] one, on this node only, loaded on first use (or at start with
+ * preload) and unloaded after idle_unload_s without requests. */
+struct inferd_model_cfg {
+    char *name;               /* the section suffix: the "model" id clients send */
+    char *path;               /* checkpoint dir or Hugging Face cache name org/name */
+    char *chat_template_path; /* Jinja file overriding the tokenizer's template */
+    int quantize_bits;        /* 0, 4 or 8, as [model] quantize */
+    int quantize_group_size;
+    bool preload;             /* load at start instead of on the first request */
+    int idle_unload_s;        /* unload after this long unused; 0 = never */
 };
 
 struct inferd_config {
@@ -69,6 +85,11 @@ struct inferd_config {
     char *chat_template_path; /* Jinja file overriding the tokenizer's template */
     int quantize_bits;        /* 0, 4 or 8: quantize float weights to MLX affine while loading */
     int quantize_group_size;  /* elements per scale/bias pair (default 64) */
+
+    /* [model.NAME] sections, in file order */
+    struct inferd_model_cfg *models;
+    int n_models;
+    size_t models_memory;     /* [server] models_memory: budget of the models loaded at once; 0 = none */
 
     /* [node] */
     enum inferd_role role;
@@ -111,6 +132,10 @@ int inferd_config_parse_string(struct inferd_config *c, const char *text, const 
  * inferd_config_validate(). *ret is written only on success. */
 int inferd_config_load(int argc, char **argv, struct inferd_config *ret, struct inferd_cli *ret_cli,
                        ifd_error *err);
+
+/* Whether a and b have the same [model.NAME] sections and models_memory
+ * (what a reload cannot change). */
+bool inferd_config_models_equal(const struct inferd_config *a, const struct inferd_config *b);
 
 /* Checks everything that does not need the model. */
 int inferd_config_validate(const struct inferd_config *c, ifd_error *err);

@@ -39,6 +39,7 @@
 #include "inferd-build-config.h"
 #include "log.h"
 #include "metrics.h"
+#include "models.h"
 #include "scheduler.h"
 #include "base/clock.h"
 
@@ -143,6 +144,9 @@ struct conn {
     size_t parse_cost;          /* held from srv's parse budget */
     int status;
     int tokens_in, tokens_out;
+
+    /* The model the request runs on, held until it completes (models.h). */
+    const struct served_model *model;
 
     /* Generation. */
     struct sched_req *req;
@@ -538,7 +542,8 @@ static MHD_RESULT handle_health(struct MHD_Connection *c, struct conn *k)
     if (!app_ready(k->app))
         return respond_json(c, k, 503, strdup("{\"status\":\"loading\"}"));
     char what[512];
-    int down = k->app->cluster ? cluster_count_unready(k->app->cluster, what, sizeof(what)) : 0;
+    const struct served_model *dm = models_default(k->app->models);
+    int down = dm && dm->cluster ? cluster_count_unready(dm->cluster, what, sizeof(what)) : 0;
     if (down > 0) {
         /* Generations get 503 while a worker is missing: say so here too, so
          * a load balancer stops sending requests until it is back. */
@@ -550,18 +555,32 @@ static MHD_RESULT handle_health(struct MHD_Connection *c, struct conn *k)
         cJSON_Delete(o);
         return respond_json(c, k, 503, body);
     }
-    return respond_json(c, k, 200, strdup("{\"status\":\"ok\"}"));
+    if (models_count(k->app->models) == 1)
+        return respond_json(c, k, 200, strdup("{\"status\":\"ok\"}"));
+    /* Several models: each one's state, so an operator sees what is loaded. */
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "status", "ok");
+    cJSON *ms = cJSON_AddObjectToObject(o, "models");
+    for (int i = 0; i < models_count(k->app->models); i++) {
+        struct model_info mi;
+        if (models_info(k->app->models, i, &mi) == 0)
+            cJSON_AddStringToObject(ms, mi.name, model_state_name(mi.state));
+    }
+    char *body = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return respond_json(c, k, 200, body);
 }
 
 static MHD_RESULT handle_metrics(struct MHD_Connection *c, struct conn *k)
 {
-    if (!app_ready(k->app) || !k->app->metrics) {
+    const struct served_model *dm = models_default(k->app->models);
+    if (!app_ready(k->app) || !dm) {
         char *s = strdup("# inferd: model loading\ninferd_ready 0\n");
         return respond(c, k, 200, "text/plain; version=0.0.4; charset=utf-8", s, s ? strlen(s) : 0);
     }
     char *text;
     size_t len;
-    if (metrics_render(k->app->metrics, &text, &len) < 0)
+    if (metrics_render(dm->metrics, &text, &len) < 0)
         return respond_errorf(c, k, 500, "server_error", NULL, NULL, "out of memory");
     struct http_server *h = k->srv;
     pthread_mutex_lock(&h->lock);
@@ -572,9 +591,10 @@ static MHD_RESULT handle_metrics(struct MHD_Connection *c, struct conn *k)
     pthread_mutex_lock(&h->parse_lock);
     unsigned long long parse_refused = h->parse_refused;
     pthread_mutex_unlock(&h->parse_lock);
+    char *per_model = models_metrics_text(k->app->models);
     char *full = NULL;
     int n = asprintf(&full, "# HELP inferd_ready 1 when the model is loaded.\n# TYPE inferd_ready gauge\n"
-                            "inferd_ready 1\n%s"
+                            "inferd_ready 1\n%s%s"
                             "# HELP inferd_http_connections Open HTTP connections.\n"
                             "# TYPE inferd_http_connections gauge\n"
                             "inferd_http_connections %d\n"
@@ -589,42 +609,53 @@ static MHD_RESULT handle_metrics(struct MHD_Connection *c, struct conn *k)
                             "# HELP inferd_http_parse_refused_total Requests answered 503 for want of parse memory.\n"
                             "# TYPE inferd_http_parse_refused_total counter\n"
                             "inferd_http_parse_refused_total %llu\n",
-                     text, open_now, per_ip, full_, timed_out, evicted, parse_refused);
+                     text, per_model ? per_model : "", open_now, per_ip, full_, timed_out, evicted, parse_refused);
     free(text);
+    free(per_model);
     if (n < 0)
         return MHD_NO;
     return respond(c, k, 200, "text/plain; version=0.0.4; charset=utf-8", full, (size_t)n);
 }
 
-static cJSON *model_object(struct http_app *app)
+static cJSON *model_object(struct http_app *app, const struct model_info *mi)
 {
     cJSON *m = cJSON_CreateObject();
-    cJSON_AddStringToObject(m, "id", app->model_name);
+    cJSON_AddStringToObject(m, "id", mi->name);
     cJSON_AddStringToObject(m, "object", "model");
     cJSON_AddNumberToObject(m, "created", (double)app->created);
     cJSON_AddStringToObject(m, "owned_by", "inferd");
-    if (app_ready(app))
-        cJSON_AddNumberToObject(m, "context_length", app->n_ctx);
+    /* Not OpenAI's: whether a request would have to wait for a load. */
+    cJSON_AddStringToObject(m, "state", model_state_name(mi->state));
+    if (mi->n_ctx > 0)
+        cJSON_AddNumberToObject(m, "context_length", mi->n_ctx);
     return m;
 }
 
 static MHD_RESULT handle_models(struct MHD_Connection *c, struct conn *k, const char *one)
 {
-    if (one) {
-        if (strcmp(one, k->app->model_name) != 0) {
-            char msg[300];
-            snprintf(msg, sizeof(msg), "The model '%.200s' does not exist", one);
-            return respond_errorf(c, k, 404, "invalid_request_error", "model", "model_not_found", msg);
-        }
-        cJSON *m = model_object(k->app);
-        char *s = cJSON_PrintUnformatted(m);
-        cJSON_Delete(m);
-        return respond_json(c, k, 200, s);
+    struct http_app *app = k->app;
+    cJSON *root = NULL, *data = NULL;
+    if (!one) {
+        root = cJSON_CreateObject();
+        cJSON_AddStringToObject(root, "object", "list");
+        data = cJSON_AddArrayToObject(root, "data");
     }
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "object", "list");
-    cJSON *data = cJSON_AddArrayToObject(root, "data");
-    cJSON_AddItemToArray(data, model_object(k->app));
+    for (int i = 0; i < models_count(app->models); i++) {
+        struct model_info mi;
+        if (models_info(app->models, i, &mi) < 0)
+            continue;
+        if (!one) {
+            cJSON_AddItemToArray(data, model_object(app, &mi));
+        } else if (strcmp(one, mi.name) == 0) {
+            root = model_object(app, &mi);
+            break;
+        }
+    }
+    if (!root) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "The model '%.200s' does not exist", one);
+        return respond_errorf(c, k, 404, "invalid_request_error", "model", "model_not_found", msg);
+    }
     char *s = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     return respond_json(c, k, 200, s);
@@ -633,23 +664,24 @@ static MHD_RESULT handle_models(struct MHD_Connection *c, struct conn *k, const 
 static MHD_RESULT handle_status(struct MHD_Connection *c, struct conn *k)
 {
     struct http_app *app = k->app;
-    bool ready = app_ready(app);
+    const struct served_model *dm = models_default(app->models);
+    bool ready = app_ready(app) && dm;
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "model", app->model_name);
-    cJSON_AddStringToObject(root, "backend", app->backend_name ? app->backend_name : "cpu");
+    cJSON_AddStringToObject(root, "backend", dm ? dm->backend_name : app->backend_name);
     cJSON_AddStringToObject(root, "version", INFERD_VERSION);
     cJSON_AddNumberToObject(root, "uptime_s", now_mono() - app->t_start);
     cJSON_AddBoolToObject(root, "ready", ready);
     cJSON_AddStringToObject(root, "state", atomic_load(&app->draining) ? "stopping" : ready ? "ready" : "loading");
     if (ready) {
         struct metrics_snapshot s;
-        metrics_snapshot_get(app->metrics, &s);
+        metrics_snapshot_get(dm->metrics, &s);
         int queued = 0, running = 0;
-        sched_counts(app->sched, &queued, &running);
-        cJSON_AddStringToObject(root, "model_dir", app->model_dir ? app->model_dir : "");
-        cJSON_AddNumberToObject(root, "context_length", app->n_ctx);
-        cJSON_AddNumberToObject(root, "max_sequences", app->n_seq_max);
-        cJSON_AddNumberToObject(root, "n_layers", app->n_layers);
+        sched_counts(dm->sched, &queued, &running);
+        cJSON_AddStringToObject(root, "model_dir", dm->model_dir ? dm->model_dir : "");
+        cJSON_AddNumberToObject(root, "context_length", dm->n_ctx);
+        cJSON_AddNumberToObject(root, "max_sequences", dm->n_seq_max);
+        cJSON_AddNumberToObject(root, "n_layers", dm->n_layers);
         cJSON *rq = cJSON_AddObjectToObject(root, "requests");
         cJSON_AddNumberToObject(rq, "in_flight", running);
         cJSON_AddNumberToObject(rq, "queued", queued);
@@ -666,9 +698,9 @@ static MHD_RESULT handle_status(struct MHD_Connection *c, struct conn *k)
         cJSON_AddNumberToObject(kv, "capacity_positions", (double)s.kv_capacity);
         cJSON *stages = cJSON_AddArrayToObject(root, "stages");
         cJSON *layers = cJSON_AddArrayToObject(root, "layers");
-        for (int i = 0; i < metrics_stage_count(app->metrics); i++) {
+        for (int i = 0; i < metrics_stage_count(dm->metrics); i++) {
             struct metrics_stage st;
-            if (metrics_stage_get(app->metrics, i, &st) < 0)
+            if (metrics_stage_get(dm->metrics, i, &st) < 0)
                 continue;
             cJSON *so = cJSON_CreateObject();
             cJSON_AddStringToObject(so, "backend", st.backend);
@@ -690,13 +722,58 @@ static MHD_RESULT handle_status(struct MHD_Connection *c, struct conn *k)
             free(st.layer_ms);
         }
     }
-    if (app->cluster)
-        cJSON_AddItemToObject(root, "workers", cluster_status_json(app->cluster));
+    if (dm && dm->cluster)
+        cJSON_AddItemToObject(root, "workers", cluster_status_json(dm->cluster));
     else
         cJSON_AddArrayToObject(root, "workers");
+    cJSON_AddItemToObject(root, "models", models_status_json(app->models));
     char *s = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     return respond_json(c, k, 200, s);
+}
+
+/* ---- the model of a request ---- */
+
+static bool conn_client_gone(void *ctx)
+{
+    return client_gone(((struct conn *)ctx)->fd);
+}
+
+/* Takes the model a request names (NULL: the default one) into k->model,
+ * waiting while it loads. On failure fills e, except for -ECANCELED: the
+ * client left and there is nobody to answer. */
+static int take_model(struct conn *k, const char *name, struct api_error *e)
+{
+    ifd_error err = {{0}};
+    int r = models_acquire(k->app->models, name, conn_client_gone, k, &k->model, &err);
+    switch (r) {
+    case 0:
+    case -ECANCELED:
+        break;
+    case -ENOENT:
+        api_error_set(e, 404, "invalid_request_error", "model", "model_not_found", "%s", err.msg);
+        break;
+    case -ENOSPC:
+        api_error_set(e, 503, "service_unavailable", "model", "insufficient_memory", "%s", err.msg);
+        break;
+    case -ESHUTDOWN:
+        api_error_set(e, 503, "service_unavailable", NULL, "shutting_down", "%s", err.msg);
+        break;
+    default:
+        api_error_set(e, 503, "service_unavailable", "model", "model_load_failed", "%s", err.msg);
+        break;
+    }
+    return r;
+}
+
+/* The answer to a failed take_model(). */
+static MHD_RESULT respond_model_error(struct MHD_Connection *c, struct conn *k, int r, const struct api_error *e)
+{
+    if (r == -ECANCELED) {
+        k->status = 499;
+        return MHD_NO;
+    }
+    return respond_error(c, k, e);
 }
 
 /* ---- tokenize / detokenize ---- */
@@ -704,10 +781,16 @@ static MHD_RESULT handle_status(struct MHD_Connection *c, struct conn *k)
 static MHD_RESULT handle_tokenize(struct MHD_Connection *c, struct conn *k)
 {
     struct api_error e;
-    char *text = NULL;
+    char *text = NULL, *model = NULL;
     bool add_special = true;
-    if (api_tokenize_parse(k->body, k->len, &text, &add_special, &e) < 0)
+    if (api_tokenize_parse(k->body, k->len, &text, &add_special, &model, &e) < 0)
         return respond_error(c, k, &e);
+    int r = take_model(k, model, &e);
+    free(model);
+    if (r < 0) {
+        free(text);
+        return respond_model_error(c, k, r, &e);
+    }
     /* Tokenizing costs about 0.6 s of CPU per MiB: capped, unlike prompts,
      * which the context length bounds after the fact. */
     size_t cap = app_limits(k->app).max_tokenize_bytes, tlen = strlen(text);
@@ -719,7 +802,7 @@ static MHD_RESULT handle_tokenize(struct MHD_Connection *c, struct conn *k)
     }
     struct tok_ids ids = {0};
     ifd_error err = {{0}};
-    int r = tok_encode(k->app->tok, text, strlen(text), add_special, &ids, &err);
+    r = tok_encode(k->model->tok, text, strlen(text), add_special, &ids, &err);
     free(text);
     if (r < 0) {
         tok_ids_finish(&ids);
@@ -741,12 +824,19 @@ static MHD_RESULT handle_detokenize(struct MHD_Connection *c, struct conn *k)
     struct api_error e;
     int32_t *ids = NULL;
     size_t n = 0;
-    if (api_detokenize_parse(k->body, k->len, k->app->n_vocab, &ids, &n, &e) < 0)
+    char *model = NULL;
+    if (api_detokenize_parse(k->body, k->len, 0, &ids, &n, &model, &e) < 0)
         return respond_error(c, k, &e);
+    int r = take_model(k, model, &e);
+    free(model);
+    if (r < 0 || (r = api_check_token_ids(ids, n, k->model->n_vocab, "tokens", &e)) < 0) {
+        free(ids);
+        return respond_model_error(c, k, r, &e);
+    }
     char *text = NULL;
     size_t len = 0;
     ifd_error err = {{0}};
-    int r = tok_decode(k->app->tok, ids, n, false, &text, &len, &err);
+    r = tok_decode(k->model->tok, ids, n, false, &text, &len, &err);
     free(ids);
     if (r < 0)
         return respond_errorf(c, k, 400, "invalid_request_error", "tokens", NULL, err.msg);
@@ -782,7 +872,8 @@ static char *namer_fn(void *ctx, int32_t id, size_t *ret_len)
 }
 
 /* Builds the prompt ids of a request. On failure fills e. */
-static int build_prompt(struct http_app *app, const struct api_request *rq, struct tok_ids *ids, struct api_error *e)
+static int build_prompt(const struct served_model *m, const struct api_request *rq, struct tok_ids *ids,
+                        struct api_error *e)
 {
     ifd_error err = {{0}};
     int r;
@@ -790,23 +881,23 @@ static int build_prompt(struct http_app *app, const struct api_request *rq, stru
         cJSON *ctx = cJSON_CreateObject();
         cJSON_AddItemReferenceToObject(ctx, "messages", rq->messages);
         cJSON_AddBoolToObject(ctx, "add_generation_prompt", true);
-        if (app->bos_token)
-            cJSON_AddStringToObject(ctx, "bos_token", app->bos_token);
-        if (app->eos_token)
-            cJSON_AddStringToObject(ctx, "eos_token", app->eos_token);
+        if (m->bos_token)
+            cJSON_AddStringToObject(ctx, "bos_token", m->bos_token);
+        if (m->eos_token)
+            cJSON_AddStringToObject(ctx, "eos_token", m->eos_token);
         char *text = NULL;
         size_t len = 0, *untrusted = NULL, n_untrusted = 0;
         /* Message content is the client's text: special tokens in it stay
          * text (docs/security.md), only the template's markup makes them. */
         static const char *const untrusted_globals[] = {"messages", NULL};
-        r = chat_template_render_untrusted(app->tmpl, ctx, untrusted_globals, &text, &len, &untrusted, &n_untrusted,
+        r = chat_template_render_untrusted(m->tmpl, ctx, untrusted_globals, &text, &len, &untrusted, &n_untrusted,
                                            &err);
         cJSON_Delete(ctx);
         if (r < 0) {
             api_error_set(e, 400, "invalid_request_error", "messages", NULL, "chat template: %s", err.msg);
             return r;
         }
-        r = tok_encode_protected(app->tok, text, len, false, untrusted, n_untrusted, ids, &err);
+        r = tok_encode_protected(m->tok, text, len, false, untrusted, n_untrusted, ids, &err);
         free(untrusted);
         free(text);
         if (r < 0) {
@@ -816,7 +907,7 @@ static int build_prompt(struct http_app *app, const struct api_request *rq, stru
         return 0;
     }
     if (rq->prompt) {
-        r = tok_encode(app->tok, rq->prompt, strlen(rq->prompt), true, ids, &err);
+        r = tok_encode(m->tok, rq->prompt, strlen(rq->prompt), true, ids, &err);
         if (r < 0) {
             api_error_set(e, 400, "invalid_request_error", "prompt", NULL, "%s", err.msg);
             return r;
@@ -856,7 +947,7 @@ static void conn_append_buf(struct conn *k, char *s, size_t n)
 /* Turns whatever the scheduler produced into SSE events in k->buf. */
 static void stream_produce(struct conn *k)
 {
-    struct api_token_namer namer = {namer_fn, (void *)k->app->tok};
+    struct api_token_namer namer = {namer_fn, (void *)k->model->tok};
     size_t n = 0;
     char *ev;
     if (k->phase == PHASE_ROLE) {
@@ -924,21 +1015,23 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
 
 static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum api_kind kind)
 {
-    struct http_app *app = k->app;
     struct api_request rq;
     struct api_error e;
-    if (api_request_parse(kind, k->body, k->len, app->n_vocab, &rq, &e) < 0)
+    /* Token ids are checked once the model they index is known. */
+    if (api_request_parse(kind, k->body, k->len, 0, &rq, &e) < 0)
         return respond_error(c, k, &e);
     MHD_RESULT ret;
-    if (rq.model && strcmp(rq.model, app->model_name) != 0) {
-        api_error_set(&e, 404, "invalid_request_error", "model", "model_not_found",
-                      "The model '%.200s' does not exist (this server has '%.200s')", rq.model, app->model_name);
-        ret = respond_error(c, k, &e);
+    int r = take_model(k, rq.model, &e);
+    if (r >= 0 && rq.prompt_ids)
+        r = api_check_token_ids(rq.prompt_ids, rq.n_prompt_ids, k->model->n_vocab, "prompt", &e);
+    if (r < 0) {
+        ret = respond_model_error(c, k, r, &e);
         api_request_finish(&rq);
         return ret;
     }
+    const struct served_model *m = k->model;
     struct tok_ids ids = {0};
-    int built = build_prompt(app, &rq, &ids, &e);
+    int built = build_prompt(m, &rq, &ids, &e);
     /* Parsed and tokenized: what remains is small; the wait for tokens
      * must not hold the parse budget. */
     parse_release(k);
@@ -948,11 +1041,11 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
         return respond_error(c, k, &e);
     }
     k->tokens_in = (int)ids.n;
-    if (ids.n >= (size_t)app->n_ctx) {
+    if (ids.n >= (size_t)m->n_ctx) {
         api_error_set(&e, 400, "invalid_request_error", kind == API_KIND_CHAT ? "messages" : "prompt",
                       "context_length_exceeded",
                       "This model's context is %d tokens; the prompt is %zu tokens (it must leave room for at least one generated token)",
-                      app->n_ctx, ids.n);
+                      m->n_ctx, ids.n);
         tok_ids_finish(&ids);
         api_request_finish(&rq);
         return respond_error(c, k, &e);
@@ -962,7 +1055,7 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
         .stop = rq.stop, .n_stop = rq.n_stop, .logprobs = rq.logprobs, .top_logprobs = rq.top_logprobs,
     };
     ifd_error err = {{0}};
-    int r = sched_submit(app->sched, &p, &k->req, &err);
+    r = sched_submit(m->sched, &p, &k->req, &err);
     tok_ids_finish(&ids);
     if (r < 0) {
         api_request_finish(&rq);
@@ -980,7 +1073,7 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
     snprintf(k->id, sizeof(k->id), "%s-%016llx%016llx", kind == API_KIND_CHAT ? "chatcmpl" : "cmpl",
              (unsigned long long)rnd[0], (unsigned long long)rnd[1]);
     k->meta = (struct api_response_meta){.kind = kind, .id = k->id, .created = (int64_t)time(NULL),
-                                         .model = app->model_name};
+                                         .model = m->name};
     k->want_logprobs = rq.logprobs;
     k->include_usage = rq.include_usage;
     bool stream = rq.stream;
@@ -1018,7 +1111,7 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
                               down ? unavailable_code(k) : NULL, k->out.error_msg);
     }
     struct api_usage u = {k->out.prompt_tokens, k->out.completion_tokens};
-    struct api_token_namer namer = {namer_fn, (void *)app->tok};
+    struct api_token_namer namer = {namer_fn, (void *)m->tok};
     char *s = api_response_json(&k->meta, k->out.text ? k->out.text : "", k->out.text_len, k->out.finish_reason, &u,
                                 k->out.lp, k->out.n_lp, k->want_logprobs, &namer);
     return respond_json(c, k, 200, s);
@@ -1242,8 +1335,11 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     log_info("%s %s %d prompt=%d completion=%d %.1fms%s", k->method, k->path ? k->path : "?", status, k->tokens_in,
              k->tokens_out, (now_mono() - k->t0) * 1000.0,
              toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection closed early)");
-    if (app->metrics && status)
-        metrics_request_done(app->metrics, status);
+    /* HTTP requests are counted server-wide, on the default model's metrics. */
+    const struct served_model *dm = app->models ? models_default(app->models) : NULL;
+    if (dm && status)
+        metrics_request_done(dm->metrics, status);
+    models_release(app->models, k->model);
     sched_output_finish(&k->out);
     free(k->buf);
     free(k->body);

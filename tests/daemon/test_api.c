@@ -226,11 +226,12 @@ Test(api, json_depth_limit_is_enforced_and_named)
     /* The same for /tokenize and /detokenize bodies. */
     char *text = NULL;
     bool add = true;
-    cr_assert_lt(api_tokenize_parse(deep, strlen(deep), &text, &add, &e), 0);
+    char *model = NULL;
+    cr_assert_lt(api_tokenize_parse(deep, strlen(deep), &text, &add, &model, &e), 0);
     cr_assert(strstr(e.message, want), "%s", e.message);
     int32_t *ids = NULL;
     size_t n = 0;
-    cr_assert_lt(api_detokenize_parse(deep, strlen(deep), 100, &ids, &n, &e), 0);
+    cr_assert_lt(api_detokenize_parse(deep, strlen(deep), 100, &ids, &n, &model, &e), 0);
     cr_assert(strstr(e.message, want), "%s", e.message);
     free(deep);
     /* Brackets inside strings, and escaped quotes, are not nesting. */
@@ -359,24 +360,47 @@ Test(api, response_and_chunks)
 
 Test(api, tokenize_bodies)
 {
-    char *text = NULL;
+    char *text = NULL, *model = NULL;
     bool add = false;
     struct api_error e = {0};
     const char *b = "{\"content\":\"hi\",\"add_special\":false}";
-    cr_assert_eq(api_tokenize_parse(b, strlen(b), &text, &add, &e), 0, "%s", e.message);
+    cr_assert_eq(api_tokenize_parse(b, strlen(b), &text, &add, &model, &e), 0, "%s", e.message);
     cr_assert_str_eq(text, "hi");
     cr_assert(!add);
+    cr_assert_null(model);
     free(text);
+    b = "{\"content\":\"hi\",\"model\":\"small\"}";
+    cr_assert_eq(api_tokenize_parse(b, strlen(b), &text, &add, &model, &e), 0, "%s", e.message);
+    cr_assert_str_eq(model, "small");
+    free(text);
+    free(model);
+    model = NULL;
+    b = "{\"content\":\"hi\",\"model\":3}";
+    cr_assert_lt(api_tokenize_parse(b, strlen(b), &text, &add, &model, &e), 0);
+    cr_assert_str_eq(e.param, "model");
     b = "{\"content\":1}";
-    cr_assert_lt(api_tokenize_parse(b, strlen(b), &text, &add, &e), 0);
+    cr_assert_lt(api_tokenize_parse(b, strlen(b), &text, &add, &model, &e), 0);
     cr_assert_str_eq(e.param, "content");
     int32_t *ids = NULL;
     size_t n = 0;
-    b = "{\"tokens\":[1,2,3]}";
-    cr_assert_eq(api_detokenize_parse(b, strlen(b), 100, &ids, &n, &e), 0);
+    b = "{\"tokens\":[1,2,3],\"model\":\"small\"}";
+    cr_assert_eq(api_detokenize_parse(b, strlen(b), 100, &ids, &n, &model, &e), 0);
     cr_assert_eq(n, 3);
+    cr_assert_str_eq(model, "small");
+    free(model);
     free(ids);
     b = "{\"tokens\":[1,200]}";
-    cr_assert_lt(api_detokenize_parse(b, strlen(b), 100, &ids, &n, &e), 0);
+    cr_assert_lt(api_detokenize_parse(b, strlen(b), 100, &ids, &n, &model, &e), 0);
     cr_assert_str_eq(e.param, "tokens[1]");
+    /* Unchecked at parse time (the model is not known yet), checked after. */
+    cr_assert_eq(api_detokenize_parse(b, strlen(b), 0, &ids, &n, &model, &e), 0, "%s", e.message);
+    cr_assert_null(model);
+    cr_assert_lt(api_check_token_ids(ids, n, 100, "tokens", &e), 0);
+    cr_assert_str_eq(e.param, "tokens[1]");
+    cr_assert(strstr(e.message, "outside the vocabulary (0..99)"), "%s", e.message);
+    cr_assert_eq(api_check_token_ids(ids, n, 201, "tokens", &e), 0);
+    free(ids);
+    b = "{\"tokens\":[-1]}";
+    cr_assert_lt(api_detokenize_parse(b, strlen(b), 0, &ids, &n, &model, &e), 0);
+    cr_assert(strstr(e.message, "from 0 to 2^31-1"), "%s", e.message);
 }

@@ -163,21 +163,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         break;
     }
     case 2: {
-        char *text = NULL;
+        char *text = NULL, *model = NULL;
         bool add = false;
-        if (api_tokenize_parse(body, len, &text, &add, &e) < 0) {
+        if (api_tokenize_parse(body, len, &text, &add, &model, &e) < 0) {
             check_error(&e);
             return 0;
         }
         if (!text || !api_utf8_valid(text, strlen(text), NULL))
             abort();
         free(text);
+        free(model);
         break;
     }
     case 3: {
         int32_t *ids = NULL;
         size_t n = 0;
-        if (api_detokenize_parse(body, len, VOCAB, &ids, &n, &e) < 0) {
+        char *model = NULL;
+        if (api_detokenize_parse(body, len, VOCAB, &ids, &n, &model, &e) < 0) {
             check_error(&e);
             return 0;
         }
@@ -185,6 +187,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (ids[i] < 0 || ids[i] >= VOCAB)
                 abort();
         free(ids);
+        free(model);
         break;
     }
     case 4:

@@ -892,7 +892,148 @@ def group_injection(binary):
                   "%s raw completion prompt keeps special tokens: %s, want %d" % (name, r.get("usage"), want))
 
 
+def models_status(d):
+    st, r = d.json("GET", "/v1/status")
+    check(st == 200, "/v1/status %s" % st)
+    return {m["name"]: m for m in r.get("models", [])}
+
+
+def wait_model_state(d, name, state, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if models_status(d).get(name, {}).get("state") == state:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def golden_completion(d, model, golden_name):
+    """Greedy completion of a golden's prompt ids on `model`; checks the text."""
+    g = goldens(golden_name)[0]
+    n = g["stable_prefix_len"]
+    st, r = d.json("POST", "/v1/completions", {"model": model, "prompt": g["prompt_ids"], "max_tokens": n,
+                                               "temperature": 0})
+    check(st == 200 and r["choices"][0]["text"] == g["stable_completion_text"] and r["model"] == model,
+          "%s (%s) greedy completion: %s" % (model, golden_name, r if st != 200 else r["choices"][0]["text"][:80]))
+    return st
+
+
+# Issue 15: several models behind one endpoint, routed by "model", loaded on
+# first use and unloaded when idle or for room under models_memory.
+def group_models(binary):
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = os.path.join(tmp, "inferd.conf")
+        with open(conf, "w") as f:
+            f.write("[model.qwen3]\npath = %s\nidle_unload = 2\n"
+                    "[model.llama]\npath = %s\npreload = true\nidle_unload = 0\n"
+                    "[model.missing]\npath = %s/not-there\n" % (QWEN3, LLAMA3, tmp))
+        with Daemon(binary, TINY, "--config", conf) as d:
+            check(wait_model_state(d, "llama", "loaded"), "preload model loaded after READY")
+            ms = models_status(d)
+            check(ms.get("qwen3", {}).get("state") == "unloaded", "qwen3 waits for its first request: %s" % ms)
+            check(ms.get("tinystories-656k", {}).get("default") is True, "the [model] one is the default: %s" % ms)
+            st, r = d.json("GET", "/v1/models")
+            ids = [m["id"] for m in r["data"]]
+            check(st == 200 and ids == ["tinystories-656k", "qwen3", "llama", "missing"], "/v1/models lists all: %s" % ids)
+            st, h, body = d.request("GET", "/health")
+            check(st == 200 and json.loads(body)["models"]["qwen3"] == "unloaded", "/health per model: %s" % body)
+            # Each model answers as its own reference implementation does.
+            golden_completion(d, "qwen3", "qwen3-tiny-random")
+            golden_completion(d, "llama", "llama3-tiny-random")
+            golden_completion(d, "tinystories-656k", "tinystories-656k")
+            ms = models_status(d)
+            check(ms["qwen3"]["state"] == "loaded" and ms["qwen3"]["loads"] == 1, "loaded on first use: %s" % ms["qwen3"])
+            check(ms["qwen3"]["memory_estimate_bytes"] > os.path.getsize(os.path.join(QWEN3, "model.safetensors")),
+                  "estimate covers the weights and the KV cache: %s" % ms["qwen3"])
+            # No "model": the default one. Chat routes too, and streams name the model.
+            g = goldens("tinystories-656k")[0]
+            st, r = d.json("POST", "/v1/completions", {"prompt": g["prompt_ids"], "max_tokens": 2, "temperature": 0})
+            check(st == 200 and r["model"] == "tinystories-656k", "no model field: the default (%s)" % r.get("model"))
+            st, h, ev = d.stream("/v1/chat/completions", {"model": "llama", "stream": True, "max_tokens": 3,
+                                                          "messages": [{"role": "user", "content": "hi"}]})
+            check(st == 200 and all(e == "[DONE]" or e["model"] == "llama" for e in ev), "stream on llama: %s" % ev[:2])
+            # Tokenizers follow the model.
+            st, a = d.json("POST", "/tokenize", {"content": "Hello world", "model": "qwen3"})
+            st2, b = d.json("POST", "/tokenize", {"content": "Hello world"})
+            check(st == 200 and st2 == 200 and a["tokens"] != b["tokens"], "/tokenize per model: %s %s" % (a, b))
+            expect_error(d, 400, "POST", "/detokenize", {"tokens": [5000]}, None, None, "tokens[0]", None,
+                         "id beyond the default model's 2048 tokens")
+            st, r = d.json("POST", "/detokenize", {"tokens": [5000], "model": "qwen3"})
+            check(st == 200, "the same id is a qwen3 token: %s" % r)
+            # Unknown and unloadable models: clear errors, the rest keeps serving.
+            st, r = d.json("POST", "/v1/completions", {"model": "gpt-4", "prompt": "x", "max_tokens": 1})
+            check(st == 404 and r["error"]["code"] == "model_not_found" and "qwen3" in r["error"]["message"],
+                  "unknown model: 404 naming the served ones: %s" % r)
+            st, r = d.json("POST", "/v1/completions", {"model": "missing", "prompt": "x", "max_tokens": 1})
+            check(st == 503 and r["error"]["code"] == "model_load_failed" and "not-there" in r["error"]["message"],
+                  "unloadable model: 503 naming the path: %s" % r)
+            check(models_status(d)["missing"]["state"] == "failed", "failed state shown")
+            st, h, m = d.request("GET", "/metrics")
+            check(b'inferd_model_loaded{model="qwen3"} 1' in m and b'inferd_model_loads_total{model="llama"} 1' in m,
+                  "per-model gauges in /metrics")
+            ctl = os.path.join(os.path.dirname(binary), "inferctl")
+            r = subprocess.run([ctl, "status", "--url", "http://127.0.0.1:%d" % d.port], capture_output=True,
+                               text=True)
+            check(r.returncode == 0 and "qwen3" in r.stdout and "missing" in r.stdout and "failed" in r.stdout,
+                  "inferctl status lists the models: %s" % r.stdout[-800:])
+            # Idle: qwen3 (idle_unload 2 s) goes, llama (0: never) stays; a request brings qwen3 back.
+            check(wait_model_state(d, "qwen3", "unloaded", 15), "qwen3 unloaded when idle")
+            ms = models_status(d)
+            check(ms["qwen3"]["unloads"] == 1 and ms["llama"]["state"] == "loaded", "only the idle one went: %s" % ms)
+            check("Unloading model qwen3 (idle for 2 s)" in d.logtext(), "idle unload logged")
+            golden_completion(d, "qwen3", "qwen3-tiny-random")
+            check(models_status(d)["qwen3"]["loads"] == 2, "reloaded on use")
+            est = {k: v["memory_estimate_bytes"] for k, v in models_status(d).items()}
+
+        # models_memory: room for the default and one other. Loading the second
+        # unloads the idle first; a model over the whole budget is refused.
+        budget = est["tinystories-656k"] + max(est["qwen3"], est["llama"]) + (1 << 20)
+        with open(conf, "w") as f:
+            f.write("[server]\nmodels_memory = %d\n[model.qwen3]\npath = %s\n[model.llama]\npath = %s\n"
+                    "[model.big]\npath = %s\n" % (budget, QWEN3, LLAMA3, QWEN3))
+        with Daemon(binary, TINY, "--config", conf) as d:
+            golden_completion(d, "qwen3", "qwen3-tiny-random")
+            golden_completion(d, "llama", "llama3-tiny-random")
+            ms = models_status(d)
+            check(ms["qwen3"]["state"] == "unloaded" and ms["qwen3"]["unloads"] == 1 and ms["llama"]["state"] == "loaded",
+                  "the least recently used idle model made room: %s" % ms)
+            check("Unloading model qwen3 (to make room under models_memory)" in d.logtext(), "room unload logged")
+            # A request in flight keeps its model: the other one must wait.
+            hold = threading.Thread(target=lambda: d.json("POST", "/v1/completions", {
+                "model": "llama", "prompt": "a", "max_tokens": 4000, "temperature": 0}))
+            hold.start()
+            deadline = time.time() + 10
+            while time.time() < deadline and models_status(d)["llama"]["requests_in_flight"] == 0:
+                time.sleep(0.01)
+            st, r = d.json("POST", "/v1/completions", {"model": "qwen3", "prompt": "x", "max_tokens": 1})
+            busy = models_status(d)["llama"]["requests_in_flight"] > 0
+            check(not busy or (st == 503 and r["error"]["code"] == "insufficient_memory" and
+                               "models_memory" in r["error"]["message"]),
+                  "no room while the other model is busy: %s %s" % (st, r))
+            check(busy, "the 4000-token request was still running when qwen3 was asked for")
+            hold.join()
+            golden_completion(d, "qwen3", "qwen3-tiny-random")
+            check(models_status(d)["llama"]["state"] == "unloaded", "llama made room once idle")
+        with open(conf, "w") as f:
+            f.write("[server]\nmodels_memory = %d\n[model.qwen3]\npath = %s\n" % (est["tinystories-656k"] + 4096, QWEN3))
+        with Daemon(binary, TINY, "--config", conf) as d:
+            st, r = d.json("POST", "/v1/completions", {"model": "qwen3", "prompt": "x", "max_tokens": 1})
+            check(st == 503 and r["error"]["code"] == "insufficient_memory" and "over [server] models_memory" in
+                  r["error"]["message"], "a model over the budget: %s %s" % (st, r))
+        # Configuration errors name the section.
+        for text, want in (("[model.a]\nchat_template = x\n", "[model.a]: no path"),
+                           ("[model.a]\npath = /x\nkeep = 1\n", "unknown key"),
+                           ("[model.a b]\npath = /x\n", "printable ASCII"),
+                           ("[model.a]\npath = /x\nidle_unload = -1\n", "idle_unload")):
+            with open(conf, "w") as f:
+                f.write(text)
+            r = subprocess.run([binary, "--config", conf, "--model", TINY, "--check-config"], capture_output=True,
+                               text=True)
+            check(r.returncode != 0 and want in r.stderr, "config %r refused with %r: %s" % (text, want, r.stderr))
+
+
 GROUPS = {
+    "models": group_models,
     "injection": group_injection,
     "loading": group_loading,
     "vulkan": group_vulkan,
