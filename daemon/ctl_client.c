@@ -484,9 +484,9 @@ int ctl_models_main(int argc, char **argv)
         cJSON_ArrayForEach(d, cJSON_GetObjectItem(m, "data")) {
             const cJSON *ctx = cJSON_GetObjectItem(d, "context_length");
             if (cJSON_IsNumber(ctx))
-                printf("%s\t(context %d)\n", str(d, "id"), ctx->valueint);
+                printf("%s\t%s\t(context %d)\n", str(d, "id"), str(d, "state"), ctx->valueint);
             else
-                printf("%s\n", str(d, "id"));
+                printf("%s\t%s\n", str(d, "id"), str(d, "state"));
         }
     }
     cJSON_Delete(m);
