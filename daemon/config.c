@@ -79,6 +79,9 @@ void inferd_config_finish(struct inferd_config *c)
     free(c->api_keys);
     free(c->api_key_file);
     free(c->served_model_name);
+    for (int i = 0; i < c->n_cors_origins; i++)
+        free(c->cors_origins[i]);
+    free(c->cors_origins);
     free(c->model_path);
     free(c->chat_template_path);
     free(c->worker_listen);
@@ -338,6 +341,43 @@ static int add_key_list(struct inferd_config *c, const char *v, const char *what
     return r;
 }
 
+/* cors_origins = https://app.example, http://localhost:3000: comma or space
+ * separated origins as browsers send them (scheme://host[:port], no path),
+ * or "*" for any. */
+static int add_cors_origins(struct inferd_config *c, const char *v, const char *what, ifd_error *err)
+{
+    char *copy = strdup(v), *save = NULL;
+    if (!copy)
+        return -ENOMEM;
+    int r = 0;
+    for (char *tok = strtok_r(copy, ", \t", &save); tok && r >= 0; tok = strtok_r(NULL, ", \t", &save)) {
+        size_t len = strlen(tok);
+        const char *host = strstr(tok, "://");
+        bool ok = strcmp(tok, "*") == 0 ||
+                  (len <= INFERD_MAX_ORIGIN_LEN && host && host > tok && host[3] && !strchr(host + 3, '/') &&
+                   strspn(tok, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.") == (size_t)(host - tok));
+        if (!ok) {
+            r = ifd_error_set(err, -EINVAL, "%s: '%.64s' is not an origin (scheme://host[:port], or *)", what, tok);
+            break;
+        }
+        if (c->n_cors_origins >= INFERD_MAX_CORS_ORIGINS) {
+            r = ifd_error_set(err, -E2BIG, "%s: more than %d origins", what, INFERD_MAX_CORS_ORIGINS);
+            break;
+        }
+        char **n = realloc(c->cors_origins, sizeof(*n) * (size_t)(c->n_cors_origins + 1));
+        if (!n || !(n[c->n_cors_origins] = strdup(tok))) {
+            if (n)
+                c->cors_origins = n;
+            r = -ENOMEM;
+            break;
+        }
+        c->cors_origins = n;
+        c->n_cors_origins++;
+    }
+    free(copy);
+    return r;
+}
+
 /* next_hops = a:1, b c: comma or space separated "host:port", "host" or "*". */
 static int add_next_hops(struct inferd_config *c, const char *v, const char *what, ifd_error *err)
 {
@@ -529,6 +569,8 @@ static int config_set(struct inferd_config *c, const char *section, const char *
         return parse_level(v, what, &c->log_level, err);
     if (IS("server", "model_name"))
         return set_str(&c->served_model_name, v, what, err);
+    if (IS("server", "cors_origins"))
+        return add_cors_origins(c, v, what, err);
     if (IS("server", "models_memory"))
         return parse_size(v, 0, (size_t)1 << 50, what, &c->models_memory, err);
     if (IS("model", "path"))

@@ -22,6 +22,8 @@
 #define INFERD_MAX_WORKERS 64
 #define INFERD_MAX_KEY_LEN 512
 #define INFERD_MAX_MODELS 64
+#define INFERD_MAX_CORS_ORIGINS 64
+#define INFERD_MAX_ORIGIN_LEN 256
 #define INFERD_MAX_MODEL_NAME 128
 #define INFERD_DEFAULT_IDLE_UNLOAD_S 300
 
@@ -79,6 +81,8 @@ struct inferd_config {
     size_t max_tokenize_bytes; /* /tokenize text longer than this gets 413 */
     int log_level;            /* syslog level 0-7 */
     char *served_model_name;  /* the "model" name clients use; default: model dir name */
+    char **cors_origins;      /* [n_cors_origins]: browser origins allowed ("*": any); none: no CORS */
+    int n_cors_origins;
 
     /* [model] */
     char *model_path;         /* checkpoint dir or Hugging Face cache name org/name */

@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -144,6 +145,9 @@ struct conn {
     size_t parse_cost;          /* held from srv's parse budget */
     int status;
     int tokens_in, tokens_out;
+
+    char *cors_origin;          /* the request's Origin when cors_origins allows it, else NULL */
+    char *cors_preflight_headers; /* an allowed preflight's Access-Control-Request-Headers */
 
     /* The model the request runs on, held until it completes (models.h). */
     const struct served_model *model;
@@ -450,6 +454,29 @@ static void parse_release(struct conn *k)
 
 /* ---- responses ---- */
 
+/* CORS: an allowed origin may read the answer (and, for a preflight, send
+ * the request it announced). The origin is echoed rather than "*", so the
+ * answer is the same whether or not the browser sends credentials. */
+static void add_cors_headers(struct MHD_Response *r, const struct conn *k)
+{
+    if (!k->cors_origin)
+        return;
+    MHD_add_response_header(r, "Access-Control-Allow-Origin", k->cors_origin);
+    MHD_add_response_header(r, "Vary", "Origin");
+    if (k->cors_preflight_headers) {
+        for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++)
+            if (routes[i].route == k->route)
+                MHD_add_response_header(r, "Access-Control-Allow-Methods", routes[i].method);
+        if (k->route == ROUTE_MODEL_ONE)
+            MHD_add_response_header(r, "Access-Control-Allow-Methods", "GET");
+        if (*k->cors_preflight_headers)
+            MHD_add_response_header(r, "Access-Control-Allow-Headers", k->cors_preflight_headers);
+        MHD_add_response_header(r, "Access-Control-Max-Age", "600");
+    } else {
+        MHD_add_response_header(r, "Access-Control-Expose-Headers", "Retry-After");
+    }
+}
+
 static MHD_RESULT respond(struct MHD_Connection *c, struct conn *k, int status, const char *ctype, char *body,
                           size_t len)
 {
@@ -468,6 +495,7 @@ static MHD_RESULT respond(struct MHD_Connection *c, struct conn *k, int status, 
         MHD_add_response_header(r, "WWW-Authenticate", "Bearer");
     if (status == 503 || status == 429)
         MHD_add_response_header(r, "Retry-After", "1");
+    add_cors_headers(r, k);
     k->status = status;
     MHD_RESULT ret = MHD_queue_response(c, (unsigned)status, r);
     MHD_destroy_response(r);
@@ -1087,6 +1115,7 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
         MHD_add_response_header(resp, "Content-Type", "text/event-stream");
         MHD_add_response_header(resp, "Cache-Control", "no-cache");
         MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+        add_cors_headers(resp, k);
         k->status = 200;
         ret = MHD_queue_response(c, 200, resp);
         MHD_destroy_response(resp);
@@ -1187,6 +1216,50 @@ static MHD_RESULT respond_early(struct MHD_Connection *c, struct conn *k, int st
     return respond_errorf(c, k, status, type, NULL, code, msg);
 }
 
+/* Origins are compared whole and bounded; "*" in cors_origins allows any. */
+#define HTTP_MAX_ORIGIN_LEN 256
+#define HTTP_MAX_PREFLIGHT_HEADERS_LEN 1024
+
+static bool origin_allowed(struct http_app *app, const char *origin)
+{
+    if (strlen(origin) > HTTP_MAX_ORIGIN_LEN)
+        return false;
+    pthread_rwlock_rdlock(&app->lock);
+    bool ok = false;
+    for (int i = 0; i < app->n_cors_origins && !ok; i++)
+        ok = strcmp(app->cors_origins[i], "*") == 0 || strcasecmp(app->cors_origins[i], origin) == 0;
+    pthread_rwlock_unlock(&app->lock);
+    return ok;
+}
+
+/* A browser's CORS preflight (OPTIONS with Access-Control-Request-Method):
+ * 204 with the allowed method and headers for an allowed origin, 403 saying
+ * why for another. It needs no API key: browsers never send one with it. */
+static MHD_RESULT preflight(struct MHD_Connection *c, struct conn *k, const char *origin)
+{
+    if (!k->cors_origin) {
+        char msg[400];
+        snprintf(msg, sizeof(msg), "origin '%.256s' is not allowed (it must be in [server] cors_origins)", origin);
+        return respond_early(c, k, 403, "invalid_request_error", "cors_origin_not_allowed", msg);
+    }
+    /* The headers the browser asks for are allowed as they are (the origin is
+     * the boundary; the API key still decides what the request may do), as
+     * long as they are a plain list of header names. */
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Access-Control-Request-Headers");
+    if (!h)
+        h = "";
+    if (strlen(h) > HTTP_MAX_PREFLIGHT_HEADERS_LEN ||
+        strspn(h, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_, ") != strlen(h))
+        return respond_early(c, k, 400, "invalid_request_error", NULL,
+                             "Access-Control-Request-Headers is not a list of header names");
+    if (!(k->cors_preflight_headers = strdup(h)))
+        return MHD_NO;
+    char *empty = strdup("");
+    if (!empty)
+        return MHD_NO;
+    return respond(c, k, 204, "text/plain", empty, 0);
+}
+
 static MHD_RESULT on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                              const char *version, const char *upload_data, size_t *upload_data_size, void **con_cls)
 {
@@ -1227,6 +1300,12 @@ static MHD_RESULT on_request(void *cls, struct MHD_Connection *c, const char *ur
         }
         if (!k->route)
             return respond_early(c, k, 404, "invalid_request_error", "not_found", "no such endpoint");
+        const char *origin = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
+        if (origin && origin_allowed(app, origin) && !(k->cors_origin = strdup(origin)))
+            return MHD_NO;
+        if (strcmp(method, "OPTIONS") == 0 && origin &&
+            MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Access-Control-Request-Method"))
+            return preflight(c, k, origin);
         if (strcmp(method, allowed) != 0 && !(strcmp(method, "HEAD") == 0 && strcmp(allowed, "GET") == 0)) {
             char msg[128];
             snprintf(msg, sizeof(msg), "method %.16s is not allowed here (use %s)", method, allowed);
@@ -1341,6 +1420,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
         metrics_request_done(dm->metrics, status);
     models_release(app->models, k->model);
     sched_output_finish(&k->out);
+    free(k->cors_origin);
+    free(k->cors_preflight_headers);
     free(k->buf);
     free(k->body);
     free(k->path);
@@ -1474,6 +1555,19 @@ void http_server_stop(struct http_server *h)
     pthread_mutex_destroy(&h->parse_lock);
     pthread_cond_destroy(&h->parse_cond);
     free(h);
+}
+
+void http_app_set_cors(struct http_app *app, char **origins, int n)
+{
+    pthread_rwlock_wrlock(&app->lock);
+    char **old = app->cors_origins;
+    int n_old = app->n_cors_origins;
+    app->cors_origins = origins;
+    app->n_cors_origins = n;
+    pthread_rwlock_unlock(&app->lock);
+    for (int i = 0; i < n_old; i++)
+        free(old[i]);
+    free(old);
 }
 
 void http_app_set_limits(struct http_app *app, char **keys, int n_keys, const struct http_limits *lim)

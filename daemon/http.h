@@ -61,6 +61,8 @@ struct http_app {
     pthread_rwlock_t lock;
     char **api_keys;             /* [n_api_keys], owned */
     int n_api_keys;
+    char **cors_origins;         /* [n_cors_origins], owned; "*" = any */
+    int n_cors_origins;
     struct http_limits limits;
 };
 
@@ -80,3 +82,6 @@ void http_server_stop(struct http_server *h); /* accepts NULL */
 /* Replaces the API keys and limits (takes ownership of keys); call before
  * http_server_start, and again on reload. lim NULL: keys only. */
 void http_app_set_limits(struct http_app *app, char **keys, int n_keys, const struct http_limits *lim);
+/* Replaces the browser origins allowed by CORS (takes ownership; n 0: none,
+ * browsers on other origins are refused as without CORS). */
+void http_app_set_cors(struct http_app *app, char **origins, int n);

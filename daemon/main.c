@@ -94,14 +94,14 @@ static void raise_fd_limit(void)
         log_debug("Cannot raise the open file limit to %llu: %s", (unsigned long long)want, strerror(errno));
 }
 
-/* Copies the keys of cfg for the HTTP layer. */
-static char **keys_dup(const struct inferd_config *cfg)
+/* Copies a string list of the configuration for the HTTP layer (NULL-terminated). */
+static char **strv_dup(char *const *v, int n)
 {
-    char **k = calloc((size_t)cfg->n_api_keys + 1, sizeof(*k));
+    char **k = calloc((size_t)n + 1, sizeof(*k));
     if (!k)
         return NULL;
-    for (int i = 0; i < cfg->n_api_keys; i++)
-        if (!(k[i] = strdup(cfg->api_keys[i]))) {
+    for (int i = 0; i < n; i++)
+        if (!(k[i] = strdup(v[i]))) {
             for (int j = 0; j < i; j++)
                 free(k[j]);
             free(k);
@@ -180,7 +180,10 @@ static void reload(int argc, char **argv, struct http_app *app, const struct inf
         sdn_reloading(false);
         return;
     }
-    char **keys = keys_dup(&nc);
+    char **keys = strv_dup(nc.api_keys, nc.n_api_keys);
+    char **origins = strv_dup(nc.cors_origins, nc.n_cors_origins);
+    if (origins)
+        http_app_set_cors(app, origins, nc.n_cors_origins);
     if (keys) {
         /* Connection limits and parse_memory size structures made at start:
          * they keep their values until a restart. */
@@ -205,8 +208,8 @@ static void reload(int argc, char **argv, struct http_app *app, const struct inf
     if (!inferd_config_models_equal(running, &nc))
         log_notice("Reload: [model.NAME] sections and models_memory apply after a restart");
     log_level_set(nc.log_level);
-    log_notice("Reloaded configuration: %d API keys, body limit %zu, queue depth %d, log level %s", nc.n_api_keys,
-               nc.max_body_bytes, nc.queue_depth, log_level_name(nc.log_level));
+    log_notice("Reloaded configuration: %d API keys, %d CORS origins, body limit %zu, queue depth %d, log level %s",
+               nc.n_api_keys, nc.n_cors_origins, nc.max_body_bytes, nc.queue_depth, log_level_name(nc.log_level));
     inferd_config_finish(&nc);
     sdn_reloading(false);
 }
@@ -299,11 +302,15 @@ int main(int argc, char **argv)
         log_err("%s", err.msg);
         goto out;
     }
-    char **keys = keys_dup(&cfg);
-    if (!keys) {
+    char **keys = strv_dup(cfg.api_keys, cfg.n_api_keys);
+    char **origins = strv_dup(cfg.cors_origins, cfg.n_cors_origins);
+    if (!keys || !origins) {
+        free(keys);
+        free(origins);
         log_err("out of memory");
         goto out;
     }
+    http_app_set_cors(&app, origins, cfg.n_cors_origins);
     struct http_limits lim = http_limits_of(&cfg);
     http_app_set_limits(&app, keys, cfg.n_api_keys, &lim);
 
@@ -390,6 +397,7 @@ out:
     }
     models_destroy(app.models);
     http_app_set_limits(&app, NULL, 0, NULL);
+    http_app_set_cors(&app, NULL, 0);
     pthread_rwlock_destroy(&app.lock);
     free(name);
     inferd_config_finish(&cfg);

@@ -1032,7 +1032,72 @@ def group_models(binary):
             check(r.returncode != 0 and want in r.stderr, "config %r refused with %r: %s" % (text, want, r.stderr))
 
 
+# Issue 13 item 5: CORS for browser clients ([server] cors_origins), with
+# preflights, on plain and streamed answers, reloadable.
+def group_cors(binary):
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = os.path.join(tmp, "inferd.conf")
+        with open(conf, "w") as f:
+            f.write("[server]\napi_keys = k1\ncors_origins = http://localhost:3000, https://app.example\n")
+        os.chmod(conf, 0o600)
+        auth = {"Authorization": "Bearer k1"}
+        good, bad = "http://localhost:3000", "http://evil.example"
+        with Daemon(binary, TINY, "--config", conf) as d:
+            pre = {"Origin": good, "Access-Control-Request-Method": "POST",
+                   "Access-Control-Request-Headers": "authorization, content-type, x-stainless-os"}
+            st, h, body = d.request("OPTIONS", "/v1/chat/completions", headers=pre)
+            check(st == 204 and h.get("Access-Control-Allow-Origin") == good and
+                  h.get("Access-Control-Allow-Methods") == "POST" and
+                  h.get("Access-Control-Allow-Headers") == "authorization, content-type, x-stainless-os" and
+                  h.get("Access-Control-Max-Age") == "600" and h.get("Vary") == "Origin",
+                  "preflight from an allowed origin, without a key: %s %s" % (st, h))
+            st, h, body = d.request("OPTIONS", "/v1/models/anything", headers=dict(pre, Origin="https://APP.example"))
+            check(st == 204 and h.get("Access-Control-Allow-Methods") == "GET", "origins compare case-insensitively")
+            st, h, body = d.request("OPTIONS", "/v1/chat/completions", headers=dict(pre, Origin=bad))
+            check(st == 403 and json.loads(body)["error"]["code"] == "cors_origin_not_allowed" and
+                  "Access-Control-Allow-Origin" not in h, "preflight from another origin: %s %s" % (st, body[:200]))
+            st, h, body = d.request("OPTIONS", "/v1/chat/completions",
+                                    headers=dict(pre, **{"Access-Control-Request-Headers": "x\u0001y"}))
+            check(st == 400, "preflight with a malformed header list: %s" % st)
+            st, h, body = d.request("OPTIONS", "/v1/chat/completions")
+            check(st == 405, "OPTIONS without a preflight's headers is not a method of the route: %s" % st)
+            msg = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+            st, h, body = d.request("POST", "/v1/completions", {"prompt": [1, 80], "max_tokens": 2},
+                                    headers=dict(auth, Origin=good))
+            check(st == 200 and h.get("Access-Control-Allow-Origin") == good and h.get("Vary") == "Origin",
+                  "answer readable by the allowed origin: %s" % h)
+            st, h, ev = d.stream("/v1/completions", {"prompt": [1, 80], "max_tokens": 2, "stream": True},
+                                 headers=dict(auth, Origin=good))
+            check(st == 200 and h.get("Access-Control-Allow-Origin") == good, "streamed answer too: %s" % h)
+            st, h, body = d.request("POST", "/v1/completions", {"prompt": [1, 80], "max_tokens": 2},
+                                    headers=dict(auth, Origin=bad))
+            check(st == 200 and "Access-Control-Allow-Origin" not in h, "no CORS headers for another origin")
+            st, h, body = d.request("POST", "/v1/chat/completions", msg, headers={"Origin": good})
+            check(st == 401 and h.get("Access-Control-Allow-Origin") == good,
+                  "errors are readable too (the browser sees the 401): %s" % h)
+            with open(conf, "w") as f:
+                f.write("[server]\napi_keys = k1\ncors_origins = *\n")
+            d.proc.send_signal(signal.SIGHUP)
+            deadline = time.time() + 5
+            while time.time() < deadline and "1 CORS origins" not in d.logtext():
+                time.sleep(0.05)
+            st, h, body = d.request("OPTIONS", "/v1/completions", headers=dict(pre, Origin=bad))
+            check(st == 204 and h.get("Access-Control-Allow-Origin") == bad, "cors_origins = * after reload: %s" % st)
+        with Daemon(binary, TINY) as d:
+            st, h, body = d.request("OPTIONS", "/v1/completions", headers={"Origin": good,
+                                                                           "Access-Control-Request-Method": "POST"})
+            check(st == 403 and "cors_origins" in json.loads(body)["error"]["message"], "no CORS configured: %s" % st)
+        for bad_value in ("localhost:3000", "http://x/path", "ftp//x"):
+            with open(conf, "w") as f:
+                f.write("[server]\ncors_origins = %s\n" % bad_value)
+            r = subprocess.run([binary, "--config", conf, "--model", TINY, "--check-config"], capture_output=True,
+                               text=True)
+            check(r.returncode != 0 and "cors_origins" in r.stderr and "not an origin" in r.stderr,
+                  "cors_origins %r refused: %s" % (bad_value, r.stderr))
+
+
 GROUPS = {
+    "cors": group_cors,
     "models": group_models,
     "injection": group_injection,
     "loading": group_loading,
