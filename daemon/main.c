@@ -36,7 +36,6 @@
 #include "worker.h"
 #include "base/clock.h"
 
-#define CONTEXT_CAP_DEFAULT 4096
 /* [model] chat_template file: far above any real template. */
 #define CHAT_TEMPLATE_FILE_MAX (16u << 20)
 
@@ -157,12 +156,7 @@ static int load_model(const struct inferd_config *cfg, struct http_app *app, str
         return r;
     const char *eos_tok = tok_special_token(L->tok, "eos_token");
 
-    int n_ctx = cfg->ctx_len;
-    if (n_ctx <= 0) {
-        n_ctx = mc->max_position_embeddings > 0 ? mc->max_position_embeddings : CONTEXT_CAP_DEFAULT;
-        if (n_ctx > CONTEXT_CAP_DEFAULT)
-            n_ctx = CONTEXT_CAP_DEFAULT;
-    }
+    int n_ctx = inferd_config_context_length(cfg, mc->max_position_embeddings);
     L->n_ctx = n_ctx;
     struct engine_config ec = {
         .n_seq_max = cfg->max_seqs,
