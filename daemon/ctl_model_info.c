@@ -140,11 +140,10 @@ static bool st_stores(const st_model *st, const char *name)
 
 /* Parameters of one stored tensor. MLX packs bits-wide codes into U32 words:
  * the weight has words * 32 / bits elements, and its .scales / .biases are
- * quantization data, not parameters (as mlx_lm counts them). */
-static uint64_t tensor_params(const struct info *in, const struct st_tensor *t)
+ * quantization data, not parameters (as mlx_lm counts them). Returns -ENOMEM
+ * or 0 with *ret set. */
+static int tensor_params(const struct info *in, const struct st_tensor *t, uint64_t *ret)
 {
-    char stem[512];
-    size_t len = strlen(t->name);
     const char *suffix = NULL;
     if (ends_with(t->name, ".scales"))
         suffix = ".scales";
@@ -152,17 +151,29 @@ static uint64_t tensor_params(const struct info *in, const struct st_tensor *t)
         suffix = ".biases";
     else if (ends_with(t->name, ".weight") && t->dtype == IFD_DTYPE_U32)
         suffix = ".weight";
-    if (!suffix || len - strlen(suffix) >= sizeof(stem) - sizeof(".weight"))
-        return t->n_elements;
-    size_t slen = len - strlen(suffix);
+    *ret = t->n_elements;
+    if (!suffix)
+        return 0;
+    /* The module path, then its weight's name: header names are untrusted,
+     * so sized by the name, not by a guess. */
+    const size_t slen = strlen(t->name) - strlen(suffix);
+    char *stem = malloc(slen + sizeof(".weight"));
+    if (!stem)
+        return -ENOMEM;
     memcpy(stem, t->name, slen);
     stem[slen] = '\0';
-    struct model_quant q = model_config_quant_for(&in->cfg, stem);
-    if (strcmp(suffix, ".weight") == 0)
-        return q.bits > 0 ? t->n_elements * 32 / (uint64_t)q.bits : t->n_elements;
-    strcpy(stem + slen, ".weight");
-    const struct st_tensor *w = st_find(in->st, stem);
-    return w && w->dtype == IFD_DTYPE_U32 ? 0 : t->n_elements;
+    if (strcmp(suffix, ".weight") == 0) {
+        struct model_quant q = model_config_quant_for(&in->cfg, stem);
+        if (q.bits > 0)
+            *ret = t->n_elements * 32 / (uint64_t)q.bits;
+    } else {
+        memcpy(stem + slen, ".weight", sizeof(".weight"));
+        const struct st_tensor *w = st_find(in->st, stem);
+        if (w && w->dtype == IFD_DTYPE_U32)
+            *ret = 0;
+    }
+    free(stem);
+    return 0;
 }
 
 static void info_finish(struct info *in)
@@ -212,7 +223,10 @@ static int info_load(const char *name, struct info *in, ifd_error *err)
         in->dtype_bytes[t->dtype] += t->nbytes;
         if (tied_copy && strncmp(t->name, "lm_head.", 8) == 0)
             continue;
-        in->params += tensor_params(in, t);
+        uint64_t p;
+        if (tensor_params(in, t, &p) < 0)
+            return ifd_error_set(err, -ENOMEM, "out of memory");
+        in->params += p;
         /* Embedding one token reads one row of each embedding tensor (the
          * weight, and the scales and biases of a quantized one). */
         if (strncmp(t->name, "model.embed_tokens.", 19) == 0 && t->n_dims >= 1 && t->shape[0] > 0)

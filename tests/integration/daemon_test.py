@@ -1029,6 +1029,25 @@ def group_model_info(binary):
     check(r.returncode == 0 and "19.5 M" in r.stdout and "master" in r.stdout and "worker" in r.stdout,
           "inferctl model info qwen2 --nodes 2: %r %r" % (r.stdout, r.stderr))
 
+    # org/name from a Hugging Face cache: snapshot files are symlinks to blobs,
+    # and bytes on disk are the blobs' sizes.
+    with tempfile.TemporaryDirectory() as hub:
+        repo = os.path.join(hub, "models--test-org--tiny")
+        snap = os.path.join(repo, "snapshots", "0123abcd")
+        os.makedirs(snap)
+        os.makedirs(os.path.join(repo, "refs"))
+        with open(os.path.join(repo, "refs", "main"), "w") as f:
+            f.write("0123abcd\n")
+        for name in ("config.json", "model.safetensors"):
+            os.symlink(os.path.join(TINY, name), os.path.join(snap, name))
+        env = dict(os.environ, HF_HUB_CACHE=hub)
+        r = subprocess.run([ctl, "model", "info", "test-org/tiny", "--json"], capture_output=True, text=True,
+                           timeout=60, env=env)
+        o = json.loads(r.stdout) if r.returncode == 0 else {}
+        e = expected_info(TINY)
+        check(o.get("model") == snap and o.get("parameters") == e["params"] and o.get("bytes_on_disk") == e["size"],
+              "inferctl model info org/name from the cache: rc %d %s %r" % (r.returncode, r.stdout[:300], r.stderr))
+
     # Refusals: a clear message naming what is wrong, a failing status, nothing on stdout.
     with tempfile.TemporaryDirectory() as tmp:
         bad_cfg = os.path.join(tmp, "badcfg")
