@@ -922,6 +922,15 @@ out:
     return r;
 }
 
+int inferd_config_context_length(const struct inferd_config *c, int max_position_embeddings)
+{
+    if (c->ctx_len > 0)
+        return c->ctx_len;
+    if (max_position_embeddings <= 0 || max_position_embeddings > INFERD_DEFAULT_CONTEXT_CAP)
+        return INFERD_DEFAULT_CONTEXT_CAP;
+    return max_position_embeddings;
+}
+
 void inferd_config_usage(FILE *f)
 {
     fprintf(f,

@@ -16,6 +16,8 @@
 #define INFERD_DEFAULT_LISTEN "127.0.0.1:8080"
 #define INFERD_DEFAULT_WORKER_PORT 10128
 #define INFERD_DEFAULT_CACHE_DIR "/var/cache/inferd"
+/* ctx_len 0: the model's context, at most this many positions. */
+#define INFERD_DEFAULT_CONTEXT_CAP 4096
 
 /* Limits on what a config file may ask for: sanity bounds, not tuning. */
 #define INFERD_MAX_API_KEYS 256
@@ -152,6 +154,11 @@ int inferd_config_validate_layers(const struct inferd_config *c, int n_layers, i
  * looked up in $HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub
  * (snapshots/<refs/main>). *ret is malloc'd. */
 int inferd_config_resolve_model(const char *model_path, char **ret, ifd_error *err);
+
+/* The positions per sequence the engine gets: ctx_len when set, else the
+ * model's max_position_embeddings capped at INFERD_DEFAULT_CONTEXT_CAP (the
+ * cap itself when the model states none). */
+int inferd_config_context_length(const struct inferd_config *c, int max_position_embeddings);
 
 /* Splits "host:port" / "[v6]:port" / "port". *ret_host is malloc'd. */
 int inferd_config_split_hostport(const char *s, int default_port, char **ret_host, int *ret_port,

@@ -1,11 +1,12 @@
-/* ctl_model.c - `inferctl model generate|quantize`: make checkpoints.
+/* ctl_model.c - `inferctl model generate|quantize|info`: make and describe
+ * checkpoints.
  *
  *   inferctl model generate --preset NAME [--dtype bf16|f16|f32] [--seed N]
  *                           [--layers N] [--tokenizer-from DIR] OUT_DIR
  *
  * writes a random-weight checkpoint with the shapes of a real model (see
  * core/model/model_gen.h), for speed measurements. `quantize` is implemented in
- * ctl_quantize.c. */
+ * ctl_quantize.c, `info` in ctl_model_info.c. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -123,7 +124,8 @@ static void usage(FILE *f)
 {
     fprintf(f, "Usage: inferctl model generate ...   random-weight checkpoint of a known shape\n"
                "       inferctl model quantize SRC DST   MLX 4/8-bit copy of a checkpoint\n"
-               "Run 'inferctl model generate --help' (or quantize --help) for the options.\n");
+               "       inferctl model info NAME          shape, parameters, bytes per token, memory per node\n"
+               "Run 'inferctl model generate --help' (or quantize --help, info --help) for the options.\n");
 }
 
 int ctl_model_main(int argc, char **argv)
@@ -136,6 +138,8 @@ int ctl_model_main(int argc, char **argv)
         return generate_main(argc - 1, argv + 1);
     if (strcmp(argv[1], "quantize") == 0)
         return ctl_model_quantize_main(argc - 1, argv + 1); /* ctl_quantize.c */
+    if (strcmp(argv[1], "info") == 0)
+        return ctl_model_info_main(argc - 1, argv + 1); /* ctl_model_info.c */
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         usage(stdout);
         return 0;

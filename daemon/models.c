@@ -22,12 +22,12 @@
 #include "metrics.h"
 #include "model/engine.h"
 #include "model/model.h"
+#include "model/model_bytes.h"
 #include "model/model_config.h"
 #include "scheduler.h"
 #include "sd.h"
 #include "stop_set.h"
 
-#define CONTEXT_CAP_DEFAULT 4096
 /* A chat_template file: far above any real template. */
 #define CHAT_TEMPLATE_FILE_MAX (16u << 20)
 /* How often a waiting request looks whether its client is still there. */
@@ -93,26 +93,20 @@ const char *model_state_name(enum model_state s)
 
 static int context_of(const struct inferd_config *cfg, const struct model_config *mc)
 {
-    int n_ctx = cfg->ctx_len;
-    if (n_ctx <= 0) {
-        n_ctx = mc->max_position_embeddings > 0 ? mc->max_position_embeddings : CONTEXT_CAP_DEFAULT;
-        if (n_ctx > CONTEXT_CAP_DEFAULT)
-            n_ctx = CONTEXT_CAP_DEFAULT;
-    }
-    return n_ctx;
+    return inferd_config_context_length(cfg, mc->max_position_embeddings);
 }
 
 /* What a model will hold: its safetensors files (the weights are read into
  * memory whole; for a float checkpoint quantized while loading this is an
- * upper bound) plus the float32 KV cache of every sequence slot. */
+ * upper bound) plus the KV cache of every sequence slot. */
 static int estimate_memory(const struct inferd_config *cfg, const char *dir, size_t *ret, ifd_error *err)
 {
     struct model_config mc;
     int r = model_config_load(dir, &mc, err);
     if (r < 0)
         return r;
-    size_t kv = (size_t)mc.n_layers * (size_t)cfg->max_seqs * 2 * (size_t)context_of(cfg, &mc) *
-                (size_t)mc.n_kv_heads * (size_t)mc.head_dim * sizeof(float);
+    size_t kv = (size_t)mc.n_layers * (size_t)cfg->max_seqs * (size_t)context_of(cfg, &mc) *
+                (size_t)model_bytes_kv_position(&mc);
     model_config_finish(&mc);
     size_t files = 0;
     DIR *d = opendir(dir);

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -1096,9 +1097,197 @@ def group_cors(binary):
                   "cors_origins %r refused: %s" % (bad_value, r.stderr))
 
 
+# Bytes per element of the safetensors dtypes the shared models use.
+ST_DTYPE_SIZE = {"F32": 4, "F16": 2, "BF16": 2, "U32": 4}
+
+
+def st_tensors(model_dir):
+    """The tensors of every .safetensors file in model_dir, read here from the
+    headers (8-byte little-endian length, then JSON), independently of the C
+    reader: ({name: (dtype, shape, nbytes)}, number of files, their total size)."""
+    tensors, n_files, size = {}, 0, 0
+    for name in sorted(os.listdir(model_dir)):
+        if not name.endswith(".safetensors"):
+            continue
+        path = os.path.join(model_dir, name)
+        with open(path, "rb") as f:
+            (hlen,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(hlen))
+        header.pop("__metadata__", None)
+        for k, v in header.items():
+            n = 1
+            for d in v["shape"]:
+                n *= d
+            tensors[k] = (v["dtype"], v["shape"], n * ST_DTYPE_SIZE[v["dtype"]])
+        n_files += 1
+        size += os.path.getsize(path)
+    return tensors, n_files, size
+
+
+def expected_info(model_dir):
+    """What `inferctl model info` must report, computed from config.json and the
+    headers: parameters (MLX U32 weights unpacked, their scales/biases not
+    parameters), weight bytes a decode step reads, KV bytes per position (f32)."""
+    with open(os.path.join(model_dir, "config.json")) as f:
+        cfg = json.load(f)
+    bits = (cfg.get("quantization") or {}).get("bits")
+    tensors, n_files, size = st_tensors(model_dir)
+    params = 0
+    for name, (dtype, shape, nbytes) in tensors.items():
+        n = nbytes // ST_DTYPE_SIZE[dtype]
+        stem = name.rsplit(".", 1)[0]
+        if name.endswith((".scales", ".biases")) and tensors.get(stem + ".weight", ("",))[0] == "U32":
+            continue
+        if dtype == "U32" and name.endswith(".weight"):
+            n = n * 32 // bits
+        params += n
+    layers = [sum(t[2] for k, t in tensors.items() if k.startswith("model.layers.%d." % l))
+              for l in range(cfg["num_hidden_layers"])]
+    norm = sum(t[2] for k, t in tensors.items() if k.startswith("model.norm."))
+    embed = sum(t[2] for k, t in tensors.items() if k.startswith("model.embed_tokens."))
+    head = sum(t[2] for k, t in tensors.items() if k.startswith("lm_head."))
+    tied = cfg.get("tie_word_embeddings", False)
+    if tied:
+        table = embed or head  # one table, stored under either name
+        master_extra = table + norm
+        per_token = sum(layers) + norm + table
+    else:
+        row = sum(t[2] // t[1][0] for k, t in tensors.items() if k.startswith("model.embed_tokens."))
+        master_extra = embed + norm + head
+        per_token = sum(layers) + norm + head + row
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    kv_layer = 2 * cfg.get("num_key_value_heads", cfg["num_attention_heads"]) * head_dim * 4
+    return {"params": params, "files": n_files, "size": size, "layers": layers, "master_extra": master_extra,
+            "per_token": per_token, "kv_layer": kv_layer, "cfg": cfg}
+
+
+def group_model_info(binary):
+    ctl = os.path.join(os.path.dirname(binary), "inferctl")
+
+    def info(*args):
+        return subprocess.run([ctl, "model", "info", *args], capture_output=True, text=True, timeout=60)
+
+    def info_json(*args):
+        r = info(*args, "--json")
+        check(r.returncode == 0, "inferctl model info %s --json: rc %d %r" % (args, r.returncode, r.stderr))
+        return json.loads(r.stdout) if r.returncode == 0 else {}
+
+    def check_nodes(name, o, e, counts, ctx, seqs):
+        nodes = o.get("nodes", [])
+        check([n["layers"] for n in nodes] == counts, "%s split %s: %s" % (name, counts, nodes))
+        first = 0
+        for i, n in enumerate(nodes):
+            want_w = sum(e["layers"][first:first + counts[i]]) + (e["master_extra"] if i == 0 else 0)
+            want_kv = counts[i] * e["kv_layer"] * ctx * seqs
+            check(n["layer_first"] == first and n["layer_last"] == first + counts[i]
+                  and n["weight_bytes"] == want_w and n["kv_bytes"] == want_kv
+                  and n["total_bytes"] == want_w + want_kv and n["role"] == ("master" if i == 0 else "worker"),
+                  "%s split %s node %d: %s, want weights %d, KV %d" % (name, counts, i, n, want_w, want_kv))
+            first += counts[i]
+        t = o.get("total", {})
+        check(t.get("weight_bytes") == sum(n["weight_bytes"] for n in nodes) == sum(e["layers"]) + e["master_extra"]
+              and t.get("kv_bytes") == sum(n["kv_bytes"] for n in nodes)
+              == e["kv_layer"] * len(e["layers"]) * ctx * seqs,
+              "%s split %s totals: %s" % (name, counts, t))
+
+    for name in ("tinystories-656k", "tinystories-656k-mlx-4bit", "tinystories-656k-bf16-sharded",
+                 "qwen2-tiny-random"):
+        d = os.path.join(MODELS, name)
+        e = expected_info(d)
+        cfg = e["cfg"]
+        o = info_json(d)
+        if not o:
+            continue
+        check(o.get("parameters") == e["params"], "%s parameters %s, headers say %d" % (name, o.get("parameters"),
+                                                                                       e["params"]))
+        check(o.get("files") == e["files"] and o.get("bytes_on_disk") == e["size"],
+              "%s files %s / %s bytes, want %d / %d" % (name, o.get("files"), o.get("bytes_on_disk"), e["files"],
+                                                        e["size"]))
+        check(o.get("layers") == cfg["num_hidden_layers"] and o.get("vocab_size") == cfg["vocab_size"]
+              and o.get("hidden_size") == cfg["hidden_size"] and o.get("tied_embeddings") == cfg["tie_word_embeddings"],
+              "%s shape: %s" % (name, o))
+        pt = o.get("per_token", {})
+        check(pt.get("weight_bytes") == e["per_token"] and pt.get("kv_bytes") == e["kv_layer"] * cfg["num_hidden_layers"]
+              and pt.get("kv_dtype") == "F32",
+              "%s per token %s, want weights %d, KV %d" % (name, pt, e["per_token"],
+                                                           e["kv_layer"] * cfg["num_hidden_layers"]))
+        # Defaults: the model's context capped at 4096, the daemon's 8 sequences, one node.
+        ctx = min(cfg["max_position_embeddings"], 4096)
+        check(o.get("ctx") == ctx and o.get("seqs") == 8, "%s defaults: ctx %s seqs %s" % (name, o.get("ctx"),
+                                                                                          o.get("seqs")))
+        check_nodes(name, o, e, [cfg["num_hidden_layers"]], ctx, 8)
+        check_nodes(name, info_json(d, "--split", "1,1", "--ctx", "100", "--seqs", "3"), e, [1, 1], 100, 3)
+        check_nodes(name, info_json(d, "--split", "0,2"), e, [0, 2], ctx, 8)
+        check_nodes(name, info_json(d, "--nodes", "2", "--seqs", "1"), e, [1, 1], ctx, 1)
+        quant = cfg.get("quantization")
+        dtypes = sorted(set(t[0] for t in st_tensors(d)[0].values()))
+        want_storage = ("MLX affine %d-bit g%d" % (quant["bits"], quant["group_size"]) if quant else
+                        dtypes[0] if len(dtypes) == 1 else None)
+        check(o.get("storage") == want_storage, "%s storage %r, want %r" % (name, o.get("storage"), want_storage))
+
+    # The table a person reads.
+    r = info(TINY)
+    check(r.returncode == 0 and "parameters        656.0 K (656000)" in r.stdout and "storage           F32" in r.stdout
+          and "tied embeddings   yes" in r.stdout, "inferctl model info table: %r %r" % (r.stdout, r.stderr))
+    r = info(os.path.join(MODELS, "qwen2-tiny-random"), "--nodes", "2")
+    check(r.returncode == 0 and "19.5 M" in r.stdout and "master" in r.stdout and "worker" in r.stdout,
+          "inferctl model info qwen2 --nodes 2: %r %r" % (r.stdout, r.stderr))
+
+    # org/name from a Hugging Face cache: snapshot files are symlinks to blobs,
+    # and bytes on disk are the blobs' sizes.
+    with tempfile.TemporaryDirectory() as hub:
+        repo = os.path.join(hub, "models--test-org--tiny")
+        snap = os.path.join(repo, "snapshots", "0123abcd")
+        os.makedirs(snap)
+        os.makedirs(os.path.join(repo, "refs"))
+        with open(os.path.join(repo, "refs", "main"), "w") as f:
+            f.write("0123abcd\n")
+        for name in ("config.json", "model.safetensors"):
+            os.symlink(os.path.join(TINY, name), os.path.join(snap, name))
+        env = dict(os.environ, HF_HUB_CACHE=hub)
+        r = subprocess.run([ctl, "model", "info", "test-org/tiny", "--json"], capture_output=True, text=True,
+                           timeout=60, env=env)
+        o = json.loads(r.stdout) if r.returncode == 0 else {}
+        e = expected_info(TINY)
+        check(o.get("model") == snap and o.get("parameters") == e["params"] and o.get("bytes_on_disk") == e["size"],
+              "inferctl model info org/name from the cache: rc %d %s %r" % (r.returncode, r.stdout[:300], r.stderr))
+
+    # Refusals: a clear message naming what is wrong, a failing status, nothing on stdout.
+    with tempfile.TemporaryDirectory() as tmp:
+        bad_cfg = os.path.join(tmp, "badcfg")
+        os.mkdir(bad_cfg)
+        with open(os.path.join(bad_cfg, "config.json"), "w") as f:
+            f.write("{not json")
+        bad_st = os.path.join(tmp, "badst")
+        os.mkdir(bad_st)
+        with open(os.path.join(TINY, "config.json")) as src, open(os.path.join(bad_st, "config.json"), "w") as f:
+            f.write(src.read())
+        with open(os.path.join(bad_st, "model.safetensors"), "wb") as f:
+            f.write(struct.pack("<Q", 1 << 40) + b"{}")
+        missing = os.path.join(tmp, "missing")
+        for args, wants in (([missing], [missing]),
+                            ([bad_cfg], [os.path.join(bad_cfg, "config.json")]),
+                            ([bad_st], [os.path.join(bad_st, "model.safetensors"), "header"]),
+                            ([TINY, "--split", "1,2"], ["3 layers", "has 2"]),
+                            ([TINY, "--split", "1"], ["1 layers", "has 2"]),
+                            ([TINY, "--split", "1,0,1"], ["node 1"]),
+                            ([TINY, "--split", "1,x"], ["node 1"]),
+                            ([TINY, "--split", "-1,3"], ["node 0"]),
+                            ([TINY, "--nodes", "3"], ["only 2 layers"]),
+                            ([TINY, "--nodes", "0"], ["--nodes"]),
+                            ([TINY, "--ctx", "12k"], ["--ctx"]),
+                            ([TINY, "--ctx", "0"], ["--ctx"]),
+                            ([TINY, "--seqs", "-4"], ["--seqs"]),
+                            ([TINY, "--split", "1,1", "--nodes", "2"], ["--split and --nodes"])):
+            r = info(*args)
+            check(r.returncode != 0 and r.stdout == "" and all(w in r.stderr for w in wants),
+                  "inferctl model info %s refused: rc %d %r, want %s" % (args, r.returncode, r.stderr, wants))
+
+
 GROUPS = {
     "cors": group_cors,
     "models": group_models,
+    "model_info": group_model_info,
     "injection": group_injection,
     "loading": group_loading,
     "vulkan": group_vulkan,
