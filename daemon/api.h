@@ -146,3 +146,28 @@ char *api_error_sse(const struct api_error *e, size_t *ret_len);
  *   before it is the last to send, the stop string itself never is).
  * With no stop strings everything is emitted at once. */
 bool api_stop_scan(const char *pending, size_t len, char *const *stops, int n_stops, size_t *ret_emit);
+
+/* POST /v1/embeddings {"input": string | [string] | [ids] | [[ids]],
+ * "model", "encoding_format": "float" | "base64"}. Other fields (dimensions,
+ * user) are refused by name. */
+#define API_MAX_EMBED_INPUTS 2048   /* as OpenAI */
+
+struct api_embed_input {
+    char *text;          /* a string input, or NULL */
+    int32_t *ids;        /* a token-id input: [n_ids], checked against the vocabulary later */
+    size_t n_ids;
+};
+
+struct api_embed_request {
+    char *model;         /* NULL when absent */
+    struct api_embed_input *inputs;
+    int n_inputs;        /* 1 .. API_MAX_EMBED_INPUTS */
+    bool base64;         /* encoding_format "base64": little-endian float32, base64 */
+};
+
+int api_embed_parse(const char *body, size_t len, struct api_embed_request *ret, struct api_error *err);
+void api_embed_request_finish(struct api_embed_request *r); /* accepts a zeroed struct */
+/* The response body ("object": "list", one "embedding" per input in order,
+ * usage), malloc'd; NULL when out of memory. */
+char *api_embed_response_json(const char *model, const float *const *vecs, int n, int dim, bool base64,
+                              int prompt_tokens, size_t *ret_len);

@@ -506,6 +506,16 @@ static struct inferd_model_cfg *model_get(struct inferd_config *c, const char *n
     return nm;
 }
 
+/* pooling = last | mean: how /v1/embeddings reduces a text's positions. */
+static int parse_pooling(const char *v, const char *what, bool *ret_mean, ifd_error *err)
+{
+    if (strcmp(v, "last") == 0 || strcmp(v, "mean") == 0) {
+        *ret_mean = v[0] == 'm';
+        return 0;
+    }
+    return ifd_error_set(err, -EINVAL, "%s: '%s' is not a pooling (last or mean)", what, v);
+}
+
 static int model_section_set(struct inferd_config *c, const char *name, const char *key, const char *v,
                              const char *what, ifd_error *err)
 {
@@ -522,11 +532,13 @@ static int model_section_set(struct inferd_config *c, const char *name, const ch
         return parse_int(v, 32, 128, what, &m->quantize_group_size, err);
     if (strcmp(key, "preload") == 0)
         return parse_bool(v, what, &m->preload, err);
+    if (strcmp(key, "pooling") == 0)
+        return parse_pooling(v, what, &m->pool_mean, err);
     if (strcmp(key, "idle_unload") == 0)
         return parse_int(v, 0, 30 * 86400, what, &m->idle_unload_s, err);
     return ifd_error_set(err, -EINVAL,
                          "%s: unknown key (model sections take path, chat_template, quantize, quantize_group_size, "
-                         "preload and idle_unload)", what);
+                         "pooling, preload and idle_unload)", what);
 }
 
 /* Every key of the file, with the flag that overrides it (if any): the one
@@ -581,6 +593,8 @@ static int config_set(struct inferd_config *c, const char *section, const char *
         return parse_quantize(v, what, &c->quantize_bits, err);
     if (IS("model", "quantize_group_size"))
         return parse_int(v, 32, 128, what, &c->quantize_group_size, err);
+    if (IS("model", "pooling"))
+        return parse_pooling(v, what, &c->pool_mean, err);
     if (IS("node", "role"))
         return parse_role(v, what, &c->role, err);
     if (IS("node", "backend"))
@@ -822,7 +836,7 @@ bool inferd_config_models_equal(const struct inferd_config *a, const struct infe
         const struct inferd_model_cfg *x = &a->models[i], *y = &b->models[i];
         if (!str_eq(x->name, y->name) || !str_eq(x->path, y->path) ||
             !str_eq(x->chat_template_path, y->chat_template_path) || x->quantize_bits != y->quantize_bits ||
-            x->quantize_group_size != y->quantize_group_size || x->preload != y->preload ||
+            x->quantize_group_size != y->quantize_group_size || x->preload != y->preload || x->pool_mean != y->pool_mean ||
             x->idle_unload_s != y->idle_unload_s)
             return false;
     }

@@ -104,6 +104,7 @@ enum route {
     ROUTE_COMPLETIONS,
     ROUTE_TOKENIZE,
     ROUTE_DETOKENIZE,
+    ROUTE_EMBEDDINGS,
 };
 
 static const struct {
@@ -120,6 +121,7 @@ static const struct {
     {"/v1/completions", ROUTE_COMPLETIONS, "POST", true},
     {"/tokenize", ROUTE_TOKENIZE, "POST", true},
     {"/detokenize", ROUTE_DETOKENIZE, "POST", true},
+    {"/v1/embeddings", ROUTE_EMBEDDINGS, "POST", true},
 };
 
 enum stream_phase {
@@ -885,6 +887,155 @@ static MHD_RESULT handle_detokenize(struct MHD_Connection *c, struct conn *k)
     return respond_json(c, k, 200, s);
 }
 
+/* ---- embeddings ---- */
+
+/* The ids of one input, tokenized as a completion's prompt (with the
+ * tokenizer's special tokens) or as given, checked against the model. */
+static int embed_input_ids(const struct served_model *m, const struct api_embed_input *in, int index,
+                           struct tok_ids *ids, struct api_error *e)
+{
+    char param[32];
+    snprintf(param, sizeof(param), "input[%d]", index);
+    if (in->text) {
+        ifd_error err = {{0}};
+        if (tok_encode(m->tok, in->text, strlen(in->text), true, ids, &err) < 0) {
+            api_error_set(e, 400, "invalid_request_error", param, NULL, "%s", err.msg);
+            return -EINVAL;
+        }
+    } else {
+        if (api_check_token_ids(in->ids, in->n_ids, m->n_vocab, param, e) < 0)
+            return -EINVAL;
+        ids->ids = malloc(sizeof(int32_t) * in->n_ids);
+        if (!ids->ids) {
+            api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+            return -ENOMEM;
+        }
+        memcpy(ids->ids, in->ids, sizeof(int32_t) * in->n_ids);
+        ids->n = ids->cap = in->n_ids;
+    }
+    if (ids->n > (size_t)m->n_ctx) {
+        api_error_set(e, 400, "invalid_request_error", param, "context_length_exceeded",
+                      "input %d is %zu tokens; this model's context is %d", index, ids->n, m->n_ctx);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* Every input goes through the scheduler as a prefill-only sequence, at most
+ * as many at once as there are sequence slots (so a batch of inputs never
+ * fills the queue that other clients wait in); their vectors come back in
+ * input order. */
+static MHD_RESULT handle_embeddings(struct MHD_Connection *c, struct conn *k)
+{
+    struct api_embed_request rq;
+    struct api_error e;
+    if (api_embed_parse(k->body, k->len, &rq, &e) < 0)
+        return respond_error(c, k, &e);
+    MHD_RESULT ret;
+    int r = take_model(k, rq.model, &e);
+    if (r < 0) {
+        ret = respond_model_error(c, k, r, &e);
+        api_embed_request_finish(&rq);
+        return ret;
+    }
+    const struct served_model *m = k->model;
+    const int n = rq.n_inputs;
+    float **vecs = calloc((size_t)n, sizeof(*vecs));
+    struct sched_req **reqs = calloc((size_t)m->n_seq_max, sizeof(*reqs));
+    int *owner = calloc((size_t)m->n_seq_max, sizeof(*owner));
+    int prompt_tokens = 0;
+    bool failed = !vecs || !reqs || !owner;
+    if (failed)
+        api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
+    /* Tokenize everything first: a bad input is a 400 before any work. */
+    struct tok_ids *ids = failed ? NULL : calloc((size_t)n, sizeof(*ids));
+    if (!failed && !ids) {
+        failed = true;
+        api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    for (int i = 0; !failed && i < n; i++) {
+        if (embed_input_ids(m, &rq.inputs[i], i, &ids[i], &e) < 0)
+            failed = true;
+        else
+            prompt_tokens += (int)ids[i].n;
+    }
+    parse_release(k);
+    int next = 0, done = 0, in_flight = 0;
+    while (!failed && done < n) {
+        /* Fill the free window. */
+        for (int w = 0; w < m->n_seq_max && next < n; w++) {
+            if (reqs[w])
+                continue;
+            struct sched_req_params p = {.prompt = ids[next].ids, .n_prompt = ids[next].n, .max_tokens = 1,
+                                         .sampling = sampler_params_default(), .embed = true,
+                                         .pool_mean = m->pool_mean};
+            ifd_error err = {{0}};
+            int rs = sched_submit(m->sched, &p, &reqs[w], &err);
+            if (rs < 0) {
+                reqs[w] = NULL;
+                failed = true;
+                api_error_set(&e, rs == -EAGAIN ? 429 : rs == -ESHUTDOWN ? 503 : 500,
+                              rs == -EAGAIN ? "rate_limit_error" : rs == -ESHUTDOWN ? "service_unavailable" : "server_error",
+                              NULL, rs == -EAGAIN ? "queue_full" : rs == -ESHUTDOWN ? "shutting_down" : NULL, "%s", err.msg);
+                break;
+            }
+            owner[w] = next++;
+            in_flight++;
+        }
+        /* Collect whatever finished. */
+        for (int w = 0; !failed && w < m->n_seq_max; w++) {
+            if (!reqs[w])
+                continue;
+            struct sched_output out = {0};
+            sched_req_collect(reqs[w], in_flight == 1 ? 100 : 0, &out);
+            if (out.done) {
+                if (out.error_status || !out.embedding) {
+                    failed = true;
+                    bool down = out.error_status == 503;
+                    api_error_set(&e, out.error_status ? out.error_status : 500,
+                                  down ? "service_unavailable" : "server_error", NULL, down ? unavailable_code(k) : NULL,
+                                  "%s", out.error_msg);
+                } else {
+                    vecs[owner[w]] = out.embedding;
+                    out.embedding = NULL;
+                    done++;
+                }
+                sched_req_release(reqs[w]);
+                reqs[w] = NULL;
+                in_flight--;
+            }
+            sched_output_finish(&out);
+        }
+        if (!failed && client_gone(k->fd)) {
+            failed = true;
+            k->status = 499;
+        }
+    }
+    for (int w = 0; reqs && w < m->n_seq_max; w++)
+        sched_req_release(reqs[w]); /* cancels what still runs */
+    if (failed && k->status == 499) {
+        ret = MHD_NO;
+    } else if (failed) {
+        ret = respond_error(c, k, &e);
+    } else {
+        size_t len = 0;
+        char *body = api_embed_response_json(m->name, (const float *const *)vecs, n, m->hidden_size, rq.base64,
+                                             prompt_tokens, &len);
+        k->tokens_in = prompt_tokens;
+        ret = body ? respond(c, k, 200, "application/json", body, len) : MHD_NO;
+    }
+    for (int i = 0; ids && i < n; i++)
+        tok_ids_finish(&ids[i]);
+    for (int i = 0; vecs && i < n; i++)
+        free(vecs[i]);
+    free(ids);
+    free(vecs);
+    free(reqs);
+    free(owner);
+    api_embed_request_finish(&rq);
+    return ret;
+}
+
 /* ---- generation ---- */
 
 static char *namer_fn(void *ctx, int32_t id, size_t *ret_len)
@@ -1191,6 +1342,7 @@ static MHD_RESULT dispatch(struct MHD_Connection *c, struct conn *k)
     case ROUTE_COMPLETIONS: r = handle_generate(c, k, API_KIND_COMPLETION); break;
     case ROUTE_TOKENIZE: r = handle_tokenize(c, k); break;
     case ROUTE_DETOKENIZE: r = handle_detokenize(c, k); break;
+    case ROUTE_EMBEDDINGS: r = handle_embeddings(c, k); break;
     default: r = respond_errorf(c, k, 404, "invalid_request_error", NULL, "not_found", "no such endpoint"); break;
     }
     parse_release(k);

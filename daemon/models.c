@@ -41,7 +41,7 @@ struct entry {
     const char *path;
     const char *chat_template_path;
     int quantize_bits, quantize_group_size;
-    bool preload;
+    bool preload, pool_mean;
     int idle_unload_s;
     bool is_default;             /* [model]: loaded at start, never unloaded, runs the workers */
 
@@ -283,6 +283,8 @@ static int load_entry(struct models *ms, struct entry *E, ifd_error *err)
         .n_vocab = mc->vocab_size,
         .n_layers = mc->n_layers,
         .n_seq_max = ec.n_seq_max,
+        .hidden_size = mc->hidden_size,
+        .pool_mean = E->pool_mean,
         .sched = E->sched,
         .metrics = E->metrics,
         .model_dir = E->model_dir,
@@ -365,6 +367,7 @@ int models_create(const struct inferd_config *cfg, const char *default_name, str
             E->chat_template_path = cfg->chat_template_path;
             E->quantize_bits = cfg->quantize_bits;
             E->quantize_group_size = cfg->quantize_group_size;
+            E->pool_mean = cfg->pool_mean;
             E->is_default = true;
             E->state = MODEL_LOADING; /* requests wait for the start-up load */
         } else {
@@ -375,6 +378,7 @@ int models_create(const struct inferd_config *cfg, const char *default_name, str
             E->quantize_bits = mc->quantize_bits;
             E->quantize_group_size = mc->quantize_group_size;
             E->preload = mc->preload;
+            E->pool_mean = mc->pool_mean;
             E->idle_unload_s = mc->idle_unload_s;
         }
         ms->n = i + 1;

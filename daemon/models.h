@@ -47,6 +47,8 @@ struct served_model {
     int n_vocab;
     int n_layers;
     int n_seq_max;
+    int hidden_size;             /* the length of its embeddings */
+    bool pool_mean;              /* embeddings: mean of the positions, else the last one */
     struct sched *sched;
     struct metrics *metrics;
     const char *model_dir;

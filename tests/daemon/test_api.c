@@ -404,3 +404,64 @@ Test(api, tokenize_bodies)
     cr_assert_lt(api_detokenize_parse(b, strlen(b), 0, &ids, &n, &model, &e), 0);
     cr_assert(strstr(e.message, "from 0 to 2^31-1"), "%s", e.message);
 }
+
+Test(api, embeddings_bodies)
+{
+    struct api_embed_request r;
+    struct api_error e = {0};
+    const char *b = "{\"input\":\"hi\",\"model\":\"m\"}";
+    cr_assert_eq(api_embed_parse(b, strlen(b), &r, &e), 0, "%s", e.message);
+    cr_assert_eq(r.n_inputs, 1);
+    cr_assert_str_eq(r.inputs[0].text, "hi");
+    cr_assert_str_eq(r.model, "m");
+    cr_assert(!r.base64);
+    api_embed_request_finish(&r);
+    /* one array of ids is one input; an array of arrays is several */
+    b = "{\"input\":[1,2,3],\"encoding_format\":\"base64\"}";
+    cr_assert_eq(api_embed_parse(b, strlen(b), &r, &e), 0, "%s", e.message);
+    cr_assert_eq(r.n_inputs, 1);
+    cr_assert_eq(r.inputs[0].n_ids, 3);
+    cr_assert_eq(r.inputs[0].ids[2], 3);
+    cr_assert(r.base64);
+    api_embed_request_finish(&r);
+    b = "{\"input\":[\"a\",[4,5]]}";
+    cr_assert_eq(api_embed_parse(b, strlen(b), &r, &e), 0, "%s", e.message);
+    cr_assert_eq(r.n_inputs, 2);
+    cr_assert_str_eq(r.inputs[0].text, "a");
+    cr_assert_eq(r.inputs[1].ids[1], 5);
+    api_embed_request_finish(&r);
+    /* refusals name the field */
+    static const struct {
+        const char *body, *param;
+    } bad[] = {
+        {"{\"input\":\"\"}", "input"},
+        {"{\"input\":[]}", "input"},
+        {"{}", "input"},
+        {"{\"input\":\"a\",\"dimensions\":8}", "dimensions"},
+        {"{\"input\":\"a\",\"user\":\"u\"}", "user"},
+        {"{\"input\":\"a\",\"encoding_format\":\"hex\"}", "encoding_format"},
+        {"{\"input\":[\"a\",[1,-2]]}", "input[1][1]"},
+        {"{\"input\":[\"a\",3]}", "input[1]"},
+        {"{\"input\":[[1],[]]}", "input[1]"},
+        {"{\"input\":\"a\",\"model\":1}", "model"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        memset(&e, 0, sizeof(e));
+        cr_assert_lt(api_embed_parse(bad[i].body, strlen(bad[i].body), &r, &e), 0, "%s accepted", bad[i].body);
+        cr_assert_eq(e.status, 400);
+        cr_assert_str_eq(e.param, bad[i].param, "%s: param %s", bad[i].body, e.param);
+    }
+    /* the response: floats that round-trip float32, base64 of little-endian float32 */
+    const float v0[2] = {0.1f, -2.5f}, v1[2] = {1.0f, 0.0f};
+    const float *vecs[2] = {v0, v1};
+    size_t len = 0;
+    char *s = api_embed_response_json("m\"x", vecs, 2, 2, false, 7, &len);
+    cr_assert_str_eq(s, "{\"object\":\"list\",\"data\":[{\"object\":\"embedding\",\"index\":0,\"embedding\":"
+                        "[0.100000001,-2.5]},{\"object\":\"embedding\",\"index\":1,\"embedding\":[1,0]}],"
+                        "\"model\":\"m\\\"x\",\"usage\":{\"prompt_tokens\":7,\"total_tokens\":7}}");
+    cr_assert_eq(len, strlen(s));
+    free(s);
+    s = api_embed_response_json("m", vecs, 1, 2, true, 1, &len);
+    cr_assert(strstr(s, "\"embedding\":\"zczMPQAAIMA=\""), "%s", s);
+    free(s);
+}

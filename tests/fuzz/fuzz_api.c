@@ -149,12 +149,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t len = size - 1;
     struct api_error e;
     memset(&e, 0, sizeof(e));
-    switch (data[0] % 6) {
+    switch (data[0] % 7) {
     case 0:
     case 1: {
         struct api_request r;
         memset(&r, 0, sizeof(r));
-        if (api_request_parse(data[0] % 6 ? API_KIND_COMPLETION : API_KIND_CHAT, body, len, VOCAB, &r, &e) < 0) {
+        if (api_request_parse(data[0] % 7 ? API_KIND_COMPLETION : API_KIND_CHAT, body, len, VOCAB, &r, &e) < 0) {
             check_error(&e);
             return 0;
         }
@@ -193,9 +193,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     case 4:
         check_serializer(body, len);
         break;
-    default:
+    case 5:
         check_stop_scan(body, len);
         break;
+    default: {
+        struct api_embed_request r;
+        if (api_embed_parse(body, len, &r, &e) < 0) {
+            check_error(&e);
+            return 0;
+        }
+        if (r.n_inputs < 1 || r.n_inputs > API_MAX_EMBED_INPUTS)
+            abort();
+        for (int i = 0; i < r.n_inputs; i++)
+            if (!r.inputs[i].text == !r.inputs[i].ids || (r.inputs[i].ids && r.inputs[i].n_ids == 0) ||
+                (r.inputs[i].text && !api_utf8_valid(r.inputs[i].text, strlen(r.inputs[i].text), NULL)))
+                abort();
+        api_embed_request_finish(&r);
+        break;
+    }
     }
     return 0;
 }

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 
-from harness import FAILURES, MODELS, check, free_port, goldens, key_file
+from harness import FAILURES, MODELS, SHARED, check, free_port, goldens, key_file
 
 TINY = os.path.join(MODELS, "tinystories-656k")
 QWEN3 = os.path.join(MODELS, "qwen3-tiny-random")
@@ -1097,6 +1097,98 @@ def group_cors(binary):
                   "cors_origins %r refused: %s" % (bad_value, r.stderr))
 
 
+def safetensors_f32(path, name):
+    """One F32 tensor of a .safetensors file as a list of rows, read here."""
+    import struct
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        t = header[name]
+        assert t["dtype"] == "F32"
+        begin, end = t["data_offsets"]
+        f.seek(8 + n + begin)
+        flat = struct.unpack("<%df" % ((end - begin) // 4), f.read(end - begin))
+    rows, cols = t["shape"]
+    return [flat[r * cols:(r + 1) * cols] for r in range(rows)]
+
+
+# Issue 13 item 5: /v1/embeddings. TinyStories ties its head to the
+# embedding, so the reference's logits are W . norm(h): the last-token
+# embedding (norm(h) made unit length) times W must be the golden logits up
+# to one positive factor, |norm(h)|.
+def group_embeddings(binary):
+    import base64
+    import struct
+    g = goldens("tinystories-656k")[0]
+    with open(os.path.join(SHARED, "golden", g["last_logits_f32"]), "rb") as f:
+        raw = f.read()
+    want = struct.unpack("<%df" % (len(raw) // 4), raw)
+    W = safetensors_f32(os.path.join(TINY, "model.safetensors"), "lm_head.weight")
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = os.path.join(tmp, "inferd.conf")
+        with open(conf, "w") as f:
+            f.write("[model.mean]\npath = %s\npooling = mean\n" % TINY)
+        with Daemon(binary, TINY, "--config", conf) as d:
+            st, r = d.json("POST", "/v1/embeddings", {"input": [g["prompt_ids"]]})
+            check(st == 200 and r["object"] == "list" and r["model"] == "tinystories-656k", "embeddings: %s" % st)
+            v = r["data"][0]["embedding"]
+            check(len(v) == 128 and abs(sum(x * x for x in v) - 1) < 1e-5, "128 dimensions, unit length")
+            dots = [sum(a * b for a, b in zip(row, v)) for row in W]
+            scale = sum(a * b for a, b in zip(want, dots)) / sum(b * b for b in dots)
+            err = max(abs(a - scale * b) for a, b in zip(want, dots))
+            check(scale > 0 and err < 1e-2, "W . embedding = golden logits / %.3f (max error %.2g)" % (scale, err))
+            check(max(range(len(dots)), key=dots.__getitem__) == g["generated_ids"][0], "argmax is the golden next token")
+            check(r["usage"] == {"prompt_tokens": len(g["prompt_ids"]), "total_tokens": len(g["prompt_ids"])},
+                  "usage %s" % r["usage"])
+            # Text inputs are tokenized as completion prompts (BOS first): the same vector.
+            st, r2 = d.json("POST", "/v1/embeddings", {"input": g["prompt"]["text"]})
+            check(st == 200 and max(abs(a - b) for a, b in zip(r2["data"][0]["embedding"], v)) < 1e-6,
+                  "text input == its token ids")
+            # A batch is the inputs one by one, in order (more inputs than sequence slots).
+            texts = ["Once upon a time", "The cat sat.", "Lily", "Tom had a ball"] * 3
+            st, rb = d.json("POST", "/v1/embeddings", {"input": texts, "encoding_format": "base64"})
+            check(st == 200 and [x["index"] for x in rb["data"]] == list(range(len(texts))), "batch order")
+            for i in (0, 5, 11):
+                one = d.json("POST", "/v1/embeddings", {"input": texts[i]})[1]["data"][0]["embedding"]
+                raw = base64.b64decode(rb["data"][i]["embedding"])
+                got = struct.unpack("<%df" % (len(raw) // 4), raw)
+                check(max(abs(a - b) for a, b in zip(got, one)) < 1e-5, "batched input %d == alone (base64)" % i)
+            # Mean pooling: one token is its own mean; more tokens are not the last one.
+            a = d.json("POST", "/v1/embeddings", {"model": "mean", "input": [[1]]})[1]["data"][0]["embedding"]
+            b = d.json("POST", "/v1/embeddings", {"input": [[1]]})[1]["data"][0]["embedding"]
+            check(max(abs(x - y) for x, y in zip(a, b)) < 1e-6, "mean of one position == last")
+            a = d.json("POST", "/v1/embeddings", {"model": "mean", "input": [g["prompt_ids"]]})[1]["data"][0]["embedding"]
+            check(max(abs(x - y) for x, y in zip(a, v)) > 1e-3 and abs(sum(x * x for x in a) - 1) < 1e-5,
+                  "mean pooling differs from last, unit length")
+            # Errors: named, and the daemon keeps serving.
+            expect_error(d, 400, "POST", "/v1/embeddings", {"input": ""}, None, None, "input", None, "empty input")
+            expect_error(d, 400, "POST", "/v1/embeddings", {"input": "a", "dimensions": 8}, None, None, "dimensions",
+                         None, "dimensions refused by name")
+            expect_error(d, 400, "POST", "/v1/embeddings", {"input": ["a", [1, 5000]]}, None, None, "input[1][1]",
+                         None, "token id outside the vocabulary")
+            expect_error(d, 400, "POST", "/v1/embeddings", {"input": [[1] * 600]}, None, None, "input[0]",
+                         "context_length_exceeded", "input longer than the context")
+            expect_error(d, 400, "POST", "/v1/embeddings", {"input": ["x"] * 2049}, None, None, "input", None,
+                         "more than 2048 inputs")
+            expect_error(d, 404, "POST", "/v1/embeddings", {"input": "a", "model": "nope"}, None, None, "model",
+                         "model_not_found", "unknown model")
+            # The official SDK (base64 by default, decoded by the SDK).
+            src = os.environ.get("INFERD_SOURCE_ROOT", os.path.join(os.path.dirname(__file__), "..", ".."))
+            node_dir = os.path.join(src, "tests", "node")
+            if not os.path.isdir(os.path.join(node_dir, "node_modules", "openai")):
+                r = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=node_dir,
+                                   capture_output=True, text=True, timeout=600)
+                if not check(r.returncode == 0, "npm install in tests/node: %s" % r.stderr[-1000:]):
+                    return
+            hello = d.json("POST", "/v1/embeddings", {"input": "Hello", "encoding_format": "float"})[1]
+            env = dict(os.environ, INFERD_URL="http://127.0.0.1:%d" % d.port, INFERD_API_KEY="none",
+                       INFERD_EXPECT=json.dumps(hello["data"][0]["embedding"]))
+            r = subprocess.run(["node", os.path.join(src, "tests", "integration", "openai_embeddings.mjs")], env=env,
+                               capture_output=True, text=True, timeout=120)
+            print(r.stdout + r.stderr)
+            check(r.returncode == 0, "OpenAI SDK embeddings.create (exit %d)" % r.returncode)
+
+
 # Bytes per element of the safetensors dtypes the shared models use.
 ST_DTYPE_SIZE = {"F32": 4, "F16": 2, "BF16": 2, "U32": 4}
 
@@ -1285,6 +1377,7 @@ def group_model_info(binary):
 
 
 GROUPS = {
+    "embeddings": group_embeddings,
     "cors": group_cors,
     "models": group_models,
     "model_info": group_model_info,
