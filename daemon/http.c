@@ -984,11 +984,12 @@ static void stream_produce_tools(struct conn *k, size_t new_text, int new_lp, bo
                                  const struct api_token_namer *namer)
 {
     cJSON *deltas = cJSON_CreateArray();
-    if (!deltas || tools_stream_feed(k->ts, k->out.text + k->out_sent, new_text, finish, deltas) < 0) {
+    int r = deltas ? tools_stream_feed(k->ts, k->out.text + k->out_sent, new_text, finish, deltas) : -ENOMEM;
+    k->out_sent = k->out.text_len;  /* fed (or lost to ENOMEM): never fed twice */
+    if (r < 0) {
         cJSON_Delete(deltas);
         return;
     }
-    k->out_sent = k->out.text_len;
     int n = cJSON_GetArraySize(deltas);
     if (finish && n == 0)
         cJSON_AddItemToArray(deltas, cJSON_CreateObject()); /* the finish chunk's empty delta */
