@@ -734,6 +734,15 @@ static const char *find(const char *buf, size_t len, const char *needle)
     return memmem(buf, len, needle, strlen(needle));
 }
 
+/* Bytes of whitespace at the start of buf. */
+static size_t lead_space(const tools_stream *s)
+{
+    size_t w = 0;
+    while (w < s->len && isspace((unsigned char)s->buf[w]))
+        w++;
+    return w;
+}
+
 /* One step of the state machine; returns 1 to run again, 0 when it needs
  * more text, < 0 on error. */
 static int step(tools_stream *s, bool final, cJSON *deltas)
@@ -791,7 +800,6 @@ static int step(tools_stream *s, bool final, cJSON *deltas)
                 w++;
             size_t rest = s->len - w, k = sizeof(LLAMA_TAG) - 1;
             if (rest > 0 && (s->buf[w] == '{' || (rest >= k && memcmp(s->buf + w, LLAMA_TAG, k) == 0))) {
-                consume(s, w);
                 s->st = ST_TAIL;
                 return 1;
             }
@@ -811,16 +819,16 @@ static int step(tools_stream *s, bool final, cJSON *deltas)
                 keep--;
         if ((rc = emit_text(deltas, "content", s->buf, keep)) < 0)
             return rc;
-        if (!hit) {
-            consume(s, keep);
+        /* The held whitespace stays in buf: a call drops it, a malformed
+         * one gives it back as content with the rest. */
+        consume(s, keep);
+        if (!hit)
             return 0;
-        }
-        consume(s, upto);
         s->st = s->cfg.format == TOOLS_FMT_MISTRAL ? ST_TAIL : ST_CALL;
         return 1;
     }
     case ST_CALL: {
-        size_t k = sizeof(HERMES_OPEN) - 1;
+        size_t k = lead_space(s) + sizeof(HERMES_OPEN) - 1;
         const char *close = find(s->buf + k, s->len - k, HERMES_CLOSE);
         if (!close && !final)
             return 0;
@@ -841,7 +849,8 @@ static int step(tools_stream *s, bool final, cJSON *deltas)
         if (!final)
             return 0;
         const char *tag = s->cfg.format == TOOLS_FMT_MISTRAL ? MISTRAL_TAG : LLAMA_TAG;
-        size_t k = strlen(tag), skip = s->len >= k && memcmp(s->buf, tag, k) == 0 ? k : 0;
+        size_t w = lead_space(s), k = strlen(tag);
+        size_t skip = s->len - w >= k && memcmp(s->buf + w, tag, k) == 0 ? w + k : w;
         if ((rc = emit_calls_json(s, deltas, s->buf + skip, s->len - skip, s->cfg.format == TOOLS_FMT_MISTRAL)) < 0)
             return rc;
         if (rc == 0 && (rc = emit_text(deltas, "content", s->buf, s->len)) < 0)

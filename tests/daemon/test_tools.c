@@ -318,6 +318,7 @@ Test(tools, parse_malformed_stays_content)
         "<tool_call>\n{\"name\": \"f\", \"argum",
         "<tool_ca",
         "a < b and <tool> is not a call",
+        "the space before a bad call stays \n<tool_call>\n{oops}\n</tool_call>",
     };
     for (size_t i = 0; i < sizeof(replies) / sizeof(replies[0]); i++) {
         int calls;
@@ -376,6 +377,14 @@ Test(tools, parse_mistral)
     m = message_of(cfg_of(TOOLS_FMT_MISTRAL, false, false), "[TOOL_CALLS]{\"name\": \"get_time\"}", &calls);
     cr_assert_eq(calls, 0, "Mistral calls are an array");
     cr_assert_str_eq(str_of(m, "content"), "[TOOL_CALLS]{\"name\": \"get_time\"}");
+    cJSON_Delete(m);
+    /* Found by fuzz_tools: the space before a marker was lost when the call was no call. */
+    m = message_of(cfg_of(TOOLS_FMT_MISTRAL, false, false), "x [TOOL_CALLS][{\"nname\": 1}]", &calls);
+    cr_assert_eq(calls, 0);
+    cr_assert_str_eq(str_of(m, "content"), "x [TOOL_CALLS][{\"nname\": 1}]");
+    cJSON_Delete(m);
+    m = message_of(cfg_of(TOOLS_FMT_LLAMA3, false, false), "  {\"answer\": 42}", &calls);
+    cr_assert_str_eq(str_of(m, "content"), "  {\"answer\": 42}");
     cJSON_Delete(m);
 }
 
