@@ -334,6 +334,15 @@ int tools_message_extras(const cJSON *m, const char *rs, int idx, cJSON *nm, str
             return BAD(e, p, "out of memory");
         return 0;
     }
+    /* An earlier reply's reasoning, given back: Qwen3's template reads it. */
+    const cJSON *rc_text = cJSON_GetObjectItemCaseSensitive(m, "reasoning_content");
+    if (!absent(rc_text)) {
+        snprintf(p, sizeof(p), "messages[%d].reasoning_content", idx);
+        if (strcmp(rs, "assistant") != 0 || !cJSON_IsString(rc_text))
+            return BAD(e, p, "reasoning_content must be a string, on assistant messages");
+        if (!cJSON_AddStringToObject(nm, "reasoning_content", rc_text->valuestring))
+            return BAD(e, p, "out of memory");
+    }
     const cJSON *calls = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
     if (absent(calls))
         return 0;

@@ -141,7 +141,8 @@ Test(tools, tool_messages)
         "{\"messages\":[{\"role\":\"user\",\"content\":\"weather?\"},"
         "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"call_1\",\"type\":\"function\","
         "\"function\":{\"name\":\"get_weather\",\"arguments\":\"{\\\"city\\\": \\\"Paris\\\"}\"}}]},"
-        "{\"role\":\"tool\",\"tool_call_id\":\"call_1\",\"name\":\"get_weather\",\"content\":\"sunny\"}]}";
+        "{\"role\":\"tool\",\"tool_call_id\":\"call_1\",\"name\":\"get_weather\",\"content\":\"sunny\"},"
+        "{\"role\":\"assistant\",\"content\":\"Sunny.\",\"reasoning_content\":\"it said sunny\"}]}";
     cr_assert_eq(parse_chat(body, &r, &e), 0, "%s", e.message);
     cJSON *a = cJSON_GetArrayItem(r.messages, 1);
     cJSON *fn = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(a, "tool_calls"), 0), "function");
@@ -155,6 +156,8 @@ Test(tools, tool_messages)
     cr_assert_str_eq(cJSON_GetObjectItem(t, "role")->valuestring, "tool");
     cr_assert_str_eq(cJSON_GetObjectItem(t, "tool_call_id")->valuestring, "call_1");
     cr_assert_str_eq(cJSON_GetObjectItem(t, "name")->valuestring, "get_weather");
+    cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(r.messages, 3), "reasoning_content")->valuestring,
+                     "it said sunny");
     api_request_finish(&r);
 }
 
@@ -187,6 +190,8 @@ Test(tools, tool_messages_invalid)
     expect_msg_400("{\"role\":\"assistant\",\"tool_calls\":[{\"id\":\"c\",\"type\":\"x\",\"function\":{\"name\":\"f\"}}]}",
                    "messages[0].tool_calls[0].type");
     expect_msg_400("{\"role\":\"assistant\",\"tool_calls\":[{\"id\":\"c\"}]}", "messages[0].tool_calls[0].function");
+    expect_msg_400("{\"role\":\"assistant\",\"content\":\"x\",\"reasoning_content\":1}", "messages[0].reasoning_content");
+    expect_msg_400("{\"role\":\"user\",\"content\":\"x\",\"reasoning_content\":\"r\"}", "messages[0].reasoning_content");
     /* Arguments nested past the limit, inside a string the body's own depth check cannot see into. */
     char deep[400] = "{\"role\":\"assistant\",\"tool_calls\":[{\"id\":\"c\",\"function\":{\"name\":\"f\",\"arguments\":\"";
     size_t n = strlen(deep);
