@@ -261,9 +261,10 @@ static int parse_messages(struct api_request *r, const cJSON *root, struct api_e
         /* "developer" is OpenAI's newer name for the system role. */
         if (strcmp(rs, "developer") == 0)
             rs = "system";
-        if (strcmp(rs, "system") != 0 && strcmp(rs, "user") != 0 && strcmp(rs, "assistant") != 0) {
+        if (strcmp(rs, "system") != 0 && strcmp(rs, "user") != 0 && strcmp(rs, "assistant") != 0 &&
+            strcmp(rs, "tool") != 0) {
             cJSON_Delete(out);
-            return BAD(e, param, "role '%s' is not supported (system, user, assistant)", role->valuestring);
+            return BAD(e, param, "role '%s' is not supported (system, user, assistant, tool)", role->valuestring);
         }
         char *content = NULL;
         int rc = message_content(cJSON_GetObjectItemCaseSensitive(m, "content"), i,
@@ -281,6 +282,10 @@ static int parse_messages(struct api_request *r, const cJSON *root, struct api_e
         }
         free(content);
         cJSON_AddItemToArray(out, nm);
+        if ((rc = tools_message_extras(m, rs, i, nm, e)) < 0) {
+            cJSON_Delete(out);
+            return rc;
+        }
         i++;
     }
     r->messages = out;
@@ -460,6 +465,8 @@ int api_request_parse(enum api_kind kind, const char *body, size_t len, int voca
     }
     if ((rc = get_model(root, &r.model, e)) < 0)
         goto fail;
+    if (kind == API_KIND_CHAT && (rc = tools_request_parse(root, &r.tools, e)) < 0)
+        goto fail;
     if (kind == API_KIND_CHAT)
         rc = parse_messages(&r, root, e);
     else
@@ -565,6 +572,7 @@ void api_request_finish(struct api_request *r)
     free(r->prompt_ids);
     for (int i = 0; i < r->n_stop; i++)
         free(r->stop[i]);
+    tools_request_finish(&r->tools);
     memset(r, 0, sizeof(*r));
 }
 
@@ -791,17 +799,21 @@ static cJSON *text_json(const char *text, size_t len)
     return j;
 }
 
-char *api_response_json(const struct api_response_meta *m, const char *text, size_t text_len,
-                        const char *finish_reason, const struct api_usage *usage,
-                        const struct api_logprob *lp, int n_lp, bool want_logprobs,
-                        const struct api_token_namer *namer)
+/* message: a chat message made elsewhere (taken over), or NULL for one
+ * holding text as its content. */
+static char *response_json(const struct api_response_meta *m, cJSON *message, const char *text, size_t text_len,
+                           const char *finish_reason, const struct api_usage *usage,
+                           const struct api_logprob *lp, int n_lp, bool want_logprobs,
+                           const struct api_token_namer *namer)
 {
     cJSON *root = cJSON_CreateObject();
     add_meta(root, m, m->kind == API_KIND_CHAT ? "chat.completion" : "text_completion");
     cJSON *choices = cJSON_AddArrayToObject(root, "choices");
     cJSON *c = cJSON_CreateObject();
     cJSON_AddNumberToObject(c, "index", 0);
-    if (m->kind == API_KIND_CHAT) {
+    if (message) {
+        cJSON_AddItemToObject(c, "message", message);
+    } else if (m->kind == API_KIND_CHAT) {
         cJSON *msg = cJSON_AddObjectToObject(c, "message");
         cJSON_AddStringToObject(msg, "role", "assistant");
         cJSON_AddItemToObject(msg, "content", text_json(text, text_len));
@@ -818,6 +830,21 @@ char *api_response_json(const struct api_response_meta *m, const char *text, siz
     char *s = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     return s;
+}
+
+char *api_response_json(const struct api_response_meta *m, const char *text, size_t text_len,
+                        const char *finish_reason, const struct api_usage *usage,
+                        const struct api_logprob *lp, int n_lp, bool want_logprobs,
+                        const struct api_token_namer *namer)
+{
+    return response_json(m, NULL, text, text_len, finish_reason, usage, lp, n_lp, want_logprobs, namer);
+}
+
+char *api_chat_response_json(const struct api_response_meta *m, cJSON *message, const char *finish_reason,
+                             const struct api_usage *usage, const struct api_logprob *lp, int n_lp,
+                             bool want_logprobs, const struct api_token_namer *namer)
+{
+    return response_json(m, message, NULL, 0, finish_reason, usage, lp, n_lp, want_logprobs, namer);
 }
 
 /* "data: JSON\n\n", taking ownership of json (NULL in, NULL out). */
@@ -841,16 +868,20 @@ static char *sse_wrap(cJSON *root, size_t *ret_len)
     return sse_frame(json, ret_len);
 }
 
-char *api_chunk_sse(const struct api_response_meta *m, bool role_chunk, const char *text, size_t text_len,
-                    const char *finish_reason, const struct api_logprob *lp, int n_lp, bool want_logprobs,
-                    bool include_usage, const struct api_token_namer *namer, size_t *ret_len)
+/* given_delta: a chat delta made elsewhere (taken over), or NULL for one
+ * made of role_chunk and text. */
+static char *chunk_sse(const struct api_response_meta *m, cJSON *given_delta, bool role_chunk, const char *text,
+                       size_t text_len, const char *finish_reason, const struct api_logprob *lp, int n_lp,
+                       bool want_logprobs, bool include_usage, const struct api_token_namer *namer, size_t *ret_len)
 {
     cJSON *root = cJSON_CreateObject();
     add_meta(root, m, m->kind == API_KIND_CHAT ? "chat.completion.chunk" : "text_completion");
     cJSON *choices = cJSON_AddArrayToObject(root, "choices");
     cJSON *c = cJSON_CreateObject();
     cJSON_AddNumberToObject(c, "index", 0);
-    if (m->kind == API_KIND_CHAT) {
+    if (given_delta) {
+        cJSON_AddItemToObject(c, "delta", given_delta);
+    } else if (m->kind == API_KIND_CHAT) {
         cJSON *delta = cJSON_AddObjectToObject(c, "delta");
         if (role_chunk) {
             cJSON_AddStringToObject(delta, "role", "assistant");
@@ -873,6 +904,22 @@ char *api_chunk_sse(const struct api_response_meta *m, bool role_chunk, const ch
     if (include_usage)
         cJSON_AddNullToObject(root, "usage");
     return sse_wrap(root, ret_len);
+}
+
+char *api_chunk_sse(const struct api_response_meta *m, bool role_chunk, const char *text, size_t text_len,
+                    const char *finish_reason, const struct api_logprob *lp, int n_lp, bool want_logprobs,
+                    bool include_usage, const struct api_token_namer *namer, size_t *ret_len)
+{
+    return chunk_sse(m, NULL, role_chunk, text, text_len, finish_reason, lp, n_lp, want_logprobs, include_usage,
+                     namer, ret_len);
+}
+
+char *api_chat_delta_sse(const struct api_response_meta *m, cJSON *delta, const char *finish_reason,
+                         const struct api_logprob *lp, int n_lp, bool want_logprobs, bool include_usage,
+                         const struct api_token_namer *namer, size_t *ret_len)
+{
+    return chunk_sse(m, delta, false, NULL, 0, finish_reason, lp, n_lp, want_logprobs, include_usage, namer,
+                     ret_len);
 }
 
 char *api_usage_sse(const struct api_response_meta *m, const struct api_usage *usage, size_t *ret_len)

@@ -15,6 +15,7 @@
 #include <cjson/cJSON.h>
 
 #include "model/sampler.h"
+#include "tools.h"
 
 /* Limits on what a request may ask for. */
 #define API_MAX_STOP 4            /* as OpenAI */
@@ -59,6 +60,7 @@ struct api_request {
     int top_logprobs;          /* 0..API_MAX_TOP_LOGPROBS */
     bool stream;
     bool include_usage;        /* stream_options.include_usage */
+    struct tools_request tools; /* chat: tools, tool_choice, chat_template_kwargs (tools.h) */
 };
 
 /* Parses and validates a body. `vocab_size` bounds token ids (0 = unchecked).
@@ -134,6 +136,16 @@ char *api_response_json(const struct api_response_meta *m, const char *text, siz
 char *api_chunk_sse(const struct api_response_meta *m, bool role_chunk, const char *text, size_t text_len,
                     const char *finish_reason, const struct api_logprob *lp, int n_lp, bool want_logprobs,
                     bool include_usage, const struct api_token_namer *namer, size_t *ret_len);
+/* Chat: a response whose message was built by tools.h (content, reasoning
+ * and tool_calls; `message` is taken over), otherwise as api_response_json. */
+char *api_chat_response_json(const struct api_response_meta *m, cJSON *message, const char *finish_reason,
+                             const struct api_usage *usage, const struct api_logprob *lp, int n_lp,
+                             bool want_logprobs, const struct api_token_namer *namer);
+/* Chat: one chunk with the given delta object (taken over; tools.h makes
+ * them), otherwise as api_chunk_sse. */
+char *api_chat_delta_sse(const struct api_response_meta *m, cJSON *delta, const char *finish_reason,
+                         const struct api_logprob *lp, int n_lp, bool want_logprobs, bool include_usage,
+                         const struct api_token_namer *namer, size_t *ret_len);
 /* The final usage chunk (empty choices). */
 char *api_usage_sse(const struct api_response_meta *m, const struct api_usage *usage, size_t *ret_len);
 /* An error inside a stream, e.g. at shutdown: "data: {"error":...}\n\n". */

@@ -15,6 +15,7 @@
 
 #include "base/cpu.h"
 #include "log.h"
+#include "tools.h"
 
 int inferd_config_init(struct inferd_config *c)
 {
@@ -516,6 +517,20 @@ static int parse_pooling(const char *v, const char *what, bool *ret_mean, ifd_er
     return ifd_error_set(err, -EINVAL, "%s: '%s' is not a pooling (last or mean)", what, v);
 }
 
+/* reasoning = auto | none | think (tools.h): whether <think>...</think>
+ * in a reply is reasoning_content. */
+static int parse_reasoning(const char *v, const char *what, int *out, ifd_error *err)
+{
+    static const char *const names[] = {[TOOLS_REASONING_AUTO] = "auto", [TOOLS_REASONING_NONE] = "none",
+                                        [TOOLS_REASONING_THINK] = "think"};
+    for (int i = 0; i < (int)(sizeof(names) / sizeof(names[0])); i++)
+        if (strcmp(v, names[i]) == 0) {
+            *out = i;
+            return 0;
+        }
+    return ifd_error_set(err, -EINVAL, "%s: '%s' is not auto, none or think", what, v);
+}
+
 static int model_section_set(struct inferd_config *c, const char *name, const char *key, const char *v,
                              const char *what, ifd_error *err)
 {
@@ -530,6 +545,8 @@ static int model_section_set(struct inferd_config *c, const char *name, const ch
         return parse_quantize(v, what, &m->quantize_bits, err);
     if (strcmp(key, "quantize_group_size") == 0)
         return parse_int(v, 32, 128, what, &m->quantize_group_size, err);
+    if (strcmp(key, "reasoning") == 0)
+        return parse_reasoning(v, what, &m->reasoning, err);
     if (strcmp(key, "preload") == 0)
         return parse_bool(v, what, &m->preload, err);
     if (strcmp(key, "pooling") == 0)
@@ -538,7 +555,7 @@ static int model_section_set(struct inferd_config *c, const char *name, const ch
         return parse_int(v, 0, 30 * 86400, what, &m->idle_unload_s, err);
     return ifd_error_set(err, -EINVAL,
                          "%s: unknown key (model sections take path, chat_template, quantize, quantize_group_size, "
-                         "pooling, preload and idle_unload)", what);
+                         "pooling, reasoning, preload and idle_unload)", what);
 }
 
 /* Every key of the file, with the flag that overrides it (if any): the one
@@ -595,6 +612,8 @@ static int config_set(struct inferd_config *c, const char *section, const char *
         return parse_int(v, 32, 128, what, &c->quantize_group_size, err);
     if (IS("model", "pooling"))
         return parse_pooling(v, what, &c->pool_mean, err);
+    if (IS("model", "reasoning"))
+        return parse_reasoning(v, what, &c->reasoning, err);
     if (IS("node", "role"))
         return parse_role(v, what, &c->role, err);
     if (IS("node", "backend"))
@@ -837,7 +856,7 @@ bool inferd_config_models_equal(const struct inferd_config *a, const struct infe
         if (!str_eq(x->name, y->name) || !str_eq(x->path, y->path) ||
             !str_eq(x->chat_template_path, y->chat_template_path) || x->quantize_bits != y->quantize_bits ||
             x->quantize_group_size != y->quantize_group_size || x->preload != y->preload || x->pool_mean != y->pool_mean ||
-            x->idle_unload_s != y->idle_unload_s)
+            x->idle_unload_s != y->idle_unload_s || x->reasoning != y->reasoning)
             return false;
     }
     return true;

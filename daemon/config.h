@@ -58,6 +58,7 @@ struct inferd_model_cfg {
     char *chat_template_path; /* Jinja file overriding the tokenizer's template */
     int quantize_bits;        /* 0, 4 or 8, as [model] quantize */
     int quantize_group_size;
+    int reasoning;            /* enum tools_reasoning (tools.h): reasoning = auto | none | think */
     bool preload;             /* load at start instead of on the first request */
     bool pool_mean;           /* /v1/embeddings: mean of the positions, else the last one */
     int idle_unload_s;        /* unload after this long unused; 0 = never */
@@ -93,6 +94,7 @@ struct inferd_config {
     int quantize_bits;        /* 0, 4 or 8: quantize float weights to MLX affine while loading */
     int quantize_group_size;  /* elements per scale/bias pair (default 64) */
     bool pool_mean;           /* /v1/embeddings pooling: mean of the positions, else the last (default) */
+    int reasoning;            /* enum tools_reasoning (tools.h): reasoning = auto | none | think */
 
     /* [model.NAME] sections, in file order */
     struct inferd_model_cfg *models;

@@ -165,6 +165,10 @@ struct conn {
     bool include_usage, want_logprobs;
     char *buf;                  /* SSE bytes ready for MHD */
     size_t buf_len, buf_off;
+    /* Chat with tools or reasoning: how the text is read (tools.h). */
+    bool tools_on;
+    struct tools_output_cfg tools_cfg;
+    tools_stream *ts;           /* streaming only */
 };
 
 static double now_mono(void)
@@ -1050,15 +1054,21 @@ static char *namer_fn(void *ctx, int32_t id, size_t *ret_len)
     return text;
 }
 
-/* Builds the prompt ids of a request. On failure fills e. */
+/* Builds the prompt ids of a request, and for chat how its output is read
+ * (*ret_tools_on, *ret_tools_cfg). On failure fills e. */
 static int build_prompt(const struct served_model *m, const struct api_request *rq, struct tok_ids *ids,
-                        struct api_error *e)
+                        bool *ret_tools_on, struct tools_output_cfg *ret_tools_cfg, struct api_error *e)
 {
     ifd_error err = {{0}};
     int r;
     if (rq->kind == API_KIND_CHAT) {
         cJSON *ctx = cJSON_CreateObject();
-        cJSON_AddItemReferenceToObject(ctx, "messages", rq->messages);
+        const char **untrusted_globals = NULL;
+        if (!ctx || tools_context_fill(ctx, rq->messages, &rq->tools, &m->tools, &untrusted_globals) < 0) {
+            cJSON_Delete(ctx);
+            api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+            return -ENOMEM;
+        }
         cJSON_AddBoolToObject(ctx, "add_generation_prompt", true);
         if (m->bos_token)
             cJSON_AddStringToObject(ctx, "bos_token", m->bos_token);
@@ -1067,11 +1077,14 @@ static int build_prompt(const struct served_model *m, const struct api_request *
         char *text = NULL;
         size_t len = 0, *untrusted = NULL, n_untrusted = 0;
         /* Message content is the client's text: special tokens in it stay
-         * text (docs/security.md), only the template's markup makes them. */
-        static const char *const untrusted_globals[] = {"messages", NULL};
+         * text (docs/security.md), only the template's markup makes them.
+         * So are tools and chat_template_kwargs (tools_context_fill). */
         r = chat_template_render_untrusted(m->tmpl, ctx, untrusted_globals, &text, &len, &untrusted, &n_untrusted,
                                            &err);
         cJSON_Delete(ctx);
+        free(untrusted_globals);
+        if (r >= 0)
+            *ret_tools_on = tools_output_setup(&rq->tools, &m->tools, text, len, ret_tools_cfg);
         if (r < 0) {
             api_error_set(e, 400, "invalid_request_error", "messages", NULL, "chat template: %s", err.msg);
             return r;
@@ -1123,6 +1136,56 @@ static void conn_append_buf(struct conn *k, char *s, size_t n)
     free(s);
 }
 
+/* finish_reason of a reply that made tool calls: "tool_calls", unless it
+ * was cut short ("length" stays). */
+static const char *tools_finish(const char *finish_reason, int n_calls)
+{
+    return n_calls > 0 && finish_reason && strcmp(finish_reason, "stop") == 0 ? "tool_calls" : finish_reason;
+}
+
+/* The non-streaming answer of a chat with tools or reasoning. */
+static MHD_RESULT respond_tools_message(struct MHD_Connection *c, struct conn *k, const struct api_usage *u,
+                                        const struct api_token_namer *namer)
+{
+    int n_calls = 0;
+    cJSON *msg = tools_message_from_text(&k->tools_cfg, k->out.text ? k->out.text : "", k->out.text_len, &n_calls);
+    if (!msg)
+        return respond_errorf(c, k, 500, "server_error", NULL, NULL, "out of memory");
+    char *s = api_chat_response_json(&k->meta, msg, tools_finish(k->out.finish_reason, n_calls), u, k->out.lp,
+                                     k->out.n_lp, k->want_logprobs, namer);
+    return respond_json(c, k, 200, s);
+}
+
+/* The chunks of new text read through k->ts: one per delta, the last one
+ * carrying finish_reason; logprobs go with the first chunk, or wait for a
+ * later one while the parser holds the text back. */
+static void stream_produce_tools(struct conn *k, size_t new_text, int new_lp, bool finish,
+                                 const struct api_token_namer *namer)
+{
+    cJSON *deltas = cJSON_CreateArray();
+    int r = deltas ? tools_stream_feed(k->ts, k->out.text + k->out_sent, new_text, finish, deltas) : -ENOMEM;
+    k->out_sent = k->out.text_len;  /* fed (or lost to ENOMEM): never fed twice */
+    if (r < 0) {
+        cJSON_Delete(deltas);
+        return;
+    }
+    int n = cJSON_GetArraySize(deltas);
+    if (finish && n == 0)
+        cJSON_AddItemToArray(deltas, cJSON_CreateObject()); /* the finish chunk's empty delta */
+    cJSON *d;
+    while ((d = cJSON_DetachItemFromArray(deltas, 0))) {
+        bool last = cJSON_GetArraySize(deltas) == 0;
+        const char *fr = finish && last ? tools_finish(k->out.finish_reason, tools_stream_calls(k->ts)) : NULL;
+        size_t len = 0;
+        char *ev = api_chat_delta_sse(&k->meta, d, fr, k->out.lp + k->lp_sent, new_lp, k->want_logprobs,
+                                      k->include_usage, namer, &len);
+        conn_append_buf(k, ev, len);
+        k->lp_sent += new_lp;
+        new_lp = 0;
+    }
+    cJSON_Delete(deltas);
+}
+
 /* Turns whatever the scheduler produced into SSE events in k->buf. */
 static void stream_produce(struct conn *k)
 {
@@ -1143,14 +1206,18 @@ static void stream_produce(struct conn *k)
     k->tokens_out = k->out.completion_tokens;
     k->tokens_in = k->out.prompt_tokens;
     /* The last content chunk carries finish_reason (an empty delta if need be). */
-    if (new_text > 0 || new_lp > 0 || (k->out.done && !failed)) {
+    if (k->ts) {
+        stream_produce_tools(k, new_text, new_lp, k->out.done && !failed, &namer);
+    } else if (new_text > 0 || new_lp > 0 || (k->out.done && !failed)) {
         ev = api_chunk_sse(&k->meta, false, k->out.text + k->out_sent, new_text,
                            k->out.done && !failed ? k->out.finish_reason : NULL, k->out.lp + k->lp_sent, new_lp,
                            k->want_logprobs, k->include_usage, &namer, &n);
         conn_append_buf(k, ev, n);
     }
-    k->out_sent = k->out.text_len;
-    k->lp_sent = k->out.n_lp;
+    if (!k->ts) {
+        k->out_sent = k->out.text_len;
+        k->lp_sent = k->out.n_lp;
+    }
     if (!k->out.done)
         return;
     if (failed) {
@@ -1210,7 +1277,19 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
     }
     const struct served_model *m = k->model;
     struct tok_ids ids = {0};
-    int built = build_prompt(m, &rq, &ids, &e);
+    int built = build_prompt(m, &rq, &ids, &k->tools_on, &k->tools_cfg, &e);
+    /* MERGE(grammar): tool_choice "required" or a named function is
+     * enforced by constrained decoding: tools_call_grammar(m->tools.format,
+     * &rq.tools) is the GBNF the reply must match (tools_call_schema() the
+     * JSON Schema of a call), to be handed to sched_submit with the
+     * grammar. Until this build has the grammar engine it is refused rather
+     * than hoped for. */
+    if (built >= 0 && (rq.tools.choice == TOOLS_CHOICE_REQUIRED || rq.tools.choice == TOOLS_CHOICE_NAMED)) {
+        api_error_set(&e, 400, "invalid_request_error", "tool_choice", NULL,
+                      "tool_choice '%s' needs constrained decoding, not in this build",
+                      rq.tools.choice == TOOLS_CHOICE_REQUIRED ? "required" : rq.tools.choice_name);
+        built = -EINVAL;
+    }
     /* Parsed and tokenized: what remains is small; the wait for tokens
      * must not hold the parse budget. */
     parse_release(k);
@@ -1258,6 +1337,8 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
     bool stream = rq.stream;
     api_request_finish(&rq);
 
+    if (stream && k->tools_on && !(k->ts = tools_stream_create(&k->tools_cfg)))
+        return respond_errorf(c, k, 500, "server_error", NULL, NULL, "out of memory");
     if (stream) {
         k->phase = kind == API_KIND_CHAT ? PHASE_ROLE : PHASE_CONTENT;
         struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_reader, k, NULL);
@@ -1292,6 +1373,8 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
     }
     struct api_usage u = {k->out.prompt_tokens, k->out.completion_tokens};
     struct api_token_namer namer = {namer_fn, (void *)m->tok};
+    if (k->tools_on)
+        return respond_tools_message(c, k, &u, &namer);
     char *s = api_response_json(&k->meta, k->out.text ? k->out.text : "", k->out.text_len, k->out.finish_reason, &u,
                                 k->out.lp, k->out.n_lp, k->want_logprobs, &namer);
     return respond_json(c, k, 200, s);
@@ -1574,6 +1657,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     sched_output_finish(&k->out);
     free(k->cors_origin);
     free(k->cors_preflight_headers);
+    tools_stream_destroy(k->ts);
     free(k->buf);
     free(k->body);
     free(k->path);

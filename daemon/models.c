@@ -41,6 +41,7 @@ struct entry {
     const char *path;
     const char *chat_template_path;
     int quantize_bits, quantize_group_size;
+    int reasoning;               /* enum tools_reasoning */
     bool preload, pool_mean;
     int idle_unload_s;
     bool is_default;             /* [model]: loaded at start, never unloaded, runs the workers */
@@ -59,6 +60,7 @@ struct entry {
     struct model *model;
     tokenizer *tok;
     chat_template *tmpl;
+    struct tools_template_info tools;
     struct thread_pool *pool;
     engine *eng;
     struct cluster *cluster;     /* outlives eng (its stages borrow it) */
@@ -206,6 +208,7 @@ static int compile_template(struct entry *E, ifd_error *err)
         log_notice("Model %s has no chat template; /v1/chat/completions uses ChatML", E->name);
     }
     r = chat_template_compile(src, len, &E->tmpl, err);
+    tools_template_detect(src, (enum tools_reasoning)E->reasoning, &E->tools);
     free(file_text);
     if (r < 0)
         ifd_error_prefix(err, "chat template%s%s", E->chat_template_path ? " " : "",
@@ -277,6 +280,7 @@ static int load_entry(struct models *ms, struct entry *E, ifd_error *err)
         .name = E->name,
         .tok = E->tok,
         .tmpl = E->tmpl,
+        .tools = E->tools,
         .bos_token = tok_special_token(E->tok, "bos_token"),
         .eos_token = tok_special_token(E->tok, "eos_token"),
         .n_ctx = n_ctx,
@@ -368,6 +372,7 @@ int models_create(const struct inferd_config *cfg, const char *default_name, str
             E->quantize_bits = cfg->quantize_bits;
             E->quantize_group_size = cfg->quantize_group_size;
             E->pool_mean = cfg->pool_mean;
+            E->reasoning = cfg->reasoning;
             E->is_default = true;
             E->state = MODEL_LOADING; /* requests wait for the start-up load */
         } else {
@@ -377,6 +382,7 @@ int models_create(const struct inferd_config *cfg, const char *default_name, str
             E->chat_template_path = mc->chat_template_path;
             E->quantize_bits = mc->quantize_bits;
             E->quantize_group_size = mc->quantize_group_size;
+            E->reasoning = mc->reasoning;
             E->preload = mc->preload;
             E->pool_mean = mc->pool_mean;
             E->idle_unload_s = mc->idle_unload_s;

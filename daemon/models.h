@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "tools.h"
 #include "base/error.h"
 #include "text/template/chat_template.h"
 #include "text/tokenizer/tokenizer.h"
@@ -43,6 +44,7 @@ struct served_model {
     const tokenizer *tok;
     const chat_template *tmpl;
     const char *bos_token, *eos_token; /* for templates; may be NULL */
+    struct tools_template_info tools;  /* its tool-call format and think markers (tools.h) */
     int n_ctx;
     int n_vocab;
     int n_layers;

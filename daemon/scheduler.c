@@ -513,6 +513,9 @@ static void seq_on_token(struct sched *s, struct sched_seq *q, float *logits)
     if (r->logprobs)
         memcpy(s->logits_copy, logits, sizeof(float) * (size_t)s->n_vocab);
     int32_t t;
+    /* MERGE(grammar): tool_choice "required" / a named function (tools.h,
+     * tools_call_grammar) masks `logits` here with the request's grammar,
+     * as response_format does; http.c refuses those choices until then. */
     enum gen_finish fin = gen_seq_step(&q->gen, logits, q->n_past, &t);
     if (r->logprobs) {
         q->lp.token = t;

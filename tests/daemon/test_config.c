@@ -10,6 +10,7 @@
 
 #include "base/cpu.h"
 #include "config.h"
+#include "tools.h"
 #include "layer_split.h"
 
 static int parse(struct inferd_config *c, const char *text, ifd_error *err)
@@ -121,6 +122,8 @@ Test(config, bad_values_name_line_and_key)
         {"[node]\nbackend = cuda\n", "not a backend"},
         {"[node]\ndevice = -1\n", "out of range"},
         {"[model]\nquantize = q5\n", "not a quantization"},
+        {"[model]\nreasoning = maybe\n", "test.conf:2: [model] reasoning: 'maybe' is not auto, none or think"},
+        {"[model.x]\npath = /m\nreasoning = yes\n", "is not auto, none or think"},
         {"[cluster]\nallow_insecure = maybe\n", "not a boolean"},
         {"[worker.a]\nlayers = 5-2\n", "last layer before first"},
         {"[worker.a]\nlayers = x\n", "FIRST-LAST"},
@@ -521,5 +524,18 @@ Test(config, context_length_default_and_override)
     cr_assert_eq(INFERD_DEFAULT_CONTEXT_CAP, 4096);
     c.ctx_len = 100000;
     cr_assert_eq(inferd_config_context_length(&c, 512), 100000, "[server] context_length wins");
+    inferd_config_finish(&c);
+}
+
+Test(config, reasoning_per_model)
+{
+    struct inferd_config c;
+    ifd_error err = {{0}};
+    int r = parse(&c, "[model]\npath = /m\nreasoning = none\n[model.r1]\npath = /r1\nreasoning = think\n"
+                      "[model.q]\npath = /q\n", &err);
+    cr_assert_eq(r, 0, "%s", err.msg);
+    cr_assert_eq(c.reasoning, TOOLS_REASONING_NONE);
+    cr_assert_eq(c.models[0].reasoning, TOOLS_REASONING_THINK);
+    cr_assert_eq(c.models[1].reasoning, TOOLS_REASONING_AUTO, "auto by default");
     inferd_config_finish(&c);
 }

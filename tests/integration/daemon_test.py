@@ -1376,7 +1376,170 @@ def group_model_info(binary):
                   "inferctl model info %s refused: rc %d %r, want %s" % (args, r.returncode, r.stderr, wants))
 
 
+# ---------------------------------------------------------------- tools
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                           "required": ["city"]}}}
+TOOL_TURNS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Paris?"},
+              {"role": "assistant", "content": None,
+               "tool_calls": [{"id": "call_1", "type": "function",
+                               "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+              {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+# What transformers' apply_chat_template (here @huggingface/jinja 0.5.11, the
+# oracle of ../shared/oracle) renders for TOOL_TURNS with tools=[WEATHER] on
+# qwen3-tiny-random: the Hermes tool block in the system turn, the call with
+# its arguments as an object, the tool result as a <tool_response> user turn.
+QWEN3_TOOLS_PROMPT = (
+    "<|im_start|>system\nBe brief.\n\n# Tools\n\nYou may call one or more functions to assist with the user query."
+    "\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+    "{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": \"Weather of a city\", "
+    "\"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\"}}, \"required\": "
+    "[\"city\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments "
+    "within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
+    "<args-json-object>}\n</tool_call><|im_end|>\n<|im_start|>user\nWeather in Paris?<|im_end|>\n"
+    "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n"
+    "</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\nsunny\n</tool_response><|im_end|>\n"
+    "<|im_start|>assistant\n")
+# llama3-tiny-random's template knows no tools: the generic block
+# (docs/http-api.md) goes into the system message, the tools as compact JSON.
+GENERIC_BLOCK = (
+    "# Tools\n\nYou may call one or more functions to help with the request. The functions, as JSON Schema, are "
+    "within <tools></tools>:\n<tools>\n%s\n</tools>\n\nTo call a function, reply with one block per call:\n"
+    "<tool_call>\n{\"name\": <function-name>, \"arguments\": <arguments-json-object>}\n</tool_call>"
+    % json.dumps(WEATHER, separators=(",", ":")))
+LLAMA3_TOOLS_PROMPT = (
+    "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.\n\n" + GENERIC_BLOCK + "<|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\nWeather in Paris?<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def same_prompt(d, chat_body, prompt_text, what, n=6):
+    """The chat request's prompt is prompt_text: greedy continuations of both agree token for token."""
+    body = dict(chat_body, max_tokens=n, temperature=0)
+    st, r = d.json("POST", "/v1/chat/completions", body)
+    st2, r2 = d.json("POST", "/v1/completions", {"prompt": prompt_text, "max_tokens": n, "temperature": 0})
+    check(st == 200 and st2 == 200, "%s: %d %s / %d %s" % (what, st, str(r)[:300], st2, str(r2)[:300]))
+    if st != 200 or st2 != 200:
+        return None
+    check(r["usage"]["prompt_tokens"] == r2["usage"]["prompt_tokens"],
+          "%s: prompt_tokens %d, the expected text has %d" % (what, r["usage"]["prompt_tokens"],
+                                                              r2["usage"]["prompt_tokens"]))
+    return r, r2["choices"][0]["text"]
+
+
+def inferctl_text(binary, model, conv):
+    ctl = os.path.join(os.path.dirname(binary), "inferctl")
+    r = subprocess.run([ctl, "template", model, "--jsonl"], input=json.dumps(conv) + "\n", capture_output=True,
+                       text=True, timeout=60)
+    return json.loads(r.stdout).get("text") if r.returncode == 0 else "inferctl failed: " + r.stderr
+
+
+def group_tools(binary):
+    tools = [WEATHER]
+    with Daemon(binary, QWEN3) as d:
+        # Rendering: the core renderer matches the HF oracle's text, and the
+        # daemon's prompt is that text (same count, same greedy reply).
+        conv = {"messages": [dict(m, tool_calls=[{"id": "call_1", "type": "function", "function":
+                                                  {"name": "get_weather", "arguments": {"city": "Paris"}}}],
+                                  content="") if m.get("tool_calls") else m for m in TOOL_TURNS],
+                "kwargs": {"tools": tools}, "add_generation_prompt": True}
+        check(inferctl_text(binary, QWEN3, conv) == QWEN3_TOOLS_PROMPT, "inferctl template of the tool conversation")
+        got = same_prompt(d, {"messages": TOOL_TURNS, "tools": tools}, QWEN3_TOOLS_PROMPT, "qwen3 tools prompt")
+        if got:
+            r, want = got
+            msg = r["choices"][0]["message"]
+            # Random weights emit no call; the reply is content, as text.
+            check(msg["content"] == want and "tool_calls" not in msg and r["choices"][0]["finish_reason"] == "length",
+                  "qwen3 tools reply: %s, want content %r" % (msg, want))
+        # tool_choice none: no tools in the prompt.
+        plain = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWeather in Paris?<|im_end|>\n"
+        same_prompt(d, {"messages": TOOL_TURNS[:2], "tools": tools, "tool_choice": "none"},
+                    plain + "<|im_start|>assistant\n", "tool_choice none renders no tools")
+        # chat_template_kwargs reach the template (Qwen3 enable_thinking).
+        same_prompt(d, {"messages": TOOL_TURNS[:2], "chat_template_kwargs": {"enable_thinking": False}},
+                    plain + "<|im_start|>assistant\n<think>\n\n</think>\n\n", "enable_thinking false")
+        # Streaming with tools: role chunk, content deltas, one finish_reason.
+        body = {"messages": TOOL_TURNS, "tools": tools, "max_tokens": 6, "temperature": 0}
+        st, r = d.json("POST", "/v1/chat/completions", body)
+        st2, h, ev = d.stream("/v1/chat/completions", dict(body, stream=True))
+        text, finish, _ = stream_text(ev, "chat")
+        check(st == 200 and st2 == 200 and text == r["choices"][0]["message"]["content"] and finish == "length",
+              "tools stream: %r %r, non-stream %r" % (text, finish, r.get("choices")))
+        check(ev[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}, "first chunk: %s" % ev[0])
+        # Validation: 400s naming the field.
+        msg = [{"role": "user", "content": "hi"}]
+        cases = [
+            ({"tools": {"x": 1}}, "tools"),
+            ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools[0].function.name"),
+            ({"tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]},
+             "tools[0].function.parameters"),
+            ({"tools": tools, "tool_choice": "always"}, "tool_choice"),
+            ({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "other"}}}, "tool_choice"),
+            # Enforcement needs constrained decoding: refused, not hoped for.
+            ({"tools": tools, "tool_choice": "required"}, "tool_choice"),
+            ({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}, "tool_choice"),
+            ({"chat_template_kwargs": {"messages": []}}, "chat_template_kwargs"),
+            ({"chat_template_kwargs": "x"}, "chat_template_kwargs"),
+            ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
+            ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function":
+                                                                 {"name": "f", "arguments": "{oops"}}]}]},
+             "messages[0].tool_calls[0].function.arguments"),
+        ]
+        for extra, param in cases:
+            expect_error(d, 400, "POST", "/v1/chat/completions", dict({"messages": msg, "max_tokens": 1}, **extra),
+                         param=param, what="tools validation %s" % json.dumps(extra)[:80])
+        still_serving(d, "tool validation errors")
+
+    with Daemon(binary, LLAMA3) as d:
+        # A template without tool support: the generic block, not silence.
+        conv = {"messages": [{"role": "system", "content": "Be brief.\n\n" + GENERIC_BLOCK}, TOOL_TURNS[1]],
+                "add_generation_prompt": True}
+        check(inferctl_text(binary, LLAMA3, conv) == LLAMA3_TOOLS_PROMPT, "llama3 generic block render")
+        same_prompt(d, {"messages": TOOL_TURNS[:2], "tools": tools}, LLAMA3_TOOLS_PROMPT, "llama3 generic tools prompt")
+        st, r = d.json("POST", "/v1/chat/completions", {"messages": TOOL_TURNS[1:2], "tools": tools, "max_tokens": 1})
+        st2, r2 = d.json("POST", "/v1/chat/completions", {"messages": TOOL_TURNS[1:2], "max_tokens": 1})
+        check(st == st2 == 200 and r["usage"]["prompt_tokens"] > r2["usage"]["prompt_tokens"] + 50,
+              "without a system message the block is one of its own: %s %s" % (r.get("usage"), r2.get("usage")))
+
+    # Reasoning: a template whose generation prompt opens <think> (as
+    # DeepSeek-R1's does) starts the reply inside reasoning; reasoning = none
+    # keeps it content.
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(QWEN3, "tokenizer_config.json")) as f:
+            src = json.load(f)["chat_template"]
+        opened = src.replace("{{- '<|im_start|>assistant\\n' }}", "{{- '<|im_start|>assistant\\n<think>\\n' }}")
+        check(opened != src, "the test template opens <think>")
+        tpl = os.path.join(tmp, "think.jinja")
+        with open(tpl, "w") as f:
+            f.write(opened)
+        conf = os.path.join(tmp, "inferd.conf")
+        with open(conf, "w") as f:
+            f.write("[model]\nchat_template = %s\n[model.plain]\npath = %s\nchat_template = %s\nreasoning = none\n"
+                    % (tpl, QWEN3, tpl))
+        prompt = "<|im_start|>user\nWhy?<|im_end|>\n<|im_start|>assistant\n<think>\n"
+        with Daemon(binary, QWEN3, "--config", conf) as d:
+            body = {"messages": [{"role": "user", "content": "Why?"}]}
+            got = same_prompt(d, body, prompt, "template opening <think>", n=8)
+            if got:
+                r, want = got
+                msg = r["choices"][0]["message"]
+                # Random weights never close </think>: everything is reasoning.
+                check(msg.get("reasoning_content") == want and msg["content"] is None,
+                      "reasoning_content: %s, want %r" % (msg, want))
+                st, h, ev = d.stream("/v1/chat/completions", dict(body, stream=True, max_tokens=8, temperature=0))
+                rs = "".join(c["delta"].get("reasoning_content") or "" for e in ev if e != "[DONE]"
+                             for c in e["choices"])
+                text, finish, _ = stream_text(ev, "chat")
+                check(rs == want and text == "" and finish == "length", "streamed reasoning %r %r %r" % (rs, text, finish))
+            got = same_prompt(d, dict(body, model="plain"), prompt, "reasoning = none", n=8)
+            if got:
+                r, want = got
+                msg = r["choices"][0]["message"]
+                check(msg["content"] == want and "reasoning_content" not in msg, "reasoning none: %s" % msg)
+
+
 GROUPS = {
+    "tools": group_tools,
     "embeddings": group_embeddings,
     "cors": group_cors,
     "models": group_models,
