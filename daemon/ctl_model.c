@@ -1,4 +1,5 @@
-/* ctl_model.c - `inferctl model generate|quantize`: make checkpoints.
+/* ctl_model.c - `inferctl model generate|quantize|pull|list|rm`: make checkpoints,
+ * and manage the Hugging Face cache (pull, list, rm: ctl_hub.c).
  *
  *   inferctl model generate --preset NAME [--dtype bf16|f16|f32] [--seed N]
  *                           [--layers N] [--tokenizer-from DIR] OUT_DIR
@@ -123,7 +124,10 @@ static void usage(FILE *f)
 {
     fprintf(f, "Usage: inferctl model generate ...   random-weight checkpoint of a known shape\n"
                "       inferctl model quantize SRC DST   MLX 4/8-bit copy of a checkpoint\n"
-               "Run 'inferctl model generate --help' (or quantize --help) for the options.\n");
+               "       inferctl model pull ORG/NAME[@REV]   download into the Hugging Face cache\n"
+               "       inferctl model list               models in the Hugging Face cache\n"
+               "       inferctl model rm ORG/NAME[@REV]  remove one from the cache\n"
+               "Run 'inferctl model SUBCOMMAND --help' for the options.\n");
 }
 
 int ctl_model_main(int argc, char **argv)
@@ -136,6 +140,8 @@ int ctl_model_main(int argc, char **argv)
         return generate_main(argc - 1, argv + 1);
     if (strcmp(argv[1], "quantize") == 0)
         return ctl_model_quantize_main(argc - 1, argv + 1); /* ctl_quantize.c */
+    if (strcmp(argv[1], "pull") == 0 || strcmp(argv[1], "list") == 0 || strcmp(argv[1], "rm") == 0)
+        return ctl_model_hub_main(argc - 1, argv + 1); /* ctl_hub.c */
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         usage(stdout);
         return 0;
