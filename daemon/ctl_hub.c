@@ -111,7 +111,7 @@ static void show_progress(void *userdata, const struct hub_progress *p)
     case HUB_EVENT_DONE: {
         double s = t - v->file_t0;
         double rate = (double)(p->done - v->start_bytes) / 1e6 / (s + 1e-9);
-        fprintf(stderr, "%s%s: %.1f MB in %.1f s (%.1f MB/s), verified\n", v->tty ? "\r\033[K" : "", p->file,
+        fprintf(stderr, "%s%s: %.1f MB in %.1f s (%.1f MB/s), done\n", v->tty ? "\r\033[K" : "", p->file,
                 total_mb, s, rate);
         return;
     }
@@ -317,15 +317,15 @@ static int walk_snapshot(const char *dir, int depth, bool remove, struct blob_se
     return r;
 }
 
-/* Calls fn for each ref file under refs_dir whose content is commit, with
- * its name relative to refs/ (main, refs/pr/1). */
-static void refs_for_commit(const char *refs_dir, const char *rel, int depth, const char *commit,
+/* Calls fn for each ref file under repo_dir/refs whose content is commit,
+ * with its name relative to refs/ (main, refs/pr/1) and its path. */
+static void refs_for_commit(const char *repo_dir, const char *rel, int depth, const char *commit,
                             void (*fn)(void *, const char *, const char *), void *userdata)
 {
     if (depth > HUB_WALK_DEPTH_MAX)
         return;
     char *dir = NULL;
-    if (asprintf(&dir, "%s%s%s", refs_dir, *rel ? "/" : "", rel) < 0)
+    if (asprintf(&dir, "%s/refs%s%s", repo_dir, *rel ? "/" : "", rel) < 0)
         return;
     DIR *d = opendir(dir);
     struct dirent *e;
@@ -338,8 +338,8 @@ static void refs_for_commit(const char *refs_dir, const char *rel, int depth, co
             struct stat st;
             char sha[HF_COMMIT_HEX_LEN + 1];
             if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
-                refs_for_commit(refs_dir, name, depth + 1, commit, fn, userdata);
-            } else if (S_ISREG(st.st_mode) && hf_cache_read_ref(refs_dir, name, sha, NULL) >= 0 &&
+                refs_for_commit(repo_dir, name, depth + 1, commit, fn, userdata);
+            } else if (S_ISREG(st.st_mode) && hf_cache_read_ref(repo_dir, name, sha, NULL) >= 0 &&
                        strcmp(sha, commit) == 0) {
                 fn(userdata, name, path);
             }
@@ -493,15 +493,15 @@ static int list_main(int argc, char **argv)
         while (sd && (se = readdir(sd))) {
             if (!hf_revision_is_commit(se->d_name))
                 continue;
-            char *snap = NULL, *refs = NULL;
+            char *snap = NULL, *repo = NULL;
             if (asprintf(&snap, "%s/%s", snaps, se->d_name) < 0)
                 continue;
-            if (asprintf(&refs, "%s/%s/refs", root, e->d_name) < 0) {
+            if (asprintf(&repo, "%s/%s", root, e->d_name) < 0) {
                 free(snap);
                 continue;
             }
             struct ref_names rn = {""};
-            refs_for_commit(refs, "", 0, se->d_name, add_ref_name, &rn);
+            refs_for_commit(repo, "", 0, se->d_name, add_ref_name, &rn);
             if (!rn.buf[0])
                 snprintf(rn.buf, sizeof(rn.buf), "%.12s", se->d_name);
             struct blob_set set = {0};
@@ -532,7 +532,7 @@ static int list_main(int argc, char **argv)
             free(real);
             blob_set_finish(&set);
             free(snap);
-            free(refs);
+            free(repo);
         }
         if (sd)
             closedir(sd);
@@ -631,7 +631,7 @@ static int rm_main(int argc, char **argv)
     ifd_error err = {{0}};
     struct hf_ref ref = {0};
     char *root = NULL, *repo = NULL, *snap = NULL, *real = NULL, *cfg_file = NULL, *cfg_snap = NULL;
-    char *snaps_dir = NULL, *refs = NULL, *locks = NULL;
+    char *snaps_dir = NULL, *locks = NULL;
     char commit[HF_COMMIT_HEX_LEN + 1];
     struct blob_set mine = {0}, others = {0};
     int rc = 1, r;
@@ -649,8 +649,7 @@ static int rm_main(int argc, char **argv)
                 ref.repo_id, ref.revision, cfg_file);
         goto out;
     }
-    if (hf_cache_repo_dir(root, ref.repo_id, &repo) < 0 || asprintf(&snaps_dir, "%s/snapshots", repo) < 0 ||
-        asprintf(&refs, "%s/refs", repo) < 0) {
+    if (hf_cache_repo_dir(root, ref.repo_id, &repo) < 0 || asprintf(&snaps_dir, "%s/snapshots", repo) < 0) {
         fprintf(stderr, "inferctl model rm: out of memory\n");
         goto out;
     }
@@ -675,7 +674,7 @@ static int rm_main(int argc, char **argv)
         goto out;
     }
     printf("removed snapshot %s\n", snap);
-    refs_for_commit(refs, "", 0, commit, unlink_ref, NULL);
+    refs_for_commit(repo, "", 0, commit, unlink_ref, NULL);
     uint64_t freed = 0;
     for (size_t i = 0; i < mine.n; i++) {
         if (blob_set_has(&others, mine.names[i]))
@@ -713,7 +712,6 @@ out:
     free(cfg_file);
     free(cfg_snap);
     free(snaps_dir);
-    free(refs);
     free(locks);
     return rc;
 }
