@@ -1,6 +1,7 @@
 /* hf_cache.c - the Hugging Face cache layout and model references (see hf_cache.h). */
 #include "hub/hf_cache.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -266,7 +267,9 @@ int hf_cache_resolve(const char *root, const struct hf_ref *ref, char **ret_dir,
     }
     char commit[HF_COMMIT_HEX_LEN + 1];
     if (hf_revision_is_commit(ref->revision)) {
-        memcpy(commit, ref->revision, sizeof(commit));
+        /* Snapshot directories are named by the lowercase sha the Hub sends. */
+        for (int i = 0; i <= HF_COMMIT_HEX_LEN; i++)
+            commit[i] = (char)tolower((unsigned char)ref->revision[i]);
     } else if ((r = hf_cache_read_ref(repo, ref->revision, commit, err)) < 0) {
         if (r == -ENOENT)
             r = ifd_error_set(err, -ENOENT,

@@ -195,6 +195,11 @@ Test(hf_cache, resolve)
     cr_expect_str_eq(dir, want);
     free(dir);
     hf_ref_finish(&ref);
+    cr_assert_eq(hf_ref_parse("org/name@0123456789ABCDEF0123456789abcdef01234567", &ref, NULL), 0);
+    cr_assert_eq(hf_cache_resolve(root, &ref, &dir, NULL, &err), 0, "an uppercase sha: %s", err.msg);
+    cr_expect_str_eq(dir, want);
+    free(dir);
+    hf_ref_finish(&ref);
 
     /* A ref whose content is not a commit is refused, not followed. */
     cr_assert_eq(hf_ref_parse("org/name@bad", &ref, NULL), 0);
