@@ -3,7 +3,7 @@
 a real HTTP server on loopback), and the real inferd serving what was pulled.
 
 Usage: hub_test.py INFERD_BINARY GROUP
-Groups: layout, resume, corrupt, errors, offline, disk, listrm, rss.
+Groups: layout, resume, concurrent, corrupt, errors, offline, disk, listrm, rss.
 inferctl is found beside inferd in the build tree."""
 import hashlib
 import json
@@ -229,6 +229,26 @@ def group_resume(inferd):
         env.close()
 
 
+def group_concurrent(inferd):
+    """Two pulls of the same repo at once: the flock per blob makes one of them
+    download each file and the other wait and reuse it; neither corrupts the other."""
+    env = Env(inferd)
+    try:
+        # Hold the first shard for a second so the two pulls overlap.
+        env.hub.faults["stall"][SHARDS[0]] = (1000, 1.0)
+        procs = [subprocess.Popen([env.inferctl, "model", "pull", REPO], env=env.env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        outs = [p.communicate(timeout=120) for p in procs]
+        for p, (out, err) in zip(procs, outs):
+            check(p.returncode == 0, "concurrent pull: %s" % err)
+        check_layout(env)
+        check(len(env.file_gets()) == len(WANTED), "each file downloaded once by the two pulls: %d requests"
+              % len(env.file_gets()))
+        check(sum("already in the cache" in err for _, err in outs) >= 1, "one pull reused the other's blobs")
+    finally:
+        env.close()
+
+
 def group_corrupt(inferd):
     env = Env(inferd)
     try:
@@ -398,6 +418,7 @@ def group_rss(inferd):
 
 
 if __name__ == "__main__":
-    run_groups("hub_test.py", {"layout": group_layout, "resume": group_resume, "corrupt": group_corrupt,
+    run_groups("hub_test.py", {"layout": group_layout, "resume": group_resume, "concurrent": group_concurrent,
+                               "corrupt": group_corrupt,
                                "errors": group_errors, "offline": group_offline, "disk": group_disk,
                                "listrm": group_listrm, "rss": group_rss})
