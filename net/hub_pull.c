@@ -377,10 +377,11 @@ static int api_error(struct pull *p, long code, const struct response *resp, con
 {
     const char *id = p->ref->repo_id, *rev = p->ref->revision;
     if (code == 401)
-        return ifd_error_set(err, -EACCES, "%s: repository not found or needs a token (set HF_TOKEN) (%s)", id, url);
+        return ifd_error_set(err, -EACCES, "%s@%s: repository not found or needs a token (set HF_TOKEN) (%s)", id,
+                             rev, url);
     if (code == 403)
-        return ifd_error_set(err, -EACCES,
-                             "%s: gated: accept the license on the Hub and set HF_TOKEN (%s)", id, url);
+        return ifd_error_set(err, -EACCES, "%s@%s: gated: accept the license on the Hub and set HF_TOKEN (%s)", id,
+                             rev, url);
     if (code == 404 && strcmp(resp->error_code, "RevisionNotFound") == 0)
         return ifd_error_set(err, -ENOENT, "%s: revision '%s' not found (%s)", id, rev, url);
     if (code == 404)

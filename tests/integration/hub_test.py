@@ -295,11 +295,17 @@ def group_errors(inferd):
         expect_fail(env.pull("test-org/../x"), ["model reference"], "a bad reference")
         expect_fail(env.pull("test-org/x@../../etc"), ["'..'"], "a revision with ..")
         env.hub.clear_log()
+        # LFS redirects go to another host name ("localhost", the CDN): the
+        # token must not follow them there.
+        env.hub.cdn_base = "http://localhost:%d" % env.hub.port
         p = env.pull("test-org/private", HF_TOKEN=token)
         check(p.returncode == 0, "private with HF_TOKEN: %s" % p.stderr)
         check(token not in p.stderr + p.stdout, "the token is never printed")
         check(all(e["auth"] for e in env.hub.requests(lambda e: "/cdn/" not in e["path"])),
               "the token is sent to the endpoint")
+        cdn = env.hub.requests(lambda e: "/cdn/" in e["path"])
+        check(len(cdn) == 3 and not any(e["auth"] for e in cdn),
+              "no Authorization header on the redirect to another host: %s" % cdn)
         # The endpoint is unreachable: retried, then a message naming the URL.
         dead = "http://127.0.0.1:%d" % free_port()
         expect_fail(env.pull(REPO, "--retries", "1", HF_ENDPOINT=dead),

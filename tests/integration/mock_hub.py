@@ -112,6 +112,10 @@ class MockHub:
         self.faults = {"drop": {}, "flip": {}, "stall": {}, "status_once": {}}
         self.lock = threading.Lock()
         self.cdn = {}  # sha256 -> RepoFile
+        # Where LFS redirects go: this server by path (None), or a base URL
+        # such as http://localhost:PORT, another host name for the same
+        # server, as the Hub's CDN is another host.
+        self.cdn_base = None
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -261,7 +265,7 @@ class MockHub:
         if f.lfs:
             self.cdn[f.sha256] = f
             common += [("X-Linked-Etag", '"%s"' % f.sha256), ("X-Linked-Size", str(f.size)),
-                       ("Location", "/cdn/%s?name=%s" % (f.sha256, urllib.parse.quote(name)))]
+                       ("Location", "%s/cdn/%s?name=%s" % (self.cdn_base or "", f.sha256, urllib.parse.quote(name)))]
             return self._send(h, 302, common, b"", head)
         return self._content(h, f, head, common)
 
