@@ -962,6 +962,7 @@ int hub_pull(const struct hf_ref *ref, const struct hub_pull_options *opt, struc
 {
     struct pull p = {.ref = ref, .opt = opt};
     struct hub_pull_result res = {0};
+    bool curl_inited = false;
     int r;
     if (opt->cache_dir) {
         if (!(p.root = strdup(opt->cache_dir)))
@@ -982,8 +983,13 @@ int hub_pull(const struct hf_ref *ref, const struct hub_pull_options *opt, struc
         r = pull_offline(&p, &res, err);
         goto out;
     }
-    if (sodium_init() < 0 || curl_global_init(CURL_GLOBAL_DEFAULT) != 0 || !(p.curl = curl_easy_init())) {
+    if (sodium_init() < 0 || curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
         r = ifd_error_set(err, -ENOMEM, "cannot initialise libcurl or libsodium");
+        goto out;
+    }
+    curl_inited = true;
+    if (!(p.curl = curl_easy_init())) {
+        r = ifd_error_set(err, -ENOMEM, "cannot initialise libcurl");
         goto out;
     }
     if (opt->token && *opt->token) {
@@ -1011,6 +1017,8 @@ out:
     curl_slist_free_all(p.headers);
     if (p.curl)
         curl_easy_cleanup(p.curl);
+    if (curl_inited)
+        curl_global_cleanup(); /* curl counts init/cleanup pairs */
     for (size_t i = 0; i < p.n_sib; i++)
         free(p.sib[i].name);
     free(p.sib);
