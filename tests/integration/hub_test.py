@@ -3,7 +3,7 @@
 a real HTTP server on loopback), and the real inferd serving what was pulled.
 
 Usage: hub_test.py INFERD_BINARY GROUP
-Groups: layout, resume, concurrent, corrupt, errors, offline, disk, listrm, rss.
+Groups: layout, resume, concurrent, corrupt, hostile, errors, offline, disk, listrm, rss.
 inferctl is found beside inferd in the build tree."""
 import hashlib
 import json
@@ -314,6 +314,65 @@ def group_errors(inferd):
         env.close()
 
 
+def group_hostile(inferd):
+    """A server that lies: every answer it controls is checked and bounded."""
+    env = Env(inferd)
+    try:
+        def set_api(fn):
+            env.hub.api_override[REPO] = fn
+
+        def sib(info, name):
+            return next(x for x in info["siblings"] if x["rfilename"] == name)
+
+        set_api(lambda info: b"{not json")
+        expect_fail(env.pull(), ["revision info is not JSON"], "malformed JSON")
+        set_api(lambda info: b" " * (9 << 20))
+        expect_fail(env.pull(), ["over 8388608 bytes"], "a 9 MiB API answer")
+
+        def escape(info):
+            info["siblings"].append({"rfilename": "../../../../tmp/evil", "blobId": "0" * 40, "size": 1})
+            return json.dumps(info).encode()
+        set_api(escape)
+        expect_fail(env.pull(), ["unsafe file list", "'..'"], "a sibling named ../../..")
+
+        def bad_etag(info):
+            sib(info, "config.json")["blobId"] = "../x"
+            return json.dumps(info).encode()
+        set_api(bad_etag)
+        expect_fail(env.pull(), ["config.json", "blobId"], "a blobId that is not hex")
+
+        def short(info):
+            s = sib(info, SHARDS[0])
+            s["lfs"]["size"] = s["size"] = 1000
+            return json.dumps(info).encode()
+        set_api(short)
+        expect_fail(env.pull(), ["sent more than its listed size 1000"], "a file longer than listed")
+        env.hub.api_override.clear()
+
+        shutil.rmtree(env.home, ignore_errors=True)
+        env.hub.faults["loop"].add("config.json")
+        expect_fail(env.pull(REPO, "--retries", "0"), ["config.json", "redirect"], "a redirect loop")
+        env.hub.faults["loop"].clear()
+
+        # An index that names shards outside the repo or not in it.
+        for shard, why in (("../escape.safetensors", "invalid shard name"), ("sub/x.safetensors", "invalid shard"),
+                           ("model-missing.safetensors", "does not have"), ("model.bin", "invalid shard name")):
+            d = os.path.join(env.tmp, "idx-%d" % len(why))
+            shutil.rmtree(d, ignore_errors=True)
+            shutil.copytree(SHARDED, d)
+            with open(os.path.join(d, "model.safetensors.index.json")) as f:
+                idx = json.load(f)
+            idx["weight_map"][next(iter(idx["weight_map"]))] = shard
+            with open(os.path.join(d, "model.safetensors.index.json"), "w") as f:
+                json.dump(idx, f)
+            env.hub.add_repo("test-org/idx", d)
+            expect_fail(env.pull("test-org/idx"), [why], "index naming %s" % shard)
+        check(not os.path.exists("/tmp/evil") and not os.path.exists(os.path.join(env.home, "escape.safetensors")),
+              "nothing written outside the cache")
+    finally:
+        env.close()
+
+
 def group_offline(inferd):
     env = Env(inferd)
     try:
@@ -425,6 +484,6 @@ def group_rss(inferd):
 
 if __name__ == "__main__":
     run_groups("hub_test.py", {"layout": group_layout, "resume": group_resume, "concurrent": group_concurrent,
-                               "corrupt": group_corrupt,
+                               "corrupt": group_corrupt, "hostile": group_hostile,
                                "errors": group_errors, "offline": group_offline, "disk": group_disk,
                                "listrm": group_listrm, "rss": group_rss})

@@ -109,7 +109,9 @@ class MockHub:
         self.token = token
         self.log = []
         self.log_path = log_path
-        self.faults = {"drop": {}, "flip": {}, "stall": {}, "status_once": {}}
+        self.faults = {"drop": {}, "flip": {}, "stall": {}, "status_once": {}, "loop": set()}
+        # repo id -> function(info dict) -> bytes: a hostile revision API answer.
+        self.api_override = {}
         self.lock = threading.Lock()
         self.cdn = {}  # sha256 -> RepoFile
         # Where LFS redirects go: this server by path (None), or a base URL
@@ -244,9 +246,10 @@ class MockHub:
                 if f.lfs:
                     s["lfs"] = {"sha256": f.sha256, "size": f.size, "pointerSize": 134}
             sibs.append(s)
-        body = json.dumps({"_id": commit[:24], "id": repo.id, "modelId": repo.id, "sha": commit,
-                           "private": repo.private, "gated": "manual" if repo.gated else False,
-                           "siblings": sibs}).encode()
+        info = {"_id": commit[:24], "id": repo.id, "modelId": repo.id, "sha": commit, "private": repo.private,
+                "gated": "manual" if repo.gated else False, "siblings": sibs}
+        override = self.api_override.get(repo.id)
+        body = override(info) if override else json.dumps(info).encode()
         self._send(h, 200, [("Content-Type", "application/json")], body, head)
 
     def _resolve(self, h, repo_id, rev, name, head):
@@ -262,6 +265,8 @@ class MockHub:
         if not f:
             return self._error(h, 404, "EntryNotFound", "%s does not exist on %s" % (name, rev), head)
         common = [("X-Repo-Commit", commit), ("ETag", '"%s"' % f.etag())]
+        if name in self.faults["loop"]:
+            return self._send(h, 302, common + [("Location", h.path)], b"", head)
         if f.lfs:
             self.cdn[f.sha256] = f
             common += [("X-Linked-Etag", '"%s"' % f.sha256), ("X-Linked-Size", str(f.size)),
