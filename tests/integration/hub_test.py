@@ -478,6 +478,28 @@ def group_rss(inferd):
         print("pull of %.0f MB: peak RSS %d KiB (limit %d KiB%s)" % (size / 1e6, ru.ru_maxrss, limit,
                                                                       ", sanitizer build" if asan else ""))
         check(ru.ru_maxrss < limit, "peak RSS %d KiB over %d KiB" % (ru.ru_maxrss, limit))
+        # On a terminal: one bar per file redrawn in place (\r), with MB/s and ETA.
+        import pty
+        shutil.rmtree(env.home)
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([env.inferctl, "model", "pull", "test-org/big"], env=env.env(),
+                                stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        tty = b""
+        while True:
+            try:
+                b = os.read(master, 65536)
+            except OSError:  # EIO once the child closed the terminal
+                break
+            if not b:
+                break
+            tty += b
+        proc.wait()
+        os.close(master)
+        text = tty.decode(errors="replace")
+        bars = [l for l in text.split("\r") if "model.safetensors" in l and "MB/s ETA" in l]
+        check(proc.returncode == 0 and len(bars) >= 2 and "downloading model.safetensors" not in text,
+              "a progress bar redrawn in place on a terminal (%d redraws):\n%r" % (len(bars), text[-600:]))
     finally:
         env.close()
 
