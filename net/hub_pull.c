@@ -2,7 +2,6 @@
  * (see hub_pull.h for the protocol and the order of writes). */
 #include "hub_pull.h"
 
-#include <cjson/cJSON.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -19,6 +18,7 @@
 #include <unistd.h>
 
 #include "base/file.h"
+#include "hub_info.h"
 
 /* Files inferd reads besides the weights; fetched when the repo has them. */
 static const char *const extra_files[] = {
@@ -115,14 +115,6 @@ static char *url_escape(const char *s, bool keep_slash)
     }
     *o = '\0';
     return out;
-}
-
-static bool all_hex(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-            return false;
-    return s[n] == '\0';
 }
 
 static void emit(struct pull *p, enum hub_event ev, const char *file, uint64_t done, uint64_t total,
@@ -399,81 +391,31 @@ static struct sibling *find_sibling(struct pull *p, const char *name)
     return NULL;
 }
 
-static bool json_u64(const cJSON *v, uint64_t *ret)
-{
-    /* Sizes travel as JSON numbers (doubles): whole, non-negative, exact. */
-    if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble > 9007199254740992.0 ||
-        v->valuedouble != floor(v->valuedouble))
-        return false;
-    *ret = (uint64_t)v->valuedouble;
-    return true;
-}
-
+/* The revision info, validated by hub_info_parse(), into p->sib. */
 static int parse_info(struct pull *p, const char *json, const char *url, ifd_error *err)
 {
-    cJSON *root = cJSON_Parse(json);
-    int r = 0;
-    if (!root)
-        return ifd_error_set(err, -EPROTO, "%s: the revision info is not JSON (%s)", p->ref->repo_id, url);
-    const cJSON *sha = cJSON_GetObjectItemCaseSensitive(root, "sha");
-    const cJSON *sibs = cJSON_GetObjectItemCaseSensitive(root, "siblings");
-    if (!cJSON_IsString(sha) || !hf_revision_is_commit(sha->valuestring) || !all_hex(sha->valuestring, 40)) {
-        r = ifd_error_set(err, -EPROTO, "%s: the revision info has no commit sha (%s)", p->ref->repo_id, url);
-        goto out;
+    struct hub_info info;
+    int r = hub_info_parse(json, &info, err);
+    if (r < 0) {
+        ifd_error_prefix(err, "%s@%s, %s", p->ref->repo_id, p->ref->revision, url);
+        return r;
     }
-    memcpy(p->commit, sha->valuestring, sizeof(p->commit));
-    int n = cJSON_GetArraySize(sibs);
-    if (!cJSON_IsArray(sibs) || n > HUB_MAX_SIBLINGS) {
-        r = ifd_error_set(err, -EPROTO, "%s: the revision info has no siblings list or over %d files (%s)",
-                          p->ref->repo_id, HUB_MAX_SIBLINGS, url);
-        goto out;
+    memcpy(p->commit, info.commit, sizeof(p->commit));
+    if (!(p->sib = calloc(info.n_files + 1, sizeof(*p->sib)))) {
+        hub_info_finish(&info);
+        return ifd_error_set(err, -ENOMEM, "out of memory");
     }
-    p->sib = calloc((size_t)n + 1, sizeof(*p->sib));
-    if (!p->sib) {
-        r = ifd_error_set(err, -ENOMEM, "out of memory");
-        goto out;
+    for (size_t i = 0; i < info.n_files; i++) {
+        struct sibling *d = &p->sib[i];
+        d->name = info.files[i].name; /* ownership moves */
+        info.files[i].name = NULL;
+        memcpy(d->etag, info.files[i].etag, sizeof(d->etag));
+        d->size = info.files[i].size;
+        d->lfs = info.files[i].lfs;
     }
-    const cJSON *s;
-    cJSON_ArrayForEach(s, sibs)
-    {
-        const cJSON *name = cJSON_GetObjectItemCaseSensitive(s, "rfilename");
-        if (!cJSON_IsString(name) || hf_filename_check(name->valuestring, err) < 0) {
-            if (!cJSON_IsString(name))
-                ifd_error_set(err, -EPROTO, "a sibling without rfilename");
-            ifd_error_prefix(err, "%s: unsafe file list from %s", p->ref->repo_id, url);
-            r = -EPROTO;
-            goto out;
-        }
-        struct sibling *d = &p->sib[p->n_sib];
-        if (!(d->name = strdup(name->valuestring))) {
-            r = ifd_error_set(err, -ENOMEM, "out of memory");
-            goto out;
-        }
-        p->n_sib++;
-        const cJSON *lfs = cJSON_GetObjectItemCaseSensitive(s, "lfs");
-        const cJSON *h = NULL;
-        bool ok;
-        if (cJSON_IsObject(lfs)) {
-            h = cJSON_GetObjectItemCaseSensitive(lfs, "sha256");
-            d->lfs = true;
-            ok = cJSON_IsString(h) && all_hex(h->valuestring, 64) &&
-                 json_u64(cJSON_GetObjectItemCaseSensitive(lfs, "size"), &d->size);
-        } else {
-            h = cJSON_GetObjectItemCaseSensitive(s, "blobId");
-            ok = cJSON_IsString(h) && all_hex(h->valuestring, 40) &&
-                 json_u64(cJSON_GetObjectItemCaseSensitive(s, "size"), &d->size);
-        }
-        /* The etag becomes a file name in blobs/: only lowercase hex passes. */
-        if (!ok) {
-            r = ifd_error_set(err, -EPROTO, "%s: file '%s' has no valid size and %s in the revision info (%s)",
-                              p->ref->repo_id, d->name, d->lfs ? "lfs.sha256" : "blobId", url);
-            goto out;
-        }
-        snprintf(d->etag, sizeof(d->etag), "%s", h->valuestring);
-    }
-out:
-    cJSON_Delete(root);
-    return r;
+    p->n_sib = info.n_files;
+    hub_info_finish(&info);
+    return 0;
 }
 
 /* ------------------------------------------------------------ one file */
@@ -709,49 +651,30 @@ out:
 
 /* ------------------------------------------------------------ selection */
 
-/* The shard names of an index file's weight_map, checked against siblings. */
+/* The shards an index file names (hub_index_shards() validates them), each
+ * one the repository has, marked wanted. */
 static int select_shards(struct pull *p, const char *index_path, ifd_error *err)
 {
-    char *text = NULL;
+    char *text = NULL, **names = NULL;
+    size_t n = 0;
     int r = file_read(index_path, HUB_INDEX_MAX_BYTES, 0, &text, NULL, err);
     if (r < 0)
         return r;
-    cJSON *root = cJSON_Parse(text);
+    r = hub_index_shards(text, &names, &n, err);
     free(text);
-    const cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
-    if (!cJSON_IsObject(map)) {
-        cJSON_Delete(root);
-        return ifd_error_set(err, -EPROTO, "%s: model.safetensors.index.json has no weight_map object",
-                             p->ref->repo_id);
+    if (r < 0) {
+        ifd_error_prefix(err, "%s@%s", p->ref->repo_id, p->ref->revision);
+        return r;
     }
-    int shards = 0;
-    const cJSON *e;
-    cJSON_ArrayForEach(e, map)
-    {
-        const char *name = cJSON_IsString(e) ? e->valuestring : "";
-        size_t n = strlen(name);
-        /* A plain file beside the index: no directories, no escaping. */
-        if (n <= strlen(".safetensors") || strcmp(name + n - strlen(".safetensors"), ".safetensors") != 0 ||
-            strchr(name, '/') || hf_filename_check(name, NULL) < 0) {
-            r = ifd_error_set(err, -EPROTO, "%s: index maps '%.200s' to an invalid shard name '%.200s'",
-                              p->ref->repo_id, e->string ? e->string : "?", name);
-            break;
-        }
-        struct sibling *s = find_sibling(p, name);
-        if (!s) {
-            r = ifd_error_set(err, -EPROTO, "%s: index names shard '%s' that the repository does not have",
-                              p->ref->repo_id, name);
-            break;
-        }
-        if (!s->wanted && ++shards > HUB_MAX_SHARDS) {
-            r = ifd_error_set(err, -EPROTO, "%s: index names over %d shards", p->ref->repo_id, HUB_MAX_SHARDS);
-            break;
-        }
-        s->wanted = true;
+    for (size_t i = 0; i < n && r >= 0; i++) {
+        struct sibling *s = find_sibling(p, names[i]);
+        if (s)
+            s->wanted = true;
+        else
+            r = ifd_error_set(err, -EPROTO, "%s@%s: index names shard '%s' that the repository does not have",
+                              p->ref->repo_id, p->ref->revision, names[i]);
     }
-    if (r >= 0 && shards == 0)
-        r = ifd_error_set(err, -EPROTO, "%s: model.safetensors.index.json names no shards", p->ref->repo_id);
-    cJSON_Delete(root);
+    hub_names_free(names, n);
     return r;
 }
 
@@ -1055,7 +978,8 @@ int hub_snapshot_check(const char *dir, ifd_error *err)
         return r;
     if (need_file(dir, "model.safetensors", NULL) == 0)
         return 0;
-    char *index = NULL, *text = NULL;
+    char *index = NULL, *text = NULL, **names = NULL;
+    size_t n = 0;
     if (asprintf(&index, "%s/model.safetensors.index.json", dir) < 0)
         return ifd_error_set(err, -ENOMEM, "out of memory");
     if (!path_exists(index)) {
@@ -1064,23 +988,12 @@ int hub_snapshot_check(const char *dir, ifd_error *err)
         return r;
     }
     r = file_read(index, HUB_INDEX_MAX_BYTES, 0, &text, NULL, err);
+    if (r >= 0 && (r = hub_index_shards(text, &names, &n, err)) < 0)
+        ifd_error_prefix(err, "%s", index);
     free(index);
-    if (r < 0)
-        return r;
-    cJSON *root = cJSON_Parse(text);
     free(text);
-    const cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map"), *e;
-    if (!cJSON_IsObject(map))
-        r = ifd_error_set(err, -EINVAL, "%s/model.safetensors.index.json has no weight_map", dir);
-    cJSON_ArrayForEach(e, map)
-    {
-        if (!cJSON_IsString(e) || hf_filename_check(e->valuestring, NULL) < 0 || strchr(e->valuestring, '/')) {
-            r = ifd_error_set(err, -EINVAL, "%s/model.safetensors.index.json names an invalid shard", dir);
-            break;
-        }
-        if ((r = need_file(dir, e->valuestring, err)) < 0)
-            break;
-    }
-    cJSON_Delete(root);
+    for (size_t i = 0; i < n && r >= 0; i++)
+        r = need_file(dir, names[i], err);
+    hub_names_free(names, n);
     return r;
 }

@@ -24,8 +24,6 @@
 /* Bounds on what the server controls before we parse it. */
 #define HUB_API_MAX_BYTES (8u << 20)   /* the revision JSON */
 #define HUB_INDEX_MAX_BYTES (32u << 20) /* model.safetensors.index.json */
-#define HUB_MAX_SIBLINGS 100000
-#define HUB_MAX_SHARDS 10000
 #define HUB_MAX_REDIRECTS 5
 
 enum hub_event {
