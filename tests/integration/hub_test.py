@@ -437,6 +437,17 @@ def group_listrm(inferd):
         size = sum(os.path.getsize(os.path.join(SHARDED, n)) for n in WANTED)
         check(len(j) == 2 and main and main[0]["used_by"] == conf and main[0]["commit"] == commit_sha(REPO, "main")
               and size <= main[0]["size_bytes"] < size + 64 * 4096, "list --json: %s" % j)
+        # --cache-dir instead of the environment: the same rows.
+        p2 = env.run("list", "--config", conf, "--json", "--cache-dir", os.path.join(env.home, "hub"),
+                     HF_HOME=os.path.join(env.tmp, "elsewhere"))
+        check(p2.stdout == p.stdout, "list --cache-dir:\n%s\nvs\n%s" % (p2.stdout, p.stdout))
+        # The format of an MLX checkpoint comes from its quantization block.
+        env.hub.add_repo("test-org/mlx4", os.path.join(MODELS, "tinystories-656k-mlx-4bit"))
+        check(env.pull("test-org/mlx4").returncode == 0, "pull of the MLX model")
+        j = json.loads(env.run("list", "--json").stdout)
+        mlx = [r for r in j if r["name"] == "test-org/mlx4"]
+        check(mlx and mlx[0]["format"] == "mlx 4-bit g64" and mlx[0]["complete"], "MLX row: %s" % mlx)
+        check(env.run("rm", "test-org/mlx4").returncode == 0, "rm of the MLX model")
         # rm refuses what the configuration serves.
         p = env.run("rm", REPO, "--config", conf)
         expect_fail(p, [conf, "[model] path", "--force"], "rm of the configured model")
