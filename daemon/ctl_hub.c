@@ -354,8 +354,11 @@ static void refs_for_commit(const char *repo_dir, const char *rel, int depth, co
 
 /* The snapshot the inferd configuration serves, realpath'd into ret (NULL when
  * no configuration or it names no cached model). config_path NULL: the
- * default file when it exists. */
-static int config_snapshot(const char *config_path, char **ret_path, char **ret_snapshot, ifd_error *err)
+ * default file when it exists. A Hub reference is looked up in root, the
+ * cache being listed: the daemon's cache (under systemd
+ * /var/lib/inferd/huggingface/hub) is usually not the caller's. */
+static int config_snapshot(const char *config_path, const char *root, char **ret_path, char **ret_snapshot,
+                           ifd_error *err)
 {
     *ret_path = *ret_snapshot = NULL;
     const char *path = config_path ? config_path : INFERD_DEFAULT_CONFIG;
@@ -369,7 +372,14 @@ static int config_snapshot(const char *config_path, char **ret_path, char **ret_
     if ((r = file_read(path, 1u << 20, 0, &text, NULL, err)) < 0 ||
         (r = inferd_config_parse_string(&c, text, path, err)) < 0)
         goto out;
-    if (c.model_path && inferd_config_resolve_model(c.model_path, &dir, NULL) >= 0) {
+    struct stat st;
+    struct hf_ref ref = {0};
+    if (c.model_path && stat(c.model_path, &st) == 0 && S_ISDIR(st.st_mode))
+        dir = strdup(c.model_path);
+    else if (c.model_path && hf_ref_parse(c.model_path, &ref, NULL) >= 0)
+        hf_cache_resolve(root, &ref, &dir, NULL, NULL);
+    hf_ref_finish(&ref);
+    if (dir) {
         *ret_snapshot = realpath(dir, NULL);
         if (!(*ret_path = strdup(path))) {
             free(*ret_snapshot);
@@ -470,7 +480,7 @@ static int list_main(int argc, char **argv)
         fprintf(stderr, "inferctl model list: %s\n", err.msg);
         return 1;
     }
-    if (config_snapshot(config_path, &cfg_file, &cfg_snap, &err) < 0) {
+    if (config_snapshot(config_path, root, &cfg_file, &cfg_snap, &err) < 0) {
         fprintf(stderr, "inferctl model list: %s\n", err.msg);
         free(root);
         return 1;
@@ -638,7 +648,7 @@ static int rm_main(int argc, char **argv)
     if ((r = hf_ref_parse(argv[optind], &ref, &err)) < 0 ||
         (cache_dir ? ((root = strdup(cache_dir)) ? 0 : -ENOMEM) : hf_cache_root(&root, &err)) < 0 ||
         (r = hf_cache_resolve(root, &ref, &snap, commit, &err)) < 0 ||
-        (r = config_snapshot(config_path, &cfg_file, &cfg_snap, &err)) < 0) {
+        (r = config_snapshot(config_path, root, &cfg_file, &cfg_snap, &err)) < 0) {
         fprintf(stderr, "inferctl model rm: %s\n", err.msg);
         goto out;
     }

@@ -437,7 +437,8 @@ def group_listrm(inferd):
         size = sum(os.path.getsize(os.path.join(SHARDED, n)) for n in WANTED)
         check(len(j) == 2 and main and main[0]["used_by"] == conf and main[0]["commit"] == commit_sha(REPO, "main")
               and size <= main[0]["size_bytes"] < size + 64 * 4096, "list --json: %s" % j)
-        # --cache-dir instead of the environment: the same rows.
+        # --cache-dir instead of the environment: the same rows, and the configured
+        # ORG/NAME is looked up in that cache (the daemon's is rarely the caller's).
         p2 = env.run("list", "--config", conf, "--json", "--cache-dir", os.path.join(env.home, "hub"),
                      HF_HOME=os.path.join(env.tmp, "elsewhere"))
         check(p2.stdout == p.stdout, "list --cache-dir:\n%s\nvs\n%s" % (p2.stdout, p.stdout))
