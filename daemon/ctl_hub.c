@@ -490,6 +490,8 @@ static int list_main(int argc, char **argv)
         printf("%-40s %-14s %10s  %-14s %-8s %s\n", "NAME", "REVISION", "SIZE", "FORMAT", "COMPLETE", "USED BY");
     DIR *d = opendir(root);
     struct dirent *e;
+    if (!d)
+        fprintf(stderr, "inferctl model list: no Hugging Face cache at %s: %s\n", root, strerror(errno));
     while (d && (e = readdir(d))) {
         char *id = NULL, *snaps = NULL;
         if (hf_cache_repo_id_from_dir(e->d_name, &id) < 0)
