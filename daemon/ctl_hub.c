@@ -336,7 +336,7 @@ static void refs_for_commit(const char *repo_dir, const char *rel, int depth, co
         if (asprintf(&name, "%s%s%s", rel, *rel ? "/" : "", e->d_name) >= 0 &&
             asprintf(&path, "%s/%s", dir, e->d_name) >= 0) {
             struct stat st;
-            char sha[HF_COMMIT_HEX_LEN + 1];
+            char sha[HF_COMMIT_ID_MAX + 1];
             if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
                 refs_for_commit(repo_dir, name, depth + 1, commit, fn, userdata);
             } else if (S_ISREG(st.st_mode) && hf_cache_read_ref(repo_dir, name, sha, NULL) >= 0 &&
@@ -503,7 +503,7 @@ static int list_main(int argc, char **argv)
         DIR *sd = opendir(snaps);
         struct dirent *se;
         while (sd && (se = readdir(sd))) {
-            if (!hf_revision_is_commit(se->d_name))
+            if (!hf_commit_id_valid(se->d_name))
                 continue;
             char *snap = NULL, *repo = NULL;
             if (asprintf(&snap, "%s/%s", snaps, se->d_name) < 0)
@@ -644,7 +644,7 @@ static int rm_main(int argc, char **argv)
     struct hf_ref ref = {0};
     char *root = NULL, *repo = NULL, *snap = NULL, *real = NULL, *cfg_file = NULL, *cfg_snap = NULL;
     char *snaps_dir = NULL, *locks = NULL;
-    char commit[HF_COMMIT_HEX_LEN + 1];
+    char commit[HF_COMMIT_ID_MAX + 1];
     struct blob_set mine = {0}, others = {0};
     int rc = 1, r;
     if ((r = hf_ref_parse(argv[optind], &ref, &err)) < 0 ||

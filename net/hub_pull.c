@@ -876,7 +876,7 @@ static int pull_online(struct pull *p, struct hub_pull_result *ret, ifd_error *e
         ret->snapshot = NULL;
         return ifd_error_set(err, -ENOMEM, "out of memory");
     }
-    memcpy(ret->commit, p->commit, sizeof(ret->commit));
+    snprintf(ret->commit, sizeof(ret->commit), "%s", p->commit);
     return 0;
 }
 

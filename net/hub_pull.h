@@ -59,7 +59,7 @@ struct hub_pull_options {
 
 struct hub_pull_result {
     char *snapshot;      /* the snapshot directory (owned) */
-    char commit[HF_COMMIT_HEX_LEN + 1];
+    char commit[HF_COMMIT_ID_MAX + 1];
     uint64_t downloaded; /* bytes received in this run */
     int files;           /* files in the snapshot */
     int cached;          /* of which already in blobs/ */

@@ -117,6 +117,15 @@ bool hf_revision_is_commit(const char *rev)
     return rev[HF_COMMIT_HEX_LEN] == '\0';
 }
 
+bool hf_commit_id_valid(const char *s)
+{
+    size_t n = 0;
+    for (; s[n] && n <= HF_COMMIT_ID_MAX; n++)
+        if (!is_alnum(s[n]))
+            return false;
+    return n >= 1 && n <= HF_COMMIT_ID_MAX;
+}
+
 int hf_filename_check(const char *name, ifd_error *err)
 {
     size_t n = strnlen(name, HF_FILENAME_MAX + 1);
@@ -229,19 +238,19 @@ int hf_cache_read_ref(const char *repo_dir, const char *revision, char *ret, ifd
         free(path);
         return r;
     }
-    /* A ref holds 40 hex digits, perhaps a newline: read a little more to see junk. */
-    char buf[HF_COMMIT_HEX_LEN + 8];
+    /* A ref holds a commit id, perhaps a newline: read a little more to see junk. */
+    char buf[HF_COMMIT_ID_MAX + 8];
     size_t n = fread(buf, 1, sizeof(buf) - 1, f);
     fclose(f);
     buf[n] = '\0';
     buf[strcspn(buf, "\r\n")] = '\0';
-    if (!hf_revision_is_commit(buf)) {
+    if (!hf_commit_id_valid(buf)) {
         int r = ifd_error_set(err, -EINVAL, "%s: not a commit sha", path);
         free(path);
         return r;
     }
     free(path);
-    memcpy(ret, buf, HF_COMMIT_HEX_LEN + 1);
+    memcpy(ret, buf, strlen(buf) + 1);
     return 0;
 }
 
@@ -265,7 +274,7 @@ int hf_cache_resolve(const char *root, const struct hf_ref *ref, char **ret_dir,
         r = ifd_error_set(err, r, "out of memory");
         goto out;
     }
-    char commit[HF_COMMIT_HEX_LEN + 1];
+    char commit[HF_COMMIT_ID_MAX + 1];
     if (hf_revision_is_commit(ref->revision)) {
         /* Snapshot directories are named by the lowercase sha the Hub sends. */
         for (int i = 0; i <= HF_COMMIT_HEX_LEN; i++)
@@ -293,7 +302,7 @@ int hf_cache_resolve(const char *root, const struct hf_ref *ref, char **ret_dir,
     *ret_dir = snap;
     snap = NULL;
     if (ret_commit)
-        memcpy(ret_commit, commit, sizeof(commit));
+        memcpy(ret_commit, commit, strlen(commit) + 1);
     r = 0;
 out:
     free(own_root);

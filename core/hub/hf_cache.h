@@ -29,6 +29,11 @@
 /* Repo file names (rfilename) from the server: bounded before use. */
 #define HF_FILENAME_MAX 1024
 #define HF_COMMIT_HEX_LEN 40
+/* A commit id read from refs/ or a snapshot directory name: the Hub writes
+ * 40 hex digits; caches made by hand or by other tools may hold shorter ids,
+ * and a future hash may be longer. Letters and digits only, so it is always
+ * one safe path component. */
+#define HF_COMMIT_ID_MAX 64
 
 struct hf_ref {
     char *repo_id;  /* "ORG/NAME" or "NAME" (owned) */
@@ -47,6 +52,9 @@ void hf_ref_finish(struct hf_ref *ref); /* accepts a zeroed struct */
 
 /* True when rev is a full 40-hex commit sha (lowercase or not). */
 bool hf_revision_is_commit(const char *rev);
+
+/* True when s is 1..HF_COMMIT_ID_MAX letters and digits (see above). */
+bool hf_commit_id_valid(const char *s);
 
 /* Checks that name (a file name inside a repo, from the server) is a safe
  * relative path: not empty, at most HF_FILENAME_MAX, not absolute, no ".."
@@ -70,15 +78,15 @@ int hf_cache_repo_id_from_dir(const char *dir_name, char **ret);
  * more "../" per '/' in filename. malloc'd into *ret; 0 or -ENOMEM. */
 int hf_cache_blob_link_target(const char *filename, const char *etag, char **ret);
 
-/* Reads REPO_DIR/refs/<revision>: a 40-hex commit, copied into
- * ret (HF_COMMIT_HEX_LEN + 1 bytes). -ENOENT when the ref is absent, -EINVAL
- * when its content is not a commit sha (message names the file). */
+/* Reads REPO_DIR/refs/<revision>: a commit id (hf_commit_id_valid), copied
+ * into ret (HF_COMMIT_ID_MAX + 1 bytes). -ENOENT when the ref is absent,
+ * -EINVAL when its content is not a commit id (message names the file). */
 int hf_cache_read_ref(const char *repo_dir, const char *revision, char *ret, ifd_error *err);
 
 /* Resolves a reference to its snapshot directory in root (NULL: from the
  * environment): the revision if it is a commit sha, else the commit in
  * refs/<revision>. *ret_dir (malloc'd) and, if ret_commit is non-NULL, the
- * commit (HF_COMMIT_HEX_LEN + 1 bytes) are written on success. -ENOENT with a
+ * commit (HF_COMMIT_ID_MAX + 1 bytes) are written on success. -ENOENT with a
  * message that says what was looked for and where, and suggests
  * `inferctl model pull`. */
 int hf_cache_resolve(const char *root, const struct hf_ref *ref, char **ret_dir, char *ret_commit,

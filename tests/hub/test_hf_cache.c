@@ -83,6 +83,12 @@ Test(hf_ref, commit)
     cr_expect_not(hf_revision_is_commit("main"));
     cr_expect_not(hf_revision_is_commit(COMMIT "0"));
     cr_expect_not(hf_revision_is_commit("0123456789abcdef0123456789abcdef0123456g"));
+    cr_expect(hf_commit_id_valid("0123abcd"));
+    cr_expect(hf_commit_id_valid(COMMIT));
+    cr_expect_not(hf_commit_id_valid(""));
+    cr_expect_not(hf_commit_id_valid("../x"));
+    cr_expect_not(hf_commit_id_valid("a/b"));
+    cr_expect_not(hf_commit_id_valid(COMMIT COMMIT));
 }
 
 Test(hf_filename, check)
@@ -179,7 +185,7 @@ Test(hf_cache, resolve)
     write_file(p, "../../../etc");
 
     struct hf_ref ref = {0};
-    char *dir = NULL, commit[HF_COMMIT_HEX_LEN + 1], want[600];
+    char *dir = NULL, commit[HF_COMMIT_ID_MAX + 1], want[600];
     ifd_error err = {{0}};
     snprintf(want, sizeof(want), "%s/models--org--name/snapshots/" COMMIT, root);
 
@@ -212,6 +218,18 @@ Test(hf_cache, resolve)
     cr_expect_eq(hf_cache_resolve(root, &ref, &dir, NULL, &err), -ENOENT);
     cr_expect(strstr(err.msg, "models--org--other/refs/v2"), "%s", err.msg);
     cr_expect(strstr(err.msg, "inferctl model pull org/other@v2"), "%s", err.msg);
+    hf_ref_finish(&ref);
+
+    /* A short commit id, as hand-made caches hold. */
+    snprintf(p, sizeof(p), "%s/models--org--name/snapshots/0123abcd", root);
+    cr_assert_eq(mkdir(p, 0755), 0);
+    snprintf(p, sizeof(p), "%s/models--org--name/refs/short", root);
+    write_file(p, "0123abcd\n");
+    cr_assert_eq(hf_ref_parse("org/name@short", &ref, NULL), 0);
+    cr_assert_eq(hf_cache_resolve(root, &ref, &dir, commit, &err), 0, "%s", err.msg);
+    cr_expect_str_eq(commit, "0123abcd");
+    cr_expect(strstr(dir, "/snapshots/0123abcd"), "%s", dir);
+    free(dir);
     hf_ref_finish(&ref);
 
     /* A ref to a snapshot that is gone. */
