@@ -11,6 +11,8 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include <sodium.h>
+
 #include "base/utf8.h"
 
 void api_error_set(struct api_error *e, int status, const char *type, const char *param, const char *code,
@@ -322,6 +324,8 @@ static int parse_prompt(struct api_request *r, const cJSON *root, int vocab_size
         }
         if (it->valuedouble < 0 || (vocab_size > 0 && it->valuedouble >= vocab_size) || it->valuedouble > INT32_MAX) {
             free(ids);
+            if (vocab_size <= 0)
+                return BAD(e, param, "token id %.0f is not a token id (negative or over 2^31)", it->valuedouble);
             return BAD(e, param, "token id %.0f is outside the vocabulary (0..%d)", it->valuedouble, vocab_size - 1);
         }
         ids[i++] = (int32_t)it->valuedouble;
@@ -392,6 +396,30 @@ static int check_depth(const char *body, size_t len, struct api_error *e)
     return 0;
 }
 
+/* The optional "model" string of a body; *ret stays NULL when absent. */
+static int get_model(const cJSON *root, char **ret, struct api_error *e)
+{
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    if (is_absent(model))
+        return 0;
+    if (!cJSON_IsString(model))
+        return BAD(e, "model", "'model' must be a string");
+    if (!(*ret = strdup(model->valuestring)))
+        return BAD(e, "model", "out of memory");
+    return 0;
+}
+
+int api_check_token_ids(const int32_t *ids, size_t n, int vocab_size, const char *param, struct api_error *e)
+{
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= vocab_size) {
+            char where[64];
+            snprintf(where, sizeof(where), "%s[%zu]", param, i);
+            return BAD(e, where, "token id %d is outside the vocabulary (0..%d)", ids[i], vocab_size - 1);
+        }
+    return 0;
+}
+
 int api_request_parse(enum api_kind kind, const char *body, size_t len, int vocab_size,
                       struct api_request *ret, struct api_error *e)
 {
@@ -430,17 +458,8 @@ int api_request_parse(enum api_kind kind, const char *body, size_t len, int voca
         rc = BAD(e, NULL, "request body must be a JSON object");
         goto fail;
     }
-    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
-    if (!is_absent(model)) {
-        if (!cJSON_IsString(model)) {
-            rc = BAD(e, "model", "'model' must be a string");
-            goto fail;
-        }
-        if (!(r.model = strdup(model->valuestring))) {
-            rc = BAD(e, "model", "out of memory");
-            goto fail;
-        }
-    }
+    if ((rc = get_model(root, &r.model, e)) < 0)
+        goto fail;
     if (kind == API_KIND_CHAT)
         rc = parse_messages(&r, root, e);
     else
@@ -571,7 +590,8 @@ static cJSON *parse_object(const char *body, size_t len, struct api_error *e)
     return root;
 }
 
-int api_tokenize_parse(const char *body, size_t len, char **ret_text, bool *ret_add_special, struct api_error *e)
+int api_tokenize_parse(const char *body, size_t len, char **ret_text, bool *ret_add_special, char **ret_model,
+                       struct api_error *e)
 {
     cJSON *root = parse_object(body, len, e);
     if (!root)
@@ -590,12 +610,17 @@ int api_tokenize_parse(const char *body, size_t len, char **ret_text, bool *ret_
     }
     if ((rc = get_bool(root, "add_special", &add_special, e)) < 0)
         goto out;
+    char *model = NULL;
+    if ((rc = get_model(root, &model, e)) < 0)
+        goto out;
     char *t = strdup(c->valuestring);
     if (!t) {
+        free(model);
         rc = BAD(e, name, "out of memory");
         goto out;
     }
     *ret_text = t;
+    *ret_model = model;
     *ret_add_special = add_special;
     rc = 0;
 out:
@@ -604,7 +629,7 @@ out:
 }
 
 int api_detokenize_parse(const char *body, size_t len, int vocab_size, int32_t **ret_ids, size_t *ret_n,
-                         struct api_error *e)
+                         char **ret_model, struct api_error *e)
 {
     cJSON *root = parse_object(body, len, e);
     if (!root)
@@ -633,13 +658,22 @@ int api_detokenize_parse(const char *body, size_t len, int vocab_size, int32_t *
             char param[32];
             snprintf(param, sizeof(param), "tokens[%d]", i);
             free(ids);
-            rc = BAD(e, param, "token ids must be integers in 0..%d", vocab_size - 1);
+            if (vocab_size > 0)
+                rc = BAD(e, param, "token ids must be integers in 0..%d", vocab_size - 1);
+            else
+                rc = BAD(e, param, "token ids must be integers from 0 to 2^31-1");
             goto out;
         }
         ids[i++] = (int32_t)it->valuedouble;
     }
+    char *model = NULL;
+    if ((rc = get_model(root, &model, e)) < 0) {
+        free(ids);
+        goto out;
+    }
     *ret_ids = ids;
     *ret_n = (size_t)n;
+    *ret_model = model;
     rc = 0;
 out:
     cJSON_Delete(root);
@@ -883,4 +917,166 @@ bool api_stop_scan(const char *pending, size_t len, char *const *stops, int n_st
     }
     *ret_emit = len - hold;
     return false;
+}
+
+/* ---- /v1/embeddings ---- */
+
+void api_embed_request_finish(struct api_embed_request *r)
+{
+    if (!r)
+        return;
+    for (int i = 0; i < r->n_inputs; i++) {
+        free(r->inputs[i].text);
+        free(r->inputs[i].ids);
+    }
+    free(r->inputs);
+    free(r->model);
+    memset(r, 0, sizeof(*r));
+}
+
+/* One input: a string, or an array of token ids. param names it in errors. */
+static int parse_embed_input(const cJSON *v, const char *param, struct api_embed_input *in, size_t *total_ids,
+                             struct api_error *e)
+{
+    if (cJSON_IsString(v)) {
+        if (!v->valuestring[0])
+            return BAD(e, param, "an input must not be empty");
+        if (!(in->text = strdup(v->valuestring)))
+            return BAD(e, param, "out of memory");
+        return 0;
+    }
+    if (!cJSON_IsArray(v))
+        return BAD(e, param, "an input is a string or an array of token ids");
+    int n = cJSON_GetArraySize(v);
+    if (n == 0)
+        return BAD(e, param, "an input must not be empty");
+    if ((size_t)n > API_MAX_PROMPT_IDS - *total_ids)
+        return BAD(e, param, "more than %d token ids in all", API_MAX_PROMPT_IDS);
+    if (!(in->ids = malloc(sizeof(int32_t) * (size_t)n)))
+        return BAD(e, param, "out of memory");
+    const cJSON *it;
+    cJSON_ArrayForEach(it, v) {
+        if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) || it->valuedouble < 0 ||
+            it->valuedouble > INT32_MAX) {
+            char where[64];
+            snprintf(where, sizeof(where), "%s[%zu]", param, in->n_ids);
+            return BAD(e, where, "token ids must be integers from 0 to 2^31-1");
+        }
+        in->ids[in->n_ids++] = (int32_t)it->valuedouble;
+    }
+    *total_ids += in->n_ids;
+    return 0;
+}
+
+int api_embed_parse(const char *body, size_t len, struct api_embed_request *ret, struct api_error *e)
+{
+    cJSON *root = parse_object(body, len, e);
+    if (!root)
+        return -EINVAL;
+    struct api_embed_request r = {0};
+    int rc;
+    const cJSON *f;
+    /* Every field is known: one that inferd would not honour is refused. */
+    cJSON_ArrayForEach(f, root) {
+        if (strcmp(f->string, "model") != 0 && strcmp(f->string, "input") != 0 &&
+            strcmp(f->string, "encoding_format") != 0) {
+            rc = BAD(e, f->string, "'%.64s' is not supported by inferd's /v1/embeddings (it takes model, input and "
+                     "encoding_format)", f->string);
+            goto fail;
+        }
+    }
+    if ((rc = get_model(root, &r.model, e)) < 0)
+        goto fail;
+    const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(root, "encoding_format");
+    if (!is_absent(fmt)) {
+        if (!cJSON_IsString(fmt) || (strcmp(fmt->valuestring, "float") != 0 && strcmp(fmt->valuestring, "base64") != 0)) {
+            rc = BAD(e, "encoding_format", "'encoding_format' is \"float\" or \"base64\"");
+            goto fail;
+        }
+        r.base64 = fmt->valuestring[0] == 'b';
+    }
+    const cJSON *input = cJSON_GetObjectItemCaseSensitive(root, "input");
+    if (is_absent(input)) {
+        rc = BAD(e, "input", "'input' is required");
+        goto fail;
+    }
+    /* One input (a string, or one array of ids), or an array of them. */
+    bool many = cJSON_IsArray(input) && cJSON_GetArraySize(input) > 0 &&
+                (cJSON_IsString(cJSON_GetArrayItem(input, 0)) || cJSON_IsArray(cJSON_GetArrayItem(input, 0)));
+    int n = many ? cJSON_GetArraySize(input) : 1;
+    if (n > API_MAX_EMBED_INPUTS) {
+        rc = BAD(e, "input", "at most %d inputs per request", API_MAX_EMBED_INPUTS);
+        goto fail;
+    }
+    if (!(r.inputs = calloc((size_t)n, sizeof(*r.inputs)))) {
+        rc = BAD(e, "input", "out of memory");
+        goto fail;
+    }
+    size_t total_ids = 0;
+    if (!many) {
+        r.n_inputs = 1;
+        if ((rc = parse_embed_input(input, "input", &r.inputs[0], &total_ids, e)) < 0)
+            goto fail;
+    } else {
+        const cJSON *it;
+        cJSON_ArrayForEach(it, input) {
+            char param[32];
+            snprintf(param, sizeof(param), "input[%d]", r.n_inputs);
+            r.n_inputs++;
+            if ((rc = parse_embed_input(it, param, &r.inputs[r.n_inputs - 1], &total_ids, e)) < 0)
+                goto fail;
+        }
+    }
+    cJSON_Delete(root);
+    *ret = r;
+    return 0;
+fail:
+    cJSON_Delete(root);
+    api_embed_request_finish(&r);
+    return rc;
+}
+
+char *api_embed_response_json(const char *model, const float *const *vecs, int n, int dim, bool base64,
+                              int prompt_tokens, size_t *ret_len)
+{
+    /* Written by hand: a cJSON node per number would cost ~100 bytes each,
+     * for up to API_MAX_EMBED_INPUTS x hidden numbers. */
+    cJSON *name = cJSON_CreateString(model);
+    char *quoted = name ? cJSON_PrintUnformatted(name) : NULL;
+    cJSON_Delete(name);
+    if (!quoted)
+        return NULL;
+    const size_t per_number = base64 ? 6 : 16; /* "%.9g," at most 16 bytes; base64 of 4 bytes < 6 */
+    size_t cap = 256 + strlen(quoted) + (size_t)n * (96 + (size_t)dim * per_number), len = 0;
+    char *out = malloc(cap);
+    char *b64 = base64 ? malloc(sodium_base64_ENCODED_LEN((size_t)dim * 4, sodium_base64_VARIANT_ORIGINAL)) : NULL;
+    if (!out || (base64 && !b64)) {
+        free(out);
+        free(b64);
+        free(quoted);
+        return NULL;
+    }
+#define PUT(...) (len += (size_t)snprintf(out + len, cap - len, __VA_ARGS__))
+    PUT("{\"object\":\"list\",\"data\":[");
+    for (int i = 0; i < n; i++) {
+        PUT("%s{\"object\":\"embedding\",\"index\":%d,\"embedding\":", i ? "," : "", i);
+        if (base64) {
+            /* little-endian float32, as OpenAI encodes them */
+            unsigned char *raw = (unsigned char *)vecs[i];
+            sodium_bin2base64(b64, sodium_base64_ENCODED_LEN((size_t)dim * 4, sodium_base64_VARIANT_ORIGINAL), raw,
+                              (size_t)dim * 4, sodium_base64_VARIANT_ORIGINAL);
+            PUT("\"%s\"}", b64);
+        } else {
+            PUT("[");
+            for (int h = 0; h < dim; h++)
+                PUT("%s%.9g", h ? "," : "", (double)vecs[i][h]);
+            PUT("]}");
+        }
+    }
+    PUT("],\"model\":%s,\"usage\":{\"prompt_tokens\":%d,\"total_tokens\":%d}}", quoted, prompt_tokens, prompt_tokens);
+#undef PUT
+    free(b64);
+    free(quoted);
+    *ret_len = len;
+    return out;
 }

@@ -67,12 +67,18 @@ int api_request_parse(enum api_kind kind, const char *body, size_t len, int voca
                       struct api_request *ret, struct api_error *err);
 void api_request_finish(struct api_request *r); /* accepts a zeroed struct */
 
-/* /tokenize {"content": "...", "add_special": bool} or {"prompt": ...};
- * /detokenize {"tokens": [ids]}. */
-int api_tokenize_parse(const char *body, size_t len, char **ret_text, bool *ret_add_special,
+/* The model is named in the body, so a server with several models parses
+ * with vocab_size 0 and checks the ids against the named model's vocabulary
+ * afterwards; the message and param are those of the parse-time check. */
+int api_check_token_ids(const int32_t *ids, size_t n, int vocab_size, const char *param, struct api_error *err);
+
+/* /tokenize {"content": "...", "add_special": bool, "model": "..."} or
+ * {"prompt": ...}; /detokenize {"tokens": [ids], "model": "..."}. *ret_model
+ * is the optional model name (NULL when absent; caller frees). */
+int api_tokenize_parse(const char *body, size_t len, char **ret_text, bool *ret_add_special, char **ret_model,
                        struct api_error *err);
 int api_detokenize_parse(const char *body, size_t len, int vocab_size, int32_t **ret_ids, size_t *ret_n,
-                         struct api_error *err);
+                         char **ret_model, struct api_error *err);
 
 /* Returns true when s[0..len) is valid UTF-8 (no overlongs, surrogates or
  * code points above U+10FFFF); otherwise false and the offset of the first
@@ -140,3 +146,28 @@ char *api_error_sse(const struct api_error *e, size_t *ret_len);
  *   before it is the last to send, the stop string itself never is).
  * With no stop strings everything is emitted at once. */
 bool api_stop_scan(const char *pending, size_t len, char *const *stops, int n_stops, size_t *ret_emit);
+
+/* POST /v1/embeddings {"input": string | [string] | [ids] | [[ids]],
+ * "model", "encoding_format": "float" | "base64"}. Other fields (dimensions,
+ * user) are refused by name. */
+#define API_MAX_EMBED_INPUTS 2048   /* as OpenAI */
+
+struct api_embed_input {
+    char *text;          /* a string input, or NULL */
+    int32_t *ids;        /* a token-id input: [n_ids], checked against the vocabulary later */
+    size_t n_ids;
+};
+
+struct api_embed_request {
+    char *model;         /* NULL when absent */
+    struct api_embed_input *inputs;
+    int n_inputs;        /* 1 .. API_MAX_EMBED_INPUTS */
+    bool base64;         /* encoding_format "base64": little-endian float32, base64 */
+};
+
+int api_embed_parse(const char *body, size_t len, struct api_embed_request *ret, struct api_error *err);
+void api_embed_request_finish(struct api_embed_request *r); /* accepts a zeroed struct */
+/* The response body ("object": "list", one "embedding" per input in order,
+ * usage), malloc'd; NULL when out of memory. */
+char *api_embed_response_json(const char *model, const float *const *vecs, int n, int dim, bool base64,
+                              int prompt_tokens, size_t *ret_len);

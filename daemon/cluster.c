@@ -15,6 +15,7 @@
 #include "layer_split.h"
 #include "log.h"
 #include "log.h"
+#include "model/model_bytes.h"
 #include "remote_stage.h"
 #include "sd.h"
 #include "weight_push.h"
@@ -290,19 +291,11 @@ static void *supervisor(void *arg)
 }
 
 /* Bytes a worker holds for layer l: its tensors in the checkpoint (packed
- * as stored) plus its KV cache for n_seq_max x n_ctx positions (f32). */
+ * as stored) plus its KV cache for n_seq_max x n_ctx positions. */
 static uint64_t layer_bytes(const struct model *m, int l, int n_seq_max, int n_ctx)
 {
-    char prefix[48];
-    int plen = snprintf(prefix, sizeof(prefix), "model.layers.%d.", l);
-    uint64_t bytes = 0;
-    for (size_t i = 0; i < st_count(m->st); i++) {
-        const struct st_tensor *t = st_at(m->st, i);
-        if (strncmp(t->name, prefix, (size_t)plen) == 0)
-            bytes += t->nbytes;
-    }
-    const uint64_t kv_dim = (uint64_t)m->cfg.n_kv_heads * (uint64_t)m->cfg.head_dim;
-    return bytes + 2 * kv_dim * (uint64_t)n_ctx * (uint64_t)n_seq_max * sizeof(float);
+    return model_bytes_layer(m->st, l) +
+           model_bytes_kv_position(&m->cfg) * (uint64_t)n_ctx * (uint64_t)n_seq_max;
 }
 
 int cluster_create(const struct inferd_config *cfg, const struct model *m, const char *model_dir, int n_seq_max,

@@ -47,6 +47,16 @@ int inferd_config_init(struct inferd_config *c)
     return 0;
 }
 
+static void models_free(struct inferd_model_cfg *m, int n)
+{
+    for (int i = 0; i < n; i++) {
+        free(m[i].name);
+        free(m[i].path);
+        free(m[i].chat_template_path);
+    }
+    free(m);
+}
+
 static void workers_free(struct inferd_worker_cfg *w, int n)
 {
     for (int i = 0; i < n; i++) {
@@ -70,6 +80,9 @@ void inferd_config_finish(struct inferd_config *c)
     free(c->api_keys);
     free(c->api_key_file);
     free(c->served_model_name);
+    for (int i = 0; i < c->n_cors_origins; i++)
+        free(c->cors_origins[i]);
+    free(c->cors_origins);
     free(c->model_path);
     free(c->chat_template_path);
     free(c->worker_listen);
@@ -79,6 +92,7 @@ void inferd_config_finish(struct inferd_config *c)
         free(c->next_hops[i]);
     free(c->next_hops);
     workers_free(c->workers, c->n_workers);
+    models_free(c->models, c->n_models);
     memset(c, 0, sizeof(*c));
 }
 
@@ -328,6 +342,43 @@ static int add_key_list(struct inferd_config *c, const char *v, const char *what
     return r;
 }
 
+/* cors_origins = https://app.example, http://localhost:3000: comma or space
+ * separated origins as browsers send them (scheme://host[:port], no path),
+ * or "*" for any. */
+static int add_cors_origins(struct inferd_config *c, const char *v, const char *what, ifd_error *err)
+{
+    char *copy = strdup(v), *save = NULL;
+    if (!copy)
+        return -ENOMEM;
+    int r = 0;
+    for (char *tok = strtok_r(copy, ", \t", &save); tok && r >= 0; tok = strtok_r(NULL, ", \t", &save)) {
+        size_t len = strlen(tok);
+        const char *host = strstr(tok, "://");
+        bool ok = strcmp(tok, "*") == 0 ||
+                  (len <= INFERD_MAX_ORIGIN_LEN && host && host > tok && host[3] && !strchr(host + 3, '/') &&
+                   strspn(tok, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.") == (size_t)(host - tok));
+        if (!ok) {
+            r = ifd_error_set(err, -EINVAL, "%s: '%.64s' is not an origin (scheme://host[:port], or *)", what, tok);
+            break;
+        }
+        if (c->n_cors_origins >= INFERD_MAX_CORS_ORIGINS) {
+            r = ifd_error_set(err, -E2BIG, "%s: more than %d origins", what, INFERD_MAX_CORS_ORIGINS);
+            break;
+        }
+        char **n = realloc(c->cors_origins, sizeof(*n) * (size_t)(c->n_cors_origins + 1));
+        if (!n || !(n[c->n_cors_origins] = strdup(tok))) {
+            if (n)
+                c->cors_origins = n;
+            r = -ENOMEM;
+            break;
+        }
+        c->cors_origins = n;
+        c->n_cors_origins++;
+    }
+    free(copy);
+    return r;
+}
+
 /* next_hops = a:1, b c: comma or space separated "host:port", "host" or "*". */
 static int add_next_hops(struct inferd_config *c, const char *v, const char *what, ifd_error *err)
 {
@@ -415,6 +466,82 @@ static int add_worker_flag(struct inferd_config *c, const char *v, ifd_error *er
     return 0;
 }
 
+/* The [model.NAME] section called name, added at its first key. */
+static struct inferd_model_cfg *model_get(struct inferd_config *c, const char *name, ifd_error *err)
+{
+    for (int i = 0; i < c->n_models; i++)
+        if (strcmp(c->models[i].name, name) == 0)
+            return &c->models[i];
+    if (c->n_models >= INFERD_MAX_MODELS) {
+        ifd_error_set(err, -E2BIG, "more than %d [model.NAME] sections", INFERD_MAX_MODELS);
+        return NULL;
+    }
+    /* The name is what clients send as "model" and what logs, metrics
+     * labels and JSON carry: printable, no spaces or quotes. */
+    size_t len = strlen(name);
+    bool ok = len > 0 && len <= INFERD_MAX_MODEL_NAME;
+    for (size_t i = 0; ok && i < len; i++) {
+        unsigned char ch = (unsigned char)name[i];
+        ok = ch > 0x20 && ch < 0x7f && ch != '"' && ch != '\\';
+    }
+    if (!ok) {
+        ifd_error_set(err, -EINVAL, "[model.%.200s]: a model name is 1-%d printable ASCII characters without spaces or quotes",
+                      name, INFERD_MAX_MODEL_NAME);
+        return NULL;
+    }
+    struct inferd_model_cfg *m = realloc(c->models, sizeof(*m) * (size_t)(c->n_models + 1));
+    if (!m) {
+        ifd_error_set(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    c->models = m;
+    struct inferd_model_cfg *nm = &m[c->n_models];
+    memset(nm, 0, sizeof(*nm));
+    nm->quantize_group_size = 64;
+    nm->idle_unload_s = INFERD_DEFAULT_IDLE_UNLOAD_S;
+    if (!(nm->name = strdup(name))) {
+        ifd_error_set(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    c->n_models++;
+    return nm;
+}
+
+/* pooling = last | mean: how /v1/embeddings reduces a text's positions. */
+static int parse_pooling(const char *v, const char *what, bool *ret_mean, ifd_error *err)
+{
+    if (strcmp(v, "last") == 0 || strcmp(v, "mean") == 0) {
+        *ret_mean = v[0] == 'm';
+        return 0;
+    }
+    return ifd_error_set(err, -EINVAL, "%s: '%s' is not a pooling (last or mean)", what, v);
+}
+
+static int model_section_set(struct inferd_config *c, const char *name, const char *key, const char *v,
+                             const char *what, ifd_error *err)
+{
+    struct inferd_model_cfg *m = model_get(c, name, err);
+    if (!m)
+        return -EINVAL;
+    if (strcmp(key, "path") == 0)
+        return set_str(&m->path, v, what, err);
+    if (strcmp(key, "chat_template") == 0)
+        return set_str(&m->chat_template_path, v, what, err);
+    if (strcmp(key, "quantize") == 0)
+        return parse_quantize(v, what, &m->quantize_bits, err);
+    if (strcmp(key, "quantize_group_size") == 0)
+        return parse_int(v, 32, 128, what, &m->quantize_group_size, err);
+    if (strcmp(key, "preload") == 0)
+        return parse_bool(v, what, &m->preload, err);
+    if (strcmp(key, "pooling") == 0)
+        return parse_pooling(v, what, &m->pool_mean, err);
+    if (strcmp(key, "idle_unload") == 0)
+        return parse_int(v, 0, 30 * 86400, what, &m->idle_unload_s, err);
+    return ifd_error_set(err, -EINVAL,
+                         "%s: unknown key (model sections take path, chat_template, quantize, quantize_group_size, "
+                         "pooling, preload and idle_unload)", what);
+}
+
 /* Every key of the file, with the flag that overrides it (if any): the one
  * table behind the parser, the flags and the documentation check. */
 static int config_set(struct inferd_config *c, const char *section, const char *key, const char *v,
@@ -455,6 +582,10 @@ static int config_set(struct inferd_config *c, const char *section, const char *
         return parse_level(v, what, &c->log_level, err);
     if (IS("server", "model_name"))
         return set_str(&c->served_model_name, v, what, err);
+    if (IS("server", "cors_origins"))
+        return add_cors_origins(c, v, what, err);
+    if (IS("server", "models_memory"))
+        return parse_size(v, 0, (size_t)1 << 50, what, &c->models_memory, err);
     if (IS("model", "path"))
         return set_str(&c->model_path, v, what, err);
     if (IS("model", "chat_template"))
@@ -463,6 +594,8 @@ static int config_set(struct inferd_config *c, const char *section, const char *
         return parse_quantize(v, what, &c->quantize_bits, err);
     if (IS("model", "quantize_group_size"))
         return parse_int(v, 32, 128, what, &c->quantize_group_size, err);
+    if (IS("model", "pooling"))
+        return parse_pooling(v, what, &c->pool_mean, err);
     if (IS("node", "role"))
         return parse_role(v, what, &c->role, err);
     if (IS("node", "backend"))
@@ -508,6 +641,8 @@ static int config_set(struct inferd_config *c, const char *section, const char *
         }
         return ifd_error_set(err, -EINVAL, "%s: unknown key (worker sections take address and layers)", what);
     }
+    if (strncmp(section, "model.", 6) == 0)
+        return model_section_set(c, section + 6, key, v, what, err);
     static const char *sections[] = {"server", "model", "node", "cluster"};
     for (size_t i = 0; i < 4; i++)
         if (strcmp(section, sections[i]) == 0)
@@ -676,7 +811,37 @@ int inferd_config_validate(const struct inferd_config *c, ifd_error *err)
     }
     if (c->max_seqs < 1)
         return ifd_error_set(err, -EINVAL, "[server] max_sequences must be at least 1");
+    if (c->role == INFERD_ROLE_WORKER && c->n_models > 0)
+        return ifd_error_set(err, -EINVAL, "role=worker: [model.%s] is for the master only", c->models[0].name);
+    for (int i = 0; i < c->n_models; i++) {
+        const struct inferd_model_cfg *m = &c->models[i];
+        if (!m->path || !*m->path)
+            return ifd_error_set(err, -EINVAL, "[model.%s]: no path", m->name);
+        if (c->served_model_name && strcmp(m->name, c->served_model_name) == 0)
+            return ifd_error_set(err, -EINVAL, "[model.%s]: the name is already [server] model_name, the [model] one",
+                                 m->name);
+    }
     return 0;
+}
+
+static bool str_eq(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+bool inferd_config_models_equal(const struct inferd_config *a, const struct inferd_config *b)
+{
+    if (a->n_models != b->n_models || a->models_memory != b->models_memory)
+        return false;
+    for (int i = 0; i < a->n_models; i++) {
+        const struct inferd_model_cfg *x = &a->models[i], *y = &b->models[i];
+        if (!str_eq(x->name, y->name) || !str_eq(x->path, y->path) ||
+            !str_eq(x->chat_template_path, y->chat_template_path) || x->quantize_bits != y->quantize_bits ||
+            x->quantize_group_size != y->quantize_group_size || x->preload != y->preload || x->pool_mean != y->pool_mean ||
+            x->idle_unload_s != y->idle_unload_s)
+            return false;
+    }
+    return true;
 }
 
 int inferd_config_validate_layers(const struct inferd_config *c, int n_layers, ifd_error *err)
@@ -721,6 +886,15 @@ int inferd_config_resolve_model(const char *model_path, char **ret, ifd_error *e
     r = hf_cache_resolve(NULL, &ref, ret, NULL, err);
     hf_ref_finish(&ref);
     return r;
+}
+
+int inferd_config_context_length(const struct inferd_config *c, int max_position_embeddings)
+{
+    if (c->ctx_len > 0)
+        return c->ctx_len;
+    if (max_position_embeddings <= 0 || max_position_embeddings > INFERD_DEFAULT_CONTEXT_CAP)
+        return INFERD_DEFAULT_CONTEXT_CAP;
+    return max_position_embeddings;
 }
 
 void inferd_config_usage(FILE *f)

@@ -16,11 +16,18 @@
 #define INFERD_DEFAULT_LISTEN "127.0.0.1:8080"
 #define INFERD_DEFAULT_WORKER_PORT 10128
 #define INFERD_DEFAULT_CACHE_DIR "/var/cache/inferd"
+/* ctx_len 0: the model's context, at most this many positions. */
+#define INFERD_DEFAULT_CONTEXT_CAP 4096
 
 /* Limits on what a config file may ask for: sanity bounds, not tuning. */
 #define INFERD_MAX_API_KEYS 256
 #define INFERD_MAX_WORKERS 64
 #define INFERD_MAX_KEY_LEN 512
+#define INFERD_MAX_MODELS 64
+#define INFERD_MAX_CORS_ORIGINS 64
+#define INFERD_MAX_ORIGIN_LEN 256
+#define INFERD_MAX_MODEL_NAME 128
+#define INFERD_DEFAULT_IDLE_UNLOAD_S 300
 
 enum inferd_role {
     INFERD_ROLE_MASTER = 0,
@@ -40,6 +47,20 @@ struct inferd_worker_cfg {
     int layer_first;     /* [layer_first, layer_last): the file says FIRST-LAST inclusive */
     int layer_last;
     bool auto_layers;    /* layers = auto: the master assigns a range at start */
+};
+
+/* One [model.NAME] section: a further model this master serves beside the
+ * [model] one, on this node only, loaded on first use (or at start with
+ * preload) and unloaded after idle_unload_s without requests. */
+struct inferd_model_cfg {
+    char *name;               /* the section suffix: the "model" id clients send */
+    char *path;               /* checkpoint dir or Hugging Face cache name org/name */
+    char *chat_template_path; /* Jinja file overriding the tokenizer's template */
+    int quantize_bits;        /* 0, 4 or 8, as [model] quantize */
+    int quantize_group_size;
+    bool preload;             /* load at start instead of on the first request */
+    bool pool_mean;           /* /v1/embeddings: mean of the positions, else the last one */
+    int idle_unload_s;        /* unload after this long unused; 0 = never */
 };
 
 struct inferd_config {
@@ -63,12 +84,20 @@ struct inferd_config {
     size_t max_tokenize_bytes; /* /tokenize text longer than this gets 413 */
     int log_level;            /* syslog level 0-7 */
     char *served_model_name;  /* the "model" name clients use; default: model dir name */
+    char **cors_origins;      /* [n_cors_origins]: browser origins allowed ("*": any); none: no CORS */
+    int n_cors_origins;
 
     /* [model] */
     char *model_path;         /* checkpoint dir or Hugging Face cache name org/name */
     char *chat_template_path; /* Jinja file overriding the tokenizer's template */
     int quantize_bits;        /* 0, 4 or 8: quantize float weights to MLX affine while loading */
     int quantize_group_size;  /* elements per scale/bias pair (default 64) */
+    bool pool_mean;           /* /v1/embeddings pooling: mean of the positions, else the last (default) */
+
+    /* [model.NAME] sections, in file order */
+    struct inferd_model_cfg *models;
+    int n_models;
+    size_t models_memory;     /* [server] models_memory: budget of the models loaded at once; 0 = none */
 
     /* [node] */
     enum inferd_role role;
@@ -112,6 +141,10 @@ int inferd_config_parse_string(struct inferd_config *c, const char *text, const 
 int inferd_config_load(int argc, char **argv, struct inferd_config *ret, struct inferd_cli *ret_cli,
                        ifd_error *err);
 
+/* Whether a and b have the same [model.NAME] sections and models_memory
+ * (what a reload cannot change). */
+bool inferd_config_models_equal(const struct inferd_config *a, const struct inferd_config *b);
+
 /* Checks everything that does not need the model. */
 int inferd_config_validate(const struct inferd_config *c, ifd_error *err);
 
@@ -124,6 +157,11 @@ int inferd_config_validate_layers(const struct inferd_config *c, int n_layers, i
  * ~/.cache/huggingface/hub (core/hub/hf_cache.h: snapshots/<refs/REVISION>,
  * revision main by default). *ret is malloc'd. */
 int inferd_config_resolve_model(const char *model_path, char **ret, ifd_error *err);
+
+/* The positions per sequence the engine gets: ctx_len when set, else the
+ * model's max_position_embeddings capped at INFERD_DEFAULT_CONTEXT_CAP (the
+ * cap itself when the model states none). */
+int inferd_config_context_length(const struct inferd_config *c, int max_position_embeddings);
 
 /* Splits "host:port" / "[v6]:port" / "port". *ret_host is malloc'd. */
 int inferd_config_split_hostport(const char *s, int default_port, char **ret_host, int *ret_port,

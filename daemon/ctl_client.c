@@ -445,6 +445,21 @@ int ctl_status_main(int argc, char **argv)
                    num(w, "forward_ms_per_token"), str(w, "detail"));
         }
     }
+    /* Several models: the state of each (one model: the lines above say it all). */
+    const cJSON *models = cJSON_GetObjectItem(s, "models");
+    if (cJSON_GetArraySize(models) > 1) {
+        printf("\n%-14s\n  %-24s %-9s %10s %9s %8s %6s %8s  %s\n", "models", "NAME", "STATE", "MEMORY", "IN FLIGHT",
+               "IDLE s", "LOADS", "UNLOADS", "DETAIL");
+        const cJSON *m;
+        cJSON_ArrayForEach(m, models) {
+            char mem[32];
+            human_bytes(num(m, "memory_estimate_bytes"), mem, sizeof(mem));
+            const cJSON *def = cJSON_GetObjectItem(m, "default");
+            printf("  %-24s %-9s %10s %9.0f %8.0f %6.0f %8.0f  %s%s\n", str(m, "name"), str(m, "state"), mem,
+                   num(m, "requests_in_flight"), num(m, "idle_s"), num(m, "loads"), num(m, "unloads"),
+                   cJSON_IsTrue(def) ? "default " : "", cJSON_GetObjectItem(m, "error") ? str(m, "error") : "");
+        }
+    }
     free(raw);
     cJSON_Delete(s);
     return 0;
@@ -469,9 +484,9 @@ int ctl_models_main(int argc, char **argv)
         cJSON_ArrayForEach(d, cJSON_GetObjectItem(m, "data")) {
             const cJSON *ctx = cJSON_GetObjectItem(d, "context_length");
             if (cJSON_IsNumber(ctx))
-                printf("%s\t(context %d)\n", str(d, "id"), ctx->valueint);
+                printf("%s\t%s\t(context %d)\n", str(d, "id"), str(d, "state"), ctx->valueint);
             else
-                printf("%s\n", str(d, "id"));
+                printf("%s\t%s\n", str(d, "id"), str(d, "state"));
         }
     }
     cJSON_Delete(m);

@@ -1,12 +1,13 @@
-/* ctl_model.c - `inferctl model generate|quantize|pull|list|rm`: make checkpoints,
- * and manage the Hugging Face cache (pull, list, rm: ctl_hub.c).
+/* ctl_model.c - `inferctl model generate|quantize|info|pull|list|rm`: make and
+ * describe checkpoints, and manage the Hugging Face cache (pull, list, rm:
+ * ctl_hub.c).
  *
  *   inferctl model generate --preset NAME [--dtype bf16|f16|f32] [--seed N]
  *                           [--layers N] [--shards N] [--tokenizer-from DIR] OUT_DIR
  *
  * writes a random-weight checkpoint with the shapes of a real model (see
  * core/model/model_gen.h), for speed measurements. `quantize` is implemented in
- * ctl_quantize.c. */
+ * ctl_quantize.c, `info` in ctl_model_info.c. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -138,6 +139,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "Usage: inferctl model generate ...   random-weight checkpoint of a known shape\n"
                "       inferctl model quantize SRC DST   MLX 4/8-bit copy of a checkpoint\n"
+               "       inferctl model info NAME          shape, parameters, bytes per token, memory per node\n"
                "       inferctl model pull ORG/NAME[@REV]   download into the Hugging Face cache\n"
                "       inferctl model list               models in the Hugging Face cache\n"
                "       inferctl model rm ORG/NAME[@REV]  remove one from the cache\n"
@@ -154,6 +156,8 @@ int ctl_model_main(int argc, char **argv)
         return generate_main(argc - 1, argv + 1);
     if (strcmp(argv[1], "quantize") == 0)
         return ctl_model_quantize_main(argc - 1, argv + 1); /* ctl_quantize.c */
+    if (strcmp(argv[1], "info") == 0)
+        return ctl_model_info_main(argc - 1, argv + 1); /* ctl_model_info.c */
     if (strcmp(argv[1], "pull") == 0 || strcmp(argv[1], "list") == 0 || strcmp(argv[1], "rm") == 0)
         return ctl_model_hub_main(argc - 1, argv + 1); /* ctl_hub.c */
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {

@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -39,6 +40,7 @@
 #include "inferd-build-config.h"
 #include "log.h"
 #include "metrics.h"
+#include "models.h"
 #include "scheduler.h"
 #include "base/clock.h"
 
@@ -102,6 +104,7 @@ enum route {
     ROUTE_COMPLETIONS,
     ROUTE_TOKENIZE,
     ROUTE_DETOKENIZE,
+    ROUTE_EMBEDDINGS,
 };
 
 static const struct {
@@ -118,6 +121,7 @@ static const struct {
     {"/v1/completions", ROUTE_COMPLETIONS, "POST", true},
     {"/tokenize", ROUTE_TOKENIZE, "POST", true},
     {"/detokenize", ROUTE_DETOKENIZE, "POST", true},
+    {"/v1/embeddings", ROUTE_EMBEDDINGS, "POST", true},
 };
 
 enum stream_phase {
@@ -143,6 +147,12 @@ struct conn {
     size_t parse_cost;          /* held from srv's parse budget */
     int status;
     int tokens_in, tokens_out;
+
+    char *cors_origin;          /* the request's Origin when cors_origins allows it, else NULL */
+    char *cors_preflight_headers; /* an allowed preflight's Access-Control-Request-Headers */
+
+    /* The model the request runs on, held until it completes (models.h). */
+    const struct served_model *model;
 
     /* Generation. */
     struct sched_req *req;
@@ -446,6 +456,29 @@ static void parse_release(struct conn *k)
 
 /* ---- responses ---- */
 
+/* CORS: an allowed origin may read the answer (and, for a preflight, send
+ * the request it announced). The origin is echoed rather than "*", so the
+ * answer is the same whether or not the browser sends credentials. */
+static void add_cors_headers(struct MHD_Response *r, const struct conn *k)
+{
+    if (!k->cors_origin)
+        return;
+    MHD_add_response_header(r, "Access-Control-Allow-Origin", k->cors_origin);
+    MHD_add_response_header(r, "Vary", "Origin");
+    if (k->cors_preflight_headers) {
+        for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++)
+            if (routes[i].route == k->route)
+                MHD_add_response_header(r, "Access-Control-Allow-Methods", routes[i].method);
+        if (k->route == ROUTE_MODEL_ONE)
+            MHD_add_response_header(r, "Access-Control-Allow-Methods", "GET");
+        if (*k->cors_preflight_headers)
+            MHD_add_response_header(r, "Access-Control-Allow-Headers", k->cors_preflight_headers);
+        MHD_add_response_header(r, "Access-Control-Max-Age", "600");
+    } else {
+        MHD_add_response_header(r, "Access-Control-Expose-Headers", "Retry-After");
+    }
+}
+
 static MHD_RESULT respond(struct MHD_Connection *c, struct conn *k, int status, const char *ctype, char *body,
                           size_t len)
 {
@@ -464,6 +497,7 @@ static MHD_RESULT respond(struct MHD_Connection *c, struct conn *k, int status, 
         MHD_add_response_header(r, "WWW-Authenticate", "Bearer");
     if (status == 503 || status == 429)
         MHD_add_response_header(r, "Retry-After", "1");
+    add_cors_headers(r, k);
     k->status = status;
     MHD_RESULT ret = MHD_queue_response(c, (unsigned)status, r);
     MHD_destroy_response(r);
@@ -538,7 +572,8 @@ static MHD_RESULT handle_health(struct MHD_Connection *c, struct conn *k)
     if (!app_ready(k->app))
         return respond_json(c, k, 503, strdup("{\"status\":\"loading\"}"));
     char what[512];
-    int down = k->app->cluster ? cluster_count_unready(k->app->cluster, what, sizeof(what)) : 0;
+    const struct served_model *dm = models_default(k->app->models);
+    int down = dm && dm->cluster ? cluster_count_unready(dm->cluster, what, sizeof(what)) : 0;
     if (down > 0) {
         /* Generations get 503 while a worker is missing: say so here too, so
          * a load balancer stops sending requests until it is back. */
@@ -550,18 +585,32 @@ static MHD_RESULT handle_health(struct MHD_Connection *c, struct conn *k)
         cJSON_Delete(o);
         return respond_json(c, k, 503, body);
     }
-    return respond_json(c, k, 200, strdup("{\"status\":\"ok\"}"));
+    if (models_count(k->app->models) == 1)
+        return respond_json(c, k, 200, strdup("{\"status\":\"ok\"}"));
+    /* Several models: each one's state, so an operator sees what is loaded. */
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "status", "ok");
+    cJSON *ms = cJSON_AddObjectToObject(o, "models");
+    for (int i = 0; i < models_count(k->app->models); i++) {
+        struct model_info mi;
+        if (models_info(k->app->models, i, &mi) == 0)
+            cJSON_AddStringToObject(ms, mi.name, model_state_name(mi.state));
+    }
+    char *body = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return respond_json(c, k, 200, body);
 }
 
 static MHD_RESULT handle_metrics(struct MHD_Connection *c, struct conn *k)
 {
-    if (!app_ready(k->app) || !k->app->metrics) {
+    const struct served_model *dm = models_default(k->app->models);
+    if (!app_ready(k->app) || !dm) {
         char *s = strdup("# inferd: model loading\ninferd_ready 0\n");
         return respond(c, k, 200, "text/plain; version=0.0.4; charset=utf-8", s, s ? strlen(s) : 0);
     }
     char *text;
     size_t len;
-    if (metrics_render(k->app->metrics, &text, &len) < 0)
+    if (metrics_render(dm->metrics, &text, &len) < 0)
         return respond_errorf(c, k, 500, "server_error", NULL, NULL, "out of memory");
     struct http_server *h = k->srv;
     pthread_mutex_lock(&h->lock);
@@ -572,9 +621,10 @@ static MHD_RESULT handle_metrics(struct MHD_Connection *c, struct conn *k)
     pthread_mutex_lock(&h->parse_lock);
     unsigned long long parse_refused = h->parse_refused;
     pthread_mutex_unlock(&h->parse_lock);
+    char *per_model = models_metrics_text(k->app->models);
     char *full = NULL;
     int n = asprintf(&full, "# HELP inferd_ready 1 when the model is loaded.\n# TYPE inferd_ready gauge\n"
-                            "inferd_ready 1\n%s"
+                            "inferd_ready 1\n%s%s"
                             "# HELP inferd_http_connections Open HTTP connections.\n"
                             "# TYPE inferd_http_connections gauge\n"
                             "inferd_http_connections %d\n"
@@ -589,42 +639,53 @@ static MHD_RESULT handle_metrics(struct MHD_Connection *c, struct conn *k)
                             "# HELP inferd_http_parse_refused_total Requests answered 503 for want of parse memory.\n"
                             "# TYPE inferd_http_parse_refused_total counter\n"
                             "inferd_http_parse_refused_total %llu\n",
-                     text, open_now, per_ip, full_, timed_out, evicted, parse_refused);
+                     text, per_model ? per_model : "", open_now, per_ip, full_, timed_out, evicted, parse_refused);
     free(text);
+    free(per_model);
     if (n < 0)
         return MHD_NO;
     return respond(c, k, 200, "text/plain; version=0.0.4; charset=utf-8", full, (size_t)n);
 }
 
-static cJSON *model_object(struct http_app *app)
+static cJSON *model_object(struct http_app *app, const struct model_info *mi)
 {
     cJSON *m = cJSON_CreateObject();
-    cJSON_AddStringToObject(m, "id", app->model_name);
+    cJSON_AddStringToObject(m, "id", mi->name);
     cJSON_AddStringToObject(m, "object", "model");
     cJSON_AddNumberToObject(m, "created", (double)app->created);
     cJSON_AddStringToObject(m, "owned_by", "inferd");
-    if (app_ready(app))
-        cJSON_AddNumberToObject(m, "context_length", app->n_ctx);
+    /* Not OpenAI's: whether a request would have to wait for a load. */
+    cJSON_AddStringToObject(m, "state", model_state_name(mi->state));
+    if (mi->n_ctx > 0)
+        cJSON_AddNumberToObject(m, "context_length", mi->n_ctx);
     return m;
 }
 
 static MHD_RESULT handle_models(struct MHD_Connection *c, struct conn *k, const char *one)
 {
-    if (one) {
-        if (strcmp(one, k->app->model_name) != 0) {
-            char msg[300];
-            snprintf(msg, sizeof(msg), "The model '%.200s' does not exist", one);
-            return respond_errorf(c, k, 404, "invalid_request_error", "model", "model_not_found", msg);
-        }
-        cJSON *m = model_object(k->app);
-        char *s = cJSON_PrintUnformatted(m);
-        cJSON_Delete(m);
-        return respond_json(c, k, 200, s);
+    struct http_app *app = k->app;
+    cJSON *root = NULL, *data = NULL;
+    if (!one) {
+        root = cJSON_CreateObject();
+        cJSON_AddStringToObject(root, "object", "list");
+        data = cJSON_AddArrayToObject(root, "data");
     }
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "object", "list");
-    cJSON *data = cJSON_AddArrayToObject(root, "data");
-    cJSON_AddItemToArray(data, model_object(k->app));
+    for (int i = 0; i < models_count(app->models); i++) {
+        struct model_info mi;
+        if (models_info(app->models, i, &mi) < 0)
+            continue;
+        if (!one) {
+            cJSON_AddItemToArray(data, model_object(app, &mi));
+        } else if (strcmp(one, mi.name) == 0) {
+            root = model_object(app, &mi);
+            break;
+        }
+    }
+    if (!root) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "The model '%.200s' does not exist", one);
+        return respond_errorf(c, k, 404, "invalid_request_error", "model", "model_not_found", msg);
+    }
     char *s = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     return respond_json(c, k, 200, s);
@@ -633,23 +694,24 @@ static MHD_RESULT handle_models(struct MHD_Connection *c, struct conn *k, const 
 static MHD_RESULT handle_status(struct MHD_Connection *c, struct conn *k)
 {
     struct http_app *app = k->app;
-    bool ready = app_ready(app);
+    const struct served_model *dm = models_default(app->models);
+    bool ready = app_ready(app) && dm;
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "model", app->model_name);
-    cJSON_AddStringToObject(root, "backend", app->backend_name ? app->backend_name : "cpu");
+    cJSON_AddStringToObject(root, "backend", dm ? dm->backend_name : app->backend_name);
     cJSON_AddStringToObject(root, "version", INFERD_VERSION);
     cJSON_AddNumberToObject(root, "uptime_s", now_mono() - app->t_start);
     cJSON_AddBoolToObject(root, "ready", ready);
     cJSON_AddStringToObject(root, "state", atomic_load(&app->draining) ? "stopping" : ready ? "ready" : "loading");
     if (ready) {
         struct metrics_snapshot s;
-        metrics_snapshot_get(app->metrics, &s);
+        metrics_snapshot_get(dm->metrics, &s);
         int queued = 0, running = 0;
-        sched_counts(app->sched, &queued, &running);
-        cJSON_AddStringToObject(root, "model_dir", app->model_dir ? app->model_dir : "");
-        cJSON_AddNumberToObject(root, "context_length", app->n_ctx);
-        cJSON_AddNumberToObject(root, "max_sequences", app->n_seq_max);
-        cJSON_AddNumberToObject(root, "n_layers", app->n_layers);
+        sched_counts(dm->sched, &queued, &running);
+        cJSON_AddStringToObject(root, "model_dir", dm->model_dir ? dm->model_dir : "");
+        cJSON_AddNumberToObject(root, "context_length", dm->n_ctx);
+        cJSON_AddNumberToObject(root, "max_sequences", dm->n_seq_max);
+        cJSON_AddNumberToObject(root, "n_layers", dm->n_layers);
         cJSON *rq = cJSON_AddObjectToObject(root, "requests");
         cJSON_AddNumberToObject(rq, "in_flight", running);
         cJSON_AddNumberToObject(rq, "queued", queued);
@@ -666,9 +728,9 @@ static MHD_RESULT handle_status(struct MHD_Connection *c, struct conn *k)
         cJSON_AddNumberToObject(kv, "capacity_positions", (double)s.kv_capacity);
         cJSON *stages = cJSON_AddArrayToObject(root, "stages");
         cJSON *layers = cJSON_AddArrayToObject(root, "layers");
-        for (int i = 0; i < metrics_stage_count(app->metrics); i++) {
+        for (int i = 0; i < metrics_stage_count(dm->metrics); i++) {
             struct metrics_stage st;
-            if (metrics_stage_get(app->metrics, i, &st) < 0)
+            if (metrics_stage_get(dm->metrics, i, &st) < 0)
                 continue;
             cJSON *so = cJSON_CreateObject();
             cJSON_AddStringToObject(so, "backend", st.backend);
@@ -690,13 +752,58 @@ static MHD_RESULT handle_status(struct MHD_Connection *c, struct conn *k)
             free(st.layer_ms);
         }
     }
-    if (app->cluster)
-        cJSON_AddItemToObject(root, "workers", cluster_status_json(app->cluster));
+    if (dm && dm->cluster)
+        cJSON_AddItemToObject(root, "workers", cluster_status_json(dm->cluster));
     else
         cJSON_AddArrayToObject(root, "workers");
+    cJSON_AddItemToObject(root, "models", models_status_json(app->models));
     char *s = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     return respond_json(c, k, 200, s);
+}
+
+/* ---- the model of a request ---- */
+
+static bool conn_client_gone(void *ctx)
+{
+    return client_gone(((struct conn *)ctx)->fd);
+}
+
+/* Takes the model a request names (NULL: the default one) into k->model,
+ * waiting while it loads. On failure fills e, except for -ECANCELED: the
+ * client left and there is nobody to answer. */
+static int take_model(struct conn *k, const char *name, struct api_error *e)
+{
+    ifd_error err = {{0}};
+    int r = models_acquire(k->app->models, name, conn_client_gone, k, &k->model, &err);
+    switch (r) {
+    case 0:
+    case -ECANCELED:
+        break;
+    case -ENOENT:
+        api_error_set(e, 404, "invalid_request_error", "model", "model_not_found", "%s", err.msg);
+        break;
+    case -ENOSPC:
+        api_error_set(e, 503, "service_unavailable", "model", "insufficient_memory", "%s", err.msg);
+        break;
+    case -ESHUTDOWN:
+        api_error_set(e, 503, "service_unavailable", NULL, "shutting_down", "%s", err.msg);
+        break;
+    default:
+        api_error_set(e, 503, "service_unavailable", "model", "model_load_failed", "%s", err.msg);
+        break;
+    }
+    return r;
+}
+
+/* The answer to a failed take_model(). */
+static MHD_RESULT respond_model_error(struct MHD_Connection *c, struct conn *k, int r, const struct api_error *e)
+{
+    if (r == -ECANCELED) {
+        k->status = 499;
+        return MHD_NO;
+    }
+    return respond_error(c, k, e);
 }
 
 /* ---- tokenize / detokenize ---- */
@@ -704,10 +811,16 @@ static MHD_RESULT handle_status(struct MHD_Connection *c, struct conn *k)
 static MHD_RESULT handle_tokenize(struct MHD_Connection *c, struct conn *k)
 {
     struct api_error e;
-    char *text = NULL;
+    char *text = NULL, *model = NULL;
     bool add_special = true;
-    if (api_tokenize_parse(k->body, k->len, &text, &add_special, &e) < 0)
+    if (api_tokenize_parse(k->body, k->len, &text, &add_special, &model, &e) < 0)
         return respond_error(c, k, &e);
+    int r = take_model(k, model, &e);
+    free(model);
+    if (r < 0) {
+        free(text);
+        return respond_model_error(c, k, r, &e);
+    }
     /* Tokenizing costs about 0.6 s of CPU per MiB: capped, unlike prompts,
      * which the context length bounds after the fact. */
     size_t cap = app_limits(k->app).max_tokenize_bytes, tlen = strlen(text);
@@ -719,7 +832,7 @@ static MHD_RESULT handle_tokenize(struct MHD_Connection *c, struct conn *k)
     }
     struct tok_ids ids = {0};
     ifd_error err = {{0}};
-    int r = tok_encode(k->app->tok, text, strlen(text), add_special, &ids, &err);
+    r = tok_encode(k->model->tok, text, strlen(text), add_special, &ids, &err);
     free(text);
     if (r < 0) {
         tok_ids_finish(&ids);
@@ -741,12 +854,19 @@ static MHD_RESULT handle_detokenize(struct MHD_Connection *c, struct conn *k)
     struct api_error e;
     int32_t *ids = NULL;
     size_t n = 0;
-    if (api_detokenize_parse(k->body, k->len, k->app->n_vocab, &ids, &n, &e) < 0)
+    char *model = NULL;
+    if (api_detokenize_parse(k->body, k->len, 0, &ids, &n, &model, &e) < 0)
         return respond_error(c, k, &e);
+    int r = take_model(k, model, &e);
+    free(model);
+    if (r < 0 || (r = api_check_token_ids(ids, n, k->model->n_vocab, "tokens", &e)) < 0) {
+        free(ids);
+        return respond_model_error(c, k, r, &e);
+    }
     char *text = NULL;
     size_t len = 0;
     ifd_error err = {{0}};
-    int r = tok_decode(k->app->tok, ids, n, false, &text, &len, &err);
+    r = tok_decode(k->model->tok, ids, n, false, &text, &len, &err);
     free(ids);
     if (r < 0)
         return respond_errorf(c, k, 400, "invalid_request_error", "tokens", NULL, err.msg);
@@ -767,6 +887,155 @@ static MHD_RESULT handle_detokenize(struct MHD_Connection *c, struct conn *k)
     return respond_json(c, k, 200, s);
 }
 
+/* ---- embeddings ---- */
+
+/* The ids of one input, tokenized as a completion's prompt (with the
+ * tokenizer's special tokens) or as given, checked against the model. */
+static int embed_input_ids(const struct served_model *m, const struct api_embed_input *in, int index,
+                           struct tok_ids *ids, struct api_error *e)
+{
+    char param[32];
+    snprintf(param, sizeof(param), "input[%d]", index);
+    if (in->text) {
+        ifd_error err = {{0}};
+        if (tok_encode(m->tok, in->text, strlen(in->text), true, ids, &err) < 0) {
+            api_error_set(e, 400, "invalid_request_error", param, NULL, "%s", err.msg);
+            return -EINVAL;
+        }
+    } else {
+        if (api_check_token_ids(in->ids, in->n_ids, m->n_vocab, param, e) < 0)
+            return -EINVAL;
+        ids->ids = malloc(sizeof(int32_t) * in->n_ids);
+        if (!ids->ids) {
+            api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+            return -ENOMEM;
+        }
+        memcpy(ids->ids, in->ids, sizeof(int32_t) * in->n_ids);
+        ids->n = ids->cap = in->n_ids;
+    }
+    if (ids->n > (size_t)m->n_ctx) {
+        api_error_set(e, 400, "invalid_request_error", param, "context_length_exceeded",
+                      "input %d is %zu tokens; this model's context is %d", index, ids->n, m->n_ctx);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* Every input goes through the scheduler as a prefill-only sequence, at most
+ * as many at once as there are sequence slots (so a batch of inputs never
+ * fills the queue that other clients wait in); their vectors come back in
+ * input order. */
+static MHD_RESULT handle_embeddings(struct MHD_Connection *c, struct conn *k)
+{
+    struct api_embed_request rq;
+    struct api_error e;
+    if (api_embed_parse(k->body, k->len, &rq, &e) < 0)
+        return respond_error(c, k, &e);
+    MHD_RESULT ret;
+    int r = take_model(k, rq.model, &e);
+    if (r < 0) {
+        ret = respond_model_error(c, k, r, &e);
+        api_embed_request_finish(&rq);
+        return ret;
+    }
+    const struct served_model *m = k->model;
+    const int n = rq.n_inputs;
+    float **vecs = calloc((size_t)n, sizeof(*vecs));
+    struct sched_req **reqs = calloc((size_t)m->n_seq_max, sizeof(*reqs));
+    int *owner = calloc((size_t)m->n_seq_max, sizeof(*owner));
+    int prompt_tokens = 0;
+    bool failed = !vecs || !reqs || !owner;
+    if (failed)
+        api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
+    /* Tokenize everything first: a bad input is a 400 before any work. */
+    struct tok_ids *ids = failed ? NULL : calloc((size_t)n, sizeof(*ids));
+    if (!failed && !ids) {
+        failed = true;
+        api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    for (int i = 0; !failed && i < n; i++) {
+        if (embed_input_ids(m, &rq.inputs[i], i, &ids[i], &e) < 0)
+            failed = true;
+        else
+            prompt_tokens += (int)ids[i].n;
+    }
+    parse_release(k);
+    int next = 0, done = 0, in_flight = 0;
+    while (!failed && done < n) {
+        /* Fill the free window. */
+        for (int w = 0; w < m->n_seq_max && next < n; w++) {
+            if (reqs[w])
+                continue;
+            struct sched_req_params p = {.prompt = ids[next].ids, .n_prompt = ids[next].n, .max_tokens = 1,
+                                         .sampling = sampler_params_default(), .embed = true,
+                                         .pool_mean = m->pool_mean};
+            ifd_error err = {{0}};
+            int rs = sched_submit(m->sched, &p, &reqs[w], &err);
+            if (rs < 0) {
+                reqs[w] = NULL;
+                failed = true;
+                api_error_set(&e, rs == -EAGAIN ? 429 : rs == -ESHUTDOWN ? 503 : 500,
+                              rs == -EAGAIN ? "rate_limit_error" : rs == -ESHUTDOWN ? "service_unavailable" : "server_error",
+                              NULL, rs == -EAGAIN ? "queue_full" : rs == -ESHUTDOWN ? "shutting_down" : NULL, "%s", err.msg);
+                break;
+            }
+            owner[w] = next++;
+            in_flight++;
+        }
+        /* Collect whatever finished. */
+        for (int w = 0; !failed && w < m->n_seq_max; w++) {
+            if (!reqs[w])
+                continue;
+            struct sched_output out = {0};
+            sched_req_collect(reqs[w], in_flight == 1 ? 100 : 0, &out);
+            if (out.done) {
+                if (out.error_status || !out.embedding) {
+                    failed = true;
+                    bool down = out.error_status == 503;
+                    api_error_set(&e, out.error_status ? out.error_status : 500,
+                                  down ? "service_unavailable" : "server_error", NULL, down ? unavailable_code(k) : NULL,
+                                  "%s", out.error_msg);
+                } else {
+                    vecs[owner[w]] = out.embedding;
+                    out.embedding = NULL;
+                    done++;
+                }
+                sched_req_release(reqs[w]);
+                reqs[w] = NULL;
+                in_flight--;
+            }
+            sched_output_finish(&out);
+        }
+        if (!failed && client_gone(k->fd)) {
+            failed = true;
+            k->status = 499;
+        }
+    }
+    for (int w = 0; reqs && w < m->n_seq_max; w++)
+        sched_req_release(reqs[w]); /* cancels what still runs */
+    if (failed && k->status == 499) {
+        ret = MHD_NO;
+    } else if (failed) {
+        ret = respond_error(c, k, &e);
+    } else {
+        size_t len = 0;
+        char *body = api_embed_response_json(m->name, (const float *const *)vecs, n, m->hidden_size, rq.base64,
+                                             prompt_tokens, &len);
+        k->tokens_in = prompt_tokens;
+        ret = body ? respond(c, k, 200, "application/json", body, len) : MHD_NO;
+    }
+    for (int i = 0; ids && i < n; i++)
+        tok_ids_finish(&ids[i]);
+    for (int i = 0; vecs && i < n; i++)
+        free(vecs[i]);
+    free(ids);
+    free(vecs);
+    free(reqs);
+    free(owner);
+    api_embed_request_finish(&rq);
+    return ret;
+}
+
 /* ---- generation ---- */
 
 static char *namer_fn(void *ctx, int32_t id, size_t *ret_len)
@@ -782,7 +1051,8 @@ static char *namer_fn(void *ctx, int32_t id, size_t *ret_len)
 }
 
 /* Builds the prompt ids of a request. On failure fills e. */
-static int build_prompt(struct http_app *app, const struct api_request *rq, struct tok_ids *ids, struct api_error *e)
+static int build_prompt(const struct served_model *m, const struct api_request *rq, struct tok_ids *ids,
+                        struct api_error *e)
 {
     ifd_error err = {{0}};
     int r;
@@ -790,23 +1060,23 @@ static int build_prompt(struct http_app *app, const struct api_request *rq, stru
         cJSON *ctx = cJSON_CreateObject();
         cJSON_AddItemReferenceToObject(ctx, "messages", rq->messages);
         cJSON_AddBoolToObject(ctx, "add_generation_prompt", true);
-        if (app->bos_token)
-            cJSON_AddStringToObject(ctx, "bos_token", app->bos_token);
-        if (app->eos_token)
-            cJSON_AddStringToObject(ctx, "eos_token", app->eos_token);
+        if (m->bos_token)
+            cJSON_AddStringToObject(ctx, "bos_token", m->bos_token);
+        if (m->eos_token)
+            cJSON_AddStringToObject(ctx, "eos_token", m->eos_token);
         char *text = NULL;
         size_t len = 0, *untrusted = NULL, n_untrusted = 0;
         /* Message content is the client's text: special tokens in it stay
          * text (docs/security.md), only the template's markup makes them. */
         static const char *const untrusted_globals[] = {"messages", NULL};
-        r = chat_template_render_untrusted(app->tmpl, ctx, untrusted_globals, &text, &len, &untrusted, &n_untrusted,
+        r = chat_template_render_untrusted(m->tmpl, ctx, untrusted_globals, &text, &len, &untrusted, &n_untrusted,
                                            &err);
         cJSON_Delete(ctx);
         if (r < 0) {
             api_error_set(e, 400, "invalid_request_error", "messages", NULL, "chat template: %s", err.msg);
             return r;
         }
-        r = tok_encode_protected(app->tok, text, len, false, untrusted, n_untrusted, ids, &err);
+        r = tok_encode_protected(m->tok, text, len, false, untrusted, n_untrusted, ids, &err);
         free(untrusted);
         free(text);
         if (r < 0) {
@@ -816,7 +1086,7 @@ static int build_prompt(struct http_app *app, const struct api_request *rq, stru
         return 0;
     }
     if (rq->prompt) {
-        r = tok_encode(app->tok, rq->prompt, strlen(rq->prompt), true, ids, &err);
+        r = tok_encode(m->tok, rq->prompt, strlen(rq->prompt), true, ids, &err);
         if (r < 0) {
             api_error_set(e, 400, "invalid_request_error", "prompt", NULL, "%s", err.msg);
             return r;
@@ -856,7 +1126,7 @@ static void conn_append_buf(struct conn *k, char *s, size_t n)
 /* Turns whatever the scheduler produced into SSE events in k->buf. */
 static void stream_produce(struct conn *k)
 {
-    struct api_token_namer namer = {namer_fn, (void *)k->app->tok};
+    struct api_token_namer namer = {namer_fn, (void *)k->model->tok};
     size_t n = 0;
     char *ev;
     if (k->phase == PHASE_ROLE) {
@@ -924,21 +1194,23 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
 
 static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum api_kind kind)
 {
-    struct http_app *app = k->app;
     struct api_request rq;
     struct api_error e;
-    if (api_request_parse(kind, k->body, k->len, app->n_vocab, &rq, &e) < 0)
+    /* Token ids are checked once the model they index is known. */
+    if (api_request_parse(kind, k->body, k->len, 0, &rq, &e) < 0)
         return respond_error(c, k, &e);
     MHD_RESULT ret;
-    if (rq.model && strcmp(rq.model, app->model_name) != 0) {
-        api_error_set(&e, 404, "invalid_request_error", "model", "model_not_found",
-                      "The model '%.200s' does not exist (this server has '%.200s')", rq.model, app->model_name);
-        ret = respond_error(c, k, &e);
+    int r = take_model(k, rq.model, &e);
+    if (r >= 0 && rq.prompt_ids)
+        r = api_check_token_ids(rq.prompt_ids, rq.n_prompt_ids, k->model->n_vocab, "prompt", &e);
+    if (r < 0) {
+        ret = respond_model_error(c, k, r, &e);
         api_request_finish(&rq);
         return ret;
     }
+    const struct served_model *m = k->model;
     struct tok_ids ids = {0};
-    int built = build_prompt(app, &rq, &ids, &e);
+    int built = build_prompt(m, &rq, &ids, &e);
     /* Parsed and tokenized: what remains is small; the wait for tokens
      * must not hold the parse budget. */
     parse_release(k);
@@ -948,11 +1220,11 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
         return respond_error(c, k, &e);
     }
     k->tokens_in = (int)ids.n;
-    if (ids.n >= (size_t)app->n_ctx) {
+    if (ids.n >= (size_t)m->n_ctx) {
         api_error_set(&e, 400, "invalid_request_error", kind == API_KIND_CHAT ? "messages" : "prompt",
                       "context_length_exceeded",
                       "This model's context is %d tokens; the prompt is %zu tokens (it must leave room for at least one generated token)",
-                      app->n_ctx, ids.n);
+                      m->n_ctx, ids.n);
         tok_ids_finish(&ids);
         api_request_finish(&rq);
         return respond_error(c, k, &e);
@@ -962,7 +1234,7 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
         .stop = rq.stop, .n_stop = rq.n_stop, .logprobs = rq.logprobs, .top_logprobs = rq.top_logprobs,
     };
     ifd_error err = {{0}};
-    int r = sched_submit(app->sched, &p, &k->req, &err);
+    r = sched_submit(m->sched, &p, &k->req, &err);
     tok_ids_finish(&ids);
     if (r < 0) {
         api_request_finish(&rq);
@@ -980,7 +1252,7 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
     snprintf(k->id, sizeof(k->id), "%s-%016llx%016llx", kind == API_KIND_CHAT ? "chatcmpl" : "cmpl",
              (unsigned long long)rnd[0], (unsigned long long)rnd[1]);
     k->meta = (struct api_response_meta){.kind = kind, .id = k->id, .created = (int64_t)time(NULL),
-                                         .model = app->model_name};
+                                         .model = m->name};
     k->want_logprobs = rq.logprobs;
     k->include_usage = rq.include_usage;
     bool stream = rq.stream;
@@ -994,6 +1266,7 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
         MHD_add_response_header(resp, "Content-Type", "text/event-stream");
         MHD_add_response_header(resp, "Cache-Control", "no-cache");
         MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+        add_cors_headers(resp, k);
         k->status = 200;
         ret = MHD_queue_response(c, 200, resp);
         MHD_destroy_response(resp);
@@ -1018,7 +1291,7 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
                               down ? unavailable_code(k) : NULL, k->out.error_msg);
     }
     struct api_usage u = {k->out.prompt_tokens, k->out.completion_tokens};
-    struct api_token_namer namer = {namer_fn, (void *)app->tok};
+    struct api_token_namer namer = {namer_fn, (void *)m->tok};
     char *s = api_response_json(&k->meta, k->out.text ? k->out.text : "", k->out.text_len, k->out.finish_reason, &u,
                                 k->out.lp, k->out.n_lp, k->want_logprobs, &namer);
     return respond_json(c, k, 200, s);
@@ -1069,6 +1342,7 @@ static MHD_RESULT dispatch(struct MHD_Connection *c, struct conn *k)
     case ROUTE_COMPLETIONS: r = handle_generate(c, k, API_KIND_COMPLETION); break;
     case ROUTE_TOKENIZE: r = handle_tokenize(c, k); break;
     case ROUTE_DETOKENIZE: r = handle_detokenize(c, k); break;
+    case ROUTE_EMBEDDINGS: r = handle_embeddings(c, k); break;
     default: r = respond_errorf(c, k, 404, "invalid_request_error", NULL, "not_found", "no such endpoint"); break;
     }
     parse_release(k);
@@ -1092,6 +1366,50 @@ static MHD_RESULT respond_early(struct MHD_Connection *c, struct conn *k, int st
         pthread_mutex_unlock(&h->lock);
     }
     return respond_errorf(c, k, status, type, NULL, code, msg);
+}
+
+/* Origins are compared whole and bounded; "*" in cors_origins allows any. */
+#define HTTP_MAX_ORIGIN_LEN 256
+#define HTTP_MAX_PREFLIGHT_HEADERS_LEN 1024
+
+static bool origin_allowed(struct http_app *app, const char *origin)
+{
+    if (strlen(origin) > HTTP_MAX_ORIGIN_LEN)
+        return false;
+    pthread_rwlock_rdlock(&app->lock);
+    bool ok = false;
+    for (int i = 0; i < app->n_cors_origins && !ok; i++)
+        ok = strcmp(app->cors_origins[i], "*") == 0 || strcasecmp(app->cors_origins[i], origin) == 0;
+    pthread_rwlock_unlock(&app->lock);
+    return ok;
+}
+
+/* A browser's CORS preflight (OPTIONS with Access-Control-Request-Method):
+ * 204 with the allowed method and headers for an allowed origin, 403 saying
+ * why for another. It needs no API key: browsers never send one with it. */
+static MHD_RESULT preflight(struct MHD_Connection *c, struct conn *k, const char *origin)
+{
+    if (!k->cors_origin) {
+        char msg[400];
+        snprintf(msg, sizeof(msg), "origin '%.256s' is not allowed (it must be in [server] cors_origins)", origin);
+        return respond_early(c, k, 403, "invalid_request_error", "cors_origin_not_allowed", msg);
+    }
+    /* The headers the browser asks for are allowed as they are (the origin is
+     * the boundary; the API key still decides what the request may do), as
+     * long as they are a plain list of header names. */
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Access-Control-Request-Headers");
+    if (!h)
+        h = "";
+    if (strlen(h) > HTTP_MAX_PREFLIGHT_HEADERS_LEN ||
+        strspn(h, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_, ") != strlen(h))
+        return respond_early(c, k, 400, "invalid_request_error", NULL,
+                             "Access-Control-Request-Headers is not a list of header names");
+    if (!(k->cors_preflight_headers = strdup(h)))
+        return MHD_NO;
+    char *empty = strdup("");
+    if (!empty)
+        return MHD_NO;
+    return respond(c, k, 204, "text/plain", empty, 0);
 }
 
 static MHD_RESULT on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
@@ -1134,6 +1452,12 @@ static MHD_RESULT on_request(void *cls, struct MHD_Connection *c, const char *ur
         }
         if (!k->route)
             return respond_early(c, k, 404, "invalid_request_error", "not_found", "no such endpoint");
+        const char *origin = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
+        if (origin && origin_allowed(app, origin) && !(k->cors_origin = strdup(origin)))
+            return MHD_NO;
+        if (strcmp(method, "OPTIONS") == 0 && origin &&
+            MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Access-Control-Request-Method"))
+            return preflight(c, k, origin);
         if (strcmp(method, allowed) != 0 && !(strcmp(method, "HEAD") == 0 && strcmp(allowed, "GET") == 0)) {
             char msg[128];
             snprintf(msg, sizeof(msg), "method %.16s is not allowed here (use %s)", method, allowed);
@@ -1242,9 +1566,14 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     log_info("%s %s %d prompt=%d completion=%d %.1fms%s", k->method, k->path ? k->path : "?", status, k->tokens_in,
              k->tokens_out, (now_mono() - k->t0) * 1000.0,
              toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection closed early)");
-    if (app->metrics && status)
-        metrics_request_done(app->metrics, status);
+    /* HTTP requests are counted server-wide, on the default model's metrics. */
+    const struct served_model *dm = app->models ? models_default(app->models) : NULL;
+    if (dm && status)
+        metrics_request_done(dm->metrics, status);
+    models_release(app->models, k->model);
     sched_output_finish(&k->out);
+    free(k->cors_origin);
+    free(k->cors_preflight_headers);
     free(k->buf);
     free(k->body);
     free(k->path);
@@ -1378,6 +1707,19 @@ void http_server_stop(struct http_server *h)
     pthread_mutex_destroy(&h->parse_lock);
     pthread_cond_destroy(&h->parse_cond);
     free(h);
+}
+
+void http_app_set_cors(struct http_app *app, char **origins, int n)
+{
+    pthread_rwlock_wrlock(&app->lock);
+    char **old = app->cors_origins;
+    int n_old = app->n_cors_origins;
+    app->cors_origins = origins;
+    app->n_cors_origins = n;
+    pthread_rwlock_unlock(&app->lock);
+    for (int i = 0; i < n_old; i++)
+        free(old[i]);
+    free(old);
 }
 
 void http_app_set_limits(struct http_app *app, char **keys, int n_keys, const struct http_limits *lim)

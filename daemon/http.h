@@ -2,9 +2,10 @@
  * poll() so descriptors above FD_SETSIZE work).
  *
  * Routes the OpenAI-compatible API, /health, /metrics, /v1/status,
- * /tokenize and /detokenize. The server starts serving before the model has
- * loaded (so /health answers 503 "loading"); main.c fills the model fields of
- * http_app and then sets `ready`.
+ * /tokenize and /detokenize. The server starts serving before the default
+ * model has loaded (so /health answers 503 "loading"); main.c sets `ready`
+ * once it has. Each request takes the model it names from the table in
+ * models.h for as long as it runs.
  *
  * What a client can hold is bounded (docs/security.md): open connections
  * (global and per address; when full, the connection that has waited longest
@@ -43,37 +44,25 @@ struct http_limits {
     size_t parse_memory;         /* HTTP_PARSE_COST_PER_BYTE x body bytes being parsed, at most */
 };
 
-struct sched;
-struct metrics;
-struct cluster;
+struct models;
 
 struct http_app {
     /* Fixed before the server starts. */
-    const char *model_name;      /* served "model" id */
-    const char *backend_name;    /* "cpu", "vulkan" */
+    const char *model_name;      /* the default model's "model" id */
+    const char *backend_name;    /* as configured, until the default model has loaded */
     double t_start;              /* monotonic seconds at start */
     int64_t created;             /* unix seconds at start */
+    struct models *models;       /* what requests run on (models.h) */
 
-    /* Filled by main.c while loading, read only after ready is set. */
-    const tokenizer *tok;
-    const chat_template *tmpl;
-    const char *bos_token, *eos_token; /* for templates; may be NULL */
-    int n_ctx;
-    int n_vocab;
-    int n_layers;
-    int n_seq_max;
-    struct sched *sched;
-    struct metrics *metrics;
-    const char *model_dir;
-    struct cluster *cluster;     /* the workers (daemon/cluster.h), NULL on a single node */
-
-    atomic_bool ready;           /* model loaded, scheduler running */
+    atomic_bool ready;           /* the default model loaded, its scheduler running */
     atomic_bool draining;        /* SIGTERM received */
 
     /* Reloadable on SIGHUP, under lock. */
     pthread_rwlock_t lock;
     char **api_keys;             /* [n_api_keys], owned */
     int n_api_keys;
+    char **cors_origins;         /* [n_cors_origins], owned; "*" = any */
+    int n_cors_origins;
     struct http_limits limits;
 };
 
@@ -93,3 +82,6 @@ void http_server_stop(struct http_server *h); /* accepts NULL */
 /* Replaces the API keys and limits (takes ownership of keys); call before
  * http_server_start, and again on reload. lim NULL: keys only. */
 void http_app_set_limits(struct http_app *app, char **keys, int n_keys, const struct http_limits *lim);
+/* Replaces the browser origins allowed by CORS (takes ownership; n 0: none,
+ * browsers on other origins are refused as without CORS). */
+void http_app_set_cors(struct http_app *app, char **origins, int n);

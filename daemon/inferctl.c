@@ -17,7 +17,7 @@ struct ctl_command {
 
 static const struct ctl_command commands[] = {
     /* Entries are added here as their subcommand files land. */
-    {"model", ctl_model_main, "generate or quantize checkpoints"},
+    {"model", ctl_model_main, "generate, quantize or describe (info) checkpoints"},
     {"run", ctl_run_main, "generate locally, without a daemon"},
     {"template", ctl_template_main, "render a chat template"},
     {"tokenize", ctl_tokenize_main, "text to token ids, locally (tokenizer.json)"},

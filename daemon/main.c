@@ -16,213 +16,34 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "text/template/chat_template.h"
-#include "cluster.h"
+#include "base/clock.h"
+#include "base/cpu.h"
 #include "config.h"
-#include "model/engine.h"
 #include "http.h"
 #include "inferd-build-config.h"
 #include "log.h"
-#include "metrics.h"
-#include "model/model.h"
-#include "scheduler.h"
+#include "model/model_config.h"
+#include "models.h"
 #include "sd.h"
-#include "base/file.h"
-#include "stop_set.h"
-#include "base/thread_pool.h"
-#include "text/tokenizer/tokenizer.h"
-#include "backend.h"
-#include "base/cpu.h"
 #include "worker.h"
-#include "base/clock.h"
-
-#define CONTEXT_CAP_DEFAULT 4096
-/* [model] chat_template file: far above any real template. */
-#define CHAT_TEMPLATE_FILE_MAX (16u << 20)
-
-/* Everything the loaded model brings; built by the loader thread. */
-struct loaded {
-    char *model_dir;
-    struct model *model;
-    tokenizer *tok;
-    chat_template *tmpl;
-    struct thread_pool *pool;
-    engine *eng;
-    struct cluster *cluster;     /* workers, when configured; outlives eng (its stages borrow it) */
-    struct metrics *metrics;
-    struct sched *sched;
-    struct gen_stop_set stops;   /* the tokens that end a generation (stop_set.h) */
-    int n_ctx;
-    const char *backend;
-};
 
 struct loader {
-    const struct inferd_config *cfg;
-    struct http_app *app;
-    struct loaded *L;
+    struct models *models;
     pthread_t thread;
     _Atomic int state;   /* 0 running, 1 done, -1 failed */
     ifd_error err;
 };
 
-/* The stages of the engine, in layer order. Single node: one local stage
- * over every layer on the configured backend. With workers: their remote
- * ranges, plus local stages over the layers no worker holds (cluster.c). */
-static int build_stages(const struct inferd_config *cfg, struct loaded *L, const struct engine_config *ec,
-                        struct stage ***ret_stages, int *ret_n, ifd_error *err)
-{
-    const struct model *m = L->model;
-    if (cfg->n_workers > 0) {
-        /* READY waits for every worker. */
-        int r = cluster_create(cfg, m, L->model_dir, ec->n_seq_max, ec->n_ctx, ec->n_batch_max, &L->cluster, err);
-        if (r >= 0)
-            r = cluster_wait_ready(L->cluster, NULL, err);
-        if (r >= 0)
-            r = cluster_build_stages(L->cluster, m, L->pool, ret_stages, ret_n, err);
-        L->backend = "cpu+workers";
-        return r;
-    }
-    struct stage **stages = calloc(1, sizeof(*stages));
-    if (!stages)
-        return ifd_error_set(err, -ENOMEM, "out of memory");
-    int r = backend_stage_create(cfg->backend, cfg->device, m, 0, m->cfg.n_layers, ec->n_seq_max, ec->n_ctx, ec->n_batch_max, L->pool,
-                                 &stages[0], &L->backend, err);
-    if (r < 0) {
-        free(stages);
-        return r;
-    }
-    *ret_stages = stages;
-    *ret_n = 1;
-    return 0;
-}
-
-static void loaded_free(struct loaded *L)
-{
-    sched_destroy(L->sched);
-    engine_destroy(L->eng);
-    cluster_destroy(L->cluster);
-    thread_pool_destroy(L->pool);
-    metrics_destroy(L->metrics);
-    chat_template_destroy(L->tmpl);
-    tok_destroy(L->tok);
-    model_destroy(L->model);
-    free(L->model_dir);
-    memset(L, 0, sizeof(*L));
-}
-
-static int load_model(const struct inferd_config *cfg, struct http_app *app, struct loaded *L, ifd_error *err)
-{
-    int r;
-    if ((r = inferd_config_resolve_model(cfg->model_path, &L->model_dir, err)) < 0)
-        return r;
-    sdn_status("Loading model %s", L->model_dir);
-    log_info("Loading model from %s", L->model_dir);
-    double t0 = ifd_now_s();
-    struct model_load_opts mo = model_load_opts_default();
-    mo.quantize_bits = cfg->quantize_bits;
-    mo.quantize_group_size = cfg->quantize_group_size;
-    if ((r = model_load(L->model_dir, &mo, &L->model, err)) < 0)
-        return r;
-    const struct model_config *mc = &L->model->cfg;
-    if ((r = inferd_config_validate_layers(cfg, mc->n_layers, err)) < 0)
-        return r;
-    sdn_status("Loading tokenizer");
-    if ((r = tok_load(L->model_dir, &L->tok, err)) < 0)
-        return r;
-
-    /* Chat template: the configured override, the model's, or ChatML. */
-    char *tsrc = NULL;
-    size_t tlen = 0;
-    const char *src = NULL;
-    if (cfg->chat_template_path) {
-        if ((r = file_read(cfg->chat_template_path, CHAT_TEMPLATE_FILE_MAX, 0, &tsrc, &tlen, err)) < 0)
-            return r;
-        src = tsrc;
-    } else if ((src = tok_chat_template(L->tok))) {
-        tlen = strlen(src);
-    } else {
-        src = chat_template_chatml;
-        tlen = strlen(src);
-        log_notice("The model has no chat template; /v1/chat/completions uses ChatML");
-    }
-    r = chat_template_compile(src, tlen, &L->tmpl, err);
-    free(tsrc);
-    if (r < 0) {
-        ifd_error_prefix(err, "chat template%s%s", cfg->chat_template_path ? " " : "",
-                         cfg->chat_template_path ? cfg->chat_template_path : "");
-        return r;
-    }
-
-    if ((r = stop_set_build(mc, L->tok, &L->stops, err)) < 0)
-        return r;
-    const char *eos_tok = tok_special_token(L->tok, "eos_token");
-
-    int n_ctx = cfg->ctx_len;
-    if (n_ctx <= 0) {
-        n_ctx = mc->max_position_embeddings > 0 ? mc->max_position_embeddings : CONTEXT_CAP_DEFAULT;
-        if (n_ctx > CONTEXT_CAP_DEFAULT)
-            n_ctx = CONTEXT_CAP_DEFAULT;
-    }
-    L->n_ctx = n_ctx;
-    struct engine_config ec = {
-        .n_seq_max = cfg->max_seqs,
-        .n_ctx = n_ctx,
-        .n_batch_max = cfg->prefill_chunk + cfg->max_seqs,
-        .n_threads = cfg->threads,
-    };
-    if (!(L->pool = thread_pool_create(cfg->threads)))
-        return ifd_error_set(err, -ENOMEM, "cannot create the thread pool");
-    sdn_status("Creating the engine (%d layers, %d sequences x %d positions)", mc->n_layers, ec.n_seq_max, n_ctx);
-    struct stage **stages = NULL;
-    int n_stages = 0;
-    if ((r = build_stages(cfg, L, &ec, &stages, &n_stages, err)) < 0)
-        return r;
-    r = engine_create(L->model, stages, n_stages, &ec, L->pool, &L->eng, err);
-    if (r < 0) {
-        for (int i = 0; i < n_stages; i++)
-            stage_destroy(stages[i]);
-        free(stages);
-        return r;
-    }
-    free(stages);
-    if (!(L->metrics = metrics_create(mc->n_layers, engine_stage_count(L->eng))))
-        return ifd_error_set(err, -ENOMEM, "out of memory");
-    struct sched_config sc = {
-        .n_seq_max = ec.n_seq_max,
-        .n_ctx = n_ctx,
-        .n_batch_max = ec.n_batch_max,
-        .prefill_chunk = cfg->prefill_chunk,
-        .queue_depth = cfg->queue_depth,
-    };
-    if ((r = sched_create(L->eng, L->tok, &L->stops, &sc, L->metrics, &L->sched, err)) < 0)
-        return r;
-
-    app->tok = L->tok;
-    app->tmpl = L->tmpl;
-    app->bos_token = tok_special_token(L->tok, "bos_token");
-    app->eos_token = eos_tok;
-    app->n_ctx = n_ctx;
-    app->n_vocab = mc->vocab_size;
-    app->n_layers = mc->n_layers;
-    app->n_seq_max = ec.n_seq_max;
-    app->sched = L->sched;
-    app->metrics = L->metrics;
-    app->model_dir = L->model_dir;
-    app->backend_name = L->backend;
-    app->cluster = L->cluster;
-    log_info("Model %s loaded in %.1fs: %s, %d layers, hidden %d, vocab %d, context %d, %d sequences, backend %s",
-             app->model_name, ifd_now_s() - t0, mc->arch_name, mc->n_layers, mc->hidden_size, mc->vocab_size, n_ctx,
-             ec.n_seq_max, L->backend);
-    return 0;
-}
-
 static void *loader_main(void *arg)
 {
     struct loader *ld = arg;
-    int r = load_model(ld->cfg, ld->app, ld->L, &ld->err);
+    int r = models_load_default(ld->models, &ld->err);
     atomic_store(&ld->state, r < 0 ? -1 : 1);
     /* Wake the main thread out of sigtimedwait. */
     kill(getpid(), SIGUSR1);
+    /* READY does not wait for the other models. */
+    if (r >= 0)
+        models_preload(ld->models);
     return NULL;
 }
 
@@ -273,14 +94,14 @@ static void raise_fd_limit(void)
         log_debug("Cannot raise the open file limit to %llu: %s", (unsigned long long)want, strerror(errno));
 }
 
-/* Copies the keys of cfg for the HTTP layer. */
-static char **keys_dup(const struct inferd_config *cfg)
+/* Copies a string list of the configuration for the HTTP layer (NULL-terminated). */
+static char **strv_dup(char *const *v, int n)
 {
-    char **k = calloc((size_t)cfg->n_api_keys + 1, sizeof(*k));
+    char **k = calloc((size_t)n + 1, sizeof(*k));
     if (!k)
         return NULL;
-    for (int i = 0; i < cfg->n_api_keys; i++)
-        if (!(k[i] = strdup(cfg->api_keys[i]))) {
+    for (int i = 0; i < n; i++)
+        if (!(k[i] = strdup(v[i]))) {
             for (int j = 0; j < i; j++)
                 free(k[j]);
             free(k);
@@ -320,6 +141,20 @@ static int check_config(const struct inferd_config *cfg)
         printf("  sequences  %d, queue %d, context %d, body limit %zu bytes\n", cfg->max_seqs, cfg->queue_depth,
                cfg->ctx_len, cfg->max_body_bytes);
         printf("  api keys   %d\n", cfg->n_api_keys);
+        for (int i = 0; i < cfg->n_models; i++) {
+            const struct inferd_model_cfg *m = &cfg->models[i];
+            char *mdir = NULL;
+            ifd_error merr = {{0}};
+            /* Not fatal: a model may be pulled after the daemon starts. */
+            if (inferd_config_resolve_model(m->path, &mdir, &merr) < 0)
+                printf("  model      %s: %s (its requests get 503 until it is there)\n", m->name, merr.msg);
+            else
+                printf("  model      %s: %s, %s, idle unload %s\n", m->name, mdir, m->preload ? "preload" : "on first use",
+                       m->idle_unload_s ? "on" : "off");
+            free(mdir);
+        }
+        if (cfg->models_memory)
+            printf("  models     at most %zu MiB loaded at once\n", cfg->models_memory >> 20);
         for (int i = 0; i < cfg->n_workers; i++) {
             const struct inferd_worker_cfg *w = &cfg->workers[i];
             if (w->auto_layers)
@@ -334,7 +169,7 @@ static int check_config(const struct inferd_config *cfg)
 }
 
 /* SIGHUP: re-read the file and flags; apply what can change while serving. */
-static void reload(int argc, char **argv, struct http_app *app, struct sched *sched)
+static void reload(int argc, char **argv, struct http_app *app, const struct inferd_config *running)
 {
     struct inferd_config nc;
     struct inferd_cli cli;
@@ -345,7 +180,10 @@ static void reload(int argc, char **argv, struct http_app *app, struct sched *sc
         sdn_reloading(false);
         return;
     }
-    char **keys = keys_dup(&nc);
+    char **keys = strv_dup(nc.api_keys, nc.n_api_keys);
+    char **origins = strv_dup(nc.cors_origins, nc.n_cors_origins);
+    if (origins)
+        http_app_set_cors(app, origins, nc.n_cors_origins);
     if (keys) {
         /* Connection limits and parse_memory size structures made at start:
          * they keep their values until a restart. */
@@ -366,34 +204,34 @@ static void reload(int argc, char **argv, struct http_app *app, struct sched *sc
     if (simd_wanted != cpu_simd_level())
         log_notice("Reload: simd %s applies after a restart (running %s)", cpu_simd_name(simd_wanted),
                    cpu_simd_name(cpu_simd_level()));
-    if (sched)
-        sched_set_queue_depth(sched, nc.queue_depth);
+    models_set_queue_depth(app->models, nc.queue_depth);
+    if (!inferd_config_models_equal(running, &nc))
+        log_notice("Reload: [model.NAME] sections and models_memory apply after a restart");
     log_level_set(nc.log_level);
-    log_notice("Reloaded configuration: %d API keys, body limit %zu, queue depth %d, log level %s", nc.n_api_keys,
-               nc.max_body_bytes, nc.queue_depth, log_level_name(nc.log_level));
+    log_notice("Reloaded configuration: %d API keys, %d CORS origins, body limit %zu, queue depth %d, log level %s",
+               nc.n_api_keys, nc.n_cors_origins, nc.max_body_bytes, nc.queue_depth, log_level_name(nc.log_level));
     inferd_config_finish(&nc);
     sdn_reloading(false);
 }
 
 /* Graceful shutdown: stop taking requests, let running streams finish
  * within the drain timeout, then end the rest with an error. */
-static void drain(struct http_app *app, struct http_server *http, struct sched *sched, int timeout_s)
+static void drain(struct http_app *app, struct http_server *http, int timeout_s)
 {
     atomic_store(&app->draining, true);
     sdn_stopping("Draining requests");
     http_server_quiesce(http);
-    if (!sched)
-        return;
-    sched_drain_begin(sched);
+    models_shutdown_begin(app->models);
+    models_drain_begin(app->models);
     double deadline = ifd_now_s() + timeout_s;
     int busy;
-    while ((busy = sched_busy(sched)) > 0 && ifd_now_s() < deadline) {
+    while ((busy = models_busy(app->models)) > 0 && ifd_now_s() < deadline) {
         struct timespec ts = {0, 50 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
     if (busy > 0) {
         log_warn("Drain timeout (%ds): ending %d running requests", timeout_s, busy);
-        sched_abort_running(sched, "the server is shutting down");
+        models_abort_running(app->models, "the server is shutting down");
     }
     /* Give the connection threads a moment to send their last bytes. */
     for (int i = 0; i < 40 && http_server_connections(http) > 0; i++) {
@@ -449,8 +287,9 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     struct http_app app = {0};
-    struct loaded L = {0};
     struct http_server *http = NULL;
+    struct loader ld = {0};
+    bool loader_started = false;
     int rc = 1;
     pthread_rwlock_init(&app.lock, NULL);
     app.t_start = ifd_now_s();
@@ -459,11 +298,19 @@ int main(int argc, char **argv)
     app.model_name = name ? name : "model";
     /* Until the model is loaded: what was asked for (auto resolves at load). */
     app.backend_name = cfg.backend == INFERD_BACKEND_VULKAN ? "vulkan" : cfg.backend == INFERD_BACKEND_CPU ? "cpu" : "auto";
-    char **keys = keys_dup(&cfg);
-    if (!keys) {
+    if (models_create(&cfg, app.model_name, &app.models, &err) < 0) {
+        log_err("%s", err.msg);
+        goto out;
+    }
+    char **keys = strv_dup(cfg.api_keys, cfg.n_api_keys);
+    char **origins = strv_dup(cfg.cors_origins, cfg.n_cors_origins);
+    if (!keys || !origins) {
+        free(keys);
+        free(origins);
         log_err("out of memory");
         goto out;
     }
+    http_app_set_cors(&app, origins, cfg.n_cors_origins);
     struct http_limits lim = http_limits_of(&cfg);
     http_app_set_limits(&app, keys, cfg.n_api_keys, &lim);
 
@@ -489,18 +336,18 @@ int main(int argc, char **argv)
         log_warn("No API keys configured and listening beyond loopback: anyone who can reach %s can use the model",
                  where);
 
-    struct loader ld = {.cfg = &cfg, .app = &app, .L = &L};
+    ld.models = app.models;
     if (pthread_create(&ld.thread, NULL, loader_main, &ld) != 0) {
         log_err("cannot start the loader thread");
         goto out;
     }
-    bool loader_joined = false;
+    loader_started = true;
+    bool loaded = false;  /* the default model; the loader goes on with the preload models */
     uint64_t wd = sdn_watchdog_usec();
     bool stopping = false;
     for (;;) {
-        if (!loader_joined && atomic_load(&ld.state) != 0) {
-            pthread_join(ld.thread, NULL);
-            loader_joined = true;
+        if (!loaded && atomic_load(&ld.state) != 0) {
+            loaded = true;
             if (atomic_load(&ld.state) < 0) {
                 log_err("Failed to load the model: %s", ld.err.msg);
                 sdn_status("Failed to load the model: %s", ld.err.msg);
@@ -520,14 +367,16 @@ int main(int argc, char **argv)
             ts.tv_nsec = (long)(wd / 2) * 1000;
         }
         int sig = sigtimedwait(&mask, NULL, &ts);
-        /* The watchdog says "alive" only if the scheduler loop is. */
-        if (wd > 0 && (!loader_joined || !L.sched || ifd_now_s() - sched_heartbeat(L.sched) < (double)wd / 1e6))
+        /* The watchdog says "alive" only if the scheduler loops are. */
+        if (wd > 0 && (!loaded || models_alive(app.models, (double)wd / 1e6)))
             sdn_watchdog_ping();
+        if (loaded)
+            models_tick(app.models);
         if (sig == SIGHUP) {
-            reload(argc, argv, &app, loader_joined ? L.sched : NULL);
+            reload(argc, argv, &app, &cfg);
         } else if (sig == SIGTERM || sig == SIGINT) {
             log_notice("Received %s, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-            if (!loader_joined) {
+            if (!loaded) {
                 /* Still loading: nothing to drain; leave without waiting for it. */
                 atomic_store(&app.draining, true);
                 sdn_stopping("Stopping during model load");
@@ -537,12 +386,18 @@ int main(int argc, char **argv)
             stopping = true;
         }
     }
-    drain(&app, http, L.sched, cfg.drain_timeout_s);
+    drain(&app, http, cfg.drain_timeout_s);
     rc = 0;
 out:
     http_server_stop(http);
-    loaded_free(&L);
+    if (loader_started) {
+        /* A preload still running finishes its model (drain stopped the rest). */
+        models_shutdown_begin(app.models);
+        pthread_join(ld.thread, NULL);
+    }
+    models_destroy(app.models);
     http_app_set_limits(&app, NULL, 0, NULL);
+    http_app_set_cors(&app, NULL, 0);
     pthread_rwlock_destroy(&app.lock);
     free(name);
     inferd_config_finish(&cfg);

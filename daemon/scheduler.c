@@ -8,6 +8,7 @@
 #include "scheduler.h"
 
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +35,7 @@ struct sched_req {
     int n_stop;
     bool logprobs;
     int top_logprobs;
+    bool embed, pool_mean;
     double t_submit;
 
     /* Published state, under s->mu. */
@@ -47,6 +49,7 @@ struct sched_req {
     struct api_logprob *out_lp;  /* not yet collected */
     int out_n_lp, out_lp_cap;
     int completion_tokens;
+    float *embedding;            /* embed: [hidden], pooled by the scheduler thread, handed over when done */
 
     struct sched_req *next;      /* queue link */
 };
@@ -99,6 +102,8 @@ struct sched {
     bool *b_want;
     int *row_seq;                /* [n_batch_max]: the slot of each logits row */
     float *logits_copy;          /* [n_vocab]: raw logits kept for logprobs */
+    float *normed;               /* [hidden]: one token's output, for embeddings */
+    int hidden;
     int *order;                  /* [n_seq_max]: prefill order */
 };
 
@@ -112,6 +117,7 @@ static void req_free(struct sched_req *r)
         free(r->stop[i]);
     free(r->out_text);
     free(r->out_lp);
+    free(r->embedding);
     free(r);
 }
 
@@ -166,6 +172,7 @@ int sched_create(engine *e, const tokenizer *tok, const struct gen_stop_set *sto
     s->metrics = m;
     s->cfg = *cfg;
     s->n_vocab = engine_model(e)->cfg.vocab_size;
+    s->hidden = engine_model(e)->cfg.hidden_size;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->work_cv, NULL);
     int nb = cfg->n_batch_max;
@@ -177,8 +184,9 @@ int sched_create(engine *e, const tokenizer *tok, const struct gen_stop_set *sto
     s->row_seq = malloc(sizeof(int) * (size_t)nb);
     s->logits_copy = malloc(sizeof(float) * (size_t)s->n_vocab);
     s->order = malloc(sizeof(int) * (size_t)cfg->n_seq_max);
+    s->normed = malloc(sizeof(float) * (size_t)s->hidden);
     if (!s->seqs || !s->b_tokens || !s->b_seq_ids || !s->b_pos || !s->b_want || !s->row_seq ||
-        !s->logits_copy || !s->order) {
+        !s->logits_copy || !s->order || !s->normed) {
         sched_destroy(s);
         return ifd_error_set(err, -ENOMEM, "scheduler: out of memory");
     }
@@ -219,6 +227,7 @@ void sched_destroy(struct sched *s)
     free(s->row_seq);
     free(s->logits_copy);
     free(s->order);
+    free(s->normed);
     pthread_cond_destroy(&s->work_cv);
     pthread_mutex_destroy(&s->mu);
     free(s);
@@ -228,7 +237,10 @@ int sched_submit(struct sched *s, const struct sched_req_params *p, struct sched
 {
     if (p->n_prompt == 0)
         return ifd_error_set(err, -EINVAL, "the prompt is empty");
-    if (p->n_prompt >= (size_t)s->cfg.n_ctx)
+    if (p->embed && p->n_prompt > (size_t)s->cfg.n_ctx)
+        return ifd_error_set(err, -EINVAL, "the input is %zu tokens; the context holds %d", p->n_prompt,
+                             s->cfg.n_ctx);
+    if (!p->embed && p->n_prompt >= (size_t)s->cfg.n_ctx)
         return ifd_error_set(err, -EINVAL,
                              "the prompt is %zu tokens; the context holds %d (prompt plus at least one generated token)",
                              p->n_prompt, s->cfg.n_ctx);
@@ -252,6 +264,10 @@ int sched_submit(struct sched *s, const struct sched_req_params *p, struct sched
     }
     r->logprobs = p->logprobs;
     r->top_logprobs = p->top_logprobs;
+    r->embed = p->embed;
+    r->pool_mean = p->pool_mean;
+    if (r->embed && !(r->embedding = calloc((size_t)s->hidden, sizeof(float))))
+        goto oom;
     r->t_submit = ifd_now_s();
     r->refs = 2;
 
@@ -315,6 +331,12 @@ int sched_req_collect(struct sched_req *r, int timeout_ms, struct sched_output *
     out->completion_tokens = r->completion_tokens;
     /* done is reported only once everything before it has been collected. */
     if (r->done && r->out_len == 0 && r->out_n_lp == 0) {
+        if (r->embed && !r->error_status && r->embedding) {
+            free(out->embedding);
+            out->embedding = r->embedding;
+            out->n_embedding = s->hidden;
+            r->embedding = NULL;
+        }
         out->done = true;
         out->finish_reason = r->finish_reason;
         out->error_status = r->error_status;
@@ -354,6 +376,7 @@ void sched_output_finish(struct sched_output *out)
         return;
     free(out->text);
     free(out->lp);
+    free(out->embedding);
     memset(out, 0, sizeof(*out));
 }
 
@@ -419,6 +442,19 @@ void sched_set_queue_depth(struct sched *s, int queue_depth)
 /* Under s->mu: a queued request takes slot q. */
 static int seq_admit(struct sched *s, struct sched_seq *q, struct sched_req *r)
 {
+    if (r->embed) {
+        /* Nothing is sampled or detokenized: the slot only prefills. */
+        q->req = r;
+        q->n_fed = 0;
+        q->n_past = 0;
+        q->generating = false;
+        q->finish = NULL;
+        q->emit_len = 0;
+        q->has_lp = false;
+        q->admitted = s->admit_counter++;
+        s->n_running++;
+        return 0;
+    }
     q->smp = sampler_create(&r->sampling, s->n_vocab);
     q->ts = tok_stream_create(s->tok, true);
     /* Hold-back buffer: the longest stop string plus a generous piece. */
@@ -548,6 +584,39 @@ static int cmp_admitted_ctx_sort(const void *a, const void *b, void *ctx)
     return x < y ? -1 : x > y;
 }
 
+/* Embed requests: pools the outputs of their tokens in the batch just run
+ * (positions already advanced) and normalizes the ones whose input is all
+ * in. Returns whether any is complete. No lock held: the vectors belong to
+ * the scheduler thread until the request is finished. */
+static bool embed_pool(struct sched *s, int n)
+{
+    bool any_done = false;
+    for (int j = 0; j < n; j++) {
+        struct sched_seq *q = &s->seqs[s->b_seq_ids[j]];
+        struct sched_req *r = q->req;
+        if (!r || !r->embed)
+            continue;
+        bool last = (size_t)s->b_pos[j] == r->n_prompt - 1;
+        if (!r->pool_mean && !last)
+            continue;
+        engine_output_normed(s->e, j, s->normed);
+        for (int h = 0; h < s->hidden; h++)
+            r->embedding[h] += s->normed[h];
+        if (!last)
+            continue;
+        /* The mean's 1/n does not survive normalization: unit length is
+         * what OpenAI's embeddings have and what cosine similarity wants. */
+        double norm = 0;
+        for (int h = 0; h < s->hidden; h++)
+            norm += (double)r->embedding[h] * r->embedding[h];
+        float inv = norm > 0 ? (float)(1.0 / sqrt(norm)) : 0.0f;
+        for (int h = 0; h < s->hidden; h++)
+            r->embedding[h] *= inv;
+        any_done = true;
+    }
+    return any_done;
+}
+
 /* One batched forward over every running sequence. No lock held. */
 static void sched_step(struct sched *s)
 {
@@ -585,7 +654,7 @@ static void sched_step(struct sched *s)
             s->b_want[n] = false;
             n++;
         }
-        if ((size_t)take == left) {
+        if ((size_t)take == left && !q->req->embed) {
             s->b_want[n - 1] = true;  /* the last prompt token gives the first generated one */
             s->row_seq[n_rows++] = i;
         }
@@ -628,6 +697,7 @@ static void sched_step(struct sched *s)
         if (!q->generating)
             q->n_fed++;
     }
+    bool embeds_done = embed_pool(s, n);
     const float *logits = engine_logits(s->e);
     double now = ifd_now_s();
     for (int row = 0; row < n_rows; row++) {
@@ -643,6 +713,13 @@ static void sched_step(struct sched *s)
         struct sched_seq *q = &s->seqs[s->row_seq[row]];
         if (q->req)
             seq_publish_locked(s, q);
+    }
+    for (int i = 0; embeds_done && i < s->cfg.n_seq_max; i++) {
+        struct sched_seq *q = &s->seqs[i];
+        if (q->req && q->req->embed && q->n_fed == q->req->n_prompt) {
+            req_finish_locked(s, q->req, "stop", 0, NULL);
+            seq_release(s, q);
+        }
     }
     if (s->metrics) {
         /* Gauges change under the lock, before any waiting client can run:

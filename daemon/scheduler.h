@@ -41,6 +41,11 @@ struct sched_req_params {
     int n_stop;
     bool logprobs;
     int top_logprobs;
+    /* An embedding instead of a generation: the prompt (1 .. n_ctx tokens)
+     * is prefilled, its final-normed hidden states pooled (the last
+     * position's, or the mean of all) and L2-normalized; nothing is sampled. */
+    bool embed;
+    bool pool_mean;
 };
 
 /* What a request has produced so far, collected by sched_req_collect(). */
@@ -55,6 +60,8 @@ struct sched_output {
     char error_msg[256];
     int prompt_tokens;
     int completion_tokens;
+    float *embedding;           /* embed requests, once done: [n_embedding]; caller frees */
+    int n_embedding;
 };
 
 /* The scheduler drives e (not owned) with tok for detokenization. The ids of

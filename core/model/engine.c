@@ -207,6 +207,16 @@ const float *engine_logits(const engine *e)
     return e->logits;
 }
 
+int engine_output_normed(const engine *e, int t, float *out)
+{
+    const struct model_config *c = &e->m->cfg;
+    if (t < 0 || t >= e->cfg.n_batch_max)
+        return -EINVAL;
+    kern_rmsnorm(out, e->hidden + (size_t)t * (size_t)c->hidden_size, e->final_norm, c->hidden_size,
+                 c->rms_norm_eps);
+    return 0;
+}
+
 int engine_seq_truncate(engine *e, int seq_id, int n_keep, ifd_error *err)
 {
     int ret = 0;

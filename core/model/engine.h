@@ -58,6 +58,9 @@ void engine_destroy(engine *e); /* accepts NULL */
  * stage contract (a position that does not continue its sequence). */
 int engine_decode(engine *e, const struct engine_batch *b, ifd_error *err);
 const float *engine_logits(const engine *e);
+/* The final-normed hidden state of token t of the last engine_decode() batch
+ * into out [hidden]: what the head reads for logits, and what embeddings pool. */
+int engine_output_normed(const engine *e, int t, float *out);
 
 /* Keeps the first n_keep positions of a sequence in every stage; 0 frees it. */
 int engine_seq_truncate(engine *e, int seq_id, int n_keep, ifd_error *err);

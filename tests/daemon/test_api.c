@@ -226,11 +226,12 @@ Test(api, json_depth_limit_is_enforced_and_named)
     /* The same for /tokenize and /detokenize bodies. */
     char *text = NULL;
     bool add = true;
-    cr_assert_lt(api_tokenize_parse(deep, strlen(deep), &text, &add, &e), 0);
+    char *model = NULL;
+    cr_assert_lt(api_tokenize_parse(deep, strlen(deep), &text, &add, &model, &e), 0);
     cr_assert(strstr(e.message, want), "%s", e.message);
     int32_t *ids = NULL;
     size_t n = 0;
-    cr_assert_lt(api_detokenize_parse(deep, strlen(deep), 100, &ids, &n, &e), 0);
+    cr_assert_lt(api_detokenize_parse(deep, strlen(deep), 100, &ids, &n, &model, &e), 0);
     cr_assert(strstr(e.message, want), "%s", e.message);
     free(deep);
     /* Brackets inside strings, and escaped quotes, are not nesting. */
@@ -359,24 +360,108 @@ Test(api, response_and_chunks)
 
 Test(api, tokenize_bodies)
 {
-    char *text = NULL;
+    char *text = NULL, *model = NULL;
     bool add = false;
     struct api_error e = {0};
     const char *b = "{\"content\":\"hi\",\"add_special\":false}";
-    cr_assert_eq(api_tokenize_parse(b, strlen(b), &text, &add, &e), 0, "%s", e.message);
+    cr_assert_eq(api_tokenize_parse(b, strlen(b), &text, &add, &model, &e), 0, "%s", e.message);
     cr_assert_str_eq(text, "hi");
     cr_assert(!add);
+    cr_assert_null(model);
     free(text);
+    b = "{\"content\":\"hi\",\"model\":\"small\"}";
+    cr_assert_eq(api_tokenize_parse(b, strlen(b), &text, &add, &model, &e), 0, "%s", e.message);
+    cr_assert_str_eq(model, "small");
+    free(text);
+    free(model);
+    model = NULL;
+    b = "{\"content\":\"hi\",\"model\":3}";
+    cr_assert_lt(api_tokenize_parse(b, strlen(b), &text, &add, &model, &e), 0);
+    cr_assert_str_eq(e.param, "model");
     b = "{\"content\":1}";
-    cr_assert_lt(api_tokenize_parse(b, strlen(b), &text, &add, &e), 0);
+    cr_assert_lt(api_tokenize_parse(b, strlen(b), &text, &add, &model, &e), 0);
     cr_assert_str_eq(e.param, "content");
     int32_t *ids = NULL;
     size_t n = 0;
-    b = "{\"tokens\":[1,2,3]}";
-    cr_assert_eq(api_detokenize_parse(b, strlen(b), 100, &ids, &n, &e), 0);
+    b = "{\"tokens\":[1,2,3],\"model\":\"small\"}";
+    cr_assert_eq(api_detokenize_parse(b, strlen(b), 100, &ids, &n, &model, &e), 0);
     cr_assert_eq(n, 3);
+    cr_assert_str_eq(model, "small");
+    free(model);
     free(ids);
     b = "{\"tokens\":[1,200]}";
-    cr_assert_lt(api_detokenize_parse(b, strlen(b), 100, &ids, &n, &e), 0);
+    cr_assert_lt(api_detokenize_parse(b, strlen(b), 100, &ids, &n, &model, &e), 0);
     cr_assert_str_eq(e.param, "tokens[1]");
+    /* Unchecked at parse time (the model is not known yet), checked after. */
+    cr_assert_eq(api_detokenize_parse(b, strlen(b), 0, &ids, &n, &model, &e), 0, "%s", e.message);
+    cr_assert_null(model);
+    cr_assert_lt(api_check_token_ids(ids, n, 100, "tokens", &e), 0);
+    cr_assert_str_eq(e.param, "tokens[1]");
+    cr_assert(strstr(e.message, "outside the vocabulary (0..99)"), "%s", e.message);
+    cr_assert_eq(api_check_token_ids(ids, n, 201, "tokens", &e), 0);
+    free(ids);
+    b = "{\"tokens\":[-1]}";
+    cr_assert_lt(api_detokenize_parse(b, strlen(b), 0, &ids, &n, &model, &e), 0);
+    cr_assert(strstr(e.message, "from 0 to 2^31-1"), "%s", e.message);
+}
+
+Test(api, embeddings_bodies)
+{
+    struct api_embed_request r;
+    struct api_error e = {0};
+    const char *b = "{\"input\":\"hi\",\"model\":\"m\"}";
+    cr_assert_eq(api_embed_parse(b, strlen(b), &r, &e), 0, "%s", e.message);
+    cr_assert_eq(r.n_inputs, 1);
+    cr_assert_str_eq(r.inputs[0].text, "hi");
+    cr_assert_str_eq(r.model, "m");
+    cr_assert(!r.base64);
+    api_embed_request_finish(&r);
+    /* one array of ids is one input; an array of arrays is several */
+    b = "{\"input\":[1,2,3],\"encoding_format\":\"base64\"}";
+    cr_assert_eq(api_embed_parse(b, strlen(b), &r, &e), 0, "%s", e.message);
+    cr_assert_eq(r.n_inputs, 1);
+    cr_assert_eq(r.inputs[0].n_ids, 3);
+    cr_assert_eq(r.inputs[0].ids[2], 3);
+    cr_assert(r.base64);
+    api_embed_request_finish(&r);
+    b = "{\"input\":[\"a\",[4,5]]}";
+    cr_assert_eq(api_embed_parse(b, strlen(b), &r, &e), 0, "%s", e.message);
+    cr_assert_eq(r.n_inputs, 2);
+    cr_assert_str_eq(r.inputs[0].text, "a");
+    cr_assert_eq(r.inputs[1].ids[1], 5);
+    api_embed_request_finish(&r);
+    /* refusals name the field */
+    static const struct {
+        const char *body, *param;
+    } bad[] = {
+        {"{\"input\":\"\"}", "input"},
+        {"{\"input\":[]}", "input"},
+        {"{}", "input"},
+        {"{\"input\":\"a\",\"dimensions\":8}", "dimensions"},
+        {"{\"input\":\"a\",\"user\":\"u\"}", "user"},
+        {"{\"input\":\"a\",\"encoding_format\":\"hex\"}", "encoding_format"},
+        {"{\"input\":[\"a\",[1,-2]]}", "input[1][1]"},
+        {"{\"input\":[\"a\",3]}", "input[1]"},
+        {"{\"input\":[[1],[]]}", "input[1]"},
+        {"{\"input\":\"a\",\"model\":1}", "model"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        memset(&e, 0, sizeof(e));
+        cr_assert_lt(api_embed_parse(bad[i].body, strlen(bad[i].body), &r, &e), 0, "%s accepted", bad[i].body);
+        cr_assert_eq(e.status, 400);
+        cr_assert_str_eq(e.param, bad[i].param, "%s: param %s", bad[i].body, e.param);
+    }
+    /* the response: floats that round-trip float32, base64 of little-endian float32 */
+    const float v0[2] = {0.1f, -2.5f}, v1[2] = {1.0f, 0.0f};
+    const float *vecs[2] = {v0, v1};
+    size_t len = 0;
+    char *s = api_embed_response_json("m\"x", vecs, 2, 2, false, 7, &len);
+    cr_assert_str_eq(s, "{\"object\":\"list\",\"data\":[{\"object\":\"embedding\",\"index\":0,\"embedding\":"
+                        "[0.100000001,-2.5]},{\"object\":\"embedding\",\"index\":1,\"embedding\":[1,0]}],"
+                        "\"model\":\"m\\\"x\",\"usage\":{\"prompt_tokens\":7,\"total_tokens\":7}}");
+    cr_assert_eq(len, strlen(s));
+    free(s);
+    s = api_embed_response_json("m", vecs, 1, 2, true, 1, &len);
+    cr_assert(strstr(s, "\"embedding\":\"zczMPQAAIMA=\""), "%s", s);
+    free(s);
 }

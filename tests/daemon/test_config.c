@@ -521,3 +521,18 @@ Test(config, simd_level)
     cr_assert_eq(c.simd, CPU_SIMD_SCALAR);
     inferd_config_finish(&c);
 }
+
+/* The engine's positions per sequence: what main.c gives the engine and
+ * `inferctl model info` assumes by default. */
+Test(config, context_length_default_and_override)
+{
+    struct inferd_config c;
+    cr_assert_eq(inferd_config_init(&c), 0);
+    cr_assert_eq(inferd_config_context_length(&c, 512), 512, "the model's own context when it is small");
+    cr_assert_eq(inferd_config_context_length(&c, 32768), INFERD_DEFAULT_CONTEXT_CAP, "capped");
+    cr_assert_eq(inferd_config_context_length(&c, 0), INFERD_DEFAULT_CONTEXT_CAP, "the cap when the model says none");
+    cr_assert_eq(INFERD_DEFAULT_CONTEXT_CAP, 4096);
+    c.ctx_len = 100000;
+    cr_assert_eq(inferd_config_context_length(&c, 512), 100000, "[server] context_length wins");
+    inferd_config_finish(&c);
+}

@@ -149,12 +149,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t len = size - 1;
     struct api_error e;
     memset(&e, 0, sizeof(e));
-    switch (data[0] % 6) {
+    switch (data[0] % 7) {
     case 0:
     case 1: {
         struct api_request r;
         memset(&r, 0, sizeof(r));
-        if (api_request_parse(data[0] % 6 ? API_KIND_COMPLETION : API_KIND_CHAT, body, len, VOCAB, &r, &e) < 0) {
+        if (api_request_parse(data[0] % 7 ? API_KIND_COMPLETION : API_KIND_CHAT, body, len, VOCAB, &r, &e) < 0) {
             check_error(&e);
             return 0;
         }
@@ -163,21 +163,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         break;
     }
     case 2: {
-        char *text = NULL;
+        char *text = NULL, *model = NULL;
         bool add = false;
-        if (api_tokenize_parse(body, len, &text, &add, &e) < 0) {
+        if (api_tokenize_parse(body, len, &text, &add, &model, &e) < 0) {
             check_error(&e);
             return 0;
         }
         if (!text || !api_utf8_valid(text, strlen(text), NULL))
             abort();
         free(text);
+        free(model);
         break;
     }
     case 3: {
         int32_t *ids = NULL;
         size_t n = 0;
-        if (api_detokenize_parse(body, len, VOCAB, &ids, &n, &e) < 0) {
+        char *model = NULL;
+        if (api_detokenize_parse(body, len, VOCAB, &ids, &n, &model, &e) < 0) {
             check_error(&e);
             return 0;
         }
@@ -185,14 +187,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (ids[i] < 0 || ids[i] >= VOCAB)
                 abort();
         free(ids);
+        free(model);
         break;
     }
     case 4:
         check_serializer(body, len);
         break;
-    default:
+    case 5:
         check_stop_scan(body, len);
         break;
+    default: {
+        struct api_embed_request r;
+        if (api_embed_parse(body, len, &r, &e) < 0) {
+            check_error(&e);
+            return 0;
+        }
+        if (r.n_inputs < 1 || r.n_inputs > API_MAX_EMBED_INPUTS)
+            abort();
+        for (int i = 0; i < r.n_inputs; i++)
+            if (!r.inputs[i].text == !r.inputs[i].ids || (r.inputs[i].ids && r.inputs[i].n_ids == 0) ||
+                (r.inputs[i].text && !api_utf8_valid(r.inputs[i].text, strlen(r.inputs[i].text), NULL)))
+                abort();
+        api_embed_request_finish(&r);
+        break;
+    }
     }
     return 0;
 }

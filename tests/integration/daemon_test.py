@@ -9,13 +9,14 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-from harness import FAILURES, MODELS, check, free_port, goldens, key_file
+from harness import FAILURES, MODELS, SHARED, check, free_port, goldens, key_file
 
 TINY = os.path.join(MODELS, "tinystories-656k")
 QWEN3 = os.path.join(MODELS, "qwen3-tiny-random")
@@ -892,7 +893,494 @@ def group_injection(binary):
                   "%s raw completion prompt keeps special tokens: %s, want %d" % (name, r.get("usage"), want))
 
 
+def models_status(d):
+    st, r = d.json("GET", "/v1/status")
+    check(st == 200, "/v1/status %s" % st)
+    return {m["name"]: m for m in r.get("models", [])}
+
+
+def wait_model_state(d, name, state, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if models_status(d).get(name, {}).get("state") == state:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def golden_completion(d, model, golden_name):
+    """Greedy completion of a golden's prompt ids on `model`; checks the text."""
+    g = goldens(golden_name)[0]
+    n = g["stable_prefix_len"]
+    st, r = d.json("POST", "/v1/completions", {"model": model, "prompt": g["prompt_ids"], "max_tokens": n,
+                                               "temperature": 0})
+    check(st == 200 and r["choices"][0]["text"] == g["stable_completion_text"] and r["model"] == model,
+          "%s (%s) greedy completion: %s" % (model, golden_name, r if st != 200 else r["choices"][0]["text"][:80]))
+    return st
+
+
+# Issue 15: several models behind one endpoint, routed by "model", loaded on
+# first use and unloaded when idle or for room under models_memory.
+def group_models(binary):
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = os.path.join(tmp, "inferd.conf")
+        with open(conf, "w") as f:
+            f.write("[model.qwen3]\npath = %s\nidle_unload = 2\n"
+                    "[model.llama]\npath = %s\npreload = true\nidle_unload = 0\n"
+                    "[model.missing]\npath = %s/not-there\n" % (QWEN3, LLAMA3, tmp))
+        with Daemon(binary, TINY, "--config", conf) as d:
+            check(wait_model_state(d, "llama", "loaded"), "preload model loaded after READY")
+            ms = models_status(d)
+            check(ms.get("qwen3", {}).get("state") == "unloaded", "qwen3 waits for its first request: %s" % ms)
+            check(ms.get("tinystories-656k", {}).get("default") is True, "the [model] one is the default: %s" % ms)
+            st, r = d.json("GET", "/v1/models")
+            ids = [m["id"] for m in r["data"]]
+            check(st == 200 and ids == ["tinystories-656k", "qwen3", "llama", "missing"], "/v1/models lists all: %s" % ids)
+            st, h, body = d.request("GET", "/health")
+            check(st == 200 and json.loads(body)["models"]["qwen3"] == "unloaded", "/health per model: %s" % body)
+            # Each model answers as its own reference implementation does.
+            golden_completion(d, "qwen3", "qwen3-tiny-random")
+            golden_completion(d, "llama", "llama3-tiny-random")
+            golden_completion(d, "tinystories-656k", "tinystories-656k")
+            ms = models_status(d)
+            check(ms["qwen3"]["state"] == "loaded" and ms["qwen3"]["loads"] == 1, "loaded on first use: %s" % ms["qwen3"])
+            check(ms["qwen3"]["memory_estimate_bytes"] > os.path.getsize(os.path.join(QWEN3, "model.safetensors")),
+                  "estimate covers the weights and the KV cache: %s" % ms["qwen3"])
+            # No "model": the default one. Chat routes too, and streams name the model.
+            g = goldens("tinystories-656k")[0]
+            st, r = d.json("POST", "/v1/completions", {"prompt": g["prompt_ids"], "max_tokens": 2, "temperature": 0})
+            check(st == 200 and r["model"] == "tinystories-656k", "no model field: the default (%s)" % r.get("model"))
+            st, h, ev = d.stream("/v1/chat/completions", {"model": "llama", "stream": True, "max_tokens": 3,
+                                                          "messages": [{"role": "user", "content": "hi"}]})
+            check(st == 200 and all(e == "[DONE]" or e["model"] == "llama" for e in ev), "stream on llama: %s" % ev[:2])
+            # Tokenizers follow the model.
+            st, a = d.json("POST", "/tokenize", {"content": "Hello world", "model": "qwen3"})
+            st2, b = d.json("POST", "/tokenize", {"content": "Hello world"})
+            check(st == 200 and st2 == 200 and a["tokens"] != b["tokens"], "/tokenize per model: %s %s" % (a, b))
+            expect_error(d, 400, "POST", "/detokenize", {"tokens": [5000]}, None, None, "tokens[0]", None,
+                         "id beyond the default model's 2048 tokens")
+            st, r = d.json("POST", "/detokenize", {"tokens": [5000], "model": "qwen3"})
+            check(st == 200, "the same id is a qwen3 token: %s" % r)
+            # Unknown and unloadable models: clear errors, the rest keeps serving.
+            st, r = d.json("POST", "/v1/completions", {"model": "gpt-4", "prompt": "x", "max_tokens": 1})
+            check(st == 404 and r["error"]["code"] == "model_not_found" and "qwen3" in r["error"]["message"],
+                  "unknown model: 404 naming the served ones: %s" % r)
+            st, r = d.json("POST", "/v1/completions", {"model": "missing", "prompt": "x", "max_tokens": 1})
+            check(st == 503 and r["error"]["code"] == "model_load_failed" and "not-there" in r["error"]["message"],
+                  "unloadable model: 503 naming the path: %s" % r)
+            check(models_status(d)["missing"]["state"] == "failed", "failed state shown")
+            st, h, m = d.request("GET", "/metrics")
+            check(b'inferd_model_loaded{model="qwen3"} 1' in m and b'inferd_model_loads_total{model="llama"} 1' in m,
+                  "per-model gauges in /metrics")
+            ctl = os.path.join(os.path.dirname(binary), "inferctl")
+            r = subprocess.run([ctl, "status", "--url", "http://127.0.0.1:%d" % d.port], capture_output=True,
+                               text=True)
+            check(r.returncode == 0 and "qwen3" in r.stdout and "missing" in r.stdout and "failed" in r.stdout,
+                  "inferctl status lists the models: %s" % r.stdout[-800:])
+            # Idle: qwen3 (idle_unload 2 s) goes, llama (0: never) stays; a request brings qwen3 back.
+            check(wait_model_state(d, "qwen3", "unloaded", 15), "qwen3 unloaded when idle")
+            ms = models_status(d)
+            check(ms["qwen3"]["unloads"] == 1 and ms["llama"]["state"] == "loaded", "only the idle one went: %s" % ms)
+            check("Unloading model qwen3 (idle for 2 s)" in d.logtext(), "idle unload logged")
+            golden_completion(d, "qwen3", "qwen3-tiny-random")
+            check(models_status(d)["qwen3"]["loads"] == 2, "reloaded on use")
+            est = {k: v["memory_estimate_bytes"] for k, v in models_status(d).items()}
+
+        # models_memory: room for the default and one other. Loading the second
+        # unloads the idle first; a model over the whole budget is refused.
+        budget = est["tinystories-656k"] + max(est["qwen3"], est["llama"]) + (1 << 20)
+        with open(conf, "w") as f:
+            f.write("[server]\nmodels_memory = %d\n[model.qwen3]\npath = %s\n[model.llama]\npath = %s\n"
+                    "[model.big]\npath = %s\n" % (budget, QWEN3, LLAMA3, QWEN3))
+        with Daemon(binary, TINY, "--config", conf) as d:
+            golden_completion(d, "qwen3", "qwen3-tiny-random")
+            golden_completion(d, "llama", "llama3-tiny-random")
+            ms = models_status(d)
+            check(ms["qwen3"]["state"] == "unloaded" and ms["qwen3"]["unloads"] == 1 and ms["llama"]["state"] == "loaded",
+                  "the least recently used idle model made room: %s" % ms)
+            check("Unloading model qwen3 (to make room under models_memory)" in d.logtext(), "room unload logged")
+            # A request in flight keeps its model: the other one must wait.
+            hold = threading.Thread(target=lambda: d.json("POST", "/v1/completions", {
+                "model": "llama", "prompt": "a", "max_tokens": 4000, "temperature": 0}))
+            hold.start()
+            deadline = time.time() + 10
+            while time.time() < deadline and models_status(d)["llama"]["requests_in_flight"] == 0:
+                time.sleep(0.01)
+            st, r = d.json("POST", "/v1/completions", {"model": "qwen3", "prompt": "x", "max_tokens": 1})
+            busy = models_status(d)["llama"]["requests_in_flight"] > 0
+            check(not busy or (st == 503 and r["error"]["code"] == "insufficient_memory" and
+                               "models_memory" in r["error"]["message"]),
+                  "no room while the other model is busy: %s %s" % (st, r))
+            check(busy, "the 4000-token request was still running when qwen3 was asked for")
+            hold.join()
+            golden_completion(d, "qwen3", "qwen3-tiny-random")
+            check(models_status(d)["llama"]["state"] == "unloaded", "llama made room once idle")
+        with open(conf, "w") as f:
+            f.write("[server]\nmodels_memory = %d\n[model.qwen3]\npath = %s\n" % (est["tinystories-656k"] + 4096, QWEN3))
+        with Daemon(binary, TINY, "--config", conf) as d:
+            st, r = d.json("POST", "/v1/completions", {"model": "qwen3", "prompt": "x", "max_tokens": 1})
+            check(st == 503 and r["error"]["code"] == "insufficient_memory" and "over [server] models_memory" in
+                  r["error"]["message"], "a model over the budget: %s %s" % (st, r))
+        # Configuration errors name the section.
+        for text, want in (("[model.a]\nchat_template = x\n", "[model.a]: no path"),
+                           ("[model.a]\npath = /x\nkeep = 1\n", "unknown key"),
+                           ("[model.a b]\npath = /x\n", "printable ASCII"),
+                           ("[model.a]\npath = /x\nidle_unload = -1\n", "idle_unload")):
+            with open(conf, "w") as f:
+                f.write(text)
+            r = subprocess.run([binary, "--config", conf, "--model", TINY, "--check-config"], capture_output=True,
+                               text=True)
+            check(r.returncode != 0 and want in r.stderr, "config %r refused with %r: %s" % (text, want, r.stderr))
+
+
+# Issue 13 item 5: CORS for browser clients ([server] cors_origins), with
+# preflights, on plain and streamed answers, reloadable.
+def group_cors(binary):
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = os.path.join(tmp, "inferd.conf")
+        with open(conf, "w") as f:
+            f.write("[server]\napi_keys = k1\ncors_origins = http://localhost:3000, https://app.example\n")
+        os.chmod(conf, 0o600)
+        auth = {"Authorization": "Bearer k1"}
+        good, bad = "http://localhost:3000", "http://evil.example"
+        with Daemon(binary, TINY, "--config", conf) as d:
+            pre = {"Origin": good, "Access-Control-Request-Method": "POST",
+                   "Access-Control-Request-Headers": "authorization, content-type, x-stainless-os"}
+            st, h, body = d.request("OPTIONS", "/v1/chat/completions", headers=pre)
+            check(st == 204 and h.get("Access-Control-Allow-Origin") == good and
+                  h.get("Access-Control-Allow-Methods") == "POST" and
+                  h.get("Access-Control-Allow-Headers") == "authorization, content-type, x-stainless-os" and
+                  h.get("Access-Control-Max-Age") == "600" and h.get("Vary") == "Origin",
+                  "preflight from an allowed origin, without a key: %s %s" % (st, h))
+            st, h, body = d.request("OPTIONS", "/v1/models/anything", headers=dict(pre, Origin="https://APP.example"))
+            check(st == 204 and h.get("Access-Control-Allow-Methods") == "GET", "origins compare case-insensitively")
+            st, h, body = d.request("OPTIONS", "/v1/chat/completions", headers=dict(pre, Origin=bad))
+            check(st == 403 and json.loads(body)["error"]["code"] == "cors_origin_not_allowed" and
+                  "Access-Control-Allow-Origin" not in h, "preflight from another origin: %s %s" % (st, body[:200]))
+            st, h, body = d.request("OPTIONS", "/v1/chat/completions",
+                                    headers=dict(pre, **{"Access-Control-Request-Headers": "x\u0001y"}))
+            check(st == 400, "preflight with a malformed header list: %s" % st)
+            st, h, body = d.request("OPTIONS", "/v1/chat/completions")
+            check(st == 405, "OPTIONS without a preflight's headers is not a method of the route: %s" % st)
+            msg = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+            st, h, body = d.request("POST", "/v1/completions", {"prompt": [1, 80], "max_tokens": 2},
+                                    headers=dict(auth, Origin=good))
+            check(st == 200 and h.get("Access-Control-Allow-Origin") == good and h.get("Vary") == "Origin",
+                  "answer readable by the allowed origin: %s" % h)
+            st, h, ev = d.stream("/v1/completions", {"prompt": [1, 80], "max_tokens": 2, "stream": True},
+                                 headers=dict(auth, Origin=good))
+            check(st == 200 and h.get("Access-Control-Allow-Origin") == good, "streamed answer too: %s" % h)
+            st, h, body = d.request("POST", "/v1/completions", {"prompt": [1, 80], "max_tokens": 2},
+                                    headers=dict(auth, Origin=bad))
+            check(st == 200 and "Access-Control-Allow-Origin" not in h, "no CORS headers for another origin")
+            st, h, body = d.request("POST", "/v1/chat/completions", msg, headers={"Origin": good})
+            check(st == 401 and h.get("Access-Control-Allow-Origin") == good,
+                  "errors are readable too (the browser sees the 401): %s" % h)
+            with open(conf, "w") as f:
+                f.write("[server]\napi_keys = k1\ncors_origins = *\n")
+            d.proc.send_signal(signal.SIGHUP)
+            deadline = time.time() + 5
+            while time.time() < deadline and "1 CORS origins" not in d.logtext():
+                time.sleep(0.05)
+            st, h, body = d.request("OPTIONS", "/v1/completions", headers=dict(pre, Origin=bad))
+            check(st == 204 and h.get("Access-Control-Allow-Origin") == bad, "cors_origins = * after reload: %s" % st)
+        with Daemon(binary, TINY) as d:
+            st, h, body = d.request("OPTIONS", "/v1/completions", headers={"Origin": good,
+                                                                           "Access-Control-Request-Method": "POST"})
+            check(st == 403 and "cors_origins" in json.loads(body)["error"]["message"], "no CORS configured: %s" % st)
+        for bad_value in ("localhost:3000", "http://x/path", "ftp//x"):
+            with open(conf, "w") as f:
+                f.write("[server]\ncors_origins = %s\n" % bad_value)
+            r = subprocess.run([binary, "--config", conf, "--model", TINY, "--check-config"], capture_output=True,
+                               text=True)
+            check(r.returncode != 0 and "cors_origins" in r.stderr and "not an origin" in r.stderr,
+                  "cors_origins %r refused: %s" % (bad_value, r.stderr))
+
+
+def safetensors_f32(path, name):
+    """One F32 tensor of a .safetensors file as a list of rows, read here."""
+    import struct
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        t = header[name]
+        assert t["dtype"] == "F32"
+        begin, end = t["data_offsets"]
+        f.seek(8 + n + begin)
+        flat = struct.unpack("<%df" % ((end - begin) // 4), f.read(end - begin))
+    rows, cols = t["shape"]
+    return [flat[r * cols:(r + 1) * cols] for r in range(rows)]
+
+
+# Issue 13 item 5: /v1/embeddings. TinyStories ties its head to the
+# embedding, so the reference's logits are W . norm(h): the last-token
+# embedding (norm(h) made unit length) times W must be the golden logits up
+# to one positive factor, |norm(h)|.
+def group_embeddings(binary):
+    import base64
+    import struct
+    g = goldens("tinystories-656k")[0]
+    with open(os.path.join(SHARED, "golden", g["last_logits_f32"]), "rb") as f:
+        raw = f.read()
+    want = struct.unpack("<%df" % (len(raw) // 4), raw)
+    W = safetensors_f32(os.path.join(TINY, "model.safetensors"), "lm_head.weight")
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = os.path.join(tmp, "inferd.conf")
+        with open(conf, "w") as f:
+            f.write("[model.mean]\npath = %s\npooling = mean\n" % TINY)
+        with Daemon(binary, TINY, "--config", conf) as d:
+            st, r = d.json("POST", "/v1/embeddings", {"input": [g["prompt_ids"]]})
+            check(st == 200 and r["object"] == "list" and r["model"] == "tinystories-656k", "embeddings: %s" % st)
+            v = r["data"][0]["embedding"]
+            check(len(v) == 128 and abs(sum(x * x for x in v) - 1) < 1e-5, "128 dimensions, unit length")
+            dots = [sum(a * b for a, b in zip(row, v)) for row in W]
+            scale = sum(a * b for a, b in zip(want, dots)) / sum(b * b for b in dots)
+            err = max(abs(a - scale * b) for a, b in zip(want, dots))
+            check(scale > 0 and err < 1e-2, "W . embedding = golden logits / %.3f (max error %.2g)" % (scale, err))
+            check(max(range(len(dots)), key=dots.__getitem__) == g["generated_ids"][0], "argmax is the golden next token")
+            check(r["usage"] == {"prompt_tokens": len(g["prompt_ids"]), "total_tokens": len(g["prompt_ids"])},
+                  "usage %s" % r["usage"])
+            # Text inputs are tokenized as completion prompts (BOS first): the same vector.
+            st, r2 = d.json("POST", "/v1/embeddings", {"input": g["prompt"]["text"]})
+            check(st == 200 and max(abs(a - b) for a, b in zip(r2["data"][0]["embedding"], v)) < 1e-6,
+                  "text input == its token ids")
+            # A batch is the inputs one by one, in order (more inputs than sequence slots).
+            texts = ["Once upon a time", "The cat sat.", "Lily", "Tom had a ball"] * 3
+            st, rb = d.json("POST", "/v1/embeddings", {"input": texts, "encoding_format": "base64"})
+            check(st == 200 and [x["index"] for x in rb["data"]] == list(range(len(texts))), "batch order")
+            for i in (0, 5, 11):
+                one = d.json("POST", "/v1/embeddings", {"input": texts[i]})[1]["data"][0]["embedding"]
+                raw = base64.b64decode(rb["data"][i]["embedding"])
+                got = struct.unpack("<%df" % (len(raw) // 4), raw)
+                check(max(abs(a - b) for a, b in zip(got, one)) < 1e-5, "batched input %d == alone (base64)" % i)
+            # Mean pooling: one token is its own mean; more tokens are not the last one.
+            a = d.json("POST", "/v1/embeddings", {"model": "mean", "input": [[1]]})[1]["data"][0]["embedding"]
+            b = d.json("POST", "/v1/embeddings", {"input": [[1]]})[1]["data"][0]["embedding"]
+            check(max(abs(x - y) for x, y in zip(a, b)) < 1e-6, "mean of one position == last")
+            a = d.json("POST", "/v1/embeddings", {"model": "mean", "input": [g["prompt_ids"]]})[1]["data"][0]["embedding"]
+            check(max(abs(x - y) for x, y in zip(a, v)) > 1e-3 and abs(sum(x * x for x in a) - 1) < 1e-5,
+                  "mean pooling differs from last, unit length")
+            # Errors: named, and the daemon keeps serving.
+            expect_error(d, 400, "POST", "/v1/embeddings", {"input": ""}, None, None, "input", None, "empty input")
+            expect_error(d, 400, "POST", "/v1/embeddings", {"input": "a", "dimensions": 8}, None, None, "dimensions",
+                         None, "dimensions refused by name")
+            expect_error(d, 400, "POST", "/v1/embeddings", {"input": ["a", [1, 5000]]}, None, None, "input[1][1]",
+                         None, "token id outside the vocabulary")
+            expect_error(d, 400, "POST", "/v1/embeddings", {"input": [[1] * 600]}, None, None, "input[0]",
+                         "context_length_exceeded", "input longer than the context")
+            expect_error(d, 400, "POST", "/v1/embeddings", {"input": ["x"] * 2049}, None, None, "input", None,
+                         "more than 2048 inputs")
+            expect_error(d, 404, "POST", "/v1/embeddings", {"input": "a", "model": "nope"}, None, None, "model",
+                         "model_not_found", "unknown model")
+            # The official SDK (base64 by default, decoded by the SDK).
+            src = os.environ.get("INFERD_SOURCE_ROOT", os.path.join(os.path.dirname(__file__), "..", ".."))
+            node_dir = os.path.join(src, "tests", "node")
+            if not os.path.isdir(os.path.join(node_dir, "node_modules", "openai")):
+                r = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=node_dir,
+                                   capture_output=True, text=True, timeout=600)
+                if not check(r.returncode == 0, "npm install in tests/node: %s" % r.stderr[-1000:]):
+                    return
+            hello = d.json("POST", "/v1/embeddings", {"input": "Hello", "encoding_format": "float"})[1]
+            env = dict(os.environ, INFERD_URL="http://127.0.0.1:%d" % d.port, INFERD_API_KEY="none",
+                       INFERD_EXPECT=json.dumps(hello["data"][0]["embedding"]))
+            r = subprocess.run(["node", os.path.join(src, "tests", "integration", "openai_embeddings.mjs")], env=env,
+                               capture_output=True, text=True, timeout=120)
+            print(r.stdout + r.stderr)
+            check(r.returncode == 0, "OpenAI SDK embeddings.create (exit %d)" % r.returncode)
+
+
+# Bytes per element of the safetensors dtypes the shared models use.
+ST_DTYPE_SIZE = {"F32": 4, "F16": 2, "BF16": 2, "U32": 4}
+
+
+def st_tensors(model_dir):
+    """The tensors of every .safetensors file in model_dir, read here from the
+    headers (8-byte little-endian length, then JSON), independently of the C
+    reader: ({name: (dtype, shape, nbytes)}, number of files, their total size)."""
+    tensors, n_files, size = {}, 0, 0
+    for name in sorted(os.listdir(model_dir)):
+        if not name.endswith(".safetensors"):
+            continue
+        path = os.path.join(model_dir, name)
+        with open(path, "rb") as f:
+            (hlen,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(hlen))
+        header.pop("__metadata__", None)
+        for k, v in header.items():
+            n = 1
+            for d in v["shape"]:
+                n *= d
+            tensors[k] = (v["dtype"], v["shape"], n * ST_DTYPE_SIZE[v["dtype"]])
+        n_files += 1
+        size += os.path.getsize(path)
+    return tensors, n_files, size
+
+
+def expected_info(model_dir):
+    """What `inferctl model info` must report, computed from config.json and the
+    headers: parameters (MLX U32 weights unpacked, their scales/biases not
+    parameters), weight bytes a decode step reads, KV bytes per position (f32)."""
+    with open(os.path.join(model_dir, "config.json")) as f:
+        cfg = json.load(f)
+    bits = (cfg.get("quantization") or {}).get("bits")
+    tensors, n_files, size = st_tensors(model_dir)
+    params = 0
+    for name, (dtype, shape, nbytes) in tensors.items():
+        n = nbytes // ST_DTYPE_SIZE[dtype]
+        stem = name.rsplit(".", 1)[0]
+        if name.endswith((".scales", ".biases")) and tensors.get(stem + ".weight", ("",))[0] == "U32":
+            continue
+        if dtype == "U32" and name.endswith(".weight"):
+            n = n * 32 // bits
+        params += n
+    layers = [sum(t[2] for k, t in tensors.items() if k.startswith("model.layers.%d." % l))
+              for l in range(cfg["num_hidden_layers"])]
+    norm = sum(t[2] for k, t in tensors.items() if k.startswith("model.norm."))
+    embed = sum(t[2] for k, t in tensors.items() if k.startswith("model.embed_tokens."))
+    head = sum(t[2] for k, t in tensors.items() if k.startswith("lm_head."))
+    tied = cfg.get("tie_word_embeddings", False)
+    if tied:
+        table = embed or head  # one table, stored under either name
+        master_extra = table + norm
+        per_token = sum(layers) + norm + table
+    else:
+        row = sum(t[2] // t[1][0] for k, t in tensors.items() if k.startswith("model.embed_tokens."))
+        master_extra = embed + norm + head
+        per_token = sum(layers) + norm + head + row
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    kv_layer = 2 * cfg.get("num_key_value_heads", cfg["num_attention_heads"]) * head_dim * 4
+    return {"params": params, "files": n_files, "size": size, "layers": layers, "master_extra": master_extra,
+            "per_token": per_token, "kv_layer": kv_layer, "cfg": cfg}
+
+
+def group_model_info(binary):
+    ctl = os.path.join(os.path.dirname(binary), "inferctl")
+
+    def info(*args):
+        return subprocess.run([ctl, "model", "info", *args], capture_output=True, text=True, timeout=60)
+
+    def info_json(*args):
+        r = info(*args, "--json")
+        check(r.returncode == 0, "inferctl model info %s --json: rc %d %r" % (args, r.returncode, r.stderr))
+        return json.loads(r.stdout) if r.returncode == 0 else {}
+
+    def check_nodes(name, o, e, counts, ctx, seqs):
+        nodes = o.get("nodes", [])
+        check([n["layers"] for n in nodes] == counts, "%s split %s: %s" % (name, counts, nodes))
+        first = 0
+        for i, n in enumerate(nodes):
+            want_w = sum(e["layers"][first:first + counts[i]]) + (e["master_extra"] if i == 0 else 0)
+            want_kv = counts[i] * e["kv_layer"] * ctx * seqs
+            check(n["layer_first"] == first and n["layer_last"] == first + counts[i]
+                  and n["weight_bytes"] == want_w and n["kv_bytes"] == want_kv
+                  and n["total_bytes"] == want_w + want_kv and n["role"] == ("master" if i == 0 else "worker"),
+                  "%s split %s node %d: %s, want weights %d, KV %d" % (name, counts, i, n, want_w, want_kv))
+            first += counts[i]
+        t = o.get("total", {})
+        check(t.get("weight_bytes") == sum(n["weight_bytes"] for n in nodes) == sum(e["layers"]) + e["master_extra"]
+              and t.get("kv_bytes") == sum(n["kv_bytes"] for n in nodes)
+              == e["kv_layer"] * len(e["layers"]) * ctx * seqs,
+              "%s split %s totals: %s" % (name, counts, t))
+
+    for name in ("tinystories-656k", "tinystories-656k-mlx-4bit", "tinystories-656k-bf16-sharded",
+                 "qwen2-tiny-random"):
+        d = os.path.join(MODELS, name)
+        e = expected_info(d)
+        cfg = e["cfg"]
+        o = info_json(d)
+        if not o:
+            continue
+        check(o.get("parameters") == e["params"], "%s parameters %s, headers say %d" % (name, o.get("parameters"),
+                                                                                       e["params"]))
+        check(o.get("files") == e["files"] and o.get("bytes_on_disk") == e["size"],
+              "%s files %s / %s bytes, want %d / %d" % (name, o.get("files"), o.get("bytes_on_disk"), e["files"],
+                                                        e["size"]))
+        check(o.get("layers") == cfg["num_hidden_layers"] and o.get("vocab_size") == cfg["vocab_size"]
+              and o.get("hidden_size") == cfg["hidden_size"] and o.get("tied_embeddings") == cfg["tie_word_embeddings"],
+              "%s shape: %s" % (name, o))
+        pt = o.get("per_token", {})
+        check(pt.get("weight_bytes") == e["per_token"] and pt.get("kv_bytes") == e["kv_layer"] * cfg["num_hidden_layers"]
+              and pt.get("kv_dtype") == "F32",
+              "%s per token %s, want weights %d, KV %d" % (name, pt, e["per_token"],
+                                                           e["kv_layer"] * cfg["num_hidden_layers"]))
+        # Defaults: the model's context capped at 4096, the daemon's 8 sequences, one node.
+        ctx = min(cfg["max_position_embeddings"], 4096)
+        check(o.get("ctx") == ctx and o.get("seqs") == 8, "%s defaults: ctx %s seqs %s" % (name, o.get("ctx"),
+                                                                                          o.get("seqs")))
+        check_nodes(name, o, e, [cfg["num_hidden_layers"]], ctx, 8)
+        check_nodes(name, info_json(d, "--split", "1,1", "--ctx", "100", "--seqs", "3"), e, [1, 1], 100, 3)
+        check_nodes(name, info_json(d, "--split", "0,2"), e, [0, 2], ctx, 8)
+        check_nodes(name, info_json(d, "--nodes", "2", "--seqs", "1"), e, [1, 1], ctx, 1)
+        quant = cfg.get("quantization")
+        dtypes = sorted(set(t[0] for t in st_tensors(d)[0].values()))
+        want_storage = ("MLX affine %d-bit g%d" % (quant["bits"], quant["group_size"]) if quant else
+                        dtypes[0] if len(dtypes) == 1 else None)
+        check(o.get("storage") == want_storage, "%s storage %r, want %r" % (name, o.get("storage"), want_storage))
+
+    # The table a person reads.
+    r = info(TINY)
+    check(r.returncode == 0 and "parameters        656.0 K (656000)" in r.stdout and "storage           F32" in r.stdout
+          and "tied embeddings   yes" in r.stdout, "inferctl model info table: %r %r" % (r.stdout, r.stderr))
+    r = info(os.path.join(MODELS, "qwen2-tiny-random"), "--nodes", "2")
+    check(r.returncode == 0 and "19.5 M" in r.stdout and "master" in r.stdout and "worker" in r.stdout,
+          "inferctl model info qwen2 --nodes 2: %r %r" % (r.stdout, r.stderr))
+
+    # org/name from a Hugging Face cache: snapshot files are symlinks to blobs,
+    # and bytes on disk are the blobs' sizes.
+    with tempfile.TemporaryDirectory() as hub:
+        repo = os.path.join(hub, "models--test-org--tiny")
+        snap = os.path.join(repo, "snapshots", "0123abcd")
+        os.makedirs(snap)
+        os.makedirs(os.path.join(repo, "refs"))
+        with open(os.path.join(repo, "refs", "main"), "w") as f:
+            f.write("0123abcd\n")
+        for name in ("config.json", "model.safetensors"):
+            os.symlink(os.path.join(TINY, name), os.path.join(snap, name))
+        env = dict(os.environ, HF_HUB_CACHE=hub)
+        r = subprocess.run([ctl, "model", "info", "test-org/tiny", "--json"], capture_output=True, text=True,
+                           timeout=60, env=env)
+        o = json.loads(r.stdout) if r.returncode == 0 else {}
+        e = expected_info(TINY)
+        check(o.get("model") == snap and o.get("parameters") == e["params"] and o.get("bytes_on_disk") == e["size"],
+              "inferctl model info org/name from the cache: rc %d %s %r" % (r.returncode, r.stdout[:300], r.stderr))
+
+    # Refusals: a clear message naming what is wrong, a failing status, nothing on stdout.
+    with tempfile.TemporaryDirectory() as tmp:
+        bad_cfg = os.path.join(tmp, "badcfg")
+        os.mkdir(bad_cfg)
+        with open(os.path.join(bad_cfg, "config.json"), "w") as f:
+            f.write("{not json")
+        bad_st = os.path.join(tmp, "badst")
+        os.mkdir(bad_st)
+        with open(os.path.join(TINY, "config.json")) as src, open(os.path.join(bad_st, "config.json"), "w") as f:
+            f.write(src.read())
+        with open(os.path.join(bad_st, "model.safetensors"), "wb") as f:
+            f.write(struct.pack("<Q", 1 << 40) + b"{}")
+        missing = os.path.join(tmp, "missing")
+        for args, wants in (([missing], [missing]),
+                            ([bad_cfg], [os.path.join(bad_cfg, "config.json")]),
+                            ([bad_st], [os.path.join(bad_st, "model.safetensors"), "header"]),
+                            ([TINY, "--split", "1,2"], ["3 layers", "has 2"]),
+                            ([TINY, "--split", "1"], ["1 layers", "has 2"]),
+                            ([TINY, "--split", "1,0,1"], ["node 1"]),
+                            ([TINY, "--split", "1,x"], ["node 1"]),
+                            ([TINY, "--split", "-1,3"], ["node 0"]),
+                            ([TINY, "--nodes", "3"], ["only 2 layers"]),
+                            ([TINY, "--nodes", "0"], ["--nodes"]),
+                            ([TINY, "--ctx", "12k"], ["--ctx"]),
+                            ([TINY, "--ctx", "0"], ["--ctx"]),
+                            ([TINY, "--seqs", "-4"], ["--seqs"]),
+                            ([TINY, "--split", "1,1", "--nodes", "2"], ["--split and --nodes"])):
+            r = info(*args)
+            check(r.returncode != 0 and r.stdout == "" and all(w in r.stderr for w in wants),
+                  "inferctl model info %s refused: rc %d %r, want %s" % (args, r.returncode, r.stderr, wants))
+
+
 GROUPS = {
+    "embeddings": group_embeddings,
+    "cors": group_cors,
+    "models": group_models,
+    "model_info": group_model_info,
     "injection": group_injection,
     "loading": group_loading,
     "vulkan": group_vulkan,

@@ -253,7 +253,9 @@ Test(golden, every_simd_level, .timeout = 600)
     for (size_t li = 0; li < sizeof(levels) / sizeof(levels[0]); li++) {
         const char *lv = cpu_simd_name(levels[li]);
         if (!cpu_simd_supported(levels[li])) {
-            cr_log_warn("%s: not on this CPU, its kernels are not tested here", lv);
+            /* A note, not cr_log_warn: Criterion 2.4 exits 1 when a test warns,
+             * and an AVX2-only CI machine must pass. */
+            fprintf(stderr, "skipped: %s: not on this CPU, its kernels are not tested here\n", lv);
             continue;
         }
         cr_assert_eq(kern_set_simd(lv), 0);
