@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "base/cpu.h"
+#include "hub/hf_cache.h"
 #include "log.h"
 #include "tools.h"
 
@@ -875,13 +876,6 @@ int inferd_config_validate_layers(const struct inferd_config *c, int n_layers, i
     return 0;
 }
 
-static int join_path(const char *a, const char *b, char **ret)
-{
-    if (asprintf(ret, "%s/%s", a, b) < 0)
-        return -ENOMEM;
-    return 0;
-}
-
 static bool is_dir(const char *p)
 {
     struct stat st;
@@ -897,61 +891,19 @@ int inferd_config_resolve_model(const char *model_path, char **ret, ifd_error *e
         *ret = p;
         return 0;
     }
-    /* org/name: exactly one slash, not absolute. */
-    const char *slash = strchr(model_path, '/');
-    if (model_path[0] == '/' || model_path[0] == '.' || !slash || strchr(slash + 1, '/') || slash == model_path ||
-        slash[1] == '\0')
+    /* Paths that are not directories are reported as such instead of being
+     * read as a malformed Hub reference. */
+    if (model_path[0] == '/' || model_path[0] == '.' || model_path[0] == '~')
         return ifd_error_set(err, -ENOENT, "model '%s': no such directory", model_path);
-    char *hub = NULL;
-    const char *env;
-    if ((env = getenv("HF_HUB_CACHE")) && *env)
-        hub = strdup(env);
-    else if ((env = getenv("HF_HOME")) && *env)
-        join_path(env, "hub", &hub);
-    else if ((env = getenv("HOME")) && *env)
-        join_path(env, ".cache/huggingface/hub", &hub);
-    if (!hub)
-        return ifd_error_set(err, -ENOENT, "model '%s': not a directory and no Hugging Face cache ($HOME unset)",
-                             model_path);
-    char *repo = NULL, *ref_path = NULL, *snap = NULL;
-    int r = -ENOMEM;
-    if (asprintf(&repo, "%s/models--%.*s--%s", hub, (int)(slash - model_path), model_path, slash + 1) < 0) {
-        repo = NULL;
-        goto out;
+    struct hf_ref ref = {0};
+    int r = hf_ref_parse(model_path, &ref, err);
+    if (r < 0) {
+        ifd_error_prefix(err, "model '%s' is neither a directory nor a Hugging Face reference ORG/NAME[@REVISION]",
+                         model_path);
+        return r;
     }
-    if (asprintf(&ref_path, "%s/refs/main", repo) < 0) {
-        ref_path = NULL;
-        goto out;
-    }
-    char commit[128] = "";
-    FILE *f = fopen(ref_path, "re");
-    if (f) {
-        if (!fgets(commit, sizeof(commit), f))
-            commit[0] = '\0';
-        fclose(f);
-        commit[strcspn(commit, "\r\n")] = '\0';
-    }
-    if (!commit[0] || strchr(commit, '/')) {
-        r = ifd_error_set(err, -ENOENT, "model '%s': not a directory, and not in the Hugging Face cache (%s)",
-                          model_path, ref_path);
-        goto out;
-    }
-    if (asprintf(&snap, "%s/snapshots/%s", repo, commit) < 0) {
-        snap = NULL;
-        goto out;
-    }
-    if (!is_dir(snap)) {
-        r = ifd_error_set(err, -ENOENT, "model '%s': snapshot %s missing", model_path, snap);
-        goto out;
-    }
-    *ret = snap;
-    snap = NULL;
-    r = 0;
-out:
-    free(hub);
-    free(repo);
-    free(ref_path);
-    free(snap);
+    r = hf_cache_resolve(NULL, &ref, ret, NULL, err);
+    hf_ref_finish(&ref);
     return r;
 }
 

@@ -154,9 +154,10 @@ int inferd_config_validate(const struct inferd_config *c, ifd_error *err);
  * in range, not overlapping. */
 int inferd_config_validate_layers(const struct inferd_config *c, int n_layers, ifd_error *err);
 
-/* Resolves model_path: an existing directory as is, otherwise org/name
- * looked up in $HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub
- * (snapshots/<refs/main>). *ret is malloc'd. */
+/* Resolves model_path: an existing directory as is, otherwise a Hugging Face
+ * reference ORG/NAME[@REVISION] looked up in $HF_HUB_CACHE, $HF_HOME/hub or
+ * ~/.cache/huggingface/hub (core/hub/hf_cache.h: snapshots/<refs/REVISION>,
+ * revision main by default). *ret is malloc'd. */
 int inferd_config_resolve_model(const char *model_path, char **ret, ifd_error *err);
 
 /* The positions per sequence the engine gets: ctx_len when set, else the

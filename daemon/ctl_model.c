@@ -1,8 +1,9 @@
-/* ctl_model.c - `inferctl model generate|quantize|info`: make and describe
- * checkpoints.
+/* ctl_model.c - `inferctl model generate|quantize|info|pull|list|rm`: make and
+ * describe checkpoints, and manage the Hugging Face cache (pull, list, rm:
+ * ctl_hub.c).
  *
  *   inferctl model generate --preset NAME [--dtype bf16|f16|f32] [--seed N]
- *                           [--layers N] [--tokenizer-from DIR] OUT_DIR
+ *                           [--layers N] [--shards N] [--tokenizer-from DIR] OUT_DIR
  *
  * writes a random-weight checkpoint with the shapes of a real model (see
  * core/model/model_gen.h), for speed measurements. `quantize` is implemented in
@@ -27,6 +28,8 @@ static void generate_usage(FILE *f)
             "  --dtype bf16|f16|f32  stored weight type (default bf16)\n"
             "  --seed N              PRNG seed (default 0); same seed, same bytes\n"
             "  --layers N            override the preset's layer count\n"
+            "  --shards N            write N shards model-0000k-of-0000N.safetensors and\n"
+            "                        model.safetensors.index.json instead of model.safetensors\n"
             "  --tokenizer-from DIR  copy tokenizer.json and tokenizer_config.json from DIR\n\n"
             "Presets:");
     for (size_t i = 0; model_gen_preset_name(i); i++)
@@ -52,6 +55,7 @@ static int generate_main(int argc, char **argv)
         {"dtype", required_argument, NULL, 'd'},
         {"seed", required_argument, NULL, 's'},
         {"layers", required_argument, NULL, 'l'},
+        {"shards", required_argument, NULL, 'S'},
         {"tokenizer-from", required_argument, NULL, 't'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -90,6 +94,14 @@ static int generate_main(int argc, char **argv)
             }
             opt.n_layers = (int)v;
             break;
+        case 'S':
+            if (parse_u64(optarg, &v) < 0 || v < 1 || v > MODEL_GEN_MAX_SHARDS) {
+                fprintf(stderr, "inferctl model generate: bad shard count '%s' (1..%d)\n", optarg,
+                        MODEL_GEN_MAX_SHARDS);
+                return 2;
+            }
+            opt.n_shards = (int)v;
+            break;
         case 't':
             opt.tokenizer_from = optarg;
             break;
@@ -115,8 +127,11 @@ static int generate_main(int argc, char **argv)
         return 1;
     }
     double s = ifd_now_s() - t0;
-    printf("wrote %s: preset %s, %s, seed %llu, %.1f MB of weights in %.2f s\n", out, opt.preset,
-           ifd_dtype_name(opt.dtype), (unsigned long long)opt.seed, (double)bytes / 1e6, s);
+    printf("wrote %s: preset %s, %s, seed %llu, %.1f MB of weights", out, opt.preset, ifd_dtype_name(opt.dtype),
+           (unsigned long long)opt.seed, (double)bytes / 1e6);
+    if (opt.n_shards > 1)
+        printf(" in %d shards", opt.n_shards);
+    printf(" in %.2f s\n", s);
     return 0;
 }
 
@@ -125,7 +140,10 @@ static void usage(FILE *f)
     fprintf(f, "Usage: inferctl model generate ...   random-weight checkpoint of a known shape\n"
                "       inferctl model quantize SRC DST   MLX 4/8-bit copy of a checkpoint\n"
                "       inferctl model info NAME          shape, parameters, bytes per token, memory per node\n"
-               "Run 'inferctl model generate --help' (or quantize --help, info --help) for the options.\n");
+               "       inferctl model pull ORG/NAME[@REV]   download into the Hugging Face cache\n"
+               "       inferctl model list               models in the Hugging Face cache\n"
+               "       inferctl model rm ORG/NAME[@REV]  remove one from the cache\n"
+               "Run 'inferctl model SUBCOMMAND --help' for the options.\n");
 }
 
 int ctl_model_main(int argc, char **argv)
@@ -140,6 +158,8 @@ int ctl_model_main(int argc, char **argv)
         return ctl_model_quantize_main(argc - 1, argv + 1); /* ctl_quantize.c */
     if (strcmp(argv[1], "info") == 0)
         return ctl_model_info_main(argc - 1, argv + 1); /* ctl_model_info.c */
+    if (strcmp(argv[1], "pull") == 0 || strcmp(argv[1], "list") == 0 || strcmp(argv[1], "rm") == 0)
+        return ctl_model_hub_main(argc - 1, argv + 1); /* ctl_hub.c */
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         usage(stdout);
         return 0;

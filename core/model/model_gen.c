@@ -39,6 +39,8 @@ static const struct preset presets[] = {
      false},
     {"qwen3-0.6b", MODEL_ARCH_QWEN3, 1024, 3072, 28, 16, 8, 128, 151936, 40960, 1e6f, 1e-6f, true, 151643,
      151645, false},
+    {"qwen2.5-7b", MODEL_ARCH_QWEN2, 3584, 18944, 28, 28, 4, 128, 152064, 32768, 1e6f, 1e-6f, false,
+     151643, 151645, false},
     {"llama3.2-1b", MODEL_ARCH_LLAMA, 2048, 8192, 16, 32, 8, 64, 128256, 131072, 500000.0f, 1e-5f, true,
      128000, 128009, true},
     /* Small ones for tests: every architecture path in well under a megabyte. */
@@ -309,18 +311,19 @@ static void fill_chunk(void *out, enum ifd_dtype dtype, size_t count, enum init_
     }
 }
 
-static int write_weights(const char *path, const struct model_config *cfg, const struct model_gen_options *opt,
+static int write_text(const char *path, const char *text, ifd_error *err);
+
+/* Writes tensors t[0..n) into one safetensors file at path. */
+static int write_weights(const char *path, const struct gen_tensor *t, size_t n, const struct model_gen_options *opt,
                          uint64_t *ret_bytes, ifd_error *err)
 {
-    size_t n = 0;
-    struct gen_tensor *t = tensor_list(cfg, &n);
     void *buf = malloc(GEN_CHUNK_ELEMS * ifd_dtype_size(opt->dtype));
     void *normal = malloc(GEN_SUM_VALUES * ifd_dtype_size(opt->dtype));
     FILE *f = fopen(path, "wb");
     int open_errno = f ? 0 : errno;
     st_writer *w = NULL;
     int r = 0;
-    if (!t || !buf || !normal) {
+    if (!buf || !normal) {
         r = ifd_error_set(err, -ENOMEM, "out of memory");
         goto out;
     }
@@ -368,7 +371,92 @@ out:
         r = ifd_error_set(err, -EIO, "%s: write failed: %s", path, strerror(errno));
     free(normal);
     free(buf);
-    free(t);
+    return r;
+}
+
+static uint64_t tensor_bytes(const struct gen_tensor *t, enum ifd_dtype dtype)
+{
+    return (uint64_t)t->shape[0] * (uint64_t)(t->n_dims == 2 ? t->shape[1] : 1) * ifd_dtype_size(dtype);
+}
+
+/* Writes one weights file through a temporary name, renamed into place. */
+static int write_weights_file(const char *out_dir, const char *name, const struct gen_tensor *t, size_t n,
+                              const struct model_gen_options *opt, uint64_t *ret_bytes, ifd_error *err)
+{
+    char *tmp_path = NULL, *path = NULL;
+    int r;
+    if (asprintf(&path, "%s/%s", out_dir, name) < 0)
+        return ifd_error_set(err, -ENOMEM, "out of memory");
+    if (asprintf(&tmp_path, "%s.tmp", path) < 0) {
+        free(path);
+        return ifd_error_set(err, -ENOMEM, "out of memory");
+    }
+    r = write_weights(tmp_path, t, n, opt, ret_bytes, err);
+    if (r >= 0 && rename(tmp_path, path) < 0)
+        r = ifd_error_set(err, -errno, "%s: rename failed: %s", path, strerror(errno));
+    if (r < 0)
+        unlink(tmp_path);
+    free(tmp_path);
+    free(path);
+    return r;
+}
+
+/* Removes out_dir/name if present (the other layout's weights). */
+static void remove_file(const char *out_dir, const char *name)
+{
+    char *path = NULL;
+    if (asprintf(&path, "%s/%s", out_dir, name) >= 0)
+        unlink(path);
+    free(path);
+}
+
+/* N shards, tensors in order, each shard closing once its share of the
+ * bytes is reached (and never empty), then the index that maps every tensor
+ * to its file, as transformers' save_pretrained writes it. */
+static int write_sharded(const char *out_dir, const struct gen_tensor *t, size_t n,
+                         const struct model_gen_options *opt, uint64_t *ret_bytes, ifd_error *err)
+{
+    int shards = opt->n_shards;
+    if ((size_t)shards > n)
+        return ifd_error_set(err, -EINVAL, "%d shards for %zu tensors", shards, n);
+    uint64_t total = 0, done = 0, bytes = 0;
+    for (size_t i = 0; i < n; i++)
+        total += tensor_bytes(&t[i], opt->dtype);
+    cJSON *index = cJSON_CreateObject();
+    cJSON *meta = cJSON_AddObjectToObject(index, "metadata");
+    cJSON_AddNumberToObject(meta, "total_size", (double)total);
+    cJSON *map = cJSON_AddObjectToObject(index, "weight_map");
+    int r = 0;
+    size_t first = 0;
+    for (int k = 0; k < shards && r >= 0; k++) {
+        size_t last = first + 1;
+        uint64_t target = total / (uint64_t)shards * (uint64_t)(k + 1);
+        done += tensor_bytes(&t[first], opt->dtype);
+        /* Leave at least one tensor for each shard still to come. */
+        while (last < n - (size_t)(shards - 1 - k) && (k == shards - 1 || done < target))
+            done += tensor_bytes(&t[last++], opt->dtype);
+        char name[64];
+        snprintf(name, sizeof(name), "model-%05d-of-%05d.safetensors", k + 1, shards);
+        uint64_t b = 0;
+        r = write_weights_file(out_dir, name, t + first, last - first, opt, &b, err);
+        bytes += b;
+        for (size_t i = first; i < last; i++)
+            cJSON_AddStringToObject(map, t[i].name, name);
+        first = last;
+    }
+    char *json = r >= 0 ? cJSON_Print(index) : NULL;
+    cJSON_Delete(index);
+    if (r >= 0) {
+        char *path = NULL;
+        if (!json || asprintf(&path, "%s/model.safetensors.index.json", out_dir) < 0)
+            r = ifd_error_set(err, -ENOMEM, "out of memory");
+        else
+            r = write_text(path, json, err);
+        free(path);
+    }
+    free(json);
+    if (r >= 0)
+        *ret_bytes = bytes;
     return r;
 }
 
@@ -460,18 +548,18 @@ int model_gen_write(const char *out_dir, const struct model_gen_options *opt, ui
         return ifd_error_set(err, -EINVAL, "layer count %d outside [1, 1024]", opt->n_layers);
     if (opt->n_layers)
         cfg.n_layers = opt->n_layers;
+    if (opt->n_shards < 0 || opt->n_shards > MODEL_GEN_MAX_SHARDS)
+        return ifd_error_set(err, -EINVAL, "shard count %d outside [1, %d]", opt->n_shards, MODEL_GEN_MAX_SHARDS);
     if (mkdir(out_dir, 0755) < 0 && errno != EEXIST)
         return ifd_error_set(err, -errno, "%s: cannot create directory: %s", out_dir, strerror(errno));
 
-    char *cfg_path = NULL, *tmp_path = NULL, *st_path = NULL, *json = NULL;
+    char *cfg_path = NULL, *json = NULL;
+    size_t n = 0;
+    struct gen_tensor *t = tensor_list(&cfg, &n);
     if (asprintf(&cfg_path, "%s/config.json", out_dir) < 0)
         cfg_path = NULL;
-    if (asprintf(&tmp_path, "%s/model.safetensors.tmp", out_dir) < 0)
-        tmp_path = NULL;
-    if (asprintf(&st_path, "%s/model.safetensors", out_dir) < 0)
-        st_path = NULL;
     json = model_gen_config_json(&cfg, opt->dtype);
-    if (!cfg_path || !tmp_path || !st_path || !json) {
+    if (!cfg_path || !json || !t) {
         r = ifd_error_set(err, -ENOMEM, "out of memory");
         goto out;
     }
@@ -480,22 +568,21 @@ int model_gen_write(const char *out_dir, const struct model_gen_options *opt, ui
     if ((r = write_text(cfg_path, json, err)) < 0)
         goto out;
     uint64_t bytes = 0;
-    r = write_weights(tmp_path, &cfg, opt, &bytes, err);
-    if (r < 0) {
-        unlink(tmp_path);
-        goto out;
+    if (opt->n_shards > 1) {
+        /* A reader prefers model.safetensors: an old one must not shadow the shards. */
+        remove_file(out_dir, "model.safetensors");
+        r = write_sharded(out_dir, t, n, opt, &bytes, err);
+    } else {
+        remove_file(out_dir, "model.safetensors.index.json");
+        r = write_weights_file(out_dir, "model.safetensors", t, n, opt, &bytes, err);
     }
-    if (rename(tmp_path, st_path) < 0) {
-        r = ifd_error_set(err, -errno, "%s: rename failed: %s", st_path, strerror(errno));
-        unlink(tmp_path);
+    if (r < 0)
         goto out;
-    }
     if (ret_bytes)
         *ret_bytes = bytes;
 out:
+    free(t);
     free(json);
     free(cfg_path);
-    free(tmp_path);
-    free(st_path);
     return r;
 }

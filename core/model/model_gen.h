@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define MODEL_GEN_MAX_SHARDS 999
+
 #include "model/dtype.h"
 #include "base/error.h"
 #include "model/model_config.h"
@@ -21,6 +23,8 @@ struct model_gen_options {
     enum ifd_dtype dtype;       /* IFD_DTYPE_F32, F16 or BF16 */
     uint64_t seed;
     int n_layers;               /* 0 = the preset's layer count; else use this many */
+    int n_shards;               /* 0 or 1: model.safetensors; N > 1: model-0000k-of-0000N.safetensors
+                                 * (tensors in order, split by bytes) + model.safetensors.index.json */
     const char *tokenizer_from; /* NULL, or a checkpoint directory whose tokenizer.json,
                                  * tokenizer_config.json (and special_tokens_map.json,
                                  * generation_config.json if present) are copied */
@@ -39,7 +43,10 @@ int model_gen_preset_config(const char *name, struct model_config *ret, ifd_erro
 char *model_gen_config_json(const struct model_config *cfg, enum ifd_dtype dtype);
 
 /* Writes the checkpoint into out_dir (created if absent; existing files of
- * the same names are replaced, the weights atomically by rename). If
- * ret_bytes is non-NULL it receives the size of model.safetensors. */
+ * the same names are replaced, the weights atomically by rename; the other
+ * layout's weight files, single or sharded, are removed). If ret_bytes is
+ * non-NULL it receives the bytes of the safetensors file(s). The values of a
+ * tensor depend on the seed and its name only, so sharded and single-file
+ * checkpoints of the same seed hold the same weights. */
 int model_gen_write(const char *out_dir, const struct model_gen_options *opt, uint64_t *ret_bytes,
                     ifd_error *err);

@@ -273,20 +273,33 @@ Test(config, hf_cache_name)
     char dir[] = "/tmp/inferd-hub-XXXXXX";
     cr_assert(mkdtemp(dir));
     char cmd[512];
-    snprintf(cmd, sizeof(cmd), "mkdir -p %s/models--org--name/refs %s/models--org--name/snapshots/abc123 && "
-                               "printf abc123 > %s/models--org--name/refs/main", dir, dir, dir);
+    /* A ref holds a full 40-hex commit sha, as the Hub writes it. */
+    const char *commit = "0123456789abcdef0123456789abcdef01234567";
+    snprintf(cmd, sizeof(cmd), "mkdir -p %s/models--org--name/refs %s/models--org--name/snapshots/%s && "
+                               "printf %s > %s/models--org--name/refs/main", dir, dir, commit, commit, dir);
     cr_assert_eq(system(cmd), 0);
     setenv("HF_HUB_CACHE", dir, 1);
     char *out = NULL;
     ifd_error err = {{0}};
     cr_assert_eq(inferd_config_resolve_model("org/name", &out, &err), 0, "%s", err.msg);
     char want[256];
-    snprintf(want, sizeof(want), "%s/models--org--name/snapshots/abc123", dir);
+    snprintf(want, sizeof(want), "%s/models--org--name/snapshots/%s", dir, commit);
     cr_assert_str_eq(out, want);
     free(out);
     cr_assert_lt(inferd_config_resolve_model("org/missing", &out, &err), 0);
     cr_assert(strstr(err.msg, "org/missing"), "%s", err.msg);
+    cr_assert(strstr(err.msg, "inferctl model pull org/missing"), "%s", err.msg);
     cr_assert_lt(inferd_config_resolve_model("/no/such/dir", &out, &err), 0);
+    /* A revision: the commit itself, and a ref that is not there. */
+    char *spec = NULL;
+    cr_assert(asprintf(&spec, "org/name@%s", commit) > 0);
+    cr_assert_eq(inferd_config_resolve_model(spec, &out, &err), 0, "%s", err.msg);
+    cr_assert_str_eq(out, want);
+    free(out);
+    free(spec);
+    cr_assert_lt(inferd_config_resolve_model("org/name@v2", &out, &err), 0);
+    cr_assert(strstr(err.msg, "refs/v2"), "%s", err.msg);
+    cr_assert_lt(inferd_config_resolve_model("org/../etc", &out, &err), 0);
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     cr_assert_eq(system(cmd), 0);
 }

@@ -183,6 +183,20 @@ Test(model_gen, full_size_preset_configs)
     cr_assert_eq(c.intermediate_size, 1536);
     cr_assert_eq(c.vocab_size, 49152);
     cr_assert_float_eq(c.rope_theta, 100000.0f, 0);
+    /* Qwen2.5-7B-Instruct's published config.json. */
+    cr_assert_eq(model_gen_preset_config("qwen2.5-7b", &c, &err), 0);
+    cr_assert_eq(c.arch, MODEL_ARCH_QWEN2);
+    cr_assert_eq(c.hidden_size, 3584);
+    cr_assert_eq(c.intermediate_size, 18944);
+    cr_assert_eq(c.n_layers, 28);
+    cr_assert_eq(c.n_heads, 28);
+    cr_assert_eq(c.n_kv_heads, 4);
+    cr_assert_eq(c.head_dim, 128);
+    cr_assert_eq(c.vocab_size, 152064);
+    cr_assert_eq(c.max_position_embeddings, 32768);
+    cr_assert(!c.tie_word_embeddings && c.attention_bias);
+    cr_assert_float_eq(c.rope_theta, 1e6f, 0);
+    cr_assert_float_eq(c.rms_norm_eps, 1e-6f, 0);
 
     /* Every preset's config.json parses back to itself. */
     for (size_t i = 0; model_gen_preset_name(i); i++) {
@@ -235,6 +249,53 @@ Test(model_gen, deterministic_in_seed)
     tu_remove_tree(a.path);
     tu_remove_tree(b.path);
     tu_remove_tree(c.path);
+}
+
+/* --shards N: N files and an index; loaded through the index, every tensor
+ * equals the single-file checkpoint's of the same seed. */
+Test(model_gen, sharded_equals_single)
+{
+    ifd_dtype_init();
+    struct gen_dir one, many;
+    gen(&one, "tiny-qwen2", IFD_DTYPE_BF16, 5, NULL);
+    strcpy(many.path, "/tmp/inferd-gen-XXXXXX");
+    cr_assert(mkdtemp(many.path));
+    /* A stale single file must not shadow the shards. */
+    char *stale;
+    cr_assert_geq(asprintf(&stale, "%s/model.safetensors", many.path), 0);
+    FILE *f = fopen(stale, "w");
+    cr_assert(f);
+    fclose(f);
+    free(stale);
+    struct model_gen_options opt = {.preset = "tiny-qwen2", .dtype = IFD_DTYPE_BF16, .seed = 5, .n_shards = 3};
+    ifd_error err = {{0}};
+    uint64_t bytes = 0;
+    cr_assert_eq(model_gen_write(many.path, &opt, &bytes, &err), 0, "%s", err.msg);
+    check_checkpoint(many.path, "tiny-qwen2", IFD_DTYPE_BF16);
+    st_model *a = NULL, *b = NULL;
+    cr_assert_eq(st_open(one.path, &a, &err), 0, "%s", err.msg);
+    cr_assert_eq(st_open(many.path, &b, &err), 0, "%s", err.msg);
+    cr_assert_eq(st_file_count(b), 3, "three shard files, got %d", st_file_count(b));
+    for (int k = 0; k < 3; k++) {
+        char want[64];
+        snprintf(want, sizeof(want), "model-%05d-of-00003.safetensors", k + 1);
+        cr_assert(strstr(st_file_path(b, k), want), "shard %d is %s", k, st_file_path(b, k));
+    }
+    cr_assert_eq(st_count(a), st_count(b));
+    for (size_t i = 0; i < st_count(a); i++) {
+        const struct st_tensor *x = st_at(a, i), *y = st_find(b, x->name);
+        cr_assert(y, "%s missing from the shards", x->name);
+        cr_assert_eq(x->nbytes, y->nbytes, "%s size", x->name);
+        cr_assert_eq(memcmp(x->data, y->data, x->nbytes), 0, "%s differs", x->name);
+    }
+    st_close(a);
+    st_close(b);
+    /* More shards than tensors is refused. */
+    opt.n_shards = 999;
+    cr_assert_lt(model_gen_write(many.path, &opt, &bytes, &err), 0);
+    cr_assert(strstr(err.msg, "shards for"), "%s", err.msg);
+    tu_remove_tree(one.path);
+    tu_remove_tree(many.path);
 }
 
 Test(model_gen, tokenizer_copied)
