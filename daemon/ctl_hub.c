@@ -352,42 +352,93 @@ static void refs_for_commit(const char *repo_dir, const char *rel, int depth, co
     free(dir);
 }
 
-/* The snapshot the inferd configuration serves, realpath'd into ret (NULL when
- * no configuration or it names no cached model). config_path NULL: the
- * default file when it exists. A Hub reference is looked up in root, the
- * cache being listed: the daemon's cache (under systemd
- * /var/lib/inferd/huggingface/hub) is usually not the caller's. */
-static int config_snapshot(const char *config_path, const char *root, char **ret_path, char **ret_snapshot,
-                           ifd_error *err)
+/* The snapshots the inferd configuration serves: [model] and every
+ * [model.NAME], each realpath'd, with "FILE [SECTION]" naming it. */
+struct config_uses {
+    int n;
+    char **snapshot;   /* [n] */
+    char **who;        /* [n]: "/etc/inferd/inferd.conf [model.small]" */
+};
+
+static void config_uses_finish(struct config_uses *u)
 {
-    *ret_path = *ret_snapshot = NULL;
+    for (int i = 0; i < u->n; i++) {
+        free(u->snapshot[i]);
+        free(u->who[i]);
+    }
+    free(u->snapshot);
+    free(u->who);
+    memset(u, 0, sizeof(*u));
+}
+
+/* Which configuration section serves the snapshot whose realpath is real; NULL: none. */
+static const char *config_user(const struct config_uses *u, const char *real)
+{
+    for (int i = 0; real && i < u->n; i++)
+        if (strcmp(u->snapshot[i], real) == 0)
+            return u->who[i];
+    return NULL;
+}
+
+/* One model path of the configuration: a directory, or a Hub reference
+ * looked up in root, the cache being listed (the daemon's cache, under
+ * systemd /var/lib/inferd/huggingface/hub, is usually not the caller's).
+ * A path that is neither is skipped: it uses nothing in this cache. */
+static int config_use_add(struct config_uses *u, const char *file, const char *section, const char *model_path,
+                          const char *root)
+{
+    struct stat st;
+    struct hf_ref ref = {0};
+    char *dir = NULL;
+    if (!model_path)
+        return 0;
+    if (stat(model_path, &st) == 0 && S_ISDIR(st.st_mode))
+        dir = strdup(model_path);
+    else if (hf_ref_parse(model_path, &ref, NULL) >= 0)
+        hf_cache_resolve(root, &ref, &dir, NULL, NULL);
+    hf_ref_finish(&ref);
+    char *real = dir ? realpath(dir, NULL) : NULL;
+    free(dir);
+    if (!real)
+        return 0;
+    char **ns = realloc(u->snapshot, sizeof(*ns) * (size_t)(u->n + 1));
+    if (ns)
+        u->snapshot = ns;
+    char **nw = realloc(u->who, sizeof(*nw) * (size_t)(u->n + 1));
+    if (nw)
+        u->who = nw;
+    if (!ns || !nw || asprintf(&u->who[u->n], "%s [%s]", file, section) < 0) {
+        free(real);
+        return -ENOMEM;
+    }
+    u->snapshot[u->n++] = real;
+    return 0;
+}
+
+/* config_path NULL: the default file when it exists. */
+static int config_uses_load(const char *config_path, const char *root, struct config_uses *ret, ifd_error *err)
+{
+    memset(ret, 0, sizeof(*ret));
     const char *path = config_path ? config_path : INFERD_DEFAULT_CONFIG;
     if (!config_path && access(path, F_OK) != 0)
         return 0;
     struct inferd_config c;
-    char *text = NULL, *dir = NULL;
+    char *text = NULL;
     int r = inferd_config_init(&c);
     if (r < 0)
         return ifd_error_set(err, r, "out of memory");
     if ((r = file_read(path, 1u << 20, 0, &text, NULL, err)) < 0 ||
         (r = inferd_config_parse_string(&c, text, path, err)) < 0)
         goto out;
-    struct stat st;
-    struct hf_ref ref = {0};
-    if (c.model_path && stat(c.model_path, &st) == 0 && S_ISDIR(st.st_mode))
-        dir = strdup(c.model_path);
-    else if (c.model_path && hf_ref_parse(c.model_path, &ref, NULL) >= 0)
-        hf_cache_resolve(root, &ref, &dir, NULL, NULL);
-    hf_ref_finish(&ref);
-    if (dir) {
-        *ret_snapshot = realpath(dir, NULL);
-        if (!(*ret_path = strdup(path))) {
-            free(*ret_snapshot);
-            *ret_snapshot = NULL;
-        }
+    r = config_use_add(ret, path, "model", c.model_path, root);
+    for (int i = 0; r >= 0 && i < c.n_models; i++) {
+        char section[INFERD_MAX_MODEL_NAME + 8];
+        snprintf(section, sizeof(section), "model.%s", c.models[i].name);
+        r = config_use_add(ret, path, section, c.models[i].path, root);
     }
+    if (r < 0)
+        ifd_error_set(err, r, "out of memory");
 out:
-    free(dir);
     free(text);
     inferd_config_finish(&c);
     return r;
@@ -475,12 +526,13 @@ static int list_main(int argc, char **argv)
         return 2;
     }
     ifd_error err = {{0}};
-    char *root = NULL, *cfg_file = NULL, *cfg_snap = NULL;
+    char *root = NULL;
+    struct config_uses uses = {0};
     if (cache_dir ? !(root = strdup(cache_dir)) : hf_cache_root(&root, &err) < 0) {
         fprintf(stderr, "inferctl model list: %s\n", err.msg);
         return 1;
     }
-    if (config_snapshot(config_path, root, &cfg_file, &cfg_snap, &err) < 0) {
+    if (config_uses_load(config_path, root, &uses, &err) < 0) {
         fprintf(stderr, "inferctl model list: %s\n", err.msg);
         free(root);
         return 1;
@@ -522,7 +574,7 @@ static int list_main(int argc, char **argv)
             model_format(snap, fmt, sizeof(fmt));
             bool complete = hub_snapshot_check(snap, NULL) >= 0;
             char *real = realpath(snap, NULL);
-            bool used = real && cfg_snap && strcmp(real, cfg_snap) == 0;
+            const char *used = config_user(&uses, real);
             if (json) {
                 cJSON *o = cJSON_CreateObject();
                 cJSON_AddStringToObject(o, "name", id);
@@ -533,13 +585,13 @@ static int list_main(int argc, char **argv)
                 cJSON_AddBoolToObject(o, "complete", complete);
                 cJSON_AddStringToObject(o, "path", snap);
                 if (used)
-                    cJSON_AddStringToObject(o, "used_by", cfg_file);
+                    cJSON_AddStringToObject(o, "used_by", used);
                 else
                     cJSON_AddNullToObject(o, "used_by");
                 cJSON_AddItemToArray(rows, o);
             } else {
                 printf("%-40s %-14s %7.1f MB  %-14s %-8s %s\n", id, rn.buf, (double)set.bytes / 1e6, fmt,
-                       complete ? "yes" : "no", used ? cfg_file : "-");
+                       complete ? "yes" : "no", used ? used : "-");
             }
             free(real);
             blob_set_finish(&set);
@@ -560,8 +612,7 @@ static int list_main(int argc, char **argv)
         free(s);
     }
     cJSON_Delete(rows);
-    free(cfg_file);
-    free(cfg_snap);
+    config_uses_finish(&uses);
     free(root);
     return 0;
 }
@@ -642,7 +693,8 @@ static int rm_main(int argc, char **argv)
     }
     ifd_error err = {{0}};
     struct hf_ref ref = {0};
-    char *root = NULL, *repo = NULL, *snap = NULL, *real = NULL, *cfg_file = NULL, *cfg_snap = NULL;
+    char *root = NULL, *repo = NULL, *snap = NULL, *real = NULL;
+    struct config_uses uses = {0};
     char *snaps_dir = NULL, *locks = NULL;
     char commit[HF_COMMIT_ID_MAX + 1];
     struct blob_set mine = {0}, others = {0};
@@ -650,15 +702,15 @@ static int rm_main(int argc, char **argv)
     if ((r = hf_ref_parse(argv[optind], &ref, &err)) < 0 ||
         (cache_dir ? ((root = strdup(cache_dir)) ? 0 : -ENOMEM) : hf_cache_root(&root, &err)) < 0 ||
         (r = hf_cache_resolve(root, &ref, &snap, commit, &err)) < 0 ||
-        (r = config_snapshot(config_path, root, &cfg_file, &cfg_snap, &err)) < 0) {
+        (r = config_uses_load(config_path, root, &uses, &err)) < 0) {
         fprintf(stderr, "inferctl model rm: %s\n", err.msg);
         goto out;
     }
     real = realpath(snap, NULL);
-    if (real && cfg_snap && strcmp(real, cfg_snap) == 0 && !force) {
-        fprintf(stderr,
-                "inferctl model rm: %s@%s is the model of %s ([model] path); change that first or use --force\n",
-                ref.repo_id, ref.revision, cfg_file);
+    const char *used = config_user(&uses, real);
+    if (used && !force) {
+        fprintf(stderr, "inferctl model rm: %s@%s is the model of %s (its path); change that first or use --force\n",
+                ref.repo_id, ref.revision, used);
         goto out;
     }
     if (hf_cache_repo_dir(root, ref.repo_id, &repo) < 0 || asprintf(&snaps_dir, "%s/snapshots", repo) < 0) {
@@ -721,8 +773,7 @@ out:
     free(repo);
     free(snap);
     free(real);
-    free(cfg_file);
-    free(cfg_snap);
+    config_uses_finish(&uses);
     free(snaps_dir);
     free(locks);
     return rc;

@@ -421,7 +421,7 @@ def group_listrm(inferd):
         check(env.pull().returncode == 0 and env.pull(REPO + "@v2").returncode == 0, "pulls")
         conf = os.path.join(env.tmp, "inferd.conf")
         with open(conf, "w") as f:
-            f.write("[model]\npath = %s\n" % REPO)
+            f.write("[model]\npath = %s\n[model.old]\npath = %s@v2\n" % (REPO, REPO))
         p = env.run("list", "--config", conf)
         rows = [l.split() for l in p.stdout.splitlines()[1:]]
         check(p.returncode == 0 and len(rows) == 2, "list: two snapshots\n%s%s" % (p.stdout, p.stderr))
@@ -429,13 +429,13 @@ def group_listrm(inferd):
         check(set(by_rev) == {"main", "v2"}, "revisions main and v2: %s" % rows)
         if "main" in by_rev and "v2" in by_rev:
             check(by_rev["main"][0] == REPO and by_rev["main"][4] == "bf16" and by_rev["main"][5] == "yes"
-                  and by_rev["main"][6] == conf, "main row: %s" % by_rev["main"])
-            check(by_rev["v2"][6] == "-", "v2 is not used by the config: %s" % by_rev["v2"])
+                  and by_rev["main"][6:] == [conf, "[model]"], "main row: %s" % by_rev["main"])
+            check(by_rev["v2"][6:] == [conf, "[model.old]"], "v2 is the [model.old] one: %s" % by_rev["v2"])
         p = env.run("list", "--config", conf, "--json")
         j = json.loads(p.stdout)
         main = [r for r in j if r["revision"] == "main"]
         size = sum(os.path.getsize(os.path.join(SHARDED, n)) for n in WANTED)
-        check(len(j) == 2 and main and main[0]["used_by"] == conf and main[0]["commit"] == commit_sha(REPO, "main")
+        check(len(j) == 2 and main and main[0]["used_by"] == conf + " [model]" and main[0]["commit"] == commit_sha(REPO, "main")
               and size <= main[0]["size_bytes"] < size + 64 * 4096, "list --json: %s" % j)
         # --cache-dir instead of the environment: the same rows, and the configured
         # ORG/NAME is looked up in that cache (the daemon's is rarely the caller's).
@@ -451,7 +451,11 @@ def group_listrm(inferd):
         check(env.run("rm", "test-org/mlx4").returncode == 0, "rm of the MLX model")
         # rm refuses what the configuration serves.
         p = env.run("rm", REPO, "--config", conf)
-        expect_fail(p, [conf, "[model] path", "--force"], "rm of the configured model")
+        expect_fail(p, [conf + " [model]", "--force"], "rm of the configured model")
+        p = env.run("rm", REPO + "@v2", "--config", conf)
+        expect_fail(p, [conf + " [model.old]", "--force"], "rm of a [model.NAME] model")
+        with open(conf, "w") as f:
+            f.write("[model]\npath = %s\n" % REPO)
         p = env.run("rm", REPO, "--config", conf, "--force")
         check(p.returncode == 0 and "removed ref main" in p.stdout and "freed 0.0 MB" in p.stdout,
               "rm --force main: v2 keeps the blobs\n%s%s" % (p.stdout, p.stderr))
