@@ -407,6 +407,200 @@ static int get_model(const cJSON *root, char **ret, struct api_error *e)
     return 0;
 }
 
+/* ---- the known request fields ----
+ *
+ * Every top-level field of a body is in this table, or the request is a
+ * 400 naming it: a field that was accepted and ignored would let a client
+ * believe it took effect. Each entry says what inferd does with it:
+ *   FIELD_USED:    parsed and implemented (the parsers below read it);
+ *   FIELD_NOOP:    accepted, and doing nothing is what it asks of a server
+ *                  without the feature it concerns (see each `why`);
+ *   FIELD_REFUSED: a 400 naming it whenever it is given (null counts as not
+ *                  given, as for every field). Entries marked "other branch"
+ *                  are implemented on the structured-output and tools
+ *                  branches of issue 13, which turn them into FIELD_USED.
+ * `where` is the endpoints the entry is for. */
+enum field_status { FIELD_USED, FIELD_NOOP, FIELD_REFUSED };
+enum {
+    F_CHAT = API_FIELDS_CHAT,
+    F_COMPL = API_FIELDS_COMPLETION,
+    F_TOKENIZE = API_FIELDS_TOKENIZE,
+    F_DETOKENIZE = API_FIELDS_DETOKENIZE,
+    F_GEN = F_CHAT | F_COMPL,
+};
+static const struct api_field {
+    const char *name;
+    unsigned where;
+    enum field_status status;
+    const char *why; /* FIELD_NOOP: why nothing is right; FIELD_REFUSED: the message's reason */
+} api_fields[] = {
+    {"model", F_GEN | F_TOKENIZE | F_DETOKENIZE, FIELD_USED, NULL},
+    {"messages", F_CHAT, FIELD_USED, NULL},
+    {"prompt", F_COMPL | F_TOKENIZE, FIELD_USED, NULL},
+    {"content", F_TOKENIZE, FIELD_USED, NULL},
+    {"add_special", F_TOKENIZE, FIELD_USED, NULL},
+    {"tokens", F_DETOKENIZE, FIELD_USED, NULL},
+    {"max_tokens", F_GEN, FIELD_USED, NULL},
+    {"max_completion_tokens", F_CHAT, FIELD_USED, NULL},
+    {"temperature", F_GEN, FIELD_USED, NULL},
+    {"top_p", F_GEN, FIELD_USED, NULL},
+    {"top_k", F_GEN, FIELD_USED, NULL},
+    {"min_p", F_GEN, FIELD_USED, NULL},
+    {"presence_penalty", F_GEN, FIELD_USED, NULL},
+    {"frequency_penalty", F_GEN, FIELD_USED, NULL},
+    {"repetition_penalty", F_GEN, FIELD_USED, NULL},
+    {"repeat_penalty", F_GEN, FIELD_USED, NULL},
+    {"logit_bias", F_GEN, FIELD_USED, NULL},
+    {"seed", F_GEN, FIELD_USED, NULL},
+    {"n", F_GEN, FIELD_USED, NULL},
+    {"stop", F_GEN, FIELD_USED, NULL},
+    {"logprobs", F_GEN, FIELD_USED, NULL},
+    {"top_logprobs", F_CHAT, FIELD_USED, NULL},
+    {"stream", F_GEN, FIELD_USED, NULL},
+    {"stream_options", F_GEN, FIELD_USED, NULL},
+    {"echo", F_COMPL, FIELD_USED, NULL},
+    {"best_of", F_COMPL, FIELD_USED, NULL},
+    {"store", F_CHAT, FIELD_USED, NULL},      /* false only: nothing is stored */
+    {"service_tier", F_GEN, FIELD_USED, NULL}, /* "auto" / "default" only: there is one tier */
+    /* Identifiers for the provider's abuse monitoring and cache routing, and
+     * tags for stored completions: they ask nothing of the output, and a
+     * server that monitors, routes and stores nothing honours them by doing
+     * nothing. */
+    {"user", F_GEN, FIELD_NOOP, "an end-user id for abuse monitoring"},
+    {"safety_identifier", F_GEN, FIELD_NOOP, "an end-user id for abuse monitoring"},
+    {"prompt_cache_key", F_GEN, FIELD_NOOP, "a cache-routing hint; one process serves every request"},
+    {"metadata", F_GEN, FIELD_NOOP, "tags for stored completions; nothing is stored"},
+    /* Asked of the output, and not done: refused. */
+    {"suffix", F_COMPL, FIELD_REFUSED, "text insertion (suffix) is not implemented"},
+    {"modalities", F_CHAT, FIELD_REFUSED, "only text output exists"},
+    {"audio", F_CHAT, FIELD_REFUSED, "there is no audio output"},
+    {"prediction", F_CHAT, FIELD_REFUSED, "predicted outputs are not implemented"},
+    {"web_search_options", F_CHAT, FIELD_REFUSED, "there is no web search"},
+    {"functions", F_CHAT, FIELD_REFUSED, "the deprecated functions API is not implemented; use tools"},
+    {"function_call", F_CHAT, FIELD_REFUSED, "the deprecated functions API is not implemented; use tool_choice"},
+    {"verbosity", F_CHAT, FIELD_REFUSED, "output verbosity control is not implemented"},
+    /* Other branch (issue 13 part 2, structured output). */
+    {"response_format", F_GEN, FIELD_REFUSED, "structured output is not implemented yet"},
+    {"grammar", F_GEN, FIELD_REFUSED, "grammars are not implemented yet"},
+    {"json_schema", F_GEN, FIELD_REFUSED, "structured output is not implemented yet"},
+    {"guided_json", F_GEN, FIELD_REFUSED, "structured output is not implemented yet"},
+    {"guided_regex", F_GEN, FIELD_REFUSED, "structured output is not implemented yet"},
+    {"guided_choice", F_GEN, FIELD_REFUSED, "structured output is not implemented yet"},
+    {"guided_grammar", F_GEN, FIELD_REFUSED, "grammars are not implemented yet"},
+    /* Other branch (issue 13 parts 1 and 4, tools and reasoning). */
+    {"tools", F_CHAT, FIELD_REFUSED, "tool calling is not implemented yet"},
+    {"tool_choice", F_CHAT, FIELD_REFUSED, "tool calling is not implemented yet"},
+    {"parallel_tool_calls", F_CHAT, FIELD_REFUSED, "tool calling is not implemented yet"},
+    {"chat_template_kwargs", F_CHAT, FIELD_REFUSED, "chat template arguments are not implemented yet"},
+    {"reasoning_effort", F_CHAT, FIELD_REFUSED, "reasoning control is not implemented yet"},
+};
+
+/* 400 for the first field of the body that this endpoint does not take. */
+static int check_fields(const cJSON *root, unsigned where, struct api_error *e)
+{
+    const cJSON *it;
+    cJSON_ArrayForEach(it, root) {
+        const struct api_field *f = NULL;
+        for (size_t i = 0; i < sizeof(api_fields) / sizeof(api_fields[0]) && !f; i++)
+            if ((api_fields[i].where & where) && strcmp(api_fields[i].name, it->string) == 0)
+                f = &api_fields[i];
+        if (!f)
+            return BAD(e, it->string, "'%.40s' is not supported by inferd (unknown field)", it->string);
+        if (f->status == FIELD_REFUSED && !is_absent(it))
+            return BAD(e, it->string, "'%s' is not supported by inferd: %s", f->name, f->why);
+    }
+    return 0;
+}
+
+bool api_field_known(const char *name, unsigned endpoint_mask, bool *ret_refused)
+{
+    for (size_t i = 0; i < sizeof(api_fields) / sizeof(api_fields[0]); i++)
+        if ((api_fields[i].where & endpoint_mask) && strcmp(api_fields[i].name, name) == 0) {
+            if (ret_refused)
+                *ret_refused = api_fields[i].status == FIELD_REFUSED;
+            return true;
+        }
+    return false;
+}
+
+/* logit_bias: {"token id": bias in -100..100}, at most API_MAX_LOGIT_BIAS. */
+static int parse_logit_bias(struct api_request *r, const cJSON *root, int vocab_size, struct api_error *e)
+{
+    const cJSON *lb = cJSON_GetObjectItemCaseSensitive(root, "logit_bias");
+    if (is_absent(lb))
+        return 0;
+    if (!cJSON_IsObject(lb))
+        return BAD(e, "logit_bias", "'logit_bias' must be an object mapping token ids to numbers");
+    int n = cJSON_GetArraySize(lb);
+    if (n > API_MAX_LOGIT_BIAS)
+        return BAD(e, "logit_bias", "'logit_bias' has %d entries; at most %d", n, API_MAX_LOGIT_BIAS);
+    if (n == 0)
+        return 0;
+    if (!(r->logit_bias = calloc((size_t)n, sizeof(*r->logit_bias))))
+        return BAD(e, "logit_bias", "out of memory");
+    const cJSON *it;
+    cJSON_ArrayForEach(it, lb) {
+        char param[64];
+        snprintf(param, sizeof(param), "logit_bias.%.40s", it->string);
+        const char *k = it->string;
+        char *end = NULL;
+        errno = 0;
+        long id = strtol(k, &end, 10);
+        if (!k[0] || *end || k[0] == '+' || k[0] == ' ' || errno == ERANGE || id < 0 || id > INT32_MAX)
+            return BAD(e, param, "logit_bias keys must be token ids (decimal integers), not '%.40s'", k);
+        if (vocab_size > 0 && id >= vocab_size)
+            return BAD(e, param, "token id %ld is outside the vocabulary (0..%d)", id, vocab_size - 1);
+        if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) || it->valuedouble < -100 || it->valuedouble > 100)
+            return BAD(e, param, "logit_bias values must be numbers from -100 to 100");
+        for (int j = 0; j < r->n_logit_bias; j++)
+            if (r->logit_bias[j].token == (int32_t)id)
+                return BAD(e, param, "token id %ld is given twice in logit_bias", id);
+        r->logit_bias[r->n_logit_bias++] = (struct api_logit_bias){(int32_t)id, (float)it->valuedouble};
+    }
+    return 0;
+}
+
+int api_check_logit_bias(const struct api_request *r, int vocab_size, struct api_error *e)
+{
+    for (int i = 0; i < r->n_logit_bias; i++)
+        if (r->logit_bias[i].token >= vocab_size) {
+            char param[48];
+            snprintf(param, sizeof(param), "logit_bias.%d", r->logit_bias[i].token);
+            return BAD(e, param, "token id %d is outside the vocabulary (0..%d)", r->logit_bias[i].token,
+                       vocab_size - 1);
+        }
+    return 0;
+}
+
+/* The fields whose values, not only presence, decide whether inferd can
+ * honour them. */
+static int parse_value_checked(struct api_request *r, const cJSON *root, struct api_error *e)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "store");
+    if (!is_absent(v) && !cJSON_IsBool(v))
+        return BAD(e, "store", "'store' must be a boolean");
+    if (cJSON_IsTrue(v))
+        return BAD(e, "store", "'store': true is not supported by inferd: completions are not stored");
+    v = cJSON_GetObjectItemCaseSensitive(root, "service_tier");
+    if (!is_absent(v) && (!cJSON_IsString(v) || (strcmp(v->valuestring, "auto") != 0 &&
+                                                 strcmp(v->valuestring, "default") != 0)))
+        return BAD(e, "service_tier", "'service_tier' must be \"auto\" or \"default\": inferd has one tier");
+    bool echo = false;
+    int rc;
+    if ((rc = get_bool(root, "echo", &echo, e)) < 0)
+        return rc;
+    if (echo)
+        return BAD(e, "echo", "'echo' is not supported by inferd yet");
+    int64_t best_of = 1;
+    if ((rc = get_int(root, "best_of", 1, API_MAX_N, &best_of, e)) < 0)
+        return rc;
+    /* best_of equal to n picks every candidate: the same as not asking. */
+    if (rc > 0 && best_of != r->n)
+        return BAD(e, "best_of", "'best_of' other than n is not supported by inferd (ranking candidates "
+                                 "by likelihood is not implemented)");
+    return 0;
+}
+
 int api_check_token_ids(const int32_t *ids, size_t n, int vocab_size, const char *param, struct api_error *e)
 {
     for (size_t i = 0; i < n; i++)
@@ -456,6 +650,8 @@ int api_request_parse(enum api_kind kind, const char *body, size_t len, int voca
         rc = BAD(e, NULL, "request body must be a JSON object");
         goto fail;
     }
+    if ((rc = check_fields(root, kind == API_KIND_CHAT ? F_CHAT : F_COMPL, e)) < 0)
+        goto fail;
     if ((rc = get_model(root, &r.model, e)) < 0)
         goto fail;
     if (kind == API_KIND_CHAT)
@@ -503,19 +699,39 @@ int api_request_parse(enum api_kind kind, const char *body, size_t len, int voca
         goto fail;
     if (rc > 0)
         r.sampling.repetition_penalty = (float)d;
+    /* llama.cpp's spelling of the same penalty. */
+    double d2;
+    int rc2;
+    if ((rc2 = get_number(root, "repeat_penalty", 0, 10, true, &d2, e)) < 0) {
+        rc = rc2;
+        goto fail;
+    }
+    if (rc2 > 0 && rc > 0 && d2 != d) {
+        rc = BAD(e, "repeat_penalty", "'repeat_penalty' and 'repetition_penalty' are the same penalty; "
+                                      "they were given different values (%g, %g)", d2, d);
+        goto fail;
+    }
+    if (rc2 > 0)
+        r.sampling.repetition_penalty = (float)d2;
+    if ((rc = parse_logit_bias(&r, root, vocab_size, e)) < 0)
+        goto fail;
     /* Seeds are 64-bit in spirit; a double holds integers exactly to 2^53. */
     if ((rc = get_int(root, "seed", -9007199254740992.0, 9007199254740992.0, &i64, e)) < 0)
         goto fail;
-    if (rc > 0) {
+    /* -1 asks for a random seed, as llama.cpp's server takes it. */
+    if (rc > 0 && i64 != -1) {
         r.sampling.seed = (uint64_t)i64;
         seed_given = true;
     }
-    if ((rc = get_int(root, "n", 1, 128, &i64, e)) < 0)
+    r.n = 1;
+    if ((rc = get_int(root, "n", 1, API_MAX_N, &i64, e)) < 0)
         goto fail;
     if (rc > 0 && i64 != 1) {
-        rc = BAD(e, "n", "only n = 1 is supported");
+        rc = BAD(e, "n", "'n' other than 1 is not supported by inferd yet");
         goto fail;
     }
+    if ((rc = parse_value_checked(&r, root, e)) < 0)
+        goto fail;
     if ((rc = parse_stop(&r, root, e)) < 0)
         goto fail;
     if ((rc = parse_logprobs(&r, root, e)) < 0)
@@ -535,6 +751,21 @@ int api_request_parse(enum api_kind kind, const char *body, size_t len, int voca
                 goto fail;
             }
             r.include_usage = cJSON_IsTrue(iu);
+        }
+        /* As OpenAI: options of a stream that is not asked for are an error. */
+        if (!r.stream) {
+            rc = BAD(e, "stream_options", "'stream_options' is only allowed when 'stream' is true");
+            goto fail;
+        }
+        const cJSON *opt;
+        cJSON_ArrayForEach(opt, so) {
+            if (strcmp(opt->string, "include_usage") != 0) {
+                char param[64];
+                snprintf(param, sizeof(param), "stream_options.%.40s", opt->string);
+                rc = BAD(e, param, "'%.40s' is not supported by inferd (stream_options takes include_usage)",
+                         opt->string);
+                goto fail;
+            }
         }
     }
     if (!seed_given) {
@@ -563,6 +794,7 @@ void api_request_finish(struct api_request *r)
     free(r->prompt_ids);
     for (int i = 0; i < r->n_stop; i++)
         free(r->stop[i]);
+    free(r->logit_bias);
     memset(r, 0, sizeof(*r));
 }
 
@@ -594,6 +826,10 @@ int api_tokenize_parse(const char *body, size_t len, char **ret_text, bool *ret_
     cJSON *root = parse_object(body, len, e);
     if (!root)
         return -EINVAL;
+    if (check_fields(root, F_TOKENIZE, e) < 0) {
+        cJSON_Delete(root);
+        return -EINVAL;
+    }
     const char *name = "content";
     const cJSON *c = cJSON_GetObjectItemCaseSensitive(root, "content");
     if (!c) {
@@ -633,6 +869,8 @@ int api_detokenize_parse(const char *body, size_t len, int vocab_size, int32_t *
     if (!root)
         return -EINVAL;
     int rc;
+    if ((rc = check_fields(root, F_DETOKENIZE, e)) < 0)
+        goto out;
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "tokens");
     if (!cJSON_IsArray(t)) {
         rc = BAD(e, "tokens", "'tokens' must be an array of token ids");
@@ -733,7 +971,9 @@ static cJSON *chat_token_json(int32_t id, float lp, const struct api_token_namer
     return o;
 }
 
-static cJSON *logprobs_json(enum api_kind kind, const struct api_logprob *lp, int n, size_t text_offset0,
+/* text_offset: in, the offset of the first token's text in the choice's
+ * text; out, past the last token's (completions format only). */
+static cJSON *logprobs_json(enum api_kind kind, const struct api_logprob *lp, int n, size_t *text_offset,
                             const struct api_token_namer *namer)
 {
     cJSON *root = cJSON_CreateObject();
@@ -753,7 +993,7 @@ static cJSON *logprobs_json(enum api_kind kind, const struct api_logprob *lp, in
     cJSON *tlp = cJSON_AddArrayToObject(root, "token_logprobs");
     cJSON *top = cJSON_AddArrayToObject(root, "top_logprobs");
     cJSON *offs = cJSON_AddArrayToObject(root, "text_offset");
-    size_t off = text_offset0;
+    size_t off = *text_offset;
     for (int i = 0; i < n; i++) {
         size_t len = 0;
         char *name = namer->name(namer->ctx, lp[i].token, &len);
@@ -776,6 +1016,7 @@ static cJSON *logprobs_json(enum api_kind kind, const struct api_logprob *lp, in
         }
         cJSON_AddItemToArray(top, alts);
     }
+    *text_offset = off;
     return root;
 }
 
@@ -806,8 +1047,9 @@ char *api_response_json(const struct api_response_meta *m, const char *text, siz
     } else {
         cJSON_AddItemToObject(c, "text", text_json(text, text_len));
     }
+    size_t off0 = 0;
     if (want_logprobs)
-        cJSON_AddItemToObject(c, "logprobs", logprobs_json(m->kind, lp, n_lp, 0, namer));
+        cJSON_AddItemToObject(c, "logprobs", logprobs_json(m->kind, lp, n_lp, &off0, namer));
     else
         cJSON_AddNullToObject(c, "logprobs");
     cJSON_AddStringToObject(c, "finish_reason", finish_reason);
@@ -843,11 +1085,21 @@ char *api_chunk_sse(const struct api_response_meta *m, bool role_chunk, const ch
                     const char *finish_reason, const struct api_logprob *lp, int n_lp, bool want_logprobs,
                     bool include_usage, const struct api_token_namer *namer, size_t *ret_len)
 {
+    struct api_chunk_pos pos = {0, 0};
+    return api_chunk_sse_at(m, &pos, role_chunk, text, text_len, finish_reason, lp, n_lp, want_logprobs,
+                            include_usage, namer, ret_len);
+}
+
+char *api_chunk_sse_at(const struct api_response_meta *m, struct api_chunk_pos *pos, bool role_chunk,
+                       const char *text, size_t text_len, const char *finish_reason, const struct api_logprob *lp,
+                       int n_lp, bool want_logprobs, bool include_usage, const struct api_token_namer *namer,
+                       size_t *ret_len)
+{
     cJSON *root = cJSON_CreateObject();
     add_meta(root, m, m->kind == API_KIND_CHAT ? "chat.completion.chunk" : "text_completion");
     cJSON *choices = cJSON_AddArrayToObject(root, "choices");
     cJSON *c = cJSON_CreateObject();
-    cJSON_AddNumberToObject(c, "index", 0);
+    cJSON_AddNumberToObject(c, "index", pos->index);
     if (m->kind == API_KIND_CHAT) {
         cJSON *delta = cJSON_AddObjectToObject(c, "delta");
         if (role_chunk) {
@@ -860,7 +1112,7 @@ char *api_chunk_sse(const struct api_response_meta *m, bool role_chunk, const ch
         cJSON_AddItemToObject(c, "text", text_json(text, text_len));
     }
     if (want_logprobs && n_lp > 0)
-        cJSON_AddItemToObject(c, "logprobs", logprobs_json(m->kind, lp, n_lp, 0, namer));
+        cJSON_AddItemToObject(c, "logprobs", logprobs_json(m->kind, lp, n_lp, &pos->text_offset, namer));
     else
         cJSON_AddNullToObject(c, "logprobs");
     if (finish_reason)

@@ -2,7 +2,10 @@
  *
  * Parsing validates field by field: a wrong type or value is an api_error
  * carrying the HTTP status and the OpenAI error envelope (message, type,
- * param, code). Unknown fields are ignored, as OpenAI-compatible servers do.
+ * param, code). Every field a body may carry is in one table in api.c
+ * (api_fields): implemented, an explicit no-op, or refused; anything else,
+ * an unknown field included, is a 400 naming it, so that nothing a client
+ * asks for is accepted and silently ignored.
  * Serialization builds the response JSON and the SSE chunks. This file knows
  * no tokenizer and no engine: the scheduler hands it text, token strings and
  * numbers, so it is unit-tested alone (tests/daemon/test_api.c). */
@@ -24,6 +27,14 @@
 #define API_MAX_TOP_LOGPROBS 20   /* as OpenAI */
 #define API_MAX_PROMPT_IDS (1 << 20)
 #define API_MAX_JSON_DEPTH 64
+#define API_MAX_LOGIT_BIAS 300    /* entries, as OpenAI */
+#define API_MAX_N 16              /* choices per request */
+
+/* One logit_bias entry: added to the token's logit before sampling. */
+struct api_logit_bias {
+    int32_t token;
+    float bias;                   /* -100 .. 100 */
+};
 
 enum api_kind {
     API_KIND_CHAT = 0,   /* /v1/chat/completions */
@@ -59,6 +70,9 @@ struct api_request {
     int top_logprobs;          /* 0..API_MAX_TOP_LOGPROBS */
     bool stream;
     bool include_usage;        /* stream_options.include_usage */
+    struct api_logit_bias *logit_bias; /* [n_logit_bias], distinct tokens, owned */
+    int n_logit_bias;          /* 0 .. API_MAX_LOGIT_BIAS */
+    int n;                     /* choices: 1 .. API_MAX_N */
 };
 
 /* Parses and validates a body. `vocab_size` bounds token ids (0 = unchecked).
@@ -71,6 +85,17 @@ void api_request_finish(struct api_request *r); /* accepts a zeroed struct */
  * with vocab_size 0 and checks the ids against the named model's vocabulary
  * afterwards; the message and param are those of the parse-time check. */
 int api_check_token_ids(const int32_t *ids, size_t n, int vocab_size, const char *param, struct api_error *err);
+/* The same for the token ids of r->logit_bias. */
+int api_check_logit_bias(const struct api_request *r, int vocab_size, struct api_error *err);
+
+/* Endpoints for api_field_known's mask. */
+#define API_FIELDS_CHAT 1u
+#define API_FIELDS_COMPLETION 2u
+#define API_FIELDS_TOKENIZE 4u
+#define API_FIELDS_DETOKENIZE 8u
+/* Whether the table of known fields has `name` for one of the endpoints in
+ * the mask; *ret_refused (optional) says whether giving it is a 400. */
+bool api_field_known(const char *name, unsigned endpoint_mask, bool *ret_refused);
 
 /* /tokenize {"content": "...", "add_special": bool, "model": "..."} or
  * {"prompt": ...}; /detokenize {"tokens": [ids], "model": "..."}. *ret_model
@@ -134,6 +159,19 @@ char *api_response_json(const struct api_response_meta *m, const char *text, siz
 char *api_chunk_sse(const struct api_response_meta *m, bool role_chunk, const char *text, size_t text_len,
                     const char *finish_reason, const struct api_logprob *lp, int n_lp, bool want_logprobs,
                     bool include_usage, const struct api_token_namer *namer, size_t *ret_len);
+/* Where a streamed chunk sits in its response: the choice it belongs to,
+ * and the text_offset of its first logprob token (completions), which the
+ * call advances past the chunk's tokens so that offsets run on over the
+ * stream as in the non-streaming answer. */
+struct api_chunk_pos {
+    int index;
+    size_t text_offset;
+};
+/* api_chunk_sse for choice pos->index, offsets from pos->text_offset. */
+char *api_chunk_sse_at(const struct api_response_meta *m, struct api_chunk_pos *pos, bool role_chunk,
+                       const char *text, size_t text_len, const char *finish_reason, const struct api_logprob *lp,
+                       int n_lp, bool want_logprobs, bool include_usage, const struct api_token_namer *namer,
+                       size_t *ret_len);
 /* The final usage chunk (empty choices). */
 char *api_usage_sse(const struct api_response_meta *m, const struct api_usage *usage, size_t *ret_len);
 /* An error inside a stream, e.g. at shutdown: "data: {"error":...}\n\n". */

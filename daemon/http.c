@@ -155,6 +155,7 @@ struct conn {
     int lp_sent;
     enum stream_phase phase;
     struct api_response_meta meta;
+    struct api_chunk_pos pos;   /* streaming: choice index, text_offset so far */
     char id[64];
     bool include_usage, want_logprobs;
     char *buf;                  /* SSE bytes ready for MHD */
@@ -965,9 +966,9 @@ static void stream_produce(struct conn *k)
     k->tokens_in = k->out.prompt_tokens;
     /* The last content chunk carries finish_reason (an empty delta if need be). */
     if (new_text > 0 || new_lp > 0 || (k->out.done && !failed)) {
-        ev = api_chunk_sse(&k->meta, false, k->out.text + k->out_sent, new_text,
-                           k->out.done && !failed ? k->out.finish_reason : NULL, k->out.lp + k->lp_sent, new_lp,
-                           k->want_logprobs, k->include_usage, &namer, &n);
+        ev = api_chunk_sse_at(&k->meta, &k->pos, false, k->out.text + k->out_sent, new_text,
+                              k->out.done && !failed ? k->out.finish_reason : NULL, k->out.lp + k->lp_sent, new_lp,
+                              k->want_logprobs, k->include_usage, &namer, &n);
         conn_append_buf(k, ev, n);
     }
     k->out_sent = k->out.text_len;
@@ -1024,6 +1025,8 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
     int r = take_model(k, rq.model, &e);
     if (r >= 0 && rq.prompt_ids)
         r = api_check_token_ids(rq.prompt_ids, rq.n_prompt_ids, k->model->n_vocab, "prompt", &e);
+    if (r >= 0)
+        r = api_check_logit_bias(&rq, k->model->n_vocab, &e);
     if (r < 0) {
         ret = respond_model_error(c, k, r, &e);
         api_request_finish(&rq);
@@ -1053,6 +1056,7 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
     struct sched_req_params p = {
         .prompt = ids.ids, .n_prompt = ids.n, .max_tokens = rq.max_tokens, .sampling = rq.sampling,
         .stop = rq.stop, .n_stop = rq.n_stop, .logprobs = rq.logprobs, .top_logprobs = rq.top_logprobs,
+        .logit_bias = rq.logit_bias, .n_logit_bias = rq.n_logit_bias,
     };
     ifd_error err = {{0}};
     r = sched_submit(m->sched, &p, &k->req, &err);

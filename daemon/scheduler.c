@@ -34,6 +34,8 @@ struct sched_req {
     int n_stop;
     bool logprobs;
     int top_logprobs;
+    struct api_logit_bias *logit_bias; /* [n_logit_bias] */
+    int n_logit_bias;
     double t_submit;
 
     /* Published state, under s->mu. */
@@ -104,6 +106,10 @@ struct sched {
 
 static void *sched_thread_main(void *arg);
 
+/* Prompt ids fed to a detokenizer before the output (see seq_admit): more
+ * than a character or a decoder's leading-space rule ever spans. */
+#define SCHED_PROMPT_CONTEXT 8
+
 static void req_free(struct sched_req *r)
 {
     pthread_cond_destroy(&r->cv);
@@ -112,6 +118,7 @@ static void req_free(struct sched_req *r)
         free(r->stop[i]);
     free(r->out_text);
     free(r->out_lp);
+    free(r->logit_bias);
     free(r);
 }
 
@@ -252,6 +259,18 @@ int sched_submit(struct sched *s, const struct sched_req_params *p, struct sched
     }
     r->logprobs = p->logprobs;
     r->top_logprobs = p->top_logprobs;
+    for (int i = 0; i < p->n_logit_bias; i++)
+        if (p->logit_bias[i].token < 0 || p->logit_bias[i].token >= s->n_vocab) {
+            req_free(r);
+            return ifd_error_set(err, -EINVAL, "logit_bias token id %d is outside the vocabulary",
+                                 p->logit_bias[i].token);
+        }
+    if (p->n_logit_bias > 0) {
+        if (!(r->logit_bias = malloc(sizeof(*r->logit_bias) * (size_t)p->n_logit_bias)))
+            goto oom;
+        memcpy(r->logit_bias, p->logit_bias, sizeof(*r->logit_bias) * (size_t)p->n_logit_bias);
+        r->n_logit_bias = p->n_logit_bias;
+    }
     r->t_submit = ifd_now_s();
     r->refs = 2;
 
@@ -437,9 +456,15 @@ static int seq_admit(struct sched *s, struct sched_seq *q, struct sched_req *r)
      * space of the first token of a text, and a prompt may end inside a UTF-8
      * character. Feeding the prompt's tail to the detokenizer first (and
      * dropping its text) gives the generated tokens their context. */
-    size_t tail = r->n_prompt < 8 ? r->n_prompt : 8;
+    size_t tail = r->n_prompt < SCHED_PROMPT_CONTEXT ? r->n_prompt : SCHED_PROMPT_CONTEXT;
+    int32_t ctx[SCHED_PROMPT_CONTEXT];
+    size_t n_ctx = 0;
     for (size_t i = r->n_prompt - tail; i < r->n_prompt; i++)
-        tok_stream_push(q->ts, r->prompt[i], &q->pending, &q->pending_len, &q->pending_cap);
+        if (!tok_is_special(s->tok, r->prompt[i]))
+            ctx[n_ctx++] = r->prompt[i];
+    if (tok_stream_prime(q->ts, ctx, n_ctx) < 0) {
+        /* Out of memory: the text starts without its context. */
+    }
     q->pending_len = 0;
     q->req = r;
     q->n_fed = 0;
@@ -476,6 +501,10 @@ static void seq_on_token(struct sched *s, struct sched_seq *q, float *logits)
     struct sched_req *r = q->req;
     if (r->logprobs)
         memcpy(s->logits_copy, logits, sizeof(float) * (size_t)s->n_vocab);
+    /* logit_bias shifts what is sampled; logprobs stay the model's own
+     * (taken from the copy above), as vLLM reports them. */
+    for (int i = 0; i < r->n_logit_bias; i++)
+        logits[r->logit_bias[i].token] += r->logit_bias[i].bias;
     int32_t t;
     enum gen_finish fin = gen_seq_step(&q->gen, logits, q->n_past, &t);
     if (r->logprobs) {
@@ -487,8 +516,11 @@ static void seq_on_token(struct sched *s, struct sched_seq *q, float *logits)
     }
     q->next_token = t;
     q->generating = true;
-    /* a stop token's text is not part of the output */
-    if (fin != GEN_FINISH_STOP) {
+    /* a stop token's text is not part of the output, nor is any special
+     * token's: tok_decode spells normalized=true specials (TinyStories'
+     * <|start_story|>) as HF does even with skip_special, so they are
+     * dropped by their flag here */
+    if (fin != GEN_FINISH_STOP && !tok_is_special(s->tok, t)) {
         size_t before = q->pending_len;
         int n = tok_stream_push(q->ts, t, &q->pending, &q->pending_len, &q->pending_cap);
         if (n < 0)

@@ -41,6 +41,8 @@ struct sched_req_params {
     int n_stop;
     bool logprobs;
     int top_logprobs;
+    const struct api_logit_bias *logit_bias; /* [n_logit_bias], ids < n_vocab, copied */
+    int n_logit_bias;
 };
 
 /* What a request has produced so far, collected by sched_req_collect(). */

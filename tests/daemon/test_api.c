@@ -31,7 +31,8 @@ Test(api, chat_full_request)
         "\"max_tokens\":5,\"max_completion_tokens\":7,\"temperature\":0.5,\"top_p\":0.9,\"top_k\":40,\"min_p\":0.05,"
         "\"seed\":42,\"stop\":[\"END\",\"\\n\\n\"],\"presence_penalty\":0.5,\"frequency_penalty\":-0.5,"
         "\"repetition_penalty\":1.1,\"logprobs\":true,\"top_logprobs\":3,\"n\":1,\"stream\":true,"
-        "\"stream_options\":{\"include_usage\":true},\"unknown_field\":{\"ignored\":[1,2]}}";
+        "\"stream_options\":{\"include_usage\":true},\"user\":\"u-1\",\"metadata\":{\"k\":\"v\"},"
+        "\"store\":false,\"service_tier\":\"auto\"}";
     cr_assert_eq(parse_chat(body, &r, &e), 0, "%s", e.message);
     cr_assert_str_eq(r.model, "m");
     cr_assert_eq(cJSON_GetArraySize(r.messages), 4);
@@ -191,11 +192,12 @@ Test(api, deep_nesting_does_not_crash)
     free(body);
 }
 
-/* {"x": [[...[1]...]]} with `levels` levels in all, the object included. */
+/* {"metadata": [[...[1]...]]} with `levels` levels in all, the object
+ * included (metadata: a field whose value inferd does not read). */
 static char *nested_body(int levels)
 {
     char *body = malloc((size_t)levels * 2 + 64);
-    strcpy(body, "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"x\":");
+    strcpy(body, "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"metadata\":");
     size_t off = strlen(body);
     int arrays = levels - 1;
     memset(body + off, '[', (size_t)arrays);
@@ -211,7 +213,7 @@ Test(api, json_depth_limit_is_enforced_and_named)
 {
     struct api_request r;
     struct api_error e = {0};
-    /* At the limit: parsed (the unknown field is ignored). */
+    /* At the limit: parsed (metadata is a no-op). */
     char *ok = nested_body(API_MAX_JSON_DEPTH);
     cr_assert_eq(parse_chat(ok, &r, &e), 0, "%s", e.message);
     api_request_finish(&r);
@@ -403,4 +405,193 @@ Test(api, tokenize_bodies)
     b = "{\"tokens\":[-1]}";
     cr_assert_lt(api_detokenize_parse(b, strlen(b), 0, &ids, &n, &model, &e), 0);
     cr_assert(strstr(e.message, "from 0 to 2^31-1"), "%s", e.message);
+}
+
+#define MSG "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]"
+
+/* Issue 13 part 6: every field is implemented, an explicit no-op, or a 400
+ * naming it; nothing is accepted and ignored. */
+Test(api_fields, unknown_and_refused_fields_are_400_naming_them)
+{
+    static const struct bad cases[] = {
+        {API_KIND_CHAT, "{" MSG ",\"unknown_field\":{\"ignored\":[1,2]}}", "unknown_field"},
+        {API_KIND_CHAT, "{" MSG ",\"unknown_field\":null}", "unknown_field"},
+        {API_KIND_CHAT, "{" MSG ",\"response_format\":{\"type\":\"json_object\"}}", "response_format"},
+        {API_KIND_CHAT, "{" MSG ",\"tools\":[]}", "tools"},
+        {API_KIND_CHAT, "{" MSG ",\"guided_choice\":[\"a\"]}", "guided_choice"},
+        {API_KIND_CHAT, "{" MSG ",\"echo\":true}", "echo"},       /* completions only */
+        {API_KIND_CHAT, "{" MSG ",\"store\":true}", "store"},
+        {API_KIND_CHAT, "{" MSG ",\"service_tier\":\"flex\"}", "service_tier"},
+        {API_KIND_CHAT, "{" MSG ",\"audio\":{}}", "audio"},
+        {API_KIND_COMPLETION, "{\"prompt\":\"x\",\"suffix\":\"y\"}", "suffix"},
+        {API_KIND_COMPLETION, "{\"prompt\":\"x\",\"best_of\":3}", "best_of"},
+        {API_KIND_COMPLETION, "{\"prompt\":\"x\",\"max_completion_tokens\":3}", "max_completion_tokens"},
+        {API_KIND_COMPLETION, "{\"prompt\":\"x\",\"top_logprobs\":3}", "top_logprobs"},
+        /* stream_options without stream, as OpenAI */
+        {API_KIND_CHAT, "{" MSG ",\"stream_options\":{\"include_usage\":true}}", "stream_options"},
+        {API_KIND_CHAT, "{" MSG ",\"stream\":false,\"stream_options\":{}}", "stream_options"},
+        {API_KIND_CHAT, "{" MSG ",\"stream\":true,\"stream_options\":{\"continuous_usage_stats\":true}}",
+         "stream_options.continuous_usage_stats"},
+        /* repeat_penalty is repetition_penalty: two different values conflict */
+        {API_KIND_CHAT, "{" MSG ",\"repeat_penalty\":1.1,\"repetition_penalty\":1.2}", "repeat_penalty"},
+        {API_KIND_CHAT, "{" MSG ",\"repeat_penalty\":0}", "repeat_penalty"},
+        /* logit_bias */
+        {API_KIND_CHAT, "{" MSG ",\"logit_bias\":[1]}", "logit_bias"},
+        {API_KIND_CHAT, "{" MSG ",\"logit_bias\":{\"abc\":1}}", "logit_bias.abc"},
+        {API_KIND_CHAT, "{" MSG ",\"logit_bias\":{\"-1\":1}}", "logit_bias.-1"},
+        {API_KIND_CHAT, "{" MSG ",\"logit_bias\":{\"12x\":1}}", "logit_bias.12x"},
+        {API_KIND_CHAT, "{" MSG ",\"logit_bias\":{\"\":1}}", "logit_bias."},
+        {API_KIND_CHAT, "{" MSG ",\"logit_bias\":{\"1000\":1}}", "logit_bias.1000"},
+        {API_KIND_CHAT, "{" MSG ",\"logit_bias\":{\"5\":101}}", "logit_bias.5"},
+        {API_KIND_CHAT, "{" MSG ",\"logit_bias\":{\"5\":\"1\"}}", "logit_bias.5"},
+        {API_KIND_CHAT, "{" MSG ",\"logit_bias\":{\"5\":1,\"05\":2}}", "logit_bias.05"},
+        {API_KIND_CHAT, "{" MSG ",\"seed\":-1.5}", "seed"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct api_request r;
+        struct api_error e = {0};
+        int rc = api_request_parse(cases[i].kind, cases[i].body, strlen(cases[i].body), 1000, &r, &e);
+        cr_expect_lt(rc, 0, "case %zu (%s) accepted", i, cases[i].body);
+        if (rc >= 0) {
+            api_request_finish(&r);
+            continue;
+        }
+        cr_expect_eq(e.status, 400, "case %zu", i);
+        cr_expect_str_eq(e.param, cases[i].param, "case %zu (%s): %s", i, cases[i].body, e.message);
+    }
+    /* The message names the field, as the issue asks. */
+    struct api_request r;
+    struct api_error e = {0};
+    const char *b = "{" MSG ",\"tool_choice\":\"auto\"}";
+    cr_assert_lt(parse_chat(b, &r, &e), 0);
+    cr_expect(strstr(e.message, "'tool_choice' is not supported by inferd"), "%s", e.message);
+    b = "{" MSG ",\"frobnicate\":1}";
+    cr_assert_lt(parse_chat(b, &r, &e), 0);
+    cr_expect(strstr(e.message, "'frobnicate' is not supported by inferd"), "%s", e.message);
+}
+
+Test(api_fields, table_lookup)
+{
+    bool refused = true;
+    cr_expect(api_field_known("logit_bias", API_FIELDS_CHAT, &refused) && !refused);
+    cr_expect(api_field_known("user", API_FIELDS_COMPLETION, &refused) && !refused);
+    cr_expect(api_field_known("grammar", API_FIELDS_COMPLETION, &refused) && refused);
+    cr_expect(!api_field_known("echo", API_FIELDS_CHAT, NULL));
+    cr_expect(!api_field_known("frobnicate", API_FIELDS_CHAT | API_FIELDS_COMPLETION, NULL));
+    cr_expect(!api_field_known("messages", API_FIELDS_TOKENIZE, NULL));
+}
+
+Test(api_fields, noops_and_nulls_are_accepted)
+{
+    struct api_request r;
+    struct api_error e = {0};
+    /* null is "not given" for every field, refused ones included */
+    const char *b = "{" MSG ",\"tools\":null,\"response_format\":null,\"user\":\"x\",\"safety_identifier\":\"s\","
+                    "\"prompt_cache_key\":\"k\",\"metadata\":{},\"store\":false,\"service_tier\":\"default\","
+                    "\"n\":1,\"stream\":true,\"stream_options\":{\"include_usage\":false}}";
+    cr_assert_eq(parse_chat(b, &r, &e), 0, "%s", e.message);
+    cr_expect_eq(r.n, 1);
+    api_request_finish(&r);
+    cr_assert_eq(parse_cmpl("{\"prompt\":\"x\",\"echo\":false,\"best_of\":1,\"user\":\"u\"}", &r, &e), 0, "%s",
+                 e.message);
+    api_request_finish(&r);
+}
+
+Test(api_fields, logit_bias_repeat_penalty_seed)
+{
+    struct api_request r;
+    struct api_error e = {0};
+    const char *b = "{" MSG ",\"logit_bias\":{\"5\":-100,\"999\":100,\"0\":0.5},\"repeat_penalty\":1.3}";
+    cr_assert_eq(parse_chat(b, &r, &e), 0, "%s", e.message);
+    cr_assert_eq(r.n_logit_bias, 3);
+    cr_expect_eq(r.logit_bias[0].token, 5);
+    cr_expect_float_eq(r.logit_bias[0].bias, -100.0f, 1e-6);
+    cr_expect_eq(r.logit_bias[1].token, 999);
+    cr_expect_float_eq(r.logit_bias[2].bias, 0.5f, 1e-6);
+    cr_expect_float_eq(r.sampling.repetition_penalty, 1.3f, 1e-6);
+    /* checked again once the model is known */
+    cr_expect_eq(api_check_logit_bias(&r, 1000, &e), 0);
+    cr_expect_lt(api_check_logit_bias(&r, 999, &e), 0);
+    cr_expect_str_eq(e.param, "logit_bias.999");
+    api_request_finish(&r);
+    /* the same value under both names is fine */
+    b = "{" MSG ",\"repeat_penalty\":1.2,\"repetition_penalty\":1.2}";
+    cr_assert_eq(parse_chat(b, &r, &e), 0, "%s", e.message);
+    api_request_finish(&r);
+
+    /* the limit on entries: 300 pass, 301 do not */
+    for (int n = 300; n <= 301; n++) {
+        char *body = malloc(32 + (size_t)n * 16 + sizeof(MSG));
+        size_t off = (size_t)sprintf(body, "{" MSG ",\"logit_bias\":{");
+        for (int i = 0; i < n; i++)
+            off += (size_t)sprintf(body + off, "%s\"%d\":1", i ? "," : "", i);
+        strcpy(body + off, "}}");
+        int rc = parse_chat(body, &r, &e);
+        if (n == 300) {
+            cr_expect_eq(rc, 0, "%s", e.message);
+            cr_expect_eq(r.n_logit_bias, 300);
+            api_request_finish(&r);
+        } else {
+            cr_expect_lt(rc, 0);
+            cr_expect_str_eq(e.param, "logit_bias");
+        }
+        free(body);
+    }
+
+    /* seed -1 asks for a random seed: two requests draw differently */
+    b = "{" MSG ",\"seed\":-1}";
+    uint64_t seeds[2];
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(parse_chat(b, &r, &e), 0, "%s", e.message);
+        seeds[i] = r.sampling.seed;
+        api_request_finish(&r);
+    }
+    cr_expect_neq(seeds[0], seeds[1]);
+    cr_expect_neq(seeds[0], (uint64_t)-1);
+    b = "{" MSG ",\"seed\":-2}";
+    cr_assert_eq(parse_chat(b, &r, &e), 0, "%s", e.message);
+    cr_expect_eq(r.sampling.seed, (uint64_t)-2, "other negative seeds are seeds");
+    api_request_finish(&r);
+}
+
+Test(api_fields, tokenize_bodies_take_only_their_fields)
+{
+    char *text = NULL, *model = NULL;
+    bool add = false;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    struct api_error e = {0};
+    const char *b = "{\"content\":\"hi\",\"with_pieces\":true}";
+    cr_assert_lt(api_tokenize_parse(b, strlen(b), &text, &add, &model, &e), 0);
+    cr_expect_str_eq(e.param, "with_pieces");
+    b = "{\"tokens\":[1],\"skip_special\":true}";
+    cr_assert_lt(api_detokenize_parse(b, strlen(b), 100, &ids, &n, &model, &e), 0);
+    cr_expect_str_eq(e.param, "skip_special");
+    b = "{\"tokens\":[1],\"model\":\"m\"}";
+    cr_assert_eq(api_detokenize_parse(b, strlen(b), 100, &ids, &n, &model, &e), 0, "%s", e.message);
+    free(ids);
+    free(model);
+}
+
+/* Issue 13 item 7: streamed completions' text_offset runs on over the
+ * stream, as in the non-streaming answer, and chunks carry their choice. */
+Test(api_fields, streamed_text_offsets_are_cumulative)
+{
+    struct api_token_namer namer = {fake_name, NULL};
+    struct api_response_meta mc = {API_KIND_COMPLETION, "cmpl-1", 1, "model-x"};
+    struct api_logprob lp[3] = {{.token = 3}, {.token = 12}, {.token = 7}};
+    struct api_chunk_pos pos = {2, 0};
+    size_t n;
+    static const int want[3] = {0, 2, 5}; /* "t3" "t12" then the 2-byte partial token */
+    for (int i = 0; i < 3; i++) {
+        char *s = api_chunk_sse_at(&mc, &pos, false, "x", 1, NULL, &lp[i], 1, true, false, &namer, &n);
+        cJSON *j = cJSON_Parse(s + 6);
+        cJSON *c0 = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+        cr_expect_eq(cJSON_GetObjectItem(c0, "index")->valueint, 2);
+        cJSON *offs = cJSON_GetObjectItem(cJSON_GetObjectItem(c0, "logprobs"), "text_offset");
+        cr_expect_eq(cJSON_GetArrayItem(offs, 0)->valueint, want[i], "chunk %d: %s", i, s);
+        cJSON_Delete(j);
+        free(s);
+    }
+    cr_expect_eq(pos.text_offset, 7);
 }
