@@ -90,6 +90,148 @@ bool api_key_matches(const char *const *keys, int n_keys, const char *auth)
     return match;
 }
 
+/* ---- U+0000 in JSON strings ----
+ *
+ * cJSON keeps a string as a NUL-terminated char *, so "\u0000" would cut
+ * the string there. Before parsing, each \u0000 escape is rewritten to
+ * \uFDDx, a noncharacter that occurs nowhere in the body (the same six
+ * bytes: offsets in error messages stay right); api_json_string turns it
+ * back into NUL with an explicit length. A body that holds all 32 of
+ * U+FDD0..U+FDEF and a \u0000 as well is refused. */
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : (c | 0x20) >= 'a' && (c | 0x20) <= 'f' ? (c | 0x20) - 'a' + 10 : -1;
+}
+
+/* Scans the body's escapes: marks the U+FDD0..U+FDEF it holds (raw or
+ * escaped) in *used, and returns how many \u0000 escapes it has. */
+static size_t json_scan_nul(const char *s, size_t len, uint32_t *used)
+{
+    size_t n_nul = 0;
+    bool in_str = false;
+    *used = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == 0xEF && i + 2 < len && (unsigned char)s[i + 1] == 0xB7 && (unsigned char)s[i + 2] >= 0x90 &&
+            (unsigned char)s[i + 2] <= 0xAF)
+            *used |= 1u << ((unsigned char)s[i + 2] - 0x90);
+        if (!in_str) {
+            in_str = c == '"';
+            continue;
+        }
+        if (c == '"') {
+            in_str = false;
+        } else if (c == '\\' && i + 1 < len) {
+            if (s[i + 1] == 'u' && i + 5 < len) {
+                int cp = 0;
+                for (int k = 2; k < 6 && cp >= 0; k++) {
+                    int h = hexval(s[i + (size_t)k]);
+                    cp = h < 0 ? -1 : cp * 16 + h;
+                }
+                if (cp == 0)
+                    n_nul++;
+                else if (cp >= 0xFDD0 && cp <= 0xFDEF)
+                    *used |= 1u << (cp - 0xFDD0);
+                i += 5;
+            } else {
+                i++;
+            }
+        }
+    }
+    return n_nul;
+}
+
+cJSON *api_json_parse(const char *body, size_t len, const char **ret_end, uint32_t *ret_sentinel)
+{
+    uint32_t used;
+    *ret_sentinel = 0;
+    if (json_scan_nul(body, len, &used) == 0)
+        return cJSON_ParseWithLengthOpts(body, len, ret_end, false);
+    if (used == 0xFFFFFFFFu)
+        return NULL;
+    uint32_t cp = 0xFDD0;
+    while (used & (1u << (cp - 0xFDD0)))
+        cp++;
+    char *copy = malloc(len + 1);
+    if (!copy)
+        return NULL;
+    memcpy(copy, body, len);
+    copy[len] = '\0';
+    bool in_str = false;
+    for (size_t i = 0; i < len; i++) {
+        if (!in_str) {
+            in_str = copy[i] == '"';
+            continue;
+        }
+        if (copy[i] == '"') {
+            in_str = false;
+        } else if (copy[i] == '\\' && i + 1 < len) {
+            if (copy[i + 1] == 'u' && i + 5 < len && memcmp(copy + i + 2, "0000", 4) == 0) {
+                static const char hex[] = "0123456789ABCDEF";
+                for (int k = 0; k < 4; k++)
+                    copy[i + 2 + (size_t)k] = hex[(cp >> (12 - 4 * k)) & 0xF];
+            }
+            i += copy[i + 1] == 'u' ? 5 : 1;
+        }
+    }
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(copy, len, &end, false);
+    if (ret_end)
+        *ret_end = end ? body + (end - copy) : NULL;
+    free(copy);
+    if (root)
+        *ret_sentinel = cp;
+    return root;
+}
+
+char *api_json_string(const cJSON *v, uint32_t sentinel, size_t *ret_len)
+{
+    const char *src = v->valuestring;
+    size_t len = strlen(src);
+    char *out = malloc(len + 1);
+    if (!out)
+        return NULL;
+    char enc[4] = {0};
+    if (sentinel)
+        utf8_encode((int32_t)sentinel, enc);
+    size_t o = 0;
+    for (size_t i = 0; i < len;) {
+        if (sentinel && i + 3 <= len && memcmp(src + i, enc, 3) == 0) {
+            out[o++] = '\0';
+            i += 3;
+        } else {
+            out[o++] = src[i++];
+        }
+    }
+    out[o] = '\0';
+    *ret_len = o;
+    return out;
+}
+
+size_t api_nul_restore(char *text, size_t len, uint32_t sentinel, size_t *offsets, size_t n_offsets)
+{
+    if (!sentinel)
+        return len;
+    char enc[4] = {0};
+    utf8_encode((int32_t)sentinel, enc);
+    size_t o = 0, k = 0;
+    for (size_t i = 0; i <= len;) {
+        /* offsets are ascending: each moves with the byte it points at */
+        while (k < n_offsets && offsets[k] <= i)
+            offsets[k++] = o;
+        if (i == len)
+            break;
+        if (i + 3 <= len && memcmp(text + i, enc, 3) == 0) {
+            text[o++] = '\0';
+            i += 3;
+        } else {
+            text[o++] = text[i++];
+        }
+    }
+    return o;
+}
+
 /* ---- field readers: NULL / JSON null means "not given" ---- */
 
 static bool is_absent(const cJSON *v)
@@ -142,6 +284,9 @@ static int add_stop(struct api_request *r, const cJSON *v, const char *param, st
     if (!cJSON_IsString(v))
         return BAD(e, param, "'stop' must be a string or an array of strings");
     size_t len = strlen(v->valuestring);
+    char enc[4] = {0};
+    if (r->nul_sentinel && utf8_encode((int32_t)r->nul_sentinel, enc) > 0 && strstr(v->valuestring, enc))
+        return BAD(e, param, "stop strings must not contain U+0000");
     if (len == 0)
         return BAD(e, param, "stop strings must not be empty");
     if (len > API_MAX_STOP_LEN)
@@ -293,7 +438,7 @@ static int parse_prompt(struct api_request *r, const cJSON *root, int vocab_size
     if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 1 && cJSON_IsString(cJSON_GetArrayItem(p, 0)))
         p = cJSON_GetArrayItem(p, 0); /* ["text"]: a batch of one */
     if (cJSON_IsString(p)) {
-        if (!(r->prompt = strdup(p->valuestring)))
+        if (!(r->prompt = api_json_string(p, r->nul_sentinel, &r->prompt_len)))
             return BAD(e, "prompt", "out of memory");
         return 0;
     }
@@ -621,10 +766,11 @@ int api_request_parse(enum api_kind kind, const char *body, size_t len, int voca
     if (check_depth(body, len, e) < 0)
         return -EINVAL;
     const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, false);
+    uint32_t nul = 0;
+    cJSON *root = api_json_parse(body, len, &end, &nul);
     if (!root) {
         size_t off = end ? (size_t)(end - body) : 0;
-        if (cJSON_GetErrorPtr())
+        if (cJSON_GetErrorPtr() && !end)
             off = (size_t)(cJSON_GetErrorPtr() - body);
         return BAD(e, NULL, "request body is not valid JSON (near byte %zu)", off);
     }
@@ -636,6 +782,7 @@ int api_request_parse(enum api_kind kind, const char *body, size_t len, int voca
     struct api_request r;
     memset(&r, 0, sizeof(r));
     r.kind = kind;
+    r.nul_sentinel = nul;
     r.max_tokens = -1;
     r.sampling = (struct sampler_params){
         .temperature = 1.0f, .top_k = 0, .top_p = 1.0f, .min_p = 0.0f,
@@ -798,7 +945,7 @@ void api_request_finish(struct api_request *r)
     memset(r, 0, sizeof(*r));
 }
 
-static cJSON *parse_object(const char *body, size_t len, struct api_error *e)
+static cJSON *parse_object(const char *body, size_t len, uint32_t *ret_nul, struct api_error *e)
 {
     size_t bad;
     if (!api_utf8_valid(body, len, &bad)) {
@@ -807,7 +954,7 @@ static cJSON *parse_object(const char *body, size_t len, struct api_error *e)
     }
     if (check_depth(body, len, e) < 0)
         return NULL;
-    cJSON *root = cJSON_ParseWithLength(body, len);
+    cJSON *root = api_json_parse(body, len, NULL, ret_nul);
     if (!root) {
         (void)BAD(e, NULL, "request body is not valid JSON");
         return NULL;
@@ -820,10 +967,11 @@ static cJSON *parse_object(const char *body, size_t len, struct api_error *e)
     return root;
 }
 
-int api_tokenize_parse(const char *body, size_t len, char **ret_text, bool *ret_add_special, char **ret_model,
-                       struct api_error *e)
+int api_tokenize_parse(const char *body, size_t len, char **ret_text, size_t *ret_len, bool *ret_add_special,
+                       char **ret_model, struct api_error *e)
 {
-    cJSON *root = parse_object(body, len, e);
+    uint32_t nul = 0;
+    cJSON *root = parse_object(body, len, &nul, e);
     if (!root)
         return -EINVAL;
     if (check_fields(root, F_TOKENIZE, e) < 0) {
@@ -847,13 +995,15 @@ int api_tokenize_parse(const char *body, size_t len, char **ret_text, bool *ret_
     char *model = NULL;
     if ((rc = get_model(root, &model, e)) < 0)
         goto out;
-    char *t = strdup(c->valuestring);
+    size_t tlen = 0;
+    char *t = api_json_string(c, nul, &tlen);
     if (!t) {
         free(model);
         rc = BAD(e, name, "out of memory");
         goto out;
     }
     *ret_text = t;
+    *ret_len = tlen;
     *ret_model = model;
     *ret_add_special = add_special;
     rc = 0;
@@ -865,7 +1015,8 @@ out:
 int api_detokenize_parse(const char *body, size_t len, int vocab_size, int32_t **ret_ids, size_t *ret_n,
                          char **ret_model, struct api_error *e)
 {
-    cJSON *root = parse_object(body, len, e);
+    uint32_t nul = 0;
+    cJSON *root = parse_object(body, len, &nul, e);
     if (!root)
         return -EINVAL;
     int rc;

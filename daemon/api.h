@@ -59,7 +59,9 @@ struct api_request {
     enum api_kind kind;
     char *model;               /* NULL when absent */
     cJSON *messages;           /* chat: [{role, content: string}] normalized, owned */
-    char *prompt;              /* completion with a text prompt */
+    char *prompt;              /* completion with a text prompt: [prompt_len], may hold NUL */
+    size_t prompt_len;
+    uint32_t nul_sentinel;     /* 0, or the code point standing for U+0000 in messages (api_json_parse) */
     int32_t *prompt_ids;       /* completion with token ids: [n_prompt_ids] */
     size_t n_prompt_ids;
     int max_tokens;            /* -1: up to the context */
@@ -100,10 +102,24 @@ bool api_field_known(const char *name, unsigned endpoint_mask, bool *ret_refused
 /* /tokenize {"content": "...", "add_special": bool, "model": "..."} or
  * {"prompt": ...}; /detokenize {"tokens": [ids], "model": "..."}. *ret_model
  * is the optional model name (NULL when absent; caller frees). */
-int api_tokenize_parse(const char *body, size_t len, char **ret_text, bool *ret_add_special, char **ret_model,
-                       struct api_error *err);
+int api_tokenize_parse(const char *body, size_t len, char **ret_text, size_t *ret_len, bool *ret_add_special,
+                       char **ret_model, struct api_error *err);
 int api_detokenize_parse(const char *body, size_t len, int vocab_size, int32_t **ret_ids, size_t *ret_n,
                          char **ret_model, struct api_error *err);
+
+/* JSON text may carry U+0000 ("\u0000"), which cJSON's NUL-terminated
+ * strings cannot. api_json_parse parses like cJSON_ParseWithLengthOpts
+ * (without requiring the end: *ret_end for the trailing-data check) with
+ * each U+0000 stood for by *ret_sentinel, a noncharacter the body does not
+ * contain (0 when the body has no U+0000); NULL when the text is not JSON,
+ * or holds every candidate. api_json_string copies a string item with the
+ * NULs back (malloc'd, *ret_len bytes, NUL-terminated after them).
+ * api_nul_restore does that in place for text rendered from such strings
+ * (a chat template's output), moving the ascending byte offsets with the
+ * text; returns the new length. */
+cJSON *api_json_parse(const char *body, size_t len, const char **ret_end, uint32_t *ret_sentinel);
+char *api_json_string(const cJSON *v, uint32_t sentinel, size_t *ret_len);
+size_t api_nul_restore(char *text, size_t len, uint32_t sentinel, size_t *offsets, size_t n_offsets);
 
 /* Returns true when s[0..len) is valid UTF-8 (no overlongs, surrogates or
  * code points above U+10FFFF); otherwise false and the offset of the first

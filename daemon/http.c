@@ -783,8 +783,9 @@ static MHD_RESULT handle_tokenize(struct MHD_Connection *c, struct conn *k)
 {
     struct api_error e;
     char *text = NULL, *model = NULL;
+    size_t tlen = 0;
     bool add_special = true;
-    if (api_tokenize_parse(k->body, k->len, &text, &add_special, &model, &e) < 0)
+    if (api_tokenize_parse(k->body, k->len, &text, &tlen, &add_special, &model, &e) < 0)
         return respond_error(c, k, &e);
     int r = take_model(k, model, &e);
     free(model);
@@ -794,7 +795,7 @@ static MHD_RESULT handle_tokenize(struct MHD_Connection *c, struct conn *k)
     }
     /* Tokenizing costs about 0.6 s of CPU per MiB: capped, unlike prompts,
      * which the context length bounds after the fact. */
-    size_t cap = app_limits(k->app).max_tokenize_bytes, tlen = strlen(text);
+    size_t cap = app_limits(k->app).max_tokenize_bytes;
     if (tlen > cap) {
         free(text);
         api_error_set(&e, 413, "invalid_request_error", "content", "request_too_large",
@@ -803,7 +804,7 @@ static MHD_RESULT handle_tokenize(struct MHD_Connection *c, struct conn *k)
     }
     struct tok_ids ids = {0};
     ifd_error err = {{0}};
-    r = tok_encode(k->model->tok, text, strlen(text), add_special, &ids, &err);
+    r = tok_encode(k->model->tok, text, tlen, add_special, &ids, &err);
     free(text);
     if (r < 0) {
         tok_ids_finish(&ids);
@@ -898,6 +899,8 @@ static int build_prompt(const struct served_model *m, const struct api_request *
             api_error_set(e, 400, "invalid_request_error", "messages", NULL, "chat template: %s", err.msg);
             return r;
         }
+        /* U+0000 in the messages went through the template as a stand-in. */
+        len = api_nul_restore(text, len, rq->nul_sentinel, untrusted, 2 * n_untrusted);
         r = tok_encode_protected(m->tok, text, len, false, untrusted, n_untrusted, ids, &err);
         free(untrusted);
         free(text);
@@ -908,7 +911,7 @@ static int build_prompt(const struct served_model *m, const struct api_request *
         return 0;
     }
     if (rq->prompt) {
-        r = tok_encode(m->tok, rq->prompt, strlen(rq->prompt), true, ids, &err);
+        r = tok_encode(m->tok, rq->prompt, rq->prompt_len, true, ids, &err);
         if (r < 0) {
             api_error_set(e, 400, "invalid_request_error", "prompt", NULL, "%s", err.msg);
             return r;

@@ -227,9 +227,10 @@ Test(api, json_depth_limit_is_enforced_and_named)
     cr_assert(strstr(e.message, want), "%s", e.message);
     /* The same for /tokenize and /detokenize bodies. */
     char *text = NULL;
+    size_t tl = 0;
     bool add = true;
     char *model = NULL;
-    cr_assert_lt(api_tokenize_parse(deep, strlen(deep), &text, &add, &model, &e), 0);
+    cr_assert_lt(api_tokenize_parse(deep, strlen(deep), &text, &tl, &add, &model, &e), 0);
     cr_assert(strstr(e.message, want), "%s", e.message);
     int32_t *ids = NULL;
     size_t n = 0;
@@ -362,26 +363,27 @@ Test(api, response_and_chunks)
 
 Test(api, tokenize_bodies)
 {
+    size_t tl = 0;
     char *text = NULL, *model = NULL;
     bool add = false;
     struct api_error e = {0};
     const char *b = "{\"content\":\"hi\",\"add_special\":false}";
-    cr_assert_eq(api_tokenize_parse(b, strlen(b), &text, &add, &model, &e), 0, "%s", e.message);
+    cr_assert_eq(api_tokenize_parse(b, strlen(b), &text, &tl, &add, &model, &e), 0, "%s", e.message);
     cr_assert_str_eq(text, "hi");
     cr_assert(!add);
     cr_assert_null(model);
     free(text);
     b = "{\"content\":\"hi\",\"model\":\"small\"}";
-    cr_assert_eq(api_tokenize_parse(b, strlen(b), &text, &add, &model, &e), 0, "%s", e.message);
+    cr_assert_eq(api_tokenize_parse(b, strlen(b), &text, &tl, &add, &model, &e), 0, "%s", e.message);
     cr_assert_str_eq(model, "small");
     free(text);
     free(model);
     model = NULL;
     b = "{\"content\":\"hi\",\"model\":3}";
-    cr_assert_lt(api_tokenize_parse(b, strlen(b), &text, &add, &model, &e), 0);
+    cr_assert_lt(api_tokenize_parse(b, strlen(b), &text, &tl, &add, &model, &e), 0);
     cr_assert_str_eq(e.param, "model");
     b = "{\"content\":1}";
-    cr_assert_lt(api_tokenize_parse(b, strlen(b), &text, &add, &model, &e), 0);
+    cr_assert_lt(api_tokenize_parse(b, strlen(b), &text, &tl, &add, &model, &e), 0);
     cr_assert_str_eq(e.param, "content");
     int32_t *ids = NULL;
     size_t n = 0;
@@ -556,13 +558,14 @@ Test(api_fields, logit_bias_repeat_penalty_seed)
 
 Test(api_fields, tokenize_bodies_take_only_their_fields)
 {
+    size_t tl = 0;
     char *text = NULL, *model = NULL;
     bool add = false;
     int32_t *ids = NULL;
     size_t n = 0;
     struct api_error e = {0};
     const char *b = "{\"content\":\"hi\",\"with_pieces\":true}";
-    cr_assert_lt(api_tokenize_parse(b, strlen(b), &text, &add, &model, &e), 0);
+    cr_assert_lt(api_tokenize_parse(b, strlen(b), &text, &tl, &add, &model, &e), 0);
     cr_expect_str_eq(e.param, "with_pieces");
     b = "{\"tokens\":[1],\"skip_special\":true}";
     cr_assert_lt(api_detokenize_parse(b, strlen(b), 100, &ids, &n, &model, &e), 0);
@@ -594,4 +597,55 @@ Test(api_fields, streamed_text_offsets_are_cumulative)
         free(s);
     }
     cr_expect_eq(pos.text_offset, 7);
+}
+
+/* Issue 13 item 7: U+0000 in prompts, message content and /tokenize text
+ * arrives whole, not cut where cJSON's C string ends. */
+Test(api_fields, nul_in_strings)
+{
+    struct api_request r;
+    struct api_error e = {0};
+    const char *b = "{\"prompt\":\"a\\u0000b\\\\u0000c\\u0000\"}"; /* a NUL b \u0000(text) c NUL */
+    cr_assert_eq(parse_cmpl(b, &r, &e), 0, "%s", e.message);
+    static const char want[] = "a\0b\\u0000c";
+    cr_assert_eq(r.prompt_len, sizeof(want), "%zu", r.prompt_len); /* the final NUL is the prompt's */
+    cr_expect(memcmp(r.prompt, want, sizeof(want)) == 0);
+    api_request_finish(&r);
+
+    /* a body that already holds U+FDD0 (raw and escaped) gets another stand-in */
+    b = "{\"prompt\":\"\xef\xb7\x90\\uFDD1\\u0000\"}";
+    cr_assert_eq(parse_cmpl(b, &r, &e), 0, "%s", e.message);
+    cr_assert_eq(r.prompt_len, 7);
+    cr_expect(memcmp(r.prompt, "\xef\xb7\x90\xef\xb7\x91\0", 7) == 0);
+    cr_expect_eq(r.nul_sentinel, 0xFDD2);
+    api_request_finish(&r);
+
+    /* chat content keeps a stand-in until the template has rendered it */
+    b = "{\"messages\":[{\"role\":\"user\",\"content\":\"x\\u0000y\"}]}";
+    cr_assert_eq(parse_chat(b, &r, &e), 0, "%s", e.message);
+    cr_assert_neq(r.nul_sentinel, 0);
+    const char *c = cJSON_GetObjectItem(cJSON_GetArrayItem(r.messages, 0), "content")->valuestring;
+    char rendered[64];
+    int n = snprintf(rendered, sizeof(rendered), "<u>%s</u>", c);
+    size_t spans[2] = {3, (size_t)n - 4};
+    size_t len = api_nul_restore(rendered, (size_t)n, r.nul_sentinel, spans, 2);
+    cr_assert_eq(len, 10);
+    cr_expect(memcmp(rendered, "<u>x\0y</u>", 10) == 0);
+    cr_expect_eq(spans[0], 3);
+    cr_expect_eq(spans[1], 6);
+    api_request_finish(&r);
+
+    /* stop strings cannot hold NUL (they are C strings downstream): 400 */
+    b = "{\"prompt\":\"x\",\"stop\":[\"a\\u0000\"]}";
+    cr_assert_lt(parse_cmpl(b, &r, &e), 0);
+    cr_expect_str_eq(e.param, "stop[0]");
+
+    char *text = NULL, *model = NULL;
+    size_t tl = 0;
+    bool add;
+    b = "{\"content\":\"\\u0000\\u0000z\"}";
+    cr_assert_eq(api_tokenize_parse(b, strlen(b), &text, &tl, &add, &model, &e), 0, "%s", e.message);
+    cr_expect_eq(tl, 3);
+    cr_expect(memcmp(text, "\0\0z", 3) == 0);
+    free(text);
 }

@@ -58,7 +58,7 @@ static void check_request(const struct api_request *r)
             if (cJSON_IsString(content) && !api_utf8_valid(content->valuestring, strlen(content->valuestring), NULL))
                 abort();
         }
-    } else if (r->prompt && !api_utf8_valid(r->prompt, strlen(r->prompt), NULL)) {
+    } else if (r->prompt && (r->prompt[r->prompt_len] != '\0' || !api_utf8_valid(r->prompt, r->prompt_len, NULL))) {
         abort();
     }
 }
@@ -164,12 +164,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     case 2: {
         char *text = NULL, *model = NULL;
+        size_t tlen = 0;
         bool add = false;
-        if (api_tokenize_parse(body, len, &text, &add, &model, &e) < 0) {
+        if (api_tokenize_parse(body, len, &text, &tlen, &add, &model, &e) < 0) {
             check_error(&e);
             return 0;
         }
-        if (!text || !api_utf8_valid(text, strlen(text), NULL))
+        if (!text || text[tlen] != '\0' || !api_utf8_valid(text, tlen, NULL))
             abort();
         free(text);
         free(model);

@@ -1129,6 +1129,38 @@ def group_apifields(binary):
                                                          "metadata": {"a": "b"}, "store": False})
         check(st == 200, "no-op fields are accepted: %s" % r)
 
+    # Item 7: U+0000 in a prompt is text like any other, through --jsonl,
+    # /tokenize, completions and chat content alike (it used to be refused or
+    # cut where cJSON's C string ends). --file is the reference.
+    ctl = os.path.join(os.path.dirname(binary), "inferctl")
+    text = "a\u0000b\u0000\u0000 c"
+    with tempfile.NamedTemporaryFile(suffix=".txt", delete=False) as f:
+        f.write(text.encode())
+    r = subprocess.run([ctl, "tokenize", QWEN3, "--file", f.name], capture_output=True, text=True, timeout=60)
+    os.unlink(f.name)
+    want = json.loads(r.stdout)["ids"] if r.returncode == 0 else None
+    check(want is not None and len(want) >= 4, "inferctl tokenize --file: %s %s" % (r.stdout, r.stderr))
+    r = subprocess.run([ctl, "tokenize", QWEN3, "--jsonl"], input=json.dumps({"text": text}) + "\n",
+                       capture_output=True, text=True, timeout=60)
+    got = json.loads(r.stdout.splitlines()[0]) if r.stdout else {}
+    check(r.returncode == 0 and got.get("ids") == want, "--jsonl with NUL == --file: %s %s" % (r.stdout, r.stderr))
+    with Daemon(binary, QWEN3) as d:
+        st, r = d.json("POST", "/tokenize", {"content": text, "add_special": False})
+        check(st == 200 and r["tokens"] == want, "/tokenize with NUL: %s, want %s" % (r, want))
+        st, r = d.json("POST", "/v1/completions", {"prompt": text, "max_tokens": 1})
+        check(st == 200 and r["usage"]["prompt_tokens"] == len(want), "completion prompt with NUL: %s" % r)
+        # chat: the NULs add exactly their tokens to the rendered prompt
+        st, plain = d.json("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "ab c"}],
+                                                              "max_tokens": 1})
+        st2, nul = d.json("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": text}],
+                                                             "max_tokens": 1})
+        st3, r = d.json("POST", "/tokenize", {"content": "ab c", "add_special": False})
+        if st == 200 and st2 == 200 and st3 == 200:
+            check(nul["usage"]["prompt_tokens"] - plain["usage"]["prompt_tokens"] == len(want) - len(r["tokens"]),
+                  "chat content with NUL: %s vs %s" % (nul["usage"], plain["usage"]))
+        else:
+            check(False, "chat with NUL: %s %s" % (plain, nul))
+
     with Daemon(binary, QWEN2) as d:
         # Item 7: a prompt ending inside a UTF-8 character (8519 is the bytes
         # E4 BD of three): its U+FFFD belongs to the prompt, not the output.
