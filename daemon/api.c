@@ -873,10 +873,8 @@ int api_request_parse(enum api_kind kind, const char *body, size_t len, int voca
     r.n = 1;
     if ((rc = get_int(root, "n", 1, API_MAX_N, &i64, e)) < 0)
         goto fail;
-    if (rc > 0 && i64 != 1) {
-        rc = BAD(e, "n", "'n' other than 1 is not supported by inferd yet");
-        goto fail;
-    }
+    if (rc > 0)
+        r.n = (int)i64;
     if ((rc = parse_value_checked(&r, root, e)) < 0)
         goto fail;
     if ((rc = parse_stop(&r, root, e)) < 0)
@@ -1186,25 +1184,34 @@ char *api_response_json(const struct api_response_meta *m, const char *text, siz
                         const struct api_logprob *lp, int n_lp, bool want_logprobs,
                         const struct api_token_namer *namer)
 {
+    struct api_choice_out c = {text, text_len, finish_reason, lp, n_lp};
+    return api_response_json_n(m, &c, 1, usage, want_logprobs, namer);
+}
+
+char *api_response_json_n(const struct api_response_meta *m, const struct api_choice_out *ch, int n_choices,
+                          const struct api_usage *usage, bool want_logprobs, const struct api_token_namer *namer)
+{
     cJSON *root = cJSON_CreateObject();
     add_meta(root, m, m->kind == API_KIND_CHAT ? "chat.completion" : "text_completion");
     cJSON *choices = cJSON_AddArrayToObject(root, "choices");
-    cJSON *c = cJSON_CreateObject();
-    cJSON_AddNumberToObject(c, "index", 0);
-    if (m->kind == API_KIND_CHAT) {
-        cJSON *msg = cJSON_AddObjectToObject(c, "message");
-        cJSON_AddStringToObject(msg, "role", "assistant");
-        cJSON_AddItemToObject(msg, "content", text_json(text, text_len));
-    } else {
-        cJSON_AddItemToObject(c, "text", text_json(text, text_len));
+    for (int i = 0; i < n_choices; i++) {
+        cJSON *c = cJSON_CreateObject();
+        cJSON_AddNumberToObject(c, "index", i);
+        if (m->kind == API_KIND_CHAT) {
+            cJSON *msg = cJSON_AddObjectToObject(c, "message");
+            cJSON_AddStringToObject(msg, "role", "assistant");
+            cJSON_AddItemToObject(msg, "content", text_json(ch[i].text, ch[i].text_len));
+        } else {
+            cJSON_AddItemToObject(c, "text", text_json(ch[i].text, ch[i].text_len));
+        }
+        size_t off0 = 0;
+        if (want_logprobs)
+            cJSON_AddItemToObject(c, "logprobs", logprobs_json(m->kind, ch[i].lp, ch[i].n_lp, &off0, namer));
+        else
+            cJSON_AddNullToObject(c, "logprobs");
+        cJSON_AddStringToObject(c, "finish_reason", ch[i].finish_reason);
+        cJSON_AddItemToArray(choices, c);
     }
-    size_t off0 = 0;
-    if (want_logprobs)
-        cJSON_AddItemToObject(c, "logprobs", logprobs_json(m->kind, lp, n_lp, &off0, namer));
-    else
-        cJSON_AddNullToObject(c, "logprobs");
-    cJSON_AddStringToObject(c, "finish_reason", finish_reason);
-    cJSON_AddItemToArray(choices, c);
     cJSON_AddItemToObject(root, "usage", usage_json(usage));
     char *s = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);

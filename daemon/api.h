@@ -167,6 +167,18 @@ char *api_response_json(const struct api_response_meta *m, const char *text, siz
                         const struct api_logprob *lp, int n_lp, bool want_logprobs,
                         const struct api_token_namer *namer);
 
+/* One choice of a response. */
+struct api_choice_out {
+    const char *text;
+    size_t text_len;
+    const char *finish_reason;
+    const struct api_logprob *lp;
+    int n_lp;
+};
+/* api_response_json with n_choices choices, index 0..n_choices-1. */
+char *api_response_json_n(const struct api_response_meta *m, const struct api_choice_out *choices, int n_choices,
+                          const struct api_usage *usage, bool want_logprobs, const struct api_token_namer *namer);
+
 /* One SSE event "data: {...}\n\n", malloc'd, for a streaming chunk:
  * role_chunk: the chat first chunk with the role and empty content;
  * otherwise text (may be empty) and logprobs, finish_reason or NULL.

@@ -127,6 +127,16 @@ enum stream_phase {
     PHASE_FINISHED,   /* everything handed to MHD */
 };
 
+/* One choice of a generation request: its own sequence in the scheduler. */
+struct conn_choice {
+    struct sched_req *req;
+    struct sched_output out;
+    size_t out_sent;            /* bytes of out.text already in a chunk */
+    int lp_sent;
+    struct api_chunk_pos pos;   /* streaming: choice index, text_offset so far */
+    bool finished;              /* streaming: its finish_reason chunk is out */
+};
+
 /* One request on one connection. */
 struct conn {
     struct http_server *srv;
@@ -148,14 +158,11 @@ struct conn {
     /* The model the request runs on, held until it completes (models.h). */
     const struct served_model *model;
 
-    /* Generation. */
-    struct sched_req *req;
-    struct sched_output out;
-    size_t out_sent;            /* bytes of out.text already in a chunk */
-    int lp_sent;
+    /* Generation: one sequence per choice ("n"). */
+    struct conn_choice *ch;     /* [n_ch] */
+    int n_ch;
     enum stream_phase phase;
     struct api_response_meta meta;
-    struct api_chunk_pos pos;   /* streaming: choice index, text_offset so far */
     char id[64];
     bool include_usage, want_logprobs;
     char *buf;                  /* SSE bytes ready for MHD */
@@ -948,6 +955,41 @@ static void conn_append_buf(struct conn *k, char *s, size_t n)
     free(s);
 }
 
+/* Collects what every choice produced, waiting up to timeout_ms on the
+ * first unfinished one. Returns true when every choice is done; sets the
+ * token counts for the log line (prompt once, completions summed). */
+static bool choices_collect(struct conn *k, int timeout_ms)
+{
+    bool all_done = true;
+    k->tokens_out = 0;
+    for (int i = 0; i < k->n_ch; i++) {
+        struct conn_choice *ch = &k->ch[i];
+        if (!ch->out.done) {
+            sched_req_collect(ch->req, all_done ? timeout_ms : 0, &ch->out);
+            all_done = all_done && ch->out.done;
+        }
+        k->tokens_out += ch->out.completion_tokens;
+        k->tokens_in = ch->out.prompt_tokens;
+    }
+    return all_done;
+}
+
+/* The first choice that ended with an error, or NULL. */
+static const struct sched_output *choices_failed(const struct conn *k)
+{
+    for (int i = 0; i < k->n_ch; i++)
+        if (k->ch[i].out.done && k->ch[i].out.error_status)
+            return &k->ch[i].out;
+    return NULL;
+}
+
+static void choices_cancel(struct conn *k)
+{
+    for (int i = 0; i < k->n_ch; i++)
+        if (k->ch[i].req)
+            sched_req_cancel(k->ch[i].req);
+}
+
 /* Turns whatever the scheduler produced into SSE events in k->buf. */
 static void stream_produce(struct conn *k)
 {
@@ -955,39 +997,46 @@ static void stream_produce(struct conn *k)
     size_t n = 0;
     char *ev;
     if (k->phase == PHASE_ROLE) {
-        ev = api_chunk_sse(&k->meta, true, "", 0, NULL, NULL, 0, false, k->include_usage, &namer, &n);
-        conn_append_buf(k, ev, n);
+        for (int i = 0; i < k->n_ch; i++) {
+            ev = api_chunk_sse_at(&k->meta, &k->ch[i].pos, true, "", 0, NULL, NULL, 0, false, k->include_usage,
+                                  &namer, &n);
+            conn_append_buf(k, ev, n);
+        }
         k->phase = PHASE_CONTENT;
         return;
     }
-    if (!sched_req_collect(k->req, 250, &k->out))
-        return;
-    size_t new_text = k->out.text_len - k->out_sent;
-    int new_lp = k->out.n_lp - k->lp_sent;
-    bool failed = k->out.done && k->out.error_status;
-    k->tokens_out = k->out.completion_tokens;
-    k->tokens_in = k->out.prompt_tokens;
-    /* The last content chunk carries finish_reason (an empty delta if need be). */
-    if (new_text > 0 || new_lp > 0 || (k->out.done && !failed)) {
-        ev = api_chunk_sse_at(&k->meta, &k->pos, false, k->out.text + k->out_sent, new_text,
-                              k->out.done && !failed ? k->out.finish_reason : NULL, k->out.lp + k->lp_sent, new_lp,
-                              k->want_logprobs, k->include_usage, &namer, &n);
-        conn_append_buf(k, ev, n);
+    bool done = choices_collect(k, 250);
+    const struct sched_output *failed = choices_failed(k);
+    for (int i = 0; i < k->n_ch; i++) {
+        struct conn_choice *ch = &k->ch[i];
+        size_t new_text = ch->out.text_len - ch->out_sent;
+        int new_lp = ch->out.n_lp - ch->lp_sent;
+        bool finish = ch->out.done && !ch->out.error_status && !ch->finished && !failed;
+        /* The last content chunk carries finish_reason (an empty delta if need be). */
+        if (new_text > 0 || new_lp > 0 || finish) {
+            ev = api_chunk_sse_at(&k->meta, &ch->pos, false, ch->out.text + ch->out_sent, new_text,
+                                  finish ? ch->out.finish_reason : NULL, ch->out.lp + ch->lp_sent, new_lp,
+                                  k->want_logprobs, k->include_usage, &namer, &n);
+            conn_append_buf(k, ev, n);
+        }
+        ch->out_sent = ch->out.text_len;
+        ch->lp_sent = ch->out.n_lp;
+        ch->finished = ch->finished || finish;
     }
-    k->out_sent = k->out.text_len;
-    k->lp_sent = k->out.n_lp;
-    if (!k->out.done)
-        return;
     if (failed) {
-        /* The stream cannot change its status any more: end with an error event. */
+        /* The stream cannot change its status any more: end with an error
+         * event; the other choices are not needed any more. */
+        choices_cancel(k);
         struct api_error e;
-        bool down = k->out.error_status == 503;
-        api_error_set(&e, k->out.error_status, down ? "service_unavailable" : "server_error", NULL,
-                      down ? unavailable_code(k) : NULL, "%s", k->out.error_msg);
+        bool down = failed->error_status == 503;
+        api_error_set(&e, failed->error_status, down ? "service_unavailable" : "server_error", NULL,
+                      down ? unavailable_code(k) : NULL, "%s", failed->error_msg);
         ev = api_error_sse(&e, &n);
         conn_append_buf(k, ev, n);
+    } else if (!done) {
+        return;
     } else if (k->include_usage) {
-        struct api_usage u = {k->out.prompt_tokens, k->out.completion_tokens};
+        struct api_usage u = {k->tokens_in, k->tokens_out};
         ev = api_usage_sse(&k->meta, &u, &n);
         conn_append_buf(k, ev, n);
     }
@@ -1010,7 +1059,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         if (k->phase == PHASE_FINISHED)
             return MHD_CONTENT_READER_END_OF_STREAM;
         if (client_gone(k->fd)) {
-            sched_req_cancel(k->req);
+            choices_cancel(k);
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }
         stream_produce(k);
@@ -1062,7 +1111,18 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
         .logit_bias = rq.logit_bias, .n_logit_bias = rq.n_logit_bias,
     };
     ifd_error err = {{0}};
-    r = sched_submit(m->sched, &p, &k->req, &err);
+    /* n choices: n sequences of the same prompt ids (tokenized once), seeded
+     * seed, seed + 1 ... so that a seeded request stays reproducible. */
+    k->ch = calloc((size_t)rq.n, sizeof(*k->ch));
+    r = k->ch ? 0 : ifd_error_set(&err, -ENOMEM, "out of memory");
+    for (int i = 0; r >= 0 && i < rq.n; i++) {
+        p.sampling.seed = rq.sampling.seed + (uint64_t)i;
+        r = sched_submit(m->sched, &p, &k->ch[i].req, &err);
+        if (r >= 0) {
+            k->ch[i].pos.index = i;
+            k->n_ch = i + 1;
+        }
+    }
     tok_ids_finish(&ids);
     if (r < 0) {
         api_request_finish(&rq);
@@ -1102,25 +1162,32 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
 
     /* Non-streaming: wait here (this connection's own thread), watching the socket. */
     for (;;) {
-        sched_req_collect(k->req, 100, &k->out);
-        if (k->out.done)
+        if (choices_collect(k, 100) || choices_failed(k))
             break;
         if (client_gone(k->fd)) {
-            sched_req_cancel(k->req);
+            choices_cancel(k);
             k->status = 499;  /* nginx's "client closed request", for the log line */
             return MHD_NO;
         }
     }
-    k->tokens_out = k->out.completion_tokens;
-    if (k->out.error_status) {
-        bool down = k->out.error_status == 503;
-        return respond_errorf(c, k, k->out.error_status, down ? "service_unavailable" : "server_error", NULL,
-                              down ? unavailable_code(k) : NULL, k->out.error_msg);
+    const struct sched_output *failed = choices_failed(k);
+    if (failed) {
+        choices_cancel(k);
+        bool down = failed->error_status == 503;
+        return respond_errorf(c, k, failed->error_status, down ? "service_unavailable" : "server_error", NULL,
+                              down ? unavailable_code(k) : NULL, failed->error_msg);
     }
-    struct api_usage u = {k->out.prompt_tokens, k->out.completion_tokens};
+    struct api_usage u = {k->tokens_in, k->tokens_out};
     struct api_token_namer namer = {namer_fn, (void *)m->tok};
-    char *s = api_response_json(&k->meta, k->out.text ? k->out.text : "", k->out.text_len, k->out.finish_reason, &u,
-                                k->out.lp, k->out.n_lp, k->want_logprobs, &namer);
+    struct api_choice_out *co = calloc((size_t)k->n_ch, sizeof(*co));
+    if (!co)
+        return respond_errorf(c, k, 500, "server_error", NULL, NULL, "out of memory");
+    for (int i = 0; i < k->n_ch; i++) {
+        const struct sched_output *o = &k->ch[i].out;
+        co[i] = (struct api_choice_out){o->text ? o->text : "", o->text_len, o->finish_reason, o->lp, o->n_lp};
+    }
+    char *s = api_response_json_n(&k->meta, co, k->n_ch, &u, k->want_logprobs, &namer);
+    free(co);
     return respond_json(c, k, 200, s);
 }
 
@@ -1330,12 +1397,15 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
         linger_drain(k->slot->fd);  /* MHD closes the connection next */
     else
         slot_set_reading(h, k->slot, true);  /* a kept-alive connection owes its next request from now on */
-    if (k->req) {
-        /* Whatever happened, the sequence is not needed any more: a client
-         * that went away mid-stream frees its slot now. */
-        sched_req_release(k->req);
-        k->req = NULL;
+    /* Whatever happened, the sequences are not needed any more: a client
+     * that went away mid-stream frees their slots now. */
+    for (int i = 0; i < k->n_ch; i++) {
+        sched_req_release(k->ch[i].req);
+        sched_output_finish(&k->ch[i].out);
     }
+    free(k->ch);
+    k->ch = NULL;
+    k->n_ch = 0;
     int status = k->status;
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && status == 200)
         status = 499;
@@ -1347,7 +1417,6 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     if (dm && status)
         metrics_request_done(dm->metrics, status);
     models_release(app->models, k->model);
-    sched_output_finish(&k->out);
     free(k->buf);
     free(k->body);
     free(k->path);

@@ -278,7 +278,7 @@ def group_errors(binary):
              "temperature type"),
             (400, "POST", "/v1/chat/completions", {"messages": msg, "max_tokens": -1}, None, None, "max_tokens", None,
              "max_tokens range"),
-            (400, "POST", "/v1/chat/completions", {"messages": msg, "n": 3}, None, None, "n", None, "n != 1"),
+            (400, "POST", "/v1/chat/completions", {"messages": msg, "n": 17}, None, None, "n", None, "n over 16"),
             (400, "POST", "/v1/chat/completions", None, None, b'{"messages":[{"role":"user","content":"\xff\xfe"}]}',
              None, None, "invalid UTF-8"),
             (400, "POST", "/v1/completions", {"prompt": [1, 99999]}, None, None, "prompt[1]", None, "token id range"),
@@ -1109,6 +1109,33 @@ def group_apifields(binary):
         outs = {completion_lp(d, {"prompt": ids, "max_tokens": 24, "temperature": 1, "seed": -1})["text"]
                 for _ in range(3)}
         check(len(outs) > 1, "seed -1 draws a fresh seed each time: %s" % outs)
+
+        # n: independent choices, index 0..n-1; streamed chunks carry their index.
+        body = {"prompt": ids, "max_tokens": 12, "temperature": 0.9, "seed": 5, "n": 3}
+        st, r = d.json("POST", "/v1/completions", body)
+        check(st == 200 and [c["index"] for c in r["choices"]] == [0, 1, 2], "n=3 gives 3 choices: %s" % r)
+        if st == 200:
+            texts = [c["text"] for c in r["choices"]]
+            check(len(set(texts)) > 1, "sampled choices differ: %s" % texts)
+            check(r["usage"]["completion_tokens"] == 36 and r["usage"]["prompt_tokens"] == len(ids),
+                  "usage sums the choices' tokens: %s" % r["usage"])
+            st, h, ev = d.stream("/v1/completions", dict(body, stream=True, stream_options={"include_usage": True}))
+            per, fins = ["", "", ""], [0, 0, 0]
+            for e in ev[:-1]:
+                for ch in e["choices"]:
+                    per[ch["index"]] += ch["text"]
+                    fins[ch["index"]] += ch["finish_reason"] is not None
+            check(per == texts, "streamed choices == non-streamed (same seeds): %s %s" % (per, texts))
+            check(fins == [1, 1, 1], "one finish_reason per choice: %s" % fins)
+            check(ev[-2].get("usage", {}).get("completion_tokens") == 36, "stream usage: %s" % ev[-2])
+        st, r = d.json("POST", "/v1/completions", dict(body, temperature=0))
+        check(st == 200 and len({c["text"] for c in r["choices"]}) == 1 and len(r["choices"]) == 3,
+              "greedy choices are identical: %s" % r)
+        st, h, ev = d.stream("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "n": 2,
+                                                      "max_tokens": 3, "stream": True})
+        roles = sorted(ch["index"] for e in ev[:-1] for ch in e["choices"] if ch["delta"].get("role"))
+        check(roles == [0, 1], "chat stream: a role chunk per choice: %s" % ev[:3])
+        expect_error(d, 400, "POST", "/v1/completions", {"prompt": ids, "n": 17}, param="n", what="n over 16")
 
         # Part 6: nothing accepted and ignored.
         msg = [{"role": "user", "content": "hi"}]
