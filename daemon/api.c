@@ -730,12 +730,11 @@ static int parse_value_checked(struct api_request *r, const cJSON *root, struct 
     if (!is_absent(v) && (!cJSON_IsString(v) || (strcmp(v->valuestring, "auto") != 0 &&
                                                  strcmp(v->valuestring, "default") != 0)))
         return BAD(e, "service_tier", "'service_tier' must be \"auto\" or \"default\": inferd has one tier");
-    bool echo = false;
     int rc;
-    if ((rc = get_bool(root, "echo", &echo, e)) < 0)
+    if ((rc = get_bool(root, "echo", &r->echo, e)) < 0)
         return rc;
-    if (echo)
-        return BAD(e, "echo", "'echo' is not supported by inferd yet");
+    if (r->max_tokens == 0 && !r->echo)
+        return BAD(e, "max_tokens", "'max_tokens' must be at least 1 (0 only with 'echo': the prompt's logprobs)");
     int64_t best_of = 1;
     if ((rc = get_int(root, "best_of", 1, API_MAX_N, &best_of, e)) < 0)
         return rc;
@@ -808,7 +807,8 @@ int api_request_parse(enum api_kind kind, const char *body, size_t len, int voca
     if (rc < 0)
         goto fail;
 
-    if ((rc = get_int(root, "max_tokens", 1, INT32_MAX, &i64, e)) < 0)
+    /* 0 asks a completion for its echoed prompt only (checked with echo). */
+    if ((rc = get_int(root, "max_tokens", kind == API_KIND_COMPLETION ? 0 : 1, INT32_MAX, &i64, e)) < 0)
         goto fail;
     if (rc > 0)
         r.max_tokens = (int)i64;
@@ -1148,11 +1148,16 @@ static cJSON *logprobs_json(enum api_kind kind, const struct api_logprob *lp, in
         char *name = namer->name(namer->ctx, lp[i].token, &len);
         char *safe = name ? json_safe_text(name, len) : NULL;
         cJSON_AddItemToArray(tokens, cJSON_CreateString(safe ? safe : ""));
-        cJSON_AddItemToArray(tlp, cJSON_CreateNumber(lp[i].logprob));
+        cJSON_AddItemToArray(tlp, lp[i].is_null ? cJSON_CreateNull() : cJSON_CreateNumber(lp[i].logprob));
         cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)off));
-        off += len;
+        if (!namer->not_in_text || !namer->not_in_text(namer->ctx, lp[i].token))
+            off += len;
         free(safe);
         free(name);
+        if (lp[i].is_null) {
+            cJSON_AddItemToArray(top, cJSON_CreateNull());
+            continue;
+        }
         cJSON *alts = cJSON_CreateObject();
         for (int k = 0; k < lp[i].n_top; k++) {
             size_t l2 = 0;

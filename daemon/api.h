@@ -64,7 +64,7 @@ struct api_request {
     uint32_t nul_sentinel;     /* 0, or the code point standing for U+0000 in messages (api_json_parse) */
     int32_t *prompt_ids;       /* completion with token ids: [n_prompt_ids] */
     size_t n_prompt_ids;
-    int max_tokens;            /* -1: up to the context */
+    int max_tokens;            /* -1: up to the context; 0 only with echo */
     struct sampler_params sampling;
     char *stop[API_MAX_STOP];  /* [n_stop], each non-empty */
     int n_stop;
@@ -75,6 +75,7 @@ struct api_request {
     struct api_logit_bias *logit_bias; /* [n_logit_bias], distinct tokens, owned */
     int n_logit_bias;          /* 0 .. API_MAX_LOGIT_BIAS */
     int n;                     /* choices: 1 .. API_MAX_N */
+    bool echo;                 /* completions: the prompt's text (and logprobs) come first */
 };
 
 /* Parses and validates a body. `vocab_size` bounds token ids (0 = unchecked).
@@ -139,6 +140,7 @@ struct api_logprob {
     int n_top;
     int32_t top_ids[API_MAX_TOP_LOGPROBS];
     float top_logprobs[API_MAX_TOP_LOGPROBS];
+    bool is_null;   /* echo: the first prompt token, which has no logprob (null) */
 };
 
 /* How a token id becomes its text for logprobs ("token" and "bytes"):
@@ -146,6 +148,9 @@ struct api_logprob {
 struct api_token_namer {
     char *(*name)(void *ctx, int32_t id, size_t *ret_len);
     void *ctx;
+    /* Optional: true for tokens whose text is never in the output text
+     * (special tokens), which therefore advance text_offset by nothing. */
+    bool (*not_in_text)(void *ctx, int32_t id);
 };
 
 struct api_usage {

@@ -880,6 +880,11 @@ static char *namer_fn(void *ctx, int32_t id, size_t *ret_len)
     return text;
 }
 
+static bool namer_special(void *ctx, int32_t id)
+{
+    return tok_is_special(ctx, id);
+}
+
 /* Builds the prompt ids of a request. On failure fills e. */
 static int build_prompt(const struct served_model *m, const struct api_request *rq, struct tok_ids *ids,
                         struct api_error *e)
@@ -939,6 +944,31 @@ static int build_prompt(const struct served_model *m, const struct api_request *
     return 0;
 }
 
+/* echo: the prompt's text, as given, or decoded from its ids without
+ * special tokens (as output text is). *ret is malloc'd, NUL-terminated. */
+static int echo_text(const struct served_model *m, const struct api_request *rq, const struct tok_ids *ids,
+                     char **ret, size_t *ret_len)
+{
+    if (rq->prompt) {
+        if (!(*ret = malloc(rq->prompt_len + 1)))
+            return -ENOMEM;
+        memcpy(*ret, rq->prompt, rq->prompt_len + 1);
+        *ret_len = rq->prompt_len;
+        return 0;
+    }
+    int32_t *plain = malloc(sizeof(int32_t) * (ids->n ? ids->n : 1));
+    if (!plain)
+        return -ENOMEM;
+    size_t n = 0;
+    for (size_t i = 0; i < ids->n; i++)
+        if (!tok_is_special(m->tok, ids->ids[i]))
+            plain[n++] = ids->ids[i];
+    ifd_error err;
+    int r = tok_decode(m->tok, plain, n, true, ret, ret_len, &err);
+    free(plain);
+    return r;
+}
+
 static void conn_append_buf(struct conn *k, char *s, size_t n)
 {
     if (!s)
@@ -993,7 +1023,7 @@ static void choices_cancel(struct conn *k)
 /* Turns whatever the scheduler produced into SSE events in k->buf. */
 static void stream_produce(struct conn *k)
 {
-    struct api_token_namer namer = {namer_fn, (void *)k->model->tok};
+    struct api_token_namer namer = {namer_fn, (void *)k->model->tok, namer_special};
     size_t n = 0;
     char *ev;
     if (k->phase == PHASE_ROLE) {
@@ -1109,7 +1139,15 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
         .prompt = ids.ids, .n_prompt = ids.n, .max_tokens = rq.max_tokens, .sampling = rq.sampling,
         .stop = rq.stop, .n_stop = rq.n_stop, .logprobs = rq.logprobs, .top_logprobs = rq.top_logprobs,
         .logit_bias = rq.logit_bias, .n_logit_bias = rq.n_logit_bias,
+        .prompt_logprobs = rq.echo && rq.logprobs, .prompt_only = rq.echo && rq.max_tokens == 0,
     };
+    char *echo = NULL;
+    size_t echo_len = 0;
+    if (rq.echo && echo_text(m, &rq, &ids, &echo, &echo_len) < 0) {
+        tok_ids_finish(&ids);
+        api_request_finish(&rq);
+        return respond_errorf(c, k, 500, "server_error", NULL, NULL, "out of memory");
+    }
     ifd_error err = {{0}};
     /* n choices: n sequences of the same prompt ids (tokenized once), seeded
      * seed, seed + 1 ... so that a seeded request stays reproducible. */
@@ -1122,7 +1160,17 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
             k->ch[i].pos.index = i;
             k->n_ch = i + 1;
         }
+        /* echo: the choice's text starts as the prompt's; what the
+         * scheduler produces is appended to it */
+        if (r >= 0 && echo && !(k->ch[i].out.text = malloc(echo_len + 1)))
+            r = ifd_error_set(&err, -ENOMEM, "out of memory");
+        if (r >= 0 && echo) {
+            memcpy(k->ch[i].out.text, echo, echo_len + 1);
+            k->ch[i].out.text_len = echo_len;
+            k->ch[i].out.text_cap = echo_len + 1;
+        }
     }
+    free(echo);
     tok_ids_finish(&ids);
     if (r < 0) {
         api_request_finish(&rq);
@@ -1178,7 +1226,7 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
                               down ? unavailable_code(k) : NULL, failed->error_msg);
     }
     struct api_usage u = {k->tokens_in, k->tokens_out};
-    struct api_token_namer namer = {namer_fn, (void *)m->tok};
+    struct api_token_namer namer = {namer_fn, (void *)m->tok, namer_special};
     struct api_choice_out *co = calloc((size_t)k->n_ch, sizeof(*co));
     if (!co)
         return respond_errorf(c, k, 500, "server_error", NULL, NULL, "out of memory");

@@ -1137,6 +1137,59 @@ def group_apifields(binary):
         check(roles == [0, 1], "chat stream: a role chunk per choice: %s" % ev[:3])
         expect_error(d, 400, "POST", "/v1/completions", {"prompt": ids, "n": 17}, param="n", what="n over 16")
 
+        # echo + logprobs, as lm-evaluation-harness scores log-likelihoods:
+        # max_tokens 0 returns the prompt's text and a logprob per prompt
+        # token (the first null). Each must equal the logprob that token gets
+        # when generated greedily at the same position, and the last one the
+        # golden's (PyTorch) last-position logits.
+        import math
+        import struct
+        P, G = g["prompt_ids"], g["generated_ids"][:g["stable_prefix_len"]]
+        gen = completion_lp(d, {"prompt": P, "max_tokens": len(G), "temperature": 0, "logprobs": 1})
+        ev = completion_lp(d, {"prompt": P + G, "echo": True, "logprobs": 1, "max_tokens": 0})
+        st_, dt = d.json("POST", "/detokenize", {"tokens": P + G})
+        if gen and ev:
+            lp = ev["logprobs"]
+            check(len(lp["tokens"]) == len(P) + len(G), "a logprob entry per prompt token: %d" % len(lp["tokens"]))
+            check(lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None, "the first token's is null")
+            diffs = [abs(a - b) for a, b in zip(lp["token_logprobs"][len(P):], gen["logprobs"]["token_logprobs"])]
+            check(len(diffs) == len(G) and max(diffs) < 1e-3, "prompt logprobs == generated logprobs: %s" % diffs)
+            check(ev["text"] == g["prompt"]["text"] + gen["text"], "echo text is the prompt's: %r" % ev["text"])
+            check(ev["finish_reason"] == "length", "finish_reason of max_tokens 0")
+            with open(os.path.join(MODELS, "..", "golden", g["last_logits_f32"]), "rb") as f:
+                raw = f.read()
+            if raw:
+                logits = struct.unpack("<%df" % (len(raw) // 4), raw)
+                mx = max(logits)
+                lse = mx + math.log(sum(math.exp(x - mx) for x in logits))
+                want = logits[G[0]] - lse
+                check(abs(lp["token_logprobs"][len(P)] - want) < 1e-2,
+                      "logprob of the first generated token vs the golden logits: %g %g" %
+                      (lp["token_logprobs"][len(P)], want))
+        st, r = d.json("POST", "/v1/completions", {"prompt": P, "echo": True, "max_tokens": 4, "temperature": 0,
+                                                   "logprobs": 0})
+        if st == 200:
+            c = r["choices"][0]
+            four = completion_lp(d, {"prompt": P, "max_tokens": 4, "temperature": 0})
+            check(four and c["text"] == g["prompt"]["text"] + four["text"], "echo text + completion: %r" % c["text"])
+            check(len(c["logprobs"]["tokens"]) == len(P) + 4 and r["usage"]["completion_tokens"] == 4,
+                  "echo + 4 generated tokens: %s" % r)
+            # offsets index the text: specials (BOS) take no room, each token's
+            # offset is where its text begins
+            offs = c["logprobs"]["text_offset"]
+            check(offs == sorted(offs) and offs[-1] < len(c["text"]), "text_offset within the text: %s" % offs)
+            st, h, evs = d.stream("/v1/completions", {"prompt": P, "echo": True, "max_tokens": 4, "temperature": 0,
+                                                      "logprobs": 0, "stream": True})
+            soffs = [o for e in evs[:-1] for ch in e["choices"] if ch.get("logprobs")
+                     for o in ch["logprobs"]["text_offset"]]
+            check(stream_text(evs, "completion")[0] == c["text"] and soffs == offs,
+                  "streamed echo == non-streamed: %s %s" % (soffs, offs))
+        st, r = d.json("POST", "/v1/completions", {"prompt": "Once upon a time", "echo": True, "max_tokens": 0})
+        check(st == 200 and r["choices"][0]["text"] == "Once upon a time" and r["usage"]["completion_tokens"] == 0,
+              "echo of a text prompt, max_tokens 0: %s" % r)
+        expect_error(d, 400, "POST", "/v1/completions", {"prompt": P, "max_tokens": 0}, param="max_tokens",
+                     what="max_tokens 0 without echo")
+
         # Part 6: nothing accepted and ignored.
         msg = [{"role": "user", "content": "hi"}]
         for path, body, param in [
