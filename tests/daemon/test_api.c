@@ -650,3 +650,53 @@ Test(api_fields, nul_in_strings)
     cr_expect(memcmp(text, "\0\0z", 3) == 0);
     free(text);
 }
+
+static bool fake_special(void *ctx, int32_t id)
+{
+    (void)ctx;
+    return id == 1;
+}
+
+/* echo: the first prompt token's logprob is null; special tokens take no
+ * room in the text, so text_offset does not advance over them. */
+Test(api_fields, echo_logprobs_json)
+{
+    struct api_token_namer namer = {fake_name, NULL, fake_special};
+    struct api_response_meta mc = {API_KIND_COMPLETION, "cmpl-1", 1, "model-x"};
+    struct api_logprob lp[3] = {{.token = 1, .is_null = true}, {.token = 3, .logprob = -2.0f}, {.token = 12}};
+    struct api_usage u = {2, 1};
+    char *s = api_response_json(&mc, "t3t12", 5, "length", &u, lp, 3, true, &namer);
+    cJSON *j = cJSON_Parse(s);
+    cJSON *l = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "logprobs");
+    cr_expect(cJSON_IsNull(cJSON_GetArrayItem(cJSON_GetObjectItem(l, "token_logprobs"), 0)), "%s", s);
+    cr_expect(cJSON_IsNull(cJSON_GetArrayItem(cJSON_GetObjectItem(l, "top_logprobs"), 0)), "%s", s);
+    cr_expect_float_eq(cJSON_GetArrayItem(cJSON_GetObjectItem(l, "token_logprobs"), 1)->valuedouble, -2.0, 1e-6);
+    cJSON *offs = cJSON_GetObjectItem(l, "text_offset");
+    cr_expect_eq(cJSON_GetArrayItem(offs, 0)->valueint, 0);
+    cr_expect_eq(cJSON_GetArrayItem(offs, 1)->valueint, 0, "the special token before it takes no room: %s", s);
+    cr_expect_eq(cJSON_GetArrayItem(offs, 2)->valueint, 2);
+    cJSON_Delete(j);
+    free(s);
+
+    /* n choices, index 0..n-1 */
+    struct api_choice_out ch[2] = {{"a", 1, "stop", NULL, 0}, {"b", 1, "length", NULL, 0}};
+    s = api_response_json_n(&mc, ch, 2, &u, false, &namer);
+    j = cJSON_Parse(s);
+    cJSON *c1 = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 1);
+    cr_expect_eq(cJSON_GetObjectItem(c1, "index")->valueint, 1);
+    cr_expect_str_eq(cJSON_GetObjectItem(c1, "text")->valuestring, "b");
+    cr_expect_str_eq(cJSON_GetObjectItem(c1, "finish_reason")->valuestring, "length");
+    cJSON_Delete(j);
+    free(s);
+
+    /* max_tokens 0 only with echo, and only on completions */
+    struct api_request r;
+    struct api_error e = {0};
+    cr_assert_eq(parse_cmpl("{\"prompt\":\"x\",\"echo\":true,\"max_tokens\":0,\"logprobs\":1}", &r, &e), 0, "%s",
+                 e.message);
+    cr_expect(r.echo);
+    cr_expect_eq(r.max_tokens, 0);
+    api_request_finish(&r);
+    cr_assert_lt(parse_cmpl("{\"prompt\":\"x\",\"max_tokens\":0}", &r, &e), 0);
+    cr_expect_str_eq(e.param, "max_tokens");
+}
