@@ -47,6 +47,13 @@ static void check_request(const struct api_request *r)
     for (size_t i = 0; i < r->n_prompt_ids; i++)
         if (r->prompt_ids[i] < 0 || r->prompt_ids[i] >= VOCAB)
             abort();
+    if (r->n < 1 || r->n > API_MAX_N || r->n_logit_bias < 0 || r->n_logit_bias > API_MAX_LOGIT_BIAS ||
+        (r->max_tokens == 0 && !r->echo))
+        abort();
+    for (int i = 0; i < r->n_logit_bias; i++)
+        if (r->logit_bias[i].token < 0 || r->logit_bias[i].token >= VOCAB || !(r->logit_bias[i].bias >= -100.0f) ||
+            !(r->logit_bias[i].bias <= 100.0f))
+            abort();
     if (r->kind == API_KIND_CHAT) {
         if (!cJSON_IsArray(r->messages))
             abort();
