@@ -1174,13 +1174,53 @@ static cJSON *logprobs_json(enum api_kind kind, const struct api_logprob *lp, in
     return root;
 }
 
-/* cJSON strings stop at NUL; generated text never contains one that matters,
- * but be exact about the length we were given. */
+/* The text of a choice as a JSON string. cJSON strings stop at NUL, and an
+ * echoed prompt (or the model) may hold U+0000: the literal is written here,
+ * all len bytes, and handed to cJSON as raw JSON. Text that is not valid
+ * UTF-8 (it always is: the detokenizer and the request parser make it so)
+ * would be made so first, as JSON requires. */
 static cJSON *text_json(const char *text, size_t len)
 {
-    char *s = strndup(text ? text : "", text ? len : 0);
-    cJSON *j = cJSON_CreateString(s ? s : "");
-    free(s);
+    if (!text)
+        len = 0;
+    char *valid = NULL;
+    if (len > 0 && utf8_check(text, len) != len) {
+        if (!(valid = malloc(len * 3 + 1)))
+            return cJSON_CreateString("");
+        len = utf8_copy_lossy(valid, text, len);
+        text = valid;
+    }
+    /* worst case: every byte a six-byte \u00XX escape, plus the quotes */
+    char *lit = len < (SIZE_MAX - 3) / 6 ? malloc(len * 6 + 3) : NULL;
+    if (!lit) {
+        free(valid);
+        return cJSON_CreateString("");
+    }
+    size_t o = 0;
+    lit[o++] = '"';
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (c == '"' || c == '\\') {
+            lit[o++] = '\\';
+            lit[o++] = (char)c;
+        } else if (c < 0x20) {
+            /* the short escapes where JSON has them, as cJSON writes them */
+            char sh = c == '\b' ? 'b' : c == '\f' ? 'f' : c == '\n' ? 'n' : c == '\r' ? 'r' : c == '\t' ? 't' : 0;
+            if (sh) {
+                lit[o++] = '\\';
+                lit[o++] = sh;
+            } else {
+                o += (size_t)snprintf(lit + o, 7, "\\u%04x", c);
+            }
+        } else {
+            lit[o++] = (char)c;
+        }
+    }
+    lit[o++] = '"';
+    lit[o] = '\0';
+    cJSON *j = cJSON_CreateRaw(lit);
+    free(lit);
+    free(valid);
     return j;
 }
 

@@ -700,3 +700,24 @@ Test(api_fields, echo_logprobs_json)
     cr_assert_lt(parse_cmpl("{\"prompt\":\"x\",\"max_tokens\":0}", &r, &e), 0);
     cr_expect_str_eq(e.param, "max_tokens");
 }
+
+/* A choice's text reaches the client whole: U+0000 (an echoed prompt may
+ * hold it) is escaped rather than ending the string, as are quotes and
+ * control characters. */
+Test(api_fields, text_with_nul_is_escaped)
+{
+    struct api_token_namer namer = {fake_name, NULL, NULL};
+    struct api_response_meta mc = {API_KIND_COMPLETION, "cmpl-1", 1, "model-x"};
+    struct api_usage u = {1, 1};
+    static const char text[] = "a\0b\"c\nd\x01\\";
+    char *s = api_response_json(&mc, text, sizeof(text) - 1, "stop", &u, NULL, 0, false, &namer);
+    cr_expect(strstr(s, "\"text\":\"a\\u0000b\\\"c\\nd\\u0001\\\\\""), "%s", s);
+    cJSON *j = cJSON_Parse(s);
+    cr_expect(j != NULL, "still JSON: %s", s);
+    cJSON_Delete(j);
+    free(s);
+    size_t n;
+    s = api_chunk_sse(&mc, false, text, 3, NULL, NULL, 0, false, false, &namer, &n);
+    cr_expect(strstr(s, "\"text\":\"a\\u0000b\""), "%s", s);
+    free(s);
+}

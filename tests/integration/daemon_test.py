@@ -1229,6 +1229,8 @@ def group_apifields(binary):
         check(st == 200 and r["tokens"] == want, "/tokenize with NUL: %s, want %s" % (r, want))
         st, r = d.json("POST", "/v1/completions", {"prompt": text, "max_tokens": 1})
         check(st == 200 and r["usage"]["prompt_tokens"] == len(want), "completion prompt with NUL: %s" % r)
+        st, r = d.json("POST", "/v1/completions", {"prompt": text, "max_tokens": 0, "echo": True})
+        check(st == 200 and r["choices"][0]["text"] == text, "echoed prompt keeps its NULs: %s" % r)
         # chat: the NULs add exactly their tokens to the rendered prompt
         st, plain = d.json("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "ab c"}],
                                                               "max_tokens": 1})
