@@ -92,6 +92,148 @@ bool api_key_matches(const char *const *keys, int n_keys, const char *auth)
     return match;
 }
 
+/* ---- U+0000 in JSON strings ----
+ *
+ * cJSON keeps a string as a NUL-terminated char *, so "\u0000" would cut
+ * the string there. Before parsing, each \u0000 escape is rewritten to
+ * \uFDDx, a noncharacter that occurs nowhere in the body (the same six
+ * bytes: offsets in error messages stay right); api_json_string turns it
+ * back into NUL with an explicit length. A body that holds all 32 of
+ * U+FDD0..U+FDEF and a \u0000 as well is refused. */
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : (c | 0x20) >= 'a' && (c | 0x20) <= 'f' ? (c | 0x20) - 'a' + 10 : -1;
+}
+
+/* Scans the body's escapes: marks the U+FDD0..U+FDEF it holds (raw or
+ * escaped) in *used, and returns how many \u0000 escapes it has. */
+static size_t json_scan_nul(const char *s, size_t len, uint32_t *used)
+{
+    size_t n_nul = 0;
+    bool in_str = false;
+    *used = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == 0xEF && i + 2 < len && (unsigned char)s[i + 1] == 0xB7 && (unsigned char)s[i + 2] >= 0x90 &&
+            (unsigned char)s[i + 2] <= 0xAF)
+            *used |= 1u << ((unsigned char)s[i + 2] - 0x90);
+        if (!in_str) {
+            in_str = c == '"';
+            continue;
+        }
+        if (c == '"') {
+            in_str = false;
+        } else if (c == '\\' && i + 1 < len) {
+            if (s[i + 1] == 'u' && i + 5 < len) {
+                int cp = 0;
+                for (int k = 2; k < 6 && cp >= 0; k++) {
+                    int h = hexval(s[i + (size_t)k]);
+                    cp = h < 0 ? -1 : cp * 16 + h;
+                }
+                if (cp == 0)
+                    n_nul++;
+                else if (cp >= 0xFDD0 && cp <= 0xFDEF)
+                    *used |= 1u << (cp - 0xFDD0);
+                i += 5;
+            } else {
+                i++;
+            }
+        }
+    }
+    return n_nul;
+}
+
+cJSON *api_json_parse(const char *body, size_t len, const char **ret_end, uint32_t *ret_sentinel)
+{
+    uint32_t used;
+    *ret_sentinel = 0;
+    if (json_scan_nul(body, len, &used) == 0)
+        return cJSON_ParseWithLengthOpts(body, len, ret_end, false);
+    if (used == 0xFFFFFFFFu)
+        return NULL;
+    uint32_t cp = 0xFDD0;
+    while (used & (1u << (cp - 0xFDD0)))
+        cp++;
+    char *copy = malloc(len + 1);
+    if (!copy)
+        return NULL;
+    memcpy(copy, body, len);
+    copy[len] = '\0';
+    bool in_str = false;
+    for (size_t i = 0; i < len; i++) {
+        if (!in_str) {
+            in_str = copy[i] == '"';
+            continue;
+        }
+        if (copy[i] == '"') {
+            in_str = false;
+        } else if (copy[i] == '\\' && i + 1 < len) {
+            if (copy[i + 1] == 'u' && i + 5 < len && memcmp(copy + i + 2, "0000", 4) == 0) {
+                static const char hex[] = "0123456789ABCDEF";
+                for (int k = 0; k < 4; k++)
+                    copy[i + 2 + (size_t)k] = hex[(cp >> (12 - 4 * k)) & 0xF];
+            }
+            i += copy[i + 1] == 'u' ? 5 : 1;
+        }
+    }
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(copy, len, &end, false);
+    if (ret_end)
+        *ret_end = end ? body + (end - copy) : NULL;
+    free(copy);
+    if (root)
+        *ret_sentinel = cp;
+    return root;
+}
+
+char *api_json_string(const cJSON *v, uint32_t sentinel, size_t *ret_len)
+{
+    const char *src = v->valuestring;
+    size_t len = strlen(src);
+    char *out = malloc(len + 1);
+    if (!out)
+        return NULL;
+    char enc[4] = {0};
+    if (sentinel)
+        utf8_encode((int32_t)sentinel, enc);
+    size_t o = 0;
+    for (size_t i = 0; i < len;) {
+        if (sentinel && i + 3 <= len && memcmp(src + i, enc, 3) == 0) {
+            out[o++] = '\0';
+            i += 3;
+        } else {
+            out[o++] = src[i++];
+        }
+    }
+    out[o] = '\0';
+    *ret_len = o;
+    return out;
+}
+
+size_t api_nul_restore(char *text, size_t len, uint32_t sentinel, size_t *offsets, size_t n_offsets)
+{
+    if (!sentinel)
+        return len;
+    char enc[4] = {0};
+    utf8_encode((int32_t)sentinel, enc);
+    size_t o = 0, k = 0;
+    for (size_t i = 0; i <= len;) {
+        /* offsets are ascending: each moves with the byte it points at */
+        while (k < n_offsets && offsets[k] <= i)
+            offsets[k++] = o;
+        if (i == len)
+            break;
+        if (i + 3 <= len && memcmp(text + i, enc, 3) == 0) {
+            text[o++] = '\0';
+            i += 3;
+        } else {
+            text[o++] = text[i++];
+        }
+    }
+    return o;
+}
+
 /* ---- field readers: NULL / JSON null means "not given" ---- */
 
 static bool is_absent(const cJSON *v)
@@ -144,6 +286,9 @@ static int add_stop(struct api_request *r, const cJSON *v, const char *param, st
     if (!cJSON_IsString(v))
         return BAD(e, param, "'stop' must be a string or an array of strings");
     size_t len = strlen(v->valuestring);
+    char enc[4] = {0};
+    if (r->nul_sentinel && utf8_encode((int32_t)r->nul_sentinel, enc) > 0 && strstr(v->valuestring, enc))
+        return BAD(e, param, "stop strings must not contain U+0000");
     if (len == 0)
         return BAD(e, param, "stop strings must not be empty");
     if (len > API_MAX_STOP_LEN)
@@ -300,7 +445,7 @@ static int parse_prompt(struct api_request *r, const cJSON *root, int vocab_size
     if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 1 && cJSON_IsString(cJSON_GetArrayItem(p, 0)))
         p = cJSON_GetArrayItem(p, 0); /* ["text"]: a batch of one */
     if (cJSON_IsString(p)) {
-        if (!(r->prompt = strdup(p->valuestring)))
+        if (!(r->prompt = api_json_string(p, r->nul_sentinel, &r->prompt_len)))
             return BAD(e, "prompt", "out of memory");
         return 0;
     }
@@ -414,6 +559,204 @@ static int get_model(const cJSON *root, char **ret, struct api_error *e)
     return 0;
 }
 
+/* ---- the known request fields ----
+ *
+ * Every top-level field of a body is in this table, or the request is a
+ * 400 naming it: a field that was accepted and ignored would let a client
+ * believe it took effect. Each entry says what inferd does with it:
+ *   FIELD_USED:    parsed and implemented (the parsers below read it);
+ *   FIELD_NOOP:    accepted, and doing nothing is what it asks of a server
+ *                  without the feature it concerns (see each `why`);
+ *   FIELD_REFUSED: a 400 naming it whenever it is given (null counts as not
+ *                  given, as for every field). Entries marked "other branch"
+ *                  are implemented on the structured-output branch of
+ *                  issue 13, which turns them into FIELD_USED.
+ * `where` is the endpoints the entry is for. */
+enum field_status { FIELD_USED, FIELD_NOOP, FIELD_REFUSED };
+enum {
+    F_CHAT = API_FIELDS_CHAT,
+    F_COMPL = API_FIELDS_COMPLETION,
+    F_TOKENIZE = API_FIELDS_TOKENIZE,
+    F_DETOKENIZE = API_FIELDS_DETOKENIZE,
+    F_EMBED = API_FIELDS_EMBEDDINGS,
+    F_GEN = F_CHAT | F_COMPL,
+};
+static const struct api_field {
+    const char *name;
+    unsigned where;
+    enum field_status status;
+    const char *why; /* FIELD_NOOP: why nothing is right; FIELD_REFUSED: the message's reason */
+} api_fields[] = {
+    {"model", F_GEN | F_TOKENIZE | F_DETOKENIZE | F_EMBED, FIELD_USED, NULL},
+    {"input", F_EMBED, FIELD_USED, NULL},
+    {"encoding_format", F_EMBED, FIELD_USED, NULL},
+    {"dimensions", F_EMBED, FIELD_REFUSED, "an embedding has the model's hidden size; it is not shortened"},
+    {"messages", F_CHAT, FIELD_USED, NULL},
+    {"prompt", F_COMPL | F_TOKENIZE, FIELD_USED, NULL},
+    {"content", F_TOKENIZE, FIELD_USED, NULL},
+    {"add_special", F_TOKENIZE, FIELD_USED, NULL},
+    {"tokens", F_DETOKENIZE, FIELD_USED, NULL},
+    {"max_tokens", F_GEN, FIELD_USED, NULL},
+    {"max_completion_tokens", F_CHAT, FIELD_USED, NULL},
+    {"temperature", F_GEN, FIELD_USED, NULL},
+    {"top_p", F_GEN, FIELD_USED, NULL},
+    {"top_k", F_GEN, FIELD_USED, NULL},
+    {"min_p", F_GEN, FIELD_USED, NULL},
+    {"presence_penalty", F_GEN, FIELD_USED, NULL},
+    {"frequency_penalty", F_GEN, FIELD_USED, NULL},
+    {"repetition_penalty", F_GEN, FIELD_USED, NULL},
+    {"repeat_penalty", F_GEN, FIELD_USED, NULL},
+    {"logit_bias", F_GEN, FIELD_USED, NULL},
+    {"seed", F_GEN, FIELD_USED, NULL},
+    {"n", F_GEN, FIELD_USED, NULL},
+    {"stop", F_GEN, FIELD_USED, NULL},
+    {"logprobs", F_GEN, FIELD_USED, NULL},
+    {"top_logprobs", F_CHAT, FIELD_USED, NULL},
+    {"stream", F_GEN, FIELD_USED, NULL},
+    {"stream_options", F_GEN, FIELD_USED, NULL},
+    {"echo", F_COMPL, FIELD_USED, NULL},
+    {"best_of", F_COMPL, FIELD_USED, NULL},
+    {"store", F_CHAT, FIELD_USED, NULL},      /* false only: nothing is stored */
+    {"service_tier", F_GEN, FIELD_USED, NULL}, /* "auto" / "default" only: there is one tier */
+    /* Identifiers for the provider's abuse monitoring and cache routing, and
+     * tags for stored completions: they ask nothing of the output, and a
+     * server that monitors, routes and stores nothing honours them by doing
+     * nothing. */
+    {"user", F_GEN | F_EMBED, FIELD_NOOP, "an end-user id for abuse monitoring"},
+    {"safety_identifier", F_GEN, FIELD_NOOP, "an end-user id for abuse monitoring"},
+    {"prompt_cache_key", F_GEN, FIELD_NOOP, "a cache-routing hint; one process serves every request"},
+    {"metadata", F_GEN, FIELD_NOOP, "tags for stored completions; nothing is stored"},
+    /* Asked of the output, and not done: refused. */
+    {"suffix", F_COMPL, FIELD_REFUSED, "text insertion (suffix) is not implemented"},
+    {"modalities", F_CHAT, FIELD_REFUSED, "only text output exists"},
+    {"audio", F_CHAT, FIELD_REFUSED, "there is no audio output"},
+    {"prediction", F_CHAT, FIELD_REFUSED, "predicted outputs are not implemented"},
+    {"web_search_options", F_CHAT, FIELD_REFUSED, "there is no web search"},
+    {"functions", F_CHAT, FIELD_REFUSED, "the deprecated functions API is not implemented; use tools"},
+    {"function_call", F_CHAT, FIELD_REFUSED, "the deprecated functions API is not implemented; use tool_choice"},
+    {"verbosity", F_CHAT, FIELD_REFUSED, "output verbosity control is not implemented"},
+    /* Other branch (issue 13 part 2, structured output). */
+    {"response_format", F_GEN, FIELD_REFUSED, "structured output is not implemented yet"},
+    {"grammar", F_GEN, FIELD_REFUSED, "grammars are not implemented yet"},
+    {"json_schema", F_GEN, FIELD_REFUSED, "structured output is not implemented yet"},
+    {"guided_json", F_GEN, FIELD_REFUSED, "structured output is not implemented yet"},
+    {"guided_regex", F_GEN, FIELD_REFUSED, "structured output is not implemented yet"},
+    {"guided_choice", F_GEN, FIELD_REFUSED, "structured output is not implemented yet"},
+    {"guided_grammar", F_GEN, FIELD_REFUSED, "grammars are not implemented yet"},
+    /* Tools and reasoning (tools.h). */
+    {"tools", F_CHAT, FIELD_USED, NULL},
+    {"tool_choice", F_CHAT, FIELD_USED, NULL},
+    {"parallel_tool_calls", F_CHAT, FIELD_USED, NULL}, /* true only: see tools.c */
+    {"chat_template_kwargs", F_CHAT, FIELD_USED, NULL},
+    {"reasoning_effort", F_CHAT, FIELD_REFUSED, "reasoning effort is not implemented (chat_template_kwargs "
+                                                "such as enable_thinking switch a template's reasoning)"},
+};
+
+/* 400 for the first field of the body that this endpoint does not take. */
+static int check_fields(const cJSON *root, unsigned where, struct api_error *e)
+{
+    const cJSON *it;
+    cJSON_ArrayForEach(it, root) {
+        const struct api_field *f = NULL;
+        for (size_t i = 0; i < sizeof(api_fields) / sizeof(api_fields[0]) && !f; i++)
+            if ((api_fields[i].where & where) && strcmp(api_fields[i].name, it->string) == 0)
+                f = &api_fields[i];
+        if (!f)
+            return BAD(e, it->string, "'%.40s' is not supported by inferd (unknown field)", it->string);
+        if (f->status == FIELD_REFUSED && !is_absent(it))
+            return BAD(e, it->string, "'%s' is not supported by inferd: %s", f->name, f->why);
+    }
+    return 0;
+}
+
+bool api_field_known(const char *name, unsigned endpoint_mask, bool *ret_refused)
+{
+    for (size_t i = 0; i < sizeof(api_fields) / sizeof(api_fields[0]); i++)
+        if ((api_fields[i].where & endpoint_mask) && strcmp(api_fields[i].name, name) == 0) {
+            if (ret_refused)
+                *ret_refused = api_fields[i].status == FIELD_REFUSED;
+            return true;
+        }
+    return false;
+}
+
+/* logit_bias: {"token id": bias in -100..100}, at most API_MAX_LOGIT_BIAS. */
+static int parse_logit_bias(struct api_request *r, const cJSON *root, int vocab_size, struct api_error *e)
+{
+    const cJSON *lb = cJSON_GetObjectItemCaseSensitive(root, "logit_bias");
+    if (is_absent(lb))
+        return 0;
+    if (!cJSON_IsObject(lb))
+        return BAD(e, "logit_bias", "'logit_bias' must be an object mapping token ids to numbers");
+    int n = cJSON_GetArraySize(lb);
+    if (n > API_MAX_LOGIT_BIAS)
+        return BAD(e, "logit_bias", "'logit_bias' has %d entries; at most %d", n, API_MAX_LOGIT_BIAS);
+    if (n == 0)
+        return 0;
+    if (!(r->logit_bias = calloc((size_t)n, sizeof(*r->logit_bias))))
+        return BAD(e, "logit_bias", "out of memory");
+    const cJSON *it;
+    cJSON_ArrayForEach(it, lb) {
+        char param[64];
+        snprintf(param, sizeof(param), "logit_bias.%.40s", it->string);
+        const char *k = it->string;
+        char *end = NULL;
+        errno = 0;
+        long id = strtol(k, &end, 10);
+        if (!k[0] || *end || k[0] == '+' || k[0] == ' ' || errno == ERANGE || id < 0 || id > INT32_MAX)
+            return BAD(e, param, "logit_bias keys must be token ids (decimal integers), not '%.40s'", k);
+        if (vocab_size > 0 && id >= vocab_size)
+            return BAD(e, param, "token id %ld is outside the vocabulary (0..%d)", id, vocab_size - 1);
+        if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) || it->valuedouble < -100 || it->valuedouble > 100)
+            return BAD(e, param, "logit_bias values must be numbers from -100 to 100");
+        for (int j = 0; j < r->n_logit_bias; j++)
+            if (r->logit_bias[j].token == (int32_t)id)
+                return BAD(e, param, "token id %ld is given twice in logit_bias", id);
+        r->logit_bias[r->n_logit_bias++] = (struct api_logit_bias){(int32_t)id, (float)it->valuedouble};
+    }
+    return 0;
+}
+
+int api_check_logit_bias(const struct api_request *r, int vocab_size, struct api_error *e)
+{
+    for (int i = 0; i < r->n_logit_bias; i++)
+        if (r->logit_bias[i].token >= vocab_size) {
+            char param[48];
+            snprintf(param, sizeof(param), "logit_bias.%d", r->logit_bias[i].token);
+            return BAD(e, param, "token id %d is outside the vocabulary (0..%d)", r->logit_bias[i].token,
+                       vocab_size - 1);
+        }
+    return 0;
+}
+
+/* The fields whose values, not only presence, decide whether inferd can
+ * honour them. */
+static int parse_value_checked(struct api_request *r, const cJSON *root, struct api_error *e)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "store");
+    if (!is_absent(v) && !cJSON_IsBool(v))
+        return BAD(e, "store", "'store' must be a boolean");
+    if (cJSON_IsTrue(v))
+        return BAD(e, "store", "'store': true is not supported by inferd: completions are not stored");
+    v = cJSON_GetObjectItemCaseSensitive(root, "service_tier");
+    if (!is_absent(v) && (!cJSON_IsString(v) || (strcmp(v->valuestring, "auto") != 0 &&
+                                                 strcmp(v->valuestring, "default") != 0)))
+        return BAD(e, "service_tier", "'service_tier' must be \"auto\" or \"default\": inferd has one tier");
+    int rc;
+    if ((rc = get_bool(root, "echo", &r->echo, e)) < 0)
+        return rc;
+    if (r->max_tokens == 0 && !r->echo)
+        return BAD(e, "max_tokens", "'max_tokens' must be at least 1 (0 only with 'echo': the prompt's logprobs)");
+    int64_t best_of = 1;
+    if ((rc = get_int(root, "best_of", 1, API_MAX_N, &best_of, e)) < 0)
+        return rc;
+    /* best_of equal to n picks every candidate: the same as not asking. */
+    if (rc > 0 && best_of != r->n)
+        return BAD(e, "best_of", "'best_of' other than n is not supported by inferd (ranking candidates "
+                                 "by likelihood is not implemented)");
+    return 0;
+}
+
 int api_check_token_ids(const int32_t *ids, size_t n, int vocab_size, const char *param, struct api_error *e)
 {
     for (size_t i = 0; i < n; i++)
@@ -434,10 +777,11 @@ int api_request_parse(enum api_kind kind, const char *body, size_t len, int voca
     if (check_depth(body, len, e) < 0)
         return -EINVAL;
     const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, false);
+    uint32_t nul = 0;
+    cJSON *root = api_json_parse(body, len, &end, &nul);
     if (!root) {
         size_t off = end ? (size_t)(end - body) : 0;
-        if (cJSON_GetErrorPtr())
+        if (cJSON_GetErrorPtr() && !end)
             off = (size_t)(cJSON_GetErrorPtr() - body);
         return BAD(e, NULL, "request body is not valid JSON (near byte %zu)", off);
     }
@@ -449,6 +793,7 @@ int api_request_parse(enum api_kind kind, const char *body, size_t len, int voca
     struct api_request r;
     memset(&r, 0, sizeof(r));
     r.kind = kind;
+    r.nul_sentinel = nul;
     r.max_tokens = -1;
     r.sampling = (struct sampler_params){
         .temperature = 1.0f, .top_k = 0, .top_p = 1.0f, .min_p = 0.0f,
@@ -463,6 +808,8 @@ int api_request_parse(enum api_kind kind, const char *body, size_t len, int voca
         rc = BAD(e, NULL, "request body must be a JSON object");
         goto fail;
     }
+    if ((rc = check_fields(root, kind == API_KIND_CHAT ? F_CHAT : F_COMPL, e)) < 0)
+        goto fail;
     if ((rc = get_model(root, &r.model, e)) < 0)
         goto fail;
     if (kind == API_KIND_CHAT && (rc = tools_request_parse(root, &r.tools, e)) < 0)
@@ -474,7 +821,8 @@ int api_request_parse(enum api_kind kind, const char *body, size_t len, int voca
     if (rc < 0)
         goto fail;
 
-    if ((rc = get_int(root, "max_tokens", 1, INT32_MAX, &i64, e)) < 0)
+    /* 0 asks a completion for its echoed prompt only (checked with echo). */
+    if ((rc = get_int(root, "max_tokens", kind == API_KIND_COMPLETION ? 0 : 1, INT32_MAX, &i64, e)) < 0)
         goto fail;
     if (rc > 0)
         r.max_tokens = (int)i64;
@@ -512,19 +860,37 @@ int api_request_parse(enum api_kind kind, const char *body, size_t len, int voca
         goto fail;
     if (rc > 0)
         r.sampling.repetition_penalty = (float)d;
+    /* llama.cpp's spelling of the same penalty. */
+    double d2;
+    int rc2;
+    if ((rc2 = get_number(root, "repeat_penalty", 0, 10, true, &d2, e)) < 0) {
+        rc = rc2;
+        goto fail;
+    }
+    if (rc2 > 0 && rc > 0 && d2 != d) {
+        rc = BAD(e, "repeat_penalty", "'repeat_penalty' and 'repetition_penalty' are the same penalty; "
+                                      "they were given different values (%g, %g)", d2, d);
+        goto fail;
+    }
+    if (rc2 > 0)
+        r.sampling.repetition_penalty = (float)d2;
+    if ((rc = parse_logit_bias(&r, root, vocab_size, e)) < 0)
+        goto fail;
     /* Seeds are 64-bit in spirit; a double holds integers exactly to 2^53. */
     if ((rc = get_int(root, "seed", -9007199254740992.0, 9007199254740992.0, &i64, e)) < 0)
         goto fail;
-    if (rc > 0) {
+    /* -1 asks for a random seed, as llama.cpp's server takes it. */
+    if (rc > 0 && i64 != -1) {
         r.sampling.seed = (uint64_t)i64;
         seed_given = true;
     }
-    if ((rc = get_int(root, "n", 1, 128, &i64, e)) < 0)
+    r.n = 1;
+    if ((rc = get_int(root, "n", 1, API_MAX_N, &i64, e)) < 0)
         goto fail;
-    if (rc > 0 && i64 != 1) {
-        rc = BAD(e, "n", "only n = 1 is supported");
+    if (rc > 0)
+        r.n = (int)i64;
+    if ((rc = parse_value_checked(&r, root, e)) < 0)
         goto fail;
-    }
     if ((rc = parse_stop(&r, root, e)) < 0)
         goto fail;
     if ((rc = parse_logprobs(&r, root, e)) < 0)
@@ -544,6 +910,21 @@ int api_request_parse(enum api_kind kind, const char *body, size_t len, int voca
                 goto fail;
             }
             r.include_usage = cJSON_IsTrue(iu);
+        }
+        /* As OpenAI: options of a stream that is not asked for are an error. */
+        if (!r.stream) {
+            rc = BAD(e, "stream_options", "'stream_options' is only allowed when 'stream' is true");
+            goto fail;
+        }
+        const cJSON *opt;
+        cJSON_ArrayForEach(opt, so) {
+            if (strcmp(opt->string, "include_usage") != 0) {
+                char param[64];
+                snprintf(param, sizeof(param), "stream_options.%.40s", opt->string);
+                rc = BAD(e, param, "'%.40s' is not supported by inferd (stream_options takes include_usage)",
+                         opt->string);
+                goto fail;
+            }
         }
     }
     if (!seed_given) {
@@ -573,10 +954,11 @@ void api_request_finish(struct api_request *r)
     for (int i = 0; i < r->n_stop; i++)
         free(r->stop[i]);
     tools_request_finish(&r->tools);
+    free(r->logit_bias);
     memset(r, 0, sizeof(*r));
 }
 
-static cJSON *parse_object(const char *body, size_t len, struct api_error *e)
+static cJSON *parse_object(const char *body, size_t len, uint32_t *ret_nul, struct api_error *e)
 {
     size_t bad;
     if (!api_utf8_valid(body, len, &bad)) {
@@ -585,7 +967,7 @@ static cJSON *parse_object(const char *body, size_t len, struct api_error *e)
     }
     if (check_depth(body, len, e) < 0)
         return NULL;
-    cJSON *root = cJSON_ParseWithLength(body, len);
+    cJSON *root = api_json_parse(body, len, NULL, ret_nul);
     if (!root) {
         (void)BAD(e, NULL, "request body is not valid JSON");
         return NULL;
@@ -598,12 +980,17 @@ static cJSON *parse_object(const char *body, size_t len, struct api_error *e)
     return root;
 }
 
-int api_tokenize_parse(const char *body, size_t len, char **ret_text, bool *ret_add_special, char **ret_model,
-                       struct api_error *e)
+int api_tokenize_parse(const char *body, size_t len, char **ret_text, size_t *ret_len, bool *ret_add_special,
+                       char **ret_model, struct api_error *e)
 {
-    cJSON *root = parse_object(body, len, e);
+    uint32_t nul = 0;
+    cJSON *root = parse_object(body, len, &nul, e);
     if (!root)
         return -EINVAL;
+    if (check_fields(root, F_TOKENIZE, e) < 0) {
+        cJSON_Delete(root);
+        return -EINVAL;
+    }
     const char *name = "content";
     const cJSON *c = cJSON_GetObjectItemCaseSensitive(root, "content");
     if (!c) {
@@ -621,13 +1008,15 @@ int api_tokenize_parse(const char *body, size_t len, char **ret_text, bool *ret_
     char *model = NULL;
     if ((rc = get_model(root, &model, e)) < 0)
         goto out;
-    char *t = strdup(c->valuestring);
+    size_t tlen = 0;
+    char *t = api_json_string(c, nul, &tlen);
     if (!t) {
         free(model);
         rc = BAD(e, name, "out of memory");
         goto out;
     }
     *ret_text = t;
+    *ret_len = tlen;
     *ret_model = model;
     *ret_add_special = add_special;
     rc = 0;
@@ -639,10 +1028,13 @@ out:
 int api_detokenize_parse(const char *body, size_t len, int vocab_size, int32_t **ret_ids, size_t *ret_n,
                          char **ret_model, struct api_error *e)
 {
-    cJSON *root = parse_object(body, len, e);
+    uint32_t nul = 0;
+    cJSON *root = parse_object(body, len, &nul, e);
     if (!root)
         return -EINVAL;
     int rc;
+    if ((rc = check_fields(root, F_DETOKENIZE, e)) < 0)
+        goto out;
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "tokens");
     if (!cJSON_IsArray(t)) {
         rc = BAD(e, "tokens", "'tokens' must be an array of token ids");
@@ -743,7 +1135,9 @@ static cJSON *chat_token_json(int32_t id, float lp, const struct api_token_namer
     return o;
 }
 
-static cJSON *logprobs_json(enum api_kind kind, const struct api_logprob *lp, int n, size_t text_offset0,
+/* text_offset: in, the offset of the first token's text in the choice's
+ * text; out, past the last token's (completions format only). */
+static cJSON *logprobs_json(enum api_kind kind, const struct api_logprob *lp, int n, size_t *text_offset,
                             const struct api_token_namer *namer)
 {
     cJSON *root = cJSON_CreateObject();
@@ -763,17 +1157,22 @@ static cJSON *logprobs_json(enum api_kind kind, const struct api_logprob *lp, in
     cJSON *tlp = cJSON_AddArrayToObject(root, "token_logprobs");
     cJSON *top = cJSON_AddArrayToObject(root, "top_logprobs");
     cJSON *offs = cJSON_AddArrayToObject(root, "text_offset");
-    size_t off = text_offset0;
+    size_t off = *text_offset;
     for (int i = 0; i < n; i++) {
         size_t len = 0;
         char *name = namer->name(namer->ctx, lp[i].token, &len);
         char *safe = name ? json_safe_text(name, len) : NULL;
         cJSON_AddItemToArray(tokens, cJSON_CreateString(safe ? safe : ""));
-        cJSON_AddItemToArray(tlp, cJSON_CreateNumber(lp[i].logprob));
+        cJSON_AddItemToArray(tlp, lp[i].is_null ? cJSON_CreateNull() : cJSON_CreateNumber(lp[i].logprob));
         cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)off));
-        off += len;
+        if (!namer->not_in_text || !namer->not_in_text(namer->ctx, lp[i].token))
+            off += len;
         free(safe);
         free(name);
+        if (lp[i].is_null) {
+            cJSON_AddItemToArray(top, cJSON_CreateNull());
+            continue;
+        }
         cJSON *alts = cJSON_CreateObject();
         for (int k = 0; k < lp[i].n_top; k++) {
             size_t l2 = 0;
@@ -786,16 +1185,57 @@ static cJSON *logprobs_json(enum api_kind kind, const struct api_logprob *lp, in
         }
         cJSON_AddItemToArray(top, alts);
     }
+    *text_offset = off;
     return root;
 }
 
-/* cJSON strings stop at NUL; generated text never contains one that matters,
- * but be exact about the length we were given. */
+/* The text of a choice as a JSON string. cJSON strings stop at NUL, and an
+ * echoed prompt (or the model) may hold U+0000: the literal is written here,
+ * all len bytes, and handed to cJSON as raw JSON. Text that is not valid
+ * UTF-8 (it always is: the detokenizer and the request parser make it so)
+ * would be made so first, as JSON requires. */
 static cJSON *text_json(const char *text, size_t len)
 {
-    char *s = strndup(text ? text : "", text ? len : 0);
-    cJSON *j = cJSON_CreateString(s ? s : "");
-    free(s);
+    if (!text)
+        len = 0;
+    char *valid = NULL;
+    if (len > 0 && utf8_check(text, len) != len) {
+        if (!(valid = malloc(len * 3 + 1)))
+            return cJSON_CreateString("");
+        len = utf8_copy_lossy(valid, text, len);
+        text = valid;
+    }
+    /* worst case: every byte a six-byte \u00XX escape, plus the quotes */
+    char *lit = len < (SIZE_MAX - 3) / 6 ? malloc(len * 6 + 3) : NULL;
+    if (!lit) {
+        free(valid);
+        return cJSON_CreateString("");
+    }
+    size_t o = 0;
+    lit[o++] = '"';
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (c == '"' || c == '\\') {
+            lit[o++] = '\\';
+            lit[o++] = (char)c;
+        } else if (c < 0x20) {
+            /* the short escapes where JSON has them, as cJSON writes them */
+            char sh = c == '\b' ? 'b' : c == '\f' ? 'f' : c == '\n' ? 'n' : c == '\r' ? 'r' : c == '\t' ? 't' : 0;
+            if (sh) {
+                lit[o++] = '\\';
+                lit[o++] = sh;
+            } else {
+                o += (size_t)snprintf(lit + o, 7, "\\u%04x", c);
+            }
+        } else {
+            lit[o++] = (char)c;
+        }
+    }
+    lit[o++] = '"';
+    lit[o] = '\0';
+    cJSON *j = cJSON_CreateRaw(lit);
+    free(lit);
+    free(valid);
     return j;
 }
 
@@ -806,26 +1246,36 @@ static char *response_json(const struct api_response_meta *m, cJSON *message, co
                            const struct api_logprob *lp, int n_lp, bool want_logprobs,
                            const struct api_token_namer *namer)
 {
+    struct api_choice_out c = {message, text, text_len, finish_reason, lp, n_lp};
+    return api_response_json_n(m, &c, 1, usage, want_logprobs, namer);
+}
+
+char *api_response_json_n(const struct api_response_meta *m, const struct api_choice_out *ch, int n_choices,
+                          const struct api_usage *usage, bool want_logprobs, const struct api_token_namer *namer)
+{
     cJSON *root = cJSON_CreateObject();
     add_meta(root, m, m->kind == API_KIND_CHAT ? "chat.completion" : "text_completion");
     cJSON *choices = cJSON_AddArrayToObject(root, "choices");
-    cJSON *c = cJSON_CreateObject();
-    cJSON_AddNumberToObject(c, "index", 0);
-    if (message) {
-        cJSON_AddItemToObject(c, "message", message);
-    } else if (m->kind == API_KIND_CHAT) {
-        cJSON *msg = cJSON_AddObjectToObject(c, "message");
-        cJSON_AddStringToObject(msg, "role", "assistant");
-        cJSON_AddItemToObject(msg, "content", text_json(text, text_len));
-    } else {
-        cJSON_AddItemToObject(c, "text", text_json(text, text_len));
+    for (int i = 0; i < n_choices; i++) {
+        cJSON *c = cJSON_CreateObject();
+        cJSON_AddNumberToObject(c, "index", i);
+        if (ch[i].message) {
+            cJSON_AddItemToObject(c, "message", ch[i].message);
+        } else if (m->kind == API_KIND_CHAT) {
+            cJSON *msg = cJSON_AddObjectToObject(c, "message");
+            cJSON_AddStringToObject(msg, "role", "assistant");
+            cJSON_AddItemToObject(msg, "content", text_json(ch[i].text, ch[i].text_len));
+        } else {
+            cJSON_AddItemToObject(c, "text", text_json(ch[i].text, ch[i].text_len));
+        }
+        size_t off0 = 0;
+        if (want_logprobs)
+            cJSON_AddItemToObject(c, "logprobs", logprobs_json(m->kind, ch[i].lp, ch[i].n_lp, &off0, namer));
+        else
+            cJSON_AddNullToObject(c, "logprobs");
+        cJSON_AddStringToObject(c, "finish_reason", ch[i].finish_reason);
+        cJSON_AddItemToArray(choices, c);
     }
-    if (want_logprobs)
-        cJSON_AddItemToObject(c, "logprobs", logprobs_json(m->kind, lp, n_lp, 0, namer));
-    else
-        cJSON_AddNullToObject(c, "logprobs");
-    cJSON_AddStringToObject(c, "finish_reason", finish_reason);
-    cJSON_AddItemToArray(choices, c);
     cJSON_AddItemToObject(root, "usage", usage_json(usage));
     char *s = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
@@ -870,15 +1320,16 @@ static char *sse_wrap(cJSON *root, size_t *ret_len)
 
 /* given_delta: a chat delta made elsewhere (taken over), or NULL for one
  * made of role_chunk and text. */
-static char *chunk_sse(const struct api_response_meta *m, cJSON *given_delta, bool role_chunk, const char *text,
-                       size_t text_len, const char *finish_reason, const struct api_logprob *lp, int n_lp,
-                       bool want_logprobs, bool include_usage, const struct api_token_namer *namer, size_t *ret_len)
+static char *chunk_sse(const struct api_response_meta *m, struct api_chunk_pos *pos, cJSON *given_delta,
+                       bool role_chunk, const char *text, size_t text_len, const char *finish_reason,
+                       const struct api_logprob *lp, int n_lp, bool want_logprobs, bool include_usage,
+                       const struct api_token_namer *namer, size_t *ret_len)
 {
     cJSON *root = cJSON_CreateObject();
     add_meta(root, m, m->kind == API_KIND_CHAT ? "chat.completion.chunk" : "text_completion");
     cJSON *choices = cJSON_AddArrayToObject(root, "choices");
     cJSON *c = cJSON_CreateObject();
-    cJSON_AddNumberToObject(c, "index", 0);
+    cJSON_AddNumberToObject(c, "index", pos->index);
     if (given_delta) {
         cJSON_AddItemToObject(c, "delta", given_delta);
     } else if (m->kind == API_KIND_CHAT) {
@@ -893,7 +1344,7 @@ static char *chunk_sse(const struct api_response_meta *m, cJSON *given_delta, bo
         cJSON_AddItemToObject(c, "text", text_json(text, text_len));
     }
     if (want_logprobs && n_lp > 0)
-        cJSON_AddItemToObject(c, "logprobs", logprobs_json(m->kind, lp, n_lp, 0, namer));
+        cJSON_AddItemToObject(c, "logprobs", logprobs_json(m->kind, lp, n_lp, &pos->text_offset, namer));
     else
         cJSON_AddNullToObject(c, "logprobs");
     if (finish_reason)
@@ -906,20 +1357,31 @@ static char *chunk_sse(const struct api_response_meta *m, cJSON *given_delta, bo
     return sse_wrap(root, ret_len);
 }
 
+char *api_chunk_sse_at(const struct api_response_meta *m, struct api_chunk_pos *pos, bool role_chunk,
+                       const char *text, size_t text_len, const char *finish_reason, const struct api_logprob *lp,
+                       int n_lp, bool want_logprobs, bool include_usage, const struct api_token_namer *namer,
+                       size_t *ret_len)
+{
+    return chunk_sse(m, pos, NULL, role_chunk, text, text_len, finish_reason, lp, n_lp, want_logprobs,
+                     include_usage, namer, ret_len);
+}
+
 char *api_chunk_sse(const struct api_response_meta *m, bool role_chunk, const char *text, size_t text_len,
                     const char *finish_reason, const struct api_logprob *lp, int n_lp, bool want_logprobs,
                     bool include_usage, const struct api_token_namer *namer, size_t *ret_len)
 {
-    return chunk_sse(m, NULL, role_chunk, text, text_len, finish_reason, lp, n_lp, want_logprobs, include_usage,
-                     namer, ret_len);
+    struct api_chunk_pos pos = {0, 0};
+    return chunk_sse(m, &pos, NULL, role_chunk, text, text_len, finish_reason, lp, n_lp, want_logprobs,
+                     include_usage, namer, ret_len);
 }
 
-char *api_chat_delta_sse(const struct api_response_meta *m, cJSON *delta, const char *finish_reason,
-                         const struct api_logprob *lp, int n_lp, bool want_logprobs, bool include_usage,
-                         const struct api_token_namer *namer, size_t *ret_len)
+char *api_chat_delta_sse(const struct api_response_meta *m, struct api_chunk_pos *pos, cJSON *delta,
+                         const char *finish_reason, const struct api_logprob *lp, int n_lp, bool want_logprobs,
+                         bool include_usage, const struct api_token_namer *namer, size_t *ret_len)
 {
-    return chunk_sse(m, delta, false, NULL, 0, finish_reason, lp, n_lp, want_logprobs, include_usage, namer,
-                     ret_len);
+    struct api_chunk_pos first = {0, 0};
+    return chunk_sse(m, pos ? pos : &first, delta, false, NULL, 0, finish_reason, lp, n_lp, want_logprobs,
+                     include_usage, namer, ret_len);
 }
 
 char *api_usage_sse(const struct api_response_meta *m, const struct api_usage *usage, size_t *ret_len)
@@ -981,14 +1443,15 @@ void api_embed_request_finish(struct api_embed_request *r)
     memset(r, 0, sizeof(*r));
 }
 
-/* One input: a string, or an array of token ids. param names it in errors. */
-static int parse_embed_input(const cJSON *v, const char *param, struct api_embed_input *in, size_t *total_ids,
-                             struct api_error *e)
+/* One input: a string (U+0000 included: nul is api_json_parse's stand-in),
+ * or an array of token ids. param names it in errors. */
+static int parse_embed_input(const cJSON *v, uint32_t nul, const char *param, struct api_embed_input *in,
+                             size_t *total_ids, struct api_error *e)
 {
     if (cJSON_IsString(v)) {
         if (!v->valuestring[0])
             return BAD(e, param, "an input must not be empty");
-        if (!(in->text = strdup(v->valuestring)))
+        if (!(in->text = api_json_string(v, nul, &in->text_len)))
             return BAD(e, param, "out of memory");
         return 0;
     }
@@ -1017,21 +1480,14 @@ static int parse_embed_input(const cJSON *v, const char *param, struct api_embed
 
 int api_embed_parse(const char *body, size_t len, struct api_embed_request *ret, struct api_error *e)
 {
-    cJSON *root = parse_object(body, len, e);
+    uint32_t nul = 0;
+    cJSON *root = parse_object(body, len, &nul, e);
     if (!root)
         return -EINVAL;
     struct api_embed_request r = {0};
     int rc;
-    const cJSON *f;
-    /* Every field is known: one that inferd would not honour is refused. */
-    cJSON_ArrayForEach(f, root) {
-        if (strcmp(f->string, "model") != 0 && strcmp(f->string, "input") != 0 &&
-            strcmp(f->string, "encoding_format") != 0) {
-            rc = BAD(e, f->string, "'%.64s' is not supported by inferd's /v1/embeddings (it takes model, input and "
-                     "encoding_format)", f->string);
-            goto fail;
-        }
-    }
+    if ((rc = check_fields(root, F_EMBED, e)) < 0)
+        goto fail;
     if ((rc = get_model(root, &r.model, e)) < 0)
         goto fail;
     const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(root, "encoding_format");
@@ -1062,7 +1518,7 @@ int api_embed_parse(const char *body, size_t len, struct api_embed_request *ret,
     size_t total_ids = 0;
     if (!many) {
         r.n_inputs = 1;
-        if ((rc = parse_embed_input(input, "input", &r.inputs[0], &total_ids, e)) < 0)
+        if ((rc = parse_embed_input(input, nul, "input", &r.inputs[0], &total_ids, e)) < 0)
             goto fail;
     } else {
         const cJSON *it;
@@ -1070,7 +1526,7 @@ int api_embed_parse(const char *body, size_t len, struct api_embed_request *ret,
             char param[32];
             snprintf(param, sizeof(param), "input[%d]", r.n_inputs);
             r.n_inputs++;
-            if ((rc = parse_embed_input(it, param, &r.inputs[r.n_inputs - 1], &total_ids, e)) < 0)
+            if ((rc = parse_embed_input(it, nul, param, &r.inputs[r.n_inputs - 1], &total_ids, e)) < 0)
                 goto fail;
         }
     }

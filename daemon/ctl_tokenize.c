@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "api.h"
 #include "base/file.h"
 #include "ctl.h"
 #include "text/tokenizer/tokenizer.h"
@@ -107,24 +108,28 @@ static int each_stdin_line(const tokenizer *t, bool flag, int (*fn)(const tokeni
 
 static int tokenize_line(const tokenizer *t, bool add_special, const char *line, size_t len)
 {
-    cJSON *j = cJSON_ParseWithLength(line, len);
+    /* \u0000 in the text: api_json_parse carries it past cJSON's C strings */
+    uint32_t nul = 0;
+    cJSON *j = api_json_parse(line, len, NULL, &nul);
     const cJSON *text = cJSON_GetObjectItemCaseSensitive(j, "text");
     int r = -EINVAL;
+    size_t tlen = 0;
+    char *bytes = cJSON_IsString(text) ? api_json_string(text, nul, &tlen) : NULL;
     if (!cJSON_IsString(text)) {
         json_put_error(stdout, j ? "expected {\"text\": \"...\"}" : "malformed JSON");
-    } else if (strstr(line, "\\u0000")) {
-        /* cJSON strings end at NUL: refuse rather than tokenize a cut text */
-        json_put_error(stdout, "text with NUL characters is not supported in --jsonl; use --file");
+    } else if (!bytes) {
+        json_put_error(stdout, "out of memory");
     } else {
         struct tok_ids v = {0};
         ifd_error err = {0};
-        r = tok_encode(t, text->valuestring, strlen(text->valuestring), add_special, &v, &err);
+        r = tok_encode(t, bytes, tlen, add_special, &v, &err);
         if (r < 0)
             json_put_error(stdout, err.msg);
         else
             print_encoding(t, &v);
         tok_ids_finish(&v);
     }
+    free(bytes);
     cJSON_Delete(j);
     return r;
 }

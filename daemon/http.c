@@ -130,6 +130,17 @@ enum stream_phase {
     PHASE_FINISHED,   /* everything handed to MHD */
 };
 
+/* One choice of a generation request: its own sequence in the scheduler. */
+struct conn_choice {
+    struct sched_req *req;
+    struct sched_output out;
+    size_t out_sent;            /* bytes of out.text already in a chunk */
+    int lp_sent;
+    struct api_chunk_pos pos;   /* streaming: choice index, text_offset so far */
+    bool finished;              /* streaming: its finish_reason chunk is out */
+    struct tools_stream *ts;    /* streaming a chat with tools or reasoning: its reply parser */
+};
+
 /* One request on one connection. */
 struct conn {
     struct http_server *srv;
@@ -154,11 +165,9 @@ struct conn {
     /* The model the request runs on, held until it completes (models.h). */
     const struct served_model *model;
 
-    /* Generation. */
-    struct sched_req *req;
-    struct sched_output out;
-    size_t out_sent;            /* bytes of out.text already in a chunk */
-    int lp_sent;
+    /* Generation: one sequence per choice ("n"). */
+    struct conn_choice *ch;     /* [n_ch] */
+    int n_ch;
     enum stream_phase phase;
     struct api_response_meta meta;
     char id[64];
@@ -816,8 +825,9 @@ static MHD_RESULT handle_tokenize(struct MHD_Connection *c, struct conn *k)
 {
     struct api_error e;
     char *text = NULL, *model = NULL;
+    size_t tlen = 0;
     bool add_special = true;
-    if (api_tokenize_parse(k->body, k->len, &text, &add_special, &model, &e) < 0)
+    if (api_tokenize_parse(k->body, k->len, &text, &tlen, &add_special, &model, &e) < 0)
         return respond_error(c, k, &e);
     int r = take_model(k, model, &e);
     free(model);
@@ -827,7 +837,7 @@ static MHD_RESULT handle_tokenize(struct MHD_Connection *c, struct conn *k)
     }
     /* Tokenizing costs about 0.6 s of CPU per MiB: capped, unlike prompts,
      * which the context length bounds after the fact. */
-    size_t cap = app_limits(k->app).max_tokenize_bytes, tlen = strlen(text);
+    size_t cap = app_limits(k->app).max_tokenize_bytes;
     if (tlen > cap) {
         free(text);
         api_error_set(&e, 413, "invalid_request_error", "content", "request_too_large",
@@ -836,7 +846,7 @@ static MHD_RESULT handle_tokenize(struct MHD_Connection *c, struct conn *k)
     }
     struct tok_ids ids = {0};
     ifd_error err = {{0}};
-    r = tok_encode(k->model->tok, text, strlen(text), add_special, &ids, &err);
+    r = tok_encode(k->model->tok, text, tlen, add_special, &ids, &err);
     free(text);
     if (r < 0) {
         tok_ids_finish(&ids);
@@ -902,7 +912,7 @@ static int embed_input_ids(const struct served_model *m, const struct api_embed_
     snprintf(param, sizeof(param), "input[%d]", index);
     if (in->text) {
         ifd_error err = {{0}};
-        if (tok_encode(m->tok, in->text, strlen(in->text), true, ids, &err) < 0) {
+        if (tok_encode(m->tok, in->text, in->text_len, true, ids, &err) < 0) {
             api_error_set(e, 400, "invalid_request_error", param, NULL, "%s", err.msg);
             return -EINVAL;
         }
@@ -1054,6 +1064,11 @@ static char *namer_fn(void *ctx, int32_t id, size_t *ret_len)
     return text;
 }
 
+static bool namer_special(void *ctx, int32_t id)
+{
+    return tok_is_special(ctx, id);
+}
+
 /* Builds the prompt ids of a request, and for chat how its output is read
  * (*ret_tools_on, *ret_tools_cfg). On failure fills e. */
 static int build_prompt(const struct served_model *m, const struct api_request *rq, struct tok_ids *ids,
@@ -1089,6 +1104,8 @@ static int build_prompt(const struct served_model *m, const struct api_request *
             api_error_set(e, 400, "invalid_request_error", "messages", NULL, "chat template: %s", err.msg);
             return r;
         }
+        /* U+0000 in the messages went through the template as a stand-in. */
+        len = api_nul_restore(text, len, rq->nul_sentinel, untrusted, 2 * n_untrusted);
         r = tok_encode_protected(m->tok, text, len, false, untrusted, n_untrusted, ids, &err);
         free(untrusted);
         free(text);
@@ -1099,7 +1116,7 @@ static int build_prompt(const struct served_model *m, const struct api_request *
         return 0;
     }
     if (rq->prompt) {
-        r = tok_encode(m->tok, rq->prompt, strlen(rq->prompt), true, ids, &err);
+        r = tok_encode(m->tok, rq->prompt, rq->prompt_len, true, ids, &err);
         if (r < 0) {
             api_error_set(e, 400, "invalid_request_error", "prompt", NULL, "%s", err.msg);
             return r;
@@ -1118,6 +1135,31 @@ static int build_prompt(const struct served_model *m, const struct api_request *
     memcpy(ids->ids, rq->prompt_ids, sizeof(int32_t) * rq->n_prompt_ids);
     ids->n = rq->n_prompt_ids;
     return 0;
+}
+
+/* echo: the prompt's text, as given, or decoded from its ids without
+ * special tokens (as output text is). *ret is malloc'd, NUL-terminated. */
+static int echo_text(const struct served_model *m, const struct api_request *rq, const struct tok_ids *ids,
+                     char **ret, size_t *ret_len)
+{
+    if (rq->prompt) {
+        if (!(*ret = malloc(rq->prompt_len + 1)))
+            return -ENOMEM;
+        memcpy(*ret, rq->prompt, rq->prompt_len + 1);
+        *ret_len = rq->prompt_len;
+        return 0;
+    }
+    int32_t *plain = malloc(sizeof(int32_t) * (ids->n ? ids->n : 1));
+    if (!plain)
+        return -ENOMEM;
+    size_t n = 0;
+    for (size_t i = 0; i < ids->n; i++)
+        if (!tok_is_special(m->tok, ids->ids[i]))
+            plain[n++] = ids->ids[i];
+    ifd_error err;
+    int r = tok_decode(m->tok, plain, n, true, ret, ret_len, &err);
+    free(plain);
+    return r;
 }
 
 static void conn_append_buf(struct conn *k, char *s, size_t n)
@@ -1143,28 +1185,15 @@ static const char *tools_finish(const char *finish_reason, int n_calls)
     return n_calls > 0 && finish_reason && strcmp(finish_reason, "stop") == 0 ? "tool_calls" : finish_reason;
 }
 
-/* The non-streaming answer of a chat with tools or reasoning. */
-static MHD_RESULT respond_tools_message(struct MHD_Connection *c, struct conn *k, const struct api_usage *u,
-                                        const struct api_token_namer *namer)
-{
-    int n_calls = 0;
-    cJSON *msg = tools_message_from_text(&k->tools_cfg, k->out.text ? k->out.text : "", k->out.text_len, &n_calls);
-    if (!msg)
-        return respond_errorf(c, k, 500, "server_error", NULL, NULL, "out of memory");
-    char *s = api_chat_response_json(&k->meta, msg, tools_finish(k->out.finish_reason, n_calls), u, k->out.lp,
-                                     k->out.n_lp, k->want_logprobs, namer);
-    return respond_json(c, k, 200, s);
-}
-
-/* The chunks of new text read through k->ts: one per delta, the last one
- * carrying finish_reason; logprobs go with the first chunk, or wait for a
- * later one while the parser holds the text back. */
-static void stream_produce_tools(struct conn *k, size_t new_text, int new_lp, bool finish,
+/* The chunks of choice ch's new text read through its tools parser: one
+ * per delta, the last one carrying finish_reason; logprobs go with the first
+ * chunk, or wait for a later one while the parser holds the text back. */
+static void stream_produce_tools(struct conn *k, struct conn_choice *ch, size_t new_text, int new_lp, bool finish,
                                  const struct api_token_namer *namer)
 {
     cJSON *deltas = cJSON_CreateArray();
-    int r = deltas ? tools_stream_feed(k->ts, k->out.text + k->out_sent, new_text, finish, deltas) : -ENOMEM;
-    k->out_sent = k->out.text_len;  /* fed (or lost to ENOMEM): never fed twice */
+    int r = deltas ? tools_stream_feed(ch->ts, ch->out.text + ch->out_sent, new_text, finish, deltas) : -ENOMEM;
+    ch->out_sent = ch->out.text_len;  /* fed (or lost to ENOMEM): never fed twice */
     if (r < 0) {
         cJSON_Delete(deltas);
         return;
@@ -1175,61 +1204,104 @@ static void stream_produce_tools(struct conn *k, size_t new_text, int new_lp, bo
     cJSON *d;
     while ((d = cJSON_DetachItemFromArray(deltas, 0))) {
         bool last = cJSON_GetArraySize(deltas) == 0;
-        const char *fr = finish && last ? tools_finish(k->out.finish_reason, tools_stream_calls(k->ts)) : NULL;
+        const char *fr = finish && last ? tools_finish(ch->out.finish_reason, tools_stream_calls(ch->ts)) : NULL;
         size_t len = 0;
-        char *ev = api_chat_delta_sse(&k->meta, d, fr, k->out.lp + k->lp_sent, new_lp, k->want_logprobs,
+        char *ev = api_chat_delta_sse(&k->meta, &ch->pos, d, fr, ch->out.lp + ch->lp_sent, new_lp, k->want_logprobs,
                                       k->include_usage, namer, &len);
         conn_append_buf(k, ev, len);
-        k->lp_sent += new_lp;
+        ch->lp_sent += new_lp;
         new_lp = 0;
     }
     cJSON_Delete(deltas);
 }
 
+/* Collects what every choice produced, waiting up to timeout_ms on the
+ * first unfinished one. Returns true when every choice is done; sets the
+ * token counts for the log line (prompt once, completions summed). */
+static bool choices_collect(struct conn *k, int timeout_ms)
+{
+    bool all_done = true;
+    k->tokens_out = 0;
+    for (int i = 0; i < k->n_ch; i++) {
+        struct conn_choice *ch = &k->ch[i];
+        if (!ch->out.done) {
+            sched_req_collect(ch->req, all_done ? timeout_ms : 0, &ch->out);
+            all_done = all_done && ch->out.done;
+        }
+        k->tokens_out += ch->out.completion_tokens;
+        k->tokens_in = ch->out.prompt_tokens;
+    }
+    return all_done;
+}
+
+/* The first choice that ended with an error, or NULL. */
+static const struct sched_output *choices_failed(const struct conn *k)
+{
+    for (int i = 0; i < k->n_ch; i++)
+        if (k->ch[i].out.done && k->ch[i].out.error_status)
+            return &k->ch[i].out;
+    return NULL;
+}
+
+static void choices_cancel(struct conn *k)
+{
+    for (int i = 0; i < k->n_ch; i++)
+        if (k->ch[i].req)
+            sched_req_cancel(k->ch[i].req);
+}
+
 /* Turns whatever the scheduler produced into SSE events in k->buf. */
 static void stream_produce(struct conn *k)
 {
-    struct api_token_namer namer = {namer_fn, (void *)k->model->tok};
+    struct api_token_namer namer = {namer_fn, (void *)k->model->tok, namer_special};
     size_t n = 0;
     char *ev;
     if (k->phase == PHASE_ROLE) {
-        ev = api_chunk_sse(&k->meta, true, "", 0, NULL, NULL, 0, false, k->include_usage, &namer, &n);
-        conn_append_buf(k, ev, n);
+        for (int i = 0; i < k->n_ch; i++) {
+            ev = api_chunk_sse_at(&k->meta, &k->ch[i].pos, true, "", 0, NULL, NULL, 0, false, k->include_usage,
+                                  &namer, &n);
+            conn_append_buf(k, ev, n);
+        }
         k->phase = PHASE_CONTENT;
         return;
     }
-    if (!sched_req_collect(k->req, 250, &k->out))
-        return;
-    size_t new_text = k->out.text_len - k->out_sent;
-    int new_lp = k->out.n_lp - k->lp_sent;
-    bool failed = k->out.done && k->out.error_status;
-    k->tokens_out = k->out.completion_tokens;
-    k->tokens_in = k->out.prompt_tokens;
-    /* The last content chunk carries finish_reason (an empty delta if need be). */
-    if (k->ts) {
-        stream_produce_tools(k, new_text, new_lp, k->out.done && !failed, &namer);
-    } else if (new_text > 0 || new_lp > 0 || (k->out.done && !failed)) {
-        ev = api_chunk_sse(&k->meta, false, k->out.text + k->out_sent, new_text,
-                           k->out.done && !failed ? k->out.finish_reason : NULL, k->out.lp + k->lp_sent, new_lp,
-                           k->want_logprobs, k->include_usage, &namer, &n);
-        conn_append_buf(k, ev, n);
+    bool done = choices_collect(k, 250);
+    const struct sched_output *failed = choices_failed(k);
+    for (int i = 0; i < k->n_ch; i++) {
+        struct conn_choice *ch = &k->ch[i];
+        size_t new_text = ch->out.text_len - ch->out_sent;
+        int new_lp = ch->out.n_lp - ch->lp_sent;
+        bool finish = ch->out.done && !ch->out.error_status && !ch->finished && !failed;
+        /* The last content chunk carries finish_reason (an empty delta if need be). */
+        if (ch->ts) {
+            if (new_text > 0 || new_lp > 0 || finish)
+                stream_produce_tools(k, ch, new_text, new_lp, finish, &namer);
+        } else if (new_text > 0 || new_lp > 0 || finish) {
+            ev = api_chunk_sse_at(&k->meta, &ch->pos, false, ch->out.text + ch->out_sent, new_text,
+                                  finish ? ch->out.finish_reason : NULL, ch->out.lp + ch->lp_sent, new_lp,
+                                  k->want_logprobs, k->include_usage, &namer, &n);
+            conn_append_buf(k, ev, n);
+        }
+        if (!ch->ts) {
+            ch->out_sent = ch->out.text_len;
+            ch->lp_sent = ch->out.n_lp;
+        }
+        ch->finished = ch->finished || finish;
     }
-    if (!k->ts) {
-        k->out_sent = k->out.text_len;
-        k->lp_sent = k->out.n_lp;
-    }
-    if (!k->out.done)
-        return;
     if (failed) {
-        /* The stream cannot change its status any more: end with an error event. */
+        /* The stream cannot change its status any more: end with an error
+         * event; the other choices are not needed any more. */
+        choices_cancel(k);
         struct api_error e;
-        bool down = k->out.error_status == 503;
-        api_error_set(&e, k->out.error_status, down ? "service_unavailable" : "server_error", NULL,
-                      down ? unavailable_code(k) : NULL, "%s", k->out.error_msg);
+        bool down = failed->error_status == 503;
+        api_error_set(&e, failed->error_status, down ? "service_unavailable" : "server_error", NULL,
+                      down ? unavailable_code(k) : NULL, "%s", failed->error_msg);
         ev = api_error_sse(&e, &n);
         conn_append_buf(k, ev, n);
+    } else if (!done) {
+        return;
     } else if (k->include_usage) {
-        struct api_usage u = {k->out.prompt_tokens, k->out.completion_tokens};
+        struct api_usage u = {k->tokens_in, k->tokens_out};
         ev = api_usage_sse(&k->meta, &u, &n);
         conn_append_buf(k, ev, n);
     }
@@ -1252,7 +1324,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         if (k->phase == PHASE_FINISHED)
             return MHD_CONTENT_READER_END_OF_STREAM;
         if (client_gone(k->fd)) {
-            sched_req_cancel(k->req);
+            choices_cancel(k);
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }
         stream_produce(k);
@@ -1270,6 +1342,8 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
     int r = take_model(k, rq.model, &e);
     if (r >= 0 && rq.prompt_ids)
         r = api_check_token_ids(rq.prompt_ids, rq.n_prompt_ids, k->model->n_vocab, "prompt", &e);
+    if (r >= 0)
+        r = api_check_logit_bias(&rq, k->model->n_vocab, &e);
     if (r < 0) {
         ret = respond_model_error(c, k, r, &e);
         api_request_finish(&rq);
@@ -1311,9 +1385,39 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
     struct sched_req_params p = {
         .prompt = ids.ids, .n_prompt = ids.n, .max_tokens = rq.max_tokens, .sampling = rq.sampling,
         .stop = rq.stop, .n_stop = rq.n_stop, .logprobs = rq.logprobs, .top_logprobs = rq.top_logprobs,
+        .logit_bias = rq.logit_bias, .n_logit_bias = rq.n_logit_bias,
+        .prompt_logprobs = rq.echo && rq.logprobs, .prompt_only = rq.echo && rq.max_tokens == 0,
     };
+    char *echo = NULL;
+    size_t echo_len = 0;
+    if (rq.echo && echo_text(m, &rq, &ids, &echo, &echo_len) < 0) {
+        tok_ids_finish(&ids);
+        api_request_finish(&rq);
+        return respond_errorf(c, k, 500, "server_error", NULL, NULL, "out of memory");
+    }
     ifd_error err = {{0}};
-    r = sched_submit(m->sched, &p, &k->req, &err);
+    /* n choices: n sequences of the same prompt ids (tokenized once), seeded
+     * seed, seed + 1 ... so that a seeded request stays reproducible. */
+    k->ch = calloc((size_t)rq.n, sizeof(*k->ch));
+    r = k->ch ? 0 : ifd_error_set(&err, -ENOMEM, "out of memory");
+    for (int i = 0; r >= 0 && i < rq.n; i++) {
+        p.sampling.seed = rq.sampling.seed + (uint64_t)i;
+        r = sched_submit(m->sched, &p, &k->ch[i].req, &err);
+        if (r >= 0) {
+            k->ch[i].pos.index = i;
+            k->n_ch = i + 1;
+        }
+        /* echo: the choice's text starts as the prompt's; what the
+         * scheduler produces is appended to it */
+        if (r >= 0 && echo && !(k->ch[i].out.text = malloc(echo_len + 1)))
+            r = ifd_error_set(&err, -ENOMEM, "out of memory");
+        if (r >= 0 && echo) {
+            memcpy(k->ch[i].out.text, echo, echo_len + 1);
+            k->ch[i].out.text_len = echo_len;
+            k->ch[i].out.text_cap = echo_len + 1;
+        }
+    }
+    free(echo);
     tok_ids_finish(&ids);
     if (r < 0) {
         api_request_finish(&rq);
@@ -1337,8 +1441,9 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
     bool stream = rq.stream;
     api_request_finish(&rq);
 
-    if (stream && k->tools_on && !(k->ts = tools_stream_create(&k->tools_cfg)))
-        return respond_errorf(c, k, 500, "server_error", NULL, NULL, "out of memory");
+    for (int i = 0; stream && k->tools_on && i < k->n_ch; i++)
+        if (!(k->ch[i].ts = tools_stream_create(&k->tools_cfg)))
+            return respond_errorf(c, k, 500, "server_error", NULL, NULL, "out of memory");
     if (stream) {
         k->phase = kind == API_KIND_CHAT ? PHASE_ROLE : PHASE_CONTENT;
         struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_reader, k, NULL);
@@ -1356,27 +1461,44 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
 
     /* Non-streaming: wait here (this connection's own thread), watching the socket. */
     for (;;) {
-        sched_req_collect(k->req, 100, &k->out);
-        if (k->out.done)
+        if (choices_collect(k, 100) || choices_failed(k))
             break;
         if (client_gone(k->fd)) {
-            sched_req_cancel(k->req);
+            choices_cancel(k);
             k->status = 499;  /* nginx's "client closed request", for the log line */
             return MHD_NO;
         }
     }
-    k->tokens_out = k->out.completion_tokens;
-    if (k->out.error_status) {
-        bool down = k->out.error_status == 503;
-        return respond_errorf(c, k, k->out.error_status, down ? "service_unavailable" : "server_error", NULL,
-                              down ? unavailable_code(k) : NULL, k->out.error_msg);
+    const struct sched_output *failed = choices_failed(k);
+    if (failed) {
+        choices_cancel(k);
+        bool down = failed->error_status == 503;
+        return respond_errorf(c, k, failed->error_status, down ? "service_unavailable" : "server_error", NULL,
+                              down ? unavailable_code(k) : NULL, failed->error_msg);
     }
-    struct api_usage u = {k->out.prompt_tokens, k->out.completion_tokens};
-    struct api_token_namer namer = {namer_fn, (void *)m->tok};
-    if (k->tools_on)
-        return respond_tools_message(c, k, &u, &namer);
-    char *s = api_response_json(&k->meta, k->out.text ? k->out.text : "", k->out.text_len, k->out.finish_reason, &u,
-                                k->out.lp, k->out.n_lp, k->want_logprobs, &namer);
+    struct api_usage u = {k->tokens_in, k->tokens_out};
+    struct api_token_namer namer = {namer_fn, (void *)m->tok, namer_special};
+    struct api_choice_out *co = calloc((size_t)k->n_ch, sizeof(*co));
+    if (!co)
+        return respond_errorf(c, k, 500, "server_error", NULL, NULL, "out of memory");
+    for (int i = 0; i < k->n_ch; i++) {
+        const struct sched_output *o = &k->ch[i].out;
+        co[i] = (struct api_choice_out){NULL, o->text ? o->text : "", o->text_len, o->finish_reason, o->lp, o->n_lp};
+        if (k->tools_on) {
+            /* A chat with tools or reasoning: the message is read from the text. */
+            int n_calls = 0;
+            co[i].message = tools_message_from_text(&k->tools_cfg, co[i].text, co[i].text_len, &n_calls);
+            co[i].finish_reason = tools_finish(o->finish_reason, n_calls);
+            if (!co[i].message) {
+                for (int j = 0; j < i; j++)
+                    cJSON_Delete(co[j].message);
+                free(co);
+                return respond_errorf(c, k, 500, "server_error", NULL, NULL, "out of memory");
+            }
+        }
+    }
+    char *s = api_response_json_n(&k->meta, co, k->n_ch, &u, k->want_logprobs, &namer);
+    free(co);
     return respond_json(c, k, 200, s);
 }
 
@@ -1637,12 +1759,16 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
         linger_drain(k->slot->fd);  /* MHD closes the connection next */
     else
         slot_set_reading(h, k->slot, true);  /* a kept-alive connection owes its next request from now on */
-    if (k->req) {
-        /* Whatever happened, the sequence is not needed any more: a client
-         * that went away mid-stream frees its slot now. */
-        sched_req_release(k->req);
-        k->req = NULL;
+    /* Whatever happened, the sequences are not needed any more: a client
+     * that went away mid-stream frees their slots now. */
+    for (int i = 0; i < k->n_ch; i++) {
+        sched_req_release(k->ch[i].req);
+        sched_output_finish(&k->ch[i].out);
+        tools_stream_destroy(k->ch[i].ts);
     }
+    free(k->ch);
+    k->ch = NULL;
+    k->n_ch = 0;
     int status = k->status;
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && status == 200)
         status = 499;
@@ -1654,10 +1780,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     if (dm && status)
         metrics_request_done(dm->metrics, status);
     models_release(app->models, k->model);
-    sched_output_finish(&k->out);
     free(k->cors_origin);
     free(k->cors_preflight_headers);
-    tools_stream_destroy(k->ts);
     free(k->buf);
     free(k->body);
     free(k->path);

@@ -36,6 +36,10 @@ struct sched_req {
     bool logprobs;
     int top_logprobs;
     bool embed, pool_mean;
+    struct api_logit_bias *logit_bias; /* [n_logit_bias] */
+    int n_logit_bias;
+    bool prompt_logprobs;
+    bool prompt_only;
     double t_submit;
 
     /* Published state, under s->mu. */
@@ -57,6 +61,8 @@ struct sched_req {
 /* A sequence slot; scheduler thread only. */
 struct sched_seq {
     struct sched_req *req;       /* NULL: slot free */
+    struct api_logprob *plp;     /* [n_seq_max] prompt logprobs staged this step (prompt_logprobs only) */
+    int n_plp;
     size_t n_fed;                /* prompt tokens already in the KV cache */
     int n_past;                  /* positions in the KV cache */
     bool generating;             /* prompt done; next_token is the token to feed */
@@ -101,6 +107,7 @@ struct sched {
     int32_t *b_tokens, *b_seq_ids, *b_pos;
     bool *b_want;
     int *row_seq;                /* [n_batch_max]: the slot of each logits row */
+    int *row_ppos;               /* [n_batch_max]: -1, or the prompt index whose next token's logprob the row gives */
     float *logits_copy;          /* [n_vocab]: raw logits kept for logprobs */
     float *normed;               /* [hidden]: one token's output, for embeddings */
     int hidden;
@@ -108,6 +115,10 @@ struct sched {
 };
 
 static void *sched_thread_main(void *arg);
+
+/* Prompt ids fed to a detokenizer before the output (see seq_admit): more
+ * than a character or a decoder's leading-space rule ever spans. */
+#define SCHED_PROMPT_CONTEXT 8
 
 static void req_free(struct sched_req *r)
 {
@@ -118,6 +129,7 @@ static void req_free(struct sched_req *r)
     free(r->out_text);
     free(r->out_lp);
     free(r->embedding);
+    free(r->logit_bias);
     free(r);
 }
 
@@ -182,10 +194,11 @@ int sched_create(engine *e, const tokenizer *tok, const struct gen_stop_set *sto
     s->b_pos = malloc(sizeof(int32_t) * (size_t)nb);
     s->b_want = malloc(sizeof(bool) * (size_t)nb);
     s->row_seq = malloc(sizeof(int) * (size_t)nb);
+    s->row_ppos = malloc(sizeof(int) * (size_t)nb);
     s->logits_copy = malloc(sizeof(float) * (size_t)s->n_vocab);
     s->order = malloc(sizeof(int) * (size_t)cfg->n_seq_max);
     s->normed = malloc(sizeof(float) * (size_t)s->hidden);
-    if (!s->seqs || !s->b_tokens || !s->b_seq_ids || !s->b_pos || !s->b_want || !s->row_seq ||
+    if (!s->seqs || !s->b_tokens || !s->b_seq_ids || !s->b_pos || !s->b_want || !s->row_seq || !s->row_ppos ||
         !s->logits_copy || !s->order || !s->normed) {
         sched_destroy(s);
         return ifd_error_set(err, -ENOMEM, "scheduler: out of memory");
@@ -225,6 +238,7 @@ void sched_destroy(struct sched *s)
     free(s->b_pos);
     free(s->b_want);
     free(s->row_seq);
+    free(s->row_ppos);
     free(s->logits_copy);
     free(s->order);
     free(s->normed);
@@ -268,6 +282,29 @@ int sched_submit(struct sched *s, const struct sched_req_params *p, struct sched
     r->pool_mean = p->pool_mean;
     if (r->embed && !(r->embedding = calloc((size_t)s->hidden, sizeof(float))))
         goto oom;
+    for (int i = 0; i < p->n_logit_bias; i++)
+        if (p->logit_bias[i].token < 0 || p->logit_bias[i].token >= s->n_vocab) {
+            req_free(r);
+            return ifd_error_set(err, -EINVAL, "logit_bias token id %d is outside the vocabulary",
+                                 p->logit_bias[i].token);
+        }
+    if (p->n_logit_bias > 0) {
+        if (!(r->logit_bias = malloc(sizeof(*r->logit_bias) * (size_t)p->n_logit_bias)))
+            goto oom;
+        memcpy(r->logit_bias, p->logit_bias, sizeof(*r->logit_bias) * (size_t)p->n_logit_bias);
+        r->n_logit_bias = p->n_logit_bias;
+    }
+    r->prompt_logprobs = p->prompt_logprobs;
+    r->prompt_only = p->prompt_only;
+    if (r->prompt_logprobs) {
+        /* The first prompt token has no logprob: its entry is there at once. */
+        size_t cap = 0;
+        if (grow((void **)&r->out_lp, sizeof(*r->out_lp), 1, &cap) < 0)
+            goto oom;
+        r->out_lp_cap = (int)cap;
+        r->out_lp[0] = (struct api_logprob){.token = r->prompt[0], .is_null = true};
+        r->out_n_lp = 1;
+    }
     r->t_submit = ifd_now_s();
     r->refs = 2;
 
@@ -457,6 +494,14 @@ static int seq_admit(struct sched *s, struct sched_seq *q, struct sched_req *r)
     }
     q->smp = sampler_create(&r->sampling, s->n_vocab);
     q->ts = tok_stream_create(s->tok, true);
+    q->n_plp = 0;
+    if (r->prompt_logprobs && !(q->plp = malloc(sizeof(*q->plp) * (size_t)s->cfg.n_seq_max))) {
+        sampler_destroy(q->smp);
+        tok_stream_destroy(q->ts);
+        q->smp = NULL;
+        q->ts = NULL;
+        return -ENOMEM;
+    }
     /* Hold-back buffer: the longest stop string plus a generous piece. */
     size_t need = 4096;
     if (!q->smp || !q->ts || grow((void **)&q->pending, 1, need, &q->pending_cap) < 0) {
@@ -473,9 +518,15 @@ static int seq_admit(struct sched *s, struct sched_seq *q, struct sched_req *r)
      * space of the first token of a text, and a prompt may end inside a UTF-8
      * character. Feeding the prompt's tail to the detokenizer first (and
      * dropping its text) gives the generated tokens their context. */
-    size_t tail = r->n_prompt < 8 ? r->n_prompt : 8;
+    size_t tail = r->n_prompt < SCHED_PROMPT_CONTEXT ? r->n_prompt : SCHED_PROMPT_CONTEXT;
+    int32_t ctx[SCHED_PROMPT_CONTEXT];
+    size_t n_ctx = 0;
     for (size_t i = r->n_prompt - tail; i < r->n_prompt; i++)
-        tok_stream_push(q->ts, r->prompt[i], &q->pending, &q->pending_len, &q->pending_cap);
+        if (!tok_is_special(s->tok, r->prompt[i]))
+            ctx[n_ctx++] = r->prompt[i];
+    if (tok_stream_prime(q->ts, ctx, n_ctx) < 0) {
+        /* Out of memory: the text starts without its context. */
+    }
     q->pending_len = 0;
     q->req = r;
     q->n_fed = 0;
@@ -499,6 +550,9 @@ static void seq_release(struct sched *s, struct sched_seq *q)
     }
     sampler_destroy(q->smp);
     tok_stream_destroy(q->ts);
+    free(q->plp);
+    q->plp = NULL;
+    q->n_plp = 0;
     q->smp = NULL;
     q->ts = NULL;
     req_unref_locked(q->req);
@@ -507,11 +561,33 @@ static void seq_release(struct sched *s, struct sched_seq *q)
 }
 
 /* Scheduler thread, no lock: handles the token sampled for slot q. */
+/* Scheduler thread, no lock: the logits of prompt position `pos` give the
+ * logprob of prompt token pos + 1 (echo with logprobs). */
+static void seq_on_prompt_logits(struct sched *s, struct sched_seq *q, const float *logits, int pos)
+{
+    struct sched_req *r = q->req;
+    struct api_logprob *lp = &q->plp[q->n_plp++];
+    lp->token = r->prompt[pos + 1];
+    lp->is_null = false;
+    lp->n_top = r->top_logprobs;
+    lp->logprob = sampler_logprob(logits, s->n_vocab, lp->token, r->top_logprobs, lp->top_ids, lp->top_logprobs);
+}
+
 static void seq_on_token(struct sched *s, struct sched_seq *q, float *logits)
 {
     struct sched_req *r = q->req;
+    if (r->prompt_only) {
+        /* max_tokens 0 (echo): the prompt was all that was asked for. */
+        q->emit_len = 0;
+        q->finish = "length";
+        return;
+    }
     if (r->logprobs)
         memcpy(s->logits_copy, logits, sizeof(float) * (size_t)s->n_vocab);
+    /* logit_bias shifts what is sampled; logprobs stay the model's own
+     * (taken from the copy above), as vLLM reports them. */
+    for (int i = 0; i < r->n_logit_bias; i++)
+        logits[r->logit_bias[i].token] += r->logit_bias[i].bias;
     int32_t t;
     /* MERGE(grammar): tool_choice "required" / a named function (tools.h,
      * tools_call_grammar) masks `logits` here with the request's grammar,
@@ -526,8 +602,11 @@ static void seq_on_token(struct sched *s, struct sched_seq *q, float *logits)
     }
     q->next_token = t;
     q->generating = true;
-    /* a stop token's text is not part of the output */
-    if (fin != GEN_FINISH_STOP) {
+    /* a stop token's text is not part of the output, nor is any special
+     * token's: tok_decode spells normalized=true specials (TinyStories'
+     * <|start_story|>) as HF does even with skip_special, so they are
+     * dropped by their flag here */
+    if (fin != GEN_FINISH_STOP && !tok_is_special(s->tok, t)) {
         size_t before = q->pending_len;
         int n = tok_stream_push(q->ts, t, &q->pending, &q->pending_len, &q->pending_cap);
         if (n < 0)
@@ -563,6 +642,15 @@ static void seq_publish_locked(struct sched *s, struct sched_seq *q)
         memmove(q->pending, q->pending + q->emit_len, q->pending_len - q->emit_len);
         q->pending_len -= q->emit_len;
         q->emit_len = 0;
+    }
+    if (q->n_plp > 0) {
+        size_t cap = (size_t)r->out_lp_cap;
+        if (grow((void **)&r->out_lp, sizeof(*r->out_lp), (size_t)(r->out_n_lp + q->n_plp), &cap) == 0) {
+            r->out_lp_cap = (int)cap;
+            memcpy(r->out_lp + r->out_n_lp, q->plp, sizeof(*q->plp) * (size_t)q->n_plp);
+            r->out_n_lp += q->n_plp;
+        }
+        q->n_plp = 0;
     }
     if (q->has_lp) {
         size_t cap = (size_t)r->out_lp_cap;
@@ -633,6 +721,7 @@ static void sched_step(struct sched *s)
         s->b_seq_ids[n] = i;
         s->b_pos[n] = q->n_past;
         s->b_want[n] = true;
+        s->row_ppos[n_rows] = -1;
         s->row_seq[n_rows++] = i;
         n++;
         n_decode++;
@@ -650,15 +739,30 @@ static void sched_step(struct sched *s)
         struct sched_seq *q = &s->seqs[i];
         size_t left = q->req->n_prompt - q->n_fed;
         int take = left < (size_t)budget ? (int)left : budget;
+        bool plp = q->req->prompt_logprobs;
+        if (plp) {
+            /* Every position's logits, as many rows as the engine's logits
+             * buffer has left (its default size, n_seq_max rows), keeping
+             * one for each prefill after this one that may finish. */
+            int rows_left = s->cfg.n_seq_max - n_rows - (n_pf - k - 1);
+            if (take > rows_left)
+                take = rows_left > 0 ? rows_left : 0;
+        }
         for (int j = 0; j < take; j++) {
-            s->b_tokens[n] = q->req->prompt[q->n_fed + (size_t)j];
+            size_t pi = q->n_fed + (size_t)j;
+            s->b_tokens[n] = q->req->prompt[pi];
             s->b_seq_ids[n] = i;
             s->b_pos[n] = q->n_past + j;
-            s->b_want[n] = false;
+            s->b_want[n] = plp;
+            if (plp && pi + 1 < q->req->n_prompt) {
+                s->row_ppos[n_rows] = (int)pi;
+                s->row_seq[n_rows++] = i;
+            }
             n++;
         }
-        if ((size_t)take == left && !q->req->embed) {
+        if (take > 0 && (size_t)take == left && !q->req->embed) {
             s->b_want[n - 1] = true;  /* the last prompt token gives the first generated one */
+            s->row_ppos[n_rows] = -1;
             s->row_seq[n_rows++] = i;
         }
         budget -= take;
@@ -705,6 +809,10 @@ static void sched_step(struct sched *s)
     double now = ifd_now_s();
     for (int row = 0; row < n_rows; row++) {
         struct sched_seq *q = &s->seqs[s->row_seq[row]];
+        if (s->row_ppos[row] >= 0) {
+            seq_on_prompt_logits(s, q, logits + (size_t)row * (size_t)s->n_vocab, s->row_ppos[row]);
+            continue;
+        }
         bool first = !q->generating;
         seq_on_token(s, q, (float *)logits + (size_t)row * (size_t)s->n_vocab);
         if (first && s->metrics)

@@ -46,6 +46,13 @@ struct sched_req_params {
      * position's, or the mean of all) and L2-normalized; nothing is sampled. */
     bool embed;
     bool pool_mean;
+    const struct api_logit_bias *logit_bias; /* [n_logit_bias], ids < n_vocab, copied */
+    int n_logit_bias;
+    /* echo with logprobs: the output's logprob entries begin with one per
+     * prompt token (the first has none: is_null), computed from the logits
+     * of every prompt position during prefill, a chunk at a time. */
+    bool prompt_logprobs;
+    bool prompt_only;        /* max_tokens 0: prefill (and prompt logprobs) only, nothing generated */
 };
 
 /* What a request has produced so far, collected by sched_req_collect(). */

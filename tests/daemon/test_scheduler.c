@@ -375,3 +375,96 @@ Test(scheduler, daemon_and_inferctl_run_stop_on_the_tokenizer_eos)
     for (int i = 0; i < 3; i++)
         cr_assert_eq(ids[i], st.gen[i]);
 }
+
+/* Issue 13 part 3: prompt logprobs (echo) come from every prompt position's
+ * logits, a few rows per step. Each must equal the logprob the same token
+ * gets when it is generated greedily at that position; the first is null.
+ * A second sequence decoding meanwhile leaves fewer rows per step. */
+Test(scheduler, prompt_logprobs_equal_generated_logprobs)
+{
+    struct story st;
+    story_load(0, &st);
+    struct fx f;
+    fx_up(&f, 3, 128, 4);
+    int n_gen = st.stable < 20 ? st.stable : 20;
+    /* the generation's own logprobs */
+    struct sched_req *r = submit(&f, st.prompt, st.n_prompt, n_gen);
+    struct sched_output gen = {0};
+    collect_all(r, &gen);
+    sched_req_release(r);
+    cr_assert_eq(gen.n_lp, n_gen);
+
+    int32_t all[MAX_IDS * 2];
+    memcpy(all, st.prompt, sizeof(int32_t) * (size_t)st.n_prompt);
+    memcpy(all + st.n_prompt, st.gen, sizeof(int32_t) * (size_t)n_gen);
+    int n_all = st.n_prompt + n_gen;
+
+    struct sched_req *busy = submit(&f, st.prompt, st.n_prompt, 40); /* decodes alongside */
+    struct sched_req_params p = {.prompt = all, .n_prompt = (size_t)n_all, .max_tokens = 0,
+                                 .sampling = sampler_params_default(), .logprobs = true, .top_logprobs = 2,
+                                 .prompt_logprobs = true, .prompt_only = true};
+    ifd_error err = {{0}};
+    cr_assert_eq(sched_submit(f.s, &p, &r, &err), 0, "%s", err.msg);
+    struct sched_output out = {0};
+    collect_all(r, &out);
+    cr_assert_eq(out.error_status, 0, "%s", out.error_msg);
+    cr_assert_str_eq(out.finish_reason, "length");
+    cr_assert_eq(out.completion_tokens, 0, "max_tokens 0 generates nothing");
+    cr_assert_eq(out.n_lp, n_all, "one entry per prompt token: %d", out.n_lp);
+    cr_expect(out.lp[0].is_null);
+    cr_expect_eq(out.lp[0].token, all[0]);
+    for (int i = 1; i < n_all; i++) {
+        cr_expect(!out.lp[i].is_null);
+        cr_expect_eq(out.lp[i].token, all[i], "entry %d is prompt token %d", i, i);
+        cr_expect_eq(out.lp[i].n_top, 2);
+        cr_expect_leq(out.lp[i].top_logprobs[1], out.lp[i].top_logprobs[0]);
+        if (i >= st.n_prompt)
+            cr_expect_float_eq(out.lp[i].logprob, gen.lp[i - st.n_prompt].logprob, 1e-3,
+                               "position %d: %g in the prompt, %g generated", i, out.lp[i].logprob,
+                               gen.lp[i - st.n_prompt].logprob);
+    }
+    cr_expect(out.text == NULL || out.text_len == 0, "nothing generated, no text");
+    sched_output_finish(&out);
+    sched_output_finish(&gen);
+    sched_req_release(r);
+    sched_req_release(busy);
+    fx_down(&f);
+}
+
+/* logit_bias: -100 bans the greedy token, +100 forces another. */
+Test(scheduler, logit_bias_bans_and_forces)
+{
+    struct story st;
+    story_load(0, &st);
+    struct fx f;
+    fx_up(&f, 1, 128, 4);
+    for (int k = 0; k < 2; k++) {
+        struct api_logit_bias b = k == 0 ? (struct api_logit_bias){st.gen[0], -100} : (struct api_logit_bias){77, 100};
+        struct sched_req_params p = {.prompt = st.prompt, .n_prompt = (size_t)st.n_prompt, .max_tokens = 3,
+                                     .sampling = sampler_params_default(), .logprobs = true, .top_logprobs = 2,
+                                     .logit_bias = &b, .n_logit_bias = 1};
+        struct sched_req *r = NULL;
+        ifd_error err = {{0}};
+        cr_assert_eq(sched_submit(f.s, &p, &r, &err), 0, "%s", err.msg);
+        struct sched_output out = {0};
+        collect_all(r, &out);
+        cr_assert_eq(out.n_lp, 3);
+        if (k == 0) {
+            cr_expect_neq(out.lp[0].token, st.gen[0], "the greedy token is banned");
+            cr_expect_eq(out.lp[0].token, out.lp[0].top_ids[1], "the runner-up is picked");
+        } else {
+            for (int i = 0; i < 3; i++)
+                cr_expect_eq(out.lp[i].token, 77, "step %d forced", i);
+        }
+        sched_output_finish(&out);
+        sched_req_release(r);
+    }
+    /* an id outside the vocabulary is refused at submit */
+    struct api_logit_bias bad = {1 << 20, 1};
+    struct sched_req_params p = {.prompt = st.prompt, .n_prompt = (size_t)st.n_prompt, .max_tokens = 1,
+                                 .sampling = sampler_params_default(), .logit_bias = &bad, .n_logit_bias = 1};
+    struct sched_req *r = NULL;
+    ifd_error err = {{0}};
+    cr_expect_eq(sched_submit(f.s, &p, &r, &err), -EINVAL);
+    fx_down(&f);
+}

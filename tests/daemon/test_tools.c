@@ -571,7 +571,7 @@ Test(tools, chat_response_shapes)
                         "\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}");
     free(s);
     size_t n;
-    s = api_chat_delta_sse(&meta, cJSON_Parse("{\"reasoning_content\":\"r\"}"), NULL, NULL, 0, false, true, NULL, &n);
+    s = api_chat_delta_sse(&meta, NULL, cJSON_Parse("{\"reasoning_content\":\"r\"}"), NULL, NULL, 0, false, true, NULL, &n);
     cr_assert_str_eq(s, "data: {\"id\":\"chatcmpl-x\",\"object\":\"chat.completion.chunk\",\"created\":1,"
                         "\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"r\"},"
                         "\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n");

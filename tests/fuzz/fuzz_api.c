@@ -47,6 +47,13 @@ static void check_request(const struct api_request *r)
     for (size_t i = 0; i < r->n_prompt_ids; i++)
         if (r->prompt_ids[i] < 0 || r->prompt_ids[i] >= VOCAB)
             abort();
+    if (r->n < 1 || r->n > API_MAX_N || r->n_logit_bias < 0 || r->n_logit_bias > API_MAX_LOGIT_BIAS ||
+        (r->max_tokens == 0 && !r->echo))
+        abort();
+    for (int i = 0; i < r->n_logit_bias; i++)
+        if (r->logit_bias[i].token < 0 || r->logit_bias[i].token >= VOCAB || !(r->logit_bias[i].bias >= -100.0f) ||
+            !(r->logit_bias[i].bias <= 100.0f))
+            abort();
     if (r->kind == API_KIND_CHAT) {
         if (!cJSON_IsArray(r->messages))
             abort();
@@ -58,7 +65,7 @@ static void check_request(const struct api_request *r)
             if (cJSON_IsString(content) && !api_utf8_valid(content->valuestring, strlen(content->valuestring), NULL))
                 abort();
         }
-    } else if (r->prompt && !api_utf8_valid(r->prompt, strlen(r->prompt), NULL)) {
+    } else if (r->prompt && (r->prompt[r->prompt_len] != '\0' || !api_utf8_valid(r->prompt, r->prompt_len, NULL))) {
         abort();
     }
 }
@@ -78,7 +85,7 @@ static void check_serializer(const char *text, size_t len)
     struct api_response_meta m = {API_KIND_CHAT, "chatcmpl-fuzz", 1700000000, "fuzz-model"};
     struct api_usage u = {1, 2};
     struct api_logprob lp = {.token = 5, .logprob = -0.25f, .n_top = 1, .top_ids = {5}, .top_logprobs = {-0.25f}};
-    struct api_token_namer namer = {name_token, NULL};
+    struct api_token_namer namer = {name_token, NULL, NULL};
     char *s = api_response_json(&m, text, len, "stop", &u, &lp, 1, true, &namer);
     cJSON *j = cJSON_Parse(s);
     const cJSON *c0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "choices"), 0);
@@ -164,12 +171,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     case 2: {
         char *text = NULL, *model = NULL;
+        size_t tlen = 0;
         bool add = false;
-        if (api_tokenize_parse(body, len, &text, &add, &model, &e) < 0) {
+        if (api_tokenize_parse(body, len, &text, &tlen, &add, &model, &e) < 0) {
             check_error(&e);
             return 0;
         }
-        if (!text || !api_utf8_valid(text, strlen(text), NULL))
+        if (!text || text[tlen] != '\0' || !api_utf8_valid(text, tlen, NULL))
             abort();
         free(text);
         free(model);
@@ -206,7 +214,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         for (int i = 0; i < r.n_inputs; i++)
             if (!r.inputs[i].text == !r.inputs[i].ids || (r.inputs[i].ids && r.inputs[i].n_ids == 0) ||
-                (r.inputs[i].text && !api_utf8_valid(r.inputs[i].text, strlen(r.inputs[i].text), NULL)))
+                (r.inputs[i].text && !api_utf8_valid(r.inputs[i].text, r.inputs[i].text_len, NULL)))
                 abort();
         api_embed_request_finish(&r);
         break;

@@ -358,11 +358,11 @@ def group_limits(binary):
         for s in held:
             s.close()
         # JSON nested past API_MAX_JSON_DEPTH (64): 400 naming the limit.
-        deep = '{"prompt":[1],"x":' + "[" * 100 + "]" * 100 + "}"
+        deep = '{"prompt":[1],"metadata":' + "[" * 100 + "]" * 100 + "}"
         st, h, payload = d.request("POST", "/v1/completions", raw=deep.encode())
         msg = json.loads(payload).get("error", {}).get("message", "")
         check(st == 400 and "64" in msg and "deeper" in msg, "JSON nested 101 deep: %d %s" % (st, payload[:200]))
-        ok = '{"prompt":[1],"max_tokens":1,"x":' + "[" * 63 + "]" * 63 + "}"
+        ok = '{"prompt":[1],"max_tokens":1,"metadata":' + "[" * 63 + "]" * 63 + "}"
         st, h, payload = d.request("POST", "/v1/completions", raw=ok.encode())
         check(st == 200, "JSON nested 64 deep is served: %d %s" % (st, payload[:200]))
     os.unlink(conf)

@@ -279,7 +279,7 @@ def group_errors(binary):
              "temperature type"),
             (400, "POST", "/v1/chat/completions", {"messages": msg, "max_tokens": -1}, None, None, "max_tokens", None,
              "max_tokens range"),
-            (400, "POST", "/v1/chat/completions", {"messages": msg, "n": 3}, None, None, "n", None, "n != 1"),
+            (400, "POST", "/v1/chat/completions", {"messages": msg, "n": 17}, None, None, "n", None, "n over 16"),
             (400, "POST", "/v1/chat/completions", None, None, b'{"messages":[{"role":"user","content":"\xff\xfe"}]}',
              None, None, "invalid UTF-8"),
             (400, "POST", "/v1/completions", {"prompt": [1, 99999]}, None, None, "prompt[1]", None, "token id range"),
@@ -1538,7 +1538,233 @@ def group_tools(binary):
                 check(msg["content"] == want and "reasoning_content" not in msg, "reasoning none: %s" % msg)
 
 
+# ---------------------------------------------------------------- apifields (issue 13 parts 3, 6, 7)
+def completion_lp(d, body):
+    """Non-streamed completion with logprobs; returns the choice."""
+    st, r = d.json("POST", "/v1/completions", body)
+    check(st == 200, "completion %s: %d %s" % (body, st, r))
+    return r["choices"][0] if st == 200 else None
+
+
+def group_apifields(binary):
+    QWEN2 = os.path.join(MODELS, "qwen2-tiny-random")
+    g = goldens("tinystories-656k")[0]
+    with Daemon(binary, TINY) as d:
+        # Item 7: a normalized=true special token (<|start_story|>, id 1) is not
+        # output text. The issue's prompt no longer makes this build emit it
+        # by itself, so logit_bias makes the model pick it at every step.
+        prompt = "Lily's mom said, \"Hello.\" Tom's dog said, \""
+        body = {"prompt": prompt, "max_tokens": 4, "temperature": 0, "logprobs": 0, "logit_bias": {"1": 100}}
+        c = completion_lp(d, body)
+        if c:
+            check(c["logprobs"]["tokens"] == ["<|start_story|>"] * 4,
+                  "the reproduction generates <|start_story|>: %s" % c["logprobs"]["tokens"])
+            check(c["text"] == "", "special token in the completion text: %r" % c["text"])
+            st, h, ev = d.stream("/v1/completions", dict(body, stream=True))
+            check(stream_text(ev, "completion")[0] == c["text"], "streamed text == non-streamed")
+
+        # Item 7: streamed text_offset runs on over the chunks, as non-streamed.
+        body = {"prompt": g["prompt_ids"], "max_tokens": 12, "temperature": 0, "logprobs": 2}
+        c = completion_lp(d, body)
+        st, h, ev = d.stream("/v1/completions", dict(body, stream=True))
+        offs, toks = [], []
+        for e in ev:
+            if e != "[DONE]":
+                for ch in e["choices"]:
+                    if ch.get("logprobs"):
+                        offs += ch["logprobs"]["text_offset"]
+                        toks += ch["logprobs"]["tokens"]
+        if c:
+            check(len(offs) == 12 and offs == c["logprobs"]["text_offset"],
+                  "streamed text_offset %s == non-streamed %s" % (offs, c["logprobs"]["text_offset"]))
+            check(offs[-1] > 0, "offsets are not all 0: %s" % offs)
+
+        # logit_bias: -100 on the greedy token picks the runner-up; +100 forces a token.
+        ids = g["prompt_ids"]
+        base = completion_lp(d, {"prompt": ids, "max_tokens": 1, "temperature": 0, "logprobs": 2})
+        banned = completion_lp(d, {"prompt": ids, "max_tokens": 1, "temperature": 0, "logprobs": 2,
+                                   "logit_bias": {str(g["generated_ids"][0]): -100}})
+        if base and banned:
+            top = sorted(base["logprobs"]["top_logprobs"][0].items(), key=lambda kv: -kv[1])
+            check(banned["logprobs"]["tokens"][0] != base["logprobs"]["tokens"][0],
+                  "banning the greedy token changes it: %s" % banned["logprobs"]["tokens"])
+            check(banned["logprobs"]["tokens"][0] == top[1][0], "the runner-up %r is picked: %s" %
+                  (top[1][0], banned["logprobs"]["tokens"]))
+            # the model's own logprobs are reported, not the biased ones
+            check(abs(banned["logprobs"]["token_logprobs"][0] - top[1][1]) < 1e-4, "unbiased logprob reported")
+        forced = completion_lp(d, {"prompt": ids, "max_tokens": 3, "temperature": 0.8, "seed": 3, "logprobs": 0,
+                                   "logit_bias": {"500": 100}})
+        st, name = d.json("POST", "/detokenize", {"tokens": [500]})
+        if forced and st == 200:
+            want = name["content"].strip()
+            check(all(t.strip() == want for t in forced["logprobs"]["tokens"]),
+                  "+100 forces token 500 (%r) at every step: %s" % (want, forced["logprobs"]["tokens"]))
+        expect_error(d, 400, "POST", "/v1/completions", {"prompt": ids, "logit_bias": {"2048": 1}},
+                     param="logit_bias.2048", what="logit_bias id past the vocabulary")
+        expect_error(d, 400, "POST", "/v1/completions", {"prompt": ids, "logit_bias": {"5": 150}},
+                     param="logit_bias.5", what="logit_bias value range")
+        # repeat_penalty is repetition_penalty: the same samples under either name.
+        body = {"prompt": ids, "max_tokens": 16, "temperature": 0.9, "seed": 11}
+        a = completion_lp(d, dict(body, repetition_penalty=1.5))
+        b = completion_lp(d, dict(body, repeat_penalty=1.5))
+        n = completion_lp(d, body)
+        if a and b and n:
+            check(a["text"] == b["text"], "repeat_penalty == repetition_penalty: %r %r" % (a["text"], b["text"]))
+            check(a["text"] != n["text"], "the penalty changes the sample")
+        # seed -1: random, so two draws differ (24 tokens at temperature 1)
+        outs = {completion_lp(d, {"prompt": ids, "max_tokens": 24, "temperature": 1, "seed": -1})["text"]
+                for _ in range(3)}
+        check(len(outs) > 1, "seed -1 draws a fresh seed each time: %s" % outs)
+
+        # n: independent choices, index 0..n-1; streamed chunks carry their index.
+        body = {"prompt": ids, "max_tokens": 12, "temperature": 0.9, "seed": 5, "n": 3}
+        st, r = d.json("POST", "/v1/completions", body)
+        check(st == 200 and [c["index"] for c in r["choices"]] == [0, 1, 2], "n=3 gives 3 choices: %s" % r)
+        if st == 200:
+            texts = [c["text"] for c in r["choices"]]
+            check(len(set(texts)) > 1, "sampled choices differ: %s" % texts)
+            check(r["usage"]["completion_tokens"] == 36 and r["usage"]["prompt_tokens"] == len(ids),
+                  "usage sums the choices' tokens: %s" % r["usage"])
+            st, h, ev = d.stream("/v1/completions", dict(body, stream=True, stream_options={"include_usage": True}))
+            per, fins = ["", "", ""], [0, 0, 0]
+            for e in ev[:-1]:
+                for ch in e["choices"]:
+                    per[ch["index"]] += ch["text"]
+                    fins[ch["index"]] += ch["finish_reason"] is not None
+            check(per == texts, "streamed choices == non-streamed (same seeds): %s %s" % (per, texts))
+            check(fins == [1, 1, 1], "one finish_reason per choice: %s" % fins)
+            check(ev[-2].get("usage", {}).get("completion_tokens") == 36, "stream usage: %s" % ev[-2])
+        st, r = d.json("POST", "/v1/completions", dict(body, temperature=0))
+        check(st == 200 and len({c["text"] for c in r["choices"]}) == 1 and len(r["choices"]) == 3,
+              "greedy choices are identical: %s" % r)
+        st, h, ev = d.stream("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "n": 2,
+                                                      "max_tokens": 3, "stream": True})
+        roles = sorted(ch["index"] for e in ev[:-1] for ch in e["choices"] if ch["delta"].get("role"))
+        check(roles == [0, 1], "chat stream: a role chunk per choice: %s" % ev[:3])
+        expect_error(d, 400, "POST", "/v1/completions", {"prompt": ids, "n": 17}, param="n", what="n over 16")
+
+        # echo + logprobs, as lm-evaluation-harness scores log-likelihoods:
+        # max_tokens 0 returns the prompt's text and a logprob per prompt
+        # token (the first null). Each must equal the logprob that token gets
+        # when generated greedily at the same position, and the last one the
+        # golden's (PyTorch) last-position logits.
+        import math
+        import struct
+        P, G = g["prompt_ids"], g["generated_ids"][:g["stable_prefix_len"]]
+        gen = completion_lp(d, {"prompt": P, "max_tokens": len(G), "temperature": 0, "logprobs": 1})
+        ev = completion_lp(d, {"prompt": P + G, "echo": True, "logprobs": 1, "max_tokens": 0})
+        st_, dt = d.json("POST", "/detokenize", {"tokens": P + G})
+        if gen and ev:
+            lp = ev["logprobs"]
+            check(len(lp["tokens"]) == len(P) + len(G), "a logprob entry per prompt token: %d" % len(lp["tokens"]))
+            check(lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None, "the first token's is null")
+            diffs = [abs(a - b) for a, b in zip(lp["token_logprobs"][len(P):], gen["logprobs"]["token_logprobs"])]
+            check(len(diffs) == len(G) and max(diffs) < 1e-3, "prompt logprobs == generated logprobs: %s" % diffs)
+            check(ev["text"] == g["prompt"]["text"] + gen["text"], "echo text is the prompt's: %r" % ev["text"])
+            check(ev["finish_reason"] == "length", "finish_reason of max_tokens 0")
+            with open(os.path.join(MODELS, "..", "golden", g["last_logits_f32"]), "rb") as f:
+                raw = f.read()
+            if raw:
+                logits = struct.unpack("<%df" % (len(raw) // 4), raw)
+                mx = max(logits)
+                lse = mx + math.log(sum(math.exp(x - mx) for x in logits))
+                want = logits[G[0]] - lse
+                check(abs(lp["token_logprobs"][len(P)] - want) < 1e-2,
+                      "logprob of the first generated token vs the golden logits: %g %g" %
+                      (lp["token_logprobs"][len(P)], want))
+        st, r = d.json("POST", "/v1/completions", {"prompt": P, "echo": True, "max_tokens": 4, "temperature": 0,
+                                                   "logprobs": 0})
+        if st == 200:
+            c = r["choices"][0]
+            four = completion_lp(d, {"prompt": P, "max_tokens": 4, "temperature": 0})
+            check(four and c["text"] == g["prompt"]["text"] + four["text"], "echo text + completion: %r" % c["text"])
+            check(len(c["logprobs"]["tokens"]) == len(P) + 4 and r["usage"]["completion_tokens"] == 4,
+                  "echo + 4 generated tokens: %s" % r)
+            # offsets index the text: specials (BOS) take no room, each token's
+            # offset is where its text begins
+            offs = c["logprobs"]["text_offset"]
+            check(offs == sorted(offs) and offs[-1] < len(c["text"]), "text_offset within the text: %s" % offs)
+            st, h, evs = d.stream("/v1/completions", {"prompt": P, "echo": True, "max_tokens": 4, "temperature": 0,
+                                                      "logprobs": 0, "stream": True})
+            soffs = [o for e in evs[:-1] for ch in e["choices"] if ch.get("logprobs")
+                     for o in ch["logprobs"]["text_offset"]]
+            check(stream_text(evs, "completion")[0] == c["text"] and soffs == offs,
+                  "streamed echo == non-streamed: %s %s" % (soffs, offs))
+        st, r = d.json("POST", "/v1/completions", {"prompt": "Once upon a time", "echo": True, "max_tokens": 0})
+        check(st == 200 and r["choices"][0]["text"] == "Once upon a time" and r["usage"]["completion_tokens"] == 0,
+              "echo of a text prompt, max_tokens 0: %s" % r)
+        expect_error(d, 400, "POST", "/v1/completions", {"prompt": P, "max_tokens": 0}, param="max_tokens",
+                     what="max_tokens 0 without echo")
+
+        # Part 6: nothing accepted and ignored.
+        msg = [{"role": "user", "content": "hi"}]
+        for path, body, param in [
+                ("/v1/chat/completions", {"messages": msg, "frobnicate": 1}, "frobnicate"),
+                ("/v1/chat/completions", {"messages": msg, "response_format": {"type": "json_object"}},
+                 "response_format"),
+                ("/v1/completions", {"prompt": "x", "suffix": "y"}, "suffix"),
+                ("/v1/chat/completions", {"messages": msg, "stream_options": {"include_usage": True}},
+                 "stream_options"),
+                ("/tokenize", {"content": "x", "with_pieces": True}, "with_pieces"),
+                ("/detokenize", {"tokens": [1], "skip_special": True}, "skip_special")]:
+            st, h, payload = d.request("POST", path, body)
+            check(st == 400 and json.loads(payload)["error"]["param"] == param and
+                  ("'%s'" % param) in json.loads(payload)["error"]["message"],
+                  "%s %s: 400 naming %s: %s" % (path, body, param, payload[:200]))
+        st, r = d.json("POST", "/v1/chat/completions", {"messages": msg, "max_tokens": 2, "user": "u-1",
+                                                         "metadata": {"a": "b"}, "store": False})
+        check(st == 200, "no-op fields are accepted: %s" % r)
+
+    # Item 7: U+0000 in a prompt is text like any other, through --jsonl,
+    # /tokenize, completions and chat content alike (it used to be refused or
+    # cut where cJSON's C string ends). --file is the reference.
+    ctl = os.path.join(os.path.dirname(binary), "inferctl")
+    text = "a\u0000b\u0000\u0000 c"
+    with tempfile.NamedTemporaryFile(suffix=".txt", delete=False) as f:
+        f.write(text.encode())
+    r = subprocess.run([ctl, "tokenize", QWEN3, "--file", f.name], capture_output=True, text=True, timeout=60)
+    os.unlink(f.name)
+    want = json.loads(r.stdout)["ids"] if r.returncode == 0 else None
+    check(want is not None and len(want) >= 4, "inferctl tokenize --file: %s %s" % (r.stdout, r.stderr))
+    r = subprocess.run([ctl, "tokenize", QWEN3, "--jsonl"], input=json.dumps({"text": text}) + "\n",
+                       capture_output=True, text=True, timeout=60)
+    got = json.loads(r.stdout.splitlines()[0]) if r.stdout else {}
+    check(r.returncode == 0 and got.get("ids") == want, "--jsonl with NUL == --file: %s %s" % (r.stdout, r.stderr))
+    with Daemon(binary, QWEN3) as d:
+        st, r = d.json("POST", "/tokenize", {"content": text, "add_special": False})
+        check(st == 200 and r["tokens"] == want, "/tokenize with NUL: %s, want %s" % (r, want))
+        st, r = d.json("POST", "/v1/completions", {"prompt": text, "max_tokens": 1})
+        check(st == 200 and r["usage"]["prompt_tokens"] == len(want), "completion prompt with NUL: %s" % r)
+        st, r = d.json("POST", "/v1/completions", {"prompt": text, "max_tokens": 0, "echo": True})
+        check(st == 200 and r["choices"][0]["text"] == text, "echoed prompt keeps its NULs: %s" % r)
+        # chat: the NULs add exactly their tokens to the rendered prompt
+        st, plain = d.json("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "ab c"}],
+                                                              "max_tokens": 1})
+        st2, nul = d.json("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": text}],
+                                                             "max_tokens": 1})
+        st3, r = d.json("POST", "/tokenize", {"content": "ab c", "add_special": False})
+        if st == 200 and st2 == 200 and st3 == 200:
+            check(nul["usage"]["prompt_tokens"] - plain["usage"]["prompt_tokens"] == len(want) - len(r["tokens"]),
+                  "chat content with NUL: %s vs %s" % (nul["usage"], plain["usage"]))
+        else:
+            check(False, "chat with NUL: %s %s" % (plain, nul))
+
+    with Daemon(binary, QWEN2) as d:
+        # Item 7: a prompt ending inside a UTF-8 character (8519 is the bytes
+        # E4 BD of three): its U+FFFD belongs to the prompt, not the output.
+        # Token 9707 ("Hello") does not complete the character, 94 (A1) does.
+        for forced, want in ((9707, "Hello"), (94, b"\xe4\xbd\xa1".decode())):
+            body = {"prompt": [9707, 220, 8519], "max_tokens": 1, "temperature": 0,
+                    "logit_bias": {str(forced): 100}}
+            c = completion_lp(d, body)
+            check(c and c["text"] == want, "completion after a partial character, token %d: %r, want %r" %
+                  (forced, c and c["text"], want))
+            st, h, ev = d.stream("/v1/completions", dict(body, stream=True))
+            check(stream_text(ev, "completion")[0] == want, "streamed: %s" % ev)
+
+
 GROUPS = {
+    "apifields": group_apifields,
     "tools": group_tools,
     "embeddings": group_embeddings,
     "cors": group_cors,

@@ -152,6 +152,32 @@ try {
 } catch (e) {
   check(e instanceof OpenAI.BadRequestError && e.param === 'tool_choice', "tool_choice 'required': " + e);
 }
+// Issue 13 parts 3 and 6 through the SDK: n, logit_bias, echo, and a field
+// inferd does not implement refused by name rather than ignored.
+{
+  const g = goldens[0];
+  const r = await client.chat.completions.create({ model: 'qwen3-tiny-random', messages: [{ role: 'user', content: g.prompt.user }],
+    n: 2, max_tokens: 4, temperature: 0, logit_bias: { 100: 100 } });
+  check(r.choices.length === 2 && r.choices[1].index === 1, 'n: 2 choices: ' + JSON.stringify(r.choices));
+  check(r.choices.every((c) => c.message.content === r.choices[0].message.content), 'greedy choices are equal');
+  const forced = (await client.completions.create({ model: 'qwen3-tiny-random', prompt: g.prompt_ids, max_tokens: 3,
+    temperature: 0, logprobs: 0, logit_bias: { 100: 100 } })).choices[0];
+  const name = (await (await fetch(url + '/detokenize', { method: 'POST', headers: { Authorization: 'Bearer ' + key },
+    body: JSON.stringify({ tokens: [100] }) })).json()).content;
+  check(forced.logprobs.tokens.every((t) => t === name), 'logit_bias +100 forces token 100: ' + JSON.stringify(forced.logprobs.tokens));
+  const e = (await client.completions.create({ model: 'qwen3-tiny-random', prompt: g.prompt_ids, max_tokens: 0, echo: true,
+    logprobs: 1 })).choices[0];
+  check(e.logprobs.token_logprobs.length === g.prompt_ids.length && e.logprobs.token_logprobs[0] === null,
+    'echo with max_tokens 0: a logprob per prompt token, the first null: ' + JSON.stringify(e.logprobs.token_logprobs));
+  try {
+    await client.chat.completions.create({ model: 'qwen3-tiny-random', messages: [{ role: 'user', content: 'x' }],
+      prediction: { type: 'content', content: 'x' } });
+    check(false, 'prediction must throw');
+  } catch (err) {
+    check(err instanceof OpenAI.BadRequestError && err.param === 'prediction' && /not supported by inferd/.test(err.message),
+      'unimplemented field refused by name: ' + err);
+  }
+}
 
 console.log(`openai_sdk: ${failures} failures`);
 process.exit(failures ? 1 : 0);

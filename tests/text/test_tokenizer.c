@@ -813,3 +813,46 @@ Test(tokenizer_cases, synthetic_empty_regex_matches)
     expect_ids(t, "Hello ab abc qq <s> 12 x", true, w3, sizeof(w3) / sizeof(w3[0]));
     tok_destroy(t);
 }
+
+/* Issue 13 item 7: a prompt that ends inside a UTF-8 character. Its tail is
+ * primed into the stream; the output starts with what the generated ids
+ * add. Qwen's 8519 is the bytes E4 BD, 94 is A1 (completing U+4F61). */
+Test(tokenizer_stream, primed_context_keeps_its_partial_character)
+{
+    tokenizer *t = load_dir("models/qwen2-tiny-random");
+    static const int32_t prompt[] = {9707, 220, 8519};
+    static const struct {
+        int32_t next[2];
+        int n;
+        const char *want;
+    } cases[] = {
+        {{9707}, 1, "Hello"},                  /* the prompt's U+FFFD stays the prompt's */
+        {{94}, 1, "\xe4\xbd\xa1"},            /* the completed character is new text */
+        {{94, 9707}, 2, "\xe4\xbd\xa1Hello"},
+    };
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        struct tok_stream *s = tok_stream_create(t, true);
+        cr_assert_eq(tok_stream_prime(s, prompt, 3), 0);
+        char *out = NULL;
+        size_t len = 0, cap = 0;
+        for (int i = 0; i < cases[c].n; i++)
+            cr_assert_geq(tok_stream_push(s, cases[c].next[i], &out, &len, &cap), 0);
+        cr_assert_geq(tok_stream_flush(s, &out, &len, &cap), 0);
+        cr_expect_eq(len, strlen(cases[c].want), "case %zu: %.*s", c, (int)len, out ? out : "");
+        cr_expect(out && memcmp(out, cases[c].want, len) == 0, "case %zu: '%s'", c, out ? out : "");
+        free(out);
+        tok_stream_destroy(s);
+    }
+    /* A context that ends on a whole character: nothing of it is output, and
+     * the leading space of the next token stays. */
+    struct tok_stream *s = tok_stream_create(t, true);
+    cr_assert_eq(tok_stream_prime(s, prompt, 1), 0);
+    char *out = NULL;
+    size_t len = 0, cap = 0;
+    static const int32_t world = 1879; /* " world" */
+    cr_assert_geq(tok_stream_push(s, world, &out, &len, &cap), 0);
+    cr_expect_str_eq(out, " world");
+    free(out);
+    tok_stream_destroy(s);
+    tok_destroy(t);
+}

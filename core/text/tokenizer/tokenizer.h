@@ -63,6 +63,12 @@ void tok_stream_destroy(struct tok_stream *s);
 /* Appends the newly completed text to *out (NUL-terminated, malloc'd on first use,
  * grown as needed, caller frees); returns bytes appended or a negative errno. */
 int tok_stream_push(struct tok_stream *s, int32_t id, char **out, size_t *out_len, size_t *out_cap);
+/* Feeds context ids (a prompt's tail) whose text is not output: later
+ * pushes emit only the text the new ids add, decode(context + new) minus
+ * decode(context). Where the context ends inside a UTF-8 character, the
+ * character goes to the new text when the new ids complete it, and its
+ * U+FFFD stays with the context when they do not. 0 or a negative errno. */
+int tok_stream_prime(struct tok_stream *s, const int32_t *ids, size_t n);
 /* Flushes whatever is pending at end of generation (incomplete bytes as U+FFFD). */
 int tok_stream_flush(struct tok_stream *s, char **out, size_t *out_len, size_t *out_cap);
 

@@ -296,6 +296,9 @@ struct tok_stream {
     size_t prefix_index;
     struct tok_buf prefix, cur;
     struct tok_decscratch ds;
+    /* Text of primed context ids not emitted yet (tok_stream_prime): it
+     * belongs to the context, and is cut from the next emission. */
+    struct tok_buf held;
 };
 
 struct tok_stream *tok_stream_create(const tokenizer *t, bool skip_special)
@@ -315,6 +318,7 @@ void tok_stream_destroy(struct tok_stream *s)
     tok_ids_finish(&s->ids);
     tok_buf_finish(&s->prefix);
     tok_buf_finish(&s->cur);
+    tok_buf_finish(&s->held);
     tok_decscratch_finish(&s->ds);
     free(s);
 }
@@ -339,11 +343,34 @@ static bool ends_with_fffd(const struct tok_buf *b)
     return b->n >= 3 && memcmp(b->p + b->n - 3, "\xEF\xBF\xBD", 3) == 0;
 }
 
+/* How many leading bytes of the first emission after tok_stream_prime are
+ * the context's own text. The held text ends in U+FFFD where the context
+ * ends inside a character: when the new ids complete that character the
+ * emission no longer starts with the held text, only with the held text
+ * before its trailing replacement characters, and the completed character
+ * is new text. When they do not, the replacement stays the context's. */
+static size_t stream_held_cut(struct tok_stream *s, const char *text, size_t len)
+{
+    if (s->held.n == 0)
+        return 0;
+    size_t keep = s->held.n;
+    if (len < keep || memcmp(text, s->held.p, keep) != 0) {
+        keep = s->held.n;
+        while (keep >= 3 && memcmp(s->held.p + keep - 3, "\xEF\xBF\xBD", 3) == 0)
+            keep -= 3;
+        if (len < keep || memcmp(text, s->held.p, keep) != 0)
+            keep = 0; /* the decoder rewrote the context's text: nothing sure to cut */
+    }
+    s->held.n = 0;
+    return keep;
+}
+
 static int stream_emit(struct tok_stream *s, char **out, size_t *out_len, size_t *out_cap)
 {
     if (s->cur.n < s->prefix.n || memcmp(s->cur.p, s->prefix.p ? s->prefix.p : "", s->prefix.n) != 0)
         return -EPROTO; /* the decoder rewrote earlier text: cannot stream it */
-    int n = out_append(out, out_len, out_cap, s->cur.p + s->prefix.n, s->cur.n - s->prefix.n);
+    size_t cut = stream_held_cut(s, s->cur.p + s->prefix.n, s->cur.n - s->prefix.n);
+    int n = out_append(out, out_len, out_cap, s->cur.p + s->prefix.n + cut, s->cur.n - s->prefix.n - cut);
     if (n < 0)
         return n;
     size_t new_index = s->ids.n - s->prefix_index;
@@ -369,6 +396,27 @@ int tok_stream_push(struct tok_stream *s, int32_t id, char **out, size_t *out_le
         return stream_emit(s, out, out_len, out_cap);
     if (!*out)
         return out_append(out, out_len, out_cap, "", 0);
+    return 0;
+}
+
+int tok_stream_prime(struct tok_stream *s, const int32_t *ids, size_t n)
+{
+    char *text = NULL;
+    size_t len = 0, cap = 0;
+    int r = 0;
+    s->held.n = 0;
+    for (size_t i = 0; i < n && r >= 0; i++)
+        r = tok_stream_push(s, ids[i], &text, &len, &cap);
+    free(text);
+    if (r < 0)
+        return r;
+    /* What the pending ids decode to past the emitted prefix: text held
+     * back because it ends inside a character. */
+    if ((r = tok_decode_buf(s->t, s->ids.ids, s->ids.n, s->skip_special, &s->cur, &s->ds)) < 0)
+        return r;
+    s->held.n = 0;
+    if (s->cur.n > s->prefix.n && (r = tok_buf_put(&s->held, s->cur.p + s->prefix.n, s->cur.n - s->prefix.n)) < 0)
+        return r;
     return 0;
 }
 
