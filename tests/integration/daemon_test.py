@@ -1466,6 +1466,20 @@ def group_tools(binary):
         check(st == 200 and st2 == 200 and text == r["choices"][0]["message"]["content"] and finish == "length",
               "tools stream: %r %r, non-stream %r" % (text, finish, r.get("choices")))
         check(ev[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}, "first chunk: %s" % ev[0])
+        # n choices with tools: each has its own reply parser, streamed or not.
+        st, rn = d.json("POST", "/v1/chat/completions", dict(body, n=2))
+        check(st == 200 and [c["message"] for c in rn["choices"]] == [r["choices"][0]["message"]] * 2,
+              "n=2 with tools: two greedy messages equal to n=1's: %s" % rn.get("choices"))
+        st2, h, ev = d.stream("/v1/chat/completions", dict(body, n=2, stream=True))
+        per = {0: "", 1: ""}
+        finishes = []
+        for e in ev[:-1]:
+            for ch in e["choices"]:
+                per[ch["index"]] += ch["delta"].get("content") or ""
+                if ch.get("finish_reason"):
+                    finishes.append((ch["index"], ch["finish_reason"]))
+        check(st2 == 200 and per == {0: text, 1: text} and sorted(finishes) == [(0, "length"), (1, "length")],
+              "n=2 tools stream: %s %s" % (per, finishes))
         # Validation: 400s naming the field.
         msg = [{"role": "user", "content": "hi"}]
         cases = [
