@@ -288,4 +288,7 @@ struct tok_tlist {
 struct tok_decscratch {
     struct tok_tlist a, b;
     pcre2_match_data *md;
+    /* tok_token_bytes: keep partial UTF-8 as bytes and decode as if in the
+     * middle of a text (no first-token space strip) */
+    bool raw;
 };

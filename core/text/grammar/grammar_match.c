@@ -1,0 +1,554 @@
+/* grammar_match.c - the vocabulary trie and the per-sequence matcher.
+ *
+ * A parse stack is a linked list of frames in an arena: each frame is an
+ * element position to resume at and its parent frame (the caller's
+ * continuation). A state is a set of stacks whose top frames sit on
+ * terminals, plus "complete" when some path has reached the end of root.
+ * Advancing over a code point moves every stack whose terminal matches past
+ * it and expands the result (references push their alternatives; ends of
+ * alternatives pop) until every top is a terminal again. A reference that is
+ * the last element of its alternative pushes no continuation (a tail call), so
+ * repetitions run in constant stack depth.
+ *
+ * Frames only ever point at older frames, so the arena works as a stack: the
+ * trie walk that computes a mask creates frames above a mark and drops them
+ * when it returns, and accepting a token compacts the live frames to the
+ * bottom. Work is bounded: at most GRAMMAR_MAX_STACKS stacks per state (more
+ * are dropped: an absurdly ambiguous grammar loses alternatives rather than
+ * time) and GRAMMAR_MAX_STACK_DEPTH frames per stack. */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/buf.h"
+#include "grammar-internal.h"
+
+/* ---- vocabulary trie ---- */
+
+#define GRAMMAR_MAX_TOKEN_BYTES 1024
+
+struct tnode {
+    uint32_t first_child, n_child; /* children: nodes [first_child, first_child + n_child) */
+    uint32_t first_tok, n_tok;     /* tokens ending here: tok[first_tok ..] */
+    uint8_t byte;                  /* the byte leading here from the parent */
+};
+
+struct grammar_vocab {
+    int n_vocab;
+    struct tnode *nodes;   /* [n_nodes], node 0 is the root (empty prefix) */
+    uint32_t n_nodes;
+    int32_t *tok;          /* token ids in trie order */
+    char **bytes;          /* [n_vocab]: each token's bytes (NULL: never allowed) */
+    uint32_t *len;         /* [n_vocab] */
+    int max_len;
+};
+
+struct ventry {
+    const char *s;
+    uint32_t len;
+    int32_t id;
+};
+
+static int ventry_cmp(const void *a, const void *b)
+{
+    const struct ventry *x = a, *y = b;
+    uint32_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->s, y->s, n);
+    if (c)
+        return c;
+    return x->len < y->len ? -1 : x->len > y->len;
+}
+
+/* Builds the subtree of entries [lo, hi) that share their first `depth` bytes
+ * into node `at` (already allocated). Children of a node are allocated
+ * together, so a node's children are contiguous. */
+static int trie_build(struct grammar_vocab *v, size_t *cap, const struct ventry *e, size_t lo, size_t hi,
+                      uint32_t depth, uint32_t at)
+{
+    size_t i = lo;
+    v->nodes[at].first_tok = (uint32_t)lo; /* tok[] is in entry order */
+    while (i < hi && e[i].len == depth)
+        i++;
+    v->nodes[at].n_tok = (uint32_t)(i - lo);
+    size_t groups = 0;
+    for (size_t k = i; k < hi; k++)
+        groups += k == i || e[k].s[depth] != e[k - 1].s[depth];
+    if (!groups)
+        return 0;
+    uint32_t first = v->n_nodes;
+    struct tnode *n = buf_grow(v->nodes, cap, v->n_nodes + groups, sizeof(*v->nodes));
+    if (!n)
+        return -ENOMEM;
+    v->nodes = n;
+    v->n_nodes += (uint32_t)groups;
+    v->nodes[at].first_child = first;
+    v->nodes[at].n_child = (uint32_t)groups;
+    uint32_t c = first;
+    for (size_t k = i; k < hi;) {
+        size_t end = k + 1;
+        while (end < hi && e[end].s[depth] == e[k].s[depth])
+            end++;
+        memset(&v->nodes[c], 0, sizeof(v->nodes[c]));
+        v->nodes[c].byte = (uint8_t)e[k].s[depth];
+        int r = trie_build(v, cap, e, k, end, depth + 1, c);
+        if (r < 0)
+            return r;
+        c++;
+        k = end;
+    }
+    return 0;
+}
+
+void grammar_vocab_destroy(grammar_vocab *v)
+{
+    if (!v)
+        return;
+    if (v->bytes)
+        for (int i = 0; i < v->n_vocab; i++)
+            free(v->bytes[i]);
+    free(v->bytes);
+    free(v->len);
+    free(v->nodes);
+    free(v->tok);
+    free(v);
+}
+
+int grammar_vocab_create(const tokenizer *tok, int n_vocab, grammar_vocab **ret, ifd_error *err)
+{
+    grammar_vocab *v = calloc(1, sizeof(*v));
+    struct ventry *e = NULL;
+    size_t n_e = 0;
+    int r = -ENOMEM;
+    if (!v)
+        return ifd_error_set(err, -ENOMEM, "grammar vocabulary: out of memory");
+    v->n_vocab = n_vocab;
+    v->bytes = calloc((size_t)n_vocab, sizeof(char *));
+    v->len = calloc((size_t)n_vocab, sizeof(uint32_t));
+    e = malloc(sizeof(*e) * ((size_t)n_vocab + 1));
+    if (!v->bytes || !v->len || !e)
+        goto fail;
+    int n_tok = tok_vocab_size(tok);
+    for (int id = 0; id < n_vocab && id < n_tok; id++) {
+        /* special tokens never spell grammar text; eos is handled apart */
+        if (!tok_id_to_token(tok, id) || tok_is_special(tok, id))
+            continue;
+        char *b;
+        size_t len;
+        if ((r = tok_token_bytes(tok, id, &b, &len, err)) < 0)
+            goto fail_msg;
+        /* the trie walk recurses once per byte: very long tokens stay out */
+        if (len == 0 || len > GRAMMAR_MAX_TOKEN_BYTES) {
+            free(b);
+            continue;
+        }
+        v->bytes[id] = b;
+        v->len[id] = (uint32_t)len;
+        if ((int)len > v->max_len)
+            v->max_len = (int)len;
+        e[n_e++] = (struct ventry){b, (uint32_t)len, id};
+    }
+    qsort(e, n_e, sizeof(*e), ventry_cmp);
+    v->tok = malloc(sizeof(int32_t) * (n_e + 1));
+    size_t cap = 0;
+    v->nodes = buf_grow(NULL, &cap, 1024, sizeof(*v->nodes));
+    if (!v->tok || !v->nodes)
+        goto fail;
+    for (size_t i = 0; i < n_e; i++)
+        v->tok[i] = e[i].id;
+    memset(&v->nodes[0], 0, sizeof(v->nodes[0]));
+    v->n_nodes = 1;
+    if ((r = trie_build(v, &cap, e, 0, n_e, 0, 0)) < 0)
+        goto fail;
+    free(e);
+    *ret = v;
+    return 0;
+fail:
+    r = ifd_error_set(err, -ENOMEM, "grammar vocabulary: out of memory");
+fail_msg:
+    free(e);
+    grammar_vocab_destroy(v);
+    return r;
+}
+
+/* ---- stacks ---- */
+
+struct frame {
+    uint32_t pos;    /* element to resume at */
+    int32_t parent;  /* -1: bottom */
+    uint32_t depth;
+};
+
+/* A set of stacks: tops [first, first + n) in the matcher's set pool. */
+struct sset {
+    uint32_t first, n;
+    bool complete;
+};
+
+/* The UTF-8 decoder state between bytes: `need` continuation bytes still to
+ * come for the code point whose leading bits are in `acc`. */
+struct u8state {
+    uint32_t acc;
+    uint8_t need;
+    uint8_t total; /* length of the character being decoded */
+};
+
+struct grammar_matcher {
+    const grammar *g;
+    const grammar_vocab *v;
+    struct frame *fr;
+    size_t n_fr, cap_fr;
+    int32_t *pool;          /* set tops */
+    size_t n_pool, cap_pool;
+    struct sset cur;        /* the state after the output so far */
+    struct u8state u8;      /* a character left incomplete by the last token */
+    uint32_t *allowed;      /* [ceil(n_vocab / 32)] scratch bitmap */
+    int32_t *live;          /* compaction scratch: frame remap */
+    size_t cap_live;
+    int budget;             /* expansions left in the current advance */
+    bool oom;
+};
+
+static int32_t frame_new(grammar_matcher *m, uint32_t pos, int32_t parent)
+{
+    uint32_t depth = parent < 0 ? 1 : m->fr[parent].depth + 1;
+    if (depth > GRAMMAR_MAX_STACK_DEPTH)
+        return -1;
+    struct frame *f = buf_grow(m->fr, &m->cap_fr, m->n_fr + 1, sizeof(*m->fr));
+    if (!f) {
+        m->oom = true;
+        return -1;
+    }
+    m->fr = f;
+    m->fr[m->n_fr] = (struct frame){pos, parent, depth};
+    return (int32_t)m->n_fr++;
+}
+
+static bool stack_equal(const grammar_matcher *m, int32_t a, int32_t b)
+{
+    while (a != b) {
+        if (a < 0 || b < 0 || m->fr[a].pos != m->fr[b].pos)
+            return false;
+        a = m->fr[a].parent;
+        b = m->fr[b].parent;
+    }
+    return true;
+}
+
+/* Adds a stack whose top is on a terminal to the set being built at the end
+ * of the pool (set s), unless an equal one is there. */
+static void set_add(grammar_matcher *m, struct sset *s, uint32_t pos, int32_t parent)
+{
+    for (uint32_t i = 0; i < s->n; i++) {
+        int32_t t = m->pool[s->first + i];
+        if (m->fr[t].pos == pos && stack_equal(m, m->fr[t].parent, parent))
+            return;
+    }
+    if (s->n >= GRAMMAR_MAX_STACKS)
+        return;
+    int32_t id = frame_new(m, pos, parent);
+    if (id < 0)
+        return;
+    int32_t *p = buf_grow(m->pool, &m->cap_pool, m->n_pool + 1, sizeof(*m->pool));
+    if (!p) {
+        m->oom = true;
+        return;
+    }
+    m->pool = p;
+    m->pool[m->n_pool++] = id;
+    s->n++;
+}
+
+/* Expands the position `pos` under `parent` until terminals: see the top. */
+static void expand(grammar_matcher *m, struct sset *s, uint32_t pos, int32_t parent)
+{
+    const grammar *g = m->g;
+    for (;;) {
+        if (--m->budget < 0)
+            return;
+        const struct gelem *e = &g->el[pos];
+        if (e->type == GE_CLASS) {
+            set_add(m, s, pos, parent);
+            return;
+        }
+        if (e->type == GE_END) {
+            if (parent < 0) {
+                s->complete = true;
+                return;
+            }
+            pos = m->fr[parent].pos;
+            parent = m->fr[parent].parent;
+            continue;
+        }
+        /* GE_REF: the continuation, unless this is a tail call */
+        int32_t cont = parent;
+        if (g->el[pos + 1].type != GE_END && (cont = frame_new(m, pos + 1, parent)) < 0)
+            return;
+        const struct grule *r = &g->rules[e->v];
+        for (uint32_t a = 0; a + 1 < r->n_alts; a++)
+            expand(m, s, g->alts[r->first_alt + a], cont);
+        pos = g->alts[r->first_alt + r->n_alts - 1];
+        parent = cont;
+    }
+}
+
+/* Work bound per advance: enough for any sane grammar's expansion. */
+#define EXPAND_BUDGET 65536
+
+/* A new set at the end of the pool: `from` advanced over cp. */
+static struct sset set_advance(grammar_matcher *m, const struct sset *from, uint32_t cp)
+{
+    struct sset s = {(uint32_t)m->n_pool, 0, false};
+    m->budget = EXPAND_BUDGET;
+    for (uint32_t i = 0; i < from->n; i++) {
+        int32_t t = m->pool[from->first + i];
+        uint32_t pos = m->fr[t].pos;
+        if (gclass_match(m->g, m->g->el[pos].v, cp))
+            expand(m, &s, pos + 1, m->fr[t].parent);
+    }
+    return s;
+}
+
+/* Feeds a byte to a UTF-8 decoder: 1 when a code point is complete (*cp),
+ * 0 when more bytes are needed, -1 when the byte cannot come here. */
+static int u8_feed(struct u8state *u, uint8_t b, uint32_t *cp)
+{
+    if (u->need == 0) {
+        if (b < 0x80) {
+            *cp = b;
+            return 1;
+        }
+        if (b >= 0xC2 && b <= 0xDF)
+            *u = (struct u8state){b & 0x1F, 1, 2};
+        else if (b >= 0xE0 && b <= 0xEF)
+            *u = (struct u8state){b & 0x0F, 2, 3};
+        else if (b >= 0xF0 && b <= 0xF4)
+            *u = (struct u8state){b & 0x07, 3, 4};
+        else
+            return -1;
+        return 0;
+    }
+    if ((b & 0xC0) != 0x80)
+        return -1;
+    u->acc = (u->acc << 6) | (b & 0x3F);
+    if (--u->need)
+        return 0;
+    uint32_t c = u->acc;
+    uint8_t total = u->total;
+    *u = (struct u8state){0, 0, 0};
+    /* overlongs and surrogates are not characters */
+    if ((total == 3 && c < 0x800) || (total == 4 && c < 0x10000) || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
+        return -1;
+    *cp = c;
+    return 1;
+}
+
+/* Could the character being decoded in u still match a terminal of s? */
+static bool partial_viable(const grammar_matcher *m, const struct sset *s, const struct u8state *u)
+{
+    static const uint32_t min_of_len[5] = {0, 0, 0x80, 0x800, 0x10000}; /* shorter would be overlong */
+    uint32_t lo = u->acc << (6 * u->need), hi = lo | ((1u << (6 * u->need)) - 1);
+    if (lo < min_of_len[u->total])
+        lo = min_of_len[u->total];
+    for (uint32_t i = 0; i < s->n; i++) {
+        const struct gclass *c = &m->g->classes[m->g->el[m->fr[m->pool[s->first + i]].pos].v];
+        if (c->negated)
+            return true; /* a negated class leaves almost everything: close enough for a prefix */
+        const uint32_t *r = m->g->ranges + 2 * c->first;
+        for (uint32_t k = 0; k < c->n; k++)
+            if (r[2 * k] <= hi && r[2 * k + 1] >= lo)
+                return true;
+    }
+    return false;
+}
+
+int grammar_matcher_create(const grammar *g, const grammar_vocab *v, grammar_matcher **ret)
+{
+    grammar_matcher *m = calloc(1, sizeof(*m));
+    if (!m)
+        return -ENOMEM;
+    m->g = g;
+    m->v = v;
+    m->allowed = calloc(((size_t)v->n_vocab + 31) / 32, sizeof(uint32_t));
+    if (!m->allowed) {
+        free(m);
+        return -ENOMEM;
+    }
+    m->cur = (struct sset){0, 0, false};
+    m->budget = EXPAND_BUDGET;
+    const struct grule *root = &g->rules[g->root];
+    for (uint32_t a = 0; a < root->n_alts; a++)
+        expand(m, &m->cur, g->alts[root->first_alt + a], -1);
+    if (m->oom) {
+        grammar_matcher_destroy(m);
+        return -ENOMEM;
+    }
+    *ret = m;
+    return 0;
+}
+
+void grammar_matcher_destroy(grammar_matcher *m)
+{
+    if (!m)
+        return;
+    free(m->fr);
+    free(m->pool);
+    free(m->allowed);
+    free(m->live);
+    free(m);
+}
+
+bool grammar_matcher_is_complete(const grammar_matcher *m)
+{
+    return m->cur.complete && m->u8.need == 0;
+}
+
+bool grammar_matcher_is_done(const grammar_matcher *m)
+{
+    return grammar_matcher_is_complete(m) && m->cur.n == 0;
+}
+
+/* ---- the mask ---- */
+
+struct walk {
+    grammar_matcher *m;
+    int n_allowed;
+};
+
+static void allow_tokens(struct walk *w, const struct tnode *n)
+{
+    const grammar_vocab *v = w->m->v;
+    for (uint32_t i = 0; i < n->n_tok; i++) {
+        int32_t id = v->tok[n->first_tok + i];
+        w->m->allowed[id >> 5] |= 1u << (id & 31);
+    }
+    w->n_allowed += (int)n->n_tok;
+}
+
+/* Visits the children of trie node `at`, whose prefix leaves state s with
+ * decoder u. Frames and sets made below are dropped on return. */
+static void walk(struct walk *w, uint32_t at, const struct sset *s, struct u8state u)
+{
+    grammar_matcher *m = w->m;
+    const struct tnode *tn = &m->v->nodes[at];
+    for (uint32_t c = tn->first_child; c < tn->first_child + tn->n_child; c++) {
+        const struct tnode *child = &m->v->nodes[c];
+        size_t fr_mark = m->n_fr, pool_mark = m->n_pool;
+        struct u8state u2 = u;
+        uint32_t cp;
+        int k = u8_feed(&u2, child->byte, &cp);
+        if (k < 0)
+            continue;
+        if (k == 0) {
+            if (!partial_viable(m, s, &u2))
+                continue;
+            allow_tokens(w, child);
+            walk(w, c, s, u2);
+            continue;
+        }
+        struct sset s2 = set_advance(m, s, cp);
+        if (s2.n || s2.complete)
+            allow_tokens(w, child);
+        if (s2.n)
+            walk(w, c, &s2, u2);
+        m->n_fr = fr_mark;
+        m->n_pool = pool_mark;
+    }
+}
+
+int grammar_matcher_mask(grammar_matcher *m, float *logits, const int32_t *eos, int n_eos)
+{
+    int n_vocab = m->v->n_vocab;
+    memset(m->allowed, 0, ((size_t)n_vocab + 31) / 32 * sizeof(uint32_t));
+    struct walk w = {m, 0};
+    size_t fr_mark = m->n_fr, pool_mark = m->n_pool;
+    walk(&w, 0, &m->cur, m->u8);
+    m->n_fr = fr_mark;
+    m->n_pool = pool_mark;
+    bool end_ok = grammar_matcher_is_complete(m) || w.n_allowed == 0;
+    for (int i = 0; i < n_eos; i++)
+        if (eos[i] >= 0 && eos[i] < n_vocab && end_ok) {
+            if (!(m->allowed[eos[i] >> 5] & (1u << (eos[i] & 31))))
+                w.n_allowed++;
+            m->allowed[eos[i] >> 5] |= 1u << (eos[i] & 31);
+        }
+    /* a whole word of the bitmap at a time: most words are all-zero */
+    for (int i = 0; i < n_vocab; i += 32) {
+        uint32_t bits = m->allowed[i >> 5];
+        if (bits == 0xFFFFFFFFu)
+            continue;
+        int end = i + 32 < n_vocab ? i + 32 : n_vocab;
+        for (int j = i; j < end; j++)
+            if (!(bits & (1u << (j - i))))
+                logits[j] = -INFINITY;
+    }
+    return w.n_allowed;
+}
+
+/* ---- advancing ---- */
+
+/* Moves the frames reachable from cur to the bottom of the arena. */
+static int compact(grammar_matcher *m)
+{
+    int32_t *live = buf_grow(m->live, &m->cap_live, m->n_fr + 1, sizeof(*m->live));
+    if (!live)
+        return -ENOMEM;
+    m->live = live;
+    memset(live, 0, sizeof(*live) * m->n_fr);
+    for (uint32_t i = 0; i < m->cur.n; i++)
+        for (int32_t f = m->pool[m->cur.first + i]; f >= 0 && !live[f]; f = m->fr[f].parent)
+            live[f] = 1;
+    /* parents are older than children: one pass in order renumbers */
+    int32_t next = 0;
+    for (size_t f = 0; f < m->n_fr; f++) {
+        if (!live[f]) {
+            live[f] = -1;
+            continue;
+        }
+        struct frame fr = m->fr[f];
+        fr.parent = fr.parent < 0 ? -1 : live[fr.parent];
+        m->fr[next] = fr;
+        live[f] = next++;
+    }
+    m->n_fr = (size_t)next;
+    for (uint32_t i = 0; i < m->cur.n; i++)
+        m->pool[i] = live[m->pool[m->cur.first + i]];
+    m->cur.first = 0;
+    m->n_pool = m->cur.n;
+    return 0;
+}
+
+int grammar_matcher_accept_bytes(grammar_matcher *m, const char *s, size_t n)
+{
+    struct sset cur = m->cur;
+    struct u8state u = m->u8;
+    size_t fr_mark = m->n_fr, pool_mark = m->n_pool;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t cp;
+        int k = u8_feed(&u, (uint8_t)s[i], &cp);
+        if (k < 0 || (k == 0 && !partial_viable(m, &cur, &u)))
+            goto reject;
+        if (k == 1) {
+            cur = set_advance(m, &cur, cp);
+            if (!cur.n && !(cur.complete && i + 1 == n))
+                goto reject;
+        }
+    }
+    if (m->oom)
+        goto reject;
+    m->cur = cur;
+    m->u8 = u;
+    return compact(m);
+reject:
+    m->n_fr = fr_mark;
+    m->n_pool = pool_mark;
+    m->oom = false;
+    return -EINVAL;
+}
+
+int grammar_matcher_accept_token(grammar_matcher *m, int32_t id)
+{
+    if (id < 0 || id >= m->v->n_vocab || !m->v->bytes[id])
+        return -EINVAL;
+    return grammar_matcher_accept_bytes(m, m->v->bytes[id], m->v->len[id]);
+}
