@@ -31,6 +31,11 @@
 struct tnode {
     uint32_t first_child, n_child; /* children: nodes [first_child, first_child + n_child) */
     uint32_t first_tok, n_tok;     /* tokens ending here: tok[first_tok ..] */
+    uint32_t sub_end;              /* the subtree's tokens are tok[first_tok, sub_end) */
+    uint64_t ascii[2];             /* ASCII characters in the subtree, below this node */
+    bool non_ascii;                /* ... and whether any byte there is >= 0x80 */
+    bool valid;                    /* every token's bytes below this node are UTF-8 (a
+                                    * truncated last character allowed) */
     uint8_t byte;                  /* the byte leading here from the parent */
 };
 
@@ -71,6 +76,7 @@ static int trie_build(struct grammar_vocab *v, size_t *cap, const struct ventry 
     while (i < hi && e[i].len == depth)
         i++;
     v->nodes[at].n_tok = (uint32_t)(i - lo);
+    v->nodes[at].sub_end = (uint32_t)hi;
     size_t groups = 0;
     for (size_t k = i; k < hi; k++)
         groups += k == i || e[k].s[depth] != e[k - 1].s[depth];
@@ -98,6 +104,64 @@ static int trie_build(struct grammar_vocab *v, size_t *cap, const struct ventry 
         k = end;
     }
     return 0;
+}
+
+/* Length of the UTF-8 character a leading byte starts; 0: not a leading byte. */
+static int u8_len(uint8_t b)
+{
+    return b < 0x80 ? 1 : (b >= 0xC2 && b <= 0xDF) ? 2 : (b >= 0xE0 && b <= 0xEF) ? 3 : (b >= 0xF0 && b <= 0xF4) ? 4 : 0;
+}
+
+/* Fills the subtree summaries the mask's shortcut reads (see walk()). */
+static void trie_summarize(struct grammar_vocab *v, const struct ventry *e, size_t n_e)
+{
+    /* children come after their parent: a reverse pass folds them upwards */
+    for (uint32_t i = v->n_nodes; i-- > 0;) {
+        struct tnode *n = &v->nodes[i];
+        n->valid = true;
+        for (uint32_t c = n->first_child; c < n->first_child + n->n_child; c++) {
+            const struct tnode *ch = &v->nodes[c];
+            n->ascii[0] |= ch->ascii[0];
+            n->ascii[1] |= ch->ascii[1];
+            n->non_ascii |= ch->non_ascii || ch->byte >= 0x80;
+            if (ch->byte < 0x80)
+                n->ascii[ch->byte >> 6] |= 1ull << (ch->byte & 63);
+        }
+    }
+    /* validity: a token's suffix from depth d is UTF-8 when a character starts
+     * at d and the rest follows; computed backwards per token, then folded
+     * into the nodes on its path */
+    uint8_t ok[GRAMMAR_MAX_TOKEN_BYTES + 1];
+    for (size_t t = 0; t < n_e; t++) {
+        const uint8_t *b = (const uint8_t *)e[t].s;
+        uint32_t len = e[t].len;
+        ok[len] = 1;
+        for (uint32_t d = len; d-- > 0;) {
+            int k = u8_len(b[d]);
+            bool good = k > 0;
+            for (int j = 1; good && j < k && d + (uint32_t)j < len; j++)
+                good = (b[d + j] & 0xC0) == 0x80;
+            ok[d] = good && (d + (uint32_t)k >= len || ok[d + k]);
+        }
+        uint32_t at = 0;
+        for (uint32_t d = 0;; d++) {
+            if (!ok[d])
+                v->nodes[at].valid = false;
+            if (d == len)
+                break;
+            /* the child with byte b[d]: children are sorted by byte */
+            const struct tnode *n = &v->nodes[at];
+            uint32_t lo = n->first_child, hi = n->first_child + n->n_child;
+            while (lo + 1 < hi) {
+                uint32_t mid = (lo + hi) / 2;
+                if (v->nodes[mid].byte <= b[d])
+                    lo = mid;
+                else
+                    hi = mid;
+            }
+            at = lo;
+        }
+    }
 }
 
 void grammar_vocab_destroy(grammar_vocab *v)
@@ -160,6 +224,7 @@ int grammar_vocab_create(const tokenizer *tok, int n_vocab, grammar_vocab **ret,
     v->n_nodes = 1;
     if ((r = trie_build(v, &cap, e, 0, n_e, 0, 0)) < 0)
         goto fail;
+    trie_summarize(v, e, n_e);
     free(e);
     *ret = v;
     return 0;
@@ -207,7 +272,15 @@ struct grammar_matcher {
     size_t cap_live;
     int budget;             /* expansions left in the current advance */
     bool oom;
+    /* The walk's memo for its root state: what advancing does, by which of
+     * the (at most MEMO_STACKS) stacks match the character. Inside a JSON
+     * string almost every character leads back to the same state, and the
+     * memo turns each such trie node into a few class checks. */
+    uint8_t memo[1u << 8];
 };
+
+#define MEMO_STACKS 8
+enum { MEMO_UNKNOWN = 0, MEMO_SAME, MEMO_OTHER };
 
 static int32_t frame_new(grammar_matcher *m, uint32_t pos, int32_t parent)
 {
@@ -408,11 +481,45 @@ bool grammar_matcher_is_done(const grammar_matcher *m)
     return grammar_matcher_is_complete(m) && m->cur.n == 0;
 }
 
+static bool set_equal(const grammar_matcher *m, const struct sset *a, const struct sset *b)
+{
+    if (a->n != b->n || a->complete != b->complete)
+        return false;
+    for (uint32_t i = 0; i < a->n; i++) {
+        int32_t x = m->pool[a->first + i], y = m->pool[b->first + i];
+        if (m->fr[x].pos != m->fr[y].pos || !stack_equal(m, m->fr[x].parent, m->fr[y].parent))
+            return false;
+    }
+    return true;
+}
+
+/* Which stacks of s have a terminal that matches cp (bit i: stack i; only
+ * the first 32 stacks are told apart, enough for the memo). */
+static uint32_t set_match_bits(const grammar_matcher *m, const struct sset *s, uint32_t cp, bool *ret_any)
+{
+    uint32_t bits = 0;
+    bool any = false;
+    for (uint32_t i = 0; i < s->n; i++) {
+        if (gclass_match(m->g, m->g->el[m->fr[m->pool[s->first + i]].pos].v, cp)) {
+            any = true;
+            bits |= i < 32 ? 1u << i : 0;
+        }
+    }
+    *ret_any = any;
+    return bits;
+}
+
 /* ---- the mask ---- */
 
 struct walk {
     grammar_matcher *m;
     int n_allowed;
+    /* The shortcut: when the root state is a loop (a JSON string), the ASCII
+     * characters and whether all non-ASCII ones lead back to the same state.
+     * A subtree spelling only such characters is allowed whole. */
+    bool loop;
+    uint64_t same_ascii[2];
+    bool same_non_ascii;
 };
 
 static void allow_tokens(struct walk *w, const struct tnode *n)
@@ -423,6 +530,22 @@ static void allow_tokens(struct walk *w, const struct tnode *n)
         w->m->allowed[id >> 5] |= 1u << (id & 31);
     }
     w->n_allowed += (int)n->n_tok;
+}
+
+static void allow_subtree(struct walk *w, const struct tnode *n)
+{
+    const grammar_vocab *v = w->m->v;
+    for (uint32_t i = n->first_tok; i < n->sub_end; i++) {
+        int32_t id = v->tok[i];
+        w->m->allowed[id >> 5] |= 1u << (id & 31);
+    }
+    w->n_allowed += (int)(n->sub_end - n->first_tok);
+}
+
+static bool subtree_in_loop(const struct walk *w, const struct tnode *n)
+{
+    return n->valid && !(n->ascii[0] & ~w->same_ascii[0]) && !(n->ascii[1] & ~w->same_ascii[1]) &&
+           (!n->non_ascii || w->same_non_ascii);
 }
 
 /* Visits the children of trie node `at`, whose prefix leaves state s with
@@ -446,7 +569,31 @@ static void walk(struct walk *w, uint32_t at, const struct sset *s, struct u8sta
             walk(w, c, s, u2);
             continue;
         }
+        bool any;
+        uint32_t bits = set_match_bits(m, s, cp, &any);
+        if (!any)
+            continue; /* no terminal takes cp: nothing below can fit */
+        bool memo = s == &m->cur && s->n <= MEMO_STACKS;
+        if (memo && m->memo[bits] == MEMO_SAME) {
+            if (w->loop && u2.need == 0 && subtree_in_loop(w, child)) {
+                allow_subtree(w, child);
+                continue;
+            }
+            allow_tokens(w, child);
+            walk(w, c, s, u2);
+            continue;
+        }
         struct sset s2 = set_advance(m, s, cp);
+        if (memo && m->memo[bits] == MEMO_UNKNOWN) {
+            m->memo[bits] = set_equal(m, s, &s2) ? MEMO_SAME : MEMO_OTHER;
+            if (m->memo[bits] == MEMO_SAME) {
+                m->n_fr = fr_mark;
+                m->n_pool = pool_mark;
+                allow_tokens(w, child);
+                walk(w, c, s, u2);
+                continue;
+            }
+        }
         if (s2.n || s2.complete)
             allow_tokens(w, child);
         if (s2.n)
@@ -456,12 +603,55 @@ static void walk(struct walk *w, uint32_t at, const struct sset *s, struct u8sta
     }
 }
 
+/* The memo entry for advancing the root state by cp, computed if unknown. */
+static uint8_t memo_of(grammar_matcher *m, uint32_t cp)
+{
+    bool any;
+    uint32_t bits = set_match_bits(m, &m->cur, cp, &any);
+    if (!any)
+        return MEMO_OTHER;
+    if (m->memo[bits] == MEMO_UNKNOWN) {
+        size_t fr_mark = m->n_fr, pool_mark = m->n_pool;
+        struct sset s2 = set_advance(m, &m->cur, cp);
+        m->memo[bits] = set_equal(m, &m->cur, &s2) ? MEMO_SAME : MEMO_OTHER;
+        m->n_fr = fr_mark;
+        m->n_pool = pool_mark;
+    }
+    return m->memo[bits];
+}
+
+/* Fills the walk's shortcut for the root state (see struct walk). */
+static void loop_prepare(struct walk *w)
+{
+    grammar_matcher *m = w->m;
+    w->loop = false;
+    if (m->cur.n == 0 || m->cur.n > MEMO_STACKS || m->u8.need)
+        return;
+    bool any_same = false;
+    for (uint32_t cp = 0; cp < 128; cp++)
+        if (memo_of(m, cp) == MEMO_SAME) {
+            w->same_ascii[cp >> 6] |= 1ull << (cp & 63);
+            any_same = true;
+        }
+    /* non-ASCII characters all behave alike when no class has a bound there */
+    bool uniform = true;
+    for (uint32_t i = 0; i < m->cur.n && uniform; i++) {
+        const struct gclass *c = &m->g->classes[m->g->el[m->fr[m->pool[m->cur.first + i]].pos].v];
+        for (uint32_t k = 0; k < c->n && uniform; k++)
+            uniform = m->g->ranges[2 * (c->first + k) + 1] < 0x80;
+    }
+    w->same_non_ascii = uniform && memo_of(m, 0x80) == MEMO_SAME;
+    w->loop = any_same;
+}
+
 int grammar_matcher_mask(grammar_matcher *m, float *logits, const int32_t *eos, int n_eos)
 {
     int n_vocab = m->v->n_vocab;
     memset(m->allowed, 0, ((size_t)n_vocab + 31) / 32 * sizeof(uint32_t));
-    struct walk w = {m, 0};
+    struct walk w = {.m = m};
+    memset(m->memo, MEMO_UNKNOWN, sizeof(m->memo));
     size_t fr_mark = m->n_fr, pool_mark = m->n_pool;
+    loop_prepare(&w);
     walk(&w, 0, &m->cur, m->u8);
     m->n_fr = fr_mark;
     m->n_pool = pool_mark;
