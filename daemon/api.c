@@ -1,5 +1,6 @@
 /* api.c - see api.h. */
 #include "api.h"
+#include "text/grammar/grammar.h"
 
 #include <errno.h>
 #include <math.h>
@@ -537,6 +538,8 @@ int api_request_parse(enum api_kind kind, const char *body, size_t len, int voca
             r.include_usage = cJSON_IsTrue(iu);
         }
     }
+    if ((rc = api_parse_grammar(root, &r.grammar, e)) < 0)
+        goto fail;
     if (!seed_given) {
         /* No seed: a different draw each request, as OpenAI does. */
         uint64_t seed = 0;
@@ -563,6 +566,7 @@ void api_request_finish(struct api_request *r)
     free(r->prompt_ids);
     for (int i = 0; i < r->n_stop; i++)
         free(r->stop[i]);
+    grammar_destroy(r->grammar);
     memset(r, 0, sizeof(*r));
 }
 

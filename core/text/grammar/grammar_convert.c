@@ -294,10 +294,14 @@ static int rx_sequence(struct rx *r)
             sb_put(r->out, &q, 1);
             r->pos++;
         } else if (q == '{') {
-            size_t end = r->pos + 1;
-            while (end < r->len && ((r->s[end] >= '0' && r->s[end] <= '9') || r->s[end] == ','))
-                end++;
-            if (end >= r->len || r->s[end] != '}' || end == r->pos + 1)
+            /* digits, then optionally a comma and more digits */
+            size_t end = r->pos + 1, digits = 0;
+            while (end < r->len && r->s[end] >= '0' && r->s[end] <= '9')
+                end++, digits++;
+            if (digits && end < r->len && r->s[end] == ',')
+                for (end++; end < r->len && r->s[end] >= '0' && r->s[end] <= '9';)
+                    end++;
+            if (!digits || end >= r->len || r->s[end] != '}')
                 return rx_fail(r, "expected {m}, {m,} or {m,n}");
             sb_put(r->out, r->s + r->pos, end + 1 - r->pos); /* GBNF checks the numbers */
             r->pos = end + 1;

@@ -532,8 +532,10 @@ static int check_left_recursion(struct parser *p, ifd_error *err)
                 sp--;
             } else if (mark[next] == 1) {
                 const char *nm = p->rules[next].name;
-                rc = ifd_error_set(err, -EINVAL, "grammar: rule '%.*s' is left-recursive (it can reach itself before matching a character)",
-                                   nm ? (int)p->rules[next].name_len : 11, nm ? nm : "(anonymous)");
+                if (nm)
+                    rc = ifd_error_set(err, -EINVAL, "grammar: rule '%s' is left-recursive (it can reach itself before matching a character)", nm);
+                else
+                    rc = ifd_error_set(err, -EINVAL, "grammar: a repetition of something that can match nothing is left-recursive (write x* with a non-empty x)");
             } else if (mark[next] == 0) {
                 mark[next] = 1;
                 stack[2 * sp] = next;
