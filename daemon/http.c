@@ -1053,9 +1053,12 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
     struct sched_req_params p = {
         .prompt = ids.ids, .n_prompt = ids.n, .max_tokens = rq.max_tokens, .sampling = rq.sampling,
         .stop = rq.stop, .n_stop = rq.n_stop, .logprobs = rq.logprobs, .top_logprobs = rq.top_logprobs,
+        .grammar = rq.grammar,
     };
     ifd_error err = {{0}};
     r = sched_submit(m->sched, &p, &k->req, &err);
+    if (r >= 0)
+        rq.grammar = NULL; /* the scheduler's now */
     tok_ids_finish(&ids);
     if (r < 0) {
         api_request_finish(&rq);

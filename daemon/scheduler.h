@@ -41,6 +41,9 @@ struct sched_req_params {
     int n_stop;
     bool logprobs;
     int top_logprobs;
+    /* The output constraint (NULL: none). sched_submit() takes it over when
+     * it succeeds; on failure it stays the caller's. */
+    struct grammar *grammar;
 };
 
 /* What a request has produced so far, collected by sched_req_collect(). */
