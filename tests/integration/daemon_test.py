@@ -1097,9 +1097,21 @@ STRUCT_SCHEMA = {
 
 
 def group_structured(binary):
+    src = os.environ.get("INFERD_SOURCE_ROOT", os.path.join(os.path.dirname(__file__), "..", ".."))
+    node_dir = os.path.join(src, "tests", "node")
+    if not os.path.isdir(os.path.join(node_dir, "node_modules", "zod")):
+        r = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=node_dir,
+                           capture_output=True, text=True, timeout=600)
+        check(r.returncode == 0, "npm install in tests/node: %s" % (r.stderr[-1000:]))
     for model in (QWEN3, LLAMA3):
         name = os.path.basename(model)
         with Daemon(binary, model) as d:
+            # the OpenAI SDK's chat.completions.parse() with a zod schema
+            env = dict(os.environ, INFERD_URL="http://127.0.0.1:%d" % d.port, INFERD_MODEL=name)
+            r = subprocess.run(["node", os.path.join(src, "tests", "integration", "structured_sdk.mjs")], env=env,
+                               capture_output=True, text=True, timeout=240)
+            print(r.stdout + r.stderr)
+            check(r.returncode == 0, "%s: OpenAI SDK parse() with zod (exit %d)" % (name, r.returncode))
             def chat(extra, stream=False, max_tokens=200):
                 body = {"messages": [{"role": "user", "content": "Give me JSON."}], "max_tokens": max_tokens,
                         "temperature": 0.7, "seed": 7, **extra}

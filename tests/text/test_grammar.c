@@ -213,6 +213,13 @@ Test(grammar, schema_arrays_enum_const_types)
     cr_expect_eq(match(g, "\"a\""), -1);
     cr_expect_eq(match(g, "\"abcd\""), -1);
     grammar_destroy(g);
+    /* bounded strings take characters beyond the BMP only as escaped pairs:
+     * the bound then holds in UTF-16 units too (zod's count) */
+    g = schema("{\"type\":\"string\",\"maxLength\":2}");
+    cr_expect_eq(match(g, "\"\xf0\x9f\x98\x80\""), -1);
+    cr_expect_eq(match(g, "\"\\ud83d\\ude00\""), 1);
+    cr_expect_eq(match(g, "\"\xc3\xa9\xe4\xb8\x96\""), 1);
+    grammar_destroy(g);
     g = schema("{\"const\":{\"k\":[1,2]}}");
     cr_expect_eq(match(g, "{\"k\":[1,2]}"), 1);
     cr_expect_eq(match(g, "{\"k\":[1]}"), -1);

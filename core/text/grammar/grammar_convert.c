@@ -392,6 +392,10 @@ int grammar_choice_to_gbnf(const char *const *choices, size_t n, char **ret_text
 static const char JSON_RULES[] =
     "jchar ::= [^\"\\\\\\x00-\\x1F] | \"\\\\\" ([\"\\\\/bfnrt] | \"u\" [0-9a-fA-F]{4})\n"
     "jstring ::= \"\\\"\" jchar* \"\\\"\"\n"
+    /* in strings with a length bound: characters beyond the BMP only as
+     * escaped surrogate pairs, so the count holds for code points and for
+     * UTF-16 units alike (JavaScript validators such as zod count those) */
+    "jcharb ::= [^\"\\\\\\x00-\\x1F\\U00010000-\\U0010FFFF] | \"\\\\\" ([\"\\\\/bfnrt] | \"u\" [0-9a-fA-F]{4})\n"
     "jint ::= \"-\"? (\"0\" | [1-9] [0-9]{0,15})\n"
     "jnumber ::= jint (\".\" [0-9]{1,16})? ([eE] [-+]? [0-9]{1,3})?\n"
     "jboolean ::= \"true\" | \"false\"\n"
@@ -540,9 +544,9 @@ static int sc_string(struct sc *c, const cJSON *s, const struct path *p, int rul
     if (min < 0 && max < 0)
         sb_printf(c->out, "r%d ::= jstring\n", rule);
     else if (max < 0)
-        sb_printf(c->out, "r%d ::= \"\\\"\" jchar{%d,} \"\\\"\"\n", rule, min);
+        sb_printf(c->out, "r%d ::= \"\\\"\" jcharb{%d,} \"\\\"\"\n", rule, min);
     else
-        sb_printf(c->out, "r%d ::= \"\\\"\" jchar{%d,%d} \"\\\"\"\n", rule, min < 0 ? 0 : min, max);
+        sb_printf(c->out, "r%d ::= \"\\\"\" jcharb{%d,%d} \"\\\"\"\n", rule, min < 0 ? 0 : min, max);
     return 0;
 }
 
