@@ -491,3 +491,50 @@ Test(grammar, schema_output_on_llama3_vocab, .timeout = 120)
     grammar_vocab_destroy(v);
     tok_destroy(t);
 }
+
+Test(grammar, large_grammar_compiles_in_linear_time, .timeout = 20)
+{
+    /* 8000 rules in a chain, each mentioned before it is defined: name
+     * lookups, positions and the left-recursion check must stay linear */
+    size_t cap = 8000 * 48 + 64, n = 0;
+    char *txt = malloc(cap);
+    n += (size_t)snprintf(txt + n, cap - n, "root ::= r0\n");
+    for (int i = 0; i < 7999; i++)
+        n += (size_t)snprintf(txt + n, cap - n, "r%d ::= \"a\" r%d | \"b\"\n", i, i + 1);
+    n += (size_t)snprintf(txt + n, cap - n, "r7999 ::= \"z\"\n");
+    grammar *g = compile(txt);
+    cr_expect_eq(match(g, "aab"), 1);
+    cr_expect_eq(match(g, "aa"), 0);
+    cr_expect_eq(match(g, "c"), -1);
+    grammar_destroy(g);
+    free(txt);
+}
+
+Test(grammar, expensive_grammar_mask_is_bounded, .timeout = 60)
+{
+    /* every character can end or continue each of many overlapping parses:
+     * the walk over a 151k vocabulary stops at its work bound instead of
+     * taking minutes, and what it allows is still valid */
+    tokenizer *t = load_tok("qwen3-tiny-random");
+    int n_vocab = tok_vocab_size(t);
+    grammar_vocab *v;
+    ifd_error err;
+    cr_assert_eq(grammar_vocab_create(t, n_vocab, &v, &err), 0, "%s", err.msg);
+    grammar *g = compile("root ::= (a | b | c)*\na ::= [^\"]\nb ::= [^\"] [^\"]\nc ::= [^\"] a b");
+    grammar_matcher *m;
+    cr_assert_eq(grammar_matcher_create(g, v, &m), 0);
+    float *logits = calloc((size_t)n_vocab, sizeof(float));
+    int32_t eos = tok_token_to_id(t, "<|im_end|>");
+    int allowed = grammar_matcher_mask(m, logits, &eos, 1);
+    cr_expect_gt(allowed, 1);
+    for (int i = 0; i < n_vocab; i++)
+        if (isfinite(logits[i]) && i != eos) {
+            cr_assert_eq(grammar_matcher_accept_token(m, i), 0, "allowed token %d does not fit", i);
+            break;
+        }
+    free(logits);
+    grammar_matcher_destroy(m);
+    grammar_destroy(g);
+    grammar_vocab_destroy(v);
+    tok_destroy(t);
+}

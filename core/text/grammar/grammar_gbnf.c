@@ -26,7 +26,7 @@ struct prule {
     struct gelem *el;
     size_t n, cap;
     bool defined;
-    int ref_line, ref_col; /* first reference, for "undefined rule" */
+    size_t ref_pos;      /* first mention, for "undefined rule" (line:col found only then) */
 };
 
 struct elvec {
@@ -45,6 +45,7 @@ struct parser {
     uint32_t *ranges;        /* pairs */
     size_t n_ranges, cap_ranges;
     size_t n_elements;       /* all elements so far, for the bound */
+    uint32_t *names;         /* [NAME_SLOTS]: open-addressed rule id + 1 by name; 0 empty */
     ifd_error *err;
 };
 
@@ -115,16 +116,35 @@ static int rule_new(struct parser *p, const char *name, size_t name_len, uint32_
     return 0;
 }
 
+/* Twice the rule limit: the table never fills. */
+#define NAME_SLOTS (2 * GRAMMAR_MAX_RULES)
+
+static uint32_t name_hash(const char *s, size_t n)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (uint8_t)s[i]) * 16777619u;
+    return h;
+}
+
+/* The rule of that name, created (undefined yet) at its first mention. */
 static int rule_lookup(struct parser *p, const char *name, size_t len, uint32_t *ret)
 {
-    for (size_t i = 0; i < p->n_rules; i++)
-        if (p->rules[i].name && p->rules[i].name_len == len && memcmp(p->rules[i].name, name, len) == 0) {
-            *ret = (uint32_t)i;
+    if (!p->names && !(p->names = calloc(NAME_SLOTS, sizeof(*p->names))))
+        return oom(p);
+    uint32_t slot = name_hash(name, len) & (NAME_SLOTS - 1);
+    for (; p->names[slot]; slot = (slot + 1) & (NAME_SLOTS - 1)) {
+        const struct prule *pr = &p->rules[p->names[slot] - 1];
+        if (pr->name_len == len && memcmp(pr->name, name, len) == 0) {
+            *ret = p->names[slot] - 1;
             return 0;
         }
+    }
     int r = rule_new(p, name, len, ret);
-    if (r == 0)
-        where(p, p->pos, &p->rules[*ret].ref_line, &p->rules[*ret].ref_col);
+    if (r == 0) {
+        p->names[slot] = *ret + 1;
+        p->rules[*ret].ref_pos = p->pos;
+    }
     return r;
 }
 
@@ -468,15 +488,22 @@ static int parse_alternates(struct parser *p, uint32_t rule)
 
 /* ---- checks and flattening ---- */
 
-/* Left recursion: DFS over "can start with" edges through nullable prefixes. */
+/* Left recursion: a DFS over "can start with" edges (rule r -> rule x when
+ * an alternative of r reaches a reference to x through nullable elements
+ * only). Linear in the grammar's size. */
 static int check_left_recursion(struct parser *p, ifd_error *err)
 {
-    size_t n = p->n_rules;
+    size_t n = p->n_rules, n_edges = 0;
     bool *nullable = calloc(n, 1);
-    uint8_t *mark = calloc(n, 1); /* 0 new, 1 on the path, 2 done */
+    uint8_t *mark = calloc(n, 1);              /* 0 new, 1 on the path, 2 done */
+    uint32_t *edge_first = calloc(n + 1, sizeof(uint32_t));
+    uint32_t *edges = NULL;
     uint32_t *stack = malloc(sizeof(uint32_t) * 2 * (n + 1));
     int rc = 0;
-    if (!nullable || !mark || !stack) {
+    for (size_t r = 0; r < n; r++)
+        n_edges += p->rules[r].n;
+    edges = malloc(sizeof(uint32_t) * (n_edges + 1));
+    if (!nullable || !mark || !edge_first || !edges || !stack) {
         rc = ifd_error_set(err, -ENOMEM, "grammar: out of memory");
         goto out;
     }
@@ -500,37 +527,41 @@ static int check_left_recursion(struct parser *p, ifd_error *err)
             }
         }
     }
-    /* iterative DFS: stack of (rule, element index to look at next) */
+    n_edges = 0;
+    for (size_t r = 0; r < n; r++) {
+        const struct prule *pr = &p->rules[r];
+        edge_first[r] = (uint32_t)n_edges;
+        bool at_left = true; /* everything before this element is nullable */
+        for (size_t i = 0; i < pr->n; i++) {
+            const struct gelem *e = &pr->el[i];
+            if (e->type == GE_END) {
+                at_left = true;
+                continue;
+            }
+            if (at_left && e->type == GE_REF)
+                edges[n_edges++] = e->v;
+            at_left = at_left && e->type == GE_REF && nullable[e->v];
+        }
+    }
+    edge_first[n] = (uint32_t)n_edges;
+    /* iterative DFS: stack of (rule, next edge) */
     for (size_t start = 0; start < n && rc == 0; start++) {
         if (mark[start])
             continue;
-        size_t sp = 0;
+        size_t sp = 1;
         stack[0] = (uint32_t)start;
-        stack[1] = 0;
+        stack[1] = edge_first[start];
         mark[start] = 1;
-        sp = 1;
         while (sp > 0 && rc == 0) {
             uint32_t r = stack[2 * (sp - 1)];
-            uint32_t *i = &stack[2 * (sp - 1) + 1];
-            const struct prule *pr = &p->rules[r];
-            /* find the next left-edge target: elements of an alternative up to
-             * the first non-nullable one */
-            uint32_t next = UINT32_MAX;
-            while (*i < pr->n && next == UINT32_MAX) {
-                size_t k = *i;
-                bool at_left = k == 0 || pr->el[k - 1].type == GE_END ||
-                               (pr->el[k - 1].type == GE_REF && nullable[pr->el[k - 1].v]);
-                /* at_left must hold for the whole prefix: walk back */
-                for (size_t j = k; at_left && j > 0 && pr->el[j - 1].type != GE_END; j--)
-                    at_left = pr->el[j - 1].type == GE_REF && nullable[pr->el[j - 1].v];
-                (*i)++;
-                if (at_left && pr->el[k].type == GE_REF)
-                    next = pr->el[k].v;
-            }
-            if (next == UINT32_MAX) {
+            uint32_t *k = &stack[2 * (sp - 1) + 1];
+            if (*k == edge_first[r + 1]) {
                 mark[r] = 2;
                 sp--;
-            } else if (mark[next] == 1) {
+                continue;
+            }
+            uint32_t next = edges[(*k)++];
+            if (mark[next] == 1) {
                 const char *nm = p->rules[next].name;
                 if (nm)
                     rc = ifd_error_set(err, -EINVAL, "grammar: rule '%s' is left-recursive (it can reach itself before matching a character)", nm);
@@ -539,7 +570,7 @@ static int check_left_recursion(struct parser *p, ifd_error *err)
             } else if (mark[next] == 0) {
                 mark[next] = 1;
                 stack[2 * sp] = next;
-                stack[2 * sp + 1] = 0;
+                stack[2 * sp + 1] = edge_first[next];
                 sp++;
             }
         }
@@ -547,6 +578,8 @@ static int check_left_recursion(struct parser *p, ifd_error *err)
 out:
     free(nullable);
     free(mark);
+    free(edge_first);
+    free(edges);
     free(stack);
     return rc;
 }
@@ -558,6 +591,7 @@ static void parser_free(struct parser *p)
         free(p->rules[i].el);
     }
     free(p->rules);
+    free(p->names);
     free(p->classes);
     free(p->ranges);
 }
@@ -612,8 +646,10 @@ int grammar_parse_gbnf(const char *text, size_t len, grammar **ret, ifd_error *e
     for (size_t i = 0; i < p.n_rules; i++) {
         struct prule *pr = &p.rules[i];
         if (pr->name && !pr->defined) {
-            r = ifd_error_set(err, -EINVAL, "grammar line %d column %d: rule '%s' is used but not defined",
-                              pr->ref_line, pr->ref_col, pr->name);
+            int line, col;
+            where(&p, pr->ref_pos, &line, &col);
+            r = ifd_error_set(err, -EINVAL, "grammar line %d column %d: rule '%s' is used but not defined", line, col,
+                              pr->name);
             goto out;
         }
         if (pr->name && strcmp(pr->name, "root") == 0)

@@ -271,6 +271,7 @@ struct grammar_matcher {
     int32_t *live;          /* compaction scratch: frame remap */
     size_t cap_live;
     int budget;             /* expansions left in the current advance */
+    int64_t work;           /* expansions and comparisons of the current mask */
     bool oom;
     /* The walk's memo for its root state: what advancing does, by which of
      * the (at most MEMO_STACKS) stacks match the character. Inside a JSON
@@ -312,6 +313,7 @@ static bool stack_equal(const grammar_matcher *m, int32_t a, int32_t b)
  * of the pool (set s), unless an equal one is there. */
 static void set_add(grammar_matcher *m, struct sset *s, uint32_t pos, int32_t parent)
 {
+    m->work += s->n;
     for (uint32_t i = 0; i < s->n; i++) {
         int32_t t = m->pool[s->first + i];
         if (m->fr[t].pos == pos && stack_equal(m, m->fr[t].parent, parent))
@@ -339,6 +341,7 @@ static void expand(grammar_matcher *m, struct sset *s, uint32_t pos, int32_t par
     for (;;) {
         if (--m->budget < 0)
             return;
+        m->work++;
         const struct gelem *e = &g->el[pos];
         if (e->type == GE_CLASS) {
             set_add(m, s, pos, parent);
@@ -367,6 +370,11 @@ static void expand(grammar_matcher *m, struct sset *s, uint32_t pos, int32_t par
 
 /* Work bound per advance: enough for any sane grammar's expansion. */
 #define EXPAND_BUDGET 65536
+/* Work bound per mask (expansions plus stack comparisons): a JSON Schema
+ * state takes a few thousand; a grammar built to be expensive stops here,
+ * its remaining tokens disallowed (never a wrong token, at worst an early
+ * end), instead of holding the scheduler thread. */
+#define MASK_WORK_MAX 4000000
 
 /* A new set at the end of the pool: `from` advanced over cp. */
 static struct sset set_advance(grammar_matcher *m, const struct sset *from, uint32_t cp)
@@ -554,7 +562,7 @@ static void walk(struct walk *w, uint32_t at, const struct sset *s, struct u8sta
 {
     grammar_matcher *m = w->m;
     const struct tnode *tn = &m->v->nodes[at];
-    for (uint32_t c = tn->first_child; c < tn->first_child + tn->n_child; c++) {
+    for (uint32_t c = tn->first_child; c < tn->first_child + tn->n_child && m->work < MASK_WORK_MAX; c++) {
         const struct tnode *child = &m->v->nodes[c];
         size_t fr_mark = m->n_fr, pool_mark = m->n_pool;
         struct u8state u2 = u;
@@ -650,6 +658,7 @@ int grammar_matcher_mask(grammar_matcher *m, float *logits, const int32_t *eos, 
     memset(m->allowed, 0, ((size_t)n_vocab + 31) / 32 * sizeof(uint32_t));
     struct walk w = {.m = m};
     memset(m->memo, MEMO_UNKNOWN, sizeof(m->memo));
+    m->work = 0;
     size_t fr_mark = m->n_fr, pool_mark = m->n_pool;
     loop_prepare(&w);
     walk(&w, 0, &m->cur, m->u8);

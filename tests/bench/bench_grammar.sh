@@ -1,0 +1,82 @@
+#!/bin/sh
+# bench_grammar.sh - what a JSON Schema constraint costs decode: tokens per
+# second of one stream with and without response_format json_schema on the
+# Qwen2.5-0.5B-shaped model, then the mask's cost per state (bench_grammar).
+#
+# usage: bench_grammar.sh INFERD INFERCTL BENCH_GRAMMAR [RUNS]
+#   env: INFERD_SHARED, BENCH_MODEL (an existing checkpoint dir; default: made
+#        with `inferctl model generate --preset qwen2.5-0.5b` in a temp dir),
+#        BENCH_THREADS (default 2), BENCH_GEN (tokens per request, 64)
+#
+# The schema holds one free string, where a random-weight model stays until
+# max_tokens: the constrained run then decodes as many tokens as the free one,
+# in the state where the mask allows the most tokens (the costliest walk).
+# A benchmark, not a test: figures move with whatever else the machine does.
+set -eu
+INFERD=$1
+INFERCTL=$2
+BENCH=$3
+RUNS=${4:-3}
+THREADS=${BENCH_THREADS:-2}
+GEN=${BENCH_GEN:-64}
+SHARED=${INFERD_SHARED:-$(dirname "$0")/../../../shared}
+
+MODEL=${BENCH_MODEL:-}
+TMP=$(mktemp -d /tmp/inferd-bench-grammar.XXXXXX)
+if [ -z "$MODEL" ]; then
+    MODEL=$TMP/qwen2.5-0.5b
+    "$INFERCTL" model generate --preset qwen2.5-0.5b --tokenizer-from "$SHARED/models/qwen2-tiny-random" "$MODEL" >&2
+fi
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$INFERD" --config /dev/null --model "$MODEL" --listen 127.0.0.1:$PORT --threads "$THREADS" \
+    --max-sequences 1 --context-length 512 --log-level warning 2>"$TMP/log" &
+PID=$!
+cleanup() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -rf "$TMP"; }
+trap cleanup EXIT
+i=0
+until curl -sf "http://127.0.0.1:$PORT/health" >/dev/null; do
+    i=$((i + 1))
+    if [ $i -gt 600 ] || ! kill -0 "$PID" 2>/dev/null; then cat "$TMP/log" >&2; exit 1; fi
+    sleep 0.2
+done
+echo "model $MODEL, $THREADS threads, $GEN tokens per request, best of $RUNS; CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
+echo "CPU flags: $(grep -m1 -o -w 'avx512f\|avx512_vnni\|avx_vnni\|avx2\|fma\|f16c' /proc/cpuinfo | sort -u | tr '\n' ' ')(nproc $(nproc), load $(cut -d' ' -f1-3 /proc/loadavg))"
+python3 - "$PORT" "$GEN" "$RUNS" <<'PY'
+import http.client, json, sys, time
+port, gen, runs = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+schema = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"],
+          "additionalProperties": False}
+
+def decode_rate(extra):
+    """Streams one request; tokens after the first / seconds after the first."""
+    body = {"messages": [{"role": "user", "content": "Write a long story."}], "max_tokens": gen,
+            "temperature": 0.8, "seed": 1, "stream": True, "stream_options": {"include_usage": True}, **extra}
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    c.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    r = c.getresponse()
+    t_first, usage, buf = None, None, b""
+    while True:
+        line = r.readline()
+        if not line:
+            break
+        if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
+            continue
+        ev = json.loads(line[6:])
+        if ev.get("usage"):
+            usage = ev["usage"]
+        if t_first is None and any((ch.get("delta") or {}).get("content") for ch in ev.get("choices", [])):
+            t_first = time.time()
+    t_end = time.time()
+    c.close()
+    n = usage["completion_tokens"]
+    return (n - 1) / (t_end - t_first), n
+
+for name, extra in (("unconstrained", {}),
+                    ("json_schema", {"response_format": {"type": "json_schema",
+                                                         "json_schema": {"name": "b", "schema": schema}}})):
+    decode_rate(extra)  # warm-up (the first constrained request builds the vocabulary trie)
+    best, n = max(decode_rate(extra) for _ in range(runs))
+    print("%-14s %7.2f tok/s decode (%d tokens)" % (name, best, n))
+PY
+echo "mask per state on this model's vocabulary:"
+"$BENCH" "$MODEL" 100
