@@ -41,9 +41,9 @@ int main(int argc, char **argv)
     }
     printf("vocabulary of %d tokens: trie built in %.1f ms\n", n_vocab, 1e3 * (now() - t0));
     const char *schema_json =
-        "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"age\":{\"type\":\"integer\"},"
+        "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"code\":{\"type\":\"string\",\"maxLength\":64},\"age\":{\"type\":\"integer\"},"
         "\"tags\":{\"type\":\"array\",\"items\":{\"type\":\"string\"}},\"kind\":{\"enum\":[\"a\",\"b\"]}},"
-        "\"required\":[\"name\",\"age\",\"tags\",\"kind\"],\"additionalProperties\":false}";
+        "\"required\":[\"name\",\"code\",\"age\",\"tags\",\"kind\"],\"additionalProperties\":false}";
     cJSON *schema = cJSON_Parse(schema_json);
     char *gbnf;
     grammar *g;
@@ -53,17 +53,18 @@ int main(int argc, char **argv)
     }
     cJSON_Delete(schema);
     free(gbnf);
-    /* prefixes of {"name":"Ann Lee","age":42,"tags":["x"],"kind":"a"} */
+    /* prefixes of {"name":"Ann Lee","code":"x","age":42,"tags":["x"],"kind":"a"} */
     static const struct {
         const char *what, *prefix;
     } states[] = {
         {"start", ""},
         {"after {", "{"},
         {"in a string", "{\"name\":\"Ann L"},
-        {"in a number", "{\"name\":\"Ann Lee\",\"age\":4"},
-        {"after a value", "{\"name\":\"Ann Lee\",\"age\":42"},
-        {"in an array", "{\"name\":\"Ann Lee\",\"age\":42,\"tags\":[\"x\""},
-        {"at an enum", "{\"name\":\"Ann Lee\",\"age\":42,\"tags\":[\"x\"],\"kind\":"},
+        {"in a string of maxLength 64", "{\"name\":\"Ann Lee\",\"code\":\"ab"},
+        {"in a number", "{\"name\":\"Ann Lee\",\"code\":\"x\",\"age\":4"},
+        {"after a value", "{\"name\":\"Ann Lee\",\"code\":\"x\",\"age\":42"},
+        {"in an array", "{\"name\":\"Ann Lee\",\"code\":\"x\",\"age\":42,\"tags\":[\"x\""},
+        {"at an enum", "{\"name\":\"Ann Lee\",\"code\":\"x\",\"age\":42,\"tags\":[\"x\"],\"kind\":"},
     };
     float *logits = malloc(sizeof(float) * (size_t)n_vocab);
     int32_t eos = 0;
@@ -83,7 +84,7 @@ int main(int argc, char **argv)
             double d = now() - a;
             best = d < best ? d : best;
         }
-        printf("%-14s %7d tokens allowed  mask %.3f ms (best of %d)\n", states[s].what, allowed, 1e3 * best, iters);
+        printf("%-28s %7d tokens allowed  mask %.3f ms (best of %d)\n", states[s].what, allowed, 1e3 * best, iters);
         grammar_matcher_destroy(m);
     }
     free(logits);

@@ -242,6 +242,7 @@ struct frame {
     uint32_t pos;    /* element to resume at */
     int32_t parent;  /* -1: bottom */
     uint32_t depth;
+    uint32_t hash;   /* of the whole stack: pos and the parent's hash */
 };
 
 /* A set of stacks: tops [first, first + n) in the matcher's set pool. */
@@ -273,15 +274,32 @@ struct grammar_matcher {
     int budget;             /* expansions left in the current advance */
     int64_t work;           /* expansions and comparisons of the current mask */
     bool oom;
-    /* The walk's memo for its root state: what advancing does, by which of
-     * the (at most MEMO_STACKS) stacks match the character. Inside a JSON
-     * string almost every character leads back to the same state, and the
-     * memo turns each such trie node into a few class checks. */
-    uint8_t memo[1u << 8];
+    /* The mask's automaton, built lazily during one walk: the distinct
+     * states met (sets, interned by content) and the transitions between
+     * them, keyed by which stacks of a state take the character. The trie
+     * reaches the same few states along thousands of paths (every token of
+     * a JSON string), so most trie nodes cost a lookup, not an advance. */
+    struct sset *sets;
+    size_t n_sets, cap_sets;
+    int32_t (*ascii_next)[128]; /* [n_sets]: the transition on each ASCII character, ASCII_UNKNOWN until met */
+    size_t cap_ascii;
+    uint32_t *set_slots;    /* [n_slots]: set id + 1, 0 empty */
+    struct trans *trans;    /* [n_slots] */
+    size_t n_trans, n_slots;
 };
 
-#define MEMO_STACKS 8
-enum { MEMO_UNKNOWN = 0, MEMO_SAME, MEMO_OTHER };
+/* A transition of the mask's automaton: from `set` when the stacks in
+ * `bits` take the character, to set `to` (-1: nothing fits). */
+struct trans {
+    uint32_t set;           /* UINT32_MAX: empty slot */
+    uint32_t bits;
+    int32_t to;
+};
+
+/* Transitions are told apart by a bit per stack: states with more stacks
+ * than this are advanced without the cache. */
+#define TRANS_STACKS 32
+#define ASCII_UNKNOWN (-2)
 
 static int32_t frame_new(grammar_matcher *m, uint32_t pos, int32_t parent)
 {
@@ -294,7 +312,8 @@ static int32_t frame_new(grammar_matcher *m, uint32_t pos, int32_t parent)
         return -1;
     }
     m->fr = f;
-    m->fr[m->n_fr] = (struct frame){pos, parent, depth};
+    uint32_t h = (parent < 0 ? 0x9E3779B9u : m->fr[parent].hash) * 0x85EBCA6Bu ^ (pos * 0xC2B2AE35u + 1);
+    m->fr[m->n_fr] = (struct frame){pos, parent, depth, h ^ (h >> 15)};
     return (int32_t)m->n_fr++;
 }
 
@@ -476,6 +495,10 @@ void grammar_matcher_destroy(grammar_matcher *m)
     free(m->pool);
     free(m->allowed);
     free(m->live);
+    free(m->sets);
+    free(m->ascii_next);
+    free(m->set_slots);
+    free(m->trans);
     free(m);
 }
 
@@ -502,7 +525,7 @@ static bool set_equal(const grammar_matcher *m, const struct sset *a, const stru
 }
 
 /* Which stacks of s have a terminal that matches cp (bit i: stack i; only
- * the first 32 stacks are told apart, enough for the memo). */
+ * the first 32 stacks are told apart: see TRANS_STACKS). */
 static uint32_t set_match_bits(const grammar_matcher *m, const struct sset *s, uint32_t cp, bool *ret_any)
 {
     uint32_t bits = 0;
@@ -519,9 +542,141 @@ static uint32_t set_match_bits(const grammar_matcher *m, const struct sset *s, u
 
 /* ---- the mask ---- */
 
+/* ---- the mask's automaton ---- */
+
+static uint32_t set_hash(const grammar_matcher *m, const struct sset *s)
+{
+    uint32_t h = s->n * 0x27D4EB2Fu + s->complete;
+    for (uint32_t i = 0; i < s->n; i++)
+        h = (h ^ m->fr[m->pool[s->first + i]].hash) * 0x9E3779B1u;
+    return h ^ (h >> 16);
+}
+
+/* Empties the automaton, with room for `slots` states and transitions. */
+static int automaton_reset(grammar_matcher *m, size_t slots)
+{
+    if (slots > m->n_slots) {
+        uint32_t *ss = realloc(m->set_slots, slots * sizeof(*ss));
+        if (ss)
+            m->set_slots = ss;
+        struct trans *t = ss ? realloc(m->trans, slots * sizeof(*t)) : NULL;
+        if (!t)
+            return -ENOMEM;
+        m->trans = t;
+        m->n_slots = slots;
+    }
+    memset(m->set_slots, 0, m->n_slots * sizeof(*m->set_slots));
+    for (size_t i = 0; i < m->n_slots; i++)
+        m->trans[i].set = UINT32_MAX;
+    m->n_sets = 0;
+    m->n_trans = 0;
+    return 0;
+}
+
+/* Doubles the tables, keeping what they hold. */
+static int automaton_grow(grammar_matcher *m)
+{
+    size_t old = m->n_slots, n_trans = 0;
+    struct trans *keep = malloc(old * sizeof(*keep));
+    if (!keep)
+        return -ENOMEM;
+    for (size_t i = 0; i < old; i++)
+        if (m->trans[i].set != UINT32_MAX)
+            keep[n_trans++] = m->trans[i];
+    size_t n_sets = m->n_sets;
+    int r = automaton_reset(m, 2 * old);
+    if (r == 0) {
+        size_t mask = m->n_slots - 1;
+        for (size_t i = 0; i < n_sets; i++) {
+            size_t k = set_hash(m, &m->sets[i]) & mask;
+            while (m->set_slots[k])
+                k = (k + 1) & mask;
+            m->set_slots[k] = (uint32_t)i + 1;
+        }
+        for (size_t i = 0; i < n_trans; i++) {
+            size_t k = (keep[i].set * 0x9E3779B1u ^ keep[i].bits * 0x85EBCA6Bu) & mask;
+            while (m->trans[k].set != UINT32_MAX)
+                k = (k + 1) & mask;
+            m->trans[k] = keep[i];
+        }
+        m->n_sets = n_sets;
+        m->n_trans = n_trans;
+    }
+    free(keep);
+    return r;
+}
+
+/* The id of a state equal to s, added if new; -1 on allocation failure. */
+static int32_t set_intern(grammar_matcher *m, const struct sset *s)
+{
+    if (2 * (m->n_sets + 1) > m->n_slots && automaton_grow(m) < 0) {
+        m->oom = true;
+        return -1;
+    }
+    size_t mask = m->n_slots - 1, k = set_hash(m, s) & mask;
+    for (; m->set_slots[k]; k = (k + 1) & mask) {
+        uint32_t id = m->set_slots[k] - 1;
+        m->work += s->n;
+        if (set_equal(m, &m->sets[id], s))
+            return (int32_t)id;
+    }
+    struct sset *ns = buf_grow(m->sets, &m->cap_sets, m->n_sets + 1, sizeof(*m->sets));
+    if (!ns) {
+        m->oom = true;
+        return -1;
+    }
+    m->sets = ns;
+    int32_t (*na)[128] = buf_grow(m->ascii_next, &m->cap_ascii, m->n_sets + 1, sizeof(*m->ascii_next));
+    if (!na) {
+        m->oom = true;
+        return -1;
+    }
+    m->ascii_next = na;
+    for (int c = 0; c < 128; c++)
+        m->ascii_next[m->n_sets][c] = ASCII_UNKNOWN;
+    m->sets[m->n_sets] = *s;
+    m->set_slots[k] = (uint32_t)m->n_sets + 1;
+    return (int32_t)m->n_sets++;
+}
+
+/* The state after state `id` takes cp (whose matching stacks are `bits`):
+ * its id, or -1 when nothing fits. */
+static int32_t set_step(grammar_matcher *m, int32_t id, uint32_t bits, uint32_t cp)
+{
+    bool cache = m->sets[id].n <= TRANS_STACKS;
+    size_t k = 0;
+    if (cache) {
+        if (2 * (m->n_trans + 1) > m->n_slots && automaton_grow(m) < 0) {
+            m->oom = true;
+            return -1;
+        }
+        size_t mask = m->n_slots - 1;
+        for (k = ((uint32_t)id * 0x9E3779B1u ^ bits * 0x85EBCA6Bu) & mask; m->trans[k].set != UINT32_MAX;
+             k = (k + 1) & mask)
+            if (m->trans[k].set == (uint32_t)id && m->trans[k].bits == bits)
+                return m->trans[k].to;
+    }
+    struct sset from = m->sets[id];
+    struct sset s2 = set_advance(m, &from, cp);
+    int32_t to = s2.n || s2.complete ? set_intern(m, &s2) : -1;
+    if (cache && !m->oom) {
+        /* set_intern may have grown the table: find the slot again */
+        size_t mask = m->n_slots - 1;
+        for (k = ((uint32_t)id * 0x9E3779B1u ^ bits * 0x85EBCA6Bu) & mask; m->trans[k].set != UINT32_MAX;
+             k = (k + 1) & mask)
+            ;
+        m->trans[k] = (struct trans){(uint32_t)id, bits, to};
+        m->n_trans++;
+    }
+    return to;
+}
+
+/* ---- the mask ---- */
+
 struct walk {
     grammar_matcher *m;
     int n_allowed;
+    int32_t root;
     /* The shortcut: when the root state is a loop (a JSON string), the ASCII
      * characters and whether all non-ASCII ones lead back to the same state.
      * A subtree spelling only such characters is allowed whole. */
@@ -556,76 +711,46 @@ static bool subtree_in_loop(const struct walk *w, const struct tnode *n)
            (!n->non_ascii || w->same_non_ascii);
 }
 
-/* Visits the children of trie node `at`, whose prefix leaves state s with
- * decoder u. Frames and sets made below are dropped on return. */
-static void walk(struct walk *w, uint32_t at, const struct sset *s, struct u8state u)
+/* Visits the children of trie node `at`, whose prefix leads to state `id`
+ * with decoder u. */
+static void walk(struct walk *w, uint32_t at, int32_t id, struct u8state u)
 {
     grammar_matcher *m = w->m;
     const struct tnode *tn = &m->v->nodes[at];
     for (uint32_t c = tn->first_child; c < tn->first_child + tn->n_child && m->work < MASK_WORK_MAX; c++) {
         const struct tnode *child = &m->v->nodes[c];
-        size_t fr_mark = m->n_fr, pool_mark = m->n_pool;
         struct u8state u2 = u;
         uint32_t cp;
         int k = u8_feed(&u2, child->byte, &cp);
         if (k < 0)
             continue;
         if (k == 0) {
-            if (!partial_viable(m, s, &u2))
+            if (!partial_viable(m, &m->sets[id], &u2))
                 continue;
             allow_tokens(w, child);
-            walk(w, c, s, u2);
+            walk(w, c, id, u2);
             continue;
         }
-        bool any;
-        uint32_t bits = set_match_bits(m, s, cp, &any);
-        if (!any)
-            continue; /* no terminal takes cp: nothing below can fit */
-        bool memo = s == &m->cur && s->n <= MEMO_STACKS;
-        if (memo && m->memo[bits] == MEMO_SAME) {
-            if (w->loop && u2.need == 0 && subtree_in_loop(w, child)) {
-                allow_subtree(w, child);
-                continue;
-            }
-            allow_tokens(w, child);
-            walk(w, c, s, u2);
+        int32_t to = cp < 128 ? m->ascii_next[id][cp] : ASCII_UNKNOWN;
+        if (to == ASCII_UNKNOWN) {
+            bool any;
+            uint32_t bits = set_match_bits(m, &m->sets[id], cp, &any);
+            /* no terminal takes cp: nothing below can fit */
+            to = any ? set_step(m, id, bits, cp) : -1;
+            if (cp < 128 && !m->oom)
+                m->ascii_next[id][cp] = to;
+        }
+        if (to < 0)
+            continue;
+        if (to == id && id == w->root && w->loop && u2.need == 0 && subtree_in_loop(w, child)) {
+            allow_subtree(w, child);
             continue;
         }
-        struct sset s2 = set_advance(m, s, cp);
-        if (memo && m->memo[bits] == MEMO_UNKNOWN) {
-            m->memo[bits] = set_equal(m, s, &s2) ? MEMO_SAME : MEMO_OTHER;
-            if (m->memo[bits] == MEMO_SAME) {
-                m->n_fr = fr_mark;
-                m->n_pool = pool_mark;
-                allow_tokens(w, child);
-                walk(w, c, s, u2);
-                continue;
-            }
-        }
-        if (s2.n || s2.complete)
+        if (m->sets[to].n || m->sets[to].complete)
             allow_tokens(w, child);
-        if (s2.n)
-            walk(w, c, &s2, u2);
-        m->n_fr = fr_mark;
-        m->n_pool = pool_mark;
+        if (m->sets[to].n)
+            walk(w, c, to, u2);
     }
-}
-
-/* The memo entry for advancing the root state by cp, computed if unknown. */
-static uint8_t memo_of(grammar_matcher *m, uint32_t cp)
-{
-    bool any;
-    uint32_t bits = set_match_bits(m, &m->cur, cp, &any);
-    if (!any)
-        return MEMO_OTHER;
-    if (m->memo[bits] == MEMO_UNKNOWN) {
-        size_t fr_mark = m->n_fr, pool_mark = m->n_pool;
-        struct sset s2 = set_advance(m, &m->cur, cp);
-        m->memo[bits] = set_equal(m, &m->cur, &s2) ? MEMO_SAME : MEMO_OTHER;
-        m->n_fr = fr_mark;
-        m->n_pool = pool_mark;
-    }
-    return m->memo[bits];
 }
 
 /* Fills the walk's shortcut for the root state (see struct walk). */
@@ -633,22 +758,26 @@ static void loop_prepare(struct walk *w)
 {
     grammar_matcher *m = w->m;
     w->loop = false;
-    if (m->cur.n == 0 || m->cur.n > MEMO_STACKS || m->u8.need)
+    if (m->u8.need || m->sets[w->root].n == 0 || m->sets[w->root].n > TRANS_STACKS)
         return;
-    bool any_same = false;
-    for (uint32_t cp = 0; cp < 128; cp++)
-        if (memo_of(m, cp) == MEMO_SAME) {
+    bool any_same = false, any;
+    for (uint32_t cp = 0; cp < 128; cp++) {
+        uint32_t bits = set_match_bits(m, &m->sets[w->root], cp, &any);
+        if (any && set_step(m, w->root, bits, cp) == w->root) {
             w->same_ascii[cp >> 6] |= 1ull << (cp & 63);
             any_same = true;
         }
+    }
     /* non-ASCII characters all behave alike when no class has a bound there */
+    const struct sset *r = &m->sets[w->root];
     bool uniform = true;
-    for (uint32_t i = 0; i < m->cur.n && uniform; i++) {
-        const struct gclass *c = &m->g->classes[m->g->el[m->fr[m->pool[m->cur.first + i]].pos].v];
+    for (uint32_t i = 0; i < r->n && uniform; i++) {
+        const struct gclass *c = &m->g->classes[m->g->el[m->fr[m->pool[r->first + i]].pos].v];
         for (uint32_t k = 0; k < c->n && uniform; k++)
             uniform = m->g->ranges[2 * (c->first + k) + 1] < 0x80;
     }
-    w->same_non_ascii = uniform && memo_of(m, 0x80) == MEMO_SAME;
+    uint32_t bits = set_match_bits(m, &m->sets[w->root], 0x80, &any);
+    w->same_non_ascii = uniform && any && set_step(m, w->root, bits, 0x80) == w->root;
     w->loop = any_same;
 }
 
@@ -657,13 +786,16 @@ int grammar_matcher_mask(grammar_matcher *m, float *logits, const int32_t *eos, 
     int n_vocab = m->v->n_vocab;
     memset(m->allowed, 0, ((size_t)n_vocab + 31) / 32 * sizeof(uint32_t));
     struct walk w = {.m = m};
-    memset(m->memo, MEMO_UNKNOWN, sizeof(m->memo));
     m->work = 0;
+    /* frames and sets made by the walk live until it ends */
     size_t fr_mark = m->n_fr, pool_mark = m->n_pool;
-    loop_prepare(&w);
-    walk(&w, 0, &m->cur, m->u8);
+    if (automaton_reset(m, m->n_slots ? m->n_slots : 1024) == 0 && (w.root = set_intern(m, &m->cur)) >= 0) {
+        loop_prepare(&w);
+        walk(&w, 0, w.root, m->u8);
+    }
     m->n_fr = fr_mark;
     m->n_pool = pool_mark;
+    m->oom = false;
     bool end_ok = grammar_matcher_is_complete(m) || w.n_allowed == 0;
     for (int i = 0; i < n_eos; i++)
         if (eos[i] >= 0 && eos[i] < n_vocab && end_ok) {
