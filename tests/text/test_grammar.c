@@ -538,3 +538,50 @@ Test(grammar, expensive_grammar_mask_is_bounded, .timeout = 60)
     grammar_vocab_destroy(v);
     tok_destroy(t);
 }
+
+/* The mask against the definition: a token is allowed exactly when its bytes
+ * can follow the prefix (accepting them from the same state succeeds). */
+static void check_mask_exact(const tokenizer *t, const grammar_vocab *v, const grammar *g, const char *prefix)
+{
+    int n_vocab = tok_vocab_size(t);
+    grammar_matcher *m;
+    cr_assert_eq(grammar_matcher_create(g, v, &m), 0);
+    cr_assert_eq(grammar_matcher_accept_bytes(m, prefix, strlen(prefix)), 0, "prefix %s", prefix);
+    float *logits = calloc((size_t)n_vocab, sizeof(float));
+    int32_t eos = -1;
+    grammar_matcher_mask(m, logits, &eos, 0);
+    int mismatches = 0;
+    for (int id = 0; id < n_vocab && mismatches < 5; id++) {
+        if (tok_is_special(t, id))
+            continue;
+        grammar_matcher *m2;
+        cr_assert_eq(grammar_matcher_create(g, v, &m2), 0);
+        grammar_matcher_accept_bytes(m2, prefix, strlen(prefix));
+        bool fits = grammar_matcher_accept_token(m2, id) == 0;
+        grammar_matcher_destroy(m2);
+        if (fits != (bool)isfinite(logits[id])) {
+            mismatches++;
+            cr_expect(false, "after '%s': token %d '%s' fits %d, allowed %d", prefix, id, tok_id_to_token(t, id),
+                      fits, (int)isfinite(logits[id]));
+        }
+    }
+    free(logits);
+    grammar_matcher_destroy(m);
+}
+
+Test(grammar, mask_equals_the_definition, .timeout = 300)
+{
+    tokenizer *t = load_tok("qwen3-tiny-random");
+    grammar_vocab *v;
+    ifd_error err;
+    cr_assert_eq(grammar_vocab_create(t, tok_vocab_size(t), &v, &err), 0, "%s", err.msg);
+    /* a free string (the loop shortcut), a bounded one (the chain), a number */
+    grammar *g = schema("{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"string\"},\"b\":{\"type\":\"string\","
+                        "\"maxLength\":5},\"c\":{\"type\":\"number\"}},\"required\":[\"a\",\"b\",\"c\"]}");
+    check_mask_exact(t, v, g, "{\"a\":\"x");
+    check_mask_exact(t, v, g, "{\"a\":\"x\",\"b\":\"ab");
+    check_mask_exact(t, v, g, "{\"a\":\"x\",\"b\":\"ab\",\"c\":1");
+    grammar_destroy(g);
+    grammar_vocab_destroy(v);
+    tok_destroy(t);
+}

@@ -34,6 +34,7 @@ struct tnode {
     uint32_t sub_end;              /* the subtree's tokens are tok[first_tok, sub_end) */
     uint64_t ascii[2];             /* ASCII characters in the subtree, below this node */
     bool non_ascii;                /* ... and whether any byte there is >= 0x80 */
+    uint16_t max_chars;            /* the most characters a path below spells (lead bytes) */
     bool valid;                    /* every token's bytes below this node are UTF-8 (a
                                     * truncated last character allowed) */
     uint8_t byte;                  /* the byte leading here from the parent */
@@ -124,6 +125,9 @@ static void trie_summarize(struct grammar_vocab *v, const struct ventry *e, size
             n->ascii[0] |= ch->ascii[0];
             n->ascii[1] |= ch->ascii[1];
             n->non_ascii |= ch->non_ascii || ch->byte >= 0x80;
+            uint32_t mc = ch->max_chars + ((ch->byte & 0xC0) != 0x80);
+            if (mc > n->max_chars)
+                n->max_chars = (uint16_t)(mc > UINT16_MAX ? UINT16_MAX : mc);
             if (ch->byte < 0x80)
                 n->ascii[ch->byte >> 6] |= 1ull << (ch->byte & 63);
         }
@@ -673,16 +677,25 @@ static int32_t set_step(grammar_matcher *m, int32_t id, uint32_t bits, uint32_t 
 
 /* ---- the mask ---- */
 
+#define CHAIN_MAX 256
+
 struct walk {
     grammar_matcher *m;
     int n_allowed;
     int32_t root;
-    /* The shortcut: when the root state is a loop (a JSON string), the ASCII
-     * characters and whether all non-ASCII ones lead back to the same state.
-     * A subtree spelling only such characters is allowed whole. */
+    /* The shortcut: the "plain" characters (ASCII ones in same_ascii, and
+     * all non-ASCII ones when same_non_ascii) that all lead from the root
+     * state to one state, and from there on to one next state, and so on:
+     * chain[i] is the state after i plain characters, for i < n_chain, or
+     * for every i when the chain ends in a loop. Inside a JSON string (a
+     * loop) or a maxLength string (a chain) a subtree of the trie that
+     * spells only plain characters, and not more than the chain allows, is
+     * allowed whole without visiting it. */
     bool loop;
     uint64_t same_ascii[2];
     bool same_non_ascii;
+    int32_t chain[CHAIN_MAX];
+    int n_chain;
 };
 
 static void allow_tokens(struct walk *w, const struct tnode *n)
@@ -705,15 +718,30 @@ static void allow_subtree(struct walk *w, const struct tnode *n)
     w->n_allowed += (int)(n->sub_end - n->first_tok);
 }
 
-static bool subtree_in_loop(const struct walk *w, const struct tnode *n)
+/* Can the subtree below n, entered at chain position d, be allowed whole? */
+static bool subtree_plain(const struct walk *w, const struct tnode *n, int d)
 {
     return n->valid && !(n->ascii[0] & ~w->same_ascii[0]) && !(n->ascii[1] & ~w->same_ascii[1]) &&
-           (!n->non_ascii || w->same_non_ascii);
+           (!n->non_ascii || w->same_non_ascii) && (w->loop || d + (int)n->max_chars < w->n_chain);
+}
+
+/* The state after id takes cp, or -1 (and the ASCII table filled). */
+static int32_t step_cp(grammar_matcher *m, int32_t id, uint32_t cp)
+{
+    if (cp < 128 && m->ascii_next[id][cp] != ASCII_UNKNOWN)
+        return m->ascii_next[id][cp];
+    bool any;
+    uint32_t bits = set_match_bits(m, &m->sets[id], cp, &any);
+    int32_t to = any ? set_step(m, id, bits, cp) : -1;
+    if (cp < 128 && !m->oom)
+        m->ascii_next[id][cp] = to;
+    return to;
 }
 
 /* Visits the children of trie node `at`, whose prefix leads to state `id`
- * with decoder u. */
-static void walk(struct walk *w, uint32_t at, int32_t id, struct u8state u)
+ * with decoder u; d: the position in the chain of plain characters when the
+ * prefix is one (-1 otherwise). */
+static void walk(struct walk *w, uint32_t at, int32_t id, struct u8state u, int d)
 {
     grammar_matcher *m = w->m;
     const struct tnode *tn = &m->v->nodes[at];
@@ -728,57 +756,94 @@ static void walk(struct walk *w, uint32_t at, int32_t id, struct u8state u)
             if (!partial_viable(m, &m->sets[id], &u2))
                 continue;
             allow_tokens(w, child);
-            walk(w, c, id, u2);
+            walk(w, c, id, u2, d);
             continue;
         }
-        int32_t to = cp < 128 ? m->ascii_next[id][cp] : ASCII_UNKNOWN;
-        if (to == ASCII_UNKNOWN) {
-            bool any;
-            uint32_t bits = set_match_bits(m, &m->sets[id], cp, &any);
-            /* no terminal takes cp: nothing below can fit */
-            to = any ? set_step(m, id, bits, cp) : -1;
-            if (cp < 128 && !m->oom)
-                m->ascii_next[id][cp] = to;
-        }
+        int32_t to = step_cp(m, id, cp);
         if (to < 0)
             continue;
-        if (to == id && id == w->root && w->loop && u2.need == 0 && subtree_in_loop(w, child)) {
+        /* still on the chain? (a loop stays at position 0) */
+        int d2 = -1;
+        if (d >= 0 && w->n_chain > 0)
+            d2 = w->loop && d + 1 >= w->n_chain ? w->n_chain - 1 : d + 1;
+        if (d2 >= 0 && (d2 >= w->n_chain || w->chain[d2] != to))
+            d2 = -1;
+        if (d2 >= 0 && u2.need == 0 && subtree_plain(w, child, d2)) {
             allow_subtree(w, child);
             continue;
         }
         if (m->sets[to].n || m->sets[to].complete)
             allow_tokens(w, child);
         if (m->sets[to].n)
-            walk(w, c, to, u2);
+            walk(w, c, to, u2, d2);
     }
 }
 
-/* Fills the walk's shortcut for the root state (see struct walk). */
-static void loop_prepare(struct walk *w)
+/* Whether the non-ASCII characters all behave alike in state id: no class
+ * of its stacks has a bound there. */
+static bool non_ascii_uniform(const grammar_matcher *m, int32_t id)
+{
+    const struct sset *r = &m->sets[id];
+    for (uint32_t i = 0; i < r->n; i++) {
+        const struct gclass *c = &m->g->classes[m->g->el[m->fr[m->pool[r->first + i]].pos].v];
+        for (uint32_t k = 0; k < c->n; k++)
+            if (m->g->ranges[2 * (c->first + k) + 1] >= 0x80)
+                return false;
+    }
+    return true;
+}
+
+/* Fills the walk's shortcut (see struct walk): the plain characters are
+ * those of the root state's most common ASCII transition. */
+static void chain_prepare(struct walk *w)
 {
     grammar_matcher *m = w->m;
     w->loop = false;
+    w->n_chain = 0;
     if (m->u8.need || m->sets[w->root].n == 0 || m->sets[w->root].n > TRANS_STACKS)
         return;
-    bool any_same = false, any;
+    int32_t target = -1;
+    int best = 0;
     for (uint32_t cp = 0; cp < 128; cp++) {
-        uint32_t bits = set_match_bits(m, &m->sets[w->root], cp, &any);
-        if (any && set_step(m, w->root, bits, cp) == w->root) {
-            w->same_ascii[cp >> 6] |= 1ull << (cp & 63);
-            any_same = true;
+        int32_t t = step_cp(m, w->root, cp);
+        if (t < 0 || t == target)
+            continue;
+        int count = 0;
+        for (uint32_t c2 = cp; c2 < 128; c2++)
+            count += step_cp(m, w->root, c2) == t;
+        if (count > best) {
+            best = count;
+            target = t;
         }
     }
-    /* non-ASCII characters all behave alike when no class has a bound there */
-    const struct sset *r = &m->sets[w->root];
-    bool uniform = true;
-    for (uint32_t i = 0; i < r->n && uniform; i++) {
-        const struct gclass *c = &m->g->classes[m->g->el[m->fr[m->pool[r->first + i]].pos].v];
-        for (uint32_t k = 0; k < c->n && uniform; k++)
-            uniform = m->g->ranges[2 * (c->first + k) + 1] < 0x80;
+    if (target < 0 || m->oom)
+        return;
+    for (uint32_t cp = 0; cp < 128; cp++)
+        if (step_cp(m, w->root, cp) == target)
+            w->same_ascii[cp >> 6] |= 1ull << (cp & 63);
+    w->same_non_ascii = non_ascii_uniform(m, w->root) && step_cp(m, w->root, 0x80) == target;
+    /* follow the plain characters while they agree */
+    w->chain[0] = w->root;
+    w->n_chain = 1;
+    int32_t cur = w->root;
+    while (w->n_chain < CHAIN_MAX && !m->oom) {
+        int32_t next = -2;
+        for (uint32_t cp = 0; cp < 128 && next != -1; cp++)
+            if (w->same_ascii[cp >> 6] & (1ull << (cp & 63))) {
+                int32_t t = step_cp(m, cur, cp);
+                next = next == -2 || next == t ? t : -1;
+            }
+        if (next >= 0 && w->same_non_ascii && (!non_ascii_uniform(m, cur) || step_cp(m, cur, 0x80) != next))
+            next = -1;
+        if (next < 0)
+            break;
+        if (next == cur) {
+            w->loop = true;
+            break;
+        }
+        w->chain[w->n_chain++] = next;
+        cur = next;
     }
-    uint32_t bits = set_match_bits(m, &m->sets[w->root], 0x80, &any);
-    w->same_non_ascii = uniform && any && set_step(m, w->root, bits, 0x80) == w->root;
-    w->loop = any_same;
 }
 
 int grammar_matcher_mask(grammar_matcher *m, float *logits, const int32_t *eos, int n_eos)
@@ -790,8 +855,8 @@ int grammar_matcher_mask(grammar_matcher *m, float *logits, const int32_t *eos, 
     /* frames and sets made by the walk live until it ends */
     size_t fr_mark = m->n_fr, pool_mark = m->n_pool;
     if (automaton_reset(m, m->n_slots ? m->n_slots : 1024) == 0 && (w.root = set_intern(m, &m->cur)) >= 0) {
-        loop_prepare(&w);
-        walk(&w, 0, w.root, m->u8);
+        chain_prepare(&w);
+        walk(&w, 0, w.root, m->u8, w.n_chain > 0 ? 0 : -1);
     }
     m->n_fr = fr_mark;
     m->n_pool = pool_mark;
