@@ -1,6 +1,5 @@
 /* api.c - see api.h. */
 #include "api.h"
-#include "text/grammar/grammar.h"
 
 #include <errno.h>
 #include <math.h>
@@ -13,6 +12,7 @@
 #include <time.h>
 
 #include "base/utf8.h"
+#include "text/grammar/grammar.h"
 
 void api_error_set(struct api_error *e, int status, const char *type, const char *param, const char *code,
                    const char *fmt, ...)

@@ -423,7 +423,6 @@ void sched_set_queue_depth(struct sched *s, int queue_depth)
 
 /* ---- the scheduler thread ---- */
 
-/* Under s->mu: a queued request takes slot q. */
 /* The matcher of a constrained request. The vocabulary trie is built once,
  * at the first such request (a few hundred ms for a 150k vocabulary), so
  * servers that never see one never pay for it. */
@@ -438,6 +437,7 @@ static int seq_grammar_start(struct sched *s, struct sched_seq *q, const struct 
     return grammar_matcher_create(r->grammar, s->gvocab, &q->gm);
 }
 
+/* Under s->mu: a queued request takes slot q. */
 static int seq_admit(struct sched *s, struct sched_seq *q, struct sched_req *r)
 {
     q->smp = sampler_create(&r->sampling, s->n_vocab);
