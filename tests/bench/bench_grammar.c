@@ -19,6 +19,11 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* 1000 characters: what the essay property needs at least */
+#define ESSAY10 "0123456789"
+#define ESSAY100 ESSAY10 ESSAY10 ESSAY10 ESSAY10 ESSAY10 ESSAY10 ESSAY10 ESSAY10 ESSAY10 ESSAY10
+#define ESSAY ESSAY100 ESSAY100 ESSAY100 ESSAY100 ESSAY100 ESSAY100 ESSAY100 ESSAY100 ESSAY100 ESSAY100
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -41,9 +46,9 @@ int main(int argc, char **argv)
     }
     printf("vocabulary of %d tokens: trie built in %.1f ms\n", n_vocab, 1e3 * (now() - t0));
     const char *schema_json =
-        "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"code\":{\"type\":\"string\",\"maxLength\":64},\"age\":{\"type\":\"integer\"},"
+        "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"code\":{\"type\":\"string\",\"maxLength\":64},\"essay\":{\"type\":\"string\",\"minLength\":1000},\"age\":{\"type\":\"integer\"},"
         "\"tags\":{\"type\":\"array\",\"items\":{\"type\":\"string\"}},\"kind\":{\"enum\":[\"a\",\"b\"]}},"
-        "\"required\":[\"name\",\"code\",\"age\",\"tags\",\"kind\"],\"additionalProperties\":false}";
+        "\"required\":[\"name\",\"code\",\"essay\",\"age\",\"tags\",\"kind\"],\"additionalProperties\":false}";
     cJSON *schema = cJSON_Parse(schema_json);
     char *gbnf;
     grammar *g;
@@ -53,7 +58,7 @@ int main(int argc, char **argv)
     }
     cJSON_Delete(schema);
     free(gbnf);
-    /* prefixes of {"name":"Ann Lee","code":"x","age":42,"tags":["x"],"kind":"a"} */
+    /* prefixes of {"name":"Ann Lee","code":"x","essay":"0123...","age":42,"tags":["x"],"kind":"a"} */
     static const struct {
         const char *what, *prefix;
     } states[] = {
@@ -61,10 +66,11 @@ int main(int argc, char **argv)
         {"after {", "{"},
         {"in a string", "{\"name\":\"Ann L"},
         {"in a string of maxLength 64", "{\"name\":\"Ann Lee\",\"code\":\"ab"},
-        {"in a number", "{\"name\":\"Ann Lee\",\"code\":\"x\",\"age\":4"},
-        {"after a value", "{\"name\":\"Ann Lee\",\"code\":\"x\",\"age\":42"},
-        {"in an array", "{\"name\":\"Ann Lee\",\"code\":\"x\",\"age\":42,\"tags\":[\"x\""},
-        {"at an enum", "{\"name\":\"Ann Lee\",\"code\":\"x\",\"age\":42,\"tags\":[\"x\"],\"kind\":"},
+        {"in a string of minLength 1000", "{\"name\":\"Ann Lee\",\"code\":\"x\",\"essay\":\"abc"},
+        {"in a number", "{\"name\":\"Ann Lee\",\"code\":\"x\",\"essay\":\"" ESSAY "\",\"age\":4"},
+        {"after a value", "{\"name\":\"Ann Lee\",\"code\":\"x\",\"essay\":\"" ESSAY "\",\"age\":42"},
+        {"in an array", "{\"name\":\"Ann Lee\",\"code\":\"x\",\"essay\":\"" ESSAY "\",\"age\":42,\"tags\":[\"x\""},
+        {"at an enum", "{\"name\":\"Ann Lee\",\"code\":\"x\",\"essay\":\"" ESSAY "\",\"age\":42,\"tags\":[\"x\"],\"kind\":"},
     };
     float *logits = malloc(sizeof(float) * (size_t)n_vocab);
     int32_t eos = 0;
@@ -84,7 +90,7 @@ int main(int argc, char **argv)
             double d = now() - a;
             best = d < best ? d : best;
         }
-        printf("%-28s %7d tokens allowed  mask %.3f ms (best of %d)\n", states[s].what, allowed, 1e3 * best, iters);
+        printf("%-30s %7d tokens allowed  mask %.3f ms (best of %d)\n", states[s].what, allowed, 1e3 * best, iters);
         grammar_matcher_destroy(m);
     }
     free(logits);

@@ -33,7 +33,8 @@ struct tnode {
     uint32_t first_tok, n_tok;     /* tokens ending here: tok[first_tok ..] */
     uint32_t sub_end;              /* the subtree's tokens are tok[first_tok, sub_end) */
     uint64_t ascii[2];             /* ASCII characters in the subtree, below this node */
-    bool non_ascii;                /* ... and whether any byte there is >= 0x80 */
+    bool bmp, astral;              /* ... and whether characters of U+0080..U+FFFF (lead bytes
+                                    * C2..EF) or beyond (F0..F4) are there */
     uint16_t max_chars;            /* the most characters a path below spells (lead bytes) */
     bool valid;                    /* every token's bytes below this node are UTF-8 (a
                                     * truncated last character allowed) */
@@ -124,7 +125,8 @@ static void trie_summarize(struct grammar_vocab *v, const struct ventry *e, size
             const struct tnode *ch = &v->nodes[c];
             n->ascii[0] |= ch->ascii[0];
             n->ascii[1] |= ch->ascii[1];
-            n->non_ascii |= ch->non_ascii || ch->byte >= 0x80;
+            n->bmp |= ch->bmp || (ch->byte >= 0xC2 && ch->byte <= 0xEF);
+            n->astral |= ch->astral || (ch->byte >= 0xF0 && ch->byte <= 0xF4);
             uint32_t mc = ch->max_chars + ((ch->byte & 0xC0) != 0x80);
             if (mc > n->max_chars)
                 n->max_chars = (uint16_t)(mc > UINT16_MAX ? UINT16_MAX : mc);
@@ -684,7 +686,7 @@ struct walk {
     int n_allowed;
     int32_t root;
     /* The shortcut: the "plain" characters (ASCII ones in same_ascii, and
-     * all non-ASCII ones when same_non_ascii) that all lead from the root
+     * those of U+0080..U+FFFF when same_bmp, beyond when same_astral) that all lead from the root
      * state to one state, and from there on to one next state, and so on:
      * chain[i] is the state after i plain characters, for i < n_chain, or
      * for every i when the chain ends in a loop. Inside a JSON string (a
@@ -693,7 +695,7 @@ struct walk {
      * allowed whole without visiting it. */
     bool loop;
     uint64_t same_ascii[2];
-    bool same_non_ascii;
+    bool same_bmp, same_astral;
     int32_t chain[CHAIN_MAX];
     int n_chain;
 };
@@ -722,7 +724,7 @@ static void allow_subtree(struct walk *w, const struct tnode *n)
 static bool subtree_plain(const struct walk *w, const struct tnode *n, int d)
 {
     return n->valid && !(n->ascii[0] & ~w->same_ascii[0]) && !(n->ascii[1] & ~w->same_ascii[1]) &&
-           (!n->non_ascii || w->same_non_ascii) && (w->loop || d + (int)n->max_chars < w->n_chain);
+           (!n->bmp || w->same_bmp) && (!n->astral || w->same_astral) && (w->loop || d + (int)n->max_chars < w->n_chain);
 }
 
 /* The state after id takes cp, or -1 (and the ASCII table filled). */
@@ -779,18 +781,29 @@ static void walk(struct walk *w, uint32_t at, int32_t id, struct u8state u, int 
     }
 }
 
-/* Whether the non-ASCII characters all behave alike in state id: no class
- * of its stacks has a bound there. */
-static bool non_ascii_uniform(const grammar_matcher *m, int32_t id)
+/* Whether the characters lo..hi all behave alike in state id: every class
+ * range of its stacks covers all of them or none. */
+static bool uniform_in(const grammar_matcher *m, int32_t id, uint32_t lo, uint32_t hi)
 {
     const struct sset *r = &m->sets[id];
     for (uint32_t i = 0; i < r->n; i++) {
         const struct gclass *c = &m->g->classes[m->g->el[m->fr[m->pool[r->first + i]].pos].v];
-        for (uint32_t k = 0; k < c->n; k++)
-            if (m->g->ranges[2 * (c->first + k) + 1] >= 0x80)
+        for (uint32_t k = 0; k < c->n; k++) {
+            uint32_t a = m->g->ranges[2 * (c->first + k)], b = m->g->ranges[2 * (c->first + k) + 1];
+            if (!(b < lo || a > hi || (a <= lo && b >= hi)))
                 return false;
+        }
     }
     return true;
+}
+
+/* The non-ASCII groups the shortcut tells apart: first character, last. */
+static const uint32_t plain_groups[2][2] = {{0x80, 0xFFFF}, {0x10000, 0x10FFFF}};
+
+/* Whether a group of characters leads from state id to state to, alike. */
+static bool group_leads(grammar_matcher *m, int32_t id, int grp, int32_t to)
+{
+    return uniform_in(m, id, plain_groups[grp][0], plain_groups[grp][1]) && step_cp(m, id, plain_groups[grp][0]) == to;
 }
 
 /* Fills the walk's shortcut (see struct walk): the plain characters are
@@ -821,7 +834,8 @@ static void chain_prepare(struct walk *w)
     for (uint32_t cp = 0; cp < 128; cp++)
         if (step_cp(m, w->root, cp) == target)
             w->same_ascii[cp >> 6] |= 1ull << (cp & 63);
-    w->same_non_ascii = non_ascii_uniform(m, w->root) && step_cp(m, w->root, 0x80) == target;
+    w->same_bmp = group_leads(m, w->root, 0, target);
+    w->same_astral = group_leads(m, w->root, 1, target);
     /* follow the plain characters while they agree */
     w->chain[0] = w->root;
     w->n_chain = 1;
@@ -833,7 +847,8 @@ static void chain_prepare(struct walk *w)
                 int32_t t = step_cp(m, cur, cp);
                 next = next == -2 || next == t ? t : -1;
             }
-        if (next >= 0 && w->same_non_ascii && (!non_ascii_uniform(m, cur) || step_cp(m, cur, 0x80) != next))
+        if (next >= 0 && ((w->same_bmp && !group_leads(m, cur, 0, next)) ||
+                          (w->same_astral && !group_leads(m, cur, 1, next))))
             next = -1;
         if (next < 0)
             break;
