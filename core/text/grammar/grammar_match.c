@@ -400,6 +400,9 @@ static void expand(grammar_matcher *m, struct sset *s, uint32_t pos, int32_t par
  * its remaining tokens disallowed (never a wrong token, at worst an early
  * end), instead of holding the scheduler thread. */
 #define MASK_WORK_MAX 4000000
+/* States of one mask's automaton (each holds a 512-byte ASCII table): a
+ * walk that meets more ends there, like one that runs out of work. */
+#define MASK_STATES_MAX 16384
 
 /* A new set at the end of the pool: `from` advanced over cp. */
 static struct sset set_advance(grammar_matcher *m, const struct sset *from, uint32_t cp)
@@ -625,6 +628,10 @@ static int32_t set_intern(grammar_matcher *m, const struct sset *s)
         m->work += s->n;
         if (set_equal(m, &m->sets[id], s))
             return (int32_t)id;
+    }
+    if (m->n_sets >= MASK_STATES_MAX) {
+        m->work = MASK_WORK_MAX;
+        return -1;
     }
     struct sset *ns = buf_grow(m->sets, &m->cap_sets, m->n_sets + 1, sizeof(*m->sets));
     if (!ns) {
