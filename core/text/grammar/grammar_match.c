@@ -10,12 +10,21 @@
  * the last element of its alternative pushes no continuation (a tail call), so
  * repetitions run in constant stack depth.
  *
- * Frames only ever point at older frames, so the arena works as a stack: the
- * trie walk that computes a mask creates frames above a mark and drops them
- * when it returns, and accepting a token compacts the live frames to the
+ * A mask walks the vocabulary trie depth first. The states it meets are
+ * interned (equal sets of stacks are one state) and the transitions between
+ * them cached, so the walk builds a small automaton as it goes and most trie
+ * nodes cost a table lookup; where the state is a string's loop or a bounded
+ * string's chain of positions, whole subtrees that spell only plain
+ * characters are allowed without visiting them (see struct walk).
+ *
+ * Frames only ever point at older frames: a mask's frames live above a mark
+ * and go when it ends, and accepting a token compacts the live frames to the
  * bottom. Work is bounded: at most GRAMMAR_MAX_STACKS stacks per state (more
  * are dropped: an absurdly ambiguous grammar loses alternatives rather than
- * time) and GRAMMAR_MAX_STACK_DEPTH frames per stack. */
+ * time), GRAMMAR_MAX_STACK_DEPTH frames per stack, and per mask
+ * MASK_WORK_MAX steps of work and MASK_STATES_MAX states. The arrays grow to
+ * their high-water mark and are reused, so a step allocates nothing once a
+ * sequence has warmed up. */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
