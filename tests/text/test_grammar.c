@@ -585,3 +585,29 @@ Test(grammar, mask_equals_the_definition, .timeout = 300)
     grammar_vocab_destroy(v);
     tok_destroy(t);
 }
+
+Test(grammar, token_bytes_keep_spaces_and_partial_characters)
+{
+    /* SentencePiece (Replace, ByteFallback, Fuse, Strip): a token in the
+     * middle of a text keeps its leading space, which Strip only cuts at the
+     * text's start; byte-level BPE: partial UTF-8 stays bytes */
+    tokenizer *t = load_tok("tinystories-656k");
+    int32_t id = tok_token_to_id(t, "\xe2\x96\x81" "a");
+    cr_assert_geq(id, 0);
+    char *b;
+    size_t len;
+    ifd_error err;
+    cr_assert_eq(tok_token_bytes(t, id, &b, &len, &err), 0);
+    cr_expect_eq(len, 2);
+    cr_expect_str_eq(b, " a");
+    free(b);
+    tok_destroy(t);
+    t = load_tok("qwen3-tiny-random");
+    id = tok_token_to_id(t, "\xc3\xa4"); /* byte 0xE4 in GPT-2's byte alphabet: a lead byte alone */
+    cr_assert_geq(id, 0);
+    cr_assert_eq(tok_token_bytes(t, id, &b, &len, &err), 0);
+    cr_expect_eq(len, 1);
+    cr_expect_eq((unsigned char)b[0], 0xE4);
+    free(b);
+    tok_destroy(t);
+}

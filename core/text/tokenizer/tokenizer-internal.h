@@ -291,4 +291,5 @@ struct tok_decscratch {
     /* tok_token_bytes: keep partial UTF-8 as bytes and decode as if in the
      * middle of a text (no first-token space strip) */
     bool raw;
+    bool fused; /* a Fuse decoder ran (what Strip then cuts is the text's ends) */
 };

@@ -163,9 +163,16 @@ static int dec_leaf(const struct tok_dec *d, const struct tok_tlist *in, struct 
         return r;
     }
     case TD_FUSE:
+        ds->fused = true;
         r = tok_buf_put(&out->text, in->text.p ? in->text.p : "", in->n ? in->ends[in->n - 1] : 0);
         return r < 0 ? r : tlist_end(out);
     case TD_STRIP:
+        /* after Fuse, Strip cuts at the ends of the whole text: a token in
+         * the middle of one (tok_token_bytes) keeps its spaces */
+        if (ds->raw && ds->fused) {
+            r = tok_buf_put(&out->text, in->text.p ? in->text.p : "", in->n ? in->ends[in->n - 1] : 0);
+            return r < 0 ? r : tlist_end(out);
+        }
         for (size_t i = 0; i < in->n && r == 0; i++) {
             const char *s = tl_tok(in, i, &len);
             size_t a = 0, cut_a = 0, cut_b = 0, b = len;
