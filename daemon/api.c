@@ -14,6 +14,7 @@
 #include <sodium.h>
 
 #include "base/utf8.h"
+#include "text/grammar/grammar.h"
 
 void api_error_set(struct api_error *e, int status, const char *type, const char *param, const char *code,
                    const char *fmt, ...)
@@ -568,9 +569,7 @@ static int get_model(const cJSON *root, char **ret, struct api_error *e)
  *   FIELD_NOOP:    accepted, and doing nothing is what it asks of a server
  *                  without the feature it concerns (see each `why`);
  *   FIELD_REFUSED: a 400 naming it whenever it is given (null counts as not
- *                  given, as for every field). Entries marked "other branch"
- *                  are implemented on the structured-output branch of
- *                  issue 13, which turns them into FIELD_USED.
+ *                  given, as for every field).
  * `where` is the endpoints the entry is for. */
 enum field_status { FIELD_USED, FIELD_NOOP, FIELD_REFUSED };
 enum {
@@ -635,14 +634,14 @@ static const struct api_field {
     {"functions", F_CHAT, FIELD_REFUSED, "the deprecated functions API is not implemented; use tools"},
     {"function_call", F_CHAT, FIELD_REFUSED, "the deprecated functions API is not implemented; use tool_choice"},
     {"verbosity", F_CHAT, FIELD_REFUSED, "output verbosity control is not implemented"},
-    /* Other branch (issue 13 part 2, structured output). */
-    {"response_format", F_GEN, FIELD_REFUSED, "structured output is not implemented yet"},
-    {"grammar", F_GEN, FIELD_REFUSED, "grammars are not implemented yet"},
-    {"json_schema", F_GEN, FIELD_REFUSED, "structured output is not implemented yet"},
-    {"guided_json", F_GEN, FIELD_REFUSED, "structured output is not implemented yet"},
-    {"guided_regex", F_GEN, FIELD_REFUSED, "structured output is not implemented yet"},
-    {"guided_choice", F_GEN, FIELD_REFUSED, "structured output is not implemented yet"},
-    {"guided_grammar", F_GEN, FIELD_REFUSED, "grammars are not implemented yet"},
+    /* Structured output (api_grammar.c): at most one of them. */
+    {"response_format", F_GEN, FIELD_USED, NULL},
+    {"grammar", F_GEN, FIELD_USED, NULL},
+    {"json_schema", F_GEN, FIELD_USED, NULL},
+    {"guided_json", F_GEN, FIELD_USED, NULL},
+    {"guided_regex", F_GEN, FIELD_USED, NULL},
+    {"guided_choice", F_GEN, FIELD_USED, NULL},
+    {"guided_grammar", F_GEN, FIELD_USED, NULL},
     /* Tools and reasoning (tools.h). */
     {"tools", F_CHAT, FIELD_USED, NULL},
     {"tool_choice", F_CHAT, FIELD_USED, NULL},
@@ -927,6 +926,8 @@ int api_request_parse(enum api_kind kind, const char *body, size_t len, int voca
             }
         }
     }
+    if ((rc = api_parse_grammar(root, &r.grammar, e)) < 0)
+        goto fail;
     if (!seed_given) {
         /* No seed: a different draw each request, as OpenAI does. */
         uint64_t seed = 0;
@@ -955,6 +956,7 @@ void api_request_finish(struct api_request *r)
         free(r->stop[i]);
     tools_request_finish(&r->tools);
     free(r->logit_bias);
+    grammar_destroy(r->grammar);
     memset(r, 0, sizeof(*r));
 }
 

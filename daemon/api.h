@@ -78,7 +78,16 @@ struct api_request {
     int n_logit_bias;          /* 0 .. API_MAX_LOGIT_BIAS */
     int n;                     /* choices: 1 .. API_MAX_N */
     bool echo;                 /* completions: the prompt's text (and logprobs) come first */
+    struct grammar *grammar;   /* output constraint (response_format, grammar, guided_*), owned; NULL: none */
 };
+
+/* The output constraint of a request (api_grammar.c): response_format,
+ * grammar, json_schema, guided_json/regex/choice/grammar compiled into one
+ * grammar. *ret is NULL when there is none. 400 naming the field (and the
+ * keyword, line or offset at fault) when a constraint is malformed,
+ * unsupported or more than one is given. */
+struct grammar;
+int api_parse_grammar(const cJSON *root, struct grammar **ret, struct api_error *err);
 
 /* Parses and validates a body. `vocab_size` bounds token ids (0 = unchecked).
  * *ret is written only on success; free with api_request_finish(). */

@@ -41,6 +41,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "models.h"
+#include "text/grammar/grammar.h"
 #include "scheduler.h"
 #include "base/clock.h"
 
@@ -1331,6 +1332,49 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
     }
 }
 
+/* tool_choice "required" or a named function: the reply must be tool calls
+ * in the template's markup, enforced by constrained decoding. Each call is
+ * the JSON Schema of tools_call_schema() (name and arguments per function's
+ * parameters) compiled to GBNF, inside tools_call_wrapper_gbnf()'s markup;
+ * when a function's parameters use what the schema compiler refuses, its
+ * arguments are any JSON object instead (tools_call_grammar()), and the log
+ * says why. */
+static int tool_choice_grammar(const struct served_model *m, struct api_request *rq, struct api_error *e)
+{
+    if (rq->grammar) {
+        api_error_set(e, 400, "invalid_request_error", "tool_choice", NULL,
+                      "tool_choice '%s' makes the reply tool calls: it cannot be combined with response_format, "
+                      "grammar, json_schema or guided_*", rq->tools.choice == TOOLS_CHOICE_REQUIRED ? "required" :
+                      rq->tools.choice_name);
+        return -EINVAL;
+    }
+    ifd_error err = {{0}};
+    char *gbnf = NULL, *call = NULL;
+    cJSON *schema = tools_call_schema(m->tools.format, &rq->tools);
+    static const char schema_root[] = "root ::= r1\n"; /* grammar_schema_to_gbnf's start rule */
+    char *at;
+    if (schema && grammar_schema_to_gbnf(schema, &call, &err) >= 0 && (at = strstr(call, schema_root))) {
+        memcpy(at, "call", 4); /* "call ::= r1": the wrapper's call rule, same length */
+        char *wrap = tools_call_wrapper_gbnf(m->tools.format, &rq->tools, "call");
+        if (wrap && asprintf(&gbnf, "%s%s", wrap, call) < 0)
+            gbnf = NULL;
+        free(wrap);
+    } else {
+        log_info("tool_choice: arguments not constrained by the parameters schema (%s)", err.msg);
+        gbnf = tools_call_grammar(m->tools.format, &rq->tools);
+    }
+    cJSON_Delete(schema);
+    free(call);
+    int r = gbnf ? grammar_parse_gbnf(gbnf, strlen(gbnf), &rq->grammar, &err) : -ENOMEM;
+    free(gbnf);
+    if (r < 0) {
+        api_error_set(e, 500, "server_error", "tool_choice", NULL, "tool_choice grammar: %s",
+                      r == -ENOMEM ? "out of memory" : err.msg);
+        return r;
+    }
+    return 0;
+}
+
 static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum api_kind kind)
 {
     struct api_request rq;
@@ -1352,18 +1396,8 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
     const struct served_model *m = k->model;
     struct tok_ids ids = {0};
     int built = build_prompt(m, &rq, &ids, &k->tools_on, &k->tools_cfg, &e);
-    /* MERGE(grammar): tool_choice "required" or a named function is
-     * enforced by constrained decoding: tools_call_grammar(m->tools.format,
-     * &rq.tools) is the GBNF the reply must match (tools_call_schema() the
-     * JSON Schema of a call), to be handed to sched_submit with the
-     * grammar. Until this build has the grammar engine it is refused rather
-     * than hoped for. */
-    if (built >= 0 && (rq.tools.choice == TOOLS_CHOICE_REQUIRED || rq.tools.choice == TOOLS_CHOICE_NAMED)) {
-        api_error_set(&e, 400, "invalid_request_error", "tool_choice", NULL,
-                      "tool_choice '%s' needs constrained decoding, not in this build",
-                      rq.tools.choice == TOOLS_CHOICE_REQUIRED ? "required" : rq.tools.choice_name);
-        built = -EINVAL;
-    }
+    if (built >= 0 && (rq.tools.choice == TOOLS_CHOICE_REQUIRED || rq.tools.choice == TOOLS_CHOICE_NAMED))
+        built = tool_choice_grammar(m, &rq, &e);
     /* Parsed and tokenized: what remains is small; the wait for tokens
      * must not hold the parse budget. */
     parse_release(k);
@@ -1402,7 +1436,12 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
     r = k->ch ? 0 : ifd_error_set(&err, -ENOMEM, "out of memory");
     for (int i = 0; r >= 0 && i < rq.n; i++) {
         p.sampling.seed = rq.sampling.seed + (uint64_t)i;
+        /* Each choice's sequence holds the (immutable) grammar: one reference
+         * each, which sched_submit() takes over when it succeeds. */
+        p.grammar = grammar_ref(rq.grammar);
         r = sched_submit(m->sched, &p, &k->ch[i].req, &err);
+        if (r < 0)
+            grammar_destroy(p.grammar);
         if (r >= 0) {
             k->ch[i].pos.index = i;
             k->n_ch = i + 1;

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "metrics.h"
+#include "text/grammar/grammar.h"
 #include "model/generate.h"
 #include "model/model.h"
 #include "model/sampler.h"
@@ -40,6 +41,7 @@ struct sched_req {
     int n_logit_bias;
     bool prompt_logprobs;
     bool prompt_only;
+    struct grammar *grammar;     /* output constraint, owned; NULL: none */
     double t_submit;
 
     /* Published state, under s->mu. */
@@ -69,6 +71,7 @@ struct sched_seq {
     int32_t next_token;
     struct gen_seq gen;          /* the shared generation step (model/generate.h) */
     sampler *smp;
+    grammar_matcher *gm;         /* NULL: unconstrained */
     struct tok_stream *ts;
     char *pending;               /* detokenized text held back for stop strings */
     size_t pending_len, pending_cap;
@@ -111,6 +114,7 @@ struct sched {
     float *logits_copy;          /* [n_vocab]: raw logits kept for logprobs */
     float *normed;               /* [hidden]: one token's output, for embeddings */
     int hidden;
+    grammar_vocab *gvocab;       /* the vocabulary trie, built at the first constrained request */
     int *order;                  /* [n_seq_max]: prefill order */
 };
 
@@ -123,6 +127,7 @@ static void *sched_thread_main(void *arg);
 static void req_free(struct sched_req *r)
 {
     pthread_cond_destroy(&r->cv);
+    grammar_destroy(r->grammar);
     free(r->prompt);
     for (int i = 0; i < r->n_stop; i++)
         free(r->stop[i]);
@@ -232,6 +237,7 @@ void sched_destroy(struct sched *s)
     }
     for (int i = 0; s->seqs && i < s->cfg.n_seq_max; i++)
         free(s->seqs[i].pending);
+    grammar_vocab_destroy(s->gvocab);
     free(s->seqs);
     free(s->b_tokens);
     free(s->b_seq_ids);
@@ -321,6 +327,7 @@ int sched_submit(struct sched *s, const struct sched_req_params *p, struct sched
         req_free(r);
         return ifd_error_set(err, -EAGAIN, "the request queue is full (%d waiting); retry later", q);
     }
+    r->grammar = p->grammar; /* ours from here: nothing below fails */
     if (s->q_tail)
         s->q_tail->next = r;
     else
@@ -476,6 +483,20 @@ void sched_set_queue_depth(struct sched *s, int queue_depth)
 
 /* ---- the scheduler thread ---- */
 
+/* The matcher of a constrained request. The vocabulary trie is built once,
+ * at the first such request (a few hundred ms for a 150k vocabulary), so
+ * servers that never see one never pay for it. */
+static int seq_grammar_start(struct sched *s, struct sched_seq *q, const struct sched_req *r)
+{
+    q->gm = NULL;
+    if (!r->grammar)
+        return 0;
+    ifd_error err;
+    if (!s->gvocab && grammar_vocab_create(s->tok, s->n_vocab, &s->gvocab, &err) < 0)
+        return -ENOMEM;
+    return grammar_matcher_create(r->grammar, s->gvocab, &q->gm);
+}
+
 /* Under s->mu: a queued request takes slot q. */
 static int seq_admit(struct sched *s, struct sched_seq *q, struct sched_req *r)
 {
@@ -504,7 +525,8 @@ static int seq_admit(struct sched *s, struct sched_seq *q, struct sched_req *r)
     }
     /* Hold-back buffer: the longest stop string plus a generous piece. */
     size_t need = 4096;
-    if (!q->smp || !q->ts || grow((void **)&q->pending, 1, need, &q->pending_cap) < 0) {
+    if (!q->smp || !q->ts || grow((void **)&q->pending, 1, need, &q->pending_cap) < 0 ||
+        seq_grammar_start(s, q, r) < 0) {
         sampler_destroy(q->smp);
         tok_stream_destroy(q->ts);
         q->smp = NULL;
@@ -553,8 +575,10 @@ static void seq_release(struct sched *s, struct sched_seq *q)
     free(q->plp);
     q->plp = NULL;
     q->n_plp = 0;
+    grammar_matcher_destroy(q->gm);
     q->smp = NULL;
     q->ts = NULL;
+    q->gm = NULL;
     req_unref_locked(q->req);
     q->req = NULL;
     s->n_running--;
@@ -589,10 +613,16 @@ static void seq_on_token(struct sched *s, struct sched_seq *q, float *logits)
     for (int i = 0; i < r->n_logit_bias; i++)
         logits[r->logit_bias[i].token] += r->logit_bias[i].bias;
     int32_t t;
-    /* MERGE(grammar): tool_choice "required" / a named function (tools.h,
-     * tools_call_grammar) masks `logits` here with the request's grammar,
-     * as response_format does; http.c refuses those choices until then. */
+    /* Constrained: the tokens that would break the grammar are masked after
+     * the copy above, so logprobs stay those of the model's own distribution. */
+    if (q->gm)
+        grammar_matcher_mask(q->gm, logits, s->stops.ids, s->stops.n);
     enum gen_finish fin = gen_seq_step(&q->gen, logits, q->n_past, &t);
+    /* A grammar that is complete with nothing left to add ends the output
+     * here rather than spend a step to sample the only token left (eos). */
+    bool grammar_done = false;
+    if (q->gm && fin == GEN_CONTINUE)
+        grammar_done = grammar_matcher_accept_token(q->gm, t) < 0 || grammar_matcher_is_done(q->gm);
     if (r->logprobs) {
         q->lp.token = t;
         q->lp.n_top = r->top_logprobs;
@@ -612,7 +642,7 @@ static void seq_on_token(struct sched *s, struct sched_seq *q, float *logits)
         if (n < 0)
             q->pending_len = before;
     }
-    bool at_end = fin != GEN_CONTINUE;
+    bool at_end = fin != GEN_CONTINUE || grammar_done;
     if (at_end)
         tok_stream_flush(q->ts, &q->pending, &q->pending_len, &q->pending_cap);
     size_t emit;
@@ -623,7 +653,7 @@ static void seq_on_token(struct sched *s, struct sched_seq *q, float *logits)
     }
     if (at_end) {
         q->emit_len = q->pending_len;
-        q->finish = gen_finish_reason(fin);
+        q->finish = grammar_done ? "stop" : gen_finish_reason(fin);
         return;
     }
     q->emit_len = emit;

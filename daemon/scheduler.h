@@ -53,6 +53,9 @@ struct sched_req_params {
      * of every prompt position during prefill, a chunk at a time. */
     bool prompt_logprobs;
     bool prompt_only;        /* max_tokens 0: prefill (and prompt logprobs) only, nothing generated */
+    /* The output constraint (NULL: none). sched_submit() takes it over when
+     * it succeeds; on failure it stays the caller's. */
+    struct grammar *grammar;
 };
 
 /* What a request has produced so far, collected by sched_req_collect(). */

@@ -1005,6 +1005,26 @@ static bool allowed(const struct tools_request *t, const char *name)
     return t->choice != TOOLS_CHOICE_NAMED || strcmp(name, t->choice_name) == 0;
 }
 
+char *tools_call_wrapper_gbnf(enum tools_format format, const struct tools_request *t, const char *call_rule)
+{
+    bool one = t->choice == TOOLS_CHOICE_NAMED || format == TOOLS_FMT_LLAMA3;
+    char *g = strdup("");
+    switch (format) {
+    case TOOLS_FMT_LLAMA3:
+        cat(&g, "root ::= %s\n", call_rule);
+        break;
+    case TOOLS_FMT_MISTRAL:
+        cat(&g, one ? "root ::= \"[TOOL_CALLS][\" %s \"]\"\n" : "root ::= \"[TOOL_CALLS][\" %s ( \", \" %s )* \"]\"\n",
+            call_rule, call_rule);
+        break;
+    default:
+        cat(&g, "block ::= \"<tool_call>\\n\" %s \"\\n</tool_call>\"\n", call_rule);
+        cat(&g, one ? "root ::= block\n" : "root ::= block ( \"\\n\" block )*\n");
+        break;
+    }
+    return g;
+}
+
 char *tools_call_grammar(enum tools_format format, const struct tools_request *t)
 {
     if (!t->tools)
@@ -1012,21 +1032,7 @@ char *tools_call_grammar(enum tools_format format, const struct tools_request *t
     /* Names are [A-Za-z0-9_-] (tools_request_parse checked): safe inside a
      * GBNF literal as they are. */
     const char *args_key = format == TOOLS_FMT_LLAMA3 ? "parameters" : "arguments";
-    bool one = t->choice == TOOLS_CHOICE_NAMED || format == TOOLS_FMT_LLAMA3;
-    char *g = strdup("");
-    switch (format) {
-    case TOOLS_FMT_LLAMA3:
-        cat(&g, "root ::= call\n");
-        break;
-    case TOOLS_FMT_MISTRAL:
-        cat(&g, one ? "root ::= \"[TOOL_CALLS][\" call \"]\"\n"
-                    : "root ::= \"[TOOL_CALLS][\" call ( \", \" call )* \"]\"\n");
-        break;
-    default:
-        cat(&g, "block ::= \"<tool_call>\\n\" call \"\\n</tool_call>\"\n");
-        cat(&g, one ? "root ::= block\n" : "root ::= block ( \"\\n\" block )*\n");
-        break;
-    }
+    char *g = tools_call_wrapper_gbnf(format, t, "call");
     cat(&g, "call ::=");
     int i = 0, n = 0;
     const cJSON *tool;

@@ -146,6 +146,10 @@ void tools_delta_merge(cJSON *message, const cJSON *delta);
  * schema-aware engine replaces it with the rule of that function's
  * parameters (tools_call_schema() gives them). malloc'd; NULL on ENOMEM. */
 char *tools_call_grammar(enum tools_format format, const struct tools_request *t);
+/* Only the rules around the calls: `root` (and `block`) in the template's
+ * markup, with each call being rule call_rule, which the caller defines
+ * (e.g. compiled from tools_call_schema()). malloc'd; NULL on ENOMEM. */
+char *tools_call_wrapper_gbnf(enum tools_format format, const struct tools_request *t, const char *call_rule);
 /* The JSON Schema of one call object {"name": const, "arguments": params}
  * (anyOf over the allowed functions). Caller deletes. */
 cJSON *tools_call_schema(enum tools_format format, const struct tools_request *t);

@@ -480,9 +480,9 @@ Test(api_fields, unknown_and_refused_fields_are_400_naming_them)
     static const struct bad cases[] = {
         {API_KIND_CHAT, "{" MSG ",\"unknown_field\":{\"ignored\":[1,2]}}", "unknown_field"},
         {API_KIND_CHAT, "{" MSG ",\"unknown_field\":null}", "unknown_field"},
-        {API_KIND_CHAT, "{" MSG ",\"response_format\":{\"type\":\"json_object\"}}", "response_format"},
+        {API_KIND_CHAT, "{" MSG ",\"prediction\":{\"type\":\"content\"}}", "prediction"},
         {API_KIND_CHAT, "{" MSG ",\"reasoning_effort\":\"low\"}", "reasoning_effort"},
-        {API_KIND_CHAT, "{" MSG ",\"guided_choice\":[\"a\"]}", "guided_choice"},
+        {API_KIND_CHAT, "{" MSG ",\"verbosity\":\"low\"}", "verbosity"},
         {API_KIND_CHAT, "{" MSG ",\"echo\":true}", "echo"},       /* completions only */
         {API_KIND_CHAT, "{" MSG ",\"store\":true}", "store"},
         {API_KIND_CHAT, "{" MSG ",\"service_tier\":\"flex\"}", "service_tier"},
@@ -526,9 +526,9 @@ Test(api_fields, unknown_and_refused_fields_are_400_naming_them)
     /* The message names the field, as the issue asks. */
     struct api_request r;
     struct api_error e = {0};
-    const char *b = "{" MSG ",\"guided_regex\":\"a+\"}";
+    const char *b = "{" MSG ",\"web_search_options\":{}}";
     cr_assert_lt(parse_chat(b, &r, &e), 0);
-    cr_expect(strstr(e.message, "'guided_regex' is not supported by inferd"), "%s", e.message);
+    cr_expect(strstr(e.message, "'web_search_options' is not supported by inferd"), "%s", e.message);
     b = "{" MSG ",\"frobnicate\":1}";
     cr_assert_lt(parse_chat(b, &r, &e), 0);
     cr_expect(strstr(e.message, "'frobnicate' is not supported by inferd"), "%s", e.message);
@@ -539,7 +539,8 @@ Test(api_fields, table_lookup)
     bool refused = true;
     cr_expect(api_field_known("logit_bias", API_FIELDS_CHAT, &refused) && !refused);
     cr_expect(api_field_known("user", API_FIELDS_COMPLETION, &refused) && !refused);
-    cr_expect(api_field_known("grammar", API_FIELDS_COMPLETION, &refused) && refused);
+    cr_expect(api_field_known("grammar", API_FIELDS_COMPLETION, &refused) && !refused);
+    cr_expect(api_field_known("suffix", API_FIELDS_COMPLETION, &refused) && refused);
     cr_expect(!api_field_known("echo", API_FIELDS_CHAT, NULL));
     cr_expect(!api_field_known("frobnicate", API_FIELDS_CHAT | API_FIELDS_COMPLETION, NULL));
     cr_expect(!api_field_known("messages", API_FIELDS_TOKENIZE, NULL));

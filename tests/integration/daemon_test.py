@@ -1480,6 +1480,40 @@ def group_tools(binary):
                     finishes.append((ch["index"], ch["finish_reason"]))
         check(st2 == 200 and per == {0: text, 1: text} and sorted(finishes) == [(0, "length"), (1, "length")],
               "n=2 tools stream: %s %s" % (per, finishes))
+        # tool_choice required / named: constrained decoding makes even random
+        # weights reply with calls whose arguments follow the parameters schema.
+        # Bounded arguments, so that random weights finish their calls well
+        # within max_tokens on any CPU's rounding.
+        two = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+                   "type": "object", "properties": {"city": {"type": "string", "maxLength": 16}}, "required": ["city"],
+                   "additionalProperties": False}}},
+               {"type": "function", "function": {"name": "get_time", "parameters": {
+                   "type": "object", "properties": {"tz": {"type": "string", "enum": ["UTC", "CET"]}}, "required": ["tz"],
+                   "additionalProperties": False}}}]
+
+        def valid_call(call):
+            args = json.loads(call["function"]["arguments"])
+            if call["function"]["name"] == "get_time":
+                return set(args) == {"tz"} and args["tz"] in ("UTC", "CET")
+            return call["function"]["name"] == "get_weather" and set(args) == {"city"} and \
+                isinstance(args["city"], str) and len(args["city"]) <= 16
+        for model_dir in (QWEN3, LLAMA3):
+            with Daemon(binary, model_dir) as d2:
+                base = {"messages": TOOL_TURNS[:2], "tools": two, "temperature": 0, "max_tokens": 300}
+                for choice in ("required", {"type": "function", "function": {"name": "get_time"}}):
+                    st, r = d2.json("POST", "/v1/chat/completions", dict(base, tool_choice=choice))
+                    calls = r["choices"][0]["message"].get("tool_calls") or [] if st == 200 else []
+                    named = isinstance(choice, dict)
+                    check(st == 200 and calls and all(valid_call(c) for c in calls) and
+                          (not named or (len(calls) == 1 and calls[0]["function"]["name"] == "get_time" and
+                                         r["choices"][0]["finish_reason"] == "tool_calls")),
+                          "%s tool_choice %s: %s" % (os.path.basename(model_dir), choice, r))
+                    st, h, ev = d2.stream("/v1/chat/completions", dict(base, tool_choice=choice, stream=True))
+                    names = [tc["function"]["name"] for e in ev[:-1] for c in e["choices"]
+                             for tc in c["delta"].get("tool_calls", []) if "name" in tc.get("function", {})]
+                    check(st == 200 and names == [c["function"]["name"] for c in calls],
+                          "%s tool_choice %s streamed calls %s, non-stream %s" % (
+                              os.path.basename(model_dir), choice, names, [c["function"]["name"] for c in calls]))
         # Validation: 400s naming the field.
         msg = [{"role": "user", "content": "hi"}]
         cases = [
@@ -1489,9 +1523,8 @@ def group_tools(binary):
              "tools[0].function.parameters"),
             ({"tools": tools, "tool_choice": "always"}, "tool_choice"),
             ({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "other"}}}, "tool_choice"),
-            # Enforcement needs constrained decoding: refused, not hoped for.
-            ({"tools": tools, "tool_choice": "required"}, "tool_choice"),
-            ({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}, "tool_choice"),
+            # The reply is calls: no other constraint can hold as well.
+            ({"tools": tools, "tool_choice": "required", "response_format": {"type": "json_object"}}, "tool_choice"),
             ({"chat_template_kwargs": {"messages": []}}, "chat_template_kwargs"),
             ({"chat_template_kwargs": "x"}, "chat_template_kwargs"),
             ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
@@ -1714,8 +1747,7 @@ def group_apifields(binary):
         msg = [{"role": "user", "content": "hi"}]
         for path, body, param in [
                 ("/v1/chat/completions", {"messages": msg, "frobnicate": 1}, "frobnicate"),
-                ("/v1/chat/completions", {"messages": msg, "response_format": {"type": "json_object"}},
-                 "response_format"),
+                ("/v1/chat/completions", {"messages": msg, "reasoning_effort": "low"}, "reasoning_effort"),
                 ("/v1/completions", {"prompt": "x", "suffix": "y"}, "suffix"),
                 ("/v1/chat/completions", {"messages": msg, "stream_options": {"include_usage": True}},
                  "stream_options"),
@@ -1777,7 +1809,184 @@ def group_apifields(binary):
             check(stream_text(ev, "completion")[0] == want, "streamed: %s" % ev)
 
 
+# ---- structured output (grammar-constrained decoding)
+
+
+def schema_errors(v, s, defs, path="$"):
+    """The ways v breaks schema s (the subset the daemon supports), as strings."""
+    if "$ref" in s:
+        return schema_errors(v, defs[s["$ref"].split("/")[-1]], defs, path)
+    for key in ("anyOf", "oneOf"):
+        if key in s:
+            if any(not schema_errors(v, sub, defs, path) for sub in s[key]):
+                return []
+            return ["%s: matches no %s branch" % (path, key)]
+    if "enum" in s:
+        return [] if v in s["enum"] else ["%s: %r not in enum" % (path, v)]
+    if "const" in s:
+        return [] if v == s["const"] else ["%s: %r is not the const" % (path, v)]
+    types = s.get("type")
+    types = types if isinstance(types, list) else [types] if types else []
+    pytypes = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+    def is_type(t):
+        if t in ("number", "integer"):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and (t == "number" or float(v).is_integer())
+        return isinstance(v, pytypes[t])
+    if types and not any(is_type(t) for t in types):
+        return ["%s: %r is not %s" % (path, v, types)]
+    errs = []
+    if isinstance(v, dict):
+        props = s.get("properties", {})
+        for k in s.get("required", []):
+            if k not in v:
+                errs.append("%s: missing %s" % (path, k))
+        for k, x in v.items():
+            if k not in props:
+                errs.append("%s: unexpected property %s" % (path, k))
+            else:
+                errs += schema_errors(x, props[k], defs, path + "." + k)
+    if isinstance(v, list):
+        if len(v) < s.get("minItems", 0) or len(v) > s.get("maxItems", 1 << 30):
+            errs.append("%s: %d items" % (path, len(v)))
+        for i, x in enumerate(v):
+            errs += schema_errors(x, s.get("items", {}), defs, "%s[%d]" % (path, i))
+    if isinstance(v, str):
+        if len(v) < s.get("minLength", 0) or len(v) > s.get("maxLength", 1 << 30):
+            errs.append("%s: length %d" % (path, len(v)))
+    return errs
+
+
+STRUCT_SCHEMA = {
+    "$defs": {"Pet": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                                        "kind": {"enum": ["cat", "dog"]}},
+                      "required": ["name", "kind"], "additionalProperties": False}},
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer"},
+        "pets": {"type": "array", "items": {"$ref": "#/$defs/Pet"}, "minItems": 1, "maxItems": 3},
+        "owner": {"anyOf": [{"type": "string", "maxLength": 8}, {"type": "null"}]},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 5}, "maxItems": 2},
+        "ok": {"type": "boolean"},
+    },
+    "required": ["id", "pets", "owner", "ok"],
+    "additionalProperties": False,
+}
+
+
+def group_structured(binary):
+    src = os.environ.get("INFERD_SOURCE_ROOT", os.path.join(os.path.dirname(__file__), "..", ".."))
+    node_dir = os.path.join(src, "tests", "node")
+    if not os.path.isdir(os.path.join(node_dir, "node_modules", "zod")):
+        r = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=node_dir,
+                           capture_output=True, text=True, timeout=600)
+        check(r.returncode == 0, "npm install in tests/node: %s" % (r.stderr[-1000:]))
+    for model in (QWEN3, LLAMA3):
+        name = os.path.basename(model)
+        with Daemon(binary, model) as d:
+            # the OpenAI SDK's chat.completions.parse() with a zod schema
+            env = dict(os.environ, INFERD_URL="http://127.0.0.1:%d" % d.port, INFERD_MODEL=name)
+            r = subprocess.run(["node", os.path.join(src, "tests", "integration", "structured_sdk.mjs")], env=env,
+                               capture_output=True, text=True, timeout=240)
+            print(r.stdout + r.stderr)
+            check(r.returncode == 0, "%s: OpenAI SDK parse() with zod (exit %d)" % (name, r.returncode))
+            def chat(extra, stream=False, max_tokens=200):
+                body = {"messages": [{"role": "user", "content": "Give me JSON."}], "max_tokens": max_tokens,
+                        "temperature": 0.7, "seed": 7, **extra}
+                if stream:
+                    body["stream"] = True
+                    st, _, ev = d.stream("/v1/chat/completions", body)
+                    text, fin, _ = stream_text(ev, "chat")
+                    return st, text, fin
+                st, r = d.json("POST", "/v1/chat/completions", body)
+                if st != 200:
+                    return st, r, None
+                return st, r["choices"][0]["message"]["content"], r["choices"][0]["finish_reason"]
+
+            # json_object: a JSON object, ended by the grammar ("stop"), not the length
+            st, text, fin = chat({"response_format": {"type": "json_object"}}, max_tokens=400)
+            check(st == 200, "%s json_object: %s %s" % (name, st, text))
+            if st == 200 and fin == "stop":
+                try:
+                    check(isinstance(json.loads(text), dict), "%s json_object output is an object: %r" % (name, text))
+                except ValueError:
+                    check(False, "%s json_object output parses: %r" % (name, text))
+            else:
+                # random weights may wander inside a string until max_tokens:
+                # the prefix must still be a JSON object's
+                check(fin == "length" and text.startswith("{"), "%s json_object: %s %r" % (name, fin, text[:200]))
+
+            # a nested schema with $ref, anyOf, enum, minItems, optional properties
+            rf = {"type": "json_schema", "json_schema": {"name": "t", "schema": STRUCT_SCHEMA, "strict": True}}
+            st, text, fin = chat({"response_format": rf, "temperature": 0}, max_tokens=300)
+            check(st == 200 and fin == "stop", "%s json_schema finishes with stop: %s %s %r" % (name, st, fin, text))
+            if st == 200 and fin == "stop":
+                v = json.loads(text)
+                errs = schema_errors(v, STRUCT_SCHEMA, STRUCT_SCHEMA["$defs"])
+                check(not errs, "%s json_schema output validates: %r %s" % (name, text, errs))
+                # streaming gives the same text
+                st2, text2, fin2 = chat({"response_format": rf, "temperature": 0}, stream=True, max_tokens=300)
+                check(st2 == 200 and text2 == text and fin2 == "stop",
+                      "%s streamed json_schema is the same: %r vs %r" % (name, text2, text))
+            # llama.cpp's json_schema and vLLM's guided_json take the schema itself
+            for field in ("json_schema", "guided_json"):
+                st, text, fin = chat({field: STRUCT_SCHEMA, "temperature": 0}, max_tokens=300)
+                check(st == 200 and fin == "stop" and not schema_errors(json.loads(text), STRUCT_SCHEMA,
+                                                                        STRUCT_SCHEMA["$defs"]),
+                      "%s %s: %s %r" % (name, field, st, text))
+
+            # guided_choice on /v1/completions, several seeds
+            choices = ["alpha", "beta gamma", "\u00e9t\u00e9 \u4e16\u754c"]
+            for seed in range(4):
+                st, r = d.json("POST", "/v1/completions", {"prompt": "Pick one:", "max_tokens": 20, "seed": seed,
+                                                          "temperature": 1.0, "guided_choice": choices})
+                check(st == 200 and r["choices"][0]["text"] in choices and r["choices"][0]["finish_reason"] == "stop",
+                      "%s guided_choice: %s %s" % (name, st, r))
+
+            # guided_regex and GBNF grammar
+            import re
+            rx = r"[A-Z]{2}-\d{3}(x|yz)?"
+            st, r = d.json("POST", "/v1/completions", {"prompt": "Code:", "max_tokens": 20, "seed": 1,
+                                                      "guided_regex": rx})
+            check(st == 200 and re.fullmatch(rx, r["choices"][0]["text"]) is not None,
+                  "%s guided_regex: %s %s" % (name, st, r))
+            gbnf = 'root ::= "ok: " num ("," num){2}\nnum ::= [1-9] [0-9]?'
+            st, r = d.json("POST", "/v1/completions", {"prompt": "Numbers:", "max_tokens": 30, "seed": 2,
+                                                      "grammar": gbnf})
+            check(st == 200 and re.fullmatch(r"ok: [1-9][0-9]?(,[1-9][0-9]?){2}", r["choices"][0]["text"]),
+                  "%s grammar: %s %s" % (name, st, r))
+
+            # errors: 400 naming the field and what is wrong
+            bad = [
+                ({"grammar": "root ::= \"a"}, "grammar", "line 1 column"),
+                ({"guided_json": {"type": "number", "minimum": 1}}, "guided_json", "minimum"),
+                ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+                    "type": "object", "properties": {"a": {"type": "string", "format": "email"}}}}}},
+                 "response_format.json_schema.schema", "format 'email'"),
+                ({"response_format": {"type": "yaml"}}, "response_format.type", "json_schema"),
+                ({"guided_regex": "a(?=b)"}, "guided_regex", "lookaround"),
+                ({"guided_choice": []}, "guided_choice", "array"),
+                ({"guided_choice": ["a"], "guided_regex": "a"}, "guided_choice", "at most one"),
+                ({"grammar": "root ::= " + "\"a\" " * 70000}, "grammar", "limit"),
+            ]
+            for extra, param, needle in bad:
+                st, r = d.json("POST", "/v1/chat/completions",
+                               {"messages": [{"role": "user", "content": "x"}], "max_tokens": 5, **extra})
+                err = r.get("error", {}) if isinstance(r, dict) else {}
+                check(st == 400 and err.get("param") == param and needle in err.get("message", ""),
+                      "%s bad %s: 400 param %s mentioning %r: %s %s" % (name, list(extra), param, needle, st,
+                                                                        str(r)[:300]))
+    # SentencePiece: tokens carry their leading space ("\u2581dog"), which the
+    # grammar must see as the text shows it
+    with Daemon(binary, TINY) as d:
+        choices = ["a dog", "the cat sat", "Lily"]
+        for seed in range(4):
+            st, r = d.json("POST", "/v1/completions", {"prompt": "Once upon a time", "max_tokens": 20, "seed": seed,
+                                                      "guided_choice": choices})
+            check(st == 200 and r["choices"][0]["text"] in choices, "tinystories guided_choice: %s %s" % (st, r))
+
+
 GROUPS = {
+    "structured": group_structured,
     "apifields": group_apifields,
     "tools": group_tools,
     "embeddings": group_embeddings,

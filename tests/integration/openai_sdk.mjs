@@ -145,12 +145,21 @@ function validMessage(m, what) {
   });
   validMessage(think.choices[0].message, 'chat_template_kwargs');
 }
-try {
-  // Not enforced without constrained decoding: refused, naming the field.
-  await client.chat.completions.create({ model: 'qwen3-tiny-random', messages: toolTurns, tools, tool_choice: 'required' });
-  check(false, "tool_choice 'required' must throw in this build");
-} catch (e) {
-  check(e instanceof OpenAI.BadRequestError && e.param === 'tool_choice', "tool_choice 'required': " + e);
+{
+  // A named function is enforced by constrained decoding: a call, whatever the weights.
+  const units = {
+    type: 'function',
+    function: { name: 'set_units', parameters: { type: 'object', properties: { units: { type: 'string', enum: ['metric', 'imperial'] } },
+      required: ['units'], additionalProperties: false } },
+  };
+  const r = await client.chat.completions.create({ model: 'qwen3-tiny-random', messages: toolTurns.slice(0, 1),
+    tools: [...tools, units], tool_choice: { type: 'function', function: { name: 'set_units' } }, max_tokens: 64, temperature: 0 });
+  const calls = r.choices[0].message.tool_calls ?? [];
+  check(calls.length === 1 && calls[0].function.name === 'set_units' && r.choices[0].finish_reason === 'tool_calls',
+    'named tool_choice: ' + JSON.stringify(r.choices[0]));
+  validMessage(r.choices[0].message, 'named tool_choice');
+  check(calls.length === 1 && ['metric', 'imperial'].includes(JSON.parse(calls[0].function.arguments).units),
+    'arguments follow the schema: ' + JSON.stringify(calls));
 }
 // Issue 13 parts 3 and 6 through the SDK: n, logit_bias, echo, and a field
 // inferd does not implement refused by name rather than ignored.

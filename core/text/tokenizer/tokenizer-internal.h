@@ -288,4 +288,8 @@ struct tok_tlist {
 struct tok_decscratch {
     struct tok_tlist a, b;
     pcre2_match_data *md;
+    /* tok_token_bytes: keep partial UTF-8 as bytes and decode as if in the
+     * middle of a text (no first-token space strip) */
+    bool raw;
+    bool fused; /* a Fuse decoder ran (what Strip then cuts is the text's ends) */
 };

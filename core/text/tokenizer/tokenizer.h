@@ -55,6 +55,12 @@ int tok_encode_protected(const tokenizer *t, const char *text, size_t len, bool 
 int tok_decode(const tokenizer *t, const int32_t *ids, size_t n, bool skip_special,
                char **ret_text, size_t *ret_len, ifd_error *err);
 
+/* The bytes token `id` adds to a decoded text when it stands in the middle of
+ * one: partial UTF-8 kept as bytes (no U+FFFD), no first-token space strip,
+ * special tokens included. For constrained decoding, which matches grammars
+ * against bytes. *ret_bytes is malloc'd (NUL-terminated); caller frees. */
+int tok_token_bytes(const tokenizer *t, int32_t id, char **ret_bytes, size_t *ret_len, ifd_error *err);
+
 /* Incremental decoding for streaming: push ids one at a time, get back only
  * complete UTF-8 text (never half a character). */
 struct tok_stream;

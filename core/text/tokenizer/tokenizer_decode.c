@@ -118,7 +118,9 @@ static int dec_leaf(const struct tok_dec *d, const struct tok_tlist *in, struct 
         }
         /* each malformed run becomes one U+FFFD, as Rust's
          * String::from_utf8_lossy does */
-        if (r == 0 && (r = tok_buf_reserve(bytes, 3 * tmp.n)) == 0)
+        if (r == 0 && ds->raw)
+            r = tok_buf_put(bytes, tmp.p ? tmp.p : "", tmp.n);
+        else if (r == 0 && (r = tok_buf_reserve(bytes, 3 * tmp.n)) == 0)
             bytes->n += utf8_copy_lossy(bytes->p + bytes->n, tmp.p ? tmp.p : "", tmp.n);
         tok_buf_finish(&tmp);
         if (r == 0)
@@ -146,7 +148,7 @@ static int dec_leaf(const struct tok_dec *d, const struct tok_tlist *in, struct 
             }
             if (run) {
                 size_t start = out->text.n - run;
-                if (utf8_check(out->text.p + start, run) == run) {
+                if (ds->raw || utf8_check(out->text.p + start, run) == run) {
                     r = tlist_end(out);
                 } else {
                     out->text.n = start;
@@ -161,9 +163,16 @@ static int dec_leaf(const struct tok_dec *d, const struct tok_tlist *in, struct 
         return r;
     }
     case TD_FUSE:
+        ds->fused = true;
         r = tok_buf_put(&out->text, in->text.p ? in->text.p : "", in->n ? in->ends[in->n - 1] : 0);
         return r < 0 ? r : tlist_end(out);
     case TD_STRIP:
+        /* after Fuse, Strip cuts at the ends of the whole text: a token in
+         * the middle of one (tok_token_bytes) keeps its spaces */
+        if (ds->raw && ds->fused) {
+            r = tok_buf_put(&out->text, in->text.p ? in->text.p : "", in->n ? in->ends[in->n - 1] : 0);
+            return r < 0 ? r : tlist_end(out);
+        }
         for (size_t i = 0; i < in->n && r == 0; i++) {
             const char *s = tl_tok(in, i, &len);
             size_t a = 0, cut_a = 0, cut_b = 0, b = len;
@@ -195,7 +204,7 @@ static int dec_leaf(const struct tok_dec *d, const struct tok_tlist *in, struct 
             const char *s = tl_tok(in, i, &len);
             for (size_t j = 0; j < len && r == 0;) {
                 if (j + d->ch_len <= len && memcmp(s + j, d->ch, d->ch_len) == 0) {
-                    if (!(i == 0 && d->prepend_scheme != TPS_NEVER))
+                    if (!(i == 0 && !ds->raw && d->prepend_scheme != TPS_NEVER))
                         r = tok_buf_put(&out->text, " ", 1);
                     j += d->ch_len;
                 } else {
@@ -277,6 +286,21 @@ int tok_decode(const tokenizer *t, const int32_t *ids, size_t n, bool skip_speci
     *ret_text = out.p;
     if (ret_len)
         *ret_len = out.n;
+    return 0;
+}
+
+int tok_token_bytes(const tokenizer *t, int32_t id, char **ret_bytes, size_t *ret_len, ifd_error *err)
+{
+    struct tok_decscratch ds = {.raw = true};
+    struct tok_buf out = {0};
+    int r = tok_decode_buf(t, &id, 1, false, &out, &ds);
+    tok_decscratch_finish(&ds);
+    if (r < 0) {
+        tok_buf_finish(&out);
+        return ifd_error_set(err, r, "decode: out of memory");
+    }
+    *ret_bytes = out.p;
+    *ret_len = out.n;
     return 0;
 }
 
