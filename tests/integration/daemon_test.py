@@ -630,6 +630,33 @@ def group_openai_sdk(binary):
         check(r.returncode == 0, "OpenAI Node SDK test (exit %d)" % r.returncode)
 
 
+def group_langchain(binary):
+    """LangChain JS (@langchain/openai ChatOpenAI): bindTools() with a named and a
+    required tool_choice, withStructuredOutput(zod) by jsonSchema (its default),
+    functionCalling and jsonMode, against Qwen3 (Hermes tool markup) and Llama-3."""
+    src = os.environ.get("INFERD_SOURCE_ROOT", os.path.join(os.path.dirname(__file__), "..", ".."))
+    node_dir = os.path.join(src, "tests", "node")
+    if not all(os.path.isdir(os.path.join(node_dir, "node_modules", *p))
+               for p in (("@langchain", "openai"), ("@langchain", "core"), ("zod",))):
+        # from npm (tests/node/package.json and its lock file); node_modules is gitignored
+        r = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=node_dir,
+                           capture_output=True, text=True, timeout=600)
+        if not check(r.returncode == 0, "npm install @langchain/openai in tests/node: %s" % (r.stderr[-1000:])):
+            return
+    for model in (QWEN3, LLAMA3):
+        name = os.path.basename(model)
+        with Daemon(binary, model) as d:
+            env = dict(os.environ, INFERD_URL="http://127.0.0.1:%d" % d.port, INFERD_MODEL=name)
+            r = subprocess.run(["node", os.path.join(src, "tests", "integration", "langchain_test.mjs")], env=env,
+                               capture_output=True, text=True, timeout=240)
+            print(r.stdout + r.stderr)
+            check(r.returncode == 0, "%s: LangChain JS ChatOpenAI test (exit %d)" % (name, r.returncode))
+            # LangChain's requests are ones inferd accepts: no 400 for a field it refuses
+            log = d.logtext()
+            check(" 400 " not in log, "%s: no request refused with 400:\n%s" % (
+                name, "\n".join(l for l in log.splitlines() if " 400 " in l)[-2000:]))
+
+
 def group_inferctl(binary):
     ctl = os.path.join(os.path.dirname(binary), "inferctl")
     g = goldens("qwen3-tiny-random")[0]
@@ -2000,6 +2027,7 @@ GROUPS = {
     "drain": group_drain,
     "inferctl": group_inferctl,
     "openai_sdk": group_openai_sdk,
+    "langchain": group_langchain,
     "golden": group_golden,
     "errors": group_errors,
     "concurrent": group_concurrent,
