@@ -343,69 +343,51 @@ static int add_key_list(struct inferd_config *c, const char *v, const char *what
     return r;
 }
 
-/* cors_origins = https://app.example, http://localhost:3000: comma or space
- * separated origins as browsers send them (scheme://host[:port], no path),
- * or "*" for any. */
-static int add_cors_origins(struct inferd_config *c, const char *v, const char *what, ifd_error *err)
+/* A list value, comma or space separated: each item checked by check, then
+ * appended to (*v)[*n], at most max items in all (noun names them). */
+static int add_list(char ***v, int *n, int max, const char *noun, const char *value, const char *what,
+                    int (*check)(const char *item, const char *what, ifd_error *err), ifd_error *err)
 {
-    char *copy = strdup(v), *save = NULL;
+    char *copy = strdup(value), *save = NULL;
     if (!copy)
         return -ENOMEM;
     int r = 0;
-    for (char *tok = strtok_r(copy, ", \t", &save); tok && r >= 0; tok = strtok_r(NULL, ", \t", &save)) {
-        size_t len = strlen(tok);
-        const char *host = strstr(tok, "://");
-        bool ok = strcmp(tok, "*") == 0 ||
-                  (len <= INFERD_MAX_ORIGIN_LEN && host && host > tok && host[3] && !strchr(host + 3, '/') &&
-                   strspn(tok, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.") == (size_t)(host - tok));
-        if (!ok) {
-            r = ifd_error_set(err, -EINVAL, "%s: '%.64s' is not an origin (scheme://host[:port], or *)", what, tok);
+    for (char *tok = strtok_r(copy, ", \t", &save); tok; tok = strtok_r(NULL, ", \t", &save)) {
+        if ((r = check(tok, what, err)) < 0)
+            break;
+        if (*n >= max) {
+            r = ifd_error_set(err, -E2BIG, "%s: more than %d %s", what, max, noun);
             break;
         }
-        if (c->n_cors_origins >= INFERD_MAX_CORS_ORIGINS) {
-            r = ifd_error_set(err, -E2BIG, "%s: more than %d origins", what, INFERD_MAX_CORS_ORIGINS);
-            break;
-        }
-        char **n = realloc(c->cors_origins, sizeof(*n) * (size_t)(c->n_cors_origins + 1));
-        if (!n || !(n[c->n_cors_origins] = strdup(tok))) {
-            if (n)
-                c->cors_origins = n;
+        char **nv = realloc(*v, sizeof(*nv) * (size_t)(*n + 1));
+        if (nv)
+            *v = nv;
+        if (!nv || !(nv[*n] = strdup(tok))) {
             r = -ENOMEM;
             break;
         }
-        c->cors_origins = n;
-        c->n_cors_origins++;
+        (*n)++;
     }
     free(copy);
     return r;
 }
 
-/* next_hops = a:1, b c: comma or space separated "host:port", "host" or "*". */
-static int add_next_hops(struct inferd_config *c, const char *v, const char *what, ifd_error *err)
+/* next_hops items: "host:port", "host" or "*". */
+static int check_next_hop(const char *item, const char *what, ifd_error *err)
 {
-    char *copy = strdup(v), *save = NULL;
-    if (!copy)
-        return -ENOMEM;
-    int r = 0;
-    for (char *tok = strtok_r(copy, ", \t", &save); tok && r >= 0; tok = strtok_r(NULL, ", \t", &save)) {
-        if (strcmp(tok, "*") != 0 && (r = check_hostport(tok, INFERD_DEFAULT_WORKER_PORT, what, err)) < 0)
-            break;
-        if (c->n_next_hops >= INFERD_MAX_WORKERS) {
-            r = ifd_error_set(err, -E2BIG, "%s: more than %d next hops", what, INFERD_MAX_WORKERS);
-            break;
-        }
-        char **n = realloc(c->next_hops, sizeof(*n) * (size_t)(c->n_next_hops + 1));
-        if (!n || !(n[c->n_next_hops] = strdup(tok))) {
-            if (n)
-                c->next_hops = n;
-            r = -ENOMEM;
-            break;
-        }
-        c->next_hops = n;
-        c->n_next_hops++;
-    }
-    free(copy);
-    return r;
+    return strcmp(item, "*") == 0 ? 0 : check_hostport(item, INFERD_DEFAULT_WORKER_PORT, what, err);
+}
+
+/* cors_origins items: origins as browsers send them (scheme://host[:port],
+ * no path), or "*" for any. */
+static int check_origin(const char *item, const char *what, ifd_error *err)
+{
+    size_t len = strlen(item);
+    const char *host = strstr(item, "://");
+    bool ok = strcmp(item, "*") == 0 ||
+              (len <= INFERD_MAX_ORIGIN_LEN && host && host > item && host[3] && !strchr(host + 3, '/') &&
+               strspn(item, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.") == (size_t)(host - item));
+    return ok ? 0 : ifd_error_set(err, -EINVAL, "%s: '%.64s' is not an origin (scheme://host[:port], or *)", what, item);
 }
 
 static struct inferd_worker_cfg *worker_get(struct inferd_config *c, const char *name, ifd_error *err)
@@ -600,7 +582,8 @@ static int config_set(struct inferd_config *c, const char *section, const char *
     if (IS("server", "model_name"))
         return set_str(&c->served_model_name, v, what, err);
     if (IS("server", "cors_origins"))
-        return add_cors_origins(c, v, what, err);
+        return add_list(&c->cors_origins, &c->n_cors_origins, INFERD_MAX_CORS_ORIGINS, "origins", v, what,
+                        check_origin, err);
     if (IS("server", "models_memory"))
         return parse_size(v, 0, (size_t)1 << 50, what, &c->models_memory, err);
     if (IS("model", "path"))
@@ -640,7 +623,8 @@ static int config_set(struct inferd_config *c, const char *section, const char *
     if (IS("cluster", "io_timeout"))
         return parse_int(v, 1, 3600, what, &c->cluster_io_timeout_s, err);
     if (IS("cluster", "next_hops"))
-        return add_next_hops(c, v, what, err);
+        return add_list(&c->next_hops, &c->n_next_hops, INFERD_MAX_WORKERS, "next hops", v, what, check_next_hop,
+                        err);
 #undef IS
     if (strncmp(section, "worker.", 7) == 0) {
         if (section[7] == '\0')
