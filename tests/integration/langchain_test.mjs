@@ -64,10 +64,11 @@ function chat(seed) {
 }
 
 // Bounded strings and enums, so random weights close the JSON within max_tokens.
-// No numeric bounds: zod's .min()/.max() on a number become JSON Schema
-// minimum/maximum, keywords inferd's schema compiler refuses (a 400 for
-// response_format; for a tool, arguments fall back to any JSON object, which
-// random weights do not close).
+// No bounds on non-integer numbers: zod's .min()/.max() become JSON Schema
+// minimum/maximum, which inferd's schema compiler takes only on .int() (type
+// integer) and refuses on other numbers (a 400 for response_format; for a
+// tool, arguments fall back to any JSON object, which random weights do not
+// close).
 const weatherSchema = z.object({
   city: z.string().max(12).describe('the city'),
   unit: z.enum(['celsius', 'fahrenheit']),

@@ -3,6 +3,7 @@
  * against a real tokenizer from $INFERD_SHARED). */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -294,6 +295,177 @@ Test(grammar, schema_refusals_name_keyword_and_path)
     for (int i = 0; i < 40; i++)
         strcat(deep, "}");
     schema_refused(deep, "deeper than 32");
+}
+
+/* Integer ranges. M is jint's cap (16 digits); NONE marks an absent bound. */
+#define INT_M 9999999999999999LL
+#define NONE LLONG_MIN
+
+static long long pow10ll_test(int n)
+{
+    long long v = 1;
+    while (n-- > 0)
+        v *= 10;
+    return v;
+}
+
+static bool int_accepted(const grammar *g, long long v)
+{
+    char s[32];
+    snprintf(s, sizeof(s), "%lld", v);
+    return match(g, s) == 1;
+}
+
+/* Compiles {"type":"integer",bounds} and checks, integer by integer, that it
+ * accepts exactly lo..hi (clamped to 16 digits): every integer within 200 of
+ * each bound, all of the range when it is short, each power of ten and its
+ * neighbours, and pseudo-random values of every length. */
+static void check_int_range(const char *bounds, long long lo, long long hi)
+{
+    char js[256];
+    snprintf(js, sizeof(js), "{\"type\":\"integer\",%s}", bounds);
+    ifd_error err;
+    char *txt = schema_gbnf(js, &err);
+    cr_assert(txt, "%s refused: %s", js, err.msg);
+    /* the range's rule stays small: a few dozen alternatives at most */
+    const char *rule = strstr(txt, "\nr1 ::= ");
+    cr_assert(rule, "%s", txt);
+    size_t alts = 1;
+    for (const char *q = rule + 1; *q && *q != '\n'; q++)
+        alts += *q == '|';
+    cr_expect_leq(alts, 40, "%s: %zu alternatives", js, alts);
+    grammar *g = compile(txt);
+    free(txt);
+    long long elo = lo == NONE ? -INT_M : lo, ehi = hi == NONE ? INT_M : hi;
+    long long n_checked = 0;
+#define CHECK_INT(v)                                                                                                   \
+    do {                                                                                                               \
+        long long v_ = (v);                                                                                            \
+        bool want = v_ >= elo && v_ <= ehi;                                                                            \
+        cr_assert_eq(int_accepted(g, v_), want, "%s: %lld %s", js, v_, want ? "rejected" : "accepted");              \
+        n_checked++;                                                                                                   \
+    } while (0)
+    for (long long d = -200; d <= 200; d++) {
+        if (lo != NONE)
+            CHECK_INT(lo + d);
+        if (hi != NONE)
+            CHECK_INT(hi + d);
+        CHECK_INT(d); /* around zero, where the sign and "0" are decided */
+    }
+    if (lo != NONE && hi != NONE && hi - lo <= 20000)
+        for (long long v = lo; v <= hi; v++)
+            CHECK_INT(v);
+    for (long long p = 1; p <= INT_M / 9; p *= 10)
+        for (int sign = -1; sign <= 1; sign += 2)
+            for (int d = -1; d <= 1; d++) {
+                CHECK_INT(sign * (p + d));
+                CHECK_INT(sign * (9 * p + d));
+            }
+    CHECK_INT(INT_M);
+    CHECK_INT(-INT_M);
+    uint64_t x = 0x9E3779B97F4A7C15ull;
+    for (int i = 0; i < 2000; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        long long v = (long long)((x >> 11) % (uint64_t)INT_M) / pow10ll_test((int)(x % 17));
+        CHECK_INT((x >> 63) ? -v : v);
+        if (lo != NONE && hi != NONE && hi > lo)
+            CHECK_INT(lo + (long long)((x >> 7) % (uint64_t)(hi - lo)));
+    }
+#undef CHECK_INT
+    /* never leading zeros, "-0", a plus sign, a fraction or an exponent */
+    static const char *const bad[] = {"00", "01", "007", "-0", "-00", "-01", "+1", "+0", "1.0",
+                                      "0.0", "1e2", " 1", "1 ", "--1", "-", ""};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        cr_expect_neq(match(g, bad[i]), 1, "%s accepted '%s'", js, bad[i]);
+    cr_assert_gt(n_checked, 1000);
+    grammar_destroy(g);
+}
+
+Test(grammar, schema_integer_ranges_exact)
+{
+    check_int_range("\"minimum\":0,\"maximum\":9", 0, 9);
+    check_int_range("\"minimum\":1,\"maximum\":100", 1, 100);
+    check_int_range("\"minimum\":-5,\"maximum\":5", -5, 5);
+    check_int_range("\"minimum\":10,\"maximum\":99", 10, 99);
+    check_int_range("\"minimum\":7,\"maximum\":1234", 7, 1234);
+    check_int_range("\"minimum\":-1000,\"maximum\":-10", -1000, -10);
+    check_int_range("\"minimum\":-1234,\"maximum\":-7", -1234, -7);
+    check_int_range("\"minimum\":-987,\"maximum\":4321", -987, 4321);
+    check_int_range("\"minimum\":0,\"maximum\":0", 0, 0);
+    check_int_range("\"minimum\":-1,\"maximum\":-1", -1, -1);
+    check_int_range("\"minimum\":100,\"maximum\":100", 100, 100);
+    check_int_range("\"minimum\":1000,\"maximum\":1999", 1000, 1999);
+    check_int_range("\"minimum\":1001,\"maximum\":1998", 1001, 1998);
+    check_int_range("\"minimum\":19,\"maximum\":20", 19, 20);
+    check_int_range("\"minimum\":99,\"maximum\":1000", 99, 1000);
+    check_int_range("\"minimum\":5,\"maximum\":123456", 5, 123456);
+    /* exclusive bounds, and bounds that are not integers */
+    check_int_range("\"exclusiveMinimum\":0,\"exclusiveMaximum\":10", 1, 9);
+    check_int_range("\"exclusiveMinimum\":-6,\"maximum\":5", -5, 5);
+    check_int_range("\"minimum\":-5,\"exclusiveMaximum\":6", -5, 5);
+    check_int_range("\"exclusiveMinimum\":0", 1, NONE); /* zod .int().positive() */
+    check_int_range("\"exclusiveMaximum\":0", NONE, -1);
+    check_int_range("\"minimum\":1.5,\"maximum\":9.5", 2, 9);
+    check_int_range("\"exclusiveMinimum\":1.5,\"exclusiveMaximum\":9.5", 2, 9);
+    check_int_range("\"minimum\":-9.5,\"maximum\":-1.5", -9, -2);
+    /* both kinds given: the tighter wins */
+    check_int_range("\"minimum\":3,\"exclusiveMinimum\":3,\"maximum\":50,\"exclusiveMaximum\":40", 4, 39);
+    check_int_range("\"minimum\":5,\"exclusiveMinimum\":1,\"maximum\":30,\"exclusiveMaximum\":90", 5, 30);
+    /* one-sided */
+    check_int_range("\"minimum\":0", 0, NONE); /* pydantic ge=0 */
+    check_int_range("\"minimum\":18", 18, NONE);
+    check_int_range("\"minimum\":-273", -273, NONE);
+    check_int_range("\"maximum\":100", NONE, 100);
+    check_int_range("\"maximum\":-42", NONE, -42);
+    check_int_range("\"maximum\":0", NONE, 0);
+    /* large: up to jint's 16 digits */
+    check_int_range("\"minimum\":0,\"maximum\":9999999999999999", 0, INT_M);
+    check_int_range("\"minimum\":-9999999999999999,\"maximum\":9999999999999999", -INT_M, INT_M);
+    check_int_range("\"minimum\":1234567890123,\"maximum\":8765432109876543", 1234567890123LL, 8765432109876543LL);
+    check_int_range("\"minimum\":-8765432109876543,\"maximum\":1234567890123457", -8765432109876543LL,
+                    1234567890123457LL);
+    check_int_range("\"minimum\":-1e16,\"maximum\":1e16", -INT_M, INT_M);
+    check_int_range("\"minimum\":4503599627370496", 4503599627370496LL, NONE);
+    check_int_range("\"minimum\":-8989898989898988,\"maximum\":-1010101010101011", -8989898989898988LL,
+                    -1010101010101011LL);
+    check_int_range("\"minimum\":1010101010101011,\"maximum\":8989898989898988", 1010101010101011LL,
+                    8989898989898988LL);
+}
+
+Test(grammar, schema_integer_range_in_context)
+{
+    /* the range rule followed by more JSON: "10" must not end the number early */
+    grammar *g = schema("{\"type\":\"object\",\"properties\":{\"n\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":"
+                        "100},\"k\":{\"type\":\"array\",\"items\":{\"type\":\"integer\",\"exclusiveMinimum\":0}}},"
+                        "\"required\":[\"n\",\"k\"],\"additionalProperties\":false}");
+    cr_expect_eq(match(g, "{\"n\":100,\"k\":[]}"), 1);
+    cr_expect_eq(match(g, "{\"n\":1,\"k\":[1,20,300]}"), 1);
+    cr_expect_eq(match(g, "{\"n\":101,\"k\":[]}"), -1);
+    cr_expect_eq(match(g, "{\"n\":0,\"k\":[]}"), -1);
+    cr_expect_eq(match(g, "{\"n\":05,\"k\":[]}"), -1);
+    cr_expect_eq(match(g, "{\"n\":5,\"k\":[0]}"), -1);
+    cr_expect_eq(match(g, "{\"n\":5,\"k\":[-3]}"), -1);
+    cr_expect_eq(match(g, "{\"n\":10"), 0, "a prefix that can go on");
+    grammar_destroy(g);
+}
+
+Test(grammar, schema_integer_bounds_refused)
+{
+    schema_refused("{\"type\":\"number\",\"maximum\":3}", "keyword 'maximum' is not supported for type 'number'");
+    schema_refused("{\"type\":\"number\",\"exclusiveMinimum\":0}", "schema.exclusiveMinimum");
+    schema_refused("{\"type\":[\"integer\",\"null\"],\"minimum\":0}", "schema.minimum: keyword 'minimum' is not");
+    schema_refused("{\"minimum\":0}", "only with \"type\": \"integer\"");
+    schema_refused("{\"type\":\"string\",\"maxLength\":3,\"maximum\":3}", "keyword 'maximum'");
+    schema_refused("{\"type\":\"integer\",\"enum\":[1,2,30],\"maximum\":10}", "keyword 'maximum'");
+    schema_refused("{\"type\":\"integer\",\"anyOf\":[{\"const\":1}],\"minimum\":0}", "keyword 'minimum'");
+    schema_refused("{\"type\":\"integer\",\"minimum\":1e17}", "'minimum' beyond 16 digits");
+    schema_refused("{\"type\":\"integer\",\"maximum\":-12345678901234567}", "'maximum' beyond 16 digits");
+    schema_refused("{\"type\":\"integer\",\"minimum\":0,\"exclusiveMinimum\":true}", "draft-4 boolean form");
+    schema_refused("{\"type\":\"integer\",\"minimum\":\"3\"}", "'minimum' must be a number");
+    schema_refused("{\"type\":\"integer\",\"minimum\":5,\"maximum\":4}", "admit no integer");
+    schema_refused("{\"type\":\"integer\",\"exclusiveMinimum\":4,\"exclusiveMaximum\":5}", "admit no integer");
+    schema_refused("{\"type\":\"integer\",\"minimum\":1.2,\"maximum\":1.8}", "admit no integer");
+    schema_refused("{\"type\":\"integer\",\"minimum\":1e16}", "admit no integer");
 }
 
 static grammar *regex(const char *re)

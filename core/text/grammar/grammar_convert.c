@@ -7,6 +7,7 @@
  * with a message naming the keyword (or regex construct) and where it is,
  * rather than loosen the constraint silently. */
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -459,7 +460,8 @@ static bool is_supported(const char *k)
 {
     static const char *const names[] = {"type", "properties", "required", "additionalProperties", "enum", "const",
                                         "items", "minItems", "maxItems", "anyOf", "oneOf", "allOf", "$ref", "$defs",
-                                        "definitions", "minLength", "maxLength", "pattern", "format", NULL};
+                                        "definitions", "minLength", "maxLength", "pattern", "format", "minimum",
+                                        "maximum", "exclusiveMinimum", "exclusiveMaximum", NULL};
     for (int i = 0; names[i]; i++)
         if (strcmp(k, names[i]) == 0)
             return true;
@@ -751,6 +753,234 @@ static int sc_alternatives(struct sc *c, const cJSON *list, const char *key, con
     return 0;
 }
 
+/* ---------------------------------------------------------- integer ranges */
+
+/* The largest magnitude jint can spell: 16 digits. */
+#define INT_RANGE_MAX 9999999999999999LL
+
+static const char *const BOUND_KEYS[] = {"minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"};
+
+/* Writes an expression matching every n-digit string from lo to hi (equal
+ * length, lo <= hi as numbers). The shared prefix is a literal; after it the
+ * first digits differ, and the range splits into: lo's first digit followed
+ * by lo's tail up to 9...9, the digits strictly between followed by any
+ * digits, and hi's first digit followed by 0...0 up to hi's tail. A tail of
+ * all zeros (all nines) folds its part into the middle, which keeps a
+ * 16-digit span to at most about 2 alternatives per digit, nested rather
+ * than multiplied. */
+static void int_span(struct sbuf *b, const char *lo, const char *hi, int n)
+{
+    int common = 0;
+    while (common < n && lo[common] == hi[common])
+        common++;
+    if (common) {
+        sb_put(b, "\"", 1);
+        sb_put(b, lo, (size_t)common);
+        sb_put(b, "\"", 1);
+    }
+    if (common == n)
+        return;
+    if (common)
+        sb_put(b, " ", 1);
+    lo += common;
+    hi += common;
+    n -= common;
+    int rest = n - 1;
+    bool lo_zeros = true, hi_nines = true;
+    for (int i = 1; i < n; i++) {
+        lo_zeros &= lo[i] == '0';
+        hi_nines &= hi[i] == '9';
+    }
+    char first = lo_zeros ? lo[0] : (char)(lo[0] + 1);
+    char last = hi_nines ? hi[0] : (char)(hi[0] - 1);
+    int alts = !lo_zeros + (first <= last) + !hi_nines;
+    char nines[20], zeros[20];
+    memset(nines, '9', sizeof(nines));
+    memset(zeros, '0', sizeof(zeros));
+    if (alts > 1)
+        sb_put(b, "(", 1);
+    const char *sep = "";
+    if (!lo_zeros) {
+        sb_printf(b, "\"%c\" ", lo[0]);
+        int_span(b, lo + 1, nines, rest);
+        sep = " | ";
+    }
+    if (first <= last) {
+        sb_put(b, sep, strlen(sep));
+        if (first == last)
+            sb_printf(b, "\"%c\"", first);
+        else
+            sb_printf(b, "[%c-%c]", first, last);
+        if (rest == 1)
+            sb_put(b, " [0-9]", 6);
+        else if (rest > 1)
+            sb_printf(b, " [0-9]{%d}", rest);
+        sep = " | ";
+    }
+    if (!hi_nines) {
+        sb_put(b, sep, strlen(sep));
+        sb_printf(b, "\"%c\" ", hi[0]);
+        int_span(b, zeros, hi + 1, rest);
+    }
+    if (alts > 1)
+        sb_put(b, ")", 1);
+}
+
+static long long pow10ll(int n)
+{
+    long long v = 1;
+    while (n-- > 0)
+        v *= 10;
+    return v;
+}
+
+/* Writes alternatives (" | "-separated, for the top of a rule or inside
+ * parentheses) matching the decimal spellings of lo..hi, 1 <= lo <= hi <=
+ * INT_RANGE_MAX: a span for lo's length unless lo starts it, one for hi's
+ * unless hi ends it, and every length in between whole, as one run. */
+static void int_positive(struct sbuf *b, long long lo, long long hi)
+{
+    char a[24], z[24];
+    int la = snprintf(a, sizeof(a), "%lld", lo), lz = snprintf(z, sizeof(z), "%lld", hi);
+    if (la == lz) {
+        int_span(b, a, z, la);
+        return;
+    }
+    int full_lo = la, full_hi = lz; /* lengths every spelling of which is in range */
+    const char *sep = "";
+    if (lo != pow10ll(la - 1)) {
+        char nines[24];
+        snprintf(nines, sizeof(nines), "%lld", pow10ll(la) - 1);
+        int_span(b, a, nines, la);
+        full_lo++;
+        sep = " | ";
+    }
+    if (hi != pow10ll(lz) - 1)
+        full_hi--;
+    if (full_lo <= full_hi) {
+        sb_printf(b, "%s[1-9]", sep);
+        if (full_lo == full_hi && full_lo > 1)
+            sb_printf(b, " [0-9]{%d}", full_lo - 1);
+        else if (full_lo < full_hi)
+            sb_printf(b, " [0-9]{%d,%d}", full_lo - 1, full_hi - 1);
+        sep = " | ";
+    }
+    if (full_hi < lz) {
+        char tens[24];
+        snprintf(tens, sizeof(tens), "%lld", pow10ll(lz - 1));
+        sb_put(b, sep, strlen(sep));
+        int_span(b, tens, z, lz);
+    }
+}
+
+/* Reads one bound keyword: *ret_has says whether it is there, *ret_v its value. */
+static int sc_bound(struct sc *c, const cJSON *s, const char *key, const struct path *p, bool *ret_has, double *ret_v)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(s, key);
+    *ret_has = false;
+    if (!v)
+        return 0;
+    struct path kp = {p, key};
+    if (cJSON_IsBool(v))
+        return sc_fail(c, &kp, "'%s' must be a number (the draft-4 boolean form is not supported)", key);
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+        return sc_fail(c, &kp, "'%s' must be a number", key);
+    /* 1e16 itself is allowed: a JSON number reads as a double, which cannot
+     * tell 9999999999999999 from 10000000000000000 */
+    if (fabs(v->valuedouble) > 1e16)
+        return sc_fail(c, &kp, "'%s' beyond 16 digits is not supported (integers have at most 16 digits)", key);
+    *ret_has = true;
+    *ret_v = v->valuedouble;
+    return 0;
+}
+
+/* An integer with minimum/maximum/exclusiveMinimum/exclusiveMaximum: exactly
+ * the integers of at most 16 digits (jint's cap) within every bound given,
+ * without leading zeros and never "-0". Bounds need not be integers
+ * (minimum 1.5 means 2 and up). */
+static int sc_integer(struct sc *c, const cJSON *s, const struct path *p, int rule)
+{
+    long long lo = -INT_RANGE_MAX, hi = INT_RANGE_MAX;
+    bool any = false;
+    for (int i = 0; i < 4; i++) {
+        bool has;
+        double v = 0;
+        int rc = sc_bound(c, s, BOUND_KEYS[i], p, &has, &v);
+        if (rc < 0)
+            return rc;
+        if (!has)
+            continue;
+        any = true;
+        /* |v| <= 1e16, so these fit and the +-1 cannot overflow */
+        long long e;
+        if (i == 0)
+            e = (long long)ceil(v);
+        else if (i == 1)
+            e = (long long)floor(v) + 1;
+        else if (i == 2)
+            e = (long long)floor(v);
+        else
+            e = (long long)ceil(v) - 1;
+        if (i < 2 && e > lo)
+            lo = e;
+        if (i >= 2 && e < hi)
+            hi = e;
+    }
+    if (!any) {
+        sb_printf(c->out, "r%d ::= jint\n", rule);
+        return 0;
+    }
+    if (lo > hi)
+        return sc_fail(c, p, "%s", "the bounds admit no integer (of at most 16 digits)");
+    sb_printf(c->out, "r%d ::= ", rule);
+    const char *sep = "";
+    if (lo < 0) {
+        /* "-" then the magnitudes, never 0 */
+        sb_put(c->out, "\"-\" (", 5);
+        int_positive(c->out, hi < 0 ? -hi : 1, -lo);
+        sb_put(c->out, ")", 1);
+        sep = " | ";
+    }
+    if (lo <= 0 && hi >= 0) {
+        sb_printf(c->out, "%s\"0\"", sep);
+        sep = " | ";
+    }
+    if (hi > 0) {
+        sb_put(c->out, sep, strlen(sep));
+        int_positive(c->out, lo > 1 ? lo : 1, hi);
+    }
+    sb_put(c->out, "\n", 1);
+    return 0;
+}
+
+/* Bounds are exact only on a lone integer type; anywhere else (numbers,
+ * whose fractions and exponents a digit-wise grammar cannot bound; type
+ * lists; enum, const, $ref and the combinators, which would skip them)
+ * they are refused rather than dropped. */
+static int sc_check_bounds(struct sc *c, const cJSON *s, const struct path *p)
+{
+    const char *key = NULL;
+    for (int i = 0; i < 4 && !key; i++)
+        if (cJSON_GetObjectItemCaseSensitive(s, BOUND_KEYS[i]))
+            key = BOUND_KEYS[i];
+    if (!key)
+        return 0;
+    struct path kp = {p, key};
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(s, "type");
+    if (cJSON_IsString(type) && strcmp(type->valuestring, "number") == 0)
+        return sc_fail(c, &kp, "keyword '%s' is not supported for type 'number' (only for 'integer')", key);
+    static const char *const skip[] = {"$ref", "const", "enum", "anyOf", "oneOf", "allOf"};
+    bool lone = cJSON_IsString(type) && strcmp(type->valuestring, "integer") == 0;
+    for (size_t i = 0; i < sizeof(skip) / sizeof(skip[0]); i++)
+        lone &= !cJSON_GetObjectItemCaseSensitive(s, skip[i]);
+    if (!lone)
+        return sc_fail(c, &kp,
+                       "keyword '%s' is not supported here: only with \"type\": \"integer\" (one type, without "
+                       "enum, const, $ref, anyOf, oneOf or allOf)",
+                       key);
+    return 0;
+}
+
 static int sc_type(struct sc *c, const cJSON *s, const char *type, const struct path *p, int depth, int rule)
 {
     if (strcmp(type, "object") == 0)
@@ -759,8 +989,9 @@ static int sc_type(struct sc *c, const cJSON *s, const char *type, const struct 
         return sc_array(c, s, p, rule, depth);
     if (strcmp(type, "string") == 0)
         return sc_string(c, s, p, rule);
-    static const char *const simple[][2] = {{"number", "jnumber"}, {"integer", "jint"}, {"boolean", "jboolean"},
-                                            {"null", "jnull"}};
+    if (strcmp(type, "integer") == 0)
+        return sc_integer(c, s, p, rule);
+    static const char *const simple[][2] = {{"number", "jnumber"}, {"boolean", "jboolean"}, {"null", "jnull"}};
     for (size_t i = 0; i < sizeof(simple) / sizeof(simple[0]); i++)
         if (strcmp(type, simple[i][0]) == 0) {
             sb_printf(c->out, "r%d ::= %s\n", rule, simple[i][1]);
@@ -789,6 +1020,9 @@ static int sc_schema_at(struct sc *c, const cJSON *s, const struct path *p, int 
             return sc_fail(c, &kp, "keyword '%s' is not supported", k->string);
         }
     }
+    int brc = sc_check_bounds(c, s, p);
+    if (brc < 0)
+        return brc;
     const cJSON *v;
     if ((v = cJSON_GetObjectItemCaseSensitive(s, "$ref"))) {
         int target = 0, rc;
