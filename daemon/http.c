@@ -1431,7 +1431,9 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
     }
     ifd_error err = {{0}};
     /* n choices: n sequences of the same prompt ids (tokenized once), seeded
-     * seed, seed + 1 ... so that a seeded request stays reproducible. */
+     * seed, seed + 1 ... so that a seeded request stays reproducible. The
+     * prompt is prefilled once: choices after the first copy its cache
+     * (share_prefill; the scheduler falls back to a prefill of their own). */
     k->ch = calloc((size_t)rq.n, sizeof(*k->ch));
     r = k->ch ? 0 : ifd_error_set(&err, -ENOMEM, "out of memory");
     for (int i = 0; r >= 0 && i < rq.n; i++) {
@@ -1439,6 +1441,7 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
         /* Each choice's sequence holds the (immutable) grammar: one reference
          * each, which sched_submit() takes over when it succeeds. */
         p.grammar = grammar_ref(rq.grammar);
+        p.share_prefill = i > 0 ? k->ch[0].req : NULL;
         r = sched_submit(m->sched, &p, &k->ch[i].req, &err);
         if (r < 0)
             grammar_destroy(p.grammar);

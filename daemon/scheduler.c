@@ -43,6 +43,8 @@ struct sched_req {
     bool prompt_only;
     struct grammar *grammar;     /* output constraint, owned; NULL: none */
     double t_submit;
+    uint64_t id;                 /* unique, from 1; set under s->mu at submit */
+    uint64_t share_id;           /* 0, or the id of the request whose prefill this one may copy */
 
     /* Published state, under s->mu. */
     bool cancelled;
@@ -68,6 +70,12 @@ struct sched_seq {
     size_t n_fed;                /* prompt tokens already in the KV cache */
     int n_past;                  /* positions in the KV cache */
     bool generating;             /* prompt done; next_token is the token to feed */
+    /* A follower (req->share_id) admitted while its leader prefills: it
+     * feeds nothing until the leader's last prompt token, then takes a copy
+     * of the leader's cache (share_prefill). Cleared to prefill itself when
+     * the leader leaves first or the copy fails. */
+    bool waiting;
+    bool shared;                 /* got its first token from a copy this step: publish it */
     int32_t next_token;
     struct gen_seq gen;          /* the shared generation step (model/generate.h) */
     sampler *smp;
@@ -104,6 +112,10 @@ struct sched {
     char abort_msg[128];
     double heartbeat;
     uint64_t admit_counter;
+    uint64_t req_counter;        /* last request id given out */
+    /* engine_seq_copy said -EOPNOTSUPP once: it never will, so followers
+     * prefill at once rather than wait for a copy that fails. */
+    bool no_seq_copy;
 
     struct sched_seq *seqs;      /* [n_seq_max] */
     /* Batch scratch, sized once for n_batch_max. */
@@ -112,6 +124,7 @@ struct sched {
     int *row_seq;                /* [n_batch_max]: the slot of each logits row */
     int *row_ppos;               /* [n_batch_max]: -1, or the prompt index whose next token's logprob the row gives */
     float *logits_copy;          /* [n_vocab]: raw logits kept for logprobs */
+    float *logits_share;         /* [n_vocab]: a leader's row, which each follower's sampler changes */
     float *normed;               /* [hidden]: one token's output, for embeddings */
     int hidden;
     grammar_vocab *gvocab;       /* the vocabulary trie, built at the first constrained request */
@@ -201,10 +214,11 @@ int sched_create(engine *e, const tokenizer *tok, const struct gen_stop_set *sto
     s->row_seq = malloc(sizeof(int) * (size_t)nb);
     s->row_ppos = malloc(sizeof(int) * (size_t)nb);
     s->logits_copy = malloc(sizeof(float) * (size_t)s->n_vocab);
+    s->logits_share = malloc(sizeof(float) * (size_t)s->n_vocab);
     s->order = malloc(sizeof(int) * (size_t)cfg->n_seq_max);
     s->normed = malloc(sizeof(float) * (size_t)s->hidden);
     if (!s->seqs || !s->b_tokens || !s->b_seq_ids || !s->b_pos || !s->b_want || !s->row_seq || !s->row_ppos ||
-        !s->logits_copy || !s->order || !s->normed) {
+        !s->logits_copy || !s->logits_share || !s->order || !s->normed) {
         sched_destroy(s);
         return ifd_error_set(err, -ENOMEM, "scheduler: out of memory");
     }
@@ -246,6 +260,7 @@ void sched_destroy(struct sched *s)
     free(s->row_seq);
     free(s->row_ppos);
     free(s->logits_copy);
+    free(s->logits_share);
     free(s->order);
     free(s->normed);
     pthread_cond_destroy(&s->work_cv);
@@ -328,6 +343,11 @@ int sched_submit(struct sched *s, const struct sched_req_params *p, struct sched
         return ifd_error_set(err, -EAGAIN, "the request queue is full (%d waiting); retry later", q);
     }
     r->grammar = p->grammar; /* ours from here: nothing below fails */
+    r->id = ++s->req_counter;
+    const struct sched_req *l = p->share_prefill;
+    if (l && !r->embed && !r->prompt_logprobs && !l->embed && !l->prompt_logprobs && l->n_prompt == r->n_prompt &&
+        memcmp(l->prompt, r->prompt, sizeof(int32_t) * r->n_prompt) == 0)
+        r->share_id = l->id;
     if (s->q_tail)
         s->q_tail->next = r;
     else
@@ -497,6 +517,19 @@ static int seq_grammar_start(struct sched *s, struct sched_seq *q, const struct 
     return grammar_matcher_create(r->grammar, s->gvocab, &q->gm);
 }
 
+/* Whether the request `id` holds a slot and has not finished its prompt:
+ * a follower admitted later prefills itself (the leader's cache has moved
+ * on past the prompt by then, and the leader may be gone). */
+static bool leader_prefilling(const struct sched *s, uint64_t id)
+{
+    for (int i = 0; i < s->cfg.n_seq_max; i++) {
+        const struct sched_seq *q = &s->seqs[i];
+        if (q->req && q->req->id == id)
+            return !q->generating && !q->waiting;
+    }
+    return false;
+}
+
 /* Under s->mu: a queued request takes slot q. */
 static int seq_admit(struct sched *s, struct sched_seq *q, struct sched_req *r)
 {
@@ -506,6 +539,8 @@ static int seq_admit(struct sched *s, struct sched_seq *q, struct sched_req *r)
         q->n_fed = 0;
         q->n_past = 0;
         q->generating = false;
+        q->waiting = false;
+        q->shared = false;
         q->finish = NULL;
         q->emit_len = 0;
         q->has_lp = false;
@@ -554,6 +589,8 @@ static int seq_admit(struct sched *s, struct sched_seq *q, struct sched_req *r)
     q->n_fed = 0;
     q->n_past = 0;
     q->generating = false;
+    q->waiting = r->share_id && !s->no_seq_copy && leader_prefilling(s, r->share_id);
+    q->shared = false;
     gen_seq_init(&q->gen, q->smp, &s->stops, r->max_tokens, s->cfg.n_ctx);
     q->emit_len = 0;
     q->has_lp = false;
@@ -570,6 +607,13 @@ static void seq_release(struct sched *s, struct sched_seq *q)
     if (engine_seq_truncate(s->e, (int)(q - s->seqs), 0, &err) < 0) {
         /* Nothing better to do than keep going: the slot is reused from position 0. */
     }
+    /* A leader leaving before its prompt is in (cancelled, failed): its
+     * followers prefill themselves. */
+    for (int i = 0; i < s->cfg.n_seq_max; i++)
+        if (s->seqs[i].waiting && s->seqs[i].req->share_id == q->req->id)
+            s->seqs[i].waiting = false;
+    q->waiting = false;
+    q->shared = false;
     sampler_destroy(q->smp);
     tok_stream_destroy(q->ts);
     free(q->plp);
@@ -738,6 +782,36 @@ static bool embed_pool(struct sched *s, int n)
     return any_done;
 }
 
+/* Leader q has just run its last prompt token, whose logits are `row`:
+ * each follower waiting for it takes a copy of its cache and samples its
+ * first token, with its own sampler, from its own copy of the row (samplers
+ * change the logits they are given). Before the leader's own seq_on_token,
+ * which changes `row`. A failed copy leaves the follower to prefill. No
+ * lock held: the flags and the slots are the scheduler thread's. */
+static void share_prefill(struct sched *s, struct sched_seq *q, const float *row, double now)
+{
+    for (int i = 0; i < s->cfg.n_seq_max; i++) {
+        struct sched_seq *f = &s->seqs[i];
+        if (!f->waiting || f->req->share_id != q->req->id)
+            continue;
+        f->waiting = false;
+        ifd_error err;
+        int rc = engine_seq_copy(s->e, (int)(q - s->seqs), i, (int)q->req->n_prompt, &err);
+        if (rc < 0) {
+            if (rc == -EOPNOTSUPP)
+                s->no_seq_copy = true;
+            continue;
+        }
+        f->n_fed = f->req->n_prompt;
+        f->n_past = q->n_past;
+        memcpy(s->logits_share, row, sizeof(float) * (size_t)s->n_vocab);
+        seq_on_token(s, f, s->logits_share);
+        f->shared = true;
+        if (s->metrics)
+            metrics_ttft(s->metrics, now - f->req->t_submit);
+    }
+}
+
 /* One batched forward over every running sequence. No lock held. */
 static void sched_step(struct sched *s)
 {
@@ -758,7 +832,7 @@ static void sched_step(struct sched *s)
     }
     /* Then prompt chunks, oldest admission first, within the chunk budget. */
     for (int i = 0; i < s->cfg.n_seq_max; i++)
-        if (s->seqs[i].req && !s->seqs[i].generating)
+        if (s->seqs[i].req && !s->seqs[i].generating && !s->seqs[i].waiting)
             s->order[n_pf++] = i;
     qsort_r(s->order, (size_t)n_pf, sizeof(int), cmp_admitted_ctx_sort, s->seqs);
     int budget = s->cfg.prefill_chunk;
@@ -844,6 +918,8 @@ static void sched_step(struct sched *s)
             continue;
         }
         bool first = !q->generating;
+        if (first)
+            share_prefill(s, q, logits + (size_t)row * (size_t)s->n_vocab, now);
         seq_on_token(s, q, (float *)logits + (size_t)row * (size_t)s->n_vocab);
         if (first && s->metrics)
             metrics_ttft(s->metrics, now - q->req->t_submit);
@@ -854,6 +930,13 @@ static void sched_step(struct sched *s)
         struct sched_seq *q = &s->seqs[s->row_seq[row]];
         if (q->req)
             seq_publish_locked(s, q);
+    }
+    for (int i = 0; i < s->cfg.n_seq_max; i++) {
+        struct sched_seq *q = &s->seqs[i];
+        if (q->shared) {
+            q->shared = false;
+            seq_publish_locked(s, q);
+        }
     }
     for (int i = 0; embeds_done && i < s->cfg.n_seq_max; i++) {
         struct sched_seq *q = &s->seqs[i];

@@ -56,6 +56,14 @@ struct sched_req_params {
     /* The output constraint (NULL: none). sched_submit() takes it over when
      * it succeeds; on failure it stays the caller's. */
     struct grammar *grammar;
+    /* NULL, or a request of the same prompt submitted before this one and
+     * still held by the caller (the first of n choices): when both are
+     * admitted while it prefills, this one takes a copy of its prompt's KV
+     * cache and samples its first token from the same logits instead of
+     * prefilling the prompt again. Ignored when the prompts differ, for
+     * embeddings and prompt logprobs, and on engines whose stages cannot
+     * copy a cache (engine_seq_copy: remote stages), where each prefills. */
+    const struct sched_req *share_prefill;
 };
 
 /* What a request has produced so far, collected by sched_req_collect(). */

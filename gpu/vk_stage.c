@@ -318,9 +318,35 @@ static void vk_stage_get_stats(struct stage *st, struct stage_stats *ret)
     ret->device_memory_bytes = vk_pool_bytes(s->c->weights) + vk_pool_bytes(s->c->act);
 }
 
+/* The caches are [n_seq_max, n_ctx, kv_dim]: a sequence's first n_pos
+ * positions are one run of bytes, copied on the device in one submit. The
+ * barriers order the copy after the last forward's writes and before the
+ * next one's reads. */
+static int vk_stage_seq_copy(struct stage *st, int src_seq, int dst_seq, int n_pos, ifd_error *err)
+{
+    struct vk_stage *s = (struct vk_stage *)st;
+    if (n_pos == 0)
+        return 0;
+    VkDeviceSize slot = (VkDeviceSize)st->n_ctx * s->kv_dim * sizeof(float);
+    VkBufferCopy cp = {(VkDeviceSize)src_seq * slot, (VkDeviceSize)dst_seq * slot,
+                       (VkDeviceSize)n_pos * s->kv_dim * sizeof(float)};
+    struct vk_ctx *c = s->c;
+    int rc = vk_ctx_begin(c, err);
+    if (rc < 0)
+        return rc;
+    vk_cmd_barrier(c->cb);
+    for (int i = 0; i < s->n_layers; i++) {
+        vkCmdCopyBuffer(c->cb, s->layers[i].k_cache.buf, s->layers[i].k_cache.buf, 1, &cp);
+        vkCmdCopyBuffer(c->cb, s->layers[i].v_cache.buf, s->layers[i].v_cache.buf, 1, &cp);
+    }
+    vk_cmd_barrier(c->cb);
+    return vk_ctx_submit(c, err);
+}
+
 static const struct stage_ops vk_stage_ops = {
     .name = "vulkan",
     .forward = vk_stage_forward,
+    .seq_copy = vk_stage_seq_copy,
     .get_stats = vk_stage_get_stats,
     .destroy = vk_stage_destroy,
 };

@@ -297,9 +297,28 @@ static void cpu_destroy(struct stage *base)
     free(s);
 }
 
+/* K blocks are transposed ([kv_dim][n_ctx]): the first n_pos of each of
+ * kv_dim rows. V blocks ([n_ctx][kv_dim]): one run of n_pos rows. */
+static int cpu_seq_copy(struct stage *base, int src_seq, int dst_seq, int n_pos, ifd_error *err)
+{
+    (void)err;
+    struct cpu_stage *s = (struct cpu_stage *)base;
+    size_t n_ctx = (size_t)base->n_ctx;
+    for (int li = 0; li < s->n_layers; li++) {
+        const float *ks = kv_block(s, li, src_seq, 0);
+        float *kd = kv_block(s, li, dst_seq, 0);
+        for (int c = 0; c < s->kv_dim; c++)
+            memcpy(kd + (size_t)c * n_ctx, ks + (size_t)c * n_ctx, sizeof(float) * (size_t)n_pos);
+        memcpy(kv_block(s, li, dst_seq, 1), kv_block(s, li, src_seq, 1),
+               sizeof(float) * (size_t)n_pos * (size_t)s->kv_dim);
+    }
+    return 0;
+}
+
 static const struct stage_ops cpu_stage_ops = {
     .name = "cpu",
     .forward = cpu_forward,
+    .seq_copy = cpu_seq_copy,
     .reserve_batch = cpu_reserve_batch,
     .get_stats = cpu_get_stats,
     .destroy = cpu_destroy,

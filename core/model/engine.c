@@ -229,6 +229,23 @@ int engine_seq_truncate(engine *e, int seq_id, int n_keep, ifd_error *err)
     return ret;
 }
 
+int engine_seq_copy(engine *e, int src_seq, int dst_seq, int n_pos, ifd_error *err)
+{
+    for (int i = 0; i < e->n_stages; i++) {
+        int r = stage_seq_copy(e->stages[i], src_seq, dst_seq, n_pos, err);
+        if (r < 0) {
+            /* The stages before i hold the copy: drop it there too, so that
+             * every stage agrees dst is empty. */
+            ifd_error ignored;
+            engine_seq_truncate(e, dst_seq, 0, &ignored);
+            ifd_error_prefix(err, "stage %d (layers %d-%d)", i, e->stages[i]->layer_first,
+                             e->stages[i]->layer_last - 1);
+            return r;
+        }
+    }
+    return 0;
+}
+
 const struct model *engine_model(const engine *e)
 {
     return e->m;

@@ -65,6 +65,11 @@ int engine_output_normed(const engine *e, int t, float *out);
 /* Keeps the first n_keep positions of a sequence in every stage; 0 frees it. */
 int engine_seq_truncate(engine *e, int seq_id, int n_keep, ifd_error *err);
 
+/* Gives dst_seq a copy of the first n_pos positions of src_seq in every
+ * stage (stage_seq_copy). On failure (-EOPNOTSUPP: a stage cannot, e.g. a
+ * remote one) dst is freed in every stage, so it can be prefilled instead. */
+int engine_seq_copy(engine *e, int src_seq, int dst_seq, int n_pos, ifd_error *err);
+
 const struct model *engine_model(const engine *e);
 int engine_stage_count(const engine *e);
 struct stage *engine_stage(const engine *e, int i);

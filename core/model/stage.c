@@ -97,6 +97,23 @@ int stage_seq_truncate(struct stage *s, int seq_id, int n_keep, ifd_error *err)
     return r;
 }
 
+int stage_seq_copy(struct stage *s, int src_seq, int dst_seq, int n_pos, ifd_error *err)
+{
+    const char *name = s->ops->name;
+    if (src_seq < 0 || src_seq >= s->n_seq_max || dst_seq < 0 || dst_seq >= s->n_seq_max || src_seq == dst_seq)
+        return ifd_error_set(err, -EINVAL, "%s stage: cannot copy sequence %d to %d: two distinct slots of [0, %d)",
+                             name, src_seq, dst_seq, s->n_seq_max);
+    if (n_pos < 0 || n_pos > s->seq_len[src_seq])
+        return ifd_error_set(err, -ERANGE, "%s stage: cannot copy %d positions of sequence %d, which holds %d", name,
+                             n_pos, src_seq, s->seq_len[src_seq]);
+    if (!s->ops->seq_copy)
+        return ifd_error_set(err, -EOPNOTSUPP, "%s stage: cannot copy a sequence's cache", name);
+    int r = s->ops->seq_copy(s, src_seq, dst_seq, n_pos, err);
+    /* failed: what dst held may be half overwritten, so it holds nothing */
+    s->seq_len[dst_seq] = r < 0 ? 0 : n_pos;
+    return r;
+}
+
 int stage_seq_len(const struct stage *s, int seq_id)
 {
     return seq_id >= 0 && seq_id < s->n_seq_max ? s->seq_len[seq_id] : 0;

@@ -65,6 +65,11 @@ struct stage_ops {
      * 0..pos, and a new token overwrites its cache row). The remote stage
      * tells its workers. */
     int (*seq_truncate)(struct stage *s, int seq_id, int n_keep, ifd_error *err);
+    /* Optional: the cache of positions [0, n_pos) of src_seq becomes that of
+     * dst_seq too (called with distinct slots in range and src holding at
+     * least n_pos). NULL: the stage cannot (the remote stage: its workers
+     * hold the cache), and stage_seq_copy() says -EOPNOTSUPP. */
+    int (*seq_copy)(struct stage *s, int src_seq, int dst_seq, int n_pos, ifd_error *err);
     /* Optional: sizes the scratch for batches of up to n_tokens now, so that
      * forward never allocates for them. NULL when the scratch is sized at
      * create (or there is none). */
@@ -104,6 +109,15 @@ int stage_forward(struct stage *s, const struct stage_batch *b, ifd_error *err);
  * even when the implementation reports a failure (a remote worker that could
  * not be told), so that it can be refilled from n_keep. */
 int stage_seq_truncate(struct stage *s, int seq_id, int n_keep, ifd_error *err);
+
+/* Gives dst_seq a copy of the first n_pos positions of src_seq, so that
+ * sequences with a common prefix (the n choices of one prompt) run it once.
+ * Afterwards dst holds exactly n_pos positions. A slot outside the slots, or
+ * src == dst: -EINVAL; n_pos outside [0, what src holds]: -ERANGE; a stage
+ * without the op: -EOPNOTSUPP; these change nothing. When the op fails,
+ * dst holds no position (what it held may be half overwritten): it is
+ * refilled from 0. */
+int stage_seq_copy(struct stage *s, int src_seq, int dst_seq, int n_pos, ifd_error *err);
 
 /* Positions the slot holds (0 for a slot outside the stage). */
 int stage_seq_len(const struct stage *s, int seq_id);

@@ -120,6 +120,34 @@ void stage_contract_check(struct stage *s)
     pos[0] = s->n_ctx;
     refused(&r, 1, seq, pos, -ERANGE, "is outside the context");
 
+    /* copying a prefix: the arguments are refused before the op runs, and a
+     * refused copy changes nothing; slot 0 holds n_ctx positions, slot 1 two */
+    cr_assert_eq(stage_seq_copy(s, 0, 0, 1, &err), -EINVAL);
+    cr_assert(strstr(err.msg, "cannot copy sequence 0 to 0: two distinct slots"), "%s", err.msg);
+    cr_assert_eq(stage_seq_copy(s, 0, s->n_seq_max, 1, &err), -EINVAL);
+    cr_assert_eq(stage_seq_copy(s, -1, 1, 1, &err), -EINVAL);
+    cr_assert_eq(stage_seq_copy(s, 1, 0, 3, &err), -ERANGE);
+    cr_assert(strstr(err.msg, "cannot copy 3 positions of sequence 1, which holds 2"), "%s", err.msg);
+    cr_assert_eq(stage_seq_copy(s, 1, 0, -1, &err), -ERANGE);
+    cr_assert_eq(stage_seq_len(s, 0), s->n_ctx);
+    cr_assert_eq(stage_seq_len(s, 1), 2);
+    if (s->ops->seq_copy) {
+        /* dst holds exactly the copy, longer or shorter than before, and
+         * continues from it */
+        cr_assert_eq(stage_seq_copy(s, 0, 1, 3, &err), 0, "%s", err.msg);
+        cr_assert_eq(stage_seq_len(s, 1), 3);
+        cr_assert_eq(stage_seq_len(s, 0), s->n_ctx, "the source is unchanged");
+        seq[0] = 1;
+        pos[0] = 3;
+        cr_assert_eq(fwd(&r, 1, seq, pos, &err), 0, "after a copy: %s", err.msg);
+        cr_assert_eq(stage_seq_copy(s, 0, 1, 1, &err), 0, "%s", err.msg);
+        cr_assert_eq(stage_seq_len(s, 1), 1);
+    } else {
+        cr_assert_eq(stage_seq_copy(s, 0, 1, 3, &err), -EOPNOTSUPP);
+        cr_assert(strstr(err.msg, "cannot copy a sequence's cache"), "%s", err.msg);
+        cr_assert_eq(stage_seq_len(s, 1), 2);
+    }
+
     cr_assert_eq(stage_seq_truncate(s, 0, 0, &err), 0, "%s", err.msg);
     cr_assert_eq(stage_seq_truncate(s, 1, 0, &err), 0, "%s", err.msg);
     cr_assert_eq(stage_seq_len(s, 0), 0);

@@ -3,7 +3,8 @@
  * the max_tokens and context-end stops, several sequences batched together
  * giving the tokens each gives alone (greedy), and the stop set shared with
  * `inferctl run` (daemon/stop_set.c): both stop on the tokenizer's eos_token
- * when it differs from the config's eos ids.
+ * when it differs from the config's eos ids; the n choices of one prompt
+ * prefilling it once (share_prefill), and falling back to a prefill each.
  *
  * Generated ids are read back from the logprobs entries, which carry the
  * token of every step. */
@@ -17,8 +18,10 @@
 #include <unistd.h>
 
 #include "base/clock.h"
+#include "base/thread_pool.h"
 #include "common/golden_models.h"
 #include "common/test_util.h"
+#include "model/cpu_stage.h"
 #include "model/engine.h"
 #include "scheduler.h"
 #include "stop_set.h"
@@ -55,9 +58,62 @@ struct fx {
     tokenizer *tok;
     engine *e;
     struct sched *s;
+    struct thread_pool *pool;   /* the copy-less stage's, else NULL */
 };
 
-static void fx_up_dir(struct fx *f, const char *dir, int n_seq, int n_ctx, int queue_depth)
+/* A CPU stage behind a stage without the optional seq_copy, as a remote
+ * stage is: the engine cannot copy a cache, and the scheduler must prefill
+ * each of n choices. */
+struct copyless_stage {
+    struct stage base;
+    struct stage *inner;
+};
+
+static int copyless_forward(struct stage *s, const struct stage_batch *b, ifd_error *err)
+{
+    return stage_forward(((struct copyless_stage *)s)->inner, b, err);
+}
+
+static int copyless_truncate(struct stage *s, int seq_id, int n_keep, ifd_error *err)
+{
+    return stage_seq_truncate(((struct copyless_stage *)s)->inner, seq_id, n_keep, err);
+}
+
+static void copyless_stats(struct stage *s, struct stage_stats *ret)
+{
+    stage_get_stats(((struct copyless_stage *)s)->inner, ret);
+}
+
+static void copyless_destroy(struct stage *s)
+{
+    stage_destroy(((struct copyless_stage *)s)->inner);
+    stage_finish(s);
+    free(s);
+}
+
+static const struct stage_ops copyless_ops = {
+    .name = "copyless", .forward = copyless_forward, .seq_truncate = copyless_truncate,
+    .get_stats = copyless_stats, .destroy = copyless_destroy,
+};
+
+static engine *copyless_engine(struct fx *f, const struct engine_config *ec)
+{
+    ifd_error err = {{0}};
+    struct copyless_stage *w = calloc(1, sizeof(*w));
+    cr_assert_not_null(w);
+    cr_assert_not_null(f->pool = thread_pool_create(1));
+    int L = f->m->cfg.n_layers;
+    cr_assert_eq(cpu_stage_create(f->m, 0, L, ec->n_seq_max, ec->n_ctx, f->pool, &w->inner, &err), 0, "%s",
+                 err.msg);
+    cr_assert_eq(stage_init(&w->base, &copyless_ops, 0, L, f->m->cfg.hidden_size, ec->n_seq_max, ec->n_ctx, 0,
+                            &err), 0, "%s", err.msg);
+    struct stage *st = &w->base;
+    engine *e = NULL;
+    cr_assert_eq(engine_create(f->m, &st, 1, ec, NULL, &e, &err), 0, "%s", err.msg);
+    return e;
+}
+
+static void fx_up_engine(struct fx *f, const char *dir, int n_seq, int n_ctx, int queue_depth, bool copyless)
 {
     ifd_error err = {{0}};
     struct model_load_opts lo = model_load_opts_default();
@@ -66,10 +122,19 @@ static void fx_up_dir(struct fx *f, const char *dir, int n_seq, int n_ctx, int q
     struct sched_config sc = {.n_seq_max = n_seq, .n_ctx = n_ctx, .prefill_chunk = 16, .queue_depth = queue_depth};
     sc.n_batch_max = sc.prefill_chunk + n_seq;
     struct engine_config ec = {.n_seq_max = n_seq, .n_ctx = n_ctx, .n_batch_max = sc.n_batch_max, .n_threads = 1};
-    cr_assert_eq(engine_create_cpu(f->m, NULL, 0, &ec, &f->e, &err), 0, "%s", err.msg);
+    f->pool = NULL;
+    if (copyless)
+        f->e = copyless_engine(f, &ec);
+    else
+        cr_assert_eq(engine_create_cpu(f->m, NULL, 0, &ec, &f->e, &err), 0, "%s", err.msg);
     struct gen_stop_set stops;
     cr_assert_eq(stop_set_build(&f->m->cfg, f->tok, &stops, &err), 0, "%s", err.msg);
     cr_assert_eq(sched_create(f->e, f->tok, &stops, &sc, NULL, &f->s, &err), 0, "%s", err.msg);
+}
+
+static void fx_up_dir(struct fx *f, const char *dir, int n_seq, int n_ctx, int queue_depth)
+{
+    fx_up_engine(f, dir, n_seq, n_ctx, queue_depth, false);
 }
 
 static void fx_up(struct fx *f, int n_seq, int n_ctx, int queue_depth)
@@ -83,6 +148,7 @@ static void fx_down(struct fx *f)
 {
     sched_destroy(f->s);
     engine_destroy(f->e);
+    thread_pool_destroy(f->pool);
     tok_destroy(f->tok);
     model_destroy(f->m);
 }
@@ -466,5 +532,177 @@ Test(scheduler, logit_bias_bans_and_forces)
     struct sched_req *r = NULL;
     ifd_error err = {{0}};
     cr_expect_eq(sched_submit(f.s, &p, &r, &err), -EINVAL);
+    fx_down(&f);
+}
+
+/* ---- n choices of one prompt: one prefill shared (share_prefill) ---- */
+
+/* Tokens the engine has run so far (prompt and generated alike). */
+static uint64_t tokens_run(struct fx *f)
+{
+    struct stage_stats ss;
+    stage_get_stats(engine_stage(f->e, 0), &ss);
+    return ss.tokens;
+}
+
+/* The n choices of request `base` (seeds base's + i, each after the first
+ * sharing the first's prefill), as the HTTP layer submits them; member
+ * `cancel` (-1: none) is cancelled at once. The ids of each other choice go
+ * to ids[i], their count to n_ids[i]. */
+static void run_choices(struct fx *f, const struct sched_req_params *base, int n, int cancel,
+                        int32_t (*ids)[MAX_IDS], int *n_ids)
+{
+    struct sched_req *r[8];
+    cr_assert_leq(n, 8);
+    for (int i = 0; i < n; i++) {
+        struct sched_req_params p = *base;
+        p.logprobs = true;
+        p.share_prefill = i > 0 ? r[0] : NULL;
+        p.sampling.seed = base->sampling.seed + (uint64_t)i;
+        ifd_error err = {{0}};
+        cr_assert_eq(sched_submit(f->s, &p, &r[i], &err), 0, "%s", err.msg);
+    }
+    if (cancel >= 0)
+        sched_req_cancel(r[cancel]);
+    for (int i = 0; i < n; i++) {
+        struct sched_output out = {0};
+        collect_all(r[i], &out);
+        if (i != cancel) {
+            cr_assert_eq(out.error_status, 0, "choice %d: %s", i, out.error_msg);
+            cr_assert_eq(out.n_lp, out.completion_tokens);
+            for (int k = 0; k < out.n_lp && k < MAX_IDS; k++)
+                ids[i][k] = out.lp[k].token;
+            n_ids[i] = out.completion_tokens;
+        }
+        sched_output_finish(&out);
+        sched_req_release(r[i]);
+    }
+}
+
+static struct sched_req_params story_params(const struct story *st, int max_tokens)
+{
+    return (struct sched_req_params){.prompt = st->prompt, .n_prompt = (size_t)st->n_prompt,
+                                     .max_tokens = max_tokens, .sampling = sampler_params_default()};
+}
+
+static void assert_same_ids(const int32_t *got, int n_got, const int32_t *want, int n_want, int choice)
+{
+    cr_assert_eq(n_got, n_want, "choice %d: %d tokens, alone %d", choice, n_got, n_want);
+    for (int k = 0; k < n_want; k++)
+        cr_assert_eq(got[k], want[k], "choice %d token %d: %d, alone %d", choice, k, got[k], want[k]);
+}
+
+/* Greedy: every choice is the request alone, and the engine ran the prompt
+ * once: the tokens it ran are one prompt plus each choice's generated ones. */
+Test(scheduler, choices_share_one_prefill)
+{
+    enum { N = 4, MAXT = 12 };
+    struct story st;
+    story_load(0, &st);
+    struct fx f;
+    fx_up(&f, N, 128, N);
+    struct sched_req_params p = story_params(&st, MAXT);
+    int32_t alone[1][MAX_IDS], ids[N][MAX_IDS];
+    int n_alone[1], n_ids[N];
+    uint64_t t0 = tokens_run(&f);
+    run_choices(&f, &p, 1, -1, alone, n_alone);
+    uint64_t one = tokens_run(&f) - t0;
+    cr_assert_eq(n_alone[0], MAXT);
+    t0 = tokens_run(&f);
+    run_choices(&f, &p, N, -1, ids, n_ids);
+    uint64_t n_run = tokens_run(&f) - t0, decoded = one - (uint64_t)st.n_prompt;
+    for (int i = 0; i < N; i++)
+        assert_same_ids(ids[i], n_ids[i], alone[0], n_alone[0], i);
+    cr_assert_eq(n_run, (uint64_t)st.n_prompt + N * decoded,
+                 "%d choices ran %llu tokens: want one prompt of %d and %llu decoded each", N,
+                 (unsigned long long)n_run, st.n_prompt, (unsigned long long)decoded);
+    fx_down(&f);
+}
+
+/* Sampled: choice i draws the same tokens as a request of its own seeded
+ * seed + i, from the same RNG stream, though its first token came from the
+ * first choice's logits. With a logit bias, which each choice adds to the
+ * logits it samples from: no choice sees another's. */
+Test(scheduler, sampled_choices_equal_separate_seeded_requests)
+{
+    enum { N = 4, MAXT = 16 };
+    struct story st;
+    story_load(1, &st);
+    struct fx f;
+    fx_up(&f, N, 128, N);
+    struct sched_req_params p = story_params(&st, MAXT);
+    p.sampling.temperature = 1.0f;
+    p.sampling.seed = 1234;
+    /* A bias that makes the first token's two likeliest even: a choice
+     * that sampled from a row another had biased too would favour one. */
+    struct sched_req *r = NULL;
+    ifd_error err = {{0}};
+    struct sched_req_params greedy = story_params(&st, 1);
+    greedy.logprobs = true;
+    greedy.top_logprobs = 2;
+    cr_assert_eq(sched_submit(f.s, &greedy, &r, &err), 0, "%s", err.msg);
+    struct sched_output out = {0};
+    collect_all(r, &out);
+    cr_assert_eq(out.n_lp, 1, "%s", out.error_msg);
+    struct api_logit_bias bias = {.token = out.lp[0].top_ids[1],
+                                  .bias = out.lp[0].top_logprobs[0] - out.lp[0].top_logprobs[1]};
+    sched_output_finish(&out);
+    sched_req_release(r);
+    p.logit_bias = &bias;
+    p.n_logit_bias = 1;
+    int32_t sep[N][MAX_IDS], ids[N][MAX_IDS];
+    int n_sep[N], n_ids[N];
+    for (int i = 0; i < N; i++) {
+        struct sched_req_params one = p;
+        one.sampling.seed = p.sampling.seed + (uint64_t)i;
+        run_choices(&f, &one, 1, -1, &sep[i], &n_sep[i]);
+    }
+    run_choices(&f, &p, N, -1, ids, n_ids);
+    bool differ = false;
+    for (int i = 0; i < N; i++) {
+        assert_same_ids(ids[i], n_ids[i], sep[i], n_sep[i], i);
+        differ |= n_sep[i] != n_sep[0] || memcmp(sep[i], sep[0], sizeof(int32_t) * (size_t)n_sep[0]) != 0;
+    }
+    cr_assert(differ, "the seeds drew the same tokens: the test shows nothing");
+    fx_down(&f);
+}
+
+/* A cancelled first choice (whose prefill the others wait for) or a
+ * cancelled other one, and an engine that cannot copy a cache (a remote
+ * stage's case): the others still give the request alone, prefilling
+ * themselves where they must. */
+Test(scheduler, choices_fall_back_to_their_own_prefill)
+{
+    enum { N = 4, MAXT = 12 };
+    struct story st;
+    story_load(2, &st);
+    struct sched_req_params p = story_params(&st, MAXT);
+    int32_t alone[1][MAX_IDS], ids[N][MAX_IDS];
+    int n_alone[1], n_ids[N];
+    struct fx f;
+    fx_up(&f, N, 128, N);
+    run_choices(&f, &p, 1, -1, alone, n_alone);
+    for (int cancel = 0; cancel < 3; cancel += 2) {
+        run_choices(&f, &p, N, cancel, ids, n_ids);
+        for (int i = 0; i < N; i++)
+            if (i != cancel)
+                assert_same_ids(ids[i], n_ids[i], alone[0], n_alone[0], i);
+    }
+    fx_down(&f);
+
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s/models/%s", tu_must_shared_dir(), MODEL);
+    fx_up_engine(&f, dir, N, 128, N, true);
+    uint64_t t0 = tokens_run(&f);
+    run_choices(&f, &p, 1, -1, alone, n_alone);
+    uint64_t one = tokens_run(&f) - t0;
+    /* twice: the first finds out the copy fails, the second knows it */
+    for (int k = 0; k < 2; k++) {
+        t0 = tokens_run(&f);
+        run_choices(&f, &p, N, -1, ids, n_ids);
+        cr_assert_eq(tokens_run(&f) - t0, N * one, "each choice prefills its own prompt");
+        for (int i = 0; i < N; i++)
+            assert_same_ids(ids[i], n_ids[i], alone[0], n_alone[0], i);
+    }
     fx_down(&f);
 }

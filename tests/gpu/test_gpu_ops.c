@@ -780,8 +780,9 @@ static void ref_token(const struct model *m, struct ref_state *st, int seq, int 
 }
 
 /* Prefill of two sequences in one batch (more tokens than a submit takes),
- * decode steps of both, then a rewind of one sequence, each step compared
- * with the reference. */
+ * decode steps of both, a rewind of one sequence, then a copy of a prefix
+ * of one into the empty slot continued there, each step compared with the
+ * reference. */
 static void check_stage(enum model_arch arch, enum ifd_dtype dtype, bool no_subgroup)
 {
     gpu_test_need_device();
@@ -804,6 +805,7 @@ static void check_stage(enum model_arch arch, enum ifd_dtype dtype, bool no_subg
         {1, {{2, 5}}},
         {3, {{0, 8}, {3, 0}, {2, 6}}},
         {2, {{2, 3}, {2, 4}}}, /* rewind: re-evaluates positions 3, 4 of seq 2 */
+        {2, {{1, 5}, {1, 6}}}, /* seq 1 continues a copy of positions 0-4 of seq 0 */
     };
     float hidden[16 * 128];
     double ref[16 * 128];
@@ -818,6 +820,14 @@ static void check_stage(enum model_arch arch, enum ifd_dtype dtype, bool no_subg
         }
         if (k == 4)
             cr_assert(stage_seq_truncate(st, 2, 3, &err) == 0, "%s", err.msg);
+        if (k == 5) {
+            cr_assert(stage_seq_copy(st, 0, 1, 5, &err) == 0, "%s", err.msg);
+            for (int l = 0; l < 2; l++) {
+                size_t src = (size_t)l * 4 * n_ctx * kvd, dst = src + (size_t)n_ctx * kvd;
+                memcpy(rs.kc + dst, rs.kc + src, sizeof(double) * 5 * kvd);
+                memcpy(rs.vc + dst, rs.vc + src, sizeof(double) * 5 * kvd);
+            }
+        }
         struct stage_batch b = {.n_tokens = n, .seq_ids = seq, .positions = pos, .hidden = hidden};
         cr_assert(stage_forward(st, &b, &err) == 0, "step %zu: %s", k, err.msg);
         for (int t = 0; t < n; t++)
@@ -827,13 +837,13 @@ static void check_stage(enum model_arch arch, enum ifd_dtype dtype, bool no_subg
                   n, e);
     }
     /* a gap in positions is refused with a message, nothing run */
-    int32_t seq_bad = 1, pos_bad = 5;
+    int32_t seq_bad = 3, pos_bad = 5;
     struct stage_batch bad = {.n_tokens = 1, .seq_ids = &seq_bad, .positions = &pos_bad, .hidden = hidden};
     cr_expect(stage_forward(st, &bad, &err) == -EINVAL);
     cr_expect(strstr(err.msg, "does not continue") != NULL, "%s", err.msg);
     struct stage_stats stats;
     st->ops->get_stats(st, &stats);
-    cr_expect(stats.tokens == 19 && stats.device_memory_bytes > 0);
+    cr_expect(stats.tokens == 21 && stats.device_memory_bytes > 0);
     stage_destroy(st);
     free(rs.kc);
     free(rs.vc);

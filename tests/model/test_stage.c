@@ -2,9 +2,11 @@
  * stage_*() wrappers: a fake implementation and the CPU stage accept and
  * refuse the same batches with the same errno and message (the Vulkan stage
  * is held to the same check in tests/gpu/test_gpu_ops.c), and the optional
- * ops are called, or skipped when NULL. */
+ * ops are called, or skipped when NULL. A copied prefix decodes as a
+ * prefilled one. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,6 +22,7 @@ struct fake_stage {
     int forwards;
     int truncates, last_seq, last_keep;
     int reserved;            /* largest reserve_batch asked */
+    int copies;
     struct stage_stats stats;
 };
 
@@ -45,6 +48,13 @@ static int fake_truncate(struct stage *s, int seq_id, int n_keep, ifd_error *err
     return 0;
 }
 
+static int fake_copy(struct stage *s, int src_seq, int dst_seq, int n_pos, ifd_error *err)
+{
+    (void)src_seq, (void)dst_seq, (void)n_pos, (void)err;
+    ((struct fake_stage *)s)->copies++;
+    return 0;
+}
+
 static int fake_reserve(struct stage *s, int n_tokens, ifd_error *err)
 {
     (void)err;
@@ -66,8 +76,8 @@ static void fake_destroy(struct stage *s)
 }
 
 static const struct stage_ops fake_ops = {
-    .name = "fake", .forward = fake_forward, .seq_truncate = fake_truncate, .reserve_batch = fake_reserve,
-    .get_stats = fake_stats, .destroy = fake_destroy,
+    .name = "fake", .forward = fake_forward, .seq_truncate = fake_truncate, .seq_copy = fake_copy,
+    .reserve_batch = fake_reserve, .get_stats = fake_stats, .destroy = fake_destroy,
 };
 
 /* The same without the optional ops. */
@@ -203,6 +213,14 @@ Test(stage, engine_reserves_through_the_op)
     cr_assert_eq(engine_seq_truncate(e, 0, 0, &err), 0, "%s", err.msg);
     cr_assert_eq(stage_seq_len(&a->base, 0), 0);
     cr_assert_eq(stage_seq_len(&b->base, 0), 0);
+    /* a copy the second stage cannot make leaves the slot empty in both */
+    eb.n_tokens = 2;
+    cr_assert_eq(engine_decode(e, &eb, &err), 0, "%s", err.msg);
+    cr_assert_eq(engine_seq_copy(e, 0, 1, 2, &err), -EOPNOTSUPP);
+    cr_assert(strstr(err.msg, "stage 1 (layers 1-"), "%s", err.msg);
+    cr_assert_eq(a->copies, 1, "the first stage copied before the second refused");
+    cr_assert_eq(stage_seq_len(&a->base, 1), 0);
+    cr_assert_eq(stage_seq_len(&b->base, 1), 0);
     engine_destroy(e);
 
     a = fake_create(&fake_ops, 0, L, H, 2, 16, 8);
@@ -210,5 +228,64 @@ Test(stage, engine_reserves_through_the_op)
     cr_assert_eq(engine_create(m, st, 1, &c, NULL, &e, &err), -EINVAL);
     cr_assert(strstr(err.msg, "batches of 8"), "%s", err.msg);
     stage_destroy(&a->base);
+    model_destroy(m);
+}
+
+/* Prefilling a prompt once and copying its cache to other slots gives what
+ * prefilling it in each gives: the copy of a shorter prefix than the source
+ * holds, into a slot that held other positions, continued by the prompt's
+ * last token, gives the source's last logits. Two cpu stages, so the engine
+ * copies in each. */
+Test(stage, copied_prefix_decodes_like_a_prefill)
+{
+    struct model *m = golden_load_model("tinystories-656k");
+    int L = m->cfg.n_layers, V = m->cfg.vocab_size;
+    struct golden g;
+    cr_assert(golden_line(0, &g), "golden line 0 missing");
+    int P = g.n_prompt;
+    cr_assert_geq(P, 3);
+    int splits[3] = {0, 1, L};
+    struct engine_config c = {.n_seq_max = 3, .n_ctx = 32, .n_batch_max = 32, .n_threads = 1};
+    engine *e = NULL;
+    ifd_error err;
+    cr_assert_eq(engine_create_cpu(m, L > 1 ? splits : NULL, L > 1 ? 3 : 0, &c, &e, &err), 0, "%s", err.msg);
+    int32_t seq[32], pos[32];
+    bool want[32] = {0};
+    /* slot 0: the prompt; slot 1: something else, to be overwritten */
+    for (int t = 0; t < P; t++) {
+        seq[t] = 0;
+        pos[t] = t;
+    }
+    want[P - 1] = true;
+    struct engine_batch b = {.n_tokens = P, .tokens = g.prompt, .seq_ids = seq, .positions = pos,
+                             .want_logits = want};
+    cr_assert_eq(engine_decode(e, &b, &err), 0, "%s", err.msg);
+    float *want_logits = malloc(sizeof(float) * (size_t)V);
+    cr_assert_not_null(want_logits);
+    memcpy(want_logits, engine_logits(e), sizeof(float) * (size_t)V);
+    int32_t junk[4] = {5, 6, 7, 8};
+    for (int t = 0; t < 4; t++)
+        seq[t] = 1;
+    want[P - 1] = false;
+    want[3] = true;
+    b = (struct engine_batch){.n_tokens = 4, .tokens = junk, .seq_ids = seq, .positions = pos, .want_logits = want};
+    cr_assert_eq(engine_decode(e, &b, &err), 0, "%s", err.msg);
+
+    for (int dst = 1; dst <= 2; dst++) {
+        cr_assert_eq(engine_seq_copy(e, 0, dst, P - 1, &err), 0, "%s", err.msg);
+        for (int i = 0; i < engine_stage_count(e); i++)
+            cr_assert_eq(stage_seq_len(engine_stage(e, i), dst), P - 1);
+        int32_t s1 = dst, p1 = P - 1;
+        bool w1 = true;
+        b = (struct engine_batch){.n_tokens = 1, .tokens = &g.prompt[P - 1], .seq_ids = &s1, .positions = &p1,
+                                  .want_logits = &w1};
+        cr_assert_eq(engine_decode(e, &b, &err), 0, "%s", err.msg);
+        const float *got = engine_logits(e);
+        for (int v = 0; v < V; v++)
+            cr_assert_float_eq(got[v], want_logits[v], 1e-4f * (1.0f + fabsf(want_logits[v])),
+                               "slot %d, logit %d: %g, prefilled %g", dst, v, got[v], want_logits[v]);
+    }
+    free(want_logits);
+    engine_destroy(e);
     model_destroy(m);
 }
