@@ -240,10 +240,16 @@ int tools_request_parse(const cJSON *root, struct tools_request *ret, struct api
         rc = BAD(e, "parallel_tool_calls", "'parallel_tool_calls' must be a boolean");
         goto fail;
     }
-    /* Limiting a reply to one call is enforcement too (see tool_choice). */
+    /* One call at most is enforced by the grammar of tool_choice required
+     * (a named function is one call anyway); with "auto" the reply may be
+     * text or calls, which no grammar here holds to one call. */
     if (cJSON_IsFalse(ptc) && t.tools) {
-        rc = BAD(e, "parallel_tool_calls", "parallel_tool_calls false is not supported in this build");
-        goto fail;
+        if (t.choice == TOOLS_CHOICE_AUTO) {
+            rc = BAD(e, "parallel_tool_calls", "parallel_tool_calls false is supported with tool_choice \"required\" "
+                     "or a named function, not with \"auto\"");
+            goto fail;
+        }
+        t.one_call = true;
     }
     *ret = t;
     return 0;
@@ -1007,7 +1013,7 @@ static bool allowed(const struct tools_request *t, const char *name)
 
 char *tools_call_wrapper_gbnf(enum tools_format format, const struct tools_request *t, const char *call_rule)
 {
-    bool one = t->choice == TOOLS_CHOICE_NAMED || format == TOOLS_FMT_LLAMA3;
+    bool one = t->choice == TOOLS_CHOICE_NAMED || format == TOOLS_FMT_LLAMA3 || t->one_call;
     char *g = strdup("");
     switch (format) {
     case TOOLS_FMT_LLAMA3:

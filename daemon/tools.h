@@ -50,6 +50,7 @@ struct tools_request {
     enum tools_choice choice;
     char *choice_name;       /* TOOLS_CHOICE_NAMED: the function */
     cJSON *kwargs;           /* validated copy of "chat_template_kwargs", NULL when absent */
+    bool one_call;           /* parallel_tool_calls false (with tool_choice required): at most one call */
 };
 
 /* Reads tools, tool_choice and chat_template_kwargs from a request body.

@@ -88,6 +88,7 @@ Test(tools, request_tools_invalid)
     expect_400("\"tools\":[" TIME_TOOL "],\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"nope\"}}",
                "tool_choice");
     expect_400("\"tools\":[" TIME_TOOL "],\"tool_choice\":{\"function\":{\"name\":\"get_time\"}}", "tool_choice");
+    /* false holds only where a grammar enforces the calls */
     expect_400("\"tools\":[" TIME_TOOL "],\"parallel_tool_calls\":false", "parallel_tool_calls");
     expect_400("\"parallel_tool_calls\":1", "parallel_tool_calls");
 }
@@ -498,6 +499,15 @@ Test(tools, call_grammar)
                        "%s", g);
     cr_assert_not_null(strstr(g, "args-1 ::= object\n"));
     cr_assert_not_null(strstr(g, "object ::= "));
+    free(g);
+    /* parallel_tool_calls false: one block, in the wrapper the daemon uses */
+    t.one_call = true;
+    g = tools_call_wrapper_gbnf(TOOLS_FMT_HERMES, &t, "c");
+    cr_assert_str_eq(g, "block ::= \"<tool_call>\\n\" c \"\\n</tool_call>\"\nroot ::= block\n");
+    free(g);
+    t.one_call = false;
+    g = tools_call_wrapper_gbnf(TOOLS_FMT_MISTRAL, &t, "c");
+    cr_assert_str_eq(g, "root ::= \"[TOOL_CALLS][\" c ( \", \" c )* \"]\"\n");
     free(g);
     t.choice = TOOLS_CHOICE_NAMED;
     t.choice_name = strdup("get_time");

@@ -1535,6 +1535,13 @@ def group_tools(binary):
                           (not named or (len(calls) == 1 and calls[0]["function"]["name"] == "get_time" and
                                          r["choices"][0]["finish_reason"] == "tool_calls")),
                           "%s tool_choice %s: %s" % (os.path.basename(model_dir), choice, r))
+                    if not named:
+                        # parallel_tool_calls false: exactly one call, ended by the grammar.
+                        st1, r1 = d2.json("POST", "/v1/chat/completions",
+                                          dict(base, tool_choice=choice, parallel_tool_calls=False))
+                        c1 = r1["choices"][0]["message"].get("tool_calls") or [] if st1 == 200 else []
+                        check(len(c1) == 1 and valid_call(c1[0]) and r1["choices"][0]["finish_reason"] == "tool_calls",
+                              "%s required, parallel_tool_calls false: %s" % (os.path.basename(model_dir), r1))
                     st, h, ev = d2.stream("/v1/chat/completions", dict(base, tool_choice=choice, stream=True))
                     names = [tc["function"]["name"] for e in ev[:-1] for c in e["choices"]
                              for tc in c["delta"].get("tool_calls", []) if "name" in tc.get("function", {})]
