@@ -724,6 +724,19 @@ static int sc_ref(struct sc *c, const cJSON *ref, const struct path *p, int dept
     return sc_schema_at(c, target, &tp, depth + 1, rule);
 }
 
+/* Writes "r<rule> ::= rF | rF+1 | ... " over n new rules, which the caller
+ * then defines (anyOf/oneOf, type lists); returns F, the first of them. */
+static int sc_union_rule(struct sc *c, int rule, int n)
+{
+    int first = c->n_rules + 1;
+    c->n_rules += n;
+    sb_printf(c->out, "r%d ::=", rule);
+    for (int i = 0; i < n; i++)
+        sb_printf(c->out, "%s r%d", i ? " |" : "", first + i);
+    sb_put(c->out, "\n", 1);
+    return first;
+}
+
 /* Writes "r<rule> ::= alternatives of the list" for anyOf/oneOf/allOf(1). */
 static int sc_alternatives(struct sc *c, const cJSON *list, const char *key, const struct path *p, int depth, int rule)
 {
@@ -733,12 +746,7 @@ static int sc_alternatives(struct sc *c, const cJSON *list, const char *key, con
         return sc_fail(c, &kp, "'%s' must be a non-empty array of schemas", key);
     if (strcmp(key, "allOf") == 0 && n != 1)
         return sc_fail(c, &kp, "%s", "'allOf' with more than one schema is not supported");
-    int first = c->n_rules + 1;
-    c->n_rules += n;
-    sb_printf(c->out, "r%d ::=", rule);
-    for (int i = 0; i < n; i++)
-        sb_printf(c->out, "%s r%d", i ? " |" : "", first + i);
-    sb_put(c->out, "\n", 1);
+    int first = sc_union_rule(c, rule, n);
     const cJSON *it;
     int i = 0;
     cJSON_ArrayForEach(it, list) {
@@ -1075,12 +1083,7 @@ static int sc_schema_at(struct sc *c, const cJSON *s, const struct path *p, int 
     int n = cJSON_GetArraySize(type);
     if (!cJSON_IsArray(type) || n == 0)
         return sc_fail(c, &kp, "%s", "'type' must be a string or a non-empty array of strings");
-    int first = c->n_rules + 1;
-    c->n_rules += n;
-    sb_printf(c->out, "r%d ::=", rule);
-    for (int i = 0; i < n; i++)
-        sb_printf(c->out, "%s r%d", i ? " |" : "", first + i);
-    sb_put(c->out, "\n", 1);
+    int first = sc_union_rule(c, rule, n);
     const cJSON *t;
     int i = 0;
     cJSON_ArrayForEach(t, type) {
