@@ -69,6 +69,12 @@ struct sched_seq {
     int n_plp;
     size_t n_fed;                /* prompt tokens already in the KV cache */
     int n_past;                  /* positions in the KV cache */
+    /* [n_ctx]: the token of every position the slot holds or is about to
+     * hold: the prompt from admission on, then each generated token once it
+     * is fed. hist[0..n_past) is exactly what the KV cache was computed
+     * from, so a cache can be matched against a new prompt or rebuilt from
+     * it; the prefill reads its chunks from here. */
+    int32_t *hist;
     bool generating;             /* prompt done; next_token is the token to feed */
     /* A follower (req->share_id) admitted while its leader prefills: it
      * feeds nothing until the leader's last prompt token, then takes a copy
@@ -118,6 +124,7 @@ struct sched {
     bool no_seq_copy;
 
     struct sched_seq *seqs;      /* [n_seq_max] */
+    int32_t *hist;               /* [n_seq_max * n_ctx]: the slots' hist arrays */
     /* Batch scratch, sized once for n_batch_max. */
     int32_t *b_tokens, *b_seq_ids, *b_pos;
     bool *b_want;
@@ -207,6 +214,9 @@ int sched_create(engine *e, const tokenizer *tok, const struct gen_stop_set *sto
     pthread_cond_init(&s->work_cv, NULL);
     int nb = cfg->n_batch_max;
     s->seqs = calloc((size_t)cfg->n_seq_max, sizeof(*s->seqs));
+    s->hist = malloc(sizeof(int32_t) * (size_t)cfg->n_seq_max * (size_t)cfg->n_ctx);
+    for (int i = 0; s->seqs && s->hist && i < cfg->n_seq_max; i++)
+        s->seqs[i].hist = s->hist + (size_t)i * (size_t)cfg->n_ctx;
     s->b_tokens = malloc(sizeof(int32_t) * (size_t)nb);
     s->b_seq_ids = malloc(sizeof(int32_t) * (size_t)nb);
     s->b_pos = malloc(sizeof(int32_t) * (size_t)nb);
@@ -217,7 +227,7 @@ int sched_create(engine *e, const tokenizer *tok, const struct gen_stop_set *sto
     s->logits_share = malloc(sizeof(float) * (size_t)s->n_vocab);
     s->order = malloc(sizeof(int) * (size_t)cfg->n_seq_max);
     s->normed = malloc(sizeof(float) * (size_t)s->hidden);
-    if (!s->seqs || !s->b_tokens || !s->b_seq_ids || !s->b_pos || !s->b_want || !s->row_seq || !s->row_ppos ||
+    if (!s->seqs || !s->hist || !s->b_tokens || !s->b_seq_ids || !s->b_pos || !s->b_want || !s->row_seq || !s->row_ppos ||
         !s->logits_copy || !s->logits_share || !s->order || !s->normed) {
         sched_destroy(s);
         return ifd_error_set(err, -ENOMEM, "scheduler: out of memory");
@@ -253,6 +263,7 @@ void sched_destroy(struct sched *s)
         free(s->seqs[i].pending);
     grammar_vocab_destroy(s->gvocab);
     free(s->seqs);
+    free(s->hist);
     free(s->b_tokens);
     free(s->b_seq_ids);
     free(s->b_pos);
@@ -533,6 +544,7 @@ static bool leader_prefilling(const struct sched *s, uint64_t id)
 /* Under s->mu: a queued request takes slot q. */
 static int seq_admit(struct sched *s, struct sched_seq *q, struct sched_req *r)
 {
+    memcpy(q->hist, r->prompt, sizeof(int32_t) * r->n_prompt);
     if (r->embed) {
         /* Nothing is sampled or detokenized: the slot only prefills. */
         q->req = r;
@@ -854,7 +866,7 @@ static void sched_step(struct sched *s)
         }
         for (int j = 0; j < take; j++) {
             size_t pi = q->n_fed + (size_t)j;
-            s->b_tokens[n] = q->req->prompt[pi];
+            s->b_tokens[n] = q->hist[pi];
             s->b_seq_ids[n] = i;
             s->b_pos[n] = q->n_past + j;
             s->b_want[n] = plp;
@@ -901,9 +913,11 @@ static void sched_step(struct sched *s)
         return;
     }
 
-    /* Advance positions. */
+    /* Advance positions; a generated token fed this step joins the history
+     * (a prompt token is there from admission). */
     for (int j = 0; j < n; j++) {
         struct sched_seq *q = &s->seqs[s->b_seq_ids[j]];
+        q->hist[q->n_past] = s->b_tokens[j];
         q->n_past++;
         if (!q->generating)
             q->n_fed++;
