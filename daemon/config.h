@@ -110,6 +110,7 @@ struct inferd_config {
     char *worker_listen;      /* role=worker: "host:port", default 0.0.0.0:10128 */
     char *cache_dir;          /* worker tensor cache */
     size_t cache_max_bytes;   /* worker: cache quota; 0 = half of the cache's file system */
+    size_t memory_max_bytes;  /* worker: most memory its layers (weights + KV cache) may take; 0 = what is available */
 
     /* [cluster] and [worker.NAME] */
     char *cluster_key_file;       /* shared secret for master<->worker authentication */

@@ -458,12 +458,14 @@ Test(config, worker_cluster_limits)
     ifd_error err = {{0}};
     cr_assert_eq(parse(&c, "[node]\n", &err), 0, "%s", err.msg);
     cr_assert_eq(c.cache_max_bytes, 0, "default quota: half of the file system (0)");
+    cr_assert_eq(c.memory_max_bytes, 0, "default: the memory the machine has available");
     cr_assert_eq(c.cluster_io_timeout_s, 30, "docs/protocol.md promises 30 s");
     cr_assert_eq(c.n_next_hops, 0);
     inferd_config_finish(&c);
-    cr_assert_eq(parse(&c, "[node]\ncache_max_bytes = 10G\n[cluster]\nio_timeout = 5\n"
+    cr_assert_eq(parse(&c, "[node]\ncache_max_bytes = 10G\nmemory_max_bytes = 512M\n[cluster]\nio_timeout = 5\n"
                            "next_hops = 10.0.0.2:10128, 10.0.0.3 [::1]:7\n", &err), 0, "%s", err.msg);
     cr_assert_eq(c.cache_max_bytes, (size_t)10 << 30);
+    cr_assert_eq(c.memory_max_bytes, (size_t)512 << 20);
     cr_assert_eq(c.cluster_io_timeout_s, 5);
     cr_assert_eq(c.n_next_hops, 3);
     cr_assert_str_eq(c.next_hops[0], "10.0.0.2:10128");
@@ -475,6 +477,7 @@ Test(config, worker_cluster_limits)
         {"[cluster]\nio_timeout = 3601\n", "out of range"},
         {"[cluster]\nnext_hops = host:99999\n", "bad port"},
         {"[node]\ncache_max_bytes = 1T\n", "[node] cache_max_bytes"},
+        {"[node]\nmemory_max_bytes = lots\n", "[node] memory_max_bytes"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         memset(&err, 0, sizeof(err));

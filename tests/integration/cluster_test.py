@@ -8,6 +8,10 @@ Groups:
               (tinystories-656k, its bf16-sharded copy, qwen3-tiny-random), and a
               master that keeps a layer itself (local + remote stages)
   concurrent  concurrent requests through the cluster, each equal to its single-node output
+  placement   layers = auto places within each worker's [node] memory_max_bytes,
+              counting the KV cache of the master's context and sequences: a
+              larger KV cache moves layers off the capped worker; an explicit
+              range over the cap is refused with an error naming the key
   model_switch one worker stays up while its master is restarted on models of
               other hidden sizes, context lengths and sequence counts (64 -> 128
               -> 64 wide), the last time under a pre-auth flood: goldens each time
@@ -74,10 +78,15 @@ class Proc:
 
 
 class Worker(Proc):
-    def __init__(self, binary, key, name, port=None, cache=None, extra=()):
+    def __init__(self, binary, key, name, port=None, cache=None, extra=(), conf=None):
         self.port = port or free_port()
         self.cache = cache or os.path.join(TMP, "cache-" + name)
-        args = [binary, "--config", "/dev/null", "--role", "worker", "--listen", "127.0.0.1:%d" % self.port,
+        conf_path = "/dev/null"
+        if conf:
+            conf_path = os.path.join(TMP, "worker-%s.conf" % name)
+            with open(conf_path, "w") as f:
+                f.write(conf)
+        args = [binary, "--config", conf_path, "--role", "worker", "--listen", "127.0.0.1:%d" % self.port,
                 "--cache-dir", self.cache, "--threads", "1", *extra]
         if key:
             args += ["--cluster-key-file", key]
@@ -253,6 +262,69 @@ def group_golden(binary):
                         m.logtext()), "the master logs the split and why")
     finally:
         stop_all(m, w1, w2)
+
+
+def auto_ranges(m):
+    s = m.status()
+    ws = sorted(s["workers"], key=lambda w: w["layer_first"]) if s else []
+    return [(w["name"], w["layer_first"], w["layer_last"]) for w in ws]
+
+
+def group_placement(binary):
+    key = key_file("placement.key")
+    ctl = os.path.join(os.path.dirname(binary), "inferctl")
+    path = os.path.join(TMP, "qwen2-8layers")
+    out = subprocess.run([ctl, "model", "generate", "--preset", "tiny-qwen2", "--layers", "8", "--tokenizer-from",
+                          os.path.join(MODELS, "qwen2-tiny-random"), path], capture_output=True, text=True)
+    check(out.returncode == 0, "generate the 8-layer model: %s" % out.stderr)
+    # One layer at 128 sequences x 512 positions: 16 MiB of KV cache
+    # (F32 K and V, 2 heads x 16) beside a few KiB of weights; at 16
+    # sequences, 2 MiB. The master keeps a tenth of what a worker reports and
+    # 128 MiB for the worker itself (cluster.c auto_max_layers), so a cap of
+    # 187 MiB holds 2 layers at the larger cache and every layer at the
+    # smaller one.
+    cap = 187 << 20
+    for seqs, capped_most in [(128, 2), (16, 8)]:
+        capped = Worker(binary, key, "capped-%d" % seqs, conf="[node]\nmemory_max_bytes = %d\n" % cap)
+        free = Worker(binary, key, "free-%d" % seqs)
+        m = Master(binary, path, [(capped.addr, "auto"), (free.addr, "auto")], key,
+                   extra=("--max-sequences", str(seqs), "--context-length", "512"))
+        try:
+            st, r = m.complete([1, 2, 3, 4], 4)
+            check(st == 200 and r["usage"]["completion_tokens"] >= 1, "placement (%d sequences) serves: %s" % (seqs, r))
+            ranges = auto_ranges(m)
+            check(len(ranges) == 2 and ranges[0][1] == 0 and ranges[0][2] == ranges[1][1] and ranges[1][2] == 8,
+                  "%d sequences: the auto split covers layers 0-7 once: %s" % (seqs, ranges))
+            status = m.status()
+            caps = [w for w in status["workers"] if w.get("address") == capped.addr]
+            check(caps and caps[0]["layer_last"] - caps[0]["layer_first"] <= capped_most,
+                  "%d sequences: the capped worker holds at most %d layers: %s" % (seqs, capped_most, ranges))
+            check(caps and 0 < caps[0]["mem_available"] <= cap,
+                  "the capped worker reports its cap, not the machine's memory: %s" % caps)
+            if seqs == 16:
+                check(caps and caps[0]["layer_last"] - caps[0]["layer_first"] > 2,
+                      "a smaller KV cache lets the capped worker take more than 2 layers: %s" % ranges)
+            check(re.search(r"layers = auto: each of layers 0-7 takes up to .* MiB, its weights and its KV cache "
+                            r"for %d sequences x 512 positions" % seqs, m.logtext()),
+                  "the master logs what one layer takes, KV cache included")
+            check(re.search(r"Reporting .* GiB available \(\[node\] memory_max_bytes\)", capped.logtext()),
+                  "the capped worker says its report is its cap")
+        finally:
+            stop_all(m, capped, free)
+
+    # An explicit range over the cap: refused by the worker before a byte is
+    # sent, the master not ready, and the reason names the key.
+    capped = Worker(binary, key, "capped-explicit", conf="[node]\nmemory_max_bytes = 64M\n")
+    m = Master(binary, path, [(capped.addr, "0-7")], key, wait=False,
+               extra=("--max-sequences", "128", "--context-length", "512"))
+    try:
+        pattern = (r"layers 0-7 need [0-9.]+ MiB \([0-9.]+ MiB of weights, 128\.0 MiB of KV cache for 128 sequences "
+                   r"x 512 positions\), over this worker's \[node\] memory_max_bytes of 64\.0 MiB")
+        check(m.wait_log(pattern), "an assignment over the cap is refused, the master's log says why")
+        check(re.search(pattern, capped.logtext()), "and the worker's log too")
+        check(m.health() != 200, "a master whose worker refused its layers is not healthy")
+    finally:
+        stop_all(m, capped)
 
 
 def group_concurrent(binary):
@@ -582,7 +654,7 @@ def main():
         sys.exit(__doc__)
     binary, group = sys.argv[1], sys.argv[2]
     groups = {"golden": group_golden, "concurrent": group_concurrent, "faults": group_faults,
-              "vulkan": group_vulkan, "model_switch": group_model_switch}
+              "vulkan": group_vulkan, "model_switch": group_model_switch, "placement": group_placement}
     try:
         groups[group](binary)
     except Exception as e:  # noqa: BLE001 - report and fail
