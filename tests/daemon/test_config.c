@@ -141,6 +141,20 @@ Test(config, bad_values_name_line_and_key)
     }
 }
 
+/* A worker's bound on its layers means nothing to a master: refused, not ignored. */
+Test(config, memory_max_bytes_is_for_workers)
+{
+    struct inferd_config c;
+    ifd_error err = {{0}};
+    cr_assert_eq(parse(&c, "[model]\npath=/m\n[node]\nmemory_max_bytes = 1G\n", &err), 0, "%s", err.msg);
+    cr_assert_lt(inferd_config_validate(&c, &err), 0);
+    cr_assert(strstr(err.msg, "[node] memory_max_bytes is for role=worker"), "%s", err.msg);
+    inferd_config_finish(&c);
+    cr_assert_eq(parse(&c, "[node]\nrole = worker\nmemory_max_bytes = 1G\n", &err), 0, "%s", err.msg);
+    cr_assert_eq(inferd_config_validate(&c, &err), 0, "%s", err.msg);
+    inferd_config_finish(&c);
+}
+
 Test(config, overlapping_workers_are_an_error)
 {
     struct inferd_config c;
