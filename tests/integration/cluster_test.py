@@ -8,6 +8,8 @@ Groups:
               (tinystories-656k, its bf16-sharded copy, qwen3-tiny-random), and a
               master that keeps a layer itself (local + remote stages)
   concurrent  concurrent requests through the cluster, each equal to its single-node output
+  prefix      a multi-turn chat keeps each turn's cache on every node (cached_tokens > 0),
+              its text equal to a single node's with prefix_cache = false
   model_switch one worker stays up while its master is restarted on models of
               other hidden sizes, context lengths and sequence counts (64 -> 128
               -> 64 wide), the last time under a pre-auth flood: goldens each time
@@ -30,7 +32,7 @@ import tempfile
 import threading
 import time
 
-from harness import FAILURES, MODELS, check, free_port, goldens, wait_ready
+from harness import FAILURES, MODELS, cached_tokens, chat_conversation, check, free_port, goldens, wait_ready
 
 TMP = tempfile.mkdtemp(prefix="inferd-cluster-test-")
 
@@ -577,12 +579,52 @@ def group_vulkan(binary):
             stop_all(m, w)
 
 
+def group_prefix(binary):
+    """prefix_cache through master + 2 workers: each turn of a chat keeps the
+    cache the turn before left on every node (the master truncates the
+    workers' slots to what it keeps), and the text is a single node's
+    without the cache."""
+    key = key_file("prefix.key")
+    path = os.path.join(MODELS, "qwen3-tiny-random")
+    off = os.path.join(TMP, "prefix-off.conf")
+    with open(off, "w") as f:
+        f.write("[server]\nprefix_cache = false\n")
+    turns = ["What is the weather in Paris today?", "And tomorrow?", "What should I wear then?", "Thanks!"]
+
+    def chat_on(m):
+        def chat(msgs):
+            st, payload = m.request("POST", "/v1/chat/completions",
+                                    {"messages": msgs, "max_tokens": 16, "temperature": 0})
+            r = json.loads(payload) if st == 200 else {}
+            check(st == 200, "prefix chat: %s %s" % (st, payload[:300]))
+            return (r["choices"][0]["message"].get("content") or "", r.get("usage")) if st == 200 else ("", None)
+        return chat
+
+    cold = Master(binary, path, extra=("--config", off))
+    try:
+        want = chat_conversation(chat_on(cold), turns)
+    finally:
+        stop_all(cold)
+    m, w1, w2 = cluster_up(binary, path, key)
+    try:
+        got = chat_conversation(chat_on(m), turns)
+        for t, ((text, usage), (wtext, wusage)) in enumerate(zip(got, want)):
+            check(text == wtext, "turn %d: cluster with prefix_cache says what one node without says:\n got %r\n"
+                  "want %r" % (t + 1, text, wtext))
+            check(cached_tokens(wusage) == 0, "turn %d: prefix_cache off caches nothing: %s" % (t + 1, wusage))
+            c = cached_tokens(usage)
+            check(c is not None and (c > 0 if t > 0 else c == 0) and c < usage["prompt_tokens"],
+                  "turn %d through the cluster: cached_tokens %s" % (t + 1, usage))
+    finally:
+        stop_all(m, w1, w2)
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
     binary, group = sys.argv[1], sys.argv[2]
     groups = {"golden": group_golden, "concurrent": group_concurrent, "faults": group_faults,
-              "vulkan": group_vulkan, "model_switch": group_model_switch}
+              "vulkan": group_vulkan, "model_switch": group_model_switch, "prefix": group_prefix}
     try:
         groups[group](binary)
     except Exception as e:  # noqa: BLE001 - report and fail
