@@ -642,10 +642,13 @@ static void sched_caches_drop(struct sched *s)
 }
 
 /* Under s->mu: slot q, free, keeps the first `keep` positions of its cache
- * (seq_pick) and drops the rest, so that r prefills only what follows. */
+ * (seq_pick) and drops the rest, so that r prefills only what follows. The
+ * truncation goes out even when it drops nothing: a worker that restarted
+ * since the cache was computed holds none of it and answers -ESTALE
+ * (docs/protocol.md, KV_TRUNCATE), and the slot then prefills from 0. */
 static void seq_cache_keep(struct sched *s, struct sched_seq *q, int keep)
 {
-    if (keep == q->n_past)
+    if (q->n_past == 0)
         return;
     ifd_error err;
     if (keep == 0 || engine_seq_truncate(s->e, (int)(q - s->seqs), keep, &err) < 0) {

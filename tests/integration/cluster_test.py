@@ -615,6 +615,24 @@ def group_prefix(binary):
             c = cached_tokens(usage)
             check(c is not None and (c > 0 if t > 0 else c == 0) and c < usage["prompt_tokens"],
                   "turn %d through the cluster: cached_tokens %s" % (t + 1, usage))
+        # A worker restarted while idle comes back with no cache: the master's
+        # KV_TRUNCATE to the kept length gets -ESTALE and the turn prefills
+        # again (cached_tokens 0) instead of failing; the next keeps its cache.
+        msgs = [{"role": "user", "content": "What is the weather in Paris today?"}]
+        first = chat_on(m)(msgs)
+        msgs += [{"role": "assistant", "content": first[0]}, {"role": "user", "content": "And tomorrow?"}]
+        port = w2.port
+        w2.stop()
+        w2 = Worker(binary, key, "prefix-w2-again", port=port)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            s = m.status()
+            if s and all(w["state"] == "ready" for w in s["workers"]) and s["workers"][1]["reconnects"] > 0:
+                break
+            time.sleep(0.1)
+        again = [chat_on(m)(msgs) for _ in range(2)]
+        check(cached_tokens(again[0][1]) == 0 and cached_tokens(again[1][1]) > 0 and again[0][0] == again[1][0],
+              "after a worker restart: one prefill, then the cache again: %s" % again)
     finally:
         stop_all(m, w1, w2)
 
