@@ -159,7 +159,7 @@ struct conn {
     size_t parse_cost;          /* held from srv's parse budget */
     int status;
     int tokens_in, tokens_out;
-    int tokens_cached;       /* of tokens_in, served from the prefix cache (the first choice's) */
+    int tokens_cached;          /* of tokens_in, kept from a slot's cache (the first choice's) */
 
     char *cors_origin;          /* the request's Origin when cors_origins allows it, else NULL */
     char *cors_preflight_headers; /* an allowed preflight's Access-Control-Request-Headers */
@@ -1819,8 +1819,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     int status = k->status;
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && status == 200)
         status = 499;
-    log_info("%s %s %d prompt=%d completion=%d %.1fms%s", k->method, k->path ? k->path : "?", status, k->tokens_in,
-             k->tokens_out, (now_mono() - k->t0) * 1000.0,
+    log_info("%s %s %d prompt=%d cached=%d completion=%d %.1fms%s", k->method, k->path ? k->path : "?", status,
+             k->tokens_in, k->tokens_cached, k->tokens_out, (now_mono() - k->t0) * 1000.0,
              toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection closed early)");
     /* HTTP requests are counted server-wide, on the default model's metrics. */
     const struct served_model *dm = app->models ? models_default(app->models) : NULL;

@@ -556,7 +556,7 @@ static bool leader_prefilling(const struct sched *s, uint64_t id)
  * (share_prefill) instead of prefilling. */
 static bool req_will_wait(const struct sched *s, const struct sched_req *r)
 {
-    return r->share_id && !r->embed && !s->no_seq_copy && leader_prefilling(s, r->share_id);
+    return r->share_id && !s->no_seq_copy && leader_prefilling(s, r->share_id);
 }
 
 /* Under s->mu: whether r may start from positions a slot's cache holds.

@@ -2085,6 +2085,8 @@ def group_prefix(binary):
             st, s = hot.json("GET", "/v1/status")
             check(st == 200 and s.get("tokens", {}).get("prompt_cached_total") == cached,
                   "/v1/status tokens.prompt_cached_total: %s" % s.get("tokens"))
+            check(any(" 200 prompt=" in ln and " cached=0 " not in ln and " cached=" in ln
+                      for ln in hot.logtext().splitlines()), "the request log line says what was cached")
 
 
 GROUPS = {
