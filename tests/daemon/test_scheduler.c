@@ -745,7 +745,8 @@ static int concat3(int32_t *dst, const int32_t *a, int na, const int32_t *b, int
     cr_assert_leq(na + nb + nc, MAX_IDS);
     memcpy(dst, a, sizeof(int32_t) * (size_t)na);
     memcpy(dst + na, b, sizeof(int32_t) * (size_t)nb);
-    memcpy(dst + na + nb, c, sizeof(int32_t) * (size_t)nc);
+    if (nc > 0)
+        memcpy(dst + na + nb, c, sizeof(int32_t) * (size_t)nc);
     return na + nb + nc;
 }
 
@@ -885,9 +886,11 @@ Test(scheduler, prefix_cache_after_cancel_is_consistent)
     fx_down(&hot);
 }
 
-/* n choices of a next turn: the first keeps the cache, the others copy its
- * prompt cache and report what it kept; on an engine that cannot copy
- * (a remote stage's case) each prefills and reports what its own slot kept. */
+/* n choices of a next turn: the first keeps the cache; the others copy its
+ * prompt cache and report what it kept, or, admitted after its prompt ran
+ * or on an engine that cannot copy (a remote stage's case), prefill
+ * themselves and report what their own slot kept: nothing, the one cache
+ * being the first's. What each reports is what the engine ran. */
 Test(scheduler, prefix_cache_choices_report_what_was_kept)
 {
     enum { N = 3, MAXT = 12 };
@@ -907,11 +910,18 @@ Test(scheduler, prefix_cache_choices_report_what_was_kept)
         struct sched_req_params p = story_params(&a, MAXT);
         p.prompt = p2;
         p.n_prompt = (size_t)n2;
+        uint64_t t0 = tokens_run(&f), want = 0;
         run_choices_cached(&f, &p, N, -1, ids, n_ids, cached);
         cr_assert_eq(cached[0], a.n_prompt + MAXT - 1);
-        for (int i = 1; i < N; i++)
-            cr_assert_eq(cached[i], copyless ? 0 : cached[0], "copyless %d: choice %d kept %d", copyless, i,
-                         cached[i]);
+        for (int i = 0; i < N; i++) {
+            bool copied = i > 0 && !copyless && cached[i] == cached[0];
+            if (i > 0 && !copied)
+                cr_assert_eq(cached[i], 0, "copyless %d: choice %d kept %d", copyless, i, cached[i]);
+            /* its own prefill, then every generated token but the last */
+            want += (copied ? 0 : (uint64_t)(n2 - cached[i])) + (uint64_t)(n_ids[i] - 1);
+        }
+        cr_assert_eq(tokens_run(&f) - t0, want, "copyless %d: the engine ran %llu tokens, the counts say %llu",
+                     copyless, (unsigned long long)(tokens_run(&f) - t0), (unsigned long long)want);
         /* choice 0's slot now holds p2: alone, p2 keeps all but its last */
         run_choices_cached(&f, &p, 1, -1, alone, n_alone, cached);
         cr_assert_eq(cached[0], n2 - 1);
