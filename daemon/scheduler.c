@@ -587,7 +587,8 @@ static int seq_prefix_len(const struct sched_seq *q, const struct sched_req *r)
  * when an empty slot is there too, only if it keeps at least half of what
  * that cache holds: a prompt that shares no more than a system prompt with
  * another conversation then leaves that conversation's cache for its next
- * turn, as llama.cpp's slot similarity threshold does. With nothing worth
+ * turn (llama.cpp's --slot-prompt-similarity is a threshold of the same
+ * kind, a share of the slot's cache). With nothing worth
  * keeping, an empty slot, else the least recently released cache. */
 static int seq_pick(const struct sched *s, const struct sched_req *r, int *ret_keep)
 {
