@@ -32,6 +32,7 @@ int inferd_config_init(struct inferd_config *c)
     c->max_seqs = 8;
     c->ctx_len = 0;
     c->prefill_chunk = 128;
+    c->prefix_cache = true;
     c->drain_timeout_s = 30;
     c->max_connections = 512;
     c->max_connections_per_ip = 32;
@@ -565,6 +566,8 @@ static int config_set(struct inferd_config *c, const char *section, const char *
         return parse_int(v, 0, 1 << 20, what, &c->ctx_len, err);
     if (IS("server", "prefill_chunk"))
         return parse_int(v, 1, 8192, what, &c->prefill_chunk, err);
+    if (IS("server", "prefix_cache"))
+        return parse_bool(v, what, &c->prefix_cache, err);
     if (IS("server", "drain_timeout"))
         return parse_int(v, 0, 3600, what, &c->drain_timeout_s, err);
     if (IS("server", "max_connections"))

@@ -272,6 +272,7 @@ static int load_entry(struct models *ms, struct entry *E, ifd_error *err)
         .n_batch_max = ec.n_batch_max,
         .prefill_chunk = cfg->prefill_chunk,
         .queue_depth = __atomic_load_n(&ms->queue_depth, __ATOMIC_RELAXED),
+        .prefix_cache = cfg->prefix_cache,
     };
     if ((r = sched_create(E->eng, E->tok, &E->stops, &sc, E->metrics, &E->sched, err)) < 0)
         return r;

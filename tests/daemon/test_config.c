@@ -47,7 +47,8 @@ Test(config, full_file)
     ifd_error err = {{0}};
     int r = parse(&c,
                   "[server]\nlisten = 0.0.0.0:9000\napi_keys = k1, k2\nmax_body_bytes = 2M\nqueue_depth = 5\n"
-                  "max_sequences = 4\ncontext_length = 1024\nprefill_chunk = 64\nlog_level = debug\n"
+                  "max_sequences = 4\ncontext_length = 1024\nprefill_chunk = 64\nprefix_cache = off\n"
+                  "log_level = debug\n"
                   "[model]\npath = /models/x\nchat_template = /t.jinja\nquantize = q8\nquantize_group_size = 32\n"
                   "[node]\nrole = master\nbackend = cpu\ndevice = 2\nthreads = 3\ncache_dir = /var/cache/x\n"
                   "[cluster]\nkey_file = /etc/inferd/cluster.key\nallow_insecure = true\n"
@@ -63,6 +64,7 @@ Test(config, full_file)
     cr_assert_eq(c.max_seqs, 4);
     cr_assert_eq(c.ctx_len, 1024);
     cr_assert_eq(c.prefill_chunk, 64);
+    cr_assert(!c.prefix_cache);
     cr_assert_eq(c.log_level, 7);
     cr_assert_str_eq(c.model_path, "/models/x");
     cr_assert_str_eq(c.chat_template_path, "/t.jinja");
@@ -98,6 +100,7 @@ Test(config, defaults)
     cr_assert_eq(c.backend, INFERD_BACKEND_AUTO);
     cr_assert_str_eq(c.cache_dir, "/var/cache/inferd");
     cr_assert(!c.allow_insecure_cluster);
+    cr_assert(c.prefix_cache);
     cr_assert_eq(c.n_workers, 0);
     inferd_config_finish(&c);
     inferd_config_finish(&c); /* twice: a zeroed struct is fine */
@@ -125,6 +128,7 @@ Test(config, bad_values_name_line_and_key)
         {"[model]\nreasoning = maybe\n", "test.conf:2: [model] reasoning: 'maybe' is not auto, none or think"},
         {"[model.x]\npath = /m\nreasoning = yes\n", "is not auto, none or think"},
         {"[cluster]\nallow_insecure = maybe\n", "not a boolean"},
+        {"[server]\nprefix_cache = sometimes\n", "test.conf:2: [server] prefix_cache: 'sometimes' is not a boolean"},
         {"[worker.a]\nlayers = 5-2\n", "last layer before first"},
         {"[worker.a]\nlayers = x\n", "FIRST-LAST"},
         {"[worker.a]\nport = 3\n", "unknown key"},

@@ -12,6 +12,8 @@ Groups:
               counting the KV cache of the master's context and sequences: a
               larger KV cache moves layers off the capped worker; an explicit
               range over the cap is refused with an error naming the key
+  prefix      a multi-turn chat keeps each turn's cache on every node (cached_tokens > 0),
+              its text equal to a single node's with prefix_cache = false
   model_switch one worker stays up while its master is restarted on models of
               other hidden sizes, context lengths and sequence counts (64 -> 128
               -> 64 wide), the last time under a pre-auth flood: goldens each time
@@ -34,7 +36,7 @@ import tempfile
 import threading
 import time
 
-from harness import FAILURES, MODELS, check, free_port, goldens, wait_ready
+from harness import FAILURES, MODELS, cached_tokens, chat_conversation, check, free_port, goldens, wait_ready
 
 TMP = tempfile.mkdtemp(prefix="inferd-cluster-test-")
 
@@ -649,12 +651,71 @@ def group_vulkan(binary):
             stop_all(m, w)
 
 
+def group_prefix(binary):
+    """prefix_cache through master + 2 workers: each turn of a chat keeps the
+    cache the turn before left on every node (the master truncates the
+    workers' slots to what it keeps), and the text is a single node's
+    without the cache."""
+    key = key_file("prefix.key")
+    path = os.path.join(MODELS, "qwen3-tiny-random")
+    off = os.path.join(TMP, "prefix-off.conf")
+    with open(off, "w") as f:
+        f.write("[server]\nprefix_cache = false\n")
+    turns = ["What is the weather in Paris today?", "And tomorrow?", "What should I wear then?", "Thanks!"]
+
+    def chat_on(m):
+        def chat(msgs):
+            st, payload = m.request("POST", "/v1/chat/completions",
+                                    {"messages": msgs, "max_tokens": 16, "temperature": 0})
+            r = json.loads(payload) if st == 200 else {}
+            check(st == 200, "prefix chat: %s %s" % (st, payload[:300]))
+            return (r["choices"][0]["message"].get("content") or "", r.get("usage")) if st == 200 else ("", None)
+        return chat
+
+    cold = Master(binary, path, extra=("--config", off))
+    try:
+        want = chat_conversation(chat_on(cold), turns)
+    finally:
+        stop_all(cold)
+    m, w1, w2 = cluster_up(binary, path, key)
+    try:
+        got = chat_conversation(chat_on(m), turns)
+        for t, ((text, usage), (wtext, wusage)) in enumerate(zip(got, want)):
+            check(text == wtext, "turn %d: cluster with prefix_cache says what one node without says:\n got %r\n"
+                  "want %r" % (t + 1, text, wtext))
+            check(cached_tokens(wusage) == 0, "turn %d: prefix_cache off caches nothing: %s" % (t + 1, wusage))
+            c = cached_tokens(usage)
+            check(c is not None and (c > 0 if t > 0 else c == 0) and c < usage["prompt_tokens"],
+                  "turn %d through the cluster: cached_tokens %s" % (t + 1, usage))
+        # A worker restarted while idle comes back with no cache: the master's
+        # KV_TRUNCATE to the kept length gets -ESTALE and the turn prefills
+        # again (cached_tokens 0) instead of failing; the next keeps its cache.
+        msgs = [{"role": "user", "content": "What is the weather in Paris today?"}]
+        first = chat_on(m)(msgs)
+        msgs += [{"role": "assistant", "content": first[0]}, {"role": "user", "content": "And tomorrow?"}]
+        port = w2.port
+        w2.stop()
+        w2 = Worker(binary, key, "prefix-w2-again", port=port)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            s = m.status()
+            if s and all(w["state"] == "ready" for w in s["workers"]) and s["workers"][1]["reconnects"] > 0:
+                break
+            time.sleep(0.1)
+        again = [chat_on(m)(msgs) for _ in range(2)]
+        check(cached_tokens(again[0][1]) == 0 and cached_tokens(again[1][1]) > 0 and again[0][0] == again[1][0],
+              "after a worker restart: one prefill, then the cache again: %s" % again)
+    finally:
+        stop_all(m, w1, w2)
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
     binary, group = sys.argv[1], sys.argv[2]
     groups = {"golden": group_golden, "concurrent": group_concurrent, "faults": group_faults,
-              "vulkan": group_vulkan, "model_switch": group_model_switch, "placement": group_placement}
+              "vulkan": group_vulkan, "model_switch": group_model_switch, "placement": group_placement,
+              "prefix": group_prefix}
     try:
         groups[group](binary)
     except Exception as e:  # noqa: BLE001 - report and fail
