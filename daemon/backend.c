@@ -1,7 +1,10 @@
 #include "backend.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <unistd.h>
 
 #include "model/cpu_stage.h"
 #include "inferd-build-config.h"
@@ -76,4 +79,22 @@ int backend_stage_create(enum inferd_backend backend, int device, const struct m
         return r;
     *ret_name = "cpu";
     return 0;
+}
+
+/* MemAvailable of /proc/meminfo (free memory plus what the kernel can reclaim
+ * without swapping), in bytes; the free page count where it is missing. */
+uint64_t backend_mem_available(void)
+{
+    FILE *f = fopen("/proc/meminfo", "re");
+    char line[256];
+    uint64_t kib = 0;
+    while (f && fgets(line, sizeof(line), f))
+        if (sscanf(line, "MemAvailable: %" SCNu64 " kB", &kib) == 1)
+            break;
+    if (f)
+        fclose(f);
+    if (kib)
+        return kib * 1024;
+    long pages = sysconf(_SC_AVPHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    return pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : 0;
 }

@@ -3,6 +3,8 @@
  * master's own layers beside its workers, and for a worker's range. */
 #pragma once
 
+#include <stdint.h>
+
 #include "config.h"
 #include "base/error.h"
 #include "model/model.h"
@@ -22,3 +24,8 @@ struct thread_pool;
 int backend_stage_create(enum inferd_backend backend, int device, const struct model *m, int first, int last,
                          int n_seq_max, int n_ctx, int n_batch_max, struct thread_pool *pool,
                          struct stage **ret, const char **ret_name, ifd_error *err);
+
+/* What this node may place in memory now: MemAvailable of /proc/meminfo, in
+ * bytes (0 when unknown). A worker reports it in its HELLO; a master weighs
+ * the layers of a failed worker against it. */
+uint64_t backend_mem_available(void);

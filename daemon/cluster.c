@@ -14,7 +14,6 @@
 #include "backend.h"
 #include "layer_split.h"
 #include "log.h"
-#include "log.h"
 #include "model/model_bytes.h"
 #include "remote_stage.h"
 #include "sd.h"
@@ -29,6 +28,10 @@
 struct member {
     struct remote_link *link;
     bool auto_layers;       /* layers = auto: range decided after every such worker reported */
+    /* Holds no layers (an empty range): only connected to report its memory,
+     * until a failover gives it a failed worker's range. A failed worker
+     * whose layers went elsewhere becomes one. */
+    bool standby;
     bool reported;          /* its HELLO has been seen (mem_available, speed_mbps below) */
     uint64_t mem_available;
     uint32_t speed_mbps, n_threads;
@@ -64,6 +67,16 @@ struct cluster {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     bool stopping;
+    /* Failover (under lock): the scheduler thread asks by raising
+     * failover_asked; the supervisor runs it and sets failover_done to the
+     * same count with its result. */
+    int failover_timeout_ms;
+    int64_t failover_memory;      /* [cluster] failover_memory: -1 = what is available */
+    uint64_t master_taken_bytes;  /* taken over by the master in failovers so far */
+    uint64_t failover_asked, failover_done;
+    int failover_rc;
+    ifd_error failover_err;
+    struct metrics_failover failover_last;
 };
 
 static int cmp_member(const void *a, const void *b)
@@ -152,16 +165,30 @@ static int bring_up(struct cluster *c, struct member *mb, ifd_error *err)
     return 0;
 }
 
-/* The most layers of the auto block a worker can hold: what it reported as
- * available, less a tenth and 128 MiB for its own overhead, over the block's
- * largest layer (weights + KV cache). No limit when it reported nothing. */
+/* Bytes a worker holds for layer l: its tensors in the checkpoint (packed
+ * as stored) plus its KV cache for n_seq_max x n_ctx positions. */
+static uint64_t layer_bytes(const struct model *m, int l, int n_seq_max, int n_ctx)
+{
+    return model_bytes_layer(m->st, l) +
+           model_bytes_kv_position(&m->cfg) * (uint64_t)n_ctx * (uint64_t)n_seq_max;
+}
+
+/* The most layers of layer_bytes each (weights + KV cache) a node with
+ * mem_available bytes can hold: less a tenth and 128 MiB for its own
+ * overhead. No limit when it reported nothing. */
+static int fit_layers(uint64_t mem_available, uint64_t layer_bytes)
+{
+    if (!mem_available || !layer_bytes)
+        return INT_MAX;
+    double usable = (double)mem_available * 0.9 - 128.0 * 1048576.0;
+    double n = usable > 0 ? usable / (double)layer_bytes : 0;
+    return n > INT_MAX ? INT_MAX : (int)n;
+}
+
+/* The most layers of the auto block a worker can hold. */
 static int auto_max_layers(const struct cluster *c, const struct member *mb)
 {
-    if (!mb->mem_available || !c->auto_layer_bytes)
-        return INT_MAX;
-    double usable = (double)mb->mem_available * 0.9 - 128.0 * 1048576.0;
-    double n = usable > 0 ? usable / (double)c->auto_layer_bytes : 0;
-    return n > INT_MAX ? INT_MAX : (int)n;
+    return fit_layers(mb->mem_available, c->auto_layer_bytes);
 }
 
 /* Once every auto worker has reported: splits the free block by their speed
@@ -226,6 +253,157 @@ static void wait_locked(struct cluster *c, int ms)
     pthread_cond_timedwait(&c->cond, &c->lock, &ts);
 }
 
+/* After a failed attempt to bring a member up (or report): DOWN, retried
+ * with backoff. */
+static void member_failed(struct member *mb, const ifd_error *err)
+{
+    struct remote_link *l = mb->link;
+    mb->failures++;
+    if (mb->failures == 1 || mb->failures % 20 == 0)
+        log_warn("Worker %s (%s): %s (attempt %d, retrying)", remote_link_name(l), remote_link_addr(l), err->msg,
+                 mb->failures);
+    remote_link_set_state(l, REMOTE_LINK_DOWN, err->msg);
+    mb->backoff_ms = mb->backoff_ms ? mb->backoff_ms * 2 : BACKOFF_MIN_MS;
+    if (mb->backoff_ms > BACKOFF_MAX_MS)
+        mb->backoff_ms = BACKOFF_MAX_MS;
+    mb->next_try_ns = ifd_now_ns() + (uint64_t)mb->backoff_ms * 1000000ull;
+}
+
+static void member_ok(struct member *mb)
+{
+    struct remote_link *l = mb->link;
+    if (mb->failures)
+        log_notice("Worker %s (%s) is back%s after %d failed attempts", remote_link_name(l), remote_link_addr(l),
+                   mb->standby ? " as a standby" : "", mb->failures);
+    mb->failures = 0;
+    mb->backoff_ms = 0;
+    mb->last_ping_ns = ifd_now_ns();
+}
+
+/* A member's range changes: the manifest of the old one goes. */
+static void member_set_layers(struct member *mb, int first, int last)
+{
+    remote_link_set_layers(mb->link, first, last);
+    wp_manifest_destroy(mb->manifest);
+    mb->manifest = NULL;
+}
+
+/* The largest layer of [first, last), weights + KV cache. */
+static uint64_t range_layer_bytes(const struct cluster *c, int first, int last)
+{
+    uint64_t most = 0;
+    for (int l = first; l < last; l++) {
+        uint64_t b = layer_bytes(c->m, l, c->n_seq_max, c->n_ctx);
+        most = b > most ? b : most;
+    }
+    return most;
+}
+
+/* Supervisor thread: gives the layers of failed member d to one other node,
+ * in this order (the simplest that keeps every layer on one node):
+ *   1. a standby worker whose reported memory holds them (it pushes only the
+ *      tensors its cache lacks);
+ *   2. the master, which has the whole checkpoint mapped, within
+ *      [cluster] failover_memory (default: its available memory) less what
+ *      earlier failovers gave it;
+ *   3. a ready neighbour (its range ends where d's starts, or starts where
+ *      d's ends) whose reported memory holds both ranges: it is taken down
+ *      and assigned the union, again pushing only what it lacks.
+ * Memory is weighed as for `layers = auto` (fit_layers). d then becomes a
+ * standby: when it comes back it holds no layers, so that it does not take
+ * them back while requests run (no flapping). 0 with *f filled, or -ENOSPC
+ * when no node can take them (d keeps its range and is reconnected). */
+static int failover_member(struct cluster *c, struct member *d, struct metrics_failover *f, ifd_error *err)
+{
+    struct remote_link *dl = d->link;
+    int first = remote_link_first(dl), last = remote_link_last(dl), n = last - first;
+    uint64_t per = range_layer_bytes(c, first, last);
+    ifd_error e2 = {{0}};
+    *f = (struct metrics_failover){.layer_first = first, .layer_last = last};
+    snprintf(f->worker, sizeof(f->worker), "%s", remote_link_name(dl));
+    for (int i = 0; i < c->n; i++) {
+        struct member *sb = &c->mem[i];
+        if (!sb->standby || remote_link_state(sb->link) != REMOTE_LINK_STANDBY ||
+            fit_layers(sb->mem_available, per) < n)
+            continue;
+        member_set_layers(sb, first, last);
+        sb->standby = false;
+        if (bring_up(c, sb, &e2) >= 0) {
+            member_ok(sb);
+            snprintf(f->to, sizeof(f->to), "%s", remote_link_name(sb->link));
+            goto moved;
+        }
+        member_set_layers(sb, 0, 0);
+        sb->standby = true;
+        member_failed(sb, &e2);
+    }
+    uint64_t budget = c->failover_memory < 0 ? backend_mem_available()
+                      : (uint64_t)c->failover_memory > c->master_taken_bytes
+                          ? (uint64_t)c->failover_memory - c->master_taken_bytes
+                          : 0;
+    if (c->failover_memory != 0 && budget > 0 && fit_layers(budget, per) >= n) {
+        c->master_taken_bytes += per * (uint64_t)n;
+        snprintf(f->to, sizeof(f->to), "master");
+        goto moved;
+    }
+    for (int i = 0; i < c->n; i++) {
+        struct member *nb = &c->mem[i];
+        struct remote_link *nl = nb->link;
+        int of = remote_link_first(nl), ol = remote_link_last(nl);
+        if (nb == d || nb->standby || remote_link_state(nl) != REMOTE_LINK_READY || (ol != first && of != last))
+            continue;
+        int nf = of < first ? of : first, nlast = ol > last ? ol : last;
+        uint64_t per2 = range_layer_bytes(c, nf, nlast);
+        if (fit_layers(nb->mem_available, per2) < nlast - nf)
+            continue;
+        remote_link_close(nl, REMOTE_LINK_PUSHING, "taking over the layers of a failed worker");
+        member_set_layers(nb, nf, nlast);
+        if (bring_up(c, nb, &e2) >= 0) {
+            member_ok(nb);
+            snprintf(f->to, sizeof(f->to), "%s", remote_link_name(nl));
+            goto moved;
+        }
+        member_set_layers(nb, of, ol);
+        member_failed(nb, &e2);
+    }
+    return ifd_error_set(err, -ENOSPC,
+                         "worker %s (%s, layers %d-%d) is down and no node can take its layers (%.1f MiB each): "
+                         "no standby worker holds them, nor the master's [cluster] failover_memory or available "
+                         "memory, nor a neighbour's", remote_link_name(dl), remote_link_addr(dl), first, last - 1,
+                         (double)per / 1048576.0);
+moved:
+    log_notice("Failover: worker %s (%s) is down; its layers %d-%d now run on %s", remote_link_name(dl),
+               remote_link_addr(dl), first, last - 1, f->to);
+    member_set_layers(d, 0, 0);
+    d->standby = true;
+    d->auto_layers = false;
+    return 0;
+}
+
+/* Supervisor thread: answers failover request `ticket`. Every member that
+ * holds layers and is not READY by now (the loop has just retried those
+ * due, so a worker that came straight back, or one failed only with its
+ * chain's timeout, is READY again) has its layers moved. */
+static void failover_run(struct cluster *c, uint64_t ticket)
+{
+    ifd_error err = {{0}};
+    struct metrics_failover f = {0};
+    int r = 0;
+    for (int i = 0; i < c->n && r >= 0; i++) {
+        struct member *d = &c->mem[i];
+        if (d->standby || remote_link_state(d->link) == REMOTE_LINK_READY)
+            continue;
+        r = failover_member(c, d, &f, &err);
+    }
+    pthread_mutex_lock(&c->lock);
+    c->failover_rc = r;
+    c->failover_err = err;
+    c->failover_last = f;
+    c->failover_done = ticket;
+    pthread_cond_broadcast(&c->cond);
+    pthread_mutex_unlock(&c->lock);
+}
+
 static void *supervisor(void *arg)
 {
     struct cluster *c = arg;
@@ -244,7 +422,7 @@ static void *supervisor(void *arg)
                 }
                 continue;
             }
-            if (now < mb->next_try_ns)
+            if (st == REMOTE_LINK_STANDBY || now < mb->next_try_ns)
                 continue;
             if (c->split_pending && mb->auto_layers && mb->reported) {
                 remote_link_set_state(l, REMOTE_LINK_CONNECTING, "waiting for the other auto workers to report");
@@ -252,34 +430,23 @@ static void *supervisor(void *arg)
             }
             ifd_error err = {{0}};
             int r;
-            if (c->split_pending && mb->auto_layers) {
-                /* Only its report for now: the range comes with the split. */
+            if (mb->standby || (c->split_pending && mb->auto_layers)) {
+                /* Only its report for now: the range comes with the split,
+                 * or with a failover. */
                 struct net_conn *conn;
                 if ((r = connect_worker(c, mb, &conn, &err)) >= 0)
                     net_conn_destroy(conn);
-                if (r >= 0 && decide_auto_split(c) == 0)
+                if (r >= 0 && mb->standby)
+                    remote_link_set_state(l, REMOTE_LINK_STANDBY, "holds no layers");
+                else if (r >= 0 && decide_auto_split(c) == 0)
                     mb->next_try_ns = 0;
             } else {
                 r = bring_up(c, mb, &err);
             }
-            if (r < 0) {
-                mb->failures++;
-                if (mb->failures == 1 || mb->failures % 20 == 0)
-                    log_warn("Worker %s (%s): %s (attempt %d, retrying)", remote_link_name(l), remote_link_addr(l),
-                             err.msg, mb->failures);
-                remote_link_set_state(l, REMOTE_LINK_DOWN, err.msg);
-                mb->backoff_ms = mb->backoff_ms ? mb->backoff_ms * 2 : BACKOFF_MIN_MS;
-                if (mb->backoff_ms > BACKOFF_MAX_MS)
-                    mb->backoff_ms = BACKOFF_MAX_MS;
-                mb->next_try_ns = ifd_now_ns() + (uint64_t)mb->backoff_ms * 1000000ull;
-            } else {
-                if (mb->failures)
-                    log_notice("Worker %s (%s) is back after %d failed attempts", remote_link_name(l),
-                               remote_link_addr(l), mb->failures);
-                mb->failures = 0;
-                mb->backoff_ms = 0;
-                mb->last_ping_ns = ifd_now_ns();
-            }
+            if (r < 0)
+                member_failed(mb, &err);
+            else
+                member_ok(mb);
             pthread_mutex_lock(&c->lock);
             pthread_cond_broadcast(&c->cond);
             pthread_mutex_unlock(&c->lock);
@@ -287,18 +454,17 @@ static void *supervisor(void *arg)
         pthread_mutex_lock(&c->lock);
         if (c->stopping)
             break;
+        if (c->failover_asked != c->failover_done) {
+            uint64_t ticket = c->failover_asked;
+            pthread_mutex_unlock(&c->lock);
+            failover_run(c, ticket);
+            pthread_mutex_lock(&c->lock);
+            continue;
+        }
         wait_locked(c, 100);
     }
     pthread_mutex_unlock(&c->lock);
     return NULL;
-}
-
-/* Bytes a worker holds for layer l: its tensors in the checkpoint (packed
- * as stored) plus its KV cache for n_seq_max x n_ctx positions. */
-static uint64_t layer_bytes(const struct model *m, int l, int n_seq_max, int n_ctx)
-{
-    return model_bytes_layer(m->st, l) +
-           model_bytes_kv_position(&m->cfg) * (uint64_t)n_ctx * (uint64_t)n_seq_max;
 }
 
 int cluster_create(const struct inferd_config *cfg, const struct model *m, const char *model_dir, int n_seq_max,
@@ -315,6 +481,8 @@ int cluster_create(const struct inferd_config *cfg, const struct model *m, const
     c->n_ctx = n_ctx;
     c->n_batch_max = n_batch_max;
     c->io_timeout_ms = cfg->cluster_io_timeout_s * 1000;
+    c->failover_timeout_ms = cfg->cluster_failover_timeout_s * 1000;
+    c->failover_memory = cfg->cluster_failover_memory;
     c->backend = cfg->backend;
     c->device = cfg->device;
     const char *topo = getenv("INFERD_CLUSTER_TOPOLOGY");
@@ -366,6 +534,8 @@ int cluster_create(const struct inferd_config *cfg, const struct model *m, const
     int n_auto = 0;
     for (int i = 0; i < cfg->n_workers; i++) {
         const struct inferd_worker_cfg *w = &cfg->workers[i];
+        if (w->standby)
+            continue;
         if (w->auto_layers) {
             n_auto++;
             continue;
@@ -404,7 +574,9 @@ int cluster_create(const struct inferd_config *cfg, const struct model *m, const
     for (int i = 0; i < cfg->n_workers; i++) {
         const struct inferd_worker_cfg *w = &cfg->workers[i];
         int first = w->layer_first, last = w->layer_last;
-        if (w->auto_layers) {
+        if (w->standby) {
+            first = last = 0;
+        } else if (w->auto_layers) {
             /* Provisional even split, in configuration order; the supervisor
              * redraws it by the workers' reports before pushing anything. */
             first = free_first + n_free * auto_i / n_auto;
@@ -416,6 +588,7 @@ int cluster_create(const struct inferd_config *cfg, const struct model *m, const
             return r;
         }
         c->mem[c->n].auto_layers = w->auto_layers;
+        c->mem[c->n].standby = w->standby;
         c->n++;
     }
     if (n_auto > 0) {
@@ -444,7 +617,7 @@ static bool all_ready(struct cluster *c, char *status, size_t len)
     for (int i = 0; i < c->n; i++) {
         struct remote_link *l = c->mem[i].link;
         enum remote_link_state st = remote_link_state(l);
-        if (st != REMOTE_LINK_READY)
+        if (st != (c->mem[i].standby ? REMOTE_LINK_STANDBY : REMOTE_LINK_READY))
             ok = false;
         char d[128];
         remote_link_detail(l, d, sizeof(d));
@@ -477,6 +650,29 @@ int cluster_wait_ready(struct cluster *c, const atomic_bool *cancel, ifd_error *
     return 0;
 }
 
+/* The member whose range starts at layer (none: NULL). Standby members
+ * hold no range. The members stay in their creation order: a failover moves
+ * ranges without sorting, so that readers of c->mem never see it move. */
+static struct member *member_at(struct cluster *c, int layer)
+{
+    for (int i = 0; i < c->n; i++)
+        if (!c->mem[i].standby && remote_link_first(c->mem[i].link) == layer)
+            return &c->mem[i];
+    return NULL;
+}
+
+/* The first layer after `layer` where a member's range starts (n_layers: none). */
+static int next_member_first(struct cluster *c, int layer, int n_layers)
+{
+    int next = n_layers;
+    for (int i = 0; i < c->n; i++) {
+        int f = remote_link_first(c->mem[i].link);
+        if (!c->mem[i].standby && f > layer && f < next)
+            next = f;
+    }
+    return next;
+}
+
 int cluster_build_stages(struct cluster *c, const struct model *m, struct thread_pool *pool,
                          struct stage ***ret_stages, int *ret_n, ifd_error *err)
 {
@@ -490,18 +686,19 @@ int cluster_build_stages(struct cluster *c, const struct model *m, struct thread
     }
     struct remote_stage_opts ro = {.hidden_size = m->cfg.hidden_size, .n_seq_max = c->n_seq_max, .n_ctx = c->n_ctx,
                                    .max_tokens = c->n_batch_max, .timeout_ms = c->io_timeout_ms};
-    int n = 0, r = 0, layer = 0, i = 0;
+    int n = 0, r = 0, layer = 0;
     while (layer < n_layers && r >= 0) {
-        if (i < c->n && remote_link_first(c->mem[i].link) == layer) {
+        struct member *mb = member_at(c, layer);
+        if (mb) {
             int k = 0;
             do {
-                chain[k++] = c->mem[i++].link;
-            } while (!c->star && i < c->n && remote_link_first(c->mem[i].link) == remote_link_last(chain[k - 1]));
+                chain[k++] = mb->link;
+            } while (!c->star && k < c->n && (mb = member_at(c, remote_link_last(chain[k - 1]))));
             r = remote_stage_create(chain, k, &ro, &stages[n], err);
             if (r >= 0)
                 layer = remote_link_last(chain[k - 1]), n++;
         } else {
-            int end = i < c->n ? remote_link_first(c->mem[i].link) : n_layers;
+            int end = next_member_first(c, layer, n_layers);
             const char *backend_name;
             r = backend_stage_create(c->backend, c->device, m, layer, end, c->n_seq_max, c->n_ctx, c->n_batch_max,
                                      pool, &stages[n], &backend_name, err);
@@ -522,13 +719,52 @@ int cluster_build_stages(struct cluster *c, const struct model *m, struct thread
     return 0;
 }
 
+int cluster_failover(struct cluster *c, engine *e, struct thread_pool *pool, struct metrics_failover *ret,
+                     ifd_error *err)
+{
+    pthread_mutex_lock(&c->lock);
+    uint64_t ticket = ++c->failover_asked;
+    pthread_cond_broadcast(&c->cond);
+    uint64_t deadline = ifd_now_ns() + (uint64_t)c->failover_timeout_ms * 1000000ull;
+    while (c->failover_done < ticket && !c->stopping) {
+        uint64_t now = ifd_now_ns();
+        if (now >= deadline)
+            break;
+        wait_locked(c, (int)((deadline - now) / 1000000ull) + 1);
+    }
+    if (c->failover_done < ticket) {
+        pthread_mutex_unlock(&c->lock);
+        return ifd_error_set(err, -ETIMEDOUT, "no node took the layers of the failed worker within %d s "
+                             "([cluster] failover_timeout)", c->failover_timeout_ms / 1000);
+    }
+    int r = c->failover_rc;
+    if (r < 0 && err)
+        *err = c->failover_err;
+    struct metrics_failover f = c->failover_last;
+    pthread_mutex_unlock(&c->lock);
+    if (r < 0)
+        return r;
+    struct stage **stages;
+    int n;
+    if ((r = cluster_build_stages(c, engine_model(e), pool, &stages, &n, err)) < 0)
+        return r;
+    if ((r = engine_replace_stages(e, stages, n, err)) < 0)
+        for (int i = 0; i < n; i++)
+            stage_destroy(stages[i]);
+    free(stages);
+    if (r >= 0)
+        *ret = f;
+    return r;
+}
+
 int cluster_count_unready(struct cluster *c, char *what, size_t what_len)
 {
     int n = 0;
     for (int i = 0; c && i < c->n; i++) {
         struct remote_link *l = c->mem[i].link;
         enum remote_link_state st = remote_link_state(l);
-        if (st == REMOTE_LINK_READY)
+        /* a standby serves nothing: the master serves without it */
+        if (st == REMOTE_LINK_READY || c->mem[i].standby)
             continue;
         if (n++ == 0 && what_len) {
             char d[256];
@@ -550,7 +786,10 @@ cJSON *cluster_status_json(struct cluster *c)
         remote_link_get_stats(l, &s);
         char d[256], layers[32];
         remote_link_detail(l, d, sizeof(d));
-        snprintf(layers, sizeof(layers), "%d-%d", remote_link_first(l), remote_link_last(l) - 1);
+        if (mb->standby)
+            snprintf(layers, sizeof(layers), "none");
+        else
+            snprintf(layers, sizeof(layers), "%d-%d", remote_link_first(l), remote_link_last(l) - 1);
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "name", remote_link_name(l));
         cJSON_AddStringToObject(o, "address", remote_link_addr(l));
@@ -567,6 +806,7 @@ cJSON *cluster_status_json(struct cluster *c)
         cJSON_AddNumberToObject(o, "forward_ms_per_token", s.tokens ? s.forward_ms / (double)s.tokens : 0);
         cJSON_AddNumberToObject(o, "reconnects", s.reconnects);
         cJSON_AddBoolToObject(o, "auto_layers", mb->auto_layers);
+        cJSON_AddBoolToObject(o, "standby", mb->standby);
         if (mb->reported) {
             cJSON_AddNumberToObject(o, "mem_available", (double)mb->mem_available);
             cJSON_AddNumberToObject(o, "speed_mbps", mb->speed_mbps);

@@ -4,7 +4,9 @@
  * per [worker.NAME] / --worker, a supervisor thread that connects each (with
  * retry and backoff), authenticates with the cluster key, pushes the tensors
  * of its layers that it does not already hold, and reconnects it whenever it
- * goes down; and pings idle workers for their round-trip time.
+ * goes down; and pings idle workers for their round-trip time. When a
+ * forward fails, cluster_failover() moves a dead worker's layers elsewhere
+ * (standby = true workers wait, connected but holding no layers, for that).
  *
  * Use from main.c:
  *     cluster_create(cfg, model, model_dir, n_seq_max, n_ctx, n_batch_max, &cl, err);
@@ -24,8 +26,10 @@
 #include <stdbool.h>
 
 #include "config.h"
+#include "metrics.h"
 #include "base/error.h"
 #include "model/model.h"
+#include "model/engine.h"
 #include "model/stage.h"
 
 struct cluster;
@@ -47,6 +51,19 @@ int cluster_wait_ready(struct cluster *c, const atomic_bool *cancel, ifd_error *
  * borrow the cluster's links (destroy the engine before the cluster). */
 int cluster_build_stages(struct cluster *c, const struct model *m, struct thread_pool *pool,
                          struct stage ***ret_stages, int *ret_n, ifd_error *err);
+
+/* Called on the scheduler thread when a forward failed with a worker down
+ * (-EHOSTDOWN). The supervisor moves the layers of every worker still down
+ * to another node (a standby, else the master, else a neighbour: see
+ * failover_member in cluster.c; the failed worker becomes a standby), then
+ * e's stage list is rebuilt over the new layout (engine_replace_stages):
+ * every stage holds no position, and the caller refills its sequences.
+ * Waits at most [cluster] failover_timeout. 0 with *ret saying what moved
+ * (ret->worker empty: nothing had to, the workers are back), -ENOSPC when no
+ * node can take the layers, -ETIMEDOUT, or the error of the rebuild; the
+ * engine keeps its stages then. */
+int cluster_failover(struct cluster *c, engine *e, struct thread_pool *pool, struct metrics_failover *ret,
+                     ifd_error *err);
 
 /* Workers as a JSON array: name, address, layers, state, detail, rtt_ms,
  * bytes_sent, bytes_received, forwards, ms_per_token, push figures. */

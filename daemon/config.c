@@ -46,6 +46,8 @@ int inferd_config_init(struct inferd_config *c)
     c->threads = 0;
     c->simd = -1;
     c->cluster_io_timeout_s = 30;
+    c->cluster_failover_timeout_s = 30;
+    c->cluster_failover_memory = -1;
     return 0;
 }
 
@@ -280,9 +282,13 @@ static int check_hostport(const char *v, int default_port, const char *what, ifd
     return 0;
 }
 
-/* Parses "FIRST-LAST" (inclusive) or "auto". */
-static int inferd_config_parse_layers(const char *s, struct inferd_worker_cfg *w, ifd_error *err)
+/* Parses "FIRST-LAST" (inclusive) or "auto"; for --worker also "standby". */
+static int inferd_config_parse_layers(const char *s, bool standby_ok, struct inferd_worker_cfg *w, ifd_error *err)
 {
+    if (standby_ok && strcmp(s, "standby") == 0) {
+        w->standby = true;
+        return 0;
+    }
     if (strcmp(s, "auto") == 0) {
         w->auto_layers = true;
         w->layer_first = w->layer_last = -1;
@@ -417,16 +423,17 @@ static struct inferd_worker_cfg *worker_get(struct inferd_config *c, const char 
     return nw;
 }
 
-/* --worker HOST:PORT=FIRST-LAST */
+/* --worker HOST:PORT=FIRST-LAST|auto|standby */
 static int add_worker_flag(struct inferd_config *c, const char *v, ifd_error *err)
 {
     const char *eq = strrchr(v, '=');
     if (!eq)
-        return ifd_error_set(err, -EINVAL, "--worker '%s': expected HOST:PORT=FIRST-LAST or HOST:PORT=auto", v);
+        return ifd_error_set(err, -EINVAL,
+                             "--worker '%s': expected HOST:PORT=FIRST-LAST, HOST:PORT=auto or HOST:PORT=standby", v);
     char name[32];
     snprintf(name, sizeof(name), "flag%d", c->n_workers);
-    struct inferd_worker_cfg tmp = {0};
-    int r = inferd_config_parse_layers(eq + 1, &tmp, err);
+    struct inferd_worker_cfg tmp = {.layer_first = -1, .layer_last = -1};
+    int r = inferd_config_parse_layers(eq + 1, true, &tmp, err);
     if (r < 0) {
         ifd_error_prefix(err, "--worker '%s'", v);
         return r;
@@ -447,6 +454,7 @@ static int add_worker_flag(struct inferd_config *c, const char *v, ifd_error *er
     w->layer_first = tmp.layer_first;
     w->layer_last = tmp.layer_last;
     w->auto_layers = tmp.auto_layers;
+    w->standby = tmp.standby;
     return 0;
 }
 
@@ -627,6 +635,15 @@ static int config_set(struct inferd_config *c, const char *section, const char *
         return parse_bool(v, what, &c->allow_insecure_cluster, err);
     if (IS("cluster", "io_timeout"))
         return parse_int(v, 1, 3600, what, &c->cluster_io_timeout_s, err);
+    if (IS("cluster", "failover_timeout"))
+        return parse_int(v, 1, 3600, what, &c->cluster_failover_timeout_s, err);
+    if (IS("cluster", "failover_memory")) {
+        size_t b;
+        int r = parse_size(v, 0, (size_t)1 << 50, what, &b, err);
+        if (r >= 0)
+            c->cluster_failover_memory = (int64_t)b;
+        return r;
+    }
     if (IS("cluster", "next_hops"))
         return add_list(&c->next_hops, &c->n_next_hops, INFERD_MAX_WORKERS, "next hops", v, what, check_next_hop,
                         err);
@@ -642,12 +659,15 @@ static int config_set(struct inferd_config *c, const char *section, const char *
             return r < 0 ? r : set_str(&w->address, v, what, err);
         }
         if (strcmp(key, "layers") == 0) {
-            int r = inferd_config_parse_layers(v, w, err);
+            int r = inferd_config_parse_layers(v, false, w, err);
             if (r < 0)
                 ifd_error_prefix(err, "%s", what);
             return r;
         }
-        return ifd_error_set(err, -EINVAL, "%s: unknown key (worker sections take address and layers)", what);
+        if (strcmp(key, "standby") == 0)
+            return parse_bool(v, what, &w->standby, err);
+        return ifd_error_set(err, -EINVAL, "%s: unknown key (worker sections take address, layers and standby)",
+                             what);
     }
     if (strncmp(section, "model.", 6) == 0)
         return model_section_set(c, section + 6, key, v, what, err);
@@ -804,11 +824,15 @@ int inferd_config_validate(const struct inferd_config *c, ifd_error *err)
         const struct inferd_worker_cfg *w = &c->workers[i];
         if (!w->address)
             return ifd_error_set(err, -EINVAL, "[worker.%s]: no address", w->name);
-        if (!w->auto_layers && w->layer_first < 0)
-            return ifd_error_set(err, -EINVAL, "[worker.%s]: no layers (FIRST-LAST or auto)", w->name);
+        if (w->standby && (w->auto_layers || w->layer_first >= 0))
+            return ifd_error_set(err, -EINVAL, "[worker.%s]: a standby worker holds no layers (drop layers or standby)",
+                                 w->name);
+        if (!w->standby && !w->auto_layers && w->layer_first < 0)
+            return ifd_error_set(err, -EINVAL, "[worker.%s]: no layers (FIRST-LAST or auto, or standby = true)",
+                                 w->name);
         for (int j = 0; j < i; j++) {
             const struct inferd_worker_cfg *o = &c->workers[j];
-            if (w->auto_layers || o->auto_layers)
+            if (w->auto_layers || o->auto_layers || w->standby || o->standby)
                 continue;
             if (w->layer_first < o->layer_last && o->layer_first < w->layer_last)
                 return ifd_error_set(err, -EINVAL,
@@ -859,7 +883,7 @@ int inferd_config_validate_layers(const struct inferd_config *c, int n_layers, i
 {
     for (int i = 0; i < c->n_workers; i++) {
         const struct inferd_worker_cfg *w = &c->workers[i];
-        if (w->auto_layers)
+        if (w->auto_layers || w->standby)
             continue;
         if (w->layer_last > n_layers)
             return ifd_error_set(err, -ERANGE, "[worker.%s] layers %d-%d: the model has %d layers (0-%d)",
@@ -936,7 +960,7 @@ void inferd_config_usage(FILE *f)
             "      --log-level LEVEL       err, warning, notice, info, debug\n"
             "      --cluster-key-file PATH shared key for master-worker authentication\n"
             "      --allow-insecure-cluster  allow non-loopback workers without a key\n"
-            "      --worker HOST:PORT=FIRST-LAST|auto  remote layer range (repeatable)\n"
+            "      --worker HOST:PORT=FIRST-LAST|auto|standby  remote layer range (repeatable)\n"
             "      --cache-dir DIR         worker tensor cache\n"
             "      --check-config          validate the configuration and exit\n"
             "  -h, --help\n"

@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include "base/error.h"
@@ -47,6 +48,7 @@ struct inferd_worker_cfg {
     int layer_first;     /* [layer_first, layer_last): the file says FIRST-LAST inclusive */
     int layer_last;
     bool auto_layers;    /* layers = auto: the master assigns a range at start */
+    bool standby;        /* standby = true: connected at start, holds no layers until a failover */
 };
 
 /* One [model.NAME] section: a further model this master serves beside the
@@ -117,6 +119,11 @@ struct inferd_config {
     char *cluster_key_file;       /* shared secret for master<->worker authentication */
     bool allow_insecure_cluster;  /* allow non-loopback workers without a key */
     int cluster_io_timeout_s;     /* a started frame must be whole within this (default 30) */
+    int cluster_failover_timeout_s; /* longest a failover may hold requests before they get 503 (default 30) */
+    /* Most memory the master gives the layers it takes over from a failed
+     * worker (weights + KV cache); -1 = its available memory, 0 = it never
+     * takes any. */
+    int64_t cluster_failover_memory;
     char **next_hops;             /* worker: FORWARD next hops allowed ("host:port", "host", "*") */
     int n_next_hops;              /* 0: loopback next hops only */
     struct inferd_worker_cfg *workers; /* [n_workers], in file then flag order */

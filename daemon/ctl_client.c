@@ -419,6 +419,12 @@ int ctl_status_main(int argc, char **argv)
         printf("%-14s %.1f ms average\n", "first token", num(s, "ttft_avg_s") * 1000);
         const cJSON *kv = cJSON_GetObjectItem(s, "kv_cache");
         printf("%-14s %.0f / %.0f positions\n", "kv cache", num(kv, "used_positions"), num(kv, "capacity_positions"));
+        const cJSON *fo = cJSON_GetObjectItem(s, "failover");
+        if (fo && num(fo, "count") > 0) {
+            const cJSON *lf = cJSON_GetObjectItem(fo, "last");
+            printf("%-14s %.0f, %.0f tokens re-prefilled; last: worker %s, layers %s -> %s\n", "failovers",
+                   num(fo, "count"), num(fo, "replayed_tokens"), str(lf, "worker"), str(lf, "layers"), str(lf, "to"));
+        }
         const cJSON *layers = cJSON_GetObjectItem(s, "layers");
         if (cJSON_GetArraySize(layers) > 0) {
             printf("\n%-6s %-8s %14s %12s\n", "layer", "backend", "ms/forward", "total ms");

@@ -742,6 +742,17 @@ static MHD_RESULT handle_status(struct MHD_Connection *c, struct conn *k)
         cJSON *kv = cJSON_AddObjectToObject(root, "kv_cache");
         cJSON_AddNumberToObject(kv, "used_positions", (double)s.kv_used);
         cJSON_AddNumberToObject(kv, "capacity_positions", (double)s.kv_capacity);
+        cJSON *fo = cJSON_AddObjectToObject(root, "failover");
+        cJSON_AddNumberToObject(fo, "count", (double)s.failovers);
+        cJSON_AddNumberToObject(fo, "replayed_tokens", (double)s.replayed_tokens);
+        if (s.last_failover.worker[0]) {
+            cJSON *lf = cJSON_AddObjectToObject(fo, "last");
+            char layers[32];
+            snprintf(layers, sizeof(layers), "%d-%d", s.last_failover.layer_first, s.last_failover.layer_last - 1);
+            cJSON_AddStringToObject(lf, "worker", s.last_failover.worker);
+            cJSON_AddStringToObject(lf, "layers", layers);
+            cJSON_AddStringToObject(lf, "to", s.last_failover.to);
+        }
         cJSON *stages = cJSON_AddArrayToObject(root, "stages");
         cJSON *layers = cJSON_AddArrayToObject(root, "layers");
         for (int i = 0; i < metrics_stage_count(dm->metrics); i++) {

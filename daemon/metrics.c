@@ -41,7 +41,9 @@ struct metrics {
     int queued, in_flight;
     int64_t kv_used, kv_capacity;
     int n_layers, n_stages;
-    struct metrics_stage *stages; /* [n_stages] */
+    struct metrics_stage *stages; /* [n_layers]: n_stages in use */
+    uint64_t failovers, replayed_tokens;
+    struct metrics_failover last_failover;
     double *layer_store;          /* [n_layers] backing the stages' layer_ms */
 };
 
@@ -52,8 +54,8 @@ struct metrics *metrics_create(int n_layers, int n_stages)
         return NULL;
     pthread_mutex_init(&m->mu, NULL);
     m->n_layers = n_layers;
-    m->n_stages = n_stages;
-    m->stages = calloc((size_t)(n_stages > 0 ? n_stages : 1), sizeof(*m->stages));
+    m->n_stages = n_stages < n_layers ? n_stages : n_layers;
+    m->stages = calloc((size_t)(n_layers > 0 ? n_layers : 1), sizeof(*m->stages));
     m->layer_store = calloc((size_t)(n_layers > 0 ? n_layers : 1), sizeof(double));
     if (!m->stages || !m->layer_store) {
         metrics_destroy(m);
@@ -183,20 +185,48 @@ void metrics_snapshot_get(struct metrics *m, struct metrics_snapshot *ret)
     s.kv_capacity = m->kv_capacity;
     s.ttft_count = m->ttft_count;
     s.ttft_avg_s = m->ttft_count ? m->ttft_sum / (double)m->ttft_count : 0;
+    s.failovers = m->failovers;
+    s.replayed_tokens = m->replayed_tokens;
+    s.last_failover = m->last_failover;
     pthread_mutex_unlock(&m->mu);
     *ret = s;
 }
 
+void metrics_stages_reset(struct metrics *m, int n_stages)
+{
+    pthread_mutex_lock(&m->mu);
+    m->n_stages = n_stages < 0 ? 0 : n_stages < m->n_layers ? n_stages : m->n_layers;
+    memset(m->stages, 0, sizeof(*m->stages) * (size_t)(m->n_layers > 0 ? m->n_layers : 1));
+    memset(m->layer_store, 0, sizeof(double) * (size_t)(m->n_layers > 0 ? m->n_layers : 1));
+    pthread_mutex_unlock(&m->mu);
+}
+
+void metrics_failover(struct metrics *m, const struct metrics_failover *f, uint64_t replayed_tokens)
+{
+    pthread_mutex_lock(&m->mu);
+    m->replayed_tokens += replayed_tokens;
+    if (f) {
+        m->failovers++;
+        m->last_failover = *f;
+    }
+    pthread_mutex_unlock(&m->mu);
+}
+
 int metrics_stage_count(struct metrics *m)
 {
-    return m->n_stages;
+    pthread_mutex_lock(&m->mu);
+    int n = m->n_stages;
+    pthread_mutex_unlock(&m->mu);
+    return n;
 }
 
 int metrics_stage_get(struct metrics *m, int i, struct metrics_stage *ret)
 {
-    if (i < 0 || i >= m->n_stages)
-        return -ENOENT;
     pthread_mutex_lock(&m->mu);
+    if (i < 0 || i >= m->n_stages) {
+        pthread_mutex_unlock(&m->mu);
+        return -ENOENT;
+    }
     struct metrics_stage s = m->stages[i];
     double *copy = NULL;
     if (s.layer_ms && s.layer_last > s.layer_first) {
@@ -244,6 +274,20 @@ static void tb_printf(struct tbuf *b, const char *fmt, ...)
         }
         b->p = np;
         b->cap = ncap;
+    }
+}
+
+/* A label value as the exposition format wants it: backslash, quote and
+ * newline escaped. */
+static void tb_label(struct tbuf *b, const char *v)
+{
+    for (; *v; v++) {
+        if (*v == '\\' || *v == '"')
+            tb_printf(b, "\\%c", *v);
+        else if (*v == '\n')
+            tb_printf(b, "\\n");
+        else
+            tb_printf(b, "%c", *v);
     }
 }
 
@@ -314,6 +358,19 @@ int metrics_render(struct metrics *m, char **ret, size_t *ret_len)
         for (int l = m->stages[i].layer_first; m->stages[i].layer_ms && l < m->stages[i].layer_last; l++)
             tb_printf(&b, "inferd_layer_forward_calls_total{layer=\"%d\"} %llu\n", l,
                       (unsigned long long)m->stages[i].forward_calls);
+    tb_printf(&b, "# HELP inferd_failovers_total Failed workers whose layers went to another node, the running requests kept.\n# TYPE inferd_failovers_total counter\n"
+                  "inferd_failovers_total %llu\n", (unsigned long long)m->failovers);
+    tb_printf(&b, "# HELP inferd_failover_replayed_tokens_total Positions re-prefilled to rebuild KV caches after a failover.\n# TYPE inferd_failover_replayed_tokens_total counter\n"
+                  "inferd_failover_replayed_tokens_total %llu\n", (unsigned long long)m->replayed_tokens);
+    if (m->last_failover.worker[0]) {
+        const struct metrics_failover *f = &m->last_failover;
+        tb_printf(&b, "# HELP inferd_last_failover_info The last failover: the failed worker, its layers, where they went.\n# TYPE inferd_last_failover_info gauge\n"
+                      "inferd_last_failover_info{worker=\"");
+        tb_label(&b, f->worker);
+        tb_printf(&b, "\",layers=\"%d-%d\",to=\"", f->layer_first, f->layer_last - 1);
+        tb_label(&b, f->to);
+        tb_printf(&b, "\"} 1\n");
+    }
     pthread_mutex_unlock(&m->mu);
     if (b.err) {
         free(b.p);

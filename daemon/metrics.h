@@ -18,6 +18,13 @@ struct metrics_stage {
     double *layer_ms;       /* [layer_last - layer_first] totals; NULL if the stage has none */
 };
 
+/* A failover: the worker that failed and where its layers went. */
+struct metrics_failover {
+    char worker[64];        /* the failed worker's name */
+    char to[64];            /* a standby's or a neighbour's name, or "master" */
+    int layer_first, layer_last;
+};
+
 struct metrics_snapshot {
     uint64_t requests_total;
     uint64_t prompt_tokens_total, completion_tokens_total;
@@ -27,9 +34,13 @@ struct metrics_snapshot {
     int64_t kv_used, kv_capacity;      /* positions */
     double ttft_avg_s;                 /* mean time to first token */
     uint64_t ttft_count;
+    uint64_t failovers;                /* failovers that kept the running requests */
+    uint64_t replayed_tokens;          /* positions re-prefilled to rebuild their KV caches */
+    struct metrics_failover last_failover; /* worker[0] == 0: none yet */
 };
 
-/* n_layers sizes the per-layer table. NULL on allocation failure. */
+/* n_layers sizes the per-layer table (and bounds the stage count: a stage
+ * holds at least one layer). NULL on allocation failure. */
 struct metrics *metrics_create(int n_layers, int n_stages);
 void metrics_destroy(struct metrics *m); /* accepts NULL */
 
@@ -47,6 +58,14 @@ void metrics_gauges(struct metrics *m, int queued, int in_flight, int64_t kv_use
 /* Stage i's stats (the layer array is copied). */
 void metrics_stage_set(struct metrics *m, int i, const char *backend, int layer_first, int layer_last,
                        uint64_t forward_calls, uint64_t tokens, double forward_ms, const double *layer_ms);
+
+/* The engine's stage list was replaced (a failover): n_stages from now on,
+ * their counters from zero. */
+void metrics_stages_reset(struct metrics *m, int n_stages);
+/* A failover kept the running requests; replayed_tokens positions are being
+ * re-prefilled. f NULL: a recovery that moved no layers (the workers were
+ * back by then), counted in the tokens only. */
+void metrics_failover(struct metrics *m, const struct metrics_failover *f, uint64_t replayed_tokens);
 
 void metrics_snapshot_get(struct metrics *m, struct metrics_snapshot *ret);
 /* Copies stage i (layer_ms is malloc'd into *ret, caller frees it). -ENOENT past the end. */

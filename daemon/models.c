@@ -164,6 +164,13 @@ static int build_stages(const struct inferd_config *cfg, struct entry *E, const 
     return 0;
 }
 
+/* The scheduler's recover hook of a model with workers (scheduler thread). */
+static int entry_failover(void *ctx, struct metrics_failover *ret, ifd_error *err)
+{
+    struct entry *E = ctx;
+    return cluster_failover(E->cluster, E->eng, E->pool, ret, err);
+}
+
 static void entry_free_resources(struct entry *E)
 {
     sched_destroy(E->sched);
@@ -273,6 +280,8 @@ static int load_entry(struct models *ms, struct entry *E, ifd_error *err)
         .prefill_chunk = cfg->prefill_chunk,
         .queue_depth = __atomic_load_n(&ms->queue_depth, __ATOMIC_RELAXED),
         .prefix_cache = cfg->prefix_cache,
+        .recover = E->cluster ? entry_failover : NULL,
+        .recover_ctx = E,
     };
     if ((r = sched_create(E->eng, E->tok, &E->stops, &sc, E->metrics, &E->sched, err)) < 0)
         return r;

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "log.h"
 #include "metrics.h"
 #include "text/grammar/grammar.h"
 #include "model/generate.h"
@@ -84,6 +85,10 @@ struct sched_seq {
      * from, so a cache can be matched against a new prompt or rebuilt from
      * it; the prefill reads its chunks from here. */
     int32_t *hist;
+    /* After a failover the new stages hold nothing: positions below
+     * n_replay are fed again from hist (in prefill chunks, without logits)
+     * before the slot goes on where it was. 0: nothing to rebuild. */
+    int n_replay;
     bool generating;             /* prompt done; next_token is the token to feed */
     /* A follower (req->share_id) admitted while its leader prefills: it
      * feeds nothing until the leader's last prompt token, then takes a copy
@@ -132,6 +137,9 @@ struct sched {
     /* engine_seq_copy said -EOPNOTSUPP once: it never will, so followers
      * prefill at once rather than wait for a copy that fails. */
     bool no_seq_copy;
+    /* Failovers since the last forward that succeeded: bounds the retries
+     * when the new stages fail too. */
+    int failovers_in_row;
 
     struct sched_seq *seqs;      /* [n_seq_max] */
     int32_t *hist;               /* [n_seq_max * n_ctx]: the slots' hist arrays */
@@ -149,6 +157,11 @@ struct sched {
 };
 
 static void *sched_thread_main(void *arg);
+
+/* Successful failovers in a row, with no forward succeeding between, before
+ * the batch fails: a layout that breaks at once is not worth rebuilding
+ * again. */
+#define SCHED_FAILOVER_TRIES 3
 
 /* Prompt ids fed to a detokenizer before the output (see seq_admit): more
  * than a character or a decoder's leading-space rule ever spans. */
@@ -669,6 +682,7 @@ static int seq_admit(struct sched *s, struct sched_seq *q, struct sched_req *r, 
     q->n_cached = keep;
     r->cached_tokens = keep;
     memcpy(q->hist, r->prompt, sizeof(int32_t) * r->n_prompt);
+    q->n_replay = 0;
     if (r->embed) {
         /* Nothing is sampled or detokenized: the slot only prefills. */
         q->req = r;
@@ -898,7 +912,7 @@ static bool embed_pool(struct sched *s, int n)
     for (int j = 0; j < n; j++) {
         struct sched_seq *q = &s->seqs[s->b_seq_ids[j]];
         struct sched_req *r = q->req;
-        if (!r || !r->embed)
+        if (!r || !r->embed || s->b_pos[j] < q->n_replay)
             continue;
         bool last = (size_t)s->b_pos[j] == r->n_prompt - 1;
         if (!r->pool_mean && !last)
@@ -954,6 +968,50 @@ static void share_prefill(struct sched *s, struct sched_seq *q, const float *row
     }
 }
 
+/* A forward failed with a worker down: the caller's hook moves its layers
+ * and gives the engine new stages, which hold nothing; every slot is then
+ * truncated to 0 on every stage (a worker kept from before still holds the
+ * old caches) and each running sequence rebuilds its cache from
+ * hist[0..n_past) before it goes on (n_replay), so that its output is the
+ * one an undisturbed run gives: a generating sequence's next_token was
+ * sampled already and is fed after the rebuild. 0, or < 0 with err saying
+ * why (no hook, no node for the layers, too many in a row). No lock held. */
+static int sched_failover(struct sched *s, ifd_error *err)
+{
+    if (!s->cfg.recover || s->failovers_in_row >= SCHED_FAILOVER_TRIES)
+        return -EHOSTDOWN;
+    struct metrics_failover f = {0};
+    int r = s->cfg.recover(s->cfg.recover_ctx, &f, err);
+    if (r < 0)
+        return r;
+    s->failovers_in_row++;
+    uint64_t replayed = 0;
+    int n_seqs = 0;
+    for (int i = 0; i < s->cfg.n_seq_max; i++) {
+        struct sched_seq *q = &s->seqs[i];
+        ifd_error e2;
+        if (engine_seq_truncate(s->e, i, 0, &e2) < 0) {
+            /* The worker that could not be told is marked down: the next
+             * forward fails and comes back here. */
+        }
+        if (!q->req)
+            continue;
+        /* A failover during a rebuild: the rebuild's target still stands. */
+        if (q->n_past > q->n_replay)
+            q->n_replay = q->n_past;
+        q->n_past = 0;
+        replayed += (uint64_t)q->n_replay;
+        n_seqs++;
+    }
+    if (s->metrics) {
+        metrics_stages_reset(s->metrics, engine_stage_count(s->e));
+        metrics_failover(s->metrics, f.worker[0] ? &f : NULL, replayed);
+    }
+    log_notice("Failover: %d running sequences rebuild their caches (%llu positions) on %d stages", n_seqs,
+               (unsigned long long)replayed, engine_stage_count(s->e));
+    return 0;
+}
+
 /* One batched forward over every running sequence. No lock held. */
 static void sched_step(struct sched *s)
 {
@@ -961,7 +1019,7 @@ static void sched_step(struct sched *s)
     /* Generating sequences first: one token each. */
     for (int i = 0; i < s->cfg.n_seq_max; i++) {
         struct sched_seq *q = &s->seqs[i];
-        if (!q->req || !q->generating)
+        if (!q->req || !q->generating || q->n_past < q->n_replay)
             continue;
         s->b_tokens[n] = q->next_token;
         s->b_seq_ids[n] = i;
@@ -972,9 +1030,11 @@ static void sched_step(struct sched *s)
         n++;
         n_decode++;
     }
-    /* Then prompt chunks, oldest admission first, within the chunk budget. */
+    /* Then prompt chunks (and caches being rebuilt), oldest admission first,
+     * within the chunk budget. */
     for (int i = 0; i < s->cfg.n_seq_max; i++)
-        if (s->seqs[i].req && !s->seqs[i].generating && !s->seqs[i].waiting)
+        if (s->seqs[i].req && (!s->seqs[i].generating || s->seqs[i].n_past < s->seqs[i].n_replay) &&
+            !s->seqs[i].waiting)
             s->order[n_pf++] = i;
     qsort_r(s->order, (size_t)n_pf, sizeof(int), cmp_admitted_ctx_sort, s->seqs);
     int budget = s->cfg.prefill_chunk;
@@ -983,6 +1043,20 @@ static void sched_step(struct sched *s)
     for (int k = 0; k < n_pf && budget > 0; k++) {
         int i = s->order[k];
         struct sched_seq *q = &s->seqs[i];
+        if (q->n_past < q->n_replay) {
+            /* A rebuild: positions computed once already, nothing to sample. */
+            int take = q->n_replay - q->n_past < budget ? q->n_replay - q->n_past : budget;
+            for (int j = 0; j < take; j++) {
+                s->b_tokens[n] = q->hist[q->n_past + j];
+                s->b_seq_ids[n] = i;
+                s->b_pos[n] = q->n_past + j;
+                s->b_want[n] = false;
+                n++;
+            }
+            budget -= take;
+            n_prefill += take;
+            continue;
+        }
         size_t left = q->req->n_prompt - q->n_fed;
         int take = left < (size_t)budget ? (int)left : budget;
         bool plp = q->req->prompt_logprobs;
@@ -1028,6 +1102,8 @@ static void sched_step(struct sched *s)
     double dt = ifd_now_s() - t0;
 
     if (rc < 0) {
+        if (rc == -EHOSTDOWN && sched_failover(s, &err) == 0)
+            return;
         pthread_mutex_lock(&s->mu);
         for (int j = 0; j < n; j++) {
             struct sched_seq *q = &s->seqs[s->b_seq_ids[j]];
@@ -1044,13 +1120,14 @@ static void sched_step(struct sched *s)
         return;
     }
 
+    s->failovers_in_row = 0;
     /* Advance positions; a generated token fed this step joins the history
-     * (a prompt token is there from admission). */
+     * (a prompt token is there from admission, a rebuilt one was there). */
     for (int j = 0; j < n; j++) {
         struct sched_seq *q = &s->seqs[s->b_seq_ids[j]];
         q->hist[q->n_past] = s->b_tokens[j];
         q->n_past++;
-        if (!q->generating)
+        if (!q->generating && s->b_pos[j] >= q->n_replay)
             q->n_fed++;
     }
     bool embeds_done = embed_pool(s, n);

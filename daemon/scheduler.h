@@ -24,6 +24,7 @@
 #include "text/tokenizer/tokenizer.h"
 
 struct metrics;
+struct metrics_failover;
 struct sched;
 struct sched_req;
 
@@ -34,6 +35,16 @@ struct sched_config {
     int prefill_chunk;   /* prompt tokens per step */
     int queue_depth;     /* waiting requests beyond the slots; more: -EAGAIN */
     bool prefix_cache;   /* free slots keep their cache for prompts that begin the same way */
+    /* Optional (NULL: none): a forward failed with a worker down
+     * (-EHOSTDOWN); asks for its layers to move elsewhere and for the
+     * engine's stages to be replaced by ones holding no position
+     * (cluster_failover, through the caller, so that neither the scheduler
+     * nor core/ knows the cluster). 0: *ret says what moved (worker empty:
+     * nothing had to), and every running sequence's cache is rebuilt from
+     * its tokens so that it continues as if nothing happened; < 0: err says
+     * why, and the batch's requests end with 503 as without it. */
+    int (*recover)(void *ctx, struct metrics_failover *ret, ifd_error *err);
+    void *recover_ctx;
 };
 
 struct sched_req_params {

@@ -75,24 +75,6 @@ static void *signal_thread(void *p)
         return NULL;
     }
 }
-/* MemAvailable of /proc/meminfo (free memory plus what the kernel can reclaim
- * without swapping), in bytes; the free page count where it is missing. */
-static uint64_t mem_available_bytes(void)
-{
-    FILE *f = fopen("/proc/meminfo", "re");
-    char line[256];
-    uint64_t kib = 0;
-    while (f && fgets(line, sizeof(line), f))
-        if (sscanf(line, "MemAvailable: %" SCNu64 " kB", &kib) == 1)
-            break;
-    if (f)
-        fclose(f);
-    if (kib)
-        return kib * 1024;
-    long pages = sysconf(_SC_AVPHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
-    return pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : 0;
-}
-
 /* The master splits `layers = auto` by this: how many weight bytes per second
  * a one-token product streams on this node's CPU pool (decode is bound by
  * it), timed over a 32 MiB BF16 matrix, larger than the caches, for about
@@ -198,7 +180,7 @@ int worker_role_main(const struct inferd_config *cfg)
     }
     /* What the master may place here: the machine's available memory, or
      * the operator's bound when that is lower. */
-    uint64_t offer = mem_available_bytes();
+    uint64_t offer = backend_mem_available();
     bool capped = cfg->memory_max_bytes && (!offer || cfg->memory_max_bytes < offer);
     if (capped)
         offer = cfg->memory_max_bytes;

@@ -38,6 +38,7 @@ const char *remote_link_state_name(enum remote_link_state s)
     case REMOTE_LINK_PUSHING: return "pushing";
     case REMOTE_LINK_READY: return "ready";
     case REMOTE_LINK_DOWN: return "down";
+    case REMOTE_LINK_STANDBY: return "standby";
     }
     return "?";
 }
@@ -47,8 +48,8 @@ int remote_link_create(const char *name, const char *addr, int layer_first, int 
 {
     if (strlen(addr) >= NET_ADDR_MAX)
         return ifd_error_set(err, -EINVAL, "worker address '%s' is longer than %d bytes", addr, NET_ADDR_MAX - 1);
-    if (layer_first < 0 || layer_last <= layer_first)
-        return ifd_error_set(err, -EINVAL, "worker '%s': empty layer range [%d, %d)", name, layer_first,
+    if (layer_first < 0 || layer_last < layer_first)
+        return ifd_error_set(err, -EINVAL, "worker '%s': bad layer range [%d, %d)", name, layer_first,
                              layer_last);
     struct remote_link *l = calloc(1, sizeof(*l));
     if (!l)
@@ -134,6 +135,17 @@ void remote_link_attach(struct remote_link *l, struct net_conn *c)
     __atomic_store_n(&l->state, REMOTE_LINK_READY, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&l->lock);
     set_detail(l, "");
+}
+
+void remote_link_close(struct remote_link *l, enum remote_link_state s, const char *detail)
+{
+    if (s == REMOTE_LINK_READY)
+        return;
+    pthread_mutex_lock(&l->lock);
+    close_conn_locked(l);
+    __atomic_store_n(&l->state, (int)s, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&l->lock);
+    set_detail(l, detail);
 }
 
 /* lock held */
@@ -441,6 +453,9 @@ int remote_stage_create(struct remote_link *const *links, int n, const struct re
 {
     if (n < 1 || n > NET_MAX_ROUTE + 1)
         return ifd_error_set(err, -EINVAL, "remote stage: chain of %d workers (1 to %d)", n, NET_MAX_ROUTE + 1);
+    for (int i = 0; i < n; i++)
+        if (links[i]->first >= links[i]->last)
+            return ifd_error_set(err, -EINVAL, "remote stage: worker %s holds no layers", links[i]->name);
     for (int i = 1; i < n; i++)
         if (links[i]->first != links[i - 1]->last)
             return ifd_error_set(err, -EINVAL, "remote stage: worker %s starts at layer %d, previous ends at %d",

@@ -28,13 +28,15 @@ enum remote_link_state {
     REMOTE_LINK_PUSHING,        /* connected, sending weights */
     REMOTE_LINK_READY,          /* stage built on the worker */
     REMOTE_LINK_DOWN,           /* failed; the cluster will reconnect */
+    REMOTE_LINK_STANDBY,        /* answered the handshake, holds no layers (a failover may give it some) */
 };
 
 const char *remote_link_state_name(enum remote_link_state s);
 
 struct remote_link;
 
-/* Creates a link in state CONNECTING. addr is "host:port" (< NET_ADDR_MAX). */
+/* Creates a link in state CONNECTING. addr is "host:port" (< NET_ADDR_MAX).
+ * An empty range (layer_first == layer_last) is a standby worker's. */
 int remote_link_create(const char *name, const char *addr, int layer_first, int layer_last,
                        struct remote_link **ret, ifd_error *err);
 void remote_link_destroy(struct remote_link *l); /* accepts NULL; closes the connection */
@@ -44,7 +46,8 @@ const char *remote_link_addr(const struct remote_link *l);
 int remote_link_first(const struct remote_link *l);
 int remote_link_last(const struct remote_link *l);
 /* Moves the link's layer range, while it is not READY (`layers = auto` is
- * decided once the workers have reported their memory and speed). */
+ * decided once the workers have reported their memory and speed; a failover
+ * gives a worker the range of a failed one). */
 void remote_link_set_layers(struct remote_link *l, int first, int last);
 enum remote_link_state remote_link_state(const struct remote_link *l);
 /* Sets a state other than READY (READY comes with remote_link_attach). */
@@ -55,6 +58,11 @@ void remote_link_detail(const struct remote_link *l, char *buf, size_t len);
 /* Installs a loaded, authenticated connection (taking it over) and marks the
  * link READY. */
 void remote_link_attach(struct remote_link *l, struct net_conn *c);
+
+/* Closes the connection (waiting for an exchange in progress) and sets
+ * state s, not READY: a failover takes a live worker down to assign it a new
+ * range. */
+void remote_link_close(struct remote_link *l, enum remote_link_state s, const char *detail);
 
 /* Round trip of a PING when the link is READY and idle (does not wait
  * behind a forward: returns -EBUSY then). */

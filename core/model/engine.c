@@ -28,17 +28,12 @@ struct engine {
     float *final_norm;              /* [hidden] widened once */
 };
 
-static int engine_create_impl(const struct model *m, struct stage **stages, int n_stages,
-                              const struct engine_config *cfg, struct thread_pool *pool, bool own_pool,
-                              engine **ret, ifd_error *err)
+/* Whether stages cover the model's layers in order, each with room for
+ * cfg's slots, positions and batches. */
+static int check_stages(const struct model *m, struct stage **stages, int n_stages, const struct engine_config *cfg,
+                        ifd_error *err)
 {
     const struct model_config *c = &m->cfg;
-    kern_init();
-    if (!m->embed.data || !m->lm_head.data || !m->final_norm.data)
-        return ifd_error_set(err, -EINVAL, "engine: the model must bind the embedding, final norm and head");
-    if (cfg->n_batch_max <= 0 || cfg->n_seq_max <= 0 || cfg->n_ctx <= 0)
-        return ifd_error_set(err, -EINVAL, "engine: n_batch_max %d, n_seq_max %d and n_ctx %d must be positive",
-                             cfg->n_batch_max, cfg->n_seq_max, cfg->n_ctx);
     if (n_stages <= 0)
         return ifd_error_set(err, -EINVAL, "engine: no stages");
     int expect = 0;
@@ -57,6 +52,23 @@ static int engine_create_impl(const struct model *m, struct stage **stages, int 
     }
     if (expect != c->n_layers)
         return ifd_error_set(err, -EINVAL, "engine: stages end at layer %d, the model has %d", expect, c->n_layers);
+    return 0;
+}
+
+static int engine_create_impl(const struct model *m, struct stage **stages, int n_stages,
+                              const struct engine_config *cfg, struct thread_pool *pool, bool own_pool,
+                              engine **ret, ifd_error *err)
+{
+    const struct model_config *c = &m->cfg;
+    kern_init();
+    if (!m->embed.data || !m->lm_head.data || !m->final_norm.data)
+        return ifd_error_set(err, -EINVAL, "engine: the model must bind the embedding, final norm and head");
+    if (cfg->n_batch_max <= 0 || cfg->n_seq_max <= 0 || cfg->n_ctx <= 0)
+        return ifd_error_set(err, -EINVAL, "engine: n_batch_max %d, n_seq_max %d and n_ctx %d must be positive",
+                             cfg->n_batch_max, cfg->n_seq_max, cfg->n_ctx);
+    int r = check_stages(m, stages, n_stages, cfg, err);
+    if (r < 0)
+        return r;
 
     engine *e = calloc(1, sizeof(*e));
     if (!e)
@@ -76,7 +88,7 @@ static int engine_create_impl(const struct model *m, struct stage **stages, int 
         return ifd_error_set(err, -ENOMEM, "engine: out of memory for a batch of %d tokens", cfg->n_batch_max);
     }
     for (int i = 0; i < n_stages; i++) {
-        int r = stage_reserve_batch(stages[i], cfg->n_batch_max, err);
+        r = stage_reserve_batch(stages[i], cfg->n_batch_max, err);
         if (r < 0) {
             engine_destroy(e);
             return r;
@@ -243,6 +255,29 @@ int engine_seq_copy(engine *e, int src_seq, int dst_seq, int n_pos, ifd_error *e
             return r;
         }
     }
+    return 0;
+}
+
+int engine_replace_stages(engine *e, struct stage **stages, int n_stages, ifd_error *err)
+{
+    int r = check_stages(e->m, stages, n_stages, &e->cfg, err);
+    if (r < 0)
+        return r;
+    struct stage **ns = calloc((size_t)n_stages, sizeof(*ns));
+    if (!ns)
+        return ifd_error_set(err, -ENOMEM, "engine: out of memory");
+    for (int i = 0; i < n_stages; i++) {
+        if ((r = stage_reserve_batch(stages[i], e->cfg.n_batch_max, err)) < 0) {
+            free(ns);
+            return r;
+        }
+    }
+    for (int i = 0; i < e->n_stages; i++)
+        stage_destroy(e->stages[i]);
+    free(e->stages);
+    memcpy(ns, stages, sizeof(*stages) * (size_t)n_stages);
+    e->stages = ns;
+    e->n_stages = n_stages;
     return 0;
 }
 

@@ -70,6 +70,13 @@ int engine_seq_truncate(engine *e, int seq_id, int n_keep, ifd_error *err);
  * remote one) dst is freed in every stage, so it can be prefilled instead. */
 int engine_seq_copy(engine *e, int src_seq, int dst_seq, int n_pos, ifd_error *err);
 
+/* Swaps the stage list for another over the same layers (a failover moved a
+ * failed worker's layers elsewhere): checked as engine_create checks it,
+ * then the old stages are destroyed and the new ones owned. The new stages
+ * hold no position: the caller refills every sequence. On failure nothing
+ * changes and the stages stay the caller's. */
+int engine_replace_stages(engine *e, struct stage **stages, int n_stages, ifd_error *err);
+
 const struct model *engine_model(const engine *e);
 int engine_stage_count(const engine *e);
 struct stage *engine_stage(const engine *e, int i);

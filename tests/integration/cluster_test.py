@@ -17,8 +17,13 @@ Groups:
   model_switch one worker stays up while its master is restarted on models of
               other hidden sizes, context lengths and sequence counts (64 -> 128
               -> 64 wide), the last time under a pre-auth flood: goldens each time
+  failover    a worker SIGKILLed while 8 greedy streams generate: its layers go to
+              the master (or to a standby, or to a neighbour), every stream ends 200
+              with the fault-free text; status and /metrics show the failover; the
+              worker back later is a standby; no node for the layers: 503
   faults      worker absent at start (retry, not READY), worker killed mid-generation
-              (503 / error event, bounded time, recovery with no tensor re-sent),
+              (the master takes its layers and the stream goes on; it comes back
+              as a standby; with no node for the layers, an error event),
               wrong key, other protocol version, garbage bytes, half-open connection,
               no key with a non-loopback worker
 Models and goldens come from $INFERD_SHARED (set by meson's test_env)."""
@@ -105,9 +110,9 @@ class Worker(Proc):
 
 
 class Master(Proc):
-    def __init__(self, binary, model, workers=(), key=None, wait=True, extra=()):
+    def __init__(self, binary, model, workers=(), key=None, wait=True, extra=(), config="/dev/null"):
         self.port = free_port()
-        args = [binary, "--config", "/dev/null", "--model", model, "--listen", "127.0.0.1:%d" % self.port,
+        args = [binary, "--config", config, "--model", model, "--listen", "127.0.0.1:%d" % self.port,
                 "--threads", "2", *extra]
         for addr, layers in workers:
             args += ["--worker", "%s=%s" % (addr, layers)]
@@ -391,13 +396,27 @@ def read_frame(s):
     return maj, typ, body
 
 
+def config_file(name, text):
+    path = os.path.join(TMP, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
 def fault_worker_death(binary, key):
-    """A worker dies in the middle of a streamed generation. qwen3-tiny-random
-    (random weights, 151k vocabulary) rarely emits EOS, so a long sampled
-    generation is still running when the worker is killed."""
+    """A worker dies in the middle of a streamed generation and no node can
+    take its layers (the master keeps layer 0 and may take nothing more:
+    [cluster] failover_memory = 0; no standby; no other worker): the stream
+    ends with an error event, requests get 503 while it is down, and it comes
+    back with its own layers and nothing re-sent. qwen3-tiny-random (random
+    weights, 151k vocabulary) rarely emits EOS, so a long sampled generation
+    is still running when the worker is killed."""
     path = os.path.join(MODELS, "qwen3-tiny-random")
     g = goldens("qwen3-tiny-random")[0]
-    m, w1, w2 = cluster_up(binary, path, key)
+    w2 = Worker(binary, key, "death-w2-%d" % free_port())
+    m = Master(binary, path, [(w2.addr, "1-1")], key,
+               config=config_file("nospace.conf", "[cluster]\nfailover_memory = 0\n"))
+    w1 = None
     try:
         st, r = m.complete(g["prompt_ids"], g["stable_prefix_len"])
         want = r["choices"][0]["text"] if st == 200 else None
@@ -422,6 +441,7 @@ def fault_worker_death(binary, key):
         check(elapsed < 10, "the stream ended within a bounded time after the kill (%.1fs)" % elapsed)
         check('"error"' in text and '"worker_unavailable"' in text,
               "the stream ends with a worker_unavailable error event: %r" % text[-400:])
+        check("no node can take its layers" in text, "the error says no node can take the layers: %r" % text[-400:])
         check('"finish_reason":"length"' not in text, "the stream did not pretend to finish: %r" % text[-300:])
         st, r = m.complete(g["prompt_ids"], 4)
         check(st == 503 and r.get("error", {}).get("code") == "worker_unavailable",
@@ -429,6 +449,7 @@ def fault_worker_death(binary, key):
         s = m.status()
         check(s and any(w["state"] in ("down", "connecting") for w in s["workers"]),
               "status shows the worker down: %s" % (s and s["workers"]))
+        check(s and s.get("failover", {}).get("count") == 0, "no failover counted: %s" % (s and s.get("failover")))
         check(m.proc.poll() is None, "the master stays up")
         # /health tells a load balancer the master cannot serve now, and why.
         st, body = m.request("GET", "/health")
@@ -449,6 +470,173 @@ def fault_worker_death(binary, key):
         check(re.search(r"already cached", w2.logtext()), "the restarted worker found its tensors in its cache")
     finally:
         stop_all(m, w1, w2)
+
+
+FAILOVER_PROMPTS = ["Once upon a time", "The little dog", "Tom and Sue went to the park", "One day, a cat",
+                    "Lily had a red ball", "The sun was hot", "A big fish swam", "In the forest"]
+FAILOVER_TOKENS = 400
+
+
+def stream_text(m, prompt, n, started, after=40):
+    """Streams a greedy completion; returns (status, text, error events,
+    finish_reason). started is set once `after` events have arrived."""
+    c = http.client.HTTPConnection("127.0.0.1", m.port, timeout=120)
+    c.request("POST", "/v1/completions", body=json.dumps({"prompt": prompt, "max_tokens": n, "temperature": 0,
+                                                          "stream": True}),
+              headers={"Content-Type": "application/json"})
+    resp = c.getresponse()
+    text, errors, finish, events = "", [], None, 0
+    if resp.status == 200:
+        for line in resp:
+            line = line.strip()
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            ev = json.loads(line[6:])
+            if "error" in ev:
+                errors.append(ev["error"])
+                continue
+            ch = ev["choices"][0]
+            text += ch.get("text") or ""
+            finish = ch.get("finish_reason") or finish
+            events += 1
+            if events >= after:
+                started.set()
+    started.set()
+    c.close()
+    return resp.status, text, errors, finish
+
+
+def kill_mid_generation(m, victim, want):
+    """8 concurrent greedy streams; victim is SIGKILLed once every one has
+    started. Checks each ends 200 with its fault-free text."""
+    results = {}
+    starts = [threading.Event() for _ in FAILOVER_PROMPTS]
+
+    def run(i, p):
+        try:
+            results[p] = stream_text(m, p, FAILOVER_TOKENS, starts[i])
+        except Exception as e:  # noqa: BLE001 - reported below
+            results[p] = (None, repr(e), [], None)
+            starts[i].set()
+
+    ts = [threading.Thread(target=run, args=(i, p)) for i, p in enumerate(FAILOVER_PROMPTS)]
+    for t in ts:
+        t.start()
+    for e in starts:
+        e.wait(60)
+    t0 = time.time()
+    victim.stop(signal.SIGKILL)
+    for t in ts:
+        t.join(180)
+    elapsed = time.time() - t0
+    for p in FAILOVER_PROMPTS:
+        st, text, errors, finish = results.get(p, (None, "", [], None))
+        check(st == 200 and not errors and finish == "length" and text == want[p],
+              "after the kill %r: %s errors %s finish %s, text %s" %
+              (p, st, errors, finish, "identical" if text == want[p] else "differs: %r / %r" % (text[:80], want[p][:80])))
+    return elapsed
+
+
+def failover_metrics(m):
+    st, body = m.request("GET", "/metrics")
+    text = body.decode(errors="replace") if st == 200 else ""
+    count = re.search(r"^inferd_failovers_total (\d+)", text, re.M)
+    replayed = re.search(r"^inferd_failover_replayed_tokens_total (\d+)", text, re.M)
+    last = re.search(r'^inferd_last_failover_info\{worker="([^"]*)",layers="([^"]*)",to="([^"]*)"\} 1', text, re.M)
+    return (int(count.group(1)) if count else None, int(replayed.group(1)) if replayed else None,
+            last.groups() if last else None)
+
+
+def group_failover(binary):
+    key = key_file("failover.key")
+    path = os.path.join(MODELS, "qwen2-tiny-random")
+    single = Master(binary, path)
+    want = {}
+    try:
+        for p in FAILOVER_PROMPTS:
+            st, r = single.complete(p, FAILOVER_TOKENS)
+            want[p] = r["choices"][0]["text"] if st == 200 else None
+            check(st == 200 and r["choices"][0]["finish_reason"] == "length",
+                  "fault-free %r runs to max_tokens: %s" % (p, r))
+    finally:
+        single.stop()
+
+    # 1. No standby: the master takes the dead worker's layer.
+    w1 = Worker(binary, key, "fo-w1-%d" % free_port())
+    w2 = Worker(binary, key, "fo-w2-%d" % free_port())
+    m = Master(binary, path, [(w1.addr, "0-0"), (w2.addr, "1-1")], key)
+    try:
+        elapsed = kill_mid_generation(m, w2, want)
+        print("master takes layer 1: 8 streams finished %.1f s after the kill" % elapsed)
+        s = m.status()
+        fo = (s or {}).get("failover", {})
+        check(fo.get("count") == 1 and fo.get("last", {}).get("worker") == "flag1" and
+              fo.get("last", {}).get("to") == "master" and fo.get("last", {}).get("layers") == "1-1" and
+              fo.get("replayed_tokens", 0) > 0, "status shows the failover: %s" % fo)
+        count, replayed, last = failover_metrics(m)
+        check(count == 1 and replayed and replayed > 0 and last == ("flag1", "1-1", "master"),
+              "/metrics shows the failover: %s %s %s" % (count, replayed, last))
+        print("re-prefilled %s positions" % replayed)
+        check(m.health() == 200, "/health is 200: the master serves every layer")
+        ctl = subprocess.run([os.path.join(os.path.dirname(binary), "inferctl"), "status", "--url",
+                              "http://127.0.0.1:%d" % m.port], capture_output=True, text=True, timeout=20)
+        check(ctl.returncode == 0 and re.search(r"failovers\s+1, \d+ tokens re-prefilled; last: worker flag1, "
+                                                r"layers 1-1 -> master", ctl.stdout),
+              "inferctl status shows the failover: %s" % ctl.stdout)
+        # Back later: a standby, holding nothing; no flapping.
+        w2 = Worker(binary, key, "fo-w2b", port=w2.port, cache=w2.cache)
+        deadline = time.time() + 30
+        ws = []
+        while time.time() < deadline:
+            ws = [w for w in (m.status() or {}).get("workers", []) if w["name"] == "flag1"]
+            if ws and ws[0]["state"] == "standby":
+                break
+            time.sleep(0.2)
+        check(ws and ws[0]["state"] == "standby" and ws[0]["layers"] == "none",
+              "the worker back is a standby with no layers: %s" % ws)
+        st, r = m.complete(FAILOVER_PROMPTS[0], 16)
+        check(st == 200 and want[FAILOVER_PROMPTS[0]].startswith(r["choices"][0]["text"]),
+              "serves the same after the worker is back: %s" % r)
+        check(((m.status() or {}).get("failover") or {}).get("count") == 1, "no further failover")
+    finally:
+        stop_all(m, w1, w2)
+
+    # 2. A standby takes the layer.
+    w1 = Worker(binary, key, "sb-w1-%d" % free_port())
+    w2 = Worker(binary, key, "sb-w2-%d" % free_port())
+    w3 = Worker(binary, key, "sb-w3-%d" % free_port())
+    m = Master(binary, path, [(w1.addr, "0-0"), (w2.addr, "1-1"), (w3.addr, "standby")], key)
+    try:
+        s = m.status()
+        check(s and [w["state"] for w in s["workers"] if w["name"] == "flag2"] == ["standby"],
+              "the standby is connected and holds nothing: %s" % (s and s["workers"]))
+        elapsed = kill_mid_generation(m, w2, want)
+        print("standby takes layer 1: 8 streams finished %.1f s after the kill" % elapsed)
+        fo = (m.status() or {}).get("failover", {})
+        check(fo.get("count") == 1 and fo.get("last", {}).get("to") == "flag2",
+              "the standby took the layers: %s" % fo)
+        ws = {w["name"]: w for w in (m.status() or {}).get("workers", [])}
+        check(ws.get("flag2", {}).get("layers") == "1-1" and ws.get("flag2", {}).get("state") == "ready" and
+              ws.get("flag2", {}).get("forwards", 0) > 0, "the standby runs layer 1 now: %s" % ws.get("flag2"))
+    finally:
+        stop_all(m, w1, w2, w3)
+
+    # 3. The master may take nothing (failover_memory = 0), no standby: the
+    # neighbour worker extends its range over the dead one's.
+    w1 = Worker(binary, key, "nb-w1-%d" % free_port())
+    w2 = Worker(binary, key, "nb-w2-%d" % free_port())
+    m = Master(binary, path, [(w1.addr, "0-0"), (w2.addr, "1-1")], key,
+               config=config_file("nomaster.conf", "[cluster]\nfailover_memory = 0\n"))
+    try:
+        elapsed = kill_mid_generation(m, w2, want)
+        print("neighbour takes layer 1: 8 streams finished %.1f s after the kill" % elapsed)
+        fo = (m.status() or {}).get("failover", {})
+        check(fo.get("count") == 1 and fo.get("last", {}).get("to") == "flag0", "the neighbour took the layers: %s" % fo)
+        ws = {w["name"]: w for w in (m.status() or {}).get("workers", [])}
+        check(ws.get("flag0", {}).get("layers") == "0-1", "the neighbour holds layers 0-1: %s" % ws.get("flag0"))
+    finally:
+        stop_all(m, w1, w2)
+    # No node can take the layers (the clear 503): fault_worker_death, in group faults.
 
 
 def group_faults(binary):
@@ -714,6 +902,7 @@ def main():
         sys.exit(__doc__)
     binary, group = sys.argv[1], sys.argv[2]
     groups = {"golden": group_golden, "concurrent": group_concurrent, "faults": group_faults,
+              "failover": group_failover,
               "vulkan": group_vulkan, "model_switch": group_model_switch, "placement": group_placement,
               "prefix": group_prefix}
     try:
