@@ -176,6 +176,58 @@ Test(config, overlapping_workers_are_an_error)
     inferd_config_finish(&c);
 }
 
+Test(config, standby_workers_and_failover)
+{
+    struct inferd_config c;
+    ifd_error err = {{0}};
+    cr_assert_eq(parse(&c, "[model]\npath=/m\n[cluster]\nfailover_timeout = 12\nfailover_memory = 2G\n"
+                           "[worker.a]\naddress=h1:1\nlayers=0-5\n[worker.s]\naddress=h2:1\nstandby = true\n",
+                       &err), 0, "%s", err.msg);
+    cr_assert_eq(inferd_config_validate(&c, &err), 0, "%s", err.msg);
+    cr_assert_eq(inferd_config_validate_layers(&c, 6, &err), 0, "%s", err.msg);
+    cr_assert_eq(c.cluster_failover_timeout_s, 12);
+    cr_assert_eq(c.cluster_failover_memory, (int64_t)2 << 30);
+    cr_assert_eq(c.n_workers, 2);
+    cr_assert(!c.workers[0].standby);
+    cr_assert(c.workers[1].standby);
+    inferd_config_finish(&c);
+
+    /* the defaults: 30 s, the master's available memory (-1) */
+    cr_assert_eq(parse(&c, "[model]\npath=/m\n", &err), 0, "%s", err.msg);
+    cr_assert_eq(c.cluster_failover_timeout_s, 30);
+    cr_assert_eq(c.cluster_failover_memory, -1);
+    inferd_config_finish(&c);
+
+    /* a standby holds no layers; a worker needs layers or standby */
+    cr_assert_eq(parse(&c, "[model]\npath=/m\n[worker.s]\naddress=h2:1\nlayers=0-1\nstandby=true\n", &err), 0);
+    cr_assert_lt(inferd_config_validate(&c, &err), 0);
+    cr_assert(strstr(err.msg, "standby worker holds no layers"), "%s", err.msg);
+    inferd_config_finish(&c);
+    cr_assert_eq(parse(&c, "[model]\npath=/m\n[worker.s]\naddress=h2:1\nstandby=false\n", &err), 0);
+    cr_assert_lt(inferd_config_validate(&c, &err), 0);
+    cr_assert(strstr(err.msg, "no layers"), "%s", err.msg);
+    inferd_config_finish(&c);
+
+    cr_assert_lt(parse(&c, "[worker.s]\nstandby = perhaps\n", &err), 0);
+    cr_assert(strstr(err.msg, "not a boolean"), "%s", err.msg);
+    inferd_config_finish(&c);
+    cr_assert_lt(parse(&c, "[cluster]\nfailover_timeout = 0\n", &err), 0);
+    cr_assert(strstr(err.msg, "failover_timeout"), "%s", err.msg);
+    inferd_config_finish(&c);
+    cr_assert_lt(parse(&c, "[worker.s]\nlayers = standby\n", &err), 0, "standby is a key in a file, not a range");
+    inferd_config_finish(&c);
+
+    /* --worker ADDR=standby */
+    struct inferd_cli cli;
+    const char *args[] = {"--model", "/m", "--worker", "127.0.0.1:1=0-1", "--worker", "127.0.0.1:2=standby", NULL};
+    cr_assert_eq(load(&c, &cli, &err, args), 0, "%s", err.msg);
+    cr_assert_eq(c.n_workers, 2);
+    cr_assert(c.workers[1].standby);
+    cr_assert_eq(c.workers[1].layer_first, -1);
+    cr_assert_eq(inferd_config_validate(&c, &err), 0, "%s", err.msg);
+    inferd_config_finish(&c);
+}
+
 Test(config, flags_override_file)
 {
     char *path = write_tmp("[server]\nlisten = 127.0.0.1:7000\nqueue_depth = 3\n[model]\npath = /from/file\n");
