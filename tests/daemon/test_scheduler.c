@@ -25,6 +25,7 @@
 #include "common/test_util.h"
 #include "model/cpu_stage.h"
 #include "model/engine.h"
+#include "metrics.h"
 #include "scheduler.h"
 #include "stop_set.h"
 #include "text/tokenizer/tokenizer.h"
@@ -928,5 +929,190 @@ Test(scheduler, prefix_cache_choices_report_what_was_kept)
         for (int i = 0; i < N; i++)
             assert_same_ids(ids[i], n_ids[i], alone[0], n_alone[0], i);
         fx_down(&f);
+    }
+}
+
+/* ---- failover: the caches rebuilt on new stages ---- */
+
+/* A CPU stage whose forward fails with -EHOSTDOWN, as a remote stage's does
+ * when its worker is down, from its fail_at-th call on (0: never). */
+struct flaky_stage {
+    struct stage base;
+    struct stage *inner;
+    int calls, fail_at;
+};
+
+static int flaky_forward(struct stage *s, const struct stage_batch *b, ifd_error *err)
+{
+    struct flaky_stage *fs = (struct flaky_stage *)s;
+    if (fs->fail_at && ++fs->calls >= fs->fail_at)
+        return ifd_error_set(err, -EHOSTDOWN, "worker w1 (127.0.0.1:1, layers 0-1) is down");
+    return stage_forward(fs->inner, b, err);
+}
+
+static int flaky_truncate(struct stage *s, int seq_id, int n_keep, ifd_error *err)
+{
+    return stage_seq_truncate(((struct flaky_stage *)s)->inner, seq_id, n_keep, err);
+}
+
+static void flaky_destroy(struct stage *s)
+{
+    stage_destroy(((struct flaky_stage *)s)->inner);
+    stage_finish(s);
+    free(s);
+}
+
+static const struct stage_ops flaky_ops = {
+    .name = "flaky", .forward = flaky_forward, .seq_truncate = flaky_truncate, .destroy = flaky_destroy,
+};
+
+static struct stage *flaky_stage(const struct model *m, const struct engine_config *ec, struct thread_pool *pool,
+                                 int fail_at)
+{
+    ifd_error err = {{0}};
+    struct flaky_stage *fs = calloc(1, sizeof(*fs));
+    cr_assert_not_null(fs);
+    int L = m->cfg.n_layers;
+    cr_assert_eq(cpu_stage_create(m, 0, L, ec->n_seq_max, ec->n_ctx, pool, &fs->inner, &err), 0, "%s", err.msg);
+    cr_assert_eq(stage_init(&fs->base, &flaky_ops, 0, L, m->cfg.hidden_size, ec->n_seq_max, ec->n_ctx, 0, &err), 0,
+                 "%s", err.msg);
+    fs->fail_at = fail_at;
+    return &fs->base;
+}
+
+/* What the recover hook does: what cluster_failover does once the layers
+ * have moved, a new stage list (here one fresh stage that fails from its
+ * new_fail_at-th forward), or refuses as when no node can take them. */
+struct failover_fx {
+    struct fx f;
+    struct engine_config ec;
+    int new_fail_at;
+    bool refuse;
+    int recovers;
+};
+
+static int test_recover(void *ctx, struct metrics_failover *ret, ifd_error *err)
+{
+    struct failover_fx *x = ctx;
+    if (x->refuse)
+        return ifd_error_set(err, -ENOSPC, "worker w1 is down and no node can take its layers");
+    struct stage *st = flaky_stage(x->f.m, &x->ec, x->f.pool, x->new_fail_at);
+    int r = engine_replace_stages(x->f.e, &st, 1, err);
+    if (r < 0) {
+        stage_destroy(st);
+        return r;
+    }
+    x->recovers++;
+    *ret = (struct metrics_failover){.worker = "w1", .to = "master", .layer_first = 0, .layer_last = 2};
+    return 0;
+}
+
+static void failover_up(struct failover_fx *x, int n_seq, int fail_at)
+{
+    ifd_error err = {{0}};
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s/models/%s", tu_must_shared_dir(), MODEL);
+    struct fx *f = &x->f;
+    struct model_load_opts lo = model_load_opts_default();
+    cr_assert_eq(model_load(dir, &lo, &f->m, &err), 0, "%s", err.msg);
+    cr_assert_eq(tok_load(dir, &f->tok, &err), 0, "%s", err.msg);
+    struct sched_config sc = {.n_seq_max = n_seq, .n_ctx = 128, .prefill_chunk = 16, .queue_depth = n_seq,
+                              .recover = test_recover, .recover_ctx = x};
+    sc.n_batch_max = sc.prefill_chunk + n_seq;
+    x->ec = (struct engine_config){.n_seq_max = n_seq, .n_ctx = 128, .n_batch_max = sc.n_batch_max, .n_threads = 1};
+    cr_assert_not_null(f->pool = thread_pool_create(1));
+    struct stage *st = flaky_stage(f->m, &x->ec, f->pool, fail_at);
+    cr_assert_eq(engine_create(f->m, &st, 1, &x->ec, NULL, &f->e, &err), 0, "%s", err.msg);
+    struct gen_stop_set stops;
+    cr_assert_eq(stop_set_build(&f->m->cfg, f->tok, &stops, &err), 0, "%s", err.msg);
+    cr_assert_eq(sched_create(f->e, f->tok, &stops, &sc, NULL, &f->s, &err), 0, "%s", err.msg);
+}
+
+/* Three sequences generating, and one still prefilling a long prompt (with
+ * prompt logprobs, which must not come twice), when a forward fails with a
+ * worker down: the hook gives the engine new stages holding nothing, the
+ * scheduler rebuilds every cache from its tokens, and each request ends as
+ * it does undisturbed (greedy ids, the prompt logprob entries once). */
+Test(scheduler, failover_rebuilds_the_caches)
+{
+    enum { N = 3, MAXT = 40 };
+    struct story st[N];
+    for (int i = 0; i < N; i++)
+        story_load(i, &st[i]);
+    int32_t alone[N][MAX_IDS];
+    int n_alone[N];
+    const char *finish;
+    struct fx ref;
+    fx_up(&ref, N + 1, 128, N + 1);
+    for (int i = 0; i < N; i++)
+        n_alone[i] = run_one(&ref, st[i].prompt, st[i].n_prompt, MAXT, alone[i], &finish);
+    /* A 60-token prompt: 4 chunks of 16, still prefilling at the failure. */
+    int32_t longp[60];
+    for (int i = 0; i < 60; i++)
+        longp[i] = st[i % N].prompt[i % st[i % N].n_prompt];
+    struct sched_req_params lp = {.prompt = longp, .n_prompt = 60, .max_tokens = 8,
+                                  .sampling = sampler_params_default(), .logprobs = true, .prompt_logprobs = true};
+    struct sched_req *r0;
+    ifd_error err = {{0}};
+    struct sched_output o0 = {0};
+    cr_assert_eq(sched_submit(ref.s, &lp, &r0, &err), 0, "%s", err.msg);
+    collect_all(r0, &o0);
+    cr_assert_eq(o0.error_status, 0, "%s", o0.error_msg);
+    sched_req_release(r0);
+    fx_down(&ref);
+
+    static struct failover_fx x; /* the hook's context outlives the scheduler thread's calls */
+    memset(&x, 0, sizeof(x));
+    failover_up(&x, N + 1, 6);
+    struct sched_req *r[N], *rl;
+    struct sched_output out[N], ol = {0};
+    memset(out, 0, sizeof(out));
+    for (int i = 0; i < N; i++)
+        r[i] = submit(&x.f, st[i].prompt, st[i].n_prompt, MAXT);
+    /* the short prompts are in after one step; the long one joins later */
+    cr_assert_eq(sched_submit(x.f.s, &lp, &rl, &err), 0, "%s", err.msg);
+    for (int i = 0; i < N; i++) {
+        collect_all(r[i], &out[i]);
+        cr_assert_eq(out[i].error_status, 0, "%s", out[i].error_msg);
+        cr_assert_eq(out[i].n_lp, n_alone[i]);
+        for (int k = 0; k < n_alone[i]; k++)
+            cr_assert_eq(out[i].lp[k].token, alone[i][k], "story %d token %d: after the failover %d, alone %d", i,
+                         k, out[i].lp[k].token, alone[i][k]);
+        sched_output_finish(&out[i]);
+        sched_req_release(r[i]);
+    }
+    collect_all(rl, &ol);
+    cr_assert_eq(ol.error_status, 0, "%s", ol.error_msg);
+    cr_assert_eq(ol.n_lp, o0.n_lp, "prompt logprobs once: %d entries, undisturbed %d", ol.n_lp, o0.n_lp);
+    for (int k = 0; k < o0.n_lp; k++)
+        cr_assert_eq(ol.lp[k].token, o0.lp[k].token, "long prompt entry %d", k);
+    cr_assert_eq(x.recovers, 1);
+    sched_output_finish(&ol);
+    sched_output_finish(&o0);
+    sched_req_release(rl);
+    fx_down(&x.f);
+}
+
+/* No node for the layers: the request ends with 503 and the hook's reason.
+ * New stages that fail at once: a bounded number of failovers, then 503. */
+Test(scheduler, failover_refused_or_failing_ends_with_503)
+{
+    struct story st;
+    story_load(0, &st);
+    static struct failover_fx x;
+    for (int refuse = 1; refuse >= 0; refuse--) {
+        memset(&x, 0, sizeof(x));
+        x.refuse = refuse;
+        x.new_fail_at = 1;
+        failover_up(&x, 2, 3);
+        struct sched_req *r = submit(&x.f, st.prompt, st.n_prompt, 40);
+        struct sched_output out = {0};
+        collect_all(r, &out);
+        cr_assert_eq(out.error_status, 503, "status %d: %s", out.error_status, out.error_msg);
+        cr_assert(strstr(out.error_msg, refuse ? "no node can take its layers" : "is down"), "%s", out.error_msg);
+        cr_assert_eq(x.recovers, refuse ? 0 : 3, "%d failovers", x.recovers);
+        sched_output_finish(&out);
+        sched_req_release(r);
+        fx_down(&x.f);
     }
 }
