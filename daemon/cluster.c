@@ -383,12 +383,17 @@ moved:
 /* Supervisor thread: answers failover request `ticket`. Every member that
  * holds layers and is not READY by now (the loop has just retried those
  * due, so a worker that came straight back, or one failed only with its
- * chain's timeout, is READY again) has its layers moved. */
+ * chain's timeout, is READY again) has its layers moved. READY members are
+ * pinged first: a worker that died behind another in a chain may have been
+ * reported only by that one's ERROR, its own link still READY. */
 static void failover_run(struct cluster *c, uint64_t ticket)
 {
     ifd_error err = {{0}};
     struct metrics_failover f = {0};
     int r = 0;
+    for (int i = 0; i < c->n; i++)
+        if (remote_link_state(c->mem[i].link) == REMOTE_LINK_READY)
+            remote_link_ping(c->mem[i].link, 2000, NULL, NULL);
     for (int i = 0; i < c->n && r >= 0; i++) {
         struct member *d = &c->mem[i];
         if (d->standby || remote_link_state(d->link) == REMOTE_LINK_READY)
