@@ -980,6 +980,11 @@ static int sched_failover(struct sched *s, ifd_error *err)
 {
     if (!s->cfg.recover || s->failovers_in_row >= SCHED_FAILOVER_TRIES)
         return -EHOSTDOWN;
+    /* The loop is alive: the watchdog (models_alive) gives the hook its
+     * whole bounded wait, not what the failed forward's timeout left. */
+    pthread_mutex_lock(&s->mu);
+    s->heartbeat = ifd_now_s();
+    pthread_mutex_unlock(&s->mu);
     struct metrics_failover f = {0};
     int r = s->cfg.recover(s->cfg.recover_ctx, &f, err);
     if (r < 0)
