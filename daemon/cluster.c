@@ -24,6 +24,7 @@
 #define BACKOFF_MAX_MS 5000
 #define PING_EVERY_MS 5000
 #define CONNECT_TIMEOUT_MS 3000
+#define STANDBY_CHECK_MS 30000
 
 struct member {
     struct remote_link *link;
@@ -427,7 +428,10 @@ static void *supervisor(void *arg)
                 }
                 continue;
             }
-            if (st == REMOTE_LINK_STANDBY || now < mb->next_try_ns)
+            /* A standby is asked for its report again now and then, so
+             * that one that died shows as down before a failover needs it. */
+            if (st == REMOTE_LINK_STANDBY ? now - mb->last_ping_ns < (uint64_t)STANDBY_CHECK_MS * 1000000ull
+                                          : now < mb->next_try_ns)
                 continue;
             if (c->split_pending && mb->auto_layers && mb->reported) {
                 remote_link_set_state(l, REMOTE_LINK_CONNECTING, "waiting for the other auto workers to report");

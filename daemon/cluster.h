@@ -14,6 +14,7 @@
  *     cluster_build_stages(cl, model, pool, &stages, &n, err);  -- local gaps + remote ranges
  *     engine_create(model, stages, n, ...);
  *     ... cluster_status_json(cl) for /status ...
+ *     cluster_failover(cl, eng, pool, &what, err);  -- scheduler thread, a forward failed (its recover hook)
  *     engine_destroy(); cluster_destroy(cl);      -- the engine's stages borrow the links
  *
  * Topology: contiguous workers form one chain stage (the hidden state goes
@@ -72,7 +73,8 @@ cJSON *cluster_status_json(struct cluster *c);
 /* How many workers are not ready now (down, reconnecting, being set up);
  * when some are, the first one's "NAME (ADDRESS) is STATE: DETAIL" goes to
  * what (NUL-terminated, cut to what_len). For /health: a master with a worker
- * down answers every generation with 503, so it must not report healthy. */
+ * down holds generations for a failover or answers them with 503, so it must
+ * not report healthy. Standby workers serve nothing and are not counted. */
 int cluster_count_unready(struct cluster *c, char *what, size_t what_len);
 
 void cluster_destroy(struct cluster *c); /* accepts NULL */
