@@ -971,7 +971,8 @@ static void share_prefill(struct sched *s, struct sched_seq *q, const float *row
 /* A forward failed with a worker down: the caller's hook moves its layers
  * and gives the engine new stages, which hold nothing; every slot is then
  * truncated to 0 on every stage (a worker kept from before still holds the
- * old caches) and each running sequence rebuilds its cache from
+ * old caches; a free slot forgets the cache it kept) and each running
+ * sequence rebuilds its cache from
  * hist[0..n_past) before it goes on (n_replay), so that its output is the
  * one an undisturbed run gives: a generating sequence's next_token was
  * sampled already and is fed after the rebuild. 0, or < 0 with err saying
@@ -994,13 +995,17 @@ static int sched_failover(struct sched *s, ifd_error *err)
     int n_seqs = 0;
     for (int i = 0; i < s->cfg.n_seq_max; i++) {
         struct sched_seq *q = &s->seqs[i];
+        if (!q->req) {
+            /* A cache a free slot kept (prefix_cache) went with the old
+             * stages. */
+            seq_cache_drop(s, q);
+            continue;
+        }
         ifd_error e2;
         if (engine_seq_truncate(s->e, i, 0, &e2) < 0) {
             /* The worker that could not be told is marked down: the next
              * forward fails and comes back here. */
         }
-        if (!q->req)
-            continue;
         /* A failover during a rebuild: the rebuild's target still stands. */
         if (q->n_past > q->n_replay)
             q->n_replay = q->n_past;

@@ -1007,7 +1007,7 @@ static int test_recover(void *ctx, struct metrics_failover *ret, ifd_error *err)
     return 0;
 }
 
-static void failover_up(struct failover_fx *x, int n_seq, int fail_at)
+static void failover_up(struct failover_fx *x, int n_seq, int fail_at, bool prefix_cache)
 {
     ifd_error err = {{0}};
     char dir[PATH_MAX];
@@ -1017,7 +1017,7 @@ static void failover_up(struct failover_fx *x, int n_seq, int fail_at)
     cr_assert_eq(model_load(dir, &lo, &f->m, &err), 0, "%s", err.msg);
     cr_assert_eq(tok_load(dir, &f->tok, &err), 0, "%s", err.msg);
     struct sched_config sc = {.n_seq_max = n_seq, .n_ctx = 128, .prefill_chunk = 16, .queue_depth = n_seq,
-                              .recover = test_recover, .recover_ctx = x};
+                              .prefix_cache = prefix_cache, .recover = test_recover, .recover_ctx = x};
     sc.n_batch_max = sc.prefill_chunk + n_seq;
     x->ec = (struct engine_config){.n_seq_max = n_seq, .n_ctx = 128, .n_batch_max = sc.n_batch_max, .n_threads = 1};
     cr_assert_not_null(f->pool = thread_pool_create(1));
@@ -1063,7 +1063,7 @@ Test(scheduler, failover_rebuilds_the_caches)
 
     static struct failover_fx x; /* the hook's context outlives the scheduler thread's calls */
     memset(&x, 0, sizeof(x));
-    failover_up(&x, N + 1, 6);
+    failover_up(&x, N + 1, 6, false);
     struct sched_req *r[N], *rl;
     struct sched_output out[N], ol = {0};
     memset(out, 0, sizeof(out));
@@ -1104,7 +1104,7 @@ Test(scheduler, failover_refused_or_failing_ends_with_503)
         memset(&x, 0, sizeof(x));
         x.refuse = refuse;
         x.new_fail_at = 1;
-        failover_up(&x, 2, 3);
+        failover_up(&x, 2, 3, false);
         struct sched_req *r = submit(&x.f, st.prompt, st.n_prompt, 40);
         struct sched_output out = {0};
         collect_all(r, &out);
@@ -1115,4 +1115,41 @@ Test(scheduler, failover_refused_or_failing_ends_with_503)
         sched_req_release(r);
         fx_down(&x.f);
     }
+}
+
+/* prefix_cache: a free slot's kept cache went with the old stages. Story 0
+ * leaves its cache in one slot; story 1 runs in the other through a
+ * failover; story 0 again then runs from position 0 (cached_tokens 0) and
+ * gives the ids it gave; once more, it keeps all but its last prompt token
+ * of the cache just rebuilt. */
+Test(scheduler, failover_forgets_kept_caches)
+{
+    struct story st[2];
+    story_load(0, &st[0]);
+    story_load(1, &st[1]);
+    int32_t alone[MAX_IDS], ids[MAX_IDS];
+    const char *finish;
+    static struct failover_fx x;
+    memset(&x, 0, sizeof(x));
+    failover_up(&x, 2, 0, true);
+    int n_alone = run_one(&x.f, st[0].prompt, st[0].n_prompt, 8, alone, &finish);
+    struct flaky_stage *fs = (struct flaky_stage *)engine_stage(x.f.e, 0);
+    fs->calls = 0;
+    fs->fail_at = 3; /* story 1's third forward fails */
+    cr_assert_gt(run_one(&x.f, st[1].prompt, st[1].n_prompt, 8, ids, &finish), 0);
+    cr_assert_eq(x.recovers, 1);
+    for (int pass = 0; pass < 2; pass++) {
+        struct sched_req *r = submit(&x.f, st[0].prompt, st[0].n_prompt, 8);
+        struct sched_output out = {0};
+        collect_all(r, &out);
+        cr_assert_eq(out.error_status, 0, "%s", out.error_msg);
+        cr_assert_eq(out.cached_tokens, pass ? st[0].n_prompt - 1 : 0, "pass %d: %d cached", pass,
+                     out.cached_tokens);
+        cr_assert_eq(out.n_lp, n_alone);
+        for (int k = 0; k < n_alone; k++)
+            cr_assert_eq(out.lp[k].token, alone[k], "token %d: %d, alone %d", k, out.lp[k].token, alone[k]);
+        sched_output_finish(&out);
+        sched_req_release(r);
+    }
+    fx_down(&x.f);
 }
