@@ -187,6 +187,33 @@ static int peer_error(struct remote_link *l, const uint8_t *p, size_t len, ifd_e
     return ifd_error_set(err, code, "worker %s (%s): %.*s", l->name, l->addr, (int)em.msg_len, em.msg);
 }
 
+/* Whether an ERROR payload answers another request than req: a worker of
+ * a chain reports the failure of a forward the master may have given up on
+ * already (its next hop died, and the master saw that hop's connection
+ * close first), so the report arrives before the answer to a later request.
+ * Such a late answer is dropped. req_id 0 concerns the connection: never
+ * stale. */
+static bool stale_error(const uint8_t *p, size_t len, uint64_t req)
+{
+    struct net_error_msg em;
+    return net_error_decode(p, len, &em, NULL) >= 0 && em.req_id != 0 && em.req_id != req;
+}
+
+/* Receives the answer to request req on l (lock held), dropping stale
+ * ERRORs, within timeout_ms in all. */
+static int recv_answer(struct remote_link *l, uint64_t req, uint16_t *type, const uint8_t **p, size_t *len,
+                       int timeout_ms, ifd_error *err)
+{
+    uint64_t deadline = ifd_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    for (;;) {
+        uint64_t now = ifd_now_ns();
+        int left = now < deadline ? (int)((deadline - now) / 1000000ull) + 1 : 1;
+        int r = net_conn_recv(l->conn, type, p, len, left, err);
+        if (r < 0 || *type != NET_MSG_ERROR || !stale_error(*p, *len, req))
+            return r;
+    }
+}
+
 int remote_link_ping(struct remote_link *l, int timeout_ms, double *ret_rtt_ms, ifd_error *err)
 {
     if (pthread_mutex_trylock(&l->lock) != 0)
@@ -210,7 +237,7 @@ int remote_link_ping(struct remote_link *l, int timeout_ms, double *ret_rtt_ms, 
     uint16_t type;
     const uint8_t *p;
     size_t len;
-    r = net_conn_recv(l->conn, &type, &p, &len, timeout_ms, err);
+    r = recv_answer(l, pg.req_id, &type, &p, &len, timeout_ms, err);
     struct net_ping back;
     if (r >= 0 && (type != NET_MSG_PONG || net_ping_decode(p, len, &back, NULL) < 0 || back.t_ns != t0))
         r = ifd_error_set(err, -EPROTO, "worker %s: bad answer to PING (%s)", l->name, net_msg_name(type));
@@ -337,6 +364,8 @@ static int remote_forward(struct stage *s, const struct stage_batch *b, ifd_erro
                 r = -EHOSTDOWN;
                 goto out;
             }
+            if (type == NET_MSG_ERROR && stale_error(p, len, req))
+                continue;
             if (type == NET_MSG_ERROR) {
                 r = peer_error(l, p, len, err);
                 goto out;
@@ -400,7 +429,7 @@ static int remote_seq_truncate(struct stage *s, int seq_id, int n_keep, ifd_erro
         const uint8_t *p;
         size_t len;
         if (r >= 0)
-            r = net_conn_recv(l->conn, &type, &p, &len, rs->timeout_ms, err);
+            r = recv_answer(l, kt.req_id, &type, &p, &len, rs->timeout_ms, err);
         if (r >= 0) {
             struct net_ack ack;
             if (type == NET_MSG_ERROR) {

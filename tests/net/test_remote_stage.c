@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "common/golden_models.h"
@@ -275,6 +276,11 @@ Test(remote_stage, worker_death_fails_forward_quickly)
     /* Later forwards fail at once while the link is down. */
     cr_assert_lt(greedy(e, 0, fx.g.prompt, fx.g.n_prompt, 1, ids, NULL, &err), 0);
     cr_assert_eq(remote_link_state(fx.links[1]), REMOTE_LINK_DOWN);
+    /* The first worker is alive (a failover keeps it): its link answers a
+     * ping, whether or not its ERROR about the dead next hop came in after
+     * the forward gave up (a late answer is dropped). */
+    cr_assert_eq(remote_link_ping(fx.links[0], 2000, NULL, &err), 0, "%s", err.msg);
+    cr_assert_eq(remote_link_state(fx.links[0]), REMOTE_LINK_READY);
 
     engine_destroy(e);
     fixture_down(&fx);
@@ -317,4 +323,58 @@ Test(remote_stage, bad_requests_answered_with_error_not_crash)
     free(h);
     stage_destroy(st);
     fixture_down(&fx);
+}
+
+/* ---- a late ERROR ---- */
+
+/* A worker that answers each PING with an ERROR about an earlier request
+ * first (as a worker of a chain reports the failure of a forward the master
+ * has already given up on), then the PONG. */
+struct late_error_worker {
+    int listen_fd, port;
+    struct net_key key;
+    pthread_t th;
+};
+
+static void *late_error_thread(void *p)
+{
+    struct late_error_worker *w = p;
+    int fd = accept(w->listen_fd, NULL, NULL);
+    struct net_conn *c;
+    ifd_error err;
+    if (fd < 0 || net_conn_create(fd, "master", &c, &err) < 0)
+        return NULL;
+    struct net_hello self = {.role = NET_ROLE_WORKER, .caps = NET_CAP_CHAIN}, peer;
+    if (net_conn_handshake_server(c, &w->key, &self, &peer, &err) >= 0) {
+        uint16_t type;
+        const uint8_t *pl;
+        size_t len;
+        while (net_conn_recv(c, &type, &pl, &len, 5000, &err) >= 0 && type == NET_MSG_PING) {
+            net_conn_send_error(c, -EHOSTUNREACH, 1000, "next hop 127.0.0.1:1: connection refused");
+            if (net_conn_send(c, NET_MSG_PONG, pl, len, 5000, &err) < 0)
+                break;
+        }
+    }
+    net_conn_destroy(c);
+    return NULL;
+}
+
+Test(remote_stage, late_error_is_dropped)
+{
+    static struct late_error_worker w;
+    ifd_error err;
+    memset(w.key.k, 0x42, sizeof(w.key.k));
+    cr_assert_eq(net_listen("127.0.0.1:0", &w.listen_fd, &w.port, &err), 0, "%s", err.msg);
+    pthread_create(&w.th, NULL, late_error_thread, &w);
+    char addr[NET_ADDR_MAX];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", w.port);
+    struct remote_link *l;
+    cr_assert_eq(remote_link_create("w0", addr, 0, 1, &l, &err), 0, "%s", err.msg);
+    link_connect(l, &w.key);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(remote_link_ping(l, 2000, NULL, &err), 0, "ping %d: %s", i, err.msg);
+    cr_assert_eq(remote_link_state(l), REMOTE_LINK_READY);
+    remote_link_destroy(l);
+    pthread_join(w.th, NULL);
+    close(w.listen_fd);
 }
