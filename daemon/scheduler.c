@@ -647,11 +647,14 @@ static void seq_cache_drop(struct sched *s, struct sched_seq *q)
 
 /* Under s->mu: forgets every free slot's cache. After an engine error a
  * stage may hold positions the slots do not count, and a worker that went
- * down comes back with no cache at all: no kept position can be trusted. */
+ * down comes back with no cache at all: no kept position can be trusted.
+ * Slots that count none are truncated too: a request whose first chunk
+ * failed counts 0, yet the stages before the failing one (the master's own
+ * layers before a worker's) took its positions. */
 static void sched_caches_drop(struct sched *s)
 {
     for (int i = 0; i < s->cfg.n_seq_max; i++)
-        if (!s->seqs[i].req && s->seqs[i].n_past > 0)
+        if (!s->seqs[i].req)
             seq_cache_drop(s, &s->seqs[i]);
 }
 
