@@ -25,6 +25,7 @@
 #define PING_EVERY_MS 5000
 #define CONNECT_TIMEOUT_MS 3000
 #define STANDBY_CHECK_MS 30000
+#define FAILOVER_BUSY_TRIES 5
 
 struct member {
     struct remote_link *link;
@@ -300,6 +301,23 @@ static uint64_t range_layer_bytes(const struct cluster *c, int first, int last)
     return most;
 }
 
+/* bring_up for a failover: a worker whose previous connection from this
+ * master was just closed (a neighbour taken down to be set up again, a
+ * standby right after its report) may not have seen the close yet and
+ * refuse a second master with -EBUSY: it is asked again, a few times. */
+static int bring_up_again(struct cluster *c, struct member *mb, ifd_error *err)
+{
+    int r = -EBUSY;
+    for (int i = 0; i < FAILOVER_BUSY_TRIES && r == -EBUSY; i++) {
+        if (i > 0) {
+            struct timespec ts = {.tv_nsec = 100 * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+        r = bring_up(c, mb, err);
+    }
+    return r;
+}
+
 /* Supervisor thread: gives the layers of failed member d to one other node,
  * in this order (the simplest that keeps every layer on one node):
  *   1. a standby worker whose reported memory holds them (it pushes only the
@@ -329,7 +347,7 @@ static int failover_member(struct cluster *c, struct member *d, struct metrics_f
             continue;
         member_set_layers(sb, first, last);
         sb->standby = false;
-        if (bring_up(c, sb, &e2) >= 0) {
+        if (bring_up_again(c, sb, &e2) >= 0) {
             member_ok(sb);
             snprintf(f->to, sizeof(f->to), "%s", remote_link_name(sb->link));
             goto moved;
@@ -359,7 +377,7 @@ static int failover_member(struct cluster *c, struct member *d, struct metrics_f
             continue;
         remote_link_close(nl, REMOTE_LINK_PUSHING, "taking over the layers of a failed worker");
         member_set_layers(nb, nf, nlast);
-        if (bring_up(c, nb, &e2) >= 0) {
+        if (bring_up_again(c, nb, &e2) >= 0) {
             member_ok(nb);
             snprintf(f->to, sizeof(f->to), "%s", remote_link_name(nl));
             goto moved;
