@@ -22,6 +22,7 @@
 /* Limits on what a config file may ask for: sanity bounds, not tuning. */
 #define INFERD_MAX_API_KEYS 256
 #define INFERD_MAX_WORKERS 64
+#define INFERD_MAX_MICRO_BATCHES 16 /* = REMOTE_STAGE_MAX_INFLIGHT */
 #define INFERD_MAX_KEY_LEN 512
 #define INFERD_MAX_MODELS 64
 #define INFERD_MAX_CORS_ORIGINS 64
@@ -115,6 +116,9 @@ struct inferd_config {
     char *cluster_key_file;       /* shared secret for master<->worker authentication */
     bool allow_insecure_cluster;  /* allow non-loopback workers without a key */
     int cluster_io_timeout_s;     /* a started frame must be whole within this (default 30) */
+    int micro_batches;            /* master: batches in flight on the workers at once; 0 = auto
+                                   * (workers in the chain + 1, or 1 without workers), else
+                                   * 1..INFERD_MAX_MICRO_BATCHES; 1 = one synchronous batch */
     char **next_hops;             /* worker: FORWARD next hops allowed ("host:port", "host", "*") */
     int n_next_hops;              /* 0: loopback next hops only */
     struct inferd_worker_cfg *workers; /* [n_workers], in file then flag order */

@@ -82,6 +82,7 @@ struct sched_seq {
      * the leader leaves first or the copy fails. */
     bool waiting;
     bool shared;                 /* got its first token from a copy this step: publish it */
+    bool in_flight;              /* in a micro-batch submitted and not yet completed: not released, not batched */
     int32_t next_token;
     struct gen_seq gen;          /* the shared generation step (model/generate.h) */
     sampler *smp;
@@ -95,6 +96,18 @@ struct sched_seq {
     struct api_logprob lp;
     const char *finish;          /* "stop"/"length" when finishing this step */
     uint64_t admitted;           /* admission order: prefill goes first come first served */
+};
+
+/* A micro-batch: its slice of the batch scratch (engine_submit borrows
+ * the token arrays until engine_complete) and what its logits rows are for.
+ * Scheduler thread only. */
+struct sched_mb {
+    int32_t *tokens, *seq_ids, *pos; /* [n_batch_max] */
+    bool *want;                      /* [n_batch_max] */
+    int *row_seq;                    /* [n_batch_max]: the slot of each logits row */
+    int *row_ppos;                   /* [n_batch_max]: -1, or the prompt index whose next token's logprob the row gives */
+    int n, n_rows, n_decode, n_prefill;
+    double t0;                       /* submitted at */
 };
 
 struct sched {
@@ -125,11 +138,16 @@ struct sched {
 
     struct sched_seq *seqs;      /* [n_seq_max] */
     int32_t *hist;               /* [n_seq_max * n_ctx]: the slots' hist arrays */
-    /* Batch scratch, sized once for n_batch_max. */
+    /* Batch scratch, sized once: n_batch_max per micro-batch, which mb[]
+     * slices. */
     int32_t *b_tokens, *b_seq_ids, *b_pos;
     bool *b_want;
-    int *row_seq;                /* [n_batch_max]: the slot of each logits row */
-    int *row_ppos;               /* [n_batch_max]: -1, or the prompt index whose next token's logprob the row gives */
+    int *row_seq, *row_ppos;
+    /* Pipelined micro-batches (cfg.micro_batches): mb[k] uses engine slot
+     * k; they are submitted round robin and complete in that order, the
+     * oldest in flight being mb[mb_head]. */
+    struct sched_mb *mb;         /* [micro_batches] */
+    int mb_head, mb_in_flight;
     float *logits_copy;          /* [n_vocab]: raw logits kept for logprobs */
     float *logits_share;         /* [n_vocab]: a leader's row, which each follower's sampler changes */
     float *normed;               /* [hidden]: one token's output, for embeddings */
@@ -198,9 +216,11 @@ static int grow(void **p, size_t elem, size_t need, size_t *cap)
 int sched_create(engine *e, const tokenizer *tok, const struct gen_stop_set *stops,
                  const struct sched_config *cfg, struct metrics *m, struct sched **ret, ifd_error *err)
 {
-    if (cfg->n_seq_max < 1 || cfg->n_ctx < 2 || cfg->n_batch_max < cfg->n_seq_max + 1 || cfg->prefill_chunk < 1)
-        return ifd_error_set(err, -EINVAL, "scheduler: bad sizes (slots %d, context %d, batch %d, chunk %d)",
-                             cfg->n_seq_max, cfg->n_ctx, cfg->n_batch_max, cfg->prefill_chunk);
+    if (cfg->n_seq_max < 1 || cfg->n_ctx < 2 || cfg->n_batch_max < cfg->n_seq_max + 1 || cfg->prefill_chunk < 1 ||
+        cfg->micro_batches < 0)
+        return ifd_error_set(err, -EINVAL, "scheduler: bad sizes (slots %d, context %d, batch %d, chunk %d, "
+                             "micro-batches %d)", cfg->n_seq_max, cfg->n_ctx, cfg->n_batch_max, cfg->prefill_chunk,
+                             cfg->micro_batches);
     struct sched *s = calloc(1, sizeof(*s));
     if (!s)
         return ifd_error_set(err, -ENOMEM, "scheduler: out of memory");
@@ -208,11 +228,13 @@ int sched_create(engine *e, const tokenizer *tok, const struct gen_stop_set *sto
     s->tok = tok;
     s->metrics = m;
     s->cfg = *cfg;
+    if (s->cfg.micro_batches < 1)
+        s->cfg.micro_batches = 1;
     s->n_vocab = engine_model(e)->cfg.vocab_size;
     s->hidden = engine_model(e)->cfg.hidden_size;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->work_cv, NULL);
-    int nb = cfg->n_batch_max;
+    int nb = cfg->n_batch_max * s->cfg.micro_batches;
     s->seqs = calloc((size_t)cfg->n_seq_max, sizeof(*s->seqs));
     s->hist = malloc(sizeof(int32_t) * (size_t)cfg->n_seq_max * (size_t)cfg->n_ctx);
     for (int i = 0; s->seqs && s->hist && i < cfg->n_seq_max; i++)
@@ -227,7 +249,15 @@ int sched_create(engine *e, const tokenizer *tok, const struct gen_stop_set *sto
     s->logits_share = malloc(sizeof(float) * (size_t)s->n_vocab);
     s->order = malloc(sizeof(int) * (size_t)cfg->n_seq_max);
     s->normed = malloc(sizeof(float) * (size_t)s->hidden);
-    if (!s->seqs || !s->hist || !s->b_tokens || !s->b_seq_ids || !s->b_pos || !s->b_want || !s->row_seq || !s->row_ppos ||
+    s->mb = calloc((size_t)s->cfg.micro_batches, sizeof(*s->mb));
+    for (int k = 0; s->mb && s->b_tokens && s->b_seq_ids && s->b_pos && s->b_want && s->row_seq && s->row_ppos &&
+                    k < s->cfg.micro_batches; k++) {
+        size_t off = (size_t)k * (size_t)cfg->n_batch_max;
+        s->mb[k] = (struct sched_mb){.tokens = s->b_tokens + off, .seq_ids = s->b_seq_ids + off,
+                                     .pos = s->b_pos + off, .want = s->b_want + off,
+                                     .row_seq = s->row_seq + off, .row_ppos = s->row_ppos + off};
+    }
+    if (!s->mb || !s->seqs || !s->hist || !s->b_tokens || !s->b_seq_ids || !s->b_pos || !s->b_want || !s->row_seq || !s->row_ppos ||
         !s->logits_copy || !s->logits_share || !s->order || !s->normed) {
         sched_destroy(s);
         return ifd_error_set(err, -ENOMEM, "scheduler: out of memory");
@@ -270,6 +300,7 @@ void sched_destroy(struct sched *s)
     free(s->b_want);
     free(s->row_seq);
     free(s->row_ppos);
+    free(s->mb);
     free(s->logits_copy);
     free(s->logits_share);
     free(s->order);
@@ -765,15 +796,15 @@ static int cmp_admitted_ctx_sort(const void *a, const void *b, void *ctx)
  * (positions already advanced) and normalizes the ones whose input is all
  * in. Returns whether any is complete. No lock held: the vectors belong to
  * the scheduler thread until the request is finished. */
-static bool embed_pool(struct sched *s, int n)
+static bool embed_pool(struct sched *s, const struct sched_mb *mb)
 {
     bool any_done = false;
-    for (int j = 0; j < n; j++) {
-        struct sched_seq *q = &s->seqs[s->b_seq_ids[j]];
+    for (int j = 0; j < mb->n; j++) {
+        struct sched_seq *q = &s->seqs[mb->seq_ids[j]];
         struct sched_req *r = q->req;
         if (!r || !r->embed)
             continue;
-        bool last = (size_t)s->b_pos[j] == r->n_prompt - 1;
+        bool last = (size_t)mb->pos[j] == r->n_prompt - 1;
         if (!r->pool_mean && !last)
             continue;
         engine_output_normed(s->e, j, s->normed);
@@ -824,27 +855,32 @@ static void share_prefill(struct sched *s, struct sched_seq *q, const float *row
     }
 }
 
-/* One batched forward over every running sequence. No lock held. */
-static void sched_step(struct sched *s)
+/* Builds micro-batch mb from the running sequences that are in no batch in
+ * flight: up to `quota` of the generating ones (one token each), then
+ * prompt chunks, oldest admission first, within the chunk budget. Returns
+ * its token count. No lock held. */
+static int mb_build(struct sched *s, struct sched_mb *mb, int quota)
 {
     int n = 0, n_decode = 0, n_prefill = 0, n_rows = 0, n_pf = 0;
     /* Generating sequences first: one token each. */
     for (int i = 0; i < s->cfg.n_seq_max; i++) {
         struct sched_seq *q = &s->seqs[i];
-        if (!q->req || !q->generating)
+        if (!q->req || !q->generating || q->in_flight)
             continue;
-        s->b_tokens[n] = q->next_token;
-        s->b_seq_ids[n] = i;
-        s->b_pos[n] = q->n_past;
-        s->b_want[n] = true;
-        s->row_ppos[n_rows] = -1;
-        s->row_seq[n_rows++] = i;
+        if (n_decode == quota)
+            break;
+        mb->tokens[n] = q->next_token;
+        mb->seq_ids[n] = i;
+        mb->pos[n] = q->n_past;
+        mb->want[n] = true;
+        mb->row_ppos[n_rows] = -1;
+        mb->row_seq[n_rows++] = i;
         n++;
         n_decode++;
     }
     /* Then prompt chunks, oldest admission first, within the chunk budget. */
     for (int i = 0; i < s->cfg.n_seq_max; i++)
-        if (s->seqs[i].req && !s->seqs[i].generating && !s->seqs[i].waiting)
+        if (s->seqs[i].req && !s->seqs[i].generating && !s->seqs[i].waiting && !s->seqs[i].in_flight)
             s->order[n_pf++] = i;
     qsort_r(s->order, (size_t)n_pf, sizeof(int), cmp_admitted_ctx_sort, s->seqs);
     int budget = s->cfg.prefill_chunk;
@@ -866,69 +902,96 @@ static void sched_step(struct sched *s)
         }
         for (int j = 0; j < take; j++) {
             size_t pi = q->n_fed + (size_t)j;
-            s->b_tokens[n] = q->hist[pi];
-            s->b_seq_ids[n] = i;
-            s->b_pos[n] = q->n_past + j;
-            s->b_want[n] = plp;
+            mb->tokens[n] = q->hist[pi];
+            mb->seq_ids[n] = i;
+            mb->pos[n] = q->n_past + j;
+            mb->want[n] = plp;
             if (plp && pi + 1 < q->req->n_prompt) {
-                s->row_ppos[n_rows] = (int)pi;
-                s->row_seq[n_rows++] = i;
+                mb->row_ppos[n_rows] = (int)pi;
+                mb->row_seq[n_rows++] = i;
             }
             n++;
         }
         if (take > 0 && (size_t)take == left && !q->req->embed) {
-            s->b_want[n - 1] = true;  /* the last prompt token gives the first generated one */
-            s->row_ppos[n_rows] = -1;
-            s->row_seq[n_rows++] = i;
+            mb->want[n - 1] = true;  /* the last prompt token gives the first generated one */
+            mb->row_ppos[n_rows] = -1;
+            mb->row_seq[n_rows++] = i;
         }
         budget -= take;
         n_prefill += take;
     }
-    if (n == 0)
-        return;
+    mb->n = n;
+    mb->n_rows = n_rows;
+    mb->n_decode = n_decode;
+    mb->n_prefill = n_prefill;
+    return n;
+}
 
-    /* Rows are in batch order; the decode rows came first, then prefill rows
-     * in the order built above, which is the order the loop below walks. */
-    struct engine_batch b = {
-        .n_tokens = n, .tokens = s->b_tokens, .seq_ids = s->b_seq_ids, .positions = s->b_pos, .want_logits = s->b_want,
-    };
-    double t0 = ifd_now_s();
-    ifd_error err = {{0}};
-    int rc = engine_decode(s->e, &b, &err);
-    double dt = ifd_now_s() - t0;
-
-    if (rc < 0) {
-        pthread_mutex_lock(&s->mu);
-        for (int j = 0; j < n; j++) {
-            struct sched_seq *q = &s->seqs[s->b_seq_ids[j]];
-            if (q->req) {
-                char msg[256];
-                snprintf(msg, sizeof(msg), "inference failed: %.200s", err.msg);
-                /* -EHOSTDOWN: a remote worker is unreachable (net/remote_stage.h). */
-                req_finish_locked(s, q->req, NULL, rc == -EHOSTDOWN ? 503 : 500, msg);
-                seq_release(s, q);
-            }
+/* The batch of mb failed (rc, err): its requests fail and free their slots. */
+static void mb_fail(struct sched *s, struct sched_mb *mb, int rc, const ifd_error *err)
+{
+    pthread_mutex_lock(&s->mu);
+    for (int j = 0; j < mb->n; j++) {
+        struct sched_seq *q = &s->seqs[mb->seq_ids[j]];
+        if (q->req) {
+            char msg[256];
+            snprintf(msg, sizeof(msg), "inference failed: %.200s", err->msg);
+            /* -EHOSTDOWN: a remote worker is unreachable (net/remote_stage.h). */
+            req_finish_locked(s, q->req, NULL, rc == -EHOSTDOWN ? 503 : 500, msg);
+            seq_release(s, q);
         }
-        pthread_mutex_unlock(&s->mu);
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Marks mb's sequences as in flight (or not). */
+static void mb_set_in_flight(struct sched *s, const struct sched_mb *mb, bool on)
+{
+    for (int j = 0; j < mb->n; j++)
+        s->seqs[mb->seq_ids[j]].in_flight = on;
+}
+
+/* Starts mb on engine slot k (engine_submit): with a remote stage it
+ * computes on the workers while the scheduler goes on. No lock held. */
+static void mb_submit(struct sched *s, int k)
+{
+    struct sched_mb *mb = &s->mb[k];
+    /* Rows are in batch order; the decode rows came first, then prefill rows
+     * in the order built, which is the order mb_finish walks. */
+    struct engine_batch b = {
+        .n_tokens = mb->n, .tokens = mb->tokens, .seq_ids = mb->seq_ids, .positions = mb->pos, .want_logits = mb->want,
+    };
+    mb->t0 = ifd_now_s();
+    ifd_error err = {{0}};
+    int rc = engine_submit(s->e, k, &b, &err);
+    if (rc < 0) {
+        mb_fail(s, mb, rc, &err);
         return;
     }
+    mb_set_in_flight(s, mb, true);
+    s->mb_in_flight++;
+}
 
+/* Handles the logits of micro-batch mb, completed dt seconds after its
+ * submit: advances its sequences, samples, publishes. No lock held. */
+static void mb_finish(struct sched *s, struct sched_mb *mb, double dt)
+{
     /* Advance positions; a generated token fed this step joins the history
      * (a prompt token is there from admission). */
-    for (int j = 0; j < n; j++) {
-        struct sched_seq *q = &s->seqs[s->b_seq_ids[j]];
-        q->hist[q->n_past] = s->b_tokens[j];
+    for (int j = 0; j < mb->n; j++) {
+        struct sched_seq *q = &s->seqs[mb->seq_ids[j]];
+        q->hist[q->n_past] = mb->tokens[j];
         q->n_past++;
         if (!q->generating)
             q->n_fed++;
     }
-    bool embeds_done = embed_pool(s, n);
+    bool embeds_done = embed_pool(s, mb);
     const float *logits = engine_logits(s->e);
     double now = ifd_now_s();
-    for (int row = 0; row < n_rows; row++) {
-        struct sched_seq *q = &s->seqs[s->row_seq[row]];
-        if (s->row_ppos[row] >= 0) {
-            seq_on_prompt_logits(s, q, logits + (size_t)row * (size_t)s->n_vocab, s->row_ppos[row]);
+    for (int row = 0; row < mb->n_rows; row++) {
+        struct sched_seq *q = &s->seqs[mb->row_seq[row]];
+        if (mb->row_ppos[row] >= 0) {
+            seq_on_prompt_logits(s, q, logits + (size_t)row * (size_t)s->n_vocab, mb->row_ppos[row]);
             continue;
         }
         bool first = !q->generating;
@@ -940,8 +1003,8 @@ static void sched_step(struct sched *s)
     }
 
     pthread_mutex_lock(&s->mu);
-    for (int row = 0; row < n_rows; row++) {
-        struct sched_seq *q = &s->seqs[s->row_seq[row]];
+    for (int row = 0; row < mb->n_rows; row++) {
+        struct sched_seq *q = &s->seqs[mb->row_seq[row]];
         if (q->req)
             seq_publish_locked(s, q);
     }
@@ -971,7 +1034,7 @@ static void sched_step(struct sched *s)
     pthread_mutex_unlock(&s->mu);
 
     if (s->metrics) {
-        metrics_step(s->metrics, n_prefill, n_decode, dt);
+        metrics_step(s->metrics, mb->n_prefill, mb->n_decode, dt);
         for (int i = 0; i < engine_stage_count(s->e); i++) {
             struct stage *st = engine_stage(s->e, i);
             struct stage_stats ss;
@@ -982,16 +1045,66 @@ static void sched_step(struct sched *s)
     }
 }
 
+/* Waits for the oldest micro-batch in flight and handles it. */
+static void mb_complete_oldest(struct sched *s)
+{
+    int k = s->mb_head;
+    struct sched_mb *mb = &s->mb[k];
+    ifd_error err = {{0}};
+    int rc = engine_complete(s->e, k, &err);
+    s->mb_head = (s->mb_head + 1) % s->cfg.micro_batches;
+    s->mb_in_flight--;
+    mb_set_in_flight(s, mb, false);
+    if (rc < 0)
+        mb_fail(s, mb, rc, &err);
+    else
+        mb_finish(s, mb, ifd_now_s() - mb->t0);
+}
+
+/* One step of the pipeline. No lock held.
+ *
+ * With micro_batches = 1 this is one batched forward over every running
+ * sequence. With M > 1 the running sequences are split into up to M
+ * micro-batches, each sequence in one, kept in flight together: while the
+ * workers compute some, the master computes the head of another and samples
+ * it. Each step first fills the free engine slots (the generating sequences
+ * not in flight are shared evenly among them, so 16 streams over 3 slots
+ * run as 6 + 5 + 5), then completes the oldest micro-batch; the next step
+ * sends that one's sequences again with their new tokens. */
+static void sched_step(struct sched *s)
+{
+    const int M = s->cfg.micro_batches;
+    while (s->mb_in_flight < M) {
+        int n_gen = 0;
+        for (int i = 0; i < s->cfg.n_seq_max; i++)
+            n_gen += s->seqs[i].req && s->seqs[i].generating && !s->seqs[i].in_flight;
+        int free_slots = M - s->mb_in_flight;
+        int k = (s->mb_head + s->mb_in_flight) % M;
+        if (mb_build(s, &s->mb[k], (n_gen + free_slots - 1) / free_slots) == 0)
+            break;
+        mb_submit(s, k);
+    }
+    if (s->mb_in_flight > 0)
+        mb_complete_oldest(s);
+}
+
 static void *sched_thread_main(void *arg)
 {
     struct sched *s = arg;
     pthread_mutex_lock(&s->mu);
     for (;;) {
         s->heartbeat = ifd_now_s();
+        bool abort_later = false;
         for (int i = 0; i < s->cfg.n_seq_max; i++) {
             struct sched_seq *q = &s->seqs[i];
             if (!q->req)
                 continue;
+            if (q->in_flight) {
+                /* Its micro-batch still holds the slot: it is seen to once
+                 * that completes (the abort flag stays up until then). */
+                abort_later |= s->abort_running;
+                continue;
+            }
             if (q->req->cancelled) {
                 /* The client is gone: nobody reads the result. */
                 req_finish_locked(s, q->req, NULL, 499, "cancelled");
@@ -1001,7 +1114,7 @@ static void *sched_thread_main(void *arg)
                 seq_release(s, q);
             }
         }
-        s->abort_running = false;
+        s->abort_running = abort_later;
         for (int i = 0; i < s->cfg.n_seq_max && s->q_head; i++) {
             struct sched_seq *q = &s->seqs[i];
             if (q->req)
