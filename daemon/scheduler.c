@@ -83,6 +83,7 @@ struct sched_seq {
     bool waiting;
     bool shared;                 /* got its first token from a copy this step: publish it */
     bool in_flight;              /* in a micro-batch submitted and not yet completed: not released, not batched */
+    uint64_t sent;               /* s->mb_sent when its last micro-batch was submitted: who waited longest */
     int32_t next_token;
     struct gen_seq gen;          /* the shared generation step (model/generate.h) */
     sampler *smp;
@@ -148,6 +149,7 @@ struct sched {
      * oldest in flight being mb[mb_head]. */
     struct sched_mb *mb;         /* [micro_batches] */
     int mb_head, mb_in_flight;
+    uint64_t mb_sent;            /* micro-batches submitted */
     float *logits_copy;          /* [n_vocab]: raw logits kept for logprobs */
     float *logits_share;         /* [n_vocab]: a leader's row, which each follower's sampler changes */
     float *normed;               /* [hidden]: one token's output, for embeddings */
@@ -785,6 +787,20 @@ static void seq_publish_locked(struct sched *s, struct sched_seq *q)
     }
 }
 
+static int cmp_sent_ctx_sort(const void *a, const void *b, void *ctx)
+{
+    const struct sched_seq *seqs = ctx;
+    int i = *(const int *)a, j = *(const int *)b;
+    uint64_t x = seqs[i].sent, y = seqs[j].sent;
+    return x != y ? (x < y ? -1 : 1) : (i > j) - (i < j);
+}
+
+static int cmp_int(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
 static int cmp_admitted_ctx_sort(const void *a, const void *b, void *ctx)
 {
     const struct sched_seq *seqs = ctx;
@@ -862,13 +878,20 @@ static void share_prefill(struct sched *s, struct sched_seq *q, const float *row
 static int mb_build(struct sched *s, struct sched_mb *mb, int quota)
 {
     int n = 0, n_decode = 0, n_prefill = 0, n_rows = 0, n_pf = 0;
-    /* Generating sequences first: one token each. */
-    for (int i = 0; i < s->cfg.n_seq_max; i++) {
+    /* Generating sequences first: one token each, in slot order. When more
+     * wait than the quota, those sent longest ago go. */
+    int n_cand = 0;
+    for (int i = 0; i < s->cfg.n_seq_max; i++)
+        if (s->seqs[i].req && s->seqs[i].generating && !s->seqs[i].in_flight)
+            s->order[n_cand++] = i;
+    if (n_cand > quota) {
+        qsort_r(s->order, (size_t)n_cand, sizeof(int), cmp_sent_ctx_sort, s->seqs);
+        n_cand = quota;
+        qsort(s->order, (size_t)n_cand, sizeof(int), cmp_int);
+    }
+    for (int k = 0; k < n_cand; k++) {
+        int i = s->order[k];
         struct sched_seq *q = &s->seqs[i];
-        if (!q->req || !q->generating || q->in_flight)
-            continue;
-        if (n_decode == quota)
-            break;
         mb->tokens[n] = q->next_token;
         mb->seq_ids[n] = i;
         mb->pos[n] = q->n_past;
@@ -881,7 +904,7 @@ static int mb_build(struct sched *s, struct sched_mb *mb, int quota)
     /* Then prompt chunks, oldest admission first, within the chunk budget. */
     for (int i = 0; i < s->cfg.n_seq_max; i++)
         if (s->seqs[i].req && !s->seqs[i].generating && !s->seqs[i].waiting && !s->seqs[i].in_flight)
-            s->order[n_pf++] = i;
+            s->order[n_pf++] = i; /* the decode loop is done with order */
     qsort_r(s->order, (size_t)n_pf, sizeof(int), cmp_admitted_ctx_sort, s->seqs);
     int budget = s->cfg.prefill_chunk;
     if (budget > s->cfg.n_batch_max - n)
@@ -970,6 +993,9 @@ static void mb_submit(struct sched *s, int k)
     }
     mb_set_in_flight(s, mb, true);
     s->mb_in_flight++;
+    s->mb_sent++;
+    for (int j = 0; j < mb->n; j++)
+        s->seqs[mb->seq_ids[j]].sent = s->mb_sent;
 }
 
 /* Handles the logits of micro-batch mb, completed dt seconds after its
@@ -1067,20 +1093,23 @@ static void mb_complete_oldest(struct sched *s)
  * sequence. With M > 1 the running sequences are split into up to M
  * micro-batches, each sequence in one, kept in flight together: while the
  * workers compute some, the master computes the head of another and samples
- * it. Each step first fills the free engine slots (the generating sequences
- * not in flight are shared evenly among them, so 16 streams over 3 slots
- * run as 6 + 5 + 5), then completes the oldest micro-batch; the next step
- * sends that one's sequences again with their new tokens. */
+ * it. Each step first fills the free engine slots, each micro-batch taking
+ * at most an even share of the generating sequences (16 streams over 3:
+ * 6 + 6 + 4) and any prompt chunks, then completes the oldest micro-batch;
+ * the next step sends its sequences again with their new tokens. */
 static void sched_step(struct sched *s)
 {
     const int M = s->cfg.micro_batches;
+    /* An even share of every generating sequence, in flight or not: a split
+     * left uneven by admissions (15 + 1) evens out within a round, where
+     * sharing only those not in flight would keep it. */
+    int n_gen = 0;
+    for (int i = 0; i < s->cfg.n_seq_max; i++)
+        n_gen += s->seqs[i].req && s->seqs[i].generating;
+    int quota = n_gen > 0 ? (n_gen + M - 1) / M : 0;
     while (s->mb_in_flight < M) {
-        int n_gen = 0;
-        for (int i = 0; i < s->cfg.n_seq_max; i++)
-            n_gen += s->seqs[i].req && s->seqs[i].generating && !s->seqs[i].in_flight;
-        int free_slots = M - s->mb_in_flight;
         int k = (s->mb_head + s->mb_in_flight) % M;
-        if (mb_build(s, &s->mb[k], (n_gen + free_slots - 1) / free_slots) == 0)
+        if (mb_build(s, &s->mb[k], quota) == 0)
             break;
         mb_submit(s, k);
     }
