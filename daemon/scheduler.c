@@ -150,6 +150,7 @@ struct sched {
     struct sched_mb *mb;         /* [micro_batches] */
     int mb_head, mb_in_flight;
     uint64_t mb_sent;            /* micro-batches submitted */
+    double mb_done_at;           /* when the last one completed */
     float *logits_copy;          /* [n_vocab]: raw logits kept for logprobs */
     float *logits_share;         /* [n_vocab]: a leader's row, which each follower's sampler changes */
     float *normed;               /* [hidden]: one token's output, for embeddings */
@@ -1081,10 +1082,15 @@ static void mb_complete_oldest(struct sched *s)
     s->mb_head = (s->mb_head + 1) % s->cfg.micro_batches;
     s->mb_in_flight--;
     mb_set_in_flight(s, mb, false);
+    /* The step's time is what this micro-batch adds to the wall clock: from
+     * its submit or the previous completion, whichever is later, so that
+     * the steps of overlapping micro-batches do not count twice. */
+    double now = ifd_now_s(), from = mb->t0 > s->mb_done_at ? mb->t0 : s->mb_done_at;
+    s->mb_done_at = now;
     if (rc < 0)
         mb_fail(s, mb, rc, &err);
     else
-        mb_finish(s, mb, ifd_now_s() - mb->t0);
+        mb_finish(s, mb, now - from);
 }
 
 /* One step of the pipeline. No lock held.
