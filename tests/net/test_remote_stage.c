@@ -359,6 +359,47 @@ Test(remote_stage, worker_death_fails_forward_quickly)
     fixture_down(&fx);
 }
 
+/* Two batches in flight when the chain's tail dies: both fail (whether the
+ * head's ERRORs or the tail's closed connection come first), quickly, and
+ * the stage gives back the positions they took at submit. */
+Test(remote_stage, worker_death_fails_every_forward_in_flight)
+{
+    struct fixture fx;
+    fixture_up(&fx, "tinystories-656k");
+    ifd_error err;
+    struct stage *st = remote_over(&fx, 0, 2);
+    struct engine_config pcfg = ecfg;
+    pcfg.n_inflight = 2;
+    engine *e;
+    cr_assert_eq(engine_create(fx.m, &st, 1, &pcfg, fx.pool, &e, &err), 0, "%s", err.msg);
+    int32_t toks[2][1], seqs[2][1], pos[2][1];
+    bool want[2][1];
+    struct engine_batch b[2];
+    for (int q = 0; q < 2; q++) {
+        int ids[1];
+        cr_assert_eq(greedy(e, q, fx.g.prompt, fx.g.n_prompt, 1, ids, NULL, &err), 0, "%s", err.msg);
+        toks[q][0] = ids[0];
+        seqs[q][0] = q;
+        pos[q][0] = fx.g.n_prompt;
+        want[q][0] = true;
+        b[q] = (struct engine_batch){1, toks[q], seqs[q], pos[q], want[q]};
+    }
+    worker_stop(&fx.w[1]);
+    uint64_t t0 = ifd_now_ns();
+    for (int q = 0; q < 2; q++) {
+        cr_assert_eq(engine_submit(e, q, &b[q], &err), 0, "%s", err.msg);
+        cr_assert_eq(stage_seq_len(st, q), fx.g.n_prompt + 1, "submit counts the position as held");
+    }
+    for (int q = 0; q < 2; q++) {
+        cr_assert_lt(engine_complete(e, q, &err), 0, "seq %d: a forward through a dead worker succeeded", q);
+        cr_assert_eq(stage_seq_len(st, q), fx.g.n_prompt, "seq %d: the failed forward's position is given back", q);
+    }
+    double ms = (double)(ifd_now_ns() - t0) / 1e6;
+    cr_assert_lt(ms, 2000.0, "took %.0f ms to notice", ms);
+    engine_destroy(e);
+    fixture_down(&fx);
+}
+
 Test(remote_stage, bad_requests_answered_with_error_not_crash)
 {
     struct fixture fx;
