@@ -1098,6 +1098,10 @@ static cJSON *usage_json(const struct api_usage *u)
     cJSON_AddNumberToObject(o, "prompt_tokens", u->prompt_tokens);
     cJSON_AddNumberToObject(o, "completion_tokens", u->completion_tokens);
     cJSON_AddNumberToObject(o, "total_tokens", u->prompt_tokens + u->completion_tokens);
+    /* OpenAI's field, there whether or not anything was cached. */
+    cJSON *d = cJSON_AddObjectToObject(o, "prompt_tokens_details");
+    if (d)
+        cJSON_AddNumberToObject(d, "cached_tokens", u->cached_tokens);
     return o;
 }
 

@@ -168,6 +168,7 @@ struct api_token_namer {
 struct api_usage {
     int prompt_tokens;
     int completion_tokens;
+    int cached_tokens;  /* of prompt_tokens, served from the prefix cache: prompt_tokens_details.cached_tokens */
 };
 
 /* What the response identifies itself as. */

@@ -200,6 +200,9 @@ static int decide_auto_split(struct cluster *c)
             }
         return r;
     }
+    log_info("layers = auto: each of layers %d-%d takes up to %.1f MiB, its weights and its KV cache for %d "
+             "sequences x %d positions", c->auto_first, c->auto_first + c->auto_n - 1,
+             (double)c->auto_layer_bytes / 1048576.0, c->n_seq_max, c->n_ctx);
     int first = c->auto_first;
     j = 0;
     for (int i = 0; i < c->n; i++)

@@ -32,6 +32,7 @@ int inferd_config_init(struct inferd_config *c)
     c->max_seqs = 8;
     c->ctx_len = 0;
     c->prefill_chunk = 128;
+    c->prefix_cache = true;
     c->drain_timeout_s = 30;
     c->max_connections = 512;
     c->max_connections_per_ip = 32;
@@ -584,6 +585,8 @@ static int config_set(struct inferd_config *c, const char *section, const char *
         return parse_int(v, 0, 1 << 20, what, &c->ctx_len, err);
     if (IS("server", "prefill_chunk"))
         return parse_int(v, 1, 8192, what, &c->prefill_chunk, err);
+    if (IS("server", "prefix_cache"))
+        return parse_bool(v, what, &c->prefix_cache, err);
     if (IS("server", "drain_timeout"))
         return parse_int(v, 0, 3600, what, &c->drain_timeout_s, err);
     if (IS("server", "max_connections"))
@@ -635,6 +638,8 @@ static int config_set(struct inferd_config *c, const char *section, const char *
         return set_str(&c->cache_dir, v, what, err);
     if (IS("node", "cache_max_bytes"))
         return parse_size(v, 0, (size_t)1 << 50, what, &c->cache_max_bytes, err);
+    if (IS("node", "memory_max_bytes"))
+        return parse_size(v, 0, (size_t)1 << 50, what, &c->memory_max_bytes, err);
     if (IS("cluster", "key_file"))
         return set_str(&c->cluster_key_file, v, what, err);
     if (IS("cluster", "allow_insecure"))
@@ -835,6 +840,9 @@ int inferd_config_validate(const struct inferd_config *c, ifd_error *err)
     }
     if (c->max_seqs < 1)
         return ifd_error_set(err, -EINVAL, "[server] max_sequences must be at least 1");
+    if (c->role == INFERD_ROLE_MASTER && c->memory_max_bytes)
+        return ifd_error_set(err, -EINVAL, "[node] memory_max_bytes is for role=worker (a master's own models "
+                                           "are bounded by [server] models_memory)");
     if (c->role == INFERD_ROLE_WORKER && c->n_models > 0)
         return ifd_error_set(err, -EINVAL, "role=worker: [model.%s] is for the master only", c->models[0].name);
     for (int i = 0; i < c->n_models; i++) {

@@ -78,6 +78,7 @@ struct inferd_config {
     int max_seqs;             /* sequences decoded together (engine n_seq_max) */
     int ctx_len;              /* positions per sequence; 0 = model's, capped at 4096 */
     int prefill_chunk;        /* prompt tokens per step beside running streams */
+    bool prefix_cache;        /* free slots keep their KV cache for prompts that begin the same way */
     int drain_timeout_s;      /* SIGTERM: how long running streams may finish */
     int max_connections;      /* open HTTP connections at once (see http.h) */
     int max_connections_per_ip; /* per client address (IPv6: per /64); 0 = no per-address limit */
@@ -111,6 +112,7 @@ struct inferd_config {
     char *worker_listen;      /* role=worker: "host:port", default 0.0.0.0:10128 */
     char *cache_dir;          /* worker tensor cache */
     size_t cache_max_bytes;   /* worker: cache quota; 0 = half of the cache's file system */
+    size_t memory_max_bytes;  /* worker: most memory its layers (weights + KV cache) may take; 0 = what is available */
 
     /* [cluster] and [worker.NAME] */
     char *cluster_key_file;       /* shared secret for master<->worker authentication */

@@ -159,6 +159,7 @@ struct conn {
     size_t parse_cost;          /* held from srv's parse budget */
     int status;
     int tokens_in, tokens_out;
+    int tokens_cached;          /* of tokens_in, kept from a slot's cache (the first choice's) */
 
     char *cors_origin;          /* the request's Origin when cors_origins allows it, else NULL */
     char *cors_preflight_headers; /* an allowed preflight's Access-Control-Request-Headers */
@@ -733,6 +734,7 @@ static MHD_RESULT handle_status(struct MHD_Connection *c, struct conn *k)
         cJSON_AddNumberToObject(rq, "total", (double)s.requests_total);
         cJSON *tk = cJSON_AddObjectToObject(root, "tokens");
         cJSON_AddNumberToObject(tk, "prompt_total", (double)s.prompt_tokens_total);
+        cJSON_AddNumberToObject(tk, "prompt_cached_total", (double)s.prompt_tokens_cached_total);
         cJSON_AddNumberToObject(tk, "completion_total", (double)s.completion_tokens_total);
         cJSON *tp = cJSON_AddObjectToObject(root, "throughput");
         cJSON_AddNumberToObject(tp, "prefill_tokens_per_s", s.prefill_tps);
@@ -1219,7 +1221,9 @@ static void stream_produce_tools(struct conn *k, struct conn_choice *ch, size_t 
 
 /* Collects what every choice produced, waiting up to timeout_ms on the
  * first unfinished one. Returns true when every choice is done; sets the
- * token counts for the log line (prompt once, completions summed). */
+ * token counts for the log line (prompt once, completions summed) and the
+ * usage: the prompt is counted once, as the first choice prefilled it, so
+ * its cached part is the first choice's too. */
 static bool choices_collect(struct conn *k, int timeout_ms)
 {
     bool all_done = true;
@@ -1233,6 +1237,7 @@ static bool choices_collect(struct conn *k, int timeout_ms)
         k->tokens_out += ch->out.completion_tokens;
         k->tokens_in = ch->out.prompt_tokens;
     }
+    k->tokens_cached = k->n_ch > 0 ? k->ch[0].out.cached_tokens : 0;
     return all_done;
 }
 
@@ -1303,7 +1308,7 @@ static void stream_produce(struct conn *k)
     } else if (!done) {
         return;
     } else if (k->include_usage) {
-        struct api_usage u = {k->tokens_in, k->tokens_out};
+        struct api_usage u = {k->tokens_in, k->tokens_out, k->tokens_cached};
         ev = api_usage_sse(&k->meta, &u, &n);
         conn_append_buf(k, ev, n);
     }
@@ -1519,7 +1524,7 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
         return respond_errorf(c, k, failed->error_status, down ? "service_unavailable" : "server_error", NULL,
                               down ? unavailable_code(k) : NULL, failed->error_msg);
     }
-    struct api_usage u = {k->tokens_in, k->tokens_out};
+    struct api_usage u = {k->tokens_in, k->tokens_out, k->tokens_cached};
     struct api_token_namer namer = {namer_fn, (void *)m->tok, namer_special};
     struct api_choice_out *co = calloc((size_t)k->n_ch, sizeof(*co));
     if (!co)
@@ -1815,8 +1820,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     int status = k->status;
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && status == 200)
         status = 499;
-    log_info("%s %s %d prompt=%d completion=%d %.1fms%s", k->method, k->path ? k->path : "?", status, k->tokens_in,
-             k->tokens_out, (now_mono() - k->t0) * 1000.0,
+    log_info("%s %s %d prompt=%d cached=%d completion=%d %.1fms%s", k->method, k->path ? k->path : "?", status,
+             k->tokens_in, k->tokens_cached, k->tokens_out, (now_mono() - k->t0) * 1000.0,
              toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection closed early)");
     /* HTTP requests are counted server-wide, on the default model's metrics. */
     const struct served_model *dm = app->models ? models_default(app->models) : NULL;

@@ -31,6 +31,7 @@ struct metrics {
     pthread_mutex_t mu;
     uint64_t by_status[N_STATUS + 1];
     uint64_t prompt_tokens, completion_tokens;
+    uint64_t prompt_tokens_cached;  /* of prompt_tokens, kept from a slot's cache */
     uint64_t prefill_tokens, decode_tokens, steps;
     double step_seconds;
     uint64_t ttft_buckets[N_TTFT];
@@ -81,10 +82,11 @@ void metrics_request_done(struct metrics *m, int status)
     pthread_mutex_unlock(&m->mu);
 }
 
-void metrics_tokens(struct metrics *m, int prompt_tokens, int completion_tokens)
+void metrics_tokens(struct metrics *m, int prompt_tokens, int cached_tokens, int completion_tokens)
 {
     pthread_mutex_lock(&m->mu);
     m->prompt_tokens += (uint64_t)prompt_tokens;
+    m->prompt_tokens_cached += (uint64_t)cached_tokens;
     m->completion_tokens += (uint64_t)completion_tokens;
     pthread_mutex_unlock(&m->mu);
 }
@@ -173,6 +175,7 @@ void metrics_snapshot_get(struct metrics *m, struct metrics_snapshot *ret)
         s.requests_total += m->by_status[i];
     s.prompt_tokens_total = m->prompt_tokens;
     s.completion_tokens_total = m->completion_tokens;
+    s.prompt_tokens_cached_total = m->prompt_tokens_cached;
     rates_locked(m, &s.prefill_tps, &s.decode_tps);
     s.queued = m->queued;
     s.in_flight = m->in_flight;
@@ -257,6 +260,8 @@ int metrics_render(struct metrics *m, char **ret, size_t *ret_len)
     tb_printf(&b, "inferd_requests_total{status=\"other\"} %llu\n", (unsigned long long)m->by_status[N_STATUS]);
     tb_printf(&b, "# HELP inferd_prompt_tokens_total Prompt tokens of finished requests.\n# TYPE inferd_prompt_tokens_total counter\n"
                   "inferd_prompt_tokens_total %llu\n", (unsigned long long)m->prompt_tokens);
+    tb_printf(&b, "# HELP inferd_prompt_tokens_cached_total Prompt tokens of finished requests kept from a slot's cache (prefix_cache), not run.\n# TYPE inferd_prompt_tokens_cached_total counter\n"
+                  "inferd_prompt_tokens_cached_total %llu\n", (unsigned long long)m->prompt_tokens_cached);
     tb_printf(&b, "# HELP inferd_completion_tokens_total Generated tokens of finished requests.\n# TYPE inferd_completion_tokens_total counter\n"
                   "inferd_completion_tokens_total %llu\n", (unsigned long long)m->completion_tokens);
     tb_printf(&b, "# HELP inferd_prefill_tokens_total Prompt tokens run through the model.\n# TYPE inferd_prefill_tokens_total counter\n"

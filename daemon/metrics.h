@@ -21,6 +21,7 @@ struct metrics_stage {
 struct metrics_snapshot {
     uint64_t requests_total;
     uint64_t prompt_tokens_total, completion_tokens_total;
+    uint64_t prompt_tokens_cached_total; /* of prompt_tokens_total, kept from a slot's cache */
     double prefill_tps, decode_tps;    /* over the last few seconds */
     int queued, in_flight;
     int64_t kv_used, kv_capacity;      /* positions */
@@ -34,8 +35,9 @@ void metrics_destroy(struct metrics *m); /* accepts NULL */
 
 /* One finished HTTP request. */
 void metrics_request_done(struct metrics *m, int status);
-/* Tokens of one finished generation. */
-void metrics_tokens(struct metrics *m, int prompt_tokens, int completion_tokens);
+/* Tokens of one finished generation; cached_tokens: of its prompt, those
+ * kept from a slot's cache (prefix_cache) rather than run. */
+void metrics_tokens(struct metrics *m, int prompt_tokens, int cached_tokens, int completion_tokens);
 /* Seconds from submission to the first generated token. */
 void metrics_ttft(struct metrics *m, double seconds);
 /* One scheduler step: tokens prefilled and decoded, its wall time, and the

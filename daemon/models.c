@@ -281,6 +281,7 @@ static int load_entry(struct models *ms, struct entry *E, ifd_error *err)
         .prefill_chunk = cfg->prefill_chunk,
         .queue_depth = __atomic_load_n(&ms->queue_depth, __ATOMIC_RELAXED),
         .micro_batches = ec.n_inflight,
+        .prefix_cache = cfg->prefix_cache,
     };
     if ((r = sched_create(E->eng, E->tok, &E->stops, &sc, E->metrics, &E->sched, err)) < 0)
         return r;

@@ -45,6 +45,7 @@ struct sched_req {
     double t_submit;
     uint64_t id;                 /* unique, from 1; set under s->mu at submit */
     uint64_t share_id;           /* 0, or the id of the request whose prefill this one may copy */
+    int cached_tokens;           /* prompt positions kept from a slot's cache; under s->mu */
 
     /* Published state, under s->mu. */
     bool cancelled;
@@ -69,6 +70,14 @@ struct sched_seq {
     int n_plp;
     size_t n_fed;                /* prompt tokens already in the KV cache */
     int n_past;                  /* positions in the KV cache */
+    /* Of the prompt's positions, how many came from an earlier request's
+     * cache (kept at admission, or the leader's count for a follower that
+     * copies its cache); published as the request's cached_tokens. */
+    int n_cached;
+    /* A free slot (req NULL) with n_past > 0 keeps the cache its last
+     * request left: hist[0..n_past) for a later prompt that begins the same
+     * way. released orders those caches for eviction, least recent first. */
+    uint64_t released;
     /* [n_ctx]: the token of every position the slot holds or is about to
      * hold: the prompt from admission on, then each generated token once it
      * is fed. hist[0..n_past) is exactly what the KV cache was computed
@@ -132,6 +141,7 @@ struct sched {
     char abort_msg[128];
     double heartbeat;
     uint64_t admit_counter;
+    uint64_t release_counter;    /* stamps sched_seq.released */
     uint64_t req_counter;        /* last request id given out */
     /* engine_seq_copy said -EOPNOTSUPP once: it never will, so followers
      * prefill at once rather than wait for a copy that fails. */
@@ -197,7 +207,7 @@ static void req_finish_locked(struct sched *s, struct sched_req *r, const char *
     if (msg)
         snprintf(r->error_msg, sizeof(r->error_msg), "%s", msg);
     if (s->metrics && status == 0)
-        metrics_tokens(s->metrics, (int)r->n_prompt, r->completion_tokens);
+        metrics_tokens(s->metrics, (int)r->n_prompt, r->cached_tokens, r->completion_tokens);
     pthread_cond_broadcast(&r->cv);
 }
 
@@ -437,6 +447,7 @@ int sched_req_collect(struct sched_req *r, int timeout_ms, struct sched_output *
         }
     }
     out->prompt_tokens = (int)r->n_prompt;
+    out->cached_tokens = r->cached_tokens;
     out->completion_tokens = r->completion_tokens;
     /* done is reported only once everything before it has been collected. */
     if (r->done && r->out_len == 0 && r->out_n_lp == 0) {
@@ -575,15 +586,127 @@ static bool leader_prefilling(const struct sched *s, uint64_t id)
     return false;
 }
 
-/* Under s->mu: a queued request takes slot q. */
-static int seq_admit(struct sched *s, struct sched_seq *q, struct sched_req *r)
+/* Under s->mu: whether r, admitted now, waits for its leader's prompt cache
+ * (share_prefill) instead of prefilling. */
+static bool req_will_wait(const struct sched *s, const struct sched_req *r)
 {
+    return r->share_id && !s->no_seq_copy && leader_prefilling(s, r->share_id);
+}
+
+/* Under s->mu: whether r may start from positions a slot's cache holds.
+ * Embeddings and prompt logprobs need the output of every prompt position,
+ * which a kept position never gives again; a follower that waits takes its
+ * leader's cache over the whole slot. */
+static bool req_reuses_cache(const struct sched *s, const struct sched_req *r)
+{
+    return s->cfg.prefix_cache && !r->embed && !r->prompt_logprobs && !req_will_wait(s, r);
+}
+
+/* How many leading positions of free slot q's cache r can keep: the common
+ * prefix of the slot's hist and r's prompt, but never the whole prompt: its
+ * last token must run to give the logits of the first generated one. */
+static int seq_prefix_len(const struct sched_seq *q, const struct sched_req *r)
+{
+    size_t n = (size_t)q->n_past < r->n_prompt - 1 ? (size_t)q->n_past : r->n_prompt - 1;
+    size_t i = 0;
+    while (i < n && q->hist[i] == r->prompt[i])
+        i++;
+    return (int)i;
+}
+
+/* Under s->mu: the free slot queued request r takes, or -1 when every slot
+ * is running; *ret_keep: how many positions of its cache r keeps.
+ *
+ * The slot whose cache shares the longest prefix with the prompt wins, but
+ * when an empty slot is there too, only if it keeps at least half of what
+ * that cache holds: a prompt that shares no more than a system prompt with
+ * another conversation then leaves that conversation's cache for its next
+ * turn (llama.cpp's --slot-prompt-similarity is a threshold of the same
+ * kind, a share of the slot's cache). With nothing worth
+ * keeping, an empty slot, else the least recently released cache. */
+static int seq_pick(const struct sched *s, const struct sched_req *r, int *ret_keep)
+{
+    bool reuse = req_reuses_cache(s, r);
+    int best = -1, best_keep = 0, empty = -1, lru = -1;
+    for (int i = 0; i < s->cfg.n_seq_max; i++) {
+        const struct sched_seq *q = &s->seqs[i];
+        if (q->req)
+            continue;
+        if (q->n_past == 0) {
+            if (empty < 0)
+                empty = i;
+            continue;
+        }
+        if (lru < 0 || q->released < s->seqs[lru].released)
+            lru = i;
+        int keep = reuse ? seq_prefix_len(q, r) : 0;
+        /* equal prefixes (a system prompt): the older cache goes */
+        if (keep > best_keep || (keep > 0 && keep == best_keep && q->released < s->seqs[best].released)) {
+            best = i;
+            best_keep = keep;
+        }
+    }
+    if (best >= 0 && (empty < 0 || 2 * best_keep >= s->seqs[best].n_past)) {
+        *ret_keep = best_keep;
+        return best;
+    }
+    *ret_keep = 0;
+    return empty >= 0 ? empty : lru;
+}
+
+/* Forgets the cache of free slot q: its positions go in every stage (the
+ * remote stage tells its workers). */
+static void seq_cache_drop(struct sched *s, struct sched_seq *q)
+{
+    ifd_error err;
+    if (engine_seq_truncate(s->e, (int)(q - s->seqs), 0, &err) < 0) {
+        /* Nothing better to do than keep going: the slot is reused from position 0. */
+    }
+    q->n_past = 0;
+    q->n_fed = 0;
+}
+
+/* Under s->mu: forgets every free slot's cache. After an engine error a
+ * stage may hold positions the slots do not count, and a worker that went
+ * down comes back with no cache at all: no kept position can be trusted. */
+static void sched_caches_drop(struct sched *s)
+{
+    for (int i = 0; i < s->cfg.n_seq_max; i++)
+        if (!s->seqs[i].req && s->seqs[i].n_past > 0)
+            seq_cache_drop(s, &s->seqs[i]);
+}
+
+/* Under s->mu: slot q, free, keeps the first `keep` positions of its cache
+ * (seq_pick) and drops the rest, so that r prefills only what follows. The
+ * truncation goes out even when it drops nothing: a worker that restarted
+ * since the cache was computed holds none of it and answers -ESTALE
+ * (docs/protocol.md, KV_TRUNCATE), and the slot then prefills from 0. */
+static void seq_cache_keep(struct sched *s, struct sched_seq *q, int keep)
+{
+    if (q->n_past == 0)
+        return;
+    ifd_error err;
+    if (keep == 0 || engine_seq_truncate(s->e, (int)(q - s->seqs), keep, &err) < 0) {
+        seq_cache_drop(s, q);
+        return;
+    }
+    q->n_past = keep;
+}
+
+/* Under s->mu: a queued request takes slot q, keeping `keep` positions of
+ * its cache (seq_pick; 0: none). */
+static int seq_admit(struct sched *s, struct sched_seq *q, struct sched_req *r, int keep)
+{
+    seq_cache_keep(s, q, keep);
+    /* Truncation may have failed: n_past is what the slot really holds. */
+    keep = q->n_past;
+    q->n_cached = keep;
+    r->cached_tokens = keep;
     memcpy(q->hist, r->prompt, sizeof(int32_t) * r->n_prompt);
     if (r->embed) {
         /* Nothing is sampled or detokenized: the slot only prefills. */
         q->req = r;
-        q->n_fed = 0;
-        q->n_past = 0;
+        q->n_fed = (size_t)keep;
         q->generating = false;
         q->waiting = false;
         q->shared = false;
@@ -632,10 +755,9 @@ static int seq_admit(struct sched *s, struct sched_seq *q, struct sched_req *r)
     }
     q->pending_len = 0;
     q->req = r;
-    q->n_fed = 0;
-    q->n_past = 0;
+    q->n_fed = (size_t)keep;
     q->generating = false;
-    q->waiting = r->share_id && !s->no_seq_copy && leader_prefilling(s, r->share_id);
+    q->waiting = req_will_wait(s, r);
     q->shared = false;
     gen_seq_init(&q->gen, q->smp, &s->stops, r->max_tokens, s->cfg.n_ctx);
     q->emit_len = 0;
@@ -646,13 +768,17 @@ static int seq_admit(struct sched *s, struct sched_seq *q, struct sched_req *r)
     return 0;
 }
 
-/* Under s->mu: frees the slot and drops the scheduler's reference. */
+/* Under s->mu: frees the slot and drops the scheduler's reference. With
+ * prefix_cache, the slot keeps its cache (hist[0..n_past), exactly what the
+ * KV holds: sequences leave between steps) for a later prompt with the same
+ * beginning: a finished request's, a cancelled one's, an embedding's. A
+ * slot freed by an engine error is not consistent: sched_step's error path
+ * drops every cache (sched_caches_drop) after releasing. */
 static void seq_release(struct sched *s, struct sched_seq *q)
 {
-    ifd_error err;
-    if (engine_seq_truncate(s->e, (int)(q - s->seqs), 0, &err) < 0) {
-        /* Nothing better to do than keep going: the slot is reused from position 0. */
-    }
+    if (!s->cfg.prefix_cache)
+        seq_cache_drop(s, q);
+    q->released = ++s->release_counter;
     /* A leader leaving before its prompt is in (cancelled, failed): its
      * followers prefill themselves. */
     for (int i = 0; i < s->cfg.n_seq_max; i++)
@@ -781,6 +907,7 @@ static void seq_publish_locked(struct sched *s, struct sched_seq *q)
         q->has_lp = false;
     }
     r->completion_tokens = q->gen.n_generated;
+    r->cached_tokens = q->n_cached;
     pthread_cond_broadcast(&r->cv);
     if (q->finish) {
         req_finish_locked(s, r, q->finish, 0, NULL);
@@ -864,6 +991,9 @@ static void share_prefill(struct sched *s, struct sched_seq *q, const float *row
         }
         f->n_fed = f->req->n_prompt;
         f->n_past = q->n_past;
+        /* The copy is this request's own prefill: of it, only what the
+         * leader kept from an earlier request came from a cache. */
+        f->n_cached = q->n_cached;
         memcpy(s->logits_share, row, sizeof(float) * (size_t)s->n_vocab);
         seq_on_token(s, f, s->logits_share);
         f->shared = true;
@@ -965,6 +1095,7 @@ static void mb_fail(struct sched *s, struct sched_mb *mb, int rc, const ifd_erro
             seq_release(s, q);
         }
     }
+    sched_caches_drop(s);
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -1150,11 +1281,11 @@ static void *sched_thread_main(void *arg)
             }
         }
         s->abort_running = abort_later;
-        for (int i = 0; i < s->cfg.n_seq_max && s->q_head; i++) {
-            struct sched_seq *q = &s->seqs[i];
-            if (q->req)
-                continue;
+        while (s->q_head) {
             struct sched_req *r = s->q_head;
+            int keep = 0, i = r->cancelled ? 0 : seq_pick(s, r, &keep);
+            if (i < 0)
+                break;  /* every slot runs */
             s->q_head = r->next;
             if (!s->q_head)
                 s->q_tail = NULL;
@@ -1163,10 +1294,9 @@ static void *sched_thread_main(void *arg)
             if (r->cancelled) {
                 req_finish_locked(s, r, NULL, 499, "cancelled");
                 req_unref_locked(r);
-                i--;  /* the slot is still free */
                 continue;
             }
-            if (seq_admit(s, q, r) < 0) {
+            if (seq_admit(s, &s->seqs[i], r, keep) < 0) {
                 req_finish_locked(s, r, NULL, 500, "out of memory");
                 req_unref_locked(r);
             }

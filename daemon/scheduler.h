@@ -5,8 +5,11 @@
  * sequence that is generating plus a chunk of at most prefill_chunk prompt
  * tokens of sequences still prefilling, so a long prompt never stalls running
  * streams for more than one chunk. Sequences join and leave between steps;
- * a finished or cancelled one frees its slot (engine_seq_truncate to 0) at
- * once. Output (text after stop-string hold-back, logprobs, finish) is
+ * a finished or cancelled one frees its slot at once. With prefix_cache the
+ * freed slot keeps its KV cache: a later request takes the free slot whose
+ * cached tokens share the longest prefix with its prompt, keeps those
+ * positions (engine_seq_truncate drops the rest, on workers too) and
+ * prefills only what follows; otherwise the slot is truncated to 0. Output (text after stop-string hold-back, logprobs, finish) is
  * published per request for the HTTP thread to collect. */
 #pragma once
 
@@ -32,6 +35,7 @@ struct sched_config {
     int queue_depth;     /* waiting requests beyond the slots; more: -EAGAIN */
     int micro_batches;   /* batches kept in flight at once (engine n_inflight); 0 or 1: one
                           * synchronous batch per step. See sched_step() in scheduler.c. */
+    bool prefix_cache;   /* free slots keep their cache for prompts that begin the same way */
 };
 
 struct sched_req_params {
@@ -79,6 +83,10 @@ struct sched_output {
     int error_status;           /* HTTP status when done with an error (503 drain, 500 engine) */
     char error_msg[256];
     int prompt_tokens;
+    /* Of prompt_tokens, those not run for this request: kept from the cache
+     * an earlier request left in the slot (for a choice that copied its
+     * leader's prompt cache, what the leader kept). */
+    int cached_tokens;
     int completion_tokens;
     float *embedding;           /* embed requests, once done: [n_embedding]; caller frees */
     int n_embedding;

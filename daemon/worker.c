@@ -187,7 +187,8 @@ int worker_role_main(const struct inferd_config *cfg)
         log_err("cannot create the thread pool");
         goto out;
     }
-    struct worker_session_opts wo = {.cache = cache, .local = local, .quantize_bits = cfg->quantize_bits,
+    struct worker_session_opts wo = {.cache = cache, .local = local, .memory_max_bytes = cfg->memory_max_bytes,
+                                     .quantize_bits = cfg->quantize_bits,
                                      .quantize_group_size = cfg->quantize_group_size,
                                      .stage_create = worker_stage_create, .stage_ctx = &wb,
                                      .status = worker_status};
@@ -195,15 +196,22 @@ int worker_role_main(const struct inferd_config *cfg)
         log_err("%s", err.msg);
         goto out;
     }
+    /* What the master may place here: the machine's available memory, or
+     * the operator's bound when that is lower. */
+    uint64_t offer = mem_available_bytes();
+    bool capped = cfg->memory_max_bytes && (!offer || cfg->memory_max_bytes < offer);
+    if (capped)
+        offer = cfg->memory_max_bytes;
     struct stage_server_opts so = {.key = keyp, .n_threads = thread_pool_size(wb.pool),
-                                   .mem_available = mem_available_bytes(),
+                                   .mem_available = offer,
                                    .speed_mbps = measure_speed_mbps(wb.pool),
                                    .io_timeout_ms = cfg->cluster_io_timeout_s * 1000,
                                    .next_hops = (const char *const *)cfg->next_hops,
                                    .n_next_hops = (size_t)cfg->n_next_hops,
                                    .master_closed = worker_session_master_closed};
-    log_info("Reporting %.1f GiB available, %d threads, %.1f GB/s one-token product speed",
-             (double)so.mem_available / 1073741824.0, so.n_threads, so.speed_mbps / 1000.0);
+    log_info("Reporting %.1f GiB available%s, %d threads, %.1f GB/s one-token product speed",
+             (double)so.mem_available / 1073741824.0, capped ? " ([node] memory_max_bytes)" : "", so.n_threads,
+             so.speed_mbps / 1000.0);
     if (stage_server_create(&so, worker_session_setup, ws, &srv, &err) < 0) {
         log_err("%s", err.msg);
         goto out;

@@ -457,6 +457,12 @@ static int handle_truncate(struct stage_server *s, struct net_conn *c, const uin
     ifd_error terr;
     if (!st)
         ack.status = -EAGAIN;
+    else if (kt.n_keep > 0 && kt.seq_id >= 0 && kt.seq_id < st->n_seq_max && kt.n_keep > stage_seq_len(st, kt.seq_id))
+        /* The master means to keep positions this worker does not hold: it
+         * restarted since they ran, and its caches are gone. Saying so lets
+         * the master prefill them again (prefix reuse) rather than send a
+         * FORWARD that cannot continue the sequence. */
+        ack.status = -ESTALE;
     else
         ack.status = stage_seq_truncate(st, kt.seq_id, kt.n_keep, &terr);
     struct net_buf b = {0};

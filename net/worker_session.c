@@ -8,6 +8,7 @@
 #include "base/clock.h"
 #include "conn.h"
 #include "log.h"
+#include "model/model_bytes.h"
 #include "model/model_config.h"
 
 /* How long a reply (HAVE, READY) may take to leave: the master reads them at once. */
@@ -135,12 +136,45 @@ static int load_stage(struct worker_session *ws, struct stage_server *srv, struc
     return 0;
 }
 
+/* The operator's bound on what this worker's layers may take: the declared
+ * weights plus the KV cache of the master's sequences and context, as the
+ * master counts them when it places `layers = auto` (daemon/cluster.c), so
+ * an explicit range too large fails here, before a byte is transferred,
+ * with a message naming the key instead of an out-of-memory later. */
+static int check_memory(const struct worker_session *ws, const struct net_assign *a, ifd_error *err)
+{
+    if (!ws->o.memory_max_bytes)
+        return 0;
+    struct model_config mc;
+    int r = model_config_parse(a->config_json, a->config_len, "master's config.json", &mc, err);
+    if (r < 0)
+        return r;
+    uint64_t weights = 0;
+    for (uint32_t i = 0; i < a->n_tensors; i++)
+        weights += a->tensors[i].nbytes;
+    uint64_t kv = model_bytes_kv_position(&mc) * (uint64_t)(a->layer_last - a->layer_first) *
+                  (uint64_t)a->n_seq_max * (uint64_t)a->n_ctx;
+    model_config_finish(&mc);
+    if (weights + kv <= ws->o.memory_max_bytes)
+        return 0;
+    return ifd_error_set(err, -ENOSPC,
+                         "layers %u-%u need %.1f MiB (%.1f MiB of weights, %.1f MiB of KV cache for %u sequences x "
+                         "%u positions), over this worker's [node] memory_max_bytes of %.1f MiB",
+                         a->layer_first, a->layer_last - 1, (double)(weights + kv) / 1048576.0,
+                         (double)weights / 1048576.0, (double)kv / 1048576.0, a->n_seq_max, a->n_ctx,
+                         (double)ws->o.memory_max_bytes / 1048576.0);
+}
+
 static int on_assign(struct worker_session *ws, struct net_conn *c, const uint8_t *p, size_t len, ifd_error *err)
 {
     struct net_assign a;
     int r;
     if ((r = net_assign_decode(p, len, &a, err)) < 0)
         return r;
+    if ((r = check_memory(ws, &a, err)) < 0) {
+        net_assign_finish(&a);
+        return r;
+    }
     /* The declared sizes are checked against the quota and the disk before a
      * byte is written (a peer could declare a 1 TiB tensor of compressible
      * zeros); what the new assignment does not use goes first. */

@@ -39,6 +39,8 @@ struct worker_session_opts {
     struct wp_cache *cache;   /* borrowed, required */
     const st_model *local;    /* borrowed: the worker's own checkpoint, whose tensors with the
                                * master's hashes are not transferred; NULL: none */
+    uint64_t memory_max_bytes; /* [node] memory_max_bytes: an assignment whose weights plus KV
+                               * cache need more is refused; 0: no limit */
     int quantize_bits;        /* [model] quantize of this worker: packs received float weights */
     int quantize_group_size;
     worker_stage_create_fn stage_create; /* required */

@@ -17,20 +17,14 @@ rounds. Prints decode tok/s (median, min-max) and ratios of medians to single
 node, bytes per token on each hop, each worker's first weight push (MiB, wire
 MiB, MiB/s), and each worker's peak RSS against the bytes of its layers. A benchmark, not a test:
 the figures move with whatever else the machine is doing."""
-import http.client
 import json
 import os
-import re
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 
-# The shared-data lookup and free ports are the integration harness's.
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
-from harness import SHARED, free_port  # noqa: E402
+from bench_util import cluster_key, free_port, qwen_model, request, start, wait_health, wait_port
 
 INFERD, INFERCTL = sys.argv[1], sys.argv[2]
 THREADS = os.environ.get("BENCH_THREADS", "2")
@@ -39,44 +33,6 @@ RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 WORK = os.environ.get("BENCH_DIR") or tempfile.mkdtemp(prefix="inferd-bench-cluster-")
 CLEAN = not os.environ.get("BENCH_DIR")
 PROMPT = list(range(1000, 1032))
-
-
-def start(args, log, env=None):
-    return subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env)
-
-
-def request(port, method, path, body=None):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    c.request(method, path, body=json.dumps(body) if body else None,
-              headers={"Content-Type": "application/json"} if body else {})
-    r = c.getresponse()
-    data = r.read()
-    c.close()
-    return r.status, json.loads(data) if data else None
-
-
-def wait_health(port, proc, timeout=600):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            sys.exit("process exited (%d)" % proc.returncode)
-        try:
-            if request(port, "GET", "/health")[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    sys.exit("not ready")
-
-
-def wait_port(port):
-    for _ in range(600):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit("worker did not listen")
 
 
 def decode_rate(port):
@@ -110,21 +66,13 @@ def peak_rss(pid):
 
 def main():
     os.makedirs(WORK, exist_ok=True)
-    model = os.environ.get("BENCH_MODEL")
-    if not model:
-        model = os.path.join(WORK, "qwen2.5-0.5b-bf16")
-        if not os.path.exists(os.path.join(model, "model.safetensors")):
-            subprocess.run([INFERCTL, "model", "generate", "--preset", "qwen2.5-0.5b", "--dtype", "bf16",
-                            "--tokenizer-from", os.path.join(SHARED, "models", "qwen2-tiny-random"), model], check=True)
+    model = qwen_model(WORK, INFERCTL)
     n_layers = json.load(open(os.path.join(model, "config.json")))["num_hidden_layers"]
     half = n_layers // 2
     common = ["--config", "/dev/null", "--threads", THREADS, "--max-sequences", "1"]
     procs = []
     try:
-        key = os.path.join(WORK, "cluster.key")
-        with open(key, "w") as f:
-            f.write(os.urandom(32).hex())
-        os.chmod(key, 0o600)
+        key = cluster_key(WORK)
         # All three setups run side by side and are measured in turn, so that
         # the load of this shared machine hits them alike.
         setups = {}

@@ -312,7 +312,7 @@ Test(api, response_and_chunks)
 {
     struct api_token_namer namer = {fake_name, NULL, NULL};
     struct api_response_meta m = {API_KIND_CHAT, "chatcmpl-1", 1700000000, "model-x"};
-    struct api_usage u = {5, 2};
+    struct api_usage u = {5, 2, 3};
     struct api_logprob lp[2] = {{.token = 3, .logprob = -0.5f, .n_top = 1, .top_ids = {3}, .top_logprobs = {-0.5f}},
                                 {.token = 7, .logprob = -1.0f, .n_top = 0}};
     char *s = api_response_json(&m, "hi \"there\"", 10, "stop", &u, lp, 2, true, &namer);
@@ -327,6 +327,8 @@ Test(api, response_and_chunks)
     cJSON *t1 = cJSON_GetArrayItem(content, 1);
     cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(t1, "bytes")), 2, "exact bytes of a partial token");
     cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"), "total_tokens")->valueint, 7);
+    cJSON *details = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"), "prompt_tokens_details");
+    cr_assert_eq(cJSON_GetObjectItem(details, "cached_tokens")->valueint, 3);
     cJSON_Delete(j);
     free(s);
 
@@ -726,7 +728,7 @@ Test(api_fields, echo_logprobs_json)
     struct api_token_namer namer = {fake_name, NULL, fake_special};
     struct api_response_meta mc = {API_KIND_COMPLETION, "cmpl-1", 1, "model-x"};
     struct api_logprob lp[3] = {{.token = 1, .is_null = true}, {.token = 3, .logprob = -2.0f}, {.token = 12}};
-    struct api_usage u = {2, 1};
+    struct api_usage u = {2, 1, 0};
     char *s = api_response_json(&mc, "t3t12", 5, "length", &u, lp, 3, true, &namer);
     cJSON *j = cJSON_Parse(s);
     cJSON *l = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "logprobs");
@@ -770,7 +772,7 @@ Test(api_fields, text_with_nul_is_escaped)
 {
     struct api_token_namer namer = {fake_name, NULL, NULL};
     struct api_response_meta mc = {API_KIND_COMPLETION, "cmpl-1", 1, "model-x"};
-    struct api_usage u = {1, 1};
+    struct api_usage u = {1, 1, 0};
     static const char text[] = "a\0b\"c\nd\x01\\";
     char *s = api_response_json(&mc, text, sizeof(text) - 1, "stop", &u, NULL, 0, false, &namer);
     cr_expect(strstr(s, "\"text\":\"a\\u0000b\\\"c\\nd\\u0001\\\\\""), "%s", s);

@@ -47,7 +47,8 @@ Test(config, full_file)
     ifd_error err = {{0}};
     int r = parse(&c,
                   "[server]\nlisten = 0.0.0.0:9000\napi_keys = k1, k2\nmax_body_bytes = 2M\nqueue_depth = 5\n"
-                  "max_sequences = 4\ncontext_length = 1024\nprefill_chunk = 64\nlog_level = debug\n"
+                  "max_sequences = 4\ncontext_length = 1024\nprefill_chunk = 64\nprefix_cache = off\n"
+                  "log_level = debug\n"
                   "[model]\npath = /models/x\nchat_template = /t.jinja\nquantize = q8\nquantize_group_size = 32\n"
                   "[node]\nrole = master\nbackend = cpu\ndevice = 2\nthreads = 3\ncache_dir = /var/cache/x\n"
                   "[cluster]\nkey_file = /etc/inferd/cluster.key\nallow_insecure = true\n"
@@ -63,6 +64,7 @@ Test(config, full_file)
     cr_assert_eq(c.max_seqs, 4);
     cr_assert_eq(c.ctx_len, 1024);
     cr_assert_eq(c.prefill_chunk, 64);
+    cr_assert(!c.prefix_cache);
     cr_assert_eq(c.log_level, 7);
     cr_assert_str_eq(c.model_path, "/models/x");
     cr_assert_str_eq(c.chat_template_path, "/t.jinja");
@@ -98,6 +100,7 @@ Test(config, defaults)
     cr_assert_eq(c.backend, INFERD_BACKEND_AUTO);
     cr_assert_str_eq(c.cache_dir, "/var/cache/inferd");
     cr_assert(!c.allow_insecure_cluster);
+    cr_assert(c.prefix_cache);
     cr_assert_eq(c.n_workers, 0);
     inferd_config_finish(&c);
     inferd_config_finish(&c); /* twice: a zeroed struct is fine */
@@ -125,6 +128,7 @@ Test(config, bad_values_name_line_and_key)
         {"[model]\nreasoning = maybe\n", "test.conf:2: [model] reasoning: 'maybe' is not auto, none or think"},
         {"[model.x]\npath = /m\nreasoning = yes\n", "is not auto, none or think"},
         {"[cluster]\nallow_insecure = maybe\n", "not a boolean"},
+        {"[server]\nprefix_cache = sometimes\n", "test.conf:2: [server] prefix_cache: 'sometimes' is not a boolean"},
         {"[worker.a]\nlayers = 5-2\n", "last layer before first"},
         {"[worker.a]\nlayers = x\n", "FIRST-LAST"},
         {"[worker.a]\nport = 3\n", "unknown key"},
@@ -139,6 +143,20 @@ Test(config, bad_values_name_line_and_key)
         cr_expect(strstr(err.msg, cases[i].expect), "case %zu: '%s' lacks '%s'", i, err.msg, cases[i].expect);
         inferd_config_finish(&c);
     }
+}
+
+/* A worker's bound on its layers means nothing to a master: refused, not ignored. */
+Test(config, memory_max_bytes_is_for_workers)
+{
+    struct inferd_config c;
+    ifd_error err = {{0}};
+    cr_assert_eq(parse(&c, "[model]\npath=/m\n[node]\nmemory_max_bytes = 1G\n", &err), 0, "%s", err.msg);
+    cr_assert_lt(inferd_config_validate(&c, &err), 0);
+    cr_assert(strstr(err.msg, "[node] memory_max_bytes is for role=worker"), "%s", err.msg);
+    inferd_config_finish(&c);
+    cr_assert_eq(parse(&c, "[node]\nrole = worker\nmemory_max_bytes = 1G\n", &err), 0, "%s", err.msg);
+    cr_assert_eq(inferd_config_validate(&c, &err), 0, "%s", err.msg);
+    inferd_config_finish(&c);
 }
 
 Test(config, overlapping_workers_are_an_error)
@@ -458,12 +476,14 @@ Test(config, worker_cluster_limits)
     ifd_error err = {{0}};
     cr_assert_eq(parse(&c, "[node]\n", &err), 0, "%s", err.msg);
     cr_assert_eq(c.cache_max_bytes, 0, "default quota: half of the file system (0)");
+    cr_assert_eq(c.memory_max_bytes, 0, "default: the memory the machine has available");
     cr_assert_eq(c.cluster_io_timeout_s, 30, "docs/protocol.md promises 30 s");
     cr_assert_eq(c.n_next_hops, 0);
     inferd_config_finish(&c);
-    cr_assert_eq(parse(&c, "[node]\ncache_max_bytes = 10G\n[cluster]\nio_timeout = 5\n"
+    cr_assert_eq(parse(&c, "[node]\ncache_max_bytes = 10G\nmemory_max_bytes = 512M\n[cluster]\nio_timeout = 5\n"
                            "next_hops = 10.0.0.2:10128, 10.0.0.3 [::1]:7\n", &err), 0, "%s", err.msg);
     cr_assert_eq(c.cache_max_bytes, (size_t)10 << 30);
+    cr_assert_eq(c.memory_max_bytes, (size_t)512 << 20);
     cr_assert_eq(c.cluster_io_timeout_s, 5);
     cr_assert_eq(c.n_next_hops, 3);
     cr_assert_str_eq(c.next_hops[0], "10.0.0.2:10128");
@@ -475,6 +495,7 @@ Test(config, worker_cluster_limits)
         {"[cluster]\nio_timeout = 3601\n", "out of range"},
         {"[cluster]\nnext_hops = host:99999\n", "bad port"},
         {"[node]\ncache_max_bytes = 1T\n", "[node] cache_max_bytes"},
+        {"[node]\nmemory_max_bytes = lots\n", "[node] memory_max_bytes"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         memset(&err, 0, sizeof(err));

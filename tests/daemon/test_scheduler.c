@@ -4,7 +4,9 @@
  * giving the tokens each gives alone (greedy), and the stop set shared with
  * `inferctl run` (daemon/stop_set.c): both stop on the tokenizer's eos_token
  * when it differs from the config's eos ids; the n choices of one prompt
- * prefilling it once (share_prefill), and falling back to a prefill each.
+ * prefilling it once (share_prefill), and falling back to a prefill each;
+ * prefix_cache: a prompt that begins as a finished request's cache keeps
+ * those positions and gives the tokens a cold scheduler gives.
  *
  * Generated ids are read back from the logprobs entries, which carry the
  * token of every step. */
@@ -114,13 +116,15 @@ static engine *copyless_engine(struct fx *f, const struct engine_config *ec)
     return e;
 }
 
-static void fx_up_engine(struct fx *f, const char *dir, int n_seq, int n_ctx, int queue_depth, bool copyless)
+static void fx_up_engine(struct fx *f, const char *dir, int n_seq, int n_ctx, int queue_depth, bool copyless,
+                         bool prefix_cache)
 {
     ifd_error err = {{0}};
     struct model_load_opts lo = model_load_opts_default();
     cr_assert_eq(model_load(dir, &lo, &f->m, &err), 0, "%s", err.msg);
     cr_assert_eq(tok_load(dir, &f->tok, &err), 0, "%s", err.msg);
-    struct sched_config sc = {.n_seq_max = n_seq, .n_ctx = n_ctx, .prefill_chunk = 16, .queue_depth = queue_depth};
+    struct sched_config sc = {.n_seq_max = n_seq, .n_ctx = n_ctx, .prefill_chunk = 16, .queue_depth = queue_depth,
+                              .prefix_cache = prefix_cache};
     sc.n_batch_max = sc.prefill_chunk + n_seq;
     struct engine_config ec = {.n_seq_max = n_seq, .n_ctx = n_ctx, .n_batch_max = sc.n_batch_max, .n_threads = 1,
                                .n_inflight = f->micro_batches};
@@ -137,7 +141,7 @@ static void fx_up_engine(struct fx *f, const char *dir, int n_seq, int n_ctx, in
 
 static void fx_up_dir(struct fx *f, const char *dir, int n_seq, int n_ctx, int queue_depth)
 {
-    fx_up_engine(f, dir, n_seq, n_ctx, queue_depth, false);
+    fx_up_engine(f, dir, n_seq, n_ctx, queue_depth, false, false);
 }
 
 static void fx_up(struct fx *f, int n_seq, int n_ctx, int queue_depth)
@@ -145,6 +149,14 @@ static void fx_up(struct fx *f, int n_seq, int n_ctx, int queue_depth)
     char dir[PATH_MAX];
     snprintf(dir, sizeof(dir), "%s/models/%s", tu_must_shared_dir(), MODEL);
     fx_up_dir(f, dir, n_seq, n_ctx, queue_depth);
+}
+
+/* fx_up with [server] prefix_cache on or off. */
+static void fx_up_cache(struct fx *f, int n_seq, int n_ctx, bool prefix_cache)
+{
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s/models/%s", tu_must_shared_dir(), MODEL);
+    fx_up_engine(f, dir, n_seq, n_ctx, n_seq, false, prefix_cache);
 }
 
 static void fx_down(struct fx *f)
@@ -185,9 +197,10 @@ static void collect_all(struct sched_req *r, struct sched_output *out)
     }
 }
 
-/* One request alone: its ids, count and finish reason. */
-static int run_one(struct fx *f, const int32_t *prompt, int n_prompt, int max_tokens, int32_t *ids,
-                   const char **finish)
+/* One request alone: its ids, count, finish reason and (ret_cached, when
+ * not NULL) its prompt tokens kept from a slot's cache. */
+static int run_one_cached(struct fx *f, const int32_t *prompt, int n_prompt, int max_tokens, int32_t *ids,
+                          const char **finish, int *ret_cached)
 {
     struct sched_req *r = submit(f, prompt, n_prompt, max_tokens);
     struct sched_output out = {0};
@@ -197,10 +210,18 @@ static int run_one(struct fx *f, const int32_t *prompt, int n_prompt, int max_to
     for (int i = 0; i < out.n_lp && i < MAX_IDS; i++)
         ids[i] = out.lp[i].token;
     *finish = out.finish_reason;
+    if (ret_cached)
+        *ret_cached = out.cached_tokens;
     int n = out.completion_tokens;
     sched_output_finish(&out);
     sched_req_release(r);
     return n;
+}
+
+static int run_one(struct fx *f, const int32_t *prompt, int n_prompt, int max_tokens, int32_t *ids,
+                   const char **finish)
+{
+    return run_one_cached(f, prompt, n_prompt, max_tokens, ids, finish, NULL);
 }
 
 Test(scheduler, submission_gives_the_golden_tokens)
@@ -567,8 +588,8 @@ static uint64_t tokens_run(struct fx *f)
  * sharing the first's prefill), as the HTTP layer submits them; member
  * `cancel` (-1: none) is cancelled at once. The ids of each other choice go
  * to ids[i], their count to n_ids[i]. */
-static void run_choices(struct fx *f, const struct sched_req_params *base, int n, int cancel,
-                        int32_t (*ids)[MAX_IDS], int *n_ids)
+static void run_choices_cached(struct fx *f, const struct sched_req_params *base, int n, int cancel,
+                               int32_t (*ids)[MAX_IDS], int *n_ids, int *cached)
 {
     struct sched_req *r[8];
     cr_assert_leq(n, 8);
@@ -591,10 +612,18 @@ static void run_choices(struct fx *f, const struct sched_req_params *base, int n
             for (int k = 0; k < out.n_lp && k < MAX_IDS; k++)
                 ids[i][k] = out.lp[k].token;
             n_ids[i] = out.completion_tokens;
+            if (cached)
+                cached[i] = out.cached_tokens;
         }
         sched_output_finish(&out);
         sched_req_release(r[i]);
     }
+}
+
+static void run_choices(struct fx *f, const struct sched_req_params *base, int n, int cancel,
+                        int32_t (*ids)[MAX_IDS], int *n_ids)
+{
+    run_choices_cached(f, base, n, cancel, ids, n_ids, NULL);
 }
 
 static struct sched_req_params story_params(const struct story *st, int max_tokens)
@@ -710,7 +739,7 @@ Test(scheduler, choices_fall_back_to_their_own_prefill)
 
     char dir[PATH_MAX];
     snprintf(dir, sizeof(dir), "%s/models/%s", tu_must_shared_dir(), MODEL);
-    fx_up_engine(&f, dir, N, 128, N, true);
+    fx_up_engine(&f, dir, N, 128, N, true, false);
     uint64_t t0 = tokens_run(&f);
     run_choices(&f, &p, 1, -1, alone, n_alone);
     uint64_t one = tokens_run(&f) - t0;
@@ -723,4 +752,199 @@ Test(scheduler, choices_fall_back_to_their_own_prefill)
             assert_same_ids(ids[i], n_ids[i], alone[0], n_alone[0], i);
     }
     fx_down(&f);
+}
+
+/* ---- prefix_cache ---- */
+
+/* dst = a[0..na) + b[0..nb) + c[0..nc): the prompt of a chat's next turn,
+ * which repeats the conversation so far. Returns its length. */
+static int concat3(int32_t *dst, const int32_t *a, int na, const int32_t *b, int nb, const int32_t *c, int nc)
+{
+    cr_assert_leq(na + nb + nc, MAX_IDS);
+    memcpy(dst, a, sizeof(int32_t) * (size_t)na);
+    memcpy(dst + na, b, sizeof(int32_t) * (size_t)nb);
+    if (nc > 0)
+        memcpy(dst + na + nb, c, sizeof(int32_t) * (size_t)nc);
+    return na + nb + nc;
+}
+
+/* prompt on `hot` and on `cold` (prefix_cache off) give the same tokens;
+ * returns the cached_tokens `hot` reported (cold reports 0). */
+static int run_hot_cold(struct fx *hot, struct fx *cold, const int32_t *prompt, int n_prompt, int max_tokens)
+{
+    int32_t h[MAX_IDS], c[MAX_IDS];
+    const char *fh, *fc;
+    int cached_h = -1, cached_c = -1;
+    int nh = run_one_cached(hot, prompt, n_prompt, max_tokens, h, &fh, &cached_h);
+    int nc = run_one_cached(cold, prompt, n_prompt, max_tokens, c, &fc, &cached_c);
+    cr_assert_eq(cached_c, 0, "prefix_cache off reported %d cached tokens", cached_c);
+    assert_same_ids(h, nh, c, nc, 0);
+    cr_assert_str_eq(fh, fc);
+    return cached_h;
+}
+
+/* Turn 2 of a chat keeps turn 1's prompt and every token it fed (all it
+ * generated but the last, which never ran), prefills only the rest, and
+ * gives the tokens of a cold scheduler; the same prompt again keeps all but
+ * its last token, which must run for the first token's logits. */
+Test(scheduler, prefix_cache_next_turn_matches_cold)
+{
+    enum { MAXT = 40, MAXT2 = 30 };
+    struct story a, b;
+    story_load(0, &a);
+    story_load(1, &b);
+    struct fx hot, cold;
+    fx_up_cache(&hot, 2, 256, true);
+    fx_up_cache(&cold, 2, 256, false);
+    int32_t gen[MAX_IDS], p2[MAX_IDS];
+    const char *finish;
+    int cached = -1;
+    cr_assert_eq(run_one_cached(&hot, a.prompt, a.n_prompt, MAXT, gen, &finish, &cached), MAXT);
+    cr_assert_eq(cached, 0, "a first request found %d cached tokens", cached);
+    int n2 = concat3(p2, a.prompt, a.n_prompt, gen, MAXT, b.prompt + 1, b.n_prompt - 1);
+    uint64_t t0 = tokens_run(&hot);
+    int32_t ids[MAX_IDS];
+    int n_ids = run_one_cached(&hot, p2, n2, MAXT2, ids, &finish, &cached);
+    cr_assert_eq(cached, a.n_prompt + MAXT - 1, "turn 2 kept %d positions", cached);
+    /* the engine ran the rest of the prompt and every token fed after it */
+    cr_assert_eq(tokens_run(&hot) - t0, (uint64_t)(n2 - cached + n_ids - 1));
+    cr_assert_eq(run_hot_cold(&hot, &cold, p2, n2, MAXT2), n2 - 1);
+    fx_down(&cold);
+    fx_down(&hot);
+}
+
+/* A prompt that parts from a cache after two tokens keeps two, on one slot;
+ * with an empty slot beside it, it takes that one and leaves the cache to
+ * its own conversation's next turn. */
+Test(scheduler, prefix_cache_early_divergence_keeps_little)
+{
+    enum { MAXT = 20 };
+    struct story a, c;
+    story_load(0, &a);
+    story_load(2, &c);
+    int lcp = 0;
+    while (lcp < a.n_prompt && lcp < c.n_prompt && a.prompt[lcp] == c.prompt[lcp])
+        lcp++;
+    cr_assert(lcp > 0 && lcp < 4, "the stories share %d tokens", lcp);
+    int32_t gen[MAX_IDS], p2[MAX_IDS];
+    const char *finish;
+    for (int n_seq = 1; n_seq <= 2; n_seq++) {
+        struct fx hot, cold;
+        fx_up_cache(&hot, n_seq, 256, true);
+        fx_up_cache(&cold, n_seq, 256, false);
+        cr_assert_eq(run_one(&hot, a.prompt, a.n_prompt, MAXT, gen, &finish), MAXT);
+        int cached = run_hot_cold(&hot, &cold, c.prompt, c.n_prompt, MAXT);
+        cr_assert_eq(cached, n_seq == 1 ? lcp : 0, "%d slots: kept %d", n_seq, cached);
+        if (n_seq == 2) {
+            int n2 = concat3(p2, a.prompt, a.n_prompt, gen, MAXT, c.prompt + 1, c.n_prompt - 1);
+            cr_assert_eq(run_hot_cold(&hot, &cold, p2, n2, MAXT), a.n_prompt + MAXT - 1);
+        }
+        fx_down(&cold);
+        fx_down(&hot);
+    }
+}
+
+/* Two slots, three conversations: the third evicts the least recently
+ * released cache; the second's next turn still finds its own, the first's
+ * finds only the shared first tokens. */
+Test(scheduler, prefix_cache_evicts_the_least_recent)
+{
+    enum { MAXT = 20 };
+    struct story st[3];
+    for (int i = 0; i < 3; i++)
+        story_load(i, &st[i]);
+    struct fx hot, cold;
+    fx_up_cache(&hot, 2, 256, true);
+    fx_up_cache(&cold, 2, 256, false);
+    int32_t gen[3][MAX_IDS], p2[MAX_IDS];
+    const char *finish;
+    int cached = -1;
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(run_one_cached(&hot, st[i].prompt, st[i].n_prompt, MAXT, gen[i], &finish, &cached), MAXT);
+        cr_assert_lt(cached, 4, "conversation %d kept %d of another's", i, cached);
+    }
+    int n2 = concat3(p2, st[0].prompt, st[0].n_prompt, gen[0], MAXT, st[1].prompt, 3);
+    cached = run_hot_cold(&hot, &cold, p2, n2, MAXT);
+    cr_assert_lt(cached, 4, "the evicted conversation kept %d", cached);
+    n2 = concat3(p2, st[2].prompt, st[2].n_prompt, gen[2], MAXT, st[1].prompt, 3);
+    cr_assert_eq(run_hot_cold(&hot, &cold, p2, n2, MAXT), st[2].n_prompt + MAXT - 1);
+    fx_down(&cold);
+    fx_down(&hot);
+}
+
+/* A request cancelled mid-generation leaves the cache of what it fed: a
+ * prompt of what the client saw keeps all but its last token and goes on as
+ * a cold scheduler does. */
+Test(scheduler, prefix_cache_after_cancel_is_consistent)
+{
+    struct story st;
+    story_load(0, &st);
+    struct fx hot, cold;
+    fx_up_cache(&hot, 1, 512, true);
+    fx_up_cache(&cold, 1, 512, false);
+    struct sched_req *a = submit(&hot, st.prompt, st.n_prompt, 400);
+    struct sched_output out = {0};
+    double t0 = ifd_now_s();
+    while (out.n_lp < 5 && !out.done) {
+        sched_req_collect(a, 200, &out);
+        cr_assert_lt(ifd_now_s() - t0, COLLECT_DEADLINE_S);
+    }
+    sched_req_cancel(a);
+    collect_all(a, &out);
+    cr_assert_eq(out.error_status, 499, "status %d (%s)", out.error_status, out.error_msg);
+    int32_t seen[MAX_IDS], p2[MAX_IDS];
+    int k = out.n_lp < 100 ? out.n_lp : 100;
+    for (int i = 0; i < k; i++)
+        seen[i] = out.lp[i].token;
+    sched_output_finish(&out);
+    sched_req_release(a);
+    int n2 = concat3(p2, st.prompt, st.n_prompt, seen, k, NULL, 0);
+    cr_assert_eq(run_hot_cold(&hot, &cold, p2, n2, 20), n2 - 1);
+    fx_down(&cold);
+    fx_down(&hot);
+}
+
+/* n choices of a next turn: the first keeps the cache; the others copy its
+ * prompt cache and report what it kept, or, admitted after its prompt ran
+ * or on an engine that cannot copy (a remote stage's case), prefill
+ * themselves and report what their own slot kept: nothing, the one cache
+ * being the first's. What each reports is what the engine ran. */
+Test(scheduler, prefix_cache_choices_report_what_was_kept)
+{
+    enum { N = 3, MAXT = 12 };
+    struct story a, b;
+    story_load(0, &a);
+    story_load(1, &b);
+    for (int copyless = 0; copyless < 2; copyless++) {
+        struct fx f;
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof(dir), "%s/models/%s", tu_must_shared_dir(), MODEL);
+        fx_up_engine(&f, dir, N, 128, N, copyless, true);
+        int32_t gen[MAX_IDS], p2[MAX_IDS], alone[1][MAX_IDS], ids[N][MAX_IDS];
+        int n_alone[1], n_ids[N], cached[N];
+        const char *finish;
+        cr_assert_eq(run_one(&f, a.prompt, a.n_prompt, MAXT, gen, &finish), MAXT);
+        int n2 = concat3(p2, a.prompt, a.n_prompt, gen, MAXT, b.prompt + 1, b.n_prompt - 1);
+        struct sched_req_params p = story_params(&a, MAXT);
+        p.prompt = p2;
+        p.n_prompt = (size_t)n2;
+        uint64_t t0 = tokens_run(&f), want = 0;
+        run_choices_cached(&f, &p, N, -1, ids, n_ids, cached);
+        cr_assert_eq(cached[0], a.n_prompt + MAXT - 1);
+        for (int i = 0; i < N; i++) {
+            bool copied = i > 0 && !copyless && cached[i] == cached[0];
+            if (i > 0 && !copied)
+                cr_assert_eq(cached[i], 0, "copyless %d: choice %d kept %d", copyless, i, cached[i]);
+            /* its own prefill, then every generated token but the last */
+            want += (copied ? 0 : (uint64_t)(n2 - cached[i])) + (uint64_t)(n_ids[i] - 1);
+        }
+        cr_assert_eq(tokens_run(&f) - t0, want, "copyless %d: the engine ran %llu tokens, the counts say %llu",
+                     copyless, (unsigned long long)(tokens_run(&f) - t0), (unsigned long long)want);
+        /* choice 0's slot now holds p2: alone, p2 keeps all but its last */
+        run_choices_cached(&f, &p, 1, -1, alone, n_alone, cached);
+        cr_assert_eq(cached[0], n2 - 1);
+        for (int i = 0; i < N; i++)
+            assert_same_ids(ids[i], n_ids[i], alone[0], n_alone[0], i);
+        fx_down(&f);
+    }
 }

@@ -572,13 +572,14 @@ Test(tools, context_fill_generic_block)
 Test(tools, chat_response_shapes)
 {
     struct api_response_meta meta = {API_KIND_CHAT, "chatcmpl-x", 1, "m"};
-    struct api_usage u = {3, 4};
+    struct api_usage u = {3, 4, 0};
     cJSON *msg = cJSON_Parse("{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[]}");
     char *s = api_chat_response_json(&meta, msg, "tool_calls", &u, NULL, 0, false, NULL);
     cr_assert_str_eq(s, "{\"id\":\"chatcmpl-x\",\"object\":\"chat.completion\",\"created\":1,\"model\":\"m\","
                         "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":null,"
                         "\"tool_calls\":[]},\"logprobs\":null,\"finish_reason\":\"tool_calls\"}],"
-                        "\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}");
+                        "\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7,"
+                        "\"prompt_tokens_details\":{\"cached_tokens\":0}}}");
     free(s);
     size_t n;
     s = api_chat_delta_sse(&meta, NULL, cJSON_Parse("{\"reasoning_content\":\"r\"}"), NULL, NULL, 0, false, true, NULL, &n);

@@ -83,7 +83,7 @@ static void check_serializer(const char *text, size_t len)
     if (!api_utf8_valid(text, len, NULL) || memchr(text, 0, len))
         return; /* the scheduler hands it only whole characters */
     struct api_response_meta m = {API_KIND_CHAT, "chatcmpl-fuzz", 1700000000, "fuzz-model"};
-    struct api_usage u = {1, 2};
+    struct api_usage u = {1, 2, 0};
     struct api_logprob lp = {.token = 5, .logprob = -0.25f, .n_top = 1, .top_ids = {5}, .top_logprobs = {-0.25f}};
     struct api_token_namer namer = {name_token, NULL, NULL};
     char *s = api_response_json(&m, text, len, "stop", &u, &lp, 1, true, &namer);

@@ -8,6 +8,12 @@ Groups:
               (tinystories-656k, its bf16-sharded copy, qwen3-tiny-random), and a
               master that keeps a layer itself (local + remote stages)
   concurrent  concurrent requests through the cluster, each equal to its single-node output
+  placement   layers = auto places within each worker's [node] memory_max_bytes,
+              counting the KV cache of the master's context and sequences: a
+              larger KV cache moves layers off the capped worker; an explicit
+              range over the cap is refused with an error naming the key
+  prefix      a multi-turn chat keeps each turn's cache on every node (cached_tokens > 0),
+              its text equal to a single node's with prefix_cache = false
   model_switch one worker stays up while its master is restarted on models of
               other hidden sizes, context lengths and sequence counts (64 -> 128
               -> 64 wide), the last time under a pre-auth flood: goldens each time
@@ -30,7 +36,7 @@ import tempfile
 import threading
 import time
 
-from harness import FAILURES, MODELS, check, free_port, goldens, wait_ready
+from harness import FAILURES, MODELS, cached_tokens, chat_conversation, check, free_port, goldens, wait_ready
 
 TMP = tempfile.mkdtemp(prefix="inferd-cluster-test-")
 
@@ -74,10 +80,15 @@ class Proc:
 
 
 class Worker(Proc):
-    def __init__(self, binary, key, name, port=None, cache=None, extra=()):
+    def __init__(self, binary, key, name, port=None, cache=None, extra=(), conf=None):
         self.port = port or free_port()
         self.cache = cache or os.path.join(TMP, "cache-" + name)
-        args = [binary, "--config", "/dev/null", "--role", "worker", "--listen", "127.0.0.1:%d" % self.port,
+        conf_path = "/dev/null"
+        if conf:
+            conf_path = os.path.join(TMP, "worker-%s.conf" % name)
+            with open(conf_path, "w") as f:
+                f.write(conf)
+        args = [binary, "--config", conf_path, "--role", "worker", "--listen", "127.0.0.1:%d" % self.port,
                 "--cache-dir", self.cache, "--threads", "1", *extra]
         if key:
             args += ["--cluster-key-file", key]
@@ -253,6 +264,69 @@ def group_golden(binary):
                         m.logtext()), "the master logs the split and why")
     finally:
         stop_all(m, w1, w2)
+
+
+def auto_ranges(m):
+    s = m.status()
+    ws = sorted(s["workers"], key=lambda w: w["layer_first"]) if s else []
+    return [(w["name"], w["layer_first"], w["layer_last"]) for w in ws]
+
+
+def group_placement(binary):
+    key = key_file("placement.key")
+    ctl = os.path.join(os.path.dirname(binary), "inferctl")
+    path = os.path.join(TMP, "qwen2-8layers")
+    out = subprocess.run([ctl, "model", "generate", "--preset", "tiny-qwen2", "--layers", "8", "--tokenizer-from",
+                          os.path.join(MODELS, "qwen2-tiny-random"), path], capture_output=True, text=True)
+    check(out.returncode == 0, "generate the 8-layer model: %s" % out.stderr)
+    # One layer at 128 sequences x 512 positions: 16 MiB of KV cache
+    # (F32 K and V, 2 heads x 16) beside a few KiB of weights; at 16
+    # sequences, 2 MiB. The master keeps a tenth of what a worker reports and
+    # 128 MiB for the worker itself (cluster.c auto_max_layers), so a cap of
+    # 187 MiB holds 2 layers at the larger cache and every layer at the
+    # smaller one.
+    cap = 187 << 20
+    for seqs, capped_most in [(128, 2), (16, 8)]:
+        capped = Worker(binary, key, "capped-%d" % seqs, conf="[node]\nmemory_max_bytes = %d\n" % cap)
+        free = Worker(binary, key, "free-%d" % seqs)
+        m = Master(binary, path, [(capped.addr, "auto"), (free.addr, "auto")], key,
+                   extra=("--max-sequences", str(seqs), "--context-length", "512"))
+        try:
+            st, r = m.complete([1, 2, 3, 4], 4)
+            check(st == 200 and r["usage"]["completion_tokens"] >= 1, "placement (%d sequences) serves: %s" % (seqs, r))
+            ranges = auto_ranges(m)
+            check(len(ranges) == 2 and ranges[0][1] == 0 and ranges[0][2] == ranges[1][1] and ranges[1][2] == 8,
+                  "%d sequences: the auto split covers layers 0-7 once: %s" % (seqs, ranges))
+            status = m.status()
+            caps = [w for w in status["workers"] if w.get("address") == capped.addr]
+            check(caps and caps[0]["layer_last"] - caps[0]["layer_first"] <= capped_most,
+                  "%d sequences: the capped worker holds at most %d layers: %s" % (seqs, capped_most, ranges))
+            check(caps and 0 < caps[0]["mem_available"] <= cap,
+                  "the capped worker reports its cap, not the machine's memory: %s" % caps)
+            if seqs == 16:
+                check(caps and caps[0]["layer_last"] - caps[0]["layer_first"] > 2,
+                      "a smaller KV cache lets the capped worker take more than 2 layers: %s" % ranges)
+            check(re.search(r"layers = auto: each of layers 0-7 takes up to .* MiB, its weights and its KV cache "
+                            r"for %d sequences x 512 positions" % seqs, m.logtext()),
+                  "the master logs what one layer takes, KV cache included")
+            check(re.search(r"Reporting .* GiB available \(\[node\] memory_max_bytes\)", capped.logtext()),
+                  "the capped worker says its report is its cap")
+        finally:
+            stop_all(m, capped, free)
+
+    # An explicit range over the cap: refused by the worker before a byte is
+    # sent, the master not ready, and the reason names the key.
+    capped = Worker(binary, key, "capped-explicit", conf="[node]\nmemory_max_bytes = 64M\n")
+    m = Master(binary, path, [(capped.addr, "0-7")], key, wait=False,
+               extra=("--max-sequences", "128", "--context-length", "512"))
+    try:
+        pattern = (r"layers 0-7 need [0-9.]+ MiB \([0-9.]+ MiB of weights, 128\.0 MiB of KV cache for 128 sequences "
+                   r"x 512 positions\), over this worker's \[node\] memory_max_bytes of 64\.0 MiB")
+        check(m.wait_log(pattern), "an assignment over the cap is refused, the master's log says why")
+        check(re.search(pattern, capped.logtext()), "and the worker's log too")
+        check(m.health() != 200, "a master whose worker refused its layers is not healthy")
+    finally:
+        stop_all(m, capped)
 
 
 def group_concurrent(binary):
@@ -632,12 +706,71 @@ def group_vulkan(binary):
             stop_all(m, w)
 
 
+def group_prefix(binary):
+    """prefix_cache through master + 2 workers: each turn of a chat keeps the
+    cache the turn before left on every node (the master truncates the
+    workers' slots to what it keeps), and the text is a single node's
+    without the cache."""
+    key = key_file("prefix.key")
+    path = os.path.join(MODELS, "qwen3-tiny-random")
+    off = os.path.join(TMP, "prefix-off.conf")
+    with open(off, "w") as f:
+        f.write("[server]\nprefix_cache = false\n")
+    turns = ["What is the weather in Paris today?", "And tomorrow?", "What should I wear then?", "Thanks!"]
+
+    def chat_on(m):
+        def chat(msgs):
+            st, payload = m.request("POST", "/v1/chat/completions",
+                                    {"messages": msgs, "max_tokens": 16, "temperature": 0})
+            r = json.loads(payload) if st == 200 else {}
+            check(st == 200, "prefix chat: %s %s" % (st, payload[:300]))
+            return (r["choices"][0]["message"].get("content") or "", r.get("usage")) if st == 200 else ("", None)
+        return chat
+
+    cold = Master(binary, path, extra=("--config", off))
+    try:
+        want = chat_conversation(chat_on(cold), turns)
+    finally:
+        stop_all(cold)
+    m, w1, w2 = cluster_up(binary, path, key)
+    try:
+        got = chat_conversation(chat_on(m), turns)
+        for t, ((text, usage), (wtext, wusage)) in enumerate(zip(got, want)):
+            check(text == wtext, "turn %d: cluster with prefix_cache says what one node without says:\n got %r\n"
+                  "want %r" % (t + 1, text, wtext))
+            check(cached_tokens(wusage) == 0, "turn %d: prefix_cache off caches nothing: %s" % (t + 1, wusage))
+            c = cached_tokens(usage)
+            check(c is not None and (c > 0 if t > 0 else c == 0) and c < usage["prompt_tokens"],
+                  "turn %d through the cluster: cached_tokens %s" % (t + 1, usage))
+        # A worker restarted while idle comes back with no cache: the master's
+        # KV_TRUNCATE to the kept length gets -ESTALE and the turn prefills
+        # again (cached_tokens 0) instead of failing; the next keeps its cache.
+        msgs = [{"role": "user", "content": "What is the weather in Paris today?"}]
+        first = chat_on(m)(msgs)
+        msgs += [{"role": "assistant", "content": first[0]}, {"role": "user", "content": "And tomorrow?"}]
+        port = w2.port
+        w2.stop()
+        w2 = Worker(binary, key, "prefix-w2-again", port=port)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            s = m.status()
+            if s and all(w["state"] == "ready" for w in s["workers"]) and s["workers"][1]["reconnects"] > 0:
+                break
+            time.sleep(0.1)
+        again = [chat_on(m)(msgs) for _ in range(2)]
+        check(cached_tokens(again[0][1]) == 0 and cached_tokens(again[1][1]) > 0 and again[0][0] == again[1][0],
+              "after a worker restart: one prefill, then the cache again: %s" % again)
+    finally:
+        stop_all(m, w1, w2)
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
     binary, group = sys.argv[1], sys.argv[2]
-    groups = {"golden": group_golden, "concurrent": group_concurrent, "faults": group_faults, "pipeline": group_pipeline,
-              "vulkan": group_vulkan, "model_switch": group_model_switch}
+    groups = {"golden": group_golden, "concurrent": group_concurrent, "faults": group_faults,
+              "vulkan": group_vulkan, "model_switch": group_model_switch, "placement": group_placement,
+              "prefix": group_prefix, "pipeline": group_pipeline}
     try:
         groups[group](binary)
     except Exception as e:  # noqa: BLE001 - report and fail

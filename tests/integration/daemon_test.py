@@ -2,7 +2,7 @@
 """Integration tests of the real inferd on loopback (stdlib only).
 
 Usage: daemon_test.py INFERD_BINARY GROUP
-Groups: golden, errors, concurrent, cancel, reload, checkconfig, systemd, injection ...
+Groups: golden, errors, concurrent, cancel, reload, checkconfig, systemd, injection, prefix ...
 Models and goldens come from $INFERD_SHARED (set by meson's test_env)."""
 import http.client
 import json
@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 
-from harness import FAILURES, MODELS, SHARED, check, free_port, goldens, key_file
+from harness import FAILURES, MODELS, SHARED, cached_tokens, chat_conversation, check, free_port, goldens, key_file
 
 TINY = os.path.join(MODELS, "tinystories-656k")
 QWEN3 = os.path.join(MODELS, "qwen3-tiny-random")
@@ -2019,7 +2019,78 @@ def group_structured(binary):
             check(st == 200 and r["choices"][0]["text"] in choices, "tinystories guided_choice: %s %s" % (st, r))
 
 
+PREFIX_TURNS = ["What is the weather in Paris today?", "And tomorrow?", "What should I wear then?"]
+
+
+def metric_value(d, name):
+    st, h, m = d.request("GET", "/metrics")
+    for line in m.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def group_prefix(binary):
+    """[server] prefix_cache: a chat's next turn keeps the cache its previous
+    turn left (usage.prompt_tokens_details.cached_tokens > 0) and says what a
+    daemon without the cache says, streamed or not, chat or completions."""
+    with tempfile.TemporaryDirectory() as tmp:
+        off = os.path.join(tmp, "off.conf")
+        with open(off, "w") as f:
+            f.write("[server]\nprefix_cache = false\n")
+        with Daemon(binary, QWEN3) as hot, Daemon(binary, QWEN3, "--config", off) as cold:
+            def chat_on(d, stream):
+                def chat(msgs):
+                    body = {"messages": msgs, "max_tokens": 24, "temperature": 0}
+                    if stream:
+                        st, h, ev = d.stream("/v1/chat/completions",
+                                             dict(body, stream=True, stream_options={"include_usage": True}))
+                        check(st == 200, "prefix chat stream: %s" % st)
+                        text, finish, usage = stream_text(ev, "chat")
+                        return text, usage
+                    st, r = d.json("POST", "/v1/chat/completions", body)
+                    check(st == 200, "prefix chat: %s %s" % (st, r))
+                    return (r["choices"][0]["message"].get("content") or "", r.get("usage")) if st == 200 else ("", None)
+                return chat
+
+            for stream in (False, True):
+                got = chat_conversation(chat_on(hot, stream), PREFIX_TURNS)
+                want = chat_conversation(chat_on(cold, stream), PREFIX_TURNS)
+                for t, ((text, usage), (wtext, wusage)) in enumerate(zip(got, want)):
+                    what = "stream=%s turn %d" % (stream, t + 1)
+                    check(text == wtext, "%s: prefix_cache on says what off says:\n got %r\nwant %r" %
+                          (what, text, wtext))
+                    check(cached_tokens(wusage) == 0, "%s: prefix_cache off caches nothing: %s" % (what, wusage))
+                    c = cached_tokens(usage)
+                    check(c is not None and 0 <= c < usage["prompt_tokens"], "%s: cached_tokens %s" % (what, usage))
+                    if t > 0:
+                        check(c and c > 0, "%s keeps the cache of the turn before: %s" % (what, usage))
+                    elif not stream:
+                        check(c == 0, "a first request on a fresh daemon has nothing cached: %s" % usage)
+            # completions: a prompt that goes on from the previous prompt and its text
+            first = {"prompt": "The weather in Paris today is", "max_tokens": 12, "temperature": 0}
+            st, r = hot.json("POST", "/v1/completions", first)
+            check(st == 200, "prefix completion: %s %s" % (st, r))
+            body = dict(first, prompt=first["prompt"] + (r["choices"][0]["text"] if st == 200 else "") + " Tomorrow")
+            st1, r1 = hot.json("POST", "/v1/completions", body)
+            st2, r2 = cold.json("POST", "/v1/completions", body)
+            check(st1 == 200 and st2 == 200, "prefix completions: %s %s" % (r1, r2))
+            if st1 == 200 and st2 == 200:
+                check(r1["choices"][0]["text"] == r2["choices"][0]["text"], "completions agree: %s %s" % (r1, r2))
+                check(cached_tokens(r1["usage"]) > 0 and cached_tokens(r2["usage"]) == 0,
+                      "the completion keeps the previous one's cache: %s / off %s" % (r1["usage"], r2["usage"]))
+            cached = metric_value(hot, "inferd_prompt_tokens_cached_total")
+            check(cached and cached > 0, "inferd_prompt_tokens_cached_total counts: %s" % cached)
+            check(metric_value(cold, "inferd_prompt_tokens_cached_total") == 0, "prefix_cache off counts none")
+            st, s = hot.json("GET", "/v1/status")
+            check(st == 200 and s.get("tokens", {}).get("prompt_cached_total") == cached,
+                  "/v1/status tokens.prompt_cached_total: %s" % s.get("tokens"))
+            check(any(" 200 prompt=" in ln and " cached=0 " not in ln and " cached=" in ln
+                      for ln in hot.logtext().splitlines()), "the request log line says what was cached")
+
+
 GROUPS = {
+    "prefix": group_prefix,
     "structured": group_structured,
     "apifields": group_apifields,
     "tools": group_tools,

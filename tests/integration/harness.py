@@ -105,3 +105,24 @@ def run_groups(script, groups):
     groups[sys.argv[2]](os.path.abspath(sys.argv[1]))
     print("%s: %d failures, %.1fs" % (sys.argv[2], len(FAILURES), time.time() - t0))
     sys.exit(1 if FAILURES else 0)
+
+
+def chat_conversation(chat, turns, system="You answer questions about the weather in one short line."):
+    """A multi-turn chat as clients run one: each request repeats the
+    conversation so far (system, then user and assistant turns) and adds the
+    next user message. chat(messages) -> (text, usage) sends one request.
+    Returns [(text, usage)] per turn. What prefix_cache is for: every turn
+    after the first begins with the cache the previous one left."""
+    msgs = [{"role": "system", "content": system}]
+    out = []
+    for u in turns:
+        msgs.append({"role": "user", "content": u})
+        text, usage = chat(list(msgs))
+        out.append((text, usage))
+        msgs.append({"role": "assistant", "content": text})
+    return out
+
+
+def cached_tokens(usage):
+    """usage.prompt_tokens_details.cached_tokens, or None when absent."""
+    return ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens")

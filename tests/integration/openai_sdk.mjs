@@ -75,6 +75,24 @@ for (const g of goldens) {
   check(ctext === want, `completion ${g.name} streaming: ${JSON.stringify(ctext)}`);
 }
 
+// prefix_cache: a chat's second turn, which repeats the first, keeps the
+// cache the first left: the SDK reads usage.prompt_tokens_details.
+{
+  const messages = [{ role: 'user', content: 'What is the weather in Paris?' }];
+  const first = await client.chat.completions.create({ model: 'qwen3-tiny-random', messages, max_tokens: 8, temperature: 0 });
+  messages.push({ role: 'assistant', content: first.choices[0].message.content }, { role: 'user', content: 'And tomorrow?' });
+  const r = await client.chat.completions.create({ model: 'qwen3-tiny-random', messages, max_tokens: 8, temperature: 0 });
+  check(r.usage.prompt_tokens_details?.cached_tokens > 0 && r.usage.prompt_tokens_details.cached_tokens < r.usage.prompt_tokens,
+    'second turn: cached_tokens ' + JSON.stringify(r.usage));
+  messages.push({ role: 'assistant', content: r.choices[0].message.content }, { role: 'user', content: 'Thanks' });
+  const stream = await client.chat.completions.create({ model: 'qwen3-tiny-random', messages, max_tokens: 8, temperature: 0,
+    stream: true, stream_options: { include_usage: true } });
+  let usage = null;
+  for await (const chunk of stream) if (chunk.usage) usage = chunk.usage;
+  check(usage?.prompt_tokens_details?.cached_tokens > r.usage.prompt_tokens_details?.cached_tokens,
+    'third turn, streamed: more cached than the second: ' + JSON.stringify(usage));
+}
+
 // Errors surface as the SDK's typed errors with the server's status and message.
 try {
   await client.chat.completions.create({ model: 'no-such-model', messages: [{ role: 'user', content: 'x' }] });

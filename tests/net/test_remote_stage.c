@@ -221,6 +221,12 @@ static void check_model(const char *model_name, bool chain)
     cr_assert_eq(greedy(remote, 1, fx.g.prompt, fx.g.n_prompt, 8, remote_ids, NULL, &err), 0, "%s", err.msg);
     for (int i = 0; i < 8; i++)
         cr_assert_eq(remote_ids[i], local_ids[i]);
+    /* Keeping positions the workers hold works; keeping more than a worker
+     * holds (what the master counts after the worker restarted) is -ESTALE,
+     * which tells prefix reuse to prefill them again. */
+    cr_assert_eq(engine_seq_truncate(remote, 1, fx.g.n_prompt, &err), 0, "%s", err.msg);
+    cr_assert_eq(engine_seq_truncate(remote, 1, fx.g.n_prompt + 1, &err), -ESTALE);
+    cr_assert_eq(engine_seq_truncate(remote, 1, fx.g.n_prompt, &err), 0, "%s", err.msg);
 
     struct remote_link_stats ls;
     remote_link_get_stats(fx.links[1], &ls);
