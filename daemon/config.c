@@ -125,6 +125,25 @@ static int parse_int(const char *v, long lo, long hi, const char *what, int *ret
     return 0;
 }
 
+/* "auto" (0) or a count of micro-batches in flight. */
+static int parse_micro_batches(const char *v, const char *what, int *ret, ifd_error *err)
+{
+    if (strcmp(v, "auto") == 0) {
+        *ret = 0;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || end == v || *end != '\0')
+        return ifd_error_set(err, -EINVAL, "%s: '%s' is neither 'auto' nor a number of micro-batches", what, v);
+    if (x < 1 || x > INFERD_MAX_MICRO_BATCHES)
+        return ifd_error_set(err, -ERANGE, "%s: %ld is out of range [1, %d] (or 'auto')", what, x,
+                             INFERD_MAX_MICRO_BATCHES);
+    *ret = (int)x;
+    return 0;
+}
+
 /* Sizes accept K/M/G suffixes (powers of 1024). */
 static int parse_size(const char *v, size_t lo, size_t hi, const char *what, size_t *ret, ifd_error *err)
 {
@@ -644,6 +663,8 @@ static int config_set(struct inferd_config *c, const char *section, const char *
             c->cluster_failover_memory = (int64_t)b;
         return r;
     }
+    if (IS("cluster", "micro_batches"))
+        return parse_micro_batches(v, what, &c->micro_batches, err);
     if (IS("cluster", "next_hops"))
         return add_list(&c->next_hops, &c->n_next_hops, INFERD_MAX_WORKERS, "next hops", v, what, check_next_hop,
                         err);
@@ -962,6 +983,7 @@ void inferd_config_usage(FILE *f)
             "      --allow-insecure-cluster  allow non-loopback workers without a key\n"
             "      --worker HOST:PORT=FIRST-LAST|auto|standby  remote layer range (repeatable)\n"
             "      --cache-dir DIR         worker tensor cache\n"
+            "      --micro-batches auto|N  master: batches in flight on the workers at once\n"
             "      --check-config          validate the configuration and exit\n"
             "  -h, --help\n"
             "      --version\n");
@@ -970,7 +992,7 @@ void inferd_config_usage(FILE *f)
 enum {
     OPT_ROLE = 1000, OPT_BACKEND, OPT_DEVICE, OPT_QUANTIZE, OPT_API_KEY, OPT_API_KEY_FILE, OPT_MAX_BODY, OPT_QUEUE, OPT_MAX_SEQ,
     OPT_CTX, OPT_CHUNK, OPT_TEMPLATE, OPT_MODEL_NAME, OPT_LOG_LEVEL, OPT_CLUSTER_KEY, OPT_INSECURE,
-    OPT_WORKER, OPT_CACHE_DIR, OPT_CHECK, OPT_VERSION, OPT_SIMD,
+    OPT_WORKER, OPT_CACHE_DIR, OPT_CHECK, OPT_VERSION, OPT_SIMD, OPT_MICRO_BATCHES,
 };
 
 static const struct option long_opts[] = {
@@ -996,6 +1018,7 @@ static const struct option long_opts[] = {
     {"allow-insecure-cluster", no_argument, NULL, OPT_INSECURE},
     {"worker", required_argument, NULL, OPT_WORKER},
     {"cache-dir", required_argument, NULL, OPT_CACHE_DIR},
+    {"micro-batches", required_argument, NULL, OPT_MICRO_BATCHES},
     {"simd", required_argument, NULL, OPT_SIMD},
     {"check-config", no_argument, NULL, OPT_CHECK},
     {"help", no_argument, NULL, 'h'},
@@ -1037,6 +1060,7 @@ static int apply_flag(struct inferd_config *c, int opt, const char *arg, const c
     case OPT_INSECURE: c->allow_insecure_cluster = true; return 0;
     case OPT_WORKER: return add_worker_flag(c, arg, err);
     case OPT_CACHE_DIR: return config_set(c, "node", "cache_dir", arg, "--cache-dir", err);
+    case OPT_MICRO_BATCHES: return config_set(c, "cluster", "micro_batches", arg, "--micro-batches", err);
     case OPT_SIMD: return config_set(c, "node", "simd", arg, "--simd", err);
     case OPT_CHECK: cli->check_config = true; return 0;
     case 'h': cli->help = true; return 0;

@@ -23,6 +23,7 @@
 /* Limits on what a config file may ask for: sanity bounds, not tuning. */
 #define INFERD_MAX_API_KEYS 256
 #define INFERD_MAX_WORKERS 64
+#define INFERD_MAX_MICRO_BATCHES 16 /* = REMOTE_STAGE_MAX_INFLIGHT */
 #define INFERD_MAX_KEY_LEN 512
 #define INFERD_MAX_MODELS 64
 #define INFERD_MAX_CORS_ORIGINS 64
@@ -124,6 +125,9 @@ struct inferd_config {
      * worker (weights + KV cache); -1 = its available memory, 0 = it never
      * takes any. */
     int64_t cluster_failover_memory;
+    int micro_batches;            /* master: batches in flight on the workers at once; 0 = auto
+                                   * (workers in the chain + 1, or 1 without workers), else
+                                   * 1..INFERD_MAX_MICRO_BATCHES; 1 = one synchronous batch */
     char **next_hops;             /* worker: FORWARD next hops allowed ("host:port", "host", "*") */
     int n_next_hops;              /* 0: loopback next hops only */
     struct inferd_worker_cfg *workers; /* [n_workers], in file then flag order */

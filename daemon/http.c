@@ -726,6 +726,7 @@ static MHD_RESULT handle_status(struct MHD_Connection *c, struct conn *k)
         cJSON_AddStringToObject(root, "model_dir", dm->model_dir ? dm->model_dir : "");
         cJSON_AddNumberToObject(root, "context_length", dm->n_ctx);
         cJSON_AddNumberToObject(root, "max_sequences", dm->n_seq_max);
+        cJSON_AddNumberToObject(root, "micro_batches", dm->micro_batches);
         cJSON_AddNumberToObject(root, "n_layers", dm->n_layers);
         cJSON *rq = cJSON_AddObjectToObject(root, "requests");
         cJSON_AddNumberToObject(rq, "in_flight", running);

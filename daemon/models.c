@@ -263,6 +263,14 @@ static int load_entry(struct models *ms, struct entry *E, ifd_error *err)
     int n_stages = 0;
     if ((r = build_stages(cfg, E, &ec, &stages, &n_stages, err)) < 0)
         return r;
+    /* Pipelined micro-batches only pay where another node computes (a
+     * remote stage): a lone node would split its batch for nothing. */
+    int depth = engine_stages_pipeline_depth(stages, n_stages);
+    ec.n_inflight = depth == 1 ? 1 : cfg->micro_batches > 0 ? cfg->micro_batches : depth;
+    if (depth == 1 && cfg->micro_batches > 1)
+        log_notice("[cluster] micro_batches = %d ignored: no stage computes on another node", cfg->micro_batches);
+    else if (depth > 1)
+        log_info("Pipelining %d micro-batches over %d nodes", ec.n_inflight, depth);
     r = engine_create(E->model, stages, n_stages, &ec, E->pool, &E->eng, err);
     if (r < 0) {
         for (int i = 0; i < n_stages; i++)
@@ -279,6 +287,7 @@ static int load_entry(struct models *ms, struct entry *E, ifd_error *err)
         .n_batch_max = ec.n_batch_max,
         .prefill_chunk = cfg->prefill_chunk,
         .queue_depth = __atomic_load_n(&ms->queue_depth, __ATOMIC_RELAXED),
+        .micro_batches = ec.n_inflight,
         .prefix_cache = cfg->prefix_cache,
         .recover = E->cluster ? entry_failover : NULL,
         .recover_ctx = E,
@@ -303,6 +312,7 @@ static int load_entry(struct models *ms, struct entry *E, ifd_error *err)
         .metrics = E->metrics,
         .model_dir = E->model_dir,
         .backend_name = E->backend,
+        .micro_batches = sc.micro_batches,
         .cluster = E->cluster,
     };
     log_info("Model %s loaded in %.1fs: %s, %d layers, hidden %d, vocab %d, context %d, %d sequences, backend %s",

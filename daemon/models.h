@@ -49,6 +49,7 @@ struct served_model {
     int n_vocab;
     int n_layers;
     int n_seq_max;
+    int micro_batches;           /* batches in flight at once on the workers (1: synchronous) */
     int hidden_size;             /* the length of its embeddings */
     bool pool_mean;              /* embeddings: mean of the positions, else the last one */
     struct sched *sched;

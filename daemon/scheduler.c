@@ -96,6 +96,8 @@ struct sched_seq {
      * the leader leaves first or the copy fails. */
     bool waiting;
     bool shared;                 /* got its first token from a copy this step: publish it */
+    bool in_flight;              /* in a micro-batch submitted and not yet completed: not released, not batched */
+    uint64_t sent;               /* s->mb_sent when its last micro-batch was submitted: who waited longest */
     int32_t next_token;
     struct gen_seq gen;          /* the shared generation step (model/generate.h) */
     sampler *smp;
@@ -109,6 +111,18 @@ struct sched_seq {
     struct api_logprob lp;
     const char *finish;          /* "stop"/"length" when finishing this step */
     uint64_t admitted;           /* admission order: prefill goes first come first served */
+};
+
+/* A micro-batch: its slice of the batch scratch (engine_submit borrows
+ * the token arrays until engine_complete) and what its logits rows are for.
+ * Scheduler thread only. */
+struct sched_mb {
+    int32_t *tokens, *seq_ids, *pos; /* [n_batch_max] */
+    bool *want;                      /* [n_batch_max] */
+    int *row_seq;                    /* [n_batch_max]: the slot of each logits row */
+    int *row_ppos;                   /* [n_batch_max]: -1, or the prompt index whose next token's logprob the row gives */
+    int n, n_rows, n_decode, n_prefill;
+    double t0;                       /* submitted at */
 };
 
 struct sched {
@@ -143,11 +157,18 @@ struct sched {
 
     struct sched_seq *seqs;      /* [n_seq_max] */
     int32_t *hist;               /* [n_seq_max * n_ctx]: the slots' hist arrays */
-    /* Batch scratch, sized once for n_batch_max. */
+    /* Batch scratch, sized once: n_batch_max per micro-batch, which mb[]
+     * slices. */
     int32_t *b_tokens, *b_seq_ids, *b_pos;
     bool *b_want;
-    int *row_seq;                /* [n_batch_max]: the slot of each logits row */
-    int *row_ppos;               /* [n_batch_max]: -1, or the prompt index whose next token's logprob the row gives */
+    int *row_seq, *row_ppos;
+    /* Pipelined micro-batches (cfg.micro_batches): mb[k] uses engine slot
+     * k; they are submitted round robin and complete in that order, the
+     * oldest in flight being mb[mb_head]. */
+    struct sched_mb *mb;         /* [micro_batches] */
+    int mb_head, mb_in_flight;
+    uint64_t mb_sent;            /* micro-batches submitted */
+    double mb_done_at;           /* when the last one completed */
     float *logits_copy;          /* [n_vocab]: raw logits kept for logprobs */
     float *logits_share;         /* [n_vocab]: a leader's row, which each follower's sampler changes */
     float *normed;               /* [hidden]: one token's output, for embeddings */
@@ -221,9 +242,11 @@ static int grow(void **p, size_t elem, size_t need, size_t *cap)
 int sched_create(engine *e, const tokenizer *tok, const struct gen_stop_set *stops,
                  const struct sched_config *cfg, struct metrics *m, struct sched **ret, ifd_error *err)
 {
-    if (cfg->n_seq_max < 1 || cfg->n_ctx < 2 || cfg->n_batch_max < cfg->n_seq_max + 1 || cfg->prefill_chunk < 1)
-        return ifd_error_set(err, -EINVAL, "scheduler: bad sizes (slots %d, context %d, batch %d, chunk %d)",
-                             cfg->n_seq_max, cfg->n_ctx, cfg->n_batch_max, cfg->prefill_chunk);
+    if (cfg->n_seq_max < 1 || cfg->n_ctx < 2 || cfg->n_batch_max < cfg->n_seq_max + 1 || cfg->prefill_chunk < 1 ||
+        cfg->micro_batches < 0)
+        return ifd_error_set(err, -EINVAL, "scheduler: bad sizes (slots %d, context %d, batch %d, chunk %d, "
+                             "micro-batches %d)", cfg->n_seq_max, cfg->n_ctx, cfg->n_batch_max, cfg->prefill_chunk,
+                             cfg->micro_batches);
     struct sched *s = calloc(1, sizeof(*s));
     if (!s)
         return ifd_error_set(err, -ENOMEM, "scheduler: out of memory");
@@ -231,11 +254,13 @@ int sched_create(engine *e, const tokenizer *tok, const struct gen_stop_set *sto
     s->tok = tok;
     s->metrics = m;
     s->cfg = *cfg;
+    if (s->cfg.micro_batches < 1)
+        s->cfg.micro_batches = 1;
     s->n_vocab = engine_model(e)->cfg.vocab_size;
     s->hidden = engine_model(e)->cfg.hidden_size;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->work_cv, NULL);
-    int nb = cfg->n_batch_max;
+    int nb = cfg->n_batch_max * s->cfg.micro_batches;
     s->seqs = calloc((size_t)cfg->n_seq_max, sizeof(*s->seqs));
     s->hist = malloc(sizeof(int32_t) * (size_t)cfg->n_seq_max * (size_t)cfg->n_ctx);
     for (int i = 0; s->seqs && s->hist && i < cfg->n_seq_max; i++)
@@ -250,7 +275,15 @@ int sched_create(engine *e, const tokenizer *tok, const struct gen_stop_set *sto
     s->logits_share = malloc(sizeof(float) * (size_t)s->n_vocab);
     s->order = malloc(sizeof(int) * (size_t)cfg->n_seq_max);
     s->normed = malloc(sizeof(float) * (size_t)s->hidden);
-    if (!s->seqs || !s->hist || !s->b_tokens || !s->b_seq_ids || !s->b_pos || !s->b_want || !s->row_seq || !s->row_ppos ||
+    s->mb = calloc((size_t)s->cfg.micro_batches, sizeof(*s->mb));
+    for (int k = 0; s->mb && s->b_tokens && s->b_seq_ids && s->b_pos && s->b_want && s->row_seq && s->row_ppos &&
+                    k < s->cfg.micro_batches; k++) {
+        size_t off = (size_t)k * (size_t)cfg->n_batch_max;
+        s->mb[k] = (struct sched_mb){.tokens = s->b_tokens + off, .seq_ids = s->b_seq_ids + off,
+                                     .pos = s->b_pos + off, .want = s->b_want + off,
+                                     .row_seq = s->row_seq + off, .row_ppos = s->row_ppos + off};
+    }
+    if (!s->mb || !s->seqs || !s->hist || !s->b_tokens || !s->b_seq_ids || !s->b_pos || !s->b_want || !s->row_seq || !s->row_ppos ||
         !s->logits_copy || !s->logits_share || !s->order || !s->normed) {
         sched_destroy(s);
         return ifd_error_set(err, -ENOMEM, "scheduler: out of memory");
@@ -293,6 +326,7 @@ void sched_destroy(struct sched *s)
     free(s->b_want);
     free(s->row_seq);
     free(s->row_ppos);
+    free(s->mb);
     free(s->logits_copy);
     free(s->logits_share);
     free(s->order);
@@ -898,6 +932,20 @@ static void seq_publish_locked(struct sched *s, struct sched_seq *q)
     }
 }
 
+static int cmp_sent_ctx_sort(const void *a, const void *b, void *ctx)
+{
+    const struct sched_seq *seqs = ctx;
+    int i = *(const int *)a, j = *(const int *)b;
+    uint64_t x = seqs[i].sent, y = seqs[j].sent;
+    return x != y ? (x < y ? -1 : 1) : (i > j) - (i < j);
+}
+
+static int cmp_int(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
 static int cmp_admitted_ctx_sort(const void *a, const void *b, void *ctx)
 {
     const struct sched_seq *seqs = ctx;
@@ -909,15 +957,15 @@ static int cmp_admitted_ctx_sort(const void *a, const void *b, void *ctx)
  * (positions already advanced) and normalizes the ones whose input is all
  * in. Returns whether any is complete. No lock held: the vectors belong to
  * the scheduler thread until the request is finished. */
-static bool embed_pool(struct sched *s, int n)
+static bool embed_pool(struct sched *s, const struct sched_mb *mb)
 {
     bool any_done = false;
-    for (int j = 0; j < n; j++) {
-        struct sched_seq *q = &s->seqs[s->b_seq_ids[j]];
+    for (int j = 0; j < mb->n; j++) {
+        struct sched_seq *q = &s->seqs[mb->seq_ids[j]];
         struct sched_req *r = q->req;
-        if (!r || !r->embed || s->b_pos[j] < q->n_replay)
+        if (!r || !r->embed || mb->pos[j] < q->n_replay)
             continue;
-        bool last = (size_t)s->b_pos[j] == r->n_prompt - 1;
+        bool last = (size_t)mb->pos[j] == r->n_prompt - 1;
         if (!r->pool_mean && !last)
             continue;
         engine_output_normed(s->e, j, s->normed);
@@ -975,11 +1023,12 @@ static void share_prefill(struct sched *s, struct sched_seq *q, const float *row
  * and gives the engine new stages, which hold nothing; every slot is then
  * truncated to 0 on every stage (a worker kept from before still holds the
  * old caches; a free slot forgets the cache it kept) and each running
- * sequence rebuilds its cache from
- * hist[0..n_past) before it goes on (n_replay), so that its output is the
- * one an undisturbed run gives: a generating sequence's next_token was
- * sampled already and is fed after the rebuild. 0, or < 0 with err saying
- * why (no hook, no node for the layers, too many in a row). No lock held. */
+ * sequence rebuilds its cache from hist[0..n_past) before it goes on
+ * (n_replay), so that its output is the one an undisturbed run gives: a
+ * generating sequence's next_token was sampled already and is fed after the
+ * rebuild. No micro-batch may be in flight (mb_failed drains them). 0, or
+ * < 0 with err saying why (no hook, no node for the layers, too many in a
+ * row). No lock held. */
 static int sched_failover(struct sched *s, ifd_error *err)
 {
     if (!s->cfg.recover || s->failovers_in_row >= SCHED_FAILOVER_TRIES)
@@ -1025,21 +1074,34 @@ static int sched_failover(struct sched *s, ifd_error *err)
     return 0;
 }
 
-/* One batched forward over every running sequence. No lock held. */
-static void sched_step(struct sched *s)
+/* Builds micro-batch mb from the running sequences that are in no batch in
+ * flight: up to `quota` of the generating ones (one token each), then
+ * prompt chunks, oldest admission first, within the chunk budget. Returns
+ * its token count. No lock held. */
+static int mb_build(struct sched *s, struct sched_mb *mb, int quota)
 {
     int n = 0, n_decode = 0, n_prefill = 0, n_rows = 0, n_pf = 0;
-    /* Generating sequences first: one token each. */
-    for (int i = 0; i < s->cfg.n_seq_max; i++) {
+    /* Generating sequences first: one token each, in slot order. When more
+     * wait than the quota, those sent longest ago go. */
+    int n_cand = 0;
+    for (int i = 0; i < s->cfg.n_seq_max; i++)
+        if (s->seqs[i].req && s->seqs[i].generating && !s->seqs[i].in_flight &&
+            s->seqs[i].n_past >= s->seqs[i].n_replay)
+            s->order[n_cand++] = i;
+    if (n_cand > quota) {
+        qsort_r(s->order, (size_t)n_cand, sizeof(int), cmp_sent_ctx_sort, s->seqs);
+        n_cand = quota;
+        qsort(s->order, (size_t)n_cand, sizeof(int), cmp_int);
+    }
+    for (int k = 0; k < n_cand; k++) {
+        int i = s->order[k];
         struct sched_seq *q = &s->seqs[i];
-        if (!q->req || !q->generating || q->n_past < q->n_replay)
-            continue;
-        s->b_tokens[n] = q->next_token;
-        s->b_seq_ids[n] = i;
-        s->b_pos[n] = q->n_past;
-        s->b_want[n] = true;
-        s->row_ppos[n_rows] = -1;
-        s->row_seq[n_rows++] = i;
+        mb->tokens[n] = q->next_token;
+        mb->seq_ids[n] = i;
+        mb->pos[n] = q->n_past;
+        mb->want[n] = true;
+        mb->row_ppos[n_rows] = -1;
+        mb->row_seq[n_rows++] = i;
         n++;
         n_decode++;
     }
@@ -1047,8 +1109,8 @@ static void sched_step(struct sched *s)
      * within the chunk budget. */
     for (int i = 0; i < s->cfg.n_seq_max; i++)
         if (s->seqs[i].req && (!s->seqs[i].generating || s->seqs[i].n_past < s->seqs[i].n_replay) &&
-            !s->seqs[i].waiting)
-            s->order[n_pf++] = i;
+            !s->seqs[i].waiting && !s->seqs[i].in_flight)
+            s->order[n_pf++] = i; /* the decode loop is done with order */
     qsort_r(s->order, (size_t)n_pf, sizeof(int), cmp_admitted_ctx_sort, s->seqs);
     int budget = s->cfg.prefill_chunk;
     if (budget > s->cfg.n_batch_max - n)
@@ -1060,10 +1122,10 @@ static void sched_step(struct sched *s)
             /* A rebuild: positions computed once already, nothing to sample. */
             int take = q->n_replay - q->n_past < budget ? q->n_replay - q->n_past : budget;
             for (int j = 0; j < take; j++) {
-                s->b_tokens[n] = q->hist[q->n_past + j];
-                s->b_seq_ids[n] = i;
-                s->b_pos[n] = q->n_past + j;
-                s->b_want[n] = false;
+                mb->tokens[n] = q->hist[q->n_past + j];
+                mb->seq_ids[n] = i;
+                mb->pos[n] = q->n_past + j;
+                mb->want[n] = false;
                 n++;
             }
             budget -= take;
@@ -1083,73 +1145,103 @@ static void sched_step(struct sched *s)
         }
         for (int j = 0; j < take; j++) {
             size_t pi = q->n_fed + (size_t)j;
-            s->b_tokens[n] = q->hist[pi];
-            s->b_seq_ids[n] = i;
-            s->b_pos[n] = q->n_past + j;
-            s->b_want[n] = plp;
+            mb->tokens[n] = q->hist[pi];
+            mb->seq_ids[n] = i;
+            mb->pos[n] = q->n_past + j;
+            mb->want[n] = plp;
             if (plp && pi + 1 < q->req->n_prompt) {
-                s->row_ppos[n_rows] = (int)pi;
-                s->row_seq[n_rows++] = i;
+                mb->row_ppos[n_rows] = (int)pi;
+                mb->row_seq[n_rows++] = i;
             }
             n++;
         }
         if (take > 0 && (size_t)take == left && !q->req->embed) {
-            s->b_want[n - 1] = true;  /* the last prompt token gives the first generated one */
-            s->row_ppos[n_rows] = -1;
-            s->row_seq[n_rows++] = i;
+            mb->want[n - 1] = true;  /* the last prompt token gives the first generated one */
+            mb->row_ppos[n_rows] = -1;
+            mb->row_seq[n_rows++] = i;
         }
         budget -= take;
         n_prefill += take;
     }
-    if (n == 0)
-        return;
+    mb->n = n;
+    mb->n_rows = n_rows;
+    mb->n_decode = n_decode;
+    mb->n_prefill = n_prefill;
+    return n;
+}
 
-    /* Rows are in batch order; the decode rows came first, then prefill rows
-     * in the order built above, which is the order the loop below walks. */
-    struct engine_batch b = {
-        .n_tokens = n, .tokens = s->b_tokens, .seq_ids = s->b_seq_ids, .positions = s->b_pos, .want_logits = s->b_want,
-    };
-    double t0 = ifd_now_s();
-    ifd_error err = {{0}};
-    int rc = engine_decode(s->e, &b, &err);
-    double dt = ifd_now_s() - t0;
-
-    if (rc < 0) {
-        if (rc == -EHOSTDOWN && sched_failover(s, &err) == 0)
-            return;
-        pthread_mutex_lock(&s->mu);
-        for (int j = 0; j < n; j++) {
-            struct sched_seq *q = &s->seqs[s->b_seq_ids[j]];
-            if (q->req) {
-                char msg[256];
-                snprintf(msg, sizeof(msg), "inference failed: %.200s", err.msg);
-                /* -EHOSTDOWN: a remote worker is unreachable (net/remote_stage.h). */
-                req_finish_locked(s, q->req, NULL, rc == -EHOSTDOWN ? 503 : 500, msg);
-                seq_release(s, q);
-            }
+/* The batch of mb failed (rc, err): its requests fail and free their slots. */
+static void mb_fail(struct sched *s, struct sched_mb *mb, int rc, const ifd_error *err)
+{
+    pthread_mutex_lock(&s->mu);
+    for (int j = 0; j < mb->n; j++) {
+        struct sched_seq *q = &s->seqs[mb->seq_ids[j]];
+        if (q->req) {
+            char msg[256];
+            snprintf(msg, sizeof(msg), "inference failed: %.200s", err->msg);
+            /* -EHOSTDOWN: a remote worker is unreachable (net/remote_stage.h). */
+            req_finish_locked(s, q->req, NULL, rc == -EHOSTDOWN ? 503 : 500, msg);
+            seq_release(s, q);
         }
-        sched_caches_drop(s);
-        pthread_mutex_unlock(&s->mu);
+    }
+    sched_caches_drop(s);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Marks mb's sequences as in flight (or not). */
+static void mb_set_in_flight(struct sched *s, const struct sched_mb *mb, bool on)
+{
+    for (int j = 0; j < mb->n; j++)
+        s->seqs[mb->seq_ids[j]].in_flight = on;
+}
+
+static void mb_failed(struct sched *s, struct sched_mb *mb, int rc, ifd_error *err);
+
+/* Starts mb on engine slot k (engine_submit): with a remote stage it
+ * computes on the workers while the scheduler goes on. No lock held. */
+static void mb_submit(struct sched *s, int k)
+{
+    struct sched_mb *mb = &s->mb[k];
+    /* Rows are in batch order; the decode rows came first, then prefill rows
+     * in the order built, which is the order mb_finish walks. */
+    struct engine_batch b = {
+        .n_tokens = mb->n, .tokens = mb->tokens, .seq_ids = mb->seq_ids, .positions = mb->pos, .want_logits = mb->want,
+    };
+    mb->t0 = ifd_now_s();
+    ifd_error err = {{0}};
+    int rc = engine_submit(s->e, k, &b, &err);
+    if (rc < 0) {
+        mb_failed(s, mb, rc, &err);
         return;
     }
+    mb_set_in_flight(s, mb, true);
+    s->mb_in_flight++;
+    s->mb_sent++;
+    for (int j = 0; j < mb->n; j++)
+        s->seqs[mb->seq_ids[j]].sent = s->mb_sent;
+}
 
+/* Handles the logits of micro-batch mb, completed dt seconds after its
+ * submit: advances its sequences, samples, publishes. No lock held. */
+static void mb_finish(struct sched *s, struct sched_mb *mb, double dt)
+{
     s->failovers_in_row = 0;
     /* Advance positions; a generated token fed this step joins the history
      * (a prompt token is there from admission, a rebuilt one was there). */
-    for (int j = 0; j < n; j++) {
-        struct sched_seq *q = &s->seqs[s->b_seq_ids[j]];
-        q->hist[q->n_past] = s->b_tokens[j];
+    for (int j = 0; j < mb->n; j++) {
+        struct sched_seq *q = &s->seqs[mb->seq_ids[j]];
+        q->hist[q->n_past] = mb->tokens[j];
         q->n_past++;
-        if (!q->generating && s->b_pos[j] >= q->n_replay)
+        if (!q->generating && mb->pos[j] >= q->n_replay)
             q->n_fed++;
     }
-    bool embeds_done = embed_pool(s, n);
+    bool embeds_done = embed_pool(s, mb);
     const float *logits = engine_logits(s->e);
     double now = ifd_now_s();
-    for (int row = 0; row < n_rows; row++) {
-        struct sched_seq *q = &s->seqs[s->row_seq[row]];
-        if (s->row_ppos[row] >= 0) {
-            seq_on_prompt_logits(s, q, logits + (size_t)row * (size_t)s->n_vocab, s->row_ppos[row]);
+    for (int row = 0; row < mb->n_rows; row++) {
+        struct sched_seq *q = &s->seqs[mb->row_seq[row]];
+        if (mb->row_ppos[row] >= 0) {
+            seq_on_prompt_logits(s, q, logits + (size_t)row * (size_t)s->n_vocab, mb->row_ppos[row]);
             continue;
         }
         bool first = !q->generating;
@@ -1161,8 +1253,8 @@ static void sched_step(struct sched *s)
     }
 
     pthread_mutex_lock(&s->mu);
-    for (int row = 0; row < n_rows; row++) {
-        struct sched_seq *q = &s->seqs[s->row_seq[row]];
+    for (int row = 0; row < mb->n_rows; row++) {
+        struct sched_seq *q = &s->seqs[mb->row_seq[row]];
         if (q->req)
             seq_publish_locked(s, q);
     }
@@ -1192,7 +1284,7 @@ static void sched_step(struct sched *s)
     pthread_mutex_unlock(&s->mu);
 
     if (s->metrics) {
-        metrics_step(s->metrics, n_prefill, n_decode, dt);
+        metrics_step(s->metrics, mb->n_prefill, mb->n_decode, dt);
         for (int i = 0; i < engine_stage_count(s->e); i++) {
             struct stage *st = engine_stage(s->e, i);
             struct stage_stats ss;
@@ -1203,16 +1295,107 @@ static void sched_step(struct sched *s)
     }
 }
 
+/* Waits for the oldest micro-batch in flight (engine slot *ret_k) and, when
+ * it completed, handles it. Its failure (< 0, err) is the caller's. */
+static int mb_complete_next(struct sched *s, int *ret_k, ifd_error *err)
+{
+    int k = s->mb_head;
+    struct sched_mb *mb = &s->mb[k];
+    int rc = engine_complete(s->e, k, err);
+    s->mb_head = (s->mb_head + 1) % s->cfg.micro_batches;
+    s->mb_in_flight--;
+    mb_set_in_flight(s, mb, false);
+    /* The step's time is what this micro-batch adds to the wall clock: from
+     * its submit or the previous completion, whichever is later, so that
+     * the steps of overlapping micro-batches do not count twice. */
+    double now = ifd_now_s(), from = mb->t0 > s->mb_done_at ? mb->t0 : s->mb_done_at;
+    s->mb_done_at = now;
+    if (rc >= 0)
+        mb_finish(s, mb, now - from);
+    *ret_k = k;
+    return rc;
+}
+
+/* The batch of mb failed (rc, err). With a worker down, a failover first:
+ * the micro-batches still in flight on the stages it replaces are waited
+ * for (one that completed is handled as usual, so that its positions are
+ * in hist for the rebuild; one that failed is rebuilt like mb). When the
+ * failover does not happen, their requests and mb's end (mb_fail). */
+static void mb_failed(struct sched *s, struct sched_mb *mb, int rc, ifd_error *err)
+{
+    if (rc == -EHOSTDOWN && s->cfg.recover) {
+        int failed[s->cfg.micro_batches], n_failed = 0;
+        while (s->mb_in_flight > 0) {
+            int k;
+            ifd_error e2 = {{0}};
+            if (mb_complete_next(s, &k, &e2) < 0)
+                failed[n_failed++] = k;
+        }
+        if (sched_failover(s, err) == 0)
+            return;
+        for (int i = 0; i < n_failed; i++)
+            mb_fail(s, &s->mb[failed[i]], rc, err);
+    }
+    mb_fail(s, mb, rc, err);
+}
+
+/* Waits for the oldest micro-batch in flight and handles it. */
+static void mb_complete_oldest(struct sched *s)
+{
+    int k;
+    ifd_error err = {{0}};
+    int rc = mb_complete_next(s, &k, &err);
+    if (rc < 0)
+        mb_failed(s, &s->mb[k], rc, &err);
+}
+
+/* One step of the pipeline. No lock held.
+ *
+ * With micro_batches = 1 this is one batched forward over every running
+ * sequence. With M > 1 the running sequences are split into up to M
+ * micro-batches, each sequence in one, kept in flight together: while the
+ * workers compute some, the master computes the head of another and samples
+ * it. Each step first fills the free engine slots, each micro-batch taking
+ * at most an even share of the generating sequences (16 streams over 3:
+ * 6 + 6 + 4) and any prompt chunks, then completes the oldest micro-batch;
+ * the next step sends its sequences again with their new tokens. */
+static void sched_step(struct sched *s)
+{
+    const int M = s->cfg.micro_batches;
+    /* An even share of every generating sequence, in flight or not: a split
+     * left uneven by admissions (15 + 1) evens out within a round, where
+     * sharing only those not in flight would keep it. */
+    int n_gen = 0;
+    for (int i = 0; i < s->cfg.n_seq_max; i++)
+        n_gen += s->seqs[i].req && s->seqs[i].generating;
+    int quota = n_gen > 0 ? (n_gen + M - 1) / M : 0;
+    while (s->mb_in_flight < M) {
+        int k = (s->mb_head + s->mb_in_flight) % M;
+        if (mb_build(s, &s->mb[k], quota) == 0)
+            break;
+        mb_submit(s, k);
+    }
+    if (s->mb_in_flight > 0)
+        mb_complete_oldest(s);
+}
+
 static void *sched_thread_main(void *arg)
 {
     struct sched *s = arg;
     pthread_mutex_lock(&s->mu);
     for (;;) {
         s->heartbeat = ifd_now_s();
+        bool abort_later = false;
         for (int i = 0; i < s->cfg.n_seq_max; i++) {
             struct sched_seq *q = &s->seqs[i];
             if (!q->req)
                 continue;
+            if (q->in_flight) {
+                /* Its micro-batch still holds the slot: it is seen to once
+                 * that completes (the abort flag stays up until then). */
+                abort_later |= s->abort_running;
+                continue;
+            }
             if (q->req->cancelled) {
                 /* The client is gone: nobody reads the result. */
                 req_finish_locked(s, q->req, NULL, 499, "cancelled");
@@ -1222,7 +1405,7 @@ static void *sched_thread_main(void *arg)
                 seq_release(s, q);
             }
         }
-        s->abort_running = false;
+        s->abort_running = abort_later;
         while (s->q_head) {
             struct sched_req *r = s->q_head;
             int keep = 0, i = r->cancelled ? 0 : seq_pick(s, r, &keep);

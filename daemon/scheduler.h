@@ -34,6 +34,8 @@ struct sched_config {
     int n_batch_max;     /* engine n_batch_max: >= n_seq_max + 1 */
     int prefill_chunk;   /* prompt tokens per step */
     int queue_depth;     /* waiting requests beyond the slots; more: -EAGAIN */
+    int micro_batches;   /* batches kept in flight at once (engine n_inflight); 0 or 1: one
+                          * synchronous batch per step. See sched_step() in scheduler.c. */
     bool prefix_cache;   /* free slots keep their cache for prompts that begin the same way */
     /* Optional (NULL: none): a forward failed with a worker down
      * (-EHOSTDOWN); asks for its layers to move elsewhere and for the

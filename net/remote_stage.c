@@ -1,5 +1,7 @@
 #include "remote_stage.h"
 
+#include <assert.h>
+#include <endian.h>
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -24,6 +26,7 @@ struct remote_link {
     pthread_mutex_t detail_lock;
     char detail[256];
     uint64_t next_req;
+    int inflight;                /* forwards of a stage outstanding on this link (under lock): no PING then */
     /* Counters (under lock). */
     uint64_t bytes_sent_closed, bytes_received_closed; /* of connections already closed */
     uint64_t forwards, tokens;
@@ -219,6 +222,11 @@ int remote_link_ping(struct remote_link *l, int timeout_ms, double *ret_rtt_ms, 
     if (pthread_mutex_trylock(&l->lock) != 0)
         return -EBUSY;
     int r;
+    if (l->inflight > 0) {
+        /* its PONG would come between RESULTs that the stage reads */
+        pthread_mutex_unlock(&l->lock);
+        return -EBUSY;
+    }
     if (!l->conn || remote_link_state(l) != REMOTE_LINK_READY) {
         r = ifd_error_set(err, -ENOTCONN, "worker %s is not connected", l->name);
         goto out;
@@ -255,6 +263,17 @@ out:
 
 /* ---- the stage ---- */
 
+/* A FORWARD sent and not yet waited for. */
+struct rs_pending {
+    uint64_t req;
+    int n_tokens;
+    float *hidden;               /* the batch's hidden, borrowed: the RESULT lands here */
+    size_t bytes;                /* the FORWARD's payload */
+    uint64_t t0;                 /* sent at (ns) */
+    int status;                  /* 1 in flight, 0 done, < 0 failed (err says why) */
+    ifd_error err;
+};
+
 struct remote_stage {
     struct stage base;
     struct remote_link **links;  /* [n] borrowed */
@@ -264,6 +283,10 @@ struct remote_stage {
     struct pollfd *pfds;         /* [n] */
     struct net_buf out;          /* encoded FORWARD, reused */
     struct stage_stats stats;
+    /* Outstanding forwards, oldest first: a ring of REMOTE_STAGE_MAX_INFLIGHT. */
+    struct rs_pending q[REMOTE_STAGE_MAX_INFLIGHT];
+    int q_head, q_count;
+    size_t bytes_inflight;       /* payload of the entries still in flight */
 };
 
 static void unlock_all(struct remote_stage *rs)
@@ -295,17 +318,168 @@ static int lock_all(struct remote_stage *rs, ifd_error *err)
     return 0;
 }
 
-static int remote_forward(struct stage *s, const struct stage_batch *b, ifd_error *err)
+static struct rs_pending *q_at(struct remote_stage *rs, int k)
+{
+    return &rs->q[(rs->q_head + k) % REMOTE_STAGE_MAX_INFLIGHT];
+}
+
+/* Entry p leaves the in-flight state with `status` (0 or -errno); links locked. */
+static void pending_end(struct remote_stage *rs, struct rs_pending *p, int status)
+{
+    if (p->status != 1)
+        return;
+    p->status = status;
+    rs->bytes_inflight -= p->bytes;
+    for (int i = 0; i < rs->n; i++)
+        rs->links[i]->inflight--;
+    if (status < 0)
+        return;
+    double ms = (double)(ifd_now_ns() - p->t0) / 1e6;
+    rs->stats.forward_calls++;
+    rs->stats.tokens += (uint64_t)p->n_tokens;
+    rs->stats.forward_ms += ms;
+    for (int i = 0; i < rs->n; i++) {
+        rs->links[i]->forwards++;
+        rs->links[i]->tokens += (uint64_t)p->n_tokens;
+        rs->links[i]->forward_ms += ms;
+    }
+}
+
+/* A failure of the chain (a link down, a timeout, a frame that makes no
+ * sense): every forward in flight fails with -EHOSTDOWN and err's message,
+ * as one synchronous forward did. Links locked. */
+static int fail_inflight(struct remote_stage *rs, const ifd_error *err)
+{
+    for (int k = 0; k < rs->q_count; k++) {
+        struct rs_pending *p = q_at(rs, k);
+        if (p->status == 1) {
+            p->err = *err;
+            pending_end(rs, p, -EHOSTDOWN);
+        }
+    }
+    return -EHOSTDOWN;
+}
+
+/* Receives one message of the chain within the oldest in-flight forward's
+ * deadline and settles the forward it answers: a RESULT from the tail (the
+ * workers keep FORWARDs in order, but an ERROR from a middle worker may
+ * overtake the tail's RESULTs, so both are matched by request id), or an
+ * ERROR from any worker. Returns < 0 when the chain failed (every forward in
+ * flight failed too). Links locked; at least one forward in flight. */
+static int pump_one(struct remote_stage *rs, ifd_error *err)
+{
+    struct remote_link *tail = rs->links[rs->n - 1];
+    uint64_t deadline = UINT64_MAX;
+    for (int k = 0; k < rs->q_count; k++)
+        if (q_at(rs, k)->status == 1) {
+            deadline = q_at(rs, k)->t0 + (uint64_t)rs->timeout_ms * 1000000ull;
+            break;
+        }
+    assert(deadline != UINT64_MAX);
+    for (int i = 0; i < rs->n; i++)
+        if (!rs->links[i]->conn) {
+            ifd_error_set(err, -EHOSTDOWN, "worker %s (%s) is down", rs->links[i]->name, rs->links[i]->addr);
+            return fail_inflight(rs, err);
+        }
+    for (;;) {
+        uint64_t now = ifd_now_ns();
+        if (now >= deadline) {
+            ifd_error_set(err, -EHOSTDOWN, "remote stage: no result from worker %s within %d ms", tail->name,
+                          rs->timeout_ms);
+            for (int i = 0; i < rs->n; i++)
+                fail_locked(rs->links[i], "forward timed out");
+            return fail_inflight(rs, err);
+        }
+        /* Watch every worker of the chain: any of them may report an ERROR,
+         * or die (its socket becomes readable at EOF). */
+        for (int i = 0; i < rs->n; i++)
+            rs->pfds[i] = (struct pollfd){.fd = net_conn_fd(rs->links[i]->conn), .events = POLLIN};
+        int pr = poll(rs->pfds, (nfds_t)rs->n, (int)((deadline - now + 999999) / 1000000));
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pr < 0) {
+            ifd_error_set(err, -errno, "remote stage: poll: %s", strerror(errno));
+            return fail_inflight(rs, err);
+        }
+        for (int i = 0; i < rs->n; i++) {
+            if (!rs->pfds[i].revents)
+                continue;
+            struct remote_link *l = rs->links[i];
+            uint16_t type;
+            const uint8_t *p;
+            size_t len;
+            int left = (int)((deadline - ifd_now_ns()) / 1000000) + 1;
+            int r = net_conn_recv(l->conn, &type, &p, &len, left, err);
+            if (r < 0) {
+                fail_locked(l, err ? err->msg : "receive failed");
+                ifd_error_prefix(err, "worker %s", l->name);
+                return fail_inflight(rs, err);
+            }
+            uint64_t req = 0;
+            ifd_error e2 = {{0}};
+            struct net_error_msg em;
+            struct net_result res;
+            if (type == NET_MSG_ERROR) {
+                if (net_error_decode(p, len, &em, &e2) < 0)
+                    r = ifd_error_set(&e2, -EBADMSG, "malformed ERROR: %s", e2.msg);
+                else
+                    req = em.req_id;
+            } else if (type != NET_MSG_RESULT || l != tail) {
+                r = ifd_error_set(&e2, -EPROTO, "unexpected %s", net_msg_name(type));
+            } else if (len < 8) {
+                r = ifd_error_set(&e2, -EBADMSG, "RESULT: payload of %zu bytes is too short", len);
+            } else {
+                memcpy(&req, p, 8); /* req_id leads the RESULT; its size is checked once it is matched */
+                req = le64toh(req);
+            }
+            struct rs_pending *pe = NULL;
+            for (int k = 0; r >= 0 && k < rs->q_count && !pe; k++)
+                if (q_at(rs, k)->status == 1 && q_at(rs, k)->req == req)
+                    pe = q_at(rs, k);
+            if (r >= 0 && !pe && type == NET_MSG_ERROR && req != 0)
+                continue; /* a late answer to a request given up on (stale_error) */
+            if (r >= 0 && !pe)
+                r = ifd_error_set(&e2, -EPROTO, "%s for request %llu, which is not in flight", net_msg_name(type),
+                                  (unsigned long long)req);
+            if (r >= 0 && type == NET_MSG_RESULT)
+                r = net_result_decode(p, len, (uint32_t)pe->n_tokens, (uint32_t)rs->base.hidden_size, &res, &e2);
+            if (r < 0) {
+                ifd_error_set(err, r, "worker %s: %s", l->name, e2.msg);
+                fail_locked(l, e2.msg);
+                return fail_inflight(rs, err);
+            }
+            if (type == NET_MSG_ERROR) {
+                /* The request failed on that worker; the chain goes on. */
+                pending_end(rs, pe, peer_error(l, p, len, &pe->err));
+                return 0;
+            }
+            memcpy(pe->hidden, res.hidden_data, (size_t)pe->n_tokens * (size_t)rs->base.hidden_size * sizeof(float));
+            pending_end(rs, pe, 0);
+            return 0;
+        }
+    }
+}
+
+/* Sends b as a FORWARD to the head of the chain and queues it, without
+ * waiting for its RESULT.
+ *
+ * TCP cannot deadlock the ring master -> w1 -> ... -> master as long as
+ * no link's buffers fill up: each worker reads a whole FORWARD, computes,
+ * then blocks in send only if its next hop's socket is full, and the master
+ * reads RESULTs only between its own sends. So a FORWARD joins others in
+ * flight only while the payload of all of them stays within
+ * REMOTE_STAGE_INFLIGHT_BYTES, below what a Linux TCP connection buffers by
+ * default (tcp_rmem's 128 KiB); a larger one waits for the older ones
+ * first, and one alone is today's synchronous exchange. */
+static int remote_forward_submit(struct stage *s, const struct stage_batch *b, ifd_error *err)
 {
     struct remote_stage *rs = (struct remote_stage *)s;
-    uint64_t t0 = ifd_now_ns();
     int r = lock_all(rs, err);
     if (r < 0)
         return r;
-    struct remote_link *head = rs->links[0], *tail = rs->links[rs->n - 1];
-    uint64_t req = head->next_req++;
+    struct remote_link *head = rs->links[0];
     struct net_forward f = {
-        .req_id = req,
+        .req_id = head->next_req++,
         .n_tokens = (uint32_t)b->n_tokens,
         .hidden = (uint32_t)s->hidden_size,
         .layer_first = (uint32_t)head->first,
@@ -316,6 +490,14 @@ static int remote_forward(struct stage *s, const struct stage_batch *b, ifd_erro
         .positions = b->positions,
         .hidden_data = b->hidden,
     };
+    if (rs->q_count == REMOTE_STAGE_MAX_INFLIGHT) {
+        r = ifd_error_set(err, -EBUSY, "remote stage: %d forwards already outstanding", rs->q_count);
+        goto out;
+    }
+    size_t bytes = (size_t)b->n_tokens * (8 + (size_t)s->hidden_size * 4);
+    while (rs->bytes_inflight > 0 && rs->bytes_inflight + bytes > REMOTE_STAGE_INFLIGHT_BYTES)
+        if ((r = pump_one(rs, err)) < 0)
+            goto out;
     r = net_forward_encode(&rs->out, &f);
     if (r < 0) {
         r = ifd_error_set(err, r, "remote stage: cannot encode a batch of %d tokens", b->n_tokens);
@@ -325,92 +507,73 @@ static int remote_forward(struct stage *s, const struct stage_batch *b, ifd_erro
     if (r < 0) {
         fail_locked(head, err ? err->msg : "send failed");
         ifd_error_prefix(err, "worker %s", head->name);
-        r = -EHOSTDOWN;
+        r = fail_inflight(rs, err);
         goto out;
     }
-    /* Wait for the tail's RESULT, watching every worker of the chain: any of
-     * them may report an ERROR, or die (its socket becomes readable at EOF). */
-    uint64_t deadline = t0 + (uint64_t)rs->timeout_ms * 1000000ull;
-    for (;;) {
-        uint64_t now = ifd_now_ns();
-        if (now >= deadline) {
-            r = ifd_error_set(err, -EHOSTDOWN, "remote stage: no result from worker %s within %d ms",
-                              tail->name, rs->timeout_ms);
-            for (int i = 0; i < rs->n; i++)
-                fail_locked(rs->links[i], "forward timed out");
-            goto out;
-        }
-        for (int i = 0; i < rs->n; i++)
-            rs->pfds[i] = (struct pollfd){.fd = net_conn_fd(rs->links[i]->conn), .events = POLLIN};
-        int pr = poll(rs->pfds, (nfds_t)rs->n, (int)((deadline - now + 999999) / 1000000));
-        if (pr < 0 && errno == EINTR)
-            continue;
-        if (pr < 0) {
-            r = ifd_error_set(err, -errno, "remote stage: poll: %s", strerror(errno));
-            goto out;
-        }
-        for (int i = 0; i < rs->n; i++) {
-            if (!rs->pfds[i].revents)
-                continue;
-            struct remote_link *l = rs->links[i];
-            uint16_t type;
-            const uint8_t *p;
-            size_t len;
-            int left = (int)((deadline - ifd_now_ns()) / 1000000) + 1;
-            r = net_conn_recv(l->conn, &type, &p, &len, left, err);
-            if (r < 0) {
-                fail_locked(l, err ? err->msg : "receive failed");
-                ifd_error_prefix(err, "worker %s", l->name);
-                r = -EHOSTDOWN;
-                goto out;
-            }
-            if (type == NET_MSG_ERROR && stale_error(p, len, req))
-                continue;
-            if (type == NET_MSG_ERROR) {
-                r = peer_error(l, p, len, err);
-                goto out;
-            }
-            if (type != NET_MSG_RESULT || l != tail) {
-                r = ifd_error_set(err, -EPROTO, "worker %s sent an unexpected %s", l->name, net_msg_name(type));
-                fail_locked(l, err->msg);
-                goto out;
-            }
-            struct net_result res;
-            ifd_error e2;
-            r = net_result_decode(p, len, (uint32_t)b->n_tokens, (uint32_t)s->hidden_size, &res, &e2);
-            if (r >= 0 && res.req_id != req)
-                r = ifd_error_set(&e2, -EPROTO, "RESULT for request %llu, expected %llu",
-                                  (unsigned long long)res.req_id, (unsigned long long)req);
-            if (r < 0) {
-                ifd_error_set(err, r, "worker %s: %s", l->name, e2.msg);
-                fail_locked(l, e2.msg);
-                goto out;
-            }
-            memcpy(b->hidden, res.hidden_data, (size_t)b->n_tokens * (size_t)s->hidden_size * sizeof(float));
-            r = 0;
-            goto out;
-        }
-    }
-out:;
-    double ms = (double)(ifd_now_ns() - t0) / 1e6;
-    if (r >= 0) {
-        rs->stats.forward_calls++;
-        rs->stats.tokens += (uint64_t)b->n_tokens;
-        rs->stats.forward_ms += ms;
-        for (int i = 0; i < rs->n; i++) {
-            rs->links[i]->forwards++;
-            rs->links[i]->tokens += (uint64_t)b->n_tokens;
-            rs->links[i]->forward_ms += ms;
-        }
-    }
+    struct rs_pending *p = q_at(rs, rs->q_count++);
+    *p = (struct rs_pending){.req = f.req_id, .n_tokens = b->n_tokens, .hidden = b->hidden, .bytes = bytes,
+                             .t0 = ifd_now_ns(), .status = 1};
+    rs->bytes_inflight += bytes;
+    for (int i = 0; i < rs->n; i++)
+        rs->links[i]->inflight++;
+out:
     unlock_all(rs);
     return r;
+}
+
+/* Settles the oldest outstanding forward, which must be b's. */
+static int remote_forward_wait(struct stage *s, const struct stage_batch *b, ifd_error *err)
+{
+    struct remote_stage *rs = (struct remote_stage *)s;
+    if (rs->q_count == 0 || q_at(rs, 0)->hidden != b->hidden)
+        return ifd_error_set(err, -EINVAL, "remote stage: waiting for a batch that is not the oldest sent");
+    struct rs_pending *p = q_at(rs, 0);
+    if (p->status == 1) {
+        /* The links may have gone down since: fail_inflight settled every
+         * forward then, so a locked chain is only needed to read on. */
+        for (int i = 0; i < rs->n; i++)
+            pthread_mutex_lock(&rs->links[i]->lock);
+        int r = 0;
+        while (r >= 0 && p->status == 1)
+            r = pump_one(rs, err);
+        unlock_all(rs);
+    }
+    int r = p->status;
+    if (r < 0 && err)
+        *err = p->err;
+    rs->q_head = (rs->q_head + 1) % REMOTE_STAGE_MAX_INFLIGHT;
+    rs->q_count--;
+    return r;
+}
+
+/* Settles every forward still in flight (their RESULTs are kept for their
+ * waits), so that another exchange can use the connections. */
+static void drain_inflight(struct remote_stage *rs)
+{
+    if (rs->bytes_inflight == 0)
+        return;
+    for (int i = 0; i < rs->n; i++)
+        pthread_mutex_lock(&rs->links[i]->lock);
+    ifd_error ignored;
+    for (int k = 0; k < rs->q_count; k++)
+        while (q_at(rs, k)->status == 1 && pump_one(rs, &ignored) >= 0) {
+        }
+    unlock_all(rs);
+}
+
+static int remote_forward(struct stage *s, const struct stage_batch *b, ifd_error *err)
+{
+    int r = remote_forward_submit(s, b, err);
+    return r < 0 ? r : remote_forward_wait(s, b, err);
 }
 
 static int remote_seq_truncate(struct stage *s, int seq_id, int n_keep, ifd_error *err)
 {
     struct remote_stage *rs = (struct remote_stage *)s;
     int ret = 0;
+    /* Its ACK would come among RESULTs: the forwards in flight (of other
+     * sequences: a sequence is in one batch at a time) settle first. */
+    drain_inflight(rs);
     for (int i = 0; i < rs->n; i++) {
         struct remote_link *l = rs->links[i];
         /* A worker that is down holds no KV for anyone: it is rebuilt empty. */
@@ -472,6 +635,8 @@ static void remote_destroy(struct stage *s)
 static const struct stage_ops remote_ops = {
     .name = "remote",
     .forward = remote_forward,
+    .forward_submit = remote_forward_submit,
+    .forward_wait = remote_forward_wait,
     .seq_truncate = remote_seq_truncate,
     .get_stats = remote_get_stats,
     .destroy = remote_destroy,
@@ -519,6 +684,7 @@ int remote_stage_create(struct remote_link *const *links, int n, const struct re
         remote_destroy(&rs->base);
         return r;
     }
+    rs->base.n_nodes = n;
     /* Size the encode buffer for the largest batch now: no allocation per token. */
     size_t need = sizeof(struct net_forward_wire) + (size_t)n * sizeof(struct net_route_wire) +
                   (size_t)(opts->max_tokens > 0 ? opts->max_tokens : 1) * (8 + (size_t)opts->hidden_size * 4);

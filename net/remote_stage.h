@@ -13,7 +13,12 @@
  * plus one back, never a round trip through the master between workers. Any
  * failure (a worker down, a timeout, a bad frame, an ERROR from any worker of
  * the chain) fails the forward within the timeout and marks the link down, so
- * that the cluster reconnects it; the engine sees an ordinary stage error. */
+ * that the cluster reconnects it; the engine sees an ordinary stage error.
+ *
+ * The stage also forwards in two halves (stage_forward_submit/_wait): several
+ * FORWARDs in flight on the chain, each worker computing another micro-batch,
+ * RESULTs matched by request id. A chain failure fails every forward in
+ * flight with -EHOSTDOWN; an ERROR for one request fails that one only. */
 #pragma once
 
 #include <stdbool.h>
@@ -76,6 +81,13 @@ struct remote_link_stats {
     int reconnects;
 };
 void remote_link_get_stats(const struct remote_link *l, struct remote_link_stats *ret);
+
+/* Forwards one remote stage keeps in flight at most (pipelined
+ * micro-batches, engine_submit), and the bytes of their FORWARD payloads
+ * (see remote_forward_submit for why that bound keeps TCP from deadlocking
+ * the ring of workers). */
+#define REMOTE_STAGE_MAX_INFLIGHT 16
+#define REMOTE_STAGE_INFLIGHT_BYTES (96u * 1024u)
 
 struct remote_stage_opts {
     int hidden_size;

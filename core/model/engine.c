@@ -22,7 +22,12 @@ struct engine {
     bool own_pool;
     int n_logits_max;
 
-    float *hidden;                  /* [n_batch_max, hidden] */
+    int n_inflight;
+    int async_stage;                /* index of the first stage that computes elsewhere, or n_stages */
+    float *hidden_all;              /* [n_inflight, n_batch_max, hidden] */
+    struct engine_batch *inflight;  /* [n_inflight] the batch of each slot, borrowed; n_tokens 0: none */
+    int *inflight_wanted;           /* [n_inflight] its rows that want logits */
+    float *hidden;                  /* [n_batch_max, hidden] of the last batch run or completed */
     float *normed;                  /* [n_logits_max, hidden] final-normed rows that want logits */
     float *logits;                  /* [n_logits_max, vocab] */
     float *final_norm;              /* [hidden] widened once */
@@ -76,14 +81,18 @@ static int engine_create_impl(const struct model *m, struct stage **stages, int 
     e->n_logits_max = cfg->n_logits_max > 0 ? cfg->n_logits_max : cfg->n_seq_max;
     if (e->n_logits_max > cfg->n_batch_max)
         e->n_logits_max = cfg->n_batch_max;
+    e->n_inflight = cfg->n_inflight > 0 ? cfg->n_inflight : 1;
     e->stages = calloc((size_t)n_stages, sizeof(*e->stages));
-    e->hidden = malloc((size_t)cfg->n_batch_max * (size_t)c->hidden_size * sizeof(float));
+    e->hidden_all = malloc((size_t)e->n_inflight * (size_t)cfg->n_batch_max * (size_t)c->hidden_size * sizeof(float));
+    e->hidden = e->hidden_all;
+    e->inflight = calloc((size_t)e->n_inflight, sizeof(*e->inflight));
+    e->inflight_wanted = calloc((size_t)e->n_inflight, sizeof(*e->inflight_wanted));
     e->normed = malloc((size_t)e->n_logits_max * (size_t)c->hidden_size * sizeof(float));
     e->logits = malloc((size_t)e->n_logits_max * (size_t)c->vocab_size * sizeof(float));
     e->final_norm = malloc((size_t)c->hidden_size * sizeof(float));
     /* until the end, e owns neither the stages nor the pool: engine_destroy
      * frees just the buffers */
-    if (!e->stages || !e->hidden || !e->normed || !e->logits || !e->final_norm) {
+    if (!e->stages || !e->hidden_all || !e->inflight || !e->inflight_wanted || !e->normed || !e->logits || !e->final_norm) {
         engine_destroy(e);
         return ifd_error_set(err, -ENOMEM, "engine: out of memory for a batch of %d tokens", cfg->n_batch_max);
     }
@@ -97,6 +106,10 @@ static int engine_create_impl(const struct model *m, struct stage **stages, int 
     kern_weight_row(&m->final_norm, 0, e->final_norm);
     memcpy(e->stages, stages, sizeof(*stages) * (size_t)n_stages);
     e->n_stages = n_stages;
+    e->async_stage = n_stages;
+    for (int i = n_stages - 1; i >= 0; i--)
+        if (stage_is_async(stages[i]))
+            e->async_stage = i;
     e->m = m;
     e->cfg = *cfg;
     e->pool = pool;
@@ -163,17 +176,43 @@ void engine_destroy(engine *e)
     if (e->own_pool)
         thread_pool_destroy(e->pool);
     free(e->stages);
-    free(e->hidden);
+    free(e->hidden_all);
+    free(e->inflight);
+    free(e->inflight_wanted);
     free(e->normed);
     free(e->logits);
     free(e->final_norm);
     free(e);
 }
 
-int engine_decode(engine *e, const struct engine_batch *b, ifd_error *err)
+/* Runs stages [first, last) of the engine on sb; names the failing one. */
+static int run_stages(engine *e, int first, int last, const struct stage_batch *sb, ifd_error *err)
+{
+    for (int i = first; i < last; i++) {
+        int r = stage_forward(e->stages[i], sb, err);
+        if (r < 0) {
+            ifd_error_prefix(err, "stage %d (layers %d-%d)", i, e->stages[i]->layer_first,
+                             e->stages[i]->layer_last - 1);
+            return r;
+        }
+    }
+    return 0;
+}
+
+static struct stage_batch slot_stage_batch(const engine *e, int slot)
+{
+    const struct engine_batch *b = &e->inflight[slot];
+    return (struct stage_batch){.n_tokens = b->n_tokens, .seq_ids = b->seq_ids, .positions = b->positions,
+                                .hidden = e->hidden_all + (size_t)slot * (size_t)e->cfg.n_batch_max *
+                                                              (size_t)e->m->cfg.hidden_size};
+}
+
+int engine_submit(engine *e, int slot, const struct engine_batch *b, ifd_error *err)
 {
     const struct model_config *c = &e->m->cfg;
     const int H = c->hidden_size;
+    if (slot < 0 || slot >= e->n_inflight || e->inflight[slot].n_tokens > 0)
+        return ifd_error_set(err, -EINVAL, "engine: slot %d is not a free one of %d", slot, e->n_inflight);
     /* The stages check sequences and positions (stage_forward); the engine
      * checks what only it uses: its buffers' rows, the vocabulary, the
      * logits rows. The first stage refuses an empty batch. */
@@ -191,27 +230,71 @@ int engine_decode(engine *e, const struct engine_batch *b, ifd_error *err)
         return ifd_error_set(err, -EINVAL, "engine: %d tokens want logits, the limit is %d", n_wanted,
                              e->n_logits_max);
 
+    e->inflight[slot] = *b;
+    e->inflight_wanted[slot] = n_wanted;
+    struct stage_batch sb = slot_stage_batch(e, slot);
     for (int t = 0; t < b->n_tokens; t++)
-        kern_weight_row(&e->m->embed, b->tokens[t], e->hidden + (size_t)t * H);
+        kern_weight_row(&e->m->embed, b->tokens[t], sb.hidden + (size_t)t * H);
+    int r = run_stages(e, 0, e->async_stage, &sb, err);
+    if (r >= 0 && e->async_stage < e->n_stages) {
+        struct stage *st = e->stages[e->async_stage];
+        if ((r = stage_forward_submit(st, &sb, err)) < 0)
+            ifd_error_prefix(err, "stage %d (layers %d-%d)", e->async_stage, st->layer_first, st->layer_last - 1);
+    }
+    if (r < 0)
+        e->inflight[slot].n_tokens = 0;
+    return r;
+}
 
-    struct stage_batch sb = {.n_tokens = b->n_tokens, .seq_ids = b->seq_ids, .positions = b->positions,
-                             .hidden = e->hidden};
-    for (int i = 0; i < e->n_stages; i++) {
-        int r = stage_forward(e->stages[i], &sb, err);
-        if (r < 0) {
-            ifd_error_prefix(err, "stage %d (layers %d-%d)", i, e->stages[i]->layer_first,
-                             e->stages[i]->layer_last - 1);
+int engine_complete(engine *e, int slot, ifd_error *err)
+{
+    const struct model_config *c = &e->m->cfg;
+    const int H = c->hidden_size;
+    if (slot < 0 || slot >= e->n_inflight || e->inflight[slot].n_tokens <= 0)
+        return ifd_error_set(err, -EINVAL, "engine: slot %d holds no batch", slot);
+    struct stage_batch sb = slot_stage_batch(e, slot);
+    const bool *want = e->inflight[slot].want_logits;
+    int n_wanted = e->inflight_wanted[slot];
+    e->inflight[slot].n_tokens = 0;
+    int r = 0;
+    if (e->async_stage < e->n_stages) {
+        struct stage *st = e->stages[e->async_stage];
+        if ((r = stage_forward_wait(st, &sb, err)) < 0) {
+            ifd_error_prefix(err, "stage %d (layers %d-%d)", e->async_stage, st->layer_first, st->layer_last - 1);
             return r;
         }
+        if ((r = run_stages(e, e->async_stage + 1, e->n_stages, &sb, err)) < 0)
+            return r;
     }
+    e->hidden = sb.hidden;
     if (n_wanted == 0)
         return 0;
     int j = 0;
-    for (int t = 0; t < b->n_tokens; t++)
-        if (b->want_logits[t])
-            kern_rmsnorm(e->normed + (size_t)j++ * H, e->hidden + (size_t)t * H, e->final_norm, H, c->rms_norm_eps);
+    for (int t = 0; t < sb.n_tokens; t++)
+        if (want[t])
+            kern_rmsnorm(e->normed + (size_t)j++ * H, sb.hidden + (size_t)t * H, e->final_norm, H, c->rms_norm_eps);
     kern_matmul(e->pool, &e->m->lm_head, e->normed, n_wanted, e->logits);
     return 0;
+}
+
+int engine_decode(engine *e, const struct engine_batch *b, ifd_error *err)
+{
+    int r = engine_submit(e, 0, b, err);
+    return r < 0 ? r : engine_complete(e, 0, err);
+}
+
+int engine_stages_pipeline_depth(struct stage *const *stages, int n_stages)
+{
+    int n = 0;
+    for (int i = 0; i < n_stages; i++)
+        if (stage_is_async(stages[i]))
+            n += stages[i]->n_nodes;
+    return n > 0 ? n + 1 : 1;
+}
+
+int engine_pipeline_depth(const engine *e)
+{
+    return engine_stages_pipeline_depth(e->stages, e->n_stages);
 }
 
 const float *engine_logits(const engine *e)
@@ -260,6 +343,9 @@ int engine_seq_copy(engine *e, int src_seq, int dst_seq, int n_pos, ifd_error *e
 
 int engine_replace_stages(engine *e, struct stage **stages, int n_stages, ifd_error *err)
 {
+    for (int slot = 0; slot < e->n_inflight; slot++)
+        if (e->inflight[slot].n_tokens > 0)
+            return ifd_error_set(err, -EBUSY, "engine: batch slot %d is in flight: complete it first", slot);
     int r = check_stages(e->m, stages, n_stages, &e->cfg, err);
     if (r < 0)
         return r;

@@ -22,6 +22,8 @@ struct engine_config {
     int n_logits_max;  /* most tokens with want_logits in one call; 0 = n_seq_max
                         * (capped at n_batch_max). The logits buffer is
                         * [n_logits_max, vocab]: 600 KiB a row for a 150k vocab. */
+    int n_inflight;    /* batches in flight at once (engine_submit slots); 0 = 1.
+                        * Each has its own [n_batch_max, hidden] activations. */
 };
 
 struct engine_batch {
@@ -57,8 +59,30 @@ void engine_destroy(engine *e); /* accepts NULL */
  * scheduler does when it frees their slots; a plain retry is refused by the
  * stage contract (a position that does not continue its sequence). */
 int engine_decode(engine *e, const struct engine_batch *b, ifd_error *err);
+
+/* engine_decode() in two halves, for pipelined micro-batches: submit runs
+ * the embedding and the stages up to and including the first one that
+ * computes elsewhere (a remote stage, stage_is_async) and returns while it
+ * computes; complete waits for it, runs the stages after it, the final norm
+ * and the head. Without such a stage submit runs every stage. `slot` (0 to
+ * n_inflight - 1) names the batch's activations: one batch per slot at a
+ * time. Batches complete in submit order. b's arrays are borrowed until
+ * complete returns and must not change meanwhile. Each sequence may be in
+ * one batch in flight only (the stages check that positions continue). A
+ * failed complete leaves the batch's sequences as a failed engine_decode()
+ * does. */
+int engine_submit(engine *e, int slot, const struct engine_batch *b, ifd_error *err);
+int engine_complete(engine *e, int slot, ifd_error *err);
+/* Micro-batches that keep every node busy: 1 without a stage that computes
+ * elsewhere; else the nodes of every such stage (the workers of a chain)
+ * plus one for the master, which runs the head (and any local stage). */
+int engine_pipeline_depth(const engine *e);
+/* The same over stages not yet given to an engine (to size n_inflight). */
+int engine_stages_pipeline_depth(struct stage *const *stages, int n_stages);
+
+/* The logits of the last batch run or completed. */
 const float *engine_logits(const engine *e);
-/* The final-normed hidden state of token t of the last engine_decode() batch
+/* The final-normed hidden state of token t of the last batch run or completed
  * into out [hidden]: what the head reads for logits, and what embeddings pool. */
 int engine_output_normed(const engine *e, int t, float *out);
 
@@ -73,8 +97,9 @@ int engine_seq_copy(engine *e, int src_seq, int dst_seq, int n_pos, ifd_error *e
 /* Swaps the stage list for another over the same layers (a failover moved a
  * failed worker's layers elsewhere): checked as engine_create checks it,
  * then the old stages are destroyed and the new ones owned. The new stages
- * hold no position: the caller refills every sequence. On failure nothing
- * changes and the stages stay the caller's. */
+ * hold no position: the caller refills every sequence. No batch may be in
+ * flight (-EBUSY: engine_complete each first). On failure nothing changes
+ * and the stages stay the caller's. */
 int engine_replace_stages(engine *e, struct stage **stages, int n_stages, ifd_error *err);
 
 const struct model *engine_model(const engine *e);

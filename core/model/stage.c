@@ -12,7 +12,7 @@ int stage_init(struct stage *s, const struct stage_ops *ops, int layer_first, in
 {
     *s = (struct stage){.ops = ops, .layer_first = layer_first, .layer_last = layer_last,
                         .hidden_size = hidden_size, .n_seq_max = n_seq_max, .n_ctx = n_ctx,
-                        .n_batch_max = n_batch_max > 0 ? n_batch_max : STAGE_BATCH_MAX};
+                        .n_batch_max = n_batch_max > 0 ? n_batch_max : STAGE_BATCH_MAX, .n_nodes = 1};
     if (layer_first < 0 || layer_last <= layer_first || hidden_size <= 0 || n_seq_max <= 0 || n_ctx <= 0)
         return ifd_error_set(err, -EINVAL,
                              "%s stage: layers [%d, %d), hidden %d, %d slots of %d positions: every size must be positive",
@@ -79,6 +79,40 @@ int stage_forward(struct stage *s, const struct stage_batch *b, ifd_error *err)
     for (int t = 0; t < b->n_tokens; t++)
         s->seq_len[b->seq_ids[t]] = b->positions[t] + 1;
     return 0;
+}
+
+int stage_is_async(const struct stage *s)
+{
+    return s->ops->forward_submit != NULL;
+}
+
+int stage_forward_submit(struct stage *s, const struct stage_batch *b, ifd_error *err)
+{
+    if (!stage_is_async(s))
+        return stage_forward(s, b, err);
+    int r = batch_check(s, b, err);
+    if (r < 0)
+        return r;
+    if ((r = s->ops->forward_submit(s, b, err)) < 0)
+        return r;
+    for (int t = 0; t < b->n_tokens; t++)
+        s->seq_len[b->seq_ids[t]] = b->positions[t] + 1;
+    return 0;
+}
+
+int stage_forward_wait(struct stage *s, const struct stage_batch *b, ifd_error *err)
+{
+    if (!stage_is_async(s))
+        return 0;
+    int r = s->ops->forward_wait(s, b, err);
+    if (r < 0) {
+        /* The first token of each sequence in b sits where the slot ended at
+         * submit (the contract): walking backwards leaves exactly that. No
+         * other in-flight batch holds these sequences, so the count is b's. */
+        for (int t = b->n_tokens - 1; t >= 0; t--)
+            s->seq_len[b->seq_ids[t]] = b->positions[t];
+    }
+    return r;
 }
 
 int stage_seq_truncate(struct stage *s, int seq_id, int n_keep, ifd_error *err)

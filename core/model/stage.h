@@ -59,6 +59,18 @@ struct stage_ops {
     /* Runs the batch through every layer of the stage. Called only by
      * stage_forward(), with a batch that keeps the contract above. */
     int (*forward)(struct stage *s, const struct stage_batch *b, ifd_error *err);
+    /* Optional, both or neither: forward in two halves, so that the caller
+     * computes (other micro-batches, sampling) while the stage does. submit
+     * starts b (checked as for forward) and returns; wait finishes the
+     * oldest submitted batch, which must be b, writing its output into
+     * b->hidden. Between the two the batch's arrays stay the caller's and
+     * must not change. The stage bounds what it holds in flight itself (it
+     * may finish older batches inside submit, keeping their output for
+     * their waits). A failure may fail the other outstanding batches too
+     * (each of their waits then reports it). The remote stage: FORWARDs in flight on its
+     * chain of workers. */
+    int (*forward_submit)(struct stage *s, const struct stage_batch *b, ifd_error *err);
+    int (*forward_wait)(struct stage *s, const struct stage_batch *b, ifd_error *err);
     /* Optional: the sequence keeps its first n_keep positions, 0 frees it
      * (called with the arguments checked, whatever the slot holds). NULL when the count stage.c keeps is all there is
      * to it: positions past the count are never read again (attention reads
@@ -88,6 +100,9 @@ struct stage {
     int n_seq_max;              /* sequence slots */
     int n_ctx;                  /* positions per slot */
     int n_batch_max;            /* most tokens in one forward */
+    /* Nodes that compute one after the other inside this stage: 1, or the
+     * workers of a remote chain. The engine sizes its pipeline by it. */
+    int n_nodes;
     int *seq_len;               /* [n_seq_max] positions each slot holds; stage.c's alone */
 };
 
@@ -102,6 +117,17 @@ void stage_finish(struct stage *s);
  * message names the token, the field and the limit. On success the slots of
  * b hold their last position + 1; on failure they hold what they held. */
 int stage_forward(struct stage *s, const struct stage_batch *b, ifd_error *err);
+
+/* The two halves of stage_forward() (see the ops): submit checks b against
+ * the contract and counts its positions as held at once, so that the next
+ * batch of a sequence continues from them; a failed wait gives them back
+ * (each sequence of b holds again what it held before b). A stage without
+ * the ops runs the whole forward in submit and wait does nothing. Waits come
+ * in submit order. */
+int stage_forward_submit(struct stage *s, const struct stage_batch *b, ifd_error *err);
+int stage_forward_wait(struct stage *s, const struct stage_batch *b, ifd_error *err);
+/* Whether the stage computes between submit and wait (has the ops). */
+int stage_is_async(const struct stage *s);
 
 /* Keeps the first n_keep positions of a sequence (0 frees it; more than it
  * holds changes nothing). seq_id outside the slots: -EINVAL; n_keep outside

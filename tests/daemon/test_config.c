@@ -625,3 +625,50 @@ Test(config, reasoning_per_model)
     cr_assert_eq(c.models[1].reasoning, TOOLS_REASONING_AUTO, "auto by default");
     inferd_config_finish(&c);
 }
+
+Test(config, micro_batches)
+{
+    struct inferd_config c;
+    ifd_error err = {{0}};
+    inferd_config_init(&c);
+    cr_assert_eq(c.micro_batches, 0, "the default is auto");
+    inferd_config_finish(&c);
+    static const struct {
+        const char *text;
+        int want;
+    } ok[] = {
+        {"[cluster]\nmicro_batches = auto\n", 0},
+        {"[cluster]\nmicro_batches = 1\n", 1},
+        {"[cluster]\nmicro_batches = 3\n", 3},
+        {"[cluster]\nmicro_batches = 16\n", INFERD_MAX_MICRO_BATCHES},
+    };
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        cr_assert_eq(parse(&c, ok[i].text, &err), 0, "%s", err.msg);
+        cr_expect_eq(c.micro_batches, ok[i].want, "case %zu", i);
+        inferd_config_finish(&c);
+    }
+    static const struct bad_case bad[] = {
+        {"[cluster]\nmicro_batches = 0\n", "test.conf:2: [cluster] micro_batches: 0 is out of range [1, 16] (or 'auto')"},
+        {"[cluster]\nmicro_batches = 17\n", "17 is out of range [1, 16]"},
+        {"[cluster]\nmicro_batches = -2\n", "out of range"},
+        {"[cluster]\nmicro_batches = Auto\n", "'Auto' is neither 'auto' nor a number of micro-batches"},
+        {"[cluster]\nmicro_batches = 2x\n", "neither 'auto' nor a number"},
+        {"[cluster]\nmicro_batches =\n", "micro_batches"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err.msg[0] = '\0';
+        cr_expect_lt(parse(&c, bad[i].text, &err), 0, "case %zu accepted", i);
+        cr_expect(strstr(err.msg, bad[i].expect), "case %zu: '%s' lacks '%s'", i, err.msg, bad[i].expect);
+        inferd_config_finish(&c);
+    }
+    /* the flag is the key */
+    struct inferd_cli cli;
+    const char *args[] = {"--config", "/dev/null", "--model", "/m", "--micro-batches", "2", NULL};
+    cr_assert_eq(load(&c, &cli, &err, args), 0, "%s", err.msg);
+    cr_assert_eq(c.micro_batches, 2);
+    inferd_config_finish(&c);
+    const char *bad_args[] = {"--config", "/dev/null", "--model", "/m", "--micro-batches", "many", NULL};
+    cr_expect_lt(load(&c, &cli, &err, bad_args), 0);
+    cr_expect(strstr(err.msg, "--micro-batches: 'many' is neither"), "%s", err.msg);
+    inferd_config_finish(&c);
+}

@@ -62,6 +62,7 @@ struct fx {
     engine *e;
     struct sched *s;
     struct thread_pool *pool;   /* the copy-less stage's, else NULL */
+    int micro_batches;          /* set before fx_up*: 0 = one batch per step */
 };
 
 /* A CPU stage behind a stage without the optional seq_copy, as a remote
@@ -126,7 +127,9 @@ static void fx_up_engine(struct fx *f, const char *dir, int n_seq, int n_ctx, in
     struct sched_config sc = {.n_seq_max = n_seq, .n_ctx = n_ctx, .prefill_chunk = 16, .queue_depth = queue_depth,
                               .prefix_cache = prefix_cache};
     sc.n_batch_max = sc.prefill_chunk + n_seq;
-    struct engine_config ec = {.n_seq_max = n_seq, .n_ctx = n_ctx, .n_batch_max = sc.n_batch_max, .n_threads = 1};
+    struct engine_config ec = {.n_seq_max = n_seq, .n_ctx = n_ctx, .n_batch_max = sc.n_batch_max, .n_threads = 1,
+                               .n_inflight = f->micro_batches};
+    sc.micro_batches = f->micro_batches;
     f->pool = NULL;
     if (copyless)
         f->e = copyless_engine(f, &ec);
@@ -226,7 +229,7 @@ Test(scheduler, submission_gives_the_golden_tokens)
 {
     struct story st;
     story_load(0, &st);
-    struct fx f;
+    struct fx f = {0};
     fx_up(&f, 2, 128, 4);
     int32_t ids[MAX_IDS];
     const char *finish;
@@ -256,7 +259,7 @@ Test(scheduler, context_end_stops_with_length)
 {
     struct story st;
     story_load(0, &st);
-    struct fx f;
+    struct fx f = {0};
     fx_up(&f, 1, 16, 1);
     int32_t ids[MAX_IDS];
     const char *finish;
@@ -279,7 +282,7 @@ Test(scheduler, full_queue_refuses)
 {
     struct story st;
     story_load(0, &st);
-    struct fx f;
+    struct fx f = {0};
     fx_up(&f, 1, 512, 0);
     struct sched_req *a = submit(&f, st.prompt, st.n_prompt, 500);
     struct sched_req *b = NULL;
@@ -303,7 +306,7 @@ Test(scheduler, cancel_ends_the_request_and_frees_the_slot)
 {
     struct story st;
     story_load(0, &st);
-    struct fx f;
+    struct fx f = {0};
     /* 500 tokens take the scheduler far longer than this thread takes from
      * the first one to the cancel, even on a loaded machine */
     fx_up(&f, 1, 512, 1);
@@ -331,13 +334,13 @@ Test(scheduler, cancel_ends_the_request_and_frees_the_slot)
 
 /* Three sequences batched together (prefill chunks and decode steps mixed)
  * give the tokens each gives alone, which are the golden ones. */
-Test(scheduler, concurrent_sequences_match_alone)
+static void check_concurrent_match_alone(int micro_batches)
 {
     enum { N = 3, MAXT = 40 };
     struct story st[N];
     for (int i = 0; i < N; i++)
         story_load(i, &st[i]);
-    struct fx f;
+    struct fx f = {.micro_batches = micro_batches};
     fx_up(&f, N, 128, N);
     int32_t alone[N][MAX_IDS];
     int n_alone[N];
@@ -365,6 +368,21 @@ Test(scheduler, concurrent_sequences_match_alone)
         sched_req_release(r[i]);
     }
     fx_down(&f);
+}
+
+Test(scheduler, concurrent_sequences_match_alone)
+{
+    check_concurrent_match_alone(0);
+}
+
+/* Micro-batches (the pipelined path) on a local engine, where submit runs
+ * the whole forward: the scheduler's split into micro-batches, a sequence in
+ * one at a time, gives the same tokens, and two micro-batches for three
+ * sequences leave none behind. */
+Test(scheduler, micro_batches_match_alone)
+{
+    check_concurrent_match_alone(2);
+    check_concurrent_match_alone(3);
 }
 
 /* ---- one stop set for the daemon and `inferctl run` ---- */
@@ -435,7 +453,7 @@ Test(scheduler, daemon_and_inferctl_run_stop_on_the_tokenizer_eos)
     char dir[64];
     make_eos_dir(dir, sizeof(dir));
 
-    struct fx f;
+    struct fx f = {0};
     fx_up_dir(&f, dir, 1, 128, 1);
     cr_assert(!model_config_is_eos(&f.m->cfg, 303), "the config must not name the token itself");
     struct gen_stop_set stops;
@@ -472,7 +490,7 @@ Test(scheduler, prompt_logprobs_equal_generated_logprobs)
 {
     struct story st;
     story_load(0, &st);
-    struct fx f;
+    struct fx f = {0};
     fx_up(&f, 3, 128, 4);
     int n_gen = st.stable < 20 ? st.stable : 20;
     /* the generation's own logprobs */
@@ -524,7 +542,7 @@ Test(scheduler, logit_bias_bans_and_forces)
 {
     struct story st;
     story_load(0, &st);
-    struct fx f;
+    struct fx f = {0};
     fx_up(&f, 1, 128, 4);
     for (int k = 0; k < 2; k++) {
         struct api_logit_bias b = k == 0 ? (struct api_logit_bias){st.gen[0], -100} : (struct api_logit_bias){77, 100};
@@ -629,7 +647,7 @@ Test(scheduler, choices_share_one_prefill)
     enum { N = 4, MAXT = 12 };
     struct story st;
     story_load(0, &st);
-    struct fx f;
+    struct fx f = {0};
     fx_up(&f, N, 128, N);
     struct sched_req_params p = story_params(&st, MAXT);
     int32_t alone[1][MAX_IDS], ids[N][MAX_IDS];
@@ -658,7 +676,7 @@ Test(scheduler, sampled_choices_equal_separate_seeded_requests)
     enum { N = 4, MAXT = 16 };
     struct story st;
     story_load(1, &st);
-    struct fx f;
+    struct fx f = {0};
     fx_up(&f, N, 128, N);
     struct sched_req_params p = story_params(&st, MAXT);
     p.sampling.temperature = 1.0f;
@@ -709,7 +727,7 @@ Test(scheduler, choices_fall_back_to_their_own_prefill)
     struct sched_req_params p = story_params(&st, MAXT);
     int32_t alone[1][MAX_IDS], ids[N][MAX_IDS];
     int n_alone[1], n_ids[N];
-    struct fx f;
+    struct fx f = {0};
     fx_up(&f, N, 128, N);
     run_choices(&f, &p, 1, -1, alone, n_alone);
     for (int cancel = 0; cancel < 3; cancel += 2) {

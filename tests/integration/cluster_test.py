@@ -365,6 +365,61 @@ def group_concurrent(binary):
         stop_all(m, w1, w2)
 
 
+def group_pipeline(binary):
+    """Pipelined micro-batches (issue 14): 16 concurrent greedy streams through
+    master + 2 workers give the same text with micro_batches auto (3 in
+    flight: 2 workers + the master's head) as with 1 (one synchronous batch)
+    and as a single node running them one by one."""
+    key = key_file("pipe.key")
+    prompts = {
+        "tinystories-656k": ["Once upon a time", "The little dog", "Tom and Sue went to the park", "One day, a cat",
+                             "Lily had a red ball", "The sun was hot", "A big bird", "Max liked to run"],
+        "qwen2-tiny-random": ["Hello", "The capital of France", "1 2 3 4", "def f(x):", "Once upon", "zebra",
+                              "A B C", "Good morning"],
+    }
+    for model, ps in prompts.items():
+        path = os.path.join(MODELS, model)
+        single = Master(binary, path)
+        want = {}
+        for p in ps:
+            st, r = single.complete(p, 20)
+            check(st == 200, "%s single node: %s" % (model, r))
+            want[p] = r["choices"][0]["text"] if st == 200 else None
+        single.stop()
+        forwards = {}
+        for mb, expect in (("auto", 3), ("1", 1)):
+            w1 = Worker(binary, key, "p1-%d" % free_port())
+            w2 = Worker(binary, key, "p2-%d" % free_port())
+            m = Master(binary, path, [(w1.addr, "0-0"), (w2.addr, "1-1")], key, extra=("--micro-batches", mb))
+            results = {}
+
+            def run(i, p):
+                results[i] = m.complete(p, 20)
+
+            try:
+                s = m.status()
+                check(s and s.get("micro_batches") == expect, "%s micro_batches %s: status says %s" %
+                      (model, mb, s and s.get("micro_batches")))
+                jobs = list(enumerate(ps * 2))
+                ts = [threading.Thread(target=run, args=job) for job in jobs]
+                for t in ts:
+                    t.start()
+                for t in ts:
+                    t.join(120)
+                for i, p in jobs:
+                    st, r = results.get(i, (None, None))
+                    check(st == 200 and r["choices"][0]["text"] == want[p],
+                          "%s micro_batches %s, stream %d %r: %s %s want %r" % (model, mb, i, p, st, r, want[p]))
+                s = m.status()
+                check(s and all(w["state"] == "ready" for w in s["workers"]), "workers still ready: %s" % s)
+                forwards[mb] = s["workers"][0]["forwards"] if s else 0
+            finally:
+                stop_all(m, w1, w2)
+        # The same tokens in smaller batches: more FORWARDs per token.
+        print("%s: FORWARDs with micro_batches auto %d, 1 %d" % (model, forwards["auto"], forwards["1"]))
+        check(forwards["auto"] > forwards["1"] * 3 // 2, "%s: micro-batches split the batch: %s" % (model, forwards))
+
+
 def raw_frame(version_major, msg_type, payload):
     """A frame as docs/protocol.md specifies it (CRC32C computed here independently)."""
     def crc32c(data, crc=0):
@@ -904,7 +959,7 @@ def main():
     groups = {"golden": group_golden, "concurrent": group_concurrent, "faults": group_faults,
               "failover": group_failover,
               "vulkan": group_vulkan, "model_switch": group_model_switch, "placement": group_placement,
-              "prefix": group_prefix}
+              "prefix": group_prefix, "pipeline": group_pipeline}
     try:
         groups[group](binary)
     except Exception as e:  # noqa: BLE001 - report and fail

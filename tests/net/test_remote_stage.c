@@ -121,6 +121,9 @@ static void link_connect(struct remote_link *l, const struct net_key *key)
 struct fixture {
     struct model *m;
     struct thread_pool *pool;
+    /* each worker's own: pipelined forwards run the workers and the
+     * master's head at the same time, as separate processes would */
+    struct thread_pool *wpool[2];
     struct net_key key;
     struct worker w[2];
     struct remote_link *links[2];
@@ -141,7 +144,8 @@ static void fixture_up(struct fixture *fx, const char *model_name)
     int range[3] = {0, fx->split, fx->n_layers};
     for (int i = 0; i < 2; i++) {
         struct stage *st;
-        cr_assert_eq(cpu_stage_create(fx->m, range[i], range[i + 1], N_SEQ, N_CTX, fx->pool, &st, &err), 0, "%s",
+        fx->wpool[i] = thread_pool_create(1);
+        cr_assert_eq(cpu_stage_create(fx->m, range[i], range[i + 1], N_SEQ, N_CTX, fx->wpool[i], &st, &err), 0, "%s",
                      err.msg);
         worker_start(&fx->w[i], &fx->key, st);
         char name[16];
@@ -156,6 +160,7 @@ static void fixture_down(struct fixture *fx)
     for (int i = 0; i < 2; i++) {
         remote_link_destroy(fx->links[i]);
         worker_stop(&fx->w[i]);
+        thread_pool_destroy(fx->wpool[i]);
     }
     thread_pool_destroy(fx->pool);
     model_destroy(fx->m);
@@ -238,6 +243,86 @@ static void check_model(const char *model_name, bool chain)
     fixture_down(&fx);
 }
 
+/* Pipelined: two sequences, each in its own engine slot, their batches in
+ * flight on the chain together (engine_submit twice, then complete in
+ * order), give each the tokens of the local engine, bit for bit in the
+ * logits; a truncate while the other sequence's batch is in flight waits
+ * for it without losing its result. */
+Test(remote_stage, pipelined_micro_batches_equal_local)
+{
+    struct fixture fx;
+    fixture_up(&fx, "tinystories-656k");
+    ifd_error err;
+    int vocab = fx.m->cfg.vocab_size, n = fx.g.n_gen;
+    int *local_ids = calloc((size_t)n, sizeof(int));
+    float *local_lg = calloc((size_t)n * vocab, sizeof(float));
+    engine *local;
+    cr_assert_eq(engine_create_cpu(fx.m, NULL, 0, &ecfg, &local, &err), 0, "%s", err.msg);
+    cr_assert_eq(engine_pipeline_depth(local), 1, "a local engine does not pipeline");
+    cr_assert_eq(greedy(local, 0, fx.g.prompt, fx.g.n_prompt, n, local_ids, local_lg, &err), 0, "%s", err.msg);
+    engine_destroy(local);
+
+    struct stage *st = remote_over(&fx, 0, 2);
+    struct engine_config pcfg = ecfg;
+    pcfg.n_inflight = 2;
+    engine *e;
+    cr_assert_eq(engine_create(fx.m, &st, 1, &pcfg, fx.pool, &e, &err), 0, "%s", err.msg);
+    cr_assert_eq(engine_pipeline_depth(e), 3, "two workers and the master's head");
+
+    /* per sequence: its batch arrays (borrowed until complete) and position */
+    int32_t toks[2][N_BATCH], seqs[2][N_BATCH], pos[2][N_BATCH];
+    bool want[2][N_BATCH];
+    struct engine_batch b[2];
+    int got[2][64], p[2];
+    cr_assert_leq(n, 64);
+    for (int q = 0; q < 2; q++) {
+        for (int i = 0; i < fx.g.n_prompt; i++) {
+            toks[q][i] = fx.g.prompt[i];
+            seqs[q][i] = q;
+            pos[q][i] = i;
+            want[q][i] = i == fx.g.n_prompt - 1;
+        }
+        b[q] = (struct engine_batch){fx.g.n_prompt, toks[q], seqs[q], pos[q], want[q]};
+        p[q] = fx.g.n_prompt;
+    }
+    for (int step = 0; step < n; step++) {
+        /* sequence 1 runs one step behind sequence 0 at the end: seq 0 is
+         * truncated while seq 1's last batch is in flight */
+        for (int q = 0; q < 2; q++)
+            cr_assert_eq(engine_submit(e, q, &b[q], &err), 0, "step %d seq %d: %s", step, q, err.msg);
+        for (int q = 0; q < 2; q++) {
+            cr_assert_eq(engine_complete(e, q, &err), 0, "step %d seq %d: %s", step, q, err.msg);
+            const float *lg = engine_logits(e);
+            cr_assert_eq(memcmp(lg, local_lg + (size_t)step * vocab, (size_t)vocab * sizeof(float)), 0,
+                         "step %d seq %d: logits differ from the local engine's", step, q);
+            int best = 0;
+            for (int v = 1; v < vocab; v++)
+                if (lg[v] > lg[best])
+                    best = v;
+            got[q][step] = best;
+            toks[q][0] = best;
+            seqs[q][0] = q;
+            pos[q][0] = p[q]++;
+            want[q][0] = true;
+            b[q] = (struct engine_batch){1, toks[q], seqs[q], pos[q], want[q]};
+        }
+    }
+    for (int q = 0; q < 2; q++)
+        for (int i = 0; i < n; i++)
+            cr_assert_eq(got[q][i], local_ids[i], "seq %d token %d: pipelined %d, local %d", q, i, got[q][i],
+                         local_ids[i]);
+    /* a truncate with a forward in flight settles it first */
+    cr_assert_eq(engine_submit(e, 1, &b[1], &err), 0, "%s", err.msg);
+    cr_assert_eq(engine_seq_truncate(e, 0, 0, &err), 0, "%s", err.msg);
+    cr_assert_eq(engine_complete(e, 1, &err), 0, "%s", err.msg);
+    /* one slot holds one batch; slots complete in submit order */
+    cr_assert_eq(engine_complete(e, 1, &err), -EINVAL);
+    engine_destroy(e);
+    free(local_ids);
+    free(local_lg);
+    fixture_down(&fx);
+}
+
 Test(remote_stage, chain_equals_local_tinystories)
 {
     check_model("tinystories-656k", true);
@@ -282,6 +367,47 @@ Test(remote_stage, worker_death_fails_forward_quickly)
     cr_assert_eq(remote_link_ping(fx.links[0], 2000, NULL, &err), 0, "%s", err.msg);
     cr_assert_eq(remote_link_state(fx.links[0]), REMOTE_LINK_READY);
 
+    engine_destroy(e);
+    fixture_down(&fx);
+}
+
+/* Two batches in flight when the chain's tail dies: both fail (whether the
+ * head's ERRORs or the tail's closed connection come first), quickly, and
+ * the stage gives back the positions they took at submit. */
+Test(remote_stage, worker_death_fails_every_forward_in_flight)
+{
+    struct fixture fx;
+    fixture_up(&fx, "tinystories-656k");
+    ifd_error err;
+    struct stage *st = remote_over(&fx, 0, 2);
+    struct engine_config pcfg = ecfg;
+    pcfg.n_inflight = 2;
+    engine *e;
+    cr_assert_eq(engine_create(fx.m, &st, 1, &pcfg, fx.pool, &e, &err), 0, "%s", err.msg);
+    int32_t toks[2][1], seqs[2][1], pos[2][1];
+    bool want[2][1];
+    struct engine_batch b[2];
+    for (int q = 0; q < 2; q++) {
+        int ids[1];
+        cr_assert_eq(greedy(e, q, fx.g.prompt, fx.g.n_prompt, 1, ids, NULL, &err), 0, "%s", err.msg);
+        toks[q][0] = ids[0];
+        seqs[q][0] = q;
+        pos[q][0] = fx.g.n_prompt;
+        want[q][0] = true;
+        b[q] = (struct engine_batch){1, toks[q], seqs[q], pos[q], want[q]};
+    }
+    worker_stop(&fx.w[1]);
+    uint64_t t0 = ifd_now_ns();
+    for (int q = 0; q < 2; q++) {
+        cr_assert_eq(engine_submit(e, q, &b[q], &err), 0, "%s", err.msg);
+        cr_assert_eq(stage_seq_len(st, q), fx.g.n_prompt + 1, "submit counts the position as held");
+    }
+    for (int q = 0; q < 2; q++) {
+        cr_assert_lt(engine_complete(e, q, &err), 0, "seq %d: a forward through a dead worker succeeded", q);
+        cr_assert_eq(stage_seq_len(st, q), fx.g.n_prompt, "seq %d: the failed forward's position is given back", q);
+    }
+    double ms = (double)(ifd_now_ns() - t0) / 1e6;
+    cr_assert_lt(ms, 2000.0, "took %.0f ms to notice", ms);
     engine_destroy(e);
     fixture_down(&fx);
 }
