@@ -794,7 +794,7 @@ Test(scheduler, prefix_cache_next_turn_matches_cold)
     struct story a, b;
     story_load(0, &a);
     story_load(1, &b);
-    struct fx hot, cold;
+    struct fx hot = {0}, cold = {0};
     fx_up_cache(&hot, 2, 256, true);
     fx_up_cache(&cold, 2, 256, false);
     int32_t gen[MAX_IDS], p2[MAX_IDS];
@@ -830,7 +830,7 @@ Test(scheduler, prefix_cache_early_divergence_keeps_little)
     int32_t gen[MAX_IDS], p2[MAX_IDS];
     const char *finish;
     for (int n_seq = 1; n_seq <= 2; n_seq++) {
-        struct fx hot, cold;
+        struct fx hot = {0}, cold = {0};
         fx_up_cache(&hot, n_seq, 256, true);
         fx_up_cache(&cold, n_seq, 256, false);
         cr_assert_eq(run_one(&hot, a.prompt, a.n_prompt, MAXT, gen, &finish), MAXT);
@@ -854,7 +854,7 @@ Test(scheduler, prefix_cache_evicts_the_least_recent)
     struct story st[3];
     for (int i = 0; i < 3; i++)
         story_load(i, &st[i]);
-    struct fx hot, cold;
+    struct fx hot = {0}, cold = {0};
     fx_up_cache(&hot, 2, 256, true);
     fx_up_cache(&cold, 2, 256, false);
     int32_t gen[3][MAX_IDS], p2[MAX_IDS];
@@ -880,7 +880,7 @@ Test(scheduler, prefix_cache_after_cancel_is_consistent)
 {
     struct story st;
     story_load(0, &st);
-    struct fx hot, cold;
+    struct fx hot = {0}, cold = {0};
     fx_up_cache(&hot, 1, 512, true);
     fx_up_cache(&cold, 1, 512, false);
     struct sched_req *a = submit(&hot, st.prompt, st.n_prompt, 400);
@@ -917,7 +917,7 @@ Test(scheduler, prefix_cache_choices_report_what_was_kept)
     story_load(0, &a);
     story_load(1, &b);
     for (int copyless = 0; copyless < 2; copyless++) {
-        struct fx f;
+        struct fx f = {0};
         char dir[PATH_MAX];
         snprintf(dir, sizeof(dir), "%s/models/%s", tu_must_shared_dir(), MODEL);
         fx_up_engine(&f, dir, N, 128, N, copyless, true);
@@ -1060,7 +1060,7 @@ Test(scheduler, failover_rebuilds_the_caches)
     int32_t alone[N][MAX_IDS];
     int n_alone[N];
     const char *finish;
-    struct fx ref;
+    struct fx ref = {0};
     fx_up(&ref, N + 1, 128, N + 1);
     for (int i = 0; i < N; i++)
         n_alone[i] = run_one(&ref, st[i].prompt, st[i].n_prompt, MAXT, alone[i], &finish);
