@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
 
@@ -131,4 +132,12 @@ int cpu_simd_choose(const char *name, const char *what, int *ret, ifd_error *err
                              cpu_simd_name(cpu_simd_best()));
     *ret = (int)l;
     return 0;
+}
+
+int cpu_count_usable(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
+        return CPU_COUNT(&set);
+    return 1;
 }

@@ -31,6 +31,10 @@ struct cpu_features {
 /* What the CPU has, detected on the first call (thread-safe). */
 const struct cpu_features *cpu_features(void);
 
+/* CPUs this process may run on (its affinity mask: taskset, cpusets), at
+ * least 1. */
+int cpu_count_usable(void);
+
 /* The best level the CPU has. */
 enum cpu_simd cpu_simd_best(void);
 

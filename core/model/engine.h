@@ -75,7 +75,8 @@ int engine_submit(engine *e, int slot, const struct engine_batch *b, ifd_error *
 int engine_complete(engine *e, int slot, ifd_error *err);
 /* Micro-batches that keep every node busy: 1 without a stage that computes
  * elsewhere; else the nodes of every such stage (the workers of a chain)
- * plus one for the master, which runs the head (and any local stage). */
+ * plus one for the master, which runs the head (and any local stage). The
+ * daemon caps it where the nodes share one machine's CPUs (daemon/models.c). */
 int engine_pipeline_depth(const engine *e);
 /* The same over stages not yet given to an engine (to size n_inflight). */
 int engine_stages_pipeline_depth(struct stage *const *stages, int n_stages);

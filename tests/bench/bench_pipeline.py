@@ -163,6 +163,13 @@ def concurrent(port, n_streams, max_tokens):
     return dt, sum(r["usage"]["completion_tokens"] for _, r in out), [r["choices"][0]["text"] for _, r in out]
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process so far (/proc/PID/stat)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_info():
     model, flags = "?", []
     with open("/proc/cpuinfo") as f:
@@ -204,13 +211,14 @@ def main():
         with open(key, "w") as f:
             f.write(os.urandom(32).hex())
         os.chmod(key, 0o600)
-        addrs = []
+        addrs, workers = [], []
         for i in range(2):
             wp = free_port()
             cache = os.path.join(work, "cache-w%d" % i)
             procs.append(start(["taskset", "-c", str(i), inferd, "--config", "/dev/null", "--role", "worker",
                                 "--threads", "1", "--listen", "127.0.0.1:%d" % wp, "--cache-dir", cache,
                                 "--cluster-key-file", key], os.path.join(work, "w%d.log" % i)))
+            workers.append(procs[-1])
             wait_port(wp)
             if link == "slow":
                 rp = free_port()
@@ -234,7 +242,9 @@ def main():
                 # Prefill and HTTP cost cancel: decode steps over the time a
                 # gen-token round takes beyond a 1-token one.
                 t1, _, _ = concurrent(port, streams, 1)
+                c0 = [cpu_seconds(p.pid) for p in (m, *workers)]
                 t2, n, texts = concurrent(port, streams, gen)
+                cpu = [b - a for a, b in zip(c0, [cpu_seconds(p.pid) for p in (m, *workers)])]
                 s1 = request(port, "GET", "/v1/status")[1]
                 rate = (n - streams) / (t2 - t1)
                 w0a, w0b = s0["workers"][0], s1["workers"][0]
@@ -242,16 +252,16 @@ def main():
                 toks = w0b["tokens"] - w0a["tokens"]
                 hops = ((w0b["bytes_sent"] - w0a["bytes_sent"]) / toks,
                         (w1b["bytes_received"] - w1a["bytes_received"]) / toks)
-                return rate, s1["micro_batches"], hops, texts
+                return rate, s1["micro_batches"], hops, texts, (t2, cpu)
             finally:
                 m.terminate()
                 m.wait()
 
         rates = {piped: [], "1": []}
-        depth, hops, texts = {}, {}, {}
+        depth, hops, texts, usage = {}, {}, {}, {}
         for _ in range(runs):
             for setting in rates:
-                r, depth[setting], hops[setting], texts[setting] = run_master(setting)
+                r, depth[setting], hops[setting], texts[setting], usage[setting] = run_master(setting)
                 rates[setting].append(r)
         med = {k: sorted(v)[len(v) // 2] for k, v in rates.items()}
         cpu, simd = cpu_info()
@@ -267,6 +277,11 @@ def main():
         for k in ("1", piped):
             print("micro_batches %s: bytes per token (prefill included) master->w1 %.0f, w2->master %.0f "
                   "(w1->w2 carries what master->w1 does)" % (k, hops[k][0], hops[k][1]))
+        for k in ("1", piped):
+            wall, cpu = usage[k]
+            print("micro_batches %s, last %d-token round: %.2f s wall; CPU s master %.2f, w1 %.2f, w2 %.2f "
+                  "(%.2f of the %d cores busy)" % (k, gen, wall, cpu[0], cpu[1], cpu[2], sum(cpu) / wall,
+                                                    os.cpu_count()))
         print("same text with %s and 1: %s" % (piped, texts[piped] == texts["1"]))
     finally:
         for p in procs:
