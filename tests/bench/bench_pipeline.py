@@ -28,19 +28,15 @@ its SIMD flags, decode tok/s of each setting (median, min-max), their ratio,
 and the bytes per decoded token on each hop from /v1/status. A benchmark, not
 a test: on a shared machine the figures are noisy."""
 import asyncio
-import http.client
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
-from harness import SHARED, free_port  # noqa: E402
+from bench_util import cluster_key, free_port, qwen_model, request, start, wait_health, wait_port
 
 RELAY_DELAY_S = 0.001
 RELAY_BYTES_PER_S = 1e9 / 8
@@ -103,44 +99,6 @@ async def relay_main(listen_port, target_port):
 # ---------------------------------------------------------------- the bench
 
 
-def start(args, log):
-    return subprocess.Popen(args, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
-
-
-def request(port, method, path, body=None):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=900)
-    c.request(method, path, body=json.dumps(body) if body else None,
-              headers={"Content-Type": "application/json"} if body else {})
-    r = c.getresponse()
-    data = r.read()
-    c.close()
-    return r.status, json.loads(data) if data else None
-
-
-def wait_health(port, proc, timeout=900):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            sys.exit("master exited (%d)" % proc.returncode)
-        try:
-            if request(port, "GET", "/health")[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    sys.exit("master not ready")
-
-
-def wait_port(port):
-    for _ in range(600):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit("port %d never listened" % port)
-
-
 def concurrent(port, n_streams, max_tokens):
     """Runs n_streams greedy requests at once; returns (seconds, completion tokens)."""
     out = [None] * n_streams
@@ -197,20 +155,12 @@ def main():
     work = os.environ.get("BENCH_DIR") or tempfile.mkdtemp(prefix="inferd-bench-pipeline-")
     clean = not os.environ.get("BENCH_DIR")
     os.makedirs(work, exist_ok=True)
-    model = os.environ.get("BENCH_MODEL")
-    if not model:
-        model = os.path.join(work, "qwen2.5-0.5b-bf16")
-        if not os.path.exists(os.path.join(model, "model.safetensors")):
-            subprocess.run([inferctl, "model", "generate", "--preset", "qwen2.5-0.5b", "--dtype", "bf16",
-                            "--tokenizer-from", os.path.join(SHARED, "models", "qwen2-tiny-random"), model], check=True)
+    model = qwen_model(work, inferctl)
     n_layers = json.load(open(os.path.join(model, "config.json")))["num_hidden_layers"]
     half = n_layers // 2
     procs = []
     try:
-        key = os.path.join(work, "cluster.key")
-        with open(key, "w") as f:
-            f.write(os.urandom(32).hex())
-        os.chmod(key, 0o600)
+        key = cluster_key(work)
         addrs, workers = [], []
         for i in range(2):
             wp = free_port()
