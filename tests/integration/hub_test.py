@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 from harness import FAILURES, MODELS, check, free_port, goldens, run_groups, wait_ready
 from mock_hub import MockHub, commit_sha
@@ -222,6 +223,12 @@ def group_resume(inferd):
         p = env.pull(INFERD_HUB_STALL_S="1")
         check(p.returncode == 0, "pull through a stall and a 503: %s" % p.stderr)
         check("HTTP 503" in p.stderr, "the 503 is reported and retried:\n%s" % p.stderr)
+        # The mock logs a request when its handler has sent the last byte,
+        # which can be after the pull has exited: wait a little for it.
+        deadline = time.time() + 5
+        while (len(env.hub.requests(lambda e: e["range"] and e["path"].startswith("/cdn/"))) < 2 and
+               time.time() < deadline):
+            time.sleep(0.05)
         check(len(env.hub.requests(lambda e: e["range"] and e["path"].startswith("/cdn/"))) >= 2,
               "the stalled shard was resumed with a Range")
         check_layout(env)

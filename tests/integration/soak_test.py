@@ -13,11 +13,16 @@ Asserts:
   idle cluster (greedy, temperature 0);
 - requests that did not finish did so only while the worker was down (503 or
   an error event naming a worker), or because the client hung up on purpose;
-- fds and threads of the master and the surviving worker, idle after the
-  load, are exactly their values idle after the warm-up (nothing may be left
-  behind); the restarted worker's equal its predecessor's;
-- RSS of each process idle after the load is within 10 % + 16 MiB of its
-  value idle after the warm-up (the warm-up has had every slot, the KV cache
+- the restart is a failover: the master moves the killed worker's layer
+  (to itself: no standby, and its memory holds it) and the worker comes back
+  as a standby holding nothing, so the layout changes in the middle; the
+  leak checks therefore compare each half of the load with an idle reading
+  taken at its start (clients paused): after the warm-up, and after the
+  failover;
+- fds and threads of every process, idle after each half, are exactly their
+  values idle at its start (nothing may be left behind);
+- RSS of each process idle after each half is within 10 % + 16 MiB of its
+  value idle at its start (the warm-up has had every slot, the KV cache
   and the allocator arenas of 64 client connections in use already, so what
   grows beyond that margin over the run is a leak);
 - a 429 (queue full) is an answer, not a failure: clients that hung up leave
@@ -113,6 +118,16 @@ def idle_sample(procs, running, busy, lock, want=None, timeout=60):
             return now
         last = now
         time.sleep(1)
+
+
+def check_idle(before, after, half):
+    """Nothing left behind over one half of the load (see the docstring)."""
+    for name in before:
+        check(after[name][:2] == before[name][:2], "%s (fds, threads) %s after the %s half, %s at its start" %
+              (name, after[name][:2], half, before[name][:2]))
+        limit = before[name][2] * 1.10 + 16 * 1024
+        check(after[name][2] <= limit, "%s RSS %d KiB after the %s half, %d KiB at its start (limit %d)" %
+              (name, after[name][2], half, before[name][2], limit))
 
 
 def main():
@@ -216,6 +231,9 @@ def run(binary, key, seconds, procs):
         time.sleep(1)
         for k, v in sample(procs).items():
             peak[k] = [max(a, b) for a, b in zip(peak[k], v)]
+    mid = idle_sample(procs, running, busy, lock, want=base)
+    running.set()
+    check_idle(base, mid, "first")
     w2 = procs["w2"]
     with lock:
         restart["down"] = time.time()
@@ -235,6 +253,12 @@ def run(binary, key, seconds, procs):
     with lock:
         restart["up"] = time.time()
     print("worker 2 restarted: down %.1fs" % (restart["up"] - restart["down"]), flush=True)
+    # The failover has moved worker 2's layer: the second half's reference.
+    fo = (m.status() or {}).get("failover", {})
+    check(fo.get("count", 0) >= 1, "the restart was a failover: %s" % fo)
+    after = idle_sample(procs, running, busy, lock)
+    running.set()
+    print("idle after the failover: %s (failover %s)" % (after, fo), flush=True)
     while time.time() < stop_at[0]:
         time.sleep(1)
         for k, v in sample(procs).items():
@@ -243,20 +267,18 @@ def run(binary, key, seconds, procs):
         t.join(180)
     check(not any(t.is_alive() for t in threads), "every client finished")
     # Idle again: counts back, RSS within the margin.
-    end = idle_sample(procs, running, busy, lock, want=base)
+    end = idle_sample(procs, running, busy, lock, want=after)
     for name, p in procs.items():
         check(p.proc.poll() is None, "%s is alive" % name)
-        check(end[name][:2] == base[name][:2], "%s (fds, threads) %s after the load, %s after the warm-up" %
-              (name, end[name][:2], base[name][:2]))
-        limit = base[name][2] * 1.10 + 16 * 1024
-        check(end[name][2] <= limit, "%s RSS %d KiB after the load, %d KiB after the warm-up (limit %d)" %
-              (name, end[name][2], base[name][2], limit))
+    check_idle(after, end, "second")
     total = sum(stats.values())
     print("soak: %d clients, %.0fs, %d requests: %s" % (CLIENTS, time.time() - t_start, total,
           ", ".join("%s %d" % kv for kv in stats.items())))
     for name in ("master", "w1", "w2"):
-        print("  %-6s fds %d -> %d, threads %d -> %d, RSS %.1f -> %.1f MiB (peak fds %d, threads %d, RSS %.1f MiB)"
-              % (name, base[name][0], end[name][0], base[name][1], end[name][1], base[name][2] / 1024,
+        print("  %-6s fds %d -> %d | %d -> %d, threads %d -> %d | %d -> %d, RSS %.1f -> %.1f | %.1f -> %.1f MiB "
+              "(first half | second half; peak fds %d, threads %d, RSS %.1f MiB)"
+              % (name, base[name][0], mid[name][0], after[name][0], end[name][0], base[name][1], mid[name][1],
+                 after[name][1], end[name][1], base[name][2] / 1024, mid[name][2] / 1024, after[name][2] / 1024,
                  end[name][2] / 1024, peak[name][0], peak[name][1], peak[name][2] / 1024))
     for e in errors[:20]:
         print("  ", e)
