@@ -35,7 +35,9 @@ extern const struct kern_isa kern_isa_avx512;
  * prefetches the same bytes of later rows: whole tiles, about 8 KiB. A tile
  * of a few interleaved rows of a few hundred bytes is not a stream the
  * hardware prefetcher runs ahead on, and decode waited on those loads (the
- * dense AVX2 kernel, the f32 and int16 quantized ones; measured in each). */
+ * dense AVX2 kernel, the f32 and int16 quantized ones; measured in each).
+ * Every one of them prefetches into L2 (prefetcht1), not L1: kernels_avx512.c
+ * says why. */
 #define KERN_PREFETCH_BYTES 8192
 static inline int64_t kern_prefetch_ahead(int64_t row_bytes, int64_t tile_rows)
 {

@@ -63,7 +63,8 @@ AI void mm_tile(const struct ifd_weight *w, const float *x, float *y, int64_t r0
         for (int t = 0; t < NT; t++)
             acc[r][t] = _mm256_setzero_ps();
 
-    /* The rows of the tiles about 8 KiB further on, by the first token tile
+    /* The rows of the tiles about 8 KiB further on, into L2 (see
+     * kernels_avx512.c), by the first token tile
      * of a block only (the others find the rows in cache): the loads of the
      * weights were where this loop waited (perf, 8 BF16 streams), NR short
      * interleaved rows not being a stream the hardware prefetcher runs
@@ -74,7 +75,7 @@ AI void mm_tile(const struct ifd_weight *w, const float *x, float *y, int64_t r0
         __m256 wv[TILE_ROWS];
         if (prefetch && (c * (int64_t)esz) % 64 == 0)
             for (int r = 0; r < NR; r++)
-                _mm_prefetch((const char *)wr[r] + ahead + (size_t)c * esz, _MM_HINT_T0);
+                _mm_prefetch((const char *)wr[r] + ahead + (size_t)c * esz, _MM_HINT_T1);
         for (int r = 0; r < NR; r++)
             wv[r] = w_load(wr[r], c, dt);
         for (int t = 0; t < NT; t++) {
@@ -97,9 +98,12 @@ AI void mm_tile(const struct ifd_weight *w, const float *x, float *y, int64_t r0
  * a single sequential stream (see kernels_avx512.c); four sums. */
 AI float mm_row_vec(const void *wr, int64_t cols, const float *x, enum ifd_dtype dt)
 {
+    const size_t esz = dt == IFD_DTYPE_F32 ? 4 : 2;
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
     int64_t c = 0;
     for (; c + 32 <= cols; c += 32) {
+        for (size_t b = 0; b < 32 * esz; b += 64)
+            _mm_prefetch((const char *)wr + (size_t)(c + 4096) * esz + b, _MM_HINT_T1);
         a0 = _mm256_fmadd_ps(w_load(wr, c, dt), _mm256_loadu_ps(x + c), a0);
         a1 = _mm256_fmadd_ps(w_load(wr, c + 8, dt), _mm256_loadu_ps(x + c + 8), a1);
         a2 = _mm256_fmadd_ps(w_load(wr, c + 16, dt), _mm256_loadu_ps(x + c + 16), a2);

@@ -4,12 +4,16 @@
  * the file links into a baseline x86-64 build; kernels.c calls it only when
  * the features detected once by core/base/cpu.c include them.
  *
- * The matrix product is register-blocked: a tile of up to 4 weight rows x 6
- * tokens keeps 24 accumulators in zmm registers. F16/BF16 rows are widened
- * (F16 by vcvtph2ps, exact; BF16 by a 16-bit shift) once per tile row into an
- * f32 buffer that every token tile then reuses, so the FMA loop carries no
- * conversions. Decode (1 token) streams the task's rows one after the other,
- * widening in registers. */
+ * The matrix product is register-blocked: a tile of up to 4 weight rows x 5
+ * tokens keeps 20 accumulators in zmm registers, and F16/BF16 weights are
+ * widened in registers (F16 by vcvtph2ps, exact; BF16 by a 16-bit shift).
+ * Decode (1 token) streams the task's rows one after the other.
+ *
+ * Both prefetch the weights into L2 (prefetcht1), not L1: a far-ahead
+ * prefetch into L1 holds one of the core's few L1 miss buffers for the whole
+ * trip to memory, and the demand loads queued behind them. Measured on Zen 4
+ * (12 BF16 layers of the Qwen2.5-0.5B shape): decode 21.4 -> 14.0 ms on one
+ * thread, 13.2 -> 10.5 on two; 2 tokens 27 -> 15 ms on one. */
 #if defined(__x86_64__)
 
 #pragma GCC push_options
@@ -22,7 +26,9 @@
 
 #define AI static inline __attribute__((always_inline))
 
-enum { TILE_ROWS = 4, TILE_TOKENS = 6 };
+/* Measured on Zen 4, one thread: 4 x 6 tiles (24 accumulators) took 1.4x
+ * the time of 4 x 5 at 8 and 16 tokens, 4 x 4 and 4 x 3 about 1.05x. */
+enum { TILE_ROWS = 4, TILE_TOKENS = 5 };
 
 /* 16 weights from element index i, widened to f32. */
 AI __m512 w_load(const void *base, int64_t i, enum ifd_dtype dt)
@@ -65,19 +71,19 @@ AI void mm_tile(const void *wbase, int64_t cols, const float *x, float *y, int64
         for (int t = 0; t < NT; t++)
             acc[r][t] = _mm512_setzero_ps();
 
-    /* The rows of the tiles about 8 KiB further on, by the first token tile
-     * of a block only (the others find the rows in cache), as the AVX2
-     * kernel does: without it a batch of 2 to 16 tokens waited on the loads
-     * of NR short interleaved rows, which the hardware prefetcher does not
-     * run ahead on (12 BF16 layers of the Qwen2.5-0.5B shape, one thread:
-     * 5 tokens took 38 ms against 20 ms for one). */
+    /* The rows of the tiles about 8 KiB further on, into L2, by the first
+     * token tile of a block only (the others find the rows in cache), as the
+     * AVX2 kernel does: without it a batch of 2 to 16 tokens waited on the
+     * loads of NR short interleaved rows, which the hardware prefetcher does
+     * not run ahead on (12 BF16 layers of the Qwen2.5-0.5B shape, one
+     * thread: 5 tokens took 38 ms against 20 ms for one). */
     const size_t ahead = (size_t)kern_prefetch_ahead(cols * (int64_t)esz, NR);
     int64_t c = 0;
     for (; c + 16 <= cols; c += 16) {
         __m512 wv[TILE_ROWS];
         if (prefetch && (c * (int64_t)esz) % 64 == 0)
             for (int r = 0; r < NR; r++)
-                _mm_prefetch((const char *)wr[r] + ahead + (size_t)c * esz, _MM_HINT_T0);
+                _mm_prefetch((const char *)wr[r] + ahead + (size_t)c * esz, _MM_HINT_T1);
         for (int r = 0; r < NR; r++)
             wv[r] = w_load(wr[r], c, dt);
         for (int t = 0; t < NT; t++) {
@@ -104,17 +110,19 @@ AI void mm_tile(const void *wbase, int64_t cols, const float *x, float *y, int64
 
 /* One row against one token (decode): the task's rows are read as a single
  * sequential stream, which the hardware prefetcher follows best when rows
- * are short (a 896-column BF16 row is only 28 cache lines); four sums hide
- * the FMA latency. */
+ * are short (a 896-column BF16 row is only 28 cache lines), with the
+ * prefetch 4096 elements (8 KiB of F16/BF16) ahead into L2 (1024 ahead into
+ * L1, as before, took 1.25x the time on two threads, 1.5x on one); four sums
+ * hide the FMA latency. */
 AI float mm_row_vec(const void *wr, int64_t cols, const float *x, enum ifd_dtype dt)
 {
     const size_t esz = dt == IFD_DTYPE_F32 ? 4 : 2;
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
     int64_t c = 0;
     for (; c + 64 <= cols; c += 64) {
-        /* every cache line of the chunk 1024 elements ahead */
+        /* every cache line of the chunk 4096 elements ahead */
         for (size_t b = 0; b < 64 * esz; b += 64)
-            _mm_prefetch((const char *)wr + (size_t)(c + 1024) * esz + b, _MM_HINT_T0);
+            _mm_prefetch((const char *)wr + (size_t)(c + 4096) * esz + b, _MM_HINT_T1);
         a0 = _mm512_fmadd_ps(w_load(wr, c, dt), _mm512_loadu_ps(x + c), a0);
         a1 = _mm512_fmadd_ps(w_load(wr, c + 16, dt), _mm512_loadu_ps(x + c + 16), a1);
         a2 = _mm512_fmadd_ps(w_load(wr, c + 32, dt), _mm512_loadu_ps(x + c + 32), a2);
@@ -128,16 +136,15 @@ AI float mm_row_vec(const void *wr, int64_t cols, const float *x, enum ifd_dtype
 }
 
 /* Every token tile of [tb, te) against NR rows; the first one prefetches
- * the rows ahead when `prefetch` (rows read from memory, not a packed tile). */
+ * the rows ahead. */
 AI void mm_tokens(const void *wbase, int64_t cols, const float *x, float *y, int64_t rows, int64_t r0, int tb,
-                  int te, const int NR, enum ifd_dtype dt, bool prefetch)
+                  int te, const int NR, enum ifd_dtype dt)
 {
     int t = tb;
     for (; t + TILE_TOKENS <= te; t += TILE_TOKENS)
-        mm_tile(wbase, cols, x, y, rows, r0, t, NR, TILE_TOKENS, dt, prefetch && t == tb);
-    const bool pf = prefetch && t == tb;
+        mm_tile(wbase, cols, x, y, rows, r0, t, NR, TILE_TOKENS, dt, t == tb);
+    const bool pf = t == tb;
     switch (te - t) {
-    case 5: mm_tile(wbase, cols, x, y, rows, r0, t, NR, 5, dt, pf); break;
     case 4: mm_tile(wbase, cols, x, y, rows, r0, t, NR, 4, dt, pf); break;
     case 3: mm_tile(wbase, cols, x, y, rows, r0, t, NR, 3, dt, pf); break;
     case 2: mm_tile(wbase, cols, x, y, rows, r0, t, NR, 2, dt, pf); break;
@@ -145,29 +152,6 @@ AI void mm_tokens(const void *wbase, int64_t cols, const float *x, float *y, int
     default: break;
     }
 }
-
-/* Widens TILE_ROWS rows into f32 `out` [TILE_ROWS, cols]. */
-AI void mm_pack(const void *wbase, int64_t cols, float *out, enum ifd_dtype dt)
-{
-    const size_t n = (size_t)TILE_ROWS * (size_t)cols; /* rows are contiguous */
-    const size_t esz = dt == IFD_DTYPE_F32 ? 4 : 2;
-    const size_t ahead = (size_t)kern_prefetch_ahead((int64_t)cols * (int64_t)esz, TILE_ROWS);
-    size_t c = 0;
-    for (; c + 16 <= n; c += 16) {
-        if ((c * esz) % 64 == 0)
-            _mm_prefetch((const char *)wbase + ahead + c * esz, _MM_HINT_T0);
-        _mm512_storeu_ps(out + c, w_load(wbase, (int64_t)c, dt));
-    }
-    if (c < n) {
-        __mmask16 m = (__mmask16)((1u << (n - c)) - 1);
-        _mm512_mask_storeu_ps(out + c, m, w_load_mask(wbase, (int64_t)c, dt, m));
-    }
-}
-
-/* Widened rows are reused by this many token tiles before packing pays. */
-#define PACK_MIN_TOKENS (3 * TILE_TOKENS)
-/* Largest packed tile kept on the stack (4 rows x 16384 columns). */
-#define PACK_MAX_COLS 16384
 
 AI void mm_rows(const struct ifd_weight *w, const float *x, int n_tokens, float *y,
                 int64_t row_begin, int64_t row_end, enum ifd_dtype dt)
@@ -178,10 +162,6 @@ AI void mm_rows(const struct ifd_weight *w, const float *x, int n_tokens, float 
      * this task are streamed once per block rather than once per tile. */
     int block = (int)(KERN_TOKEN_BLOCK_BYTES / ((size_t)cols * sizeof(float)));
     block = block < TILE_TOKENS ? TILE_TOKENS : block / TILE_TOKENS * TILE_TOKENS;
-    bool pack = dt != IFD_DTYPE_F32 && cols <= PACK_MAX_COLS && n_tokens >= PACK_MIN_TOKENS;
-    /* F16/BF16 rows are widened once per block into this buffer and then
-     * multiplied as f32 by every tile: the conversions leave the inner loop. */
-    float packed[pack ? TILE_ROWS * cols : 1] __attribute__((aligned(64)));
     for (int tb = 0; tb < n_tokens; tb += block) {
         int te = n_tokens - tb < block ? n_tokens : tb + block;
         int64_t r = row_begin;
@@ -190,18 +170,15 @@ AI void mm_rows(const struct ifd_weight *w, const float *x, int n_tokens, float 
                 y[r] = mm_row_vec((const uint8_t *)w->data + (size_t)r * (size_t)cols * esz, cols, x, dt);
             break;
         }
-        for (; r + TILE_ROWS <= row_end; r += TILE_ROWS) {
-            const void *wr = (const uint8_t *)w->data + (size_t)r * (size_t)cols * esz;
-            if (pack) {
-                mm_pack(wr, cols, packed, dt);
-                mm_tokens(packed, cols, x, y, rows, r, tb, te, TILE_ROWS, IFD_DTYPE_F32, false);
-            } else {
-                mm_tokens(wr, cols, x, y, rows, r, tb, te, TILE_ROWS, dt, true);
-            }
-        }
+        /* Widening F16/BF16 rows once into an f32 buffer that every token
+         * tile reused (as this kernel did up to 18 tokens and more) was
+         * slower than widening in registers at every token count measured,
+         * 8 to 64: 16 tokens 86 -> 59 ms on one thread. */
+        for (; r + TILE_ROWS <= row_end; r += TILE_ROWS)
+            mm_tokens((const uint8_t *)w->data + (size_t)r * (size_t)cols * esz, cols, x, y, rows, r, tb, te,
+                      TILE_ROWS, dt);
         for (; r < row_end; r++)
-            mm_tokens((const uint8_t *)w->data + (size_t)r * (size_t)cols * esz, cols, x, y, rows, r, tb, te, 1, dt,
-                      true);
+            mm_tokens((const uint8_t *)w->data + (size_t)r * (size_t)cols * esz, cols, x, y, rows, r, tb, te, 1, dt);
     }
 }
 

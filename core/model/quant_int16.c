@@ -263,7 +263,7 @@ static void qw_pack(struct qw_panel *p, const struct qw_ctx *k, int bits, int gs
          * next panels are fetched now, to be in cache when they are packed. */
         if (off % 64 == 0)
             for (int r = 0; r < QW_PANEL_ROWS; r++)
-                __builtin_prefetch(row[r] + prefetch_ahead + off);
+                __builtin_prefetch(row[r] + prefetch_ahead + off, 0, 2);
         __m256i *out = &p->pairs[j];
         if (bits == 4) {
             /* 4 words per row: rows r and r + 4 in one vector's halves */
