@@ -65,10 +65,10 @@ int quant_weight_quantize(const struct ifd_weight *src, int bits, int group_size
  * x ~= d * (hi + lo / 254), d = max|x| / 127, a rounding within
  * max|x| / 64516, 15 bits where a single int8 code has 8 (which measurably
  * changed the goldens' tokens). Twice the arithmetic of the f32 path; the
- * golden tests bound the effect on logits. Decode keeps the f32 path.
+ * golden tests bound the effect on logits.
  *
  * QUANT_ACT_INT16 (core/model/quant_int16.c; AVX2 and AVX-VNNI, decode and
- * prefill; batched decode at AVX-512 too): one int16 code per value for
+ * prefill; decode and batched decode at AVX-512 too): one int16 code per value for
  * VPMADDWD / VPDPWSSD, per block x ~= d * q, d = max|x| / 32767: the same
  * 15 bits. */
 #define QUANT_ACT_LO_SCALE 254.0f
