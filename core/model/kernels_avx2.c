@@ -108,7 +108,7 @@ AI float mm_row_vec(const void *wr, int64_t cols, const float *x, enum ifd_dtype
     int64_t c = 0;
     for (; c + 32 <= cols; c += 32) {
         for (size_t b = 0; b < 32 * esz; b += 64)
-            _mm_prefetch((const char *)wr + (size_t)(c + 4096) * esz + b, _MM_HINT_T1);
+            _mm_prefetch((const char *)wr + (size_t)(c + KERN_STREAM_AHEAD_ELEMS) * esz + b, _MM_HINT_T1);
         a0 = _mm256_fmadd_ps(w_load(wr, c, dt), _mm256_loadu_ps(x + c), a0);
         a1 = _mm256_fmadd_ps(w_load(wr, c + 8, dt), _mm256_loadu_ps(x + c + 8), a1);
         a2 = _mm256_fmadd_ps(w_load(wr, c + 16, dt), _mm256_loadu_ps(x + c + 16), a2);

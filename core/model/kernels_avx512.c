@@ -111,18 +111,16 @@ AI void mm_tile(const void *wbase, int64_t cols, const float *x, float *y, int64
 /* One row against one token (decode): the task's rows are read as a single
  * sequential stream, which the hardware prefetcher follows best when rows
  * are short (a 896-column BF16 row is only 28 cache lines), with the
- * prefetch 4096 elements (8 KiB of F16/BF16) ahead into L2 (1024 ahead into
- * L1, as before, took 1.25x the time on two threads, 1.5x on one); four sums
- * hide the FMA latency. */
+ * prefetch KERN_STREAM_AHEAD_ELEMS ahead; four sums hide the FMA latency. */
 AI float mm_row_vec(const void *wr, int64_t cols, const float *x, enum ifd_dtype dt)
 {
     const size_t esz = dt == IFD_DTYPE_F32 ? 4 : 2;
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
     int64_t c = 0;
     for (; c + 64 <= cols; c += 64) {
-        /* every cache line of the chunk 4096 elements ahead */
+        /* every cache line of the chunk KERN_STREAM_AHEAD_ELEMS ahead */
         for (size_t b = 0; b < 64 * esz; b += 64)
-            _mm_prefetch((const char *)wr + (size_t)(c + 4096) * esz + b, _MM_HINT_T1);
+            _mm_prefetch((const char *)wr + (size_t)(c + KERN_STREAM_AHEAD_ELEMS) * esz + b, _MM_HINT_T1);
         a0 = _mm512_fmadd_ps(w_load(wr, c, dt), _mm512_loadu_ps(x + c), a0);
         a1 = _mm512_fmadd_ps(w_load(wr, c + 16, dt), _mm512_loadu_ps(x + c + 16), a1);
         a2 = _mm512_fmadd_ps(w_load(wr, c + 32, dt), _mm512_loadu_ps(x + c + 32), a2);
