@@ -16,8 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "base/clock.h"
 #include "base/thread_pool.h"
 #include "model/dtype.h"
 #include "model/kernels.h"
@@ -28,13 +28,6 @@ enum { N_LAYERS = 12, N_MATS = 7, MAX_COUNTS = 32, MAX_REPS = 1000 };
 static const int64_t shapes[N_MATS][2] = {
     {896, 896}, {128, 896}, {128, 896}, {896, 896}, {4864, 896}, {4864, 896}, {896, 4864},
 };
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -116,11 +109,11 @@ int main(int argc, char **argv)
         for (int m = 0; m < N_MATS; m++)
             flop += 2.0 * (double)shapes[m][0] * (double)shapes[m][1] * t * N_LAYERS;
         for (int r = 0; r < reps; r++) {
-            double t0 = now();
+            double t0 = ifd_now_s();
             for (int l = 0; l < N_LAYERS; l++)
                 for (int m = 0; m < N_MATS; m++)
                     kern_matmul(pool, &w[l][m], x, t, y);
-            times[r] = now() - t0;
+            times[r] = ifd_now_s() - t0;
         }
         qsort(times, (size_t)reps, sizeof(double), cmp_double);
         printf("tokens %4d  best %8.2f ms  median %8.2f ms  %6.2f ms/token  %6.1f GFLOP/s\n", t, times[0] * 1e3,
