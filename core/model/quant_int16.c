@@ -1,8 +1,11 @@
 /* quant_int16.c - the product of a 4- or 8-bit quantized weight with
  * int16-coded activations, on AVX2 (VPMADDWD) and AVX-VNNI (VPDPWSSD): the
  * quantized products of CPUs without AVX-512, decode and prefill alike; and
- * at AVX-512, decode (a 512-bit row kernel) and batched decode (the AVX2
- * panel kernel).
+ * at AVX-512, decode and batched decode. The AVX-512 level takes these
+ * 256-bit kernels too: on Zen 4, which splits a 512-bit VPMADDWD in two,
+ * the 512-bit row kernel an earlier version had was the slower (one thread,
+ * the three Qwen2.5-0.5B shapes: 4-bit 25.4-27.8 G weights/s against
+ * 27.6-30.6, 8-bit 17.4-25.0 against 23.3-31.3).
  *
  * Why. The f32 path (quant-simd.inc) widens each code to an int32, converts
  * it to a float and multiplies it with an f32 activation: on 8-lane AVX2 that
@@ -33,7 +36,7 @@
  * block, 8], and the group sums [tile, group, 8]. Within a block, each 32
  * columns hold 16 int16 pairs in the order the row kernel makes them from
  * one chunk (qw_pair_col()). Two kernels: the row kernel (one token, decode)
- * reads rows in place; the panel kernel (two tokens and more) packs 8 rows
+ * reads 8 rows in place; the panel kernel (two tokens and more) packs 8 rows
  * into the vector lanes first. */
 #include <errno.h>
 #include <stdlib.h>
@@ -48,7 +51,6 @@
 #include <immintrin.h>
 
 #define QW_INLINE static inline __attribute__((always_inline))
-#define QW_MAX_ROWS 4 /* rows of one row-kernel tile */
 #define QW_MAX_TOKENS QUANT_ACT_TILE /* tokens of a tile of the activations */
 
 /* What every tile of one call shares. */
@@ -71,20 +73,29 @@ QW_INLINE float qw_hsum(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-/* The column (within its 32) of int16 code i of a 32-column chunk: pair
- * p = i / 2 of the chunk is lane p % 8 of vector p / 8 of the row kernel's
- * unpacking (qw_unpack32()). 4-bit: vector 0 lanes 0-3 are words g = 0..3
- * shifted by 0, lanes 4-7 the same words shifted by 4, vector 1 by 8 and
- * 12, so pair p is word g = p % 4 at shift m = p / 4 (m = 0..3): columns
- * 8g + m and 8g + m + 4. 8-bit: vector 0 is words g = 0..7 as they are,
- * vector 1 shifted by 8: pair p is word g = p % 8, m = p / 8: columns
- * 4g + m and 4g + m + 2. */
-static inline int qw_pair_col(int bits, int i)
+/* The column (within its chunk) of int16 code i of a chunk: the codes of
+ * one row's chunk are unpacked into int16 pairs by shifts and masks of its
+ * 32-bit words (qw_unpack_chunk()), and pair p = i / 2 is pair p % W of the
+ * unpacked vector p / W, W the chunk's words. 4-bit: a chunk is a block (32
+ * or 64 columns, W = 4 or 8); vector m = 0..3 is the words shifted by 4m and
+ * masked, so pair p is word g = p % W at shift m = p / W: columns 8g + m and
+ * 8g + m + 4. 8-bit: a chunk is 32 columns (W = 8); vector m = 0, 1 is the
+ * words shifted by 8m: pair p is word g = p % 8, m = p / 8: columns 4g + m
+ * and 4g + m + 2. */
+static inline int qw_pair_col(int bits, int block, int i)
 {
     const int p = i / 2, hi = i % 2;
-    if (bits == 4)
-        return 8 * (p % 4) + p / 4 + 4 * hi;
+    if (bits == 4) {
+        const int words = block / 8;
+        return 8 * (p % words) + p / words + 4 * hi;
+    }
     return 4 * (p % 8) + p / 8 + 2 * hi;
+}
+
+/* Columns of one chunk (see qw_pair_col()). */
+static inline int qw_chunk_cols(int bits, int block)
+{
+    return bits == 4 ? block : 32;
 }
 
 void quant_act16_prepare_tokens(struct quant_act *a, const float *x, int t0, int t1)
@@ -92,6 +103,12 @@ void quant_act16_prepare_tokens(struct quant_act *a, const float *x, int t0, int
     const int block = a->block, per_group = a->group_size / block;
     const int64_t cols = a->cols, nb = cols / block, ng = cols / a->group_size;
     const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    /* the column of each code of a block, once */
+    const int chunk = qw_chunk_cols(a->bits, block);
+    uint8_t order[64];
+    for (int c = 0; c < block; c += chunk)
+        for (int i = 0; i < chunk; i++)
+            order[c + i] = (uint8_t)(c + qw_pair_col(a->bits, block, i));
     for (int t = t0; t < t1; t++) {
         const int64_t tile = t / QW_MAX_TOKENS, lane = t % QW_MAX_TOKENS;
         const float *xr = x + (int64_t)t * cols;
@@ -121,9 +138,8 @@ void quant_act16_prepare_tokens(struct quant_act *a, const float *x, int t0, int
                 _mm256_storeu_si256((__m256i *)(void *)(q + i),
                                     _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + i), inv)));
             int16_t *o = a->codes + at * block;
-            for (int c = 0; c < block; c += 32)
-                for (int i = 0; i < 32; i++)
-                    o[c + i] = (int16_t)q[c + qw_pair_col(a->bits, i)];
+            for (int i = 0; i < block; i++)
+                o[i] = (int16_t)q[order[i]];
         }
     }
 }
@@ -141,6 +157,8 @@ void quant_act16_prepare_tokens(struct quant_act *a, const float *x, int t0, int
 /* columns packed at once: 8 KiB of codes per panel, or one group when a
  * group is longer (QUANT_MAX_GROUP_SIZE, the size of the panel's arrays) */
 #define QW_PANEL_COLS 512
+/* groups whose scales and biases a row-kernel tile converts at once */
+#define QW_PARAM_GROUPS 8
 
 struct qw_panel {
     __m256i pairs[QUANT_MAX_GROUP_SIZE / 2];                 /* [pair][row] */
@@ -149,21 +167,32 @@ struct qw_panel {
 };
 _Static_assert(QW_PANEL_COLS <= QUANT_MAX_GROUP_SIZE, "a panel holds QW_PANEL_COLS columns");
 
-/* The 16 int16 pairs of 32 columns of one row: 16 bytes at 4-bit, 32 at
- * 8-bit, as qw_pair_col() orders them; two vectors. */
-QW_INLINE void qw_unpack32(const uint8_t *p, int bits, __m256i *ret_a, __m256i *ret_b)
+/* The int16 pairs of one chunk of one row at p, in qw_pair_col()'s order:
+ * 4 vectors for a 4-bit chunk of 64 columns, else 2; returns how many. A
+ * 32-bit word's 16-bit halves hold 4 codes (4-bit) or 2 (8-bit) each, so a
+ * VPSRLW by 12 (or 8) leaves the last of each half alone, without a mask. */
+QW_INLINE int qw_unpack_chunk(const uint8_t *p, int bits, int block, __m256i v[4])
 {
-    if (bits == 4) {
-        const __m256i w = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)p));
-        const __m256i mask = _mm256_set1_epi32(0x000f000f);
-        *ret_a = _mm256_and_si256(_mm256_srlv_epi32(w, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), mask);
-        *ret_b = _mm256_and_si256(_mm256_srlv_epi32(w, _mm256_setr_epi32(8, 8, 8, 8, 12, 12, 12, 12)), mask);
-    } else {
+    if (bits == 4 && block == 64) {
         const __m256i w = _mm256_loadu_si256((const __m256i *)(const void *)p);
-        const __m256i mask = _mm256_set1_epi32(0x00ff00ff);
-        *ret_a = _mm256_and_si256(w, mask);
-        *ret_b = _mm256_and_si256(_mm256_srli_epi32(w, 8), mask);
+        const __m256i mask = _mm256_set1_epi16(0x000f);
+        v[0] = _mm256_and_si256(w, mask);
+        v[1] = _mm256_and_si256(_mm256_srli_epi16(w, 4), mask);
+        v[2] = _mm256_and_si256(_mm256_srli_epi16(w, 8), mask);
+        v[3] = _mm256_srli_epi16(w, 12);
+        return 4;
     }
+    if (bits == 4) { /* 4 words in both halves, shifted by 0 | 4 and 8 | 12 */
+        const __m256i w = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)p));
+        const __m256i mask = _mm256_set1_epi16(0x000f);
+        v[0] = _mm256_and_si256(_mm256_srlv_epi32(w, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), mask);
+        v[1] = _mm256_and_si256(_mm256_srlv_epi32(w, _mm256_setr_epi32(8, 8, 8, 8, 12, 12, 12, 12)), mask);
+        return 2;
+    }
+    const __m256i w = _mm256_loadu_si256((const __m256i *)(const void *)p);
+    v[0] = _mm256_and_si256(w, _mm256_set1_epi16(0x00ff));
+    v[1] = _mm256_srli_epi16(w, 8);
+    return 2;
 }
 
 /* v[i] lane r <- v[r] lane i, for 4 vectors whose 128-bit halves are rows
@@ -210,38 +239,61 @@ QW_INLINE __m256i qw_params8(enum ifd_dtype t, const void *base, int64_t i)
     }
 }
 
-/* The panel's scales or biases [group][row] for groups [g0, g0 + ng) of
- * rows [p0, p0 + nr) (zero for the missing rows): 8 groups of 8 rows at a
- * time converted and transposed (one scalar conversion each cost as much as
- * packing the codes). */
-static void qw_pack_params(float (*out)[QW_PANEL_ROWS], const struct qw_ctx *k, const void *base, int64_t p0, int nr,
-                           int64_t g0, int64_t ng)
+/* The scales or biases [group][row] of groups [g0, g0 + ng) of rows
+ * [p0, p0 + nr) (zero for the missing rows), for a panel or a row-kernel
+ * tile, stored as qdt (inlined per dtype: a conversion chosen per row cost
+ * the row kernel a fifth of its time): 8 groups of 8 rows at a time
+ * converted and transposed (one scalar conversion each cost as much as
+ * packing the codes). Fewer than 8 groups still read 8 (the next row's,
+ * stored past the ng asked for but never used) unless that would pass the
+ * end of the array: only then through a zero-padded copy. */
+QW_INLINE void qw_pack_params_as(float (*out)[QW_PANEL_ROWS], const struct qw_ctx *k, const void *base, int64_t p0,
+                                 int nr, int64_t g0, int64_t ng, const enum ifd_dtype qdt)
 {
-    const size_t esz = ifd_dtype_size(k->qdt);
-    int64_t g = 0;
-    for (; g + 8 <= ng; g += 8) {
+    const size_t esz = qdt == IFD_DTYPE_F32 ? sizeof(float) : sizeof(uint16_t);
+    const int64_t entries = k->rows * k->ng_row;
+    for (int64_t g = 0; g < ng; g += 8) {
+        const int64_t n = ng - g < 8 ? ng - g : 8;
         __m256i v[QW_PANEL_ROWS];
-        for (int r = 0; r < QW_PANEL_ROWS; r++)
-            v[r] = r < nr ? qw_params8(k->qdt, base, (p0 + r) * k->ng_row + g0 + g) : _mm256_setzero_si256();
+        for (int r = 0; r < QW_PANEL_ROWS; r++) {
+            const int64_t i = (p0 + r) * k->ng_row + g0 + g;
+            if (r >= nr) {
+                v[r] = _mm256_setzero_si256();
+            } else if (__builtin_expect(i + 8 <= entries, 1)) {
+                v[r] = qw_params8(qdt, base, i);
+            } else {
+                uint8_t tmp[8 * sizeof(float)] = {0};
+                memcpy(tmp, (const uint8_t *)base + (size_t)i * esz, (size_t)n * esz);
+                v[r] = qw_params8(qdt, tmp, 0);
+            }
+        }
         qw_transpose8x8(v);
+        /* all 8 (see the assertion below): storing n was a REP MOVSQ */
         for (int i = 0; i < 8; i++)
             _mm256_storeu_si256((__m256i *)(void *)out[g + i], v[i]);
     }
-    if (g == ng)
-        return;
-    /* the last 1..7 groups through a zero-padded copy: reading 8 could pass
-     * the end of the array */
-    const size_t n = (size_t)(ng - g);
-    __m256i v[QW_PANEL_ROWS];
-    for (int r = 0; r < QW_PANEL_ROWS; r++) {
-        uint8_t tmp[8 * sizeof(float)] = {0};
-        if (r < nr)
-            memcpy(tmp, (const uint8_t *)base + (size_t)((p0 + r) * k->ng_row + g0 + g) * esz, n * esz);
-        v[r] = qw_params8(k->qdt, tmp, 0);
+}
+_Static_assert(QUANT_MAX_GROUP_SIZE / 32 % 8 == 0 && QW_PARAM_GROUPS % 8 == 0,
+               "the arrays qw_pack_params_as() fills hold a multiple of 8 groups");
+
+/* The scales and the biases, as qw_pack_params_as() packs them. */
+QW_INLINE void qw_pack_params(float (*scales)[QW_PANEL_ROWS], float (*biases)[QW_PANEL_ROWS], const struct qw_ctx *k,
+                              int64_t p0, int nr, int64_t g0, int64_t ng)
+{
+    switch (k->qdt) {
+    case IFD_DTYPE_BF16:
+        qw_pack_params_as(scales, k, k->scales, p0, nr, g0, ng, IFD_DTYPE_BF16);
+        qw_pack_params_as(biases, k, k->biases, p0, nr, g0, ng, IFD_DTYPE_BF16);
+        break;
+    case IFD_DTYPE_F16:
+        qw_pack_params_as(scales, k, k->scales, p0, nr, g0, ng, IFD_DTYPE_F16);
+        qw_pack_params_as(biases, k, k->biases, p0, nr, g0, ng, IFD_DTYPE_F16);
+        break;
+    default:
+        qw_pack_params_as(scales, k, k->scales, p0, nr, g0, ng, IFD_DTYPE_F32);
+        qw_pack_params_as(biases, k, k->biases, p0, nr, g0, ng, IFD_DTYPE_F32);
+        break;
     }
-    qw_transpose8x8(v);
-    for (size_t i = 0; i < n; i++)
-        _mm256_storeu_si256((__m256i *)(void *)out[g + (int64_t)i], v[i]);
 }
 
 /* Rows [p0, p0 + nr) (nr <= 8; the missing lanes repeat row p0 with zero
@@ -257,8 +309,10 @@ static void qw_pack(struct qw_panel *p, const struct qw_ctx *k, int bits, int gs
     const uint8_t *row[QW_PANEL_ROWS];
     for (int r = 0; r < QW_PANEL_ROWS; r++)
         row[r] = k->data + (p0 + (r < nr ? r : 0)) * k->row_bytes + c0 * bits / 8;
-    const int chunk_bytes = 32 * bits / 8; /* 32 columns */
-    for (int64_t off = 0, j = 0; off < kp * bits / 8; off += chunk_bytes, j += 16) {
+    const int chunk_bytes = qw_chunk_cols(bits, k->a->block) * bits / 8, words = chunk_bytes / 4;
+    const int shift = bits == 4 ? 4 : 8, n_shifts = 32 / bits / 2;
+    const __m256i mask = _mm256_set1_epi16((short)((1 << bits) - 1));
+    for (int64_t off = 0, j = 0; off < kp * bits / 8; off += chunk_bytes, j += words * n_shifts) {
         /* With few tokens (batched decode) the packing is where the weights
          * come from memory, in 8 (16) short row streams, which the hardware
          * prefetcher does not follow: the same bytes of the rows of the
@@ -266,33 +320,24 @@ static void qw_pack(struct qw_panel *p, const struct qw_ctx *k, int bits, int gs
         if (off % 64 == 0)
             for (int r = 0; r < QW_PANEL_ROWS; r++)
                 __builtin_prefetch(row[r] + prefetch_ahead + off, 0, 2);
-        __m256i *out = &p->pairs[j];
-        if (bits == 4) {
-            /* 4 words per row: rows r and r + 4 in one vector's halves */
-            __m256i v[4];
+        __m256i v[QW_PANEL_ROWS]; /* after the transpose, v[g]: word g of rows 0..7 */
+        if (words == 8) {
+            for (int r = 0; r < QW_PANEL_ROWS; r++)
+                v[r] = _mm256_loadu_si256((const __m256i *)(const void *)(row[r] + off));
+            qw_transpose8x8(v);
+        } else { /* rows r and r + 4 in one vector's halves */
             for (int r = 0; r < 4; r++)
                 v[r] = _mm256_inserti128_si256(
                     _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(row[r] + off))),
                     _mm_loadu_si128((const __m128i *)(const void *)(row[r + 4] + off)), 1);
-            qw_transpose4x2(v); /* v[g]: word g of rows 0..7 */
-            const __m256i mask = _mm256_set1_epi32(0x000f000f);
-            for (int m = 0; m < 4; m++)
-                for (int g = 0; g < 4; g++)
-                    out[4 * m + g] = _mm256_and_si256(_mm256_srli_epi32(v[g], 4 * m), mask);
-        } else {
-            __m256i v[QW_PANEL_ROWS];
-            for (int r = 0; r < QW_PANEL_ROWS; r++)
-                v[r] = _mm256_loadu_si256((const __m256i *)(const void *)(row[r] + off));
-            qw_transpose8x8(v); /* v[g]: word g of rows 0..7 */
-            const __m256i mask = _mm256_set1_epi32(0x00ff00ff);
-            for (int g = 0; g < 8; g++) {
-                out[g] = _mm256_and_si256(v[g], mask);
-                out[8 + g] = _mm256_and_si256(_mm256_srli_epi32(v[g], 8), mask);
-            }
+            qw_transpose4x2(v);
         }
+        __m256i *out = &p->pairs[j];
+        for (int m = 0; m < n_shifts; m++)
+            for (int g = 0; g < words; g++)
+                out[words * m + g] = _mm256_and_si256(_mm256_srli_epi16(v[g], shift * m), mask);
     }
-    qw_pack_params(p->scales, k, k->scales, p0, nr, c0 / gs, kp / gs);
-    qw_pack_params(p->biases, k, k->biases, p0, nr, c0 / gs, kp / gs);
+    qw_pack_params(p->scales, p->biases, k, p0, nr, c0 / gs, kp / gs);
 }
 
 /* y[t, p0 + r] for r < nr (+)= v[r]: the lanes of one panel's result. */
@@ -310,6 +355,20 @@ QW_INLINE void qw_store_rows(float *dst, __m256 v, int nr, bool add)
         dst[r] = add ? dst[r] + lanes[r] : lanes[r];
 }
 
+/* Lane r <- the sum of v[r]'s 8 lanes: 8 rows' int32 sums in one vector
+ * (the row kernel's tile), pairs of lanes added 3 times over. */
+QW_INLINE __m256i qw_reduce8(const __m256i v[8])
+{
+    __m256i s[4];
+    for (int i = 0; i < 4; i++) /* [a0+a2, b0+b2, a1+a3, b1+b3] per half, a = v[2i], b = v[2i + 1] */
+        s[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]),
+                                _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+    /* rows 0-3 and 4-7, per half */
+    const __m256i lo = _mm256_add_epi32(_mm256_unpacklo_epi64(s[0], s[1]), _mm256_unpackhi_epi64(s[0], s[1]));
+    const __m256i hi = _mm256_add_epi32(_mm256_unpacklo_epi64(s[2], s[3]), _mm256_unpackhi_epi64(s[2], s[3]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31));
+}
+
 /* acc += VPMADDWD(w, x), in asm so that the sum lands in acc's register:
  * written with intrinsics, GCC 12 added into a fresh register and moved it
  * back, a move per multiply in the panel kernel's loop. */
@@ -320,7 +379,6 @@ QW_INLINE __m256i qw_maddwd_add(__m256i acc, __m256i w, __m256i x)
     return acc;
 }
 #define QW_NAME(n) qw256_##n
-#define QW_BITS 256
 #define QW_DOT(acc, w, x) qw_maddwd_add((acc), (w), (x))
 /* 16 rows x 4 tokens: 8 accumulators, 2 panel vectors, the broadcast codes
  * and VPMADDWD's result fit the 16 registers */
@@ -340,43 +398,12 @@ QW_INLINE __m256i qw_dpwssd(__m256i acc, __m256i w, __m256i x)
     return acc;
 }
 #define QW_NAME(n) qwvnni_##n
-#define QW_BITS 256
 #define QW_DOT(acc, w, x) qw_dpwssd((acc), (w), (x))
 /* the same tile: on the Zen 4 dev VM 8 rows x 8 tokens measured the same,
  * and either as fast as AVX2's VPMADDWD + VPADDD (the loads of the panel
  * and of the broadcast codes bound both) */
 #define QW_PANEL_P 2
 #define QW_PANEL_T 4
-#include "quant-int16.inc"
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")
-/* Decode at AVX-512: the row kernel with 32 columns in one zmm. The 16 bytes
- * of 32 4-bit columns broadcast to the four 128-bit lanes and shifted by 0,
- * 4, 8 and 12 are qw_unpack32()'s vectors a and b side by side, as are the
- * 32 bytes of 8-bit columns in both halves shifted by 0 and 8: the codes are
- * laid out as the 32 activation codes lie, and one VPMADDWD takes them.
- * Against the f32 kernel AVX-512 decode used before, on Zen 4, one thread,
- * the three Qwen2.5-0.5B matrix shapes, coding the activations included
- * (`bench_quant BITS 64 1 auto|int avx512`, alternated 3 times): 4-bit
- * 18.0-20.6 -> 21.4-24.3 G weights/s, 8-bit 15.4-20.7 -> 20.8-26.0; the
- * whole 4-bit model (`inferctl run`, 2 threads) decoded 51.5-56.5 -> 56.7-62.4
- * tok/s. VPDPWSSD (AVX512-VNNI) measured no faster than VPMADDWD + VPADDD. */
-QW_INLINE __m512i qw512_unpack32(const uint8_t *p, int bits)
-{
-    if (bits == 4) {
-        const __m512i w = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)p));
-        const __m512i shift = _mm512_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12);
-        return _mm512_and_si512(_mm512_srlv_epi32(w, shift), _mm512_set1_epi32(0x000f000f));
-    }
-    const __m512i w = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(const void *)p));
-    const __m512i shift = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8);
-    return _mm512_and_si512(_mm512_srlv_epi32(w, shift), _mm512_set1_epi32(0x00ff00ff));
-}
-#define QW_NAME(n) qw512_##n
-#define QW_BITS 512
-#define QW_DOT(acc, w, x) _mm512_add_epi32((acc), _mm512_madd_epi16((w), (x)))
 #include "quant-int16.inc"
 #pragma GCC pop_options
 
@@ -400,8 +427,6 @@ int quant_act16_matmul_rows(const struct ifd_weight *w, const struct quant_act *
             qwvnni_panel_rows(&k, y, row_begin, row_end);
         else
             qw256_panel_rows(&k, y, row_begin, row_end);
-    } else if (level == CPU_SIMD_AVX512) {
-        qw512_matmul_rows(&k, y, row_begin, row_end);
     } else if (vnni) {
         qwvnni_matmul_rows(&k, y, row_begin, row_end);
     } else {

@@ -75,7 +75,7 @@ static int act_block_of(int group_size)
 
 /* The kind a product of n_tokens takes at the level in use, or -1 for none
  * (the f32 kernels). AVX2 levels: int16 for every count. AVX-512: int16 for
- * one token (decode: the 512-bit row kernel, quant_int16.c), the int8 pair
+ * one token (decode: the row kernel, quant_int16.c), the int8 pair
  * (with VNNI) from its threshold up, the int16 panel kernel from
  * QUANT_ACT16_AVX512_MIN_TOKENS (batched decode), the f32 kernels between
  * (the row kernel reads the weights once per token). */

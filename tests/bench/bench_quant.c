@@ -6,10 +6,12 @@
  * figures depend on the machine and on what else runs on it;
  * times are the thread's CPU time, which a loaded machine disturbs less
  * than wall time (though caches and memory bandwidth are still shared).
- * usage: bench_quant [bits] [group] [n_batch] [path: auto|avx512|avx2|scalar|int] [simd]
+ * usage: bench_quant [bits] [group] [n_batch] [path: auto|avx512|avx2|scalar|int] [simd] [ROWSxCOLS]
  * (int: decode and batch through the integer-activation path of the SIMD
  * level in use, coding the activations included; simd: a level of
- * base/cpu.h to force first, e.g. avx2 on an AVX-512 CPU). */
+ * base/cpu.h to force first, e.g. avx2 on an AVX-512 CPU; ROWSxCOLS: that
+ * one shape instead of the three, e.g. 512x896, whose 4-bit weights stay in
+ * L2, to time the kernel's arithmetic apart from memory). */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,8 +48,19 @@ int main(int argc, char **argv)
     else if (!strcmp(isa_name, "avx2")) isa = QUANT_ISA_AVX2;
     else if (!strcmp(isa_name, "scalar")) isa = QUANT_ISA_SCALAR;
     ifd_dtype_init();
-    const int64_t shapes[][2] = {{4864, 896}, {896, 4864}, {151936, 896}};
-    for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++) {
+    int64_t shapes[][2] = {{4864, 896}, {896, 4864}, {151936, 896}};
+    size_t n_shapes = sizeof(shapes) / sizeof(shapes[0]);
+    if (argc > 6) {
+        long long r, c;
+        if (sscanf(argv[6], "%lldx%lld", &r, &c) != 2 || r < 1 || c < gs || c % gs != 0) {
+            fprintf(stderr, "bench_quant: shape '%s' is not ROWSxCOLS with COLS a multiple of the group\n", argv[6]);
+            return 1;
+        }
+        shapes[0][0] = r;
+        shapes[0][1] = c;
+        n_shapes = 1;
+    }
+    for (size_t si = 0; si < n_shapes; si++) {
         int64_t rows = shapes[si][0], cols = shapes[si][1];
         float *wf = malloc((size_t)(rows * cols) * sizeof(float));
         srand(1);
@@ -78,7 +91,7 @@ int main(int argc, char **argv)
             x[i] = (float)rand() / RAND_MAX - 0.5f;
         double bytes = (double)rows * cols * bits / 8 + (double)rows * ng * 4;
         int reps = (int)(2e9 / bytes / 8) + 1;
-        if (reps > 200) reps = 200;
+        if (reps > 2000) reps = 2000;
         /* the activations and the panel sized once, as the thread pool's
          * scratch is in the daemon */
         struct quant_act a;
