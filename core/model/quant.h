@@ -94,10 +94,10 @@ struct quant_act {
 };
 
 /* True when an integer path takes w for n_tokens (bits 4 or 8): at the
- * AVX2 and AVX2-VNNI levels always (INT16); at AVX-512 with VNNI from
- * quant_act_set_min_tokens() tokens (INT8_PAIR), and from 8 tokens below
- * that (INT16: batched decode); one token at AVX-512, and the scalar level,
- * keep the f32 kernels. */
+ * AVX2 and AVX2-VNNI levels always (INT16); at AVX-512 for 1 to 3 tokens
+ * (INT16: decode), with VNNI from quant_act_set_min_tokens() tokens
+ * (INT8_PAIR), and from 8 tokens below that (INT16: batched decode); 4 to
+ * 7 tokens at AVX-512, and the scalar level, keep the f32 kernels. */
 bool quant_act_eligible(const struct ifd_weight *w, int n_tokens);
 
 /* True when a was set up for w's layout and width. */
@@ -136,6 +136,6 @@ int quant_act_matmul_rows(const struct ifd_weight *w, const struct quant_act *a,
                           int64_t row_begin, int64_t row_end, void *panel);
 
 /* Fewest tokens that take the INT8_PAIR path (default 20) and the INT16
- * panel kernel (default 16); tests set 1 to run the goldens through them.
+ * panel kernel (default 4); tests set 1 to run the goldens through them.
  * n <= 0 restores the defaults. */
 void quant_act_set_min_tokens(int n);

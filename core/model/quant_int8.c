@@ -75,7 +75,7 @@ static int act_block_of(int group_size)
 
 /* The kind a product of n_tokens takes at the level in use, or -1 for none
  * (the f32 kernels). AVX2 levels: int16 for every count. AVX-512: int16 for
- * one token (decode: the row kernel, quant_int16.c), the int8 pair
+ * up to 3 tokens (decode: the row kernel, quant_int16.c), the int8 pair
  * (with VNNI) from its threshold up, the int16 panel kernel from
  * QUANT_ACT16_AVX512_MIN_TOKENS (batched decode), the f32 kernels between
  * (the row kernel reads the weights once per token). */
@@ -86,7 +86,7 @@ static int act_kind_for(int n_tokens)
         return QUANT_ACT_INT16;
     if (l != CPU_SIMD_AVX512)
         return -1;
-    if (n_tokens == 1)
+    if (n_tokens < QUANT_ACT16_PANEL_MIN_TOKENS)
         return QUANT_ACT_INT16;
     if (cpu_simd_vnni512() && n_tokens >= quant_act_prefill_min_tokens(QUANT_ACT_INT8_PAIR))
         return QUANT_ACT_INT8_PAIR;

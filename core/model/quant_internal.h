@@ -38,11 +38,13 @@ static inline int64_t row_bytes_of(const struct ifd_weight *w)
 
 #include "model/quant.h"
 
-/* Fewest tokens for the int16 panel kernel (quant_int16.c); one token
- * (decode) takes the row kernel. Measured with bench_quant (perf cycles) on
- * the 4864 x 896 4-bit matrix: for one token the row kernel is twice as
- * fast, for 2, 4 and 8 the panel kernel 1.7 to 2.6 times. */
-#define QUANT_ACT16_PANEL_MIN_TOKENS 2
+/* Fewest tokens for the int16 panel kernel (quant_int16.c); fewer take the
+ * row kernel, which reads the rows in place and unpacks them once for two
+ * tokens. Measured with bench_quant on the 4864 x 896 matrix, one thread,
+ * Zen 4, panel against row kernel: 4-bit, 2 tokens 0.37 against 0.25 ms, 3
+ * tokens 0.46 against 0.41, 4 tokens 0.43 against 0.51; 8-bit, 2 tokens
+ * 0.42 against 0.29, 3 tokens 0.51 both. */
+#define QUANT_ACT16_PANEL_MIN_TOKENS 4
 
 /* The token count from which a kind takes its prefill kernel: the INT8_PAIR
  * path at all, the INT16 panel kernel (quant_act_set_min_tokens() sets both). */

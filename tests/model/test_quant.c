@@ -593,7 +593,9 @@ Test(quant, integer_activations_nmse)
     const int gs_list[] = {32, 64, 128, 512}; /* 512: longer than one int16 panel */
     const int64_t rows_list[] = {1, 17, 40};
     const int64_t cols_mult[] = {1, 3, 35};
-    const int tokens_list[] = {1, 7, 8, 19, 33}; /* 19 and 33: the int16 panel kernel */
+    /* 1-3: the row kernels (2 and 3: a pair of tokens at once); 19 and 33:
+     * the int16 panel kernel, several tiles of tokens */
+    const int tokens_list[] = {1, 2, 3, 7, 8, 19, 33};
     const enum ifd_dtype qdts[] = {IFD_DTYPE_F32, IFD_DTYPE_F16, IFD_DTYPE_BF16};
     static const enum cpu_simd levels[] = {CPU_SIMD_AVX512, CPU_SIMD_AVX2_VNNI, CPU_SIMD_AVX2};
     const enum cpu_simd best = cpu_simd_best();
@@ -615,10 +617,10 @@ Test(quant, integer_activations_nmse)
                     const int64_t rows = rows_list[ri], cols = gs * cols_mult[(gi + ri) % 3];
                     struct qw q;
                     qw_make(&q, rows, cols, bits, gs, qdts[(bi + ri) % 3], (int)(ri % 2) * 2);
-                    const int n_tokens = tokens_list[(bi + 2 * gi + ri) % 5];
-                    /* One token takes the row kernels, as decode does; more
-                     * take the prefill kernels from two tokens up. */
-                    quant_act_set_min_tokens(n_tokens == 1 ? 0 : 1);
+                    const int n_tokens = tokens_list[(bi + 2 * gi + ri) % 7];
+                    /* Up to 3 tokens take the row kernels, as decode does;
+                     * more take the prefill kernels, forced from one token. */
+                    quant_act_set_min_tokens(n_tokens <= 3 ? 0 : 1);
                     const int64_t r0 = rows > 2 ? 1 : 0, r1 = rows > 2 ? rows - 1 : rows;
                     float *x = malloc((size_t)(n_tokens * cols) * sizeof(float));
                     float *xr = malloc((size_t)(n_tokens * cols) * sizeof(float));
