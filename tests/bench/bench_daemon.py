@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Aggregate decode throughput of a running inferd with 1, 4 and 8 concurrent
+"""Aggregate decode throughput of a running inferd with 1, 2, 4 and 8 concurrent
 streams (continuous batching). Usage: bench_daemon.py PORT GEN RUNS.
 
 Each stream is a /v1/completions request (16 prompt tokens, GEN generated,
@@ -76,7 +76,7 @@ def run(n):
 
 print("streams  aggregate_tok/s  per_stream_tok/s  server_decode_tok/s  tokens  steps  wall_s")
 base = None
-for n in (1, 4, 8):
+for n in (1, 2, 4, 8):
     best = None
     for _ in range(runs):
         r = run(n)

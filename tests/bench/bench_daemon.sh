@@ -1,6 +1,6 @@
 #!/bin/sh
 # bench_daemon.sh - continuous batching: aggregate decode throughput of inferd
-# with 1, 4 and 8 concurrent streams on the Qwen2.5-0.5B-shaped model.
+# with 1, 2, 4 and 8 concurrent streams on the Qwen2.5-0.5B-shaped model.
 #
 # usage: bench_daemon.sh INFERD INFERCTL [RUNS]
 #   env: INFERD_SHARED, BENCH_MODEL (an existing checkpoint dir; default: made
