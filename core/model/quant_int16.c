@@ -33,11 +33,11 @@
  * every thread's rows), in tiles of 8 tokens: for each tile and block, the 8
  * tokens' codes one after the other (the last tile zero-padded), so a kernel
  * tile reaches every token from one pointer; their scales likewise [tile,
- * block, 8], and the group sums [tile, group, 8]. Within a block, each 32
- * columns hold 16 int16 pairs in the order the row kernel makes them from
- * one chunk (qw_pair_col()). Two kernels: the row kernel (one token, decode)
- * reads 8 rows in place; the panel kernel (two tokens and more) packs 8 rows
- * into the vector lanes first. */
+ * block, 8], and the group sums [tile, group, 8]. Within a block, the
+ * codes lie in the order of the int16 pairs the row kernel unpacks from one
+ * chunk of a row (qw_pair_col()). Two kernels: the row kernel (1 to 3
+ * tokens: decode) reads 8 rows in place; the panel kernel (4 tokens and
+ * more) packs 8 rows into the vector lanes first. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,9 +145,10 @@ void quant_act16_prepare_tokens(struct quant_act *a, const float *x, int t0, int
 }
 
 /* ---- panels for prefill ----------------------------------------------------
- * With many tokens the kernel below (rows_layout) spends a third of its
- * instructions turning each row-token sum into a float. The panel kernel
- * instead puts 8 rows in the 8 lanes: a panel holds, for each pair of
+ * With many tokens the row kernel (rows_tile) reduces and converts every
+ * row-token sum of every block; from 4 tokens the panel kernel is faster
+ * (QUANT_ACT16_PANEL_MIN_TOKENS). It puts 8 rows in the 8 lanes: a panel
+ * holds, for each pair of
  * columns in the activations' order, one vector whose lane r is row r's two
  * int16 codes, so VPMADDWD of it with a token's two codes broadcast adds 16
  * products of 8 rows at once, and a group ends with one conversion per 8
