@@ -300,8 +300,8 @@ QW_INLINE void qw_pack_params(float (*scales)[QW_PANEL_ROWS], float (*biases)[QW
 /* Rows [p0, p0 + nr) (nr <= 8; the missing lanes repeat row p0 with zero
  * scale and bias, so they compute zeros that are never stored), columns
  * [c0, c0 + kp); prefetches the same columns prefetch_ahead bytes further
- * (rows of a later panel; a prefetch never faults). Pair j of each 32
- * columns is the pair of qw_pair_col(): the rows' 32-bit words are
+ * (rows of a later panel; a prefetch never faults). Pair j of each chunk
+ * is the pair of qw_pair_col(): the rows' 32-bit words are
  * transposed first (8 rows into the lanes), then shifted and masked, which
  * is a third of the work of transposing unpacked pairs. */
 static void qw_pack(struct qw_panel *p, const struct qw_ctx *k, int bits, int gs, int64_t p0, int nr, int64_t c0,
