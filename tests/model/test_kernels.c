@@ -270,7 +270,7 @@ Test(kernels, thread_pool_jobs_never_mix, .timeout = 120)
     thread_pool_destroy(p);
 }
 
-Test(kernels, attention_scores_and_values)
+Test(kernels, attention_scores_and_values_every_simd)
 {
     enum { HD = 24, N = 37, STRIDE = 41 };
     float q[HD], kt[HD * STRIDE], v[N * STRIDE], sc[N], w[N], out[HD];
@@ -282,20 +282,26 @@ Test(kernels, attention_scores_and_values)
         v[i] = frand();
     for (int i = 0; i < N; i++)
         w[i] = frand();
-    for (int n = 1; n <= N; n += 9) {
-        kern_attn_scores(sc, q, kt, STRIDE, HD, n, 0.25f);
-        for (int p = 0; p < n; p++) {
-            double ref = 0;
-            for (int d = 0; d < HD; d++)
-                ref += (double)q[d] * kt[d * STRIDE + p];
-            cr_assert(fabs(sc[p] - 0.25 * ref) < 1e-5, "n %d p %d: %g vs %g", n, p, sc[p], 0.25 * ref);
-        }
-        kern_attn_values(out, w, v, STRIDE, HD, n);
-        for (int d = 0; d < HD; d++) {
-            double ref = 0;
-            for (int p = 0; p < n; p++)
-                ref += (double)w[p] * v[p * STRIDE + d];
-            cr_assert(fabs(out[d] - ref) < 1e-5, "n %d d %d: %g vs %g", n, d, out[d], ref);
+    /* each level runs its own build of the loops (kernels.c) */
+    for (size_t s = 0; s < sizeof(simds) / sizeof(simds[0]); s++) {
+        if (kern_set_simd(simds[s]) != 0)
+            continue;
+        for (int n = 1; n <= N; n += 9) {
+            kern_attn_scores(sc, q, kt, STRIDE, HD, n, 0.25f);
+            for (int p = 0; p < n; p++) {
+                double ref = 0;
+                for (int d = 0; d < HD; d++)
+                    ref += (double)q[d] * kt[d * STRIDE + p];
+                cr_assert(fabs(sc[p] - 0.25 * ref) < 1e-5, "%s n %d p %d: %g vs %g", simds[s], n, p, sc[p],
+                          0.25 * ref);
+            }
+            kern_attn_values(out, w, v, STRIDE, HD, n);
+            for (int d = 0; d < HD; d++) {
+                double ref = 0;
+                for (int p = 0; p < n; p++)
+                    ref += (double)w[p] * v[p * STRIDE + d];
+                cr_assert(fabs(out[d] - ref) < 1e-5, "%s n %d d %d: %g vs %g", simds[s], n, d, out[d], ref);
+            }
         }
     }
 }
