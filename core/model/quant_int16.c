@@ -356,18 +356,46 @@ QW_INLINE void qw_store_rows(float *dst, __m256 v, int nr, bool add)
         dst[r] = add ? dst[r] + lanes[r] : lanes[r];
 }
 
-/* Lane r <- the sum of v[r]'s 8 lanes: 8 rows' int32 sums in one vector
- * (the row kernel's tile), pairs of lanes added 3 times over. */
-QW_INLINE __m256i qw_reduce8(const __m256i v[8])
+/* The sum of 8 vectors' lanes, vector r's into lane r (the row kernel's
+ * tile: 8 rows' int32 sums in one vector), as a tree of three levels that
+ * the row kernel climbs as its vectors become ready (qw_reduce_ready()), so
+ * that little of it is left when the last row is done. Level 1 adds the
+ * lanes of vectors 2i and 2i + 1 pairwise, [a0+a2, b0+b2, a1+a3, b1+b3] per
+ * 128-bit half (a = v[2i], b = v[2i + 1]); level 2 pairs of those, rows
+ * 4i..4i + 3 per half; level 3 the halves. */
+struct qw_reduce {
+    __m256i first[4], pair[4], quad[2]; /* first: vector 2i of pair i, till 2i + 1 comes */
+};
+
+QW_INLINE __m256i qw_reduce_level1(__m256i a, __m256i b)
 {
-    __m256i s[4];
-    for (int i = 0; i < 4; i++) /* [a0+a2, b0+b2, a1+a3, b1+b3] per half, a = v[2i], b = v[2i + 1] */
-        s[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]),
-                                _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
-    /* rows 0-3 and 4-7, per half */
-    const __m256i lo = _mm256_add_epi32(_mm256_unpacklo_epi64(s[0], s[1]), _mm256_unpackhi_epi64(s[0], s[1]));
-    const __m256i hi = _mm256_add_epi32(_mm256_unpacklo_epi64(s[2], s[3]), _mm256_unpackhi_epi64(s[2], s[3]));
-    return _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31));
+    return _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
+}
+
+QW_INLINE __m256i qw_reduce_level2(__m256i a, __m256i b)
+{
+    return _mm256_add_epi32(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b));
+}
+
+/* Vector i (0..7) of the 8 is v: climbs as far as v completes. Each pair
+ * must come in low index first, and pair 2q before pair 2q + 1 (as rows
+ * in order do, one token or two). */
+QW_INLINE void qw_reduce_ready(struct qw_reduce *s, int i, __m256i v)
+{
+    if (i % 2 == 0) {
+        s->first[i / 2] = v;
+        return;
+    }
+    s->pair[i / 2] = qw_reduce_level1(s->first[i / 2], v);
+    if (i % 4 == 3)
+        s->quad[i / 4] = qw_reduce_level2(s->pair[i / 2 - 1], s->pair[i / 2]);
+}
+
+/* Lane r <- the sum of vector r's lanes, once all 8 are in. */
+QW_INLINE __m256i qw_reduce_done(const struct qw_reduce *s)
+{
+    return _mm256_add_epi32(_mm256_permute2x128_si256(s->quad[0], s->quad[1], 0x20),
+                            _mm256_permute2x128_si256(s->quad[0], s->quad[1], 0x31));
 }
 
 /* acc += VPMADDWD(w, x), in asm so that the sum lands in acc's register:
