@@ -422,6 +422,17 @@ static int file_map(struct st_file *f, const char *path, ifd_error *err)
     close(fd);
     if (p == MAP_FAILED)
         return ifd_error_set(err, -e, "%s: mmap failed: %s", path, strerror(e));
+#ifdef MADV_HUGEPAGE
+    /* A hint, so its failure is no error (THP "never", old kernels): the
+     * pages read from here on come in 2 MiB folios, mapped by PMD, so decode,
+     * which streams every weight once per token, takes a TLB miss per 2 MiB
+     * instead of per 4 KiB. Measured on the 4-bit Qwen2.5-0.5B-shaped model
+     * (inferctl run, 2 threads, avx2, Zen 4 VM, page cache filled by a build
+     * without then with the hint, the same build timed): decode 85.7-87.6 ->
+     * 90.1-91.8 tok/s; BF16 and 8-bit unchanged. Pages already cached keep
+     * their size. */
+    madvise(p, f->len, MADV_HUGEPAGE);
+#endif
     f->base = p;
     f->mapped = true;
     return 0;
