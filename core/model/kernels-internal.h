@@ -21,6 +21,10 @@ struct kern_isa {
     float (*dot)(const float *a, const float *b, int n);
     /* y[i] += a * x[i] */
     void (*axpy)(float *y, float a, const float *x, int n);
+    /* kernels.h's kern_attn_scores and kern_attn_values: kern_attn_loops_*
+     * below, compiled for the table's instruction set */
+    void (*attn_scores)(float *out, const float *q, const float *kt, int64_t stride, int hd, int n, float scale);
+    void (*attn_values)(float *out, const float *w, const float *v, int64_t stride, int hd, int n);
 };
 
 #if defined(__x86_64__)
@@ -49,3 +53,36 @@ static inline int64_t kern_prefetch_ahead(int64_t row_bytes, int64_t tile_rows)
  * 1024 ahead into L1 took 1.25x the time on two threads, 1.5x on one (12
  * BF16 layers of the Qwen2.5-0.5B shape, Zen 4). */
 #define KERN_STREAM_AHEAD_ELEMS 4096
+
+/* The attention loops, plain C written for the vectorizer: each table's file
+ * wraps them, so that they are compiled under its target pragma and follow
+ * the level in use like the products (target_clones, used before, chose by
+ * the CPU at load: under --simd avx2 they still ran AVX-512 code). */
+static inline __attribute__((always_inline)) void kern_attn_scores_loops(float *restrict out, const float *restrict q,
+                                                                         const float *restrict kt, int64_t stride,
+                                                                         int hd, int n, float scale)
+{
+    for (int p = 0; p < n; p++)
+        out[p] = 0;
+    /* one broadcast q[d] times a contiguous run of keys: no reductions */
+    for (int d = 0; d < hd; d++) {
+        const float qd = q[d], *restrict row = kt + (size_t)d * (size_t)stride;
+        for (int p = 0; p < n; p++)
+            out[p] += qd * row[p];
+    }
+    for (int p = 0; p < n; p++)
+        out[p] *= scale;
+}
+
+static inline __attribute__((always_inline)) void kern_attn_values_loops(float *restrict out, const float *restrict w,
+                                                                         const float *restrict v, int64_t stride,
+                                                                         int hd, int n)
+{
+    for (int d = 0; d < hd; d++)
+        out[d] = 0;
+    for (int p = 0; p < n; p++) {
+        const float wp = w[p], *restrict row = v + (size_t)p * (size_t)stride;
+        for (int d = 0; d < hd; d++)
+            out[d] += wp * row[d];
+    }
+}

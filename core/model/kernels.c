@@ -66,11 +66,23 @@ static void scalar_axpy(float *y, float a, const float *x, int n)
         y[i] += a * x[i];
 }
 
+static void scalar_attn_scores(float *out, const float *q, const float *kt, int64_t stride, int hd, int n, float scale)
+{
+    kern_attn_scores_loops(out, q, kt, stride, hd, n, scale);
+}
+
+static void scalar_attn_values(float *out, const float *w, const float *v, int64_t stride, int hd, int n)
+{
+    kern_attn_values_loops(out, w, v, stride, hd, n);
+}
+
 static const struct kern_isa kern_isa_scalar = {
     .name = "scalar",
     .matmul_rows = scalar_matmul_rows,
     .dot = scalar_dot,
     .axpy = scalar_axpy,
+    .attn_scores = scalar_attn_scores,
+    .attn_values = scalar_attn_values,
 };
 
 /* ---- dispatch ------------------------------------------------------------ */
@@ -315,96 +327,14 @@ void kern_silu_mul(float *gate, const float *up, int n)
     }
 }
 
-/* The attention loops are plain C written for the vectorizer, compiled once
- * per SIMD level and picked at each call by cpu_simd_level(), so that a
- * level forced by `simd =` or --simd governs them like every other kernel
- * (target_clones, used before, chose by the CPU at load: under --simd avx2
- * they still ran AVX-512 code). */
-static inline __attribute__((always_inline)) void attn_scores(float *restrict out, const float *restrict q,
-                                                              const float *restrict kt, int64_t stride, int hd,
-                                                              int n, float scale)
+void kern_attn_scores(float *out, const float *q, const float *kt, int64_t stride, int hd, int n, float scale)
 {
-    for (int p = 0; p < n; p++)
-        out[p] = 0;
-    /* one broadcast q[d] times a contiguous run of keys: no reductions */
-    for (int d = 0; d < hd; d++) {
-        const float qd = q[d], *restrict row = kt + (size_t)d * (size_t)stride;
-        for (int p = 0; p < n; p++)
-            out[p] += qd * row[p];
-    }
-    for (int p = 0; p < n; p++)
-        out[p] *= scale;
+    kern_isa()->attn_scores(out, q, kt, stride, hd, n, scale);
 }
 
-static inline __attribute__((always_inline)) void attn_values(float *restrict out, const float *restrict w,
-                                                              const float *restrict v, int64_t stride, int hd,
-                                                              int n)
+void kern_attn_values(float *out, const float *w, const float *v, int64_t stride, int hd, int n)
 {
-    for (int d = 0; d < hd; d++)
-        out[d] = 0;
-    for (int p = 0; p < n; p++) {
-        const float wp = w[p], *restrict row = v + (size_t)p * (size_t)stride;
-        for (int d = 0; d < hd; d++)
-            out[d] += wp * row[d];
-    }
-}
-
-#if defined(__x86_64__)
-#define KERN_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma")))
-#define KERN_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
-
-KERN_TARGET_AVX512 static void attn_scores_avx512(float *restrict out, const float *restrict q,
-                                                  const float *restrict kt, int64_t stride, int hd, int n,
-                                                  float scale)
-{
-    attn_scores(out, q, kt, stride, hd, n, scale);
-}
-
-KERN_TARGET_AVX2 static void attn_scores_avx2(float *restrict out, const float *restrict q, const float *restrict kt,
-                                              int64_t stride, int hd, int n, float scale)
-{
-    attn_scores(out, q, kt, stride, hd, n, scale);
-}
-
-KERN_TARGET_AVX512 static void attn_values_avx512(float *restrict out, const float *restrict w,
-                                                  const float *restrict v, int64_t stride, int hd, int n)
-{
-    attn_values(out, w, v, stride, hd, n);
-}
-
-KERN_TARGET_AVX2 static void attn_values_avx2(float *restrict out, const float *restrict w, const float *restrict v,
-                                              int64_t stride, int hd, int n)
-{
-    attn_values(out, w, v, stride, hd, n);
-}
-#endif
-
-void kern_attn_scores(float *restrict out, const float *restrict q, const float *restrict kt, int64_t stride,
-                      int hd, int n, float scale)
-{
-#if defined(__x86_64__)
-    switch (cpu_simd_level()) {
-    case CPU_SIMD_AVX512: attn_scores_avx512(out, q, kt, stride, hd, n, scale); return;
-    case CPU_SIMD_AVX2:
-    case CPU_SIMD_AVX2_VNNI: attn_scores_avx2(out, q, kt, stride, hd, n, scale); return;
-    default: break;
-    }
-#endif
-    attn_scores(out, q, kt, stride, hd, n, scale);
-}
-
-void kern_attn_values(float *restrict out, const float *restrict w, const float *restrict v, int64_t stride,
-                      int hd, int n)
-{
-#if defined(__x86_64__)
-    switch (cpu_simd_level()) {
-    case CPU_SIMD_AVX512: attn_values_avx512(out, w, v, stride, hd, n); return;
-    case CPU_SIMD_AVX2:
-    case CPU_SIMD_AVX2_VNNI: attn_values_avx2(out, w, v, stride, hd, n); return;
-    default: break;
-    }
-#endif
-    attn_values(out, w, v, stride, hd, n);
+    kern_isa()->attn_values(out, w, v, stride, hd, n);
 }
 
 void kern_softmax(float *x, int n)
