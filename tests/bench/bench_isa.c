@@ -14,18 +14,11 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
+#include "base/clock.h"
 #include "base/cpu.h"
 
 #if defined(__x86_64__)
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* the operands of the loads and broadcasts: one cache line, in L1 */
 static int32_t codes[16] __attribute__((aligned(64)));
 
@@ -36,10 +29,10 @@ static double ns_per_cycle;
 #define TIME_LOOP(BODY, ...)                                                                                           \
     ({                                                                                                                 \
         const int32_t *p = codes;                                                                                      \
-        double loop_start = now();                                                                                     \
+        double loop_start = ifd_now_s();                                                                               \
         for (long i = 0; i < n_iter; i++)                                                                              \
             __asm__ volatile(BODY : : "r"(p) : __VA_ARGS__);                                                           \
-        now() - loop_start;                                                                                            \
+        ifd_now_s() - loop_start;                                                                                      \
     })
 
 /* 8 independent copies of an instruction, into ymm0..ymm7: OP ymm14, ymm15
@@ -104,7 +97,7 @@ static int32_t token_pairs[PAIRS / 32][8][32] __attribute__((aligned(64)));
  * them: a block of 32 pairs at a time, the pointers stepped */
 #define PANEL_PASS(PAIR)                                                                                               \
     ({                                                                                                                 \
-        const double pass_start = now();                                                                               \
+        const double pass_start = ifd_now_s();                                                                         \
         for (long i = 0; i < n_iter / PAIRS; i++)                                                                      \
             for (int b = 0; b < PAIRS / 32; b++) {                                                                     \
                 const int32_t *x = token_pairs[b][0];                                                                  \
@@ -112,7 +105,7 @@ static int32_t token_pairs[PAIRS / 32][8][32] __attribute__((aligned(64)));
                 for (int j = 0; j < 32; j++, x++, w0 += 32, w1 += 32)                                                  \
                     __asm__ volatile(PAIR : : "r"(x), "r"(w0), "r"(w1) : PAIR_CLOBBERS);                               \
             }                                                                                                          \
-        now() - pass_start;                                                                                            \
+        ifd_now_s() - pass_start;                                                                                      \
     })
 
 /* cycles of one pair, and per 64 weights x token (a pair is 2 columns of
@@ -131,13 +124,13 @@ int main(int argc, char **argv)
         return 1;
     }
     /* 8 dependent ADDs an iteration: 8 cycles */
-    double t0 = now();
+    double t0 = ifd_now_s();
     uint64_t v = 1;
     for (long i = 0; i < n_iter; i++)
         __asm__ volatile("add %0, %0\n\tadd %0, %0\n\tadd %0, %0\n\tadd %0, %0\n\t"
                          "add %0, %0\n\tadd %0, %0\n\tadd %0, %0\n\tadd %0, %0"
                          : "+r"(v));
-    ns_per_cycle = (now() - t0) / 1e-9 / (double)n_iter / 8.0;
+    ns_per_cycle = (ifd_now_s() - t0) / 1e-9 / (double)n_iter / 8.0;
     printf("bench_isa: %.2f GHz (a chain of dependent ADDs), %ld iterations\n", 1.0 / ns_per_cycle, n_iter);
     printf("independent 256-bit instructions issued:\n");
     rate("VPMADDWD", TIME_LOOP(X8("vpmaddwd"), CLOB8));
