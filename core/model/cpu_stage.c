@@ -46,10 +46,12 @@ struct cpu_stage {
     int hidden, n_heads, n_kv_heads, head_dim, q_dim, kv_dim, ffn;
     float eps;
 
-    /* [n_layers][n_seq_max][2]: K block [kv_dim][n_ctx] (transposed, so the
-     * scores of one query are a broadcast times contiguous keys), then V
-     * block [n_ctx][kv_dim] */
+    /* [n_layers][n_seq_max][2]: K block [n_kv_heads][kv_positions] in
+     * kernels.h's blocked transposed layout (kern_attn_key_index(): the
+     * scores of one query are broadcasts times contiguous keys), then V
+     * block [kv_positions][kv_dim] */
     float *kv;
+    int64_t kv_positions;      /* n_ctx rounded up to a whole key block */
     double *inv_freq;          /* [head_dim / 2] RoPE frequencies, scaling applied */
     struct layer_vecs *vecs;   /* [n_layers] */
     float *vec_storage;        /* backing store of every vecs[] array */
@@ -64,7 +66,7 @@ struct cpu_stage {
     float *gate, *up;          /* [T, ffn] */
     float *rope_cos, *rope_sin;/* [T, head_dim / 2] */
     int n_attn_tasks;
-    float *scores;             /* [n_attn_tasks, n_ctx] */
+    float *scores;             /* [n_attn_tasks, KERN_ATTN_MAX_HEADS, n_ctx] */
 
     struct stage_stats stats;
     double *layer_ms;          /* [n_layers] */
@@ -74,7 +76,7 @@ struct cpu_stage {
 static inline float *kv_block(const struct cpu_stage *s, int layer, int seq, int kind)
 {
     return s->kv + (((size_t)layer * (size_t)s->base.n_seq_max + (size_t)seq) * 2 + (size_t)kind) *
-                       (size_t)s->base.n_ctx * (size_t)s->kv_dim;
+                       (size_t)s->kv_positions * (size_t)s->kv_dim;
 }
 
 static void scratch_free(struct cpu_stage *s)
@@ -124,8 +126,22 @@ static int cpu_reserve_batch(struct stage *base, int n_tokens, ifd_error *err)
 struct attn_job {
     struct cpu_stage *s;
     const struct stage_batch *b;
-    int layer;        /* index within the stage */
+    int layer;          /* index within the stage */
+    int heads_per_unit; /* query heads of one GQA group taken together */
+    int units_per_group;
 };
+
+/* How many query heads of a GQA group a unit of attention work takes: each
+ * key and value is read once for all of them (kern_attn_scores()), so as
+ * many as one call takes, unless that leaves threads without a unit. */
+static int attn_heads_per_unit(const struct cpu_stage *s, int n_tokens)
+{
+    const int group = s->n_heads / s->n_kv_heads, n_threads = thread_pool_size(s->pool);
+    int units = (group + KERN_ATTN_MAX_HEADS - 1) / KERN_ATTN_MAX_HEADS;
+    while (units < group && (int64_t)n_tokens * s->n_kv_heads * units < n_threads)
+        units++;
+    return (group + units - 1) / units;
+}
 
 static void attn_task(void *ctx, int task, int n_tasks)
 {
@@ -133,18 +149,22 @@ static void attn_task(void *ctx, int task, int n_tasks)
     struct cpu_stage *s = j->s;
     const int hd = s->head_dim, group = s->n_heads / s->n_kv_heads;
     const float scale = 1.0f / sqrtf((float)hd);
-    float *scores = s->scores + (size_t)task * (size_t)s->base.n_ctx;
-    int n_pairs = j->b->n_tokens * s->n_heads;
+    const int64_t n_ctx = s->base.n_ctx;
+    float *scores = s->scores + (size_t)task * KERN_ATTN_MAX_HEADS * (size_t)n_ctx;
+    const int n_units = j->b->n_tokens * s->n_kv_heads * j->units_per_group;
 
-    for (int pair = task; pair < n_pairs; pair += n_tasks) {
-        int t = pair / s->n_heads, h = pair % s->n_heads, g = h / group;
-        int seq = j->b->seq_ids[t], pos = j->b->positions[t];
-        const float *q = s->q + (size_t)t * s->q_dim + (size_t)h * hd;
-        const float *kt = kv_block(s, j->layer, seq, 0) + (size_t)g * hd * (size_t)s->base.n_ctx;
+    for (int unit = task; unit < n_units; unit += n_tasks) {
+        const int t = unit / (s->n_kv_heads * j->units_per_group), g = unit / j->units_per_group % s->n_kv_heads;
+        const int h0 = g * group + unit % j->units_per_group * j->heads_per_unit;
+        const int nh = g * group + group - h0 < j->heads_per_unit ? g * group + group - h0 : j->heads_per_unit;
+        const int seq = j->b->seq_ids[t], n = j->b->positions[t] + 1;
+        const float *q = s->q + (size_t)t * s->q_dim + (size_t)h0 * hd;
+        const float *kt = kv_block(s, j->layer, seq, 0) + (size_t)g * hd * (size_t)s->kv_positions;
         const float *vc = kv_block(s, j->layer, seq, 1) + (size_t)g * hd;
-        kern_attn_scores(scores, q, kt, s->base.n_ctx, hd, pos + 1, scale);
-        kern_softmax(scores, pos + 1);
-        kern_attn_values(s->att + (size_t)t * s->q_dim + (size_t)h * hd, scores, vc, s->kv_dim, hd, pos + 1);
+        kern_attn_scores(scores, n_ctx, q, nh, kt, hd, n, scale);
+        for (int h = 0; h < nh; h++)
+            kern_softmax(scores + h * n_ctx, n);
+        kern_attn_values(s->att + (size_t)t * s->q_dim + (size_t)h0 * hd, scores, n_ctx, nh, vc, s->kv_dim, hd, n);
     }
 }
 
@@ -245,12 +265,14 @@ static int cpu_forward(struct stage *base, const struct stage_batch *b, ifd_erro
             float *kt = kv_block(s, li, seq, 0), *vc = kv_block(s, li, seq, 1);
             const float *kr = s->k + (size_t)t * s->kv_dim;
             for (int c = 0; c < s->kv_dim; c++)
-                kt[(size_t)c * (size_t)base->n_ctx + (size_t)pos] = kr[c];
+                kt[(size_t)(c / s->head_dim) * (size_t)s->head_dim * (size_t)s->kv_positions +
+                   kern_attn_key_index(s->head_dim, pos, c % s->head_dim)] = kr[c];
             memcpy(vc + (size_t)pos * (size_t)s->kv_dim, s->v + (size_t)t * s->kv_dim, sizeof(float) * (size_t)s->kv_dim);
         }
-        struct attn_job aj = {.s = s, .b = b, .layer = li};
-        int n_pairs = T * s->n_heads;
-        thread_pool_run(s->pool, attn_task, &aj, n_pairs < s->n_attn_tasks ? n_pairs : s->n_attn_tasks);
+        struct attn_job aj = {.s = s, .b = b, .layer = li, .heads_per_unit = attn_heads_per_unit(s, T)};
+        aj.units_per_group = (s->n_heads / s->n_kv_heads + aj.heads_per_unit - 1) / aj.heads_per_unit;
+        const int n_units = T * s->n_kv_heads * aj.units_per_group;
+        thread_pool_run(s->pool, attn_task, &aj, n_units < s->n_attn_tasks ? n_units : s->n_attn_tasks);
         kern_matmul(s->pool, &L->wo, s->att, T, s->out);
         residual_add(b->hidden, s->out, (size_t)T * H);
 
@@ -297,18 +319,22 @@ static void cpu_destroy(struct stage *base)
     free(s);
 }
 
-/* K blocks are transposed ([kv_dim][n_ctx]): the first n_pos of each of
- * kv_dim rows. V blocks ([n_ctx][kv_dim]): one run of n_pos rows. */
+/* Each kv head's keys: the key blocks that hold the first n_pos positions,
+ * one run (kernels.h; the rest of a last block, not yet written in the
+ * source slot, is rewritten in the destination before it is read). The
+ * values: one run of n_pos rows. */
 static int cpu_seq_copy(struct stage *base, int src_seq, int dst_seq, int n_pos, ifd_error *err)
 {
     (void)err;
     struct cpu_stage *s = (struct cpu_stage *)base;
-    size_t n_ctx = (size_t)base->n_ctx;
+    const size_t head_keys = (size_t)s->head_dim * (size_t)s->kv_positions;
+    const size_t key_blocks = ((size_t)n_pos + KERN_ATTN_KEY_BLOCK - 1) / KERN_ATTN_KEY_BLOCK;
     for (int li = 0; li < s->n_layers; li++) {
         const float *ks = kv_block(s, li, src_seq, 0);
         float *kd = kv_block(s, li, dst_seq, 0);
-        for (int c = 0; c < s->kv_dim; c++)
-            memcpy(kd + (size_t)c * n_ctx, ks + (size_t)c * n_ctx, sizeof(float) * (size_t)n_pos);
+        for (int g = 0; g < s->n_kv_heads; g++)
+            memcpy(kd + (size_t)g * head_keys, ks + (size_t)g * head_keys,
+                   sizeof(float) * key_blocks * KERN_ATTN_KEY_BLOCK * (size_t)s->head_dim);
         memcpy(kv_block(s, li, dst_seq, 1), kv_block(s, li, src_seq, 1),
                sizeof(float) * (size_t)n_pos * (size_t)s->kv_dim);
     }
@@ -373,8 +399,9 @@ int cpu_stage_create(const struct model *m, int first, int last, int n_seq_max, 
     s->ffn = c->intermediate_size;
     s->eps = c->rms_norm_eps;
 
+    s->kv_positions = ((int64_t)n_ctx + KERN_ATTN_KEY_BLOCK - 1) / KERN_ATTN_KEY_BLOCK * KERN_ATTN_KEY_BLOCK;
     unsigned long long kv_bytes = (unsigned long long)s->n_layers * (unsigned long long)n_seq_max * 2ull *
-                                  (unsigned long long)n_ctx * (unsigned long long)s->kv_dim * sizeof(float);
+                                  (unsigned long long)s->kv_positions * (unsigned long long)s->kv_dim * sizeof(float);
     if (kv_bytes > CPU_STAGE_MAX_KV_BYTES) {
         cpu_destroy(&s->base);
         return ifd_error_set(err, -E2BIG, "cpu stage: KV cache of %llu MiB (%d slots x %d positions) is over the %llu GiB limit",
@@ -387,7 +414,7 @@ int cpu_stage_create(const struct model *m, int first, int last, int n_seq_max, 
     s->inv_freq = calloc((size_t)(s->head_dim / 2), sizeof(double));
     s->vecs = calloc((size_t)s->n_layers, sizeof(*s->vecs));
     s->vec_storage = calloc(n_vec, sizeof(float));
-    s->scores = calloc((size_t)s->n_attn_tasks * (size_t)n_ctx, sizeof(float));
+    s->scores = calloc((size_t)s->n_attn_tasks * KERN_ATTN_MAX_HEADS * (size_t)n_ctx, sizeof(float));
     s->layer_ms = calloc((size_t)s->n_layers, sizeof(double));
     if (!s->kv || !s->inv_freq || !s->vecs || !s->vec_storage || !s->scores || !s->layer_ms) {
         cpu_destroy(&s->base);

@@ -9,6 +9,7 @@
 
 #include <stdint.h>
 
+#include "model/kernels.h"
 #include "model/model.h"
 
 struct kern_isa {
@@ -21,10 +22,13 @@ struct kern_isa {
     float (*dot)(const float *a, const float *b, int n);
     /* y[i] += a * x[i] */
     void (*axpy)(float *y, float a, const float *x, int n);
-    /* kernels.h's kern_attn_scores and kern_attn_values: kern_attn_loops_*
-     * below, compiled for the table's instruction set */
-    void (*attn_scores)(float *out, const float *q, const float *kt, int64_t stride, int hd, int n, float scale);
-    void (*attn_values)(float *out, const float *w, const float *v, int64_t stride, int hd, int n);
+    /* kernels.h's kern_attn_scores and kern_attn_values (n_heads checked
+     * there): KERN_ATTN_ENTRIES below, compiled for the table's instruction
+     * set */
+    void (*attn_scores)(float *out, int64_t out_stride, const float *q, int n_heads, const float *kt, int hd, int n,
+                        float scale);
+    void (*attn_values)(float *out, const float *w, int64_t w_stride, int n_heads, const float *v, int64_t stride,
+                        int hd, int n);
 };
 
 #if defined(__x86_64__)
@@ -54,35 +58,158 @@ static inline int64_t kern_prefetch_ahead(int64_t row_bytes, int64_t tile_rows)
  * BF16 layers of the Qwen2.5-0.5B shape, Zen 4). */
 #define KERN_STREAM_AHEAD_ELEMS 4096
 
-/* The attention loops, plain C written for the vectorizer: each table's file
- * wraps them, so that they are compiled under its target pragma and follow
- * the level in use like the products (target_clones, used before, chose by
- * the CPU at load: under --simd avx2 they still ran AVX-512 code). */
-static inline __attribute__((always_inline)) void kern_attn_scores_loops(float *restrict out, const float *restrict q,
-                                                                         const float *restrict kt, int64_t stride,
-                                                                         int hd, int n, float scale)
+/* The attention loops, written once with GCC vector extensions (8 floats)
+ * and wrapped by each table's file, so that they are compiled under its
+ * target pragma and follow the level in use like the products
+ * (target_clones, used before, chose by the CPU at load: under --simd avx2
+ * they still ran AVX-512 code).
+ *
+ * They take the query heads that share one key/value head (GQA) together:
+ * each key and value vector is loaded once for up to KERN_ATTN_MAX_HEADS
+ * heads, and the sums are register tiles (heads x vectors, 8 accumulators)
+ * instead of a row of sums in memory read and written again for every
+ * dimension (scores) or position (values), which made the one-head loops
+ * wait on store forwarding. Each sum still adds its products in the same
+ * order (dimension by dimension, position by position) as those loops. */
+typedef float kern_f8 __attribute__((vector_size(8 * sizeof(float))));
+
+/* Vectors of a tile per head: 8 accumulators in all. */
+#define KERN_ATTN_TILE_VECTORS(H) ((H) == 1 ? 8 : (H) == 2 ? 4 : 2)
+
+/* out[h * out_stride + p] for H heads, positions [p0, p0 + 8 V), p0 a
+ * multiple of 8: vector j's keys are 8 of one block, at the same offset
+ * in every dimension's row of it (see kern_attn_key_index()) */
+static inline __attribute__((always_inline)) void kern_attn_scores_tile(float *out, int64_t out_stride,
+                                                                        const float *q, const int H, const float *kt,
+                                                                        int hd, int64_t p0, const int V, float scale)
 {
-    for (int p = 0; p < n; p++)
-        out[p] = 0;
-    /* one broadcast q[d] times a contiguous run of keys: no reductions */
+    kern_f8 acc[KERN_ATTN_MAX_HEADS][8];
+    const float *kv[8];
+    for (int j = 0; j < V; j++)
+        kv[j] = kt + kern_attn_key_index(hd, p0 + 8 * j, 0);
+    for (int h = 0; h < H; h++)
+        for (int j = 0; j < V; j++)
+            acc[h][j] = (kern_f8){0};
     for (int d = 0; d < hd; d++) {
-        const float qd = q[d], *restrict row = kt + (size_t)d * (size_t)stride;
-        for (int p = 0; p < n; p++)
-            out[p] += qd * row[p];
+        kern_f8 k[8];
+        for (int j = 0; j < V; j++)
+            __builtin_memcpy(&k[j], kv[j] + d * KERN_ATTN_KEY_BLOCK, sizeof(kern_f8));
+        for (int h = 0; h < H; h++) {
+            const float qd = q[h * hd + d];
+            for (int j = 0; j < V; j++)
+                acc[h][j] += qd * k[j];
+        }
     }
-    for (int p = 0; p < n; p++)
-        out[p] *= scale;
+    for (int h = 0; h < H; h++)
+        for (int j = 0; j < V; j++) {
+            const kern_f8 r = acc[h][j] * scale;
+            __builtin_memcpy(out + h * out_stride + p0 + 8 * j, &r, sizeof(r));
+        }
 }
 
-static inline __attribute__((always_inline)) void kern_attn_values_loops(float *restrict out, const float *restrict w,
-                                                                         const float *restrict v, int64_t stride,
-                                                                         int hd, int n)
+static inline __attribute__((always_inline)) void kern_attn_scores_heads(float *restrict out, int64_t out_stride,
+                                                                         const float *restrict q, const int H,
+                                                                         const float *restrict kt, int hd, int n,
+                                                                         float scale)
 {
-    for (int d = 0; d < hd; d++)
-        out[d] = 0;
-    for (int p = 0; p < n; p++) {
-        const float wp = w[p], *restrict row = v + (size_t)p * (size_t)stride;
-        for (int d = 0; d < hd; d++)
-            out[d] += wp * row[d];
+    const int V = KERN_ATTN_TILE_VECTORS(H);
+    int64_t p = 0;
+    for (; p + 8 * V <= n; p += 8 * V)
+        kern_attn_scores_tile(out, out_stride, q, H, kt, hd, p, V, scale);
+    for (; p + 8 <= n; p += 8)
+        kern_attn_scores_tile(out, out_stride, q, H, kt, hd, p, 1, scale);
+    for (; p < n; p++)
+        for (int h = 0; h < H; h++) {
+            float s = 0;
+            for (int d = 0; d < hd; d++)
+                s += q[h * hd + d] * kt[kern_attn_key_index(hd, p, d)];
+            out[h * out_stride + p] = s * scale;
+        }
+}
+
+/* Positions the values loop takes at a time (see kern_attn_values_heads()). */
+#define KERN_ATTN_VALUE_BLOCK 32
+
+/* out[h * hd + d] for H heads, dimensions [d0, d0 + 8 V), positions
+ * [p0, p1) added to the sums of [0, p0) that out holds */
+static inline __attribute__((always_inline)) void kern_attn_values_tile(float *out, const float *w, int64_t w_stride,
+                                                                        const int H, const float *v, int64_t stride,
+                                                                        int hd, int p0, int p1, int d0, const int V)
+{
+    kern_f8 acc[KERN_ATTN_MAX_HEADS][8];
+    for (int h = 0; h < H; h++)
+        for (int j = 0; j < V; j++) {
+            if (p0 == 0)
+                acc[h][j] = (kern_f8){0};
+            else
+                __builtin_memcpy(&acc[h][j], out + h * hd + d0 + 8 * j, sizeof(kern_f8));
+        }
+    for (int p = p0; p < p1; p++) {
+        kern_f8 x[8];
+        for (int j = 0; j < V; j++)
+            __builtin_memcpy(&x[j], v + (size_t)p * (size_t)stride + d0 + 8 * j, sizeof(kern_f8));
+        for (int h = 0; h < H; h++) {
+            const float wp = w[h * w_stride + p];
+            for (int j = 0; j < V; j++)
+                acc[h][j] += wp * x[j];
+        }
+    }
+    for (int h = 0; h < H; h++)
+        for (int j = 0; j < V; j++)
+            __builtin_memcpy(out + h * hd + d0 + 8 * j, &acc[h][j], sizeof(kern_f8));
+}
+
+/* A block of positions at a time, each tile of dimensions over it: the
+ * block's value rows are read from memory by the first tile and found in L1
+ * by the others, the next block's asked for meanwhile (rows of a few hundred
+ * bytes a kv_dim apart, which each tile alone reads a line of: the hardware
+ * prefetcher did not keep up). */
+static inline __attribute__((always_inline)) void kern_attn_values_heads(float *restrict out,
+                                                                         const float *restrict w, int64_t w_stride,
+                                                                         const int H, const float *restrict v,
+                                                                         int64_t stride, int hd, int n)
+{
+    const int V = KERN_ATTN_TILE_VECTORS(H);
+    for (int p0 = 0; p0 < n; p0 += KERN_ATTN_VALUE_BLOCK) {
+        const int p1 = n - p0 < KERN_ATTN_VALUE_BLOCK ? n : p0 + KERN_ATTN_VALUE_BLOCK;
+        const int next_end = n - p1 < KERN_ATTN_VALUE_BLOCK ? n : p1 + KERN_ATTN_VALUE_BLOCK;
+        for (int p = p1; p < next_end; p++)
+            for (int d = 0; d < hd; d += 64 / (int)sizeof(float))
+                __builtin_prefetch(v + (size_t)p * (size_t)stride + d, 0, 3);
+        int d = 0;
+        for (; d + 8 * V <= hd; d += 8 * V)
+            kern_attn_values_tile(out, w, w_stride, H, v, stride, hd, p0, p1, d, V);
+        for (; d + 8 <= hd; d += 8)
+            kern_attn_values_tile(out, w, w_stride, H, v, stride, hd, p0, p1, d, 1);
+        for (; d < hd; d++)
+            for (int h = 0; h < H; h++) {
+                float s = p0 == 0 ? 0 : out[h * hd + d];
+                for (int p = p0; p < p1; p++)
+                    s += w[h * w_stride + p] * v[(size_t)p * (size_t)stride + d];
+                out[h * hd + d] = s;
+            }
     }
 }
+
+/* The table entries: one instance per head count, each with its own tile. */
+#define KERN_ATTN_ENTRIES(prefix)                                                                                      \
+    static void prefix##_attn_scores(float *out, int64_t out_stride, const float *q, int n_heads, const float *kt,     \
+                                     int hd, int n, float scale)                                                       \
+    {                                                                                                                  \
+        switch (n_heads) {                                                                                             \
+        case 1: kern_attn_scores_heads(out, out_stride, q, 1, kt, hd, n, scale); break;                               \
+        case 2: kern_attn_scores_heads(out, out_stride, q, 2, kt, hd, n, scale); break;                               \
+        case 3: kern_attn_scores_heads(out, out_stride, q, 3, kt, hd, n, scale); break;                               \
+        default: kern_attn_scores_heads(out, out_stride, q, 4, kt, hd, n, scale); break;                              \
+        }                                                                                                              \
+    }                                                                                                                  \
+    static void prefix##_attn_values(float *out, const float *w, int64_t w_stride, int n_heads, const float *v,       \
+                                     int64_t stride, int hd, int n)                                                    \
+    {                                                                                                                  \
+        switch (n_heads) {                                                                                             \
+        case 1: kern_attn_values_heads(out, w, w_stride, 1, v, stride, hd, n); break;                                 \
+        case 2: kern_attn_values_heads(out, w, w_stride, 2, v, stride, hd, n); break;                                 \
+        case 3: kern_attn_values_heads(out, w, w_stride, 3, v, stride, hd, n); break;                                 \
+        default: kern_attn_values_heads(out, w, w_stride, 4, v, stride, hd, n); break;                                \
+        }                                                                                                              \
+    }

@@ -66,15 +66,7 @@ static void scalar_axpy(float *y, float a, const float *x, int n)
         y[i] += a * x[i];
 }
 
-static void scalar_attn_scores(float *out, const float *q, const float *kt, int64_t stride, int hd, int n, float scale)
-{
-    kern_attn_scores_loops(out, q, kt, stride, hd, n, scale);
-}
-
-static void scalar_attn_values(float *out, const float *w, const float *v, int64_t stride, int hd, int n)
-{
-    kern_attn_values_loops(out, w, v, stride, hd, n);
-}
+KERN_ATTN_ENTRIES(scalar)
 
 static const struct kern_isa kern_isa_scalar = {
     .name = "scalar",
@@ -327,14 +319,23 @@ void kern_silu_mul(float *gate, const float *up, int n)
     }
 }
 
-void kern_attn_scores(float *out, const float *q, const float *kt, int64_t stride, int hd, int n, float scale)
+/* Heads beyond one tile's go in further calls. */
+void kern_attn_scores(float *out, int64_t out_stride, const float *q, int n_heads, const float *kt, int hd, int n,
+                      float scale)
 {
-    kern_isa()->attn_scores(out, q, kt, stride, hd, n, scale);
+    for (int h = 0; h < n_heads; h += KERN_ATTN_MAX_HEADS) {
+        const int nh = n_heads - h < KERN_ATTN_MAX_HEADS ? n_heads - h : KERN_ATTN_MAX_HEADS;
+        kern_isa()->attn_scores(out + h * out_stride, out_stride, q + h * hd, nh, kt, hd, n, scale);
+    }
 }
 
-void kern_attn_values(float *out, const float *w, const float *v, int64_t stride, int hd, int n)
+void kern_attn_values(float *out, const float *w, int64_t w_stride, int n_heads, const float *v, int64_t stride,
+                      int hd, int n)
 {
-    kern_isa()->attn_values(out, w, v, stride, hd, n);
+    for (int h = 0; h < n_heads; h += KERN_ATTN_MAX_HEADS) {
+        const int nh = n_heads - h < KERN_ATTN_MAX_HEADS ? n_heads - h : KERN_ATTN_MAX_HEADS;
+        kern_isa()->attn_values(out + h * hd, w + h * w_stride, w_stride, nh, v, stride, hd, n);
+    }
 }
 
 void kern_softmax(float *x, int n)

@@ -5,6 +5,7 @@
  * their rows over the thread pool. Activations are f32. */
 #pragma once
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "model/model.h"
@@ -44,9 +45,29 @@ void kern_rmsnorm(float *out, const float *x, const float *weight, int n, float 
 void kern_silu_mul(float *gate, const float *up, int n);             /* gate = silu(gate) * up */
 void kern_softmax(float *x, int n);                                  /* in place, max-subtracted */
 
-/* Attention of one query head over n cached positions.
- * scores: out[p] = scale * sum_d q[d] * kt[d * stride + p], keys stored
- *   transposed (one row of positions per dimension), p in [0, n).
- * values: out[d] = sum_p w[p] * v[p * stride + d], d in [0, hd). */
-void kern_attn_scores(float *out, const float *q, const float *kt, int64_t stride, int hd, int n, float scale);
-void kern_attn_values(float *out, const float *w, const float *v, int64_t stride, int hd, int n);
+/* Attention of n_heads query heads that share one key/value head (GQA)
+ * over n cached positions; head h's query is q + h * hd, its output
+ * out + h * hd. Each key and value is read once for up to
+ * KERN_ATTN_MAX_HEADS of them (more are done that many at a time).
+ * scores: out[h * out_stride + p] = scale * sum_d q[h * hd + d] * key(p, d),
+ *   p in [0, n), the keys stored transposed in blocks of positions: key
+ *   (p, d) at kt[kern_attn_key_index(hd, p, d)].
+ * values: out[h * hd + d] = sum_p w[h * w_stride + p] * v[p * stride + d],
+ *   d in [0, hd). */
+#define KERN_ATTN_MAX_HEADS 4
+/* Keys are stored KERN_ATTN_KEY_BLOCK positions to a block, a block's
+ * positions contiguous in each dimension ([block][d][position in block]):
+ * the scores of a few positions read one contiguous run of memory, which the
+ * hardware prefetcher streams, where one row per dimension over the whole
+ * context (the layout before) made them a load from a new page per
+ * dimension. A cache for n_ctx positions holds round_up(n_ctx, block). */
+#define KERN_ATTN_KEY_BLOCK 16
+static inline size_t kern_attn_key_index(int hd, int64_t p, int d)
+{
+    return (size_t)(p / KERN_ATTN_KEY_BLOCK) * (size_t)hd * KERN_ATTN_KEY_BLOCK + (size_t)d * KERN_ATTN_KEY_BLOCK +
+           (size_t)(p % KERN_ATTN_KEY_BLOCK);
+}
+void kern_attn_scores(float *out, int64_t out_stride, const float *q, int n_heads, const float *kt, int hd, int n,
+                      float scale);
+void kern_attn_values(float *out, const float *w, int64_t w_stride, int n_heads, const float *v, int64_t stride,
+                      int hd, int n);

@@ -194,15 +194,7 @@ static void avx2_axpy(float *y, float a, const float *x, int n)
         y[i] += a * x[i];
 }
 
-static void avx2_attn_scores(float *out, const float *q, const float *kt, int64_t stride, int hd, int n, float scale)
-{
-    kern_attn_scores_loops(out, q, kt, stride, hd, n, scale);
-}
-
-static void avx2_attn_values(float *out, const float *w, const float *v, int64_t stride, int hd, int n)
-{
-    kern_attn_values_loops(out, w, v, stride, hd, n);
-}
+KERN_ATTN_ENTRIES(avx2)
 
 const struct kern_isa kern_isa_avx2 = {
     .name = "avx2",

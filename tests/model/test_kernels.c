@@ -270,39 +270,61 @@ Test(kernels, thread_pool_jobs_never_mix, .timeout = 120)
     thread_pool_destroy(p);
 }
 
+/* Every head count a call takes at once (and more, done in turns), head
+ * dimensions with whole tiles, single vectors and scalar tails, position
+ * counts across the tile sizes; each level runs its own build of the loops.
+ * Within a level, head h's sums are added in the same order whatever the
+ * head count, so they must equal the one-head call's exactly. */
 Test(kernels, attention_scores_and_values_every_simd)
 {
-    enum { HD = 24, N = 37, STRIDE = 41 };
-    float q[HD], kt[HD * STRIDE], v[N * STRIDE], sc[N], w[N], out[HD];
-    for (int i = 0; i < HD; i++)
+    enum { MAX_H = 6, MAX_HD = 67, N = 150, STRIDE = 157, N_BLOCKED = 160 /* N rounded up to key blocks */ };
+    /* keys: key[d * STRIDE + p], and in each head dimension's blocked layout */
+    static float q[MAX_H * MAX_HD], key[MAX_HD * STRIDE], kt[MAX_HD * N_BLOCKED], v[N * STRIDE], w[MAX_H * N];
+    static float sc[MAX_H * N], one[N], out[MAX_H * MAX_HD], out1[MAX_HD];
+    for (int i = 0; i < MAX_H * MAX_HD; i++)
         q[i] = frand();
-    for (int i = 0; i < HD * STRIDE; i++)
-        kt[i] = frand();
+    for (int i = 0; i < MAX_HD * STRIDE; i++)
+        key[i] = frand();
     for (int i = 0; i < N * STRIDE; i++)
         v[i] = frand();
-    for (int i = 0; i < N; i++)
+    for (int i = 0; i < MAX_H * N; i++)
         w[i] = frand();
-    /* each level runs its own build of the loops (kernels.c) */
+    const int hds[] = {24, 64, 67}, ns[] = {1, 7, 8, 9, 37, 63, 64, 65, 150};
     for (size_t s = 0; s < sizeof(simds) / sizeof(simds[0]); s++) {
         if (kern_set_simd(simds[s]) != 0)
             continue;
-        for (int n = 1; n <= N; n += 9) {
-            kern_attn_scores(sc, q, kt, STRIDE, HD, n, 0.25f);
-            for (int p = 0; p < n; p++) {
-                double ref = 0;
-                for (int d = 0; d < HD; d++)
-                    ref += (double)q[d] * kt[d * STRIDE + p];
-                cr_assert(fabs(sc[p] - 0.25 * ref) < 1e-5, "%s n %d p %d: %g vs %g", simds[s], n, p, sc[p],
-                          0.25 * ref);
-            }
-            kern_attn_values(out, w, v, STRIDE, HD, n);
-            for (int d = 0; d < HD; d++) {
-                double ref = 0;
-                for (int p = 0; p < n; p++)
-                    ref += (double)w[p] * v[p * STRIDE + d];
-                cr_assert(fabs(out[d] - ref) < 1e-5, "%s n %d d %d: %g vs %g", simds[s], n, d, out[d], ref);
-            }
-        }
+        for (size_t hi = 0; hi < sizeof(hds) / sizeof(hds[0]); hi++)
+            for (size_t ni = 0; ni < sizeof(ns) / sizeof(ns[0]); ni++)
+                for (int nh = 1; nh <= MAX_H; nh++) {
+                    const int hd = hds[hi], n = ns[ni];
+                    for (int d = 0; d < hd; d++)
+                        for (int p = 0; p < N_BLOCKED; p++)
+                            kt[kern_attn_key_index(hd, p, d)] = p < N ? key[d * STRIDE + p] : NAN;
+                    kern_attn_scores(sc, N, q, nh, kt, hd, n, 0.25f);
+                    kern_attn_values(out, w, N, nh, v, STRIDE, hd, n);
+                    for (int h = 0; h < nh; h++) {
+                        kern_attn_scores(one, N, q + h * hd, 1, kt, hd, n, 0.25f);
+                        for (int p = 0; p < n; p++) {
+                            double ref = 0;
+                            for (int d = 0; d < hd; d++)
+                                ref += (double)q[h * hd + d] * key[d * STRIDE + p];
+                            cr_assert(fabs(sc[h * N + p] - 0.25 * ref) < 1e-5, "%s hd %d n %d heads %d: h %d p %d: %g vs %g",
+                                      simds[s], hd, n, nh, h, p, sc[h * N + p], 0.25 * ref);
+                            cr_assert_eq(sc[h * N + p], one[p], "%s hd %d n %d heads %d: h %d p %d differs from one head",
+                                         simds[s], hd, n, nh, h, p);
+                        }
+                        kern_attn_values(out1, w + h * N, N, 1, v, STRIDE, hd, n);
+                        for (int d = 0; d < hd; d++) {
+                            double ref = 0;
+                            for (int p = 0; p < n; p++)
+                                ref += (double)w[h * N + p] * v[p * STRIDE + d];
+                            cr_assert(fabs(out[h * hd + d] - ref) < 1e-4, "%s hd %d n %d heads %d: h %d d %d: %g vs %g",
+                                      simds[s], hd, n, nh, h, d, out[h * hd + d], ref);
+                            cr_assert_eq(out[h * hd + d], out1[d], "%s hd %d n %d heads %d: h %d d %d differs from one head",
+                                         simds[s], hd, n, nh, h, d);
+                        }
+                    }
+                }
     }
 }
 
