@@ -450,7 +450,7 @@ int quant_act16_matmul_rows(const struct ifd_weight *w, const struct quant_act *
         .biases = w->biases,
     };
     const bool vnni = cpu_simd_level() == CPU_SIMD_AVX2_VNNI;
-    if (a->n_tokens >= quant_act_prefill_min_tokens(QUANT_ACT_INT16)) {
+    if (!quant_act16_row_kernel(a)) {
         if (vnni)
             qwvnni_panel_rows(&k, y, row_begin, row_end);
         else

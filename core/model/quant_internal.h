@@ -50,6 +50,13 @@ static inline int64_t row_bytes_of(const struct ifd_weight *w)
  * path at all, the INT16 panel kernel (quant_act_set_min_tokens() sets both). */
 int quant_act_prefill_min_tokens(enum quant_act_kind kind);
 
+/* Whether a's product takes the int16 row kernel, which uses only its
+ * tokens' lanes of the tiles (the panel kernels compute whole tiles). */
+static inline bool quant_act16_row_kernel(const struct quant_act *a)
+{
+    return a->kind == QUANT_ACT_INT16 && a->n_tokens < quant_act_prefill_min_tokens(QUANT_ACT_INT16);
+}
+
 /* The QUANT_ACT_INT16 kind's halves of quant_act_prepare_tokens() and
  * quant_act_matmul_rows() (quant_int16.c). */
 void quant_act16_prepare_tokens(struct quant_act *a, const float *x, int t0, int t1);
