@@ -320,8 +320,8 @@ static void cpu_destroy(struct stage *base)
 }
 
 /* Each kv head's keys: the key blocks that hold the first n_pos positions,
- * one run (kernels.h; the rest of a last block, not yet written in the
- * source slot, is rewritten in the destination before it is read). The
+ * one run (kernels.h; the positions past n_pos in the last block come
+ * along, and the destination writes them before it reads them). The
  * values: one run of n_pos rows. */
 static int cpu_seq_copy(struct stage *base, int src_seq, int dst_seq, int n_pos, ifd_error *err)
 {
