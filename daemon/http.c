@@ -1450,9 +1450,13 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
     /* n choices: n sequences of the same prompt ids (tokenized once), seeded
      * seed, seed + 1 ... so that a seeded request stays reproducible. The
      * prompt is prefilled once: choices after the first copy its cache
-     * (share_prefill; the scheduler falls back to a prefill of their own). */
+     * (share_prefill; the scheduler falls back to a prefill of their own),
+     * all of them queued under one hold so that none is admitted before
+     * the others are queued. */
     k->ch = calloc((size_t)rq.n, sizeof(*k->ch));
     r = k->ch ? 0 : ifd_error_set(&err, -ENOMEM, "out of memory");
+    if (rq.n > 1)
+        sched_hold(m->sched);
     for (int i = 0; r >= 0 && i < rq.n; i++) {
         p.sampling.seed = rq.sampling.seed + (uint64_t)i;
         /* Each choice's sequence holds the (immutable) grammar: one reference
@@ -1476,6 +1480,8 @@ static MHD_RESULT handle_generate(struct MHD_Connection *c, struct conn *k, enum
             k->ch[i].out.text_cap = echo_len + 1;
         }
     }
+    if (rq.n > 1)
+        sched_release(m->sched);
     free(echo);
     tok_ids_finish(&ids);
     if (r < 0) {

@@ -138,6 +138,7 @@ struct sched {
     pthread_mutex_t mu;
     pthread_cond_t work_cv;      /* new work or shutdown */
     struct sched_req *q_head, *q_tail;
+    int submit_holds;            /* sched_hold() minus sched_release(): no admission while > 0 */
     int n_queued;
     int n_running;
     bool draining;
@@ -429,6 +430,21 @@ int sched_submit(struct sched *s, const struct sched_req_params *p, struct sched
 oom:
     req_free(r);
     return ifd_error_set(err, -ENOMEM, "out of memory");
+}
+
+void sched_hold(struct sched *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->submit_holds++;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void sched_release(struct sched *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->submit_holds--;
+    pthread_cond_signal(&s->work_cv);
+    pthread_mutex_unlock(&s->mu);
 }
 
 int sched_req_collect(struct sched_req *r, int timeout_ms, struct sched_output *out)
@@ -1406,7 +1422,7 @@ static void *sched_thread_main(void *arg)
             }
         }
         s->abort_running = abort_later;
-        while (s->q_head) {
+        while (s->q_head && !s->submit_holds) {
             struct sched_req *r = s->q_head;
             int keep = 0, i = r->cancelled ? 0 : seq_pick(s, r, &keep);
             if (i < 0)

@@ -114,6 +114,13 @@ void sched_destroy(struct sched *s);
  * -EINVAL: prompt does not fit the context (message in err). The returned
  * handle must be released with sched_req_release(). */
 int sched_submit(struct sched *s, const struct sched_req_params *p, struct sched_req **ret, ifd_error *err);
+/* Between sched_hold() and sched_release() nothing queued is admitted: the
+ * choices of one request are submitted in between, so that those after the
+ * first are queued before it starts its prompt and copy its cache
+ * (share_prefill) instead of racing it. Holds nest; each needs its release,
+ * soon (admission waits). */
+void sched_hold(struct sched *s);
+void sched_release(struct sched *s);
 
 /* Waits up to timeout_ms for new output, then moves it into out (appending).
  * Returns 1 when something new arrived or the request is done, 0 on timeout. */

@@ -594,6 +594,7 @@ static void run_choices_cached(struct fx *f, const struct sched_req_params *base
 {
     struct sched_req *r[8];
     cr_assert_leq(n, 8);
+    sched_hold(f->s); /* as the HTTP layer queues a request's choices */
     for (int i = 0; i < n; i++) {
         struct sched_req_params p = *base;
         p.logprobs = true;
@@ -602,6 +603,7 @@ static void run_choices_cached(struct fx *f, const struct sched_req_params *base
         ifd_error err = {{0}};
         cr_assert_eq(sched_submit(f->s, &p, &r[i], &err), 0, "%s", err.msg);
     }
+    sched_release(f->s);
     if (cancel >= 0)
         sched_req_cancel(r[cancel]);
     for (int i = 0; i < n; i++) {
