@@ -46,9 +46,9 @@ void kern_silu_mul(float *gate, const float *up, int n);             /* gate = s
 void kern_softmax(float *x, int n);                                  /* in place, max-subtracted */
 
 /* Attention of n_heads query heads that share one key/value head (GQA)
- * over n cached positions; head h's query is q + h * hd, its output
- * out + h * hd. Each key and value is read once for up to
- * KERN_ATTN_MAX_HEADS of them (more are done that many at a time).
+ * over n cached positions; head h's query is q + h * hd. Each key and
+ * value is read once for up to KERN_ATTN_MAX_HEADS of them (more are done
+ * that many at a time).
  * scores: out[h * out_stride + p] = scale * sum_d q[h * hd + d] * key(p, d),
  *   p in [0, n), the keys stored transposed in blocks of positions: key
  *   (p, d) at kt[kern_attn_key_index(hd, p, d)].
