@@ -79,6 +79,13 @@ static inline float *kv_block(const struct cpu_stage *s, int layer, int seq, int
                        (size_t)s->kv_positions * (size_t)s->kv_dim;
 }
 
+/* Kv head g's keys in the K block of a layer and slot: kern_attn_key_index()
+ * from there. */
+static inline float *kv_head_keys(const struct cpu_stage *s, int layer, int seq, int g)
+{
+    return kv_block(s, layer, seq, 0) + (size_t)g * (size_t)s->head_dim * (size_t)s->kv_positions;
+}
+
 static void scratch_free(struct cpu_stage *s)
 {
     free(s->xb);
@@ -131,16 +138,19 @@ struct attn_job {
     int units_per_group;
 };
 
-/* How many query heads of a GQA group a unit of attention work takes: each
- * key and value is read once for all of them (kern_attn_scores()), so as
- * many as one call takes, unless that leaves threads without a unit. */
-static int attn_heads_per_unit(const struct cpu_stage *s, int n_tokens)
+/* How a GQA group's query heads are cut into units of attention work,
+ * into j: each key and value is read once for a unit's heads
+ * (kern_attn_scores()), so as many as one call takes, unless that leaves
+ * threads without a unit. Returns the units of the batch. */
+static int attn_split(const struct cpu_stage *s, int n_tokens, struct attn_job *j)
 {
     const int group = s->n_heads / s->n_kv_heads, n_threads = thread_pool_size(s->pool);
     int units = (group + KERN_ATTN_MAX_HEADS - 1) / KERN_ATTN_MAX_HEADS;
     while (units < group && (int64_t)n_tokens * s->n_kv_heads * units < n_threads)
         units++;
-    return (group + units - 1) / units;
+    j->heads_per_unit = (group + units - 1) / units;
+    j->units_per_group = (group + j->heads_per_unit - 1) / j->heads_per_unit;
+    return n_tokens * s->n_kv_heads * j->units_per_group;
 }
 
 static void attn_task(void *ctx, int task, int n_tasks)
@@ -159,7 +169,7 @@ static void attn_task(void *ctx, int task, int n_tasks)
         const int nh = g * group + group - h0 < j->heads_per_unit ? g * group + group - h0 : j->heads_per_unit;
         const int seq = j->b->seq_ids[t], n = j->b->positions[t] + 1;
         const float *q = s->q + (size_t)t * s->q_dim + (size_t)h0 * hd;
-        const float *kt = kv_block(s, j->layer, seq, 0) + (size_t)g * hd * (size_t)s->kv_positions;
+        const float *kt = kv_head_keys(s, j->layer, seq, g);
         const float *vc = kv_block(s, j->layer, seq, 1) + (size_t)g * hd;
         kern_attn_scores(scores, n_ctx, q, nh, kt, hd, n, scale);
         for (int h = 0; h < nh; h++)
@@ -262,16 +272,15 @@ static int cpu_forward(struct stage *base, const struct stage_batch *b, ifd_erro
         rope_apply(s, s->k, T, s->n_kv_heads);
         for (int t = 0; t < T; t++) {
             int seq = b->seq_ids[t], pos = b->positions[t];
-            float *kt = kv_block(s, li, seq, 0), *vc = kv_block(s, li, seq, 1);
+            float *vc = kv_block(s, li, seq, 1);
             const float *kr = s->k + (size_t)t * s->kv_dim;
             for (int c = 0; c < s->kv_dim; c++)
-                kt[(size_t)(c / s->head_dim) * (size_t)s->head_dim * (size_t)s->kv_positions +
-                   kern_attn_key_index(s->head_dim, pos, c % s->head_dim)] = kr[c];
+                kv_head_keys(s, li, seq, c / s->head_dim)[kern_attn_key_index(s->head_dim, pos, c % s->head_dim)] =
+                    kr[c];
             memcpy(vc + (size_t)pos * (size_t)s->kv_dim, s->v + (size_t)t * s->kv_dim, sizeof(float) * (size_t)s->kv_dim);
         }
-        struct attn_job aj = {.s = s, .b = b, .layer = li, .heads_per_unit = attn_heads_per_unit(s, T)};
-        aj.units_per_group = (s->n_heads / s->n_kv_heads + aj.heads_per_unit - 1) / aj.heads_per_unit;
-        const int n_units = T * s->n_kv_heads * aj.units_per_group;
+        struct attn_job aj = {.s = s, .b = b, .layer = li};
+        const int n_units = attn_split(s, T, &aj);
         thread_pool_run(s->pool, attn_task, &aj, n_units < s->n_attn_tasks ? n_units : s->n_attn_tasks);
         kern_matmul(s->pool, &L->wo, s->att, T, s->out);
         residual_add(b->hidden, s->out, (size_t)T * H);
@@ -327,13 +336,10 @@ static int cpu_seq_copy(struct stage *base, int src_seq, int dst_seq, int n_pos,
 {
     (void)err;
     struct cpu_stage *s = (struct cpu_stage *)base;
-    const size_t head_keys = (size_t)s->head_dim * (size_t)s->kv_positions;
     const size_t key_blocks = ((size_t)n_pos + KERN_ATTN_KEY_BLOCK - 1) / KERN_ATTN_KEY_BLOCK;
     for (int li = 0; li < s->n_layers; li++) {
-        const float *ks = kv_block(s, li, src_seq, 0);
-        float *kd = kv_block(s, li, dst_seq, 0);
         for (int g = 0; g < s->n_kv_heads; g++)
-            memcpy(kd + (size_t)g * head_keys, ks + (size_t)g * head_keys,
+            memcpy(kv_head_keys(s, li, dst_seq, g), kv_head_keys(s, li, src_seq, g),
                    sizeof(float) * key_blocks * KERN_ATTN_KEY_BLOCK * (size_t)s->head_dim);
         memcpy(kv_block(s, li, dst_seq, 1), kv_block(s, li, src_seq, 1),
                sizeof(float) * (size_t)n_pos * (size_t)s->kv_dim);
