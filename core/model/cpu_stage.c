@@ -180,18 +180,26 @@ static void attn_task(void *ctx, int task, int n_tasks)
 
 /* ---- element-wise work over tokens, spread over the pool ------------------- */
 
+/* gate <- silu(gate) * up over n floats, split into cache-line-aligned
+ * ranges: by elements, not tokens, so that one token's SiLU (4864 expf in
+ * Qwen2.5-0.5B, about 25 us) is shared by the pool too. */
 struct silu_job {
     float *gate;
     const float *up;
-    int n_tokens, ffn;
+    int64_t n;
 };
+
+#define SILU_ALIGN 16 /* floats of a cache line */
 
 static void silu_task(void *ctx, int task, int n_tasks)
 {
     const struct silu_job *j = ctx;
-    int t0 = (int)((int64_t)j->n_tokens * task / n_tasks), t1 = (int)((int64_t)j->n_tokens * (task + 1) / n_tasks);
-    if (t1 > t0)
-        kern_silu_mul(j->gate + (size_t)t0 * j->ffn, j->up + (size_t)t0 * j->ffn, (t1 - t0) * j->ffn);
+    const int64_t lines = (j->n + SILU_ALIGN - 1) / SILU_ALIGN;
+    int64_t i0 = lines * task / n_tasks * SILU_ALIGN, i1 = lines * (task + 1) / n_tasks * SILU_ALIGN;
+    if (i1 > j->n)
+        i1 = j->n;
+    if (i1 > i0)
+        kern_silu_mul(j->gate + i0, j->up + i0, (int)(i1 - i0));
 }
 
 static void add_bias(float *x, const float *bias, int n_tokens, int dim)
@@ -290,8 +298,8 @@ static int cpu_forward(struct stage *base, const struct stage_batch *b, ifd_erro
         const struct ifd_weight *gu_w[2] = {&L->w_gate, &L->w_up};
         float *gu_y[2] = {s->gate, s->up};
         kern_matmul_multi(s->pool, gu_w, gu_y, 2, s->xb, T);
-        struct silu_job sj = {.gate = s->gate, .up = s->up, .n_tokens = T, .ffn = s->ffn};
-        thread_pool_run(s->pool, silu_task, &sj, T < thread_pool_size(s->pool) ? T : thread_pool_size(s->pool));
+        struct silu_job sj = {.gate = s->gate, .up = s->up, .n = (int64_t)T * s->ffn};
+        thread_pool_run(s->pool, silu_task, &sj, thread_pool_size(s->pool));
         kern_matmul(s->pool, &L->w_down, s->gate, T, s->out);
         residual_add(b->hidden, s->out, (size_t)T * H);
         s->layer_ms[li] += ifd_now_ms() - t_layer;
