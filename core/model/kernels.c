@@ -75,6 +75,8 @@ static const struct kern_isa kern_isa_scalar = {
     .axpy = scalar_axpy,
     .attn_scores = scalar_attn_scores,
     .attn_values = scalar_attn_values,
+    .softmax = scalar_softmax,
+    .silu_mul = scalar_silu_mul,
 };
 
 /* ---- dispatch ------------------------------------------------------------ */
@@ -313,10 +315,7 @@ void kern_rmsnorm(float *out, const float *x, const float *weight, int n, float 
 
 void kern_silu_mul(float *gate, const float *up, int n)
 {
-    for (int i = 0; i < n; i++) {
-        float g = gate[i];
-        gate[i] = g / (1.0f + expf(-g)) * up[i];
-    }
+    kern_isa()->silu_mul(gate, up, n);
 }
 
 /* Heads beyond one tile's go in further calls. */
@@ -340,15 +339,5 @@ void kern_attn_values(float *out, const float *w, int64_t w_stride, int n_heads,
 
 void kern_softmax(float *x, int n)
 {
-    float mx = -INFINITY;
-    for (int i = 0; i < n; i++)
-        mx = x[i] > mx ? x[i] : mx;
-    float sum = 0;
-    for (int i = 0; i < n; i++) {
-        x[i] = expf(x[i] - mx);
-        sum += x[i];
-    }
-    float inv = 1.0f / sum;
-    for (int i = 0; i < n; i++)
-        x[i] *= inv;
+    kern_isa()->softmax(x, n);
 }

@@ -203,6 +203,8 @@ const struct kern_isa kern_isa_avx2 = {
     .axpy = avx2_axpy,
     .attn_scores = avx2_attn_scores,
     .attn_values = avx2_attn_values,
+    .softmax = avx2_softmax,
+    .silu_mul = avx2_silu_mul,
 };
 
 #pragma GCC pop_options

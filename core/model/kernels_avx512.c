@@ -224,6 +224,8 @@ const struct kern_isa kern_isa_avx512 = {
     .axpy = avx512_axpy,
     .attn_scores = avx512_attn_scores,
     .attn_values = avx512_attn_values,
+    .softmax = avx512_softmax,
+    .silu_mul = avx512_silu_mul,
 };
 
 #pragma GCC pop_options

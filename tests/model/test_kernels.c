@@ -165,18 +165,67 @@ Test(kernels, rmsnorm_matches_definition)
         cr_assert_eq(x[i], out[i]);
 }
 
-Test(kernels, softmax_and_silu)
+/* Relative error of got against want, an absolute error under 1e-35: e^x
+ * is flushed to 0 under -87.33 and to +inf over 88, which takes a SiLU of g
+ * under -88 (at most 1e-36 in magnitude) to -0. */
+static double rel_err(double got, double want)
 {
-    float x[5] = {1000.0f, 1001.0f, 999.0f, -INFINITY, 1000.0f}; /* needs max subtraction */
-    kern_softmax(x, 5);
-    double e0 = exp(-1.0), e2 = exp(-2.0), z = e0 + 1 + e2 + e0;
-    cr_assert(fabs(x[0] - e0 / z) < 1e-6 && fabs(x[1] - 1 / z) < 1e-6 && fabs(x[2] - e2 / z) < 1e-6);
-    cr_assert_eq(x[3], 0.0f);
-    float g[3] = {-2.0f, 0.0f, 3.0f}, u[3] = {2.0f, 5.0f, -1.0f};
-    kern_silu_mul(g, u, 3);
-    cr_assert(fabs(g[0] - (-2.0 / (1 + exp(2.0))) * 2) < 1e-6);
-    cr_assert_eq(g[1], 0.0f);
-    cr_assert(fabs(g[2] - (3.0 / (1 + exp(-3.0))) * -1) < 1e-6);
+    const double d = fabs(got - want);
+    return d < 1e-35 ? 0 : d / fabs(want);
+}
+
+Test(kernels, softmax_and_silu_every_simd)
+{
+    int levels = 0;
+    for (size_t s = 0; s < sizeof(simds) / sizeof(simds[0]); s++) {
+        if (kern_set_simd(simds[s]) != 0)
+            continue;
+        levels++;
+        /* the maximum is subtracted (e^1000 overflows), and -inf weighs 0 */
+        float x[5] = {1000.0f, 1001.0f, 999.0f, -INFINITY, 1000.0f};
+        kern_softmax(x, 5);
+        double e0 = exp(-1.0), e2 = exp(-2.0), z = e0 + 1 + e2 + e0;
+        cr_assert(fabs(x[0] - e0 / z) < 1e-6 && fabs(x[1] - 1 / z) < 1e-6 && fabs(x[2] - e2 / z) < 1e-6, "%s",
+                  simds[s]);
+        cr_assert_eq(x[3], 0.0f, "%s", simds[s]);
+        /* every length through the vector body and the padded tail */
+        for (int n = 1; n <= 41; n++) {
+            float v[41];
+            double ref[41], mx = -INFINITY, sum = 0;
+            for (int i = 0; i < n; i++) {
+                v[i] = 20.0f * frand() - 10.0f * (i % 3);
+                mx = v[i] > mx ? v[i] : mx;
+            }
+            for (int i = 0; i < n; i++) /* x - max rounded to a float, as the kernel has it */
+                sum += ref[i] = exp((double)(v[i] - (float)mx));
+            kern_softmax(v, n);
+            for (int i = 0; i < n; i++)
+                cr_assert(rel_err(v[i], ref[i] / sum) < 2e-6, "%s n=%d i=%d: %.9g vs %.9g", simds[s], n, i, v[i],
+                          ref[i] / sum);
+        }
+        /* SiLU over e^x's whole range and past it at both ends: e^-g is
+         * within a few ulp of exp() wherever it is a normal float */
+        enum { N = 1003 };
+        static float g[N], u[N], g0[N];
+        for (int i = 0; i < N; i++) {
+            g[i] = g0[i] = -100.0f + 200.0f * (float)i / (N - 1) + 0.01f * frand();
+            u[i] = 1.0f + frand();
+        }
+        g[0] = g0[0] = 0.0f;
+        g[1] = g0[1] = -87.5f; /* e^87.5 is a float, but past the range: +inf, so -0 */
+        g[2] = g0[2] = 87.5f;  /* e^-87.5 is under the normal floats: 0, so g */
+        kern_silu_mul(g, u, N);
+        for (int i = 0; i < N; i++) {
+            const double want = g0[i] / (1 + exp(-(double)g0[i])) * u[i];
+            cr_assert(rel_err(g[i], want) < 5e-7, "%s g=%.9g: %.9g vs %.9g", simds[s], g0[i], g[i], want);
+        }
+        cr_assert_eq(g[0], 0.0f);
+        /* NaN stays NaN; silu(+inf) is +inf */
+        float gn[2] = {NAN, INFINITY}, un[2] = {1.0f, 2.0f};
+        kern_silu_mul(gn, un, 2);
+        cr_assert(isnan(gn[0]) && gn[1] == INFINITY, "%s: %g %g", simds[s], gn[0], gn[1]);
+    }
+    cr_assert(levels >= 1);
 }
 
 Test(kernels, dot_and_axpy_every_simd)
