@@ -23,13 +23,13 @@ struct kern_isa {
     /* y[i] += a * x[i] */
     void (*axpy)(float *y, float a, const float *x, int n);
     /* kernels.h's kern_attn_scores and kern_attn_values (n_heads checked
-     * there): KERN_ATTN_ENTRIES below, compiled for the table's instruction
+     * there): KERN_TABLE_ENTRIES below, compiled for the table's instruction
      * set */
     void (*attn_scores)(float *out, int64_t out_stride, const float *q, int n_heads, const float *kt, int hd, int n,
                         float scale);
     void (*attn_values)(float *out, const float *w, int64_t w_stride, int n_heads, const float *v, int64_t stride,
                         int hd, int n);
-    /* kernels.h's kern_softmax and kern_silu_mul (KERN_ATTN_ENTRIES too) */
+    /* kernels.h's kern_softmax and kern_silu_mul (KERN_TABLE_ENTRIES) */
     void (*softmax)(float *x, int n);
     void (*silu_mul)(float *gate, const float *up, int n);
 };
@@ -301,7 +301,7 @@ static inline __attribute__((always_inline)) void kern_silu_mul8(float *gate, co
 
 /* The table entries: for attention one instance per head count, each with
  * its own tile; the softmax and the SiLU. */
-#define KERN_ATTN_ENTRIES(prefix)                                                                                      \
+#define KERN_TABLE_ENTRIES(prefix)                                                                                     \
     static void prefix##_attn_scores(float *out, int64_t out_stride, const float *q, int n_heads, const float *kt,     \
                                      int hd, int n, float scale)                                                       \
     {                                                                                                                  \

@@ -66,7 +66,7 @@ static void scalar_axpy(float *y, float a, const float *x, int n)
         y[i] += a * x[i];
 }
 
-KERN_ATTN_ENTRIES(scalar)
+KERN_TABLE_ENTRIES(scalar)
 
 static const struct kern_isa kern_isa_scalar = {
     .name = "scalar",

@@ -194,7 +194,7 @@ static void avx2_axpy(float *y, float a, const float *x, int n)
         y[i] += a * x[i];
 }
 
-KERN_ATTN_ENTRIES(avx2)
+KERN_TABLE_ENTRIES(avx2)
 
 const struct kern_isa kern_isa_avx2 = {
     .name = "avx2",

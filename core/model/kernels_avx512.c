@@ -215,7 +215,7 @@ static void avx512_axpy(float *y, float a, const float *x, int n)
     }
 }
 
-KERN_ATTN_ENTRIES(avx512)
+KERN_TABLE_ENTRIES(avx512)
 
 const struct kern_isa kern_isa_avx512 = {
     .name = "avx512",
