@@ -28,6 +28,13 @@
  * score buffer (so no task shares scratch with another). */
 #define ATTN_TASKS_PER_THREAD 4
 
+/* A layer's matrices as the stage reads them (model_weight_for_cpu()):
+ * copies in the layout the kernels read fastest, or the model's own. */
+struct layer_mats {
+    struct ifd_weight wq, wk, wv, wo, w_gate, w_up, w_down;
+};
+#define LAYER_MATS_N 7
+
 /* The small per-layer vectors, widened to f32 once at create. */
 struct layer_vecs {
     float *attn_norm;  /* [hidden] */
@@ -54,6 +61,8 @@ struct cpu_stage {
     int64_t kv_positions;      /* n_ctx rounded up to a whole key block */
     double *inv_freq;          /* [head_dim / 2] RoPE frequencies, scaling applied */
     struct layer_vecs *vecs;   /* [n_layers] */
+    struct layer_mats *mats;   /* [n_layers] */
+    void **mat_bufs;           /* [n_layers * LAYER_MATS_N]: the copies' buffers, or NULL */
     float *vec_storage;        /* backing store of every vecs[] array */
 
     /* scratch, sized for cap_tokens */
@@ -252,7 +261,6 @@ static int cpu_forward(struct stage *base, const struct stage_batch *b, ifd_erro
         return r;
     double t_start = ifd_now_ms();
     const int T = b->n_tokens, H = s->hidden, half = s->head_dim / 2;
-    const struct model *m = s->m;
 
     for (int t = 0; t < T; t++) {
         for (int i = 0; i < half; i++) {
@@ -264,7 +272,7 @@ static int cpu_forward(struct stage *base, const struct stage_batch *b, ifd_erro
 
     for (int li = 0; li < s->n_layers; li++) {
         double t_layer = ifd_now_ms();
-        const struct layer_weights *L = &m->layers[base->layer_first + li];
+        const struct layer_mats *L = &s->mats[li];
         const struct layer_vecs *V = &s->vecs[li];
 
         for (int t = 0; t < T; t++)
@@ -331,6 +339,11 @@ static void cpu_destroy(struct stage *base)
     free(s->kv);
     free(s->inv_freq);
     free(s->vecs);
+    if (s->mat_bufs)
+        for (int i = 0; i < s->n_layers * LAYER_MATS_N; i++)
+            free(s->mat_bufs[i]);
+    free(s->mat_bufs);
+    free(s->mats);
     free(s->vec_storage);
     free(s->scores);
     free(s->layer_ms);
@@ -431,7 +444,10 @@ int cpu_stage_create(const struct model *m, int first, int last, int n_seq_max, 
     s->vec_storage = calloc(n_vec, sizeof(float));
     s->scores = calloc((size_t)s->n_attn_tasks * KERN_ATTN_MAX_HEADS * (size_t)n_ctx, sizeof(float));
     s->layer_ms = calloc((size_t)s->n_layers, sizeof(double));
-    if (!s->kv || !s->inv_freq || !s->vecs || !s->vec_storage || !s->scores || !s->layer_ms) {
+    s->mats = calloc((size_t)s->n_layers, sizeof(*s->mats));
+    s->mat_bufs = calloc((size_t)s->n_layers * LAYER_MATS_N, sizeof(*s->mat_bufs));
+    if (!s->kv || !s->inv_freq || !s->vecs || !s->vec_storage || !s->scores || !s->layer_ms || !s->mats ||
+        !s->mat_bufs) {
         cpu_destroy(&s->base);
         return ifd_error_set(err, -ENOMEM, "cpu stage: out of memory for a KV cache of %llu MiB", kv_bytes >> 20);
     }
@@ -451,6 +467,16 @@ int cpu_stage_create(const struct model *m, int first, int last, int n_seq_max, 
         V->bv = widen_vec(&L->bv, &cur);
         V->q_norm = widen_vec(&L->q_norm, &cur);
         V->k_norm = widen_vec(&L->k_norm, &cur);
+        const struct ifd_weight *src[LAYER_MATS_N] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        struct ifd_weight *dst[LAYER_MATS_N] = {&s->mats[li].wq,     &s->mats[li].wk, &s->mats[li].wv,
+                                                &s->mats[li].wo,     &s->mats[li].w_gate, &s->mats[li].w_up,
+                                                &s->mats[li].w_down};
+        for (int i = 0; i < LAYER_MATS_N; i++)
+            if ((r = model_weight_for_cpu(m, src[i], dst[i], &s->mat_bufs[li * LAYER_MATS_N + i], err)) < 0) {
+                cpu_destroy(&s->base);
+                ifd_error_prefix(err, "cpu stage: layer %d", first + li);
+                return r;
+            }
     }
     *ret = &s->base;
     return 0;

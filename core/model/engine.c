@@ -31,6 +31,8 @@ struct engine {
     float *normed;                  /* [n_logits_max, hidden] final-normed rows that want logits */
     float *logits;                  /* [n_logits_max, vocab] */
     float *final_norm;              /* [hidden] widened once */
+    struct ifd_weight lm_head;      /* as the kernels read it fastest (model_weight_for_cpu()) */
+    void *lm_head_buf;              /* its copy's buffer, or NULL */
 };
 
 /* Whether stages cover the model's layers in order, each with room for
@@ -102,6 +104,11 @@ static int engine_create_impl(const struct model *m, struct stage **stages, int 
             engine_destroy(e);
             return r;
         }
+    }
+    if ((r = model_weight_for_cpu(m, &m->lm_head, &e->lm_head, &e->lm_head_buf, err)) < 0) {
+        engine_destroy(e);
+        ifd_error_prefix(err, "engine: the head");
+        return r;
     }
     kern_weight_row(&m->final_norm, 0, e->final_norm);
     memcpy(e->stages, stages, sizeof(*stages) * (size_t)n_stages);
@@ -182,6 +189,7 @@ void engine_destroy(engine *e)
     free(e->normed);
     free(e->logits);
     free(e->final_norm);
+    free(e->lm_head_buf);
     free(e);
 }
 
@@ -273,7 +281,7 @@ int engine_complete(engine *e, int slot, ifd_error *err)
     for (int t = 0; t < sb.n_tokens; t++)
         if (want[t])
             kern_rmsnorm(e->normed + (size_t)j++ * H, sb.hidden + (size_t)t * H, e->final_norm, H, c->rms_norm_eps);
-    kern_matmul(e->pool, &e->m->lm_head, e->normed, n_wanted, e->logits);
+    kern_matmul(e->pool, &e->lm_head, e->normed, n_wanted, e->logits);
     return 0;
 }
 

@@ -277,6 +277,23 @@ void model_destroy(struct model *m)
     free(m);
 }
 
+int model_weight_for_cpu(const struct model *m, const struct ifd_weight *w, struct ifd_weight *ret, void **ret_owned,
+                         ifd_error *err)
+{
+    *ret = *w;
+    *ret_owned = NULL;
+    if (!quant_panels_wanted(w))
+        return 0;
+    int r = quant_weight_to_panels(w, ret, ret_owned, err);
+    if (r < 0)
+        return r;
+    const size_t ng = (size_t)(w->cols / w->group_size) * (size_t)w->rows, esz = ifd_dtype_size(w->qparam_dtype);
+    st_release_pages(m->st, w->data, (size_t)w->rows * (size_t)(w->cols * w->bits / 8));
+    st_release_pages(m->st, w->scales, ng * esz);
+    st_release_pages(m->st, w->biases, ng * esz);
+    return 0;
+}
+
 /* ---- tensor names for a subset ------------------------------------------- */
 
 struct name_list {

@@ -28,6 +28,10 @@ struct ifd_weight {
     enum ifd_dtype qparam_dtype;   /* dtype of scales and biases */
     const void *scales;       /* [rows, cols / group_size] */
     const void *biases;       /* [rows, cols / group_size] */
+    /* Quantized only: data holds the rows in quant_panel.c's panels of 8,
+     * with their scales and biases (scales and biases are then NULL). The
+     * checkpoint's layout when false. */
+    bool panels;
 };
 
 struct layer_weights {
@@ -78,6 +82,14 @@ int model_bind(st_model *st, struct model_config *cfg, const struct model_load_o
                struct model **ret, ifd_error *err);
 
 void model_destroy(struct model *m); /* accepts NULL */
+
+/* The weight the CPU kernels read fastest at the SIMD level in use: a copy
+ * of w in quant_panel.c's panels (quantized weights at the AVX2 levels),
+ * whose buffer *ret_owned the caller frees, after which the pages of m's
+ * checkpoint that held w are given back (st_release_pages()); else w itself
+ * and *ret_owned NULL. 0 or -ENOMEM. */
+int model_weight_for_cpu(const struct model *m, const struct ifd_weight *w, struct ifd_weight *ret, void **ret_owned,
+                         ifd_error *err);
 
 /* Canonical checkpoint names of every tensor layers [first, last) use
  * (including .scales/.biases of quantized ones), plus the embedding and/or head

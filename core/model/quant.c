@@ -60,6 +60,10 @@ static inline uint32_t code_at(const uint8_t *row, int64_t i, int bits)
 
 void quant_dequant_row(const struct ifd_weight *w, int64_t row, float *out)
 {
+    if (w->panels) {
+        quant_panel_dequant_row(w, row, out);
+        return;
+    }
     const uint8_t *r = (const uint8_t *)w->data + row * row_bytes_of(w);
     const int64_t ng = w->cols / w->group_size;
     for (int64_t g = 0; g < ng; g++) {
@@ -342,6 +346,10 @@ static enum quant_isa quant_isa_of(enum cpu_simd l)
 int quant_matmul_rows_isa(enum quant_isa isa, const struct ifd_weight *w, const float *x,
                           int n_tokens, float *y, int64_t row_begin, int64_t row_end)
 {
+    if (w->panels) { /* what quant_act_matmul_rows() did not take (quant_panel.c) */
+        quant_panel_matmul_rows_portable(w, x, n_tokens, y, row_begin, row_end);
+        return 0;
+    }
 #if defined(__x86_64__)
     /* AUTO is the level every kernel uses (detected once, or forced by
      * kern_set_simd()); an explicit one is what a test asks for. */

@@ -55,6 +55,20 @@ void quant_quantize_row(const float *row, int64_t cols, int bits, int group_size
 int quant_weight_quantize(const struct ifd_weight *src, int bits, int group_size,
                           struct ifd_weight *ret, void **ret_owned, ifd_error *err);
 
+/* ---- weights in panels of 8 rows (quant_panel.c) ---------------------------
+ * The layout the CPU stage keeps 4- and 8-bit weights in at the AVX2 levels,
+ * where every product takes the int16 kernels: one sequential stream per
+ * product instead of 8 strided rows and two parameter arrays. */
+
+/* True when w (4- or 8-bit, groups of multiples of 32, not yet in panels) is
+ * faster in panels at the SIMD level in use (AVX2, AVX2-VNNI). */
+bool quant_panels_wanted(const struct ifd_weight *w);
+
+/* A copy of w in panels: *ret describes it (ret->panels), its one buffer is
+ * *ret_owned, for the caller to free(). 0 or -ENOMEM. Every product and
+ * quant_dequant_row() take either layout. */
+int quant_weight_to_panels(const struct ifd_weight *w, struct ifd_weight *ret, void **ret_owned, ifd_error *err);
+
 /* ---- products with integer-coded activations ---------------------------------
  * The activations of a product are coded once (shared by every thread's rows)
  * and a 4- or 8-bit weight is multiplied with them in integer arithmetic. Two

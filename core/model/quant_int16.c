@@ -456,6 +456,8 @@ QW_INLINE __m256i qw_dpwssd(__m256i acc, __m256i w, __m256i x)
 int quant_act16_matmul_rows(const struct ifd_weight *w, const struct quant_act *a, float *y, int64_t row_begin,
                             int64_t row_end)
 {
+    if (w->panels)
+        return quant_panel_matmul_rows(w, a, y, row_begin, row_end);
     const struct qw_ctx k = {
         .a = a,
         .data = w->data,

@@ -79,9 +79,11 @@ static int act_block_of(int group_size)
  * (with VNNI) from its threshold up, the int16 panel kernel from
  * QUANT_ACT16_AVX512_MIN_TOKENS (batched decode), the f32 kernels between
  * (see QUANT_ACT16_AVX512_MIN_TOKENS). */
-static int act_kind_for(int n_tokens)
+static int act_kind_for(const struct ifd_weight *w, int n_tokens)
 {
     const enum cpu_simd l = cpu_simd_level();
+    if (w->panels) /* only quant_panel.c's kernels (INT16) read panels fast */
+        return l == CPU_SIMD_SCALAR ? -1 : QUANT_ACT_INT16;
     if (l == CPU_SIMD_AVX2 || l == CPU_SIMD_AVX2_VNNI)
         return QUANT_ACT_INT16;
     if (l != CPU_SIMD_AVX512)
@@ -100,12 +102,13 @@ bool quant_act_eligible(const struct ifd_weight *w, int n_tokens)
 {
     if ((w->bits != 4 && w->bits != 8) || w->group_size % 32 != 0 || n_tokens < 1)
         return false;
-    return act_kind_for(n_tokens) >= 0;
+    return act_kind_for(w, n_tokens) >= 0;
 }
 
 bool quant_act_matches(const struct quant_act *a, const struct ifd_weight *w)
 {
-    return a->bits == w->bits && a->group_size == w->group_size && a->cols == w->cols;
+    return a->bits == w->bits && a->group_size == w->group_size && a->cols == w->cols &&
+           (int)a->kind == act_kind_for(w, a->n_tokens);
 }
 
 /* Floats of each part of a's memory, in the order they lie there (the
@@ -125,7 +128,7 @@ static void act_parts(const struct quant_act *a, size_t *ret_ns, size_t *ret_ng,
 
 size_t quant_act_setup(struct quant_act *a, const struct ifd_weight *w, int n_tokens)
 {
-    const int kind = act_kind_for(n_tokens);
+    const int kind = act_kind_for(w, n_tokens);
     *a = (struct quant_act){
         .kind = kind < 0 ? QUANT_ACT_INT8_PAIR : (enum quant_act_kind)kind,
         .bits = w->bits,

@@ -57,6 +57,24 @@ static inline bool quant_act16_row_kernel(const struct quant_act *a)
     return a->kind == QUANT_ACT_INT16 && a->n_tokens < quant_act_prefill_min_tokens(QUANT_ACT_INT16);
 }
 
+/* ---- the panel layout (quant_panel.c) ---- */
+#define QUANT_PANEL_ROWS 8
+
+/* Bytes of one group of one panel (codes, scales, biases), and of a panel. */
+int64_t quant_panel_group_bytes(const struct ifd_weight *w);
+int64_t quant_panel_bytes(const struct ifd_weight *w);
+
+/* quant_dequant_row() and quant_matmul_rows() of a weight in panels. */
+void quant_panel_dequant_row(const struct ifd_weight *w, int64_t row, float *out);
+void quant_panel_matmul_rows_portable(const struct ifd_weight *w, const float *x, int n_tokens, float *y,
+                                      int64_t row_begin, int64_t row_end);
+
+/* quant_act16_matmul_rows() of a weight in panels: rows [row_begin,
+ * row_end), row_begin a multiple of 8 and row_end too unless it is the
+ * last row; 0, or -EINVAL for other bounds, -ENOTSUP off x86-64. */
+int quant_panel_matmul_rows(const struct ifd_weight *w, const struct quant_act *a, float *y, int64_t row_begin,
+                            int64_t row_end);
+
 /* The QUANT_ACT_INT16 kind's halves of quant_act_prepare_tokens() and
  * quant_act_matmul_rows() (quant_int16.c). */
 void quant_act16_prepare_tokens(struct quant_act *a, const float *x, int t0, int t1);

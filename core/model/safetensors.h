@@ -57,6 +57,13 @@ const struct st_tensor *st_find(const st_model *m, const char *name);
 
 /* Value of a __metadata__ key, from the first file that has it, or NULL. */
 const char *st_metadata(const st_model *m, const char *key);
+/* Gives back the pages of [p, p + len) that lie in a file's mapping (whole
+ * pages inside the range only): a copy of the bytes now serves instead
+ * (quant_weight_to_panels()). They stay readable: a later read maps them
+ * again from the file. Anything else (a buffer st_open_memory() was
+ * given) is left alone. Advice only: errors are ignored. */
+void st_release_pages(const st_model *m, const void *p, size_t len);
+
 /* Number of files and the path of one (for error messages and hashing). */
 int st_file_count(const st_model *m);
 const char *st_file_path(const st_model *m, int file_index);

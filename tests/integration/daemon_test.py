@@ -245,6 +245,38 @@ def group_golden(binary):
             check(text == got, "qwen3 %s stream == non-stream" % g["name"])
             check(finish == "length", "qwen3 stream finish_reason %s" % finish)
 
+    # At the AVX2 levels the CPU stage and the head keep 4- and 8-bit weights
+    # in panels of 8 rows (core/model/quant_panel.c): the MLX goldens through
+    # them, one request at a time and all at once (batched decode).
+    if " avx2 " in " %s " % open("/proc/cpuinfo").read().replace("\n", " "):
+        for bits in (4, 8):
+            name = "tinystories-656k-mlx-%dbit" % bits
+            with Daemon(binary, os.path.join(MODELS, name), "--simd", "avx2") as d:
+                gs = goldens(name)
+                check(gs, "goldens for %s" % name)
+                # 6 at once: the batch takes the 4- and the 2-token tiles
+                for how, batch in (("one at a time", list(gs)), ("6 at once", list(gs) * 6)):
+                    outs = [None] * len(batch)
+
+                    def complete(i):
+                        g = batch[i]
+                        st, r = d.json("POST", "/v1/completions", {"prompt": g["prompt_ids"], "temperature": 0,
+                                                                   "max_tokens": g["stable_prefix_len"]})
+                        outs[i] = r["choices"][0]["text"] if st == 200 else "status %d: %s" % (st, r)
+
+                    if how == "one at a time":
+                        for i in range(len(batch)):
+                            complete(i)
+                    else:
+                        ts = [threading.Thread(target=complete, args=(i,)) for i in range(len(batch))]
+                        for t in ts:
+                            t.start()
+                        for t in ts:
+                            t.join()
+                    for g, out in zip(batch, outs):
+                        check(out == g["stable_completion_text"], "--simd avx2, %s %s, %s: %r" % (name, g["name"], how, out))
+    else:
+        print("skipped: the AVX2 panel layout through the daemon: no AVX2 on this CPU", file=sys.stderr)
 
 def expect_error(d, status, method, path, body=None, headers=None, raw=None, param=None, code=None, what=""):
     st, h, payload = d.request(method, path, body, headers, raw=raw)

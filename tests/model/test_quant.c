@@ -684,6 +684,141 @@ Test(quant, integer_activations_nmse)
         cr_expect_gt(n_levels, 0, "a CPU with AVX2 has at least the int16 path");
 }
 
+/* ---- weights in panels (quant_panel.c) ---------------------------------------- */
+
+/* y [n_tokens, rows] of w (checkpoint layout) through the int16 row kernel,
+ * one token at a time: what decode computes. */
+static void rows_one_token_at_a_time(const struct ifd_weight *w, const float *x, int n_tokens, float *y)
+{
+    float *y1 = malloc((size_t)w->rows * sizeof(float));
+    cr_assert_not_null(y1);
+    for (int t = 0; t < n_tokens; t++) {
+        struct quant_act a;
+        cr_assert_eq(quant_act_alloc(&a, w, 1), 0);
+        quant_act_prepare_tokens(&a, x + (int64_t)t * w->cols, 0, 1);
+        cr_assert_eq(quant_act_matmul_rows(w, &a, y1, 0, w->rows, NULL), 0);
+        quant_act_free(&a);
+        memcpy(y + (int64_t)t * w->rows, y1, (size_t)w->rows * sizeof(float));
+    }
+    free(y1);
+}
+
+/* A weight in panels holds the same weight: every row dequantizes to the
+ * same floats, the portable product is quant.c's scalar one bit for bit,
+ * and the panel kernels give, for every token count and row split, what
+ * the row kernel gives one token at a time, bit for bit (their float
+ * arithmetic is the same, in the same order). Off the AVX2 levels the copy
+ * is not wanted, and what is not x86 code is still checked. */
+Test(quant, panels_equal_the_checkpoint_layout)
+{
+    const int bits_list[] = {4, 8};
+    const int gs_list[] = {32, 64, 128};
+    const int64_t rows_list[] = {1, 8, 17, 40};
+    const int tokens_list[] = {1, 2, 3, 5, 8, 13, 19};
+    const enum ifd_dtype qdts[] = {IFD_DTYPE_F32, IFD_DTYPE_F16, IFD_DTYPE_BF16};
+    const enum cpu_simd best = cpu_simd_best();
+    const bool kernels = cpu_simd_supported(CPU_SIMD_AVX2);
+    if (!kernels)
+        fprintf(stderr, "skipped: panel kernels: no AVX2 on this CPU (layout and portable product still checked)\n");
+    else
+        cr_assert_eq(kern_set_simd("avx2"), 0);
+    int n_cases = 0;
+    for (size_t bi = 0; bi < 2; bi++)
+        for (size_t gi = 0; gi < 3; gi++)
+            for (size_t ri = 0; ri < 4; ri++) {
+                const int bits = bits_list[bi], gs = gs_list[gi];
+                const int64_t rows = rows_list[ri], cols = gs * (int64_t)(1 + (gi + ri) % 3);
+                const enum ifd_dtype qdt = qdts[(bi + gi + ri) % 3];
+                struct qw q;
+                qw_make(&q, rows, cols, bits, gs, qdt, (int)(ri % 2) * 2);
+                struct ifd_weight pw;
+                void *owned = NULL;
+                ifd_error err = {{0}};
+                cr_assert_eq(quant_weight_to_panels(&q.w, &pw, &owned, &err), 0, "%s", err.msg);
+                cr_assert(pw.panels && !pw.scales && !pw.biases);
+                const char *what = "";
+                char buf[96];
+                snprintf(buf, sizeof(buf), "bits %d gs %d [%lld x %lld] %s", bits, gs, (long long)rows,
+                         (long long)cols, ifd_dtype_name(qdt));
+                what = buf;
+
+                float *a = malloc((size_t)cols * sizeof(float)), *b = malloc((size_t)cols * sizeof(float));
+                for (int64_t r = 0; r < rows; r++) {
+                    quant_dequant_row(&q.w, r, a);
+                    quant_dequant_row(&pw, r, b);
+                    cr_assert_eq(memcmp(a, b, (size_t)cols * sizeof(float)), 0, "%s: row %lld dequantizes apart",
+                                 what, (long long)r);
+                }
+                free(a);
+                free(b);
+
+                const int n_tokens = tokens_list[(bi + 2 * gi + ri) % 7];
+                float *x = malloc((size_t)(n_tokens * cols) * sizeof(float));
+                float *ref = malloc((size_t)(n_tokens * rows) * sizeof(float));
+                float *got = malloc((size_t)(n_tokens * rows) * sizeof(float));
+                for (int64_t i = 0; i < n_tokens * cols; i++)
+                    x[i] = frand();
+                cr_assert_eq(quant_matmul_rows_isa(QUANT_ISA_SCALAR, &q.w, x, n_tokens, ref, 0, rows), 0);
+                quant_matmul_rows(&pw, x, n_tokens, got, 0, rows);
+                cr_assert_eq(memcmp(ref, got, (size_t)(n_tokens * rows) * sizeof(float)), 0,
+                             "%s tokens %d: the portable product differs from the scalar one", what, n_tokens);
+
+                if (kernels) {
+                    rows_one_token_at_a_time(&q.w, x, n_tokens, ref);
+                    struct quant_act act;
+                    cr_assert(quant_act_eligible(&pw, n_tokens));
+                    cr_assert_eq(quant_act_alloc(&act, &pw, n_tokens), 0);
+                    quant_act_prepare_tokens(&act, x, 0, n_tokens);
+                    /* whole, and in two slices split at a panel */
+                    const int64_t split = rows > 8 ? 8 : rows;
+                    for (int pass = 0; pass < 2; pass++) {
+                        for (int64_t i = 0; i < n_tokens * rows; i++)
+                            got[i] = 12345.0f;
+                        if (pass == 0) {
+                            cr_assert_eq(quant_act_matmul_rows(&pw, &act, got, 0, rows, NULL), 0);
+                        } else {
+                            cr_assert_eq(quant_act_matmul_rows(&pw, &act, got, 0, split, NULL), 0);
+                            cr_assert_eq(quant_act_matmul_rows(&pw, &act, got, split, rows, NULL), 0);
+                        }
+                        for (int t = 0; t < n_tokens; t++)
+                            for (int64_t r = 0; r < rows; r++)
+                                cr_assert_eq(got[t * rows + r], ref[t * rows + r],
+                                             "%s tokens %d pass %d: token %d row %lld: %.9g in panels, %.9g "
+                                             "through the row kernel",
+                                             what, n_tokens, pass, t, (long long)r, got[t * rows + r],
+                                             ref[t * rows + r]);
+                    }
+                    if (rows > 8) /* a slice that starts inside a panel is refused */
+                        cr_assert_lt(quant_act_matmul_rows(&pw, &act, got, 3, rows, NULL), 0);
+                    quant_act_free(&act);
+                }
+                free(x);
+                free(ref);
+                free(got);
+                free(owned);
+                qw_free(&q);
+                n_cases++;
+            }
+    cr_assert_eq(n_cases, 24);
+
+    /* wanted at the AVX2 levels only, and never twice */
+    struct qw q;
+    qw_make(&q, 16, 64, 4, 64, IFD_DTYPE_BF16, 0);
+    static const enum cpu_simd levels[] = {CPU_SIMD_SCALAR, CPU_SIMD_AVX2, CPU_SIMD_AVX2_VNNI, CPU_SIMD_AVX512};
+    for (size_t li = 0; li < sizeof(levels) / sizeof(levels[0]); li++) {
+        if (!cpu_simd_supported(levels[li]))
+            continue;
+        cr_assert_eq(kern_set_simd(cpu_simd_name(levels[li])), 0);
+        const bool want = levels[li] == CPU_SIMD_AVX2 || levels[li] == CPU_SIMD_AVX2_VNNI;
+        cr_assert_eq(quant_panels_wanted(&q.w), want, "%s", cpu_simd_name(levels[li]));
+        struct ifd_weight pw = q.w;
+        pw.panels = true;
+        cr_assert(!quant_panels_wanted(&pw));
+    }
+    qw_free(&q);
+    cr_assert_eq(kern_set_simd(cpu_simd_name(best)), 0);
+}
+
 /* ---- quantize on load -------------------------------------------------------- */
 
 Test(quant, weight_quantize_errors)
