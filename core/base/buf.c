@@ -4,6 +4,7 @@
 #include <assert.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 
 /* Smallest capacity handed out: appending the first few items costs one
  * allocation, not four. */
@@ -27,4 +28,17 @@ void *buf_grow(void *p, size_t *cap, size_t need, size_t elem)
         return NULL;
     *cap = n;
     return np;
+}
+
+void *buf_alloc_stream(size_t bytes)
+{
+    const size_t huge = (size_t)2 << 20;
+    void *p = NULL;
+    if (posix_memalign(&p, bytes >= huge ? huge : 64, bytes ? bytes : 1) != 0)
+        return NULL;
+#ifdef MADV_HUGEPAGE
+    if (bytes >= huge)
+        (void)madvise(p, bytes, MADV_HUGEPAGE); /* advice: without THP, 4 KiB pages */
+#endif
+    return p;
 }

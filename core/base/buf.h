@@ -19,3 +19,9 @@
  * which case p is still valid, still owned by the caller, and *cap unchanged.
  * elem must be > 0. */
 void *buf_grow(void *p, size_t *cap, size_t need, size_t elem);
+
+/* A buffer for a large array read as a stream (weights), freed with free():
+ * from 2 MiB up aligned to 2 MiB and advised into huge pages (MADV_HUGEPAGE),
+ * so that streaming it misses the TLB once per 2 MiB instead of per 4 KiB;
+ * smaller ones 64-byte aligned. NULL when memory runs out. */
+void *buf_alloc_stream(size_t bytes);

@@ -30,8 +30,8 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
+#include "base/buf.h"
 #include "base/cpu.h"
 #include "quant_internal.h"
 
@@ -64,14 +64,10 @@ int quant_weight_to_panels(const struct ifd_weight *w, struct ifd_weight *ret, v
     const int64_t panel_bytes = quant_panel_bytes(w), group_code_bytes = (int64_t)w->group_size * w->bits / 8;
     const size_t esz = qparam_size(w->qparam_dtype);
     const size_t total = (size_t)(n_panels * panel_bytes);
-    void *buf = NULL;
-    if (posix_memalign(&buf, 64, total ? total : 64) != 0)
+    void *buf = buf_alloc_stream(total);
+    if (!buf)
         return ifd_error_set(err, -ENOMEM, "out of memory for a %lld x %lld weight in panels (%zu MiB)",
                              (long long)w->rows, (long long)w->cols, total >> 20);
-#ifdef MADV_HUGEPAGE
-    if (total >= (2u << 20))
-        madvise(buf, total, MADV_HUGEPAGE); /* fewer TLB misses on the one stream; advice only */
-#endif
     const int64_t row_bytes = row_bytes_of(w);
     uint8_t *out = buf;
     for (int64_t p = 0; p < n_panels; p++)

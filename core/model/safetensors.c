@@ -746,21 +746,34 @@ const char *st_metadata(const st_model *m, const char *key)
     return NULL;
 }
 
-void st_release_pages(const st_model *m, const void *p, size_t len)
+/* The mapped file that holds [p, p + len), or NULL. */
+static const struct st_file *mapping_of(const st_model *m, const void *p, size_t len)
 {
-    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)p;
+    const uintptr_t a = (uintptr_t)p;
     for (int i = 0; i < m->n_files; i++) {
         const struct st_file *f = &m->files[i];
         const uintptr_t base = (uintptr_t)f->base;
-        if (!f->mapped || a < base || a - base >= f->len || len > f->len - (a - base))
-            continue;
-        /* MAP_PRIVATE and never written: MADV_DONTNEED drops the pages,
-         * and a later touch reads them from the file (or its page cache) */
-        const uintptr_t first = (a + page - 1) / page * page, end = (a + len) / page * page;
-        if (first < end)
-            (void)madvise((void *)first, end - first, MADV_DONTNEED);
-        return;
+        if (f->mapped && a >= base && a - base < f->len && len <= f->len - (a - base))
+            return f;
     }
+    return NULL;
+}
+
+bool st_in_mapping(const st_model *m, const void *p, size_t len)
+{
+    return mapping_of(m, p, len) != NULL;
+}
+
+void st_release_pages(const st_model *m, const void *p, size_t len)
+{
+    if (!mapping_of(m, p, len))
+        return;
+    /* MAP_PRIVATE and never written: MADV_DONTNEED drops the pages, and a
+     * later touch reads them from the file (or its page cache) */
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)p;
+    const uintptr_t first = (a + page - 1) / page * page, end = (a + len) / page * page;
+    if (first < end)
+        (void)madvise((void *)first, end - first, MADV_DONTNEED);
 }
 
 int st_file_count(const st_model *m)

@@ -57,11 +57,14 @@ const struct st_tensor *st_find(const st_model *m, const char *name);
 
 /* Value of a __metadata__ key, from the first file that has it, or NULL. */
 const char *st_metadata(const st_model *m, const char *key);
-/* Gives back the pages of [p, p + len) that lie in a file's mapping (whole
- * pages inside the range only): a copy of the bytes now serves instead
- * (quant_weight_to_panels()). They stay readable: a later read maps them
- * again from the file. Anything else (a buffer st_open_memory() was
- * given) is left alone. Advice only: errors are ignored. */
+/* True when [p, p + len) lies in one of m's file mappings (st_open()), not
+ * in memory (st_open_memory()): its pages can be given back. */
+bool st_in_mapping(const st_model *m, const void *p, size_t len);
+
+/* Gives back the pages of [p, p + len), which must lie in a file's mapping
+ * (st_in_mapping(); whole pages inside the range only): a copy of the bytes
+ * now serves instead (model_weight_for_cpu()). They stay readable: a later
+ * read maps them again from the file. Advice only: errors are ignored. */
 void st_release_pages(const st_model *m, const void *p, size_t len);
 
 /* Number of files and the path of one (for error messages and hashing). */
