@@ -111,7 +111,9 @@ struct quant_act {
  * AVX2 and AVX2-VNNI levels always (INT16); at AVX-512 for 1 to 3 tokens
  * (INT16: decode), with VNNI from quant_act_set_min_tokens() tokens
  * (INT8_PAIR), and from 8 tokens below that (INT16: batched decode); 4 to
- * 7 tokens at AVX-512, and the scalar level, keep the f32 kernels. */
+ * 7 tokens at AVX-512, and the scalar level, keep the f32 kernels. A weight
+ * in panels takes INT16 at every vector level (only quant_panel.c's
+ * kernels read panels fast), none at the scalar level. */
 bool quant_act_eligible(const struct ifd_weight *w, int n_tokens);
 
 /* True when a was set up for w's layout and width. */

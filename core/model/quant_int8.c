@@ -78,7 +78,8 @@ static int act_block_of(int group_size)
  * up to 3 tokens (decode: the row kernel, quant_int16.c), the int8 pair
  * (with VNNI) from its threshold up, the int16 panel kernel from
  * QUANT_ACT16_AVX512_MIN_TOKENS (batched decode), the f32 kernels between
- * (see QUANT_ACT16_AVX512_MIN_TOKENS). */
+ * (see QUANT_ACT16_AVX512_MIN_TOKENS). A weight in panels (quant_panel.c):
+ * int16 at every vector level, whatever the count. */
 static int act_kind_for(const struct ifd_weight *w, int n_tokens)
 {
     const enum cpu_simd l = cpu_simd_level();
