@@ -23,8 +23,10 @@
  * A word holds the codes as the checkpoint does (low bits first).
  *
  * The copy is made once, when a CPU stage or the engine's head takes the
- * weight (quant_weight_to_panels()), and the checkpoint's pages it read are
- * given back (st_release_pages()), so the model is not held twice. */
+ * weight (model.c's model_weight_for_cpu(), which calls
+ * quant_weight_to_panels()), and only of a weight in the checkpoint's file
+ * mapping, whose pages are then given back (st_release_pages()), so the
+ * model is not held twice. */
 #include "model/quant.h"
 
 #include <errno.h>
