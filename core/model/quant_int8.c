@@ -79,12 +79,19 @@ static int act_block_of(int group_size)
  * (with VNNI) from its threshold up, the int16 panel kernel from
  * QUANT_ACT16_AVX512_MIN_TOKENS (batched decode), the f32 kernels between
  * (see QUANT_ACT16_AVX512_MIN_TOKENS). A weight in panels (quant_panel.c):
- * int16 at every vector level, whatever the count. */
+ * int16 at every vector level, whatever the count, but the int8 pair from
+ * its threshold up with AVX-512 VNNI (qi_pack() reads panels too). */
 static int act_kind_for(const struct ifd_weight *w, int n_tokens)
 {
     const enum cpu_simd l = cpu_simd_level();
-    if (w->panels) /* only quant_panel.c's kernels (INT16) read panels fast */
-        return l == CPU_SIMD_SCALAR ? -1 : QUANT_ACT_INT16;
+    if (w->panels) { /* quant_panel.c's kernels (INT16), and at AVX-512 VNNI the int8 pair's */
+        if (l == CPU_SIMD_SCALAR)
+            return -1;
+        return cpu_simd_vnni512() && n_tokens >= QUANT_ACT16_PANEL_MIN_TOKENS &&
+                       n_tokens >= quant_act_prefill_min_tokens(QUANT_ACT_INT8_PAIR)
+                   ? QUANT_ACT_INT8_PAIR
+                   : QUANT_ACT_INT16;
+    }
     if (l == CPU_SIMD_AVX2 || l == CPU_SIMD_AVX2_VNNI)
         return QUANT_ACT_INT16;
     if (l != CPU_SIMD_AVX512)
@@ -254,9 +261,51 @@ struct qi_panel {
     float biases[QI_PANEL_COLS / 32 * QI_ROWS] __attribute__((aligned(64)));
 };
 
+/* What qi_pack() does for a weight in quant_panel.c's panels of 8 rows (p0 a
+ * multiple of 8, kp whole groups): lanes 0-7 of vector j are word j of the
+ * first panel, lanes 8-15 that of the next, two loads where the checkpoint's
+ * rows take a gather; the scales and biases lie beside the words. */
+static void qi_pack_from_panels(struct qi_panel *p, const struct ifd_weight *w, int64_t p0, int nr,
+                                int64_t c0, int64_t kp)
+{
+    const int gs = w->group_size;
+    const int64_t panel_bytes = quant_panel_bytes(w), group_bytes = quant_panel_group_bytes(w);
+    const int64_t g0 = c0 / gs, ng = kp / gs, words = (int64_t)gs * w->bits / 32;
+    const uint8_t *lo_panel = (const uint8_t *)w->data + p0 / QUANT_PANEL_ROWS * panel_bytes + g0 * group_bytes;
+    /* rows past nr: the first panel again (their scales and biases are zeros) */
+    const uint8_t *hi_panel = nr > QUANT_PANEL_ROWS ? lo_panel + panel_bytes : lo_panel;
+    const __m512i nibble = _mm512_set1_epi8(0x0f);
+    for (int64_t g = 0; g < ng; g++) {
+        const uint8_t *lo = lo_panel + g * group_bytes, *hi = hi_panel + g * group_bytes;
+        for (int64_t j = 0; j < words; j++) {
+            const __m512i v = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_load_si256((const __m256i *)(const void *)(lo + 32 * j))),
+                _mm256_load_si256((const __m256i *)(const void *)(hi + 32 * j)), 1);
+            const int64_t jj = g * words + j; /* the word within the packed columns */
+            if (w->bits == 8) {
+                _mm512_store_si512(p->codes + 64 * jj, v);
+            } else {
+                _mm512_store_si512(p->codes + 128 * jj, _mm512_and_si512(v, nibble));
+                _mm512_store_si512(p->codes + 128 * jj + 64, _mm512_and_si512(_mm512_srli_epi32(v, 4), nibble));
+            }
+        }
+        const uint8_t *params[2] = {lo + QUANT_PANEL_ROWS * words * 4, hi + QUANT_PANEL_ROWS * words * 4};
+        for (int r = 0; r < QI_ROWS; r++) {
+            const uint8_t *pr = params[r / QUANT_PANEL_ROWS];
+            const int lane = r % QUANT_PANEL_ROWS;
+            p->scales[g * QI_ROWS + r] = r < nr ? qparam_at(w->qparam_dtype, pr, lane) : 0.0f;
+            p->biases[g * QI_ROWS + r] = r < nr ? qparam_at(w->qparam_dtype, pr, QUANT_PANEL_ROWS + lane) : 0.0f;
+        }
+    }
+}
+
 static void qi_pack(struct qi_panel *p, const struct ifd_weight *w, int64_t p0, int nr,
                     int64_t c0, int64_t kp)
 {
+    if (w->panels) {
+        qi_pack_from_panels(p, w, p0, nr, c0, kp);
+        return;
+    }
     const int64_t row_bytes = row_bytes_of(w), ng_row = w->cols / w->group_size;
     int32_t off[QI_ROWS];
     for (int r = 0; r < QI_ROWS; r++)
@@ -352,6 +401,8 @@ static int act8_matmul_rows(const struct ifd_weight *w, const struct quant_act *
                             int64_t row_begin, int64_t row_end, void *panel)
 {
     struct qi_panel *p = panel;
+    if (w->panels && row_begin < row_end && row_begin % QUANT_PANEL_ROWS != 0)
+        return -EINVAL; /* a slice starts at a panel (kern_matmul_multi() splits at multiples of 16) */
     const int64_t kp_max = QI_PANEL_COLS / a->group_size * a->group_size;
     const int64_t n_tiles = (a->n_tokens + QI_TILE - 1) / QI_TILE;
     for (int64_t p0 = row_begin; p0 < row_end; p0 += QI_ROWS) {

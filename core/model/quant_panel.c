@@ -1,5 +1,5 @@
 /* quant_panel.c - 4- and 8-bit weights in panels of 8 rows, the layout the
- * CPU stage keeps them in at the AVX2 levels, and its products.
+ * CPU stage keeps them in at every vector level, and its products.
  *
  * Why. The checkpoint's layout is row after row, each row's scales and
  * biases in arrays of their own. A product that puts 8 rows in the 8 lanes
@@ -45,8 +45,8 @@ static size_t qparam_size(enum ifd_dtype t)
 bool quant_panels_wanted(const struct ifd_weight *w)
 {
     const enum cpu_simd l = cpu_simd_level();
-    return (l == CPU_SIMD_AVX2 || l == CPU_SIMD_AVX2_VNNI) && !w->panels && (w->bits == 4 || w->bits == 8) &&
-           w->group_size % 32 == 0 && w->data;
+    return l != CPU_SIMD_SCALAR && !w->panels && (w->bits == 4 || w->bits == 8) && w->group_size % 32 == 0 &&
+           w->data;
 }
 
 int64_t quant_panel_group_bytes(const struct ifd_weight *w)
@@ -227,6 +227,23 @@ QP_INLINE __m256i qp_dpwssd(__m256i acc, __m256i w, __m256i x)
 #include "quant-panel.inc"
 #pragma GCC pop_options
 
+/* The same instruction in its EVEX form, which AVX-512 VNNI brings for 256-bit
+ * vectors (AVX512VL): a CPU with AVX-512 VNNI need not have AVX-VNNI (Ice
+ * Lake, Zen 4 as this VM presents it), and without either the multiply and
+ * the add are two instructions, which at 8 tokens a tile is half the
+ * kernel's arithmetic. */
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")
+QP_INLINE __m256i qp_dpwssd_evex(__m256i acc, __m256i w, __m256i x)
+{
+    __asm__("%{evex%} vpdpwssd %2, %1, %0" : "+x"(acc) : "x"(w), "x"(x));
+    return acc;
+}
+#define QP_NAME(n) qp512vnni_##n
+#define QP_DOT(acc, w, x) qp_dpwssd_evex((acc), (w), (x))
+#include "quant-panel.inc"
+#pragma GCC pop_options
+
 int quant_panel_matmul_rows(const struct ifd_weight *w, const struct quant_act *a, float *y, int64_t row_begin,
                             int64_t row_end)
 {
@@ -245,6 +262,8 @@ int quant_panel_matmul_rows(const struct ifd_weight *w, const struct quant_act *
     const int64_t p_begin = row_begin / QUANT_PANEL_ROWS, p_end = (row_end + QUANT_PANEL_ROWS - 1) / QUANT_PANEL_ROWS;
     if (cpu_simd_level() == CPU_SIMD_AVX2_VNNI)
         qpvnni_matmul_panels(&k, y, p_begin, p_end);
+    else if (cpu_simd_vnni512())
+        qp512vnni_matmul_panels(&k, y, p_begin, p_end);
     else
         qp256_matmul_panels(&k, y, p_begin, p_end);
     return 0;

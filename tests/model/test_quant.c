@@ -703,6 +703,59 @@ static void rows_one_token_at_a_time(const struct ifd_weight *w, const float *x,
     free(y1);
 }
 
+/* y [n_tokens, rows] of w, rows [r0, r1), through the int8 pair (AVX-512
+ * VNNI, the level set and the threshold forced by the caller). */
+static void int8_pair_rows(const struct ifd_weight *w, const float *x, int n_tokens, float *y, int64_t r0, int64_t r1)
+{
+    struct quant_act a;
+    void *panel = aligned_alloc(64, QUANT_ACT_PANEL_BYTES);
+    cr_assert_not_null(panel);
+    cr_assert_eq(quant_act_alloc(&a, w, n_tokens), 0);
+    cr_assert_eq(a.kind, QUANT_ACT_INT8_PAIR);
+    quant_act_prepare_tokens(&a, x, 0, n_tokens);
+    cr_assert_eq(quant_act_matmul_rows(w, &a, y, r0, r1, panel), 0);
+    quant_act_free(&a);
+    free(panel);
+}
+
+/* The product of pw (in panels) at the level in use, whole and in two slices
+ * split at a panel, against ref, bit for bit; a slice starting inside a
+ * panel is refused. */
+static void panels_against(const struct ifd_weight *pw, const float *x, int n_tokens, const float *ref, float *got,
+                           const char *what, const char *how)
+{
+    const int64_t rows = pw->rows;
+    struct quant_act act;
+    cr_assert(quant_act_eligible(pw, n_tokens));
+    cr_assert_eq(quant_act_alloc(&act, pw, n_tokens), 0);
+    quant_act_prepare_tokens(&act, x, 0, n_tokens);
+    void *panel = aligned_alloc(64, QUANT_ACT_PANEL_BYTES);
+    cr_assert_not_null(panel);
+    const int64_t split = rows > 8 ? 8 : rows;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int64_t i = 0; i < n_tokens * rows; i++)
+            got[i] = 12345.0f;
+        if (pass == 0) {
+            cr_assert_eq(quant_act_matmul_rows(pw, &act, got, 0, rows, panel), 0, "%s, %s: every row", what, how);
+        } else {
+            cr_assert_eq(quant_act_matmul_rows(pw, &act, got, 0, split, panel), 0, "%s, %s: rows [0, %lld)", what,
+                         how, (long long)split);
+            cr_assert_eq(quant_act_matmul_rows(pw, &act, got, split, rows, panel), 0, "%s, %s: rows [%lld, %lld)",
+                         what, how, (long long)split, (long long)rows);
+        }
+        for (int t = 0; t < n_tokens; t++)
+            for (int64_t r = 0; r < rows; r++)
+                cr_assert_eq(got[t * rows + r], ref[t * rows + r],
+                             "%s, %s, tokens %d pass %d: token %d row %lld: %.9g in panels, %.9g from the rows", what,
+                             how, n_tokens, pass, t, (long long)r, got[t * rows + r], ref[t * rows + r]);
+    }
+    if (rows > 8)
+        cr_assert_lt(quant_act_matmul_rows(pw, &act, got, 3, rows, panel), 0, "%s, %s: a slice inside a panel", what,
+                     how);
+    free(panel);
+    quant_act_free(&act);
+}
+
 /* A weight in panels holds the same weight: every row dequantizes to the
  * same floats, the portable product is quant.c's scalar one bit for bit,
  * and the panel kernels give, for every token count and row split, what
@@ -716,13 +769,12 @@ Test(quant, panels_equal_the_checkpoint_layout)
     const int64_t rows_list[] = {1, 8, 17, 40};
     const int tokens_list[] = {1, 2, 3, 5, 8, 13, 19};
     const enum ifd_dtype qdts[] = {IFD_DTYPE_F32, IFD_DTYPE_F16, IFD_DTYPE_BF16};
+    static const enum cpu_simd vector_levels[] = {CPU_SIMD_AVX2, CPU_SIMD_AVX2_VNNI, CPU_SIMD_AVX512};
     const enum cpu_simd best = cpu_simd_best();
     const bool kernels = cpu_simd_supported(CPU_SIMD_AVX2);
     if (!kernels)
         fprintf(stderr, "skipped: panel kernels: no AVX2 on this CPU (layout and portable product still checked)\n");
-    else
-        cr_assert_eq(kern_set_simd("avx2"), 0);
-    int n_cases = 0;
+    int n_cases = 0, n_level_cases = 0, n_pair_cases = 0;
     for (size_t bi = 0; bi < 2; bi++)
         for (size_t gi = 0; gi < 3; gi++)
             for (size_t ri = 0; ri < 4; ri++) {
@@ -764,33 +816,27 @@ Test(quant, panels_equal_the_checkpoint_layout)
                              "%s tokens %d: the portable product differs from the scalar one", what, n_tokens);
 
                 if (kernels) {
+                    cr_assert_eq(kern_set_simd("avx2"), 0);
                     rows_one_token_at_a_time(&q.w, x, n_tokens, ref);
-                    struct quant_act act;
-                    cr_assert(quant_act_eligible(&pw, n_tokens));
-                    cr_assert_eq(quant_act_alloc(&act, &pw, n_tokens), 0);
-                    quant_act_prepare_tokens(&act, x, 0, n_tokens);
-                    /* whole, and in two slices split at a panel */
-                    const int64_t split = rows > 8 ? 8 : rows;
-                    for (int pass = 0; pass < 2; pass++) {
-                        for (int64_t i = 0; i < n_tokens * rows; i++)
-                            got[i] = 12345.0f;
-                        if (pass == 0) {
-                            cr_assert_eq(quant_act_matmul_rows(&pw, &act, got, 0, rows, NULL), 0);
-                        } else {
-                            cr_assert_eq(quant_act_matmul_rows(&pw, &act, got, 0, split, NULL), 0);
-                            cr_assert_eq(quant_act_matmul_rows(&pw, &act, got, split, rows, NULL), 0);
-                        }
-                        for (int t = 0; t < n_tokens; t++)
-                            for (int64_t r = 0; r < rows; r++)
-                                cr_assert_eq(got[t * rows + r], ref[t * rows + r],
-                                             "%s tokens %d pass %d: token %d row %lld: %.9g in panels, %.9g "
-                                             "through the row kernel",
-                                             what, n_tokens, pass, t, (long long)r, got[t * rows + r],
-                                             ref[t * rows + r]);
+                    for (size_t li = 0; li < sizeof(vector_levels) / sizeof(vector_levels[0]); li++) {
+                        if (!cpu_simd_supported(vector_levels[li]))
+                            continue;
+                        cr_assert_eq(kern_set_simd(cpu_simd_name(vector_levels[li])), 0);
+                        panels_against(&pw, x, n_tokens, ref, got, what, cpu_simd_name(vector_levels[li]));
+                        n_level_cases++;
                     }
-                    if (rows > 8) /* a slice that starts inside a panel is refused */
-                        cr_assert_lt(quant_act_matmul_rows(&pw, &act, got, 3, rows, NULL), 0);
-                    quant_act_free(&act);
+                    /* AVX-512 VNNI's int8 pair (prefill) packs from panels
+                     * what it gathers from rows: the same products */
+                    if (cpu_simd_supported(CPU_SIMD_AVX512) && n_tokens >= 4) {
+                        cr_assert_eq(kern_set_simd("avx512"), 0);
+                        if (cpu_simd_vnni512()) {
+                            quant_act_set_min_tokens(1);
+                            int8_pair_rows(&q.w, x, n_tokens, ref, 0, rows);
+                            panels_against(&pw, x, n_tokens, ref, got, what, "avx512 int8 pair");
+                            quant_act_set_min_tokens(0);
+                            n_pair_cases++;
+                        }
+                    }
                 }
                 free(x);
                 free(ref);
@@ -800,8 +846,14 @@ Test(quant, panels_equal_the_checkpoint_layout)
                 n_cases++;
             }
     cr_assert_eq(n_cases, 24);
+    fprintf(stderr, "panels: %d cases, %d at a vector level, %d through the int8 pair\n", n_cases, n_level_cases,
+            n_pair_cases);
+    if (kernels)
+        cr_assert_geq(n_level_cases, 24);
+    if (cpu_simd_supported(CPU_SIMD_AVX512) && cpu_features()->avx512_vnni)
+        cr_assert_gt(n_pair_cases, 0);
 
-    /* wanted at the AVX2 levels only, and never twice */
+    /* wanted at every vector level, and never twice */
     struct qw q;
     qw_make(&q, 16, 64, 4, 64, IFD_DTYPE_BF16, 0);
     static const enum cpu_simd levels[] = {CPU_SIMD_SCALAR, CPU_SIMD_AVX2, CPU_SIMD_AVX2_VNNI, CPU_SIMD_AVX512};
@@ -809,7 +861,7 @@ Test(quant, panels_equal_the_checkpoint_layout)
         if (!cpu_simd_supported(levels[li]))
             continue;
         cr_assert_eq(kern_set_simd(cpu_simd_name(levels[li])), 0);
-        const bool want = levels[li] == CPU_SIMD_AVX2 || levels[li] == CPU_SIMD_AVX2_VNNI;
+        const bool want = levels[li] != CPU_SIMD_SCALAR;
         cr_assert_eq(quant_panels_wanted(&q.w), want, "%s", cpu_simd_name(levels[li]));
         struct ifd_weight pw = q.w;
         pw.panels = true;
