@@ -750,19 +750,25 @@ int wp_cache_seed_local(struct wp_cache *c, const struct net_assign *a, const st
     return 0;
 }
 
+/* The image being written, in an anonymous mapping (st_open_image() takes
+ * it over, and can give back the pages of weights the CPU stage copied). */
 struct membuf {
     uint8_t *p;
-    size_t len, cap;
+    size_t len, cap; /* cap: the mapping's length */
 };
 
 static int membuf_write(void *ctx, const void *buf, size_t len)
 {
     struct membuf *m = ctx;
     if (len > m->cap - m->len) {
-        uint8_t *n = len <= SIZE_MAX - m->len ? buf_grow(m->p, &m->cap, m->len + len, 1) : NULL;
-        if (!n)
+        if (len > SIZE_MAX / 2 - m->len)
+            return -ENOMEM;
+        const size_t cap = (m->len + len) * 2;
+        void *n = mremap(m->p, m->cap, cap, MREMAP_MAYMOVE);
+        if (n == MAP_FAILED)
             return -ENOMEM;
         m->p = n;
+        m->cap = cap;
     }
     memcpy(m->p + m->len, buf, len);
     m->len += len;
@@ -780,12 +786,13 @@ int wp_cache_build_image(struct wp_cache *c, const struct net_assign *a, void **
      * twice the memory. */
     struct membuf m = {0};
     m.cap = data_bytes + 64 * (size_t)a->n_tensors + 65536;
-    if (!(m.p = malloc(m.cap)))
+    m.p = mmap(NULL, m.cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m.p == MAP_FAILED)
         return ifd_error_set(err, -ENOMEM, "out of memory for %llu bytes of weights", (unsigned long long)data_bytes);
     st_writer *w;
     int r = st_writer_create(membuf_write, &m, &w);
     if (r < 0) {
-        free(m.p);
+        munmap(m.p, m.cap);
         return ifd_error_set(err, r, "out of memory");
     }
     st_writer_add_metadata(w, "format", "pt");
@@ -839,10 +846,16 @@ int wp_cache_build_image(struct wp_cache *c, const struct net_assign *a, void **
         r = st_writer_finish(w, err);
     st_writer_destroy(w);
     if (r < 0) {
-        free(m.p);
+        munmap(m.p, m.cap);
         return r;
     }
-    *ret_image = m.p;
+    /* to the pages it uses: st_close() unmaps the image's length */
+    void *fit = mremap(m.p, m.cap, m.len, 0);
+    if (fit == MAP_FAILED) {
+        munmap(m.p, m.cap);
+        return ifd_error_set(err, -ENOMEM, "out of memory");
+    }
+    *ret_image = fit;
     *ret_len = m.len;
     return 0;
 }

@@ -106,6 +106,8 @@ int wp_cache_put_chunk(struct wp_cache *c, const struct net_assign *a, const str
 int wp_cache_seed_local(struct wp_cache *c, const struct net_assign *a, const st_model *local,
                         size_t *ret_taken, size_t *ret_mismatched, ifd_error *err);
 
-/* Assembles the image of the assignment's tensors. *ret_image is malloc'd. */
+/* Assembles the image of the assignment's tensors, in an anonymous mapping
+ * of *ret_len bytes: open it with st_open_image(), which takes it over (or
+ * munmap() it). */
 int wp_cache_build_image(struct wp_cache *c, const struct net_assign *a, void **ret_image, size_t *ret_len,
                          ifd_error *err);

@@ -57,17 +57,16 @@ static void session_status(const struct worker_session *ws, const char *verb, co
     free(s);
 }
 
-/* What a served stage keeps alive: released after the stage is destroyed. */
+/* What a served stage keeps alive: released after the stage is destroyed.
+ * The model holds the image of the weights (st_open_image()). */
 struct loaded_stage {
     struct model *model;
-    void *image;
 };
 
 static void loaded_stage_release(void *p)
 {
     struct loaded_stage *ls = p;
     model_destroy(ls->model);
-    free(ls->image);
     free(ls);
 }
 
@@ -80,21 +79,20 @@ static int load_stage(struct worker_session *ws, struct stage_server *srv, struc
     int r = wp_cache_build_image(ws->o.cache, a, &image, &len, err);
     if (r < 0)
         return r;
+    /* An image the model owns, not a buffer: the CPU stage copies 4- and
+     * 8-bit weights into panels and gives the image's pages back
+     * (model_weight_for_cpu()), so the weights are not held twice. */
     st_model *st;
-    if ((r = st_open_memory(image, len, "received weights", &st, err)) < 0) {
-        free(image);
+    if ((r = st_open_image(image, len, "received weights", &st, err)) < 0)
         return r;
-    }
     struct model_config mc;
     if ((r = model_config_parse(a->config_json, a->config_len, "master's config.json", &mc, err)) < 0) {
         st_close(st);
-        free(image);
         return r;
     }
     if (mc.n_layers != (int)a->n_layers) {
         model_config_finish(&mc);
         st_close(st);
-        free(image);
         return ifd_error_set(err, -EINVAL, "assignment says %u layers, the config %d", a->n_layers, mc.n_layers);
     }
     struct model_load_opts o = model_load_opts_default();
@@ -108,7 +106,6 @@ static int load_stage(struct worker_session *ws, struct stage_server *srv, struc
     if ((r = model_bind(st, &mc, &o, &m, err)) < 0) {
         model_config_finish(&mc);
         st_close(st);
-        free(image);
         return r;
     }
     struct stage *stage;
@@ -120,11 +117,9 @@ static int load_stage(struct worker_session *ws, struct stage_server *srv, struc
             r = ifd_error_set(err, -ENOMEM, "out of memory");
         }
         model_destroy(m);
-        free(image);
         return r;
     }
     ls->model = m;
-    ls->image = image;
     stage_server_set_stage(srv, stage, loaded_stage_release, ls);
     ret->weight_bytes = len;
     ret->rss_bytes = net_rss_bytes();

@@ -292,9 +292,9 @@ int model_weight_for_cpu(const struct model *m, const struct ifd_weight *w, stru
     const size_t param_bytes = w->bits ? (size_t)w->rows * (size_t)(w->cols / w->group_size) *
                                              ifd_dtype_size(w->qparam_dtype)
                                        : 0;
-    /* Only a copy whose source can be given back: weights received by a
-     * worker, or quantized on load, are in memory that stays in use, and a
-     * copy would hold them twice. */
+    /* Only a copy whose source can be given back (a file's mapping, or the
+     * image of a worker's received weights): weights quantized on load are
+     * in memory that stays in use, and a copy would hold them twice. */
     if (!st_in_mapping(m->st, w->data, data_bytes) ||
         (w->bits && (!st_in_mapping(m->st, w->scales, param_bytes) || !st_in_mapping(m->st, w->biases, param_bytes))))
         return 0;

@@ -84,13 +84,16 @@ int model_bind(st_model *st, struct model_config *cfg, const struct model_load_o
 void model_destroy(struct model *m); /* accepts NULL */
 
 /* The weight the CPU kernels read fastest at the SIMD level in use: a copy
- * of w in quant_panel.c's panels (quantized weights at the AVX2 levels), or
- * as it is on huge pages (float matrices of 2 MiB and more), whose buffer
- * *ret_owned the caller frees; the pages of m's checkpoint that held w are
- * then given back (st_release_pages()). A copy is made only of a weight in
- * the checkpoint's file mapping (not of one a worker received or one
- * quantized on load, which would then be held twice). Else w itself and
- * *ret_owned NULL. 0 or -ENOMEM. */
+ * of w in quant_panel.c's panels (quantized weights at every vector level),
+ * or as it is on huge pages (float matrices of 2 MiB and more), whose
+ * buffer *ret_owned the caller frees; the pages of m's checkpoint that held
+ * w are then given back (st_release_pages()). A copy is made only of a
+ * weight in one of the checkpoint's mappings: a file's, or the image of a
+ * worker's received weights (st_open_image()); not of one quantized on
+ * load, which would then be held twice. Else w itself and *ret_owned NULL.
+ * After a copy, w's bytes in a file's mapping stay readable (tied
+ * embeddings read them again); in a worker's image they fault. 0 or
+ * -ENOMEM. */
 int model_weight_for_cpu(const struct model *m, const struct ifd_weight *w, struct ifd_weight *ret, void **ret_owned,
                          ifd_error *err);
 

@@ -24,8 +24,9 @@
  *
  * The copy is made once, when a CPU stage or the engine's head takes the
  * weight (model.c's model_weight_for_cpu(), which calls
- * quant_weight_to_panels()), and only of a weight in the checkpoint's file
- * mapping, whose pages are then given back (st_release_pages()), so the
+ * quant_weight_to_panels()), and only of a weight in one of the
+ * checkpoint's mappings (a file's, or a worker's image of the weights it
+ * received), whose pages are then given back (st_release_pages()), so the
  * model is not held twice. */
 #include "model/quant.h"
 

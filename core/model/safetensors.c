@@ -43,6 +43,7 @@ struct st_file {
     const uint8_t *base;  /* whole file (mapping or caller's buffer) */
     size_t len;
     bool mapped;          /* munmap on close */
+    bool anonymous;       /* mapped, an image of st_open_image(): no file behind */
     struct st_meta *meta; /* __metadata__ entries, n_meta of them */
     size_t n_meta;
 };
@@ -693,6 +694,23 @@ int st_open_memory(const void *data, size_t len, const char *origin, st_model **
     return single_finish(m, r, ret, err);
 }
 
+int st_open_image(void *data, size_t len, const char *origin, st_model **ret, ifd_error *err)
+{
+    st_model *m = model_new(1);
+    if (!m) {
+        munmap(data, len);
+        return ifd_error_set(err, -ENOMEM, "out of memory");
+    }
+    int r = 0;
+    m->files[0].path = strdup(origin ? origin : "(image)");
+    if (!m->files[0].path)
+        r = ifd_error_set(err, -ENOMEM, "out of memory");
+    m->files[0].base = data;
+    m->files[0].len = len;
+    m->files[0].mapped = m->files[0].anonymous = true;
+    return single_finish(m, r, ret, err);
+}
+
 void st_close(st_model *m)
 {
     if (!m)
@@ -766,14 +784,20 @@ bool st_in_mapping(const st_model *m, const void *p, size_t len)
 
 void st_release_pages(const st_model *m, const void *p, size_t len)
 {
-    if (!mapping_of(m, p, len))
+    const struct st_file *f = mapping_of(m, p, len);
+    if (!f)
         return;
-    /* MAP_PRIVATE and never written: MADV_DONTNEED drops the pages, and a
-     * later touch reads them from the file (or its page cache) */
     const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)p;
     const uintptr_t first = (a + page - 1) / page * page, end = (a + len) / page * page;
-    if (first < end)
-        (void)madvise((void *)first, end - first, MADV_DONTNEED);
+    if (first >= end)
+        return;
+    /* A file's mapping is MAP_PRIVATE and never written: MADV_DONTNEED drops
+     * the pages, and a later touch reads them from the file (or its page
+     * cache). An anonymous image's pages would come back as zeros: no access
+     * first, so that such a read is a fault, not a wrong answer. */
+    if (f->anonymous && mprotect((void *)first, end - first, PROT_NONE) != 0)
+        return;
+    (void)madvise((void *)first, end - first, MADV_DONTNEED);
 }
 
 int st_file_count(const st_model *m)

@@ -48,6 +48,13 @@ int st_open(const char *path, st_model **ret, ifd_error *err);
  * `origin` names it in error messages. */
 int st_open_memory(const void *data, size_t len, const char *origin, st_model **ret, ifd_error *err);
 
+/* Opens a safetensors image the caller built in an anonymous mapping (mmap,
+ * MAP_PRIVATE | MAP_ANONYMOUS, at data, at least len bytes): the st_model
+ * takes the mapping over, whether or not the call succeeds, and unmaps it on
+ * st_close(). Unlike st_open_memory()'s buffer, its pages can be given back
+ * (st_release_pages()), as a file's can: a worker's received weights. */
+int st_open_image(void *data, size_t len, const char *origin, st_model **ret, ifd_error *err);
+
 void st_close(st_model *m); /* accepts NULL */
 
 size_t st_count(const st_model *m);
@@ -57,14 +64,18 @@ const struct st_tensor *st_find(const st_model *m, const char *name);
 
 /* Value of a __metadata__ key, from the first file that has it, or NULL. */
 const char *st_metadata(const st_model *m, const char *key);
-/* True when [p, p + len) lies in one of m's file mappings (st_open()), not
- * in memory (st_open_memory()): its pages can be given back. */
+/* True when [p, p + len) lies in one of m's mappings, a file's (st_open())
+ * or an image's (st_open_image()), not in a caller's buffer
+ * (st_open_memory()): its pages can be given back. */
 bool st_in_mapping(const st_model *m, const void *p, size_t len);
 
-/* Gives back the pages of [p, p + len), which must lie in a file's mapping
- * (st_in_mapping(); whole pages inside the range only): a copy of the bytes
- * now serves instead (model_weight_for_cpu()). They stay readable: a later
- * read maps them again from the file. Advice only: errors are ignored. */
+/* Gives back the pages of [p, p + len), which must lie in one of m's
+ * mappings (st_in_mapping(); whole pages inside the range only): a copy of
+ * the bytes now serves instead (model_weight_for_cpu()). A file's pages stay
+ * readable: a later read maps them again from the file. An image's have no
+ * file to come back from: they are made inaccessible, so that a read of
+ * what was given back faults instead of reading zeros. Errors are ignored
+ * (the memory is then only not given back). */
 void st_release_pages(const st_model *m, const void *p, size_t len);
 
 /* Number of files and the path of one (for error messages and hashing). */

@@ -171,7 +171,8 @@ def stop_all(*procs):
 
 def group_golden(binary):
     key = key_file("golden.key")
-    for model in ["tinystories-656k", "tinystories-656k-bf16-sharded", "qwen3-tiny-random"]:
+    # the MLX 4-bit model: workers keep its weights in panels too (st_open_image())
+    for model in ["tinystories-656k", "tinystories-656k-bf16-sharded", "tinystories-656k-mlx-4bit", "qwen3-tiny-random"]:
         path = os.path.join(MODELS, model)
         gs = goldens(model)
         check(gs, "goldens for %s" % model)

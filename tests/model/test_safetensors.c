@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -710,6 +711,115 @@ Test(safetensors_writer, roundtrip_and_size_checks)
     cr_assert_str_eq(st_metadata(m, "format"), "pt");
     st_close(m);
     free(s.buf);
+}
+
+/* An image of three F32 tensors, "head" (3 floats), "big" (3 pages of
+ * floats, i / 7) and "tail" (5 floats), written into an anonymous mapping
+ * and opened with st_open_image(), which takes the mapping over. */
+static st_model *open_anonymous_image(void)
+{
+    struct sink s = {0};
+    st_writer *w = NULL;
+    ifd_error err = {{0}};
+    const int64_t n_big = 3 * 4096 / 4, n_head = 3, n_tail = 5;
+    cr_assert_eq(st_writer_create(sink_write, &s, &w), 0);
+    cr_assert_eq(st_writer_declare(w, "head", IFD_DTYPE_F32, 1, &n_head, &err), 0, "%s", err.msg);
+    cr_assert_eq(st_writer_declare(w, "big", IFD_DTYPE_F32, 1, &n_big, &err), 0, "%s", err.msg);
+    cr_assert_eq(st_writer_declare(w, "tail", IFD_DTYPE_F32, 1, &n_tail, &err), 0, "%s", err.msg);
+    cr_assert_eq(st_writer_begin_data(w, &err), 0, "%s", err.msg);
+    for (int64_t i = 0; i < n_head + n_big + n_tail; i++) {
+        const float v = (float)i / 7.0f;
+        cr_assert_eq(st_writer_write_data(w, &v, sizeof(v), &err), 0, "%s", err.msg);
+    }
+    cr_assert_eq(st_writer_finish(w, &err), 0, "%s", err.msg);
+    st_writer_destroy(w);
+    void *img = mmap(NULL, s.len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(img, MAP_FAILED);
+    memcpy(img, s.buf, s.len);
+    free(s.buf);
+    st_model *m = NULL;
+    cr_assert_eq(st_open_image(img, s.len, "anonymous image", &m, &err), 0, "%s", err.msg);
+    return m;
+}
+
+/* A worker's image (st_open_image()): its tensors are in a mapping whose
+ * pages can be given back; what is given back of one tensor leaves its
+ * neighbours, which share its first and last pages, whole. */
+Test(safetensors, image_pages_given_back)
+{
+    st_model *m = open_anonymous_image();
+    const struct st_tensor *head = st_find(m, "head"), *big = st_find(m, "big"), *tail = st_find(m, "tail");
+    cr_assert(head && big && tail);
+    cr_assert(st_in_mapping(m, big->data, big->nbytes));
+    cr_assert(!st_in_mapping(m, big->data, big->nbytes + (1 << 20)), "a range past the image's end");
+    st_release_pages(m, big->data, big->nbytes);
+    const float *h = head->data, *t = tail->data, *b = big->data;
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(h[i], (float)i / 7.0f);
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(t[i], (float)(3 + 3 * 1024 + i) / 7.0f);
+    /* the first floats of "big" share the header's page, which is kept */
+    cr_assert_eq(b[0], 3.0f / 7.0f);
+    st_close(m);
+
+    /* a buffer of st_open_memory() is the caller's: never given back */
+    struct sink s = {0};
+    st_writer *w = NULL;
+    ifd_error err = {{0}};
+    const int64_t n = 4096;
+    cr_assert_eq(st_writer_create(sink_write, &s, &w), 0);
+    cr_assert_eq(st_writer_declare(w, "x", IFD_DTYPE_F32, 1, &n, &err), 0, "%s", err.msg);
+    cr_assert_eq(st_writer_begin_data(w, &err), 0, "%s", err.msg);
+    float zeros[4096] = {0};
+    cr_assert_eq(st_writer_write_data(w, zeros, sizeof(zeros), &err), 0, "%s", err.msg);
+    cr_assert_eq(st_writer_finish(w, &err), 0, "%s", err.msg);
+    st_writer_destroy(w);
+    cr_assert_eq(st_open_memory(s.buf, s.len, "buffer", &m, &err), 0, "%s", err.msg);
+    const struct st_tensor *x = st_find(m, "x");
+    cr_assert(!st_in_mapping(m, x->data, x->nbytes));
+    st_close(m);
+    free(s.buf);
+}
+
+/* What was given back of an image is no longer readable: a read faults
+ * instead of returning the zeros an anonymous page would come back as.
+ * Probed with write() into a pipe, which gets EFAULT where a read by this
+ * process would be a SIGSEGV (under ASan too, which turns that into an
+ * abort). */
+Test(safetensors, image_pages_given_back_are_not_readable)
+{
+    st_model *m = open_anonymous_image();
+    const struct st_tensor *big = st_find(m, "big");
+    cr_assert(big);
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    const float *b = big->data;
+    cr_assert_eq(write(fds[1], b + 2048, sizeof(float)), (ssize_t)sizeof(float), "readable before");
+    st_release_pages(m, big->data, big->nbytes);
+    errno = 0;
+    cr_assert_eq(write(fds[1], b + 2048, sizeof(float)), -1, "the second page of 'big' is still readable");
+    cr_assert_eq(errno, EFAULT);
+    cr_assert_eq(write(fds[1], b, sizeof(float)), (ssize_t)sizeof(float), "the page shared with the header");
+    close(fds[0]);
+    close(fds[1]);
+    st_close(m);
+}
+
+/* st_open_image() takes the mapping over even when the image is refused. */
+Test(safetensors, image_refused_is_unmapped)
+{
+    const size_t len = 4096;
+    void *img = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(img, MAP_FAILED);
+    memset(img, 0xff, len);
+    st_model *m = NULL;
+    ifd_error err = {{0}};
+    cr_assert_lt(st_open_image(img, len, "garbage", &m, &err), 0);
+    cr_assert(strstr(err.msg, "garbage"), "%s", err.msg);
+    /* unmapped: mincore() on it fails with ENOMEM */
+    unsigned char vec[1];
+    cr_assert_eq(mincore(img, len, vec), -1);
+    cr_assert_eq(errno, ENOMEM);
 }
 
 Test(safetensors_writer, duplicate_names_refused)

@@ -65,12 +65,10 @@ static void *fake_worker_main(void *p)
             size_t n = 0;
             st_model *st;
             r = wp_cache_build_image(w->cache, &a, &img, &n, &w->err);
-            if (r >= 0 && (r = st_open_memory(img, n, "pushed", &st, &w->err)) >= 0) {
+            if (r >= 0 && (r = st_open_image(img, n, "pushed", &st, &w->err)) >= 0) {
                 w->image_tensors = st_count(st);
                 st_close(st);
             }
-            if (r >= 0)
-                free(img);
             struct net_ready rd = {.weight_bytes = n};
             net_ready_encode(&b, &rd);
             r = net_conn_send(w->c, NET_MSG_READY, b.data, b.len, 5000, &w->err);
