@@ -415,17 +415,8 @@ QW_INLINE __m256i qw_reduce_done(const struct qw_reduce *s)
                             _mm256_permute2x128_si256(s->quad[0], s->quad[1], 0x31));
 }
 
-/* acc += VPMADDWD(w, x), in asm so that the sum lands in acc's register:
- * written with intrinsics, GCC 12 added into a fresh register and moved it
- * back, a move per multiply in the panel kernel's loop. */
-QW_INLINE __m256i qw_maddwd_add(__m256i acc, __m256i w, __m256i x)
-{
-    __m256i t;
-    __asm__("vpmaddwd %3, %2, %1\n\tvpaddd %1, %0, %0" : "+x"(acc), "=&x"(t) : "x"(w), "x"(x));
-    return acc;
-}
 #define QW_NAME(n) qw256_##n
-#define QW_DOT(acc, w, x) qw_maddwd_add((acc), (w), (x))
+#define QW_DOT(acc, w, x) quant_maddwd_add((acc), (w), (x))
 /* 16 rows x 4 tokens: 8 accumulators, 2 panel vectors, the broadcast codes
  * and VPMADDWD's result fit the 16 registers */
 #define QW_PANEL_P 2
@@ -435,16 +426,8 @@ QW_INLINE __m256i qw_maddwd_add(__m256i acc, __m256i w, __m256i x)
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avxvnni")
-/* acc += VPDPWSSD(w, x): through asm because GCC 12 copies the accumulator
- * to a fresh register around every _mm256_dpwssd_avx_epi32 (seen in the
- * panel kernel: a move per multiply-add, and slower than VPMADDWD + VPADDD). */
-QW_INLINE __m256i qw_dpwssd(__m256i acc, __m256i w, __m256i x)
-{
-    __asm__("%{vex%} vpdpwssd %2, %1, %0" : "+x"(acc) : "x"(w), "x"(x));
-    return acc;
-}
 #define QW_NAME(n) qwvnni_##n
-#define QW_DOT(acc, w, x) qw_dpwssd((acc), (w), (x))
+#define QW_DOT(acc, w, x) quant_dpwssd_vex((acc), (w), (x))
 /* the same tile: on the Zen 4 dev VM 8 rows x 8 tokens measured the same,
  * and either as fast as AVX2's VPMADDWD + VPADDD (the loads of the panel
  * and of the broadcast codes bound both) */

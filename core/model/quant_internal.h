@@ -1,5 +1,6 @@
 /* quant_internal.h - helpers shared by the quantized-product sources of core/
- * (quant.c and quant_int8.c); not part of any interface. */
+ * (quant.c, quant_int8.c, quant_int16.c, quant_panel.c); not part of any
+ * interface. */
 #pragma once
 
 #include <stdint.h>
@@ -74,6 +75,43 @@ void quant_panel_matmul_rows_portable(const struct ifd_weight *w, const float *x
  * last row; 0, or -EINVAL for other bounds, -ENOTSUP off x86-64. */
 int quant_panel_matmul_rows(const struct ifd_weight *w, const struct quant_act *a, float *y, int64_t row_begin,
                             int64_t row_end);
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+/* The int16 multiply-adds of quant-int16.inc and quant-panel.inc (their
+ * QW_DOT / QP_DOT): acc + the pairwise int16 products of w and x, in int32
+ * lanes. In asm because GCC 12, given the intrinsics, adds into a fresh
+ * register and moves it back: a move per multiply-add in the kernels'
+ * loops. The asm text names the instruction, so AVX2 is all the functions
+ * need to take ymm registers; a caller runs the VNNI ones only where the
+ * CPU has that instruction. */
+
+/* VPMADDWD + VPADDD (AVX2). */
+static inline __attribute__((always_inline, target("avx2"))) __m256i quant_maddwd_add(__m256i acc, __m256i w,
+                                                                                       __m256i x)
+{
+    __m256i t;
+    __asm__("vpmaddwd %3, %2, %1\n\tvpaddd %1, %0, %0" : "+x"(acc), "=&x"(t) : "x"(w), "x"(x));
+    return acc;
+}
+
+/* VPDPWSSD in its VEX form (AVX-VNNI). */
+static inline __attribute__((always_inline, target("avx2"))) __m256i quant_dpwssd_vex(__m256i acc, __m256i w,
+                                                                                       __m256i x)
+{
+    __asm__("%{vex%} vpdpwssd %2, %1, %0" : "+x"(acc) : "x"(w), "x"(x));
+    return acc;
+}
+
+/* VPDPWSSD in its EVEX form on 256-bit vectors (AVX512VL + AVX512_VNNI). */
+static inline __attribute__((always_inline, target("avx2"))) __m256i quant_dpwssd_evex(__m256i acc, __m256i w,
+                                                                                        __m256i x)
+{
+    __asm__("%{evex%} vpdpwssd %2, %1, %0" : "+x"(acc) : "x"(w), "x"(x));
+    return acc;
+}
+#endif
 
 /* The QUANT_ACT_INT16 kind's halves of quant_act_prepare_tokens() and
  * quant_act_matmul_rows() (quant_int16.c). */

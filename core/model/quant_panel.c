@@ -202,29 +202,15 @@ QP_INLINE void qp_store_rows(float *dst, __m256 v, int nr)
     memcpy(dst, lanes, (size_t)nr * sizeof(float));
 }
 
-/* acc += VPMADDWD(w, x), in asm so that the sum lands in acc's register
- * (see quant_int16.c's qw_maddwd_add()). */
-QP_INLINE __m256i qp_maddwd_add(__m256i acc, __m256i w, __m256i x)
-{
-    __m256i t;
-    __asm__("vpmaddwd %3, %2, %1\n\tvpaddd %1, %0, %0" : "+x"(acc), "=&x"(t) : "x"(w), "x"(x));
-    return acc;
-}
 #define QP_NAME(n) qp256_##n
-#define QP_DOT(acc, w, x) qp_maddwd_add((acc), (w), (x))
+#define QP_DOT(acc, w, x) quant_maddwd_add((acc), (w), (x))
 #include "quant-panel.inc"
 #pragma GCC pop_options
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avxvnni")
-/* acc += VPDPWSSD(w, x) (see quant_int16.c's qw_dpwssd()). */
-QP_INLINE __m256i qp_dpwssd(__m256i acc, __m256i w, __m256i x)
-{
-    __asm__("%{vex%} vpdpwssd %2, %1, %0" : "+x"(acc) : "x"(w), "x"(x));
-    return acc;
-}
 #define QP_NAME(n) qpvnni_##n
-#define QP_DOT(acc, w, x) qp_dpwssd((acc), (w), (x))
+#define QP_DOT(acc, w, x) quant_dpwssd_vex((acc), (w), (x))
 #include "quant-panel.inc"
 #pragma GCC pop_options
 
@@ -235,13 +221,8 @@ QP_INLINE __m256i qp_dpwssd(__m256i acc, __m256i w, __m256i x)
  * kernel's arithmetic. */
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")
-QP_INLINE __m256i qp_dpwssd_evex(__m256i acc, __m256i w, __m256i x)
-{
-    __asm__("%{evex%} vpdpwssd %2, %1, %0" : "+x"(acc) : "x"(w), "x"(x));
-    return acc;
-}
 #define QP_NAME(n) qp512vnni_##n
-#define QP_DOT(acc, w, x) qp_dpwssd_evex((acc), (w), (x))
+#define QP_DOT(acc, w, x) quant_dpwssd_evex((acc), (w), (x))
 #include "quant-panel.inc"
 #pragma GCC pop_options
 
