@@ -680,35 +680,35 @@ int st_open(const char *path, st_model **ret, ifd_error *err)
     return r;
 }
 
-int st_open_memory(const void *data, size_t len, const char *origin, st_model **ret, ifd_error *err)
+/* An st_model of one image in memory: a caller's buffer, or (anonymous) a
+ * mapping it takes over, unmapped on close and on failure. */
+static int open_in_memory(const void *data, size_t len, const char *origin, bool anonymous, st_model **ret,
+                          ifd_error *err)
 {
     st_model *m = model_new(1);
-    if (!m)
+    if (!m) {
+        if (anonymous)
+            munmap((void *)data, len);
         return ifd_error_set(err, -ENOMEM, "out of memory");
+    }
     int r = 0;
     m->files[0].path = strdup(origin ? origin : "(memory)");
     if (!m->files[0].path)
         r = ifd_error_set(err, -ENOMEM, "out of memory");
     m->files[0].base = data ? data : (const void *)"";
     m->files[0].len = data ? len : 0;
+    m->files[0].mapped = m->files[0].anonymous = anonymous && data;
     return single_finish(m, r, ret, err);
+}
+
+int st_open_memory(const void *data, size_t len, const char *origin, st_model **ret, ifd_error *err)
+{
+    return open_in_memory(data, len, origin, false, ret, err);
 }
 
 int st_open_image(void *data, size_t len, const char *origin, st_model **ret, ifd_error *err)
 {
-    st_model *m = model_new(1);
-    if (!m) {
-        munmap(data, len);
-        return ifd_error_set(err, -ENOMEM, "out of memory");
-    }
-    int r = 0;
-    m->files[0].path = strdup(origin ? origin : "(image)");
-    if (!m->files[0].path)
-        r = ifd_error_set(err, -ENOMEM, "out of memory");
-    m->files[0].base = data;
-    m->files[0].len = len;
-    m->files[0].mapped = m->files[0].anonymous = true;
-    return single_finish(m, r, ret, err);
+    return open_in_memory(data, len, origin, true, ret, err);
 }
 
 void st_close(st_model *m)
