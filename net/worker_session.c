@@ -57,17 +57,11 @@ static void session_status(const struct worker_session *ws, const char *verb, co
     free(s);
 }
 
-/* What a served stage keeps alive: released after the stage is destroyed.
- * The model holds the image of the weights (st_open_image()). */
-struct loaded_stage {
-    struct model *model;
-};
-
-static void loaded_stage_release(void *p)
+/* What a served stage keeps alive, its model (which holds the image of the
+ * weights, st_open_image()): released after the stage is destroyed. */
+static void loaded_model_release(void *model)
 {
-    struct loaded_stage *ls = p;
-    model_destroy(ls->model);
-    free(ls);
+    model_destroy(model);
 }
 
 static int load_stage(struct worker_session *ws, struct stage_server *srv, struct net_ready *ret, ifd_error *err)
@@ -109,18 +103,11 @@ static int load_stage(struct worker_session *ws, struct stage_server *srv, struc
         return r;
     }
     struct stage *stage;
-    r = ws->o.stage_create(ws->o.stage_ctx, m, a, &stage, err);
-    struct loaded_stage *ls = r >= 0 ? calloc(1, sizeof(*ls)) : NULL;
-    if (!ls) {
-        if (r >= 0) {
-            stage_destroy(stage);
-            r = ifd_error_set(err, -ENOMEM, "out of memory");
-        }
+    if ((r = ws->o.stage_create(ws->o.stage_ctx, m, a, &stage, err)) < 0) {
         model_destroy(m);
         return r;
     }
-    ls->model = m;
-    stage_server_set_stage(srv, stage, loaded_stage_release, ls);
+    stage_server_set_stage(srv, stage, loaded_model_release, m);
     ret->weight_bytes = len;
     ret->rss_bytes = net_rss_bytes();
     ret->load_ms = (ifd_now_ns() - t0) / 1000000;
