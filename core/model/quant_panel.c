@@ -165,6 +165,17 @@ void quant_panel_matmul_rows_portable(const struct ifd_weight *w, const float *x
 
 #define QP_INLINE static inline __attribute__((always_inline))
 
+/* How far ahead of the group it reads the panel kernel prefetches (into L2,
+ * as kernels-internal.h's kernels do), on the first tile of a panel only:
+ * later tiles read the panel from cache. The hardware prefetcher alone
+ * followed the panels' one stream at the read bandwidth on Zen 4 (above),
+ * but not on an AVX2-only EPYC (Zen 3 class: avx2 fma f16c, no AVX-512):
+ * there decode of the 4-bit bench model (inferctl run, 16-token prompt,
+ * 128 tokens, 2 threads, 8 alternated runs each) went from 62.6-70.5 tok/s
+ * (median 65.5) to 68.8-86.3 (median 80) with 4 KiB, and 68.9-80.3 with
+ * 8 KiB; the same 4 KiB into L1 gave 66.4-87.3 (median 76). */
+#define QP_PREFETCH_BYTES 4096
+
 /* What every tile of one call shares. */
 struct qp_ctx {
     const struct quant_act *a;
