@@ -81,6 +81,23 @@ int backend_stage_create(enum inferd_backend backend, int device, const struct m
     return 0;
 }
 
+bool backend_runs_on_cpu(enum inferd_backend backend)
+{
+    switch (backend) {
+    case INFERD_BACKEND_CPU:
+        return true;
+    case INFERD_BACKEND_AUTO:
+#if INFERD_HAVE_VULKAN
+        return !vk_device_hardware_available();
+#else
+        return true;
+#endif
+    case INFERD_BACKEND_VULKAN:
+        break;
+    }
+    return false;
+}
+
 /* MemAvailable of /proc/meminfo (free memory plus what the kernel can reclaim
  * without swapping), in bytes; the free page count where it is missing. */
 uint64_t backend_mem_available(void)

@@ -3,6 +3,7 @@
  * master's own layers beside its workers, and for a worker's range. */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "config.h"
@@ -24,6 +25,11 @@ struct thread_pool;
 int backend_stage_create(enum inferd_backend backend, int device, const struct model *m, int first, int last,
                          int n_seq_max, int n_ctx, int n_batch_max, struct thread_pool *pool,
                          struct stage **ret, const char **ret_name, ifd_error *err);
+
+/* True when backend_stage_create() runs layers on the CPU whatever happens:
+ * backend cpu, or auto without a hardware Vulkan device (or without Vulkan
+ * in this build). The model is then loaded in the CPU's layout. */
+bool backend_runs_on_cpu(enum inferd_backend backend);
 
 /* What this node may place in memory now: MemAvailable of /proc/meminfo, in
  * bytes (0 when unknown). A worker reports it in its HELLO; a master weighs

@@ -255,6 +255,7 @@ static int load_entry(struct models *ms, struct entry *E, ifd_error *err)
     struct model_load_opts mo = model_load_opts_default();
     mo.quantize_bits = E->quantize_bits;
     mo.quantize_group_size = E->quantize_group_size;
+    mo.quantize_into_panels = backend_runs_on_cpu(cfg->backend);
     if ((r = model_load(E->model_dir, &mo, &E->model, err)) < 0)
         return r;
     const struct model_config *mc = &E->model->cfg;

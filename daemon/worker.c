@@ -172,6 +172,7 @@ int worker_role_main(const struct inferd_config *cfg)
     struct worker_session_opts wo = {.cache = cache, .local = local, .memory_max_bytes = cfg->memory_max_bytes,
                                      .quantize_bits = cfg->quantize_bits,
                                      .quantize_group_size = cfg->quantize_group_size,
+                                     .quantize_into_panels = backend_runs_on_cpu(cfg->backend),
                                      .stage_create = worker_stage_create, .stage_ctx = &wb,
                                      .status = worker_status};
     if (worker_session_create(&wo, &ws, &err) < 0) {

@@ -206,6 +206,9 @@ int vk_matmul_create(struct vk_ctx *c, const struct ifd_weight *w, const char *w
     if (w->rows < 1 || w->cols < 1 || w->rows > INT32_MAX || w->cols > INT32_MAX)
         return ifd_error_set(err, -EINVAL, "vulkan: weight %s: bad shape [%lld, %lld]", what,
                              (long long)w->rows, (long long)w->cols);
+    if (w->panels)
+        return ifd_error_set(err, -ENOTSUP, "vulkan: weight %s is in the CPU stage's panels of 8 rows (a model "
+                             "loaded for the cpu backend); the Vulkan stage reads the checkpoint's layout", what);
     int kern;
     uint64_t row_bytes, sb_row_bytes = 0;
     if (w->bits != 0) {

@@ -96,6 +96,7 @@ static int load_stage(struct worker_session *ws, struct stage_server *srv, struc
     o.bind_head = false;
     o.quantize_bits = ws->o.quantize_bits;
     o.quantize_group_size = ws->o.quantize_group_size;
+    o.quantize_into_panels = ws->o.quantize_into_panels;
     struct model *m;
     if ((r = model_bind(st, &mc, &o, &m, err)) < 0) {
         model_config_finish(&mc);

@@ -43,6 +43,7 @@ struct worker_session_opts {
                                * cache need more is refused; 0: no limit */
     int quantize_bits;        /* [model] quantize of this worker: packs received float weights */
     int quantize_group_size;
+    bool quantize_into_panels; /* ... into the CPU's layout (model_load_opts): the layers run on the CPU */
     worker_stage_create_fn stage_create; /* required */
     void *stage_ctx;
     /* Told what the worker does now ("Receiving layers 0-3 of m"), e.g. for

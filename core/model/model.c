@@ -5,7 +5,8 @@
  * point into the mapping as stored. MLX-quantized ones (U32 words plus
  * .scales/.biases) are bound with the bits/group size config.json gives that
  * module. With opts->quantize_bits, float matrices are quantized at load into
- * buffers the model owns. */
+ * buffers the model owns (in panels with opts->quantize_into_panels), and
+ * the pages of the float originals are given back. */
 #include "model/model.h"
 
 #include <errno.h>
@@ -31,6 +32,7 @@ struct model_load_opts model_load_opts_default(void)
         .bind_head = true,
         .quantize_bits = 0,
         .quantize_group_size = 64,
+        .quantize_into_panels = false,
     };
 }
 
@@ -140,10 +142,25 @@ static int bind_matrix(struct model *m, const char *module, int64_t rows, int64_
             ifd_error_prefix(err, "quantizing '%s'", name);
             return r;
         }
+        if (opts->quantize_into_panels && quant_panels_wanted(&qw)) {
+            struct ifd_weight pw;
+            void *panels;
+            r = quant_weight_to_panels(&qw, &pw, &panels, err);
+            free(owned);
+            if (r < 0) {
+                ifd_error_prefix(err, "quantizing '%s'", name);
+                return r;
+            }
+            qw = pw;
+            owned = panels;
+        }
         if ((r = owned_add(m, owned)) < 0) {
             free(owned);
             return ifd_error_set(err, r, "out of memory quantizing '%s'", name);
         }
+        /* Nothing reads the float original again: its pages go back (a
+         * worker's image of received weights is most of its memory). */
+        st_release_pages(m->st, t->data, (size_t)rows * (size_t)cols * ifd_dtype_size(t->dtype));
         *w = qw;
     }
     return 0;

@@ -56,9 +56,15 @@ struct model_load_opts {
     bool bind_head;                /* final norm + lm_head (the node that computes logits) */
     int quantize_bits;             /* 0, or 4 / 8: quantize float weights on load */
     int quantize_group_size;       /* default 64 */
+    /* Weights quantized on load are stored in quant_panel.c's panels, the
+     * layout the CPU kernels read fastest, where the SIMD level has them
+     * (quant_panels_wanted()). Only for a model whose layers and head run
+     * on the CPU: the Vulkan stage reads the checkpoint's layout. */
+    bool quantize_into_panels;
 };
 
-/* Sensible default: every layer, embedding and head, no quantization. */
+/* Sensible default: every layer, embedding and head, no quantization (and
+ * weights quantized on load in the checkpoint's layout). */
 struct model_load_opts model_load_opts_default(void);
 
 struct model {

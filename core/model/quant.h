@@ -56,12 +56,12 @@ int quant_weight_quantize(const struct ifd_weight *src, int bits, int group_size
                           struct ifd_weight *ret, void **ret_owned, ifd_error *err);
 
 /* ---- weights in panels of 8 rows (quant_panel.c) ---------------------------
- * The layout the CPU stage keeps 4- and 8-bit weights in at the AVX2 levels,
- * where every product takes the int16 kernels: one sequential stream per
- * product instead of 8 strided rows and two parameter arrays. */
+ * The layout the CPU stage keeps 4- and 8-bit weights in at every vector
+ * level: one sequential stream per product instead of 8 strided rows and two
+ * parameter arrays. */
 
 /* True when w (4- or 8-bit, groups of multiples of 32, not yet in panels) is
- * faster in panels at the SIMD level in use (AVX2, AVX2-VNNI). */
+ * faster in panels at the SIMD level in use (any but scalar). */
 bool quant_panels_wanted(const struct ifd_weight *w);
 
 /* A copy of w in panels: *ret describes it (ret->panels), its one buffer is

@@ -237,6 +237,21 @@ def group_golden(binary):
     finally:
         stop_all(m, same, other)
 
+    # Every node quantizes on load: the workers pack the BF16 weights they
+    # receive into the CPU's panels, as the master packs its head, and the
+    # answers are those of the MLX 4-bit checkpoint made from the same weights.
+    q1 = Worker(binary, key, "quant1", extra=("--quantize", "q4"))
+    q2 = Worker(binary, key, "quant2", extra=("--quantize", "q4"))
+    m = Master(binary, os.path.join(MODELS, "tinystories-656k-bf16"), [(q1.addr, "0-0"), (q2.addr, "1-1")], key,
+               extra=("--quantize", "q4"))
+    try:
+        for g in goldens("tinystories-656k-mlx-4bit"):
+            st, r = m.complete(g["prompt_ids"], g["stable_prefix_len"])
+            check(st == 200 and r["choices"][0]["text"] == g["stable_completion_text"],
+                  "quantize q4 on every node == mlx-4bit golden %s: %s" % (g["name"], r))
+    finally:
+        stop_all(m, q1, q2)
+
     # The master keeps layer 0 itself; one worker runs layer 1.
     path = os.path.join(MODELS, "tinystories-656k")
     g = goldens("tinystories-656k")[0]

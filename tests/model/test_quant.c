@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "base/cpu.h"
@@ -925,6 +926,19 @@ static void compare_models(const struct model *a, const struct model *b, int bit
         cr_assert_eq(x->cols, y->cols);
         cr_assert_eq(x->qparam_dtype, y->qparam_dtype, "weight %d: scale dtype %s vs %s", i,
                      ifd_dtype_name(x->qparam_dtype), ifd_dtype_name(y->qparam_dtype));
+        if (x->panels) {
+            /* the bytes of the MLX weight's copy in panels */
+            struct ifd_weight p;
+            void *owned = NULL;
+            ifd_error err = {{0}};
+            cr_assert_eq(quant_weight_to_panels(y, &p, &owned, &err), 0, "%s", err.msg);
+            const size_t panel_bytes = (size_t)(x->cols / gs) *
+                                       (size_t)(8 * gs * bits / 8 + 2 * 8 * (int)ifd_dtype_size(x->qparam_dtype));
+            cr_expect_eq(memcmp(x->data, p.data, (size_t)(x->rows + 7) / 8 * panel_bytes), 0,
+                         "weight %d: panels differ", i);
+            free(owned);
+            continue;
+        }
         size_t wbytes = (size_t)(x->rows * x->cols * bits / 8);
         size_t pbytes = (size_t)(x->rows * (x->cols / gs)) * ifd_dtype_size(x->qparam_dtype);
         cr_expect_eq(memcmp(x->data, y->data, wbytes), 0, "weight %d: codes differ", i);
@@ -935,21 +949,29 @@ static void compare_models(const struct model *a, const struct model *b, int bit
     cr_expect_eq(a->lm_head.data, a->embed.data);
 }
 
+/* Quantized on load in the checkpoint's layout, and into panels (for the
+ * CPU), which every vector level takes: the scalar level keeps the rows. */
 static void compare_load_with_mlx(const char *srcname, const char *mlx, int bits, int gs)
 {
     char sp[1024], mp[1024];
     model_path(sp, sizeof(sp), srcname);
     model_path(mp, sizeof(mp), mlx);
-    struct model_load_opts o = model_load_opts_default();
-    o.quantize_bits = bits;
-    o.quantize_group_size = gs;
-    struct model *a = NULL, *b = NULL;
+    struct model *b = NULL;
     ifd_error err = {{0}};
-    cr_assert_eq(model_load(sp, &o, &a, &err), 0, "%s", err.msg);
     struct model_load_opts ob = model_load_opts_default();
     cr_assert_eq(model_load(mp, &ob, &b, &err), 0, "%s", err.msg);
-    compare_models(a, b, bits, gs);
-    model_destroy(a);
+    for (int panels = 0; panels < 2; panels++) {
+        struct model_load_opts o = model_load_opts_default();
+        o.quantize_bits = bits;
+        o.quantize_group_size = gs;
+        o.quantize_into_panels = panels;
+        struct model *a = NULL;
+        cr_assert_eq(model_load(sp, &o, &a, &err), 0, "%s", err.msg);
+        cr_assert_eq(a->layers[0].wq.panels, panels && cpu_simd_level() != CPU_SIMD_SCALAR);
+        cr_assert_eq(a->embed.panels, a->layers[0].wq.panels);
+        compare_models(a, b, bits, gs);
+        model_destroy(a);
+    }
     model_destroy(b);
 }
 
@@ -961,6 +983,50 @@ Test(quant, quantize_on_load_equals_mlx_4bit)
 Test(quant, quantize_on_load_equals_mlx_8bit)
 {
     compare_load_with_mlx("tinystories-656k-f16", "tinystories-656k-mlx-8bit", 8, 32);
+}
+
+/* Once quantized on load, a float original is not read again: in a worker's
+ * image (st_open_image()) its pages are given back, and what was given back
+ * is unreadable (probed as in test_safetensors.c: write() into a pipe gets
+ * EFAULT where a read would fault). */
+Test(quant, quantize_on_load_gives_the_float_pages_back)
+{
+    char dir[1024], file[1100];
+    model_path(dir, sizeof(dir), "tinystories-656k");
+    snprintf(file, sizeof(file), "%s/model.safetensors", dir);
+    FILE *f = fopen(file, "rb");
+    cr_assert_not_null(f, "%s: %s", file, strerror(errno));
+    cr_assert_eq(fseek(f, 0, SEEK_END), 0);
+    const size_t len = (size_t)ftell(f);
+    rewind(f);
+    void *img = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(img, MAP_FAILED);
+    cr_assert_eq(fread(img, 1, len, f), len);
+    fclose(f);
+    st_model *st = NULL;
+    ifd_error err = {{0}};
+    cr_assert_eq(st_open_image(img, len, "image of tinystories-656k", &st, &err), 0, "%s", err.msg);
+    const struct st_tensor *t = st_find(st, "model.layers.0.mlp.up_proj.weight");
+    cr_assert(t && t->nbytes > 3 * 4096, "up_proj is several pages");
+    const char *middle = (const char *)t->data + t->nbytes / 2;
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    cr_assert_eq(write(fds[1], middle, 4), 4, "readable before binding");
+
+    struct model_config cfg;
+    cr_assert_eq(model_config_load(dir, &cfg, &err), 0, "%s", err.msg);
+    struct model_load_opts o = model_load_opts_default();
+    o.quantize_bits = 4;
+    o.quantize_into_panels = true;
+    struct model *m = NULL;
+    cr_assert_eq(model_bind(st, &cfg, &o, &m, &err), 0, "%s", err.msg);
+    cr_assert_eq(m->layers[0].w_up.bits, 4);
+    errno = 0;
+    cr_assert_eq(write(fds[1], middle, 4), -1, "the float up_proj is still readable after quantizing");
+    cr_assert_eq(errno, EFAULT);
+    close(fds[0]);
+    close(fds[1]);
+    model_destroy(m);
 }
 
 /* ---- tokens through the engine ---------------------------------------------- */
@@ -983,7 +1049,8 @@ static void expect_stable_prefix(const struct model *m, const char *golden_model
 }
 
 /* Quantize on load from the F32 checkpoint: codes as MLX's, scales kept in
- * F32 instead of the files' BF16/F16, and the golden tokens of the MLX files. */
+ * F32 instead of the files' BF16/F16, and the golden tokens of the MLX files,
+ * in either layout. */
 Test(quant, quantize_on_load_f32_golden_tokens, .timeout = 120)
 {
     const struct {
@@ -993,15 +1060,18 @@ Test(quant, quantize_on_load_f32_golden_tokens, .timeout = 120)
     for (int i = 0; i < 2; i++) {
         char sp[1024];
         model_path(sp, sizeof(sp), "tinystories-656k");
-        struct model_load_opts o = model_load_opts_default();
-        o.quantize_bits = cases[i].bits;
-        o.quantize_group_size = cases[i].gs;
-        struct model *m = NULL;
-        ifd_error err = {{0}};
-        cr_assert_eq(model_load(sp, &o, &m, &err), 0, "%s", err.msg);
-        cr_assert_eq(m->layers[0].wq.bits, cases[i].bits);
-        expect_stable_prefix(m, cases[i].golden, "quantize on load");
-        model_destroy(m);
+        for (int panels = 0; panels < 2; panels++) {
+            struct model_load_opts o = model_load_opts_default();
+            o.quantize_bits = cases[i].bits;
+            o.quantize_group_size = cases[i].gs;
+            o.quantize_into_panels = panels;
+            struct model *m = NULL;
+            ifd_error err = {{0}};
+            cr_assert_eq(model_load(sp, &o, &m, &err), 0, "%s", err.msg);
+            cr_assert_eq(m->layers[0].wq.bits, cases[i].bits);
+            expect_stable_prefix(m, cases[i].golden, panels ? "quantize on load into panels" : "quantize on load");
+            model_destroy(m);
+        }
     }
 }
 
