@@ -27,7 +27,8 @@
  * quant_weight_to_panels()), and only of a weight in one of the
  * checkpoint's mappings (a file's, or a worker's image of the weights it
  * received), whose pages are then given back (st_release_pages()), so the
- * model is not held twice. */
+ * model is not held twice; or, for weights quantized on load for the CPU,
+ * by model.c's bind_matrix() in place of the quantized rows. */
 #include "model/quant.h"
 
 #include <errno.h>
