@@ -215,6 +215,27 @@ Test(gpu_ops, matmul_rejects_3bit)
     vk_ctx_destroy(c);
 }
 
+/* A weight in the CPU stage's panels (quantized on load for the cpu
+ * backend) is refused by name, not read as rows. */
+Test(gpu_ops, matmul_rejects_cpu_panels)
+{
+    struct vk_ctx *c = ctx_open(false, 0);
+    uint32_t q[16] = {0};
+    uint16_t sb[4] = {0};
+    struct ifd_weight rows = {.dtype = IFD_DTYPE_U32, .data = q, .rows = 4, .cols = 64, .bits = 4, .group_size = 64,
+                              .qparam_dtype = IFD_DTYPE_F16, .scales = sb, .biases = sb},
+                      panels;
+    void *owned = NULL;
+    ifd_error err = {{0}};
+    cr_assert_eq(quant_weight_to_panels(&rows, &panels, &owned, &err), 0, "%s", err.msg);
+    struct vk_matmul mm;
+    cr_expect(vk_matmul_create(c, &panels, "layer.0.q_proj", &mm, &err) < 0);
+    cr_expect(strstr(err.msg, "layer.0.q_proj") && strstr(err.msg, "panels"), "message names the weight and why: %s",
+              err.msg);
+    free(owned);
+    vk_ctx_destroy(c);
+}
+
 /* MLX-quantized weights against the core's CPU kernel (quant_matmul_rows)
  * on the same packed words; both dequantize exactly, so only summation order
  * differs. */
