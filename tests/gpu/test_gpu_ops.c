@@ -220,7 +220,7 @@ Test(gpu_ops, matmul_rejects_3bit)
 Test(gpu_ops, matmul_rejects_cpu_panels)
 {
     struct vk_ctx *c = ctx_open(false, 0);
-    uint32_t q[16] = {0};
+    uint32_t q[4 * 64 * 4 / 32] = {0}; /* 4 rows of 64 4-bit codes */
     uint16_t sb[4] = {0};
     struct ifd_weight rows = {.dtype = IFD_DTYPE_U32, .data = q, .rows = 4, .cols = 64, .bits = 4, .group_size = 64,
                               .qparam_dtype = IFD_DTYPE_F16, .scales = sb, .biases = sb},
