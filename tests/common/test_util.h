@@ -24,6 +24,12 @@ char *tu_shared_vpath(const char *fmt, va_list ap) __attribute__((format(printf,
  * out-params are written only on success. */
 int tu_read_file(const char *path, char **ret_data, size_t *ret_len);
 
+/* Whether this process may read the n bytes at p, without reading them
+ * itself (a read of an inaccessible page would be a SIGSEGV, an abort under
+ * ASan): write()s them into a pipe, which gets EFAULT where a read would
+ * fault. Returns 0 (readable) or a negative errno (-EFAULT). */
+int tu_probe_read(const void *p, size_t n);
+
 /* Removes path and everything below it, as rm -rf does (scratch directories
  * the tests made). Returns 0 or a negative errno. */
 int tu_remove_tree(const char *path);

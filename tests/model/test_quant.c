@@ -987,31 +987,25 @@ Test(quant, quantize_on_load_equals_mlx_8bit)
 
 /* Once quantized on load, a float original is not read again: in a worker's
  * image (st_open_image()) its pages are given back, and what was given back
- * is unreadable (probed as in test_safetensors.c: write() into a pipe gets
- * EFAULT where a read would fault). */
+ * is unreadable (tu_probe_read()). */
 Test(quant, quantize_on_load_gives_the_float_pages_back)
 {
     char dir[1024], file[1100];
     model_path(dir, sizeof(dir), "tinystories-656k");
     snprintf(file, sizeof(file), "%s/model.safetensors", dir);
-    FILE *f = fopen(file, "rb");
-    cr_assert_not_null(f, "%s: %s", file, strerror(errno));
-    cr_assert_eq(fseek(f, 0, SEEK_END), 0);
-    const size_t len = (size_t)ftell(f);
-    rewind(f);
+    size_t len;
+    char *bytes = tu_must_read_file(file, &len);
     void *img = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     cr_assert_neq(img, MAP_FAILED);
-    cr_assert_eq(fread(img, 1, len, f), len);
-    fclose(f);
+    memcpy(img, bytes, len);
+    free(bytes);
     st_model *st = NULL;
     ifd_error err = {{0}};
     cr_assert_eq(st_open_image(img, len, "image of tinystories-656k", &st, &err), 0, "%s", err.msg);
     const struct st_tensor *t = st_find(st, "model.layers.0.mlp.up_proj.weight");
     cr_assert(t && t->nbytes > 3 * 4096, "up_proj is several pages");
     const char *middle = (const char *)t->data + t->nbytes / 2;
-    int fds[2];
-    cr_assert_eq(pipe(fds), 0);
-    cr_assert_eq(write(fds[1], middle, 4), 4, "readable before binding");
+    cr_assert_eq(tu_probe_read(middle, 4), 0, "readable before binding");
 
     struct model_config cfg;
     cr_assert_eq(model_config_load(dir, &cfg, &err), 0, "%s", err.msg);
@@ -1021,11 +1015,7 @@ Test(quant, quantize_on_load_gives_the_float_pages_back)
     struct model *m = NULL;
     cr_assert_eq(model_bind(st, &cfg, &o, &m, &err), 0, "%s", err.msg);
     cr_assert_eq(m->layers[0].w_up.bits, 4);
-    errno = 0;
-    cr_assert_eq(write(fds[1], middle, 4), -1, "the float up_proj is still readable after quantizing");
-    cr_assert_eq(errno, EFAULT);
-    close(fds[0]);
-    close(fds[1]);
+    cr_assert_eq(tu_probe_read(middle, 4), -EFAULT, "the float up_proj is still readable after quantizing");
     model_destroy(m);
 }
 

@@ -791,17 +791,11 @@ Test(safetensors, image_pages_given_back_are_not_readable)
     st_model *m = open_anonymous_image();
     const struct st_tensor *big = st_find(m, "big");
     cr_assert(big);
-    int fds[2];
-    cr_assert_eq(pipe(fds), 0);
     const float *b = big->data;
-    cr_assert_eq(write(fds[1], b + 2048, sizeof(float)), (ssize_t)sizeof(float), "readable before");
+    cr_assert_eq(tu_probe_read(b + 2048, sizeof(float)), 0, "readable before");
     st_release_pages(m, big->data, big->nbytes);
-    errno = 0;
-    cr_assert_eq(write(fds[1], b + 2048, sizeof(float)), -1, "the second page of 'big' is still readable");
-    cr_assert_eq(errno, EFAULT);
-    cr_assert_eq(write(fds[1], b, sizeof(float)), (ssize_t)sizeof(float), "the page shared with the header");
-    close(fds[0]);
-    close(fds[1]);
+    cr_assert_eq(tu_probe_read(b + 2048, sizeof(float)), -EFAULT, "the second page of 'big' is still readable");
+    cr_assert_eq(tu_probe_read(b, sizeof(float)), 0, "the page shared with the header");
     st_close(m);
 }
 
