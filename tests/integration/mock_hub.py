@@ -337,7 +337,14 @@ class MockHub:
                 data = bytearray(src.read(want))
                 if flip is not None and pos <= flip < pos + len(data):
                     data[flip - pos] ^= 0x01
-                h.wfile.write(data)
+                try:
+                    h.wfile.write(data)
+                except OSError:
+                    # The client gave up (a stall it timed out on): log the
+                    # request all the same, so tests can see it happened.
+                    note += "; client went away"
+                    h.close_connection = True
+                    break
                 pos += len(data)
                 sent += len(data)
         self._record(h, status, sent, note)
