@@ -369,7 +369,6 @@ int vk_stage_create(const struct model *m, int first, int last, int n_seq_max, i
         return ifd_error_set(err, -ENOTSUP, "vulkan stage: head_dim %d (even, <= %d) and heads %d/%d (a multiple "
                              "of the KV heads) not supported", cfg->head_dim, VK_ATT_HEAD_DIM_MAX, cfg->n_heads,
                              cfg->n_kv_heads);
-    ifd_dtype_init();
     struct vk_stage *s = calloc(1, sizeof(*s));
     if (!s)
         return ifd_error_set(err, -ENOMEM, "vulkan stage: out of memory");

@@ -1,8 +1,8 @@
 /* dtype.h - element types of stored tensors and the scalar conversions.
  *
  * Weights stay in their stored dtype in memory; kernels widen on the fly.
- * F16 widens through a 65536-entry table (ifd_f16_table, filled once by
- * ifd_dtype_init()), BF16 by a 16-bit shift. */
+ * F16 widens through a 65536-entry table (ifd_f16_table, filled before
+ * main() by a constructor in dtype.c), BF16 by a 16-bit shift. */
 #pragma once
 
 #include <stddef.h>
@@ -35,8 +35,6 @@ int ifd_dtype_parse(const char *name, enum ifd_dtype *ret);
 /* True for the types a kernel computes on directly (F32, F16, BF16). */
 int ifd_dtype_is_float(enum ifd_dtype t);
 
-/* Fills ifd_f16_table. Idempotent and thread-safe; called by every loader. */
-void ifd_dtype_init(void);
 extern float ifd_f16_table[65536];
 
 static inline float ifd_f16_to_f32(uint16_t h) { return ifd_f16_table[h]; }

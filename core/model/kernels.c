@@ -99,7 +99,6 @@ static inline const struct kern_isa *kern_isa(void)
 
 void kern_init(void)
 {
-    ifd_dtype_init();
     (void)cpu_simd_level(); /* detects */
 }
 

@@ -206,7 +206,6 @@ static int bind_layer(struct model *m, int l, const struct model_load_opts *opts
 int model_bind(st_model *st, struct model_config *cfg, const struct model_load_opts *opts, struct model **ret,
                ifd_error *err)
 {
-    ifd_dtype_init();
     int first = opts->layer_first, last = opts->layer_last < 0 ? cfg->n_layers : opts->layer_last;
     if (first < 0 || first > last || last > cfg->n_layers)
         return ifd_error_set(err, -EINVAL, "layer range [%d, %d) is not inside [0, %d)", opts->layer_first,

@@ -63,7 +63,6 @@ int main(int argc, char **argv)
         return 2;
     }
     kern_init();
-    ifd_dtype_init();
     if (strcmp(simd, "auto") != 0 && kern_set_simd(simd) < 0) {
         fprintf(stderr, "bench_matmul: this CPU cannot run SIMD level '%s'\n", simd);
         return 1;

@@ -47,7 +47,6 @@ int main(int argc, char **argv)
     if (!strcmp(isa_name, "avx512")) isa = QUANT_ISA_AVX512;
     else if (!strcmp(isa_name, "avx2")) isa = QUANT_ISA_AVX2;
     else if (!strcmp(isa_name, "scalar")) isa = QUANT_ISA_SCALAR;
-    ifd_dtype_init();
     int64_t shapes[][2] = {{4864, 896}, {896, 4864}, {151936, 896}};
     size_t n_shapes = sizeof(shapes) / sizeof(shapes[0]);
     if (argc > 6) {

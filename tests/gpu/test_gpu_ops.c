@@ -108,7 +108,6 @@ static void run_end(struct vk_ctx *c)
 static void check_matmul(struct vk_ctx *c, enum ifd_dtype dtype, int rows, int cols, int n_tokens,
                          bool bias, bool accumulate)
 {
-    ifd_dtype_init();
     size_t n = (size_t)rows * cols;
     float *wf = frand_array(n);
     void *wdata = wf;
@@ -242,7 +241,6 @@ Test(gpu_ops, matmul_rejects_cpu_panels)
 static void check_matmul_quant(struct vk_ctx *c, enum ifd_dtype src_dtype, int bits, int gs, int rows, int cols,
                                int n_tokens)
 {
-    ifd_dtype_init();
     size_t n = (size_t)rows * cols;
     float *wf = frand_array(n);
     uint16_t *w16 = NULL;
@@ -632,7 +630,6 @@ static double wget(const struct ifd_weight *w, int64_t i)
 
 static void synth_build(struct synth *s, enum model_arch arch, enum ifd_dtype dtype)
 {
-    ifd_dtype_init();
     memset(s, 0, sizeof(*s));
     struct model_config *c = &s->m.cfg;
     c->arch = arch;

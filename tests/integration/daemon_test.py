@@ -778,29 +778,37 @@ def group_quantize(binary):
             check(st == 200 and r["choices"][0]["text"] == g["stable_completion_text"],
                   "quantize-on-load q4 == mlx-4bit golden %s: %s" % (g["name"], r))
     # The offline quantizer, run as a user runs it: `inferctl model quantize`
-    # of the F32 TinyStories with the MLX files' bits and group size writes a
-    # checkpoint the daemon serves with those files' golden answers.
+    # of each float TinyStories (F32, and the F16 and BF16 copies MLX's files
+    # were made from) with the MLX files' bits and group size writes a
+    # checkpoint the daemon serves with those files' golden answers. F16 is
+    # there because it once came out all zeros: inferctl widened F16 through
+    # a table nothing on its path had filled.
     ctl = os.path.join(os.path.dirname(binary), "inferctl")
     src = os.path.join(MODELS, "tinystories-656k")
+    cases = (("tinystories-656k", 4, 64, "tinystories-656k-mlx-4bit"),
+             ("tinystories-656k", 8, 64, "tinystories-656k-mlx-8bit"),
+             ("tinystories-656k-f16", 8, 32, "tinystories-656k-mlx-8bit"),
+             ("tinystories-656k-bf16", 4, 64, "tinystories-656k-mlx-4bit"))
     with tempfile.TemporaryDirectory() as tmp:
-        for bits in (4, 8):
-            dst = os.path.join(tmp, "q%d" % bits)
-            r = subprocess.run([ctl, "model", "quantize", src, dst, "--bits", str(bits), "--group-size", "64"],
-                               capture_output=True, text=True, timeout=120)
-            check(r.returncode == 0, "inferctl model quantize --bits %d: %s" % (bits, r.stderr))
+        for source, bits, group, golden in cases:
+            what = "inferctl model quantize %s --bits %d --group-size %d" % (source, bits, group)
+            dst = os.path.join(tmp, "%s-q%d-g%d" % (source, bits, group))
+            r = subprocess.run([ctl, "model", "quantize", os.path.join(MODELS, source), dst, "--bits", str(bits),
+                                "--group-size", str(group)], capture_output=True, text=True, timeout=120)
+            check(r.returncode == 0, "%s: %s" % (what, r.stderr))
             if r.returncode != 0:
                 continue
             with open(os.path.join(dst, "config.json")) as f:
                 q = json.load(f).get("quantization", {})
-            check(q.get("bits") == bits and q.get("group_size") == 64, "config.json quantization: %s" % q)
+            check(q.get("bits") == bits and q.get("group_size") == group, "%s: config.json quantization %s" % (what, q))
             for name in ("tokenizer.json", "tokenizer_config.json"):
-                check(os.path.exists(os.path.join(dst, name)), "%s copied" % name)
+                check(os.path.exists(os.path.join(dst, name)), "%s: %s copied" % (what, name))
             with Daemon(binary, dst) as d:
-                for g in goldens("tinystories-656k-mlx-%dbit" % bits):
+                for g in goldens(golden):
                     st, r = d.json("POST", "/v1/completions", {"prompt": g["prompt_ids"],
                                                                "max_tokens": g["stable_prefix_len"], "temperature": 0})
                     check(st == 200 and r["choices"][0]["text"] == g["stable_completion_text"],
-                          "inferctl-quantized %d-bit == mlx golden %s: %s" % (bits, g["name"], r))
+                          "%s == %s golden %s: %s" % (what, golden, g["name"], r))
         # Refusals: a clear message and a failing exit status, nothing written.
         for args, want in (([os.path.join(tmp, "missing"), os.path.join(tmp, "o1"), "--bits", "4"], "No such file"),
                            ([src, os.path.join(tmp, "o2"), "--bits", "5"], "not supported"),

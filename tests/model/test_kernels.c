@@ -90,7 +90,6 @@ static void check_matmul(struct thread_pool *pool, int64_t rows, int64_t cols, i
 
 static void setup(void)
 {
-    ifd_dtype_init();
     kern_init();
 }
 

@@ -145,7 +145,6 @@ static void check_checkpoint(const char *dir, const char *preset, enum ifd_dtype
 
 Test(model_gen, tiny_presets_load)
 {
-    ifd_dtype_init();
     static const char *const presets[] = {"tiny-llama", "tiny-qwen2", "tiny-qwen3"};
     static const enum ifd_dtype dtypes[] = {IFD_DTYPE_BF16, IFD_DTYPE_F16, IFD_DTYPE_F32};
     for (size_t i = 0; i < 3; i++) {
@@ -255,7 +254,6 @@ Test(model_gen, deterministic_in_seed)
  * equals the single-file checkpoint's of the same seed. */
 Test(model_gen, sharded_equals_single)
 {
-    ifd_dtype_init();
     struct gen_dir one, many;
     gen(&one, "tiny-qwen2", IFD_DTYPE_BF16, 5, NULL);
     strcpy(many.path, "/tmp/inferd-gen-XXXXXX");

@@ -143,12 +143,7 @@ static void qw_free(struct qw *q)
     free(q->buf);
 }
 
-static void setup(void)
-{
-    ifd_dtype_init();
-}
-
-TestSuite(quant, .init = setup);
+TestSuite(quant);
 
 /* ---- layouts ---------------------------------------------------------------- */
 

@@ -124,7 +124,6 @@ Test(safetensors, tinystories_alias_resolves)
  * value stored in the F16 and BF16 copies. */
 Test(safetensors, dtype_copies_agree)
 {
-    ifd_dtype_init();
     st_model *f32 = open_shared("tinystories-656k");
     st_model *f16 = open_shared("tinystories-656k-f16");
     st_model *bf16 = open_shared("tinystories-656k-bf16");
