@@ -228,7 +228,7 @@ QP_INLINE void qp_store_rows(float *dst, __m256 v, int nr)
 
 /* The same instruction in its EVEX form, which AVX-512 VNNI brings for 256-bit
  * vectors (AVX512VL): a CPU with AVX-512 VNNI need not have AVX-VNNI (Ice
- * Lake, Zen 4 as this VM presents it), and without either the multiply and
+ * Lake, some Zen 4 VMs as they present it), and without either the multiply and
  * the add are two instructions, which at 8 tokens a tile is half the
  * kernel's arithmetic. */
 #pragma GCC push_options
