@@ -95,10 +95,14 @@ static int client_connect(const struct client *c)
     return fd;
 }
 
+/* send() with MSG_NOSIGNAL, not write(): a daemon that closed the
+ * connection (restarted, or refused the request early) must give
+ * "inferctl: write: Broken pipe", not a SIGPIPE that ends inferctl chat
+ * and its conversation without a word. */
 static int write_all(int fd, const char *p, size_t n)
 {
     while (n > 0) {
-        ssize_t w = write(fd, p, n);
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
