@@ -63,19 +63,14 @@ static float f16_bits_to_f32(uint16_t h)
     return f;
 }
 
-static void fill_f16_table(void)
-{
-    for (uint32_t i = 0; i < 65536; i++)
-        ifd_f16_table[i] = f16_bits_to_f32((uint16_t)i);
-}
-
-/* Filled before main(), in every program that links the table: when each
+/* Run before main(), in every program that links the table: when each
  * entry point had to call an init function first, `inferctl model quantize`
  * did not, and read every F16 weight as 0.0 (the tests' own setup had filled
  * the table, so only the real command showed it). */
-__attribute__((constructor)) static void fill_f16_table_at_start(void)
+__attribute__((constructor)) static void fill_f16_table(void)
 {
-    fill_f16_table();
+    for (uint32_t i = 0; i < 65536; i++)
+        ifd_f16_table[i] = f16_bits_to_f32((uint16_t)i);
 }
 
 uint16_t ifd_f32_to_bf16(float f)
