@@ -6,9 +6,10 @@
  * figures depend on the machine and on what else runs on it;
  * times are the thread's CPU time, which a loaded machine disturbs less
  * than wall time (though caches and memory bandwidth are still shared).
- * usage: bench_quant [bits] [group] [n_batch] [path: auto|avx512|avx2|scalar|int] [simd] [ROWSxCOLS]
+ * usage: bench_quant [bits] [group] [n_batch] [path: auto|avx512|avx2|scalar|int|panel] [simd] [ROWSxCOLS]
  * (int: decode and batch through the integer-activation path of the SIMD
- * level in use, coding the activations included; simd: a level of
+ * level in use, coding the activations included; panel: the same with the
+ * weight in panels (quant_panel.c), the layout the CPU stage serves from; simd: a level of
  * base/cpu.h to force first, e.g. avx2 on an AVX-512 CPU; ROWSxCOLS: that
  * one shape instead of the three, e.g. 512x896, whose 4-bit weights stay in
  * L2, to time the kernel's arithmetic apart from memory). */
@@ -21,6 +22,9 @@
 #include "base/cpu.h"
 #include "model/dtype.h"
 #include "model/quant.h"
+
+/* the least time each figure is measured over */
+#define MIN_SECONDS 0.5
 
 static double now(void)
 {
@@ -36,7 +40,7 @@ int main(int argc, char **argv)
     int nb = argc > 3 ? atoi(argv[3]) : 64;
     const char *isa_name = argc > 4 ? argv[4] : "auto";
     enum quant_isa isa = QUANT_ISA_AUTO;
-    const bool int8 = !strcmp(isa_name, "int");
+    const bool panels = !strcmp(isa_name, "panel"), int8 = panels || !strcmp(isa_name, "int");
     if (argc > 5) {
         enum cpu_simd l;
         if (cpu_simd_from_name(argv[5], &l) < 0 || cpu_simd_force(l) < 0) {
@@ -84,13 +88,21 @@ int main(int argc, char **argv)
         q.qparam_dtype = IFD_DTYPE_BF16;
         q.scales = sb;
         q.biases = sb + rows * ng;
+        void *panel_owned = NULL;
+        if (panels) {
+            struct ifd_weight qp;
+            if (!quant_panels_wanted(&q) || quant_weight_to_panels(&q, &qp, &panel_owned, &err) < 0) {
+                fprintf(stderr, "bench_quant: no panels at level %s: %s\n", cpu_simd_name(cpu_simd_level()),
+                        quant_panels_wanted(&q) ? err.msg : "the level or the weight does not take them");
+                return 1;
+            }
+            q = qp;
+        }
         float *x = malloc((size_t)(nb * cols) * sizeof(float));
         float *y = malloc((size_t)(nb * rows) * sizeof(float));
         for (int64_t i = 0; i < nb * cols; i++)
             x[i] = (float)rand() / RAND_MAX - 0.5f;
         double bytes = (double)rows * cols * bits / 8 + (double)rows * ng * 4;
-        int reps = (int)(2e9 / bytes / 8) + 1;
-        if (reps > 2000) reps = 2000;
         /* the activations and the panel sized once, as the thread pool's
          * scratch is in the daemon */
         struct quant_act a;
@@ -117,16 +129,23 @@ int main(int argc, char **argv)
         }                                                                                                              \
     } while (0)
         PRODUCT(1);
-        double t0 = now();
-        for (int i = 0; i < reps; i++)
+        /* each figure over at least MIN_SECONDS of the thread's time: a
+         * shape that stays in L2 takes microseconds a product */
+        int reps = 0;
+        double t0 = now(), dt;
+        do {
             PRODUCT(1);
-        double dt = (now() - t0) / reps;
-        double t1 = now();
-        int preps = reps / 8 + 1;
-        for (int i = 0; i < preps; i++)
+            reps++;
+        } while ((dt = now() - t0) < MIN_SECONDS);
+        dt /= reps;
+        reps = 0;
+        double t1 = now(), pt;
+        do {
             PRODUCT(nb);
+            reps++;
+        } while ((pt = now() - t1) < MIN_SECONDS);
 #undef PRODUCT
-        double pt = (now() - t1) / preps;
+        pt /= reps;
         free(act_mem);
         free(panel);
         printf("[%lld x %lld] %d-bit g%d %s: decode %.3f ms (%.1f GB/s, %.2f Gw/s)  batch %d: %.3f ms (%.1f GFLOP/s)\n",
@@ -136,6 +155,7 @@ int main(int argc, char **argv)
         free(y);
         free(sb);
         free(owned);
+        free(panel_owned);
     }
     return 0;
 }
