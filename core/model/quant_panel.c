@@ -215,6 +215,7 @@ QP_INLINE void qp_store_rows(float *dst, __m256 v, int nr)
 }
 
 #define QP_NAME(n) qp256_##n
+#define QP_SPLIT_SUMS 0 /* VPADDD's one cycle is no chain to break */
 #define QP_DOT(acc, w, x) quant_maddwd_add((acc), (w), (x))
 #include "quant-panel.inc"
 #pragma GCC pop_options
@@ -222,6 +223,7 @@ QP_INLINE void qp_store_rows(float *dst, __m256 v, int nr)
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avxvnni")
 #define QP_NAME(n) qpvnni_##n
+#define QP_SPLIT_SUMS 4 /* 8 accumulators at 4 tokens: in 16 registers with room to spare */
 #define QP_DOT(acc, w, x) quant_dpwssd_vex((acc), (w), (x))
 #include "quant-panel.inc"
 #pragma GCC pop_options
@@ -234,6 +236,7 @@ QP_INLINE void qp_store_rows(float *dst, __m256 v, int nr)
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")
 #define QP_NAME(n) qp512vnni_##n
+#define QP_SPLIT_SUMS 4 /* 8 tokens, 16 sums: nothing gained (quant-panel.inc) */
 #define QP_DOT(acc, w, x) quant_dpwssd_evex((acc), (w), (x))
 #include "quant-panel.inc"
 #pragma GCC pop_options
