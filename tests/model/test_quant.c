@@ -752,6 +752,51 @@ static void panels_against(const struct ifd_weight *pw, const float *x, int n_to
     quant_act_free(&act);
 }
 
+/* The products of q (rows x cols) for n_tokens random tokens: the portable
+ * product of pw (the same weight in panels) against the scalar one, and,
+ * with AVX2, every vector level's panel kernel against the row kernel. */
+static void panel_products(const struct qw *q, const struct ifd_weight *pw, int64_t rows, int64_t cols, int n_tokens,
+                           const char *what, bool kernels, int *n_level_cases, int *n_pair_cases)
+{
+    static const enum cpu_simd vector_levels[] = {CPU_SIMD_AVX2, CPU_SIMD_AVX2_VNNI, CPU_SIMD_AVX512};
+    float *x = malloc((size_t)(n_tokens * cols) * sizeof(float));
+    float *ref = malloc((size_t)(n_tokens * rows) * sizeof(float));
+    float *got = malloc((size_t)(n_tokens * rows) * sizeof(float));
+    for (int64_t i = 0; i < n_tokens * cols; i++)
+        x[i] = frand();
+    cr_assert_eq(quant_matmul_rows_isa(QUANT_ISA_SCALAR, &q->w, x, n_tokens, ref, 0, rows), 0);
+    quant_matmul_rows(pw, x, n_tokens, got, 0, rows);
+    cr_assert_eq(memcmp(ref, got, (size_t)(n_tokens * rows) * sizeof(float)), 0,
+                 "%s tokens %d: the portable product differs from the scalar one", what, n_tokens);
+
+    if (kernels) {
+        cr_assert_eq(kern_set_simd("avx2"), 0);
+        rows_one_token_at_a_time(&q->w, x, n_tokens, ref);
+        for (size_t li = 0; li < sizeof(vector_levels) / sizeof(vector_levels[0]); li++) {
+            if (!cpu_simd_supported(vector_levels[li]))
+                continue;
+            cr_assert_eq(kern_set_simd(cpu_simd_name(vector_levels[li])), 0);
+            panels_against(pw, x, n_tokens, ref, got, what, cpu_simd_name(vector_levels[li]));
+            (*n_level_cases)++;
+        }
+        /* AVX-512 VNNI's int8 pair (prefill) packs from panels
+         * what it gathers from rows: the same products */
+        if (cpu_simd_supported(CPU_SIMD_AVX512) && n_tokens >= 4) {
+            cr_assert_eq(kern_set_simd("avx512"), 0);
+            if (cpu_simd_vnni512()) {
+                quant_act_set_min_tokens(1);
+                int8_pair_rows(&q->w, x, n_tokens, ref, 0, rows);
+                panels_against(pw, x, n_tokens, ref, got, what, "avx512 int8 pair");
+                quant_act_set_min_tokens(0);
+                (*n_pair_cases)++;
+            }
+        }
+    }
+    free(x);
+    free(ref);
+    free(got);
+}
+
 /* A weight in panels holds the same weight: every row dequantizes to the
  * same floats, the portable product is quant.c's scalar one bit for bit,
  * and the panel kernels give, for every token count and row split, what
@@ -763,9 +808,8 @@ Test(quant, panels_equal_the_checkpoint_layout)
     const int bits_list[] = {4, 8};
     const int gs_list[] = {32, 64, 128};
     const int64_t rows_list[] = {1, 8, 17, 40};
-    const int tokens_list[] = {1, 2, 3, 5, 8, 13, 19};
+    const int tokens_list[] = {1, 2, 3, 5, 8, 13, 19}, few_tokens_list[] = {1, 2, 3, 4};
     const enum ifd_dtype qdts[] = {IFD_DTYPE_F32, IFD_DTYPE_F16, IFD_DTYPE_BF16};
-    static const enum cpu_simd vector_levels[] = {CPU_SIMD_AVX2, CPU_SIMD_AVX2_VNNI, CPU_SIMD_AVX512};
     const enum cpu_simd best = cpu_simd_best();
     const bool kernels = cpu_simd_supported(CPU_SIMD_AVX2);
     if (!kernels)
@@ -800,43 +844,12 @@ Test(quant, panels_equal_the_checkpoint_layout)
                 free(a);
                 free(b);
 
-                const int n_tokens = tokens_list[(bi + 2 * gi + ri) % 7];
-                float *x = malloc((size_t)(n_tokens * cols) * sizeof(float));
-                float *ref = malloc((size_t)(n_tokens * rows) * sizeof(float));
-                float *got = malloc((size_t)(n_tokens * rows) * sizeof(float));
-                for (int64_t i = 0; i < n_tokens * cols; i++)
-                    x[i] = frand();
-                cr_assert_eq(quant_matmul_rows_isa(QUANT_ISA_SCALAR, &q.w, x, n_tokens, ref, 0, rows), 0);
-                quant_matmul_rows(&pw, x, n_tokens, got, 0, rows);
-                cr_assert_eq(memcmp(ref, got, (size_t)(n_tokens * rows) * sizeof(float)), 0,
-                             "%s tokens %d: the portable product differs from the scalar one", what, n_tokens);
-
-                if (kernels) {
-                    cr_assert_eq(kern_set_simd("avx2"), 0);
-                    rows_one_token_at_a_time(&q.w, x, n_tokens, ref);
-                    for (size_t li = 0; li < sizeof(vector_levels) / sizeof(vector_levels[0]); li++) {
-                        if (!cpu_simd_supported(vector_levels[li]))
-                            continue;
-                        cr_assert_eq(kern_set_simd(cpu_simd_name(vector_levels[li])), 0);
-                        panels_against(&pw, x, n_tokens, ref, got, what, cpu_simd_name(vector_levels[li]));
-                        n_level_cases++;
-                    }
-                    /* AVX-512 VNNI's int8 pair (prefill) packs from panels
-                     * what it gathers from rows: the same products */
-                    if (cpu_simd_supported(CPU_SIMD_AVX512) && n_tokens >= 4) {
-                        cr_assert_eq(kern_set_simd("avx512"), 0);
-                        if (cpu_simd_vnni512()) {
-                            quant_act_set_min_tokens(1);
-                            int8_pair_rows(&q.w, x, n_tokens, ref, 0, rows);
-                            panels_against(&pw, x, n_tokens, ref, got, what, "avx512 int8 pair");
-                            quant_act_set_min_tokens(0);
-                            n_pair_cases++;
-                        }
-                    }
-                }
-                free(x);
-                free(ref);
-                free(got);
+                /* a token count of the long list, and one of the few that
+                 * the kernels take two panels at a time */
+                panel_products(&q, &pw, rows, cols, tokens_list[(bi + 2 * gi + ri) % 7], what, kernels,
+                               &n_level_cases, &n_pair_cases);
+                panel_products(&q, &pw, rows, cols, few_tokens_list[(bi + gi + ri) % 4], what, kernels,
+                               &n_level_cases, &n_pair_cases);
                 free(owned);
                 qw_free(&q);
                 n_cases++;
