@@ -223,7 +223,7 @@ QP_INLINE void qp_store_rows(float *dst, __m256 v, int nr)
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avxvnni")
 #define QP_NAME(n) qpvnni_##n
-#define QP_SPLIT_SUMS 4 /* 8 accumulators at 4 tokens: in 16 registers with room to spare */
+#define QP_SPLIT_SUMS 4 /* 4 sums in 8 accumulators: 16 registers hold them */
 #define QP_DOT(acc, w, x) quant_dpwssd_vex((acc), (w), (x))
 #include "quant-panel.inc"
 #pragma GCC pop_options
