@@ -9,10 +9,10 @@
  * usage: bench_quant [bits] [group] [n_batch] [path: auto|avx512|avx2|scalar|int|panel] [simd] [ROWSxCOLS]
  * (int: decode and batch through the integer-activation path of the SIMD
  * level in use, coding the activations included; panel: the same with the
- * weight in panels (quant_panel.c), the layout the CPU stage serves from; simd: a level of
- * base/cpu.h to force first, e.g. avx2 on an AVX-512 CPU; ROWSxCOLS: that
- * one shape instead of the three, e.g. 512x896, whose 4-bit weights stay in
- * L2, to time the kernel's arithmetic apart from memory). */
+ * weight in panels (quant_panel.c), the layout the CPU stage serves from;
+ * simd: a level of base/cpu.h to force first, e.g. avx2 on an AVX-512 CPU;
+ * ROWSxCOLS: that one shape instead of the three, e.g. 512x896, whose 4-bit
+ * weights stay in L2, to time the kernel's arithmetic apart from memory). */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
