@@ -752,12 +752,13 @@ static void panels_against(const struct ifd_weight *pw, const float *x, int n_to
     quant_act_free(&act);
 }
 
-/* The products of q (rows x cols) for n_tokens random tokens: the portable
- * product of pw (the same weight in panels) against the scalar one, and,
- * with AVX2, every vector level's panel kernel against the row kernel. */
-static void panel_products(const struct qw *q, const struct ifd_weight *pw, int64_t rows, int64_t cols, int n_tokens,
-                           const char *what, bool kernels, int *n_level_cases, int *n_pair_cases)
+/* The products of q for n_tokens random tokens: the portable product of pw
+ * (the same weight in panels) against the scalar one, and, with AVX2, every
+ * vector level's panel kernel against the row kernel. */
+static void panel_products(const struct qw *q, const struct ifd_weight *pw, int n_tokens, const char *what,
+                           bool kernels, int *n_level_cases, int *n_pair_cases)
 {
+    const int64_t rows = q->w.rows, cols = q->w.cols;
     static const enum cpu_simd vector_levels[] = {CPU_SIMD_AVX2, CPU_SIMD_AVX2_VNNI, CPU_SIMD_AVX512};
     float *x = malloc((size_t)(n_tokens * cols) * sizeof(float));
     float *ref = malloc((size_t)(n_tokens * rows) * sizeof(float));
@@ -846,10 +847,10 @@ Test(quant, panels_equal_the_checkpoint_layout)
 
                 /* a token count of the long list, and one of the few that
                  * the kernels take two panels at a time */
-                panel_products(&q, &pw, rows, cols, tokens_list[(bi + 2 * gi + ri) % 7], what, kernels,
-                               &n_level_cases, &n_pair_cases);
-                panel_products(&q, &pw, rows, cols, few_tokens_list[(bi + gi + ri) % 4], what, kernels,
-                               &n_level_cases, &n_pair_cases);
+                panel_products(&q, &pw, tokens_list[(bi + 2 * gi + ri) % 7], what, kernels, &n_level_cases,
+                               &n_pair_cases);
+                panel_products(&q, &pw, few_tokens_list[(bi + gi + ri) % 4], what, kernels, &n_level_cases,
+                               &n_pair_cases);
                 free(owned);
                 qw_free(&q);
                 n_cases++;
