@@ -61,6 +61,18 @@ static inline int64_t kern_prefetch_ahead(int64_t row_bytes, int64_t tile_rows)
  * BF16 layers of the Qwen2.5-0.5B shape, Zen 4). */
 #define KERN_STREAM_AHEAD_ELEMS 4096
 
+/* The first KERN_PREFETCH_BYTES of a task's weights (task_bytes from p),
+ * into L2, before the task's first load. The kernels prefetch a distance
+ * ahead of their loads, so what lies before that distance was read on
+ * demand, a miss at a time until the hardware prefetcher caught on, at the
+ * start of every pool task (about 1/16 of a product). */
+static inline void kern_prefetch_task_start(const void *p, size_t task_bytes)
+{
+    const size_t n = task_bytes < KERN_PREFETCH_BYTES ? task_bytes : KERN_PREFETCH_BYTES;
+    for (size_t o = 0; o < n; o += 64)
+        __builtin_prefetch((const char *)p + o, 0, 2); /* prefetcht1 */
+}
+
 /* The attention loops, written once with GCC vector extensions (8 floats)
  * and wrapped by each table's file, so that they are compiled under its
  * target pragma and follow the level in use like the products

@@ -141,9 +141,11 @@ AI void mm_rows(const struct ifd_weight *w, const float *x, int n_tokens, float 
     int block = (int)(KERN_TOKEN_BLOCK_BYTES / ((size_t)w->cols * sizeof(float)));
     block = block < TILE_TOKENS ? TILE_TOKENS : block / TILE_TOKENS * TILE_TOKENS;
     if (n_tokens == 1) {
-        const size_t esz = dt == IFD_DTYPE_F32 ? 4 : 2;
+        const size_t esz = dt == IFD_DTYPE_F32 ? 4 : 2, row_bytes = (size_t)w->cols * esz;
+        kern_prefetch_task_start((const uint8_t *)w->data + (size_t)row_begin * row_bytes,
+                                 (size_t)(row_end - row_begin) * row_bytes);
         for (int64_t r = row_begin; r < row_end; r++)
-            y[r] = mm_row_vec((const uint8_t *)w->data + (size_t)r * (size_t)w->cols * esz, w->cols, x, dt);
+            y[r] = mm_row_vec((const uint8_t *)w->data + (size_t)r * row_bytes, w->cols, x, dt);
         return;
     }
     for (int tb = 0; tb < n_tokens; tb += block) {

@@ -164,6 +164,8 @@ AI void mm_rows(const struct ifd_weight *w, const float *x, int n_tokens, float 
         int te = n_tokens - tb < block ? n_tokens : tb + block;
         int64_t r = row_begin;
         if (n_tokens == 1) {
+            kern_prefetch_task_start((const uint8_t *)w->data + (size_t)r * (size_t)cols * esz,
+                                     (size_t)(row_end - r) * (size_t)cols * esz);
             for (; r < row_end; r++)
                 y[r] = mm_row_vec((const uint8_t *)w->data + (size_t)r * (size_t)cols * esz, cols, x, dt);
             break;

@@ -37,6 +37,7 @@
 
 #include "base/buf.h"
 #include "base/cpu.h"
+#include "kernels-internal.h"
 #include "quant_internal.h"
 
 static size_t qparam_size(enum ifd_dtype t)
