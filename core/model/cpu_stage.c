@@ -56,7 +56,7 @@ struct cpu_stage {
     /* [n_layers][n_seq_max][2]: K block [n_kv_heads][kv_positions] in
      * kernels.h's blocked transposed layout (kern_attn_key_index(): the
      * scores of one query are broadcasts times contiguous keys), then V
-     * block [kv_positions][kv_dim] */
+     * block [n_kv_heads][kv_positions][head_dim] (kv_head_values()) */
     float *kv;
     int64_t kv_positions;      /* n_ctx rounded up to a whole key block */
     double *inv_freq;          /* [head_dim / 2] RoPE frequencies, scaling applied */
@@ -93,6 +93,17 @@ static inline float *kv_block(const struct cpu_stage *s, int layer, int seq, int
 static inline float *kv_head_keys(const struct cpu_stage *s, int layer, int seq, int g)
 {
     return kv_block(s, layer, seq, 0) + (size_t)g * (size_t)s->head_dim * (size_t)s->kv_positions;
+}
+
+/* Kv head g's values in the V block of a layer and slot: position p's at
+ * p * head_dim. A head's values are one sequential run, which the values
+ * loop of a long context reads as one stream; as rows of kv_dim, a head's
+ * part of every row, the loop waited on its loads (at 1500 positions it
+ * took 20% of a 4-bit decode, against 8% for the scores; see
+ * docs/benchmarks.md). */
+static inline float *kv_head_values(const struct cpu_stage *s, int layer, int seq, int g)
+{
+    return kv_block(s, layer, seq, 1) + (size_t)g * (size_t)s->head_dim * (size_t)s->kv_positions;
 }
 
 static void scratch_free(struct cpu_stage *s)
@@ -148,13 +159,17 @@ struct attn_job {
 };
 
 /* How a GQA group's query heads are cut into units of attention work,
- * into j: each key and value is read once for a unit's heads
- * (kern_attn_scores()), so as many as one call takes, unless that leaves
- * threads without a unit. Returns the units of the batch. */
+ * into j: the whole group, unless that leaves threads without a unit. A
+ * unit takes its heads KERN_ATTN_MAX_HEADS at a time (attn_task()), and
+ * the group's keys and values come from memory for the first of them and
+ * from L2 for the others; a unit of each KERN_ATTN_MAX_HEADS heads, as
+ * this was, read them from memory once per unit, and one token's decode of
+ * a long context waited on those reads (docs/benchmarks.md). Returns the
+ * units of the batch. */
 static int attn_split(const struct cpu_stage *s, int n_tokens, struct attn_job *j)
 {
     const int group = s->n_heads / s->n_kv_heads, n_threads = thread_pool_size(s->pool);
-    int units = (group + KERN_ATTN_MAX_HEADS - 1) / KERN_ATTN_MAX_HEADS;
+    int units = 1;
     while (units < group && (int64_t)n_tokens * s->n_kv_heads * units < n_threads)
         units++;
     j->heads_per_unit = (group + units - 1) / units;
@@ -179,11 +194,15 @@ static void attn_task(void *ctx, int task, int n_tasks)
         const int seq = j->b->seq_ids[t], n = j->b->positions[t] + 1;
         const float *q = s->q + (size_t)t * s->q_dim + (size_t)h0 * hd;
         const float *kt = kv_head_keys(s, j->layer, seq, g);
-        const float *vc = kv_block(s, j->layer, seq, 1) + (size_t)g * hd;
-        kern_attn_scores(scores, n_ctx, q, nh, kt, hd, n, scale);
-        for (int h = 0; h < nh; h++)
-            kern_softmax(scores + h * n_ctx, n);
-        kern_attn_values(s->att + (size_t)t * s->q_dim + (size_t)h0 * hd, scores, n_ctx, nh, vc, s->kv_dim, hd, n);
+        const float *vc = kv_head_values(s, j->layer, seq, g);
+        for (int c = 0; c < nh; c += KERN_ATTN_MAX_HEADS) { /* what the scores buffer holds */
+            const int nc = nh - c < KERN_ATTN_MAX_HEADS ? nh - c : KERN_ATTN_MAX_HEADS;
+            kern_attn_scores(scores, n_ctx, q + (size_t)c * hd, nc, kt, hd, n, scale);
+            for (int h = 0; h < nc; h++)
+                kern_softmax(scores + h * n_ctx, n);
+            kern_attn_values(s->att + (size_t)t * s->q_dim + (size_t)(h0 + c) * hd, scores, n_ctx, nc, vc, hd, hd,
+                             n);
+        }
     }
 }
 
@@ -289,12 +308,13 @@ static int cpu_forward(struct stage *base, const struct stage_batch *b, ifd_erro
         rope_apply(s, s->k, T, s->n_kv_heads);
         for (int t = 0; t < T; t++) {
             int seq = b->seq_ids[t], pos = b->positions[t];
-            float *vc = kv_block(s, li, seq, 1);
-            const float *kr = s->k + (size_t)t * s->kv_dim;
+            const float *kr = s->k + (size_t)t * s->kv_dim, *vr = s->v + (size_t)t * s->kv_dim;
             for (int c = 0; c < s->kv_dim; c++)
                 kv_head_keys(s, li, seq, c / s->head_dim)[kern_attn_key_index(s->head_dim, pos, c % s->head_dim)] =
                     kr[c];
-            memcpy(vc + (size_t)pos * (size_t)s->kv_dim, s->v + (size_t)t * s->kv_dim, sizeof(float) * (size_t)s->kv_dim);
+            for (int g = 0; g < s->n_kv_heads; g++)
+                memcpy(kv_head_values(s, li, seq, g) + (size_t)pos * (size_t)s->head_dim, vr + (size_t)g * s->head_dim,
+                       sizeof(float) * (size_t)s->head_dim);
         }
         struct attn_job aj = {.s = s, .b = b, .layer = li};
         const int n_units = attn_split(s, T, &aj);
@@ -352,19 +372,20 @@ static void cpu_destroy(struct stage *base)
 
 /* Each kv head's keys: the key blocks that hold the first n_pos positions,
  * one run (kernels.h; the positions past n_pos in the last block come
- * along, and the destination writes them before it reads them). The
- * values: one run of n_pos rows. */
+ * along, and the destination writes them before it reads them). Each kv
+ * head's values: one run of n_pos rows of head_dim. */
 static int cpu_seq_copy(struct stage *base, int src_seq, int dst_seq, int n_pos, ifd_error *err)
 {
     (void)err;
     struct cpu_stage *s = (struct cpu_stage *)base;
     const size_t key_blocks = ((size_t)n_pos + KERN_ATTN_KEY_BLOCK - 1) / KERN_ATTN_KEY_BLOCK;
     for (int li = 0; li < s->n_layers; li++) {
-        for (int g = 0; g < s->n_kv_heads; g++)
+        for (int g = 0; g < s->n_kv_heads; g++) {
             memcpy(kv_head_keys(s, li, dst_seq, g), kv_head_keys(s, li, src_seq, g),
                    sizeof(float) * key_blocks * KERN_ATTN_KEY_BLOCK * (size_t)s->head_dim);
-        memcpy(kv_block(s, li, dst_seq, 1), kv_block(s, li, src_seq, 1),
-               sizeof(float) * (size_t)n_pos * (size_t)s->kv_dim);
+            memcpy(kv_head_values(s, li, dst_seq, g), kv_head_values(s, li, src_seq, g),
+                   sizeof(float) * (size_t)n_pos * (size_t)s->head_dim);
+        }
     }
     return 0;
 }
