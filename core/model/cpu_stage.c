@@ -160,12 +160,12 @@ struct attn_job {
 
 /* How a GQA group's query heads are cut into units of attention work,
  * into j: the whole group, unless that leaves threads without a unit. A
- * unit takes its heads KERN_ATTN_MAX_HEADS at a time (attn_task()), and
- * the group's keys and values come from memory for the first of them and
- * from L2 for the others; a unit of each KERN_ATTN_MAX_HEADS heads, as
- * this was, read them from memory once per unit, and one token's decode of
- * a long context waited on those reads (docs/benchmarks.md). Returns the
- * units of the batch. */
+ * unit takes its heads KERN_ATTN_MAX_HEADS at a time (attn_task()): the
+ * group's keys and values come from memory for the first of them and from
+ * L2 for the others. Units of KERN_ATTN_MAX_HEADS heads each read them
+ * from memory, and the decode of a long context waited on those reads
+ * (docs/benchmarks.md, "Task starts, and attention at long contexts").
+ * Returns the units of the batch. */
 static int attn_split(const struct cpu_stage *s, int n_tokens, struct attn_job *j)
 {
     const int group = s->n_heads / s->n_kv_heads, n_threads = thread_pool_size(s->pool);
