@@ -308,13 +308,15 @@ static int cpu_forward(struct stage *base, const struct stage_batch *b, ifd_erro
         rope_apply(s, s->k, T, s->n_kv_heads);
         for (int t = 0; t < T; t++) {
             int seq = b->seq_ids[t], pos = b->positions[t];
-            const float *kr = s->k + (size_t)t * s->kv_dim, *vr = s->v + (size_t)t * s->kv_dim;
-            for (int c = 0; c < s->kv_dim; c++)
-                kv_head_keys(s, li, seq, c / s->head_dim)[kern_attn_key_index(s->head_dim, pos, c % s->head_dim)] =
-                    kr[c];
-            for (int g = 0; g < s->n_kv_heads; g++)
-                memcpy(kv_head_values(s, li, seq, g) + (size_t)pos * (size_t)s->head_dim, vr + (size_t)g * s->head_dim,
+            for (int g = 0; g < s->n_kv_heads; g++) {
+                const float *kr = s->k + (size_t)t * s->kv_dim + (size_t)g * s->head_dim;
+                const float *vr = s->v + (size_t)t * s->kv_dim + (size_t)g * s->head_dim;
+                float *keys = kv_head_keys(s, li, seq, g);
+                for (int d = 0; d < s->head_dim; d++)
+                    keys[kern_attn_key_index(s->head_dim, pos, d)] = kr[d];
+                memcpy(kv_head_values(s, li, seq, g) + (size_t)pos * (size_t)s->head_dim, vr,
                        sizeof(float) * (size_t)s->head_dim);
+            }
         }
         struct attn_job aj = {.s = s, .b = b, .layer = li};
         const int n_units = attn_split(s, T, &aj);
