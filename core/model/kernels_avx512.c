@@ -164,10 +164,11 @@ AI void mm_rows(const struct ifd_weight *w, const float *x, int n_tokens, float 
         int te = n_tokens - tb < block ? n_tokens : tb + block;
         int64_t r = row_begin;
         if (n_tokens == 1) {
-            kern_prefetch_task_start((const uint8_t *)w->data + (size_t)r * (size_t)cols * esz,
-                                     (size_t)(row_end - r) * (size_t)cols * esz);
+            const size_t row_bytes = (size_t)cols * esz;
+            kern_prefetch_task_start((const uint8_t *)w->data + (size_t)r * row_bytes,
+                                     (size_t)(row_end - r) * row_bytes);
             for (; r < row_end; r++)
-                y[r] = mm_row_vec((const uint8_t *)w->data + (size_t)r * (size_t)cols * esz, cols, x, dt);
+                y[r] = mm_row_vec((const uint8_t *)w->data + (size_t)r * row_bytes, cols, x, dt);
             break;
         }
         /* Widening F16/BF16 rows once into an f32 buffer that every token
